@@ -1,0 +1,286 @@
+"""cli.py: the `launcher` command. Thin: parse flags, call a function that also works from Python, print.
+
+Exit codes: 0 ok, 1 a run failed or is incomplete, 2 bad spec or bad flags (nothing submitted or written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from .errors import SpecError
+
+console = Console(stderr=False, highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False)
+
+EPILOG = """\
+examples:
+  launcher plan configs/demo.yaml                 what would run: tasks, resources, sbatch header
+  launcher submit configs/demo.yaml --wait        submit, wait, gather (local executor: no cluster needed)
+  launcher status outputs/demo                    one table per run: state, records done, speed, errors
+  launcher run --checkpoint_dir M --dataset D.jsonl --output_dir OUT   the old inference_vllm.py flags
+  launcher schema > spec.schema.json              JSON Schema for editors
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own exit code is 2 as well; add the fix
+        self.print_usage(sys.stderr)
+        err.print(f"[red]error:[/] {message}\n  fix: `{self.prog} --help` lists the flags")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .legacy import add_legacy_flags
+
+    p = _Parser(prog="launcher", description="Batch LLM generation on Slurm: YAML job spec -> array jobs -> samples.",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"launcher {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def spec_cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_, description=help_)
+        c.add_argument("spec", help="the job spec (YAML)")
+        c.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C",
+                       help="override a field, e.g. --set sampling.temperature=0.8 (repeatable)")
+        return c
+
+    c = spec_cmd("plan", "Validate the spec and show the tasks, resources and the exact sbatch header. Submits nothing.")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.add_argument("--show", type=int, default=20, help="task rows to show (default 20)")
+
+    c = spec_cmd("submit", "Submit every unfinished task as one array (+ a gather job). Resubmitting resumes.")
+    c.add_argument("--wait", action="store_true", help="wait for the tasks, then gather and print the summary")
+    c.add_argument("--executor", choices=["slurm", "local"], help="override the spec's executor")
+
+    c = sub.add_parser("run", help="Run tasks in this process (inside a job, or the old inference_vllm.py flags).",
+                       description="Run one task of a spec in this process, or a whole job given the old script's flags.")
+    c.add_argument("--spec", help="job spec (YAML) or a run directory")
+    c.add_argument("--task", default=None, help="task index or id (default: all tasks, one after another)")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C")
+    c.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto", help="with the old flags")
+    add_legacy_flags(c)
+
+    c = sub.add_parser("gather", help="Merge and verify a run's outputs into <output dir>/<dataset>/<ablation>/.")
+    c.add_argument("run", help="run directory, output dir, or spec")
+
+    c = sub.add_parser("status", help="One table per run: task states, records done, speed, retries, last error.")
+    c.add_argument("run", help="run directory, output dir, or spec")
+    c.add_argument("--watch", action="store_true", help="refresh every few seconds until all tasks end")
+    c.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("cancel", help="Cancel a run's Slurm jobs (finished records stay; submit again to resume).")
+    c.add_argument("run")
+
+    sub.add_parser("schema", help="Print the job spec's JSON Schema (for editor completion).")
+
+    c = sub.add_parser("demo-model", help="Make a tiny random Llama + locally trained tokenizer (seconds, CPU).")
+    c.add_argument("dir")
+
+    c = sub.add_parser("doctor", help="Check driver, GPUs, container runtime and image compatibility on this node.")
+    c.add_argument("--runtime", default=None, help="apptainer|singularity|docker|podman|none")
+    c.add_argument("--image", default=None)
+    c.add_argument("--spec", default=None, help="take runtime and image from a job spec")
+    return p
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(COMMANDS[args.command](args) or 0)
+    except SpecError as exc:
+        err.print(f"[red]error in the job spec[/] (nothing was submitted or written):\n{exc}", markup=True,
+                  highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .plan import expand
+    from .plan_view import render_plan
+    from .spec import load_spec
+
+    t0 = time.perf_counter()
+    spec = load_spec(args.spec, args.overrides)
+    plan = expand(spec)
+    if args.json:
+        from .plan_view import plan_json
+
+        print(json.dumps(plan_json(plan), indent=2))
+    else:
+        render_plan(plan, console, show=args.show, seconds=time.perf_counter() - t0)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .plan import expand
+    from .slurm import submit
+    from .spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    plan = expand(spec)
+    kind = args.executor or spec.executor
+    try:
+        sub = submit(plan, kind)
+    except RuntimeError as exc:  # the submit lock
+        err.print(f"[red]refused:[/] {exc}")
+        return 2
+    console.print(f"run [bold]{spec.run_id}[/]: {len(sub.job_ids)} task(s) submitted"
+                  + (f", {sub.skipped_done} already done" if sub.skipped_done else "")
+                  + (f" as array {sub.job_ids[0].split('_')[0]}" if sub.job_ids and kind == "slurm" else "")
+                  + (f"; gather job {sub.gather_job_id}" if sub.gather_job_id else ""))
+    console.print(f"run dir: {sub.run_dir}\nstatus:  launcher status {sub.run_dir}")
+    if not args.wait:
+        return 0
+    from .wait import wait_and_gather
+
+    return wait_and_gather(plan, sub, console)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .legacy import spec_from_flags, uses_legacy
+
+    if args.spec:
+        return _run_spec_tasks(args)
+    if not uses_legacy(args):
+        raise SpecError.one("launcher run", "", "nothing to run",
+                            fix="give --spec SPEC [--task N], or the old flags --checkpoint_dir --dataset --output_dir")
+    spec = spec_from_flags(args, args.backend)
+    return _run_inline(spec, flat_dest=Path(spec.output.dir))
+
+
+def _run_spec_tasks(args: argparse.Namespace) -> int:
+    from .plan import expand
+    from .run_state import load_plan
+    from .spec import load_spec
+
+    target = Path(args.spec)
+    if (target / "plan.json").exists():
+        plan = load_plan(target)
+    else:
+        plan = expand(load_spec(target, args.overrides))
+    if args.task is None:
+        return _run_inline(plan.spec, plan=plan)
+    index = _task_index(plan, args.task)
+    from .run_state import save_plan
+    from .runner import run_task
+
+    if not plan.paths.plan_json.exists():
+        save_plan(plan)
+    summary = run_task(plan.paths.run_dir, index)
+    console.print_json(json.dumps(summary))
+    return 0
+
+
+def _task_index(plan: object, task: str) -> int:
+    tasks = plan.tasks  # type: ignore[attr-defined]
+    if task.isdigit() and int(task) < len(tasks):
+        return int(task)
+    for t in tasks:
+        if t.task_id == task:
+            return int(t.index)
+    raise SpecError.one("--task", "", f"no task {task!r}", allowed=f"0..{len(tasks) - 1} or a task id like {tasks[0].task_id}",
+                        fix="`launcher plan SPEC` lists them")
+
+
+def _run_inline(spec: object, plan: object = None, flat_dest: Path | None = None) -> int:
+    from .gather import GatherError, gather
+    from .plan import Plan, expand
+    from .run_state import save_plan
+    from .runner import run_tasks_inline
+
+    p: Plan = plan if plan is not None else expand(spec)  # type: ignore[arg-type,assignment]
+    save_plan(p)
+    run_tasks_inline(p)
+    try:
+        reports = gather(p, dest=flat_dest, flat=flat_dest is not None)
+    except GatherError as exc:
+        err.print(f"[red]incomplete:[/]\n{exc}")
+        return 1
+    from .wait import print_reports
+
+    print_reports(reports, console)
+    return 0
+
+
+def cmd_gather(args: argparse.Namespace) -> int:
+    from .gather import GatherError, gather
+    from .run_state import find_run_dir, load_plan
+    from .wait import print_reports
+
+    plan = load_plan(find_run_dir(args.run))
+    try:
+        print_reports(gather(plan), console)
+    except GatherError as exc:
+        err.print(f"[red]gather failed: outputs incomplete[/]\n{exc}")
+        return 1
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .run_state import find_run_dir
+    from .status import show_status
+
+    return show_status(find_run_dir(args.run), console, watch=args.watch, as_json=args.json)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from .run_state import find_run_dir
+    from .status import cancel_run
+
+    return cancel_run(find_run_dir(args.run), console)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_demo_model(args: argparse.Namespace) -> int:
+    from .demo_model import make_demo_model
+
+    t0 = time.perf_counter()
+    out = make_demo_model(Path(args.dir))
+    console.print(f"tiny demo model written to {out} in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import main as doctor_main
+
+    argv = []
+    if args.spec:
+        from .spec import load_spec
+
+        spec = load_spec(args.spec)
+        argv += ["--runtime", spec.container.runtime] + (["--image", spec.container.image] if spec.container.image else [])
+    if args.runtime:
+        argv += ["--runtime", args.runtime]
+    if args.image:
+        argv += ["--image", args.image]
+    return int(doctor_main(argv))
+
+
+COMMANDS = {
+    "plan": cmd_plan, "submit": cmd_submit, "run": cmd_run, "gather": cmd_gather, "status": cmd_status,
+    "cancel": cmd_cancel, "schema": cmd_schema, "demo-model": cmd_demo_model, "doctor": cmd_doctor,
+}

@@ -1,0 +1,140 @@
+"""engines/hf.py: HF transformers backend. Batched, left-padded, num_return_sequences = n, seeds per sample.
+
+transformers draws all rows of a batch from one global RNG, so a record's samples would depend on what it
+was batched with. SeededSampler does the sampling itself, one torch.Generator per (record, sample j) seeded
+with seed + j (vLLM's convention), and hands generate() a one-hot choice: batching no longer matters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from . import register
+from .base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
+
+CPU_BATCH, GPU_BATCH = 8, 32
+
+
+class SeededSampler:
+    """A LogitsProcessor: temperature, top-k, then top-p (vLLM's order), then an inverse-CDF draw per row."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_k: int, top_p: float, block_ids: list[int]) -> None:
+        import torch
+
+        self.torch = torch
+        self.generators = [torch.Generator().manual_seed(s % (2**63)) for s in seeds]
+        self.temperature, self.top_k, self.top_p, self.block_ids = temperature, top_k, top_p, block_ids
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        torch = self.torch
+        logits = scores.float()
+        if self.block_ids:
+            logits[:, self.block_ids] = float("-inf")
+        if self.temperature == 0:
+            chosen = logits.argmax(dim=-1)
+        else:
+            chosen = self._sample(logits / self.temperature)
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(out.shape[0]), chosen] = 0.0
+        return out
+
+    def _sample(self, logits: Any) -> Any:
+        torch = self.torch
+        if 0 < self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float64)
+        if self.top_p < 1.0:
+            sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+            drop = (sorted_p.cumsum(-1) - sorted_p) > self.top_p  # keeps at least the top token
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        probs = (probs / probs.sum(-1, keepdim=True)).cpu()
+        cdf = probs.cumsum(-1)
+        picks = []
+        for row, gen in enumerate(self.generators):
+            u = torch.rand((), generator=gen, dtype=torch.float64) * cdf[row, -1]
+            picks.append(min(int(torch.searchsorted(cdf[row], u, right=True)), probs.shape[-1] - 1))
+        return torch.tensor(picks, device=logits.device)
+
+
+@register
+class HFEngine(Engine):
+    name = "hf"
+
+    def load(self, workload: Workload, tokenizer: Any) -> EngineReport:
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM
+
+        t0 = time.perf_counter()
+        self.tokenizer = tokenizer
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+        dtype = dtypes.get(self.model.dtype) or (torch.bfloat16 if self.device == "cuda" else torch.float32)
+        self.hf_model = AutoModelForCausalLM.from_pretrained(self.model.path, dtype=dtype,
+                                                             trust_remote_code=self.model.trust_remote_code)
+        self.hf_model.to(self.device).eval()
+        gen_eos = self.hf_model.generation_config.eos_token_id
+        eos = gen_eos if gen_eos is not None else tokenizer.eos_token_id
+        self.eos_ids: list[int] = [e for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
+        default_batch = GPU_BATCH if self.device == "cuda" else CPU_BATCH
+        self.batch_size = self.model.hf_batch_size or default_batch
+        gpu_name = torch.cuda.get_device_name(0) if self.device == "cuda" else None
+        reason = "set in the spec" if self.model.hf_batch_size else f"default for {self.device}"
+        return EngineReport(
+            backend="hf", version=f"transformers {transformers.__version__}, torch {torch.__version__}",
+            device=self.device, gpu_name=gpu_name, load_seconds=time.perf_counter() - t0,
+            settings={"batch_size": self.batch_size, "dtype": str(dtype).removeprefix("torch.")},
+            reasons={"batch_size": reason},
+        )
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[Completion]:
+        for i in range(0, len(requests), self.batch_size):
+            yield from self._batch(requests[i : i + self.batch_size])
+
+    def _batch(self, batch: Sequence[GenerationRequest]) -> Iterator[Completion]:
+        import torch
+
+        width = max(len(r.prompt_token_ids) for r in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, req in enumerate(batch):  # left padding: every prompt ends where generation starts
+            ids[row, width - len(req.prompt_token_ids):] = torch.tensor(req.prompt_token_ids)
+            mask[row, width - len(req.prompt_token_ids):] = 1
+        s = self.sampling
+        seeds = [req.seed + j for req in batch for j in range(self.n)]
+        sampler = SeededSampler(seeds, s.temperature, s.top_k, s.top_p, self.eos_ids if s.ignore_eos else [])
+        extra: dict[str, Any] = {}
+        if s.stop:
+            extra.update(stop_strings=s.stop, tokenizer=self.tokenizer)
+        with torch.inference_mode():
+            out = self.hf_model.generate(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=s.max_tokens,
+                do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=self.n,
+                logits_processor=[sampler], pad_token_id=self.pad_id, eos_token_id=self.eos_ids or None, **extra,
+            )
+        new = out[:, width:].cpu().tolist()
+        for b, req in enumerate(batch):
+            samples = tuple(self._sample(new[b * self.n + j]) for j in range(self.n))
+            yield Completion(req.key, len(req.prompt_token_ids), samples)
+
+    def _sample(self, tokens: list[int]) -> Sample:
+        s = self.sampling
+        kept, reason = tokens, "length"
+        for i, tok in enumerate(tokens):
+            if not s.ignore_eos and tok in self.eos_ids:
+                kept, reason = tokens[: i + 1], "stop"
+                break
+        else:  # no EOS: trailing pads only appear once every row of the batch is done, so trim them
+            while kept and kept[-1] == self.pad_id and self.pad_id not in self.eos_ids and len(kept) < len(tokens):
+                kept = kept[:-1]
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        if s.stop:
+            for stop in s.stop:
+                if stop in text:
+                    text, reason = text[: text.index(stop)], "stop"
+        return Sample(text, len(kept), reason)

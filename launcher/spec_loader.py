@@ -1,0 +1,188 @@
+"""spec_loader.py: YAML files (+ extends, + --set overrides) -> one merged dict and where each key came from.
+
+PyYAML's composer keeps the line of every node; we keep it per dotted key so a validation error can point at
+`configs/x.yaml:14`. Paths are made absolute against the folder of the file that set them, because tasks run
+elsewhere (another node, inside a container) and must not depend on the submitter's working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import SpecError
+
+Key = tuple[str | int, ...]
+MAX_EXTENDS_DEPTH = 8
+
+
+@dataclass
+class Layers:
+    data: dict[str, Any]
+    origin: dict[Key, str] = field(default_factory=dict)  # key -> "file:line" or "--set ..."
+    base_dir: dict[Key, Path] = field(default_factory=dict)  # key -> folder relative paths are read from
+    root: str = "<spec>"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> Layers:
+        layers = cls(data={}, root=where)
+        layers.merge(data, where_of=lambda _k: where, base=Path.cwd())
+        return layers
+
+    def where(self, key: Key) -> str:
+        """The most precise location known for key (falls back to its parents, then the root file)."""
+        for n in range(len(key), -1, -1):
+            if key[:n] in self.origin:
+                return self.origin[key[:n]]
+        return self.root
+
+    def merge(self, new: dict[str, Any], where_of: Any, base: Path, prefix: Key = ()) -> None:
+        _merge_into(self.data, new, prefix, self, where_of, base)
+
+
+def _merge_into(dst: dict[str, Any], src: dict[str, Any], prefix: Key, layers: Layers, where_of: Any,
+                base: Path) -> None:
+    for k, v in src.items():
+        key = (*prefix, k)
+        layers.origin[key] = where_of(key)
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _merge_into(dst[k], v, key, layers, where_of, base)
+        else:
+            dst[k] = v
+            _record_base(v, key, layers, where_of, base)
+        layers.base_dir[key] = base
+
+
+def _record_base(value: Any, key: Key, layers: Layers, where_of: Any, base: Path) -> None:
+    layers.base_dir[key] = base
+    if isinstance(value, dict):
+        for k, v in value.items():
+            layers.origin[(*key, k)] = where_of((*key, k))
+            _record_base(v, (*key, k), layers, where_of, base)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            layers.origin[(*key, i)] = where_of((*key, i))
+            _record_base(v, (*key, i), layers, where_of, base)
+
+
+def _line_map(node: yaml.Node, prefix: Key, out: dict[Key, int]) -> None:
+    out[prefix] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for k_node, v_node in node.value:
+            key = (*prefix, k_node.value)
+            out[key] = k_node.start_mark.line + 1
+            _line_map(v_node, key, out)
+            out[key] = k_node.start_mark.line + 1  # the key's own line beats its value's
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_map(item, (*prefix, i), out)
+
+
+def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Key, int]]:
+    shown = _shown(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError.one(shown, "", "file not found", fix=f"check the path; the working directory is {Path.cwd()}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError.one(shown, "", f"cannot read: {exc}", fix="check the file's permissions and encoding") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError.one(f"{shown}{line}", "", f"YAML syntax error: {problem}",
+                            fix="check indentation (spaces, not tabs) and quote values that contain ': ' or '#'") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError.one(f"{shown}:1", "", f"the spec must be a mapping of sections, got {type(data).__name__}",
+                            allowed="name, model, data, sampling, slurm, container, output, executor, extends",
+                            fix="start from configs/demo.yaml")
+    lines: dict[Key, int] = {}
+    if node is not None:
+        _line_map(node, (), lines)
+    return data, lines
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def load_layers(path: Path, overrides: list[str]) -> Layers:
+    layers = Layers(data={}, root=_shown(path))
+    _load_file(path, layers, chain=[])
+    for text in overrides:
+        key, value = parse_override(text)
+        where = f"--set {text}"
+        node: Any = {}
+        cur = node
+        for part in key[:-1]:
+            cur[part] = {}
+            cur = cur[part]
+        cur[key[-1]] = value
+        layers.merge(node, where_of=lambda _k, w=where: w, base=Path.cwd())
+    return layers
+
+
+def _load_file(path: Path, layers: Layers, chain: list[Path]) -> None:
+    resolved = path.resolve()
+    if resolved in chain:
+        raise SpecError.one(_shown(path), "extends", "extends loops back to a file already in the chain: "
+                            + " -> ".join(_shown(p) for p in [*chain, resolved]), fix="remove one of the extends")
+    if len(chain) >= MAX_EXTENDS_DEPTH:
+        raise SpecError.one(_shown(path), "extends", f"more than {MAX_EXTENDS_DEPTH} levels of extends",
+                            fix="flatten the profiles")
+    data, lines = read_yaml(path)
+    shown = _shown(path)
+    parent = data.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise SpecError.one(f"{shown}:{lines.get(('extends',), 1)}", "extends", f"must be a file path, got {parent!r}",
+                                fix="extends: profiles/mycluster.yaml")
+        parent_path = Path(os.path.expandvars(os.path.expanduser(parent)))
+        if not parent_path.is_absolute():
+            parent_path = resolved.parent / parent_path
+        if not parent_path.exists():
+            raise SpecError.one(f"{shown}:{lines.get(('extends',), 1)}", "extends", f"file not found: {parent_path}",
+                                fix="extends takes a path relative to this spec's folder")
+        _load_file(parent_path, layers, [*chain, resolved])
+
+    def where_of(key: Key) -> str:
+        for n in range(len(key), -1, -1):
+            if key[:n] in lines:
+                return f"{shown}:{lines[key[:n]]}"
+        return shown
+
+    layers.merge(data, where_of=where_of, base=resolved.parent)
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """`a.b=c` -> (("a", "b"), c); the value is read as YAML, so `1.5`, `true`, `[a, b]` get their types."""
+    if "=" not in text:
+        raise SpecError.one(f"--set {text}", "", "an override needs the form section.field=value",
+                            fix="e.g. --set sampling.temperature=0.8")
+    key_text, _, raw = text.partition("=")
+    key = tuple(key_text.strip().split("."))
+    if not all(k and k.replace("_", "").isalnum() for k in key):
+        raise SpecError.one(f"--set {text}", key_text, "not a dotted field name", fix="e.g. --set slurm.partition=gpu")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def resolve_path(value: str, base: Path) -> str:
+    """~ and $VARS expanded; relative paths read from the folder of the file that set them."""
+    expanded = Path(os.path.expandvars(os.path.expanduser(value)))
+    return str(expanded if expanded.is_absolute() else (base / expanded).resolve())

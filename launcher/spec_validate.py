@@ -1,0 +1,159 @@
+"""spec_validate.py: merged spec dict -> JobSpec, turning pydantic's errors into ones that name file:line and the fix."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import annotated_types as at
+from pydantic import BaseModel, ValidationError
+
+from .errors import Problem, SpecError
+from .spec_loader import Key, Layers, resolve_path
+
+M = TypeVar("M", bound=BaseModel)
+MAX_PROBLEMS = 12
+# Fields holding paths, made absolute against the folder of the file that set them.
+PATH_KEYS: tuple[Key, ...] = (("model", "path"), ("data", "scenario"), ("output", "dir"), ("output", "scratch_dir"))
+
+
+def validate(layers: Layers, model: type[M]) -> M:
+    _resolve_paths(layers)
+    try:
+        return model.model_validate(layers.data)
+    except ValidationError as exc:
+        problems = [_problem(err, layers, model) for err in exc.errors()[:MAX_PROBLEMS]]
+        raise SpecError(problems) from None
+
+
+def _resolve_paths(layers: Layers) -> None:
+    data = layers.data
+    keys: list[Key] = list(PATH_KEYS)
+    datasets = data.get("data", {}).get("datasets") if isinstance(data.get("data"), dict) else None
+    if isinstance(datasets, list):
+        keys += [("data", "datasets", i, "path") for i in range(len(datasets))]
+    templates = data.get("data", {}).get("templates") if isinstance(data.get("data"), dict) else None
+    if isinstance(templates, dict):
+        keys += [("data", "templates", name, "file") for name in templates]
+    for key in keys:
+        parent: Any = data
+        for part in key[:-1]:
+            if isinstance(parent, dict):
+                parent = parent.get(part)
+            elif isinstance(parent, list) and isinstance(part, int) and part < len(parent):
+                parent = parent[part]
+            else:
+                parent = None
+        last = key[-1]
+        if isinstance(parent, dict) and isinstance(parent.get(last), str) and parent[last]:
+            base = layers.base_dir.get(key) or layers.base_dir.get(key[:-1])
+            if base is not None:
+                parent[last] = resolve_path(parent[last], base)
+
+
+def _problem(err: Any, layers: Layers, root: type[BaseModel]) -> Problem:
+    loc: Key = tuple(err["loc"])
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    inner = ctx.get("error")
+    if inner is not None and hasattr(inner, "loc"):  # a validator that pointed at a deeper field
+        loc = (*loc, *inner.loc)
+        return Problem(layers.where(loc), _dotted(loc), inner.message, inner.allowed, inner.fix)
+    loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"literal", "function-after"})))
+    field_info, owner = _field_at(root, loc)
+    where = layers.where(loc)
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        section = owner if owner is not None else root
+        known = list(section.model_fields)
+        name = str(loc[-1])
+        hint = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+        fix = f"did you mean {hint[0]!r}?" if hint else "remove it"
+        return Problem(where, _dotted(loc), f"unknown key {name!r}", f"one of: {', '.join(known)}", fix)
+    if kind == "missing":
+        doc = (field_info.description or "").split("\n")[0] if field_info else ""
+        return Problem(where, _dotted(loc), "required, but missing", doc, f"add `{loc[-1]}:` to the {_dotted(loc[:-1]) or 'top'} section")
+    allowed = _allowed(field_info) if field_info else ""
+    message = _message(err["msg"], got)
+    fix = ""
+    if kind in {"literal_error", "enum"} and isinstance(got, str) and field_info is not None:
+        choices = _literal_choices(field_info.annotation)
+        hint = difflib.get_close_matches(got, [str(c) for c in choices], n=1, cutoff=0.5)
+        fix = f"did you mean {hint[0]!r}?" if hint else f"use one of: {', '.join(map(str, choices))}"
+    elif field_info is not None and field_info.description:
+        fix = field_info.description.split("\n")[0]
+    return Problem(where, _dotted(loc), message, allowed, fix)
+
+
+def _message(msg: str, got: Any) -> str:
+    msg = msg.replace("Value error, ", "").replace("Input should be", "must be")
+    shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+    return f"{msg}, got {shown}" if len(shown) < 200 else f"{msg}, got {shown[:200]}..."
+
+
+def _dotted(loc: Key) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _field_at(root: type[BaseModel], loc: Key) -> tuple[Any, type[BaseModel] | None]:
+    """The FieldInfo at loc and the model that owns it (for 'did you mean' over its siblings)."""
+    model: type[BaseModel] | None = root
+    info = None
+    owner: type[BaseModel] | None = root
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        if part not in model.model_fields:
+            return None, model
+        info = model.model_fields[part]
+        owner = model
+        model = _inner_model(info.annotation)
+    return info, owner
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _literal_choices(annotation: Any) -> list[Any]:
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    out: list[Any] = []
+    if get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in get_args(annotation):
+            out += _literal_choices(arg)
+    return out
+
+
+def _allowed(info: Any) -> str:
+    lo = hi = None
+    lo_open = hi_open = False
+    for meta in info.metadata:
+        if isinstance(meta, at.Gt):
+            lo, lo_open = meta.gt, True
+        elif isinstance(meta, at.Ge):
+            lo = meta.ge
+        elif isinstance(meta, at.Lt):
+            hi, hi_open = meta.lt, True
+        elif isinstance(meta, at.Le):
+            hi = meta.le
+    choices = _literal_choices(info.annotation)
+    parts = []
+    if choices:
+        parts.append("one of " + ", ".join(map(str, choices)))
+    if lo is not None or hi is not None:
+        left = ("(" if lo_open else "[") + (str(lo) if lo is not None else "-inf")
+        right = (str(hi) if hi is not None else "inf") + (")" if hi_open else "]")
+        parts.append(f"a number in {left}, {right}")
+    return " or ".join(parts)
