@@ -214,6 +214,11 @@ class SlurmSpec(_Section):
     gather: bool = True
     """Submit `launcher gather` as a job that runs after the array."""
 
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time_minutes(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value  # `time: 90` = minutes
+
     @field_validator("time")
     @classmethod
     def _time(cls, value: str) -> str:

@@ -20,6 +20,24 @@ Key = tuple[str | int, ...]
 MAX_EXTENDS_DEPTH = 8
 
 
+class SpecYamlLoader(yaml.SafeLoader):
+    """SafeLoader without YAML 1.1's base-60 numbers: `time: 04:00:00` must stay a Slurm time, not 14400."""
+
+
+SpecYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if not (tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float") and ":" in regexp.pattern)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _pattern, _first in (
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$",
+     list("-+0123456789")),
+    ("tag:yaml.org,2002:float", r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+     r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+)$", list("-+0123456789.")),
+):
+    SpecYamlLoader.add_implicit_resolver(_tag, __import__("re").compile(_pattern), _first)
+
+
 @dataclass
 class Layers:
     data: dict[str, Any]
@@ -91,8 +109,8 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Key, int]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError.one(shown, "", f"cannot read: {exc}", fix="check the file's permissions and encoding") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=SpecYamlLoader)
+        data = yaml.load(text, Loader=SpecYamlLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -176,7 +194,7 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     if not all(k and k.replace("_", "").isalnum() for k in key):
         raise SpecError.one(f"--set {text}", key_text, "not a dotted field name", fix="e.g. --set slurm.partition=gpu")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=SpecYamlLoader) if raw.strip() else ""  # noqa: S506
     except yaml.YAMLError:
         value = raw
     return key, value
