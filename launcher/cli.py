@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="Print the job spec's JSON Schema (for editor completion).")
 
+    c = sub.add_parser("compare", help="Compare two output dirs record by record (greedy: token agreement; "
+                                       "sampled: lengths and distinct-n).")
+    c.add_argument("a", help="folder with samples.jsonl (e.g. <output dir>/<dataset>/<ablation>)")
+    c.add_argument("b")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--min-agreement", type=float, default=None, help="exit 1 when agreement is below this")
+
     c = sub.add_parser("demo-model", help="Make a tiny random Llama + locally trained tokenizer (seconds, CPU).")
     c.add_argument("dir")
 
@@ -248,6 +255,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return cancel_run(find_run_dir(args.run), console)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import as_json, compare, render
+
+    cmp = compare(Path(args.a), Path(args.b))
+    print(as_json(cmp) if args.json else render(cmp, Path(args.a), Path(args.b)))
+    return 1 if args.min_agreement is not None and cmp.agreement < args.min_agreement else 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from .spec import json_schema
 
@@ -282,5 +297,5 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "plan": cmd_plan, "submit": cmd_submit, "run": cmd_run, "gather": cmd_gather, "status": cmd_status,
-    "cancel": cmd_cancel, "schema": cmd_schema, "demo-model": cmd_demo_model, "doctor": cmd_doctor,
+    "cancel": cmd_cancel, "schema": cmd_schema, "compare": cmd_compare, "demo-model": cmd_demo_model, "doctor": cmd_doctor,
 }

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import faults
 from .data import Quarantined, Record, read_shard
 from .engines import EngineReport, GenerationRequest, Workload, create_engine, select_backend
 from .outputs import TaskStore, write_json_atomic, write_jsonl_atomic
@@ -201,14 +202,18 @@ def run_replica(ctx: TaskContext, replica: int = 0, replicas: int = 1, layout: A
     try:
         for done, comp in enumerate(engine.generate(prepared.requests), 1):
             rec = prepared.records[comp.key]
-            writer.add({
+            row = {
                 "row": rec.row, "record_id": rec.record_id, "user_id": rec.user_id, "dataset": ctx.task.dataset,
                 "ablation": ctx.task.ablation, "prompt": prepared.prompts[rec.row],
                 "generated_samples": [s.text for s in comp.samples], "prompt_tokens": comp.prompt_tokens,
                 "sample_tokens": [s.num_tokens for s in comp.samples],
                 "finish_reasons": [s.finish_reason for s in comp.samples],
                 "seed": record_seed(spec.sampling.seed, rec.record_id),
-            })
+            }
+            if spec.output.token_ids:
+                row["sample_token_ids"] = [list(s.token_ids) for s in comp.samples]
+            writer.add(row)
+            faults.after_record(ctx.task.task_id, ctx.store.root, replica, writer.records)  # test-only, inert
             now = time.perf_counter()
             if now - last >= PROGRESS_EVERY_S:
                 last = now

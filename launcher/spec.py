@@ -275,6 +275,8 @@ class OutputSpec(_Section):
     """Also write users/<user_id>.json with generated_samples (the old script's layout)."""
     chunk_records: int = Field(default=64, ge=1, le=100_000)
     """Records per chunk file: the most a killed task can lose and redo."""
+    token_ids: bool = False
+    """Also store each sample's token ids (`launcher compare` then checks agreement token by token)."""
 
 
 class JobSpec(_Section):

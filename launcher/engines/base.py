@@ -26,6 +26,7 @@ class Sample:
     text: str
     num_tokens: int
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    token_ids: tuple[int, ...] = ()  # kept when output.token_ids is on (for `launcher compare`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,4 +137,4 @@ class HFEngine(Engine):
             for stop in s.stop:
                 if stop in text:
                     text, reason = text[: text.index(stop)], "stop"
-        return Sample(text, len(kept), reason)
+        return Sample(text, len(kept), reason, tuple(kept))

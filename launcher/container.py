@@ -1,0 +1,279 @@
+"""container.py: ContainerRequest -> the argv that runs it under a container runtime.
+
+Pure: builds lists, runs nothing, reads no file (``available()`` only looks on PATH). Every argument stays
+one list item from here to ``os.execvp``; nothing passes through a shell, so paths with spaces, quotes,
+``;`` or ``$(...)`` arrive in the container exactly as given. Quoting happens once, where a script is
+rendered (``shlex.join``), never here.
+
+Runtimes are plug-ins: a class with a ``name`` and ``wrap()``, added with ``@register``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Protocol, TypeVar
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_USER = re.compile(r"\d+:\d+")
+
+# Variables taken from the host into the container (docker/podman start from an empty environment,
+# apptainer runs with --cleanenv), on top of the env a request names explicitly:
+# - SLURM_* and SUBMITIT_*: submitit's in-job code reads its job id, task index and folder from them, and
+#   layout.py counts the GPUs from SLURM_*_GPUS;
+# - CUDA_VISIBLE_DEVICES: which GPUs this task may use (container_exec renumbers it for docker/podman);
+# - VLLM_*, NCCL_*: engine and collective settings a user sets for one run;
+# - HF_* offline switches and cache locations, XDG_CACHE_HOME, TRITON_CACHE_DIR: where models and compile
+#   caches are (shared storage), and that nothing is downloaded on a compute node;
+# - LAUNCHER_*: the toolkit's own settings.
+# Everything else (PATH, HOME, LD_LIBRARY_PATH, PYTHONPATH, ...) describes the host, not the image.
+FORWARDED_ENV_NAMES: frozenset[str] = frozenset(
+    {
+        "CUDA_VISIBLE_DEVICES",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "XDG_CACHE_HOME",
+        "TRITON_CACHE_DIR",
+        "OMP_NUM_THREADS",
+    }
+)
+FORWARDED_ENV_PREFIXES: tuple[str, ...] = ("SLURM_", "SUBMITIT_", "VLLM_", "NCCL_", "LAUNCHER_")
+
+
+def forwarded_env(host_env: Mapping[str, str]) -> dict[str, str]:
+    """The part of ``host_env`` that the allow-list above lets into a container."""
+    return {
+        name: value
+        for name, value in host_env.items()
+        if name in FORWARDED_ENV_NAMES or name.startswith(FORWARDED_ENV_PREFIXES)
+    }
+
+
+def _check_path(path: Path, role: str) -> str:
+    text = str(path)
+    for bad, why in ((":", "':' separates host, container and mode"), ("\n", "a newline"), ("\0", "a NUL byte")):
+        if bad in text:
+            raise ValueError(
+                f"bind {role} path {text!r} contains {why}; runtimes cannot bind it\n"
+                f"  fix:   bind a parent folder whose path has no {bad!r}, or rename the folder"
+            )
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    """A host folder (or file) made visible inside the container.
+
+    Identical host and container paths are the normal case: submitit pickles absolute paths on the
+    login node and the task must find them at the same place inside the image.
+    """
+
+    host: Path
+    container: Path
+    read_only: bool = False
+
+    def spec(self) -> str:
+        """``host:container[:ro]``, the form ``--bind`` and ``-v`` take. One list item, never quoted."""
+        text = f"{_check_path(self.host, 'host')}:{_check_path(self.container, 'container')}"
+        return f"{text}:ro" if self.read_only else text
+
+    @classmethod
+    def parse(cls, text: str) -> Bind:
+        """Read ``host[:container[:ro|rw]]``; the container path defaults to the host path."""
+        parts = text.split(":")
+        if not text or len(parts) > 3:
+            raise ValueError(
+                f"bind {text!r} is not host[:container[:ro|rw]]\n"
+                f"  fix:   e.g. /data/models or /scratch/run1:/scratch/run1:ro (paths cannot contain ':')"
+            )
+        host = parts[0]
+        container = parts[1] if len(parts) > 1 and parts[1] else host
+        mode = parts[2] if len(parts) > 2 else "rw"
+        for role, path in (("host", host), ("container", container)):
+            if not path.startswith("/"):
+                raise ValueError(
+                    f"bind {text!r}: {role} path {path!r} is relative\n"
+                    f"  fix:   use an absolute path (a relative one would depend on the directory the job starts "
+                    f"in), e.g. {str(Path(path).absolute())!r}"
+                )
+        if mode not in ("ro", "rw"):
+            raise ValueError(f"bind {text!r}: mode {mode!r} is not allowed\n  fix:   use ro or rw")
+        bind = cls(Path(host), Path(container), read_only=mode == "ro")
+        bind.spec()  # rejects newlines now rather than at run time
+        return bind
+
+
+@dataclass(frozen=True)
+class ContainerRequest:
+    """One command to run inside one image, with what it needs from the host."""
+
+    image: str
+    """Docker/podman image reference, or an Apptainer image (SIF path, sandbox dir, docker://...)."""
+    argv: list[str]
+    """The command inside the container, one list item per argument."""
+    binds: tuple[Bind, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Exactly the variables the container gets (besides the image's own ENV); see forwarded_env()."""
+    gpu_ids: tuple[str, ...] = ()
+    """The host's ids (NVML index or UUID) of the GPUs this task owns; empty: no GPU flags at all."""
+    workdir: Path | None = None
+    user: str | None = None
+    """``uid:gid`` the process runs as; None: the runtime's default (apptainer: the caller)."""
+
+    def __post_init__(self) -> None:
+        if not self.image or self.image.startswith("-"):
+            raise ValueError(f"container image {self.image!r} is empty or starts with '-'\n  fix:   name an image")
+        if not self.argv:
+            raise ValueError("empty command for the container\n  fix:   give the program to run, e.g. ['python3']")
+        for name in self.env:
+            if not _ENV_NAME.fullmatch(name):
+                raise ValueError(f"environment variable name {name!r} is not valid\n  fix:   use letters, digits, _")
+        if self.user is not None and not _USER.fullmatch(self.user):
+            raise ValueError(f"container user {self.user!r} is not uid:gid\n  fix:   e.g. user='1000:1000'")
+        for gpu in self.gpu_ids:
+            if not gpu or "," in gpu or gpu != gpu.strip():
+                raise ValueError(f"GPU id {gpu!r} is not valid\n  fix:   one index or UUID per item, e.g. ('0', '1')")
+
+
+class ContainerRuntime(Protocol):
+    name: ClassVar[str]
+    selects_gpus: ClassVar[bool]
+    """True when only ``gpu_ids`` are visible inside, renumbered from 0 (docker/podman); False when the
+    container sees the host's devices and CUDA_VISIBLE_DEVICES decides (apptainer, none)."""
+
+    def available(self) -> bool: ...
+
+    def wrap(self, req: ContainerRequest) -> list[str]: ...
+
+
+R = TypeVar("R", bound=type[ContainerRuntime])
+RUNTIMES: dict[str, type[ContainerRuntime]] = {}
+
+
+def register(cls: R) -> R:
+    """Class decorator: make a runtime selectable by its ``name``."""
+    RUNTIMES[cls.name] = cls
+    return cls
+
+
+def get_runtime(name: str) -> ContainerRuntime:
+    if name not in RUNTIMES:
+        raise ValueError(
+            f"unknown container runtime {name!r}\n  allowed: {', '.join(sorted(RUNTIMES))}\n"
+            f"  fix:   set container.runtime to one of those (none runs on the host, without a container)"
+        )
+    return RUNTIMES[name]()
+
+
+def _apptainer_env_value(value: str) -> str:
+    # Apptainer sets these variables by evaluating them in a double-quoted shell context inside the
+    # container, so "$(x)", "${HOME}" and backticks would run or expand there. Escaping \\, $ and ` makes
+    # every value arrive exactly as given (measured with apptainer 1.4.5 on 24 awkward values).
+    return value.replace("\\", "\\\\").replace("$", "\\$").replace("`", "\\`")
+
+
+@register
+class Apptainer:
+    """``env PREFIX_K=V... apptainer exec --cleanenv --no-home [--nv] [--pwd] [--bind]... IMAGE CMD...``
+
+    The env goes in as APPTAINERENV_K variables (which --cleanenv lets through), not as ``--env K=V``:
+    --env parses its value as CSV, so values holding both ',' and '=' or '"' (Slurm node lists, JSON)
+    are split or mangled; the APPTAINERENV_ route round-trips any value once escaped.
+    """
+
+    name: ClassVar[str] = "apptainer"
+    env_prefix: ClassVar[str] = "APPTAINERENV_"
+    selects_gpus: ClassVar[bool] = False
+
+    def available(self) -> bool:
+        return shutil.which(self.name) is not None
+
+    def wrap(self, req: ContainerRequest) -> list[str]:
+        # --cleanenv: only the env below gets in. --no-home: the user's ~/.local would shadow the image's
+        # packages; everything a task needs is bound explicitly.
+        out = [self.name, "exec", "--cleanenv", "--no-home"]
+        if req.gpu_ids:
+            out.append("--nv")  # exposes the driver; Slurm's cgroup and CUDA_VISIBLE_DEVICES pick the GPUs
+        if req.workdir is not None:
+            out += ["--pwd", str(req.workdir)]
+        if req.user is not None:
+            uid, gid = req.user.split(":")
+            out += ["--security", f"uid:{uid},gid:{gid}"]  # only root may switch; a user runs as self
+        for bind in req.binds:
+            spec = bind.spec()
+            if "," in spec:
+                raise ValueError(
+                    f"bind {spec!r} contains ',' which {self.name} --bind reads as a list separator\n"
+                    f"  fix:   bind a parent folder whose path has no ','"
+                )
+            out += ["--bind", spec]
+        env = [f"{self.env_prefix}{name}={_apptainer_env_value(value)}" for name, value in sorted(req.env.items())]
+        return [*(["env", *env] if env else []), *out, req.image, *req.argv]
+
+
+@register
+class Singularity(Apptainer):
+    name: ClassVar[str] = "singularity"
+    env_prefix: ClassVar[str] = "SINGULARITYENV_"
+
+
+@register
+class Docker:
+    name: ClassVar[str] = "docker"
+    selects_gpus: ClassVar[bool] = True
+
+    def available(self) -> bool:
+        return shutil.which(self.name) is not None
+
+    def gpu_args(self, gpu_ids: tuple[str, ...]) -> list[str]:
+        # --gpus parses its value as CSV: the device list must be one quoted field, '"device=0,1"'.
+        return ["--gpus", f'"device={",".join(gpu_ids)}"']
+
+    def wrap(self, req: ContainerRequest) -> list[str]:
+        # --init: python is not PID 1, so SIGTERM/SIGUSR2 from Slurm reach submitit's handlers.
+        # --ipc host: vLLM and NCCL need more shared memory than the default 64 MB /dev/shm.
+        # --pull never: compute nodes have no registry access; a missing image must fail, not hang.
+        out = [self.name, "run", "--rm", "--init", "--pull", "never", "--network", "host", "--ipc", "host"]
+        if req.user is not None:
+            out += ["--user", req.user]
+        if req.gpu_ids:
+            out += self.gpu_args(req.gpu_ids)
+        for bind in req.binds:
+            out += ["-v", bind.spec()]
+        for name, value in sorted(req.env.items()):
+            out += ["-e", f"{name}={value}"]
+        if req.workdir is not None:
+            out += ["--workdir", str(req.workdir)]
+        return [*out, req.image, *req.argv]
+
+
+@register
+class Podman(Docker):
+    name: ClassVar[str] = "podman"
+
+    def gpu_args(self, gpu_ids: tuple[str, ...]) -> list[str]:
+        # CDI (nvidia-ctk cdi generate): one --device per GPU. SELinux labels would hide the device nodes.
+        out: list[str] = []
+        for gpu in gpu_ids:
+            out += ["--device", f"nvidia.com/gpu={gpu}"]
+        return [*out, "--security-opt", "label=disable"]
+
+
+@register
+class NoContainer:
+    """Runs the command on the host as it is (the env is applied by container_exec)."""
+
+    name: ClassVar[str] = "none"
+    selects_gpus: ClassVar[bool] = False
+
+    def available(self) -> bool:
+        return True
+
+    def wrap(self, req: ContainerRequest) -> list[str]:
+        return list(req.argv)
