@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 
@@ -30,7 +31,7 @@ examples:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own exit code is 2 as well; add the fix
+    def error(self, message: str) -> NoReturn:  # argparse's own exit code is 2 as well; add the fix
         self.print_usage(sys.stderr)
         err.print(f"[red]error:[/] {message}\n  fix: `{self.prog} --help` lists the flags")
         raise SystemExit(2)
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a field, e.g. --set sampling.temperature=0.8 (repeatable)")
         return c
 
-    c = spec_cmd("plan", "Validate the spec and show the tasks, resources and the exact sbatch header. Submits nothing.")
+    c = spec_cmd("plan", "Validate the spec; show the tasks, resources and the exact sbatch header. Submits nothing.")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.add_argument("--show", type=int, default=20, help="task rows to show (default 20)")
 
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--executor", choices=["slurm", "local"], help="override the spec's executor")
 
     c = sub.add_parser("run", help="Run tasks in this process (inside a job, or the old inference_vllm.py flags).",
-                       description="Run one task of a spec in this process, or a whole job given the old script's flags.")
+                       description="Run one task of a spec in this process, or a whole job from the old flags.")
     c.add_argument("--spec", help="job spec (YAML) or a run directory")
     c.add_argument("--task", default=None, help="task index or id (default: all tasks, one after another)")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C")
@@ -179,10 +180,7 @@ def _run_spec_tasks(args: argparse.Namespace) -> int:
     from .spec import load_spec
 
     target = Path(args.spec)
-    if (target / "plan.json").exists():
-        plan = load_plan(target)
-    else:
-        plan = expand(load_spec(target, args.overrides))
+    plan = load_plan(target) if (target / "plan.json").exists() else expand(load_spec(target, args.overrides))
     if args.task is None:
         return _run_inline(plan.spec, plan=plan)
     index = _task_index(plan, args.task)
@@ -203,7 +201,8 @@ def _task_index(plan: object, task: str) -> int:
     for t in tasks:
         if t.task_id == task:
             return int(t.index)
-    raise SpecError.one("--task", "", f"no task {task!r}", allowed=f"0..{len(tasks) - 1} or a task id like {tasks[0].task_id}",
+    raise SpecError.one("--task", "", f"no task {task!r}",
+                        allowed=f"0..{len(tasks) - 1} or a task id like {tasks[0].task_id}",
                         fix="`launcher plan SPEC` lists them")
 
 
@@ -287,7 +286,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         from .spec import load_spec
 
         spec = load_spec(args.spec)
-        argv += ["--runtime", spec.container.runtime] + (["--image", spec.container.image] if spec.container.image else [])
+        argv += ["--runtime", spec.container.runtime]
+        argv += ["--image", spec.container.image] if spec.container.image else []
     if args.runtime:
         argv += ["--runtime", args.runtime]
     if args.image:
@@ -297,5 +297,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "plan": cmd_plan, "submit": cmd_submit, "run": cmd_run, "gather": cmd_gather, "status": cmd_status,
-    "cancel": cmd_cancel, "schema": cmd_schema, "compare": cmd_compare, "demo-model": cmd_demo_model, "doctor": cmd_doctor,
+    "cancel": cmd_cancel, "schema": cmd_schema, "compare": cmd_compare, "demo-model": cmd_demo_model,
+    "doctor": cmd_doctor,
 }

@@ -16,7 +16,8 @@ def load_samples(target: Path) -> dict[str, dict[str, Any]]:
     """A folder with samples.jsonl (a gathered <dataset>/<ablation>/ or a flat `launcher run` output)."""
     path = target / "samples.jsonl" if target.is_dir() else target
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: give a folder holding samples.jsonl (<output dir>/<dataset>/<ablation>)")
+        raise FileNotFoundError(f"{path} not found: give a folder holding samples.jsonl "
+                                "(<output dir>/<dataset>/<ablation>)")
     return {r["record_id"]: r for r in read_jsonl(path)}
 
 

@@ -9,15 +9,20 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 SPECIALS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
-WORDS = ("the user film movie review story great bad plot actor music scene love hate watch again long short "
-         "profile history context write next voice style friend family city night day morning book song game "
-         "happy sad funny boring brilliant slow fast old new first last best worst always never maybe really").split()
+WORDS = (
+    "the", "user", "film", "movie", "review", "story", "great", "bad", "plot", "actor", "music", "scene", "love",
+    "hate", "watch", "again", "long", "short", "profile", "history", "context", "write", "next", "voice", "style",
+    "friend", "family", "city", "night", "day", "morning", "book", "song", "game", "happy", "sad", "funny",
+    "boring", "brilliant", "slow", "fast", "old", "new", "first", "last", "best", "worst", "always", "never",
+    "maybe", "really",
+)
 
 
 def corpus(lines: int = 3000, seed: int = 0) -> list[str]:
@@ -43,10 +48,12 @@ def make_demo_model(out: Path, vocab_size: int = 1024, seed: int = 0) -> Path:
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=2048,
-                         bos_token_id=fast.bos_token_id, eos_token_id=[fast.eos_token_id, fast.convert_tokens_to_ids("<|end|>")],
-                         pad_token_id=fast.pad_token_id, tie_word_embeddings=False, torch_dtype="float32")
+    settings: dict[str, Any] = dict(
+        vocab_size=len(fast), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, max_position_embeddings=2048, bos_token_id=fast.bos_token_id,
+        eos_token_id=[fast.eos_token_id, fast.convert_tokens_to_ids("<|end|>")], pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=False, torch_dtype="float32")
+    config = LlamaConfig(**settings)
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = fast.pad_token_id

@@ -120,7 +120,8 @@ def choose_layout(shape: ModelShape, gpus: GpuSet, gpu: GpuInfo | None, utilizat
         return ParallelLayout(1, 1, (), "no GPU allocated: one engine on the CPU")
     if requested == "all":
         if not tp_splits_heads(shape, n):
-            raise _refuse(f"tensor_parallel_size: all means TP={n}, which does not split {shape.heads} attention heads /"
+            raise _refuse(f"tensor_parallel_size: all means TP={n}, which does not split {shape.heads} attention heads"
+                          f" /"
                           f" {shape.kv_heads} KV heads", fix=f"ask for {_divisor_hint(shape, n)} GPUs, or use auto")
         return ParallelLayout(n, 1, gpus.ids, f"tensor_parallel_size: all -> TP={n} over every GPU of the task")
     if isinstance(requested, int):
@@ -131,7 +132,8 @@ def choose_layout(shape: ModelShape, gpus: GpuSet, gpu: GpuInfo | None, utilizat
             raise _refuse(f"tensor_parallel_size {requested} does not split {shape.heads} attention heads / "
                           f"{shape.kv_heads} KV heads evenly", fix=f"use one of {_valid_tps(shape, n) or [1]}, or auto")
         dp = n // requested
-        notes = (f"{n - dp * requested} GPU(s) left idle: {n} is not a multiple of TP={requested}",) if n % requested else ()
+        idle = n - dp * requested
+        notes = (f"{idle} GPU(s) left idle: {n} is not a multiple of TP={requested}",) if idle else ()
         return ParallelLayout(requested, dp, gpus.ids[: dp * requested],
                               f"tensor_parallel_size {requested} set in the spec -> DP={dp}", notes)
     mem = gpu.memory_bytes if gpu else None
@@ -139,7 +141,8 @@ def choose_layout(shape: ModelShape, gpus: GpuSet, gpu: GpuInfo | None, utilizat
         if mem is None or fits(shape, tp, mem, utilization, weights):
             dp = n // tp
             why_mem = (f"{weights / GiB:.1f} GiB of weights / TP={tp} fit {gpu.name if gpu else 'the GPU'} "
-                       f"({mem / GiB:.0f} GiB x {utilization}) with room for the KV cache") if mem else "GPU memory unknown"
+                       f"({mem / GiB:.0f} GiB x {utilization}) with room for the KV cache"
+                       ) if mem else "GPU memory unknown"
             notes = (f"{n - dp * tp} GPU(s) left idle",) if n % tp else ()
             return ParallelLayout(tp, dp, gpus.ids[: dp * tp],
                                   f"auto: smallest TP that fits and splits the heads is {tp} ({why_mem}); "

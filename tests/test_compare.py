@@ -10,7 +10,8 @@ from .conftest import write_jsonl
 
 
 def _row(rid: str, ids: list[list[int]], texts: list[str]) -> dict:
-    return {"record_id": rid, "generated_samples": texts, "sample_tokens": [len(i) for i in ids], "sample_token_ids": ids}
+    return {"record_id": rid, "generated_samples": texts, "sample_tokens": [len(i) for i in ids],
+            "sample_token_ids": ids}
 
 
 def test_token_agreement_and_first_divergence(tmp_path: Path) -> None:
@@ -20,7 +21,8 @@ def test_token_agreement_and_first_divergence(tmp_path: Path) -> None:
     cmp = compare(tmp_path / "a", tmp_path / "b")
     assert cmp.common == 2 and cmp.records_b == 3 and cmp.token_level
     assert cmp.tokens_compared == 6 and cmp.tokens_agreeing == 4 and cmp.identical_samples == 1
-    assert cmp.first_divergence is not None and (cmp.first_divergence.record_id, cmp.first_divergence.position) == ("r1", 2)
+    first = cmp.first_divergence
+    assert first is not None and (first.record_id, first.position) == ("r1", 2)
     assert "first divergence: record r1, sample 0, at token 2" in render(cmp, tmp_path / "a", tmp_path / "b")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def test_missing_inputs_are_spec_errors(tmp_path: Path, tiny_model: Path) -> Non
     bad_model = tmp_path / "badmodel"
     bad_model.mkdir()
     (bad_model / "config.json").write_text("{not json")
-    with pytest.raises(SpecError, match="config.json"):
+    with pytest.raises(SpecError, match=r"config\.json"):
         expand(load_spec(make_spec(tmp_path, bad_model, data)))
     with pytest.raises(SpecError, match="file not found"):
         expand(load_spec(make_spec(tmp_path, tiny_model, tmp_path / "missing.jsonl")))
@@ -89,7 +90,7 @@ def test_record_seeds_wide_and_disjoint() -> None:
     assert all(0 <= s < 2**62 for s in seeds)
     # vLLM gives sample j the seed s + j: neighbouring records must not share any sample stream
     streams = [{sample_seed(s, j) for j in range(16)} for s in seeds]
-    for a, b in zip(streams, streams[1:], strict=False):
+    for a, b in itertools.pairwise(streams):
         assert not a & b
     assert record_seed(42, "u1") == record_seed(42, "u1") != record_seed(43, "u1")
 

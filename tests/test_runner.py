@@ -15,8 +15,8 @@ import pytest
 
 from launcher.gather import gather
 from launcher.plan import expand
-from launcher.runner import run_task
 from launcher.run_state import save_plan
+from launcher.runner import run_task
 from launcher.spec import load_spec
 
 from .conftest import ROOT, USERS, launcher, make_spec, read_samples, write_jsonl

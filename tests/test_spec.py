@@ -62,7 +62,8 @@ CASES = [
     ("data.templates={mine: {text: a, file: b}}", False),
     ("sampling.temperature=0", True), ("sampling.temperature=2", True), ("sampling.temperature=-0.2", False),
     ("sampling.temperature=2.5", False),
-    ("sampling.top_p=1", True), ("sampling.top_p=0.95", True), ("sampling.top_p=0", False), ("sampling.top_p=1.5", False),
+    ("sampling.top_p=1", True), ("sampling.top_p=0.95", True), ("sampling.top_p=0", False),
+    ("sampling.top_p=1.5", False),
     ("sampling.top_k=-1", True), ("sampling.top_k=50", True), ("sampling.top_k=-2", False),
     ("sampling.max_tokens=1", True), ("sampling.max_tokens=0", False),
     ("sampling.seed=0", True), ("sampling.seed=-1", False), ("sampling.seed=abc", False),
@@ -167,7 +168,7 @@ def test_overrides_typed(base: Path) -> None:
 
 
 def test_bad_override_form(base: Path) -> None:
-    with pytest.raises(SpecError, match="section.field=value"):
+    with pytest.raises(SpecError, match=r"section\.field=value"):
         load_spec(base, ["sampling.temperature"])
 
 

@@ -54,7 +54,10 @@ def test_auto_picks_vllm_and_says_why(tmp_path: Path, tiny_model: Path, data: Pa
                                                                                "chunk_records": 4})
     assert launcher("run", "--spec", str(spec2)).returncode == 0
     again = read_samples(tmp_path / "o2" / "users" / "full")
-    assert {r["record_id"]: r["generated_samples"] for r in again} == {r["record_id"]: r["generated_samples"] for r in rows}
+    def by_id(rs: list[dict]) -> dict:
+        return {r["record_id"]: r["generated_samples"] for r in rs}
+
+    assert by_id(again) == by_id(rows)
 
 
 def test_auto_falls_back_to_hf_without_vllm(tmp_path: Path, tiny_model: Path, data: Path) -> None:

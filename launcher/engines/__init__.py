@@ -28,7 +28,8 @@ def vllm_status(model_path: str | None = None) -> tuple[bool, str]:
         import vllm
         from vllm.platforms import current_platform
     except Exception as exc:  # ImportError, or a broken CUDA build raising something else
-        return False, f"vLLM does not import ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+        first_line = str(exc).splitlines()[0][:160] if str(exc) else ""
+        return False, f"vLLM does not import ({type(exc).__name__}: {first_line})"
     device = getattr(current_platform, "device_type", "") or ""
     if not device or device == "empty":
         return False, f"vLLM {vllm.__version__} imports but finds no device it can run on"
@@ -60,7 +61,8 @@ def select_backend(model: ModelSpec) -> tuple[str, str]:
     if model.backend == "vllm":
         if not ok:
             raise SpecError.one("<spec>", "model.backend", f"backend vllm asked for, but {reason}",
-                                fix="install vllm (pip install 'launcher[vllm]', or use the container image), or set backend: hf")
+                                fix="install vllm (pip install 'launcher[vllm]', or use the container image), "
+                                    "or set backend: hf")
         return "vllm", "backend: vllm set in the spec"
     if ok:
         return "vllm", f"auto: {reason}"

@@ -32,10 +32,7 @@ class SeededSampler:
         logits = scores.float()
         if self.block_ids:
             logits[:, self.block_ids] = float("-inf")
-        if self.temperature == 0:
-            chosen = logits.argmax(dim=-1)
-        else:
-            chosen = self._sample(logits / self.temperature)
+        chosen = logits.argmax(dim=-1) if self.temperature == 0 else self._sample(logits / self.temperature)
         out = torch.full_like(scores, float("-inf"))
         out[torch.arange(out.shape[0]), chosen] = 0.0
         return out
@@ -67,14 +64,17 @@ class HFEngine(Engine):
     def load(self, workload: Workload, tokenizer: Any) -> EngineReport:
         import torch
         import transformers
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, LogitsProcessorList
+
+        self.processors: Any = LogitsProcessorList
 
         t0 = time.perf_counter()
         self.tokenizer = tokenizer
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
         dtype = dtypes.get(self.model.dtype) or (torch.bfloat16 if self.device == "cuda" else torch.float32)
-        self.hf_model = AutoModelForCausalLM.from_pretrained(self.model.path, dtype=dtype,
+        loader: Any = AutoModelForCausalLM
+        self.hf_model: Any = loader.from_pretrained(self.model.path, dtype=dtype,
                                                              trust_remote_code=self.model.trust_remote_code)
         self.hf_model.to(self.device).eval()
         gen_eos = self.hf_model.generation_config.eos_token_id
@@ -115,7 +115,7 @@ class HFEngine(Engine):
             out = self.hf_model.generate(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=s.max_tokens,
                 do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=self.n,
-                logits_processor=[sampler], pad_token_id=self.pad_id, eos_token_id=self.eos_ids or None, **extra,
+                logits_processor=self.processors([sampler]), pad_token_id=self.pad_id, eos_token_id=self.eos_ids or None, **extra,
             )
         new = out[:, width:].cpu().tolist()
         for b, req in enumerate(batch):
