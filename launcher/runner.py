@@ -125,7 +125,7 @@ class ChunkWriter:
     def __init__(self, ctx: TaskContext, prepared: Prepared, replica: int) -> None:
         self.ctx, self.prepared, self.replica = ctx, prepared, replica
         self.buffer: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # flush_now() runs from a signal handler that may interrupt add()
         self.queue: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
         self.thread = threading.Thread(target=self._drain, daemon=True)
         self.thread.start()

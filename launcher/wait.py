@@ -1,4 +1,4 @@
-"""wait.py: after submit --wait: follow the jobs with a progress bar, then gather and print the summary."""
+"""wait.py: after submit --wait: follow the tasks with a progress bar, report failed ones, gather, print the summary."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .gather import GatherError, GroupReport, gather
 from .outputs import TaskStore
-from .plan import Plan
+from .plan import Plan, Task
+
+LOG_LINES_SHOWN = 8
 
 
 def wait_and_gather(plan: Plan, sub: Any, console: Console, poll_s: float = 2.0) -> int:
@@ -21,26 +23,41 @@ def wait_and_gather(plan: Plan, sub: Any, console: Console, poll_s: float = 2.0)
         while True:
             done = sum(TaskStore(plan.paths.task_dir(t)).is_done() for t in plan.tasks)
             progress.update(bar, completed=done)
-            if all(j.done() for j in jobs) or done == len(plan.tasks):
+            # a requeued task (preemption, time limit, a retry) is PENDING again, not done
+            if done == len(plan.tasks) or all(j.done() for j in jobs):
                 break
             time.sleep(poll_s)
-    failed = []
-    for job in jobs:
-        try:
-            job.result()
-        except Exception as exc:  # report every failed task, not just the first
-            failed.append((job.job_id, str(exc).strip().splitlines()[-8:]))
-    for job_id, lines in failed:
-        console.print(f"[red]task job {job_id} failed[/]:\n  " + "\n  ".join(lines))
     if sub.gather_job is not None:
-        sub.gather_job.result()
+        sub.gather_job.wait()  # its outcome is re-checked below by gathering again (same bytes)
+    unfinished = [t for t in plan.tasks if not TaskStore(plan.paths.task_dir(t)).is_done()]
+    for task in unfinished:
+        report_failed(plan, task, console)
     try:
         reports = gather(plan)
     except GatherError as exc:
         console.print(f"[red]incomplete:[/]\n{exc}")
         return 1
     print_reports(reports, console)
-    return 1 if failed else 0
+    return 0
+
+
+def report_failed(plan: Plan, task: Task, console: Console) -> None:
+    """Which task, why (its last failure record), the end of its log, what to run next."""
+    from .retries import read_failures
+
+    failures = read_failures(plan.paths.task_dir(task))
+    if not failures:
+        console.print(f"[red]task {task.task_id} did not finish[/] (no failure recorded: cancelled, or timed out "
+                      f"too many times); logs: {plan.paths.logs}")
+        return
+    last = failures[-1]
+    console.print(f"[red]task {task.task_id} failed[/] after {last['failures']} failure(s) (max_retries "
+                  f"{last['max_retries']}): {last['error']}")
+    for line in last.get("log_tail", [])[-LOG_LINES_SHOWN:]:
+        console.print(f"  | {line}", markup=False, highlight=False)
+    if last.get("log"):
+        console.print(f"  log: {last['log']}")
+    console.print("  fix the cause, then `launcher submit` the same spec: finished records are kept")
 
 
 def print_reports(reports: list[GroupReport], console: Console) -> None:

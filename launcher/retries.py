@@ -1,0 +1,212 @@
+"""retries.py: a failed attempt of a task -> a record on disk -> requeue (retries left) or give up, with its log tail.
+
+An attempt fails in one of two ways. Its Python raises: TaskRunner catches it and calls `on_exception`. Its process
+dies (SIGKILL, the OOM killer, a segfault in the engine): nothing in it can react, so the batch script's teardown
+sees srun's exit status and runs `python -m launcher.retries RUN_DIR STATUS`, which calls `on_death`. Both write
+the same record, one file per (Slurm job, restart), so one failure is never counted twice, and retries are counted
+per submission: resubmitting a run starts the count again.
+
+Requeues for preemption and time limits are not failures: submitit's checkpoint path handles them, and leaves a
+marker (`mark_requeued`) so that the teardown knows the attempt did not die.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .outputs import write_json_atomic
+
+LOG_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Which Slurm attempt this process is, from the job's environment."""
+
+    job_id: str  # "123_4" for an array element, "123" for a single job: submitit's id, names its log files
+    raw_job_id: str  # SLURM_JOB_ID: what scontrol requeue takes
+    submission: str  # the array job id (or the job id): retries are counted per submission
+    restart: int  # SLURM_RESTART_COUNT: 0 on the first run, +1 per requeue
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Attempt | None:
+        env = os.environ if env is None else env
+        raw = env.get("SLURM_JOB_ID")
+        # submitit's sbatch script exports SUBMITIT_EXECUTOR=slurm. Without it this process only runs inside some
+        # allocation (salloc, the local executor under a job): requeueing that job would be wrong.
+        if not raw or env.get("SUBMITIT_EXECUTOR") != "slurm":
+            return None
+        array, index = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+        job_id = f"{array}_{index}" if array and index else raw
+        return cls(job_id, raw, array or raw, int(env.get("SLURM_RESTART_COUNT") or 0))
+
+    @property
+    def key(self) -> str:
+        return f"{self.job_id}-r{self.restart}"
+
+
+def failures_dir(task_dir: Path) -> Path:
+    return task_dir / "failures"
+
+
+def requeues_dir(task_dir: Path) -> Path:
+    return task_dir / "requeues"
+
+
+def read_failures(task_dir: Path) -> list[dict[str, Any]]:
+    """Every failed attempt of the task, oldest first."""
+    folder = failures_dir(task_dir)
+    if not folder.is_dir():
+        return []
+    out = []
+    for path in folder.glob("*.json"):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(out, key=lambda f: f.get("time", 0))
+
+
+def mark_requeued(task_dir: Path, attempt: Attempt | None, why: str) -> None:
+    """Called from the checkpoint path (USR2: preemption or time limit) before submitit requeues the job."""
+    if attempt is not None:
+        write_json_atomic(requeues_dir(task_dir) / f"{attempt.key}.json",
+                          {"job_id": attempt.job_id, "restart": attempt.restart, "time": time.time(), "why": why})
+
+
+def already_handled(task_dir: Path, attempt: Attempt) -> bool:
+    return ((failures_dir(task_dir) / f"{attempt.key}.json").exists()
+            or (requeues_dir(task_dir) / f"{attempt.key}.json").exists())
+
+
+def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> list[str]:
+    if path is None or not path.exists():
+        return []
+    with path.open("rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))
+        text = f.read().decode(errors="replace")
+    # tqdm's progress bars are one long line of \r updates: keep what the terminal would show
+    shown = [ln.rsplit("\r", 1)[-1].rstrip() for ln in text.split("\n")]  # not splitlines(): it splits at \r too
+    return [ln for ln in shown if ln][-lines:]
+
+
+def record_failure(task_dir: Path, attempt: Attempt, max_retries: int, kind: str, error: str,
+                   log: Path | None, retryable: bool = True) -> dict[str, Any]:
+    """Write this attempt's failure; decide whether the task gets another attempt (`retry` in the record)."""
+    earlier = [f for f in read_failures(task_dir) if f.get("submission") == attempt.submission]
+    failures = len(earlier) + 1
+    retry = retryable and failures <= max_retries
+    record = {
+        "job_id": attempt.job_id, "submission": attempt.submission, "restart": attempt.restart,
+        "host": socket.gethostname(), "time": time.time(), "kind": kind, "error": error,
+        "failures": failures, "max_retries": max_retries, "retry": retry,
+        "log": str(log) if log else None, "log_tail": log_tail(log),
+    }
+    write_json_atomic(failures_dir(task_dir) / f"{attempt.key}.json", record)
+    return record
+
+
+def requeue(attempt: Attempt) -> None:
+    subprocess.run(["scontrol", "requeue", attempt.raw_job_id], check=True, timeout=60, capture_output=True)
+
+
+def job_state(attempt: Attempt) -> str | None:
+    """Slurm's state of this job now. RUNNING while only the task failed; COMPLETING, CANCELLED, TIMEOUT... when
+    Slurm itself is stopping it (scancel, the time limit, preemption): its processes then die of SIGTERM or
+    SIGKILL, and a retry would undo what Slurm or the user asked for. None: scontrol did not answer."""
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", attempt.raw_job_id], capture_output=True, text=True,
+                             timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for word in out.stdout.split():
+        if word.startswith("JobState="):
+            return word.removeprefix("JobState=")
+    return None
+
+
+def stopped_by_slurm(attempt: Attempt) -> str | None:
+    """The state, when Slurm is stopping the job (then the failure is not the task's), else None."""
+    state = job_state(attempt)
+    return state if state not in (None, "RUNNING") else None
+
+
+def describe_status(status: int) -> str:
+    """srun's exit status -> words. 128+N: its task was killed by signal N."""
+    if status > 128 and status - 128 < signal.NSIG:
+        try:
+            name = signal.Signals(status - 128).name
+        except ValueError:
+            name = f"signal {status - 128}"
+        hint = " (the OOM killer, or someone killed it)" if status - 128 == signal.SIGKILL else ""
+        return f"the task's process was killed by {name}{hint}; srun exited with {status}"
+    return f"the task's process exited with status {status} without reporting an error"
+
+
+def on_death(run_dir: Path, status: int, env: Mapping[str, str] | None = None) -> bool:
+    """The teardown's decision after srun failed: True means requeue the job (the shell runs scontrol)."""
+    from submitit.core.utils import DelayedSubmission, JobPaths
+
+    from .plan import RunPaths
+    from .run_state import load_run
+
+    attempt = Attempt.from_env(env)
+    if attempt is None:
+        return False
+    logs = run_dir / "logs"
+    paths = JobPaths(logs, job_id=attempt.job_id, task_id=0)
+    try:  # the pickle says which task this array element runs (a resubmit maps elements to other tasks)
+        index = int(DelayedSubmission.load(paths.submitted_pickle).args[0])
+        spec, tasks = load_run(run_dir)
+    except (OSError, ValueError, IndexError, EOFError) as exc:
+        print(f"launcher.retries: cannot tell which task {attempt.job_id} ran: {exc}", file=sys.stderr)
+        return False
+    task_dir = RunPaths(Path(spec.output.dir), spec.run_id).task_dir(tasks[index])
+    if (task_dir / "done.json").exists() or already_handled(task_dir, attempt) or stopped_by_slurm(attempt):
+        return False
+    if status == 128 + signal.SIGUSR2:
+        # USR2 came before submitit had installed its handler (the first second of the process): the job was
+        # being preempted or timed out, as submitit would have requeued it. Not the task's fault: no retry used.
+        mark_requeued(task_dir, attempt, "USR2 before the task's handler was ready")
+        print(f"launcher.retries: task {tasks[index].task_id}: USR2 arrived before the handler; requeued",
+              file=sys.stderr)
+        return True
+    record = record_failure(task_dir, attempt, spec.slurm.max_retries, "died", describe_status(status), paths.stderr)
+    print(f"launcher.retries: task {tasks[index].task_id}: {record['error']}; failure {record['failures']} of "
+          f"{record['max_retries']} allowed retries: " + ("requeued" if record["retry"] else "giving up"),
+          file=sys.stderr)
+    return bool(record["retry"])
+
+
+def teardown_lines(python: str, run_dir: Path) -> list[str]:
+    """Shell lines after submitit's srun: a task that died unreported gets its retry, and the job keeps srun's status
+    (without `exit`, the job's state would be the teardown's). `python` is already quoted for the shell; it may
+    run inside the image, where scontrol may be missing, so the host shell asks Slurm whether the job is still
+    RUNNING (not being cancelled, timed out or preempted) and does the requeue itself."""
+    import shlex
+
+    guard = f"{python} -m launcher.retries {shlex.quote(str(run_dir))} \"$launcher_rc\""
+    still_running = 'scontrol show job -o "$SLURM_JOB_ID" | grep -qw JobState=RUNNING'
+    return ["launcher_rc=$?",
+            f'if [ "$launcher_rc" -ne 0 ] && {still_running} && {guard}; then scontrol requeue "$SLURM_JOB_ID"; fi',
+            'exit "$launcher_rc"']
+
+
+def main(argv: list[str]) -> int:
+    """`python -m launcher.retries RUN_DIR STATUS`: exit 0 when the job should be requeued."""
+    run_dir, status = argv
+    return 0 if on_death(Path(run_dir), int(status)) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
