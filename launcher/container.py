@@ -125,6 +125,10 @@ class ContainerRequest:
     workdir: Path | None = None
     user: str | None = None
     """``uid:gid`` the process runs as; None: the runtime's default (apptainer: the caller)."""
+    rootless: bool = False
+    """The runtime runs unprivileged in a user namespace (podman started by a non-root user). Its uid 1500 inside
+    is then a sub-uid outside, so files written would belong to neither the caller nor anyone: the caller's own
+    ids must be mapped through unchanged (podman ``--userns keep-id``)."""
 
     def __post_init__(self) -> None:
         if not self.image or self.image.startswith("-"):
@@ -180,7 +184,7 @@ def _apptainer_env_value(value: str) -> str:
 
 @register
 class Apptainer:
-    """``env PREFIX_K=V... apptainer exec --cleanenv --no-home [--nv] [--pwd] [--bind]... IMAGE CMD...``
+    """``env PREFIX_K=V... apptainer exec --cleanenv --no-home --contain [--nv] [--pwd] [--bind]... IMAGE CMD...``
 
     The env goes in as APPTAINERENV_K variables (which --cleanenv lets through), not as ``--env K=V``:
     --env parses its value as CSV, so values holding both ',' and '=' or '"' (Slurm node lists, JSON)
@@ -196,8 +200,10 @@ class Apptainer:
 
     def wrap(self, req: ContainerRequest) -> list[str]:
         # --cleanenv: only the env below gets in. --no-home: the user's ~/.local would shadow the image's
-        # packages; everything a task needs is bound explicitly.
-        out = [self.name, "exec", "--cleanenv", "--no-home"]
+        # packages; everything a task needs is bound explicitly. --contain: without it apptainer also binds the
+        # host's /tmp, /var/tmp and the directory the job started in (measured through Slurm: a file in the submit
+        # directory was readable inside); with it /tmp and /var/tmp are private (in memory) and --nv still works.
+        out = [self.name, "exec", "--cleanenv", "--no-home", "--contain"]
         if req.gpu_ids:
             out.append("--nv")  # exposes the driver; Slurm's cgroup and CUDA_VISIBLE_DEVICES pick the GPUs
         if req.workdir is not None:
@@ -231,6 +237,10 @@ class Docker:
     def available(self) -> bool:
         return shutil.which(self.name) is not None
 
+    def user_args(self, req: ContainerRequest) -> list[str]:
+        # A rootful daemon (the usual docker, even for members of the docker group) maps uids 1:1.
+        return [] if req.user is None else ["--user", req.user]
+
     def gpu_args(self, gpu_ids: tuple[str, ...]) -> list[str]:
         # --gpus parses its value as CSV: the device list must be one quoted field, '"device=0,1"'.
         return ["--gpus", f'"device={",".join(gpu_ids)}"']
@@ -240,8 +250,7 @@ class Docker:
         # --ipc host: vLLM and NCCL need more shared memory than the default 64 MB /dev/shm.
         # --pull never: compute nodes have no registry access; a missing image must fail, not hang.
         out = [self.name, "run", "--rm", "--init", "--pull", "never", "--network", "host", "--ipc", "host"]
-        if req.user is not None:
-            out += ["--user", req.user]
+        out += self.user_args(req)
         if req.gpu_ids:
             out += self.gpu_args(req.gpu_ids)
         for bind in req.binds:
@@ -256,6 +265,11 @@ class Docker:
 @register
 class Podman(Docker):
     name: ClassVar[str] = "podman"
+
+    def user_args(self, req: ContainerRequest) -> list[str]:
+        # Rootless podman: keep-id maps the caller's uid/gid to the same ids inside (measured: with --user alone a
+        # non-root caller's task got EACCES on its own bound output folder).
+        return [*(["--userns", "keep-id"] if req.rootless else []), *super().user_args(req)]
 
     def gpu_args(self, gpu_ids: tuple[str, ...]) -> list[str]:
         # CDI (nvidia-ctk cdi generate): one --device per GPU. SELinux labels would hide the device nodes.

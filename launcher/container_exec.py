@@ -195,6 +195,7 @@ def build_argv(request: ExecRequest, command: list[str], environ: Mapping[str, s
         gpu_ids=gpus.ids,
         workdir=request.workdir,
         user=user,
+        rootless=request.runtime == "podman" and os.geteuid() != 0,  # podman run by a user is always rootless
     )
     return runtime.wrap(req), gpus
 
@@ -289,5 +290,6 @@ def preview_argv(spec: Any, run_dir: Path, gpu_count: int) -> list[str]:
     request = ExecRequest(runtime=spec.container.runtime, image=spec.container.image,
                           binds=tuple(spec_binds(spec, run_dir)), env=dict(spec.container.env), workdir=run_dir)
     environ = {"SLURM_JOB_GPUS": ",".join(map(str, range(gpu_count)))} if gpu_count else {}
-    argv, _ = build_argv(request, [IN_IMAGE_PYTHON, "-u", "-m", "submitit.core._submit", str(run_dir / "logs")], environ)
+    command = [IN_IMAGE_PYTHON, "-u", "-m", "submitit.core._submit", str(run_dir / "logs")]
+    argv, _ = build_argv(request, command, environ)
     return argv

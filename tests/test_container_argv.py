@@ -49,7 +49,7 @@ def request(**overrides: object) -> ContainerRequest:
 def test_apptainer_argv_exact() -> None:
     assert get_runtime("apptainer").wrap(request()) == [
         "env", "APPTAINERENV_CUDA_VISIBLE_DEVICES=0,1", "APPTAINERENV_SLURM_JOB_ID=42",
-        "apptainer", "exec", "--cleanenv", "--no-home", "--nv", "--pwd", "/runs/r1",
+        "apptainer", "exec", "--cleanenv", "--no-home", "--contain", "--nv", "--pwd", "/runs/r1",
         "--security", "uid:1000,gid:1000",
         "--bind", "/runs/r1:/runs/r1", "--bind", "/models/m:/models/m:ro",
         "img:1", "python3", "-u", "-m", "submitit.core._submit", "/runs/r1/submitit",
@@ -58,7 +58,7 @@ def test_apptainer_argv_exact() -> None:
 
 def test_singularity_argv_uses_its_own_binary_and_env_prefix() -> None:
     argv = get_runtime("singularity").wrap(request(gpu_ids=(), user=None, workdir=None, binds=(), env={"A": "1"}))
-    assert argv == ["env", "SINGULARITYENV_A=1", "singularity", "exec", "--cleanenv", "--no-home", "img:1",
+    assert argv == ["env", "SINGULARITYENV_A=1", "singularity", "exec", "--cleanenv", "--no-home", "--contain", "img:1",
                     "python3", "-u", "-m", "submitit.core._submit", "/runs/r1/submitit"]  # fmt: skip
 
 

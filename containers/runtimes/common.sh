@@ -44,6 +44,16 @@ apt_install() {
     fi
 }
 
+# container_users: the non-root users who run containers in the tests, one per line. LAUNCHER_CONTAINER_USERS
+# (space-separated) names them; unset, it is `slurmtest`, the local Slurm's test user (slurm/), when it exists.
+container_users() {
+    local u
+    for u in ${LAUNCHER_CONTAINER_USERS-slurmtest}; do
+        id -u "$u" >/dev/null 2>&1 && [[ $(id -u "$u") -ne 0 ]] && echo "$u"
+    done
+    return 0
+}
+
 # env_file_set NAME VALUE: one `export NAME=VALUE` line in $ENV_FILE, replaced if already there.
 env_file_set() {
     local name=$1 value=$2

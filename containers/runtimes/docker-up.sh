@@ -45,6 +45,12 @@ $(tail -n 15 "$DIR/dockerd.log")" "read $DIR/dockerd.log"
     done_msg "dockerd $("$CLIENT" version --format '{{.Server.Version}}') up (pid $(cat "$PIDFILE"), socket $SOCK)"
 fi
 
+# A non-root user reaches a rootful daemon through the socket's group (dockerd gives it group docker), as on
+# a cluster that offers docker at all; the shim then runs the task with --user of that user.
+while IFS= read -r user; do
+    id -nG "$user" | tr ' ' '\n' | grep -qx docker || { usermod -aG docker "$user" && log "added $user to group docker"; }
+done < <(container_users)
+
 env_file_set DOCKER_HOST "unix://$SOCK"
 env_file_set DOCKER_API_VERSION "$API_VERSION"
 echo "export DOCKER_HOST=unix://$SOCK DOCKER_API_VERSION=$API_VERSION"

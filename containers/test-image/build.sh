@@ -4,6 +4,7 @@
 #            (torch CPU from the local wheel, transformers), then imported as
 #   docker/podman image  localhost/launcher-test:cpu      (whichever of the two answers)
 #   apptainer SIF        $STATE/test-image/launcher-test.sif
+#   and the same podman image in the rootless store of each non-root test user (container_users in common.sh)
 # The SIF uses lz4, not gzip: 15 s instead of 100 s to pack on 2 cores, for 530 MB instead of 350 MB.
 # Each stage is cached under a key made from its inputs, so a second run with nothing changed takes a
 # second or two, and a change to the project's code rebuilds only the last stage.
@@ -170,6 +171,8 @@ if [[ ! -d $LAYER ]]; then
     mv "$LAYER.tmp" "$LAYER"
 fi
 
+IMAGE_PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
 import_into() {   # import_into docker|podman: skipped when the image there already carries this key
     local tool=$1 have quiet=()
     [[ $tool == podman ]] && quiet=(--quiet)
@@ -177,8 +180,7 @@ import_into() {   # import_into docker|podman: skipped when the image there alre
     if [[ $have == "$key" ]]; then log "$tool: $TAG is current ($key)"; return; fi
     if ! "$tool" image inspect "$DEPS_TAG" >/dev/null 2>&1; then
         tar -C "$DEPS/rootfs" -cf - . | "$tool" import "${quiet[@]}" \
-            --change "ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
-            --change "ENV HF_HUB_OFFLINE=1" - "$DEPS_TAG" >/dev/null
+            --change "ENV PATH=$IMAGE_PATH" --change "ENV HF_HUB_OFFLINE=1" - "$DEPS_TAG" >/dev/null
         step "$tool: imported the dependency layer $DEPS_TAG"
     fi
     "$tool" build "${quiet[@]}" -t "$TAG" "$LAYER" > "$DIR/$tool-build.log" 2>&1 \
@@ -187,9 +189,62 @@ import_into() {   # import_into docker|podman: skipped when the image there alre
     step "$tool: built $TAG ($("$tool" image inspect --format '{{.Size}}' "$TAG" | awk '{printf "%.0f MB", $1/1e6}'))"
 }
 
+# import_rootless USER: the same image in USER's rootless podman store (podman-setup.sh gives each user one).
+# `podman build` there would diff the whole 1.3 GB tree on every commit (a user namespace has no native overlay
+# diff: 82 s per build here), so the image goes over as an OCI "dir:" layout instead: the dependency layer, a tar
+# made once per dependency key that the store skips by digest once it holds it, and the project layer (~1 MB).
+import_rootless() {
+    local user=$1 have id as=(runuser -u "$1" --) where="podman ($1, rootless)"
+    have=$(cd / && "${as[@]}" podman image inspect --format '{{index .Config.Labels "launcher.test.key"}}' "$TAG" 2>/dev/null || true)
+    if [[ $have == "$key" ]]; then log "$where: $TAG is current ($key)"; return; fi
+    local deps_tar="$DEPS/layer.tar"
+    if [[ ! -f $deps_tar.sha256 ]]; then
+        tar -C "$DEPS/rootfs" -cf "$deps_tar.tmp" . && mv "$deps_tar.tmp" "$deps_tar"
+        sha256sum "$deps_tar" | cut -d' ' -f1 > "$deps_tar.sha256"
+        chmod 644 "$deps_tar" "$deps_tar.sha256"
+    fi
+    local oci="$FINAL/oci"
+    if [[ ! -f $oci/manifest.json ]]; then
+        rm -rf "$oci" && mkdir -p "$oci"
+        tar -C "$LAYER/files" -cf "$oci/project.tar" .
+        python3 - "$deps_tar" "$(cat "$deps_tar.sha256")" "$oci" "$FINAL/labels.env" "PATH=$IMAGE_PATH" HF_HUB_OFFLINE=1 <<'PY'
+import hashlib, json, os, platform, sys
+deps_tar, deps_hex, oci, labels_env, *env = sys.argv[1:]
+def blob(data: bytes) -> dict:
+    hexd = hashlib.sha256(data).hexdigest()
+    open(os.path.join(oci, hexd), "wb").write(data)
+    return {"digest": f"sha256:{hexd}", "size": len(data)}
+os.link(deps_tar, os.path.join(oci, deps_hex))
+project = os.path.join(oci, "project.tar")
+project_hex = hashlib.sha256(open(project, "rb").read()).hexdigest()
+os.replace(project, os.path.join(oci, project_hex))
+labels = dict(line.split("=", 1) for line in open(labels_env).read().splitlines() if line)
+arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+config = blob(json.dumps({"architecture": arch, "os": "linux", "config": {"Env": env, "Labels": labels},
+                          "rootfs": {"type": "layers", "diff_ids": [f"sha256:{deps_hex}", f"sha256:{project_hex}"]}}).encode())
+layer = "application/vnd.oci.image.layer.v1.tar"
+manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+            "layers": [{"mediaType": layer, "digest": f"sha256:{deps_hex}", "size": os.path.getsize(deps_tar)},
+                       {"mediaType": layer, "digest": f"sha256:{project_hex}",
+                        "size": os.path.getsize(os.path.join(oci, project_hex))}]}
+open(os.path.join(oci, "manifest.json"), "w").write(json.dumps(manifest))
+open(os.path.join(oci, "version"), "w").write("Directory Transport Version: 1.1\n")
+PY
+        chmod -R a+rX "$oci"
+    fi
+    id=$(cd / && "${as[@]}" podman pull -q "dir:$oci" 2> "$DIR/podman-$user-pull.log") \
+        || die "$where: podman pull dir:$oci failed; see $DIR/podman-$user-pull.log"
+    (cd / && "${as[@]}" podman tag "$id" "$TAG" && "${as[@]}" podman image prune -f >/dev/null 2>&1) || true
+    step "$where: loaded $TAG"
+}
+
 for rt in "${runtimes[@]}"; do
     case $rt in
-        docker | podman) import_into "$rt" ;;
+        docker) import_into docker ;;
+        podman)
+            import_into podman
+            while IFS= read -r user; do import_rootless "$user"; done < <(container_users) ;;
         apptainer)
             if [[ -f $SIF && $(cat "$SIF.key" 2>/dev/null) == "$key" ]]; then
                 log "apptainer: $SIF is current ($key)"

@@ -1,0 +1,671 @@
+"""Real runtimes through the real local Slurm: `launcher submit SPEC --wait` runs every task inside the CPU test image.
+
+For docker, podman and apptainer, as the caller (root in CI) and as the non-root `slurmtest` user, one run each:
+the tiny model, the HF backend, a 4-record dataset in 1-2 tasks, the local Slurm (slurm/up.sh), the test image
+(containers/test-image/build.sh). All runs are submitted at once and waited for together, so the file costs about
+one run's wall time. Each run is then checked for:
+- outputs: gathered, complete, every record with num_samples samples;
+- binds: the task saw only its binds (see PROBE), wrote only where bound read-write, and ran the image's Python;
+- ownership: every file the run wrote belongs to the submitting user;
+- the image: run.json records it, with the SIF's sha256 or the docker/podman image id.
+What cannot run here is checked by exact argv built from a real Slurm job's variables: docker --gpus and podman
+--device need NVIDIA's container toolkit and a driver (the local Slurm's GPUs are fake). apptainer --nv does run
+without a driver, so the apptainer run asks Slurm for a (fake) GPU and its task runs with --nv for real.
+One more docker run has a task that crashes once: its retry must work although the image has no scontrol.
+`launcher doctor` is checked from the CLI (no GPU here: it says so and checks the rest).
+
+Set-up (root, idempotent): bash slurm/up.sh && bash containers/runtimes/up-all.sh
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from launcher.container import forwarded_env
+
+from .conftest import ROOT, USERS, make_spec, write_jsonl
+
+STATE = Path(os.environ.get("LAUNCHER_CONTAINERS_STATE", "/var/tmp/launcher-containers"))
+RUNTIMES = ("docker", "podman", "apptainer")
+USERS_RUN_AS = ("caller", "slurmtest")
+NON_ROOT = "slurmtest"  # made by slurm/up.sh; containers/runtimes/*.sh give it docker and rootless podman
+RUN_TIMEOUT_S = 480
+RECORDS = 4
+NUM_SAMPLES = 2
+SETUP_FIX = "bash slurm/up.sh && bash containers/runtimes/up-all.sh (as root)"
+
+# Imported by every Python that starts inside the container (the run's PYTHONPATH names its folder): the array
+# tasks and the gather job. It writes what that very process sees to results/, and never raises. This is how the
+# test looks from inside a real task without changing the toolkit: a sitecustomize is Python's own hook.
+PROBE = r'''
+import json, os, sys
+
+def _record():
+    import errno, hashlib, importlib.util
+    asked = json.loads(os.environ.get("LAUNCHER_PROBE", "{}"))
+    spec = importlib.util.find_spec("launcher")
+    pkg = os.path.dirname(spec.origin) if spec and spec.origin else None
+    sources = {}
+    for root, dirs, files in os.walk(pkg or "/nonexistent"):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                with open(path, "rb") as f:
+                    sources[os.path.relpath(path, pkg)] = hashlib.sha256(f.read()).hexdigest()
+    writes = {}
+    for folder in asked.get("write", []):
+        target = os.path.join(folder, f".probe-{os.getpid()}")
+        try:
+            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os.unlink(target)
+            writes[folder] = "ok"
+        except OSError as err:
+            writes[folder] = errno.errorcode.get(err.errno, str(err.errno))
+    with open("/proc/self/mountinfo") as f:
+        mounts = sorted({line.split()[4].replace("\\040", " ") for line in f})
+    return {
+        "uid": os.getuid(), "gid": os.getgid(), "executable": sys.executable, "launcher": pkg, "sources": sources,
+        "visible": {p: os.path.exists(p) for p in asked.get("hidden", [])}, "writes": writes, "mounts": mounts,
+        "env_names": sorted(os.environ), "cwd": os.getcwd(), "job_id": os.environ.get("SLURM_JOB_ID"),
+        "job_name": os.environ.get("SLURM_JOB_NAME"), "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
+
+def _save(payload):
+    results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    os.makedirs(results, exist_ok=True)
+    name = f"{os.environ.get('SLURM_JOB_ID', 'nojob')}-{os.getpid()}.json"
+    with open(os.path.join(results, "." + name), "w") as f:
+        json.dump(payload, f)
+    os.replace(os.path.join(results, "." + name), os.path.join(results, name))
+
+try:
+    _save(_record())
+except Exception as exc:  # the task must run whatever happens here; the test reads the error
+    try:
+        _save({"error": repr(exc)})
+    except Exception:
+        pass
+'''
+
+
+# ---- the machine: env.sh, runtimes, image, users --------------------------------------------------------------
+def runtime_env() -> dict[str, str]:
+    """DOCKER_HOST, CONTAINERS_CONF, LAUNCHER_TEST_IMAGE, ... from the set-up scripts' env.sh (values win over none)."""
+    found: dict[str, str] = {}
+    env_file = STATE / "env.sh"
+    if env_file.exists():
+        for line in env_file.read_text().splitlines():
+            if line.startswith("export ") and "=" in line:
+                name, value = line[len("export ") :].split("=", 1)
+                found[name] = value.strip("'\"")
+    return found
+
+
+def image_for(runtime: str, env: dict[str, str]) -> str:
+    if runtime == "apptainer":
+        return env.get("LAUNCHER_TEST_SIF", str(STATE / "test-image" / "launcher-test.sif"))
+    return env.get("LAUNCHER_TEST_IMAGE", "localhost/launcher-test:cpu")
+
+
+def as_user(user: str) -> list[str]:
+    # By absolute path: the other user's env (PATH without sbin) is what subprocess searches.
+    return [] if user == "caller" else [shutil.which("runuser") or "/usr/sbin/runuser", "-u", user, "--"]
+
+
+def user_env(user: str, env: dict[str, str]) -> dict[str, str]:
+    """The environment a submit starts with: the caller's own, or a clean login-like one for the other user."""
+    extra = {**env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+             "CT_HOST_ONLY": "must not reach the container"}  # not in the forwarding allow-list
+    if user == "caller":
+        return {**os.environ, **extra}
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": f"/home/{user}", "USER": user, "LOGNAME": user,
+            "LANG": "C.UTF-8", **extra}
+
+
+def why_not(runtime: str, user: str, env: dict[str, str]) -> str | None:
+    """None when this runtime can run a task as this user here; else the reason and the fix, for the skip."""
+    if user != "caller":
+        if os.getuid() != 0:
+            return f"running as {NON_ROOT} needs root to switch users (runuser); run the tests as root"
+        if subprocess.run(["id", "-u", NON_ROOT], capture_output=True).returncode != 0:
+            return f"no user {NON_ROOT}: bash slurm/up.sh makes it"
+    full_env = user_env(user, env)
+    binary = shutil.which(runtime, path=full_env["PATH"])
+    if not binary:
+        script = "docker-up.sh" if runtime == "docker" else f"{runtime}-setup.sh"
+        return f"{runtime} not installed: bash containers/runtimes/{script} (as root)"
+    image = image_for(runtime, env)
+    if runtime == "apptainer":
+        probe = [runtime, "--version"]
+        if not Path(image).exists():
+            return f"no test SIF {image}: bash containers/test-image/build.sh apptainer (as root)"
+    else:
+        probe = [runtime, "image", "inspect", "--format", "{{.Id}}", image]
+    done = subprocess.run([*as_user(user), *probe], env=full_env, capture_output=True, text=True, timeout=60,
+                          cwd="/")
+    if done.returncode == 0:
+        return None
+    said = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+    if runtime == "apptainer" and user != "caller":
+        # The apptainer here is sid's, run by a wrapper that needs root (unshare -m, pivot_root): on a cluster the
+        # site's setuid or user-namespace install lets users run it.
+        return f"apptainer here is a root-only wrapper (containers/runtimes/apptainer-setup.sh): {said[0]}"
+    if runtime == "docker" and "Cannot connect" in said[0]:
+        return "no docker daemon: bash containers/runtimes/docker-up.sh (as root)"
+    if runtime == "docker" and "permission denied" in said[0].lower():
+        return (f"{user} cannot reach the docker socket: bash containers/runtimes/docker-up.sh adds {NON_ROOT} "
+                "to group docker")
+    return f"{runtime} cannot see the test image as {user} ({said[0]}): bash containers/test-image/build.sh (as root)"
+
+
+# ---- one run per (runtime, user), all in flight at once -------------------------------------------------------
+@dataclass
+class Run:
+    runtime: str
+    user: str
+    label: str
+    """Names the run: the user, or what else is special about it (retry)."""
+    uid: int
+    gid: int
+    image: str
+    dir: Path
+    spec: Path
+    probe_dir: Path
+    hidden: list[str]
+    ro: list[str]
+    rw: list[str]
+    tasks: int
+    extra_env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    ended: float | None = None
+    waiter: threading.Thread | None = None
+    stdout: str = ""
+
+    @property
+    def wall_s(self) -> float:
+        return (self.ended or time.time()) - self.started
+
+    @property
+    def out(self) -> Path:
+        return self.dir / "out"
+
+    @property
+    def name(self) -> str:
+        return f"ct-{self.runtime}-{self.label}"
+
+    def finish(self) -> Run:
+        if self.proc is None or self.waiter is None or self.stdout:
+            return self
+        self.waiter.join(timeout=max(1.0, RUN_TIMEOUT_S - (time.time() - self.started)))
+        if self.ended is None:
+            self.proc.kill()
+            self.waiter.join()
+        self.stdout = (self.dir / "submit.log").read_text(errors="replace")
+        if self.proc.returncode == -9:
+            self.stdout += f"\n[test] killed after {RUN_TIMEOUT_S} s"
+        return self
+
+    def run_dir(self) -> Path:
+        found = sorted((self.out / "runs").glob("*/run.json"))
+        assert found, f"no run.json under {self.out}/runs; launcher said:\n{self.stdout[-3000:]}"
+        return found[0].parent
+
+    def probes(self) -> list[dict[str, Any]]:
+        """What each Python in the container saw: the tasks' (job name = spec name) and the gather job's."""
+        return [json.loads(p.read_text()) for p in sorted((self.probe_dir / "results").glob("*.json"))]
+
+    def task_probes(self) -> list[dict[str, Any]]:
+        return [p for p in self.probes() if p.get("job_name") == self.name]
+
+    def logs_tail(self) -> str:
+        logs = sorted((self.out / "runs").glob("*/logs/*.err"))
+        return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:]) for p in logs)
+
+
+def _shared_base(tiny_model: Path) -> Path:
+    """A folder every test user can read (pytest's own tmp is 0700 root): model, data, a venv for the other user."""
+    base = Path(tempfile.mkdtemp(prefix="launcher-ct-", dir="/tmp"))
+    base.chmod(0o755)
+    shutil.copytree(tiny_model, base / "model")
+    write_jsonl(base / "data" / "users.jsonl", USERS[:RECORDS])
+    # Next to the bound folders but never bound: visible inside means the container leaks the host's files.
+    (base / "secret").mkdir()
+    (base / "secret" / "marker.txt").write_text("the task must not see this\n")
+    # The venv's base Python lives under /root (0700 here), so the other user gets a venv of the system Python
+    # that reads this checkout's packages, as a user's own venv on a login node would.
+    if os.getuid() == 0:
+        venv = base / "venv"
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+        site = next((venv / "lib").glob("python3*/site-packages"))
+        ours = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
+        (site / "launcher-checkout.pth").write_text(f"import site; site.addsitedir({str(ours)!r})\n")
+    for path in base.rglob("*"):
+        path.chmod(path.stat().st_mode | 0o044 | (0o011 if path.is_dir() else 0))
+    return base
+
+
+def ids_of(user: str) -> tuple[int, int]:
+    if user == "caller":
+        return os.getuid(), os.getgid()
+    return int(subprocess.check_output(["id", "-u", user])), int(subprocess.check_output(["id", "-g", user]))
+
+
+def _prepare(runtime: str, user: str, base: Path, env: dict[str, str], host_marker: Path, label: str = "",
+             max_retries: int = 0, extra_env: dict[str, str] | None = None) -> Run:
+    uid, gid = ids_of(user)
+    label = label or user
+    folder = base / f"{runtime}-{label}"
+    probe_dir = folder / "probe"
+    probe_dir.mkdir(parents=True)
+    (probe_dir / "sitecustomize.py").write_text(PROBE)
+    (folder / "out").mkdir()
+    for path in (folder, probe_dir, folder / "out"):
+        os.chown(path, uid, gid)
+    tasks = 2 if label == "caller" else 1  # the caller's runs are arrays of 2; the others one task each
+    hidden = [str(base / "secret" / "marker.txt"), str(base / "secret"), str(host_marker), str(ROOT / "pyproject.toml"),
+              sys.prefix, str(STATE / "env.sh")]
+    ro = [str(base / "model"), str(base / "data")]
+    rw = [str(folder / "out"), str(probe_dir)]
+    spec = make_spec(
+        folder, base / "model", base / "data" / "users.jsonl", name=f"ct-{runtime}-{label}",
+        executor="slurm",
+        data={"records_per_shard": RECORDS // tasks, "num_samples": NUM_SAMPLES},
+        sampling={"max_tokens": 4, "seed": 7},
+        # apptainer --nv runs without a driver: its task gets a fake GPU from Slurm and runs with --nv for real.
+        # docker --gpus / podman --device fail without NVIDIA's toolkit: their GPU argv is checked exactly below.
+        slurm={"gpus_per_node": 1 if runtime == "apptainer" else 0, "cpus_per_gpu": 1, "mem": "1G",
+               "time": "00:10:00", "signal_delay_s": 30, "max_retries": max_retries},
+        container={"runtime": runtime, "image": image_for(runtime, env), "binds": [str(probe_dir)],
+                   "env": {"PYTHONPATH": str(probe_dir),
+                           "LAUNCHER_PROBE": json.dumps({"hidden": hidden, "write": ro + rw})}},
+    )
+    os.chown(spec, uid, gid)
+    return Run(runtime, user, label, uid, gid, image_for(runtime, env), folder, spec, probe_dir, hidden, ro, rw, tasks,
+               extra_env or {})
+
+
+def _submit(run: Run, base: Path, env: dict[str, str]) -> None:
+    python = sys.executable if run.user == "caller" else str(base / "venv" / "bin" / "python")
+    argv = [*as_user(run.user), python, "-m", "launcher", "submit", str(run.spec), "--wait"]
+    # The submit starts in the unbound secret/ folder: a runtime that binds the job's start directory shows it.
+    run.started = time.time()
+    with open(run.dir / "submit.log", "wb") as log:
+        run.proc = subprocess.Popen(argv, cwd=base / "secret", env={**user_env(run.user, env), **run.extra_env},
+                                    stdout=log, stderr=subprocess.STDOUT)
+
+    def wait(proc: subprocess.Popen[bytes] = run.proc) -> None:
+        proc.wait()
+        run.ended = time.time()
+
+    run.waiter = threading.Thread(target=wait, daemon=True)
+    run.waiter.start()
+
+
+@dataclass
+class Fleet:
+    runs: dict[tuple[str, str], Run]
+    skipped: dict[tuple[str, str], str]
+    env: dict[str, str]
+    base: Path
+    gpu_jobs: dict[tuple[str, str], GpuJob]
+    gpu_skipped: dict[tuple[str, str], str]
+
+    def get(self, runtime: str, label: str) -> Run:
+        if (runtime, label) in self.skipped:
+            pytest.skip(self.skipped[(runtime, label)])
+        return self.runs[(runtime, label)].finish()
+
+
+@pytest.fixture(scope="module")
+def fleet(tiny_model: Path) -> Iterator[Fleet]:
+    env = runtime_env()
+    base = _shared_base(tiny_model)
+    host_marker = Path(tempfile.mkstemp(prefix="launcher-ct-host-marker-", dir="/tmp")[1])
+    host_marker.chmod(0o644)
+    runs: dict[tuple[str, str], Run] = {}
+    skipped: dict[tuple[str, str], str] = {}
+    t0 = time.time()
+    for runtime in RUNTIMES:
+        for user in USERS_RUN_AS:
+            reason = why_not(runtime, user, env)
+            if reason:
+                skipped[(runtime, user)] = reason
+            else:
+                runs[(runtime, user)] = _prepare(runtime, user, base, env, host_marker)
+    if reason := why_not("docker", "caller", env):
+        skipped[("docker", "retry")] = reason
+    else:  # one task that crashes once: its retry must happen although scontrol is not in the image
+        runs[("docker", "retry")] = _prepare("docker", "caller", base, env, host_marker, label="retry", max_retries=1,
+                                             extra_env={"LAUNCHER_FAULT_CRASH": "users.full.0000:1"})
+    for run in runs.values():
+        _submit(run, base, env)
+    gpu_jobs: dict[tuple[str, str], GpuJob] = {}
+    gpu_skipped: dict[tuple[str, str], str] = {}
+    for runtime, user in GPU_COMBOS:  # the shim only prints here: the runtime and image need not work as that user
+        if user != "caller" and (reason := why_not("podman", user, env)):
+            gpu_skipped[(runtime, user)] = reason
+        else:
+            gpu_jobs[(runtime, user)] = _start_gpu_job(runtime, user, base, env)
+    yield Fleet(runs, skipped, env, base, gpu_jobs, gpu_skipped)
+    for job in gpu_jobs.values():
+        job.cancel()
+    for run in runs.values():
+        run.finish()
+        print(f"\n[containers-slurm] {run.name} (as {run.user}): submit --wait took {run.wall_s:.1f} s", end="")
+    print(f"\n[containers-slurm] all runs done {time.time() - t0:.1f} s after the first submit")
+    host_marker.unlink(missing_ok=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+COMBOS = [pytest.param(rt, user, id=f"{rt}-{user}") for rt in RUNTIMES for user in USERS_RUN_AS]
+
+
+# ---- GPU flags: exact argv from a real Slurm job's variables ------------------------------------------------
+GPU_COMBOS = (("docker", "caller"), ("podman", "caller"), ("apptainer", "caller"), ("podman", NON_ROOT))
+GPUS = 2
+
+
+@dataclass
+class GpuJob:
+    """sbatch --gpus=2 --wait; inside, under srun (as submitit runs the shim): the step's env, then the shim's
+    --print argv. Submitted with the runs, so that waiting for a free (fake) GPU overlaps with them."""
+
+    runtime: str
+    user: str
+    folder: Path
+    request: Path
+    proc: subprocess.Popen[str]
+
+    @property
+    def out(self) -> Path:
+        return self.folder / f"{self.runtime}-{self.user}.out"
+
+    def cancel(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            subprocess.run(["scancel", "--name", self.folder.name], capture_output=True, check=False)
+
+    def result(self) -> tuple[list[str], dict[str, str]]:
+        try:
+            _, err = self.proc.communicate(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.cancel()
+            raise AssertionError(f"sbatch --gpus={GPUS} still waiting after {RUN_TIMEOUT_S} s (busy node?)") from None
+        said = self.out.read_text(errors="replace") if self.out.exists() else ""
+        assert self.proc.returncode == 0, f"sbatch exited {self.proc.returncode}: {err}{said}"
+        argv = json.loads(said.strip().splitlines()[-1])
+        env_text = Path(f"{self.out}.env").read_text()
+        return argv, dict(item.split("=", 1) for item in env_text.split("\0") if "=" in item)
+
+
+def _start_gpu_job(runtime: str, user: str, base: Path, env: dict[str, str]) -> GpuJob:
+    from launcher.container_exec import write_request
+
+    folder = Path(tempfile.mkdtemp(prefix=f"gpu-{runtime}-{user}-", dir=base))
+    folder.chmod(0o777)
+    req = write_request(folder / "request.json", runtime=runtime, image=image_for(runtime, env), workdir=folder)
+    req.chmod(0o644)
+    python = sys.executable if user == "caller" else str(base / "venv" / "bin" / "python")
+    out = folder / f"{runtime}-{user}.out"
+    script = f"srun bash -c 'env -0 > {out}.env; {python} -m launcher.container_exec --print {req} -- python3 -V'"
+    proc = subprocess.Popen([*as_user(user), "sbatch", "--wait", "--parsable", f"--gpus={GPUS}", "-J", folder.name,
+                             "-o", str(out), "-D", str(folder), "--wrap", script], env=user_env(user, env), cwd=folder,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return GpuJob(runtime, user, folder, req, proc)
+
+
+@pytest.mark.slurm
+@pytest.mark.containers
+@pytest.mark.parametrize(("runtime", "user"), GPU_COMBOS)
+def test_gpu_argv_from_a_real_slurm_allocation(fleet: Fleet, runtime: str, user: str) -> None:
+    if (runtime, user) not in fleet.gpu_jobs:
+        pytest.skip(fleet.gpu_skipped.get((runtime, user), "not started"))
+    job = fleet.gpu_jobs[(runtime, user)]
+    argv, env = job.result()
+    ids = env["SLURM_STEP_GPUS"].split(",")  # the node's numbering of the GPUs Slurm gave this step
+    assert len(ids) == GPUS and env["SLURM_JOB_GPUS"] == env["SLURM_STEP_GPUS"]
+    uid, gid = ids_of(user)
+    tmp = job.folder
+    image = image_for(runtime, fleet.env)
+    inside = forwarded_env(env)
+    if runtime == "apptainer":
+        expected = ["env", *[f"APPTAINERENV_{k}={v}" for k, v in sorted(inside.items())],
+                    "apptainer", "exec", "--cleanenv", "--no-home", "--contain", "--nv", "--pwd", str(tmp),
+                    image, "python3", "-V"]  # fmt: skip
+        assert f"APPTAINERENV_CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}" in argv
+    else:
+        inside["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(GPUS)))  # only the selected GPUs exist inside
+        users = ["--userns", "keep-id"] if (runtime == "podman" and uid != 0) else []
+        gpu = (["--gpus", f'"device={",".join(ids)}"'] if runtime == "docker"
+               else [*(x for i in ids for x in ("--device", f"nvidia.com/gpu={i}")), "--security-opt", "label=disable"])
+        expected = [runtime, "run", "--rm", "--init", "--pull", "never", "--network", "host", "--ipc", "host",
+                    *users, "--user", f"{uid}:{gid}", *gpu,
+                    *(x for k, v in sorted(inside.items()) for x in ("-e", f"{k}={v}")),
+                    "--workdir", str(tmp), image, "python3", "-V"]  # fmt: skip
+    assert argv == expected
+
+
+# ---- launcher doctor, from the CLI --------------------------------------------------------------------------
+def _doctor(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, dict[str, Any]]:
+    full_env = {**os.environ, **runtime_env(), **(env or {})}
+    text = subprocess.run([sys.executable, "-m", "launcher", "doctor", *args], capture_output=True, text=True,
+                          env=full_env, cwd=ROOT, timeout=180)
+    as_json = subprocess.run([sys.executable, "-m", "launcher.doctor", *args, "--json"], capture_output=True,
+                             text=True, env=full_env, cwd=ROOT, timeout=180)
+    levels = {c["name"]: c for c in json.loads(as_json.stdout)["checks"]} if as_json.stdout.strip() else {}
+    return text.returncode, text.stdout + text.stderr, levels
+
+
+@pytest.mark.containers
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_doctor_cli_without_gpu_checks_the_rest(runtime: str) -> None:
+    env = runtime_env()
+    if reason := why_not(runtime, "caller", env):
+        pytest.skip(reason)
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has an NVIDIA driver: the no-GPU path is not what runs here")
+    image = image_for(runtime, env)
+    code, out, checks = _doctor("--runtime", runtime, "--image", image)
+    assert code == 0, out  # no GPU is a warning on a login/CPU node, not a failure
+    assert "no NVIDIA driver here" in out and "result: OK (0 failed, 1 warnings)" in out, out
+    assert {name: c["level"] for name, c in checks.items()} == {
+        "runtime": "ok", "driver": "warn", "gpus": "skip", "image": "ok", "versions": "ok", "compat": "ok",
+        "gpus-inside": "skip"}, out
+    assert "a CPU image" in checks["versions"]["message"] and "srun --gpus=1" in checks["gpus-inside"]["fix"]
+
+
+@pytest.mark.containers
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_doctor_cli_missing_image_fails_with_the_build_command(runtime: str) -> None:
+    env = runtime_env()
+    if reason := why_not(runtime, "caller", env):
+        pytest.skip(reason)
+    missing = "/nonexistent/launcher-missing.sif" if runtime == "apptainer" else "localhost/launcher-missing:none"
+    code, out, checks = _doctor("--runtime", runtime, "--image", missing)
+    assert code == 1, out
+    assert checks["image"]["level"] == "fail" and missing in checks["image"]["message"], out
+    assert f"make container RUNTIME={runtime} CUDA=auto" in checks["image"]["fix"], out
+    assert checks["runtime"]["level"] == "ok" and checks["driver"]["level"] == "warn", out  # the rest still checked
+    assert "FAIL" in out and "result: PROBLEMS (1 failed" in out, out
+
+
+@pytest.mark.containers
+def test_doctor_cli_missing_runtime_names_the_setup_script(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()  # a PATH with no podman on it
+    code, out, checks = _doctor("--runtime", "podman", "--image", "localhost/launcher-test:cpu",
+                                env={"PATH": str(tmp_path / "bin")})
+    assert code == 1, out
+    assert checks["runtime"]["level"] == "fail" and "podman-setup.sh" in checks["runtime"]["fix"], out
+    assert checks["image"]["level"] == "skip", out
+
+
+# ---- (a) outputs --------------------------------------------------------------------------------------------
+@pytest.mark.slurm
+@pytest.mark.containers
+@pytest.mark.parametrize(("runtime", "user"), COMBOS)
+def test_task_runs_in_image_and_outputs_are_complete(fleet: Fleet, runtime: str, user: str) -> None:
+    run = fleet.get(runtime, user)
+    assert run.proc is not None and run.proc.returncode == 0, (
+        f"launcher submit --wait exited {run.proc and run.proc.returncode}:\n{run.stdout[-3000:]}\n{run.logs_tail()}")
+    assert f"users/full: {RECORDS} records, {RECORDS * NUM_SAMPLES} samples" in run.stdout
+    rows = [json.loads(line) for line in (run.out / "users" / "full" / "samples.jsonl").read_text().splitlines()]
+    assert sorted(r["user_id"] for r in rows) == [u["user_id"] for u in USERS[:RECORDS]]
+    assert all(len(r["generated_samples"]) == NUM_SAMPLES for r in rows)
+    summary = json.loads((run.out / "users" / "full" / "inference_summary.json").read_text())
+    assert summary["total_samples"] == RECORDS * NUM_SAMPLES and len(summary["tasks"]) == run.tasks
+
+    # Ran in the image: its Python and its copy of the toolkit, which must be this checkout's code.
+    tasks = run.task_probes()
+    assert len(tasks) == run.tasks, f"one probe record per task expected, got {[p.get('job_name') for p in tasks]}"
+    for seen in tasks:
+        assert "error" not in seen, seen["error"]
+        assert seen["executable"].startswith("/opt/venv/"), seen["executable"]
+        assert seen["launcher"].startswith("/opt/venv/"), seen["launcher"]
+    if runtime == "apptainer":  # its task asked for a GPU: --nv was in the argv, and the allocation came through
+        assert all(seen["cuda_visible"] not in (None, "") for seen in tasks), tasks
+
+
+# ---- (b) binds ----------------------------------------------------------------------------------------------
+@pytest.mark.slurm
+@pytest.mark.containers
+@pytest.mark.parametrize(("runtime", "user"), COMBOS)
+def test_task_sees_only_its_binds(fleet: Fleet, runtime: str, user: str) -> None:
+    run = fleet.get(runtime, user)
+    request = json.loads((run.run_dir() / "container.json").read_text())
+    bound = {b["container"] for b in request["binds"]}
+    assert bound == {*run.ro, *run.rw}, f"binds: {sorted(bound)}"  # model, data, output, the spec's extra bind
+    probes = run.probes()  # the gather job runs in the container too
+    assert len(run.task_probes()) == run.tasks and len(probes) == run.tasks + 1, [p.get("job_name") for p in probes]
+    for seen in probes:
+        assert "error" not in seen, seen["error"]
+        leaked = [p for p, visible in seen["visible"].items() if visible]
+        assert not leaked, f"{runtime}: host paths visible inside the container: {leaked}"
+        assert seen["writes"] == {**{p: "EROFS" for p in run.ro}, **{p: "ok" for p in run.rw}}, seen["writes"]
+        extra_mounts = [m for m in seen["mounts"] if not _system_mount(m) and m not in bound]
+        assert not extra_mounts, f"{runtime}: mounts beyond the binds: {extra_mounts}"
+        assert "CT_HOST_ONLY" not in seen["env_names"], "a host variable outside the allow-list reached the container"
+        assert seen["cwd"] == str(run.run_dir())
+
+
+def _system_mount(path: str) -> bool:
+    """Mounts every container has (its root, /proc, /sys, /dev, runtime-written /etc files, the --init binary)
+    and a private /tmp (apptainer --contain; its content is checked by the host marker in `hidden`)."""
+    if path in {"/", "/tmp", "/var/tmp", "/proc", "/sys", "/dev", "/run", "/usr/sbin/docker-init"}:
+        return True
+    return path.startswith(("/proc/", "/sys/", "/dev/", "/etc/", "/run/", "/.singularity.d/"))
+
+
+# ---- (c) ownership ------------------------------------------------------------------------------------------
+@pytest.mark.slurm
+@pytest.mark.containers
+@pytest.mark.parametrize(("runtime", "user"), COMBOS)
+def test_files_belong_to_the_submitting_user(fleet: Fleet, runtime: str, user: str) -> None:
+    run = fleet.get(runtime, user)
+    assert run.proc is not None and run.proc.returncode == 0, run.stdout[-2000:]
+    assert {p["uid"] for p in run.probes()} == {run.uid}, "the container's processes ran as another uid"
+    written = [p for p in [*run.out.rglob("*"), *run.probe_dir.rglob("*")] if p.name != "sitecustomize.py"]
+    assert any(p.parent.name == "chunks" for p in written), "no task chunk was written"
+    foreign = [f"{p} {p.stat().st_uid}:{p.stat().st_gid}" for p in written
+               if (p.stat().st_uid, p.stat().st_gid) != (run.uid, run.gid)]
+    assert not foreign, f"files not owned by {run.user} ({run.uid}:{run.gid}): {foreign[:10]}"
+
+
+# ---- (d) the image in run.json ------------------------------------------------------------------------------
+@pytest.mark.slurm
+@pytest.mark.containers
+@pytest.mark.parametrize(("runtime", "user"), COMBOS)
+def test_run_json_records_the_image(fleet: Fleet, runtime: str, user: str) -> None:
+    run = fleet.get(runtime, user)
+    record = json.loads((run.run_dir() / "run.json").read_text())["image"]
+    assert (record["runtime"], record["image"]) == (runtime, run.image)
+    assert {"sha256", "id"} & set(record), f"run.json has no digest or id for the image: {record}"
+    if runtime == "apptainer":
+        assert record["sha256"] == sif_sha256(run.image)
+    else:
+        inspect = [*as_user(user), runtime, "image", "inspect", "--format", "{{.Id}}", run.image]
+        image_id = subprocess.run(inspect, env=user_env(user, fleet.env), capture_output=True, text=True, cwd="/",
+                                  check=True).stdout.strip()
+        assert record["id"] == image_id  # rootless podman: the id in that user's own store
+
+
+@pytest.mark.slurm
+@pytest.mark.containers
+def test_runtimes_agree_on_the_samples(fleet: Fleet) -> None:
+    """Same image, model, seed and shards: the runtime must not change a single sample."""
+    texts = {}
+    for (runtime, label), run in fleet.runs.items():
+        run.finish()
+        samples = run.out / "users" / "full" / "samples.jsonl"
+        if label == "caller" and samples.exists():
+            rows = map(json.loads, samples.read_text().splitlines())
+            texts[runtime] = {r["user_id"]: r["generated_samples"] for r in rows}
+    if len(texts) < 2:
+        pytest.skip(f"needs two runtimes that ran, got {sorted(texts)}")
+    first = next(iter(texts.values()))
+    assert all(t == first for t in texts.values()), {rt: t for rt, t in texts.items()}
+
+
+@pytest.mark.slurm
+@pytest.mark.containers
+def test_the_image_carries_this_checkouts_launcher(fleet: Fleet) -> None:
+    """The tasks above ran the image's copy of launcher/: it must be this checkout's, or they tested other code."""
+    ours = host_sources()
+    seen = [(run.name, probe) for run in fleet.runs.values() for probe in run.finish().task_probes()]
+    if not seen:
+        pytest.skip("no task ran in a container")
+    for name, probe in seen:
+        stale = sorted(k for k in {*probe["sources"], *ours} if probe["sources"].get(k) != ours.get(k))
+        assert not stale, (f"{name}: the image's launcher/ differs from this checkout in {', '.join(stale[:6])}\n"
+                           "  fix:   bash containers/test-image/build.sh (as root; ~20 s after a code change)")
+
+
+_HOST_SOURCES: dict[str, str] = {}
+
+
+def host_sources() -> dict[str, str]:
+    if not _HOST_SOURCES:
+        for path in (ROOT / "launcher").rglob("*.py"):
+            if "__pycache__" not in path.parts:
+                _HOST_SOURCES[str(path.relative_to(ROOT / "launcher"))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _HOST_SOURCES
+
+
+_SIF_SHA: dict[str, str] = {}
+
+
+def sif_sha256(path: str) -> str:
+    if path not in _SIF_SHA:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _SIF_SHA[path] = h.hexdigest()
+    return _SIF_SHA[path]
+
+
+@pytest.mark.slurm
+@pytest.mark.containers
+@pytest.mark.xfail(strict=True, reason="retries.requeue() runs scontrol inside the image, which has none "
+                   "(FileNotFoundError); the host teardown then sees the failure record and does not requeue either")
+def test_a_crashed_task_is_retried_inside_a_container(fleet: Fleet) -> None:
+    run = fleet.get("docker", "retry")
+    failures = sorted((run.run_dir() / "tasks" / "users.full.0000" / "failures").glob("*.json"))
+    assert len(failures) == 1 and json.loads(failures[0].read_text())["retry"], [f.name for f in failures]
+    assert run.proc is not None and run.proc.returncode == 0, f"{run.stdout[-1500:]}\n{run.logs_tail()[-1500:]}"
+    assert f"users/full: {RECORDS} records" in run.stdout
