@@ -45,10 +45,10 @@ Row = tuple[int, "dict[str, Any] | BadRow"]  # a parsed row, or why one did not 
 
 def detect_format(path: Path) -> str:
     if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+        if any((path / name).exists() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
             return "hf"
         raise SpecError.one(str(path), "data.datasets.path", "a folder that is not a saved HF dataset",
-                            allowed="a .jsonl/.json, .parquet or .csv file, or a folder written by datasets' save_to_disk",
+                            allowed="a .jsonl/.json, .parquet or .csv file, or a folder written by save_to_disk",
                             fix="point at the file itself")
     suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
     formats = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv"}
@@ -92,7 +92,8 @@ def _jsonl_rows(path: Path, start: int, stop: int | None) -> Iterator[Row]:
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 yield i, BadRow(f"invalid JSON: {exc}", line[:500].decode("utf-8", "replace"))
                 continue
-            yield i, obj if isinstance(obj, dict) else BadRow("not a JSON object", line[:500].decode("utf-8", "replace"))
+            raw = line[:500].decode("utf-8", "replace")
+            yield i, obj if isinstance(obj, dict) else BadRow("not a JSON object", raw)
 
 
 def _parquet_table(path: Path) -> Any:
@@ -143,6 +144,44 @@ def count_rows(path: Path) -> int:
     return sum(1 for _ in _hf_rows(path, 0, None))
 
 
+def head_rows(path: Path, n: int) -> list[Row]:
+    """The first n rows, cheaply (a Parquet file is not read whole)."""
+    if detect_format(path) != "parquet":
+        return list(iter_rows(path, 0, n))
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SpecError.one(str(path), "data.datasets.path", "reading Parquet needs pyarrow",
+                            fix="pip install 'launcher[parquet]'") from None
+    batch = next(pq.ParquetFile(path).iter_batches(batch_size=n), None)
+    return list(enumerate(batch.to_pylist())) if batch is not None else []
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What planning learns from the first rows of a dataset: are any of them usable, and why not."""
+
+    rows: int
+    usable: int
+    bad: list[Quarantined]
+    columns: list[str]
+
+
+def sample_records(path: Path, fields: FieldNames, n: int = 200) -> Sample:
+    """Read the first n rows as a task would (bad rows are quarantined there, not errors)."""
+    usable, bad, columns = 0, list[Quarantined](), list[str]()
+    rows = head_rows(path, n)
+    for row, obj in rows:
+        if isinstance(obj, dict) and not columns:
+            columns = [str(k) for k in obj]
+        item = to_record(row, obj, fields)
+        if isinstance(item, Record):
+            usable += 1
+        else:
+            bad.append(item)
+    return Sample(len(rows), usable, bad, columns)
+
+
 def to_record(row: int, obj: dict[str, Any] | BadRow, fields: FieldNames) -> Record | Quarantined:
     if isinstance(obj, BadRow):
         return Quarantined(row, obj.reason, obj.raw)
@@ -150,13 +189,15 @@ def to_record(row: int, obj: dict[str, Any] | BadRow, fields: FieldNames) -> Rec
     if user is None or (isinstance(user, str) and not user.strip()):
         return Quarantined(row, f"missing user id field {fields.user_id!r}", _short(obj))
     if not isinstance(user, (str, int)) or isinstance(user, bool):
-        return Quarantined(row, f"user id {fields.user_id!r} must be text or an integer, got {type(user).__name__}", _short(obj))
+        why = f"user id {fields.user_id!r} must be text or an integer, got {type(user).__name__}"
+        return Quarantined(row, why, _short(obj))
     rid = obj.get(fields.record_id) if fields.record_id else user
     if rid is None or (isinstance(rid, str) and not rid.strip()):
         return Quarantined(row, f"missing record id field {fields.record_id!r}", _short(obj))
     parts = {name: obj.get(getattr(fields, name)) for name in ("profile", "history", "context")}
     if all(_empty(v) for v in parts.values()):
-        return Quarantined(row, "profile, history and context are all empty: nothing to build a prompt from", _short(obj))
+        why = "profile, history and context are all empty: nothing to build a prompt from"
+        return Quarantined(row, why, _short(obj))
     return Record(row, str(rid), str(user), parts["profile"], parts["history"], parts["context"], obj)
 
 

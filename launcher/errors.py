@@ -1,4 +1,6 @@
-"""errors.py: the errors users see. Each names where (file:line), which field, what was given, what is allowed, the fix."""
+"""errors.py: the errors users see. Each names where (file:line), which field, what was given, what is allowed
+and the fix.
+"""
 
 from __future__ import annotations
 

@@ -1,20 +1,25 @@
 """gather.py: task chunks -> <output dir>/<dataset>/<ablation>/ (samples, per-user JSON, summary, manifest).
 
 Verifies before writing: every input row is in the outputs exactly once with num_samples samples, or in
-quarantine with its reason. Gathering twice gives the same bytes (no clocks, sorted everything).
+quarantine with its reason. Gathering twice gives the same bytes (no clocks, sorted everything). Two gathers of
+one run at once (the gather job and a user's `launcher gather`) take turns on a lock; the second finds every file
+already holding the bytes it would write and writes nothing.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .outputs import (TaskStore, read_jsonl, safe_filename, sha256_file, write_atomic, write_json_atomic,
-                      write_jsonl_atomic)
+from .outputs import TaskStore, dumps_line, read_jsonl, safe_filename, write_atomic
 from .plan import Plan, Task
 
 
@@ -30,6 +35,7 @@ class GroupReport:
     missing_tasks: list[str] = field(default_factory=list)
     missing_rows: list[int] = field(default_factory=list)
     bad_sample_counts: list[int] = field(default_factory=list)
+    files_written: list[str] = field(default_factory=list)  # relative to out_dir; empty when all were up to date
 
     @property
     def ok(self) -> bool:
@@ -46,13 +52,43 @@ def gather(plan: Plan, dest: Path | None = None, flat: bool = False) -> list[Gro
     for task in plan.tasks:
         groups[(task.dataset, task.ablation)].append(task)
     reports = []
-    for (dataset, ablation), tasks in groups.items():
-        out = (dest or plan.paths.output_dir) if flat else (dest or plan.paths.output_dir) / dataset / ablation
-        reports.append(_gather_group(plan, dataset, ablation, tasks, out))
+    with _gather_lock(plan.paths.run_dir):
+        for (dataset, ablation), tasks in groups.items():
+            out = (dest or plan.paths.output_dir) if flat else (dest or plan.paths.output_dir) / dataset / ablation
+            reports.append(_gather_group(plan, dataset, ablation, tasks, out))
     bad = [r for r in reports if not r.ok]
     if bad:
         raise GatherError("\n".join(_describe_missing(r, plan) for r in bad))
     return reports
+
+
+@contextmanager
+def _gather_lock(run_dir: Path) -> Iterator[None]:
+    """One gather of a run at a time; the next one waits (flock: released if the holder dies)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "gather.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _put(out: Path, rel: str, data: bytes, report: GroupReport, hashes: dict[str, dict[str, Any]]) -> None:
+    """Write unless the file already holds exactly these bytes (a second gather then writes nothing)."""
+    path = out / rel
+    hashes[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    write_atomic(path, data)
+    report.files_written.append(rel)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode()
 
 
 def _describe_missing(r: GroupReport, plan: Plan) -> str:
@@ -106,48 +142,42 @@ def _write_group(plan: Plan, report: GroupReport, rows: list[dict[str, Any]], qu
     out = report.out_dir
     out.mkdir(parents=True, exist_ok=True)
     spec = plan.spec
-    files: list[Path] = []
+    hashes: dict[str, dict[str, Any]] = {}
     if spec.output.format == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        tmp = out / ".samples.parquet.tmp"
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
-        tmp.replace(out / "samples.parquet")
-        files.append(out / "samples.parquet")
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows), sink)
+        _put(out, "samples.parquet", sink.getvalue().to_pybytes(), report, hashes)
     else:
-        write_jsonl_atomic(out / "samples.jsonl", rows)
-        files.append(out / "samples.jsonl")
-    write_jsonl_atomic(out / "quarantine.jsonl", quarantine)
-    files.append(out / "quarantine.jsonl")
+        _put(out, "samples.jsonl", "".join(dumps_line(r) for r in rows).encode(), report, hashes)
+    _put(out, "quarantine.jsonl", "".join(dumps_line(q) for q in quarantine).encode(), report, hashes)
     if spec.output.per_user_json:
-        files += _write_users(out / "users", rows)
-    summary = summarize(plan, report, rows, task_summaries)
-    write_json_atomic(out / "inference_summary.json", summary)
-    files.append(out / "inference_summary.json")
+        for rel, data in _user_files(rows):
+            _put(out, rel, data, report, hashes)
+    _put(out, "inference_summary.json", _json_bytes(summarize(plan, report, rows, task_summaries)), report, hashes)
     manifest = {"run_id": spec.run_id, "dataset": report.dataset, "ablation": report.ablation,
                 "records": report.records, "samples": report.samples, "quarantined": report.quarantined,
-                "files": {str(p.relative_to(out)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                          for p in sorted(files)}}
-    write_json_atomic(out / "manifest.json", manifest)
+                "files": dict(sorted(hashes.items()))}
+    _put(out, "manifest.json", _json_bytes(manifest), report, {})
 
 
-def _write_users(users_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
+def _user_files(rows: list[dict[str, Any]]) -> Iterator[tuple[str, bytes]]:
+    """users/<user id>.json, the old script's layout. safe_filename: an id such as '../../x' stays inside users/."""
     by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_user[row["user_id"]].append(row)
-    written = []
     for user, recs in sorted(by_user.items()):
-        path = users_dir / f"{safe_filename(user)}.json"
         obj = {"user_id": user, "generated_samples": [s for r in recs for s in r["generated_samples"]],
-               "records": [{"record_id": r["record_id"], "prompt": r["prompt"], "generated_samples": r["generated_samples"]}
-                           for r in recs]}
-        write_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode())
-        written.append(path)
-    return written
+               "records": [{"record_id": r["record_id"], "prompt": r["prompt"],
+                            "generated_samples": r["generated_samples"]} for r in recs]}
+        yield f"users/{safe_filename(user)}.json", (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True)
+                                                    + "\n").encode()
 
 
-def summarize(plan: Plan, report: GroupReport, rows: list[dict[str, Any]], tasks: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(plan: Plan, report: GroupReport, rows: list[dict[str, Any]],
+              tasks: list[dict[str, Any]]) -> dict[str, Any]:
     """inference_summary.json: the old script's fields first, then what a reader needs to trust the numbers."""
     spec = plan.spec
     gen_s = sum(t["inference_time_seconds"] for t in tasks)

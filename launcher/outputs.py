@@ -95,7 +95,8 @@ class TaskStore:
         return rows
 
     def next_chunk(self, replica: int) -> Path:
-        taken = [int(m.group(2)) for p in self.chunk_files() if (m := CHUNK_RE.match(p.name)) and int(m.group(1)) == replica]
+        taken = [int(m.group(2)) for p in self.chunk_files()
+                 if (m := CHUNK_RE.match(p.name)) and int(m.group(1)) == replica]
         return self.chunks / f"chunk-{replica}-{(max(taken) + 1 if taken else 0):06d}.jsonl"
 
     def write_chunk(self, replica: int, rows: list[dict[str, Any]]) -> Path:

@@ -1,4 +1,4 @@
-"""plan.py: JobSpec -> Plan (tasks = dataset x ablation config x shard). Pure but for counting dataset rows.
+"""plan.py: JobSpec -> Plan (tasks = dataset x ablation config x shard). Pure but for reading the inputs (preflight).
 
 Task ids are stable (`<dataset>.<ablation>.<shard>`) and every path a task writes is computed here, in RunPaths,
 so the runner, gather and status agree on the layout.
@@ -6,14 +6,11 @@ so the runner, gather and status agree on the layout.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import count_rows, detect_format
-from .errors import SpecError
 from .seeds import record_seed
 from .spec import JobSpec
 
@@ -107,41 +104,14 @@ class Plan:
 
 
 def check_inputs(spec: JobSpec) -> dict[str, int]:
-    """Everything a task will read must be there before anything is submitted. Returns rows per dataset."""
-    model_dir = Path(spec.model.path)
-    config = model_dir / "config.json"
-    if not model_dir.is_dir():
-        raise SpecError.one(spec.model.path, "model.path", "not a folder",
-                            allowed="a folder with an HF checkpoint (config.json, weights, tokenizer)",
-                            fix="check the path; `launcher demo-model DIR` makes a tiny one to try things with")
-    try:
-        json.loads(config.read_text())
-    except (OSError, ValueError) as exc:
-        raise SpecError.one(str(config), "model.path", f"cannot read the model's config.json: {exc}",
-                            fix="the checkpoint folder needs a readable config.json (HF format)") from None
-    rows: dict[str, int] = {}
-    for i, ds in enumerate(spec.data.datasets):
-        path = Path(ds.path)
-        if not path.exists():
-            raise SpecError.one(ds.path, f"data.datasets[{i}].path", "file not found",
-                                fix="check the path (relative paths are read from the spec's folder)")
-        detect_format(path)
-        try:
-            n = count_rows(path)
-        except OSError as exc:
-            raise SpecError.one(ds.path, f"data.datasets[{i}].path", f"cannot read: {exc}", fix="check permissions") from None
-        if spec.data.limit is not None:
-            n = min(n, spec.data.limit)
-        if n == 0:
-            raise SpecError.one(ds.path, f"data.datasets[{i}].path", "the dataset has no rows",
-                                fix="check the file, or remove this dataset from the spec")
-        rows[ds.name] = n
-    from .prompts import read_scenario, template_for, check_template
+    """Everything a task will read must be there before anything is submitted. Returns rows per dataset.
 
-    read_scenario(spec.data)
-    for ablation in spec.data.ablation_configs:
-        check_template(template_for(spec.data, ablation), f"data.templates.{ablation}")
-    return rows
+    The model (config, weights, tokenizer; its heads against the TP size and GPUs asked), the data (readable,
+    not empty, some usable rows), templates and scenario, the output folder, the container argv: see preflight.py.
+    """
+    from .preflight import check_all
+
+    return check_all(spec)
 
 
 def expand(spec: JobSpec, rows_per_dataset: dict[str, int] | None = None) -> Plan:

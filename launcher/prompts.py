@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from .data import Record
@@ -114,22 +115,28 @@ def make_builder(data: DataSpec, ablation: str, chat: ChatFormatter | None) -> P
     return PromptBuilder(ablation, text, read_scenario(data), data.system_prompt, chat if data.chat_template else None)
 
 
-class _AnyRow(dict):  # type: ignore[type-arg]
+class _AnyRow(dict[str, Any]):
     """Stands in for a record in the dry render: any column name resolves."""
 
     def __missing__(self, key: object) -> str:
         return "x"
 
 
-def check_template(text: str, field: str) -> None:
-    """Compile and dry-render the template so syntax errors and unknown variables fail before submission."""
+def check_template(text: str, field: str, where: str = "template") -> None:
+    """Compile and dry-render the template so syntax errors, unknown variables and what the sandbox forbids fail
+    before submission. `where` is the spec's file:line (or the template file) that the error points at."""
     probe = Record(0, "r", "u", "p", ["h"], "c", _AnyRow())
     try:
         PromptBuilder("full", text, "", None, None).user_text(probe)
     except TemplateSyntaxError as exc:
-        raise SpecError.one(f"template line {exc.lineno}", field, f"jinja2 syntax error: {exc.message}",
+        raise SpecError.one(where, field, f"jinja2 syntax error at template line {exc.lineno}: {exc.message}",
                             fix="check {{ }} and {% %} pairs") from None
     except UndefinedError as exc:
-        raise SpecError.one("template", field, f"unknown variable: {exc.message}",
+        raise SpecError.one(where, field, f"unknown variable: {exc.message}",
                             allowed="profile, history, context, scenario, record, user_id, record_id, values, parts",
                             fix="use one of the allowed variables; record['column'] reads any column") from None
+    except SecurityError as exc:  # e.g. {{ ''.__class__ }}: templates may read the record, not reach Python
+        raise SpecError.one(where, field, f"the template sandbox forbids this: {exc}",
+                            allowed="variables, filters and tests on the record's values",
+                            fix="read columns with record['column']; no attributes starting with '_', no methods "
+                                "that change state") from None

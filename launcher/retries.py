@@ -101,7 +101,7 @@ def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> list[str]:
 
 
 def record_failure(task_dir: Path, attempt: Attempt, max_retries: int, kind: str, error: str,
-                   log: Path | None, retryable: bool = True) -> dict[str, Any]:
+                   log: Path | None, retryable: bool = True, requeue_by: str = "task") -> dict[str, Any]:
     """Write this attempt's failure; decide whether the task gets another attempt (`retry` in the record)."""
     earlier = [f for f in read_failures(task_dir) if f.get("submission") == attempt.submission]
     failures = len(earlier) + 1
@@ -109,11 +109,22 @@ def record_failure(task_dir: Path, attempt: Attempt, max_retries: int, kind: str
     record = {
         "job_id": attempt.job_id, "submission": attempt.submission, "restart": attempt.restart,
         "host": socket.gethostname(), "time": time.time(), "kind": kind, "error": error,
-        "failures": failures, "max_retries": max_retries, "retry": retry,
+        "failures": failures, "max_retries": max_retries, "retry": retry, "requeue_by": requeue_by,
         "log": str(log) if log else None, "log_tail": log_tail(log),
     }
     write_json_atomic(failures_dir(task_dir) / f"{attempt.key}.json", record)
     return record
+
+
+def needs_host_requeue(task_dir: Path, attempt: Attempt) -> bool:
+    """The task failed inside an image without scontrol: it recorded the failure and left the requeue to the
+    teardown, which runs on the host."""
+    path = failures_dir(task_dir) / f"{attempt.key}.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(record.get("retry")) and record.get("requeue_by") == "teardown"
 
 
 def requeue(attempt: Attempt) -> None:
@@ -172,7 +183,13 @@ def on_death(run_dir: Path, status: int, env: Mapping[str, str] | None = None) -
         print(f"launcher.retries: cannot tell which task {attempt.job_id} ran: {exc}", file=sys.stderr)
         return False
     task_dir = RunPaths(Path(spec.output.dir), spec.run_id).task_dir(tasks[index])
-    if (task_dir / "done.json").exists() or already_handled(task_dir, attempt) or stopped_by_slurm(attempt):
+    if (task_dir / "done.json").exists():
+        return False
+    if needs_host_requeue(task_dir, attempt):
+        print(f"launcher.retries: task {tasks[index].task_id}: failed inside the image; requeued by the host",
+              file=sys.stderr)
+        return True
+    if already_handled(task_dir, attempt) or stopped_by_slurm(attempt):
         return False
     if status == 128 + signal.SIGUSR2:
         # USR2 came before submitit had installed its handler (the first second of the process): the job was

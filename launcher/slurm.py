@@ -89,14 +89,19 @@ class TaskRunner(Checkpointable):
             return
         traceback.print_exc()  # submitit logs only what escapes; this one may not
         stderr = JobPaths(Path(self.run_dir) / "logs", job_id=attempt.job_id, task_id=0).stderr
+        # Inside an image without scontrol the host-side teardown does the requeue, reading this record.
+        by_host = shutil.which("scontrol") is None
         record = record_failure(task_dir, attempt, spec.slurm.max_retries, "exception", f"{type(exc).__name__}: {exc}",
-                                stderr, retryable=not isinstance(exc, SpecError))  # a bad spec fails the same way again
+                                stderr, retryable=not isinstance(exc, SpecError),  # a bad spec fails the same way again
+                                requeue_by="teardown" if by_host else "task")
         if not record["retry"]:
             log.error("task %s failed (%d failure(s), max_retries %d): giving up", task_id, record["failures"],
                       spec.slurm.max_retries)
             return
         log.warning("task %s failed (%d of %d retries): requeueing job %s", task_id, record["failures"],
                     spec.slurm.max_retries, attempt.job_id)
+        if by_host:
+            sys.exit(1)  # non-zero: the teardown sees the failure record and requeues from the host
         requeue(attempt)
         # No result file: submitit's client keeps waiting, and the requeued job runs the same pickle again.
         sys.exit(-1)

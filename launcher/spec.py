@@ -12,13 +12,28 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer, field_validator, model_validator
 
 from .errors import SpecError
 from .spec_loader import load_layers
 
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Slug = Annotated[str, Field(pattern=SLUG)]
+SLUG_RE = re.compile(SLUG)
+# Control characters (newline above all) end an #SBATCH line and start a script line: never allowed in a value
+# that reaches the batch script, a path or an argv.
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# Slurm partition/account/QOS names (partition may be a comma list) and the feature expression of --constraint.
+SLURM_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,+-]{0,127}")
+CONSTRAINT_RE = re.compile(r"[A-Za-z0-9_.,:&|!*()\[\]=-]{1,512}")
+SBATCH_VALUE_MAX = 1024
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ENV_VALUE_MAX = 32 * 1024  # one argv item must stay far below Linux's 128 KiB MAX_ARG_STRLEN
+# Keys whose values are credentials: never written in plain text to spec.json, run.json, logs or scripts.
+SECRET_KEY_RE = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL", re.IGNORECASE)
+# engine_args keys that hold a credential (hf_token, api_key, ...), but not max_num_batched_tokens and friends.
+SECRET_ARG_RE = re.compile(r"(?:^|_)(?:token|secret|password|passwd|key|credential)$", re.IGNORECASE)
+REDACTED = "<redacted>"
 BUILTIN_ABLATIONS = (
     "context_only",
     "profile_only",
@@ -35,11 +50,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True, validate_default=True)
 
 
+def _plain_path(value: str, what: str) -> str:
+    if CONTROL_RE.search(value):
+        raise ValueError(f"{what} contains a control character (newline, tab, NUL, ...): {value!r}; rename the folder")
+    return value
+
+
 class ModelSpec(_Section):
-    path: str
-    """Folder of an HF-format checkpoint (config.json, weights, tokenizer). Relative paths are read from the spec's folder."""
+    path: str = Field(min_length=1)
+    """Folder of an HF-format checkpoint (config.json, weights, tokenizer). Relative: from the spec's folder."""
     backend: Literal["auto", "vllm", "hf"] = "auto"
-    """auto: vLLM when it imports and supports the architecture, else HF transformers. The summary says which and why."""
+    """auto: vLLM when it imports and supports the architecture, else HF transformers. The summary says which, why."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     """Weights and activations. auto: the checkpoint's torch_dtype (bf16 on GPU, fp32 on CPU)."""
     quantization: str | None = None
@@ -60,12 +81,32 @@ class ModelSpec(_Section):
     hf_batch_size: int | None = Field(default=None, ge=1, le=4096)
     """Records per HF generate() call. Unset: 8 on CPU, 32 on GPU."""
 
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _plain_path(value, "the model path")
+
+    @field_validator("engine_args")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        secret = [k for k in value if SECRET_ARG_RE.search(k)]
+        if secret:
+            raise _FieldError((secret[0],), f"{secret[0]!r} looks like a credential; engine_args are "
+                              "stored in plain text in the run directory (spec.json)", "vLLM engine arguments",
+                              "remove it and pass the secret as container.env (e.g. HF_TOKEN), which is redacted")
+        return value
+
 
 class DatasetSpec(_Section):
     name: Slug
     """Short name; used in task ids and as the output folder <output.dir>/<name>/<ablation>/."""
-    path: str
+    path: str = Field(min_length=1)
     """JSONL, Parquet, CSV file, or a folder saved by HF datasets' save_to_disk."""
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _plain_path(value, "the dataset path")
 
 
 class FieldNames(_Section):
@@ -90,7 +131,10 @@ class TemplateSpec(_Section):
     @model_validator(mode="after")
     def _exactly_one(self) -> TemplateSpec:
         if (self.text is None) == (self.file is None):
-            raise ValueError("give exactly one of `text` or `file`")
+            both = self.text is not None
+            raise _FieldError((), f"{'both' if both else 'neither of'} `text` and `file` given",
+                              "exactly one of text: (the jinja2 template) or file: (a path to one)",
+                              "remove one of them" if both else "add text: or file:")
         return self
 
 
@@ -116,12 +160,23 @@ class DataSpec(_Section):
     chat_template: bool = True
     """Wrap each prompt in the tokenizer's chat template when it has one."""
 
+    @field_validator("templates")
+    @classmethod
+    def _template_names(cls, value: dict[str, TemplateSpec]) -> dict[str, TemplateSpec]:
+        for name in value:  # the name becomes a folder (<output.dir>/<dataset>/<name>/) and part of task ids
+            if not SLUG_RE.fullmatch(name):
+                raise _FieldError((name,), f"template name {name!r} cannot be a folder name",
+                                  "1-64 of letters, digits, '_', '.', '-', starting with a letter or digit",
+                                  f"rename it, e.g. {_slugify(name)!r}")
+        return value
+
     @field_validator("ablation_configs")
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
         dupes = sorted({v for v in value if value.count(v) > 1})
         if dupes:
-            raise ValueError(f"listed twice: {', '.join(dupes)}")
+            raise _FieldError((), f"listed twice: {', '.join(dupes)}", "each name once",
+                              "remove the repeated name (each config already runs once per dataset)")
         return value
 
     @model_validator(mode="after")
@@ -165,13 +220,13 @@ TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 def parse_time_min(text: str) -> int:
     """Slurm's time formats -> whole minutes (seconds round up): M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
-    match = TIME_RE.match(text)
+    match = TIME_RE.fullmatch(text)
     if not match:
         raise ValueError(f"not a Slurm time: {text!r}")
     days, first, second, third = match.groups()
     nums = [int(x) for x in (first, second, third) if x is not None]
     if days is not None:  # D-H[:M[:S]]
-        h, m, s = (nums + [0, 0])[:3]
+        h, m, s = [*nums, 0, 0][:3]
         return int(days) * 1440 + h * 60 + m + (1 if s else 0)
     if len(nums) == 1:
         return nums[0]
@@ -180,6 +235,15 @@ def parse_time_min(text: str) -> int:
     h, m, s = nums
     return h * 60 + m + (1 if s else 0)
 MEM_RE = re.compile(r"^\d+(?:[KMGT])?$")
+# sbatch options with a field of their own, and those the launcher/submitit write themselves.
+SBATCH_FIELDS = {"partition": "partition", "p": "partition", "account": "account", "qos": "qos", "mem": "mem",
+                 "time": "time", "t": "time", "constraint": "constraint", "nodes": "nodes",
+                 "gpus-per-node": "gpus_per_node", "cpus-per-task": "cpus_per_gpu", "cpus-per-gpu": "cpus_per_gpu",
+                 "signal": "signal_delay_s"}
+SBATCH_OWNED = {"array": "one array element per task", "output": "log files the launcher reads",
+                "error": "log files the launcher reads", "open-mode": "logs are appended across requeues",
+                "job-name": "the spec's name", "wrap": "the batch script is the launcher's",
+                "ntasks-per-node": "one task per node", "ntasks": "one task per node", "parsable": "job ids are parsed"}
 
 
 class SlurmSpec(_Section):
@@ -222,24 +286,69 @@ class SlurmSpec(_Section):
     @field_validator("time")
     @classmethod
     def _time(cls, value: str) -> str:
-        if not TIME_RE.match(value):
+        if not TIME_RE.fullmatch(value):
             raise ValueError("use minutes, MM:SS, HH:MM:SS or D-HH:MM:SS (e.g. 04:00:00)")
         return value
 
     @field_validator("mem")
     @classmethod
     def _mem(cls, value: str | None) -> str | None:
-        if value is not None and not MEM_RE.match(value):
+        if value is not None and not MEM_RE.fullmatch(value):
             raise ValueError("use a number with an optional K/M/G/T suffix, e.g. 64G")
+        return value
+
+    @field_validator("partition", "account", "qos")
+    @classmethod
+    def _slurm_name(cls, value: str | None) -> str | None:
+        # These land in #SBATCH lines: a newline would start a script line, and no Slurm name has a space,
+        # quote or '$' in it, so anything else is refused here rather than by sbatch after the run dir exists.
+        if value is not None and not SLURM_NAME_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a Slurm name: use 1-128 letters, digits, '_', '.', ',', '+', '-' "
+                             "(`sinfo -s` lists partitions, `sacctmgr show assoc user=$USER` accounts and QOS)")
+        return value
+
+    @field_validator("constraint")
+    @classmethod
+    def _constraint(cls, value: str | None) -> str | None:
+        if value is not None and not CONSTRAINT_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a Slurm feature expression: use feature names joined by & | , "
+                             "with [ ] ( ) * (e.g. h100|a100); no spaces, quotes, '$', ';' or newlines")
         return value
 
     @field_validator("extra_args")
     @classmethod
     def _extra(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for key in value:
-            if not re.match(r"^[a-z][a-z0-9-]*$", key):
-                raise ValueError(f"{key!r} is not an sbatch long option name (lowercase letters, digits, '-')")
-        return value
+        out: dict[str, Any] = {}
+        for key, v in value.items():
+            if not re.fullmatch(r"[a-z][a-z0-9-]{0,63}", key):
+                raise _FieldError((key,), f"{key!r} is not an sbatch long option name",
+                                  "lowercase letters, digits, '-'",
+                                  "write the long option without its dashes, e.g. reservation, mail-user")
+            if key in SBATCH_FIELDS:
+                raise _FieldError((key,), f"--{key} has its own field", f"slurm.{SBATCH_FIELDS[key]}",
+                                  f"set slurm.{SBATCH_FIELDS[key]} instead (one place for each setting)")
+            if key in SBATCH_OWNED:
+                raise _FieldError((key,), f"--{key} is set by the launcher ({SBATCH_OWNED[key]})",
+                                  "any other sbatch long option", "remove it")
+            if isinstance(v, str) and (CONTROL_RE.search(v) or "\\" in v or len(v) > SBATCH_VALUE_MAX):
+                raise _FieldError((key,), "an #SBATCH value must be one line without backslashes (a newline would "
+                                  "start a script line; sbatch's own parser drops backslashes); got "
+                                  f"{v[:80]!r}{'...' if len(v) > 80 else ''}",
+                                  f"one line of at most {SBATCH_VALUE_MAX} characters, no '\\'",
+                                  "remove the control characters and backslashes")
+            if v is False:  # `exclusive: false` means "leave it off"; submitit would write --exclusive=False
+                continue
+            out[key] = v
+        return out
+
+    @model_validator(mode="after")
+    def _signal_before_limit(self) -> SlurmSpec:
+        if self.signal_delay_s >= self.time_min * 60:
+            raise _FieldError(("signal_delay_s",), f"signal_delay_s {self.signal_delay_s} s is not shorter than the "
+                              f"time limit {self.time!r} ({self.time_min} min): USR2 would come at once and every "
+                              "attempt would requeue without doing anything", f"less than {self.time_min * 60}",
+                              "raise slurm.time or lower slurm.signal_delay_s (e.g. a tenth of the time limit)")
+        return self
 
     @property
     def time_min(self) -> int:
@@ -254,7 +363,48 @@ class ContainerSpec(_Section):
     binds: list[str] = Field(default_factory=list)
     """Extra host folders, "host[:container[:ro]]". The model, data, output and scratch folders are bound already."""
     env: dict[str, str] = Field(default_factory=dict)
-    """Variables set inside the container."""
+    """Variables set inside the container. Secrets (names with TOKEN, SECRET, PASSWORD, KEY, CREDENTIAL) reach the
+    container through run_dir/container.json only; spec.json, run.json and logs show them as <redacted>."""
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        if value is not None and (not value or value.startswith("-") or CONTROL_RE.search(value) or len(value) > 4096):
+            raise ValueError(f"{value[:80]!r} is not an image: it must not be empty, start with '-' (the runtime would "
+                             "read it as an option) or hold control characters")
+        return value
+
+    @field_validator("binds")
+    @classmethod
+    def _binds(cls, value: list[str]) -> list[str]:
+        from .container import Bind
+
+        for i, text in enumerate(value):
+            try:
+                Bind.parse(text)
+            except ValueError as exc:
+                message, _, fix = str(exc).partition("\n")
+                raise _FieldError((i,), message, "host[:container[:ro|rw]] with absolute paths, no ':' inside a path",
+                                  fix.strip().removeprefix("fix:").strip() or "fix the bind") from None
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, v in value.items():
+            if not ENV_NAME_RE.fullmatch(name):
+                raise _FieldError((name,), f"{name!r} is not an environment variable name",
+                                  "letters, digits and '_', not starting with a digit", "rename the variable")
+            if "\0" in v or len(v) > ENV_VALUE_MAX:
+                raise _FieldError((name,), "the value holds a NUL byte or is too long to pass on a command line",
+                                  f"at most {ENV_VALUE_MAX} characters, no NUL", "put long values in a bound file")
+        return value
+
+    @field_serializer("env", when_used="json")
+    def _redact_env(self, value: dict[str, str]) -> dict[str, str]:
+        # spec.json and run.json are readable by whoever can read the run dir; the value itself reaches the
+        # container through run_dir/container.json only.
+        return {k: REDACTED if SECRET_KEY_RE.search(k) else v for k, v in value.items()}
 
     @model_validator(mode="after")
     def _image_needed(self) -> ContainerSpec:
@@ -265,7 +415,7 @@ class ContainerSpec(_Section):
 
 
 class OutputSpec(_Section):
-    dir: str
+    dir: str = Field(min_length=1)
     """Shared storage for this job: run state, logs and the gathered <dataset>/<ablation>/ outputs."""
     scratch_dir: str | None = None
     """Node-local scratch for caches (compile cache, HF cache). Unset: <dir>/cache."""
@@ -277,6 +427,19 @@ class OutputSpec(_Section):
     """Records per chunk file: the most a killed task can lose and redo."""
     token_ids: bool = False
     """Also store each sample's token ids (`launcher compare` then checks agreement token by token)."""
+
+    @field_validator("dir", "scratch_dir")
+    @classmethod
+    def _dir(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        _plain_path(value, "the folder")
+        # The folder ends up in #SBATCH --output: Slurm expands %j, %A... there, and its parser drops backslashes,
+        # so the logs would land in another folder than the one submitit reads.
+        if "%" in value or "\\" in value:
+            raise ValueError(f"{value!r} holds '%' or a backslash, which Slurm reads as a file name pattern (%j = "
+                             "job id) or an escape in the log paths; use a folder without them")
+        return value
 
 
 class JobSpec(_Section):
@@ -290,10 +453,40 @@ class JobSpec(_Section):
     output: OutputSpec
     executor: Literal["slurm", "local"] = "slurm"
     """slurm: submit an array with submitit. local: run the tasks as local processes (no cluster; the demo)."""
+    # Where each field was set ("spec.yaml:14", "--set ...", "--top_p"), for errors found after validation
+    # (plan.check_inputs). Not part of the spec: not serialized, not compared.
+    _origin: dict[tuple[str | int, ...], str] = PrivateAttr(default_factory=dict)
+    _root: str = PrivateAttr(default="<spec>")
+
+    @model_validator(mode="after")
+    def _conflicts(self) -> JobSpec:
+        tp = self.model.tensor_parallel_size
+        if self.model.backend == "hf" and isinstance(tp, int) and tp > 1:
+            raise _FieldError(("model", "tensor_parallel_size"), f"tensor_parallel_size {tp} with backend hf: the HF "
+                              "backend runs one engine per GPU (data-parallel), never tensor-parallel",
+                              "auto or 1 with backend hf", "use model.backend: vllm, or tensor_parallel_size: auto")
+        if self.model.max_model_len is not None and self.sampling.max_tokens >= self.model.max_model_len:
+            raise _FieldError(("sampling", "max_tokens"), f"max_tokens {self.sampling.max_tokens} leaves no room for "
+                              f"the prompt in max_model_len {self.model.max_model_len}: every record would be "
+                              "quarantined", f"less than model.max_model_len ({self.model.max_model_len})",
+                              "lower sampling.max_tokens or raise model.max_model_len")
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # dict fields: not hashable, as before
+
+    def where(self, *key: str | int) -> str:
+        """file:line (or the flag, or --set) that set `key`, else its closest parent's; "<spec>" when unknown."""
+        for n in range(len(key), -1, -1):
+            if key[:n] in self._origin:
+                return self._origin[key[:n]]
+        return self._root
 
     def fingerprint(self) -> str:
         """Hash of what changes the samples. Partition, time limit or output dir never change it."""
-        affects = {
+        affects: dict[str, Any] = {
             "model": self.model.model_dump(exclude={"engine_args", "gpu_memory_utilization", "tensor_parallel_size",
                                                     "hf_batch_size", "max_model_len"}),
             "data": self.data.model_dump(exclude={"records_per_shard"}),
@@ -317,6 +510,11 @@ class _FieldError(ValueError):
     def __init__(self, loc: tuple[str | int, ...], message: str, allowed: str, fix: str) -> None:
         super().__init__(message)
         self.loc, self.message, self.allowed, self.fix = loc, message, allowed, fix
+
+
+def _slugify(name: str) -> str:
+    clean = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip("._-")[:64]
+    return clean or "custom"
 
 
 def _did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -347,7 +545,8 @@ def spec_from_dict(data: dict[str, Any], where: str = "<dict>") -> JobSpec:
 
 def json_schema() -> dict[str, Any]:
     schema = JobSpec.model_json_schema()
-    schema["properties"]["extends"] = {"type": "string", "description": "Another spec (a cluster profile) to start from."}
+    schema["properties"]["extends"] = {"type": "string",
+                                       "description": "Another spec (a cluster profile) to start from."}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "launcher job spec"
     return schema

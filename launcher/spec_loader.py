@@ -32,7 +32,8 @@ SpecYamlLoader.yaml_implicit_resolvers = {
 for _tag, _pattern, _first in (
     ("tag:yaml.org,2002:int", r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$",
      list("-+0123456789")),
-    ("tag:yaml.org,2002:float", r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+    ("tag:yaml.org,2002:float", r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?"
+     r"|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
      r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+)$", list("-+0123456789.")),
 ):
     SpecYamlLoader.add_implicit_resolver(_tag, __import__("re").compile(_pattern), _first)
@@ -87,17 +88,39 @@ def _record_base(value: Any, key: Key, layers: Layers, where_of: Any, base: Path
             _record_base(v, (*key, i), layers, where_of, base)
 
 
-def _line_map(node: yaml.Node, prefix: Key, out: dict[Key, int]) -> None:
+MAX_NODES = 100_000  # a spec is a few hundred nodes; this many means aliases nested to blow up (a "billion laughs")
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _line_map(node: yaml.Node, prefix: Key, out: dict[Key, int], shown: str, budget: list[int]) -> None:
+    """Line of every key (for errors), refusing duplicate keys: YAML would silently keep only the last one."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooBig
     out[prefix] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        first_line: dict[Any, int] = {}
         for k_node, v_node in node.value:
             key = (*prefix, k_node.value)
-            out[key] = k_node.start_mark.line + 1
-            _line_map(v_node, key, out)
-            out[key] = k_node.start_mark.line + 1  # the key's own line beats its value's
+            line = k_node.start_mark.line + 1
+            if isinstance(k_node, yaml.ScalarNode) and k_node.value in first_line:
+                raise SpecError.one(f"{shown}:{line}", _dotted_key(key), f"duplicate key {k_node.value!r}, first "
+                                    f"set at line {first_line[k_node.value]}; YAML would silently keep only this one",
+                                    fix="remove one of the two (or merge them)")
+            first_line[k_node.value] = line
+            out[key] = line
+            _line_map(v_node, key, out, shown, budget)
+            out[key] = line  # the key's own line beats its value's
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _line_map(item, (*prefix, i), out)
+            _line_map(item, (*prefix, i), out, shown, budget)
+
+
+def _dotted_key(key: Key) -> str:
+    return "".join(f"[{k}]" if isinstance(k, int) else (f".{k}" if n else str(k)) for n, k in enumerate(key))
 
 
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Key, int]]:
@@ -105,27 +128,43 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Key, int]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError.one(shown, "", "file not found", fix=f"check the path; the working directory is {Path.cwd()}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError.one(shown, "", f"cannot read: {exc}", fix="check the file's permissions and encoding") from None
+        raise SpecError.one(shown, "", "file not found",
+                            fix=f"check the path; the working directory is {Path.cwd()}") from None
+    except UnicodeDecodeError as exc:
+        bad_line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise SpecError.one(f"{shown}:{bad_line}", "", f"not UTF-8 text: byte {exc.object[exc.start]:#04x} cannot be "
+                            "decoded", fix="save the file as UTF-8") from None
+    except OSError as exc:
+        raise SpecError.one(shown, "", f"cannot read: {exc.strerror or exc}",
+                            fix="check the path and the file's permissions") from None
+    lines: dict[Key, int] = {}
     try:
         node = yaml.compose(text, Loader=SpecYamlLoader)
-        data = yaml.load(text, Loader=SpecYamlLoader)  # noqa: S506 - a SafeLoader subclass
+        if node is not None:
+            _line_map(node, (), lines, shown, [MAX_NODES])
+        data = yaml.load(text, Loader=SpecYamlLoader)  # a SafeLoader: tags such as !!python/object are refused
+    except _TooBig:
+        raise SpecError.one(shown, "", f"more than {MAX_NODES} YAML nodes once aliases are expanded",
+                            fix="a job spec needs no nested aliases (*name); write the values out") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError.one(f"{shown}{line}", "", f"YAML syntax error: {problem}",
-                            fix="check indentation (spaces, not tabs) and quote values that contain ': ' or '#'") from None
+        context, opened = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and opened is not None:  # "while scanning a quoted scalar": point where it was opened
+            problem = f"{problem} ({context} that starts at line {opened.line + 1})"
+            if "end of stream" in problem:
+                mark = opened
+        line = f":{mark.line + 1}" if mark is not None else ""
+        fix = ("remove the tag: a job spec holds plain values (no !!python/... or other tags)"
+               if isinstance(exc, yaml.constructor.ConstructorError) else
+               "check indentation (spaces, not tabs) and quote values that contain ': ' or '#'")
+        raise SpecError.one(f"{shown}{line}", "", f"YAML syntax error: {problem}", fix=fix) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise SpecError.one(f"{shown}:1", "", f"the spec must be a mapping of sections, got {type(data).__name__}",
                             allowed="name, model, data, sampling, slurm, container, output, executor, extends",
                             fix="start from configs/demo.yaml")
-    lines: dict[Key, int] = {}
-    if node is not None:
-        _line_map(node, (), lines)
     return data, lines
 
 
@@ -137,7 +176,7 @@ def _shown(path: Path) -> str:
 
 
 def load_layers(path: Path, overrides: list[str]) -> Layers:
-    layers = Layers(data={}, root=_shown(path))
+    layers = Layers(data={}, root=f"{_shown(path)}:1")  # a key missing from the file belongs at its top
     _load_file(path, layers, chain=[])
     for text in overrides:
         key, value = parse_override(text)
@@ -165,8 +204,8 @@ def _load_file(path: Path, layers: Layers, chain: list[Path]) -> None:
     parent = data.pop("extends", None)
     if parent is not None:
         if not isinstance(parent, str):
-            raise SpecError.one(f"{shown}:{lines.get(('extends',), 1)}", "extends", f"must be a file path, got {parent!r}",
-                                fix="extends: profiles/mycluster.yaml")
+            raise SpecError.one(f"{shown}:{lines.get(('extends',), 1)}", "extends",
+                                f"must be a file path, got {parent!r}", fix="extends: profiles/mycluster.yaml")
         parent_path = Path(os.path.expandvars(os.path.expanduser(parent)))
         if not parent_path.is_absolute():
             parent_path = resolved.parent / parent_path
@@ -194,7 +233,7 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     if not all(k and k.replace("_", "").isalnum() for k in key):
         raise SpecError.one(f"--set {text}", key_text, "not a dotted field name", fix="e.g. --set slurm.partition=gpu")
     try:
-        value = yaml.load(raw, Loader=SpecYamlLoader) if raw.strip() else ""  # noqa: S506
+        value = yaml.load(raw, Loader=SpecYamlLoader) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value

@@ -1,8 +1,9 @@
-"""spec_validate.py: merged spec dict -> JobSpec, turning pydantic's errors into ones that name file:line and the fix."""
+"""spec_validate.py: merged spec dict -> JobSpec; pydantic's errors become ones that name file:line and the fix."""
 
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from typing import Any, Literal, TypeVar, get_args, get_origin
@@ -11,9 +12,11 @@ import annotated_types as at
 from pydantic import BaseModel, ValidationError
 
 from .errors import Problem, SpecError
+from .spec import SLUG, _slugify
 from .spec_loader import Key, Layers, resolve_path
 
 M = TypeVar("M", bound=BaseModel)
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 MAX_PROBLEMS = 12
 # Fields holding paths, made absolute against the folder of the file that set them.
 PATH_KEYS: tuple[Key, ...] = (("model", "path"), ("data", "scenario"), ("output", "dir"), ("output", "scratch_dir"))
@@ -22,10 +25,14 @@ PATH_KEYS: tuple[Key, ...] = (("model", "path"), ("data", "scenario"), ("output"
 def validate(layers: Layers, model: type[M]) -> M:
     _resolve_paths(layers)
     try:
-        return model.model_validate(layers.data)
+        obj = model.model_validate(layers.data)
     except ValidationError as exc:
         problems = [_problem(err, layers, model) for err in exc.errors()[:MAX_PROBLEMS]]
         raise SpecError(problems) from None
+    if "_origin" in (obj.__private_attributes__ or {}):  # JobSpec: later checks (plan) point at file:line too
+        obj._origin = dict(layers.origin)  # type: ignore[attr-defined]
+        obj._root = layers.root  # type: ignore[attr-defined]
+    return obj
 
 
 def _resolve_paths(layers: Layers) -> None:
@@ -74,17 +81,30 @@ def _problem(err: Any, layers: Layers, root: type[BaseModel]) -> Problem:
         return Problem(where, _dotted(loc), f"unknown key {name!r}", f"one of: {', '.join(known)}", fix)
     if kind == "missing":
         doc = (field_info.description or "").split("\n")[0] if field_info else ""
-        return Problem(where, _dotted(loc), "required, but missing", doc, f"add `{loc[-1]}:` to the {_dotted(loc[:-1]) or 'top'} section")
+        parent = _dotted(loc[:-1]) or "top"
+        return Problem(where, _dotted(loc), "required, but missing", doc, f"add `{loc[-1]}:` to the {parent} section")
     allowed = _allowed(field_info) if field_info else ""
     message = _message(err["msg"], got)
     fix = ""
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == SLUG:
+        return Problem(where, _dotted(loc), f"{got!r} cannot be used as a name (it becomes part of folder names "
+                       "and Slurm job names)", "1-64 of letters, digits, '_', '.', '-'; first a letter or digit",
+                       f"e.g. {_slugify(str(got))!r}")
     if kind in {"literal_error", "enum"} and isinstance(got, str) and field_info is not None:
         choices = _literal_choices(field_info.annotation)
         hint = difflib.get_close_matches(got, [str(c) for c in choices], n=1, cutoff=0.5)
         fix = f"did you mean {hint[0]!r}?" if hint else f"use one of: {', '.join(map(str, choices))}"
-    elif field_info is not None and field_info.description:
-        fix = field_info.description.split("\n")[0]
+    else:
+        doc = (field_info.description or "").split("\n")[0] if field_info is not None else ""
+        want = allowed or (_TYPE_WORDS.get(kind.split("_")[0], "") if kind.endswith(("_type", "_parsing")) else "")
+        fix = f"use {want}" + (f" ({doc})" if doc else "") if want else doc
     return Problem(where, _dotted(loc), message, allowed, fix)
+
+
+# pydantic's error kinds (string_type, int_parsing, ...) -> what to write instead
+_TYPE_WORDS = {"string": "text (quote it if it looks like a number)", "int": "a whole number", "float": "a number",
+               "bool": "true or false", "list": "a list, e.g. [a, b] or one '- item' per line",
+               "dict": "a mapping of key: value lines", "model": "a section of key: value lines"}
 
 
 def _message(msg: str, got: Any) -> str:
@@ -96,7 +116,10 @@ def _message(msg: str, got: Any) -> str:
 def _dotted(loc: Key) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int) or not _PLAIN_KEY.fullmatch(str(part)):  # odd keys shown quoted: a.b['x\ny']
+            out += f"[{part!r}]"
+        else:
+            out += f".{part}" if out else str(part)
     return out
 
 
@@ -136,8 +159,16 @@ def _literal_choices(annotation: Any) -> list[Any]:
     return out
 
 
+def _is_int(annotation: Any) -> bool:
+    if annotation is int:
+        return True
+    args = get_args(annotation)
+    return bool(args) and any(_is_int(a) for a in args) and float not in args
+
+
 def _allowed(info: Any) -> str:
-    lo = hi = None
+    lo: Any = None
+    hi: Any = None
     lo_open = hi_open = False
     for meta in info.metadata:
         if isinstance(meta, at.Gt):
@@ -155,5 +186,5 @@ def _allowed(info: Any) -> str:
     if lo is not None or hi is not None:
         left = ("(" if lo_open else "[") + (str(lo) if lo is not None else "-inf")
         right = (str(hi) if hi is not None else "inf") + (")" if hi_open else "]")
-        parts.append(f"a number in {left}, {right}")
+        parts.append(f"{'a whole number' if _is_int(info.annotation) else 'a number'} in {left}, {right}")
     return " or ".join(parts)

@@ -661,8 +661,6 @@ def sif_sha256(path: str) -> str:
 
 @pytest.mark.slurm
 @pytest.mark.containers
-@pytest.mark.xfail(strict=True, reason="retries.requeue() runs scontrol inside the image, which has none "
-                   "(FileNotFoundError); the host teardown then sees the failure record and does not requeue either")
 def test_a_crashed_task_is_retried_inside_a_container(fleet: Fleet) -> None:
     run = fleet.get("docker", "retry")
     failures = sorted((run.run_dir() / "tasks" / "users.full.0000" / "failures").glob("*.json"))
