@@ -166,6 +166,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .legacy import spec_from_flags, uses_legacy
 
     if args.spec:
+        if uses_legacy(args):
+            from .legacy import FLAGS
+
+            given = [f"--{f}" for f in [*FLAGS, "dataset", "ablation_config"] if getattr(args, f, None) is not None]
+            raise SpecError.one("launcher run", "", f"--spec and the old flags ({', '.join(given)}) do not mix",
+                                fix="put the values in the spec (or --set section.field=value), or drop --spec")
         return _run_spec_tasks(args)
     if not uses_legacy(args):
         raise SpecError.one("launcher run", "", "nothing to run",

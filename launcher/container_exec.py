@@ -134,7 +134,10 @@ def write_request(
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: the rename stays atomic
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    # 0600 whatever the umask: container.env may hold a token, and the run dir is on shared storage.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
     return path
 
@@ -278,11 +281,15 @@ def request_path(run_dir: Path) -> Path:
     return run_dir / "container.json"
 
 
+def write_spec_request(spec: Any, run_dir: Path) -> Path:
+    """At submit time only (`launcher plan` writes nothing): the request the shim reads on the compute node."""
+    return write_request(request_path(run_dir), runtime=spec.container.runtime, image=spec.container.image,
+                         binds=spec_binds(spec, run_dir), env=dict(spec.container.env), workdir=run_dir)
+
+
 def container_python_argv(spec: Any, run_dir: Path) -> list[str]:
     """What submitit runs as 'python' on the compute node: this shim (host Python), then python3 in the image."""
-    req = write_request(request_path(run_dir), runtime=spec.container.runtime, image=spec.container.image,
-                        binds=spec_binds(spec, run_dir), env=dict(spec.container.env), workdir=run_dir)
-    return [sys.executable, "-m", "launcher.container_exec", str(req), "--", IN_IMAGE_PYTHON]
+    return [sys.executable, "-m", "launcher.container_exec", str(request_path(run_dir)), "--", IN_IMAGE_PYTHON]
 
 
 def preview_argv(spec: Any, run_dir: Path, gpu_count: int) -> list[str]:

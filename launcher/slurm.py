@@ -234,6 +234,10 @@ def submit(plan: Plan, kind: str | None = None, indices: Sequence[int] | None = 
                                    f"({', '.join(busy[:4])}{', ...' if len(busy) > 4 else ''}); wait for them, or "
                                    f"`launcher cancel {paths.run_dir}` first (finished records are kept)")
         save_plan(plan)
+        if spec.container.runtime != "none":
+            from .container_exec import write_spec_request
+
+            write_spec_request(spec, paths.run_dir)
         todo = list(indices) if indices is not None else pending_tasks(plan)
         skipped = len(plan.tasks) - len(todo)
         ex = make_executor(spec, paths.logs, kind)

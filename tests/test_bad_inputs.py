@@ -472,8 +472,6 @@ def run_main(argv: list[str]) -> int:
         return int(exc.code or 0)
 
 
-@pytest.mark.xfail(run=False, reason="cli.cmd_run ignores the old flags when --spec is given (and then runs the "
-                   "spec): it should refuse the mix with exit 2; see the report of issue 6")
 def test_spec_and_legacy_flags_conflict(world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec, out, _ = materialize(Case("both", "ok", BASE, "name:"), world, tmp_path)
     assert main(["run", "--spec", str(spec), "--temperature", "0.5"]) == 2

@@ -312,16 +312,13 @@ def test_engine_args_refuse_credentials(tmp_path: Path, inputs: tuple[Path, Path
     load_spec(spec_at(tmp_path, inputs, model={"engine_args": {"max_num_batched_tokens": 8192}}))  # not a secret
 
 
-@pytest.mark.xfail(strict=True, reason="container_exec.write_request writes container.json with the umask's mode; "
-                   "it holds container.env values, so it must be created 0600 (see report)")
 def test_container_request_holding_secrets_is_private(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
-    from launcher.container_exec import request_path
-    from launcher.slurm import python_command
+    from launcher.container_exec import request_path, write_spec_request
 
     plan = expand(load_spec(secret_spec(tmp_path, inputs)))
     old = os.umask(0o022)
     try:
-        python_command(plan.spec, plan.paths.run_dir)  # what submit does: writes run_dir/container.json
+        write_spec_request(plan.spec, plan.paths.run_dir)  # what submit does: writes run_dir/container.json
     finally:
         os.umask(old)
     request = request_path(plan.paths.run_dir)
@@ -340,8 +337,6 @@ def test_plan_output_does_not_show_secrets(tmp_path: Path, inputs: tuple[Path, P
     assert all(s not in shown for s in SECRETS.values())
 
 
-@pytest.mark.xfail(strict=True, reason="`launcher plan` writes run_dir/container.json (sbatch_preview -> "
-                   "slurm.executor_params -> task_python -> container_python_argv -> write_request)")
 def test_plan_with_a_container_writes_nothing(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
     spec = secret_spec(tmp_path, inputs)
     assert main(["plan", str(spec)]) == 0

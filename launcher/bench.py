@@ -1,0 +1,260 @@
+"""bench.py: `launcher bench` -> the toolkit, raw vLLM and HF measured on one host in one go -> results folder.
+
+Systems (each in its own process, on the same prompt token ids and sampling):
+  toolkit       `launcher run --spec S --task 0` with auto engine sizing, cold compile cache
+  toolkit-warm  the same task again: its start-up with the compile cache the first one published
+  raw-defaults  plain LLM.generate with vLLM's defaults (the old inference_vllm.py)
+  hf-loop       transformers, one user at a time (the old loop), on a subset
+  hf-batched    transformers, batched, on a subset
+  sweep:*       plain LLM.generate with hand-picked settings (--sweep): is auto within 5% of the best?
+  toolkit-fp8   the toolkit with model.quantization fp8 (--fp8)
+Measurements land in WORKDIR/runs/*.json as they finish; a rerun skips those already there (--force redoes them),
+so a long bench can be split over several calls. The results folder gets results.json, results.md and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import shutil
+import socket
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+SYSTEMS = ("raw", "toolkit", "toolkit-warm", "hf", "sweep", "fp8")
+DEFAULT_SYSTEMS = "raw,toolkit,toolkit-warm,hf"
+SWEEP: dict[str, dict[str, Any]] = {
+    # Hand-picked engine settings of plain vLLM. "graphs<=512" keeps vLLM's own capture limit (min(2 x seqs, 512)).
+    "max_num_seqs=256": {"max_num_seqs": 256},
+    "max_num_seqs=512": {"max_num_seqs": 512},
+    "max_num_seqs=768,graphs<=512": {"max_num_seqs": 768},
+    "max_num_seqs=768": {"max_num_seqs": 768, "compilation_config": {"max_cudagraph_capture_size": 768}},
+    "max_num_seqs=1024": {"max_num_seqs": 1024, "compilation_config": {"max_cudagraph_capture_size": 1024}},
+}
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register `bench` on the CLI's subparsers; the command's function is `run(args)`."""
+    c = sub.add_parser("bench", help="Benchmark the toolkit against raw vLLM and HF on this GPU; write results.",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure(c)
+    return c
+
+
+def configure(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--workdir", default="bench-work",
+                   help="scratch: model files, data, logs, caches (default ./bench-work)")
+    c.add_argument("--results", default=None,
+                   help="results folder (default benchmarks/results/<date>-<gpu>/ in the checkout)")
+    c.add_argument("--preset", default="llama3-8b", help="model shape: llama3-8b (default) or tiny (CPU smoke test)")
+    c.add_argument("--shapes", default="1000x256,4000x512", help="SAMPLESxMAX_TOKENS, comma-separated")
+    c.add_argument("--prompt-tokens", type=int, default=256)
+    c.add_argument("--systems", default=DEFAULT_SYSTEMS, help=f"comma-separated, of {', '.join(SYSTEMS)}")
+    c.add_argument("--sweep", action="store_true", help="also run the hand-picked settings (adds 'sweep')")
+    c.add_argument("--sweep-points", default=",".join(SWEEP), help="which sweep settings")
+    c.add_argument("--sweep-shapes", default=None, help="shapes to sweep (default: the first shape)")
+    c.add_argument("--fp8", action="store_true", help="also run the toolkit with fp8 online quantization")
+    c.add_argument("--hf-loop-users", type=int, default=4, help="users in the HF one-at-a-time loop")
+    c.add_argument("--hf-batch-users", type=int, default=32, help="users in the one HF batched call")
+    c.add_argument("--raw-warmup-tokens", type=int, default=32,
+                   help="raw vLLM first runs the shape's requests (other prompt ids) for this many tokens, so Triton's "
+                        "first-use compiles are not timed; 0: time the first pass (default 32)")
+    c.add_argument("--timeout-s", type=float, default=1800, help="per measured process")
+    c.add_argument("--force", action="store_true", help="redo measurements already in WORKDIR/runs")
+    c.add_argument("--no-plot", action="store_true", help="write JSON + markdown only (draw later with --report)")
+    c.add_argument("--report", metavar="RESULTS_DIR", default=None,
+                   help="only redraw results.md and the plot from RESULTS_DIR/results.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="launcher bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure(p)
+    return run(p.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    _import_benchmarks()
+    from benchmarks.report import write_report
+
+    if args.report:
+        folder = Path(args.report)
+        results = json.loads((folder / "results.json").read_text())
+        for path in write_report(results, folder, draw=True):
+            print(path)
+        return 0
+    from benchmarks.runners import RunFailed, Workdir
+    from benchmarks.workload import PRESETS, Shape, write_dataset, write_model
+
+    if args.preset not in PRESETS:
+        print(f"error: unknown preset {args.preset!r}; one of {', '.join(PRESETS)}", file=sys.stderr)
+        return 2
+    systems = {s.strip() for s in args.systems.split(",") if s.strip()}
+    systems |= {"sweep"} if args.sweep else set()
+    systems |= {"fp8"} if args.fp8 else set()
+    unknown = systems - set(SYSTEMS)
+    if unknown:
+        print(f"error: unknown system(s) {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}",
+              file=sys.stderr)
+        return 2
+    preset = PRESETS[args.preset]
+    shapes = [Shape.parse(s, args.prompt_tokens) for s in args.shapes.split(",") if s.strip()]
+    wd = Workdir(Path(args.workdir).resolve())
+    for d in (wd.runs, wd.logs):
+        d.mkdir(parents=True, exist_ok=True)
+    write_model(preset, wd.model)
+    for shape in shapes:
+        if not wd.ids(shape).exists():
+            write_dataset(shape, preset, wd.assets)
+    failures: list[str] = []
+
+    def step(key: str, fn: Callable[[], list[dict[str, Any]]]) -> None:
+        path = wd.runs / f"{_slug(key)}.json"
+        if path.exists() and not args.force:
+            print(f"[bench] {key}: already measured ({path.name})", flush=True)
+            return
+        print(f"[bench] {key} ...", flush=True)
+        try:
+            rows = fn()
+        except (RunFailed, OSError, ValueError, KeyError, StopIteration) as exc:
+            failures.append(f"{key}: {exc}")
+            print(f"[bench] {key} FAILED: {exc}", flush=True)
+            return
+        path.write_text(json.dumps(rows, indent=1))
+        for r in rows:
+            print(f"[bench] {r['system']}@{r['shape']}: {r['samples_per_min']:,.0f} samples/min, "
+                  f"{r['output_tok_per_s']:,.0f} tok/s, start-up {r.get('startup', {}).get('total_s', '?')} s",
+                  flush=True)
+
+    _run_systems(args, systems, shapes, wd, step)
+    results = collect(wd, preset.name, shapes[0].prompt_tokens, shapes[0].n)
+    folder = Path(args.results) if args.results else _default_results(results["host"])
+    for path in write_report(results, folder, draw=not args.no_plot):
+        print(f"[bench] wrote {path}")
+    for f in failures:
+        print(f"[bench] FAILED {f.splitlines()[0]}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _run_systems(args: argparse.Namespace, systems: set[str], shapes: list[Any], wd: Any,
+                 step: Callable[[str, Callable[[], list[dict[str, Any]]]], None]) -> None:
+    """The order matters for start-up numbers: raw and toolkit each begin with empty caches of their own."""
+    from benchmarks.runners import run_hf, run_raw
+
+    timeout = args.timeout_s
+    if "raw" in systems:
+        def raw() -> list[dict[str, Any]]:
+            shutil.rmtree(wd.root / "raw-cache", ignore_errors=True)  # a cold start, like the toolkit's first task
+            return run_raw(wd, shapes, "raw-defaults", timeout, warmup_tokens=args.raw_warmup_tokens)
+        step("raw-defaults@" + "+".join(s.name for s in shapes), raw)
+    for shape in shapes:
+        cache = wd.root / "compile-cache" / shape.name
+        if "toolkit" in systems:
+            step(f"toolkit@{shape.name}", partial(_toolkit_cold, wd, shape, cache, timeout))
+        if "toolkit-warm" in systems:
+            step(f"toolkit-warm@{shape.name}", partial(_toolkit_warm, wd, shape, cache, timeout))
+    if "hf" in systems:
+        step("hf@" + "+".join(s.name for s in shapes),
+             partial(run_hf, wd, shapes, args.hf_loop_users, args.hf_batch_users, timeout))
+    if "sweep" in systems:
+        sweep_shapes = ([s for s in shapes if s.name in args.sweep_shapes.split(",")] if args.sweep_shapes
+                        else shapes[:1])
+        for point in [p.strip() for p in args.sweep_points.split(",") if p.strip()]:
+            step(f"sweep:{point}@" + "+".join(s.name for s in sweep_shapes),
+                 partial(run_raw, wd, sweep_shapes, f"sweep:{point}", timeout, SWEEP[point], args.raw_warmup_tokens))
+    if "fp8" in systems:
+        for shape in shapes[:1]:
+            step(f"toolkit-fp8@{shape.name}", partial(_toolkit, wd, shape, "toolkit-fp8",
+                                                       wd.root / "compile-cache" / f"{shape.name}-fp8", timeout, "fp8"))
+
+
+def _toolkit(wd: Any, shape: Any, system: str, cache: Path, timeout: float,
+             quantization: str | None = None) -> list[dict[str, Any]]:
+    from benchmarks.runners import run_toolkit
+
+    return [run_toolkit(wd, shape, system, cache, timeout, quantization=quantization)]
+
+
+def _toolkit_cold(wd: Any, shape: Any, cache: Path, timeout: float) -> list[dict[str, Any]]:
+    shutil.rmtree(cache, ignore_errors=True)  # the first task of a job: nothing compiled yet, anywhere
+    shutil.rmtree(wd.root / "scratch", ignore_errors=True)
+    return _toolkit(wd, shape, "toolkit", cache, timeout)
+
+
+def _toolkit_warm(wd: Any, shape: Any, cache: Path, timeout: float) -> list[dict[str, Any]]:
+    shutil.rmtree(wd.root / "scratch", ignore_errors=True)  # a later task on another node: only the shared entry
+    return _toolkit(wd, shape, "toolkit-warm", cache, timeout)
+
+
+def collect(wd: Any, model: str, prompt_tokens: int, n: int) -> dict[str, Any]:
+    measurements: list[dict[str, Any]] = []
+    for path in sorted(wd.runs.glob("*.json")):
+        if not path.name.startswith("."):
+            measurements.extend(json.loads(path.read_text()))
+    return {"date": dt.date.today().isoformat(), "host": host_info(measurements),
+            "workload": {"model": model, "prompt_tokens": prompt_tokens, "n": n}, "measurements": measurements}
+
+
+def host_info(measurements: list[dict[str, Any]]) -> dict[str, Any]:
+    import os
+    import subprocess
+
+    info: dict[str, Any] = {"hostname": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(),
+                            "python": platform.python_version()}
+    try:
+        query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"]
+        out = subprocess.run(query, capture_output=True, text=True, timeout=20, check=True).stdout.splitlines()[0]
+        name, mem, driver = (x.strip() for x in out.split(","))
+        info.update(gpu=name, gpu_memory_gib=round(float(mem) / 1024, 1), driver=driver)
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+        info["gpu"] = "cpu"
+    versions: dict[str, str] = {}
+    for m in measurements:
+        ver = str(m.get("engine_version") or "")
+        if " " in ver:
+            name, _, value = ver.partition(" ")
+            versions[name] = value
+    try:
+        import torch
+
+        versions["torch"] = str(torch.__version__)
+    except ImportError:
+        pass
+    info["versions"] = versions
+    return info
+
+
+def _default_results(host: dict[str, Any]) -> Path:
+    gpu = str(host.get("gpu", "cpu")).lower().replace("nvidia ", "")
+    slug = "".join(ch if ch.isalnum() else "-" for ch in gpu).strip("-")
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return _repo() / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-{slug}"
+
+
+def _slug(key: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "@+-_." else "_" for ch in key)
+
+
+def _repo() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def _import_benchmarks() -> None:
+    """The harness lives in the checkout's benchmarks/ (not in the wheel): an editable install or a checkout."""
+    try:
+        import benchmarks.runners  # noqa: F401
+    except ImportError:
+        if not (_repo() / "benchmarks" / "runners.py").exists():
+            raise SystemExit("launcher bench needs the source checkout (its benchmarks/ folder): "
+                             "run it from a clone with `make bench`") from None
+        sys.path.insert(0, str(_repo()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
