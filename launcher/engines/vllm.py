@@ -51,6 +51,10 @@ class VLLMEngine(Engine):
             kwargs["quantization"] = self.model.quantization
         if self.model.load_format != "auto":
             kwargs["load_format"] = self.model.load_format
+        if not gpus.count and "enforce_eager" not in self.model.engine_args:
+            # CPU (CI, laptops): inductor recompiles at every start (~10 s on 2 cores), more than short runs gain.
+            kwargs["enforce_eager"] = True
+            settings.reasons["enforce_eager"] = "CPU: skip torch.compile, it costs more than it saves on short runs"
         # Stats on: the summary reports preemptions (there should be none) from vLLM's own counters.
         kwargs.setdefault("disable_log_stats", False)
         self.tokenizer = tokenizer
@@ -125,7 +129,9 @@ class VLLMEngine(Engine):
         from vllm.sampling_params import RequestOutputKind
 
         s = self.sampling
-        return SamplingParams(n=self.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k if s.top_k > 0 else -1,
+        # vLLM refuses n > 1 with greedy decoding; the n samples would be identical, so ask once and copy.
+        n = 1 if s.temperature == 0 else self.n
+        return SamplingParams(n=n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k if s.top_k > 0 else -1,
                               max_tokens=s.max_tokens, seed=seed, ignore_eos=s.ignore_eos, stop=s.stop or None,
                               detokenize=not self.detokenize_here, output_kind=RequestOutputKind.FINAL_ONLY)
 
@@ -171,8 +177,9 @@ class VLLMEngine(Engine):
             texts = self.tokenizer.batch_decode([list(c.token_ids) for c in outputs], skip_special_tokens=True)
         else:
             texts = [c.text for c in outputs]
-        return tuple(Sample(t, len(c.token_ids), _reason(c.finish_reason), tuple(c.token_ids))
-                     for t, c in zip(texts, outputs, strict=True))
+        samples = tuple(Sample(t, len(c.token_ids), _reason(c.finish_reason), tuple(c.token_ids))
+                        for t, c in zip(texts, outputs, strict=True))
+        return samples * self.n if len(samples) == 1 and self.n > 1 else samples  # greedy: one asked, n the same
 
     def stats(self) -> dict[str, float]:
         """vLLM's counters that say whether the sizing held: preemptions should be 0."""
