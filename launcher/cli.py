@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("demo-model", help="Make a tiny random Llama + locally trained tokenizer (seconds, CPU).")
     c.add_argument("dir")
 
+    from .bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
+
     c = sub.add_parser("doctor", help="Check driver, GPUs, container runtime and image compatibility on this node.")
     c.add_argument("--runtime", default=None, help="apptainer|singularity|docker|podman|none")
     c.add_argument("--image", default=None)
@@ -268,6 +272,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if args.min_agreement is not None and cmp.agreement < args.min_agreement else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run as bench_run
+
+    return int(bench_run(args))
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from .spec import json_schema
 
@@ -304,5 +314,5 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 COMMANDS = {
     "plan": cmd_plan, "submit": cmd_submit, "run": cmd_run, "gather": cmd_gather, "status": cmd_status,
     "cancel": cmd_cancel, "schema": cmd_schema, "compare": cmd_compare, "demo-model": cmd_demo_model,
-    "doctor": cmd_doctor,
+    "doctor": cmd_doctor, "bench": cmd_bench,
 }

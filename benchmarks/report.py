@@ -1,0 +1,177 @@
+"""report.py: measurements -> ratios, targets, a markdown table and a PNG plot (results.json, results.md, *.png).
+
+The plot is drawn from results.json alone, so it can be redrawn anywhere: `launcher bench --report DIR`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+TARGETS = {"1000x256": 1.5, "4000x512": 1.25}  # toolkit / raw defaults, issue 9
+SWEEP_TOLERANCE = 0.95  # auto must reach 95% of the best hand-picked setting
+WARM_STARTUP_MAX = 0.35  # a later task's start-up / a cold first task's
+
+
+def _by(ms: list[dict[str, Any]], system: str, shape: str) -> dict[str, Any] | None:
+    return next((m for m in ms if m["system"] == system and m["shape"] == shape), None)
+
+
+def analyse(ms: list[dict[str, Any]]) -> dict[str, Any]:
+    shapes = sorted({m["shape"] for m in ms}, key=lambda s: [int(x) for x in s.split("x")])
+    ratios: dict[str, Any] = {}
+    targets: dict[str, Any] = {}
+    for shape in shapes:
+        # Steady state: the toolkit with a warm compile cache (a later array task) when it was measured; raw vLLM
+        # runs its warm-up pass first. The cold first task pays Triton's first-use compiles during generation.
+        cold, warm, raw = _by(ms, "toolkit", shape), _by(ms, "toolkit-warm", shape), _by(ms, "raw-defaults", shape)
+        tk = warm or cold
+        r: dict[str, Any] = {}
+        if tk and raw:
+            r["toolkit_measured"] = tk["system"]
+            r["toolkit_vs_raw"] = round(tk["samples_per_min"] / raw["samples_per_min"], 3)
+            if cold and warm:
+                r["toolkit_cold_vs_raw"] = round(cold["samples_per_min"] / raw["samples_per_min"], 3)
+            first = cold or tk  # e2e: both start cold (raw's start-up has no cache either)
+            r["toolkit_vs_raw_e2e"] = round(raw["wall_s"] / first["wall_s"], 3)
+            if shape in TARGETS:
+                met = r["toolkit_vs_raw"] >= TARGETS[shape]
+                targets[f"toolkit >= {TARGETS[shape]}x raw at {shape}"] = {
+                    "measured": r["toolkit_vs_raw"], "toolkit": tk["system"], "met": met}
+        for hf in ("hf-loop", "hf-batched"):
+            h = _by(ms, hf, shape)
+            if tk and h:
+                r[f"toolkit_vs_{hf}"] = round(tk["samples_per_min"] / h["samples_per_min"], 1)
+        sweep = [m for m in ms if m["shape"] == shape and m["system"].startswith("sweep:")]
+        if tk and sweep:
+            best = max(sweep, key=lambda m: m["samples_per_min"])
+            r["sweep_best"] = best["system"]
+            r["toolkit_vs_sweep_best"] = round(tk["samples_per_min"] / best["samples_per_min"], 3)
+            targets[f"toolkit within 5% of the sweep's best at {shape}"] = {
+                "measured": r["toolkit_vs_sweep_best"], "best": best["system"], "toolkit": tk["system"],
+                "met": r["toolkit_vs_sweep_best"] >= SWEEP_TOLERANCE}
+        if cold and warm:
+            r["warm_vs_cold_startup"] = round(warm["startup"]["total_s"] / cold["startup"]["total_s"], 3)
+            targets[f"warm start-up <= 35% of cold at {shape}"] = {
+                "measured": r["warm_vs_cold_startup"], "met": r["warm_vs_cold_startup"] <= WARM_STARTUP_MAX}
+        fp8 = _by(ms, "toolkit-fp8", shape)
+        if cold and fp8:
+            r["fp8_vs_bf16"] = round(fp8["samples_per_min"] / cold["samples_per_min"], 3)
+        if r:
+            ratios[shape] = r
+    return {"ratios": ratios, "targets": targets}
+
+
+def _f(x: Any, digits: int = 0) -> str:
+    if x is None:
+        return "–"
+    return f"{x:,.{digits}f}" if isinstance(x, (int, float)) else str(x)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    host, wl = results["host"], results["workload"]
+    ms = results["measurements"]
+    lines = [f"# launcher bench — {host.get('gpu', '?')}, {results.get('date', '')}", "",
+             f"Host `{host.get('hostname')}`: {host.get('gpu')} ({host.get('gpu_memory_gib', '?')} GiB, driver "
+             f"{host.get('driver', '?')}), {host.get('cpus', '?')} CPUs; " +
+             ", ".join(f"{k} {v}" for k, v in sorted((host.get("versions") or {}).items())) + ".",
+             f"Model: {wl['model']}, load_format dummy; prompts of {wl['prompt_tokens']} tokens, n={wl['n']}, "
+             "temperature 1.0, top_p 0.9, top_k 50, ignore_eos, per-request seeds.",
+             "", "samples/min and tok/s are over the generation phase (start-up excluded); e2e wall includes start-up.",
+             "HF rows ran on a subset (the records column). raw-defaults and sweep rows ran a warm-up pass first (the "
+             "same requests with other prompt ids, 32 tokens), so Triton's first-use compiles are not timed; `toolkit` "
+             "is a cold first task (those compiles happen during its generation), `toolkit-warm` a later task that "
+             "found the shared compile cache. Ratios use toolkit-warm where it was measured.", "",
+             "| system | shape | records | samples/min | output tok/s | vs raw | gen s | e2e wall s | start-up s "
+             "(load / compile / graphs / other) | compile cache |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    order = {"toolkit": 0, "toolkit-warm": 1, "toolkit-fp8": 2, "raw-defaults": 3, "hf-loop": 5, "hf-batched": 6}
+    for m in sorted(ms, key=lambda m: ([int(x) for x in m["shape"].split("x")], order.get(m["system"], 4),
+                                       m["system"])):
+        raw = _by(ms, "raw-defaults", m["shape"])
+        vs = m["samples_per_min"] / raw["samples_per_min"] if raw and m.get("samples_per_min") else None
+        st = m.get("startup") or {}
+        split = " / ".join(_f(st.get(k), 1) for k in ("load_s", "compile_s", "graph_capture_s", "other_s"))
+        lines.append(f"| {m['system']} | {m['shape']} | {_f(m.get('records'))} | {_f(m['samples_per_min'])} | "
+                     f"{_f(m['output_tok_per_s'])} | {_f(vs, 2)} | {_f(m['generation_s'], 1)} | "
+                     f"{_f(m.get('wall_s'), 1)} | {_f(st.get('total_s'), 1)} ({split}) | "
+                     f"{m.get('compile_cache') or '–'} |")
+    lines += ["", "## Ratios and targets", ""]
+    for shape, r in results["analysis"]["ratios"].items():
+        lines.append(f"- **{shape}**: " + ", ".join(f"{k} {v}" for k, v in r.items()))
+    lines.append("")
+    for name, t in results["analysis"]["targets"].items():
+        lines.append(f"- {'MET' if t['met'] else 'NOT MET'}: {name} (measured {t['measured']}"
+                     + (f", {t['toolkit']}" if "toolkit" in t else "")
+                     + (f" vs {t['best']}" if "best" in t else "") + ")")
+    tk = [m for m in ms if m["system"] == "toolkit"]
+    if tk:
+        lines += ["", "## What auto sizing chose (toolkit)", ""]
+        for m in tk:
+            lines.append(f"**{m['shape']}**")
+            lines.append("")
+            for k, v in (m.get("settings") or {}).items():
+                lines.append(f"- `{k}` = `{json.dumps(v) if not isinstance(v, str) else v}`: "
+                             f"{(m.get('reasons') or {}).get(k, '')}")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ms = results["measurements"]
+    shapes = sorted({m["shape"] for m in ms}, key=lambda s: [int(x) for x in s.split("x")])
+    systems = [s for s in ("toolkit", "toolkit-fp8", "raw-defaults", "hf-batched", "hf-loop")
+               if any(m["system"] == s for m in ms)]
+    sweeps = sorted({m["system"] for m in ms if m["system"].startswith("sweep:")})
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [3, 2]})
+    names = systems + sweeps
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        ys = [(_by(ms, name, s) or {}).get("samples_per_min") or 0 for s in shapes]
+        bars = ax.bar([x + i * width for x in range(len(shapes))], ys, width, label=name,
+                      hatch="//" if name.startswith("sweep:") else None)
+        for b, y in zip(bars, ys, strict=True):
+            if y:
+                ax.annotate(f"{y:,.0f}", (b.get_x() + b.get_width() / 2, y), ha="center", va="bottom", fontsize=6,
+                            rotation=90)
+    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(shapes))], shapes)
+    ax.set_yscale("log")
+    ax.set_ylabel("samples / min (generation phase, log scale)")
+    ax.set_title(f"Throughput, {results['host'].get('gpu', '')}")
+    ax.legend(fontsize=7, ncol=2)
+    starters = [m for m in ms if m.get("startup") and m["system"] in ("toolkit", "toolkit-warm", "raw-defaults")]
+    parts = [("load_s", "load"), ("compile_s", "compile"), ("graph_capture_s", "CUDA graphs"), ("other_s", "other")]
+    labels = [f"{m['system']}\n{m['shape']}" for m in starters]
+    bottom = [0.0] * len(starters)
+    for key, label in parts:
+        vals = [float(m["startup"].get(key) or 0) for m in starters]
+        ax2.bar(range(len(starters)), vals, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    ax2.set_xticks(range(len(starters)), labels, fontsize=7, rotation=30, ha="right")
+    ax2.set_ylabel("start-up seconds")
+    ax2.set_title("Start-up split (cold first task vs warm compile cache)")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict[str, Any], out_dir: Path, draw: bool = True) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results["analysis"] = analyse(results["measurements"])
+    written = [out_dir / "results.json", out_dir / "results.md"]
+    written[0].write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
+    written[1].write_text(markdown(results))
+    if draw:
+        # matplotlib missing: `launcher bench --report DIR` draws it where it is installed
+        with contextlib.suppress(ImportError):
+            written.append(plot(results, out_dir / "throughput.png"))
+    return written

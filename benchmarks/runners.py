@@ -1,0 +1,165 @@
+"""runners.py: one measured system -> measurement dicts. Each system runs in its own process, so every engine
+starts from a clean GPU and its start-up is measured the way a user meets it.
+
+  toolkit   `python -m launcher run --spec S --task 0`: data on disk -> prompts -> vLLM -> outputs written
+  raw       benchmarks/raw_vllm.py: LLM.generate with the old script's defaults (or hand-picked engine args)
+  hf        benchmarks/hf_baseline.py: transformers, one user at a time and batched, on a subset
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .startup_log import parse_startup, split
+from .workload import Shape, toolkit_spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Workdir:
+    root: Path
+
+    @property
+    def assets(self) -> Path:
+        return self.root / "assets"
+
+    @property
+    def model(self) -> Path:
+        return self.assets / "model"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def data(self, shape: Shape) -> Path:
+        return self.assets / f"data-{shape.name}.jsonl"
+
+    def ids(self, shape: Shape) -> Path:
+        return self.assets / f"ids-{shape.name}.json"
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return env
+
+
+def _run(cmd: Sequence[str], log: Path, env: dict[str, str], timeout_s: float) -> tuple[float, str]:
+    """Run to completion with output in `log`; (wall seconds, log text). Raises RunFailed with the log's tail."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with log.open("w") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        try:
+            rc = subprocess.run(list(cmd), stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                timeout=timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            rc = -9
+    wall = time.perf_counter() - t0
+    text = log.read_text(errors="replace")
+    if rc != 0:
+        tail = "\n".join(text.splitlines()[-25:])
+        raise RunFailed(f"{cmd[2] if len(cmd) > 2 else cmd[0]} exited with {rc} after {wall:.0f}s; log {log}:\n{tail}")
+    return wall, text
+
+
+def measurement(system: str, shape: Shape, samples: int, tokens: int, gen_s: float, **extra: Any) -> dict[str, Any]:
+    return {"system": system, "shape": shape.name, "samples": samples, "output_tokens": tokens,
+            "generation_s": round(gen_s, 3), "samples_per_min": round(samples / gen_s * 60, 1) if gen_s else None,
+            "output_tok_per_s": round(tokens / gen_s, 1) if gen_s else None, **extra}
+
+
+def run_toolkit(wd: Workdir, shape: Shape, system: str, cache_root: Path, timeout_s: float,
+                engine_args: dict[str, Any] | None = None, quantization: str | None = None) -> dict[str, Any]:
+    """One `launcher run` task in a fresh output folder, compile cache at `cache_root`."""
+    import yaml
+
+    out_dir = wd.root / "toolkit-out" / system.replace(":", "_").replace("=", "")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    spec = toolkit_spec(shape, wd.model, wd.data(shape), out_dir, engine_args, quantization)
+    spec_path = out_dir / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    env = _env({"LAUNCHER_COMPILE_CACHE": str(cache_root), "LAUNCHER_SCRATCH": str(wd.root / "scratch")})
+    started = time.time()
+    wall, log = _run([sys.executable, "-m", "launcher", "run", "--spec", str(spec_path), "--task", "0"],
+                     wd.logs / f"{system}@{shape.name}.log".replace(":", "_"), env, timeout_s)
+    done = next(out_dir.rglob("done.json"))
+    summary = json.loads(done.read_text())
+    attempt = json.loads(sorted((done.parent / "attempts").glob("attempt-*.json"))[-1].read_text())
+    replica = attempt["replicas"][0]
+    startup_total = (attempt["started"] - started) + replica["startup_seconds"]
+    parsed = parse_startup(log)
+    engine = summary.get("engine") or {}
+    return measurement(
+        system, shape, summary["generated_samples"], summary["output_tokens"], summary["inference_time_seconds"],
+        wall_s=round(wall, 2), startup=split(startup_total, parsed), startup_log=parsed,
+        compile_cache=(engine.get("startup") or {}).get("compile_cache"),
+        settings=engine.get("settings"), reasons=engine.get("reasons"), engine_version=engine.get("version"),
+        engine_args=engine_args or {}, quantization=quantization, records=summary["records"])
+
+
+def run_raw(wd: Workdir, shapes: Sequence[Shape], system: str, timeout_s: float,
+            engine_args: dict[str, Any] | None = None, warmup_tokens: int = 0) -> list[dict[str, Any]]:
+    """One process, one engine, all `shapes` in turn. e2e wall: the process's own wall (exit included, as for the
+    toolkit) when it ran one shape; else start-up + that shape's generation."""
+    cache = wd.root / "raw-cache"
+    env = _env({"VLLM_CACHE_ROOT": str(cache / "vllm"), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+                "TRITON_CACHE_DIR": str(cache / "triton")})
+    out = wd.runs / f".{system}.raw.json".replace(":", "_")
+    cmd = [sys.executable, "-m", "benchmarks.raw_vllm", "--model", str(wd.model), "--out", str(out),
+           "--engine-args", json.dumps(engine_args or {}), "--warmup-tokens", str(warmup_tokens)]
+    for shape in shapes:
+        cmd += ["--ids", str(wd.ids(shape))]
+    names = "+".join(s.name for s in shapes)
+    wall, log = _run(cmd, wd.logs / f"{system}@{names}.log".replace(":", "_"), env, timeout_s)
+    raw = json.loads(out.read_text())
+    parsed = parse_startup(log)
+    rows = []
+    by_name = {s.name: s for s in shapes}
+    for r in raw["results"]:
+        rows.append(measurement(
+            system, by_name[r["shape"]], r["samples"], r["output_tokens"], r["generation_s"],
+            wall_s=round(wall - (r.get("warmup_s") or 0) if len(shapes) == 1
+                         else raw["startup_s"] + r["generation_s"], 2),
+            startup=split(raw["startup_s"], parsed),
+            startup_log=parsed, engine_args=raw["engine_args"], engine_version=f"vllm {raw['vllm']}",
+            records=r["records"], process_wall_s=round(wall, 2), warmup_s=r.get("warmup_s")))
+    return rows
+
+
+def run_hf(wd: Workdir, shapes: Sequence[Shape], loop_users: int, batch_users: int,
+           timeout_s: float) -> list[dict[str, Any]]:
+    out = wd.runs / ".hf.raw.json"
+    cmd = [sys.executable, "-m", "benchmarks.hf_baseline", "--model", str(wd.model), "--out", str(out),
+           "--loop-users", str(loop_users), "--batch-users", str(batch_users)]
+    for shape in shapes:
+        cmd += ["--ids", str(wd.ids(shape))]
+    _run(cmd, wd.logs / "hf.log", _env({}), timeout_s)
+    raw = json.loads(out.read_text())
+    by_name = {s.name: s for s in shapes}
+    return [measurement(r["system"], by_name[r["shape"]], r["samples"], r["output_tokens"], r["generation_s"],
+                        records=r["records"], subset=True, startup={"total_s": raw["startup_s"],
+                                                                    "load_s": raw["model_init_s"]},
+                        engine_version=f"transformers {raw['transformers']}")
+            for r in raw["results"]]
