@@ -127,7 +127,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 
     ms = results["measurements"]
     shapes = sorted({m["shape"] for m in ms}, key=lambda s: [int(x) for x in s.split("x")])
-    systems = [s for s in ("toolkit", "toolkit-fp8", "raw-defaults", "hf-batched", "hf-loop")
+    systems = [s for s in ("toolkit", "toolkit-warm", "toolkit-fp8", "raw-defaults", "hf-batched", "hf-loop")
                if any(m["system"] == s for m in ms)]
     sweeps = sorted({m["system"] for m in ms if m["system"].startswith("sweep:")})
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [3, 2]})
