@@ -7,6 +7,7 @@ records already in a chunk file are never generated again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -78,7 +79,8 @@ def prepare(ctx: TaskContext, tokenizer: Any) -> Prepared:
     kept: list[Record] = []
     for rec in records:
         if rec.record_id in seen:
-            bad.append(Quarantined(rec.row, f"duplicate record id {rec.record_id!r} (first at row {seen[rec.record_id]})",
+            first = seen[rec.record_id]
+            bad.append(Quarantined(rec.row, f"duplicate record id {rec.record_id!r} (first at row {first})",
                                    rec.record_id))
             continue
         seen[rec.record_id] = rec.row
@@ -112,10 +114,8 @@ def _token_limit(spec: JobSpec, tokenizer: Any) -> int | None:
     from .modelinfo import read_config
 
     limits = [spec.model.max_model_len] if spec.model.max_model_len else []
-    try:
+    with contextlib.suppress(OSError, ValueError):
         limits.append(int(read_config(spec.model.path).get("max_position_embeddings") or 0) or 1 << 30)
-    except (OSError, ValueError):
-        pass
     return min(limits) if limits else None
 
 

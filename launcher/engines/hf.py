@@ -115,7 +115,8 @@ class HFEngine(Engine):
             out = self.hf_model.generate(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=s.max_tokens,
                 do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=self.n,
-                logits_processor=self.processors([sampler]), pad_token_id=self.pad_id, eos_token_id=self.eos_ids or None, **extra,
+                logits_processor=self.processors([sampler]), pad_token_id=self.pad_id,
+                eos_token_id=self.eos_ids or None, **extra,
             )
         new = out[:, width:].cpu().tolist()
         for b, req in enumerate(batch):
