@@ -186,9 +186,5 @@ def plan_admission(needs: Sequence[int], n: int, max_num_seqs: int | None, kv_to
                      f"{max_num_seqs or 'unset'} allows {by_seqs}; {total} requests -> {waves} equal wave(s)")
 
 
-def describe(settings: EngineSettings) -> str:
-    return "; ".join(f"{k}={v} ({settings.reasons.get(k, '')})" for k, v in settings.kwargs.items())
-
-
 __all__ = ["Admission", "EngineSettings", "GiB", "auto_max_model_len", "graph_sizes", "kv_tokens_estimate",
            "plan_admission", "request_tokens", "size_vllm"]

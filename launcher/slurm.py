@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import getpass
-import hashlib
 import os
 import shlex
 import shutil
@@ -27,7 +26,7 @@ from submitit.core.utils import JobPaths, UncompletedJobError
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from . import __version__
-from .outputs import TaskStore, write_json_atomic
+from .outputs import TaskStore, sha256_file, write_json_atomic
 from .plan import Plan, RunPaths
 from .retries import Attempt, mark_requeued, teardown_lines
 from .run_state import load_run, read_run_json, save_plan
@@ -329,11 +328,7 @@ def image_record(spec: JobSpec) -> dict[str, Any]:
     record: dict[str, Any] = {"runtime": c.runtime, "image": c.image}
     path = Path(c.image)
     if c.runtime in {"apptainer", "singularity"} and path.is_file():
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        record["sha256"] = h.hexdigest()
+        record["sha256"] = sha256_file(path)
     elif c.runtime in {"docker", "podman"}:
         try:
             out = subprocess.run([c.runtime, "image", "inspect", "--format", "{{.Id}}", c.image], capture_output=True,
@@ -344,6 +339,3 @@ def image_record(spec: JobSpec) -> dict[str, Any]:
             pass
     return record
 
-
-def current_user() -> str:
-    return getpass.getuser()

@@ -524,7 +524,6 @@ def _did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
     return f"did you mean {close[0]!r}?" if close else ""
 
 
-PATH_FIELDS = (("model", "path"), ("data", "scenario"), ("output", "dir"), ("output", "scratch_dir"))
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
