@@ -115,6 +115,7 @@ def run_toolkit(wd: Workdir, shape: Shape, system: str, cache_root: Path, timeou
         system, shape, summary["generated_samples"], summary["output_tokens"], summary["inference_time_seconds"],
         wall_s=round(wall, 2), startup=split(startup_total, parsed), startup_log=parsed,
         compile_cache=(engine.get("startup") or {}).get("compile_cache"),
+        startup_phases={**(replica.get("startup_phases") or {}), **(attempt.get("startup_before_replicas") or {})},
         settings=engine.get("settings"), reasons=engine.get("reasons"), engine_version=engine.get("version"),
         engine_args=engine_args or {}, quantization=quantization, records=summary["records"])
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import SpecError
 
@@ -152,7 +153,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         sub = submit(plan, kind)
     except RuntimeError as exc:  # the submit lock
-        err.print(f"[red]refused:[/] {exc}")
+        # soft_wrap: the message holds paths and commands to copy, which must not be broken at the terminal's width;
+        # escape: a path may hold '[...]', which rich would read as markup.
+        err.print(f"[red]refused:[/] {escape(str(exc))}", soft_wrap=True)
         return 2
     console.print(f"run [bold]{spec.run_id}[/]: {len(sub.job_ids)} task(s) submitted"
                   + (f", {sub.skipped_done} already done" if sub.skipped_done else "")

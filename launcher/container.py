@@ -1,11 +1,16 @@
-"""container.py: ContainerRequest -> the argv that runs it under a container runtime.
+"""container.py: ContainerRequest -> the argv and environment that run it under a container runtime.
 
 Pure: builds lists, runs nothing, reads no file (``available()`` only looks on PATH). Every argument stays
-one list item from here to ``os.execvp``; nothing passes through a shell, so paths with spaces, quotes,
+one list item from here to ``os.execvpe``; nothing passes through a shell, so paths with spaces, quotes,
 ``;`` or ``$(...)`` arrive in the container exactly as given. Quoting happens once, where a script is
 rendered (``shlex.join``), never here.
 
-Runtimes are plug-ins: a class with a ``name`` and ``wrap()``, added with ``@register``.
+Env values never go into the argv: every user on a node can read any process's argv (``ps``, /proc/PID/cmdline),
+and container.env may hold a token. ``wrap()`` puts only names there (docker/podman ``-e NAME``) and
+``exec_env()`` gives the environment to exec the runtime with, which carries the values (docker/podman read
+``-e NAME``'s value from it; apptainer reads APPTAINERENV_NAME). /proc/PID/environ is readable by the owner only.
+
+Runtimes are plug-ins: a class with a ``name``, ``wrap()`` and ``exec_env()``, added with ``@register``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ from typing import ClassVar, Protocol, TypeVar
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _USER = re.compile(r"\d+:\d+")
+# The words spec.SECRET_KEY_RE redacts. Repeated, not imported: this module runs in the shim at every task start
+# and stays free of pydantic.
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL", re.IGNORECASE)
+HIDDEN = "<hidden>"
+"""What `launcher plan` shows instead of an env value."""
 
 # Variables taken from the host into the container (docker/podman start from an empty environment,
 # apptainer runs with --cleanenv), on top of the env a request names explicitly:
@@ -153,7 +163,23 @@ class ContainerRuntime(Protocol):
 
     def available(self) -> bool: ...
 
-    def wrap(self, req: ContainerRequest) -> list[str]: ...
+    def wrap(self, req: ContainerRequest) -> list[str]:
+        """The argv to exec: names of env variables at most, never their values."""
+        ...
+
+    def exec_env(self, req: ContainerRequest, host_env: Mapping[str, str]) -> dict[str, str]:
+        """The environment to exec ``wrap(req)`` with: ``host_env`` (what the runtime itself needs: PATH, its
+        socket, its config) plus ``req.env``'s values in the form this runtime passes them on."""
+        ...
+
+
+def preview(runtime: ContainerRuntime, req: ContainerRequest) -> list[str]:
+    """``wrap(req)`` as `launcher plan` shows it: preceded by ``env NAME=<hidden>...`` for each variable the
+    runtime gets through its environment, so the names show and the values never do."""
+    masked = ContainerRequest(image=req.image, argv=req.argv, binds=req.binds, env=dict.fromkeys(req.env, HIDDEN),
+                              gpu_ids=req.gpu_ids, workdir=req.workdir, user=req.user, rootless=req.rootless)
+    added = runtime.exec_env(masked, {})  # an empty host env: exactly what the request adds
+    return [*(["env", *(f"{k}={v}" for k, v in sorted(added.items()))] if added else []), *runtime.wrap(masked)]
 
 
 R = TypeVar("R", bound=type[ContainerRuntime])
@@ -184,11 +210,12 @@ def _apptainer_env_value(value: str) -> str:
 
 @register
 class Apptainer:
-    """``env PREFIX_K=V... apptainer exec --cleanenv --no-home --contain [--nv] [--pwd] [--bind]... IMAGE CMD...``
+    """``apptainer exec --cleanenv --no-home --contain [--nv] [--pwd] [--bind]... IMAGE CMD...``, exec'd with
+    ``APPTAINERENV_K=V`` in its environment for each variable.
 
-    The env goes in as APPTAINERENV_K variables (which --cleanenv lets through), not as ``--env K=V``:
-    --env parses its value as CSV, so values holding both ',' and '=' or '"' (Slurm node lists, JSON)
-    are split or mangled; the APPTAINERENV_ route round-trips any value once escaped.
+    APPTAINERENV_K (which --cleanenv lets through) rather than ``--env K=V``: --env would show the value in the
+    argv, and it parses its value as CSV, so values holding both ',' and '=' or '"' (Slurm node lists, JSON) are
+    split or mangled; the APPTAINERENV_ route round-trips any value once escaped.
     """
 
     name: ClassVar[str] = "apptainer"
@@ -219,8 +246,18 @@ class Apptainer:
                     f"  fix:   bind a parent folder whose path has no ','"
                 )
             out += ["--bind", spec]
-        env = [f"{self.env_prefix}{name}={_apptainer_env_value(value)}" for name, value in sorted(req.env.items())]
-        return [*(["env", *env] if env else []), *out, req.image, *req.argv]
+        return [*out, req.image, *req.argv]
+
+    def exec_env(self, req: ContainerRequest, host_env: Mapping[str, str]) -> dict[str, str]:
+        # The host's own APPTAINERENV_/SINGULARITYENV_ variables (a user's shell exports them; sbatch passes the
+        # submitter's environment on) would get into the container too: req.env is to be exactly what does.
+        env = {k: v for k, v in host_env.items() if not k.startswith(_APPTAINER_ENV_PREFIXES)}
+        env.update({f"{self.env_prefix}{name}": _apptainer_env_value(value) for name, value in req.env.items()})
+        return env
+
+
+# Both prefixes work with either binary (apptainer still reads SINGULARITYENV_).
+_APPTAINER_ENV_PREFIXES = ("APPTAINERENV_", "SINGULARITYENV_")
 
 
 @register
@@ -231,6 +268,10 @@ class Singularity(Apptainer):
 
 @register
 class Docker:
+    """``docker run ... -e NAME... IMAGE CMD...``, exec'd with each NAME=value in its environment: ``-e NAME``
+    without a value takes the value from there (set but empty counts as set). Names the runtime reads for itself
+    are the exception: see runtime_reads()."""
+
     name: ClassVar[str] = "docker"
     selects_gpus: ClassVar[bool] = True
 
@@ -256,10 +297,39 @@ class Docker:
         for bind in req.binds:
             out += ["-v", bind.spec()]
         for name, value in sorted(req.env.items()):
-            out += ["-e", f"{name}={value}"]
+            out += ["-e", f"{name}={value}" if runtime_reads(name) else name]
         if req.workdir is not None:
             out += ["--workdir", str(req.workdir)]
         return [*out, req.image, *req.argv]
+
+    def exec_env(self, req: ContainerRequest, host_env: Mapping[str, str]) -> dict[str, str]:
+        return {**host_env, **{k: v for k, v in req.env.items() if not runtime_reads(k)}}
+
+
+# Variables docker and podman read for themselves: where the daemon, the image store and the config are (a
+# rootless podman with another HOME or XDG_* looks in another store and finds no image), how Go and the dynamic
+# loader behave, PATH (podman finds conmon and the OCI runtime there). A container.env value for one of these,
+# put in the runtime's environment, would steer the runtime, not just the container: such a variable goes in the
+# argv as ``-e NAME=value`` as before, and its name must not look like a credential (wrap() refuses it).
+RUNTIME_READS_NAMES = frozenset({
+    "PATH", "HOME", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "NOTIFY_SOCKET",
+    "REGISTRY_AUTH_FILE", "STORAGE_DRIVER", "STORAGE_OPTS", "GODEBUG", "GOGC", "GOMAXPROCS", "GOMEMLIMIT",
+    "GOTRACEBACK",
+})  # fmt: skip
+RUNTIME_READS_PREFIXES = ("DOCKER_", "CONTAINERS_", "CONTAINER_", "_CONTAINERS_", "PODMAN_", "BUILDAH_", "LD_")
+
+
+def runtime_reads(name: str) -> bool:
+    """True when docker/podman read ``name`` themselves, so its value cannot travel in their environment."""
+    if name not in RUNTIME_READS_NAMES and not name.startswith(RUNTIME_READS_PREFIXES):
+        return False
+    if _SECRET_NAME.search(name):
+        raise ValueError(
+            f"container.env variable {name!r} looks like a credential, but docker/podman read {name} for "
+            f"themselves, so its value would have to go in their argv, which every user on the node can read\n"
+            f"  fix:   rename it (e.g. APP_{name}) and read that name inside the container, or use apptainer"
+        )
+    return True
 
 
 @register
@@ -291,3 +361,6 @@ class NoContainer:
 
     def wrap(self, req: ContainerRequest) -> list[str]:
         return list(req.argv)
+
+    def exec_env(self, req: ContainerRequest, host_env: Mapping[str, str]) -> dict[str, str]:
+        return {**host_env, **req.env}

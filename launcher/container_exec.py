@@ -6,8 +6,10 @@ Slurm runs this on the compute node as submitit's "python" command:
 
 because which GPUs a task got is known only there, at run time. It reads the request written at submit
 time (``write_request``), counts the GPUs from the environment, forwards the SLURM_* / SUBMITIT_* variables
-that submitit's in-job code reads, builds the argv with ``container.py`` and replaces itself with it
-(``os.execvp``), so Slurm's signals go straight to the runtime. ``--print`` prints the argv as JSON instead.
+that submitit's in-job code reads, builds the argv and its environment with ``container.py`` and replaces itself
+with them (``os.execvpe``), so Slurm's signals go straight to the runtime. The argv names env variables but never
+holds their values (they ride in the environment): ``ps`` on the node shows no token. ``--print`` prints the argv
+as JSON instead.
 
 Which variable names the GPUs (first one set wins):
 1. SLURM_STEP_GPUS   the GPUs of this srun step, as the node's driver (NVML) numbers them. Exact, and the
@@ -24,13 +26,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher.container import Bind, ContainerRequest, forwarded_env, get_runtime
+from launcher.container import Bind, ContainerRequest, forwarded_env, get_runtime, preview
 
 REQUEST_VERSION = 1
 _NO_GPU = {"", "nodevfiles", "none", "-1", "void"}
@@ -62,6 +65,19 @@ class GpuAllocation:
     ids_known: bool = True
     """False when only a count was given (SLURM_GPUS_ON_NODE): ids are then 0..n-1 placeholders."""
     warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What the shim execs for one task."""
+
+    argv: list[str]
+    """The runtime's argv: env variable names at most, never a value."""
+    env: dict[str, str]
+    """The environment to exec ``argv`` with: the node's own, plus the container's values as the runtime takes them."""
+    shown: list[str]
+    """``argv`` as `launcher plan` shows it: ``env NAME=<hidden>...`` first, so names show and values never do."""
+    gpus: GpuAllocation
 
 
 def _parse_ids(text: str) -> tuple[str, ...]:
@@ -119,10 +135,9 @@ def write_request(
     user: str | None = None,
 ) -> Path:
     """Write REQUEST.json at submit time (atomically). Checks what it can now, not on the compute node."""
-    get_runtime(runtime)  # unknown names fail here, before anything is submitted
-    for bind in binds:
-        bind.spec()
-    ContainerRequest(image=image, argv=["true"], binds=tuple(binds), env=dict(env or {}), user=user)
+    # Unknown runtimes, bad binds and env names fail here, before anything is submitted.
+    get_runtime(runtime).wrap(ContainerRequest(image=image, argv=["true"], binds=tuple(binds), env=dict(env or {}),
+                                               user=user))
     payload = {
         "version": REQUEST_VERSION,
         "runtime": runtime,
@@ -168,8 +183,8 @@ def read_request(path: Path) -> ExecRequest:
         raise ExecError(f"{path}: field {err} missing or malformed\n  fix:   rewrite it with write_request") from err
 
 
-def build_argv(request: ExecRequest, command: list[str], environ: Mapping[str, str]) -> tuple[list[str], GpuAllocation]:
-    """The argv to exec for ``command``, given this task's environment. Pure."""
+def build_launch(request: ExecRequest, command: list[str], environ: Mapping[str, str]) -> Launch:
+    """What to exec for ``command``, given this task's environment ``environ``. Pure."""
     runtime = get_runtime(request.runtime)
     gpus = allocated_gpus(environ)
     env = forwarded_env(environ)
@@ -200,7 +215,7 @@ def build_argv(request: ExecRequest, command: list[str], environ: Mapping[str, s
         user=user,
         rootless=request.runtime == "podman" and os.geteuid() != 0,  # podman run by a user is always rootless
     )
-    return runtime.wrap(req), gpus
+    return Launch(argv=runtime.wrap(req), env=runtime.exec_env(req, environ), shown=preview(runtime, req), gpus=gpus)
 
 
 def _usage() -> str:
@@ -221,23 +236,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         request = read_request(Path(positional[0]))
-        final, gpus = build_argv(request, command, os.environ)
+        launch = build_launch(request, command, os.environ)
     except (ExecError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for warning in gpus.warnings:
+    for warning in launch.gpus.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if print_only:
-        print(json.dumps(final))
+        print(json.dumps(launch.argv))
         return 0
+    # The task's log then says exactly what started; `shown` holds no env value.
+    print(f"launcher.container_exec: exec {shlex.join(launch.shown)}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     try:
-        if request.runtime == "none":
-            os.execvpe(final[0], final, {**os.environ, **(request.env or {})})
-        os.execvp(final[0], final)
+        os.execvpe(launch.argv[0], launch.argv, launch.env)
     except OSError as err:
         print(
-            f"error: cannot start {final[0]!r} on {os.uname().nodename}: {err}\n"
+            f"error: cannot start {launch.argv[0]!r} on {os.uname().nodename}: {err}\n"
             f"  fix:   install {request.runtime} on the compute nodes or pick another container.runtime; "
             f"`launcher doctor --runtime {request.runtime}` checks a node",
             file=sys.stderr,
@@ -292,11 +307,16 @@ def container_python_argv(spec: Any, run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "launcher.container_exec", str(request_path(run_dir)), "--", IN_IMAGE_PYTHON]
 
 
-def preview_argv(spec: Any, run_dir: Path, gpu_count: int) -> list[str]:
-    """The argv a task would exec, as if Slurm had given it GPUs 0..n-1 (for `launcher plan`; writes nothing)."""
+def spec_launch(spec: Any, run_dir: Path, gpu_count: int) -> Launch:
+    """What a task would exec, as if Slurm had given it GPUs 0..n-1 and nothing else (writes nothing)."""
     request = ExecRequest(runtime=spec.container.runtime, image=spec.container.image,
                           binds=tuple(spec_binds(spec, run_dir)), env=dict(spec.container.env), workdir=run_dir)
     environ = {"SLURM_JOB_GPUS": ",".join(map(str, range(gpu_count)))} if gpu_count else {}
     command = [IN_IMAGE_PYTHON, "-u", "-m", "submitit.core._submit", str(run_dir / "logs")]
-    argv, _ = build_argv(request, command, environ)
-    return argv
+    return build_launch(request, command, environ)
+
+
+def preview_argv(spec: Any, run_dir: Path, gpu_count: int) -> list[str]:
+    """The argv a task would exec, env values hidden (for `launcher plan`, whose output lands in terminals and CI
+    logs)."""
+    return spec_launch(spec, run_dir, gpu_count).shown

@@ -6,6 +6,7 @@ Count GPUs, never trust their numbering: a second job on a node sees CUDA_VISIBL
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -66,8 +67,10 @@ class GpuInfo:
     memory_bytes: int
 
 
+@functools.lru_cache(maxsize=1)
 def gpu_info() -> GpuInfo | None:
-    """Name and memory of the first visible GPU (nvidia-smi: no CUDA context in this process)."""
+    """Name and memory of the first visible GPU (nvidia-smi: no CUDA context in this process). Asked once per
+    process: nvidia-smi takes up to seconds on a node without persistence mode, and the GPUs do not change."""
     if not shutil.which("nvidia-smi"):
         return None
     try:

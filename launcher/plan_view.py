@@ -33,6 +33,8 @@ def sbatch_preview(plan: Plan, n_tasks: int | None = None) -> str:
 
 
 def container_argv_preview(plan: Plan) -> list[str] | None:
+    """The container argv a task would exec. container.env values show as <hidden>: plan output lands in terminals
+    and CI logs, and the real argv never holds them either (the runtime gets them through its environment)."""
     spec = plan.spec
     if spec.container.runtime == "none":
         return None
@@ -72,6 +74,6 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
         console.print(sbatch_preview(plan), markup=False, highlight=False)
     argv = container_argv_preview(plan)
     if argv:
-        console.rule(f"container argv ({spec.container.runtime}; GPU ids filled in at run time)")
+        console.rule(f"container argv ({spec.container.runtime}; GPU ids filled in at run time, env values hidden)")
         console.print(repr(argv), markup=False, highlight=False)
     console.print("nothing was submitted. `launcher submit` with the same spec submits exactly this.")

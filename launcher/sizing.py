@@ -126,15 +126,24 @@ def size_vllm(spec: ModelSpec, shape: ModelShape | None, layout: ParallelLayout,
             kw["max_num_batched_tokens"] = budget
             s.reasons["max_num_batched_tokens"] = (f"a full decode step ({seqs}) plus the longest prompt ({longest}) "
                                                    f"fit one step; at least {MIN_BATCHED_TOKENS}, a power of two")
-        if "compilation_config" not in user and not user.get("enforce_eager"):
+        if not user.get("enforce_eager"):
             sizes = graph_sizes(seqs)
-            kw["compilation_config"] = {"cudagraph_capture_sizes": sizes}
+            # Decode-only full graphs: a batch job's steps are large prefills (where a graph saves nothing) or
+            # decode steps of the admitted batch; capturing the piecewise set as well doubles capture time at
+            # every task start (measured 6 s -> 3 s for 44 sizes on an H100) for steps that gain nothing from it.
+            auto = {"cudagraph_capture_sizes": sizes, "cudagraph_mode": "FULL_DECODE_ONLY"}
+            given = user.get("compilation_config") or {}
+            kw["compilation_config"] = {**auto, **given}  # a key the spec sets wins; auto fills in the rest
             s.reasons["compilation_config"] = (
                 f"CUDA graphs for {len(sizes)} batch sizes up to {seqs} = max_num_seqs, so every decode step of the "
-                "admitted batch replays a graph (vLLM's default stops at 512)")
+                "admitted batch replays a graph (vLLM's default stops at 512); decode-only full graphs "
+                "(FULL_DECODE_ONLY), the piecewise set would double capture time for prefill steps"
+                + (f"; {', '.join(sorted(given))} set in the spec" if given else ""))
     else:
         s.reasons["max_num_seqs"] = "no GPU: vLLM's CPU defaults"
     for key, value in user.items():
+        if key == "compilation_config" and key in kw:
+            continue  # merged above, key by key
         kw[key] = value
         s.reasons[key] = "set in the spec (model.engine_args)"
     return s

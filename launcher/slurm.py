@@ -7,7 +7,6 @@ that raises or dies is requeued while slurm.max_retries allows (retries.py keeps
 
 from __future__ import annotations
 
-import fcntl
 import getpass
 import os
 import shlex
@@ -15,8 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from .plan import Plan, RunPaths
 from .retries import Attempt, mark_requeued, teardown_lines
 from .run_state import load_run, read_run_json, save_plan
 from .spec import JobSpec
+from .submit_lock import local_processes, refuse_if_local_run_lives, submit_lock
 
 # submitit writes --array=0-N%min(N+1, array_parallelism), 256 unless told: a spec without a limit means none.
 MAX_ARRAY_SIZE = 100_000
@@ -194,27 +193,6 @@ def make_executor(spec: JobSpec, folder: Path, kind: str | None = None) -> submi
     return ex
 
 
-@contextmanager
-def submit_lock(path: Path) -> Iterator[None]:
-    """Two submits of one run at once would race on the same task outputs: the second is refused."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "pid unknown"
-            raise RuntimeError(f"another `launcher submit` of this run holds {path} ({holder}); wait for it, or check "
-                               "`launcher status`") from None
-        f.truncate(0)
-        f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def pending_tasks(plan: Plan) -> list[int]:
     return [t.index for t in plan.tasks if not TaskStore(plan.paths.task_dir(t)).is_done()]
 
@@ -225,7 +203,10 @@ def submit(plan: Plan, kind: str | None = None, indices: Sequence[int] | None = 
     spec = plan.spec
     paths = plan.paths
     kind = kind or spec.executor
-    with submit_lock(paths.lock):
+    with submit_lock(paths.lock) as lock:
+        # A local run's processes outlive the submit that started them: refused while one works on a task that is
+        # not done (submit_lock.py says why the lock file records them rather than holding the flock).
+        refuse_if_local_run_lives(lock, paths.run_dir, set(pending_tasks(plan)))
         if kind == "slurm":
             busy = active_jobs(read_run_json(paths.run_dir))
             if busy:
@@ -242,6 +223,8 @@ def submit(plan: Plan, kind: str | None = None, indices: Sequence[int] | None = 
         ex = make_executor(spec, paths.logs, kind)
         jobs = ex.map_array(TaskRunner(str(paths.run_dir)), todo) if todo else []
         job_ids = [j.job_id for j in jobs]
+        # local: the job id is the pid of submitit's controller process, one per task, in the order of todo
+        lock.record(local_processes(map(int, job_ids), todo) if kind == "local" else [])
         gather = submit_gather(plan, job_ids) if kind == "slurm" and spec.slurm.gather else None
         write_run_json(plan, job_ids, gather.job_id if gather else None, kind, todo)
     return Submission(paths.run_dir, job_ids, gather.job_id if gather else None, jobs, gather, skipped)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +26,7 @@ from launcher.outputs import TaskStore, write_json_atomic
 from launcher.plan import expand
 from launcher.run_state import load_plan, save_plan
 from launcher.spec import load_spec
+from launcher.submit_lock import LocalProcess, process_start
 
 from .conftest import USERS, make_spec, write_jsonl
 from .test_bad_inputs import RUNS, fake_model, start_early
@@ -245,8 +248,69 @@ def test_first_submit_completes_without_mixed_output(locked_run: LockedRun) -> N
     assert [json.loads(x)["user_id"] for x in samples] == [u["user_id"] for u in USERS[:4]]
 
 
-@pytest.mark.xfail(run=False, reason="with executor local the submit lock is released when submit() returns, while "
-                   "the tasks still run: a second submit then resubmits the same unfinished tasks. slurm.submit must "
-                   "also refuse while a local submission's processes live (see report)")
-def test_second_submit_is_refused_while_local_tasks_run() -> None:
-    raise AssertionError
+# ---- a local run outlives its submit ------------------------------------------------------------------------
+def _lock_record(run_dir: Path) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads((run_dir / "submit.lock").read_text())
+    return record
+
+
+def test_second_submit_is_refused_while_local_tasks_run(tmp_path: Path, tiny_model: Path) -> None:
+    """`submit` without --wait returns while the local tasks run (slowed to >= 6 s each by the test-only fault hook);
+    a second submit meanwhile is refused, whatever its executor, and resubmits nothing. Once they end, a submit goes
+    through: the lock does not outlive the processes."""
+    data = write_jsonl(tmp_path / "users.jsonl", USERS[:4])
+    spec = make_spec(tmp_path, tiny_model, data, name="bg", data={"records_per_shard": 2},
+                     output={"dir": str(tmp_path / "out"), "chunk_records": 1})
+    cmd = [sys.executable, "-m", "launcher", "submit", str(spec)]
+    # Output to a file, not a pipe: the local tasks inherit it, and reading a pipe to its end would wait for them.
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.run(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, timeout=120,
+                               env={**os.environ, "LAUNCHER_FAULT_SLOW_S": "3"})
+    assert first.returncode == 0, (tmp_path / "first.log").read_text()
+    plan = load_plan(next((tmp_path / "out" / "runs").iterdir()))
+    recorded = _lock_record(plan.paths.run_dir)["local"]
+    pids = [p["pid"] for p in recorded]
+    assert sorted(p["task"] for p in recorded) == [0, 1] and all(p["start"] for p in recorded)
+    try:
+        for extra in ([], ["--executor", "slurm"]):
+            second = subprocess.run([*cmd, *extra], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+            assert second.returncode == 2, second.stdout + second.stderr
+            message = " ".join(second.stderr.split())
+            assert "refused:" in message and "is still running 2 task(s) of this run" in message, message
+            assert f"pids {pids[0]} {pids[1]}" in message and f"launcher status {plan.paths.run_dir}" in message
+        # the refusals really overlapped the tasks, and left the record of their processes as it was
+        assert not any(TaskStore(plan.paths.task_dir(t)).is_done() for t in plan.tasks)
+        assert _lock_record(plan.paths.run_dir)["local"] == recorded
+        run = json.loads(plan.paths.run_json.read_text())
+        assert len(run["submissions"]) == 1
+        deadline = time.time() + 300
+        while time.time() < deadline and any(process_start(p) for p in pids):
+            time.sleep(0.2)
+        assert not any(process_start(p) for p in pids), "the local tasks did not end"
+    finally:
+        for pid in pids:
+            if process_start(pid) is not None:
+                os.kill(pid, signal.SIGKILL)
+    third = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0 and "0 task(s) submitted, 2 already done" in third.stdout, third.stdout + third.stderr
+    for task in plan.tasks:  # each record generated once, by the first submission's one attempt
+        task_dir = plan.paths.task_dir(task)
+        chunks = sorted((task_dir / "chunks").iterdir())
+        rows = [json.loads(x)["row"] for c in chunks for x in c.read_text().splitlines()]
+        assert sorted(rows) == list(range(task.start, task.stop))
+        assert len(list((task_dir / "attempts").iterdir())) == 1
+
+
+def test_lock_names_a_process_by_pid_and_start_time() -> None:
+    """A pid alone could be reused by another process after a crash; with the start time it names one process."""
+    me = os.getpid()
+    start = process_start(me)
+    assert start is not None
+    host = os.uname().nodename
+    assert LocalProcess(me, start, 0, host).alive() is True
+    assert LocalProcess(me, start + 1, 0, host).alive() is False  # same pid, another process
+    assert LocalProcess(me, start, 0, host + "-elsewhere").alive() is None  # cannot tell from here
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child_start = process_start(child.pid)
+    child.wait()
+    assert child_start is not None and LocalProcess(child.pid, child_start, 0, host).alive() is False

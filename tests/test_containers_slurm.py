@@ -38,6 +38,7 @@ import pytest
 from launcher.container import forwarded_env
 
 from .conftest import ROOT, USERS, make_spec, write_jsonl
+from .test_container_argv import argv_recorder, recorded_starts
 
 STATE = Path(os.environ.get("LAUNCHER_CONTAINERS_STATE", "/var/tmp/launcher-containers"))
 RUNTIMES = ("docker", "podman", "apptainer")
@@ -47,6 +48,8 @@ RUN_TIMEOUT_S = 480
 RECORDS = 4
 NUM_SAMPLES = 2
 SETUP_FIX = "bash slurm/up.sh && bash containers/runtimes/up-all.sh (as root)"
+# In every run's container.env: must reach the task literally, and never be in the runtime's argv (ps).
+ENV_SECRET = "hf_Ct0Secret $(touch /tmp/ct-pwned) `id` it's \"q\" a,b=c \\ ${HOME}"
 
 # Imported by every Python that starts inside the container (the run's PYTHONPATH names its folder): the array
 # tasks and the gather job. It writes what that very process sees to results/, and never raises. This is how the
@@ -83,6 +86,7 @@ def _record():
         "visible": {p: os.path.exists(p) for p in asked.get("hidden", [])}, "writes": writes, "mounts": mounts,
         "env_names": sorted(os.environ), "cwd": os.getcwd(), "job_id": os.environ.get("SLURM_JOB_ID"),
         "job_name": os.environ.get("SLURM_JOB_NAME"), "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "echo": {name: os.environ.get(name) for name in asked.get("echo", [])},
     }
 
 def _save(payload):
@@ -191,6 +195,8 @@ class Run:
     rw: list[str]
     tasks: int
     extra_env: dict[str, str]
+    recorder_log: Path
+    """Where the runtime's stand-in on PATH writes down each argv it is started with."""
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     ended: float | None = None
@@ -292,12 +298,19 @@ def _prepare(runtime: str, user: str, base: Path, env: dict[str, str], host_mark
         slurm={"gpus_per_node": 1 if runtime == "apptainer" else 0, "cpus_per_gpu": 1, "mem": "1G",
                "time": "00:10:00", "signal_delay_s": 30, "max_retries": max_retries},
         container={"runtime": runtime, "image": image_for(runtime, env), "binds": [str(probe_dir)],
-                   "env": {"PYTHONPATH": str(probe_dir),
-                           "LAUNCHER_PROBE": json.dumps({"hidden": hidden, "write": ro + rw})}},
+                   "env": {"PYTHONPATH": str(probe_dir), "CT_API_TOKEN": ENV_SECRET,
+                           "LAUNCHER_PROBE": json.dumps({"hidden": hidden, "write": ro + rw,
+                                                         "echo": ["CT_API_TOKEN"]})}},
     )
     os.chown(spec, uid, gid)
+    # The runtime is reached through a recorder first on PATH (sbatch passes the submitter's PATH to the job).
+    path = user_env(user, env)["PATH"]
+    recorder, log = argv_recorder(folder, runtime, path)
+    for item in (recorder, log):
+        os.chown(item, uid, gid)
+    extra_env = {**(extra_env or {}), "PATH": f"{recorder}:{path}"}
     return Run(runtime, user, label, uid, gid, image_for(runtime, env), folder, spec, probe_dir, hidden, ro, rw, tasks,
-               extra_env or {})
+               extra_env, log)
 
 
 def _submit(run: Run, base: Path, env: dict[str, str]) -> None:
@@ -444,11 +457,9 @@ def test_gpu_argv_from_a_real_slurm_allocation(fleet: Fleet, runtime: str, user:
     tmp = job.folder
     image = image_for(runtime, fleet.env)
     inside = forwarded_env(env)
-    if runtime == "apptainer":
-        expected = ["env", *[f"APPTAINERENV_{k}={v}" for k, v in sorted(inside.items())],
-                    "apptainer", "exec", "--cleanenv", "--no-home", "--contain", "--nv", "--pwd", str(tmp),
+    if runtime == "apptainer":  # the env goes in APPTAINERENV_* variables, not the argv
+        expected = ["apptainer", "exec", "--cleanenv", "--no-home", "--contain", "--nv", "--pwd", str(tmp),
                     image, "python3", "-V"]  # fmt: skip
-        assert f"APPTAINERENV_CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}" in argv
     else:
         inside["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(GPUS)))  # only the selected GPUs exist inside
         users = ["--userns", "keep-id"] if (runtime == "podman" and uid != 0) else []
@@ -456,7 +467,7 @@ def test_gpu_argv_from_a_real_slurm_allocation(fleet: Fleet, runtime: str, user:
                else [*(x for i in ids for x in ("--device", f"nvidia.com/gpu={i}")), "--security-opt", "label=disable"])
         expected = [runtime, "run", "--rm", "--init", "--pull", "never", "--network", "host", "--ipc", "host",
                     *users, "--user", f"{uid}:{gid}", *gpu,
-                    *(x for k, v in sorted(inside.items()) for x in ("-e", f"{k}={v}")),
+                    *(x for k in sorted(inside) for x in ("-e", k)),  # names only: values from the env
                     "--workdir", str(tmp), image, "python3", "-V"]  # fmt: skip
     assert argv == expected
 
@@ -569,6 +580,24 @@ def _system_mount(path: str) -> bool:
     if path in {"/", "/tmp", "/var/tmp", "/proc", "/sys", "/dev", "/run", "/usr/sbin/docker-init"}:
         return True
     return path.startswith(("/proc/", "/sys/", "/dev/", "/etc/", "/run/", "/.singularity.d/"))
+
+
+@pytest.mark.slurm
+@pytest.mark.containers
+@pytest.mark.parametrize(("runtime", "user"), COMBOS)
+def test_env_values_reach_the_container_but_not_its_argv(fleet: Fleet, runtime: str, user: str) -> None:
+    """container.env's CT_API_TOKEN arrives literally in every Python inside (tasks and gather job), while no argv a
+    runtime was started with (what `ps` shows every user on the node) holds it: the value rode in its environment."""
+    run = fleet.get(runtime, user)
+    probes = run.probes()
+    assert len(probes) == run.tasks + 1, [p.get("job_name") for p in probes]
+    assert [p.get("echo") for p in probes] == [{"CT_API_TOKEN": ENV_SECRET}] * len(probes)
+    starts = recorded_starts(run.recorder_log)
+    assert len(starts) >= run.tasks + 1, f"the recorder saw {len(starts)} container start(s)"
+    assert not [a for a in starts if any(ENV_SECRET in item for item in a)], "the value is in a runtime's argv"
+    if runtime != "apptainer":
+        assert all(a[a.index("CT_API_TOKEN") - 1] == "-e" for a in starts), starts
+    assert not Path("/tmp/ct-pwned").exists()
 
 
 # ---- (c) ownership ------------------------------------------------------------------------------------------

@@ -84,8 +84,13 @@ def test_spec_values_win() -> None:
     assert s.kwargs["max_num_batched_tokens"] == 4096
     assert s.kwargs["compilation_config"]["cudagraph_capture_sizes"][-1] == 768  # graphs follow the user's value
     assert s.reasons["max_num_seqs"] == "set in the spec (model.engine_args)"
-    own = size_vllm(ModelSpec(path="m", engine_args={"compilation_config": {}}), LLAMA8B, TP1, H100, _work(200, 256))
-    assert own.kwargs["compilation_config"] == {}
+    assert s.kwargs["compilation_config"]["cudagraph_mode"] == "FULL_DECODE_ONLY"
+    # A compilation_config in the spec wins key by key; auto fills in only what it leaves out.
+    own = size_vllm(ModelSpec(path="m", engine_args={"compilation_config": {"cudagraph_mode": "FULL_AND_PIECEWISE"}}),
+                    LLAMA8B, TP1, H100, _work(200, 256))
+    assert own.kwargs["compilation_config"]["cudagraph_mode"] == "FULL_AND_PIECEWISE"
+    assert own.kwargs["compilation_config"]["cudagraph_capture_sizes"][-1] == own.kwargs["max_num_seqs"]
+    assert "cudagraph_mode set in the spec" in own.reasons["compilation_config"]
 
 
 def test_no_gpu_leaves_vllm_defaults() -> None:

@@ -1,0 +1,160 @@
+"""submit_lock.py: run_dir/submit.lock -> one `launcher submit` of a run at a time, and none while its local run lives.
+
+Two submits of one run at once would race on the same task outputs. The lock file is held with flock while a submit
+decides and submits (released by the kernel if that process dies), and it records the processes of the last local
+submission, so that a later submit can tell whether they still write the run's outputs.
+
+Why a record and not just the flock: a local run's tasks outlive the submit call (without --wait its process exits
+at once), and the processes that run them are submitit's controllers, which submitit starts with close_fds, so they
+cannot inherit the locked file. Each controller lives exactly as long as its task (it waits for it, and kills it when
+it ends itself: submitit.local.local.Controller.run), so "the controller lives" is "the task may still write".
+A process is named by pid *and* start time: a pid reused by an unrelated process after a crash does not count, and a
+run that crashed leaves nothing to clean up (its processes are gone). Known limit: SIGKILL of a controller alone
+orphans its task, which then runs unrecorded.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+
+@dataclass(frozen=True)
+class LocalProcess:
+    """One process of a local run, as the lock file records it."""
+
+    pid: int
+    start: int | None
+    """Its start time (clock ticks after boot, /proc/PID/stat); None where there is no /proc."""
+    task: int
+    """The index of the task it runs."""
+    host: str
+
+    def alive(self) -> bool | None:
+        """True while it runs; None when this host cannot tell (it ran on another one)."""
+        if self.host != os.uname().nodename:
+            return None
+        if self.start is None:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True  # exists, another user's: pids are not reused that fast
+            return True
+        return process_start(self.pid) == self.start
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of a running process (clock ticks after boot), None when it is gone or a zombie."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and ')': the fields after the last ')' are fixed.
+    state, *rest = text.rsplit(")", 1)[1].split()
+    return None if state in ("Z", "X") else int(rest[18])  # field 22 of stat(5)
+
+
+def local_processes(pids: Iterable[int], tasks: Iterable[int]) -> list[LocalProcess]:
+    """Records for the processes just started for ``tasks`` (our children: not reaped, so their /proc is there)."""
+    have_proc = Path("/proc/self/stat").exists()
+    host = os.uname().nodename
+    return [LocalProcess(pid, process_start(pid) if have_proc else None, task, host)
+            for pid, task in zip(pids, tasks, strict=True)]
+
+
+class SubmitLock:
+    """The held lock of one run; what the previous submit recorded is in ``previous``."""
+
+    def __init__(self, path: Path, file: IO[str], previous: dict[str, Any]) -> None:
+        self.path = path
+        self._file = file
+        self.previous = previous
+        # Holder now, but the last local run's processes stay recorded until this submit replaces them (a refused
+        # submit must not forget them).
+        self._write(previous.get("local", []), previous.get("local_by"))
+
+    def local_processes(self) -> list[LocalProcess]:
+        """The processes of the last local submission that still run, or that this host cannot check."""
+        found = []
+        for item in self.previous.get("local", []):
+            try:
+                proc = LocalProcess(int(item["pid"]), item.get("start"), int(item["task"]), str(item["host"]))
+            except (KeyError, TypeError, ValueError):
+                continue  # written by another version: nothing to check
+            if proc.alive() is not False:
+                found.append(proc)
+        return found
+
+    def record(self, local: list[LocalProcess]) -> None:
+        """This submission's local processes (none for Slurm): they keep the run busy after this submit ends."""
+        self._write([asdict(p) for p in local], _me() if local else None)
+
+    def _write(self, local: list[dict[str, Any]], local_by: str | None) -> None:
+        self._file.seek(0)
+        self._file.truncate(0)
+        self._file.write(json.dumps({"holder": _me(), "local": local, "local_by": local_by}) + "\n")
+        self._file.flush()
+
+    def local_by(self) -> str:
+        """'pid N on HOST' of the submit that started the recorded local processes."""
+        return str(self.previous.get("local_by") or "pid unknown")
+
+
+def _me() -> str:
+    return f"pid {os.getpid()} on {os.uname().nodename}"
+
+
+def _read_record(text: str) -> dict[str, Any]:
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return {"holder": text.strip()}  # the older one-line form: "pid N on HOST"
+    return record if isinstance(record, dict) else {}
+
+
+@contextmanager
+def submit_lock(path: Path) -> Iterator[SubmitLock]:
+    """Hold ``path`` for one submit; a second submit of the run meanwhile is refused (RuntimeError, with the fix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = _read_record(f.read()).get("holder") or "pid unknown"
+            raise RuntimeError(f"another `launcher submit` of this run holds {path} ({holder}); wait for it, or check "
+                               "`launcher status`") from None
+        try:
+            f.seek(0)
+            lock = SubmitLock(path, f, _read_record(f.read()))
+            yield lock
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def refuse_if_local_run_lives(lock: SubmitLock, run_dir: Path, unfinished: set[int]) -> None:
+    """Refuse while a process of the last local submission still works on an unfinished task. One whose task is done
+    is only exiting (a `submit --wait` returns once the tasks are done): it writes nothing more."""
+    busy = [p for p in lock.local_processes() if p.task in unfinished]
+    if not busy:
+        return
+    here = os.uname().nodename
+    pids = " ".join(str(p.pid) for p in busy)
+    elsewhere = sorted({p.host for p in busy if p.host != here})
+    if elsewhere:
+        raise RuntimeError(
+            f"the local run started by `launcher submit` ({lock.local_by()}) may still run {len(busy)} task(s) of this "
+            f"run on {', '.join(elsewhere)} (pids {pids}), which this host ({here}) cannot check; submit from "
+            f"{elsewhere[0]}, or once those processes have ended there, delete {lock.path}")
+    raise RuntimeError(
+        f"the local run started by `launcher submit` ({lock.local_by()}) is still running {len(busy)} task(s) of this "
+        f"run (pids {pids}), which write the same outputs; wait for them to end (`launcher status {run_dir}` shows "
+        f"progress), or stop them (`kill {pids}`), then submit again: finished records are kept")
