@@ -63,6 +63,12 @@ def analyse(ms: list[dict[str, Any]]) -> dict[str, Any]:
         if bf16 and fp8:
             r["fp8_vs_bf16"] = round(fp8["samples_per_min"] / bf16["samples_per_min"], 3)
             r["fp8_compared_with"] = bf16["system"]
+        layouts = {m["system"]: m for m in ms if m["shape"] == shape and m["system"].startswith("layout:")}
+        auto, tp4 = layouts.get("layout:tpauto"), layouts.get("layout:tp4")
+        if auto and tp4:  # issue 7: the old production TP=4 against the toolkit's own choice on the same GPUs
+            r["layout_auto_vs_tp4"] = round(auto["samples_per_min"] / tp4["samples_per_min"], 3)
+            targets[f"layout auto >= 1.3x TP=4 at {shape}"] = {"measured": r["layout_auto_vs_tp4"],
+                                                               "met": r["layout_auto_vs_tp4"] >= 1.3}
         if r:
             ratios[shape] = r
     return {"ratios": ratios, "targets": targets}

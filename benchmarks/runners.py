@@ -89,7 +89,8 @@ def measurement(system: str, shape: Shape, samples: int, tokens: int, gen_s: flo
 
 
 def run_toolkit(wd: Workdir, shape: Shape, system: str, cache_root: Path, timeout_s: float,
-                engine_args: dict[str, Any] | None = None, quantization: str | None = None) -> dict[str, Any]:
+                engine_args: dict[str, Any] | None = None, quantization: str | None = None,
+                tensor_parallel_size: int | str = "auto") -> dict[str, Any]:
     """One `launcher run` task in a fresh output folder, compile cache at `cache_root`."""
     import yaml
 
@@ -97,7 +98,7 @@ def run_toolkit(wd: Workdir, shape: Shape, system: str, cache_root: Path, timeou
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    spec = toolkit_spec(shape, wd.model, wd.data(shape), out_dir, engine_args, quantization)
+    spec = toolkit_spec(shape, wd.model, wd.data(shape), out_dir, engine_args, quantization, tensor_parallel_size)
     spec_path = out_dir / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     env = _env({"LAUNCHER_COMPILE_CACHE": str(cache_root), "LAUNCHER_SCRATCH": str(wd.root / "scratch")})
@@ -107,7 +108,7 @@ def run_toolkit(wd: Workdir, shape: Shape, system: str, cache_root: Path, timeou
     done = next(out_dir.rglob("done.json"))
     summary = json.loads(done.read_text())
     attempt = json.loads(sorted((done.parent / "attempts").glob("attempt-*.json"))[-1].read_text())
-    replica = attempt["replicas"][0]
+    replica = attempt["replicas"][0]  # DP > 1: replicas start together; the first one's clock stands for all
     startup_total = (attempt["started"] - started) + replica["startup_seconds"]
     parsed = parse_startup(log)
     engine = summary.get("engine") or {}
@@ -117,7 +118,8 @@ def run_toolkit(wd: Workdir, shape: Shape, system: str, cache_root: Path, timeou
         compile_cache=(engine.get("startup") or {}).get("compile_cache"),
         startup_phases={**(replica.get("startup_phases") or {}), **(attempt.get("startup_before_replicas") or {})},
         settings=engine.get("settings"), reasons=engine.get("reasons"), engine_version=engine.get("version"),
-        engine_args=engine_args or {}, quantization=quantization, records=summary["records"])
+        engine_args=engine_args or {}, quantization=quantization, records=summary["records"],
+        layout=attempt.get("layout"), replicas=len(attempt["replicas"]))
 
 
 def run_raw(wd: Workdir, shapes: Sequence[Shape], system: str, timeout_s: float,

@@ -48,6 +48,9 @@ class ModelPreset:
 PRESETS = {
     # Llama-3-8B's shape (hidden 4096, 32 layers, 32 heads / 8 KV heads, MLP 14336, vocab 128256), bf16.
     "llama3-8b": ModelPreset("llama3-8b", 4096, 32, 32, 8, 14336, 128256, 8192, "bfloat16"),
+    # Llama-3-70B's shape (hidden 8192, 80 layers, 64 heads / 8 KV heads, MLP 28672): 141 GB of bf16 weights, so
+    # TP >= 2 on 80-141 GB GPUs (issues 7 and 11: auto must pick it).
+    "llama3-70b": ModelPreset("llama3-70b", 8192, 80, 64, 8, 28672, 128256, 8192, "bfloat16"),
     # CPU smoke test of the harness itself: head size 32 is the smallest vLLM's CPU attention runs.
     "tiny": ModelPreset("tiny", 128, 2, 4, 2, 256, 128256, 2048, "float32"),
 }
@@ -133,10 +136,11 @@ def write_dataset(shape: Shape, preset: ModelPreset, out: Path) -> tuple[Path, P
 
 
 def toolkit_spec(shape: Shape, model_dir: Path, data: Path, out_dir: Path, engine_args: dict[str, Any] | None = None,
-                 quantization: str | None = None) -> dict[str, Any]:
-    """The job spec `launcher run --spec` gets: same prompts, same sampling as the raw baseline."""
+                 quantization: str | None = None, tensor_parallel_size: int | str = "auto") -> dict[str, Any]:
+    """The job spec `launcher run --spec` gets: same prompts, same sampling as the raw baseline. The data-parallel
+    size follows from the visible GPUs and tensor_parallel_size (the toolkit's layout.choose_layout)."""
     model: dict[str, Any] = {"path": str(model_dir), "backend": "vllm", "load_format": "dummy",
-                             "engine_args": dict(engine_args or {})}
+                             "engine_args": dict(engine_args or {}), "tensor_parallel_size": tensor_parallel_size}
     if quantization:
         model["quantization"] = quantization
     return {

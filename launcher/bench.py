@@ -8,6 +8,11 @@ Systems (each in its own process, on the same prompt token ids and sampling):
   hf-batched    transformers, batched, on a subset
   sweep:*       plain LLM.generate with hand-picked settings (--sweep): is auto within 5% of the best?
   toolkit-fp8   the toolkit with model.quantization fp8 (--fp8)
+  layout:*      the toolkit with tensor_parallel_size forced (--layouts auto,4,2,1): on G GPUs, TP=t runs G/t
+                data-parallel replicas, so on 4 GPUs "4" is the old TP=4 setup, "2" TP=2 x DP=2, "1" DP=4
+Multi-GPU layout runs (issues 7 and 11), one command on a 4-GPU host:
+  launcher bench --systems layouts --layouts auto,4,2,1 --shapes 4000x256,4000x512
+  launcher bench --preset llama3-70b --systems layouts --layouts auto --shapes 4000x256 --workdir bench-70b
 Measurements land in WORKDIR/runs/*.json as they finish; a rerun skips those already there (--force redoes them),
 so a long bench can be split over several calls. The results folder gets results.json, results.md and a plot.
 """
@@ -26,7 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-SYSTEMS = ("raw", "toolkit", "toolkit-warm", "hf", "sweep", "fp8")
+SYSTEMS = ("raw", "toolkit", "toolkit-warm", "hf", "sweep", "fp8", "layouts")
 DEFAULT_SYSTEMS = "raw,toolkit,toolkit-warm,hf"
 SWEEP: dict[str, dict[str, Any]] = {
     # Hand-picked engine settings of plain vLLM. "graphs<=512" keeps vLLM's own capture limit (min(2 x seqs, 512)).
@@ -59,6 +64,9 @@ def configure(c: argparse.ArgumentParser) -> None:
     c.add_argument("--sweep-points", default=",".join(SWEEP), help="which sweep settings")
     c.add_argument("--sweep-shapes", default=None, help="shapes to sweep (default: the first shape)")
     c.add_argument("--fp8", action="store_true", help="also run the toolkit with fp8 online quantization")
+    c.add_argument("--layouts", default=None,
+                   help="also run the toolkit once per tensor_parallel_size in this list (auto, all, or a number), "
+                        "each with the data-parallel size the visible GPUs leave: e.g. auto,4,2,1 on 4 GPUs")
     c.add_argument("--hf-loop-users", type=int, default=4, help="users in the HF one-at-a-time loop")
     c.add_argument("--hf-batch-users", type=int, default=32, help="users in the one HF batched call")
     c.add_argument("--raw-warmup-tokens", type=int, default=32,
@@ -97,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     systems = {s.strip() for s in args.systems.split(",") if s.strip()}
     systems |= {"sweep"} if args.sweep else set()
     systems |= {"fp8"} if args.fp8 else set()
+    systems |= {"layouts"} if args.layouts else set()
+    layouts = _layouts(args.layouts or "auto") if "layouts" in systems else []
     unknown = systems - set(SYSTEMS)
     if unknown:
         print(f"error: unknown system(s) {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}",
@@ -132,6 +142,9 @@ def run(args: argparse.Namespace) -> int:
                   flush=True)
 
     _run_systems(args, systems, shapes, wd, step)
+    for shape in shapes if layouts else []:
+        for tp in layouts:
+            step(f"layout:tp{tp}@{shape.name}", partial(_layout, wd, shape, tp, args.timeout_s))
     results = collect(wd, preset.name, shapes[0].prompt_tokens, shapes[0].n)
     folder = Path(args.results) if args.results else _default_results(results["host"])
     for path in write_report(results, folder, draw=not args.no_plot):
@@ -178,6 +191,33 @@ def _toolkit(wd: Any, shape: Any, system: str, cache: Path, timeout: float,
     from benchmarks.runners import run_toolkit
 
     return [run_toolkit(wd, shape, system, cache, timeout, quantization=quantization)]
+
+
+def _layouts(text: str) -> list[int | str]:
+    """'auto,4,2,1' -> ['auto', 4, 2, 1]; anything else is refused before a GPU is touched."""
+    out: list[int | str] = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        if item in ("auto", "all"):
+            out.append(item)
+        elif item.isdigit() and int(item) >= 1:
+            out.append(int(item))
+        else:
+            raise SystemExit(f"launcher bench: --layouts item {item!r} is not auto, all or a tensor-parallel size >= 1 "
+                             "(e.g. --layouts auto,4,2,1)")
+    return out
+
+
+def _layout(wd: Any, shape: Any, tp: int | str, timeout: float) -> list[dict[str, Any]]:
+    """One layout, warm: its compile cache is its own (TP changes the graphs), filled by a first untimed task, so
+    layouts are compared on generation, not on which one compiled first."""
+    from benchmarks.runners import run_toolkit
+
+    cache = wd.root / "compile-cache" / f"{shape.name}-tp{tp}"
+    shutil.rmtree(wd.root / "scratch", ignore_errors=True)
+    if not (cache.exists() and any(cache.iterdir())):
+        run_toolkit(wd, shape, f"layout:tp{tp}:warm-up", cache, timeout, tensor_parallel_size=tp)
+        shutil.rmtree(wd.root / "scratch", ignore_errors=True)
+    return [run_toolkit(wd, shape, f"layout:tp{tp}", cache, timeout, tensor_parallel_size=tp)]
 
 
 def _toolkit_cold(wd: Any, shape: Any, cache: Path, timeout: float) -> list[dict[str, Any]]:

@@ -1,0 +1,48 @@
+"""benchmarks/report.py and the bench's option parsing: pure code, no GPU. The ratios are what issue 9/7/11 read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from benchmarks.report import analyse, markdown
+from launcher.bench import _layouts
+
+
+def m(system: str, shape: str, spm: float, startup: float = 10.0) -> dict[str, Any]:
+    return {"system": system, "shape": shape, "samples": 1000, "output_tokens": 1, "samples_per_min": spm,
+            "output_tok_per_s": 1.0, "generation_s": 1.0, "startup": {"total_s": startup}, "wall_s": 60.0}
+
+
+def test_ratios_and_targets_from_one_run() -> None:
+    ms = [m("raw-defaults", "1000x256", 1000), m("toolkit", "1000x256", 900, startup=100),
+          m("toolkit-warm", "1000x256", 1600, startup=30), m("sweep:max_num_seqs=1024", "1000x256", 1650),
+          m("toolkit-fp8", "1000x256", 1300), m("toolkit-bf16-pair", "1000x256", 1000)]
+    out = analyse(ms)
+    r = out["ratios"]["1000x256"]
+    assert r["toolkit_vs_raw"] == 1.6 and r["toolkit_cold_vs_raw"] == 0.9
+    assert r["toolkit_vs_sweep_best"] == round(1600 / 1650, 3)
+    assert r["warm_vs_cold_startup"] == 0.3
+    # fp8 is compared with the bf16 run taken beside it, not with the main run's cold task
+    assert (r["fp8_vs_bf16"], r["fp8_compared_with"]) == (1.3, "toolkit-bf16-pair")
+    t = out["targets"]
+    assert t["toolkit >= 1.5x raw at 1000x256"]["met"] is True
+    assert t["warm start-up <= 35% of cold at 1000x256"]["met"] is True
+
+
+def test_layout_auto_against_tp4() -> None:
+    ms = [m("layout:tp4", "4000x512", 2000), m("layout:tpauto", "4000x512", 2500), m("layout:tp1", "4000x512", 2500)]
+    out = analyse(ms)
+    assert out["ratios"]["4000x512"]["layout_auto_vs_tp4"] == 1.25
+    assert out["targets"]["layout auto >= 1.3x TP=4 at 4000x512"]["met"] is False
+    table = markdown({"date": "d", "host": {"gpu": "g", "versions": {}}, "workload": {"model": "x", "prompt_tokens": 1,
+                                                                                       "n": 5},
+                      "measurements": ms, "analysis": out})
+    assert "layout:tpauto" in table and "NOT MET: layout auto >= 1.3x TP=4" in table
+
+
+def test_layouts_option() -> None:
+    assert _layouts("auto, 4,2,1,all") == ["auto", 4, 2, 1, "all"]
+    with pytest.raises(SystemExit, match="--layouts item 'tp4'"):
+        _layouts("auto,tp4")
