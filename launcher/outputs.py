@@ -6,20 +6,65 @@ chunks; the records in them are done and are never generated again, which is wha
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import re
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 CHUNK_RE = re.compile(r"^chunk-(\d+)-(\d{6})\.jsonl$")
+log = logging.getLogger("launcher.outputs")
+
+
+# A full or read-only disk (a quota hit, a file server failing over, scratch filling up) is waited out inside a job,
+# not fatal: a task that crashed on it could not even record its failure on that same storage, so it would never be
+# retried and its records would be lost (the fault campaign, tests/faults, showed exactly that). Outside a job a
+# person is watching: fail at once. The wait is bounded; then the error is raised as before.
+STORAGE_WAIT_VAR = "LAUNCHER_STORAGE_WAIT_S"
+STORAGE_WAIT_IN_JOB_S = 300.0
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT})
+
+
+def storage_wait_s() -> float:
+    """How long a write waits for full or read-only storage to recover: $LAUNCHER_STORAGE_WAIT_S, else 300 s inside a
+    Slurm job and 0 elsewhere."""
+    value = os.environ.get(STORAGE_WAIT_VAR)
+    if value:
+        return float(value)
+    return STORAGE_WAIT_IN_JOB_S if os.environ.get("SLURM_JOB_ID") else 0.0
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never half of one."""
+    """Readers see the old file or the new one, never half of one. Full or read-only storage is waited out (above)."""
+    deadline: float | None = None
+    pause_s = 0.5
+    while True:
+        try:
+            _write_atomic_once(path, data)
+            return
+        except OSError as exc:
+            if exc.errno not in STORAGE_ERRNOS:
+                raise
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + storage_wait_s()
+                if now < deadline:
+                    log.warning("%s: %s; waiting up to %.0f s for the storage to recover", path, exc.strerror,
+                                deadline - now)
+            if now >= deadline:
+                raise
+            time.sleep(min(pause_s, deadline - now))
+            pause_s = min(2 * pause_s, 5.0)
+
+
+def _write_atomic_once(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: the rename stays atomic
     try:
@@ -29,7 +74,8 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on read-only storage it cannot go; the retry reuses its name
+            tmp.unlink(missing_ok=True)
         raise
 
 

@@ -173,9 +173,12 @@ def run_replica(ctx: TaskContext, replica: int = 0, replicas: int = 1, layout: A
                 on_writer: Any = None) -> dict[str, Any]:
     """Generate this replica's share (rows with row % replicas == replica) of what is left of the task."""
     t_start = time.perf_counter()
+    phases: dict[str, float] = {"before_replica_s": round(process_age_s(), 3)}
     spec = ctx.spec
     tokenizer = load_tokenizer(spec)
+    phases["tokenizer_s"] = round(time.perf_counter() - t_start, 3)
     prepared = prepare(ctx, tokenizer)
+    phases["prepare_s"] = round(time.perf_counter() - t_start - phases["tokenizer_s"], 3)
     if replicas > 1:
         prepared.requests = [r for r in prepared.requests if r.key % replicas == replica]
     backend, why = select_backend(spec.model)
@@ -190,8 +193,10 @@ def run_replica(ctx: TaskContext, replica: int = 0, replicas: int = 1, layout: A
         engine.layout = layout  # type: ignore[attr-defined]
     workload = Workload(tuple(len(r.prompt_token_ids) for r in prepared.requests), spec.sampling.max_tokens,
                         spec.data.num_samples)
+    t_engine = time.perf_counter()
     report: EngineReport = engine.load(workload, tokenizer)
     startup = time.perf_counter() - t_start
+    phases["engine_load_s"] = round(time.perf_counter() - t_engine, 3)
     log.info("task %s replica %d: %s %s on %s, started in %.1fs; %d records to do", ctx.task.task_id, replica,
              report.backend, report.version, report.gpu_name or report.device, startup, len(prepared.requests))
     writer = ChunkWriter(ctx, prepared, replica)
@@ -227,10 +232,22 @@ def run_replica(ctx: TaskContext, replica: int = 0, replicas: int = 1, layout: A
         "engine": {"version": report.version, "device": report.device, "gpu_name": report.gpu_name,
                    "settings": report.settings, "reasons": report.reasons, "startup": report.startup},
         "startup_seconds": round(startup, 3), "load_seconds": round(report.load_seconds, 3),
+        "startup_phases": phases,
         "inference_time_seconds": round(gen_s, 3), "records": writer.records, "samples": writer.samples,
         "output_tokens": writer.output_tokens, "prompt_tokens": writer.prompt_tokens,
     })
     return info
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux /proc; 0 elsewhere): the interpreter start, imports and plan
+    loading that come before the replica's own clock, which the start-up split would otherwise miss."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def run_task(run_dir: Path, index: int) -> dict[str, Any]:
@@ -250,20 +267,29 @@ class TaskRun:
         if ctx.store.is_done():
             log.info("task %s already done", ctx.task.task_id)
             return _read_json(ctx.store.done_marker)
+        from .compile_cache import CACHE_ENV
         from .layout import allocated_gpus, choose_layout, gpu_info
         from .modelinfo import model_shape
 
-        backend, _ = select_backend(ctx.spec.model)
+        # The compile cache lives beside the outputs (shared storage) unless the user pointed it elsewhere: every
+        # array task of this job, on any node, then starts from what the first one compiled. DP replicas inherit it.
+        os.environ.setdefault(CACHE_ENV, str(Path(ctx.spec.output.dir) / "cache" / "compile"))
+        t0 = time.perf_counter()
+        backend, _ = select_backend(ctx.spec.model)  # imports the backend (vLLM: most of a warm start's first 20 s)
+        t1 = time.perf_counter()
         gpus = allocated_gpus()
         tp_request = 1 if backend == "hf" else ctx.spec.model.tensor_parallel_size
         layout = choose_layout(model_shape(ctx.spec.model.path), gpus, gpu_info() if gpus.count else None,
                                ctx.spec.model.gpu_memory_utilization, tp_request)
+        # Where the time before the replica's own clock goes (process start -> here is in its before_replica_s).
+        pre = {"backend_import_s": round(t1 - t0, 3), "layout_s": round(time.perf_counter() - t1, 3)}
         started = time.time()
         if layout.data_parallel > 1:
             infos = self._run_replicas(ctx, layout)
         else:
             infos = [run_replica(ctx, 0, 1, layout, on_writer=self._keep)]
-        attempt = {"started": started, "ended": time.time(), "layout": layout.as_dict(), "replicas": infos}
+        attempt = {"started": started, "ended": time.time(), "layout": layout.as_dict(), "replicas": infos,
+                   "startup_before_replicas": pre}
         ctx.store.write_attempt(attempt)
         return finalize(ctx)
 

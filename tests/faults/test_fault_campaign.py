@@ -1,0 +1,70 @@
+"""The CI-sized fault campaign (issue 6): >= 20 seeded trials against the live local Slurm, every fault kind, each
+proving 0 records lost, 0 generated twice and outputs byte-identical to an uninterrupted run. ~6-8 min on the 2-core
+CI machine. `make faults` runs the long one through the CLI (python -m tests.faults.campaign).
+
+LAUNCHER_FAULT_TRIALS / LAUNCHER_FAULT_SEED change its size and seed; a failing trial prints its seed and injection
+point, and its run dir (logs, chunks, markers) is kept under <tmp>/faults*/kept/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from .campaign import KINDS, TrialResult, Workload, describe, make_workload, plan_trials, run_campaign
+
+TRIALS = int(os.environ.get("LAUNCHER_FAULT_TRIALS", "21"))
+SEED = int(os.environ.get("LAUNCHER_FAULT_SEED", "6"))
+SHAPE = Workload(Path("/nonexistent"), Path("/nonexistent"),
+                 (("ds_a", Path("a.jsonl"), 4), ("ds_b", Path("b.jsonl"), 4)), per_shard=4)
+
+
+def test_trials_come_from_the_seed_and_cover_every_kind() -> None:
+    """No Slurm needed: the generator alone. Same seed, same trials; any 7 in a row hold every kind."""
+    trials = plan_trials(TRIALS, SEED, SHAPE)
+    assert trials == plan_trials(TRIALS, SEED, SHAPE)
+    assert trials != plan_trials(TRIALS, SEED + 1, SHAPE)
+    for start in range(0, len(trials) - len(KINDS) + 1, len(KINDS)):
+        assert {t.kind for t in trials[start:start + len(KINDS)]} == set(KINDS)
+    tasks = dict(SHAPE.tasks)
+    for t in trials:
+        assert t.point["task"] in tasks
+        if "after_records" in t.point:  # mid-task: at least one record written, at least one left
+            assert 1 <= t.point["after_records"] < tasks[t.point["task"]], t
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_seeded_fault_campaign(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the campaign mounts file systems and restarts slurmd: needs root (as make test runs)")
+    assert len(KINDS) <= TRIALS, f"LAUNCHER_FAULT_TRIALS={TRIALS}: fewer than one trial per kind"
+    wl = make_workload(tmp_path_factory.mktemp("faults"), tiny_model)
+    trials = plan_trials(TRIALS, SEED, wl)
+    lines: list[str] = []
+
+    def show(result: TrialResult) -> None:
+        lines.append(describe(result))
+
+    result = run_campaign(trials, wl, on_result=show)
+    (wl.root / "report.json").write_text(json.dumps(result, indent=1))
+    summary = result["summary"]
+    print(f"\nfault campaign, seed {SEED}:\n" + "\n".join(lines) + "\n" + json.dumps(summary, indent=1))
+
+    # The promise, for every trial: nothing lost, nothing twice, the same bytes as the clean run.
+    assert summary["trials_run"] == TRIALS
+    assert summary["records_checked"] == TRIALS * wl.records
+    assert summary["records_lost"] == 0 and summary["records_duplicated"] == 0
+    assert summary["outputs_identical"] == TRIALS, "\n".join(lines)
+    assert set(summary["faults_by_kind"]) == set(KINDS)
+    # A fault aimed mid-task can miss when the task finishes first on a loaded machine (seen once in 63 trials of
+    # `make faults`: slurmd went down after the task's last record). A miss proves nothing, so at most one is allowed
+    # and the campaign must still have hit every kind.
+    missed = TRIALS - summary["faults_landed"]
+    assert missed <= 1, f"{missed} faults did not land (seed {SEED}):\n" + "\n".join(lines)
+    assert all(k["passed"] >= 1 for k in summary["faults_by_kind"].values()), summary["faults_by_kind"]
+    failed = [line for line in lines if " FAIL " in line]
+    assert len(failed) <= missed, f"{len(failed)} trial(s) failed (seed {SEED}):\n" + "\n".join(failed)
