@@ -11,19 +11,22 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
 
 from .errors import SpecError
 
+if TYPE_CHECKING:
+    from .plan import Plan
+
 console = Console(stderr=False, highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False)
 
 EPILOG = """\
 examples:
-  launcher plan configs/demo.yaml                 what would run: tasks, resources, sbatch header
+  launcher plan configs/demo.yaml                 what would run: units, worker jobs, GPUs, sbatch header
   launcher submit configs/demo.yaml --wait        submit, wait, gather (local executor: no cluster needed)
   launcher status outputs/demo                    one table per run: state, records done, speed, errors
   launcher run --checkpoint_dir M --dataset D.jsonl --output_dir OUT   the old inference_vllm.py flags
@@ -53,18 +56,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a field, e.g. --set sampling.temperature=0.8 (repeatable)")
         return c
 
-    c = spec_cmd("plan", "Validate the spec; show the tasks, resources and the exact sbatch header. Submits nothing.")
+    c = spec_cmd("plan", "Validate the spec; show the units of work, worker jobs, GPUs, an estimate and the exact "
+                         "sbatch header. Submits nothing.")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.add_argument("--show", type=int, default=20, help="task rows to show (default 20)")
 
-    c = spec_cmd("submit", "Submit every unfinished task as one array (+ a gather job). Resubmitting resumes.")
-    c.add_argument("--wait", action="store_true", help="wait for the tasks, then gather and print the summary")
+    c = spec_cmd("submit", "Submit worker jobs for every unfinished unit as one array (+ a gather job). "
+                           "Resubmitting resumes.")
+    c.add_argument("--wait", action="store_true", help="wait for the workers, then gather and print the summary")
     c.add_argument("--executor", choices=["slurm", "local"], help="override the spec's executor")
 
-    c = sub.add_parser("run", help="Run tasks in this process (inside a job, or the old inference_vllm.py flags).",
-                       description="Run one task of a spec in this process, or a whole job from the old flags.")
+    c = sub.add_parser("run", help="Run a job in this process, on this machine's GPUs (or the old inference_vllm.py "
+                                   "flags).",
+                       description="Run a spec (or a run directory) here: one job that holds every GPU this process "
+                                   "sees, one worker per GPU group, each claiming units until none is left; then "
+                                   "gather. Or the old inference_vllm.py flags.")
     c.add_argument("--spec", help="job spec (YAML) or a run directory")
-    c.add_argument("--task", default=None, help="task index or id (default: all tasks, one after another)")
+    c.add_argument("--job", type=int, default=None, help="run only this worker job of the plan (as Slurm would), "
+                                                         "without gathering")
+    c.add_argument("--unit", action="append", default=None, metavar="UNIT_ID",
+                   help="run only this unit (repeatable): one engine per unit, the old way")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C")
     c.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto", help="with the old flags")
     add_legacy_flags(c)
@@ -72,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("gather", help="Merge and verify a run's outputs into <output dir>/<dataset>/<ablation>/.")
     c.add_argument("run", help="run directory, output dir, or spec")
 
-    c = sub.add_parser("status", help="One table per run: task states, records done, speed, retries, last error.")
+    c = sub.add_parser("status", help="A run's workers (node, GPUs, unit, rate) and units (done, running, pending).")
     c.add_argument("run", help="run directory, output dir, or spec")
-    c.add_argument("--watch", action="store_true", help="refresh every few seconds until all tasks end")
+    c.add_argument("--watch", action="store_true", help="refresh every few seconds until every job has ended")
     c.add_argument("--json", action="store_true")
 
     c = sub.add_parser("cancel", help="Cancel a run's Slurm jobs (finished records stay; submit again to resume).")
@@ -157,8 +168,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         # escape: a path may hold '[...]', which rich would read as markup.
         err.print(f"[red]refused:[/] {escape(str(exc))}", soft_wrap=True)
         return 2
-    console.print(f"run [bold]{spec.run_id}[/]: {len(sub.job_ids)} task(s) submitted"
-                  + (f", {sub.skipped_done} already done" if sub.skipped_done else "")
+    console.print(f"run [bold]{plan.run.run_id}[/]: {sub.units_todo} unit(s) to do"
+                  + (f", {sub.units_done} already done" if sub.units_done else "")
+                  + f"; {len(sub.job_ids)} worker job(s) submitted"
                   + (f" as array {sub.job_ids[0].split('_')[0]}" if sub.job_ids and kind == "slurm" else "")
                   + (f"; gather job {sub.gather_job_id}" if sub.gather_job_id else ""))
     console.print(f"run dir: {sub.run_dir}\nstatus:  launcher status {sub.run_dir}")
@@ -179,57 +191,60 @@ def cmd_run(args: argparse.Namespace) -> int:
             given = [f"--{f}" for f in [*FLAGS, "dataset", "ablation_config"] if getattr(args, f, None) is not None]
             raise SpecError.one("launcher run", "", f"--spec and the old flags ({', '.join(given)}) do not mix",
                                 fix="put the values in the spec (or --set section.field=value), or drop --spec")
-        return _run_spec_tasks(args)
+        return _run_spec(args)
     if not uses_legacy(args):
         raise SpecError.one("launcher run", "", "nothing to run",
-                            fix="give --spec SPEC [--task N], or the old flags --checkpoint_dir --dataset --output_dir")
-    spec = spec_from_flags(args, args.backend)
-    return _run_inline(spec, flat_dest=Path(spec.output.dir))
-
-
-def _run_spec_tasks(args: argparse.Namespace) -> int:
+                            fix="give --spec SPEC [--job N], or the old flags --checkpoint_dir --dataset --output_dir")
     from .plan import expand
-    from .run_state import load_plan
+
+    spec = spec_from_flags(args, args.backend)
+    return _run_inline(expand(spec), flat_dest=Path(spec.output.dir))
+
+
+def _run_spec(args: argparse.Namespace) -> int:
+    from .plan import expand
+    from .run_state import load_plan, save_plan
     from .spec import load_spec
 
     target = Path(args.spec)
     plan = load_plan(target) if (target / "plan.json").exists() else expand(load_spec(target, args.overrides))
-    if args.task is None:
-        return _run_inline(plan.spec, plan=plan)
-    index = _task_index(plan, args.task)
-    from .run_state import save_plan
-    from .runner import run_task
+    units = _unit_ids(plan, args.unit) if args.unit else None
+    if args.job is None:
+        return _run_inline(plan, units=units)
+    if not 0 <= args.job < max(plan.jobs, 1):
+        raise SpecError.one("--job", "", f"no job {args.job}: the plan has {plan.jobs} worker job(s)",
+                            allowed=f"0..{plan.jobs - 1}", fix="`launcher plan SPEC` shows the jobs")
+    from .job.entry import run_job
 
-    if not plan.paths.plan_json.exists():
-        save_plan(plan)
-    summary = run_task(plan.paths.run_dir, index)
-    console.print_json(json.dumps(summary))
+    save_plan(plan)
+    summary = run_job(plan.run.root, args.job, units)
+    console.print_json(json.dumps(summary, default=str))
     return 0
 
 
-def _task_index(plan: object, task: str) -> int:
-    tasks = plan.tasks  # type: ignore[attr-defined]
-    if task.isdigit() and int(task) < len(tasks):
-        return int(task)
-    for t in tasks:
-        if t.task_id == task:
-            return int(t.index)
-    raise SpecError.one("--task", "", f"no task {task!r}",
-                        allowed=f"0..{len(tasks) - 1} or a task id like {tasks[0].task_id}",
-                        fix="`launcher plan SPEC` lists them")
+def _unit_ids(plan: Plan, asked: list[str]) -> tuple[str, ...]:
+    known = {u.unit_id for u in plan.units}
+    unknown = [u for u in asked if u not in known]
+    if unknown:
+        raise SpecError.one("--unit", "", f"no unit {unknown[0]!r}",
+                            allowed=f"a unit id like {plan.units[0].unit_id}",
+                            fix="`launcher plan SPEC` lists them")
+    return tuple(asked)
 
 
-def _run_inline(spec: object, plan: object = None, flat_dest: Path | None = None) -> int:
+def _run_inline(plan: Plan, flat_dest: Path | None = None, units: tuple[str, ...] | None = None) -> int:
+    """One job holding every GPU this process sees; then gather (everything, or the units asked for)."""
     from .gather import GatherError, gather
-    from .plan import Plan, expand
+    from .job.entry import run_job
     from .run_state import save_plan
-    from .runner import run_tasks_inline
 
-    p: Plan = plan if plan is not None else expand(spec)  # type: ignore[arg-type,assignment]
-    save_plan(p)
-    run_tasks_inline(p)
+    save_plan(plan)
+    run_job(plan.run.root, 0, units)
+    if units is not None:
+        console.print(f"ran unit(s) {', '.join(units)}; `launcher gather {plan.run.root}` once all are done")
+        return 0
     try:
-        reports = gather(p, dest=flat_dest, flat=flat_dest is not None)
+        reports = gather(plan, dest=flat_dest, flat=flat_dest is not None)
     except GatherError as exc:
         err.print(f"[red]incomplete:[/]\n{exc}")
         return 1

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .outputs import read_jsonl
+from .store import read_jsonl
 
 
 def load_samples(target: Path) -> dict[str, dict[str, Any]]:

@@ -216,3 +216,14 @@ def read_shard(path: Path, start: int, stop: int, fields: FieldNames) -> tuple[l
         item = to_record(row, obj, fields)
         (records if isinstance(item, Record) else bad).append(item)  # type: ignore[arg-type]
     return records, bad
+
+
+def first_rows(path: Path, fields: FieldNames, stop: int | None = None) -> dict[str, int]:
+    """record id -> the first row holding it, over rows [0, stop). A later row with the same id is a duplicate
+    wherever the shards are cut: ids are compared as text, so 1 and "1" are the same record."""
+    first: dict[str, int] = {}
+    for row, obj in iter_rows(path, 0, stop):
+        item = to_record(row, obj, fields)
+        if isinstance(item, Record):
+            first.setdefault(item.record_id, row)
+    return first

@@ -1,9 +1,12 @@
-"""gather.py: task chunks -> <output dir>/<dataset>/<ablation>/ (samples, per-user JSON, summary, manifest).
+"""gather.py: unit chunks -> <output dir>/<dataset>/<ablation>/ (samples, per-user JSON, summary, manifest).
 
-Verifies before writing: every input row is in the outputs exactly once with num_samples samples, or in
-quarantine with its reason. Gathering twice gives the same bytes (no clocks, sorted everything). Two gathers of
-one run at once (the gather job and a user's `launcher gather`) take turns on a lock; the second finds every file
-already holding the bytes it would write and writes nothing.
+Verifies before writing: every chunk a done unit lists is there and passes its checksum, and every input row is in
+the outputs exactly once with num_samples samples, or in quarantine with its reason. A unit that fails this is
+reopened (not done), so `launcher submit` regenerates exactly its missing records. Gathering twice gives the same
+bytes (no clocks in the outputs, sorted everything). Two gathers of one run at once (the gather job and a user's
+`launcher gather`) take turns on a lock; the second finds every file already holding its bytes and writes nothing.
+
+Throughput is measured by the wall clock (throughput.py), never as a sum of per-worker times.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .outputs import TaskStore, dumps_line, read_jsonl, safe_filename, write_atomic
-from .plan import Plan, Task
+from .plan import Plan, Unit
+from .store import dumps_line, safe_filename, write_atomic, write_json_atomic
+from .throughput import RunFigures, cell_figures, run_figures
 
 
 @dataclass
@@ -32,14 +36,15 @@ class GroupReport:
     samples: int = 0
     quarantined: int = 0
     duplicates_dropped: int = 0
-    missing_tasks: list[str] = field(default_factory=list)
+    missing_units: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # what failed verification, with its file
     missing_rows: list[int] = field(default_factory=list)
     bad_sample_counts: list[int] = field(default_factory=list)
     files_written: list[str] = field(default_factory=list)  # relative to out_dir; empty when all were up to date
 
     @property
     def ok(self) -> bool:
-        return not (self.missing_tasks or self.missing_rows or self.bad_sample_counts)
+        return not (self.missing_units or self.damaged or self.missing_rows or self.bad_sample_counts)
 
 
 class GatherError(RuntimeError):
@@ -47,15 +52,19 @@ class GatherError(RuntimeError):
 
 
 def gather(plan: Plan, dest: Path | None = None, flat: bool = False) -> list[GroupReport]:
-    """Merge and verify every dataset x ablation. Raises GatherError listing what is missing."""
-    groups: dict[tuple[str, str], list[Task]] = defaultdict(list)
-    for task in plan.tasks:
-        groups[(task.dataset, task.ablation)].append(task)
+    """Merge and verify every dataset x ablation. Raises GatherError listing what is missing or damaged."""
     reports = []
-    with _gather_lock(plan.paths.run_dir):
-        for (dataset, ablation), tasks in groups.items():
-            out = (dest or plan.paths.output_dir) if flat else (dest or plan.paths.output_dir) / dataset / ablation
-            reports.append(_gather_group(plan, dataset, ablation, tasks, out))
+    figures = run_figures(plan)
+    with _gather_lock(plan.run.gather_lock):
+        for (dataset, ablation), units in plan.cells().items():
+            base = dest or plan.run.output_dir
+            out = base if flat else base / dataset / ablation
+            reports.append(_gather_group(plan, dataset, ablation, units, out, figures))
+        if all(r.ok for r in reports):
+            write_json_atomic(plan.run.summary, figures.as_json())
+            from .history import record_run
+
+            record_run(plan, figures.headline(), figures.main_worker())
     bad = [r for r in reports if not r.ok]
     if bad:
         raise GatherError("\n".join(_describe_missing(r, plan) for r in bad))
@@ -63,10 +72,10 @@ def gather(plan: Plan, dest: Path | None = None, flat: bool = False) -> list[Gro
 
 
 @contextmanager
-def _gather_lock(run_dir: Path) -> Iterator[None]:
+def _gather_lock(path: Path) -> Iterator[None]:
     """One gather of a run at a time; the next one waits (flock: released if the holder dies)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "gather.lock", "a") as f:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -93,52 +102,59 @@ def _json_bytes(obj: Any) -> bytes:
 
 def _describe_missing(r: GroupReport, plan: Plan) -> str:
     lines = [f"{r.dataset}/{r.ablation}: incomplete, nothing written for this group"]
-    if r.missing_tasks:
-        lines.append(f"  tasks not finished ({len(r.missing_tasks)}): {', '.join(r.missing_tasks[:20])}")
+    if r.missing_units:
+        lines.append(f"  units not finished ({len(r.missing_units)}): {', '.join(r.missing_units[:20])}")
+    for problem in r.damaged[:20]:
+        lines.append(f"  damaged: {problem}")
     if r.missing_rows:
         lines.append(f"  rows missing ({len(r.missing_rows)}): {r.missing_rows[:20]}")
     if r.bad_sample_counts:
         lines.append(f"  rows with a wrong number of samples: {r.bad_sample_counts[:20]}")
-    lines.append(f"  fix: `launcher status {plan.paths.run_dir}` to see why; `launcher submit` the same spec again "
-                 "to finish what is missing (done records are kept)")
+    lines.append(f"  fix: `launcher status {plan.run.root}` to see why; `launcher submit` the same spec again "
+                 "to generate exactly what is missing (done records are kept)")
     return "\n".join(lines)
 
 
-def _gather_group(plan: Plan, dataset: str, ablation: str, tasks: list[Task], out: Path) -> GroupReport:
+def _gather_group(plan: Plan, dataset: str, ablation: str, units: list[Unit], out: Path,
+                  figures: RunFigures) -> GroupReport:
     report = GroupReport(dataset, ablation, out)
     rows: dict[int, dict[str, Any]] = {}
     quarantine: list[dict[str, Any]] = []
-    task_summaries = []
     n = plan.spec.data.num_samples
-    for task in sorted(tasks, key=lambda t: t.index):
-        store = TaskStore(plan.paths.task_dir(task))
-        if not store.is_done():
-            report.missing_tasks.append(task.task_id)
+    for unit in sorted(units, key=lambda u: u.start):
+        udir = plan.run.unit(unit.unit_id)
+        if not udir.is_done():
+            report.missing_units.append(unit.unit_id)
             continue
-        task_summaries.append(json.loads(store.done_marker.read_text()))
-        q = list(read_jsonl(store.quarantine)) if store.quarantine.exists() else []
+        problems = udir.verify()
+        if problems:
+            report.damaged += [f"unit {unit.unit_id}: {p}" for p in problems]
+            udir.reopen("; ".join(problems))  # not done any more: a resubmit regenerates exactly these rows
+            continue
+        q = udir.read_quarantine()
         quarantine += q
-        for chunk in store.chunk_files():
-            for row in read_jsonl(chunk):
-                if row["row"] in rows:
-                    report.duplicates_dropped += 1  # an overlapping attempt wrote it too; same seed, same samples
-                    continue
-                rows[row["row"]] = row
-        expected = set(range(task.start, task.stop)) - {x["row"] for x in q}
-        report.missing_rows += sorted(expected - rows.keys())
-    if report.missing_tasks:
+        scan = udir.scan()
+        report.duplicates_dropped += scan.duplicates
+        for r, row in scan.rows.items():
+            if r in rows:
+                report.duplicates_dropped += 1
+                continue
+            rows[r] = row
+        expected = set(range(unit.start, unit.stop)) - {x["row"] for x in q}
+        report.missing_rows += sorted(expected - scan.rows.keys())
+    if report.missing_units or report.damaged:
         return report
     report.bad_sample_counts = sorted(r for r, v in rows.items() if len(v["generated_samples"]) != n)
     if not report.ok:
         return report
     ordered = [rows[r] for r in sorted(rows)]
     report.records, report.samples, report.quarantined = len(ordered), len(ordered) * n, len(quarantine)
-    _write_group(plan, report, ordered, sorted(quarantine, key=lambda x: x["row"]), task_summaries)
+    _write_group(plan, report, ordered, sorted(quarantine, key=lambda x: x["row"]), units, figures)
     return report
 
 
 def _write_group(plan: Plan, report: GroupReport, rows: list[dict[str, Any]], quarantine: list[dict[str, Any]],
-                 task_summaries: list[dict[str, Any]]) -> None:
+                 units: list[Unit], figures: RunFigures) -> None:
     out = report.out_dir
     out.mkdir(parents=True, exist_ok=True)
     spec = plan.spec
@@ -156,8 +172,9 @@ def _write_group(plan: Plan, report: GroupReport, rows: list[dict[str, Any]], qu
     if spec.output.per_user_json:
         for rel, data in _user_files(rows):
             _put(out, rel, data, report, hashes)
-    _put(out, "inference_summary.json", _json_bytes(summarize(plan, report, rows, task_summaries)), report, hashes)
-    manifest = {"run_id": spec.run_id, "dataset": report.dataset, "ablation": report.ablation,
+    summary = summarize(plan, report, rows, units, figures)
+    _put(out, "inference_summary.json", _json_bytes(summary), report, hashes)
+    manifest = {"run_id": plan.run.run_id, "dataset": report.dataset, "ablation": report.ablation,
                 "records": report.records, "samples": report.samples, "quarantined": report.quarantined,
                 "files": dict(sorted(hashes.items()))}
     _put(out, "manifest.json", _json_bytes(manifest), report, {})
@@ -176,17 +193,20 @@ def _user_files(rows: list[dict[str, Any]]) -> Iterator[tuple[str, bytes]]:
                                                     + "\n").encode()
 
 
-def summarize(plan: Plan, report: GroupReport, rows: list[dict[str, Any]],
-              tasks: list[dict[str, Any]]) -> dict[str, Any]:
-    """inference_summary.json: the old script's fields first, then what a reader needs to trust the numbers."""
+def summarize(plan: Plan, report: GroupReport, rows: list[dict[str, Any]], units: list[Unit],
+              figures: RunFigures) -> dict[str, Any]:
+    """inference_summary.json: the old script's fields first (by the wall clock), then what a reader needs to trust
+    the numbers: the run's own wall-clock figures, the workers beside them, the engine and why."""
     spec = plan.spec
-    gen_s = sum(t["inference_time_seconds"] for t in tasks)
+    cell = cell_figures(figures, [u.unit_id for u in units])
     out_tokens = sum(sum(r["sample_tokens"]) for r in rows)
-    engine = next((t["engine"] for t in tasks if t.get("engine")), None) or {}
-    layout = next((t["last_layout"] for t in tasks if t.get("last_layout")), None) or {}
+    gen_s = cell["generation_wall_s"]
+    worker = figures.main_worker()
+    engine = worker.get("engine") or {}
+    layout = figures.layout or {}
     return {
         "total_samples": report.samples,
-        "inference_time_seconds": round(gen_s, 3),
+        "inference_time_seconds": gen_s,
         "throughput_samples_per_sec": round(report.samples / gen_s, 4) if gen_s else None,
         "output_tokens": out_tokens,
         "output_tokens_per_sec": round(out_tokens / gen_s, 2) if gen_s else None,
@@ -194,11 +214,16 @@ def summarize(plan: Plan, report: GroupReport, rows: list[dict[str, Any]],
         "records": report.records,
         "quarantined": report.quarantined,
         "num_samples": spec.data.num_samples,
-        "startup_seconds_max": max((t["startup_seconds"] for t in tasks), default=0.0),
+        "timing": "wall clock: from the first request of this dataset x ablation to its last sample written, "
+                  "over all workers at once (never a sum of per-worker times)",
+        "run": figures.headline(),
+        "workers": figures.per_worker(),
+        "units": len(units),
+        "startup_seconds_max": figures.startup_max_s(),
         "dataset": report.dataset,
         "ablation_config": report.ablation,
-        "backend": next((t["backend"] for t in tasks if t.get("backend")), None),
-        "backend_reason": next((t["backend_reason"] for t in tasks if t.get("backend_reason")), None),
+        "backend": worker.get("backend"),
+        "backend_reason": worker.get("backend_reason"),
         "tensor_parallel_size": layout.get("tensor_parallel_size"),
         "data_parallel_size": layout.get("data_parallel_size"),
         "layout_reason": layout.get("reason"),
@@ -210,7 +235,5 @@ def summarize(plan: Plan, report: GroupReport, rows: list[dict[str, Any]],
         "model": spec.model.path,
         "sampling": spec.sampling.model_dump(),
         "spec_hash": spec.fingerprint(),
-        "run_id": spec.run_id,
-        "tasks": [{k: t[k] for k in ("task_id", "records", "quarantined", "attempts", "inference_time_seconds",
-                                     "startup_seconds")} for t in tasks],
+        "run_id": plan.run.run_id,
     }

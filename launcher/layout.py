@@ -100,6 +100,20 @@ class ParallelLayout:
         return {"tensor_parallel_size": self.tensor_parallel, "data_parallel_size": self.data_parallel,
                 "gpus": list(self.gpus), "reason": self.reason, "notes": list(self.notes)}
 
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, object]) -> ParallelLayout:
+        gpus = obj.get("gpus") or []
+        notes = obj.get("notes") or []
+        return cls(int(str(obj["tensor_parallel_size"])), int(str(obj["data_parallel_size"])),
+                   tuple(str(g) for g in gpus) if isinstance(gpus, list) else (), str(obj.get("reason", "")),
+                   tuple(str(n) for n in notes) if isinstance(notes, list) else ())
+
+    def for_replica(self, replica: int) -> ParallelLayout:
+        """One worker's share: its TP group, as that worker's process sees it (CUDA numbers its GPUs from 0)."""
+        group = self.replica_gpus(replica)
+        return ParallelLayout(self.tensor_parallel, 1, tuple(str(i) for i in range(len(group))),
+                              self.reason, self.notes)
+
 
 def tp_splits_heads(shape: ModelShape, tp: int) -> bool:
     """vLLM shards attention heads over TP: heads must divide; KV heads divide or are replicated."""

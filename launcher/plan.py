@@ -1,31 +1,43 @@
-"""plan.py: JobSpec -> Plan (tasks = dataset x ablation config x shard). Pure but for reading the inputs (preflight).
+"""plan.py: JobSpec -> Plan: units of work (dataset x ablation config x shard) and how many worker jobs run them.
 
-Task ids are stable (`<dataset>.<ablation>.<shard>`) and every path a task writes is computed here, in RunPaths,
-so the runner, gather and status agree on the layout.
+A unit has a stable id (`<dataset>.<ablation>.<shard>`) and a range of rows; per-record seeds come from (run seed,
+record id), so outputs never depend on how rows are cut into units. The units are not what Slurm runs: Slurm runs
+`jobs` worker jobs (array elements), each holding `gpus_per_node` GPUs and one worker per GPU group, and the
+workers claim units from the run directory until none is left (job/worker.py). An engine then starts once per
+worker, not once per unit: on an H100 a start costs 40-100 s against ~12 s to generate 1,000 samples.
+
+Pure but for reading the inputs (preflight).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from .seeds import record_seed
 from .spec import JobSpec
+from .store import RunDir
+
+# Auto unit size: at least this many units per worker, so the last units of a run are small next to the whole and
+# workers finish close together; at most MAX_AUTO_UNIT_RECORDS records in one (a killed worker's unit is resumed
+# from its chunks anyway, so this only bounds what one claim holds).
+UNITS_PER_WORKER = 4
+MIN_AUTO_UNIT_RECORDS = 16  # smaller units buy no balance, only claims and chunk files
+MAX_AUTO_UNIT_RECORDS = 2000
+# Jobs when the spec says nothing: enough for UNITS_PER_WORKER units per worker, at most this many.
+MAX_AUTO_JOBS = 8
 
 
 @dataclass(frozen=True, slots=True)
-class Task:
-    index: int  # SLURM_ARRAY_TASK_ID
-    task_id: str  # "<dataset>.<ablation>.<shard:04d>": stable across resubmits
+class Unit:
+    index: int  # position in the plan: the order workers claim in (largest units first)
+    unit_id: str  # "<dataset>.<ablation>.<shard:04d>": stable across resubmits
     dataset: str
     ablation: str
     data_path: str
     shard: int
     start: int  # first row (inclusive)
     stop: int  # last row (exclusive)
-    seed: int  # informational: per-record seeds come from (run seed, record id)
 
     @property
     def rows(self) -> int:
@@ -33,78 +45,46 @@ class Task:
 
 
 @dataclass(frozen=True)
-class RunPaths:
-    """Every path on shared storage, computed in one place."""
-
-    output_dir: Path
-    run_id: str
-
-    @property
-    def run_dir(self) -> Path:
-        return self.output_dir / "runs" / self.run_id
-
-    @property
-    def spec_json(self) -> Path:
-        return self.run_dir / "spec.json"
-
-    @property
-    def plan_json(self) -> Path:
-        return self.run_dir / "plan.json"
-
-    @property
-    def run_json(self) -> Path:
-        return self.run_dir / "run.json"
-
-    @property
-    def logs(self) -> Path:
-        return self.run_dir / "logs"
-
-    @property
-    def lock(self) -> Path:
-        return self.run_dir / "submit.lock"
-
-    def task_dir(self, task: Task) -> Path:
-        return self.run_dir / "tasks" / task.task_id
-
-    def final_dir(self, dataset: str, ablation: str) -> Path:
-        return self.output_dir / dataset / ablation
-
-    @classmethod
-    def of(cls, spec: JobSpec) -> RunPaths:
-        return cls(Path(spec.output.dir), spec.run_id)
-
-
-@dataclass(frozen=True)
 class Plan:
     spec: JobSpec
-    tasks: tuple[Task, ...]
+    run: RunDir
+    units: tuple[Unit, ...]
     rows_per_dataset: dict[str, int]
-
-    @property
-    def paths(self) -> RunPaths:
-        return RunPaths.of(self.spec)
+    jobs: int
+    jobs_reason: str
 
     @property
     def total_records(self) -> int:
-        return sum(t.rows for t in self.tasks)
+        return sum(u.rows for u in self.units)
 
     @property
     def total_samples(self) -> int:
         return self.total_records * self.spec.data.num_samples
 
+    @property
+    def gpus(self) -> int:
+        return self.jobs * self.spec.slurm.gpus_per_node
+
+    def cells(self) -> dict[tuple[str, str], list[Unit]]:
+        """(dataset, ablation) -> its units, in plan order."""
+        out: dict[tuple[str, str], list[Unit]] = {}
+        for u in self.units:
+            out.setdefault((u.dataset, u.ablation), []).append(u)
+        return out
+
     def to_json(self) -> dict[str, Any]:
-        cols = list(Task.__dataclass_fields__)
-        return {"run_id": self.spec.run_id, "columns": cols, "tasks": [list(asdict(t).values()) for t in self.tasks],
-                "rows_per_dataset": self.rows_per_dataset}
+        cols = list(Unit.__dataclass_fields__)
+        return {"run_id": self.run.run_id, "columns": cols, "units": [list(asdict(u).values()) for u in self.units],
+                "rows_per_dataset": self.rows_per_dataset, "jobs": self.jobs, "jobs_reason": self.jobs_reason}
 
     @staticmethod
-    def tasks_from_json(obj: dict[str, Any]) -> tuple[Task, ...]:
+    def units_from_json(obj: dict[str, Any]) -> tuple[Unit, ...]:
         cols = obj["columns"]
-        return tuple(Task(**dict(zip(cols, row, strict=True))) for row in obj["tasks"])
+        return tuple(Unit(**dict(zip(cols, row, strict=True))) for row in obj["units"])
 
 
 def check_inputs(spec: JobSpec) -> dict[str, int]:
-    """Everything a task will read must be there before anything is submitted. Returns rows per dataset.
+    """Everything a job will read must be there before anything is submitted. Returns rows per dataset.
 
     The model (config, weights, tokenizer; its heads against the TP size and GPUs asked), the data (readable,
     not empty, some usable rows), templates and scenario, the output folder, the container argv: see preflight.py.
@@ -114,16 +94,89 @@ def check_inputs(spec: JobSpec) -> dict[str, int]:
     return check_all(spec)
 
 
+def workers_per_job(spec: JobSpec) -> int:
+    """An upper bound before the job runs (the GPUs' memory decides TP there): one worker per GPU, or one on CPU."""
+    return max(1, spec.slurm.gpus_per_node)
+
+
+def auto_unit_records(spec: JobSpec, rows: dict[str, int], workers: int) -> int:
+    cells = len(spec.data.ablation_configs)
+    total = sum(rows.values()) * cells
+    per = math.ceil(total / (workers * UNITS_PER_WORKER))
+    return max(MIN_AUTO_UNIT_RECORDS, min(MAX_AUTO_UNIT_RECORDS, per))
+
+
+def expected_workers(spec: JobSpec) -> int:
+    """Workers the run will likely have, before its units are cut: the job count asked for, else one local job
+    (it holds every GPU of this machine), else the most auto would give."""
+    s = spec.slurm
+    if s.jobs is not None:
+        jobs = s.jobs
+    elif s.max_gpus is not None:
+        jobs = max(1, s.max_gpus // max(1, s.gpus_per_node))
+    else:
+        jobs = 1 if spec.executor == "local" else MAX_AUTO_JOBS
+    return jobs * workers_per_job(spec)
+
+
+def count_jobs(spec: JobSpec, units: int) -> tuple[int, str]:
+    """Worker jobs (array elements) for `units` units of work, and why."""
+    s = spec.slurm
+    per_job = workers_per_job(spec)
+    if s.jobs is not None:
+        jobs, why = s.jobs, f"slurm.jobs: {s.jobs}"
+    elif s.max_gpus is not None:
+        jobs = max(1, s.max_gpus // max(1, s.gpus_per_node))
+        why = f"slurm.max_gpus {s.max_gpus} / gpus_per_node {s.gpus_per_node}"
+    elif spec.executor == "local":
+        jobs, why = 1, "local: one job holds this machine's GPUs (set slurm.jobs for more processes)"
+    else:
+        jobs = min(MAX_AUTO_JOBS, max(1, math.ceil(units / (per_job * UNITS_PER_WORKER))))
+        why = (f"auto: {units} unit(s) at {UNITS_PER_WORKER} per worker, {per_job} worker(s) per job, at most "
+               f"{MAX_AUTO_JOBS} jobs (set slurm.max_gpus or slurm.jobs to choose)")
+    if jobs > units:
+        jobs, why = units, f"{why}; capped at the {units} unit(s) there are"
+    if s.array_parallelism and jobs > s.array_parallelism:
+        jobs, why = s.array_parallelism, f"{why}; capped at array_parallelism {s.array_parallelism}"
+    return max(1, jobs), why
+
+
 def expand(spec: JobSpec, rows_per_dataset: dict[str, int] | None = None) -> Plan:
+    """The plan of a spec. When its run directory already holds a plan (a resubmit), its units are kept: a unit's
+    rows never change within a run, whatever the new job count."""
     rows = rows_per_dataset if rows_per_dataset is not None else check_inputs(spec)
-    tasks: list[Task] = []
+    run = RunDir.of(spec.output.dir, spec.run_id)
+    existing = _existing_units(run)
+    units = existing if existing is not None else cut_units(spec, rows)
+    jobs, why = count_jobs(spec, len(units))
+    return Plan(spec, run, units, rows, jobs, why)
+
+
+def cut_units(spec: JobSpec, rows: dict[str, int]) -> tuple[Unit, ...]:
+    per_fixed = spec.data.records_per_shard
+    cut: list[Unit] = []
+    per_auto = auto_unit_records(spec, rows, expected_workers(spec))
     for ds in spec.data.datasets:
         n = rows[ds.name]
-        per = spec.data.records_per_shard or n
+        per = per_fixed or per_auto
         shards = max(1, math.ceil(n / per))
         for ablation in spec.data.ablation_configs:
             for shard in range(shards):
-                task_id = f"{ds.name}.{ablation}.{shard:04d}"
-                tasks.append(Task(len(tasks), task_id, ds.name, ablation, ds.path, shard, shard * per,
-                                  min(n, (shard + 1) * per), record_seed(spec.sampling.seed, task_id)))
-    return Plan(spec, tuple(tasks), rows)
+                cut.append(Unit(0, f"{ds.name}.{ablation}.{shard:04d}", ds.name, ablation, ds.path, shard,
+                                shard * per, min(n, (shard + 1) * per)))
+    # Largest first (stable): workers take the big units early and the small remainders last, so they finish
+    # close together instead of one worker running a big unit alone at the end.
+    cut.sort(key=lambda u: -u.rows)
+    return tuple(Unit(i, *list(asdict(u).values())[1:]) for i, u in enumerate(cut))
+
+
+def _existing_units(run: RunDir) -> tuple[Unit, ...] | None:
+    import json
+
+    try:
+        return Plan.units_from_json(json.loads(run.plan_json.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+__all__ = ["Plan", "Unit", "check_inputs", "count_jobs", "cut_units", "expand"]

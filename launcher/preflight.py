@@ -246,10 +246,10 @@ def check_container(spec: JobSpec) -> None:
     if spec.container.runtime == "none":
         return
     from .container_exec import ExecError, preview_argv
-    from .plan import RunPaths
+    from .store import RunDir
 
     try:
-        preview_argv(spec, RunPaths.of(spec).run_dir, gpu_count=spec.slurm.gpus_per_node)
+        preview_argv(spec, RunDir.of(spec.output.dir, spec.run_id).root, gpu_count=spec.slurm.gpus_per_node)
     except (ValueError, ExecError) as exc:
         message, _, rest = str(exc).partition("\n")
         fix = rest.strip().removeprefix("fix:").strip() or "change the path or value named above"

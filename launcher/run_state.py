@@ -1,51 +1,43 @@
-"""run_state.py: the run directory's own files: spec.json + plan.json (what tasks read), run.json (what ran).
+"""run_state.py: Plan <-> the run directory's spec.json + plan.json, and finding a run from what a user types.
 
-Written before anything is submitted: array tasks read them, and a resubmit must see the same shards.
+Written before anything is submitted: jobs read them, and a resubmit must see the same units. Everything on the
+node side opens a run from its directory (`load_plan(run_dir)`); the run id is that directory's name, never
+recomputed from the spec (which hashes input files: touching one mid-run must not move a job's outputs).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-from .outputs import write_json_atomic
-from .plan import Plan, Task
+from .plan import Plan
 from .spec import JobSpec
+from .store import RunDir, write_json_atomic
 
 
 def save_plan(plan: Plan) -> Path:
-    paths = plan.paths
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(paths.spec_json, plan.spec.model_dump(mode="json"))
-    write_json_atomic(paths.plan_json, plan.to_json())
-    return paths.run_dir
-
-
-def load_run(run_dir: Path) -> tuple[JobSpec, tuple[Task, ...]]:
-    run_dir = Path(run_dir)
-    try:
-        spec = JobSpec.model_validate(json.loads((run_dir / "spec.json").read_text()))
-        tasks = Plan.tasks_from_json(json.loads((run_dir / "plan.json").read_text()))
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{run_dir} is not a run directory ({exc.filename} missing); "
-                                "`launcher submit SPEC` creates one") from None
-    return spec, tasks
+    run = plan.run
+    run.root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run.spec_json, plan.spec.model_dump(mode="json"))
+    write_json_atomic(run.plan_json, plan.to_json())
+    return run.root
 
 
 def load_plan(run_dir: Path) -> Plan:
-    spec, tasks = load_run(run_dir)
-    rows = json.loads((Path(run_dir) / "plan.json").read_text()).get("rows_per_dataset", {})
-    return Plan(spec, tasks, rows)
-
-
-def read_run_json(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "run.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    run = RunDir(Path(run_dir))
+    try:
+        spec = JobSpec.model_validate(json.loads(run.spec_json.read_text()))
+        obj = json.loads(run.plan_json.read_text())
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{run.root} is not a run directory ({exc.filename} missing); "
+                                "`launcher submit SPEC` creates one") from None
+    units = Plan.units_from_json(obj)
+    return Plan(spec, run, units, obj.get("rows_per_dataset", {}), int(obj.get("jobs") or 1),
+                str(obj.get("jobs_reason") or ""))
 
 
 def find_run_dir(target: str | Path) -> Path:
-    """A run dir, or an output dir holding exactly one run (or its newest), or a spec file."""
+    """A run dir, or an output dir holding runs (its newest), or a spec file."""
     p = Path(target)
     if (p / "plan.json").exists():
         return p
@@ -58,8 +50,6 @@ def find_run_dir(target: str | Path) -> Path:
         from .spec import load_spec
 
         spec = load_spec(p)
-        from .plan import RunPaths
-
-        return RunPaths.of(spec).run_dir
+        return RunDir.of(spec.output.dir, spec.run_id).root
     raise FileNotFoundError(f"no run found at {p}: give a run directory (<output.dir>/runs/<run id>), "
                             "an output dir, or the spec file")

@@ -18,7 +18,7 @@ Two stages: `size_vllm` runs before the engine starts and sees only an estimate 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +57,7 @@ def request_tokens(prompt: int, max_tokens: int, n: int, block: int = BLOCK) -> 
 
 
 def auto_max_model_len(workload: Workload, shape: ModelShape | None) -> tuple[int, str]:
-    longest = max(workload.prompt_lengths, default=1)
+    longest = max(1, workload.prompt_tokens_max)
     need = longest + workload.max_tokens
     bucket = MODEL_LEN_BUCKET * 2 ** max(0, math.ceil(math.log2(max(1, need) / MODEL_LEN_BUCKET)))
     limit = shape.max_position if shape else bucket
@@ -101,11 +101,11 @@ def size_vllm(spec: ModelSpec, shape: ModelShape | None, layout: ParallelLayout,
     s.reasons["gpu_memory_utilization"] = "model.gpu_memory_utilization"
     kw["enable_prefix_caching"] = True
     s.reasons["enable_prefix_caching"] = "the n samples of a prompt share its KV blocks"
-    mean_prompt = int(sum(workload.prompt_lengths) / max(1, len(workload.prompt_lengths)))
-    longest = max(workload.prompt_lengths, default=0)
+    mean_prompt = int(workload.prompt_tokens_mean)
+    longest = workload.prompt_tokens_max
     per_request = request_tokens(mean_prompt, workload.max_tokens, workload.n)
     s.per_request_tokens = per_request
-    total_seqs = len(workload.prompt_lengths) * workload.n
+    total_seqs = workload.prompts * workload.n
     if gpu is not None and shape is not None:
         kv = kv_tokens_estimate(spec, shape, layout, gpu, user)
         s.kv_tokens_estimate = kv
@@ -120,7 +120,7 @@ def size_vllm(spec: ModelSpec, shape: ModelShape | None, layout: ParallelLayout,
                 f"KV cache ~{kv:,} tokens (estimated from {gpu.name}'s {gpu.memory_bytes / GiB:.0f} GiB) holds "
                 f"{fit_requests} requests of {per_request} tokens (prompt {mean_prompt} shared by the {workload.n} "
                 f"samples + {workload.n} x {workload.max_tokens} new); at most {MAX_SEQS_CAP} (the batch is "
-                f"compute-bound well before) and at most the {total_seqs} sequences of this task (bucketed)")
+                f"compute-bound well before) and at most the {total_seqs} sequences this worker may run (bucketed)")
         if "max_num_batched_tokens" not in user:
             budget = max(MIN_BATCHED_TOKENS, 2 ** math.ceil(math.log2(max(1, seqs + longest))))
             kw["max_num_batched_tokens"] = budget
@@ -168,31 +168,21 @@ class Admission:
 
     max_requests: int
     max_kv_tokens: int | None  # KV tokens the in-flight requests may reach together; None: unknown
-    waves: int
     reason: str
 
 
-def plan_admission(needs: Sequence[int], n: int, max_num_seqs: int | None, kv_tokens: int | None) -> Admission:
-    """Requests in flight, from the KV capacity vLLM measured. Each request is admitted only when the KV cache
-    holds it at its longest (no preemption, no recompute). When the task needs several waves, they are made
-    equal: with fixed-length samples, 200 requests under a limit of 150 run as 100 + 100, not 150 + 50 with a
-    half-empty second wave."""
-    total = len(needs)
-    if not total:
-        return Admission(1, None, 0, "nothing to do")
+def plan_admission(mean_need: int, n: int, max_num_seqs: int | None, kv_tokens: int | None) -> Admission:
+    """Requests in flight, from the KV capacity vLLM measured. A request is admitted only while the KV cache holds
+    every admitted request at its longest (no preemption, no recompute); requests keep streaming in as others
+    finish, across unit boundaries, so the batch stays full until the worker runs out of units."""
     by_seqs = max(1, (max_num_seqs or 1 << 30) // max(1, n))
     budget = int(kv_tokens * KV_FILL) if kv_tokens else None
-    by_kv = max(1, budget * total // max(1, sum(needs))) if budget else 1 << 30
-    limit = min(by_seqs, by_kv, total)
-    waves = math.ceil(total / limit)
-    per_wave = math.ceil(total / waves)
-    biggest = max(needs)
-    cap_tokens = min(budget, math.ceil(sum(needs) / waves) + biggest) if budget else None
-    why_kv = (f"the KV cache holds {kv_tokens:,} tokens (measured at start-up), {by_kv} requests of "
-              f"~{sum(needs) // total} tokens at their longest" if kv_tokens else "KV capacity unknown")
-    return Admission(per_wave, cap_tokens, waves,
-                     f"{per_wave} requests ({per_wave * n} sequences) in flight: {why_kv}; max_num_seqs "
-                     f"{max_num_seqs or 'unset'} allows {by_seqs}; {total} requests -> {waves} equal wave(s)")
+    by_kv = max(1, budget // max(1, mean_need)) if budget else 1 << 30
+    limit = min(by_seqs, by_kv)
+    why_kv = (f"the KV cache holds {kv_tokens:,} tokens (measured at start-up), {by_kv} requests of ~{mean_need} "
+              "tokens at their longest" if kv_tokens else "KV capacity unknown")
+    return Admission(limit, budget, f"up to {limit} requests ({limit * n} sequences) in flight: {why_kv}; "
+                                    f"max_num_seqs {max_num_seqs or 'unset'} allows {by_seqs}")
 
 
 __all__ = ["Admission", "EngineSettings", "GiB", "auto_max_model_len", "graph_sizes", "kv_tokens_estimate",

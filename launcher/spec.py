@@ -140,7 +140,7 @@ class TemplateSpec(_Section):
 
 class DataSpec(_Section):
     datasets: list[DatasetSpec] = Field(min_length=1)
-    """Inputs. Each dataset x ablation config x shard becomes one Slurm array task."""
+    """Inputs. Each dataset x ablation config x shard is one unit of work."""
     ablation_configs: list[str] = Field(default_factory=lambda: ["full"], min_length=1)
     """Which parts of a record the prompt shows: built-in names (see BUILTIN_ABLATIONS) or keys of `templates`."""
     templates: dict[str, TemplateSpec] = Field(default_factory=dict)
@@ -148,7 +148,9 @@ class DataSpec(_Section):
     num_samples: int = Field(default=5, ge=1, le=1024)
     """Samples generated per record (vLLM's n)."""
     records_per_shard: int | None = Field(default=None, ge=1)
-    """Records per array task. Unset: one task per dataset x ablation config."""
+    """Records per unit of work (a shard of one dataset x ablation config). Workers claim units one after another,
+    so this only sets how work is cut, not how many engines start. Unset: at least 4 units per worker, at most
+    2000 records each. Fixed for a run at its first submit."""
     limit: int | None = Field(default=None, ge=1)
     """Use only the first N records of each dataset (quick tests)."""
     fields: FieldNames = Field(default_factory=FieldNames)
@@ -266,7 +268,13 @@ class SlurmSpec(_Section):
     constraint: str | None = None
     """Node features (-C), e.g. h100|a100."""
     array_parallelism: int | None = Field(default=None, ge=1)
-    """At most this many tasks run at once (%N). Unset: as many as the cluster allows."""
+    """At most this many worker jobs run at once (%N). Unset: as many as the cluster allows."""
+    max_gpus: int | None = Field(default=None, ge=1, le=100_000)
+    """GPUs the whole run may hold at once: it gets max_gpus / gpus_per_node worker jobs (array elements), each
+    running one engine per GPU group and claiming units of work until none is left. Unset: see `jobs`."""
+    jobs: int | None = Field(default=None, ge=1, le=100_000)
+    """Worker jobs (array elements), when you would rather count jobs than GPUs (also on CPU). Unset, with max_gpus
+    unset too: enough for 4 units per worker, at most 8 jobs. Never more than there are units."""
     max_retries: int = Field(default=2, ge=0, le=20)
     """A failing task (crash, OOM) is retried this many times, then reported with its log tail."""
     max_requeues: int = Field(default=6, ge=0, le=100)
@@ -340,6 +348,14 @@ class SlurmSpec(_Section):
                 continue
             out[key] = v
         return out
+
+    @model_validator(mode="after")
+    def _one_job_count(self) -> SlurmSpec:
+        if self.jobs is not None and self.max_gpus is not None:
+            raise _FieldError(("jobs",), f"both jobs ({self.jobs}) and max_gpus ({self.max_gpus}) are set",
+                              "one of slurm.jobs or slurm.max_gpus", "remove one: max_gpus counts GPUs, jobs counts "
+                              "array elements (each with gpus_per_node GPUs)")
+        return self
 
     @model_validator(mode="after")
     def _signal_before_limit(self) -> SlurmSpec:

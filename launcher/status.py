@@ -1,9 +1,10 @@
-"""status.py: run dir -> one table: task, Slurm state, records done / total, samples/s, node, requeues, failures,
-last error. And `cancel`.
+"""status.py: run dir -> the run's worker jobs (Slurm state, node, requeues, last error), their workers (GPUs, the
+unit each holds, records, rate) and its units (done, running, pending, failed), plus the run's wall-clock figures.
+And `cancel`.
 
 Two sources, because each lags where the other does not: squeue knows live jobs at once (pending, running, and why
-pending) but forgets them when they end; sacct keeps finished jobs but learns of new ones ~5 s late. A task's own
-files on shared storage beat both: done.json means DONE whatever Slurm says.
+pending) but forgets them when they end; sacct keeps finished jobs but learns of new ones ~5 s late. The run
+directory beats both for the work itself: a unit's done.json means DONE whatever Slurm says.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from .outputs import TaskStore
-from .retries import read_failures
-from .run_state import load_plan, read_run_json
+from .plan import Plan
+from .run_state import load_plan
 from .slurm import task_job_ids
+from .store import RunDir, read_json
+from .store.claims import lease_s
+
+UNITS_SHOWN = 30
 
 FINAL = {"DONE", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
          "NOT SUBMITTED"}
@@ -40,14 +44,10 @@ class JobState:
 
 
 @dataclass
-class TaskStatus:
-    index: int
-    task_id: str
+class JobStatus:
+    index: int  # the array element (worker job)
     state: str
     reason: str
-    records_done: int
-    records_total: int
-    samples_per_s: float | None
     node: str | None
     job_id: str | None
     requeues: int  # restarts of the latest job (preemption, time limit, retries)
@@ -56,21 +56,51 @@ class TaskStatus:
 
 
 @dataclass
+class WorkerStatus:
+    worker: str  # <job>.<replica>
+    host: str
+    gpus: list[str]
+    state: str  # starting, loading, running, done, idle, preempted, failed, lost (no heartbeat)
+    units: list[str]  # what it holds now
+    units_done: int
+    records: int
+    samples: int
+    samples_per_s: float | None  # its own rate over its generation window
+    restart: int
+    error: str
+
+
+@dataclass
+class UnitStatus:
+    unit_id: str
+    state: str  # DONE, RUNNING, PENDING, FAILED
+    records_done: int
+    records_total: int
+    owner: str  # the worker running it
+    failures: int
+    last_error: str
+
+
+@dataclass
 class RunStatus:
     run_id: str
     run_dir: str
-    tasks: list[TaskStatus]
+    jobs: list[JobStatus]
+    workers: list[WorkerStatus]
+    units: list[UnitStatus]
     gather_job_id: str | None
     gather_state: str | None
+    run_figures: dict[str, Any]
 
     @property
     def counts(self) -> dict[str, int]:
-        return dict(Counter(t.state for t in self.tasks))
+        return dict(Counter(u.state for u in self.units))
 
     def as_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "run_dir": self.run_dir, "counts": self.counts,
-                "gather": {"job_id": self.gather_job_id, "state": self.gather_state},
-                "tasks": [asdict(t) for t in self.tasks]}
+                "gather": {"job_id": self.gather_job_id, "state": self.gather_state}, "run": self.run_figures,
+                "jobs": [asdict(j) for j in self.jobs], "workers": [asdict(w) for w in self.workers],
+                "units": [asdict(u) for u in self.units]}
 
 
 def _expand(job_id: str) -> list[str]:
@@ -125,59 +155,112 @@ def slurm_states(job_ids: list[str]) -> dict[str, JobState]:
 
 def collect(run_dir: Path) -> RunStatus:
     plan = load_plan(run_dir)
-    run = read_run_json(run_dir)
+    run = plan.run.read_run()
     subs = [s for s in run.get("submissions", []) if s.get("executor", "slurm") == "slurm"]
     element_of = _submitted_elements(subs)
-    local = {i for s in run.get("submissions", []) if s.get("executor") == "local" for i in s.get("task_indices", [])}
+    latest = (run.get("submissions") or [{}])[-1]
     gather_id = next((s["gather_job_id"] for s in reversed(subs) if s.get("gather_job_id")), None)
     states = slurm_states(task_job_ids(run) + ([gather_id] if gather_id else []))
-    rows = [_task_status(plan, t, element_of.get(t.index), states, t.index in local) for t in plan.tasks]
+    local = latest.get("executor") == "local"
+    reports = _latest_reports(plan)
+    jobs = [_job_status(plan, i, element_of.get(i), states, local, reports)
+            for i in range(int(latest.get("jobs") or 0))]
+    workers = [_worker_status(r) for r in reports.values()]
+    units = [_unit_status(plan, u, latest.get("submission")) for u in plan.units]
     gather = states.get(gather_id) if gather_id else None
-    return RunStatus(plan.spec.run_id, str(run_dir), rows, gather_id,
-                     (gather.state if gather else "SUBMITTED") if gather_id else None)
+    from .throughput import run_figures
+
+    return RunStatus(plan.run.run_id, str(run_dir), jobs, workers, units, gather_id,
+                     (gather.state if gather else "SUBMITTED") if gather_id else None,
+                     run_figures(plan).headline())
 
 
-def _task_status(plan: Any, task: Any, jid: str | None, states: dict[str, JobState], local: bool) -> TaskStatus:
-    store = TaskStore(plan.paths.task_dir(task))
-    done_rows = len(store.done_rows())
+def _latest_reports(plan: Plan) -> dict[str, dict[str, Any]]:
+    """worker slot -> its newest process's report."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in plan.run.worker_reports():
+        out[str(r.get("slot"))] = r
+    return out
+
+
+def _job_status(plan: Plan, index: int, jid: str | None, states: dict[str, JobState], local: bool,
+                reports: dict[str, dict[str, Any]]) -> JobStatus:
+    from .job.retries import read_failures
+
+    job_dir = plan.run.job(index)
     job = states.get(jid) if jid else None
-    live = _read_json(store.root / "live.json")
-    failures = [f for f in read_failures(store.root) if f.get("submission") == (jid or "").split("_")[0]]
-    if store.is_done():
-        state, reason = "DONE", ""
-    elif job is not None:
+    live = read_json(job_dir.live)
+    failures = [f for f in read_failures(job_dir.root) if f.get("submission") == (jid or "").split("_")[0]]
+    mine = [r for slot, r in reports.items() if slot.split(".")[0] == str(index)]
+    all_done = all(plan.run.unit(u.unit_id).is_done() for u in plan.units)
+    if job is not None:
         state, reason = job.state, job.reason
     elif jid:  # sacct has not heard of a new job yet (~5 s)
         state, reason = "SUBMITTED", ""
-    elif local:  # submitit's local executor: no scheduler to ask
-        state, reason = "LOCAL", "started" if done_rows else "submitted"
+    elif local:
+        state, reason = _local_state(plan, index, mine, all_done)
     else:
         state, reason = "NOT SUBMITTED", ""
-    reps = [r for a in store.read_attempts() for r in a.get("replicas", []) if r.get("inference_time_seconds")]
-    rate = sum(r["samples"] for r in reps) / max(1e-9, sum(r["inference_time_seconds"] for r in reps)) if reps else None
-    fresh_live = live if live and live.get("job_id") == jid else {}
-    last_error = failures[-1]["error"] if failures else ""
+    fresh = live if live and live.get("job_id") == jid else {}
+    last_error = failures[-1]["error"] if failures else next((r["error"] for r in mine if r.get("error")), "") or ""
     if not last_error and state in FINAL - {"DONE", "COMPLETED", "NOT SUBMITTED"}:
-        last_error = _last_log_error(plan.paths.logs, jid)
-    return TaskStatus(task.index, task.task_id, state, reason, done_rows, task.rows, rate,
-                      (job.node if job else None) or fresh_live.get("host"), jid, int(fresh_live.get("restart") or 0),
-                      len(failures), last_error[:200])
+        last_error = _last_log_error(plan.run.logs, jid)
+    return JobStatus(index, state, reason, (job.node if job else None) or fresh.get("host"), jid,
+                     int(fresh.get("restart") or 0), len(failures), last_error[:200])
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-        return data
-    except (OSError, ValueError):
-        return {}
+def _local_state(plan: Plan, index: int, reports: list[dict[str, Any]], all_done: bool) -> tuple[str, str]:
+    """A local job has no scheduler to ask: its process (from the submit lock's record) and its workers' reports."""
+    from .submit_lock import read_local_processes
+
+    procs = [p for p in read_local_processes(plan.run.submit_lock) if p.task == index]
+    alive = any(p.alive() is not False for p in procs)
+    failed = [r for r in reports if r.get("state") == "failed"]
+    if alive:
+        return "RUNNING", "local process"
+    if failed:
+        return "FAILED", "a worker raised"
+    if all_done or any(r.get("state") in ("done", "idle") for r in reports):
+        return "COMPLETED", ""
+    return "FAILED" if procs else "LOCAL", "ended without a report (killed?)" if procs else "submitted"
+
+
+def _worker_status(r: dict[str, Any]) -> WorkerStatus:
+    state = str(r.get("state") or "?")
+    if r.get("ended") is None and time.time() - float(r.get("heartbeat_at") or r.get("started") or 0) > lease_s():
+        state = "lost"  # no heartbeat for a lease: the process died without a word (SIGKILL, node failure)
+    first, last = r.get("first_request_at"), r.get("last_write_at")
+    rate = r["samples"] / (last - first) if first and last and last > first and r.get("samples") else None
+    return WorkerStatus(str(r.get("slot")), str(r.get("host")), list(r.get("gpus") or []), state,
+                        list(r.get("current_units") or []), len(r.get("units_done") or []), int(r.get("records") or 0),
+                        int(r.get("samples") or 0), rate, int(r.get("restart") or 0), str(r.get("error") or "")[:200])
+
+
+def _unit_status(plan: Plan, unit: Any, submission: str | None) -> UnitStatus:
+    udir = plan.run.unit(unit.unit_id)
+    failures = [f for f in udir.read_failures() if f.get("submission") == submission]
+    last_error = str(failures[-1].get("error", "")) if failures else ""
+    if udir.is_done():
+        done = udir.read_done()
+        return UnitStatus(unit.unit_id, "DONE", int(done.get("records", unit.rows)), unit.rows, "", len(failures),
+                          last_error[:200])
+    rows = sum(p.read_bytes().count(b"\n") for p in udir.chunk_files())
+    head = udir.claims.head()
+    if len(failures) > plan.spec.slurm.max_retries:
+        state, owner = "FAILED", ""
+    elif head is not None and not head.released and head.age_s < lease_s():
+        state, owner = "RUNNING", head.owner.worker
+    else:
+        state, owner = "PENDING", ""
+    return UnitStatus(unit.unit_id, state, rows, unit.rows, owner, len(failures), last_error[:200])
 
 
 def _submitted_elements(subs: list[dict[str, Any]]) -> dict[int, str]:
-    """task index -> the Slurm job (or array element) id of its newest submission."""
+    """job index -> the Slurm job (or array element) id of its newest submission."""
     out: dict[int, str] = {}
     for sub in subs:
         ids = sub.get("job_ids", [])
-        indices = sub.get("task_indices") or list(range(len(ids)))
+        indices = sub.get("job_indices") or list(range(len(ids)))
         for idx, jid in zip(indices, ids, strict=False):
             out[idx] = jid
     return out
@@ -186,7 +269,7 @@ def _submitted_elements(subs: list[dict[str, Any]]) -> dict[int, str]:
 def _last_log_error(logs: Path, job_id: str | None) -> str:
     if not job_id:
         return ""
-    from .retries import log_tail
+    from .job.retries import log_tail
 
     lines = log_tail(logs / f"{job_id}_0_log.err", 40)
     for line in reversed(lines):
@@ -195,19 +278,45 @@ def _last_log_error(logs: Path, job_id: str | None) -> str:
     return lines[-1] if lines else ""
 
 
-def render(status: RunStatus) -> Table:
+def render(status: RunStatus) -> Group:
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(status.counts.items()))
     gather = f"; gather job {status.gather_job_id}: {status.gather_state}" if status.gather_job_id else ""
-    table = Table(title=f"run {status.run_id}: {counts}{gather}")
-    for col in ("#", "task", "state", "records", "samples/s", "node", "job", "requeues", "failures", "last error"):
-        table.add_column(col)
-    for r in status.tasks:
-        color = COLORS.get(r.state, "")
-        shown = f"{r.state} ({r.reason})" if r.reason else r.state
-        table.add_row(str(r.index), r.task_id, f"[{color}]{shown}[/]" if color else shown,
-                      f"{r.records_done}/{r.records_total}", f"{r.samples_per_s:.2f}" if r.samples_per_s else "",
-                      r.node or "", r.job_id or "", str(r.requeues), str(r.failures), r.last_error)
-    return table
+    fig = status.run_figures
+    rate = (f"{fig['samples']} samples, {fig['samples_per_sec']} samples/s by the wall clock, GPU busy "
+            f"{100 * fig['gpu_busy_fraction']:.0f}%" if fig.get("samples_per_sec") and fig.get("gpu_busy_fraction")
+            is not None else "no samples yet")
+    workers = Table(title=f"run {status.run_id}: units {counts}{gather}; {rate}")
+    for col in ("job", "state", "node", "slurm job", "worker", "GPUs", "worker state", "unit(s)", "records",
+                "samples/s", "requeues", "last error"):
+        workers.add_column(col)
+    by_job: dict[int, list[WorkerStatus]] = {}
+    for w in status.workers:
+        by_job.setdefault(int(w.worker.split(".")[0]), []).append(w)
+    for j in status.jobs:
+        color = COLORS.get(j.state, "")
+        shown = f"{j.state} ({j.reason})" if j.reason else j.state
+        ws = by_job.get(j.index) or [None]  # type: ignore[list-item]
+        for k, w in enumerate(ws):
+            head = [str(j.index), f"[{color}]{shown}[/]" if color else shown, j.node or "", j.job_id or ""] if k == 0 \
+                else ["", "", "", ""]
+            if w is None:
+                workers.add_row(*head, "", "", "", "", "", "", str(j.requeues), j.last_error)
+                continue
+            workers.add_row(*head, w.worker, ",".join(w.gpus) or "cpu", w.state, ", ".join(w.units) or "-",
+                            str(w.records), f"{w.samples_per_s:.2f}" if w.samples_per_s else "",
+                            str(j.requeues if k == 0 else w.restart), w.error or (j.last_error if k == 0 else ""))
+    units = Table(title="units not done" if any(u.state != "DONE" for u in status.units) else "units: all done")
+    for col in ("unit", "state", "records", "worker", "failures", "last error"):
+        units.add_column(col)
+    shown_units = [u for u in status.units if u.state != "DONE"][:UNITS_SHOWN]
+    for u in shown_units:
+        color = COLORS.get(u.state, "")
+        units.add_row(u.unit_id, f"[{color}]{u.state}[/]" if color else u.state, f"{u.records_done}/{u.records_total}",
+                      u.owner, str(u.failures), u.last_error)
+    rest = len([u for u in status.units if u.state != "DONE"]) - len(shown_units)
+    if rest > 0:
+        units.add_row("...", f"{rest} more", "", "", "", "")
+    return Group(workers, units)
 
 
 def show_status(run_dir: Path, console: Console, watch: bool = False, as_json: bool = False,
@@ -223,7 +332,7 @@ def show_status(run_dir: Path, console: Console, watch: bool = False, as_json: b
         return _exit_code(status)
     status = collect(run_dir)
     with Live(render(status), console=console, refresh_per_second=1) as live:
-        while not all(r.state in FINAL for r in status.tasks):
+        while not (all(j.state in FINAL for j in status.jobs) or all(u.state == "DONE" for u in status.units)):
             time.sleep(every_s)
             status = collect(run_dir)
             live.update(render(status))
@@ -231,12 +340,16 @@ def show_status(run_dir: Path, console: Console, watch: bool = False, as_json: b
 
 
 def _exit_code(status: RunStatus) -> int:
-    return 1 if any(r.state in FINAL - {"DONE", "NOT SUBMITTED"} for r in status.tasks) else 0
+    """1 when a unit failed for good, or every job has ended with units left."""
+    if any(u.state == "FAILED" for u in status.units):
+        return 1
+    ended = status.jobs and all(j.state in FINAL for j in status.jobs)
+    return 1 if ended and any(u.state != "DONE" for u in status.units) else 0
 
 
 def cancel_run(run_dir: Path, console: Console) -> int:
     """scancel every job of the run that Slurm still holds: the task arrays and the gather jobs."""
-    run = read_run_json(run_dir)
+    run = RunDir(Path(run_dir)).read_run()
     gathers = {s["gather_job_id"] for s in run.get("submissions", []) if s.get("gather_job_id")}
     ids = sorted(set(task_job_ids(run)) | gathers, key=int)
     if not ids:

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from .store.claims import process_start
+
 
 @dataclass(frozen=True)
 class LocalProcess:
@@ -33,7 +35,7 @@ class LocalProcess:
     start: int | None
     """Its start time (clock ticks after boot, /proc/PID/stat); None where there is no /proc."""
     task: int
-    """The index of the task it runs."""
+    """The index of the worker job it runs."""
     host: str
 
     def alive(self) -> bool | None:
@@ -51,23 +53,32 @@ class LocalProcess:
         return process_start(self.pid) == self.start
 
 
-def process_start(pid: int) -> int | None:
-    """The start time of a running process (clock ticks after boot), None when it is gone or a zombie."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and ')': the fields after the last ')' are fixed.
-    state, *rest = text.rsplit(")", 1)[1].split()
-    return None if state in ("Z", "X") else int(rest[18])  # field 22 of stat(5)
-
-
 def local_processes(pids: Iterable[int], tasks: Iterable[int]) -> list[LocalProcess]:
-    """Records for the processes just started for ``tasks`` (our children: not reaped, so their /proc is there)."""
+    """Records for the processes just started for the jobs ``tasks`` (our children: not reaped, so their /proc is
+    there)."""
     have_proc = Path("/proc/self/stat").exists()
     host = os.uname().nodename
     return [LocalProcess(pid, process_start(pid) if have_proc else None, task, host)
             for pid, task in zip(pids, tasks, strict=True)]
+
+
+def read_local_processes(path: Path) -> list[LocalProcess]:
+    """The local processes the last submit recorded, read without taking the lock (status)."""
+    try:
+        record = _read_record(path.read_text())
+    except OSError:
+        return []
+    return _parse_local(record.get("local", []))
+
+
+def _parse_local(items: list[Any]) -> list[LocalProcess]:
+    found = []
+    for item in items:
+        try:
+            found.append(LocalProcess(int(item["pid"]), item.get("start"), int(item["task"]), str(item["host"])))
+        except (KeyError, TypeError, ValueError):
+            continue  # written by another version: nothing to check
+    return found
 
 
 class SubmitLock:
@@ -83,15 +94,7 @@ class SubmitLock:
 
     def local_processes(self) -> list[LocalProcess]:
         """The processes of the last local submission that still run, or that this host cannot check."""
-        found = []
-        for item in self.previous.get("local", []):
-            try:
-                proc = LocalProcess(int(item["pid"]), item.get("start"), int(item["task"]), str(item["host"]))
-            except (KeyError, TypeError, ValueError):
-                continue  # written by another version: nothing to check
-            if proc.alive() is not False:
-                found.append(proc)
-        return found
+        return [p for p in _parse_local(self.previous.get("local", [])) if p.alive() is not False]
 
     def record(self, local: list[LocalProcess]) -> None:
         """This submission's local processes (none for Slurm): they keep the run busy after this submit ends."""
@@ -141,8 +144,8 @@ def submit_lock(path: Path) -> Iterator[SubmitLock]:
 
 
 def refuse_if_local_run_lives(lock: SubmitLock, run_dir: Path, unfinished: set[int]) -> None:
-    """Refuse while a process of the last local submission still works on an unfinished task. One whose task is done
-    is only exiting (a `submit --wait` returns once the tasks are done): it writes nothing more."""
+    """Refuse while a process of the last local submission still works on the run (`unfinished`: its job indices
+    while units remain). One whose run is done is only exiting: it writes nothing more."""
     busy = [p for p in lock.local_processes() if p.task in unfinished]
     if not busy:
         return
@@ -151,10 +154,10 @@ def refuse_if_local_run_lives(lock: SubmitLock, run_dir: Path, unfinished: set[i
     elsewhere = sorted({p.host for p in busy if p.host != here})
     if elsewhere:
         raise RuntimeError(
-            f"the local run started by `launcher submit` ({lock.local_by()}) may still run {len(busy)} task(s) of this "
+            f"the local run started by `launcher submit` ({lock.local_by()}) may still run {len(busy)} job(s) of this "
             f"run on {', '.join(elsewhere)} (pids {pids}), which this host ({here}) cannot check; submit from "
             f"{elsewhere[0]}, or once those processes have ended there, delete {lock.path}")
     raise RuntimeError(
-        f"the local run started by `launcher submit` ({lock.local_by()}) is still running {len(busy)} task(s) of this "
+        f"the local run started by `launcher submit` ({lock.local_by()}) is still running {len(busy)} job(s) of this "
         f"run (pids {pids}), which write the same outputs; wait for them to end (`launcher status {run_dir}` shows "
         f"progress), or stop them (`kill {pids}`), then submit again: finished records are kept")

@@ -1,5 +1,5 @@
-"""The runner on a real tiny model (HF on CPU): n samples, seeds, batching/sharding invariance, resume after
-SIGKILL, the old script's flags, the summary's fields, the local executor end to end."""
+"""A job on a real tiny model (HF on CPU): n samples, seeds, batching/sharding invariance, resume after SIGKILL,
+the old script's flags, the summary's fields, the local executor end to end."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from launcher.gather import gather
+from launcher.job.entry import run_job
 from launcher.plan import expand
 from launcher.run_state import save_plan
-from launcher.runner import run_task
 from launcher.spec import load_spec
 
 from .conftest import ROOT, USERS, launcher, make_spec, read_samples, write_jsonl
@@ -25,8 +25,7 @@ from .conftest import ROOT, USERS, launcher, make_spec, read_samples, write_json
 def _run_all(spec_path: Path, overrides: list[str] | None = None) -> list[dict]:
     plan = expand(load_spec(spec_path, overrides or []))
     save_plan(plan)
-    for t in plan.tasks:
-        run_task(plan.paths.run_dir, t.index)
+    run_job(plan.run.root, 0)
     (report,) = gather(plan)
     return read_samples(report.out_dir)
 
@@ -71,7 +70,7 @@ def test_gather_twice_same_bytes_and_manifest(tmp_path: Path, tiny_model: Path, 
     spec = make_spec(tmp_path, tiny_model, users_file, output={"per_user_json": True})
     _run_all(spec)
     plan = expand(load_spec(spec))
-    out = plan.paths.final_dir("users", "full")
+    out = plan.run.final_dir("users", "full")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     gather(plan)
     assert before == {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -84,34 +83,36 @@ def test_gather_twice_same_bytes_and_manifest(tmp_path: Path, tiny_model: Path, 
 def test_gather_fails_loudly_when_incomplete(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:
     plan = expand(load_spec(make_spec(tmp_path, tiny_model, users_file, data={"records_per_shard": 4})))
     save_plan(plan)
-    run_task(plan.paths.run_dir, 0)
-    proc = launcher("gather", str(plan.paths.run_dir))
+    first = min(plan.units, key=lambda u: u.start)
+    run_job(plan.run.root, 0, (first.unit_id,))
+    proc = launcher("gather", str(plan.run.root))
     assert proc.returncode == 1
     assert "users.full.0001" in proc.stderr and "users.full.0002" in proc.stderr and "fix:" in proc.stderr
-    assert not (plan.paths.final_dir("users", "full") / "samples.jsonl").exists()
+    assert not (plan.run.final_dir("users", "full") / "samples.jsonl").exists()
 
 
 def test_resume_after_sigkill_equals_clean_run(tmp_path: Path, tiny_model: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", USERS * 1 + [{**u, "user_id": u["user_id"] + "b"} for u in USERS])
     spec = make_spec(tmp_path, tiny_model, data, sampling={"max_tokens": 48},
-                     model={"hf_batch_size": 1}, output={"chunk_records": 1})
+                     model={"hf_batch_size": 1}, output={"chunk_records": 1}, data={"records_per_shard": 20})
     plan = expand(load_spec(spec))
     save_plan(plan)
-    store_chunks = plan.paths.task_dir(plan.tasks[0]) / "chunks"
-    proc = subprocess.Popen([sys.executable, "-m", "launcher", "run", "--spec", str(plan.paths.run_dir), "--task", "0"],
+    unit = plan.run.unit(plan.units[0].unit_id)
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", "run", "--spec", str(plan.run.root), "--job", "0"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while time.time() < deadline and len(list(store_chunks.glob("chunk-*.jsonl"))) < 3:
+    while time.time() < deadline and len(unit.chunk_files()) < 3:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = len(list(store_chunks.glob("chunk-*.jsonl")))
+    done_before = len(unit.chunk_files())
     assert 3 <= done_before < len(USERS) * 2, "kill must land mid-run"
-    assert launcher("run", "--spec", str(plan.paths.run_dir), "--task", "0").returncode == 0
-    attempts = json.loads((plan.paths.task_dir(plan.tasks[0]) / "done.json").read_text())
+    assert launcher("run", "--spec", str(plan.run.root), "--job", "0").returncode == 0
     resumed = read_samples(gather(plan)[0].out_dir)
     assert [r["row"] for r in resumed] == list(range(len(USERS) * 2))  # nothing lost, nothing twice
-    assert attempts["attempts"] == 1  # the killed attempt never got to write its attempt record
+    done = unit.read_done()
+    assert done["generation"] == 1  # the second process took the dead one's claim over
+    assert sum(p.read_text().count("\n") for p in unit.chunk_files()) == len(USERS) * 2  # no row written twice
     clean = _run_all(spec, ["output.dir=" + str(tmp_path / "clean")])
     assert resumed == clean
 
@@ -126,7 +127,8 @@ def test_legacy_flags(tmp_path: Path, tiny_model: Path, users_file: Path) -> Non
     summary = json.loads((out / "inference_summary.json").read_text())
     for key in ("throughput_samples_per_sec", "inference_time_seconds", "total_samples", "output_tokens_per_sec",
                 "startup_seconds_max", "backend", "tensor_parallel_size", "data_parallel_size", "gpu_name",
-                "engine_version", "spec_hash", "launcher_version", "layout_reason", "backend_reason"):
+                "engine_version", "spec_hash", "launcher_version", "layout_reason", "backend_reason", "run",
+                "workers"):
         assert key in summary, key
     assert summary["total_samples"] == 2 * len(USERS) and summary["backend"] == "hf"
     assert summary["sampling"]["top_p"] == 0.95 and summary["sampling"]["seed"] == 3
@@ -156,4 +158,4 @@ def test_local_executor_end_to_end(tmp_path: Path, tiny_model: Path, users_file:
         rows = read_samples(tmp_path / "out" / "users" / ablation)
         assert len(rows) == len(USERS)
     again = launcher("submit", str(spec))  # everything done: nothing resubmitted
-    assert again.returncode == 0 and "0 task(s) submitted, 4 already done" in again.stdout
+    assert again.returncode == 0 and "0 unit(s) to do, 4 already done; 0 worker job(s)" in again.stdout, again.stdout

@@ -7,16 +7,17 @@ backends see the same prompt tokens and count them the same way.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..layout import ParallelLayout
 from ..spec import ModelSpec, SamplingSpec
 
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
-    key: int  # the record's row: unique within a task
+    key: int  # unique among the requests of one generate() call (the worker maps it to a unit and a row)
     prompt_token_ids: list[int]
     seed: int  # the record's seed; sample j uses seed + j
 
@@ -38,11 +39,19 @@ class Completion:
 
 @dataclass(frozen=True)
 class Workload:
-    """What the engine will be asked to do: auto sizing reads it."""
+    """What the engine will be asked to do, in summary: auto sizing reads it. For a worker, every unit of the run
+    it may take (the engine starts once and is sized for the longest of them)."""
 
-    prompt_lengths: tuple[int, ...]  # tokens per prompt, for the records still to do
+    prompts: int  # records still to generate
+    prompt_tokens_mean: float
+    prompt_tokens_max: int
     max_tokens: int
     n: int
+
+    @classmethod
+    def of(cls, lengths: Sequence[int], max_tokens: int, n: int) -> Workload:
+        return cls(len(lengths), sum(lengths) / len(lengths) if lengths else 0.0, max(lengths, default=0),
+                   max_tokens, n)
 
 
 @dataclass
@@ -68,11 +77,14 @@ class Engine(ABC):
         self.model, self.sampling, self.n = model, sampling, n
 
     @abstractmethod
-    def load(self, workload: Workload, tokenizer: Any) -> EngineReport: ...
+    def load(self, workload: Workload, tokenizer: Any, layout: ParallelLayout) -> EngineReport:
+        """Start the engine on the GPUs of `layout` (one TP group: CUDA_VISIBLE_DEVICES already names them)."""
 
     @abstractmethod
-    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[Completion]:
-        """Yields completions as they finish (any order); every request is answered exactly once."""
+    def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[Completion]:
+        """Yields completions as they finish (any order); every request is answered exactly once. `requests` is
+        pulled lazily, only when the engine has room: a worker feeds unit after unit through one call, so the
+        batch never drains between units."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the GPU before the process exits (vLLM's worker processes)."""

@@ -7,10 +7,12 @@ with seed + j (vLLM's convention), and hands generate() a one-hot choice: batchi
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from ..layout import ParallelLayout
 from . import register
 from .base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
 
@@ -61,7 +63,7 @@ class SeededSampler:
 class HFEngine(Engine):
     name = "hf"
 
-    def load(self, workload: Workload, tokenizer: Any) -> EngineReport:
+    def load(self, workload: Workload, tokenizer: Any, layout: ParallelLayout) -> EngineReport:
         import torch
         import transformers
         from transformers import AutoModelForCausalLM, LogitsProcessorList
@@ -70,7 +72,9 @@ class HFEngine(Engine):
 
         t0 = time.perf_counter()
         self.tokenizer = tokenizer
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        # One GPU per worker: HF runs data-parallel only (a TP group's other GPUs would sit idle; the layout for HF
+        # asks TP=1).
+        self.device = "cuda" if layout.gpus and torch.cuda.is_available() else "cpu"
         dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
         dtype = dtypes.get(self.model.dtype) or (torch.bfloat16 if self.device == "cuda" else torch.float32)
         loader: Any = AutoModelForCausalLM
@@ -92,9 +96,10 @@ class HFEngine(Engine):
             reasons={"batch_size": reason},
         )
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[Completion]:
-        for i in range(0, len(requests), self.batch_size):
-            yield from self._batch(requests[i : i + self.batch_size])
+    def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[Completion]:
+        feed = iter(requests)
+        while batch := list(itertools.islice(feed, self.batch_size)):
+            yield from self._batch(batch)
 
     def _batch(self, batch: Sequence[GenerationRequest]) -> Iterator[Completion]:
         import torch

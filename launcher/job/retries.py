@@ -1,10 +1,11 @@
-"""retries.py: a failed attempt of a task -> a record on disk -> requeue (retries left) or give up, with its log tail.
+"""job/retries.py: a failed job attempt -> a record on disk -> requeue (retries left) or give up, with its log tail.
 
-An attempt fails in one of two ways. Its Python raises: TaskRunner catches it and calls `on_exception`. Its process
-dies (SIGKILL, the OOM killer, a segfault in the engine): nothing in it can react, so the batch script's teardown
-sees srun's exit status and runs `python -m launcher.retries RUN_DIR STATUS`, which calls `on_death`. Both write
-the same record, one file per (Slurm job, restart), so one failure is never counted twice, and retries are counted
-per submission: resubmitting a run starts the count again.
+An attempt fails in one of two ways. Its Python raises: JobRunner catches it and records it. Its process dies
+(SIGKILL, the OOM killer, a segfault in the engine): nothing in it can react, so the batch script's teardown sees
+srun's exit status and runs `python -m launcher.job.retries RUN_DIR STATUS`, which calls `on_death`. Both write the
+same record, one file per (Slurm job, restart), so one failure is never counted twice, and retries are counted per
+submission: resubmitting a run starts the count again. Units keep their own failure count (store/unit_dir.py), so a
+unit that crashes every engine that takes it stops being taken instead of failing every job in turn.
 
 Requeues for preemption and time limits are not failures: submitit's checkpoint path handles them, and leaves a
 marker (`mark_requeued`) so that the teardown knows the attempt did not die.
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .outputs import write_json_atomic
+from ..store import write_json_atomic
 
 LOG_TAIL_LINES = 20
 
@@ -55,17 +56,17 @@ class Attempt:
         return f"{self.job_id}-r{self.restart}"
 
 
-def failures_dir(task_dir: Path) -> Path:
-    return task_dir / "failures"
+def failures_dir(job_dir: Path) -> Path:
+    return job_dir / "failures"
 
 
-def requeues_dir(task_dir: Path) -> Path:
-    return task_dir / "requeues"
+def requeues_dir(job_dir: Path) -> Path:
+    return job_dir / "requeues"
 
 
-def read_failures(task_dir: Path) -> list[dict[str, Any]]:
-    """Every failed attempt of the task, oldest first."""
-    folder = failures_dir(task_dir)
+def read_failures(job_dir: Path) -> list[dict[str, Any]]:
+    """Every failed attempt of the job, oldest first."""
+    folder = failures_dir(job_dir)
     if not folder.is_dir():
         return []
     out = []
@@ -77,16 +78,16 @@ def read_failures(task_dir: Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda f: f.get("time", 0))
 
 
-def mark_requeued(task_dir: Path, attempt: Attempt | None, why: str) -> None:
+def mark_requeued(job_dir: Path, attempt: Attempt | None, why: str) -> None:
     """Called from the checkpoint path (USR2: preemption or time limit) before submitit requeues the job."""
     if attempt is not None:
-        write_json_atomic(requeues_dir(task_dir) / f"{attempt.key}.json",
+        write_json_atomic(requeues_dir(job_dir) / f"{attempt.key}.json",
                           {"job_id": attempt.job_id, "restart": attempt.restart, "time": time.time(), "why": why})
 
 
-def already_handled(task_dir: Path, attempt: Attempt) -> bool:
-    return ((failures_dir(task_dir) / f"{attempt.key}.json").exists()
-            or (requeues_dir(task_dir) / f"{attempt.key}.json").exists())
+def already_handled(job_dir: Path, attempt: Attempt) -> bool:
+    return ((failures_dir(job_dir) / f"{attempt.key}.json").exists()
+            or (requeues_dir(job_dir) / f"{attempt.key}.json").exists())
 
 
 def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> list[str]:
@@ -100,10 +101,10 @@ def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> list[str]:
     return [ln for ln in shown if ln][-lines:]
 
 
-def record_failure(task_dir: Path, attempt: Attempt, max_retries: int, kind: str, error: str,
+def record_failure(job_dir: Path, attempt: Attempt, max_retries: int, kind: str, error: str,
                    log: Path | None, retryable: bool = True, requeue_by: str = "task") -> dict[str, Any]:
-    """Write this attempt's failure; decide whether the task gets another attempt (`retry` in the record)."""
-    earlier = [f for f in read_failures(task_dir) if f.get("submission") == attempt.submission]
+    """Write this attempt's failure; decide whether the job gets another attempt (`retry` in the record)."""
+    earlier = [f for f in read_failures(job_dir) if f.get("submission") == attempt.submission]
     failures = len(earlier) + 1
     retry = retryable and failures <= max_retries
     record = {
@@ -112,14 +113,14 @@ def record_failure(task_dir: Path, attempt: Attempt, max_retries: int, kind: str
         "failures": failures, "max_retries": max_retries, "retry": retry, "requeue_by": requeue_by,
         "log": str(log) if log else None, "log_tail": log_tail(log),
     }
-    write_json_atomic(failures_dir(task_dir) / f"{attempt.key}.json", record)
+    write_json_atomic(failures_dir(job_dir) / f"{attempt.key}.json", record)
     return record
 
 
-def needs_host_requeue(task_dir: Path, attempt: Attempt) -> bool:
-    """The task failed inside an image without scontrol: it recorded the failure and left the requeue to the
+def needs_host_requeue(job_dir: Path, attempt: Attempt) -> bool:
+    """The job failed inside an image without scontrol: it recorded the failure and left the requeue to the
     teardown, which runs on the host."""
-    path = failures_dir(task_dir) / f"{attempt.key}.json"
+    path = failures_dir(job_dir) / f"{attempt.key}.json"
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -160,46 +161,44 @@ def describe_status(status: int) -> str:
         except ValueError:
             name = f"signal {status - 128}"
         hint = " (the OOM killer, or someone killed it)" if status - 128 == signal.SIGKILL else ""
-        return f"the task's process was killed by {name}{hint}; srun exited with {status}"
-    return f"the task's process exited with status {status} without reporting an error"
+        return f"the job's process was killed by {name}{hint}; srun exited with {status}"
+    return f"the job's process exited with status {status} without reporting an error"
 
 
 def on_death(run_dir: Path, status: int, env: Mapping[str, str] | None = None) -> bool:
     """The teardown's decision after srun failed: True means requeue the job (the shell runs scontrol)."""
     from submitit.core.utils import DelayedSubmission, JobPaths
 
-    from .plan import RunPaths
-    from .run_state import load_run
+    from ..run_state import load_plan
 
     attempt = Attempt.from_env(env)
     if attempt is None:
         return False
     logs = run_dir / "logs"
     paths = JobPaths(logs, job_id=attempt.job_id, task_id=0)
-    try:  # the pickle says which task this array element runs (a resubmit maps elements to other tasks)
+    try:  # the pickle says which job this array element runs
         index = int(DelayedSubmission.load(paths.submitted_pickle).args[0])
-        spec, tasks = load_run(run_dir)
+        plan = load_plan(run_dir)
     except (OSError, ValueError, IndexError, EOFError) as exc:
-        print(f"launcher.retries: cannot tell which task {attempt.job_id} ran: {exc}", file=sys.stderr)
+        print(f"launcher.job.retries: cannot tell which job {attempt.job_id} ran: {exc}", file=sys.stderr)
         return False
-    task_dir = RunPaths(Path(spec.output.dir), spec.run_id).task_dir(tasks[index])
-    if (task_dir / "done.json").exists():
-        return False
-    if needs_host_requeue(task_dir, attempt):
-        print(f"launcher.retries: task {tasks[index].task_id}: failed inside the image; requeued by the host",
-              file=sys.stderr)
+    job_dir = plan.run.job(index).root
+    if all(plan.run.unit(u.unit_id).is_done() for u in plan.units):
+        return False  # nothing left for it to do
+    if needs_host_requeue(job_dir, attempt):
+        print(f"launcher.job.retries: job {index}: failed inside the image; requeued by the host", file=sys.stderr)
         return True
-    if already_handled(task_dir, attempt) or stopped_by_slurm(attempt):
+    if already_handled(job_dir, attempt) or stopped_by_slurm(attempt):
         return False
     if status == 128 + signal.SIGUSR2:
         # USR2 came before submitit had installed its handler (the first second of the process): the job was
-        # being preempted or timed out, as submitit would have requeued it. Not the task's fault: no retry used.
-        mark_requeued(task_dir, attempt, "USR2 before the task's handler was ready")
-        print(f"launcher.retries: task {tasks[index].task_id}: USR2 arrived before the handler; requeued",
-              file=sys.stderr)
+        # being preempted or timed out, as submitit would have requeued it. Not the job's fault: no retry used.
+        mark_requeued(job_dir, attempt, "USR2 before the job's handler was ready")
+        print(f"launcher.job.retries: job {index}: USR2 arrived before the handler; requeued", file=sys.stderr)
         return True
-    record = record_failure(task_dir, attempt, spec.slurm.max_retries, "died", describe_status(status), paths.stderr)
-    print(f"launcher.retries: task {tasks[index].task_id}: {record['error']}; failure {record['failures']} of "
+    record = record_failure(job_dir, attempt, plan.spec.slurm.max_retries, "died", describe_status(status),
+                            paths.stderr)
+    print(f"launcher.job.retries: job {index}: {record['error']}; failure {record['failures']} of "
           f"{record['max_retries']} allowed retries: " + ("requeued" if record["retry"] else "giving up"),
           file=sys.stderr)
     return bool(record["retry"])
@@ -212,7 +211,7 @@ def teardown_lines(python: str, run_dir: Path) -> list[str]:
     RUNNING (not being cancelled, timed out or preempted) and does the requeue itself."""
     import shlex
 
-    guard = f"{python} -m launcher.retries {shlex.quote(str(run_dir))} \"$launcher_rc\""
+    guard = f"{python} -m launcher.job.retries {shlex.quote(str(run_dir))} \"$launcher_rc\""
     still_running = 'scontrol show job -o "$SLURM_JOB_ID" | grep -qw JobState=RUNNING'
     return ["launcher_rc=$?",
             f'if [ "$launcher_rc" -ne 0 ] && {still_running} && {guard}; then scontrol requeue "$SLURM_JOB_ID"; fi',
@@ -220,7 +219,7 @@ def teardown_lines(python: str, run_dir: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m launcher.retries RUN_DIR STATUS`: exit 0 when the job should be requeued."""
+    """`python -m launcher.job.retries RUN_DIR STATUS`: exit 0 when the job should be requeued."""
     run_dir, status = argv
     return 0 if on_death(Path(run_dir), int(status)) else 1
 

@@ -1,0 +1,203 @@
+"""job/entry.py: one job (a Slurm array element, a local process, or `launcher run`) -> its GPUs -> one worker per
+GPU group, all started at once -> their reports.
+
+The job counts the GPUs it was given and picks TP x DP (layout.py); with DP = 1 the worker runs in this process,
+with DP > 1 each worker is a process of its own with its own CUDA_VISIBLE_DEVICES. Nothing serializes their engine
+starts (compile_cache.py says how they share compiled graphs). A job that finds no unit left ends in seconds.
+
+JobRunner is what submitit pickles: USR2 (preemption, time limit) makes every worker write what it finished and
+give its units back, then submitit requeues; an exception is recorded in jobs/<index>/failures and the job is
+requeued while slurm.max_retries allows (job/retries.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from submitit.core.utils import JobPaths, UncompletedJobError
+from submitit.helpers import Checkpointable, DelayedSubmission
+
+from ..layout import ParallelLayout, allocated_gpus, choose_layout, gpu_info
+from ..modelinfo import model_shape
+from ..plan import Plan
+from ..run_state import load_plan
+from ..store import read_json, write_json_atomic
+from .retries import Attempt, mark_requeued
+from .worker import PREEMPTED_EXIT, Worker, WorkerConfig
+
+log = logging.getLogger("launcher.job")
+STOP_GRACE_S = 60.0  # how long a preempted job waits for its worker processes to flush
+
+
+def backend_guess(plan: Plan) -> str:
+    """The backend the workers will pick, without importing it here (vLLM's import costs ~15 s, and the workers
+    import it anyway): only its TP request depends on it. Each worker makes the real choice and reports it."""
+    if plan.spec.model.backend == "hf" or importlib.util.find_spec("vllm") is None:
+        return "hf"
+    return "vllm"
+
+
+def job_layout(plan: Plan) -> ParallelLayout:
+    spec = plan.spec
+    gpus = allocated_gpus()
+    tp_request = 1 if backend_guess(plan) == "hf" else spec.model.tensor_parallel_size
+    return choose_layout(model_shape(spec.model.path), gpus, gpu_info() if gpus.count else None,
+                         spec.model.gpu_memory_utilization, tp_request)
+
+
+class WorkerGroup:
+    """One attempt of one job: its workers, in this process (DP = 1) or as child processes (DP > 1)."""
+
+    def __init__(self, run_dir: Path, index: int, only_units: tuple[str, ...] | None = None) -> None:
+        self.run_dir, self.index, self.only_units = Path(run_dir), index, only_units
+        self.worker: Worker | None = None
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def run(self) -> dict[str, Any]:
+        plan = load_plan(self.run_dir)
+        job = plan.run.job(self.index)
+        started = time.time()
+        units = [u for u in plan.units if self.only_units is None or u.unit_id in self.only_units]
+        if all(plan.run.unit(u.unit_id).is_done() for u in units):
+            log.info("job %d: every unit is done; nothing to run", self.index)
+            return {"job": self.index, "workers": [], "layout": None, "started": started, "ended": time.time()}
+        layout = job_layout(plan)
+        log.info("job %d: %s", self.index, layout.reason)
+        if layout.data_parallel == 1:
+            cfg = WorkerConfig(self.run_dir, self.index, 0, layout.for_replica(0), layout.replica_gpus(0),
+                               self.only_units)
+            self.worker = Worker(cfg)
+            reports = [self.worker.run()]
+        else:
+            reports = self._run_children(layout)
+        attempt = {"job": self.index, "started": started, "ended": time.time(), "layout": layout.as_dict(),
+                   "workers": [r.get("slot") for r in reports], "job_id": os.environ.get("SLURM_JOB_ID"),
+                   "restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0)}
+        write_json_atomic(job.attempts / f"{int(started * 1000)}-{os.getpid()}.json", attempt)
+        return {**attempt, "workers": reports}
+
+    def _run_children(self, layout: ParallelLayout) -> list[dict[str, Any]]:
+        spec_json = json.dumps(layout.as_dict())
+        for r in range(layout.data_parallel):
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(layout.replica_gpus(r)))
+            cmd = [sys.executable, "-m", "launcher.job.worker", str(self.run_dir), "--job", str(self.index),
+                   "--replica", str(r), "--layout", spec_json]
+            for unit in self.only_units or ():
+                cmd += ["--unit", unit]
+            self.children.append(subprocess.Popen(cmd, env=env))  # all at once: their engine starts overlap
+        codes = [p.wait() for p in self.children]
+        reports = self._child_reports([p.pid for p in self.children])
+        failed = [f"worker {self.index}.{r} exited with {c}" for r, c in enumerate(codes)
+                  if c not in (0, PREEMPTED_EXIT)]
+        if failed:
+            raise RuntimeError(f"job {self.index}: {'; '.join(failed)}; finished records are kept, their units are "
+                               "taken by the other workers or a resubmit")
+        return reports
+
+    def _child_reports(self, pids: list[int]) -> list[dict[str, Any]]:
+        plan_run = load_plan(self.run_dir).run
+        restart = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        return [read_json(plan_run.worker_report(f"{self.index}.{r}", restart, pid)) for r, pid in enumerate(pids)]
+
+    def stop(self) -> None:
+        """Preemption or time limit: every worker writes what it finished and gives its units back."""
+        if self.worker is not None:
+            self.worker.stop_now()
+        for p in self.children:
+            if p.poll() is None:
+                p.send_signal(signal.SIGUSR2)
+        deadline = time.time() + STOP_GRACE_S
+        for p in self.children:
+            try:
+                p.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker process %d did not stop in %.0f s", p.pid, STOP_GRACE_S)
+
+
+def run_job(run_dir: Path, index: int = 0, only_units: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Run job `index` of a run here, now (`launcher run`, tests): every unit it can claim."""
+    return WorkerGroup(run_dir, index, only_units).run()
+
+
+class JobRunner(Checkpointable):
+    """What each array element runs, checkpointable, retried when it fails."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
+        self._group: WorkerGroup | None = None
+        self._job_dir: Path | None = None
+
+    def __call__(self, index: int) -> dict[str, Any]:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
+        attempt = Attempt.from_env()
+        plan = load_plan(Path(self.run_dir))
+        job = plan.run.job(index)
+        self._job_dir = job.root
+        write_json_atomic(job.live, {  # status: which process, where, which restart
+            "pid": os.getpid(), "host": os.uname().nodename, "started": time.time(),
+            "job_id": attempt.job_id if attempt else None, "restart": attempt.restart if attempt else 0})
+        self._group = WorkerGroup(Path(self.run_dir), index)
+        try:
+            return self._group.run()
+        except UncompletedJobError:
+            raise  # submitit's own verdict (timed out too many times): not a crash to retry
+        except Exception as exc:
+            if attempt is None:  # not a Slurm job (local executor): nothing to requeue
+                raise
+            self._record_failure(exc, attempt, job.root, plan)
+            raise
+
+    def _record_failure(self, exc: Exception, attempt: Attempt, job_dir: Path, plan: Plan) -> None:
+        import shutil
+        import traceback
+
+        from ..errors import SpecError
+        from .retries import record_failure, requeue, stopped_by_slurm
+
+        state = stopped_by_slurm(attempt)
+        if state:  # scancel, time limit: Slurm is stopping the job, and its processes die of that
+            log.warning("job %s: %s while Slurm stops job %s (%s): not a failure, not retried", job_dir.name,
+                        type(exc).__name__, attempt.job_id, state)
+            return
+        traceback.print_exc()  # submitit logs only what escapes; this one may not
+        stderr = JobPaths(Path(self.run_dir) / "logs", job_id=attempt.job_id, task_id=0).stderr
+        by_host = shutil.which("scontrol") is None  # inside an image without scontrol: the host's teardown requeues
+        record = record_failure(job_dir, attempt, plan.spec.slurm.max_retries, "exception",
+                                f"{type(exc).__name__}: {exc}", stderr,
+                                retryable=not isinstance(exc, SpecError),  # a bad spec fails the same way again
+                                requeue_by="teardown" if by_host else "task")
+        if not record["retry"]:
+            log.error("job %s failed (%d failure(s), max_retries %d): giving up", job_dir.name, record["failures"],
+                      plan.spec.slurm.max_retries)
+            return
+        log.warning("job %s failed (%d of %d retries): requeueing Slurm job %s", job_dir.name, record["failures"],
+                    plan.spec.slurm.max_retries, attempt.job_id)
+        if by_host:
+            sys.exit(1)  # non-zero: the teardown sees the failure record and requeues from the host
+        requeue(attempt)
+        sys.exit(-1)  # no result file: submitit's client keeps waiting, and the requeued job runs the pickle again
+
+    def checkpoint(self, index: int) -> DelayedSubmission:
+        if self._group is not None:
+            self._group.stop()  # finished records reach the disk before the requeue
+        if self._job_dir is not None:  # tells the teardown this attempt was requeued, not killed
+            mark_requeued(self._job_dir, Attempt.from_env(), "USR2: preemption or time limit")
+        return DelayedSubmission(JobRunner(self.run_dir), index)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"run_dir": self.run_dir}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.run_dir, self._group, self._job_dir = state["run_dir"], None, None
+
+
+__all__ = ["JobRunner", "WorkerGroup", "backend_guess", "job_layout", "run_job"]

@@ -1,0 +1,156 @@
+"""job/prepare.py: a unit -> its records, prompts and token ids, minus bad rows (quarantined) and rows already done.
+
+Also the run's prompt statistics (how long the prompts are, per unit), which size the engine once for every unit
+a worker may run: measured by the first worker that needs them and kept in the run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data import Quarantined, Record, first_rows, read_shard
+from ..engines import Workload
+from ..plan import Plan, Unit
+from ..prompts import PromptBuilder, make_builder
+from ..seeds import record_seed
+from ..spec import JobSpec
+from ..store import RunDir, read_json, write_json_atomic
+
+log = logging.getLogger("launcher.job")
+TOKENIZE_BATCH = 256
+
+
+@dataclass
+class PreparedUnit:
+    """What a worker needs to run a unit: the rows still to generate, with their prompt token ids and seeds."""
+
+    unit: Unit
+    records: dict[int, Record]  # row -> record, every valid row of the unit
+    prompts: dict[int, str]  # row -> prompt text, rows still to do
+    token_ids: dict[int, list[int]]  # row -> prompt token ids, rows still to do
+    seeds: dict[int, int]  # row -> the record's seed
+    quarantined: list[Quarantined] = field(default_factory=list)
+
+    def todo(self) -> list[int]:
+        """Rows still to generate, longest prompt first: similar lengths batch together."""
+        return sorted(self.token_ids, key=lambda r: (-len(self.token_ids[r]), r))
+
+
+def load_tokenizer(spec: JobSpec) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(spec.model.path, trust_remote_code=spec.model.trust_remote_code)
+
+
+def chat_formatter(tokenizer: Any) -> Callable[[list[dict[str, str]]], str] | None:
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    return lambda messages: tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def token_limit(spec: JobSpec) -> int | None:
+    """The longest prompt + max_tokens a record may need: the spec's max_model_len, else the model's own."""
+    from ..modelinfo import read_config
+
+    limits = [spec.model.max_model_len] if spec.model.max_model_len else []
+    with contextlib.suppress(OSError, ValueError):
+        limits.append(int(read_config(spec.model.path).get("max_position_embeddings") or 0) or 1 << 30)
+    return min(limits) if limits else None
+
+
+class Preparer:
+    """Reads and tokenizes units for one worker: the tokenizer and prompt builders are made once."""
+
+    def __init__(self, spec: JobSpec, tokenizer: Any) -> None:
+        self.spec, self.tokenizer = spec, tokenizer
+        self.chat = chat_formatter(tokenizer)
+        self.limit = token_limit(spec)
+        self._builders: dict[str, PromptBuilder] = {}
+        self._first: dict[str, dict[str, int]] = {}
+
+    def first_rows(self, data_path: str) -> dict[str, int]:
+        """The dataset's first row of each record id (read once per worker): duplicates are found across units."""
+        if data_path not in self._first:
+            self._first[data_path] = first_rows(Path(data_path), self.spec.data.fields)
+        return self._first[data_path]
+
+    def builder(self, ablation: str) -> PromptBuilder:
+        if ablation not in self._builders:
+            self._builders[ablation] = make_builder(self.spec.data, ablation, self.chat)
+        return self._builders[ablation]
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        out: list[list[int]] = []
+        for i in range(0, len(texts), TOKENIZE_BATCH):
+            ids = self.tokenizer(texts[i : i + TOKENIZE_BATCH], add_special_tokens=self.chat is None)["input_ids"]
+            out += [list(x) for x in ids]
+        return out
+
+    def prepare(self, unit: Unit, done_rows: set[int] | frozenset[int] = frozenset()) -> PreparedUnit:
+        spec = self.spec
+        records, bad = read_shard(Path(unit.data_path), unit.start, unit.stop, spec.data.fields)
+        first = self.first_rows(unit.data_path)
+        kept: list[Record] = []
+        for rec in records:
+            if first.get(rec.record_id, rec.row) != rec.row:
+                bad.append(Quarantined(rec.row, f"duplicate record id {rec.record_id!r} (first at row "
+                                                f"{first[rec.record_id]})", rec.record_id))
+                continue
+            kept.append(rec)
+        builder = self.builder(unit.ablation)
+        texts = [builder.build(rec) for rec in kept]
+        ids = self.encode(texts)
+        out = PreparedUnit(unit, {}, {}, {}, {})
+        for rec, text, tokens in zip(kept, texts, ids, strict=True):
+            if self.limit is not None and len(tokens) + spec.sampling.max_tokens > self.limit:
+                bad.append(Quarantined(rec.row, f"prompt of {len(tokens)} tokens + max_tokens "
+                                                f"{spec.sampling.max_tokens} exceeds the context length {self.limit}",
+                                       rec.record_id))
+                continue
+            out.records[rec.row] = rec
+            if rec.row in done_rows:
+                continue
+            out.prompts[rec.row] = text
+            out.token_ids[rec.row] = tokens
+            out.seeds[rec.row] = record_seed(spec.sampling.seed, rec.record_id)
+        out.quarantined = sorted(bad, key=lambda q: q.row)
+        return out
+
+    def lengths(self, unit: Unit) -> list[int]:
+        """Prompt lengths of the unit's valid rows (what the engine is sized for)."""
+        p = self.prepare(unit)
+        return [len(t) for t in p.token_ids.values()]
+
+
+def prompt_stats(plan: Plan, preparer: Preparer, units: list[Unit] | None = None) -> dict[str, list[float]]:
+    """unit id -> [records, total prompt tokens, longest prompt], for every unit of the run; read from the run
+    directory when a worker already measured them."""
+    run: RunDir = plan.run
+    cached = read_json(run.prompt_stats)
+    stats: dict[str, list[float]] = {k: list(v) for k, v in (cached.get("units") or {}).items()}
+    missing = [u for u in (units if units is not None else plan.units) if u.unit_id not in stats]
+    if missing:
+        for u in missing:
+            lengths = preparer.lengths(u)
+            stats[u.unit_id] = [len(lengths), sum(lengths), max(lengths, default=0)]
+        if units is None:
+            write_json_atomic(run.prompt_stats, {"units": stats})
+    return stats
+
+
+def workload_of(stats: dict[str, list[float]], units: list[Unit], spec: JobSpec) -> Workload:
+    rows = [stats[u.unit_id] for u in units if u.unit_id in stats]
+    records = int(sum(r[0] for r in rows))
+    total = sum(r[1] for r in rows)
+    longest = int(max((r[2] for r in rows), default=0))
+    return Workload(records, total / records if records else 0.0, longest, spec.sampling.max_tokens,
+                    spec.data.num_samples)
+
+
+__all__ = ["PreparedUnit", "Preparer", "chat_formatter", "load_tokenizer", "prompt_stats", "token_limit",
+           "workload_of"]

@@ -1,0 +1,181 @@
+"""store/unit_dir.py: one unit's folder -> its checked chunks, quarantine, done marker, claims and failures.
+
+    units/<unit id>/
+        chunks/<generation>-<seq>-<sha256[:16]>.jsonl   whole records, sorted by row; the name carries the checksum
+        quarantine.jsonl                              rows that cannot be generated, with the reason
+        claims/                                        who runs it (claims.py)
+        failures/<owner>.json                          a worker that crashed while holding it
+        done.json                                      every row is in a chunk or quarantined; lists the chunks
+
+A chunk whose bytes no longer match the checksum in its name (a flipped byte, a truncated copy) is damaged: its rows
+count as not done, and `rows_done()` says so instead of failing on bad JSON, so a rerun regenerates exactly them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .atomic import dumps_line, read_json, write_atomic, write_json_atomic
+from .claims import ClaimBook
+
+CHUNK_RE = re.compile(r"^(\d{6})-(\d{6})-([0-9a-f]{16})\.jsonl$")
+
+
+def chunk_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+@dataclass
+class ChunkScan:
+    """What the chunks on disk hold: rows done, and the chunks that failed their checksum."""
+
+    rows: dict[int, dict[str, Any]] = field(default_factory=dict)
+    good: dict[str, str] = field(default_factory=dict)  # chunk name -> digest
+    damaged: list[Path] = field(default_factory=list)
+    duplicates: int = 0  # rows in two chunks (a taken-over owner's last chunk): the same bytes, one kept
+
+
+@dataclass(frozen=True)
+class UnitDir:
+    root: Path
+
+    @property
+    def chunks(self) -> Path:
+        return self.root / "chunks"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine.jsonl"
+
+    @property
+    def done_marker(self) -> Path:
+        return self.root / "done.json"
+
+    @property
+    def failures(self) -> Path:
+        return self.root / "failures"
+
+    @property
+    def claims(self) -> ClaimBook:
+        return ClaimBook(self.root / "claims")
+
+    def chunk_files(self) -> list[Path]:
+        try:
+            return sorted(p for p in self.chunks.iterdir() if CHUNK_RE.match(p.name))
+        except FileNotFoundError:
+            return []
+
+    def scan(self, keep_rows: bool = True) -> ChunkScan:
+        """Read and check every chunk. Damaged ones are listed, never raised on."""
+        out = ChunkScan()
+        for path in self.chunk_files():
+            m = CHUNK_RE.match(path.name)
+            assert m is not None
+            try:
+                data = path.read_bytes()
+            except OSError:
+                out.damaged.append(path)
+                continue
+            if chunk_digest(data) != m.group(3):
+                out.damaged.append(path)
+                continue
+            out.good[path.name] = m.group(3)
+            for line in data.decode("utf-8").splitlines():
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if row["row"] in out.rows:
+                    out.duplicates += 1
+                    continue
+                out.rows[row["row"]] = row if keep_rows else {}
+        return out
+
+    def write_chunk(self, generation: int, seq: int, rows: list[dict[str, Any]]) -> Path:
+        data = "".join(dumps_line(r) for r in sorted(rows, key=lambda r: r["row"])).encode()
+        path = self.chunks / f"{generation:06d}-{seq:06d}-{chunk_digest(data)}.jsonl"
+        write_atomic(path, data)
+        return path
+
+    def set_damaged_aside(self, damaged: list[Path]) -> None:
+        """Rename damaged chunks out of the way (kept for a post-mortem): their rows are generated again."""
+        for path in damaged:
+            with contextlib.suppress(OSError):
+                path.rename(path.with_name(path.name + f".damaged-{int(time.time())}"))
+
+    def write_quarantine(self, rows: list[dict[str, Any]]) -> None:
+        write_atomic(self.quarantine, "".join(dumps_line(r) for r in rows).encode())
+
+    def read_quarantine(self) -> list[dict[str, Any]]:
+        try:
+            text = self.quarantine.read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def read_done(self) -> dict[str, Any]:
+        return read_json(self.done_marker)
+
+    def is_done(self) -> bool:
+        """The marker is there (fast: what workers check before claiming). `verify()` checks the chunks too."""
+        return self.done_marker.exists()
+
+    def verify(self) -> list[str]:
+        """Problems with a unit marked done: chunks it lists that are missing or fail their checksum. Empty: ok."""
+        done = self.read_done()
+        if not done:
+            return ["done.json is missing or unreadable"] if self.done_marker.exists() else []
+        problems = []
+        for name, digest in sorted((done.get("chunks") or {}).items()):
+            path = self.chunks / name
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                problems.append(f"chunk {path} is missing")
+                continue
+            if chunk_digest(data) != digest:
+                problems.append(f"chunk {path} fails its checksum (sha256 starts {chunk_digest(data)}, "
+                                f"{digest} when written): damaged or truncated")
+        return problems
+
+    def reopen(self, why: str) -> None:
+        """A done unit whose chunks are damaged or missing is not done: the next run regenerates what is missing."""
+        done = self.read_done()
+        listed = set((done.get("chunks") or {}).keys())
+        bad = [p for p in self.chunk_files() if p.name in listed and not _matches(p)]
+        self.set_damaged_aside(bad)
+        with contextlib.suppress(OSError):
+            self.done_marker.rename(self.root / f"done.json.reopened-{int(time.time())}")
+        write_json_atomic(self.root / "reopened.json", {"time": time.time(), "why": why})
+
+    def record_failure(self, owner: str, info: dict[str, Any]) -> None:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", owner)
+        write_json_atomic(self.failures / f"{safe}-{int(time.time() * 1000)}.json", info)
+
+    def read_failures(self) -> list[dict[str, Any]]:
+        try:
+            paths = sorted(self.failures.glob("*.json"))
+        except OSError:
+            return []
+        return [f for f in (read_json(p) for p in paths) if f]
+
+
+def _matches(path: Path) -> bool:
+    m = CHUNK_RE.match(path.name)
+    try:
+        return bool(m) and chunk_digest(path.read_bytes()) == m.group(3)  # type: ignore[union-attr]
+    except OSError:
+        return False
+
+
+def chunk_listing(scan: ChunkScan) -> dict[str, str]:
+    return dict(sorted(scan.good.items()))
+
+
+__all__ = ["CHUNK_RE", "ChunkScan", "UnitDir", "chunk_digest", "chunk_listing"]
