@@ -246,7 +246,7 @@ def _run_inline(plan: Plan, flat_dest: Path | None = None, units: tuple[str, ...
     try:
         reports = gather(plan, dest=flat_dest, flat=flat_dest is not None)
     except GatherError as exc:
-        err.print(f"[red]incomplete:[/]\n{exc}")
+        err.print(f"[red]incomplete:[/]\n{escape(str(exc))}", soft_wrap=True)  # paths to copy: never wrapped
         return 1
     from .wait import print_reports
 
@@ -263,7 +263,7 @@ def cmd_gather(args: argparse.Namespace) -> int:
     try:
         print_reports(gather(plan), console)
     except GatherError as exc:
-        err.print(f"[red]gather failed: outputs incomplete[/]\n{exc}")
+        err.print(f"[red]gather failed: outputs incomplete[/]\n{escape(str(exc))}", soft_wrap=True)
         return 1
     return 0
 

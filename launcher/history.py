@@ -61,7 +61,9 @@ def record_run(plan: Plan, headline: dict[str, Any], worker: dict[str, Any]) -> 
         runs[plan.run.run_id] = entry
         if len(runs) > MAX_ENTRIES:
             runs = dict(list(runs.items())[-MAX_ENTRIES:])
-        write_json_atomic(path, {"runs": runs})
+        # wait_s=0: a read-only home (apptainer --contain runs the gather job) must not hold the gather up for the
+        # 300 s that job outputs wait out full or read-only storage
+        write_json_atomic(path, {"runs": runs}, wait_s=0)
 
 
 @dataclass(frozen=True)

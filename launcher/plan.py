@@ -114,9 +114,17 @@ def expected_workers(spec: JobSpec) -> int:
         jobs = s.jobs
     elif s.max_gpus is not None:
         jobs = max(1, s.max_gpus // max(1, s.gpus_per_node))
+    elif spec.executor == "local":
+        return max(1, local_gpu_count())  # one local job, one worker per GPU of this machine (upper bound)
     else:
-        jobs = 1 if spec.executor == "local" else MAX_AUTO_JOBS
+        jobs = MAX_AUTO_JOBS
     return jobs * workers_per_job(spec)
+
+
+def local_gpu_count() -> int:
+    from .layout import allocated_gpus
+
+    return allocated_gpus().count
 
 
 def count_jobs(spec: JobSpec, units: int) -> tuple[int, str]:
@@ -158,16 +166,26 @@ def cut_units(spec: JobSpec, rows: dict[str, int]) -> tuple[Unit, ...]:
     per_auto = auto_unit_records(spec, rows, expected_workers(spec))
     for ds in spec.data.datasets:
         n = rows[ds.name]
-        per = per_fixed or per_auto
-        shards = max(1, math.ceil(n / per))
+        bounds = _shard_bounds(n, per_fixed or per_auto, split_last=per_fixed is None)
         for ablation in spec.data.ablation_configs:
-            for shard in range(shards):
+            for shard, (start, stop) in enumerate(bounds):
                 cut.append(Unit(0, f"{ds.name}.{ablation}.{shard:04d}", ds.name, ablation, ds.path, shard,
-                                shard * per, min(n, (shard + 1) * per)))
+                                start, stop))
     # Largest first (stable): workers take the big units early and the small remainders last, so they finish
     # close together instead of one worker running a big unit alone at the end.
     cut.sort(key=lambda u: -u.rows)
     return tuple(Unit(i, *list(asdict(u).values())[1:]) for i, u in enumerate(cut))
+
+
+def _shard_bounds(n: int, per: int, split_last: bool) -> list[tuple[int, int]]:
+    """[start, stop) of each shard. With auto sizing the last shard is cut in two: sorted largest first, these
+    half-size units are what workers take last, so the run's tail is short."""
+    bounds = [(i, min(n, i + per)) for i in range(0, max(n, 1), per)] or [(0, 0)]
+    start, stop = bounds[-1]
+    if split_last and stop - start >= MIN_AUTO_UNIT_RECORDS:
+        mid = start + (stop - start + 1) // 2
+        bounds[-1:] = [(start, mid), (mid, stop)]
+    return bounds
 
 
 def _existing_units(run: RunDir) -> tuple[Unit, ...] | None:

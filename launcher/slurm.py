@@ -256,7 +256,12 @@ def image_record(spec: JobSpec) -> dict[str, Any]:
                                  text=True, timeout=30)
             if out.returncode == 0:
                 record["id"] = out.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
+            else:
+                record["id_error"] = (out.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        except (OSError, subprocess.SubprocessError) as exc:
+            record["id_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        if "id_error" in record:  # run.json then cannot say which image ran: say so where the user looks
+            print(f"warning: `{c.runtime} image inspect {c.image}` failed ({record['id_error']}); run.json will not "
+                  "record the image id", file=sys.stderr)
     return record
 

@@ -22,11 +22,13 @@ from typing import Any
 import pytest
 
 from launcher.gather import gather
-from launcher.outputs import TaskStore, write_json_atomic
 from launcher.plan import expand
 from launcher.run_state import load_plan, save_plan
 from launcher.spec import load_spec
-from launcher.submit_lock import LocalProcess, process_start
+from launcher.store import write_json_atomic
+from launcher.store.claims import process_start
+from launcher.store.unit_dir import chunk_listing
+from launcher.submit_lock import LocalProcess
 
 from .conftest import USERS, make_spec, write_jsonl
 from .test_bad_inputs import RUNS, fake_model, start_early
@@ -129,8 +131,8 @@ N_ROWS = 300
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run whose tasks are all done (chunk files + done markers written the way the runner writes them), big
-    enough that a gather takes a noticeable time, so two of them really overlap."""
+    """A run whose units are all done (chunk files + done markers written the way workers write them), big enough
+    that a gather takes a noticeable time, so two of them really overlap."""
     root = tmp_path_factory.mktemp("gather")
     model = fake_model(root / "model")
     data = write_jsonl(root / "users.jsonl", [{"user_id": f"user{i:05d}", "context": f"c{i}"} for i in range(N_ROWS)])
@@ -139,20 +141,18 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                      output={"dir": str(root / "out"), "per_user_json": True})
     plan = expand(load_spec(spec))
     save_plan(plan)
-    for task in plan.tasks:
-        store = TaskStore(plan.paths.task_dir(task))
-        rows = [{"row": r, "record_id": f"user{r:05d}", "user_id": f"user{r:05d}", "dataset": task.dataset,
-                 "ablation": task.ablation, "prompt": f"prompt {r} " * 20, "prompt_tokens": 40,
+    for unit in plan.units:
+        udir = plan.run.unit(unit.unit_id)
+        rows = [{"row": r, "record_id": f"user{r:05d}", "user_id": f"user{r:05d}", "dataset": unit.dataset,
+                 "ablation": unit.ablation, "prompt": f"prompt {r} " * 20, "prompt_tokens": 40,
                  "generated_samples": [f"sample {j} of {r} " * 30 for j in range(4)], "sample_tokens": [90] * 4,
-                 "finish_reasons": ["length"] * 4, "seed": r} for r in range(task.start, task.stop)]
-        for i in range(0, len(rows), 64):
-            store.write_chunk(0, rows[i : i + 64])
-        write_jsonl_empty(store.quarantine)
-        write_json_atomic(store.done_marker, {
-            "task_id": task.task_id, "records": len(rows), "quarantined": 0, "attempts": 1,
-            "inference_time_seconds": 1.0, "startup_seconds": 0.5, "engine": None, "last_layout": None,
-            "backend": "hf", "backend_reason": "test"})
-    return plan.paths.run_dir
+                 "finish_reasons": ["length"] * 4, "seed": r} for r in range(unit.start, unit.stop)]
+        for seq, i in enumerate(range(0, len(rows), 64)):
+            udir.write_chunk(0, seq, rows[i : i + 64])
+        udir.write_quarantine([])
+        write_json_atomic(udir.done_marker, {"unit_id": unit.unit_id, "records": len(rows), "quarantined": 0,
+                                             "chunks": chunk_listing(udir.scan(keep_rows=False)), "generation": 0})
+    return plan.run.root
 
 
 def write_jsonl_empty(path: Path) -> None:
@@ -198,7 +198,7 @@ def test_two_gathers_at_once_write_the_same_result_once(finished_run: Path, tmp_
     first, second = sorted(results, key=lambda r: r["end"])
     assert second["start"] < first["end"], "the two gathers did not overlap"
     plan = load_plan(finished_run)
-    out = plan.paths.output_dir
+    out = plan.run.output_dir
     files = snapshot(out)
     n_groups = 2
     expected_files = n_groups * (4 + N_ROWS)  # samples, quarantine, summary, manifest + one file per user
@@ -240,10 +240,11 @@ def test_first_submit_completes_without_mixed_output(locked_run: LockedRun) -> N
     run_dir = next((locked_run.out / "runs").iterdir())
     run = json.loads((run_dir / "run.json").read_text())
     assert len(run["submissions"]) == 1  # the refused submit recorded nothing
-    task_dir = run_dir / "tasks" / "users.full.0000"
-    rows = [json.loads(x)["row"] for c in sorted((task_dir / "chunks").iterdir()) for x in c.read_text().splitlines()]
+    units = sorted((run_dir / "units").iterdir())
+    rows = [json.loads(x)["row"] for u in units for c in sorted((u / "chunks").iterdir())
+            for x in c.read_text().splitlines()]
     assert sorted(rows) == list(range(4))  # each record generated once, by one submission
-    assert len(list((task_dir / "attempts").iterdir())) == 1
+    assert len(list((run_dir / "workers").iterdir())) == 1  # one worker process ran it
     samples = (locked_run.out / "users" / "full" / "samples.jsonl").read_text().splitlines()
     assert [json.loads(x)["user_id"] for x in samples] == [u["user_id"] for u in USERS[:4]]
 
@@ -254,21 +255,21 @@ def _lock_record(run_dir: Path) -> dict[str, Any]:
     return record
 
 
-def test_second_submit_is_refused_while_local_tasks_run(tmp_path: Path, tiny_model: Path) -> None:
-    """`submit` without --wait returns while the local tasks run (slowed to >= 6 s each by the test-only fault hook);
+def test_second_submit_is_refused_while_local_jobs_run(tmp_path: Path, tiny_model: Path) -> None:
+    """`submit` without --wait returns while the local jobs run (slowed to >= 6 s each by the test-only fault hook);
     a second submit meanwhile is refused, whatever its executor, and resubmits nothing. Once they end, a submit goes
     through: the lock does not outlive the processes."""
     data = write_jsonl(tmp_path / "users.jsonl", USERS[:4])
-    spec = make_spec(tmp_path, tiny_model, data, name="bg", data={"records_per_shard": 2},
+    spec = make_spec(tmp_path, tiny_model, data, name="bg", data={"records_per_shard": 2}, slurm={"jobs": 2},
                      output={"dir": str(tmp_path / "out"), "chunk_records": 1})
     cmd = [sys.executable, "-m", "launcher", "submit", str(spec)]
-    # Output to a file, not a pipe: the local tasks inherit it, and reading a pipe to its end would wait for them.
+    # Output to a file, not a pipe: the local jobs inherit it, and reading a pipe to its end would wait for them.
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.run(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, timeout=120,
                                env={**os.environ, "LAUNCHER_FAULT_SLOW_S": "3"})
     assert first.returncode == 0, (tmp_path / "first.log").read_text()
     plan = load_plan(next((tmp_path / "out" / "runs").iterdir()))
-    recorded = _lock_record(plan.paths.run_dir)["local"]
+    recorded = _lock_record(plan.run.root)["local"]
     pids = [p["pid"] for p in recorded]
     assert sorted(p["task"] for p in recorded) == [0, 1] and all(p["start"] for p in recorded)
     try:
@@ -276,29 +277,29 @@ def test_second_submit_is_refused_while_local_tasks_run(tmp_path: Path, tiny_mod
             second = subprocess.run([*cmd, *extra], cwd=tmp_path, capture_output=True, text=True, timeout=120)
             assert second.returncode == 2, second.stdout + second.stderr
             message = " ".join(second.stderr.split())
-            assert "refused:" in message and "is still running 2 task(s) of this run" in message, message
-            assert f"pids {pids[0]} {pids[1]}" in message and f"launcher status {plan.paths.run_dir}" in message
-        # the refusals really overlapped the tasks, and left the record of their processes as it was
-        assert not any(TaskStore(plan.paths.task_dir(t)).is_done() for t in plan.tasks)
-        assert _lock_record(plan.paths.run_dir)["local"] == recorded
-        run = json.loads(plan.paths.run_json.read_text())
+            assert "refused:" in message and "is still running 2 job(s) of this run" in message, message
+            assert f"pids {pids[0]} {pids[1]}" in message and f"launcher status {plan.run.root}" in message
+        # the refusals really overlapped the jobs, and left the record of their processes as it was
+        assert not all(plan.run.unit(u.unit_id).is_done() for u in plan.units)
+        assert _lock_record(plan.run.root)["local"] == recorded
+        run = json.loads(plan.run.run_json.read_text())
         assert len(run["submissions"]) == 1
         deadline = time.time() + 300
         while time.time() < deadline and any(process_start(p) for p in pids):
             time.sleep(0.2)
-        assert not any(process_start(p) for p in pids), "the local tasks did not end"
+        assert not any(process_start(p) for p in pids), "the local jobs did not end"
     finally:
         for pid in pids:
             if process_start(pid) is not None:
                 os.kill(pid, signal.SIGKILL)
     third = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert third.returncode == 0 and "0 task(s) submitted, 2 already done" in third.stdout, third.stdout + third.stderr
-    for task in plan.tasks:  # each record generated once, by the first submission's one attempt
-        task_dir = plan.paths.task_dir(task)
-        chunks = sorted((task_dir / "chunks").iterdir())
-        rows = [json.loads(x)["row"] for c in chunks for x in c.read_text().splitlines()]
-        assert sorted(rows) == list(range(task.start, task.stop))
-        assert len(list((task_dir / "attempts").iterdir())) == 1
+    assert third.returncode == 0 and "0 unit(s) to do, 2 already done; 0 worker job(s)" in third.stdout, \
+        third.stdout + third.stderr
+    for unit in plan.units:  # each record generated once, in the first submission, by generation 0 of its claim
+        udir = plan.run.unit(unit.unit_id)
+        rows = [json.loads(x)["row"] for c in udir.chunk_files() for x in c.read_text().splitlines()]
+        assert sorted(rows) == list(range(unit.start, unit.stop))
+        assert udir.read_done()["generation"] == 0
 
 
 def test_lock_names_a_process_by_pid_and_start_time() -> None:

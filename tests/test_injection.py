@@ -24,10 +24,10 @@ import yaml
 
 from launcher.cli import main
 from launcher.errors import SpecError
-from launcher.outputs import safe_filename
 from launcher.plan import expand
 from launcher.plan_view import sbatch_preview
 from launcher.spec import load_spec
+from launcher.store import safe_filename
 
 from . import test_bad_inputs, test_concurrency
 from .conftest import ROOT, USERS, make_spec, write_jsonl
@@ -186,7 +186,7 @@ def test_sbatch_text_is_inert(index: int, tmp_path: Path, inputs: tuple[Path, Pa
     args = [sbatch_value(ln) for ln in text.splitlines() if ln.startswith("#SBATCH")]
     headers = {a.split("=", 1)[0]: a.split("=", 1)[-1] for a in args}
     assert headers["--comment"] == value and headers["--mail-user"] == value
-    logs = plan.paths.logs
+    logs = plan.run.logs
     assert headers["--output"] == f"{logs}/%A_%a_0_log.out" and headers["--error"] == f"{logs}/%A_%a_0_log.err"
     # bash runs the script: srun (stubbed) must receive exactly these arguments, and nothing else may run
     script = tmp_path / "job.sh"
@@ -198,8 +198,8 @@ def test_sbatch_text_is_inert(index: int, tmp_path: Path, inputs: tuple[Path, Pa
     calls = [json.loads(x) for x in log.read_text().splitlines()]
     assert calls == [["srun", "--unbuffered", "--output", f"{logs}/%A_%a_%t_log.out", "--error",
                       f"{logs}/%A_%a_%t_log.err", sys.executable, "-u", "-m", "submitit.core._submit", str(logs)]]
-    teardown = next(ln for ln in text.splitlines() if "launcher.retries" in ln)
-    assert str(plan.paths.run_dir) in shlex.split(teardown)  # one word for the shell, as given
+    teardown = next(ln for ln in text.splitlines() if "launcher.job.retries" in ln)
+    assert str(plan.run.root) in shlex.split(teardown)  # one word for the shell, as given
     assert not canary.exists() and not (tmp_path / "x").exists()
 
 
@@ -228,7 +228,7 @@ def test_container_argv_is_inert(runtime: str, tmp_path: Path, inputs: tuple[Pat
     spec = spec_at(tmp_path, inputs, executor="slurm", slurm={"gpus_per_node": 2},
                    container={"runtime": runtime, "image": image, "binds": [str(bind_dir)], "env": env})
     plan = expand(load_spec(spec))  # accepted: check_inputs builds this argv too
-    launch = spec_launch(plan.spec, plan.paths.run_dir, gpu_count=2)
+    launch = spec_launch(plan.spec, plan.run.root, gpu_count=2)
     argv = launch.argv
     assert image in argv
     assert f"{bind_dir}:{bind_dir}" in argv
@@ -322,10 +322,10 @@ def test_container_request_holding_secrets_is_private(tmp_path: Path, inputs: tu
     plan = expand(load_spec(secret_spec(tmp_path, inputs)))
     old = os.umask(0o022)
     try:
-        write_spec_request(plan.spec, plan.paths.run_dir)  # what submit does: writes run_dir/container.json
+        write_spec_request(plan.spec, plan.run.root)  # what submit does: writes run_dir/container.json
     finally:
         os.umask(old)
-    request = request_path(plan.paths.run_dir)
+    request = request_path(plan.run.root)
     assert SECRETS["HF_TOKEN"] in request.read_text()  # the value must still reach the container
     assert stat.S_IMODE(request.stat().st_mode) & 0o077 == 0
 
@@ -352,7 +352,7 @@ def test_container_argv_holds_no_env_value(runtime: str, tmp_path: Path, inputs:
     from launcher.container_exec import spec_launch
 
     plan = expand(load_spec(secret_spec(tmp_path, inputs, runtime=runtime)))
-    launch = spec_launch(plan.spec, plan.paths.run_dir, gpu_count=1)
+    launch = spec_launch(plan.spec, plan.run.root, gpu_count=1)
     assert not [a for a in launch.argv if any(s in a for s in SECRETS.values())], launch.argv
     prefix = "APPTAINERENV_" if runtime == "apptainer" else ""
     assert launch.env[f"{prefix}HF_TOKEN"] == SECRETS["HF_TOKEN"]
@@ -406,7 +406,7 @@ def test_live_slurm_job_keeps_values_literal(tmp_path: Path, tiny_model: Path) -
     job = json.loads((run_dir / "run.json").read_text())["submissions"][-1]["array_job_id"]
     shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30).stdout
     assert f"Comment={comment} " in shown or shown.rstrip().endswith(f"Comment={comment}"), shown
-    done = run_dir / "tasks" / "users.full.0000" / "done.json"
+    done = run_dir / "units" / "users.full.0000" / "done.json"
     deadline, gone = time.time() + 300, 0
     while not done.exists() and time.time() < deadline and gone < 3:  # until done, or out of the queue for 6 s
         queued = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout

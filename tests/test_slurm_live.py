@@ -1,17 +1,18 @@
-"""Against the live local Slurm (slurm/up.sh): submitit arrays over datasets, the gather job, status, and faults.
+"""Against the live local Slurm (slurm/up.sh): arrays of worker jobs that claim units of work from the run dir, the
+gather job, status, and faults.
 
 Nothing is mocked: real sbatch/sacct/scontrol, real submitit, the HF backend on a tiny real model, fake GPUs that
-Slurm hands out as it would real ones. The faults are real too: SIGKILL of the task's process, preemption by a
-job in the `high` partition, scancel then resubmit, a real time limit, exceptions. Only their timing is arranged,
-through launcher/faults.py (LAUNCHER_FAULT_*: a task sleeps after each record so a signal lands mid-task, or
-raises a given number of times).
+Slurm hands out as it would real ones (a job with 2 of them runs 2 workers, each a process of its own). The faults are
+real too: SIGKILL of a worker job's process, preemption by a job in the `high` partition, scancel then resubmit, a
+real time limit, exceptions. Only their timing is arranged, through launcher/faults.py (LAUNCHER_FAULT_*: a worker
+sleeps after each record so a signal lands mid-unit, or raises in a given unit a given number of times).
 
-Every fault scenario checks the same three things: no record lost, none generated twice (in the task's chunk
-files, not only after gather's dedup), and samples.jsonl byte-identical to the uninterrupted run's.
+Every fault scenario checks the same three things: no record lost, none generated twice (in the units' chunk files,
+not only after gather's dedup), and samples.jsonl byte-identical to the uninterrupted run's.
 
-Wall time: the scenarios are independent, so one module fixture starts them all at once in threads (the array of
-the e2e run and the preemption share the 4 fake GPUs and run one after the other); each test then waits for its
-own scenario and checks it. 2 real cores run everything, so the whole module takes ~4-6 min.
+Wall time: the scenarios are independent, so one module fixture starts them all at once in threads (the e2e run's
+worker jobs and the preemption share the 4 fake GPUs and run one after the other); each test then waits for its
+own scenario and checks it. 2 real cores run everything, so the whole module takes ~5-8 min.
 """
 
 from __future__ import annotations
@@ -35,15 +36,36 @@ import yaml
 from launcher import __version__
 from launcher.status import FINAL, RunStatus, collect
 
-from .conftest import ROOT, USERS, launcher, write_jsonl
+from .conftest import ROOT, USERS, write_jsonl
+from .helpers import (
+    attempts,
+    chunk_files,
+    chunk_rows,
+    claim_owner,
+    in_queue,
+    job_failures,
+    job_log,
+    launcher,
+    live,
+    records_by,
+    requeue_markers,
+    run_json,
+    sacct_states,
+    submissions,
+    submit,
+    unit_done,
+    unit_failures,
+    wait_for,
+    worker_reports,
+)
 
 pytestmark = pytest.mark.slurm
 
 PROFILE = ROOT / "configs" / "slurm-local.yaml"
-RECORDS = 9  # per dataset: 3 shards of 3 in the e2e run
+RECORDS = 9  # per dataset: 3 units of 3 in the e2e run
 SCENARIO_TIMEOUT_S = 600
 _stop = threading.Event()
-_gpus_free = threading.Event()  # the e2e array's tasks have ended: the preemption scenario may take the GPUs
+_gpus_free = threading.Event()  # the e2e run's worker jobs have ended: the preemption scenario may take the GPUs
 
 
 # ---------------------------------------------------------------- inputs and helpers
@@ -65,18 +87,19 @@ def inputs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Inputs
 
 
 def write_spec(inp: Inputs, name: str, datasets: tuple[str, ...] = ("ds_a",), ablations: tuple[str, ...] = ("full",),
-               per_shard: int = RECORDS, slurm: dict[str, Any] | None = None) -> Path:
+               per_shard: int = RECORDS, slurm: dict[str, Any] | None = None,
+               model: dict[str, Any] | None = None) -> Path:
     """A job spec on the local cluster's profile (configs/slurm-local.yaml), as a user would write one."""
     spec = {
         "extends": str(PROFILE),
         "name": name,
-        "model": {"path": str(inp.model)},
+        "model": {"path": str(inp.model), **(model or {})},
         "data": {"datasets": [{"name": d, "path": str(getattr(inp, d))} for d in datasets],
                  "ablation_configs": list(ablations), "num_samples": 2, "records_per_shard": per_shard},
         "sampling": {"max_tokens": 8, "seed": 7},
-        # The e2e array goes first (its tasks wait for the 4 GPUs in pairs): the others are niced, and their
-        # 5 min limit lets the backfill scheduler start them beside it (it reserves the whole node ahead for a
-        # waiting higher-priority job, so only jobs that end before the e2e tasks' 20 min limit fit).
+        # The e2e run goes first (its worker jobs take the 4 GPUs): the others are niced, and their 5 min limit
+        # lets the backfill scheduler start them beside it (it reserves the whole node ahead for a waiting
+        # higher-priority job, so only jobs that end before the e2e jobs' 20 min limit fit).
         "slurm": {"gpus_per_node": 0, "mem": "512M", "time": 5, "extra_args": {"nice": 100}, **(slurm or {})},
         "output": {"dir": str(inp.root / name), "chunk_records": 1},
     }
@@ -85,30 +108,9 @@ def write_spec(inp: Inputs, name: str, datasets: tuple[str, ...] = ("ds_a",), ab
     return path
 
 
-def submit(spec: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    proc = launcher("submit", str(spec), *extra, env=env)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    match = re.search(r"run dir: (\S+)", proc.stdout)
-    assert match, proc.stdout
-    return Path(match.group(1)), proc
-
-
-def run_json(run_dir: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((run_dir / "run.json").read_text())
-    return data
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = SCENARIO_TIMEOUT_S, every_s: float = 0.5,
-             run_dir: Path | None = None) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if _stop.is_set():
-            raise RuntimeError(f"stopped while waiting for {what}")
-        value = check()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise TimeoutError(f"{what}: not within {timeout_s:.0f}s\n{diagnose(run_dir)}")
+def wait(what: str, check: Callable[[], Any], timeout_s: float = SCENARIO_TIMEOUT_S, every_s: float = 0.5,
+         run_dir: Path | None = None) -> Any:
+    return wait_for(what, check, timeout_s, every_s, stop=_stop, explain=lambda: diagnose(run_dir))
 
 
 def diagnose(run_dir: Path | None) -> str:
@@ -121,62 +123,35 @@ def diagnose(run_dir: Path | None) -> str:
 
 
 def wait_gathered(run_dir: Path, timeout_s: float = SCENARIO_TIMEOUT_S) -> RunStatus:
-    """Until the newest submission's gather job has ended (it starts once every task has ended: afterany)."""
+    """Until the newest submission's gather job has ended (it starts once every worker job has ended: afterany)."""
     def ended() -> RunStatus | None:
         status = collect(run_dir)
-        newest = run_json(run_dir)["submissions"][-1]["gather_job_id"]
+        newest = submissions(run_dir)[-1]["gather_job_id"]
         ok = status.gather_job_id == newest and status.gather_state in FINAL
-        return status if ok and all(t.state in FINAL for t in status.tasks) else None
-    status: RunStatus = wait_for(f"gather job of {run_dir.name}", ended, timeout_s, 2.0, run_dir)
+        return status if ok and all(j.state in FINAL for j in status.jobs) else None
+    status: RunStatus = wait(f"gather job of {run_dir.name}", ended, timeout_s, 2.0, run_dir)
     return status
 
 
-def task_dir(run_dir: Path, task_id: str) -> Path:
-    return run_dir / "tasks" / task_id
+def chunk_count(run_dir: Path, unit_id: str = "*") -> int:
+    return len(chunk_files(run_dir, unit_id))
 
 
-def chunk_count(run_dir: Path, task_id: str) -> int:
-    chunks = task_dir(run_dir, task_id) / "chunks"
-    return len(list(chunks.glob("chunk-*.jsonl"))) if chunks.is_dir() else 0
-
-
-def chunk_rows(run_dir: Path) -> list[int]:
-    """Every row in every chunk file of every task: what was generated, duplicates included."""
-    return [json.loads(line)["row"] for path in sorted(run_dir.glob("tasks/*/chunks/chunk-*.jsonl"))
-            for line in path.read_text().splitlines() if line.strip()]
-
-
-def requeue_markers(run_dir: Path, task_id: str) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((task_dir(run_dir, task_id) / "requeues").glob("*.json"))]
-
-
-def failure_records(run_dir: Path, task_id: str) -> list[dict[str, Any]]:
-    from launcher.retries import read_failures
-
-    return read_failures(task_dir(run_dir, task_id))
-
-
-def live(run_dir: Path, task_id: str) -> dict[str, Any]:
-    path = task_dir(run_dir, task_id) / "live.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def last_attempt(run_dir: Path, task_id: str) -> dict[str, Any]:
-    files = sorted((task_dir(run_dir, task_id) / "attempts").glob("attempt-*.json"))
-    data: dict[str, Any] = json.loads(files[-1].read_text())
-    return data
-
-
-def sacct_states(job_id: str) -> list[str]:
-    """Every record of a job, requeued attempts included (-D), oldest first."""
-    out = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-j", job_id, "-o", "State"], capture_output=True,
-                         text=True).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
+def holder(run_dir: Path, unit_id: str) -> dict[str, Any] | None:
+    """The unit's claim owner once it is a live process of this run's worker jobs (its environment says so)."""
+    owner = claim_owner(run_dir, unit_id)
+    pid = int(owner.get("pid") or 0)
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if pid else []
+    except OSError:
+        return None
+    array = submissions(run_dir)[-1]["array_job_id"]
+    return owner if f"SLURM_ARRAY_JOB_ID={array}".encode() in environ else None
 
 
 def assert_nothing_lost_or_twice(run_dir: Path, reference: bytes, group: str = "ds_a/full") -> None:
     """0 lost, 0 duplicated (in the chunks themselves), and the bytes of the uninterrupted run."""
-    rows = chunk_rows(run_dir)
+    rows = [row for _, row in chunk_rows(run_dir)]
     assert sorted(rows) == list(range(RECORDS)), f"chunks hold rows {sorted(rows)}: lost or generated twice"
     out = run_dir.parent.parent / group
     manifest = json.loads((out / "manifest.json").read_text())
@@ -194,14 +169,16 @@ class Outcome:
 
 
 def scenario_e2e(inp: Inputs) -> Outcome:
-    """2 datasets x 2 ablations x 3 shards, 2 fake GPUs per task (-> DP=2 replicas on the CPU)."""
+    """2 datasets x 2 ablations x 3 units of 3 records = 12 units; auto: 2 worker jobs of 2 fake GPUs each, so
+    4 workers (DP=2 per job, processes of their own on the CPU) claim the 12 units."""
     spec = write_spec(inp, "e2e", ("ds_a", "ds_b"), ("context_only", "full"), per_shard=3,
                       slurm={"gpus_per_node": 2, "mem": "1G", "time": 20, "extra_args": {}})
     run_dir, proc = submit(spec)
     outcome = Outcome(run_dir, notes={"stdout": proc.stdout})
     t0 = time.monotonic()
     try:
-        wait_for("e2e tasks", lambda: all(t.state in FINAL for t in collect(run_dir).tasks), run_dir=run_dir, every_s=2)
+        wait("e2e worker jobs", lambda: all(j.state in FINAL for j in collect(run_dir).jobs), run_dir=run_dir,
+             every_s=2)
     finally:
         _gpus_free.set()
     wait_gathered(run_dir)
@@ -210,28 +187,33 @@ def scenario_e2e(inp: Inputs) -> Outcome:
 
 
 def scenario_preempt(inp: Inputs) -> Outcome:
-    """Preemption through the `high` partition. Waits for the e2e tasks to free the GPUs: the preemptor asks all 4,
-    so the victim (the only other GPU job then) is the one Slurm must preempt."""
-    wait_for("e2e tasks off the GPUs", _gpus_free.is_set)
+    """Preemption through the `high` partition. Waits for the e2e jobs to free the GPUs: the preemptor asks all 4,
+    so the victim (the only other GPU job then) is the one Slurm must preempt. One worker job, 2 workers, 3 units."""
+    wait("e2e jobs off the GPUs", _gpus_free.is_set)
     t0 = time.monotonic()
     # time > 50 min: below that, submitit calls every USR2 a timeout (its guaranteed time is negative)
-    spec = write_spec(inp, "preempt", slurm={"gpus_per_node": 2, "time": 60, "extra_args": {}})
-    run_dir, _ = submit(spec, env={"LAUNCHER_FAULT_SLOW_S": "1.5:1"})
-    task = "ds_a.full.0000"
-    wait_for("2 records before preemption", lambda: chunk_count(run_dir, task) >= 2, run_dir=run_dir)
-    chunks = chunk_count(run_dir, task)
+    spec = write_spec(inp, "preempt", per_shard=3, slurm={"gpus_per_node": 2, "time": 60, "extra_args": {}},
+                      model={"hf_batch_size": 1})
+    # 4 s a record, 2 workers: ~14 s of work left after the first 2 records, for Slurm to schedule the preemptor
+    # (it holds back while any job on the node is completing: 7 s seen)
+    run_dir, _ = submit(spec, env={"LAUNCHER_FAULT_SLOW_S": "4:1"})
+    wait("2 records before preemption", lambda: chunk_count(run_dir) >= 2, run_dir=run_dir)
+    chunks = chunk_count(run_dir)
+    held = {u: claim_owner(run_dir, u) for u in (f"ds_a.full.{i:04d}" for i in range(3)) if not unit_done(run_dir, u)}
     high = subprocess.run(["sbatch", "--parsable", "-p", "high", "--gres=gpu:4", "-c", "1", "--mem=64M",
                            "-o", "/dev/null", "--wrap", "true"], capture_output=True, text=True, check=True)
-    outcome = Outcome(run_dir, notes={"high_job": high.stdout.strip(), "chunks_at_preemption": chunks})
+    outcome = Outcome(run_dir, notes={"high_job": high.stdout.strip(), "chunks_at_preemption": chunks,
+                                      "held": held})
     wait_gathered(run_dir)
     outcome.seconds = time.monotonic() - t0
     return outcome
 
 
 def scenario_crash(inp: Inputs) -> Outcome:
-    """Task 1 of 3 raises after 2 records, twice; max_retries 2 -> the third attempt finishes. `submit --wait`."""
+    """Unit 1 of 3 raises after 1 record, twice; max_retries 2 -> the job's third attempt finishes it. One worker
+    job; hf_batch_size 1, so the worker claims the next unit only when it needs one. `submit --wait`."""
     t0 = time.monotonic()
-    spec = write_spec(inp, "crash", per_shard=3, slurm={"max_retries": 2})
+    spec = write_spec(inp, "crash", per_shard=3, slurm={"max_retries": 2}, model={"hf_batch_size": 1})
     proc = launcher("submit", str(spec), "--wait", env={"LAUNCHER_FAULT_CRASH": "ds_a.full.0001:2:1"})
     run_dir = Path(re.search(r"run dir: (\S+)", proc.stdout).group(1))  # type: ignore[union-attr]
     return Outcome(run_dir, time.monotonic() - t0, {"wait_rc": proc.returncode, "stdout": proc.stdout,
@@ -239,18 +221,21 @@ def scenario_crash(inp: Inputs) -> Outcome:
 
 
 def scenario_sigkill(inp: Inputs) -> Outcome:
-    """SIGKILL of the task's process mid-task: srun's status reaches the batch script's teardown, which records the
-    failure and requeues; the next attempt resumes from the chunks on disk."""
+    """SIGKILL of the process of the worker job that holds unit 0 (DP=1: the worker runs in it), mid-unit: srun's
+    status reaches the batch script's teardown, which records the failure and requeues; the unit is resumed from
+    its chunks on disk, by the requeued job or by the other worker job (a dead owner's unit is free at once)."""
     t0 = time.monotonic()
-    spec = write_spec(inp, "sigkill", per_shard=5)  # 2 tasks (5 + 4 records): the array path of the teardown
+    spec = write_spec(inp, "sigkill", per_shard=5, slurm={"jobs": 2})  # 2 units (5 + 4 records), 2 worker jobs
     run_dir, _ = submit(spec, env={"LAUNCHER_FAULT_SLOW_S": "1:1"})
-    task = "ds_a.full.0000"
-    wait_for("2 records before the kill", lambda: chunk_count(run_dir, task) >= 2 and live(run_dir, task),
-             run_dir=run_dir)
-    info = live(run_dir, task)
-    chunks = chunk_count(run_dir, task)
-    os.kill(info["pid"], signal.SIGKILL)
-    outcome = Outcome(run_dir, notes={"killed_pid": info["pid"], "chunks_at_kill": chunks})
+    unit = "ds_a.full.0000"
+    owner = wait("2 records before the kill", lambda: chunk_count(run_dir, unit) >= 2 and holder(run_dir, unit),
+                 run_dir=run_dir)
+    job = int(owner["worker"].split(".")[0])
+    chunks = chunk_count(run_dir, unit)
+    job_pid = live(run_dir, job).get("pid")
+    os.kill(owner["pid"], signal.SIGKILL)
+    outcome = Outcome(run_dir, notes={"killed": owner, "job": job, "job_pid": job_pid, "chunks_at_kill": chunks,
+                                      "killed_at": time.time()})
     wait_gathered(run_dir)
     outcome.seconds = time.monotonic() - t0
     return outcome
@@ -267,44 +252,46 @@ def scenario_timeout(inp: Inputs) -> Outcome:
 
 
 def scenario_resubmit(inp: Inputs) -> Outcome:
-    """scancel mid-run, then `launcher submit` again: done tasks are skipped, the cut one resumes from its chunks."""
+    """scancel mid-run, then `launcher submit` again: done units are skipped, the cut one resumes from its chunks."""
     t0 = time.monotonic()
-    spec = write_spec(inp, "resubmit", per_shard=3, slurm={"array_parallelism": 1})
-    env = {"LAUNCHER_FAULT_SLOW_S": "4"}  # 3 records x 4 s a task: a wide window to cut one in the middle
+    spec = write_spec(inp, "resubmit", per_shard=3, slurm={"array_parallelism": 1}, model={"hf_batch_size": 1})
+    env = {"LAUNCHER_FAULT_SLOW_S": "4"}  # 3 records x 4 s a unit: a wide window to cut one in the middle
     run_dir, _ = submit(spec, env=env)
     first, second = "ds_a.full.0000", "ds_a.full.0001"
-    wait_for("task 0 under way", lambda: chunk_count(run_dir, first) >= 1, run_dir=run_dir)
-    refused = launcher("submit", str(spec), env=env)  # a second array of a running run would write the same tasks
-    wait_for("task 0 done, task 1 under way",
-             lambda: (task_dir(run_dir, first) / "done.json").exists() and chunk_count(run_dir, second) >= 1,
-             every_s=0.2, run_dir=run_dir)
-    cut = {t: chunk_count(run_dir, t) for t in (first, second)}
-    array = run_json(run_dir)["submissions"][0]["array_job_id"]
+    wait("unit 0 under way", lambda: chunk_count(run_dir, first) >= 1, run_dir=run_dir)
+    refused = launcher("submit", str(spec), env=env)  # a second set of jobs would count retries against the wrong one
+    wait("unit 0 done, unit 1 under way", lambda: unit_done(run_dir, first) and chunk_count(run_dir, second) >= 1,
+         every_s=0.2, run_dir=run_dir)
+    cut = {u: chunk_count(run_dir, u) for u in (first, second)}
+    array = submissions(run_dir)[0]["array_job_id"]
     subprocess.run(["scancel", array], check=True)
-    wait_for("the array to leave Slurm", lambda: not subprocess.run(["squeue", "-h", "-j", array], capture_output=True,
-                                                                    text=True).stdout.strip())
-    chunks_before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.glob("tasks/*/chunks/*.jsonl")}
+    wait("the worker job to leave Slurm", lambda: not in_queue(array), run_dir=run_dir)
+    chunks_before = {p.relative_to(run_dir): p.read_bytes() for p in chunk_files(run_dir)}
+    resubmitted_at = time.time()
     _, again = submit(spec, env={})
     outcome = Outcome(run_dir, notes={"refused": refused, "again": again.stdout, "chunks_before": chunks_before,
-                                      "cut": cut})
+                                      "cut": cut, "resubmitted_at": resubmitted_at})
     wait_gathered(run_dir)
     outcome.seconds = time.monotonic() - t0
     return outcome
 
 
 def scenario_states(inp: Inputs) -> Outcome:
-    """3 tasks, one at a time (array_parallelism 1), the last one always crashes and max_retries is 0: status must
-    show RUNNING + PENDING (JobArrayTaskLimit) while it runs, then DONE, DONE, FAILED with the error."""
+    """3 units, one worker job; the last unit always crashes and max_retries is 0: status must show the job RUNNING
+    with unit 0 RUNNING (its worker named) and the others PENDING, then DONE, DONE, FAILED with the error."""
     t0 = time.monotonic()
-    spec = write_spec(inp, "states", per_shard=3, slurm={"array_parallelism": 1, "max_retries": 0})
+    spec = write_spec(inp, "states", per_shard=3, slurm={"array_parallelism": 1, "max_retries": 0},
+                      model={"hf_batch_size": 1})
     run_dir, _ = submit(spec, env={"LAUNCHER_FAULT_SLOW_S": "0.5", "LAUNCHER_FAULT_CRASH": "ds_a.full.0002:99:1"})
-    seen: list[list[tuple[str, str]]] = []
+    seen: list[RunStatus] = []
 
     def running_and_pending() -> bool:
-        rows = collect(run_dir).tasks
-        seen.append([(t.state, t.reason) for t in rows])
-        return rows[0].state == "RUNNING" and all(t.state == "PENDING" for t in rows[1:])
-    wait_for("task 0 running, 1 and 2 pending", running_and_pending, every_s=0.3, run_dir=run_dir)
+        status = collect(run_dir)
+        seen.append(status)
+        units = status.units
+        return ([j.state for j in status.jobs] == ["RUNNING"] and units[0].state == "RUNNING"
+                and all(u.state == "PENDING" for u in units[1:]))
+    wait("unit 0 running, 1 and 2 pending", running_and_pending, every_s=0.3, run_dir=run_dir)
     outcome = Outcome(run_dir, notes={"while_running": seen[-1],
                                       "status_running": launcher("status", str(run_dir)).stdout})
     final = wait_gathered(run_dir)
@@ -315,15 +302,15 @@ def scenario_states(inp: Inputs) -> Outcome:
 
 
 def scenario_held_cancel(inp: Inputs) -> Outcome:
-    """A held array: status says PENDING (JobHeldUser); `launcher cancel` ends it and its gather job."""
+    """A held worker job: status says PENDING (JobHeldUser); `launcher cancel` ends it and its gather job."""
     t0 = time.monotonic()
     spec = write_spec(inp, "held", per_shard=3, slurm={"extra_args": {"hold": True, "nice": 100}})
     run_dir, _ = submit(spec)
-    held = wait_for("held tasks", lambda: (s := collect(run_dir)) and all(t.state == "PENDING" for t in s.tasks) and s,
-                    run_dir=run_dir)
+    held = wait("held jobs", lambda: (s := collect(run_dir)) and s.jobs and all(j.state == "PENDING" for j in s.jobs)
+                and s, run_dir=run_dir)
     cancel = launcher("cancel", str(run_dir))
-    cancelled = wait_for("cancelled in sacct", lambda: (s := collect(run_dir)) and s.gather_state == "CANCELLED"
-                         and all(t.state == "CANCELLED" for t in s.tasks) and s, timeout_s=60, run_dir=run_dir)
+    cancelled = wait("cancelled in sacct", lambda: (s := collect(run_dir)) and s.gather_state == "CANCELLED"
+                     and all(j.state == "CANCELLED" for j in s.jobs) and s, timeout_s=60, run_dir=run_dir)
     again = launcher("cancel", str(run_dir))
     return Outcome(run_dir, time.monotonic() - t0, {"held": held, "cancel": cancel, "cancelled": cancelled,
                                                     "again": again})
@@ -365,11 +352,12 @@ def reference(scenarios: dict[str, Future[Outcome]]) -> bytes:
 
 # ---------------------------------------------------------------- tests
 
-def test_submit_1000_tasks_under_5s(inputs: Inputs) -> None:
-    """`launcher submit` of a 1,000-task array, end to end in a fresh process, held so that nothing runs."""
+def test_submit_1000_worker_jobs_under_5s(inputs: Inputs) -> None:
+    """`launcher submit` of 1,000 units as a 1,000-element array of worker jobs, end to end in a fresh process, held
+    so that nothing runs."""
     data = write_jsonl(inputs.root / "data" / "thousand.jsonl", [{"user_id": f"u{i:04d}", "context": "x"}
                                                                  for i in range(1000)])
-    spec = write_spec(inputs, "thousand", per_shard=1, slurm={"extra_args": {"hold": True}})
+    spec = write_spec(inputs, "thousand", per_shard=1, slurm={"jobs": 1000, "extra_args": {"hold": True}})
     text = yaml.safe_load(spec.read_text())
     text["data"]["datasets"][0]["path"] = str(data)
     spec.write_text(yaml.safe_dump(text))
@@ -377,15 +365,15 @@ def test_submit_1000_tasks_under_5s(inputs: Inputs) -> None:
     run_dir, proc = submit(spec)
     seconds = time.perf_counter() - t0
     try:
-        sub = run_json(run_dir)["submissions"][0]
-        assert len(sub["job_ids"]) == 1000 and sub["task_indices"] == list(range(1000))
-        assert "1000 task(s) submitted as array" in proc.stdout
+        sub = submissions(run_dir)[0]
+        assert len(sub["job_ids"]) == 1000 and sub["job_indices"] == list(range(1000)) and sub["units_todo"] == 1000
+        assert "1000 unit(s) to do; 1000 worker job(s) submitted as array" in proc.stdout, proc.stdout
         queued = subprocess.run(["squeue", "-h", "-r", "-j", sub["array_job_id"], "-o", "%i"], capture_output=True,
                                 text=True).stdout.split()
-        assert len(queued) == 1000, "one array element per task, all queued, none capped by submitit's %256"
+        assert len(queued) == 1000, "one array element per worker job, all queued, none capped by submitit's %256"
     finally:
         assert launcher("cancel", str(run_dir)).returncode == 0
-    print(f"\nlauncher submit, 1000 tasks: {seconds:.2f}s")
+    print(f"\nlauncher submit, 1000 worker jobs: {seconds:.2f}s")
     assert seconds < 5.0
 
 
@@ -394,8 +382,9 @@ def test_e2e_array_with_gpus_gather_and_run_json(scenarios: dict[str, Future[Out
     run_dir = e2e.run_dir
     status = collect(run_dir)
     assert status.gather_state == "COMPLETED", diagnose(run_dir)
-    assert [t.state for t in status.tasks] == ["DONE"] * 12
-    assert re.search(r"12 task\(s\) submitted as array \d+; gather job \d+", e2e.notes["stdout"])
+    assert status.counts == {"DONE": 12} and [j.state for j in status.jobs] == ["COMPLETED"] * 2
+    assert re.search(r"12 unit\(s\) to do; 2 worker job\(s\) submitted as array \d+; gather job \d+",
+                     e2e.notes["stdout"]), e2e.notes["stdout"]
 
     run = run_json(run_dir)
     sub = run["submissions"][0]
@@ -403,20 +392,32 @@ def test_e2e_array_with_gpus_gather_and_run_json(scenarios: dict[str, Future[Out
     assert re.fullmatch(r"[0-9a-f]{40}", run["git_sha"] or ""), run["git_sha"]
     assert run["image"]["runtime"] == "none" and run["image"]["python"]
     assert run["spec"]["slurm"]["partition"] == "debug" and run["spec"]["slurm"]["gpus_per_node"] == 2  # the profile
-    assert len(sub["job_ids"]) == 12 and all(j.startswith(f"{sub['array_job_id']}_") for j in sub["job_ids"])
-    assert sub["gather_job_id"] and sub["submitted_at"] and sub["task_indices"] == list(range(12))
+    assert run["units"] == 12 and run["jobs"] == 2 and run["records"] == 4 * RECORDS
+    assert len(sub["job_ids"]) == 2 and all(j.startswith(f"{sub['array_job_id']}_") for j in sub["job_ids"])
+    assert sub["gather_job_id"] and sub["submitted_at"] and sub["job_indices"] == [0, 1] and sub["units_todo"] == 12
 
+    # each worker job counted its 2 GPUs and ran one worker (a process of its own) per GPU
     gpu_sets = set()
-    for task in status.tasks:
-        done = json.loads((task_dir(run_dir, task.task_id) / "done.json").read_text())
-        layout = done["last_layout"]
+    reports = worker_reports(run_dir)
+    for job in (0, 1):
+        (attempt,) = attempts(run_dir, job)
+        layout = attempt["layout"]
         assert layout["data_parallel_size"] == 2 and layout["tensor_parallel_size"] == 1, layout
         assert len(layout["gpus"]) == 2 and set(layout["gpus"]) <= {"0", "1", "2", "3"}, layout
         gpu_sets.add(tuple(layout["gpus"]))
-        replicas = last_attempt(run_dir, task.task_id)["replicas"]
-        assert sorted(r["replica"] for r in replicas) == [0, 1] and all(r["records"] > 0 for r in replicas)
-        assert all(r["slurm_job_id"] for r in replicas)
+        mine = [r for r in reports if r["job_index"] == job]
+        assert sorted(r["slot"] for r in mine) == [f"{job}.0", f"{job}.1"] and attempt["workers"] == [f"{job}.0",
+                                                                                                    f"{job}.1"]
+        assert sorted(g for r in mine for g in r["gpus"]) == sorted(layout["gpus"]), "one GPU per worker"
+        assert all(r["job_id"] and r["state"] in ("done", "idle") for r in mine), mine
+        assert all(r["units_done"] for r in mine if r["state"] == "done")
+    assert len(gpu_sets) == 2, f"the two jobs ran at once on the 4 GPUs: {gpu_sets}"
     e2e.notes["gpu_sets"] = sorted(gpu_sets)
+    # every unit done exactly once, by one of the workers, each of which started its engine once
+    done_by = [set(r["units_done"]) for r in reports]
+    assert sum(len(d) for d in done_by) == 12 and set().union(*done_by) == {u.unit_id for u in status.units}
+    assert sum(1 for r in reports if r.get("engine_ready_at")) == sum(1 for r in reports if r["units_done"])
+    assert sum(1 for r in reports if r["units_done"]) >= 2, "the units were shared between workers"
 
     out = run_dir.parent.parent
     written = {}
@@ -428,8 +429,9 @@ def test_e2e_array_with_gpus_gather_and_run_json(scenarios: dict[str, Future[Out
             assert all(len(r["generated_samples"]) == 2 for r in rows)
             summary = json.loads((group / "inference_summary.json").read_text())
             assert summary["total_samples"] == 2 * RECORDS and summary["data_parallel_size"] == 2
+            assert summary["units"] == 3
             manifest = json.loads((group / "manifest.json").read_text())
-            from launcher.outputs import sha256_file
+            from launcher.store import sha256_file
 
             assert all(sha256_file(group / f) == m["sha256"] for f, m in manifest["files"].items())
             written.update({p: p.read_bytes() for p in group.rglob("*") if p.is_file()})
@@ -438,68 +440,97 @@ def test_e2e_array_with_gpus_gather_and_run_json(scenarios: dict[str, Future[Out
     assert proc.returncode == 0, proc.stderr
     assert written == {p: p.read_bytes() for p in written}
     assert "DP=2" in proc.stdout
-    assert launcher("status", str(run_dir)).returncode == 0
+    st = launcher("status", str(run_dir), "--json")
+    assert st.returncode == 0, st.stderr
+    data = json.loads(st.stdout)
+    assert data["counts"] == {"DONE": 12} and data["gather"]["state"] == "COMPLETED"
+    assert sorted(w["worker"] for w in data["workers"]) == ["0.0", "0.1", "1.0", "1.1"]
+    assert data["run"]["samples"] == 2 * 4 * RECORDS
 
 
 def test_crash_twice_then_success(scenarios: dict[str, Future[Outcome]], reference: bytes) -> None:
     crash = outcome(scenarios, "crash")
-    run_dir, task = crash.run_dir, "ds_a.full.0001"
+    run_dir, unit = crash.run_dir, "ds_a.full.0001"
     assert crash.notes["wait_rc"] == 0, crash.notes["stdout"] + crash.notes["stderr"]
-    failures = failure_records(run_dir, task)
+    failures = job_failures(run_dir, 0)
     assert [f["failures"] for f in failures] == [1, 2] and all(f["retry"] for f in failures)
     assert all("InjectedFault" in f["error"] and f["kind"] == "exception" for f in failures)
     assert any("InjectedFault" in line for line in failures[0]["log_tail"]), "the record carries the log tail"
-    assert live(run_dir, task)["restart"] == 2  # the same Slurm job, requeued twice
-    assert last_attempt(run_dir, task)["replicas"][0]["records_todo"] == 1  # the third attempt resumed: 2 were done
-    for other in ("ds_a.full.0000", "ds_a.full.0002"):  # the others went on
-        assert not failure_records(run_dir, other) and live(run_dir, other)["restart"] == 0
+    # the unit keeps its own count: the crash happened in it, twice, and nowhere else
+    assert [("InjectedFault" in f["error"]) for f in unit_failures(run_dir, unit)] == [True, True]
+    for other in ("ds_a.full.0000", "ds_a.full.0002"):
+        assert not unit_failures(run_dir, other), other
+    assert live(run_dir, 0)["restart"] == 2  # the same Slurm job, requeued twice
+    (third,) = [r for r in worker_reports(run_dir) if r["restart"] == 2]
+    assert records_by(third, unit, 2) == 1, "the third attempt resumed the unit: 2 of its records were done"
+    assert unit_done(run_dir, "ds_a.full.0000")["generation"] == 0, "a unit done before the crash is not redone"
+    assert unit_done(run_dir, unit)["generation"] == 2
     assert collect(run_dir).gather_state == "COMPLETED"
     assert_nothing_lost_or_twice(run_dir, reference)
 
 
-def test_sigkill_of_the_task_process(scenarios: dict[str, Future[Outcome]], reference: bytes) -> None:
+def test_sigkill_of_the_worker_jobs_process(scenarios: dict[str, Future[Outcome]], reference: bytes) -> None:
     killed = outcome(scenarios, "sigkill")
-    run_dir, task = killed.run_dir, "ds_a.full.0000"
-    (failure,) = failure_records(run_dir, task)
+    run_dir, unit, job = killed.run_dir, "ds_a.full.0000", killed.notes["job"]
+    owner = killed.notes["killed"]
+    assert owner["pid"] == killed.notes["job_pid"], "DP=1: the worker runs in its job's own process"
+    (failure,) = job_failures(run_dir, job)
     assert failure["kind"] == "died" and "SIGKILL" in failure["error"] and failure["retry"], failure
-    assert live(run_dir, task)["restart"] == 1 and live(run_dir, task)["pid"] != killed.notes["killed_pid"]
+    assert live(run_dir, job)["restart"] == 1 and live(run_dir, job)["pid"] != owner["pid"]
     assert 2 <= killed.notes["chunks_at_kill"] < 5
-    todo = last_attempt(run_dir, task)["replicas"][0]["records_todo"]
-    assert todo <= 5 - killed.notes["chunks_at_kill"], "the requeued attempt resumed from the chunks"
-    assert run_json(run_dir)["submissions"][0]["job_ids"][0].endswith("_0"), "an array element"
-    assert not failure_records(run_dir, "ds_a.full.0001") and live(run_dir, "ds_a.full.0001")["restart"] == 0
+    # resumed from the chunks, by whichever worker took the dead owner's claim over
+    done = unit_done(run_dir, unit)
+    assert done["generation"] > owner["generation"]
+    (finisher,) = [r for r in worker_reports(run_dir) if unit in r["units_done"]]
+    assert finisher["pid"] != owner["pid"]
+    assert records_by(finisher, unit, 2) <= 5 - killed.notes["chunks_at_kill"], "resumed, not started over"
+    assert submissions(run_dir)[0]["job_ids"][job].endswith(f"_{job}"), "an array element"
+    other = 1 - job
+    assert not job_failures(run_dir, other) and live(run_dir, other)["restart"] == 0
     assert collect(run_dir).gather_state == "COMPLETED"
     assert_nothing_lost_or_twice(run_dir, reference)
 
 
 def test_preemption_by_high_partition(scenarios: dict[str, Future[Outcome]], reference: bytes) -> None:
     pre = outcome(scenarios, "preempt")
-    run_dir, task = pre.run_dir, "ds_a.full.0000"
-    job = run_json(run_dir)["submissions"][0]["job_ids"][0]
-    (marker,) = requeue_markers(run_dir, task)
+    run_dir = pre.run_dir
+    job = submissions(run_dir)[0]["job_ids"][0]
+    (marker,) = requeue_markers(run_dir, 0)
     assert marker["restart"] == 0 and "USR2" in marker["why"]
-    log = (run_dir / "logs" / f"{job}_0_log.out").read_text()
+    log = job_log(run_dir, job).read_text()
     assert "this job is preempted" in log, log[-2000:]
     assert sacct_states(pre.notes["high_job"]) == ["COMPLETED"]
     assert sacct_states(job.split("_")[0])[0] in {"PREEMPTED", "REQUEUED"}
-    assert not failure_records(run_dir, task), "a preemption is not a failure"
-    assert live(run_dir, task)["restart"] == 1
-    replicas = last_attempt(run_dir, task)["replicas"]
-    assert sum(r["records_todo"] for r in replicas) <= RECORDS - pre.notes["chunks_at_preemption"]
-    assert len(replicas) == 2, "DP=2 on the 2 fake GPUs, before and after the preemption"
+    assert not job_failures(run_dir, 0), "a preemption is not a failure"
+    assert not any(unit_failures(run_dir, f"ds_a.full.{i:04d}") for i in range(3))
+    assert live(run_dir, 0)["restart"] == 1
+    reports = worker_reports(run_dir)
+    before = [r for r in reports if r["restart"] == 0]
+    after = [r for r in reports if r["restart"] == 1]
+    assert sorted(r["slot"] for r in before) == sorted(r["slot"] for r in after) == ["0.0", "0.1"], \
+        "DP=2 on the 2 fake GPUs, before and after the preemption"
+    assert all(r["state"] == "preempted" for r in before), [r["state"] for r in before]
+    assert sum(r["records"] for r in after) <= RECORDS - pre.notes["chunks_at_preemption"]
+    # the units the workers held were given back (released), and taken again after the requeue
+    assert pre.notes["held"], "no unit was mid-way when the preemptor came"
+    for unit, owner in pre.notes["held"].items():
+        assert claim_owner(run_dir, unit, owner["generation"])["released"], unit
+        assert unit_done(run_dir, unit)["generation"] > owner["generation"], unit
     assert collect(run_dir).gather_state == "COMPLETED"
     assert_nothing_lost_or_twice(run_dir, reference)
 
 
 def test_timeout_needs_two_requeues(scenarios: dict[str, Future[Outcome]], reference: bytes) -> None:
     to = outcome(scenarios, "timeout")
-    run_dir, task = to.run_dir, "ds_a.full.0000"
-    markers = requeue_markers(run_dir, task)
+    run_dir = to.run_dir
+    markers = requeue_markers(run_dir, 0)
     assert [m["restart"] for m in markers][:2] == [0, 1], markers
-    assert live(run_dir, task)["restart"] >= 2 and not failure_records(run_dir, task)
-    job = run_json(run_dir)["submissions"][0]["job_ids"][0]
-    log = (run_dir / "logs" / f"{job}_0_log.out").read_text()
+    assert live(run_dir, 0)["restart"] >= 2 and not job_failures(run_dir, 0)
+    assert not unit_failures(run_dir, "ds_a.full.0000"), "a time limit is not a failure of the unit it cut"
+    job = submissions(run_dir)[0]["job_ids"][0]
+    log = job_log(run_dir, job).read_text()
     assert log.count("this job is timed-out") >= 2, log[-2000:]
+    assert unit_done(run_dir, "ds_a.full.0000")["generation"] >= 2, "claimed again after each time limit"
     assert collect(run_dir).gather_state == "COMPLETED"
     assert_nothing_lost_or_twice(run_dir, reference)
 
@@ -509,12 +540,15 @@ def test_scancel_then_resubmit_resumes(scenarios: dict[str, Future[Outcome]], re
     run_dir = res.run_dir
     refused = res.notes["refused"]
     assert refused.returncode == 2 and "still has" in refused.stderr and "launcher cancel" in refused.stderr
-    first, second = run_json(run_dir)["submissions"]
-    assert first["task_indices"] == [0, 1, 2] and 0 not in second["task_indices"]  # done tasks are skipped
-    assert re.search(r"\d task\(s\) submitted, \d already done", res.notes["again"])
-    assert 1 <= res.notes["cut"]["ds_a.full.0001"] < 3, f"task 1 was not cut mid-way: {res.notes['cut']}"
-    assert 1 in second["task_indices"] and last_attempt(run_dir, "ds_a.full.0001")["replicas"][0]["records_todo"] < 3
-    after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.glob("tasks/*/chunks/*.jsonl")}
+    first, second = submissions(run_dir)
+    assert first["units_todo"] == 3 and second["units_todo"] == 2  # the done unit is skipped
+    assert "2 unit(s) to do, 1 already done; 1 worker job(s)" in res.notes["again"], res.notes["again"]
+    assert 1 <= res.notes["cut"]["ds_a.full.0001"] < 3, f"unit 1 was not cut mid-way: {res.notes['cut']}"
+    (resumed,) = [r for r in worker_reports(run_dir) if r["started"] >= res.notes["resubmitted_at"]]
+    assert records_by(resumed, "ds_a.full.0001", 2) <= 3 - res.notes["cut"]["ds_a.full.0001"]
+    assert unit_done(run_dir, "ds_a.full.0000")["generation"] == 0
+    assert unit_done(run_dir, "ds_a.full.0001")["generation"] >= 1
+    after = {p.relative_to(run_dir): p.read_bytes() for p in chunk_files(run_dir)}
     assert all(after[name] == data for name, data in res.notes["chunks_before"].items()), "kept chunks were rewritten"
     assert collect(run_dir).gather_state == "COMPLETED"
     assert_nothing_lost_or_twice(run_dir, reference)
@@ -523,27 +557,33 @@ def test_scancel_then_resubmit_resumes(scenarios: dict[str, Future[Outcome]], re
 def test_status_running_pending_failed(scenarios: dict[str, Future[Outcome]]) -> None:
     st = outcome(scenarios, "states")
     run_dir = st.run_dir
-    running = st.notes["while_running"]
-    assert running[0] == ("RUNNING", "") and all(s == ("PENDING", "JobArrayTaskLimit") for s in running[1:]), running
-    assert "RUNNING" in st.notes["status_running"] and "JobArrayTaskLimit" in st.notes["status_running"]
+    running: RunStatus = st.notes["while_running"]
+    assert [(u.state, u.owner) for u in running.units] == [("RUNNING", "0.0"), ("PENDING", ""), ("PENDING", "")]
+    assert [(w.worker, w.state) for w in running.workers] in ([], [("0.0", "starting")], [("0.0", "loading")],
+                                                             [("0.0", "running")]), running.workers
+    text = st.notes["status_running"]
+    assert "RUNNING" in text and "ds_a.full.0001" in text and "PENDING" in text, text
     final: RunStatus = st.notes["final"]
-    assert [t.state for t in final.tasks] == ["DONE", "DONE", "FAILED"]
-    failed = final.tasks[2]
+    assert [u.state for u in final.units] == ["DONE", "DONE", "FAILED"]
+    failed = final.units[2]
     assert failed.failures == 1 and "InjectedFault" in failed.last_error
+    (job,) = final.jobs
+    assert job.state == "FAILED" and job.failures == 1 and "InjectedFault" in job.last_error
     assert final.gather_state == "FAILED"  # gather refuses incomplete outputs, loudly
     cli = st.notes["status_cli"]
-    assert cli.returncode == 1, "status exits 1 when a task has failed"
+    assert cli.returncode == 1, "status exits 1 when a unit has failed"
     data = json.loads(cli.stdout)
     assert data["counts"] == {"DONE": 2, "FAILED": 1} and data["gather"]["state"] == "FAILED"
-    (record,) = failure_records(run_dir, failed.task_id)
+    (record,) = job_failures(run_dir, 0)
     assert record["retry"] is False and record["max_retries"] == 0 and record["log_tail"]
-    gather_err = (run_dir / "logs" / f"{final.gather_job_id}_0_log.err").read_text()
+    gather_err = job_log(run_dir, final.gather_job_id or "", "err").read_text()
     assert "ds_a.full.0002" in gather_err and "fix:" in gather_err
 
 
 def test_status_held_and_cancel(scenarios: dict[str, Future[Outcome]]) -> None:
     held = outcome(scenarios, "held")
-    assert all(t.reason == "JobHeldUser" for t in held.notes["held"].tasks)
+    assert all(j.reason == "JobHeldUser" for j in held.notes["held"].jobs)
+    assert all(u.state == "PENDING" for u in held.notes["held"].units)
     assert held.notes["cancel"].returncode == 0 and "cancelled" in held.notes["cancel"].stdout
     assert held.notes["cancelled"].gather_state == "CANCELLED"
     assert "nothing to cancel" in held.notes["again"].stdout

@@ -57,7 +57,9 @@ def select_backend(model: ModelSpec) -> tuple[str, str]:
     """(backend name, why)."""
     if model.backend == "hf":
         return "hf", "backend: hf set in the spec"
-    ok, reason = vllm_status(model.path)
+    # backend: vllm skips the model-registry scan (seconds of each start); an unsupported architecture then fails
+    # in vLLM's own start with its own message.
+    ok, reason = vllm_status(None if model.backend == "vllm" else model.path)
     if model.backend == "vllm":
         if not ok:
             raise SpecError.one("<spec>", "model.backend", f"backend vllm asked for, but {reason}",

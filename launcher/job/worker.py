@@ -132,6 +132,12 @@ class Worker:
         except Stopped:
             self._set(state="preempted")
         except BaseException as exc:
+            if self.stop_requested:
+                # Preempted or timed out while the worker runs in the job's own process (DP = 1): submitit's USR2
+                # handler ran the checkpoint (stop_now: chunks flushed, units given back), then exits from the
+                # handler (SystemExit). Not a failure of the units this worker held.
+                self._set(state="preempted")
+                raise
             self._fail(exc)
             raise
         finally:

@@ -41,8 +41,9 @@ def storage_wait_s() -> float:
     return STORAGE_WAIT_IN_JOB_S if os.environ.get("SLURM_JOB_ID") else 0.0
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never half of one. Full or read-only storage is waited out (above)."""
+def write_atomic(path: Path, data: bytes, wait_s: float | None = None) -> None:
+    """Readers see the old file or the new one, never half of one. Full or read-only storage is waited out (above)
+    for `wait_s` (default: storage_wait_s()); 0 for a best-effort file that must never hold a job up."""
     deadline: float | None = None
     pause_s = 0.5
     # Unique per writer: two hosts may share a pid, and shared storage is shared by both. One name per call, so a
@@ -57,7 +58,7 @@ def write_atomic(path: Path, data: bytes) -> None:
                 raise
             now = time.monotonic()
             if deadline is None:
-                deadline = now + storage_wait_s()
+                deadline = now + (storage_wait_s() if wait_s is None else wait_s)
                 if now < deadline:
                     log.warning("%s: %s; waiting up to %.0f s for the storage to recover", path, exc.strerror,
                                 deadline - now)
@@ -85,8 +86,9 @@ def dumps_line(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n"
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode())
+def write_json_atomic(path: Path, obj: Any, wait_s: float | None = None) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode(),
+                 wait_s)
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:

@@ -1,5 +1,6 @@
 """cluster.py: the campaign's hands on the machine -- slurmd killed and restarted, mounts (read-only bind, tmpfs),
-and small Slurm queries.
+the processes of a job (/proc), and the gate that keeps slurmd outages away from Slurm's signals. (Slurm queries
+shared with tests/test_slurm_live.py are in tests/helpers.py.)
 
 Every action that changes shared state (the node's daemon, the mount table) is a context manager that puts it back
 on the way out, exceptions included: other people's jobs use this Slurm, and nothing may stay mounted. Root only.
@@ -20,7 +21,6 @@ from pathlib import Path
 SLURM_DIR = Path(os.environ.get("LAUNCHER_SLURM_DIR", "/var/tmp/launcher-slurm"))
 SLURMD_PIDFILE = SLURM_DIR / "run" / "slurmd.pid"
 USABLE_NODE_STATES = {"idle", "mixed", "allocated", "completing"}
-FINAL_JOB_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 PAGE = 4096
 
 
@@ -149,7 +149,7 @@ def disk_full(path: Path, slack_pages: int, full_size: int) -> Iterator[int]:
     """Shrink the tmpfs at `path` to what it holds plus `slack_pages`: the next writes fail with ENOSPC. Grows it back
     to `full_size` on the way out. Yields the size it was shrunk to."""
     size = 0
-    for _ in range(50):  # usage moves while tasks write: a size below it is refused, so read it again and retry
+    for _ in range(50):  # usage moves while workers write: a size below it is refused, so read it again and retry
         size = used_bytes(path) + slack_pages * PAGE
         if run(["mount", "-o", f"remount,size={size}", str(path)]).returncode == 0:
             break
@@ -162,35 +162,7 @@ def disk_full(path: Path, slack_pages: int, full_size: int) -> Iterator[int]:
         _mount("-o", f"remount,size={full_size}", str(path))
 
 
-# ---------------------------------------------------------------- Slurm queries
-
-def job_state(job_id: str) -> str | None:
-    """scontrol's state of a job (kept MinJobAge=600 s after it ends), None if unknown."""
-    try:
-        out = run(["scontrol", "show", "job", "-o", job_id]).stdout
-    except subprocess.SubprocessError:
-        return None
-    for word in out.split():
-        if word.startswith("JobState="):
-            return word.removeprefix("JobState=")
-    return None
-
-
-def sacct_states(job_id: str) -> list[str]:
-    """Every record of a job or array, requeued attempts included (-D)."""
-    try:
-        out = run(["sacct", "-n", "-P", "-X", "-D", "-j", job_id, "-o", "State"]).stdout
-    except subprocess.SubprocessError:
-        return []
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-def in_queue(job_id: str) -> bool:
-    try:
-        return bool(run(["squeue", "-h", "-r", "-j", job_id, "-o", "%i"]).stdout.strip())
-    except subprocess.SubprocessError:
-        return True
-
+# ---------------------------------------------------------------- processes
 
 def environ_of(pid: int) -> dict[str, str]:
     try:
@@ -200,14 +172,25 @@ def environ_of(pid: int) -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
+def is_worker_process(pid: int) -> bool | None:
+    """True for a worker process of its own (`python -m launcher.job.worker`, what a job with DP > 1 starts per GPU
+    group), False for any other live process (a worker job's own process, where a DP=1 worker runs), None if gone."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return b"launcher.job.worker" in argv
+
+
 class SignalGate:
     """Slurm delivers its signals through slurmd: the time limit's and a preemption's USR2, scancel's SIGTERM and
     SIGKILL. While slurmd is down (a node-failure trial) a time-limit USR2 is lost: the job is killed without its
     checkpoint and ends TIMEOUT, which Slurm never requeues (Slurm's limit, not the launcher's); a preemption or a
-    scancel lands late, after the task it was meant to cut has finished (seen), so the trial proves nothing. So a
-    trial that relies on such a signal holds the gate shared, from before its submit (waiting later, its tasks could
+    scancel lands late, after the unit it was meant to cut has finished (seen), so the trial proves nothing. So a
+    trial that relies on such a signal holds the gate shared, from before its submit (waiting later, its workers could
     finish first) until the signal has done its work; a slurmd outage holds it alone. Everything else (first launches,
-    requeues, SIGKILL of a task, storage faults) runs through the outages and must ride them out, as on any node.
+    requeues, SIGKILL of a job or a worker, storage faults, a touched input, a flipped chunk) runs through the outages
+    and must ride them out, as on any node.
     An outage waiting for the gate goes first: new signal windows queue behind it, so outages are never starved.
     """
 
@@ -216,7 +199,9 @@ class SignalGate:
         self._waiting_for_signal = 0
         self._outage = False
         self._outages_waiting = 0
-        self.gpus = threading.Lock()  # one preemption trial at a time: each preempts every debug job holding GPUs
+        # one GPU trial at a time: a preemption trial's job preempts every debug job holding a (fake) GPU, so a
+        # worker-kill trial (DP=2 on 2 GPUs) beside it would be preempted too
+        self.gpus = threading.Lock()
 
     @contextmanager
     def signal_window(self, stop: threading.Event) -> Iterator[None]:

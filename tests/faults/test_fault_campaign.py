@@ -1,9 +1,9 @@
-"""The CI-sized fault campaign (issue 6): >= 20 seeded trials against the live local Slurm, every fault kind, each
-proving 0 records lost, 0 generated twice and outputs byte-identical to an uninterrupted run. ~6-8 min on the 2-core
-CI machine. `make faults` runs the long one through the CLI (python -m tests.faults.campaign).
+"""The CI-sized fault campaign (issues 6 and 17): >= 20 seeded trials against the live local Slurm, every fault kind,
+each proving 0 records lost, 0 generated twice and outputs byte-identical to an uninterrupted run. ~6-8 min on the
+2-core CI machine. `make faults` runs the long one through the CLI (python -m tests.faults.campaign).
 
 LAUNCHER_FAULT_TRIALS / LAUNCHER_FAULT_SEED change its size and seed; a failing trial prints its seed and injection
-point, and its run dir (logs, chunks, markers) is kept under <tmp>/faults*/kept/.
+point, and its run dir (logs, chunks, claims, markers) is kept under <tmp>/faults*/kept/.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .campaign import KINDS, TrialResult, Workload, describe, make_workload, plan_trials, run_campaign
+from .campaign import KINDS, TrialResult, Workload, describe, make_workload, plan_trials, run_campaign, schedule
 
 TRIALS = int(os.environ.get("LAUNCHER_FAULT_TRIALS", "21"))
 SEED = int(os.environ.get("LAUNCHER_FAULT_SEED", "6"))
@@ -23,17 +23,28 @@ SHAPE = Workload(Path("/nonexistent"), Path("/nonexistent"),
 
 
 def test_trials_come_from_the_seed_and_cover_every_kind() -> None:
-    """No Slurm needed: the generator alone. Same seed, same trials; any 7 in a row hold every kind."""
+    """No Slurm needed: the generator alone. Same seed, same trials; any len(KINDS) in a row hold every kind; every
+    injection point lands inside its unit."""
     trials = plan_trials(TRIALS, SEED, SHAPE)
     assert trials == plan_trials(TRIALS, SEED, SHAPE)
     assert trials != plan_trials(TRIALS, SEED + 1, SHAPE)
+    assert {"workerkill", "touch", "corrupt"} <= set(KINDS)
     for start in range(0, len(trials) - len(KINDS) + 1, len(KINDS)):
         assert {t.kind for t in trials[start:start + len(KINDS)]} == set(KINDS)
-    tasks = dict(SHAPE.tasks)
+    units = dict(SHAPE.units)
+    assert units == {"ds_a.full.0000": 4, "ds_b.full.0000": 4}
     for t in trials:
-        assert t.point["task"] in tasks
-        if "after_records" in t.point:  # mid-task: at least one record written, at least one left
-            assert 1 <= t.point["after_records"] < tasks[t.point["task"]], t
+        assert t.point["unit"] in units
+        if "after_records" in t.point:  # mid-unit: at least one record written, at least one left
+            assert 1 <= t.point["after_records"] < units[t.point["unit"]], t
+        if t.kind == "corrupt":  # a chunk of the unit (one record each), a byte inside it, a bit of that byte
+            assert 0 <= t.point["chunk"] < units[t.point["unit"]] and 0 <= t.point["byte"] < 1
+            assert 0 <= t.point["bit"] < 8
+    # every trial is scheduled exactly once, the time limits (the longest) first
+    order = schedule(trials)
+    assert sorted(t.index for t in order) == list(range(TRIALS))
+    timeouts = [t for t in trials if t.kind == "timeout"]
+    assert order[:len(timeouts)] == timeouts
 
 
 @pytest.mark.slurm
@@ -41,7 +52,7 @@ def test_trials_come_from_the_seed_and_cover_every_kind() -> None:
 def test_seeded_fault_campaign(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     if os.geteuid() != 0:
         pytest.skip("the campaign mounts file systems and restarts slurmd: needs root (as make test runs)")
-    assert len(KINDS) <= TRIALS, f"LAUNCHER_FAULT_TRIALS={TRIALS}: fewer than one trial per kind"
+    assert 2 * len(KINDS) <= TRIALS, f"LAUNCHER_FAULT_TRIALS={TRIALS}: fewer than two trials per kind"
     wl = make_workload(tmp_path_factory.mktemp("faults"), tiny_model)
     trials = plan_trials(TRIALS, SEED, wl)
     lines: list[str] = []
@@ -60,8 +71,8 @@ def test_seeded_fault_campaign(tiny_model: Path, tmp_path_factory: pytest.TempPa
     assert summary["records_lost"] == 0 and summary["records_duplicated"] == 0
     assert summary["outputs_identical"] == TRIALS, "\n".join(lines)
     assert set(summary["faults_by_kind"]) == set(KINDS)
-    # A fault aimed mid-task can miss when the task finishes first on a loaded machine (seen once in 63 trials of
-    # `make faults`: slurmd went down after the task's last record). A miss proves nothing, so at most one is allowed
+    # A fault aimed mid-unit can miss when the unit finishes first on a loaded machine (seen once in 63 trials of
+    # `make faults`: slurmd went down after the unit's last record). A miss proves nothing, so at most one is allowed
     # and the campaign must still have hit every kind.
     missed = TRIALS - summary["faults_landed"]
     assert missed <= 1, f"{missed} faults did not land (seed {SEED}):\n" + "\n".join(lines)

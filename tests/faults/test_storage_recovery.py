@@ -1,6 +1,7 @@
-"""Regression test for what the fault campaign's disk-full trials found: a task whose chunk write hit ENOSPC crashed,
+"""Regression test for what the fault campaign's disk-full trials found: a job whose chunk write hit ENOSPC crashed,
 could not record its failure on that same full disk, so it was never retried and its records were lost. Now a
-write inside a job waits out full or read-only storage (bounded), and outside a job fails at once as before.
+write inside a job (a chunk, a done marker, a claim's report) waits out full or read-only storage (bounded), and
+outside a job fails at once as before.
 
 Real mounts (a tmpfs that really fills, a bind mount really remounted read-only): needs root, as the campaign does.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.outputs import STORAGE_WAIT_VAR, write_atomic
+from launcher.store.atomic import STORAGE_WAIT_VAR, write_atomic
 
 from . import cluster
 
@@ -27,7 +28,7 @@ DATA = b"".join(b'{"row": %d, "generated_samples": ["a b c"]}\n' % i for i in ra
 
 @pytest.fixture
 def in_job(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The environment a Slurm task has (the wait applies inside jobs only), with a short, explicit bound."""
+    """The environment a Slurm job has (the wait applies inside jobs only), with a short, explicit bound."""
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv(STORAGE_WAIT_VAR, "60")
 
@@ -65,7 +66,7 @@ def leftovers(folder: Path) -> list[str]:
 
 @pytest.mark.usefixtures("in_job")
 def test_a_write_in_a_job_waits_until_the_disk_has_room(full_disk: Path) -> None:
-    target = full_disk / "chunks" / "chunk-0-000000.jsonl"
+    target = full_disk / "chunks" / "000000-000000-0123456789abcdef.jsonl"
     thread, errors = write_in_thread(target)
     time.sleep(1.5)
     assert thread.is_alive() and not errors, f"gave up on a full disk instead of waiting: {errors}"
@@ -80,8 +81,8 @@ def test_a_write_in_a_job_waits_until_the_disk_has_room(full_disk: Path) -> None
 @pytest.mark.usefixtures("in_job")
 def test_a_write_in_a_job_waits_until_the_storage_is_writable_again(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
-    (shared / "tasks").mkdir(parents=True)
-    target = shared / "tasks" / "done.json"
+    (shared / "units" / "ds.full.0000").mkdir(parents=True)
+    target = shared / "units" / "ds.full.0000" / "done.json"
     with cluster.read_only(shared):
         thread, errors = write_in_thread(target)
         time.sleep(1.5)

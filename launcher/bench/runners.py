@@ -1,9 +1,10 @@
-"""runners.py: one measured system -> measurement dicts. Each system runs in its own process, so every engine
+"""bench/runners.py: one measured system -> measurement dicts. Each system runs in its own process, so every engine
 starts from a clean GPU and its start-up is measured the way a user meets it.
 
-  toolkit   `python -m launcher run --spec S --task 0`: data on disk -> prompts -> vLLM -> outputs written
-  raw       benchmarks/raw_vllm.py: LLM.generate with the old script's defaults (or hand-picked engine args)
-  hf        benchmarks/hf_baseline.py: transformers, one user at a time and batched, on a subset
+  toolkit   `python -m launcher run --spec S`: one job on the visible GPUs (one worker per GPU group) -> outputs
+            gathered; figures from the run's wall-clock summary (runs/<id>/summary.json)
+  raw       bench/raw_vllm.py: LLM.generate with the old script's defaults (or hand-picked engine args)
+  hf        bench/hf_baseline.py: transformers, one user at a time and batched, on a subset
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from .startup_log import parse_startup, split
 from .workload import Shape, toolkit_spec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _run(cmd: Sequence[str], log: Path, env: dict[str, str], timeout_s: float) -> tuple[float, str]:
+def _run(cmd: Sequence[str], log: Path, env: dict[str, str], timeout_s: float,
+         cwd: Path | None = None) -> tuple[float, str]:
     """Run to completion with output in `log`; (wall seconds, log text). Raises RunFailed with the log's tail."""
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -70,7 +72,7 @@ def _run(cmd: Sequence[str], log: Path, env: dict[str, str], timeout_s: float) -
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
         try:
-            rc = subprocess.run(list(cmd), stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+            rc = subprocess.run(list(cmd), stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd or REPO,
                                 timeout=timeout_s).returncode
         except subprocess.TimeoutExpired:
             rc = -9
@@ -90,36 +92,45 @@ def measurement(system: str, shape: Shape, samples: int, tokens: int, gen_s: flo
 
 def run_toolkit(wd: Workdir, shape: Shape, system: str, cache_root: Path, timeout_s: float,
                 engine_args: dict[str, Any] | None = None, quantization: str | None = None,
-                tensor_parallel_size: int | str = "auto") -> dict[str, Any]:
-    """One `launcher run` task in a fresh output folder, compile cache at `cache_root`."""
+                tensor_parallel_size: int | str = "auto", env: dict[str, str] | None = None) -> dict[str, Any]:
+    """One `launcher run` (one job holding every visible GPU) in a fresh output folder, compile cache at
+    `cache_root`. Figures by the wall clock across the job's workers."""
     import yaml
 
-    out_dir = wd.root / "toolkit-out" / system.replace(":", "_").replace("=", "")
+    out_dir = wd.root / "toolkit-out" / system.replace(":", "_").replace("=", "").replace("+", "_")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     spec = toolkit_spec(shape, wd.model, wd.data(shape), out_dir, engine_args, quantization, tensor_parallel_size)
     spec_path = out_dir / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    env = _env({"LAUNCHER_COMPILE_CACHE": str(cache_root), "LAUNCHER_SCRATCH": str(wd.root / "scratch")})
-    started = time.time()
-    wall, log = _run([sys.executable, "-m", "launcher", "run", "--spec", str(spec_path), "--task", "0"],
-                     wd.logs / f"{system}@{shape.name}.log".replace(":", "_"), env, timeout_s)
-    done = next(out_dir.rglob("done.json"))
-    summary = json.loads(done.read_text())
-    attempt = json.loads(sorted((done.parent / "attempts").glob("attempt-*.json"))[-1].read_text())
-    replica = attempt["replicas"][0]  # DP > 1: replicas start together; the first one's clock stands for all
-    startup_total = (attempt["started"] - started) + replica["startup_seconds"]
+    run_env = _env({"LAUNCHER_COMPILE_CACHE": str(cache_root), "LAUNCHER_SCRATCH": str(wd.root / "scratch"),
+                    "LAUNCHER_HISTORY": str(wd.root / "history.json"), **(env or {})})
+    wall, log = _run([sys.executable, "-m", "launcher", "run", "--spec", str(spec_path)],
+                     wd.logs / f"{system}@{shape.name}.log".replace(":", "_"), run_env, timeout_s)
+    return toolkit_measurement(system, shape, out_dir, wall, log, engine_args=engine_args or {},
+                               quantization=quantization, cuda_visible_devices=run_env.get("CUDA_VISIBLE_DEVICES"))
+
+
+def toolkit_measurement(system: str, shape: Shape, out_dir: Path, wall: float, log: str,
+                        **extra: Any) -> dict[str, Any]:
+    """A finished toolkit run -> one measurement: the run's wall-clock figures, each worker beside them."""
+    run_dir = next((out_dir / "runs").iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    run = summary["run"]
+    reports = [json.loads(p.read_text()) for p in sorted((run_dir / "workers").glob("*.json"))]
+    engines = [r for r in reports if r.get("engine")]
+    main = engines[0] if engines else {}
+    engine = main.get("engine") or {}
     parsed = parse_startup(log)
-    engine = summary.get("engine") or {}
     return measurement(
-        system, shape, summary["generated_samples"], summary["output_tokens"], summary["inference_time_seconds"],
-        wall_s=round(wall, 2), startup=split(startup_total, parsed), startup_log=parsed,
-        compile_cache=(engine.get("startup") or {}).get("compile_cache"),
-        startup_phases={**(replica.get("startup_phases") or {}), **(attempt.get("startup_before_replicas") or {})},
-        settings=engine.get("settings"), reasons=engine.get("reasons"), engine_version=engine.get("version"),
-        engine_args=engine_args or {}, quantization=quantization, records=summary["records"],
-        layout=attempt.get("layout"), replicas=len(attempt["replicas"]))
+        system, shape, run["samples"], run["output_tokens"], run["generation_wall_s"], wall_s=round(wall, 2),
+        startup=split(run.get("startup_s_max") or 0.0, parsed), startup_log=parsed,
+        compile_cache=sorted({str((r["engine"].get("startup") or {}).get("compile_cache")) for r in engines}),
+        startup_phases=main.get("startup_phases"), settings=engine.get("settings"), reasons=engine.get("reasons"),
+        engine_version=engine.get("version"), records=sum(int(r.get("records") or 0) for r in reports),
+        layout=summary.get("layout"), replicas=len(engines), gpu_busy_fraction=run.get("gpu_busy_fraction"),
+        workers=summary.get("workers"), timing="wall clock across all workers", **extra)
 
 
 def run_raw(wd: Workdir, shapes: Sequence[Shape], system: str, timeout_s: float,
@@ -130,7 +141,7 @@ def run_raw(wd: Workdir, shapes: Sequence[Shape], system: str, timeout_s: float,
     env = _env({"VLLM_CACHE_ROOT": str(cache / "vllm"), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
                 "TRITON_CACHE_DIR": str(cache / "triton")})
     out = wd.runs / f".{system}.raw.json".replace(":", "_")
-    cmd = [sys.executable, "-m", "benchmarks.raw_vllm", "--model", str(wd.model), "--out", str(out),
+    cmd = [sys.executable, "-m", "launcher.bench.raw_vllm", "--model", str(wd.model), "--out", str(out),
            "--engine-args", json.dumps(engine_args or {}), "--warmup-tokens", str(warmup_tokens)]
     for shape in shapes:
         cmd += ["--ids", str(wd.ids(shape))]
@@ -154,7 +165,7 @@ def run_raw(wd: Workdir, shapes: Sequence[Shape], system: str, timeout_s: float,
 def run_hf(wd: Workdir, shapes: Sequence[Shape], loop_users: int, batch_users: int,
            timeout_s: float) -> list[dict[str, Any]]:
     out = wd.runs / ".hf.raw.json"
-    cmd = [sys.executable, "-m", "benchmarks.hf_baseline", "--model", str(wd.model), "--out", str(out),
+    cmd = [sys.executable, "-m", "launcher.bench.hf_baseline", "--model", str(wd.model), "--out", str(out),
            "--loop-users", str(loop_users), "--batch-users", str(batch_users)]
     for shape in shapes:
         cmd += ["--ids", str(wd.ids(shape))]

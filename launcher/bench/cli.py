@@ -1,20 +1,26 @@
-"""bench.py: `launcher bench` -> the toolkit, raw vLLM and HF measured on one host in one go -> results folder.
+"""bench/cli.py: `launcher bench` -> the toolkit, raw vLLM and HF measured on one host -> a results folder.
 
 Systems (each in its own process, on the same prompt token ids and sampling):
-  toolkit       `launcher run --spec S --task 0` with auto engine sizing, cold compile cache
-  toolkit-warm  the same task again: its start-up with the compile cache the first one published
+  toolkit       `launcher run --spec S`: one job on the visible GPUs, auto engine sizing, cold compile cache
+  toolkit-warm  the same again: its start-up with the compile cache the first one published
   raw-defaults  plain LLM.generate with vLLM's defaults (the old inference_vllm.py)
   hf-loop       transformers, one user at a time (the old loop), on a subset
   hf-batched    transformers, batched, on a subset
   sweep:*       plain LLM.generate with hand-picked settings (--sweep): is auto within 5% of the best?
   toolkit-fp8   the toolkit with model.quantization fp8 (--fp8)
-  layout:*      the toolkit with tensor_parallel_size forced (--layouts auto,4,2,1): on G GPUs, TP=t runs G/t
-                data-parallel replicas, so on 4 GPUs "4" is the old TP=4 setup, "2" TP=2 x DP=2, "1" DP=4
-Multi-GPU layout runs (issues 7 and 11), one command on a 4-GPU host:
-  launcher bench --systems layouts --layouts auto,4,2,1 --shapes 4000x256,4000x512
-  launcher bench --preset llama3-70b --systems layouts --layouts auto --shapes 4000x256 --workdir bench-70b
+  layout:*      the toolkit with a layout forced (--layouts auto,2,gpu1): TP=t runs G/t data-parallel workers on G
+                visible GPUs; gpu1 runs on the first visible GPU alone; auto+wait is auto with
+                LAUNCHER_COMPILE_MISS=wait. Each starts with an empty compile cache of its own (--warm-layouts: an
+                untimed run fills it first). Throughput is the wall clock across all workers at once.
+  cells*        a sweep of many cells (--cells 4x3x200x256: datasets x ablation configs x records x max_tokens):
+                the toolkit (`launcher submit --wait`), the toolkit with one engine per cell, and the old seed loop
+                (one cold raw-vLLM process per cell); see bench/cells.py
+Two GPUs, one command each (see benchmarks/README.md for the lease plan):
+  launcher bench --systems layouts --layouts auto,2,gpu1 --shapes 4000x256,4000x512
+  launcher bench --systems cells,cells-task-per-cell,cells-seed-loop --cells 4x3x200x256 --cells-measure 3
 Measurements land in WORKDIR/runs/*.json as they finish; a rerun skips those already there (--force redoes them),
-so a long bench can be split over several calls. The results folder gets results.json, results.md and a plot.
+so a long bench can be split over several calls, and --collect-from merges workdirs of benches run side by side.
+The results folder gets results.json, results.md and a plot.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-SYSTEMS = ("raw", "toolkit", "toolkit-warm", "hf", "sweep", "fp8", "layouts")
+SYSTEMS = ("raw", "toolkit", "toolkit-warm", "hf", "sweep", "fp8", "layouts", "cells", "cells-task-per-cell",
+           "cells-seed-loop")
 DEFAULT_SYSTEMS = "raw,toolkit,toolkit-warm,hf"
 SWEEP: dict[str, dict[str, Any]] = {
     # Hand-picked engine settings of plain vLLM. "graphs<=512" keeps vLLM's own capture limit (min(2 x seqs, 512)).
@@ -55,7 +62,7 @@ def configure(c: argparse.ArgumentParser) -> None:
     c.add_argument("--workdir", default="bench-work",
                    help="scratch: model files, data, logs, caches (default ./bench-work)")
     c.add_argument("--results", default=None,
-                   help="results folder (default benchmarks/results/<date>-<gpu>/ in the checkout)")
+                   help="results folder (default benchmarks/results/<date>-<gpu>/ under the current folder)")
     c.add_argument("--preset", default="llama3-8b", help="model shape: llama3-8b (default) or tiny (CPU smoke test)")
     c.add_argument("--shapes", default="1000x256,4000x512", help="SAMPLESxMAX_TOKENS, comma-separated")
     c.add_argument("--prompt-tokens", type=int, default=256)
@@ -65,8 +72,21 @@ def configure(c: argparse.ArgumentParser) -> None:
     c.add_argument("--sweep-shapes", default=None, help="shapes to sweep (default: the first shape)")
     c.add_argument("--fp8", action="store_true", help="also run the toolkit with fp8 online quantization")
     c.add_argument("--layouts", default=None,
-                   help="also run the toolkit once per tensor_parallel_size in this list (auto, all, or a number), "
-                        "each with the data-parallel size the visible GPUs leave: e.g. auto,4,2,1 on 4 GPUs")
+                   help="also run the toolkit once per layout in this list: auto, all, a tensor_parallel_size (the "
+                        "visible GPUs then run data-parallel workers), gpu1 (the first GPU alone), auto+wait (auto "
+                        "with LAUNCHER_COMPILE_MISS=wait): e.g. auto,2,gpu1 on 2 GPUs")
+    c.add_argument("--warm-layouts", action="store_true",
+                   help="fill each layout's compile cache with an untimed run first (default: every layout cold)")
+    c.add_argument("--keep-caches", action="store_true",
+                   help="start each layout from whatever its compile cache folder holds (WORKDIR/compile-cache/"
+                        "<shape>-<layout>), instead of emptying it")
+    c.add_argument("--cells", default="4x3x200x256",
+                   help="the cells sweep: DATASETSxABLATIONSxRECORDSxMAX_TOKENS (default 4x3x200x256)")
+    c.add_argument("--cells-measure", type=int, default=None,
+                   help="cells the two baselines run (default all); the rest is extrapolated from them")
+    c.add_argument("--collect-from", action="append", default=[], metavar="WORKDIR",
+                   help="also report the measurements of another workdir (a bench run beside this one)")
+    c.add_argument("--note", default=None, help="a note stored with every measurement of this call")
     c.add_argument("--hf-loop-users", type=int, default=4, help="users in the HF one-at-a-time loop")
     c.add_argument("--hf-batch-users", type=int, default=32, help="users in the one HF batched call")
     c.add_argument("--raw-warmup-tokens", type=int, default=32,
@@ -87,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    _import_benchmarks()
-    from benchmarks.report import write_report
+    from .report import write_report
 
     if args.report:
         folder = Path(args.report)
@@ -96,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
         for path in write_report(results, folder, draw=True):
             print(path)
         return 0
-    from benchmarks.runners import RunFailed, Workdir
-    from benchmarks.workload import PRESETS, Shape, write_dataset, write_model
+    from .runners import RunFailed, Workdir
+    from .workload import PRESETS, Shape, write_dataset, write_model
 
     if args.preset not in PRESETS:
         print(f"error: unknown preset {args.preset!r}; one of {', '.join(PRESETS)}", file=sys.stderr)
@@ -135,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
             failures.append(f"{key}: {exc}")
             print(f"[bench] {key} FAILED: {exc}", flush=True)
             return
+        for r in rows:
+            r.setdefault("note", args.note)
         path.write_text(json.dumps(rows, indent=1))
         for r in rows:
             print(f"[bench] {r['system']}@{r['shape']}: {r['samples_per_min']:,.0f} samples/min, "
@@ -144,8 +165,11 @@ def run(args: argparse.Namespace) -> int:
     _run_systems(args, systems, shapes, wd, step)
     for shape in shapes if layouts else []:
         for tp in layouts:
-            step(f"layout:tp{tp}@{shape.name}", partial(_layout, wd, shape, tp, args.timeout_s))
-    results = collect(wd, preset.name, shapes[0].prompt_tokens, shapes[0].n)
+            step(f"layout:{_layout_name(tp)}@{shape.name}",
+                 partial(_layout, wd, shape, tp, args.timeout_s, args.warm_layouts, args.keep_caches))
+    _run_cells(args, systems, preset, wd, step)
+    results = collect(wd, preset.name, shapes[0].prompt_tokens, shapes[0].n,
+                      [Workdir(Path(d).resolve()) for d in args.collect_from])
     folder = Path(args.results) if args.results else _default_results(results["host"])
     for path in write_report(results, folder, draw=not args.no_plot):
         print(f"[bench] wrote {path}")
@@ -157,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_systems(args: argparse.Namespace, systems: set[str], shapes: list[Any], wd: Any,
                  step: Callable[[str, Callable[[], list[dict[str, Any]]]], None]) -> None:
     """The order matters for start-up numbers: raw and toolkit each begin with empty caches of their own."""
-    from benchmarks.runners import run_hf, run_raw
+    from .runners import run_hf, run_raw
 
     timeout = args.timeout_s
     if "raw" in systems:
@@ -188,36 +212,74 @@ def _run_systems(args: argparse.Namespace, systems: set[str], shapes: list[Any],
 
 def _toolkit(wd: Any, shape: Any, system: str, cache: Path, timeout: float,
              quantization: str | None = None) -> list[dict[str, Any]]:
-    from benchmarks.runners import run_toolkit
+    from .runners import run_toolkit
 
     return [run_toolkit(wd, shape, system, cache, timeout, quantization=quantization)]
 
 
+LAYOUT_WORDS = ("auto", "all", "gpu1", "auto+wait")
+
+
 def _layouts(text: str) -> list[int | str]:
-    """'auto,4,2,1' -> ['auto', 4, 2, 1]; anything else is refused before a GPU is touched."""
+    """'auto,2,gpu1' -> ['auto', 2, 'gpu1']; anything else is refused before a GPU is touched."""
     out: list[int | str] = []
     for item in (x.strip() for x in text.split(",") if x.strip()):
-        if item in ("auto", "all"):
+        if item in LAYOUT_WORDS:
             out.append(item)
         elif item.isdigit() and int(item) >= 1:
             out.append(int(item))
         else:
-            raise SystemExit(f"launcher bench: --layouts item {item!r} is not auto, all or a tensor-parallel size >= 1 "
-                             "(e.g. --layouts auto,4,2,1)")
+            raise SystemExit(f"launcher bench: --layouts item {item!r} is not one of {', '.join(LAYOUT_WORDS)} or a "
+                             "tensor-parallel size >= 1 (e.g. --layouts auto,2,gpu1)")
     return out
 
 
-def _layout(wd: Any, shape: Any, tp: int | str, timeout: float) -> list[dict[str, Any]]:
-    """One layout, warm: its compile cache is its own (TP changes the graphs), filled by a first untimed task, so
-    layouts are compared on generation, not on which one compiled first."""
-    from benchmarks.runners import run_toolkit
+def _layout_name(tp: int | str) -> str:
+    return f"tp{tp}" if isinstance(tp, int) else tp
 
-    cache = wd.root / "compile-cache" / f"{shape.name}-tp{tp}"
+
+def _layout(wd: Any, shape: Any, tp: int | str, timeout: float, warm: bool, keep: bool = False) -> list[dict[str, Any]]:
+    """One layout. Cold by default (its own empty compile cache: every layout pays its own compile, as a first job
+    would); with `warm`, an untimed first run fills that cache, so layouts are compared on generation alone."""
+    import os
+
+    from .runners import run_toolkit
+
+    name = _layout_name(tp)
+    cache = wd.root / "compile-cache" / f"{shape.name}-{name}"
+    env: dict[str, str] = {}
+    request: int | str = tp
+    if tp == "gpu1":
+        visible = [x for x in os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",") if x.strip()]
+        env["CUDA_VISIBLE_DEVICES"], request = visible[0] if visible else "0", "auto"
+    elif tp == "auto+wait":
+        env["LAUNCHER_COMPILE_MISS"], request = "wait", "auto"
     shutil.rmtree(wd.root / "scratch", ignore_errors=True)
-    if not (cache.exists() and any(cache.iterdir())):
-        run_toolkit(wd, shape, f"layout:tp{tp}:warm-up", cache, timeout, tensor_parallel_size=tp)
+    if not warm and not keep:
+        shutil.rmtree(cache, ignore_errors=True)
+    elif not (cache.exists() and any(cache.iterdir())):
+        run_toolkit(wd, shape, f"layout:{name}:warm-up", cache, timeout, tensor_parallel_size=request, env=env)
         shutil.rmtree(wd.root / "scratch", ignore_errors=True)
-    return [run_toolkit(wd, shape, f"layout:tp{tp}", cache, timeout, tensor_parallel_size=tp)]
+    return [run_toolkit(wd, shape, f"layout:{name}", cache, timeout, tensor_parallel_size=request, env=env)]
+
+
+def _run_cells(args: argparse.Namespace, systems: set[str], preset: Any, wd: Any,
+               step: Callable[[str, Callable[[], list[dict[str, Any]]]], None]) -> None:
+    from .cells import CellsShape, run_cells_seed_loop, run_cells_task_per_cell, run_cells_toolkit, write_cells
+
+    wanted = [s for s in ("cells", "cells-task-per-cell", "cells-seed-loop") if s in systems]
+    if not wanted:
+        return
+    shape = CellsShape.parse(args.cells, args.prompt_tokens)
+    folder = write_cells(shape, preset, wd.assets)
+    measure = min(shape.cells, args.cells_measure or shape.cells)
+    t = args.timeout_s
+    if "cells" in wanted:
+        step(f"cells@{shape.name}", lambda: [run_cells_toolkit(wd, shape, folder, t)])
+    if "cells-task-per-cell" in wanted:
+        step(f"cells-task-per-cell@{shape.name}", lambda: [run_cells_task_per_cell(wd, shape, folder, t, measure)])
+    if "cells-seed-loop" in wanted:
+        step(f"cells-seed-loop@{shape.name}", lambda: [run_cells_seed_loop(wd, shape, folder, t, measure)])
 
 
 def _toolkit_cold(wd: Any, shape: Any, cache: Path, timeout: float) -> list[dict[str, Any]]:
@@ -231,11 +293,12 @@ def _toolkit_warm(wd: Any, shape: Any, cache: Path, timeout: float) -> list[dict
     return _toolkit(wd, shape, "toolkit-warm", cache, timeout)
 
 
-def collect(wd: Any, model: str, prompt_tokens: int, n: int) -> dict[str, Any]:
+def collect(wd: Any, model: str, prompt_tokens: int, n: int, others: list[Any] | None = None) -> dict[str, Any]:
     measurements: list[dict[str, Any]] = []
-    for path in sorted(wd.runs.glob("*.json")):
-        if not path.name.startswith("."):
-            measurements.extend(json.loads(path.read_text()))
+    for w in [wd, *(others or [])]:
+        for path in sorted(w.runs.glob("*.json")):
+            if not path.name.startswith("."):
+                measurements.extend(json.loads(path.read_text()))
     return {"date": dt.date.today().isoformat(), "host": host_info(measurements),
             "workload": {"model": model, "prompt_tokens": prompt_tokens, "n": n}, "measurements": measurements}
 
@@ -274,26 +337,11 @@ def _default_results(host: dict[str, Any]) -> Path:
     slug = "".join(ch if ch.isalnum() else "-" for ch in gpu).strip("-")
     while "--" in slug:
         slug = slug.replace("--", "-")
-    return _repo() / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-{slug}"
+    return Path.cwd() / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-{slug}"
 
 
 def _slug(key: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "@+-_." else "_" for ch in key)
-
-
-def _repo() -> Path:
-    return Path(__file__).resolve().parents[1]
-
-
-def _import_benchmarks() -> None:
-    """The harness lives in the checkout's benchmarks/ (not in the wheel): an editable install or a checkout."""
-    try:
-        import benchmarks.runners  # noqa: F401
-    except ImportError:
-        if not (_repo() / "benchmarks" / "runners.py").exists():
-            raise SystemExit("launcher bench needs the source checkout (its benchmarks/ folder): "
-                             "run it from a clone with `make bench`") from None
-        sys.path.insert(0, str(_repo()))
 
 
 if __name__ == "__main__":
