@@ -177,14 +177,20 @@ def cut_units(spec: JobSpec, rows: dict[str, int]) -> tuple[Unit, ...]:
     return tuple(Unit(i, *list(asdict(u).values())[1:]) for i, u in enumerate(cut))
 
 
+TAIL_PIECES = 4  # the last auto shard of a cell is cut in this many pieces
+MIN_TAIL_RECORDS = 8
+
+
 def _shard_bounds(n: int, per: int, split_last: bool) -> list[tuple[int, int]]:
-    """[start, stop) of each shard. With auto sizing the last shard is cut in two: sorted largest first, these
-    half-size units are what workers take last, so the run's tail is short."""
+    """[start, stop) of each shard. With auto sizing the last shard is cut in up to TAIL_PIECES pieces: sorted largest
+    first, these small units are what workers take last, so they finish together (on 2 H200s a run's two workers
+    ended 9 s apart when its last units were half-size: benchmarks/results/2026-11-27-h200-x2-issue16)."""
     bounds = [(i, min(n, i + per)) for i in range(0, max(n, 1), per)] or [(0, 0)]
     start, stop = bounds[-1]
-    if split_last and stop - start >= MIN_AUTO_UNIT_RECORDS:
-        mid = start + (stop - start + 1) // 2
-        bounds[-1:] = [(start, mid), (mid, stop)]
+    pieces = min(TAIL_PIECES, (stop - start) // MIN_TAIL_RECORDS) if split_last else 1
+    if pieces > 1:
+        edges = [start + (stop - start) * k // pieces for k in range(pieces + 1)]
+        bounds[-1:] = list(zip(edges[:-1], edges[1:], strict=True))
     return bounds
 
 

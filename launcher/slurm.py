@@ -104,7 +104,12 @@ def make_executor(spec: JobSpec, folder: Path, kind: str | None = None) -> submi
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         local = submitit.LocalExecutor(folder=folder)
-        local.update_parameters(timeout_min=spec.slurm.time_min, gpus_per_node=0)
+        # submitit sets each local job's CUDA_VISIBLE_DEVICES to range(gpus_per_node) unless told which: pass the
+        # GPUs this process sees (numbered as the machine numbers them), or a job would see none, or the wrong ones.
+        from .layout import allocated_gpus
+
+        ids = [int(x) for x in allocated_gpus().ids if x.isdigit()]
+        local.update_parameters(timeout_min=spec.slurm.time_min, gpus_per_node=len(ids), visible_gpus=ids)
         return local
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=spec.slurm.max_requeues,
                                slurm_python=python_command(spec, folder.parent))

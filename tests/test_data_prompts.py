@@ -121,7 +121,7 @@ def test_template_errors_fail_early() -> None:
 def test_scenario_and_chat_template(tmp_path: Path, tiny_model: Path) -> None:
     from transformers import AutoTokenizer
 
-    from launcher.runner import chat_formatter
+    from launcher.job.prepare import chat_formatter
 
     scenario = tmp_path / "s.txt"
     scenario.write_text("You review films.")

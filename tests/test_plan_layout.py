@@ -26,17 +26,47 @@ def test_expand_counts_ids_and_paths(tmp_path: Path, tiny_model: Path) -> None:
         "ablation_configs": ["context_only", "full"], "records_per_shard": 4})
     plan = expand(load_spec(spec_path))
     # chameleons: 3 shards (4+4+2), dmsc: 2 shards (4+3); x 2 ablations
-    assert len(plan.tasks) == (3 + 2) * 2
+    assert len(plan.units) == (3 + 2) * 2
     assert plan.total_records == (10 + 7) * 2
-    assert [t.task_id for t in plan.tasks[:4]] == ["chameleons.context_only.0000", "chameleons.context_only.0001",
-                                                   "chameleons.context_only.0002", "chameleons.full.0000"]
-    assert [t.index for t in plan.tasks] == list(range(10))
-    assert (plan.tasks[2].start, plan.tasks[2].stop) == (8, 10)
-    assert plan.paths.task_dir(plan.tasks[0]) == Path(plan.spec.output.dir) / "runs" / plan.spec.run_id / "tasks" / \
-        "chameleons.context_only.0000"
+    # largest first (stable): the full shards of every cell, then the remainders, which workers take last
+    assert [u.unit_id for u in plan.units[:3]] == ["chameleons.context_only.0000", "chameleons.context_only.0001",
+                                                   "chameleons.full.0000"]
+    assert [u.rows for u in plan.units] == [4] * 6 + [3, 3, 2, 2]
+    assert [u.index for u in plan.units] == list(range(10))
+    last = next(u for u in plan.units if u.unit_id == "chameleons.context_only.0002")
+    assert (last.start, last.stop) == (8, 10)
+    assert plan.run.unit(last.unit_id).root == Path(plan.spec.output.dir) / "runs" / plan.spec.run_id / "units" / \
+        "chameleons.context_only.0002"
     again = expand(load_spec(spec_path))
-    assert again.tasks == plan.tasks  # stable: same spec, same tasks, same seeds
-    assert len({t.seed for t in plan.tasks}) == len(plan.tasks)
+    assert again.units == plan.units  # stable: same spec, same units
+
+
+def test_auto_units_and_job_count(tmp_path: Path, tiny_model: Path) -> None:
+    data = write_jsonl(tmp_path / "a.jsonl", [{"user_id": f"u{i}", "context": "c"} for i in range(400)])
+    spec = make_spec(tmp_path, tiny_model, data, executor="slurm", slurm={"gpus_per_node": 2})
+    plan = expand(load_spec(spec))
+    # auto: 8 jobs x 2 GPUs expected -> 400 / (16 workers x 4) -> 7 records, at least 16; the last shard (16) is
+    # cut in pieces of at least 8, which sort last: the run's final claims are small
+    assert {u.rows for u in plan.units[:-2]} == {16} and sum(u.rows for u in plan.units) == 400
+    assert [u.rows for u in plan.units[-2:]] == [8, 8]
+    assert plan.jobs == 4 and "auto" in plan.jobs_reason  # ceil(26 units / (2 workers x 4)) = 4
+    capped = expand(load_spec(spec, ["slurm.max_gpus=4"]))
+    assert capped.jobs == 2 and "max_gpus 4" in capped.jobs_reason
+    local = expand(load_spec(make_spec(tmp_path, tiny_model, data, name="loc")))
+    assert local.jobs == 1 and "local" in local.jobs_reason
+    few = expand(load_spec(spec, ["slurm.jobs=50"]))
+    assert few.jobs == len(few.units) or few.jobs == 50 and len(few.units) >= 50
+
+
+def test_resubmit_keeps_the_units_of_the_first_submit(tmp_path: Path, tiny_model: Path) -> None:
+    from launcher.run_state import save_plan
+
+    data = write_jsonl(tmp_path / "a.jsonl", [{"user_id": f"u{i}", "context": "c"} for i in range(100)])
+    spec = make_spec(tmp_path, tiny_model, data, executor="slurm", slurm={"jobs": 1})
+    first = expand(load_spec(spec))
+    save_plan(first)
+    later = expand(load_spec(spec, ["slurm.jobs=8"]))  # more jobs would cut smaller units: the run keeps its own
+    assert later.units == first.units and later.jobs == min(8, len(first.units))
 
 
 def test_limit_and_empty_dataset(tmp_path: Path, tiny_model: Path) -> None:
@@ -66,8 +96,8 @@ def test_plan_10k_tasks(tmp_path: Path, tiny_model: Path) -> None:
     data = write_jsonl(tmp_path / "big.jsonl", [{"user_id": f"u{i}", "context": "c"} for i in range(5000)])
     plan = expand(load_spec(make_spec(tmp_path, tiny_model, data, data={
         "ablation_configs": ["context_only", "full"], "records_per_shard": 1})))
-    assert len(plan.tasks) == 10_000  # its speed is measured in benchmarks/plan_speed.py, not asserted here
-    assert len({t.task_id for t in plan.tasks}) == 10_000
+    assert len(plan.units) == 10_000  # its speed is measured in benchmarks/plan_speed.py, not asserted here
+    assert len({u.unit_id for u in plan.units}) == 10_000
 
 
 def test_plan_cli_shows_sbatch_and_submits_nothing(tmp_path: Path, tiny_model: Path) -> None:
@@ -81,7 +111,7 @@ def test_plan_cli_shows_sbatch_and_submits_nothing(tmp_path: Path, tiny_model: P
     assert "#SBATCH --time=60" in out and "#SBATCH --exclusive" in out and "nothing was submitted" in out
     assert not (tmp_path / "out").exists()
     as_json = json.loads(launcher("plan", str(spec), "--json").stdout)
-    assert as_json["tasks"] == 1 and as_json["samples"] == 20
+    assert as_json["units"] == 1 and as_json["jobs"] == 1 and as_json["samples"] == 20
 
 
 def test_record_seeds_wide_and_disjoint() -> None:

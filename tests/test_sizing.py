@@ -1,5 +1,5 @@
-"""Auto engine sizing: derived from model shape, GPU and workload (never a table), spec values win, admission in
-equal waves. Pure functions: no GPU needed."""
+"""Auto engine sizing: derived from model shape, GPU and workload (never a table), spec values win, streaming
+admission. Pure functions: no GPU needed."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ TP1 = ParallelLayout(1, 1, ("0",), "test")
 
 
 def _work(records: int, max_tokens: int, prompt: int = 256, n: int = 5) -> Workload:
-    return Workload((prompt,) * records, max_tokens, n)
+    return Workload.of([prompt] * records, max_tokens, n)
 
 
 def test_request_tokens_share_the_prompt_blocks() -> None:
@@ -98,17 +98,21 @@ def test_no_gpu_leaves_vllm_defaults() -> None:
     assert "max_num_seqs" not in s.kwargs and "compilation_config" not in s.kwargs
 
 
-def test_admission_makes_equal_waves() -> None:
+def test_admission_streams_within_seqs_and_kv() -> None:
     need = request_tokens(256, 256, 5)
-    a = plan_admission([need] * 200, 5, 768, None)  # 153 allowed by max_num_seqs -> 2 waves of 100
-    assert (a.max_requests, a.waves) == (100, 2)
-    a = plan_admission([need] * 200, 5, 1024, None)
-    assert (a.max_requests, a.waves) == (200, 1)
+    a = plan_admission(need, 5, 768, None)  # max_num_seqs 768 / n 5 -> 153 requests in flight
+    assert a.max_requests == 153 and a.max_kv_tokens is None
     kv = 100 * need  # the KV cache, not max_num_seqs, is the limit
-    a = plan_admission([need] * 200, 5, 1024, int(kv / 0.95) + 1)
-    assert a.waves == 2 and a.max_requests == 100 and a.max_kv_tokens is not None
-    assert a.max_kv_tokens <= kv + need
-    assert plan_admission([], 5, 1024, None).waves == 0
+    a = plan_admission(need, 5, 1024, int(kv / 0.95) + 1)
+    assert a.max_requests == 100 and a.max_kv_tokens is not None and a.max_kv_tokens <= kv + need
+    assert "KV cache holds" in a.reason and "max_num_seqs 1024" in a.reason
+    assert plan_admission(need, 1, None, None).max_requests == 1 << 30  # nothing known: no limit of ours
+
+
+def test_workload_summarizes_lengths() -> None:
+    w = Workload.of([10, 30, 20], 64, 5)
+    assert (w.prompts, w.prompt_tokens_mean, w.prompt_tokens_max) == (3, 20.0, 30)
+    assert Workload.of([], 64, 5).prompts == 0
 
 
 def test_h100_estimate_is_in_gib() -> None:

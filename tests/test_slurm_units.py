@@ -13,7 +13,7 @@ import pytest
 from launcher import faults
 from launcher.plan import expand
 from launcher.plan_view import sbatch_preview
-from launcher.retries import Attempt, describe_status, read_failures, record_failure, teardown_lines
+from launcher.job.retries import Attempt, describe_status, read_failures, record_failure, teardown_lines
 from launcher.spec import load_spec
 from launcher.status import _expand, _parse
 
@@ -27,10 +27,11 @@ SLURM_ENV = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "57", "SLURM_ARRAY_JO
 def test_example_spec_on_the_local_profile(tiny_model: Path, tmp_path: Path) -> None:
     spec = load_spec(EXAMPLE, [f"model.path={tiny_model}", f"output.dir={tmp_path}"])
     plan = expand(spec)
-    assert len(plan.tasks) == 12 and {t.dataset for t in plan.tasks} == {"demo_users", "demo_users_again"}
+    assert len(plan.units) == 12 and {u.dataset for u in plan.units} == {"demo_users", "demo_users_again"}
+    assert plan.jobs == 2  # array_parallelism 2 caps the worker jobs; each claims units until none is left
     script = sbatch_preview(plan)
-    for line in ("#SBATCH --array=0-11%12", "#SBATCH --gpus-per-node=2", "#SBATCH --partition=debug",
-                 "#SBATCH --cpus-per-task=2", "#SBATCH --mem=2G", "-m launcher.retries"):
+    for line in ("#SBATCH --array=0-1%2", "#SBATCH --gpus-per-node=2", "#SBATCH --partition=debug",
+                 "#SBATCH --cpus-per-task=2", "#SBATCH --mem=2G", "-m launcher.job.retries"):
         assert line in script, line
     assert script.rstrip().endswith('exit "$launcher_rc"')
 
@@ -76,7 +77,7 @@ def test_teardown_lines_keep_srun_status_and_quote_paths(tmp_path: Path) -> None
     odd = tmp_path / "it's a run; echo"
     lines = teardown_lines(shlex.quote("/opt/py thon/bin/python"), odd)
     script = "\n".join(lines)
-    assert shlex.quote(str(odd)) in script and "'/opt/py thon/bin/python' -m launcher.retries" in script
+    assert shlex.quote(str(odd)) in script and "'/opt/py thon/bin/python' -m launcher.job.retries" in script
     # bash -n: the lines parse; run with a failing "srun" and no Slurm around: exit status kept, nothing requeued
     assert subprocess.run(["bash", "-n", "-c", script]).returncode == 0
     out = subprocess.run(["bash", "-c", "(exit 137)\n" + script.replace("scontrol", "false")], capture_output=True)

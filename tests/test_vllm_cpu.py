@@ -78,18 +78,18 @@ def test_sigkill_then_rerun_loses_nothing(tmp_path: Path, tiny_model: Path) -> N
     spec = _spec(tmp_path, tiny_model, data, sampling={"max_tokens": 64}, output={"chunk_records": 1})
     plan = expand(load_spec(spec))
     save_plan(plan)
-    chunks = plan.paths.task_dir(plan.tasks[0]) / "chunks"
-    proc = subprocess.Popen([sys.executable, "-m", "launcher", "run", "--spec", str(plan.paths.run_dir), "--task", "0"],
+    units = [plan.run.unit(u.unit_id) for u in plan.units]
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", "run", "--spec", str(plan.run.root), "--job", "0"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not list(chunks.glob("chunk-*.jsonl")):
+    while time.time() < deadline and not any(u.chunk_files() for u in units):
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)  # the engine's worker processes too
     proc.wait()
-    written = len(list(chunks.glob("chunk-*.jsonl")))
+    written = sum(len(u.chunk_files()) for u in units)
     assert 1 <= written < len(rows_in), "kill must land mid-run"
-    assert launcher("run", "--spec", str(plan.paths.run_dir)).returncode == 0
-    got = read_samples(plan.paths.final_dir("users", "full"))
+    assert launcher("run", "--spec", str(plan.run.root)).returncode == 0
+    got = read_samples(plan.run.final_dir("users", "full"))
     assert [r["row"] for r in got] == list(range(len(rows_in)))
     assert all(len(r["generated_samples"]) == 2 for r in got)
 

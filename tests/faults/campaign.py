@@ -73,8 +73,9 @@ def _interleave(*groups: list[Trial]) -> list[Trial]:
 
 def schedule(trials: Sequence[Trial]) -> list[Trial]:
     """Start order; only wall time depends on it. The time limits first (the longest trials), then the rest with the
-    node failures and the GPU trials (preemption, worker kill: one at a time) spread among them: an outage waits for
-    the time limits' USR2s (SignalGate), and the other kinds keep the machine busy meanwhile."""
+    node failures, the preemptions and the worker kills spread among them: an outage waits for the time limits'
+    USR2s and a preemption for the outages (SignalGate), the GPU trials (preemption, worker kill) take the fake GPUs
+    one at a time, and the other kinds keep the machine busy meanwhile."""
     def spread(base: list[Trial], extra: list[Trial]) -> list[Trial]:
         out, step = list(base), max(1, len(base) // (len(extra) + 1))
         for i, t in enumerate(extra):

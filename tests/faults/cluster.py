@@ -199,8 +199,8 @@ class SignalGate:
         self._waiting_for_signal = 0
         self._outage = False
         self._outages_waiting = 0
-        # one GPU trial at a time: a preemption trial's job preempts every debug job holding a (fake) GPU, so a
-        # worker-kill trial (DP=2 on 2 GPUs) beside it would be preempted too
+        # a preemption trial's preemptor preempts every debug job holding a (fake) GPU: it takes this lock until
+        # the preemptor has run, and a worker-kill trial (DP=2 on 2 GPUs) holds it while its jobs run
         self.gpus = threading.Lock()
 
     @contextmanager

@@ -43,7 +43,6 @@ from .trials import Trial, Workload, write_spec
 
 TRIAL_TIMEOUT_S = 480.0
 TMPFS_SIZE = 256 << 20  # the disk-full trial's output dir: ample until the fault shrinks it
-GPU_KINDS = {"preempt", "workerkill"}  # they hold fake GPUs, which a preemption trial's job takes from every holder
 
 
 class TrialRun:
@@ -129,7 +128,8 @@ class TrialRun:
         try:
             # the disk-full trial's output dir is a tmpfs from the start (a mount would hide what is under it)
             storage = cluster.tmpfs(self.out_dir, TMPFS_SIZE) if kind == "diskfull" else contextlib.nullcontext()
-            with storage, (self.gate.gpus if kind in GPU_KINDS else contextlib.nullcontext()):
+            # a worker-kill trial holds 2 fake GPUs until its jobs end: a preemption trial must not take them meanwhile
+            with storage, (self.gate.gpus if kind == "workerkill" else contextlib.nullcontext()):
                 try:
                     INJECTORS[kind](self)
                     self.notes["gather_state"] = self.wait_gathered()
@@ -209,12 +209,13 @@ def inject_workerkill(run: TrialRun) -> None:
 
 
 def inject_preempt(run: TrialRun) -> None:
-    # The window opens before the submit: waiting for it later, the workers could finish before the fault.
-    with run.gate.signal_window(run.stop):
+    # The window opens before the submit: waiting for it later, the workers could finish before the fault. The GPUs
+    # are taken until the preemptor has run: it preempts every debug job holding one (no other GPU trial then).
+    with run.gate.signal_window(run.stop), run.gate.gpus:
         # time > 50 min: below that submitit counts a preemption's USR2 as a time-out
         run.run_dir = run.submit(run.spec(gpus_per_node=1, time=60), run.slow_env())
         run.wait_records()
-        # all 4 GPUs: every debug job holding one (this trial's jobs; GPU trials run one at a time)
+        # all 4 GPUs: every debug job holding one (this trial's jobs)
         high = cluster.run(["sbatch", "--parsable", "-p", "high", "--gres=gpu:4", "-c", "1", "--mem=64M",
                             "-J", f"{run.trial.name}-high", "-o", "/dev/null", "--wrap", "true"])
         if high.returncode != 0:
@@ -331,4 +332,4 @@ INJECTORS: dict[str, Callable[[TrialRun], None]] = {
     "workerkill": inject_workerkill, "touch": inject_touch, "corrupt": inject_corrupt,
 }
 
-__all__ = ["GPU_KINDS", "INJECTORS", "TMPFS_SIZE", "TRIAL_TIMEOUT_S", "TrialRun"]
+__all__ = ["INJECTORS", "TMPFS_SIZE", "TRIAL_TIMEOUT_S", "TrialRun"]

@@ -152,11 +152,13 @@ def draw_point(kind: str, rng: random.Random, wl: Workload) -> dict[str, Any]:
         # after a clean run: one byte of one of the unit's chunks (one record each), one bit of it flipped
         return {"unit": unit_id, "chunk": rng.randrange(rows), "byte": round(rng.random(), 4), "bit": rng.randrange(8)}
     if kind == "timeout":
-        # Slurm's 1-minute limit, enforced on a ~30 s cycle: USR2 25-85 s into the attempt. The first attempt is
-        # slowed so that it cannot finish in time (every record sleeps slow_s); later ones run at full speed.
-        slow_s = round(rng.uniform(24, 32), 1)
-        return {"unit": unit_id, "time_min": 1, "slow_s": slow_s,
-                "records_by_limit": f"{int(25 // slow_s)}..{int(85 // slow_s)}"}
+        # A 2-minute limit, enforced on a ~30 s cycle: USR2 85-145 s into the attempt (with 1 minute it came 25 s in,
+        # before a worker that starts in 30-60 s on the loaded 2 cores had claimed a unit: the fault missed). The
+        # first attempt is slowed so that it cannot finish in time (every record sleeps slow_s: 4 records take
+        # longer than 145 s); later ones run at full speed.
+        slow_s = round(rng.uniform(36, 44), 1)
+        return {"unit": unit_id, "time_min": 2, "slow_s": slow_s,
+                "records_by_limit": f"{int(85 // slow_s)}..{int(145 // slow_s)}"}
     # After 1..rows-1 records: the unit has started writing and has more to do. 1.5-2.5 s per record (slowed) gives
     # the injector time to act before the unit could finish. scancel and preemption need longer: submitit ignores
     # scancel's SIGTERM (a job was seen finishing its work 4.5 s after it), and Slurm holds back scheduling, the
