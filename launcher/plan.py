@@ -11,6 +11,7 @@ Pure but for reading the inputs (preflight).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -190,7 +191,7 @@ def _shard_bounds(n: int, per: int, split_last: bool) -> list[tuple[int, int]]:
     pieces = min(TAIL_PIECES, (stop - start) // MIN_TAIL_RECORDS) if split_last else 1
     if pieces > 1:
         edges = [start + (stop - start) * k // pieces for k in range(pieces + 1)]
-        bounds[-1:] = list(zip(edges[:-1], edges[1:], strict=True))
+        bounds[-1:] = list(itertools.pairwise(edges))
     return bounds
 
 

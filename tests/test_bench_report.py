@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from launcher.bench.report import analyse, markdown
 from launcher.bench.cli import _layouts
+from launcher.bench.report import analyse, markdown
 
 
 def m(system: str, shape: str, spm: float, startup: float = 10.0) -> dict[str, Any]:

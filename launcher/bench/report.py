@@ -261,8 +261,9 @@ def plot_workers(results: dict[str, Any], path: Path) -> Path:
     ax2.set_xticks(range(len(cells)), labels, rotation=20, ha="right", fontsize=8)
     ax2.set_ylabel("seconds, end to end")
     ax2.set_title("Sweep of 12 cells, one GPU\n(* extrapolated from measured cells)", fontsize=10)
-    row = 0
-    yt, yl = [], []
+    row = 0.0
+    yt: list[float] = []
+    yl: list[str] = []
     for m in timed:
         for w in m["workers"]:
             t0 = w.get("started")
