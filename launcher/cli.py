@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "Resubmitting resumes.")
     c.add_argument("--wait", action="store_true", help="wait for the workers, then gather and print the summary")
     c.add_argument("--executor", choices=["slurm", "local"], help="override the spec's executor")
+    choice = c.add_mutually_exclusive_group()
+    choice.add_argument("--new-run", action="store_true",
+                        help="the inputs changed since the last submit: start a run of its own for them")
+    choice.add_argument("--resume", action="store_true",
+                        help="the inputs changed since the last submit: go on with that run anyway (recorded in its "
+                             "run.json; refused when the model changed)")
 
     c = sub.add_parser("run", help="Run a job in this process, on this machine's GPUs (or the old inference_vllm.py "
                                    "flags).",
@@ -127,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(COMMANDS[args.command](args) or 0)
+    except BrokenPipeError:  # `launcher status RUN | head`: the reader left; that is not an error of ours
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's exit flush must not raise it again
+        return 0
     except SpecError as exc:
         err.print(f"[red]error in the job spec[/] (nothing was submitted or written):\n{exc}", markup=True,
                   highlight=False, soft_wrap=True)
@@ -139,11 +151,22 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .plan import expand
     from .plan_view import render_plan
+    from .run_state import resolve_run
     from .spec import load_spec
 
     t0 = time.perf_counter()
     spec = load_spec(args.spec, args.overrides)
-    plan = expand(spec)
+    resolved = resolve_run(spec, strict=False)
+    plan = expand(spec, run=resolved.run)
+    if resolved.note:
+        err.print(f"[yellow]note:[/] {escape(resolved.note)}", soft_wrap=True)
+    if spec.executor == "slurm":
+        from .slurm_fit import check_fits
+
+        try:
+            check_fits(spec)
+        except SpecError as exc:
+            err.print(f"[yellow]warning: submit would refuse this:[/]\n{escape(str(exc))}", soft_wrap=True)
     if args.json:
         from .plan_view import plan_json
 
@@ -155,14 +178,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from .plan import expand
+    from .run_state import resolve_run
     from .slurm import submit
     from .spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)
-    plan = expand(spec)
+    resolved = resolve_run(spec, "new" if args.new_run else "resume" if args.resume else "auto")
+    plan = expand(spec, run=resolved.run)
+    if resolved.note:
+        console.print(f"[yellow]{escape(resolved.note)}[/]: " + "; ".join(resolved.changes), soft_wrap=True)
     kind = args.executor or spec.executor
+    if kind == "slurm":
+        from .slurm_fit import check_fits
+
+        check_fits(spec)  # a job no node can hold would pend forever: refused before anything is written
     try:
-        sub = submit(plan, kind)
+        sub = submit(plan, kind, resolved)
     except RuntimeError as exc:  # the submit lock
         # soft_wrap: the message holds paths and commands to copy, which must not be broken at the terminal's width;
         # escape: a path may hold '[...]', which rich would read as markup.
@@ -175,10 +206,28 @@ def cmd_submit(args: argparse.Namespace) -> int:
                   + (f"; gather job {sub.gather_job_id}" if sub.gather_job_id else ""))
     console.print(f"run dir: {sub.run_dir}\nstatus:  launcher status {sub.run_dir}")
     if not args.wait:
+        if kind == "local" and sub.job_ids:
+            console.print("the local job(s) go on in the background; the last one to finish gathers the outputs "
+                          f"(or `launcher gather {sub.run_dir}` once `launcher status` shows every unit done)")
         return 0
     from .wait import wait_and_gather
 
-    return wait_and_gather(plan, sub, console)
+    try:
+        return wait_and_gather(plan, sub, console)
+    except KeyboardInterrupt:
+        from .store import write_json_atomic
+
+        write_json_atomic(plan.run.root / "interrupted.json", {"time": time.time(), "executor": kind,
+                                                               "by": "Ctrl-C on `launcher submit --wait`"})
+        if kind == "local":
+            err.print("[yellow]interrupted:[/] the local jobs stopped with this command. Every record already "
+                      f"written is kept; `launcher submit {args.spec}` again resumes with the rest "
+                      f"(`launcher status {sub.run_dir}` shows what is done).", soft_wrap=True)
+        else:
+            err.print("[yellow]stopped waiting:[/] the jobs go on in Slurm. `launcher status "
+                      f"{sub.run_dir}` follows them, `launcher gather {sub.run_dir}` once they are done, "
+                      f"`launcher cancel {sub.run_dir}` stops them (records written are kept).", soft_wrap=True)
+        return 130
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -196,9 +245,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SpecError.one("launcher run", "", "nothing to run",
                             fix="give --spec SPEC [--job N], or the old flags --checkpoint_dir --dataset --output_dir")
     from .plan import expand
+    from .run_state import resolve_run
 
     spec = spec_from_flags(args, args.backend)
-    return _run_inline(expand(spec), flat_dest=Path(spec.output.dir))
+    return _run_inline(expand(spec, run=resolve_run(spec).run), flat_dest=Path(spec.output.dir))
 
 
 def _run_spec(args: argparse.Namespace) -> int:
@@ -207,7 +257,13 @@ def _run_spec(args: argparse.Namespace) -> int:
     from .spec import load_spec
 
     target = Path(args.spec)
-    plan = load_plan(target) if (target / "plan.json").exists() else expand(load_spec(target, args.overrides))
+    if (target / "plan.json").exists():
+        plan = load_plan(target)
+    else:
+        from .run_state import resolve_run
+
+        spec = load_spec(target, args.overrides)
+        plan = expand(spec, run=resolve_run(spec).run)
     units = _unit_ids(plan, args.unit) if args.unit else None
     if args.job is None:
         return _run_inline(plan, units=units)
@@ -240,6 +296,9 @@ def _run_inline(plan: Plan, flat_dest: Path | None = None, units: tuple[str, ...
 
     save_plan(plan)
     run_job(plan.run.root, 0, units)
+    from .wait import print_warnings
+
+    print_warnings(plan, err)
     if units is not None:
         console.print(f"ran unit(s) {', '.join(units)}; `launcher gather {plan.run.root}` once all are done")
         return 0

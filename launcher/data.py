@@ -58,8 +58,9 @@ def detect_format(path: Path) -> str:
     return formats[suffix]
 
 
-def iter_rows(path: Path, start: int = 0, stop: int | None = None) -> Iterator[Row]:
-    """Rows [start, stop) in file order. JSONL rows that do not parse come back as raw text (to quarantine)."""
+def iter_rows(path: Path, start: int = 0, stop: int | None = None, split: str | None = None) -> Iterator[Row]:
+    """Rows [start, stop) in file order. JSONL rows that do not parse come back as raw text (to quarantine).
+    `split`: which split of a saved HF DatasetDict (refused when it has several and none is named)."""
     fmt = detect_format(path)
     if fmt == "jsonl":
         yield from _jsonl_rows(path, start, stop)
@@ -73,7 +74,7 @@ def iter_rows(path: Path, start: int = 0, stop: int | None = None) -> Iterator[R
     elif fmt == "parquet":
         yield from _table_rows(_parquet_table(path), start, stop)
     else:
-        yield from _hf_rows(path, start, stop)
+        yield from _hf_rows(path, start, stop, split)
 
 
 def _jsonl_rows(path: Path, start: int, stop: int | None) -> Iterator[Row]:
@@ -111,21 +112,31 @@ def _table_rows(table: Any, start: int, stop: int | None) -> Iterator[Row]:
         yield start + offset, row
 
 
-def _hf_rows(path: Path, start: int, stop: int | None) -> Iterator[Row]:
+def _hf_rows(path: Path, start: int, stop: int | None, split: str | None = None) -> Iterator[Row]:
     try:
         from datasets import load_from_disk
     except ImportError:
         raise SpecError.one(str(path), "data.datasets.path", "reading a saved HF dataset needs `datasets`",
                             fix="pip install datasets, or export the dataset to JSONL") from None
     ds = load_from_disk(str(path))
-    if hasattr(ds, "keys"):  # a DatasetDict: use its first split
-        ds = ds[next(iter(ds.keys()))]
+    if hasattr(ds, "keys"):  # a DatasetDict: the split named in the spec; one split needs no name
+        splits = list(ds.keys())
+        if split is None and len(splits) > 1:
+            raise SpecError.one(str(path), "data.datasets.split", f"a DatasetDict with {len(splits)} splits and none "
+                                "named", allowed=", ".join(splits), fix=f"add `split: {splits[0]}` to this dataset")
+        if split is not None and split not in splits:
+            raise SpecError.one(str(path), "data.datasets.split", f"no split {split!r} in this DatasetDict",
+                                allowed=", ".join(splits), fix="use one of the splits it has")
+        ds = ds[split or splits[0]]
+    elif split is not None:
+        raise SpecError.one(str(path), "data.datasets.split", f"split {split!r} named, but this is a single Dataset "
+                            "(no splits)", allowed="no split", fix="remove `split:` from this dataset")
     stop = len(ds) if stop is None else min(stop, len(ds))
     for i in range(start, stop):
         yield i, dict(ds[i])
 
 
-def count_rows(path: Path) -> int:
+def count_rows(path: Path, split: str | None = None) -> int:
     """Rows in the dataset; fast enough for planning (a JSONL file is counted by its newlines)."""
     fmt = detect_format(path)
     if fmt == "jsonl":
@@ -141,13 +152,13 @@ def count_rows(path: Path) -> int:
             raise SpecError.one(str(path), "data.datasets.path", "reading Parquet needs pyarrow",
                                 fix="pip install 'launcher[parquet]'") from None
         return int(pq.ParquetFile(path).metadata.num_rows)
-    return sum(1 for _ in _hf_rows(path, 0, None))
+    return sum(1 for _ in _hf_rows(path, 0, None, split))
 
 
-def head_rows(path: Path, n: int) -> list[Row]:
+def head_rows(path: Path, n: int, split: str | None = None) -> list[Row]:
     """The first n rows, cheaply (a Parquet file is not read whole)."""
     if detect_format(path) != "parquet":
-        return list(iter_rows(path, 0, n))
+        return list(iter_rows(path, 0, n, split))
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -167,10 +178,10 @@ class Sample:
     columns: list[str]
 
 
-def sample_records(path: Path, fields: FieldNames, n: int = 200) -> Sample:
-    """Read the first n rows as a task would (bad rows are quarantined there, not errors)."""
+def sample_records(path: Path, fields: FieldNames, n: int = 200, split: str | None = None) -> Sample:
+    """Read the first n rows as a worker would (bad rows are quarantined there, not errors)."""
     usable, bad, columns = 0, list[Quarantined](), list[str]()
-    rows = head_rows(path, n)
+    rows = head_rows(path, n, split)
     for row, obj in rows:
         if isinstance(obj, dict) and not columns:
             columns = [str(k) for k in obj]
@@ -209,21 +220,33 @@ def _short(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, default=str)[:500]
 
 
-def read_shard(path: Path, start: int, stop: int, fields: FieldNames) -> tuple[list[Record], list[Quarantined]]:
+def read_shard(path: Path, start: int, stop: int, fields: FieldNames,
+               split: str | None = None) -> tuple[list[Record], list[Quarantined]]:
     records: list[Record] = []
     bad: list[Quarantined] = []
-    for row, obj in iter_rows(path, start, stop):
+    for row, obj in iter_rows(path, start, stop, split):
         item = to_record(row, obj, fields)
         (records if isinstance(item, Record) else bad).append(item)  # type: ignore[arg-type]
     return records, bad
 
 
-def first_rows(path: Path, fields: FieldNames, stop: int | None = None) -> dict[str, int]:
+def first_rows(path: Path, fields: FieldNames, stop: int | None = None, split: str | None = None) -> dict[str, int]:
     """record id -> the first row holding it, over rows [0, stop). A later row with the same id is a duplicate
     wherever the shards are cut: ids are compared as text, so 1 and "1" are the same record."""
     first: dict[str, int] = {}
-    for row, obj in iter_rows(path, 0, stop):
+    for row, obj in iter_rows(path, 0, stop, split):
         item = to_record(row, obj, fields)
         if isinstance(item, Record):
             first.setdefault(item.record_id, row)
     return first
+
+
+def duplicate_ids(path: Path, fields: FieldNames, stop: int | None = None,
+                  split: str | None = None) -> dict[str, int]:
+    """record id -> how many rows share it (only ids held by more than one row)."""
+    counts: dict[str, int] = {}
+    for row, obj in iter_rows(path, 0, stop, split):
+        item = to_record(row, obj, fields)
+        if isinstance(item, Record):
+            counts[item.record_id] = counts.get(item.record_id, 0) + 1
+    return {k: v for k, v in counts.items() if v > 1}

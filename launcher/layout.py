@@ -132,9 +132,9 @@ def choose_layout(shape: ModelShape, gpus: GpuSet, gpu: GpuInfo | None, utilizat
     n = gpus.count
     weights = weight_bytes if weight_bytes is not None else shape.weight_bytes
     if n == 0:
-        if isinstance(requested, int) and requested > 1:
-            raise _refuse(f"tensor_parallel_size {requested} asked, but this task has no GPU")
-        return ParallelLayout(1, 1, (), "no GPU allocated: one engine on the CPU")
+        notes = ((f"tensor_parallel_size {requested} asked, but there is no GPU here: one engine on the CPU",)
+                 if requested not in ("auto", 1) else ())
+        return ParallelLayout(1, 1, (), "no GPU allocated: one engine on the CPU", notes)
     if requested == "all":
         if not tp_splits_heads(shape, n):
             raise _refuse(f"tensor_parallel_size: all means TP={n}, which does not split {shape.heads} attention heads"
@@ -143,8 +143,13 @@ def choose_layout(shape: ModelShape, gpus: GpuSet, gpu: GpuInfo | None, utilizat
         return ParallelLayout(n, 1, gpus.ids, f"tensor_parallel_size: all -> TP={n} over every GPU of the task")
     if isinstance(requested, int):
         if requested > n:
-            raise _refuse(f"tensor_parallel_size {requested} asked, but the task has {n} GPU(s) ({gpus.source})",
-                          fix=f"set slurm.gpus_per_node >= {requested}, or tensor_parallel_size: auto")
+            # The size is a speed choice; the memory check below still holds. Plan refuses it for a Slurm job that
+            # asks fewer GPUs (preflight.check_layout); here the machine simply has fewer: say so, and go on.
+            chosen = choose_layout(shape, gpus, gpu, utilization, "auto", weight_bytes)
+            note = (f"tensor_parallel_size {requested} asked, but only {n} GPU(s) here ({gpus.source}): "
+                    f"TP={chosen.tensor_parallel} x DP={chosen.data_parallel} instead")
+            return ParallelLayout(chosen.tensor_parallel, chosen.data_parallel, chosen.gpus,
+                                  f"{note}; {chosen.reason}", (note, *chosen.notes))
         if not tp_splits_heads(shape, requested):
             raise _refuse(f"tensor_parallel_size {requested} does not split {shape.heads} attention heads / "
                           f"{shape.kv_heads} KV heads evenly", fix=f"use one of {_valid_tps(shape, n) or [1]}, or auto")

@@ -150,11 +150,12 @@ def count_jobs(spec: JobSpec, units: int) -> tuple[int, str]:
     return max(1, jobs), why
 
 
-def expand(spec: JobSpec, rows_per_dataset: dict[str, int] | None = None) -> Plan:
-    """The plan of a spec. When its run directory already holds a plan (a resubmit), its units are kept: a unit's
-    rows never change within a run, whatever the new job count."""
+def expand(spec: JobSpec, rows_per_dataset: dict[str, int] | None = None, run: RunDir | None = None) -> Plan:
+    """The plan of a spec, in `run` (default: the spec's base run id; a submit resolves it first, run_state.py).
+    When that run directory already holds a plan (a resubmit), its units are kept: a unit's rows never change
+    within a run, whatever the new job count."""
     rows = rows_per_dataset if rows_per_dataset is not None else check_inputs(spec)
-    run = RunDir.of(spec.output.dir, spec.run_id)
+    run = run or RunDir.of(spec.output.dir, spec.run_id)
     existing = _existing_units(run)
     units = existing if existing is not None else cut_units(spec, rows)
     jobs, why = count_jobs(spec, len(units))

@@ -19,7 +19,7 @@ def sbatch_preview(plan: Plan, n_tasks: int | None = None) -> str:
 
     spec = plan.spec
     ex = ss.SlurmExecutor(folder=plan.run.logs, python=python_command(spec, plan.run.root))
-    generic = executor_params(spec)
+    generic = executor_params(spec, plan.run.root)
     # AutoExecutor's generic names -> SlurmExecutor's own (the same translation submitit does internally).
     mapping = {"timeout_min": "time", "cpus_per_task": "cpus_per_task", "gpus_per_node": "gpus_per_node",
                "nodes": "nodes", "tasks_per_node": "ntasks_per_node", "name": "job_name"}
@@ -46,6 +46,7 @@ def container_argv_preview(plan: Plan) -> list[str] | None:
 
 def plan_json(plan: Plan) -> dict[str, Any]:
     from .history import estimate
+    from .preflight import duplicate_report
 
     est, why = estimate(plan)
     return {"run_id": plan.run.run_id, "run_dir": str(plan.run.root), "units": len(plan.units),
@@ -54,7 +55,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
             "rows_per_dataset": plan.rows_per_dataset,
             "estimate": {"generation_s": round(est.generation_s, 1), "startup_s": round(est.startup_s, 1),
                          "gpu_hours": round(est.gpu_hours, 3), "basis": est.basis} if est else None,
-            "estimate_reason": why,
+            "estimate_reason": why, "duplicates": duplicate_report(plan.spec),
             "unit_list": [{"index": u.index, "unit_id": u.unit_id, "rows": [u.start, u.stop]} for u in plan.units],
             "sbatch": sbatch_preview(plan) if plan.spec.executor == "slurm" else None,
             "container_argv": container_argv_preview(plan)}
@@ -80,6 +81,10 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
     console.print(f"[bold]{plan.jobs}[/] worker job(s) ({plan.jobs_reason}), {workers}: "
                   f"[bold]{plan.gpus}[/] GPU(s) at most; each worker starts its engine once and claims units until "
                   "none is left")
+    from .preflight import duplicate_report
+
+    for line in duplicate_report(spec):
+        console.print(f"[yellow]duplicates:[/] {line}", soft_wrap=True)
     est, why = estimate(plan)
     if est is not None:
         wall = est.startup_s + est.generation_s

@@ -151,8 +151,9 @@ def check_datasets(spec: JobSpec) -> dict[str, int]:
         fmt = path.suffix.lstrip(".") or "data"
         try:
             fmt = detect_format(path)
-            n = count_rows(path)
-            sample = sample_records(path, spec.data.fields, min(SAMPLE_ROWS, spec.data.limit or SAMPLE_ROWS))
+            n = count_rows(path, ds.split)
+            sample = sample_records(path, spec.data.fields, min(SAMPLE_ROWS, spec.data.limit or SAMPLE_ROWS),
+                                    ds.split)
         except SpecError as exc:
             raise _moved(spec, key, exc, path) from None
         except PermissionError:
@@ -239,6 +240,16 @@ def check_output_dir(spec: JobSpec) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise _fail(spec, key, f"no permission to write in {existing}", "a folder you can write to",
                     "choose a folder on shared storage that you own (tasks write there from the compute nodes)")
+    # Outputs inside an input would change that input (the model's and a dataset folder's identity are their files:
+    # inputs.py), and a cleanup of one would delete the other.
+    inputs = [("the model folder", Path(spec.model.path))]
+    inputs += [(f"dataset {ds.name!r}", Path(ds.path)) for ds in spec.data.datasets if Path(ds.path).is_dir()]
+    resolved = out.resolve()
+    for what, folder in inputs:
+        inside = folder.resolve()
+        if resolved == inside or inside in resolved.parents:
+            raise _fail(spec, key, f"{out} is inside {what} ({folder})", "a folder outside the model and the data",
+                        f"write outputs elsewhere, e.g. {inside.parent / (inside.name + '-outputs')}")
 
 
 def check_container(spec: JobSpec) -> None:
@@ -257,6 +268,29 @@ def check_container(spec: JobSpec) -> None:
                     "", fix) from None
 
 
+def duplicate_report(spec: JobSpec) -> list[str]:
+    """Per dataset, how many rows repeat a record id (all but the first of each are quarantined): what `plan` says
+    up front, rather than leaving it to the quarantine file."""
+    from .data import duplicate_ids
+
+    lines = []
+    for ds in spec.data.datasets:
+        try:
+            dupes = duplicate_ids(Path(ds.path), spec.data.fields, spec.data.limit, ds.split)
+        except (SpecError, OSError, ValueError):
+            continue  # check_datasets reports what cannot be read
+        if dupes:
+            extra = sum(dupes.values()) - len(dupes)
+            worst = sorted(dupes.items(), key=lambda kv: -kv[1])[:3]
+            field = spec.data.fields.record_id or spec.data.fields.user_id
+            lines.append(f"dataset {ds.name!r}: {len(dupes)} record id(s) repeat ({extra} row(s) will be quarantined "
+                         f"as duplicates), e.g. " + ", ".join(f"{k!r} x{v}" for k, v in worst)
+                         + f"; ids come from column {field!r}"
+                         + ("" if spec.data.fields.record_id else " (set data.fields.record_id when a user has "
+                            "several records)"))
+    return lines
+
+
 def check_all(spec: JobSpec) -> dict[str, int]:
     shape = check_model(spec)
     check_layout(spec, shape)
@@ -269,4 +303,4 @@ def check_all(spec: JobSpec) -> dict[str, int]:
 
 
 __all__ = ["check_all", "check_container", "check_datasets", "check_layout", "check_model", "check_output_dir",
-           "check_prompts"]
+           "check_prompts", "duplicate_report"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
-from jinja2.exceptions import SecurityError
+from jinja2.exceptions import SecurityError, TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
 
 from .data import Record
@@ -140,3 +140,13 @@ def check_template(text: str, field: str, where: str = "template") -> None:
                             allowed="variables, filters and tests on the record's values",
                             fix="read columns with record['column']; no attributes starting with '_', no methods "
                                 "that change state") from None
+    except TemplateNotFound as exc:  # {% include %}/{% import %}: templates have no loader, on purpose
+        raise SpecError.one(where, field, f"the template includes or imports {exc.name!r}; templates cannot read "
+                            "other files", allowed="one self-contained template",
+                            fix="paste what you meant to include into the template, or use data.templates.NAME.file "
+                                "for a template kept in a file") from None
+    except Exception as exc:  # OverflowError from range(10**8), ZeroDivisionError, TypeError...: exit 2, not a trace
+        raise SpecError.one(where, field, f"the template fails when rendered: {type(exc).__name__}: {exc}"[:400],
+                            allowed="a template that renders a record to text",
+                            fix="check the expressions in the template (the sandbox allows ranges of at most "
+                                "100,000 items)") from None

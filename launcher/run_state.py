@@ -8,11 +8,17 @@ recomputed from the spec (which hashes input files: touching one mid-run must no
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+from .errors import SpecError
+from .inputs import InputIdentity, changes, identify, model_changed
 from .plan import Plan
 from .spec import JobSpec
 from .store import RunDir, write_json_atomic
+
+Choice = Literal["auto", "new", "resume"]
 
 
 def save_plan(plan: Plan) -> Path:
@@ -36,8 +42,70 @@ def load_plan(run_dir: Path) -> Plan:
                 str(obj.get("jobs_reason") or ""))
 
 
+@dataclass
+class ResolvedRun:
+    """Which run directory a submit of this spec goes to, and why."""
+
+    run: RunDir
+    inputs: InputIdentity
+    changes: list[str] = field(default_factory=list)  # set when resuming a run whose inputs changed (--resume)
+    note: str = ""
+
+
+def runs_of(spec: JobSpec) -> list[RunDir]:
+    """The runs of this spec (its base id, and `<base>-<inputs>` made by --new-run), oldest first."""
+    root = Path(spec.output.dir) / "runs"
+    base = spec.run_id
+    if not root.is_dir():
+        return []
+    found = [d for d in root.iterdir()
+             if (d.name == base or d.name.startswith(base + "-")) and (d / "plan.json").exists()]
+    return [RunDir(d) for d in sorted(found, key=lambda d: (d / "plan.json").stat().st_mtime)]
+
+
+def resolve_run(spec: JobSpec, choice: Choice = "auto", strict: bool = True) -> ResolvedRun:
+    """The run a submit goes to. Its id is fixed here, once: the directory's name. Inputs whose content changed
+    since that run was submitted stop a strict resolve (exit 2) until the user chooses --new-run or --resume."""
+    now = identify(spec)
+    runs = runs_of(spec)
+    recorded = {r.root: r.read_run().get("inputs") or {} for r in runs}
+    same = [r for r in runs if recorded[r.root].get("digest") in (None, now.digest)]  # None: recorded before 0.2
+    base = RunDir.of(spec.output.dir, spec.run_id)
+    if choice == "new":
+        if same:
+            raise SpecError.one(_where(spec), "--new-run", f"run {same[-1].run_id} already holds exactly these inputs",
+                                fix=f"submit without --new-run to resume it, or `launcher status {same[-1].root}`")
+        return ResolvedRun(base if not runs else RunDir.of(spec.output.dir, f"{spec.run_id}-{now.digest[:6]}"), now,
+                           note="a new run for the changed inputs (--new-run)")
+    if same:
+        return ResolvedRun(same[-1], now)
+    if not runs:
+        return ResolvedRun(base, now)
+    latest = runs[-1]
+    diff = changes(recorded[latest.root], now)
+    if choice == "resume":
+        if model_changed(recorded[latest.root], now):
+            raise SpecError.one(_where(spec), "--resume", f"the model changed since run {latest.run_id} was "
+                                f"submitted ({'; '.join(diff)}): its samples would be presented as the new model's",
+                                fix="use --new-run: a run of its own for the new weights")
+        return ResolvedRun(latest, now, diff, note=f"resuming run {latest.run_id} with changed inputs (--resume)")
+    if not strict:
+        return ResolvedRun(latest, now, diff, note=f"the inputs changed since run {latest.run_id}: "
+                           + "; ".join(diff) + " (submit asks for --new-run or --resume)")
+    raise SpecError.one(_where(spec), "", f"the inputs changed since run {latest.run_id} was submitted: "
+                        + "; ".join(diff) + "; nothing was submitted",
+                        allowed="--new-run or --resume",
+                        fix=f"`launcher submit SPEC --new-run` starts a run of its own for the new inputs; "
+                            f"`--resume` goes on with run {latest.run_id} (done records keep their samples; the "
+                            "change is recorded in its run.json; not allowed when the model changed)")
+
+
+def _where(spec: JobSpec) -> str:
+    return spec.where("data")
+
+
 def find_run_dir(target: str | Path) -> Path:
-    """A run dir, or an output dir holding runs (its newest), or a spec file."""
+    """A run dir, or an output dir holding runs (its newest), or a spec file (the run its inputs belong to)."""
     p = Path(target)
     if (p / "plan.json").exists():
         return p
@@ -49,7 +117,6 @@ def find_run_dir(target: str | Path) -> Path:
     if p.is_file() and p.suffix in {".yaml", ".yml"}:
         from .spec import load_spec
 
-        spec = load_spec(p)
-        return RunDir.of(spec.output.dir, spec.run_id).root
+        return resolve_run(load_spec(p), strict=False).run.root
     raise FileNotFoundError(f"no run found at {p}: give a run directory (<output.dir>/runs/<run id>), "
                             "an output dir, or the spec file")

@@ -26,9 +26,9 @@ from . import __version__
 from .job.entry import JobRunner
 from .job.retries import teardown_lines
 from .plan import Plan
-from .run_state import save_plan
+from .run_state import ResolvedRun, save_plan
 from .spec import JobSpec
-from .store import RunDir, sha256_file, write_json_atomic
+from .store import sha256_file, write_json_atomic
 from .submit_lock import local_processes, refuse_if_local_run_lives, submit_lock
 
 # submitit writes --array=0-N%min(N+1, array_parallelism), 256 unless told: a spec without a limit means none.
@@ -57,7 +57,7 @@ class Submission:
     units_todo: int
 
 
-def executor_params(spec: JobSpec) -> dict[str, Any]:
+def executor_params(spec: JobSpec, run_dir: Path) -> dict[str, Any]:
     """submitit's parameters for the array, from the spec's slurm section (also what `launcher plan` shows)."""
     s = spec.slurm
     params: dict[str, Any] = {
@@ -70,7 +70,7 @@ def executor_params(spec: JobSpec) -> dict[str, Any]:
         # submitit caps arrays at %256 unless told; unset in the spec means no cap of ours
         "slurm_array_parallelism": s.array_parallelism or MAX_ARRAY_SIZE,
         # a task whose process dies (SIGKILL, OOM killer) cannot report it: the batch script does, after srun
-        "slurm_teardown": teardown_lines(task_python(spec), RunDir.of(spec.output.dir, spec.run_id).root),
+        "slurm_teardown": teardown_lines(task_python(spec, run_dir), run_dir),
     }
     if s.gpus_per_node:
         params["gpus_per_node"] = s.gpus_per_node
@@ -91,9 +91,9 @@ def python_command(spec: JobSpec, run_dir: Path) -> str | None:
     return shlex.join(container_python_argv(spec, run_dir))
 
 
-def task_python(spec: JobSpec) -> str:
+def task_python(spec: JobSpec, run_dir: Path) -> str:
     """The shell text that starts this run's Python on a compute node (inside the image if there is one)."""
-    return python_command(spec, RunDir.of(spec.output.dir, spec.run_id).root) or shlex.quote(sys.executable)
+    return python_command(spec, run_dir) or shlex.quote(sys.executable)
 
 
 def make_executor(spec: JobSpec, folder: Path, kind: str | None = None) -> submitit.Executor:
@@ -113,7 +113,7 @@ def make_executor(spec: JobSpec, folder: Path, kind: str | None = None) -> submi
         return local
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=spec.slurm.max_requeues,
                                slurm_python=python_command(spec, folder.parent))
-    ex.update_parameters(**executor_params(spec))
+    ex.update_parameters(**executor_params(spec, folder.parent))
     return ex
 
 
@@ -132,7 +132,7 @@ def pending_units(plan: Plan) -> list[str]:
     return todo
 
 
-def submit(plan: Plan, kind: str | None = None) -> Submission:
+def submit(plan: Plan, kind: str | None = None, resolved: ResolvedRun | None = None) -> Submission:
     """Worker jobs for every unit not done, as one array (+ the gather job after it). Refused while the run still
     has jobs in Slurm or local processes working on it: two sets of workers are safe (claims), but a second
     submit would count retries and record submissions against the wrong array."""
@@ -165,7 +165,7 @@ def submit(plan: Plan, kind: str | None = None) -> Submission:
         # local: the job id is the pid of submitit's controller process, one per job
         lock.record(local_processes(map(int, job_ids), range(jobs)) if kind == "local" else [])
         gather = submit_gather(plan, job_ids) if kind == "slurm" and spec.slurm.gather else None
-        write_run_json(plan, job_ids, gather.job_id if gather else None, kind, jobs, len(todo))
+        write_run_json(plan, job_ids, gather.job_id if gather else None, kind, jobs, len(todo), resolved)
     return Submission(run.root, job_ids, gather.job_id if gather else None, handles, gather,
                       len(plan.units) - len(todo), len(todo))
 
@@ -210,11 +210,18 @@ def active_jobs(run: dict[str, Any]) -> list[str]:
 
 
 def write_run_json(plan: Plan, job_ids: list[str], gather_id: str | None, executor: str, jobs: int,
-                   units_todo: int) -> None:
+                   units_todo: int, resolved: ResolvedRun | None = None) -> None:
     spec = plan.spec
     previous = plan.run.read_run()
+    inputs = resolved.inputs.as_json() if resolved else previous.get("inputs")
+    input_changes = previous.get("input_changes", [])
+    if resolved and resolved.changes:  # --resume with changed inputs: the run says so, forever
+        input_changes = [*input_changes, {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changes": resolved.changes,
+                                          "from_digest": (previous.get("inputs") or {}).get("digest"),
+                                          "to_digest": resolved.inputs.digest}]
     submissions = [*previous.get("submissions", []), {
-        "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "executor": executor, "job_ids": job_ids,
+        "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "submitted_epoch": time.time(), "executor": executor,
+        "job_ids": job_ids,
         "array_job_id": job_ids[0].split("_")[0] if job_ids else None, "gather_job_id": gather_id,
         "jobs": jobs, "job_indices": list(range(jobs)), "units_todo": units_todo,
         "submission": os.environ.get("LAUNCHER_SUBMISSION"),
@@ -222,7 +229,7 @@ def write_run_json(plan: Plan, job_ids: list[str], gather_id: str | None, execut
     write_json_atomic(plan.run.run_json, {
         "run_id": plan.run.run_id, "name": spec.name, "spec": redact(spec.model_dump(mode="json")),
         "fingerprint": spec.fingerprint(), "units": len(plan.units), "records": plan.total_records,
-        "jobs": plan.jobs, "jobs_reason": plan.jobs_reason,
+        "jobs": plan.jobs, "jobs_reason": plan.jobs_reason, "inputs": inputs, "input_changes": input_changes,
         "launcher_version": __version__, "git_sha": git_sha(), "python": sys.version.split()[0],
         "image": image_record(spec), "submissions": submissions,
     })

@@ -86,6 +86,29 @@ class ModelSpec(_Section):
     def _path(cls, value: str) -> str:
         return _plain_path(value, "the model path")
 
+    @field_validator("quantization")
+    @classmethod
+    def _quantization(cls, value: str | None) -> str | None:
+        from .engine_values import QUANTIZATION, did_you_mean
+
+        if value is not None and value not in QUANTIZATION:
+            raise _FieldError((), f"unknown quantization {value!r}", f"one of vLLM's: {', '.join(QUANTIZATION)}",
+                              did_you_mean(value, QUANTIZATION) or "remove it for an unquantized checkpoint; an AWQ "
+                              "checkpoint says awq in its config.json")
+        return value
+
+    @field_validator("engine_args")
+    @classmethod
+    def _enumerated(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from .engine_values import ENUMERATED_ENGINE_ARGS, did_you_mean
+
+        for key, allowed in ENUMERATED_ENGINE_ARGS.items():
+            if key in value and str(value[key]) not in allowed:
+                raise _FieldError((key,), f"{key} {value[key]!r} is not a value vLLM accepts", ", ".join(allowed),
+                                  did_you_mean(str(value[key]), allowed) or f"use one of the allowed values, or "
+                                  f"remove {key} (auto)")
+        return value
+
     @field_validator("engine_args")
     @classmethod
     def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +125,8 @@ class DatasetSpec(_Section):
     """Short name; used in task ids and as the output folder <output.dir>/<name>/<ablation>/."""
     path: str = Field(min_length=1)
     """JSONL, Parquet, CSV file, or a folder saved by HF datasets' save_to_disk."""
+    split: str | None = None
+    """For a saved HF DatasetDict with several splits: which one (train, test, ...). Unset: its only split."""
 
     @field_validator("path")
     @classmethod
@@ -113,7 +138,9 @@ class FieldNames(_Section):
     user_id: str = "user_id"
     """Column holding the user id (one output JSON per user)."""
     record_id: str | None = None
-    """Column holding a unique record id. Unset: the user id (one record per user)."""
+    """Column holding a unique record id. Unset: the user id, so one record per user: a second row of the same user
+    is quarantined as a duplicate (`launcher plan` counts them). Set it when a user has several records. A record's
+    samples depend on (sampling.seed, this id); ids are compared as text (1 and "1" are the same record)."""
     profile: str = "profile"
     """Column with the user's profile (text or a mapping)."""
     history: str = "history"
@@ -501,22 +528,22 @@ class JobSpec(_Section):
         return self._root
 
     def fingerprint(self) -> str:
-        """Hash of what changes the samples. Partition, time limit or output dir never change it."""
+        """Hash of the spec's own fields that change the samples. Partition, time limit or output dir never change
+        it, nor do file dates: what the input files hold is checked at submit (inputs.py), not hashed here, so a
+        touched dataset keeps its run."""
         affects: dict[str, Any] = {
             "model": self.model.model_dump(exclude={"engine_args", "gpu_memory_utilization", "tensor_parallel_size",
                                                     "hf_batch_size", "max_model_len"}),
             "data": self.data.model_dump(exclude={"records_per_shard"}),
             "sampling": self.sampling.model_dump(),
         }
-        for ds in self.data.datasets:  # a changed input file is a new run
-            p = Path(ds.path)
-            st = p.stat() if p.exists() else None
-            affects[f"file:{ds.name}"] = [st.st_size, st.st_mtime_ns] if st else None
         blob = json.dumps(affects, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()
 
     @property
     def run_id(self) -> str:
+        """The base run id. A submit may pick another (`<base>-<inputs>` after --new-run): the run's own directory
+        name is the run id from then on (run_state.resolve_run)."""
         return f"{self.name}-{self.fingerprint()[:10]}"
 
 

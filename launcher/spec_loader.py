@@ -199,8 +199,19 @@ def _load_file(path: Path, layers: Layers, chain: list[Path]) -> None:
     if len(chain) >= MAX_EXTENDS_DEPTH:
         raise SpecError.one(_shown(path), "extends", f"more than {MAX_EXTENDS_DEPTH} levels of extends",
                             fix="flatten the profiles")
-    data, lines = read_yaml(path)
+    try:
+        data, lines = read_yaml(path)
+    except SpecError as exc:
+        if not chain:
+            raise
+        # A file reached through `extends` may be anything (a typo, /etc/shadow): say it is not a spec, and never
+        # echo its lines, keys or values, which a YAML or validation error would quote.
+        raise _not_a_spec(path, chain, "it is not YAML a spec could be read from") from exc
     shown = _shown(path)
+    if chain:
+        unknown = [k for k in data if k not in SPEC_SECTIONS]
+        if unknown:
+            raise _not_a_spec(path, chain, f"{len(unknown)} of its top-level keys are not spec sections")
     parent = data.pop("extends", None)
     if parent is not None:
         if not isinstance(parent, str):
@@ -221,6 +232,16 @@ def _load_file(path: Path, layers: Layers, chain: list[Path]) -> None:
         return shown
 
     layers.merge(data, where_of=where_of, base=resolved.parent)
+
+
+SPEC_SECTIONS = ("name", "model", "data", "sampling", "slurm", "container", "output", "executor", "extends")
+
+
+def _not_a_spec(path: Path, chain: list[Path], why: str) -> SpecError:
+    return SpecError.one(f"{_shown(chain[-1])}", "extends", f"{_shown(path)} is not a job spec or cluster profile: "
+                         f"{why} (its content is not shown)", allowed=f"a YAML file of spec sections: "
+                         f"{', '.join(SPEC_SECTIONS)}", fix="point extends at a cluster profile, e.g. "
+                         "configs/slurm-local.yaml")
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:

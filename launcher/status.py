@@ -20,18 +20,20 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from .plan import Plan
 from .run_state import load_plan
 from .slurm import task_job_ids
+from .slurm_fit import reason_words
 from .store import RunDir, read_json
 from .store.claims import lease_s
 
 UNITS_SHOWN = 30
 
 FINAL = {"DONE", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
-         "NOT SUBMITTED"}
+         "NOT SUBMITTED", "INTERRUPTED"}
 COLORS = {"DONE": "green", "FAILED": "red", "RUNNING": "yellow", "CANCELLED": "magenta", "TIMEOUT": "red",
           "OUT_OF_MEMORY": "red", "PENDING": "cyan"}
 
@@ -91,6 +93,7 @@ class RunStatus:
     gather_job_id: str | None
     gather_state: str | None
     run_figures: dict[str, Any]
+    warnings: list[str]  # requests not honoured (a TP size, a backend), from the workers
 
     @property
     def counts(self) -> dict[str, int]:
@@ -99,6 +102,7 @@ class RunStatus:
     def as_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "run_dir": self.run_dir, "counts": self.counts,
                 "gather": {"job_id": self.gather_job_id, "state": self.gather_state}, "run": self.run_figures,
+                "warnings": self.warnings,
                 "jobs": [asdict(j) for j in self.jobs], "workers": [asdict(w) for w in self.workers],
                 "units": [asdict(u) for u in self.units]}
 
@@ -172,7 +176,16 @@ def collect(run_dir: Path) -> RunStatus:
 
     return RunStatus(plan.run.run_id, str(run_dir), jobs, workers, units, gather_id,
                      (gather.state if gather else "SUBMITTED") if gather_id else None,
-                     run_figures(plan).headline())
+                     run_figures(plan).headline(), run_warnings(plan))
+
+
+def run_warnings(plan: Plan) -> list[str]:
+    """What the workers could not honour, each once (a requeued worker says it again)."""
+    seen: dict[str, None] = {}
+    for r in plan.run.worker_reports():
+        for w in r.get("warnings") or []:
+            seen.setdefault(str(w), None)
+    return list(seen)
 
 
 def _latest_reports(plan: Plan) -> dict[str, dict[str, Any]]:
@@ -220,6 +233,10 @@ def _local_state(plan: Plan, index: int, reports: list[dict[str, Any]], all_done
         return "RUNNING", "local process"
     if failed:
         return "FAILED", "a worker raised"
+    interrupted = read_json(plan.run.root / "interrupted.json")
+    submitted = ((plan.run.read_run().get("submissions") or [{}])[-1]).get("submitted_epoch") or 0
+    if not all_done and interrupted and interrupted.get("time", 0) >= submitted:
+        return "INTERRUPTED", f"{interrupted.get('by')}: `launcher submit` the spec again to resume"
     if all_done or any(r.get("state") in ("done", "idle") for r in reports):
         return "COMPLETED", ""
     return "FAILED" if procs else "LOCAL", "ended without a report (killed?)" if procs else "submitted"
@@ -240,10 +257,8 @@ def _unit_status(plan: Plan, unit: Any, submission: str | None) -> UnitStatus:
     udir = plan.run.unit(unit.unit_id)
     failures = [f for f in udir.read_failures() if f.get("submission") == submission]
     last_error = str(failures[-1].get("error", "")) if failures else ""
-    if udir.is_done():
-        done = udir.read_done()
-        return UnitStatus(unit.unit_id, "DONE", int(done.get("records", unit.rows)), unit.rows, "", len(failures),
-                          last_error[:200])
+    if udir.is_done():  # every row handled: generated or quarantined
+        return UnitStatus(unit.unit_id, "DONE", unit.rows, unit.rows, "", len(failures), last_error[:200])
     rows = sum(p.read_bytes().count(b"\n") for p in udir.chunk_files())
     head = udir.claims.head()
     if len(failures) > plan.spec.slurm.max_retries:
@@ -294,7 +309,7 @@ def render(status: RunStatus) -> Group:
         by_job.setdefault(int(w.worker.split(".")[0]), []).append(w)
     for j in status.jobs:
         color = COLORS.get(j.state, "")
-        shown = f"{j.state} ({j.reason})" if j.reason else j.state
+        shown = f"{j.state} ({reason_words(j.reason)})" if j.reason else j.state
         ws = by_job.get(j.index) or [None]  # type: ignore[list-item]
         for k, w in enumerate(ws):
             head = [str(j.index), f"[{color}]{shown}[/]" if color else shown, j.node or "", j.job_id or ""] if k == 0 \
@@ -316,7 +331,8 @@ def render(status: RunStatus) -> Group:
     rest = len([u for u in status.units if u.state != "DONE"]) - len(shown_units)
     if rest > 0:
         units.add_row("...", f"{rest} more", "", "", "", "")
-    return Group(workers, units)
+    notes = [f"[yellow]warning:[/] {escape(w)}" for w in status.warnings]
+    return Group(workers, units, *notes)
 
 
 def show_status(run_dir: Path, console: Console, watch: bool = False, as_json: bool = False,
@@ -331,12 +347,34 @@ def show_status(run_dir: Path, console: Console, watch: bool = False, as_json: b
         console.print(render(status))
         return _exit_code(status)
     status = collect(run_dir)
+    if not console.is_terminal:  # a pipe or a log file: one plain line per poll, no cursor movement
+        print(summary_line(status), flush=True)
+        while not _settled(status):
+            time.sleep(every_s)
+            status = collect(run_dir)
+            print(summary_line(status), flush=True)
+        return _exit_code(status)
     with Live(render(status), console=console, refresh_per_second=1) as live:
-        while not (all(j.state in FINAL for j in status.jobs) or all(u.state == "DONE" for u in status.units)):
+        while not _settled(status):
             time.sleep(every_s)
             status = collect(run_dir)
             live.update(render(status))
     return _exit_code(status)
+
+
+def _settled(status: RunStatus) -> bool:
+    return all(j.state in FINAL for j in status.jobs) or all(u.state == "DONE" for u in status.units)
+
+
+def summary_line(status: RunStatus) -> str:
+    """One line for logs and pipes: time, units by state, records, workers and the wall-clock rate."""
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(status.counts.items()))
+    done = sum(u.records_done for u in status.units)
+    total = sum(u.records_total for u in status.units)
+    working = sum(1 for w in status.workers if w.state in ("running", "loading", "starting"))
+    rate = status.run_figures.get("samples_per_sec")
+    return (f"{time.strftime('%H:%M:%S')} run {status.run_id}: units {counts}; records {done}/{total}; "
+            f"{working} worker(s) working" + (f"; {rate} samples/s" if rate else ""))
 
 
 def _exit_code(status: RunStatus) -> int:

@@ -71,6 +71,7 @@ def wait_and_gather(plan: Plan, sub: Any, console: Console, poll_s: float = 2.0)
     for unit in plan.units:
         if not plan.run.unit(unit.unit_id).is_done():
             report_failed(plan, unit, console)
+    print_warnings(plan, console)
     try:
         reports = gather(plan)
     except GatherError as exc:
@@ -101,6 +102,16 @@ def report_failed(plan: Plan, unit: Unit, console: Console) -> None:
         if last.get("log"):
             console.print(f"  log: {last['log']}")
     console.print("  fix the cause, then `launcher submit` the same spec: finished records are kept")
+
+
+def print_warnings(plan: Plan, console: Console) -> None:
+    """Requests the workers could not honour, where the user is looking (also in `launcher status`)."""
+    from rich.markup import escape
+
+    from .status import run_warnings
+
+    for w in run_warnings(plan):
+        console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
 
 
 def print_reports(reports: list[GroupReport], console: Console) -> None:

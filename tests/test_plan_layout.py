@@ -163,15 +163,19 @@ def test_explicit_and_all() -> None:
     assert (layout.tensor_parallel, layout.data_parallel) == (2, 2)
     with pytest.raises(SpecError, match="does not split"):
         choose_layout(SHAPE_40_40, _gpus(3), H100, 0.9, 3)
-    with pytest.raises(SpecError, match="has 2 GPU"):
-        choose_layout(LLAMA8B, _gpus(2), H100, 0.9, 4)
+    # more than the machine has: a speed choice that cannot be honoured here is said, and auto runs instead
+    fewer = choose_layout(LLAMA8B, _gpus(2), H100, 0.9, 4)
+    assert (fewer.tensor_parallel, fewer.data_parallel) == (1, 2)
+    assert "tensor_parallel_size 4 asked, but only 2 GPU(s) here" in fewer.notes[0]
     with pytest.raises(SpecError, match="does not split"):
         choose_layout(SHAPE_40_40, _gpus(3), H100, 0.9, "all")
 
 
 def test_no_gpu_is_cpu_layout() -> None:
     layout = choose_layout(LLAMA8B, _gpus(0), None, 0.9, "auto")
-    assert (layout.tensor_parallel, layout.data_parallel, layout.gpus) == (1, 1, ())
+    assert (layout.tensor_parallel, layout.data_parallel, layout.gpus) == (1, 1, ()) and not layout.notes
+    asked = choose_layout(LLAMA8B, _gpus(0), None, 0.9, 4)
+    assert asked.gpus == () and "no GPU here" in asked.notes[0]
 
 
 @pytest.mark.parametrize(("env", "ids"), [

@@ -72,6 +72,8 @@ class WorkerGroup:
             return {"job": self.index, "workers": [], "layout": None, "started": started, "ended": time.time()}
         layout = job_layout(plan)
         log.info("job %d: %s", self.index, layout.reason)
+        for note in layout.notes:
+            log.warning("job %d: %s", self.index, note)
         if layout.data_parallel == 1:
             cfg = WorkerConfig(self.run_dir, self.index, 0, layout.for_replica(0), layout.replica_gpus(0),
                                self.only_units)
@@ -123,6 +125,21 @@ class WorkerGroup:
                 log.warning("worker process %d did not stop in %.0f s", p.pid, STOP_GRACE_S)
 
 
+def gather_if_done(run_dir: Path) -> None:
+    """Gather once every unit is done (two local jobs finishing together take turns on the gather lock; the second
+    finds the files written and writes nothing)."""
+    plan = load_plan(run_dir)
+    if not all(plan.run.unit(u.unit_id).is_done() for u in plan.units):
+        return
+    from ..gather import GatherError, gather
+
+    try:
+        reports = gather(plan)
+        log.info("gathered: %s", ", ".join(f"{r.dataset}/{r.ablation} -> {r.out_dir}" for r in reports))
+    except GatherError as exc:
+        log.error("gather failed: %s", exc)
+
+
 def run_job(run_dir: Path, index: int = 0, only_units: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Run job `index` of a run here, now (`launcher run`, tests): every unit it can claim."""
     return WorkerGroup(run_dir, index, only_units).run()
@@ -147,7 +164,10 @@ class JobRunner(Checkpointable):
             "job_id": attempt.job_id if attempt else None, "restart": attempt.restart if attempt else 0})
         self._group = WorkerGroup(Path(self.run_dir), index)
         try:
-            return self._group.run()
+            result = self._group.run()
+            if attempt is None:  # a local job: no gather job follows it, so the last one to finish gathers
+                gather_if_done(Path(self.run_dir))
+            return result
         except UncompletedJobError:
             raise  # submitit's own verdict (timed out too many times): not a crash to retry
         except Exception as exc:

@@ -73,11 +73,15 @@ class Preparer:
         self._builders: dict[str, PromptBuilder] = {}
         self._first: dict[str, dict[str, int]] = {}
 
-    def first_rows(self, data_path: str) -> dict[str, int]:
+    def split(self, dataset: str) -> str | None:
+        return next((d.split for d in self.spec.data.datasets if d.name == dataset), None)
+
+    def first_rows(self, data_path: str, split: str | None = None) -> dict[str, int]:
         """The dataset's first row of each record id (read once per worker): duplicates are found across units."""
-        if data_path not in self._first:
-            self._first[data_path] = first_rows(Path(data_path), self.spec.data.fields)
-        return self._first[data_path]
+        key = f"{data_path}\0{split}"
+        if key not in self._first:
+            self._first[key] = first_rows(Path(data_path), self.spec.data.fields, split=split)
+        return self._first[key]
 
     def builder(self, ablation: str) -> PromptBuilder:
         if ablation not in self._builders:
@@ -93,8 +97,9 @@ class Preparer:
 
     def prepare(self, unit: Unit, done_rows: set[int] | frozenset[int] = frozenset()) -> PreparedUnit:
         spec = self.spec
-        records, bad = read_shard(Path(unit.data_path), unit.start, unit.stop, spec.data.fields)
-        first = self.first_rows(unit.data_path)
+        split = self.split(unit.dataset)
+        records, bad = read_shard(Path(unit.data_path), unit.start, unit.stop, spec.data.fields, split)
+        first = self.first_rows(unit.data_path, split)
         kept: list[Record] = []
         for rec in records:
             if first.get(rec.record_id, rec.row) != rec.row:
@@ -103,7 +108,16 @@ class Preparer:
                 continue
             kept.append(rec)
         builder = self.builder(unit.ablation)
-        texts = [builder.build(rec) for rec in kept]
+        texts: list[str] = []
+        rendered: list[Record] = []
+        for rec in kept:
+            try:
+                texts.append(builder.build(rec))
+                rendered.append(rec)
+            except Exception as exc:  # a value the dry render at plan time could not foresee: this record only
+                bad.append(Quarantined(rec.row, f"the prompt template failed on this record: {type(exc).__name__}: "
+                                                f"{exc}"[:500], rec.record_id))
+        kept = rendered
         ids = self.encode(texts)
         out = PreparedUnit(unit, {}, {}, {}, {})
         for rec, text, tokens in zip(kept, texts, ids, strict=True):

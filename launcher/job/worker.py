@@ -84,6 +84,7 @@ class Worker:
             "state": "starting", "started": _process_start_wall(), "first_request_at": None, "last_write_at": None,
             "ended": None, "units_done": [], "current_units": [], "unit_windows": {}, "records": 0, "samples": 0,
             "output_tokens": 0, "prompt_tokens": 0, "startup_phases": {}, "error": None,
+            "warnings": list(cfg.layout.notes),  # requests not honoured here: status and the console show them
         }
 
     # -- the loop -------------------------------------------------------------------------------------------------
@@ -109,6 +110,12 @@ class Worker:
             t1 = time.perf_counter()
             backend, why = select_backend(spec.model)  # imports the backend (vLLM: ~12-20 s)
             phases["backend_import_s"] = round(time.perf_counter() - t1, 3)
+            if backend == "hf" and self.cfg.layout.gpus:
+                self._warn(f"running HF transformers on the GPU, many times slower than vLLM ({why})"
+                           if spec.model.backend == "auto" else f"backend hf set in the spec ({why})")
+                if self.cfg.layout.tensor_parallel > 1:
+                    self._warn(f"HF uses one GPU per worker: {self.cfg.layout.tensor_parallel - 1} GPU(s) of this "
+                               "worker's group stay idle")
             t1 = time.perf_counter()
             todo = [u for u in self._candidates() if u.unit_id not in self._skip]
             stats = prompt_stats(self.plan, preparer, None if self.cfg.only_units is None else todo)
@@ -300,6 +307,11 @@ class Worker:
             self.writer.flush(timeout_s=30)
         self._release_unfinished()
         self._set(state="failed", error=error[:2000])
+
+    def _warn(self, message: str) -> None:
+        log.warning("worker %s: %s", self.cfg.slot, message)
+        with self._report_lock:
+            self.report["warnings"] = [*self.report["warnings"], message]
 
     def _set(self, **values: Any) -> None:
         with self._report_lock:

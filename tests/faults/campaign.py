@@ -72,17 +72,19 @@ def _interleave(*groups: list[Trial]) -> list[Trial]:
 
 
 def schedule(trials: Sequence[Trial]) -> list[Trial]:
-    """Start order; only wall time depends on it. The time limits first (the longest trials), then the rest with the
-    node failures, the preemptions and the worker kills spread among them: an outage waits for the time limits'
-    USR2s and a preemption for the outages (SignalGate), the GPU trials (preemption, worker kill) take the fake GPUs
-    one at a time, and the other kinds keep the machine busy meanwhile."""
+    """Start order; only wall time depends on it. Two chains set it: Slurm's signals (SignalGate: an outage excludes
+    the signal windows of the time limits, preemptions and resubmits, and goes before new ones) and the fake GPUs
+    (one GPU trial at a time). The time limits start first (the longest trials: they take their signal windows before
+    any outage waits), then the rest with the node failures, the worker kills and the preemptions spread among them;
+    the other kinds keep the machine busy meanwhile. (Node failures first raced the time limits for the gate: a time
+    limit that lost waited for both outages, then ran its 2-minute attempt, 2.5 minutes late.)"""
     def spread(base: list[Trial], extra: list[Trial]) -> list[Trial]:
         out, step = list(base), max(1, len(base) // (len(extra) + 1))
         for i, t in enumerate(extra):
             out.insert(min(len(out), (i + 1) * step + i), t)
         return out
     of = {k: [t for t in trials if t.kind == k] for k in KINDS}
-    special = _interleave(of["node"], _interleave(of["preempt"], of["workerkill"]))
+    special = _interleave(of["workerkill"], of["node"], of["preempt"])
     others = [t for t in trials if t.kind not in ("timeout", "node", "preempt", "workerkill")]
     return of["timeout"] + spread(others, special)
 

@@ -1,0 +1,135 @@
+"""inputs.py: what a run's inputs *are* (not their paths or file dates) -> a digest recorded in run.json at submit.
+
+The run id is the spec's name plus a hash of the spec's own fields that change samples (spec.fingerprint); it no
+longer hashes file dates, so touching a dataset changes nothing. What the files hold is checked here instead:
+- a dataset file: its size and sha256 (files over FULL_HASH_BYTES: size + sampled blocks, see `_sampled_sha`);
+  a saved HF dataset folder: the same for each of its files;
+- the model: config.json, the tokenizer files, the safetensors index, and every weight file's name, size, header
+  (tensor names, dtypes, shapes) and sampled blocks of its data: a checkpoint retrained into the same shapes and
+  copied over the same path changes the sampled blocks.
+A later submit of the same spec compares; when something changed it stops (exit 2) and says what, and the user
+chooses `--new-run` (a run of its own) or `--resume` (the same run, the change recorded in run.json). A changed
+model is never resumed: its old samples would be presented as the new model's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FULL_HASH_BYTES = 1 << 30  # hash a file whole up to 1 GiB; beyond, size + sampled blocks
+SAMPLE_BLOCKS = 32
+SAMPLE_BYTES = 1 << 16
+MODEL_SMALL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                     "special_tokens_map.json", "tokenizer.model", "model.safetensors.index.json",
+                     "pytorch_model.bin.index.json", "quantize_config.json", "preprocessor_config.json")
+
+
+def _sha_all(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sampled_sha(path: Path, start: int = 0) -> str:
+    """sha256 over SAMPLE_BLOCKS blocks spread evenly over [start, size) plus the last block: every region of a
+    rewritten file is looked at, at the cost of 2 MiB of reads."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    span = max(0, size - start)
+    with path.open("rb") as f:
+        for k in range(SAMPLE_BLOCKS):
+            f.seek(start + span * k // SAMPLE_BLOCKS)
+            h.update(f.read(SAMPLE_BYTES))
+        f.seek(max(start, size - SAMPLE_BYTES))
+        h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()
+
+
+def file_identity(path: Path) -> dict[str, Any]:
+    size = path.stat().st_size
+    if size <= FULL_HASH_BYTES:
+        return {"size": size, "sha256": _sha_all(path)}
+    return {"size": size, "sampled_sha256": _sampled_sha(path)}
+
+
+def _safetensors_identity(path: Path) -> dict[str, Any]:
+    with path.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else 0
+        header = f.read(n) if 0 < n < 100 << 20 else b""
+    return {"size": path.stat().st_size, "header_sha256": hashlib.sha256(header).hexdigest(),
+            "sampled_sha256": _sampled_sha(path, 8 + len(header))}
+
+
+def model_identity(model_dir: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in MODEL_SMALL_FILES:
+        p = model_dir / name
+        if p.is_file():
+            out[name] = file_identity(p)
+    for p in sorted(model_dir.glob("*.safetensors")):
+        out[p.name] = _safetensors_identity(p)
+    for p in sorted([*model_dir.glob("*.bin"), *model_dir.glob("*.pt")]):
+        out[p.name] = {"size": p.stat().st_size, "sampled_sha256": _sampled_sha(p)}
+    return out
+
+
+def dataset_identity(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        return {str(p.relative_to(path)): file_identity(p) for p in sorted(path.rglob("*")) if p.is_file()
+                and not p.name.startswith(".")}
+    return file_identity(path)
+
+
+@dataclass(frozen=True)
+class InputIdentity:
+    model: dict[str, Any]
+    data: dict[str, Any]  # dataset name -> its identity
+    scenario: dict[str, Any] | None
+
+    @property
+    def digest(self) -> str:
+        blob = json.dumps({"model": self.model, "data": self.data, "scenario": self.scenario}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"digest": self.digest, "model": self.model, "data": self.data, "scenario": self.scenario}
+
+
+def identify(spec: Any) -> InputIdentity:
+    """The spec's inputs as they are now (the spec is a JobSpec; paths are absolute after loading)."""
+    data = {ds.name: dataset_identity(Path(ds.path)) for ds in spec.data.datasets}
+    scenario = file_identity(Path(spec.data.scenario)) if spec.data.scenario else None
+    model = model_identity(Path(spec.model.path)) if spec.model.load_format != "dummy" else \
+        {"config.json": file_identity(Path(spec.model.path) / "config.json")}
+    return InputIdentity(model, data, scenario)
+
+
+def changes(recorded: dict[str, Any], now: InputIdentity) -> list[str]:
+    """What differs between the identity recorded at an earlier submit and now, in words (empty: nothing)."""
+    if not recorded:
+        return []
+    out = []
+    if recorded.get("model") != now.model:
+        old, new = recorded.get("model") or {}, now.model
+        files = sorted({k for k in {*old, *new} if old.get(k) != new.get(k)})
+        out.append(f"model: {', '.join(files[:6])}{' ...' if len(files) > 6 else ''} changed")
+    for name in sorted({*(recorded.get("data") or {}), *now.data}):
+        if (recorded.get("data") or {}).get(name) != now.data.get(name):
+            out.append(f"data: dataset {name!r} holds other content")
+    if recorded.get("scenario") != now.scenario:
+        out.append("data: the scenario file changed")
+    return out
+
+
+def model_changed(recorded: dict[str, Any], now: InputIdentity) -> bool:
+    return bool(recorded) and recorded.get("model") != now.model
+
+
+__all__ = ["InputIdentity", "changes", "dataset_identity", "identify", "model_changed", "model_identity"]
