@@ -7,6 +7,8 @@ import json
 import multiprocessing as mp
 import os
 import pwd
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -131,9 +133,16 @@ def _other_uid() -> int:
 def test_a_folder_planted_by_another_user_is_refused(tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
     scratch.mkdir()
+    scratch.chmod(0o1777)  # a shared /tmp: anyone may create names in it
+    tmp_path.chmod(0o755)
     planted = scratch / f"launcher-{os.getuid()}"
-    (planted / "compile").mkdir(parents=True)
-    os.chown(planted, _other_uid(), -1)  # another user created the guessable name first
+    # another user creates the guessable name first: slurmtest for real where runuser works, else a chown
+    made = subprocess.run(["runuser", "-u", "slurmtest", "--", "mkdir", "-p", str(planted / "compile")],
+                          capture_output=True) if shutil.which("runuser") else None
+    if made is None or made.returncode != 0:
+        (planted / "compile").mkdir(parents=True)
+        os.chown(planted, _other_uid(), -1)
+    assert planted.stat().st_uid != os.getuid()
     with pytest.raises(UnsafeCacheFolder, match="belongs to uid"):
         user_folder(scratch)
     model = _model(tmp_path)

@@ -115,15 +115,16 @@ def test_bad_engine_values_output_inside_an_input_and_splits(tmp_path: Path, tin
         assert proc.returncode == 2 and words in proc.stderr, proc.stderr
     inside = make_spec(tmp_path, tiny_model, users_file, output={"dir": str(tiny_model / "outputs")})
     proc = launcher("submit", str(inside))
-    assert proc.returncode == 2 and "is inside the model folder" in proc.stderr and not (tiny_model / "outputs").exists()
+    assert proc.returncode == 2 and "is inside the model folder" in proc.stderr
+    assert not (tiny_model / "outputs").exists()
     datasets = pytest.importorskip("datasets")
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(USERS[:4]),
                                "test": datasets.Dataset.from_list(USERS[4:6])})
     dd.save_to_disk(str(tmp_path / "hf"))
     proc = launcher("plan", str(make_spec(tmp_path, tiny_model, tmp_path / "hf")))
     assert proc.returncode == 2 and "2 splits and none named" in proc.stderr and "train, test" in proc.stderr
-    ok = make_spec(tmp_path, tiny_model, tmp_path / "hf", data={"datasets": [{"name": "hf", "path": str(tmp_path / "hf"),
-                                                                              "split": "test"}]})
+    hf = {"name": "hf", "path": str(tmp_path / "hf"), "split": "test"}
+    ok = make_spec(tmp_path, tiny_model, tmp_path / "hf", data={"datasets": [hf]})
     plan = launcher("plan", str(ok), "--json")
     assert plan.returncode == 0 and json.loads(plan.stdout)["records"] == 2, plan.stderr
 
