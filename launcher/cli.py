@@ -149,15 +149,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .plan import expand
+    from .plan import check_inputs, expand
     from .plan_view import render_plan
     from .run_state import resolve_run
     from .spec import load_spec
 
     t0 = time.perf_counter()
     spec = load_spec(args.spec, args.overrides)
+    rows = check_inputs(spec)  # every input readable before its content is identified
     resolved = resolve_run(spec, strict=False)
-    plan = expand(spec, run=resolved.run)
+    plan = expand(spec, rows, run=resolved.run)
     if resolved.note:
         err.print(f"[yellow]note:[/] {escape(resolved.note)}", soft_wrap=True)
     if spec.executor == "slurm":
@@ -177,14 +178,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from .plan import expand
+    from .plan import check_inputs, expand
     from .run_state import resolve_run
     from .slurm import submit
     from .spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)
+    rows = check_inputs(spec)
     resolved = resolve_run(spec, "new" if args.new_run else "resume" if args.resume else "auto")
-    plan = expand(spec, run=resolved.run)
+    plan = expand(spec, rows, run=resolved.run)
     if resolved.note:
         console.print(f"[yellow]{escape(resolved.note)}[/]: " + "; ".join(resolved.changes), soft_wrap=True)
     kind = args.executor or spec.executor
@@ -244,15 +246,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not uses_legacy(args):
         raise SpecError.one("launcher run", "", "nothing to run",
                             fix="give --spec SPEC [--job N], or the old flags --checkpoint_dir --dataset --output_dir")
-    from .plan import expand
+    from .legacy import legacy_notes
+    from .plan import check_inputs, expand
     from .run_state import resolve_run
 
     spec = spec_from_flags(args, args.backend)
-    return _run_inline(expand(spec, run=resolve_run(spec).run), flat_dest=Path(spec.output.dir))
+    for note in legacy_notes(args):
+        err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    ds = spec.data.datasets[0]
+    if args.dataset and args.scenario_path is None and Path(ds.path or "").name != args.dataset:
+        where = spec.where("data", "datasets", 0, "path")
+        console.print(f"dataset {ds.name}: {ds.path} ({where})", soft_wrap=True)
+    rows = check_inputs(spec)
+    return _run_inline(expand(spec, rows, run=resolve_run(spec).run), flat_dest=Path(spec.output.dir))
 
 
 def _run_spec(args: argparse.Namespace) -> int:
-    from .plan import expand
+    from .plan import check_inputs, expand
     from .run_state import load_plan, save_plan
     from .spec import load_spec
 
@@ -263,7 +273,8 @@ def _run_spec(args: argparse.Namespace) -> int:
         from .run_state import resolve_run
 
         spec = load_spec(target, args.overrides)
-        plan = expand(spec, run=resolve_run(spec).run)
+        rows = check_inputs(spec)
+        plan = expand(spec, rows, run=resolve_run(spec).run)
     units = _unit_ids(plan, args.unit) if args.unit else None
     if args.job is None:
         return _run_inline(plan, units=units)

@@ -274,9 +274,9 @@ def spec_binds(spec: Any, run_dir: Path) -> list[Bind]:
     """The model, the data, the output and scratch dirs, and what the spec adds; nothing else. Same paths inside
     as outside: submitit's pickles and our run files hold absolute paths."""
     folders: list[tuple[Path, bool]] = [(Path(spec.model.path), True), (Path(spec.output.dir), False)]
-    folders += [(Path(ds.path).parent if Path(ds.path).is_file() else Path(ds.path), True) for ds in spec.data.datasets]
-    if spec.data.scenario:
-        folders.append((Path(spec.data.scenario).parent, True))
+    folders += [(ds.file.parent if ds.file.is_file() else ds.file, True) for ds in spec.data.datasets]
+    if spec.data.preamble:
+        folders.append((Path(spec.data.preamble).parent, True))
     if spec.output.scratch_dir:
         folders.append((Path(spec.output.scratch_dir), False))
     folders.append((run_dir, False))

@@ -59,7 +59,7 @@ def gather(plan: Plan, dest: Path | None = None, flat: bool = False) -> list[Gro
         for (dataset, ablation), units in plan.cells().items():
             base = dest or plan.run.output_dir
             out = base if flat else base / dataset / ablation
-            reports.append(_gather_group(plan, dataset, ablation, units, out, figures))
+            reports.append(_gather_group(plan, dataset, ablation, units, out, figures, flat))
         if all(r.ok for r in reports):
             write_json_atomic(plan.run.summary, figures.as_json())
             from .history import record_run
@@ -116,7 +116,7 @@ def _describe_missing(r: GroupReport, plan: Plan) -> str:
 
 
 def _gather_group(plan: Plan, dataset: str, ablation: str, units: list[Unit], out: Path,
-                  figures: RunFigures) -> GroupReport:
+                  figures: RunFigures, flat: bool = False) -> GroupReport:
     report = GroupReport(dataset, ablation, out)
     rows: dict[int, dict[str, Any]] = {}
     quarantine: list[dict[str, Any]] = []
@@ -149,12 +149,12 @@ def _gather_group(plan: Plan, dataset: str, ablation: str, units: list[Unit], ou
         return report
     ordered = [rows[r] for r in sorted(rows)]
     report.records, report.samples, report.quarantined = len(ordered), len(ordered) * n, len(quarantine)
-    _write_group(plan, report, ordered, sorted(quarantine, key=lambda x: x["row"]), units, figures)
+    _write_group(plan, report, ordered, sorted(quarantine, key=lambda x: x["row"]), units, figures, flat)
     return report
 
 
 def _write_group(plan: Plan, report: GroupReport, rows: list[dict[str, Any]], quarantine: list[dict[str, Any]],
-                 units: list[Unit], figures: RunFigures) -> None:
+                 units: list[Unit], figures: RunFigures, flat: bool = False) -> None:
     out = report.out_dir
     out.mkdir(parents=True, exist_ok=True)
     spec = plan.spec
@@ -170,7 +170,7 @@ def _write_group(plan: Plan, report: GroupReport, rows: list[dict[str, Any]], qu
         _put(out, "samples.jsonl", "".join(dumps_line(r) for r in rows).encode(), report, hashes)
     _put(out, "quarantine.jsonl", "".join(dumps_line(q) for q in quarantine).encode(), report, hashes)
     if spec.output.per_user_json:
-        for rel, data in _user_files(rows):
+        for rel, data in _user_files(rows, "" if flat else "users/"):
             _put(out, rel, data, report, hashes)
     summary = summarize(plan, report, rows, units, figures)
     _put(out, "inference_summary.json", _json_bytes(summary), report, hashes)
@@ -180,8 +180,13 @@ def _write_group(plan: Plan, report: GroupReport, rows: list[dict[str, Any]], qu
     _put(out, "manifest.json", _json_bytes(manifest), report, {})
 
 
-def _user_files(rows: list[dict[str, Any]]) -> Iterator[tuple[str, bytes]]:
-    """users/<user id>.json, the old script's layout. safe_filename: an id such as '../../x' stays inside users/."""
+OWN_FILES = frozenset({"samples", "quarantine", "inference_summary", "manifest"})
+
+
+def _user_files(rows: list[dict[str, Any]], folder: str = "users/") -> Iterator[tuple[str, bytes]]:
+    """<user id>.json with generated_samples: under users/, or at the top of --output_dir as the old script wrote them
+    (`launcher run` with its flags). safe_filename: an id such as '../../x' stays inside the folder; a user named like
+    one of our own files gets a suffix instead of overwriting it."""
     by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_user[row["user_id"]].append(row)
@@ -189,8 +194,10 @@ def _user_files(rows: list[dict[str, Any]]) -> Iterator[tuple[str, bytes]]:
         obj = {"user_id": user, "generated_samples": [s for r in recs for s in r["generated_samples"]],
                "records": [{"record_id": r["record_id"], "prompt": r["prompt"],
                             "generated_samples": r["generated_samples"]} for r in recs]}
-        yield f"users/{safe_filename(user)}.json", (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True)
-                                                    + "\n").encode()
+        name = safe_filename(user)
+        if not folder and name in OWN_FILES:
+            name = f"{name}-user"
+        yield f"{folder}{name}.json", (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode()
 
 
 def summarize(plan: Plan, report: GroupReport, rows: list[dict[str, Any]], units: list[Unit],

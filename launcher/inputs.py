@@ -91,24 +91,24 @@ def dataset_identity(path: Path) -> dict[str, Any]:
 class InputIdentity:
     model: dict[str, Any]
     data: dict[str, Any]  # dataset name -> its identity
-    scenario: dict[str, Any] | None
+    preamble: dict[str, Any] | None
 
     @property
     def digest(self) -> str:
-        blob = json.dumps({"model": self.model, "data": self.data, "scenario": self.scenario}, sort_keys=True)
+        blob = json.dumps({"model": self.model, "data": self.data, "preamble": self.preamble}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def as_json(self) -> dict[str, Any]:
-        return {"digest": self.digest, "model": self.model, "data": self.data, "scenario": self.scenario}
+        return {"digest": self.digest, "model": self.model, "data": self.data, "preamble": self.preamble}
 
 
 def identify(spec: Any) -> InputIdentity:
     """The spec's inputs as they are now (the spec is a JobSpec; paths are absolute after loading)."""
-    data = {ds.name: dataset_identity(Path(ds.path)) for ds in spec.data.datasets}
-    scenario = file_identity(Path(spec.data.scenario)) if spec.data.scenario else None
+    data = {ds.name: dataset_identity(ds.file) for ds in spec.data.datasets}
+    preamble = file_identity(Path(spec.data.preamble)) if spec.data.preamble else None
     model = model_identity(Path(spec.model.path)) if spec.model.load_format != "dummy" else \
         {"config.json": file_identity(Path(spec.model.path) / "config.json")}
-    return InputIdentity(model, data, scenario)
+    return InputIdentity(model, data, preamble)
 
 
 def changes(recorded: dict[str, Any], now: InputIdentity) -> list[str]:
@@ -123,8 +123,8 @@ def changes(recorded: dict[str, Any], now: InputIdentity) -> list[str]:
     for name in sorted({*(recorded.get("data") or {}), *now.data}):
         if (recorded.get("data") or {}).get(name) != now.data.get(name):
             out.append(f"data: dataset {name!r} holds other content")
-    if recorded.get("scenario") != now.scenario:
-        out.append("data: the scenario file changed")
+    if recorded.get("preamble") != now.preamble:
+        out.append("data: the preamble file changed")
     return out
 
 

@@ -88,7 +88,7 @@ def check_inputs(spec: JobSpec) -> dict[str, int]:
     """Everything a job will read must be there before anything is submitted. Returns rows per dataset.
 
     The model (config, weights, tokenizer; its heads against the TP size and GPUs asked), the data (readable,
-    not empty, some usable rows), templates and scenario, the output folder, the container argv: see preflight.py.
+    not empty, some usable rows), templates and preamble, the output folder, the container argv: see preflight.py.
     """
     from .preflight import check_all
 
@@ -171,7 +171,7 @@ def cut_units(spec: JobSpec, rows: dict[str, int]) -> tuple[Unit, ...]:
         bounds = _shard_bounds(n, per_fixed or per_auto, split_last=per_fixed is None)
         for ablation in spec.data.ablation_configs:
             for shard, (start, stop) in enumerate(bounds):
-                cut.append(Unit(0, f"{ds.name}.{ablation}.{shard:04d}", ds.name, ablation, ds.path, shard,
+                cut.append(Unit(0, f"{ds.name}.{ablation}.{shard:04d}", ds.name, ablation, str(ds.file), shard,
                                 start, stop))
     # Largest first (stable): workers take the big units early and the small remainders last, so they finish
     # close together instead of one worker running a big unit alone at the end.

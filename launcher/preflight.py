@@ -77,11 +77,46 @@ def check_model(spec: JobSpec) -> ModelShape:
     if not any(n in names for n in TOKENIZER_FILES):
         raise _fail(spec, key, f"no tokenizer in {folder} (none of {', '.join(TOKENIZER_FILES)})", hf,
                     "save the tokenizer into the checkpoint folder (tokenizer.save_pretrained(folder))")
+    check_quantization(spec, config, config_path)
     try:
         return model_shape(folder)
     except (TypeError, ValueError, ZeroDivisionError) as exc:
         raise _fail(spec, key, f"{config_path}: unusable model shape ({exc})", hf,
                     "num_attention_heads, num_key_value_heads, hidden_size must be positive integers") from None
+
+
+QUANT_FAMILIES = {"awq": "awq", "auto_awq": "awq", "awq_marlin": "awq", "gptq": "gptq", "auto_gptq": "gptq",
+                  "gptq_marlin": "gptq", "marlin": "gptq", "compressed-tensors": "compressed-tensors",
+                  "bitsandbytes": "bitsandbytes", "gguf": "gguf", "modelopt": "modelopt", "quark": "quark"}
+ONLINE = ("fp8", "fp8_per_tensor", "fp8_per_block", "fp8_per_channel", "online", "int8_per_channel_weight_only",
+          "nvfp4_per_token", "mxfp8", "torchao", "experts_int8")  # quantize an unquantized checkpoint as it loads
+
+
+def check_quantization(spec: JobSpec, config: dict[str, Any], config_path: Path) -> None:
+    """model.quantization (--quantization) against what the checkpoint is: the guide's AWQ path made 4-bit weights
+    with AutoAWQ and ran them with --quantization awq; asking awq of an unquantized checkpoint, or fp8 of an AWQ one,
+    fails inside vLLM on the node, an hour later."""
+    asked = spec.model.quantization
+    qc = config.get("quantization_config")
+    method = str(qc.get("quant_method") or "").lower() if isinstance(qc, dict) else ""
+    if not asked:
+        return
+    key = ("model", "quantization")
+    fam_asked, fam_ckpt = QUANT_FAMILIES.get(asked, asked), QUANT_FAMILIES.get(method, method)
+    if not method and asked not in ONLINE:
+        raise _fail(spec, key, f"quantization {asked} asks for a checkpoint quantized with {fam_asked}, but "
+                    f"{config_path} has no quantization_config: the weights are not quantized",
+                    f"{', '.join(ONLINE[:3])}... (quantized while loading), or nothing",
+                    "quantize the checkpoint first (README: Quantized checkpoints, AutoAWQ), point at the quantized "
+                    "folder, or drop --quantization / model.quantization")
+    if method and asked in ONLINE:
+        raise _fail(spec, key, f"quantization {asked} quantizes while loading, but {config_path} is already "
+                    f"quantized ({method})", f"{method} or nothing (vLLM reads the checkpoint's own method)",
+                    "drop --quantization, or set it to the checkpoint's method")
+    if method and fam_asked != fam_ckpt:
+        raise _fail(spec, key, f"quantization {asked}, but {config_path} says the checkpoint is quantized with "
+                    f"{method}", f"{method} (or nothing: vLLM reads it from config.json)",
+                    f"set quantization: {method}, or leave it unset")
 
 
 def check_layout(spec: JobSpec, shape: ModelShape) -> None:
@@ -144,7 +179,7 @@ def check_datasets(spec: JobSpec) -> dict[str, int]:
     rows: dict[str, int] = {}
     for i, ds in enumerate(spec.data.datasets):
         key = ("data", "datasets", i, "path")
-        path = Path(ds.path)
+        path = ds.file
         if not path.exists():
             raise _fail(spec, key, f"file not found: {path}", "a JSONL, Parquet or CSV file, or a saved HF dataset",
                         "check the path (relative paths are read from the spec's folder)")
@@ -196,12 +231,12 @@ def _no_usable_rows(spec: JobSpec, key: tuple[str | int, ...], path: Path, sampl
 
 # ---- prompts ---------------------------------------------------------------------------------------------------
 def check_prompts(spec: JobSpec) -> None:
-    from .prompts import check_template, read_scenario, template_for
+    from .prompts import check_template, read_preamble, template_for
 
     try:
-        read_scenario(spec.data)
+        read_preamble(spec.data)
     except SpecError as exc:
-        raise _moved(spec, ("data", "scenario"), exc, Path(spec.data.scenario or "")) from None
+        raise _moved(spec, ("data", "preamble"), exc, Path(spec.data.preamble or "")) from None
     for ablation in spec.data.ablation_configs:
         tpl = spec.data.templates.get(ablation)
         part = "file" if tpl is not None and tpl.file is not None else "text"
@@ -243,7 +278,7 @@ def check_output_dir(spec: JobSpec) -> None:
     # Outputs inside an input would change that input (the model's and a dataset folder's identity are their files:
     # inputs.py), and a cleanup of one would delete the other.
     inputs = [("the model folder", Path(spec.model.path))]
-    inputs += [(f"dataset {ds.name!r}", Path(ds.path)) for ds in spec.data.datasets if Path(ds.path).is_dir()]
+    inputs += [(f"dataset {ds.name!r}", ds.file) for ds in spec.data.datasets if ds.file.is_dir()]
     resolved = out.resolve()
     for what, folder in inputs:
         inside = folder.resolve()
@@ -276,7 +311,7 @@ def duplicate_report(spec: JobSpec) -> list[str]:
     lines = []
     for ds in spec.data.datasets:
         try:
-            dupes = duplicate_ids(Path(ds.path), spec.data.fields, spec.data.limit, ds.split)
+            dupes = duplicate_ids(ds.file, spec.data.fields, spec.data.limit, ds.split)
         except (SpecError, OSError, ValueError):
             continue  # check_datasets reports what cannot be read
         if dupes:

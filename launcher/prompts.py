@@ -33,7 +33,7 @@ PARTS = {
 HEADINGS = {"profile": "User profile", "history": "The user's past writing", "context": "Current context"}
 INSTRUCTION = "Write the text this user would write next, in their own voice."
 
-BUILTIN_TEMPLATE = """{% if scenario %}{{ scenario }}
+BUILTIN_TEMPLATE = """{% if preamble %}{{ preamble }}
 
 {% endif %}{% for part in parts %}{% if values[part] %}## {{ headings[part] }}
 {{ values[part] }}
@@ -63,7 +63,7 @@ class PromptBuilder:
 
     ablation: str
     template_text: str
-    scenario: str
+    preamble: str
     system_prompt: str | None
     chat: ChatFormatter | None
 
@@ -71,7 +71,8 @@ class PromptBuilder:
         values = {"profile": render_part(record.profile), "history": render_part(record.history),
                   "context": render_part(record.context)}
         variables = {**values, "values": values, "parts": PARTS.get(self.ablation, ()), "headings": HEADINGS,
-                     "instruction": INSTRUCTION, "scenario": self.scenario, "record": record.raw,
+                     "instruction": INSTRUCTION, "preamble": self.preamble, "scenario": self.preamble,
+                     "record": record.raw,
                      "user_id": record.user_id, "record_id": record.record_id}
         return _ENV.from_string(self.template_text).render(**variables).strip()
 
@@ -100,19 +101,19 @@ def template_for(data: DataSpec, ablation: str) -> str:
                         allowed=", ".join(PARTS), fix="add it under data.templates")
 
 
-def read_scenario(data: DataSpec) -> str:
-    if not data.scenario:
+def read_preamble(data: DataSpec) -> str:
+    if not data.preamble:
         return ""
     try:
-        return Path(data.scenario).read_text(encoding="utf-8").strip()
+        return Path(data.preamble).read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise SpecError.one(data.scenario, "data.scenario", f"cannot read: {exc}", fix="check the path") from None
+        raise SpecError.one(data.preamble, "data.preamble", f"cannot read: {exc}", fix="check the path") from None
 
 
 def make_builder(data: DataSpec, ablation: str, chat: ChatFormatter | None) -> PromptBuilder:
     text = template_for(data, ablation)
     check_template(text, f"data.templates.{ablation}")
-    return PromptBuilder(ablation, text, read_scenario(data), data.system_prompt, chat if data.chat_template else None)
+    return PromptBuilder(ablation, text, read_preamble(data), data.system_prompt, chat if data.chat_template else None)
 
 
 class _AnyRow(dict[str, Any]):
@@ -133,7 +134,7 @@ def check_template(text: str, field: str, where: str = "template") -> None:
                             fix="check {{ }} and {% %} pairs") from None
     except UndefinedError as exc:
         raise SpecError.one(where, field, f"unknown variable: {exc.message}",
-                            allowed="profile, history, context, scenario, record, user_id, record_id, values, parts",
+                            allowed="profile, history, context, preamble, record, user_id, record_id, values, parts",
                             fix="use one of the allowed variables; record['column'] reads any column") from None
     except SecurityError as exc:  # e.g. {{ ''.__class__ }}: templates may read the record, not reach Python
         raise SpecError.one(where, field, f"the template sandbox forbids this: {exc}",

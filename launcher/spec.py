@@ -123,15 +123,25 @@ class ModelSpec(_Section):
 class DatasetSpec(_Section):
     name: Slug
     """Short name; used in task ids and as the output folder <output.dir>/<name>/<ablation>/."""
-    path: str = Field(min_length=1)
-    """JSONL, Parquet, CSV file, or a folder saved by HF datasets' save_to_disk."""
+    path: str | None = Field(default=None, min_length=1)
+    """JSONL, Parquet, CSV file, or a folder saved by HF datasets' save_to_disk. Unset: found by `name` in the
+    dataset catalog (the top-level `datasets:` map of this spec, its profile or launcher.yaml), else under
+    `data_root`."""
     split: str | None = None
     """For a saved HF DatasetDict with several splits: which one (train, test, ...). Unset: its only split."""
 
     @field_validator("path")
     @classmethod
-    def _path(cls, value: str) -> str:
-        return _plain_path(value, "the dataset path")
+    def _path(cls, value: str | None) -> str | None:
+        return None if value is None else _plain_path(value, "the dataset path")
+
+    @property
+    def file(self) -> Path:
+        """The records' path (set by the spec, or found in the catalog when the spec was loaded)."""
+        if self.path is None:
+            raise SpecError.one("<spec>", f"data.datasets.{self.name}.path", f"dataset {self.name!r} has no path",
+                                fix="give its path, or add it to the catalog (`datasets:` in launcher.yaml)")
+        return Path(self.path)
 
 
 class FieldNames(_Section):
@@ -151,7 +161,7 @@ class FieldNames(_Section):
 
 class TemplateSpec(_Section):
     text: str | None = None
-    """A jinja2 template. Variables: profile, history, context, scenario, record (the whole row)."""
+    """A jinja2 template. Variables: profile, history, context, preamble, record (the whole row), user_id, record_id."""
     file: str | None = None
     """A file holding the jinja2 template (relative to the spec's folder)."""
 
@@ -182,8 +192,9 @@ class DataSpec(_Section):
     """Use only the first N records of each dataset (quick tests)."""
     fields: FieldNames = Field(default_factory=FieldNames)
     """Names of the record's columns."""
-    scenario: str | None = None
-    """Optional file whose text describes the task; templates see it as {{ scenario }} (the old --scenario_path)."""
+    preamble: str | None = None
+    """Optional text file every prompt starts with (a task description); templates see it as {{ preamble }}.
+    Not the old --scenario_path, which named the records (`launcher run --scenario_path` still does)."""
     system_prompt: str | None = None
     """System message put before the prompt when the tokenizer has a chat template."""
     chat_template: bool = True
@@ -495,7 +506,15 @@ class JobSpec(_Section):
     container: ContainerSpec = Field(default_factory=ContainerSpec)
     output: OutputSpec
     executor: Literal["slurm", "local"] = "slurm"
-    """slurm: submit an array with submitit. local: run the tasks as local processes (no cluster; the demo)."""
+    """slurm: submit an array with submitit. local: run the jobs as local processes (no cluster; the demo)."""
+    datasets: dict[Slug, str] = Field(default_factory=dict)
+    """The dataset catalog: name -> path (e.g. Chameleons: /shared/data/chameleons/scenarios.jsonl), usually kept
+    in a cluster profile or in a project file `launcher.yaml`. A data.datasets entry without a path, and
+    `launcher run --dataset NAME`, are found here."""
+    data_root: str | None = None
+    """Where datasets without a path or catalog entry are looked for: <data_root>/<name>.jsonl (or .parquet, .csv),
+    or <data_root>/<name>/scenarios.jsonl (or test.jsonl, data.jsonl); the name as given, then in lower case.
+    Also $LAUNCHER_DATA_ROOT."""
     # Where each field was set ("spec.yaml:14", "--set ...", "--top_p"), for errors found after validation
     # (plan.check_inputs). Not part of the spec: not serialized, not compared.
     _origin: dict[tuple[str | int, ...], str] = PrivateAttr(default_factory=dict)

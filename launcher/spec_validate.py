@@ -19,11 +19,20 @@ M = TypeVar("M", bound=BaseModel)
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 MAX_PROBLEMS = 12
 # Fields holding paths, made absolute against the folder of the file that set them.
-PATH_KEYS: tuple[Key, ...] = (("model", "path"), ("data", "scenario"), ("output", "dir"), ("output", "scratch_dir"))
+PATH_KEYS: tuple[Key, ...] = (("model", "path"), ("data", "preamble"), ("output", "dir"), ("output", "scratch_dir"),
+                              ("data_root",))
+RENAMED: dict[Key, tuple[str, str]] = {  # key -> (its new name, what it means now)
+    ("data", "scenario"): ("data.preamble", "a text file every prompt starts with; the old --scenario_path named the "
+                                            "records, which `launcher run --scenario_path` does again"),
+}
 
 
 def validate(layers: Layers, model: type[M]) -> M:
+    _refuse_renamed(layers)
     _resolve_paths(layers)
+    from .catalog import resolve_dataset_paths
+
+    resolve_dataset_paths(layers)
     try:
         obj = model.model_validate(layers.data)
     except ValidationError as exc:
@@ -41,6 +50,9 @@ def _resolve_paths(layers: Layers) -> None:
     datasets = data.get("data", {}).get("datasets") if isinstance(data.get("data"), dict) else None
     if isinstance(datasets, list):
         keys += [("data", "datasets", i, "path") for i in range(len(datasets))]
+    catalog = data.get("datasets")
+    if isinstance(catalog, dict):
+        keys += [("datasets", name) for name in catalog]
     templates = data.get("data", {}).get("templates") if isinstance(data.get("data"), dict) else None
     if isinstance(templates, dict):
         keys += [("data", "templates", name, "file") for name in templates]
@@ -58,6 +70,16 @@ def _resolve_paths(layers: Layers) -> None:
             base = layers.base_dir.get(key) or layers.base_dir.get(key[:-1])
             if base is not None:
                 parent[last] = resolve_path(parent[last], base)
+
+
+def _refuse_renamed(layers: Layers) -> None:
+    for key, (new, meaning) in RENAMED.items():
+        parent: Any = layers.data
+        for part in key[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and key[-1] in parent:
+            raise SpecError.one(layers.where(key), _dotted(key), f"{_dotted(key)} was renamed {new}",
+                                allowed=f"{new}: {meaning}", fix=f"rename the key to {new.split('.')[-1]}")
 
 
 def _problem(err: Any, layers: Layers, root: type[BaseModel]) -> Problem:

@@ -195,8 +195,10 @@ CASES = [
          "demo-model"),
     Case("file-dataset-missing", "files", edit("good.jsonl", "missing.jsonl"), "missing.jsonl",
          "data.datasets[0].path", "relative"),
-    Case("file-scenario-missing", "files", add("  scenario: @W@/nope.txt\n", after="  num_samples: 2\n"),
-         "scenario", "data.scenario", "path"),
+    Case("file-preamble-missing", "files", add("  preamble: @W@/nope.txt\n", after="  num_samples: 2\n"),
+         "preamble", "data.preamble", "path"),
+    Case("renamed-scenario", "fields", add("  scenario: @W@/nope.txt\n", after="  num_samples: 2\n"),
+         "scenario", "data.scenario", "rename"),
     Case("file-template-missing", "files", add("  ablation_configs: [mine]\n  templates:\n    mine:\n"
                                                "      file: @W@/nope.j2\n", after="  num_samples: 2\n"),
          "file: @W@/nope.j2", "data.templates.mine.file", "relative"),

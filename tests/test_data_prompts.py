@@ -118,7 +118,7 @@ def test_template_errors_fail_early() -> None:
         make_builder(_data(ablation_configs=["a"], templates={"a": {"text": "{{ profle }}"}}), "a", None)
 
 
-def test_scenario_and_chat_template(tmp_path: Path, tiny_model: Path) -> None:
+def test_preamble_and_chat_template(tmp_path: Path, tiny_model: Path) -> None:
     from transformers import AutoTokenizer
 
     from launcher.job.prepare import chat_formatter
@@ -126,7 +126,7 @@ def test_scenario_and_chat_template(tmp_path: Path, tiny_model: Path) -> None:
     scenario = tmp_path / "s.txt"
     scenario.write_text("You review films.")
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    data = _data(ablation_configs=["context_only"], scenario=str(scenario), system_prompt="Be brief.")
+    data = _data(ablation_configs=["context_only"], preamble=str(scenario), system_prompt="Be brief.")
     text = make_builder(data, "context_only", chat_formatter(tok)).build(REC)
     assert text.startswith("<|bos|><|system|>\nBe brief.<|end|>\n<|user|>\nYou review films.")
     assert text.endswith("<|assistant|>\n") and "Review film C." in text
