@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import SpecError
+from .errors import LauncherError, SpecError
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -139,13 +139,19 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's exit flush must not raise it again
         return 0
-    except SpecError as exc:
-        err.print(f"[red]error in the job spec[/] (nothing was submitted or written):\n{exc}", markup=True,
-                  highlight=False, soft_wrap=True)
-        return 2
+    except LauncherError as exc:
+        return report(exc)
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+
+
+def report(exc: LauncherError) -> int:
+    """The one way any stage's error reaches the user: headline, then where / field / got / allowed / fix."""
+    # soft_wrap: messages hold paths and commands to copy, never broken at the terminal's width; escape: a path may
+    # hold '[...]', which rich would read as markup.
+    err.print(f"[red]{escape(exc.headline)}:[/]\n{escape(str(exc))}", soft_wrap=True, highlight=False)
+    return exc.exit_code
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -194,13 +200,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         from .slurm_fit import check_fits
 
         check_fits(spec)  # a job no node can hold would pend forever: refused before anything is written
-    try:
-        sub = submit(plan, kind, resolved)
-    except RuntimeError as exc:  # the submit lock
-        # soft_wrap: the message holds paths and commands to copy, which must not be broken at the terminal's width;
-        # escape: a path may hold '[...]', which rich would read as markup.
-        err.print(f"[red]refused:[/] {escape(str(exc))}", soft_wrap=True)
-        return 2
+    sub = submit(plan, kind, resolved)
     console.print(f"run [bold]{plan.run.run_id}[/]: {sub.units_todo} unit(s) to do"
                   + (f", {sub.units_done} already done" if sub.units_done else "")
                   + f"; {len(sub.job_ids)} worker job(s) submitted"

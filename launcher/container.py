@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol, TypeVar
 
+from .errors import ContainerError
+
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _USER = re.compile(r"\d+:\d+")
 # The words spec.SECRET_KEY_RE redacts. Repeated, not imported: this module runs in the shim at every task start
@@ -69,9 +71,9 @@ def _check_path(path: Path, role: str) -> str:
     text = str(path)
     for bad, why in ((":", "':' separates host, container and mode"), ("\n", "a newline"), ("\0", "a NUL byte")):
         if bad in text:
-            raise ValueError(
-                f"bind {role} path {text!r} contains {why}; runtimes cannot bind it\n"
-                f"  fix:   bind a parent folder whose path has no {bad!r}, or rename the folder"
+            raise ContainerError(
+                f"bind {role} path {text!r} contains {why}; runtimes cannot bind it",
+                fix=f"bind a parent folder whose path has no {bad!r}, or rename the folder"
             )
     return text
 
@@ -98,22 +100,22 @@ class Bind:
         """Read ``host[:container[:ro|rw]]``; the container path defaults to the host path."""
         parts = text.split(":")
         if not text or len(parts) > 3:
-            raise ValueError(
-                f"bind {text!r} is not host[:container[:ro|rw]]\n"
-                f"  fix:   e.g. /data/models or /scratch/run1:/scratch/run1:ro (paths cannot contain ':')"
+            raise ContainerError(
+                f"bind {text!r} is not host[:container[:ro|rw]]",
+                fix="e.g. /data/models or /scratch/run1:/scratch/run1:ro (paths cannot contain ':')"
             )
         host = parts[0]
         container = parts[1] if len(parts) > 1 and parts[1] else host
         mode = parts[2] if len(parts) > 2 else "rw"
         for role, path in (("host", host), ("container", container)):
             if not path.startswith("/"):
-                raise ValueError(
-                    f"bind {text!r}: {role} path {path!r} is relative\n"
-                    f"  fix:   use an absolute path (a relative one would depend on the directory the job starts "
+                raise ContainerError(
+                    f"bind {text!r}: {role} path {path!r} is relative",
+                    fix=f"use an absolute path (a relative one would depend on the directory the job starts "
                     f"in), e.g. {str(Path(path).absolute())!r}"
                 )
         if mode not in ("ro", "rw"):
-            raise ValueError(f"bind {text!r}: mode {mode!r} is not allowed\n  fix:   use ro or rw")
+            raise ContainerError(f"bind {text!r}: mode {mode!r} is not allowed", fix="use ro or rw")
         bind = cls(Path(host), Path(container), read_only=mode == "ro")
         bind.spec()  # rejects newlines now rather than at run time
         return bind
@@ -142,17 +144,17 @@ class ContainerRequest:
 
     def __post_init__(self) -> None:
         if not self.image or self.image.startswith("-"):
-            raise ValueError(f"container image {self.image!r} is empty or starts with '-'\n  fix:   name an image")
+            raise ContainerError(f"container image {self.image!r} is empty or starts with '-'", fix="name an image")
         if not self.argv:
-            raise ValueError("empty command for the container\n  fix:   give the program to run, e.g. ['python3']")
+            raise ContainerError("empty command for the container", fix="give the program to run, e.g. ['python3']")
         for name in self.env:
             if not _ENV_NAME.fullmatch(name):
-                raise ValueError(f"environment variable name {name!r} is not valid\n  fix:   use letters, digits, _")
+                raise ContainerError(f"environment variable name {name!r} is not valid", fix="use letters, digits, _")
         if self.user is not None and not _USER.fullmatch(self.user):
-            raise ValueError(f"container user {self.user!r} is not uid:gid\n  fix:   e.g. user='1000:1000'")
+            raise ContainerError(f"container user {self.user!r} is not uid:gid", fix="e.g. user='1000:1000'")
         for gpu in self.gpu_ids:
             if not gpu or "," in gpu or gpu != gpu.strip():
-                raise ValueError(f"GPU id {gpu!r} is not valid\n  fix:   one index or UUID per item, e.g. ('0', '1')")
+                raise ContainerError(f"GPU id {gpu!r} is not valid", fix="one index or UUID per item, e.g. ('0', '1')")
 
 
 class ContainerRuntime(Protocol):
@@ -194,9 +196,10 @@ def register(cls: R) -> R:
 
 def get_runtime(name: str) -> ContainerRuntime:
     if name not in RUNTIMES:
-        raise ValueError(
-            f"unknown container runtime {name!r}\n  allowed: {', '.join(sorted(RUNTIMES))}\n"
-            f"  fix:   set container.runtime to one of those (none runs on the host, without a container)"
+        raise ContainerError(
+            f"unknown container runtime {name!r}",
+            allowed=f"{', '.join(sorted(RUNTIMES))}",
+            fix="set container.runtime to one of those (none runs on the host, without a container)"
         )
     return RUNTIMES[name]()
 
@@ -241,9 +244,9 @@ class Apptainer:
         for bind in req.binds:
             spec = bind.spec()
             if "," in spec:
-                raise ValueError(
-                    f"bind {spec!r} contains ',' which {self.name} --bind reads as a list separator\n"
-                    f"  fix:   bind a parent folder whose path has no ','"
+                raise ContainerError(
+                    f"bind {spec!r} contains ',' which {self.name} --bind reads as a list separator",
+                    fix="bind a parent folder whose path has no ','"
                 )
             out += ["--bind", spec]
         return [*out, req.image, *req.argv]
@@ -324,10 +327,10 @@ def runtime_reads(name: str) -> bool:
     if name not in RUNTIME_READS_NAMES and not name.startswith(RUNTIME_READS_PREFIXES):
         return False
     if _SECRET_NAME.search(name):
-        raise ValueError(
+        raise ContainerError(
             f"container.env variable {name!r} looks like a credential, but docker/podman read {name} for "
-            f"themselves, so its value would have to go in their argv, which every user on the node can read\n"
-            f"  fix:   rename it (e.g. APP_{name}) and read that name inside the container, or use apptainer"
+            f"themselves, so its value would have to go in their argv, which every user on the node can read",
+            fix=f"rename it (e.g. APP_{name}) and read that name inside the container, or use apptainer"
         )
     return True
 

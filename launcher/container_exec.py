@@ -34,12 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from launcher.container import Bind, ContainerRequest, forwarded_env, get_runtime, preview
+from launcher.errors import ContainerError
 
 REQUEST_VERSION = 1
 _NO_GPU = {"", "nodevfiles", "none", "-1", "void"}
 
 
-class ExecError(Exception):
+class ExecError(ContainerError):
     """A request or environment the shim cannot run; the message says what to change."""
 
 
@@ -162,13 +163,13 @@ def read_request(path: Path) -> ExecRequest:
         data: dict[str, Any] = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ExecError(
-            f"{path}: cannot read the container request: {err}\n"
-            f"  fix:   write it with launcher.container_exec.write_request (launcher submit does)"
+            f"{path}: cannot read the container request: {err}",
+            fix="write it with launcher.container_exec.write_request (launcher submit does)"
         ) from err
     if data.get("version") != REQUEST_VERSION:
         raise ExecError(
-            f"{path}: request version {data.get('version')!r}, this launcher reads {REQUEST_VERSION}\n"
-            f"  fix:   submit again with the launcher installed on this node"
+            f"{path}: request version {data.get('version')!r}, this launcher reads {REQUEST_VERSION}",
+            fix="submit again with the launcher installed on this node"
         )
     try:
         return ExecRequest(
@@ -180,7 +181,7 @@ def read_request(path: Path) -> ExecRequest:
             user=data.get("user"),
         )
     except (KeyError, TypeError) as err:
-        raise ExecError(f"{path}: field {err} missing or malformed\n  fix:   rewrite it with write_request") from err
+        raise ExecError(f"{path}: field {err} missing or malformed", fix="rewrite it with write_request") from err
 
 
 def build_launch(request: ExecRequest, command: list[str], environ: Mapping[str, str]) -> Launch:
@@ -192,9 +193,9 @@ def build_launch(request: ExecRequest, command: list[str], environ: Mapping[str,
         if gpus.ids and not gpus.ids_known:
             raise ExecError(
                 f"this task has {len(gpus.ids)} GPU(s) (SLURM_GPUS_ON_NODE) but no variable names them, and "
-                f"{request.runtime} must be told which devices to expose\n"
-                f"  fix:   give the node's GPUs File= entries in gres.conf (Slurm then sets SLURM_JOB_GPUS), "
-                f"or use container.runtime: apptainer"
+                f"{request.runtime} must be told which devices to expose",
+                fix="give the node's GPUs File= entries in gres.conf (Slurm then sets SLURM_JOB_GPUS), "
+                "or use container.runtime: apptainer"
             )
         # Inside, only the selected GPUs exist and CUDA numbers them from 0.
         env.pop("CUDA_VISIBLE_DEVICES", None)
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         request = read_request(Path(positional[0]))
         launch = build_launch(request, command, os.environ)
-    except (ExecError, ValueError) as err:
+    except ContainerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for warning in launch.gpus.warnings:

@@ -1,23 +1,30 @@
-"""errors.py: the errors users see. Each names where (file:line), which field, what was given, what is allowed
-and the fix.
+"""errors.py: the errors users see. Each names where (file:line, a path), which field, what was given, what is
+allowed and the fix. One type, LauncherError, raised by every stage; cli.report prints any of them the same way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
+
+_UNSET = object()
 
 
 @dataclass(frozen=True)
 class Problem:
-    where: str  # "configs/llama8b.yaml:14", "--set sampling.top_p=2", "--top_p"
+    where: str  # "configs/llama8b.yaml:14", "--set sampling.top_p=2", "--top_p", a file or a job
     field: str  # "sampling.top_p"
     message: str  # "must be in (0, 1], got 1.5"
     allowed: str = ""
     fix: str = ""
+    got: str = ""  # the value given, as shown (repr); "" when the message already says it
 
     def render(self) -> str:
         head = f"{self.where}: {self.field}: {self.message}" if self.field else f"{self.where}: {self.message}"
+        head = head if self.where else head.removeprefix(": ")
         lines = [head]
+        if self.got:
+            lines.append(f"  got:     {self.got}")
         if self.allowed:
             lines.append(f"  allowed: {self.allowed}")
         if self.fix:
@@ -25,19 +32,54 @@ class Problem:
         return "\n".join(lines)
 
 
-@dataclass
-class SpecError(Exception):
-    """A bad job spec or bad flags. The CLI prints it and exits with code 2; nothing is submitted or written."""
+class LauncherError(Exception):
+    """Something the user can act on. `exit_code` is what the CLI exits with; `headline` what it prints first."""
 
-    problems: list[Problem] = field(default_factory=list)
+    exit_code: ClassVar[int] = 1
+    headline: ClassVar[str] = "error"
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__(problems)
+        self.problems = list(problems)
 
     @classmethod
-    def one(cls, where: str, field: str, message: str, allowed: str = "", fix: str = "") -> SpecError:
-        return cls([Problem(where, field, message, allowed, fix)])
+    def one(cls, where: str, field: str, message: str, allowed: str = "", fix: str = "",
+            got: object = _UNSET) -> LauncherError:
+        return cls([Problem(where, field, message, allowed, fix, "" if got is _UNSET else repr(got))])
+
+    @property
+    def first(self) -> Problem:
+        return self.problems[0]
 
     def __str__(self) -> str:
         return "\n".join(p.render() for p in self.problems)
 
 
-class TaskError(RuntimeError):
-    """A task failed at run time; the message says which task, which path and what to run next."""
+class SpecError(LauncherError):
+    """A bad job spec or bad flags. Exit code 2; nothing is submitted or written."""
+
+    exit_code = 2
+    headline = "error in the job spec (nothing was submitted or written)"
+
+    @classmethod
+    def one(cls, where: str, field: str, message: str, allowed: str = "", fix: str = "",
+            got: object = _UNSET) -> SpecError:
+        return cls([Problem(where, field, message, allowed, fix, "" if got is _UNSET else repr(got))])
+
+
+class Refused(LauncherError):
+    """A submit refused as things stand (another submit holds the run, its jobs still run). Exit code 2."""
+
+    exit_code = 2
+    headline = "refused"
+
+
+class ContainerError(LauncherError, ValueError):
+    """A container request that cannot be built or run (a bind, an env name, a runtime): the spec names it."""
+
+    def __init__(self, message: str, fix: str = "", allowed: str = "", where: str = "", field: str = "") -> None:
+        super().__init__([Problem(where, field, message, allowed, fix)])
+
+
+class TaskError(LauncherError):
+    """A run failed at run time; the message says which unit or job, which path and what to run next."""

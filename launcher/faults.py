@@ -19,6 +19,8 @@ import os
 import time
 from pathlib import Path
 
+from .slurm_env import SlurmEnv
+
 CRASH_VAR = "LAUNCHER_FAULT_CRASH"
 SLOW_VAR = "LAUNCHER_FAULT_SLOW_S"
 
@@ -31,7 +33,7 @@ def after_record(task_id: str, task_dir: Path, replica: int, records_done: int) 
     slow = os.environ.get(SLOW_VAR)
     if slow:
         seconds, _, until = slow.partition(":")
-        if not until or int(os.environ.get("SLURM_RESTART_COUNT") or 0) < int(until):
+        if not until or SlurmEnv.current().restart < int(until):
             time.sleep(float(seconds))
     crash = os.environ.get(CRASH_VAR)
     if crash and replica == 0:

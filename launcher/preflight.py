@@ -291,16 +291,16 @@ def check_container(spec: JobSpec) -> None:
     """The argv a task will exec must be buildable: binds without ':' (or ',' for apptainer), valid env names."""
     if spec.container.runtime == "none":
         return
-    from .container_exec import ExecError, preview_argv
+    from .container_exec import preview_argv
+    from .errors import ContainerError
     from .store import RunDir
 
     try:
         preview_argv(spec, RunDir.of(spec.output.dir, spec.run_id).root, gpu_count=spec.slurm.gpus_per_node)
-    except (ValueError, ExecError) as exc:
-        message, _, rest = str(exc).partition("\n")
-        fix = rest.strip().removeprefix("fix:").strip() or "change the path or value named above"
-        raise _fail(spec, ("container", "runtime"), f"{spec.container.runtime} cannot run this task: {message}",
-                    "", fix) from None
+    except ContainerError as exc:
+        raise _fail(spec, ("container", "runtime"), f"{spec.container.runtime} cannot run this job: "
+                    f"{exc.first.message}", exc.first.allowed,
+                    exc.first.fix or "change the path or value named above") from None
 
 
 def duplicate_report(spec: JobSpec) -> list[str]:

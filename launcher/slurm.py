@@ -23,6 +23,7 @@ from typing import Any
 import submitit
 
 from . import __version__
+from .errors import Refused
 from .job.entry import JobRunner
 from .job.retries import teardown_lines
 from .plan import Plan
@@ -147,9 +148,10 @@ def submit(plan: Plan, kind: str | None = None, resolved: ResolvedRun | None = N
         if kind == "slurm":
             busy = active_jobs(run.read_run())
             if busy:
-                raise RuntimeError(f"run {run.run_id} still has {len(busy)} job(s) in Slurm "
-                                   f"({', '.join(busy[:4])}{', ...' if len(busy) > 4 else ''}); wait for them, or "
-                                   f"`launcher cancel {run.root}` first (finished records are kept)")
+                raise Refused.one(str(run.root), "", f"run {run.run_id} still has {len(busy)} job(s) in Slurm "
+                                  f"({', '.join(busy[:4])}{', ...' if len(busy) > 4 else ''})",
+                                  fix=f"wait for them, or `launcher cancel {run.root}` first (finished records are "
+                                      "kept)")
         save_plan(plan)
         if spec.container.runtime != "none":
             from .container_exec import write_spec_request

@@ -432,14 +432,14 @@ class ContainerSpec(_Section):
     @classmethod
     def _binds(cls, value: list[str]) -> list[str]:
         from .container import Bind
+        from .errors import ContainerError
 
         for i, text in enumerate(value):
             try:
                 Bind.parse(text)
-            except ValueError as exc:
-                message, _, fix = str(exc).partition("\n")
-                raise _FieldError((i,), message, "host[:container[:ro|rw]] with absolute paths, no ':' inside a path",
-                                  fix.strip().removeprefix("fix:").strip() or "fix the bind") from None
+            except ContainerError as exc:
+                raise _FieldError((i,), exc.first.message, "host[:container[:ro|rw]] with absolute paths, no ':' "
+                                  "inside a path", exc.first.fix or "fix the bind") from None
         return value
 
     @field_validator("env")

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import Refused
 from .store.claims import process_start
 
 
@@ -125,7 +126,7 @@ def _read_record(text: str) -> dict[str, Any]:
 
 @contextmanager
 def submit_lock(path: Path) -> Iterator[SubmitLock]:
-    """Hold ``path`` for one submit; a second submit of the run meanwhile is refused (RuntimeError, with the fix)."""
+    """Hold ``path`` for one submit; a second submit of the run meanwhile is refused (Refused, with the fix)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         try:
@@ -133,8 +134,8 @@ def submit_lock(path: Path) -> Iterator[SubmitLock]:
         except BlockingIOError:
             f.seek(0)
             holder = _read_record(f.read()).get("holder") or "pid unknown"
-            raise RuntimeError(f"another `launcher submit` of this run holds {path} ({holder}); wait for it, or check "
-                               "`launcher status`") from None
+            raise Refused.one(str(path), "", f"another `launcher submit` of this run holds it ({holder})",
+                              fix="wait for it, or check `launcher status`") from None
         try:
             f.seek(0)
             lock = SubmitLock(path, f, _read_record(f.read()))
@@ -153,11 +154,11 @@ def refuse_if_local_run_lives(lock: SubmitLock, run_dir: Path, unfinished: set[i
     pids = " ".join(str(p.pid) for p in busy)
     elsewhere = sorted({p.host for p in busy if p.host != here})
     if elsewhere:
-        raise RuntimeError(
-            f"the local run started by `launcher submit` ({lock.local_by()}) may still run {len(busy)} job(s) of this "
-            f"run on {', '.join(elsewhere)} (pids {pids}), which this host ({here}) cannot check; submit from "
-            f"{elsewhere[0]}, or once those processes have ended there, delete {lock.path}")
-    raise RuntimeError(
-        f"the local run started by `launcher submit` ({lock.local_by()}) is still running {len(busy)} job(s) of this "
-        f"run (pids {pids}), which write the same outputs; wait for them to end (`launcher status {run_dir}` shows "
-        f"progress), or stop them (`kill {pids}`), then submit again: finished records are kept")
+        raise Refused.one(str(run_dir), "", f"the local run started by `launcher submit` ({lock.local_by()}) may "
+                          f"still run {len(busy)} job(s) of this run on {', '.join(elsewhere)} (pids {pids}), which "
+                          f"this host ({here}) cannot check", fix=f"submit from {elsewhere[0]}, or once those "
+                          f"processes have ended there, delete {lock.path}")
+    raise Refused.one(str(run_dir), "", f"the local run started by `launcher submit` ({lock.local_by()}) is still "
+                      f"running {len(busy)} job(s) of this run (pids {pids}), which write the same outputs",
+                      fix=f"wait for them to end (`launcher status {run_dir}` shows progress), or stop them "
+                          f"(`kill {pids}`), then submit again: finished records are kept")

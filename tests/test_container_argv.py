@@ -136,7 +136,7 @@ def test_names_the_runtime_reads_itself_stay_in_the_argv(name: str) -> None:
 
 @pytest.mark.parametrize("var", ["DOCKER_TOKEN", "CONTAINERS_REGISTRY_PASSWORD", "LD_SECRET"])
 def test_credential_names_the_runtime_reads_are_refused(var: str) -> None:
-    with pytest.raises(ValueError, match=rf"{var}.*looks like a credential.*\n  fix:   rename it \(e.g. APP_{var}\)"):
+    with pytest.raises(ValueError, match=rf"{var}.*looks like a credential.*\n  fix: +rename it \(e.g. APP_{var}\)"):
         get_runtime("docker").wrap(request(env={var: "s"}))
     assert get_runtime("apptainer").wrap(request(env={var: "s"}))  # APPTAINERENV_ names never collide
 

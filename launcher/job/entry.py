@@ -30,6 +30,7 @@ from ..layout import ParallelLayout, allocated_gpus, choose_layout, gpu_info
 from ..modelinfo import model_shape
 from ..plan import Plan
 from ..run_state import load_plan
+from ..slurm_env import SlurmEnv
 from ..store import read_json, write_json_atomic
 from .retries import Attempt, mark_requeued
 from .worker import PREEMPTED_EXIT, Worker, WorkerConfig
@@ -82,8 +83,8 @@ class WorkerGroup:
         else:
             reports = self._run_children(layout)
         attempt = {"job": self.index, "started": started, "ended": time.time(), "layout": layout.as_dict(),
-                   "workers": [r.get("slot") for r in reports], "job_id": os.environ.get("SLURM_JOB_ID"),
-                   "restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0)}
+                   "workers": [r.get("slot") for r in reports], "job_id": SlurmEnv.current().job_id,
+                   "restart": SlurmEnv.current().restart}
         write_json_atomic(job.attempts / f"{int(started * 1000)}-{os.getpid()}.json", attempt)
         return {**attempt, "workers": reports}
 
@@ -107,7 +108,7 @@ class WorkerGroup:
 
     def _child_reports(self, pids: list[int]) -> list[dict[str, Any]]:
         plan_run = load_plan(self.run_dir).run
-        restart = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        restart = SlurmEnv.current().restart
         return [read_json(plan_run.worker_report(f"{self.index}.{r}", restart, pid)) for r, pid in enumerate(pids)]
 
     def stop(self) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..slurm_env import SlurmEnv
 from ..store import write_json_atomic
 
 LOG_TAIL_LINES = 20
@@ -42,15 +43,12 @@ class Attempt:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Attempt | None:
-        env = os.environ if env is None else env
-        raw = env.get("SLURM_JOB_ID")
-        # submitit's sbatch script exports SUBMITIT_EXECUTOR=slurm. Without it this process only runs inside some
-        # allocation (salloc, the local executor under a job): requeueing that job would be wrong.
-        if not raw or env.get("SUBMITIT_EXECUTOR") != "slurm":
+        # Only inside a job submitit's sbatch started: in some other allocation (salloc, the local executor under
+        # a job), requeueing that job would be wrong.
+        slurm = SlurmEnv.current(env)
+        if not slurm.submitted_by_submitit or slurm.job_id is None:
             return None
-        array, index = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
-        job_id = f"{array}_{index}" if array and index else raw
-        return cls(job_id, raw, array or raw, int(env.get("SLURM_RESTART_COUNT") or 0))
+        return cls(str(slurm.element_id), slurm.job_id, str(slurm.submission), slurm.restart)
 
     @property
     def key(self) -> str:

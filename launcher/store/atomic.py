@@ -38,7 +38,9 @@ def storage_wait_s() -> float:
     value = os.environ.get(STORAGE_WAIT_VAR)
     if value:
         return float(value)
-    return STORAGE_WAIT_IN_JOB_S if os.environ.get("SLURM_JOB_ID") else 0.0
+    from ..slurm_env import SlurmEnv
+
+    return STORAGE_WAIT_IN_JOB_S if SlurmEnv.current().in_job else 0.0
 
 
 def write_atomic(path: Path, data: bytes, wait_s: float | None = None) -> None:

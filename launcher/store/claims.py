@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..slurm_env import SlurmEnv
+
 LEASE_VAR = "LAUNCHER_CLAIM_LEASE_S"
 DEFAULT_LEASE_S = 120.0  # >> the heartbeat (5 s) and any sane clock skew between a node and the file server
 HEARTBEAT_S = 5.0
@@ -75,8 +77,8 @@ class Owner:
     @classmethod
     def me(cls, worker: str) -> Owner:
         pid = os.getpid()
-        return cls(worker, socket.gethostname(), pid, process_start(pid), pid_namespace(),
-                   os.environ.get("SLURM_JOB_ID"), int(os.environ.get("SLURM_RESTART_COUNT") or 0))
+        slurm = SlurmEnv.current()
+        return cls(worker, socket.gethostname(), pid, process_start(pid), pid_namespace(), slurm.job_id, slurm.restart)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Owner:
