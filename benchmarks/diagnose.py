@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     engine_args = json.loads(args.engine_args)
     if args.ladder_to:
-        from launcher.sizing import graph_sizes
+        from launcher.plan.sizing import graph_sizes
 
         engine_args["compilation_config"] = {"cudagraph_capture_sizes": graph_sizes(args.ladder_to)}
     t0 = time.perf_counter()

@@ -55,8 +55,8 @@ def cancel(run_dir: Path) -> None:
 
 def once(tasks: int, model: Path) -> dict[str, float]:
     from launcher.plan import expand
-    from launcher.slurm import submit
     from launcher.spec import load_spec
+    from launcher.submit.executors import submit
 
     with tempfile.TemporaryDirectory(prefix="submit-speed-") as tmp:
         spec_path = make_inputs(Path(tmp) / "api", model, tasks)

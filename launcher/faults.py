@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from .slurm_env import SlurmEnv
+from launcher.slurm_env import SlurmEnv
 
 CRASH_VAR = "LAUNCHER_FAULT_CRASH"
 SLOW_VAR = "LAUNCHER_FAULT_SLOW_S"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launcher.compare import compare, distinct_n, render
+from launcher.gather.compare import compare, distinct_n, render
 
 from .conftest import write_jsonl
 

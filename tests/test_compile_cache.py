@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.compile_cache import READY, CompileCache, UnsafeCacheFolder, cache_key, user_folder
+from launcher.engines.compile_cache import READY, CompileCache, UnsafeCacheFolder, cache_key, user_folder
 
 VERSIONS = {"vllm": "0.26.0", "torch": "2.11.0", "cuda": "13.0"}
 SAME_PATH = Path("/tmp/launcher-0")  # the node path in the key: one string on every node of a cluster

@@ -23,12 +23,12 @@ import pytest
 
 from launcher.gather import gather
 from launcher.plan import expand
-from launcher.run_state import load_plan, save_plan
+from launcher.plan.persist import load_plan, save_plan
 from launcher.spec import load_spec
 from launcher.store import write_json_atomic
 from launcher.store.claims import process_start
 from launcher.store.unit_dir import chunk_listing
-from launcher.submit_lock import LocalProcess
+from launcher.submit.lock import LocalProcess
 
 from .conftest import USERS, make_spec, write_jsonl
 from .test_bad_inputs import RUNS, fake_model, start_early
@@ -56,7 +56,7 @@ class LockedRun:
         (bin_dir / "git").chmod(0o755)
         self._marker, self._release = root / "in-lock", root / "release"
         env_a = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LAUNCHER_TEST_IN_LOCK": str(self._marker),
-                 "LAUNCHER_TEST_RELEASE": str(self._release)}
+                 "LAUNCHER_TEST_RELEASE": str(self._release), "LAUNCHER_GIT_TIMEOUT_S": "300"}
         self.cmd = [sys.executable, "-m", "launcher", "submit", str(self.spec), "--wait"]
         self._a = subprocess.Popen(self.cmd, cwd=root, env=env_a, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True, umask=0o077)
@@ -164,7 +164,7 @@ GATHER_AT_GO = """
 import json, os, sys, time
 from pathlib import Path
 from launcher.gather import gather
-from launcher.run_state import load_plan
+from launcher.plan.persist import load_plan
 plan = load_plan(Path(sys.argv[1]))
 go = Path(sys.argv[2])
 (go.parent / f"ready-{os.getpid()}").touch()

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.container import HIDDEN, RUNTIMES, Bind, ContainerRequest, forwarded_env, get_runtime, preview
-from launcher.container_exec import (
+from launcher.containers.runtimes import HIDDEN, RUNTIMES, Bind, ContainerRequest, forwarded_env, get_runtime, preview
+from launcher.containers.shim import (
     ExecError,
     ExecRequest,
     allocated_gpus,
@@ -315,7 +315,7 @@ def test_main_execs_with_the_values_in_the_environment(tmp_path: Path) -> None:
     """runtime none, exec'd for real: the command gets the values, and its own argv is just the command."""
     path = write_request(tmp_path / "req.json", runtime="none", image="none", env={"HF_TOKEN": SECRET})
     show = "import os, sys; print(repr(os.environ['HF_TOKEN'])); print(repr(open('/proc/self/cmdline').read()))"
-    done = subprocess.run([sys.executable, "-m", "launcher.container_exec", str(path), "--", sys.executable, "-c",
+    done = subprocess.run([sys.executable, "-m", "launcher.containers.shim", str(path), "--", sys.executable, "-c",
                            show], capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     value, cmdline = done.stdout.splitlines()
@@ -431,7 +431,7 @@ def test_real_container_roundtrip(runtime: str, tmp_path: Path) -> None:
     env["PATH"] = f"{recorder}:{env['PATH']}"
     odd_args = ["a b", "semi;colon", "$(x)", "*", ""]
     done = subprocess.run(
-        [sys.executable, "-m", "launcher.container_exec", str(req), "--", "python3", "-c", PROBE, str(bound),
+        [sys.executable, "-m", "launcher.containers.shim", str(req), "--", "python3", "-c", PROBE, str(bound),
          *odd_args],
         env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip

@@ -39,7 +39,7 @@ from typing import Any
 
 import pytest
 
-from launcher.container import forwarded_env
+from launcher.containers.runtimes import forwarded_env
 
 from .conftest import ROOT, USERS, make_spec, write_jsonl
 from .test_container_argv import argv_recorder, recorded_starts
@@ -467,7 +467,7 @@ class GpuJob:
 
 
 def _start_gpu_job(runtime: str, user: str, base: Path, env: dict[str, str]) -> GpuJob:
-    from launcher.container_exec import write_request
+    from launcher.containers.shim import write_request
 
     folder = Path(tempfile.mkdtemp(prefix=f"gpu-{runtime}-{user}-", dir=base))
     folder.chmod(0o777)
@@ -475,7 +475,7 @@ def _start_gpu_job(runtime: str, user: str, base: Path, env: dict[str, str]) -> 
     req.chmod(0o644)
     python = sys.executable if user == "caller" else str(base / "venv" / "bin" / "python")
     out = folder / f"{runtime}-{user}.out"
-    script = f"srun bash -c 'env -0 > {out}.env; {python} -m launcher.container_exec --print {req} -- python3 -V'"
+    script = f"srun bash -c 'env -0 > {out}.env; {python} -m launcher.containers.shim --print {req} -- python3 -V'"
     proc = subprocess.Popen([*as_user(user), "sbatch", "--wait", "--parsable", f"--gpus={GPUS}", "-J", folder.name,
                              "-o", str(out), "-D", str(folder), "--wrap", script], env=user_env(user, env), cwd=folder,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -516,7 +516,7 @@ def _doctor(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, di
     full_env = {**os.environ, **runtime_env(), **(env or {})}
     text = subprocess.run([sys.executable, "-m", "launcher", "doctor", *args], capture_output=True, text=True,
                           env=full_env, cwd=ROOT, timeout=180)
-    as_json = subprocess.run([sys.executable, "-m", "launcher.doctor", *args, "--json"], capture_output=True,
+    as_json = subprocess.run([sys.executable, "-m", "launcher.containers.doctor", *args, "--json"], capture_output=True,
                              text=True, env=full_env, cwd=ROOT, timeout=180)
     levels = {c["name"]: c for c in json.loads(as_json.stdout)["checks"]} if as_json.stdout.strip() else {}
     return text.returncode, text.stdout + text.stderr, levels

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher.data import Quarantined, Record, count_rows, read_shard
 from launcher.errors import SpecError
-from launcher.prompts import PARTS, make_builder, render_part
+from launcher.inputs.prompts import PARTS, make_builder, render_part
+from launcher.inputs.records import Quarantined, Record, count_rows, read_shard
 from launcher.spec import DataSpec, FieldNames
 
 from .conftest import USERS, write_jsonl

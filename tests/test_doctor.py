@@ -12,7 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from launcher.doctor import Check, CommandResult, Host, diagnose, load_matrix, main, read_driver, real_host, render
+from launcher.containers.doctor import (
+    Check,
+    CommandResult,
+    Host,
+    diagnose,
+    main,
+    read_driver,
+    real_host,
+    render,
+)
+from launcher.containers.matrix import load_matrix
 
 MATRIX = load_matrix(Path(__file__).resolve().parents[1] / "containers" / "matrix.toml")
 STATE = Path(os.environ.get("LAUNCHER_CONTAINERS_STATE", "/var/tmp/launcher-containers"))

@@ -25,9 +25,9 @@ import yaml
 from launcher.cli import main
 from launcher.errors import SpecError
 from launcher.plan import expand
-from launcher.plan_view import sbatch_preview
 from launcher.spec import load_spec
 from launcher.store import safe_filename
+from launcher.submit.preview import sbatch_preview
 
 from . import test_bad_inputs, test_concurrency
 from .conftest import ROOT, USERS, make_spec, write_jsonl
@@ -217,7 +217,7 @@ def unescape_apptainer(text: str) -> str:
 
 @pytest.mark.parametrize("runtime", ["docker", "apptainer"])
 def test_container_argv_is_inert(runtime: str, tmp_path: Path, inputs: tuple[Path, Path]) -> None:
-    from launcher.container_exec import spec_launch
+    from launcher.containers.shim import spec_launch
 
     canary = tmp_path / "CANARY"
     values = [v for v in payloads(canary) if v.strip() == v and not v.startswith("-")]
@@ -317,7 +317,7 @@ def test_engine_args_refuse_credentials(tmp_path: Path, inputs: tuple[Path, Path
 
 
 def test_container_request_holding_secrets_is_private(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
-    from launcher.container_exec import request_path, write_spec_request
+    from launcher.containers.shim import request_path, write_spec_request
 
     plan = expand(load_spec(secret_spec(tmp_path, inputs)))
     old = os.umask(0o022)
@@ -349,7 +349,7 @@ def test_container_argv_holds_no_env_value(runtime: str, tmp_path: Path, inputs:
     """The argv the shim execs (visible to every user through ps on the node) names the variables at most; the
     values go in the runtime's environment (/proc/PID/environ: the owner only). The live proof, through Slurm and
     real runtimes, is test_containers_slurm.py::test_env_values_reach_the_container_but_not_its_argv."""
-    from launcher.container_exec import spec_launch
+    from launcher.containers.shim import spec_launch
 
     plan = expand(load_spec(secret_spec(tmp_path, inputs, runtime=runtime)))
     launch = spec_launch(plan.spec, plan.run.root, gpu_count=1)

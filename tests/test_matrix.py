@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.doctor import load_matrix, vtuple
+from launcher.containers.matrix import load_matrix, vtuple
 
 CONTAINERS = Path(__file__).resolve().parents[1] / "containers"
 _MATRIX = load_matrix(CONTAINERS / "matrix.toml")  # fails on a missing or unknown field

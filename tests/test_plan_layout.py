@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from launcher.errors import SpecError
-from launcher.layout import GiB, GpuInfo, GpuSet, allocated_gpus, choose_layout
-from launcher.modelinfo import ModelShape
+from launcher.inputs.model import ModelShape
 from launcher.plan import expand
+from launcher.plan.layout import GiB, GpuInfo, GpuSet, allocated_gpus, choose_layout
 from launcher.seeds import record_seed, sample_seed
 from launcher.spec import load_spec
 
@@ -59,7 +59,7 @@ def test_auto_units_and_job_count(tmp_path: Path, tiny_model: Path) -> None:
 
 
 def test_resubmit_keeps_the_units_of_the_first_submit(tmp_path: Path, tiny_model: Path) -> None:
-    from launcher.run_state import save_plan
+    from launcher.plan.persist import save_plan
 
     data = write_jsonl(tmp_path / "a.jsonl", [{"user_id": f"u{i}", "context": "c"} for i in range(100)])
     spec = make_spec(tmp_path, tiny_model, data, executor="slurm", slurm={"jobs": 1})

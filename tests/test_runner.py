@@ -16,7 +16,7 @@ import pytest
 from launcher.gather import gather
 from launcher.job.entry import run_job
 from launcher.plan import expand
-from launcher.run_state import save_plan
+from launcher.plan.persist import save_plan
 from launcher.spec import load_spec
 
 from .conftest import ROOT, USERS, launcher, make_spec, read_samples, write_jsonl

@@ -6,9 +6,9 @@ from __future__ import annotations
 from itertools import pairwise
 
 from launcher.engines.base import Workload
-from launcher.layout import GiB, GpuInfo, ParallelLayout
-from launcher.modelinfo import ModelShape
-from launcher.sizing import (
+from launcher.inputs.model import ModelShape
+from launcher.plan.layout import GiB, GpuInfo, ParallelLayout
+from launcher.plan.sizing import (
     MAX_SEQS_CAP,
     auto_max_model_len,
     graph_sizes,

@@ -12,7 +12,7 @@ not only after gather's dedup), and samples.jsonl byte-identical to the uninterr
 
 Wall time: the scenarios are independent, so one module fixture starts them all at once in threads (the e2e run's
 worker jobs and the preemption share the 4 fake GPUs and run one after the other); each test then waits for its
-own scenario and checks it. 2 real cores run everything, so the whole module takes ~5-8 min.
+own scenario and checks it. 2 real cores run everything: the whole module took 3-3.5 min here.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from launcher import __version__
-from launcher.status import FINAL, RunStatus, collect
+from launcher.submit.status import FINAL, RunStatus, collect
 
 from .conftest import ROOT, USERS, write_jsonl
 from .helpers import (

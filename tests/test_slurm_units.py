@@ -13,9 +13,9 @@ import pytest
 from launcher import faults
 from launcher.job.retries import Attempt, describe_status, read_failures, record_failure, teardown_lines
 from launcher.plan import expand
-from launcher.plan_view import sbatch_preview
 from launcher.spec import load_spec
-from launcher.status import _expand, _parse
+from launcher.submit.preview import sbatch_preview
+from launcher.submit.status import _expand, _parse
 
 from .conftest import ROOT
 

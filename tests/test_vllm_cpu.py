@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from launcher.plan import expand
-from launcher.run_state import save_plan
+from launcher.plan.persist import save_plan
 from launcher.spec import load_spec
 
 from .conftest import ROOT, USERS, launcher, make_spec, read_samples, write_jsonl

@@ -21,7 +21,7 @@ import pytest
 from launcher.gather import GatherError, gather
 from launcher.job.entry import run_job
 from launcher.plan import expand
-from launcher.run_state import load_plan, save_plan
+from launcher.plan.persist import load_plan, save_plan
 from launcher.spec import load_spec
 from launcher.store import ClaimBook, Owner
 from launcher.store.claims import owner_is_dead

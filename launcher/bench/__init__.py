@@ -5,6 +5,6 @@ many-cell sweep) -> report.py (ratios, targets, table, plot). workload.py makes 
 raw_vllm.py and hf_baseline.py are the baselines' own processes; startup_log.py reads vLLM's start-up lines.
 """
 
-from .cli import add_parser, configure, run
+from launcher.bench.cli import add_parser, configure, run
 
 __all__ = ["add_parser", "configure", "run"]

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..seeds import record_seed
-from .runners import Workdir, _env, _run, measurement, toolkit_measurement
-from .workload import NUM_SAMPLES, RUN_SEED, ModelPreset, Shape, word
+from launcher.bench.runners import Workdir, _env, _run, measurement, toolkit_measurement
+from launcher.bench.workload import NUM_SAMPLES, RUN_SEED, ModelPreset, Shape, word
+from launcher.seeds import record_seed
 
 ABLATIONS = "abcdefgh"
 

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from launcher.bench.report import write_report
 
     if args.report:
         folder = Path(args.report)
@@ -115,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
         for path in write_report(results, folder, draw=True):
             print(path)
         return 0
-    from .runners import RunFailed, Workdir
-    from .workload import PRESETS, Shape, write_dataset, write_model
+    from launcher.bench.runners import RunFailed, Workdir
+    from launcher.bench.workload import PRESETS, Shape, write_dataset, write_model
 
     if args.preset not in PRESETS:
         print(f"error: unknown preset {args.preset!r}; one of {', '.join(PRESETS)}", file=sys.stderr)
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_systems(args: argparse.Namespace, systems: set[str], shapes: list[Any], wd: Any,
                  step: Callable[[str, Callable[[], list[dict[str, Any]]]], None]) -> None:
     """The order matters for start-up numbers: raw and toolkit each begin with empty caches of their own."""
-    from .runners import run_hf, run_raw
+    from launcher.bench.runners import run_hf, run_raw
 
     timeout = args.timeout_s
     if "raw" in systems:
@@ -212,7 +212,7 @@ def _run_systems(args: argparse.Namespace, systems: set[str], shapes: list[Any],
 
 def _toolkit(wd: Any, shape: Any, system: str, cache: Path, timeout: float,
              quantization: str | None = None) -> list[dict[str, Any]]:
-    from .runners import run_toolkit
+    from launcher.bench.runners import run_toolkit
 
     return [run_toolkit(wd, shape, system, cache, timeout, quantization=quantization)]
 
@@ -243,7 +243,7 @@ def _layout(wd: Any, shape: Any, tp: int | str, timeout: float, warm: bool, keep
     would); with `warm`, an untimed first run fills that cache, so layouts are compared on generation alone."""
     import os
 
-    from .runners import run_toolkit
+    from launcher.bench.runners import run_toolkit
 
     name = _layout_name(tp)
     cache = wd.root / "compile-cache" / f"{shape.name}-{name}"
@@ -265,7 +265,13 @@ def _layout(wd: Any, shape: Any, tp: int | str, timeout: float, warm: bool, keep
 
 def _run_cells(args: argparse.Namespace, systems: set[str], preset: Any, wd: Any,
                step: Callable[[str, Callable[[], list[dict[str, Any]]]], None]) -> None:
-    from .cells import CellsShape, run_cells_seed_loop, run_cells_task_per_cell, run_cells_toolkit, write_cells
+    from launcher.bench.cells import (
+        CellsShape,
+        run_cells_seed_loop,
+        run_cells_task_per_cell,
+        run_cells_toolkit,
+        write_cells,
+    )
 
     wanted = [s for s in ("cells", "cells-task-per-cell", "cells-seed-loop") if s in systems]
     if not wanted:

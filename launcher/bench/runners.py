@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .startup_log import parse_startup, split
-from .workload import Shape, toolkit_spec
+from launcher.bench.startup_log import parse_startup, split
+from launcher.bench.workload import Shape, toolkit_spec
 
 REPO = Path(__file__).resolve().parents[2]
 

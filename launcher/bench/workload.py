@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..seeds import record_seed
+from launcher.seeds import record_seed
 
 RUN_SEED = 42
 NUM_SAMPLES = 5

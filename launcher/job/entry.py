@@ -26,14 +26,14 @@ from typing import Any
 from submitit.core.utils import JobPaths, UncompletedJobError
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from ..layout import ParallelLayout, allocated_gpus, choose_layout, gpu_info
-from ..modelinfo import model_shape
-from ..plan import Plan
-from ..run_state import load_plan
-from ..slurm_env import SlurmEnv
-from ..store import read_json, write_json_atomic
-from .retries import Attempt, mark_requeued
-from .worker import PREEMPTED_EXIT, Worker, WorkerConfig
+from launcher.inputs.model import model_shape
+from launcher.job.retries import Attempt, mark_requeued
+from launcher.job.worker import PREEMPTED_EXIT, Worker, WorkerConfig
+from launcher.plan import Plan
+from launcher.plan.layout import ParallelLayout, allocated_gpus, choose_layout, gpu_info
+from launcher.plan.persist import load_plan
+from launcher.slurm_env import SlurmEnv
+from launcher.store import read_json, write_json_atomic
 
 log = logging.getLogger("launcher.job")
 STOP_GRACE_S = 60.0  # how long a preempted job waits for its worker processes to flush
@@ -132,7 +132,7 @@ def gather_if_done(run_dir: Path) -> None:
     plan = load_plan(run_dir)
     if not all(plan.run.unit(u.unit_id).is_done() for u in plan.units):
         return
-    from ..gather import GatherError, gather
+    from launcher.gather import GatherError, gather
 
     try:
         reports = gather(plan)
@@ -181,8 +181,8 @@ class JobRunner(Checkpointable):
         import shutil
         import traceback
 
-        from ..errors import SpecError
-        from .retries import record_failure, requeue, stopped_by_slurm
+        from launcher.errors import SpecError
+        from launcher.job.retries import record_failure, requeue, stopped_by_slurm
 
         state = stopped_by_slurm(attempt)
         if state:  # scancel, time limit: Slurm is stopping the job, and its processes die of that

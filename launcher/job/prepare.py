@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import Quarantined, Record, first_rows, read_shard
-from ..engines import Workload
-from ..plan import Plan, Unit
-from ..prompts import PromptBuilder, make_builder
-from ..seeds import record_seed
-from ..spec import JobSpec
-from ..store import RunDir, read_json, write_json_atomic
+from launcher.engines import Workload
+from launcher.inputs.prompts import PromptBuilder, make_builder
+from launcher.inputs.records import Quarantined, Record, first_rows, read_shard
+from launcher.plan import Plan, Unit
+from launcher.seeds import record_seed
+from launcher.spec import JobSpec
+from launcher.store import RunDir, read_json, write_json_atomic
 
 log = logging.getLogger("launcher.job")
 TOKENIZE_BATCH = 256
@@ -55,7 +55,7 @@ def chat_formatter(tokenizer: Any) -> Callable[[list[dict[str, str]]], str] | No
 
 def token_limit(spec: JobSpec) -> int | None:
     """The longest prompt + max_tokens a record may need: the spec's max_model_len, else the model's own."""
-    from ..modelinfo import read_config
+    from launcher.inputs.model import read_config
 
     limits = [spec.model.max_model_len] if spec.model.max_model_len else []
     with contextlib.suppress(OSError, ValueError):

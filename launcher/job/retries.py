@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..slurm_env import SlurmEnv
-from ..store import write_json_atomic
+from launcher.slurm_env import SlurmEnv
+from launcher.store import write_json_atomic
 
 LOG_TAIL_LINES = 20
 
@@ -168,7 +168,7 @@ def on_death(run_dir: Path, status: int, env: Mapping[str, str] | None = None) -
     """The teardown's decision after srun failed: True means requeue the job (the shell runs scontrol)."""
     from submitit.core.utils import DelayedSubmission, JobPaths
 
-    from ..run_state import load_plan
+    from launcher.plan.persist import load_plan
 
     attempt = Attempt.from_env(env)
     if attempt is None:

@@ -28,15 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import faults
-from ..engines import Completion, Engine, GenerationRequest, create_engine, select_backend
-from ..layout import ParallelLayout
-from ..plan import Plan, Unit
-from ..run_state import load_plan
-from ..store import ClaimBook, Owner, RunDir, write_json_atomic
-from ..store.claims import HEARTBEAT_S
-from .prepare import Preparer, load_tokenizer, prompt_stats, workload_of
-from .writer import ActiveUnit, ChunkWriter
+from launcher import faults
+from launcher.engines import Completion, Engine, GenerationRequest, create_engine, select_backend
+from launcher.job.prepare import Preparer, load_tokenizer, prompt_stats, workload_of
+from launcher.job.writer import ActiveUnit, ChunkWriter
+from launcher.plan import Plan, Unit
+from launcher.plan.layout import ParallelLayout
+from launcher.plan.persist import load_plan
+from launcher.store import ClaimBook, Owner, RunDir, write_json_atomic
+from launcher.store.claims import HEARTBEAT_S
 
 log = logging.getLogger("launcher.job")
 PROGRESS_EVERY_S = 10.0

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..store import Claim, UnitDir, write_json_atomic
-from ..store.unit_dir import chunk_listing
-from .prepare import PreparedUnit
+from launcher.job.prepare import PreparedUnit
+from launcher.store import Claim, UnitDir, write_json_atomic
+from launcher.store.unit_dir import chunk_listing
 
 log = logging.getLogger("launcher.job")
 

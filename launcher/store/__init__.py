@@ -3,7 +3,7 @@
 RunDir (a run: spec, plan, units, jobs, workers) -> UnitDir (one unit: chunks, claims, done) -> ClaimBook.
 """
 
-from .atomic import (
+from launcher.store.atomic import (
     dumps_line,
     read_json,
     read_jsonl,
@@ -13,9 +13,9 @@ from .atomic import (
     write_json_atomic,
     write_jsonl_atomic,
 )
-from .claims import Claim, ClaimBook, Owner
-from .run_dir import JobDir, RunDir
-from .unit_dir import ChunkScan, UnitDir
+from launcher.store.claims import Claim, ClaimBook, Owner
+from launcher.store.run_dir import JobDir, RunDir
+from launcher.store.unit_dir import ChunkScan, UnitDir
 
 __all__ = [
     "ChunkScan",

@@ -38,7 +38,7 @@ def storage_wait_s() -> float:
     value = os.environ.get(STORAGE_WAIT_VAR)
     if value:
         return float(value)
-    from ..slurm_env import SlurmEnv
+    from launcher.slurm_env import SlurmEnv
 
     return STORAGE_WAIT_IN_JOB_S if SlurmEnv.current().in_job else 0.0
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..slurm_env import SlurmEnv
+from launcher.slurm_env import SlurmEnv
 
 LEASE_VAR = "LAUNCHER_CLAIM_LEASE_S"
 DEFAULT_LEASE_S = 120.0  # >> the heartbeat (5 s) and any sane clock skew between a node and the file server

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import read_json
-from .unit_dir import UnitDir
+from launcher.store.atomic import read_json
+from launcher.store.unit_dir import UnitDir
 
 
 @dataclass(frozen=True)

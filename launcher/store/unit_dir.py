@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import dumps_line, read_json, write_atomic, write_json_atomic
-from .claims import ClaimBook
+from launcher.store.atomic import dumps_line, read_json, write_atomic, write_json_atomic
+from launcher.store.claims import ClaimBook
 
 CHUNK_RE = re.compile(r"^(\d{6})-(\d{6})-([0-9a-f]{16})\.jsonl$")
 

@@ -1,0 +1,317 @@
+"""cli.py: the `launcher` command. Thin: parse flags, call a function that also works from Python, print.
+
+Exit codes: 0 ok, 1 a run failed or is incomplete, 2 bad spec or bad flags (nothing submitted or written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+from rich.console import Console
+from rich.markup import escape
+
+from launcher.errors import LauncherError, SpecError
+
+console = Console(stderr=False, highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False)
+
+EPILOG = """\
+examples:
+  launcher plan configs/demo.yaml                 what would run: units, worker jobs, GPUs, sbatch header
+  launcher submit configs/demo.yaml --wait        submit, wait, gather (local executor: no cluster needed)
+  launcher status outputs/demo                    one table per run: state, records done, speed, errors
+  launcher run --checkpoint_dir M --dataset D.jsonl --output_dir OUT   the old inference_vllm.py flags
+  launcher schema > spec.schema.json              JSON Schema for editors
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse's own exit code is 2 as well; add the fix
+        self.print_usage(sys.stderr)
+        err.print(f"[red]error:[/] {message}\n  fix: `{self.prog} --help` lists the flags")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from launcher.cli.legacy import add_legacy_flags
+
+    p = _Parser(prog="launcher", description="Batch LLM generation on Slurm: YAML job spec -> array jobs -> samples.",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"launcher {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def spec_cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_, description=help_)
+        c.add_argument("spec", help="the job spec (YAML)")
+        c.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C",
+                       help="override a field, e.g. --set sampling.temperature=0.8 (repeatable)")
+        return c
+
+    c = spec_cmd("plan", "Validate the spec; show the units of work, worker jobs, GPUs, an estimate and the exact "
+                         "sbatch header. Submits nothing.")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.add_argument("--show", type=int, default=20, help="task rows to show (default 20)")
+
+    c = spec_cmd("submit", "Submit worker jobs for every unfinished unit as one array (+ a gather job). "
+                           "Resubmitting resumes.")
+    c.add_argument("--wait", action="store_true", help="wait for the workers, then gather and print the summary")
+    c.add_argument("--executor", choices=["slurm", "local"], help="override the spec's executor")
+    choice = c.add_mutually_exclusive_group()
+    choice.add_argument("--new-run", action="store_true",
+                        help="the inputs changed since the last submit: start a run of its own for them")
+    choice.add_argument("--resume", action="store_true",
+                        help="the inputs changed since the last submit: go on with that run anyway (recorded in its "
+                             "run.json; refused when the model changed)")
+
+    c = sub.add_parser("run", help="Run a job in this process, on this machine's GPUs (or the old inference_vllm.py "
+                                   "flags).",
+                       description="Run a spec (or a run directory) here: one job that holds every GPU this process "
+                                   "sees, one worker per GPU group, each claiming units until none is left; then "
+                                   "gather. Or the old inference_vllm.py flags.")
+    c.add_argument("--spec", help="job spec (YAML) or a run directory")
+    c.add_argument("--job", type=int, default=None, help="run only this worker job of the plan (as Slurm would), "
+                                                         "without gathering")
+    c.add_argument("--unit", action="append", default=None, metavar="UNIT_ID",
+                   help="run only this unit (repeatable): one engine per unit, the old way")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C")
+    c.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto", help="with the old flags")
+    add_legacy_flags(c)
+
+    c = sub.add_parser("gather", help="Merge and verify a run's outputs into <output dir>/<dataset>/<ablation>/.")
+    c.add_argument("run", help="run directory, output dir, or spec")
+
+    c = sub.add_parser("status", help="A run's workers (node, GPUs, unit, rate) and units (done, running, pending).")
+    c.add_argument("run", help="run directory, output dir, or spec")
+    c.add_argument("--watch", action="store_true", help="refresh every few seconds until every job has ended")
+    c.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("cancel", help="Cancel a run's Slurm jobs (finished records stay; submit again to resume).")
+    c.add_argument("run")
+
+    sub.add_parser("schema", help="Print the job spec's JSON Schema (for editor completion).")
+
+    c = sub.add_parser("compare", help="Compare two output dirs record by record (greedy: token agreement; "
+                                       "sampled: lengths and distinct-n).")
+    c.add_argument("a", help="folder with samples.jsonl (e.g. <output dir>/<dataset>/<ablation>)")
+    c.add_argument("b")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--min-agreement", type=float, default=None, help="exit 1 when agreement is below this")
+
+    c = sub.add_parser("demo-model", help="Make a tiny random Llama + locally trained tokenizer (seconds, CPU).")
+    c.add_argument("dir")
+
+    from launcher.bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
+
+    c = sub.add_parser("doctor", help="Check driver, GPUs, container runtime and image compatibility on this node.")
+    c.add_argument("--runtime", default=None, help="apptainer|singularity|docker|podman|none")
+    c.add_argument("--image", default=None)
+    c.add_argument("--spec", default=None, help="take runtime and image from a job spec")
+    return p
+
+
+def _version() -> str:
+    from launcher import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(COMMANDS[args.command](args) or 0)
+    except BrokenPipeError:  # `launcher status RUN | head`: the reader left; that is not an error of ours
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's exit flush must not raise it again
+        return 0
+    except LauncherError as exc:
+        return report(exc)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+def report(exc: LauncherError) -> int:
+    """The one way any stage's error reaches the user: headline, then where / field / got / allowed / fix."""
+    # soft_wrap: messages hold paths and commands to copy, never broken at the terminal's width; escape: a path may
+    # hold '[...]', which rich would read as markup.
+    err.print(f"[red]{escape(exc.headline)}:[/]\n{escape(str(exc))}", soft_wrap=True, highlight=False)
+    return exc.exit_code
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from launcher.plan import check_inputs, expand
+    from launcher.plan.persist import resolve_run
+    from launcher.spec import load_spec
+    from launcher.submit.preview import render_plan
+
+    t0 = time.perf_counter()
+    spec = load_spec(args.spec, args.overrides)
+    rows = check_inputs(spec)  # every input readable before its content is identified
+    resolved = resolve_run(spec, strict=False)
+    plan = expand(spec, rows, run=resolved.run)
+    if resolved.note:
+        err.print(f"[yellow]note:[/] {escape(resolved.note)}", soft_wrap=True)
+    if spec.executor == "slurm":
+        from launcher.submit.fit import check_fits
+
+        try:
+            check_fits(spec)
+        except SpecError as exc:
+            err.print(f"[yellow]warning: submit would refuse this:[/]\n{escape(str(exc))}", soft_wrap=True)
+    if args.json:
+        from launcher.submit.preview import plan_json
+
+        print(json.dumps(plan_json(plan), indent=2))
+    else:
+        render_plan(plan, console, show=args.show, seconds=time.perf_counter() - t0)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from launcher.plan import check_inputs, expand
+    from launcher.plan.persist import resolve_run
+    from launcher.spec import load_spec
+    from launcher.submit.executors import submit
+
+    spec = load_spec(args.spec, args.overrides)
+    rows = check_inputs(spec)
+    resolved = resolve_run(spec, "new" if args.new_run else "resume" if args.resume else "auto")
+    plan = expand(spec, rows, run=resolved.run)
+    if resolved.note:
+        console.print(f"[yellow]{escape(resolved.note)}[/]: " + "; ".join(resolved.changes), soft_wrap=True)
+    kind = args.executor or spec.executor
+    if kind == "slurm":
+        from launcher.submit.fit import check_fits
+
+        check_fits(spec)  # a job no node can hold would pend forever: refused before anything is written
+    sub = submit(plan, kind, resolved)
+    console.print(f"run [bold]{plan.run.run_id}[/]: {sub.units_todo} unit(s) to do"
+                  + (f", {sub.units_done} already done" if sub.units_done else "")
+                  + f"; {len(sub.job_ids)} worker job(s) submitted"
+                  + (f" as array {sub.job_ids[0].split('_')[0]}" if sub.job_ids and kind == "slurm" else "")
+                  + (f"; gather job {sub.gather_job_id}" if sub.gather_job_id else ""))
+    console.print(f"run dir: {sub.run_dir}\nstatus:  launcher status {sub.run_dir}")
+    if not args.wait:
+        if kind == "local" and sub.job_ids:
+            console.print("the local job(s) go on in the background; the last one to finish gathers the outputs "
+                          f"(or `launcher gather {sub.run_dir}` once `launcher status` shows every unit done)")
+        return 0
+    from launcher.submit.wait import wait_and_gather
+
+    try:
+        return wait_and_gather(plan, sub, console)
+    except KeyboardInterrupt:
+        from launcher.store import write_json_atomic
+
+        write_json_atomic(plan.run.root / "interrupted.json", {"time": time.time(), "executor": kind,
+                                                               "by": "Ctrl-C on `launcher submit --wait`"})
+        if kind == "local":
+            err.print("[yellow]interrupted:[/] the local jobs stopped with this command. Every record already "
+                      f"written is kept; `launcher submit {args.spec}` again resumes with the rest "
+                      f"(`launcher status {sub.run_dir}` shows what is done).", soft_wrap=True)
+        else:
+            err.print("[yellow]stopped waiting:[/] the jobs go on in Slurm. `launcher status "
+                      f"{sub.run_dir}` follows them, `launcher gather {sub.run_dir}` once they are done, "
+                      f"`launcher cancel {sub.run_dir}` stops them (records written are kept).", soft_wrap=True)
+        return 130
+
+
+def cmd_gather(args: argparse.Namespace) -> int:
+    from launcher.gather import GatherError, gather
+    from launcher.plan.persist import find_run_dir, load_plan
+    from launcher.submit.wait import print_reports
+
+    plan = load_plan(find_run_dir(args.run))
+    try:
+        print_reports(gather(plan), console)
+    except GatherError as exc:
+        err.print(f"[red]gather failed: outputs incomplete[/]\n{escape(str(exc))}", soft_wrap=True)
+        return 1
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from launcher.plan.persist import find_run_dir
+    from launcher.submit.status_view import show_status
+
+    return show_status(find_run_dir(args.run), console, watch=args.watch, as_json=args.json)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from launcher.plan.persist import find_run_dir
+    from launcher.submit.status import cancel_run
+
+    return cancel_run(find_run_dir(args.run), console)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from launcher.gather.compare import as_json, compare, render
+
+    cmp = compare(Path(args.a), Path(args.b))
+    print(as_json(cmp) if args.json else render(cmp, Path(args.a), Path(args.b)))
+    return 1 if args.min_agreement is not None and cmp.agreement < args.min_agreement else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from launcher.bench import run as bench_run
+
+    return int(bench_run(args))
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from launcher.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_demo_model(args: argparse.Namespace) -> int:
+    from launcher.demo_model import make_demo_model
+
+    t0 = time.perf_counter()
+    out = make_demo_model(Path(args.dir))
+    console.print(f"tiny demo model written to {out} in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from launcher.containers.doctor import main as doctor_main
+
+    argv = []
+    if args.spec:
+        from launcher.spec import load_spec
+
+        spec = load_spec(args.spec)
+        argv += ["--runtime", spec.container.runtime]
+        argv += ["--image", spec.container.image] if spec.container.image else []
+    if args.runtime:
+        argv += ["--runtime", args.runtime]
+    if args.image:
+        argv += ["--image", args.image]
+    return int(doctor_main(argv))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from launcher.cli.run import run_command
+
+    return run_command(args)
+
+
+COMMANDS = {
+    "plan": cmd_plan, "submit": cmd_submit, "run": cmd_run, "gather": cmd_gather, "status": cmd_status,
+    "cancel": cmd_cancel, "schema": cmd_schema, "compare": cmd_compare, "demo-model": cmd_demo_model,
+    "doctor": cmd_doctor, "bench": cmd_bench,
+}

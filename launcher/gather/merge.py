@@ -1,0 +1,246 @@
+"""gather.py: unit chunks -> <output dir>/<dataset>/<ablation>/ (samples, per-user JSON, summary, manifest).
+
+Verifies before writing: every chunk a done unit lists is there and passes its checksum, and every input row is in
+the outputs exactly once with num_samples samples, or in quarantine with its reason. A unit that fails this is
+reopened (not done), so `launcher submit` regenerates exactly its missing records. Gathering twice gives the same
+bytes (no clocks in the outputs, sorted everything). Two gathers of one run at once (the gather job and a user's
+`launcher gather`) take turns on a lock; the second finds every file already holding its bytes and writes nothing.
+
+Throughput is measured by the wall clock (throughput.py), never as a sum of per-worker times.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from launcher import __version__
+from launcher.gather.throughput import RunFigures, cell_figures, run_figures
+from launcher.plan import Plan, Unit
+from launcher.store import dumps_line, safe_filename, write_atomic, write_json_atomic
+
+
+@dataclass
+class GroupReport:
+    dataset: str
+    ablation: str
+    out_dir: Path
+    records: int = 0
+    samples: int = 0
+    quarantined: int = 0
+    duplicates_dropped: int = 0
+    missing_units: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # what failed verification, with its file
+    missing_rows: list[int] = field(default_factory=list)
+    bad_sample_counts: list[int] = field(default_factory=list)
+    files_written: list[str] = field(default_factory=list)  # relative to out_dir; empty when all were up to date
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing_units or self.damaged or self.missing_rows or self.bad_sample_counts)
+
+
+class GatherError(RuntimeError):
+    pass
+
+
+def gather(plan: Plan, dest: Path | None = None, flat: bool = False) -> list[GroupReport]:
+    """Merge and verify every dataset x ablation. Raises GatherError listing what is missing or damaged."""
+    reports = []
+    figures = run_figures(plan)
+    with _gather_lock(plan.run.gather_lock):
+        for (dataset, ablation), units in plan.cells().items():
+            base = dest or plan.run.output_dir
+            out = base if flat else base / dataset / ablation
+            reports.append(_gather_group(plan, dataset, ablation, units, out, figures, flat))
+        if all(r.ok for r in reports):
+            write_json_atomic(plan.run.summary, figures.as_json())
+            from launcher.plan.estimate import record_run
+
+            record_run(plan, figures.headline(), figures.main_worker())
+    bad = [r for r in reports if not r.ok]
+    if bad:
+        raise GatherError("\n".join(_describe_missing(r, plan) for r in bad))
+    return reports
+
+
+@contextmanager
+def _gather_lock(path: Path) -> Iterator[None]:
+    """One gather of a run at a time; the next one waits (flock: released if the holder dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _put(out: Path, rel: str, data: bytes, report: GroupReport, hashes: dict[str, dict[str, Any]]) -> None:
+    """Write unless the file already holds exactly these bytes (a second gather then writes nothing)."""
+    path = out / rel
+    hashes[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    write_atomic(path, data)
+    report.files_written.append(rel)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode()
+
+
+def _describe_missing(r: GroupReport, plan: Plan) -> str:
+    lines = [f"{r.dataset}/{r.ablation}: incomplete, nothing written for this group"]
+    if r.missing_units:
+        lines.append(f"  units not finished ({len(r.missing_units)}): {', '.join(r.missing_units[:20])}")
+    for problem in r.damaged[:20]:
+        lines.append(f"  damaged: {problem}")
+    if r.missing_rows:
+        lines.append(f"  rows missing ({len(r.missing_rows)}): {r.missing_rows[:20]}")
+    if r.bad_sample_counts:
+        lines.append(f"  rows with a wrong number of samples: {r.bad_sample_counts[:20]}")
+    lines.append(f"  fix: `launcher status {plan.run.root}` to see why; `launcher submit` the same spec again "
+                 "to generate exactly what is missing (done records are kept)")
+    return "\n".join(lines)
+
+
+def _gather_group(plan: Plan, dataset: str, ablation: str, units: list[Unit], out: Path,
+                  figures: RunFigures, flat: bool = False) -> GroupReport:
+    report = GroupReport(dataset, ablation, out)
+    rows: dict[int, dict[str, Any]] = {}
+    quarantine: list[dict[str, Any]] = []
+    n = plan.spec.data.num_samples
+    for unit in sorted(units, key=lambda u: u.start):
+        udir = plan.run.unit(unit.unit_id)
+        if not udir.is_done():
+            report.missing_units.append(unit.unit_id)
+            continue
+        problems = udir.verify()
+        if problems:
+            report.damaged += [f"unit {unit.unit_id}: {p}" for p in problems]
+            udir.reopen("; ".join(problems))  # not done any more: a resubmit regenerates exactly these rows
+            continue
+        q = udir.read_quarantine()
+        quarantine += q
+        scan = udir.scan()
+        report.duplicates_dropped += scan.duplicates
+        for r, row in scan.rows.items():
+            if r in rows:
+                report.duplicates_dropped += 1
+                continue
+            rows[r] = row
+        expected = set(range(unit.start, unit.stop)) - {x["row"] for x in q}
+        report.missing_rows += sorted(expected - scan.rows.keys())
+    if report.missing_units or report.damaged:
+        return report
+    report.bad_sample_counts = sorted(r for r, v in rows.items() if len(v["generated_samples"]) != n)
+    if not report.ok:
+        return report
+    ordered = [rows[r] for r in sorted(rows)]
+    report.records, report.samples, report.quarantined = len(ordered), len(ordered) * n, len(quarantine)
+    _write_group(plan, report, ordered, sorted(quarantine, key=lambda x: x["row"]), units, figures, flat)
+    return report
+
+
+def _write_group(plan: Plan, report: GroupReport, rows: list[dict[str, Any]], quarantine: list[dict[str, Any]],
+                 units: list[Unit], figures: RunFigures, flat: bool = False) -> None:
+    out = report.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    spec = plan.spec
+    hashes: dict[str, dict[str, Any]] = {}
+    if spec.output.format == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows), sink)
+        _put(out, "samples.parquet", sink.getvalue().to_pybytes(), report, hashes)
+    else:
+        _put(out, "samples.jsonl", "".join(dumps_line(r) for r in rows).encode(), report, hashes)
+    _put(out, "quarantine.jsonl", "".join(dumps_line(q) for q in quarantine).encode(), report, hashes)
+    if spec.output.per_user_json:
+        for rel, data in _user_files(rows, "" if flat else "users/"):
+            _put(out, rel, data, report, hashes)
+    summary = summarize(plan, report, rows, units, figures)
+    _put(out, "inference_summary.json", _json_bytes(summary), report, hashes)
+    manifest = {"run_id": plan.run.run_id, "dataset": report.dataset, "ablation": report.ablation,
+                "records": report.records, "samples": report.samples, "quarantined": report.quarantined,
+                "files": dict(sorted(hashes.items()))}
+    _put(out, "manifest.json", _json_bytes(manifest), report, {})
+
+
+OWN_FILES = frozenset({"samples", "quarantine", "inference_summary", "manifest"})
+
+
+def _user_files(rows: list[dict[str, Any]], folder: str = "users/") -> Iterator[tuple[str, bytes]]:
+    """<user id>.json with generated_samples: under users/, or at the top of --output_dir as the old script wrote them
+    (`launcher run` with its flags). safe_filename: an id such as '../../x' stays inside the folder; a user named like
+    one of our own files gets a suffix instead of overwriting it."""
+    by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_user[row["user_id"]].append(row)
+    for user, recs in sorted(by_user.items()):
+        obj = {"user_id": user, "generated_samples": [s for r in recs for s in r["generated_samples"]],
+               "records": [{"record_id": r["record_id"], "prompt": r["prompt"],
+                            "generated_samples": r["generated_samples"]} for r in recs]}
+        name = safe_filename(user)
+        if not folder and name in OWN_FILES:
+            name = f"{name}-user"
+        yield f"{folder}{name}.json", (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode()
+
+
+def summarize(plan: Plan, report: GroupReport, rows: list[dict[str, Any]], units: list[Unit],
+              figures: RunFigures) -> dict[str, Any]:
+    """inference_summary.json: the old script's fields first (by the wall clock), then what a reader needs to trust
+    the numbers: the run's own wall-clock figures, the workers beside them, the engine and why."""
+    spec = plan.spec
+    cell = cell_figures(figures, [u.unit_id for u in units])
+    out_tokens = sum(sum(r["sample_tokens"]) for r in rows)
+    gen_s = cell["generation_wall_s"]
+    worker = figures.main_worker()
+    engine = worker.get("engine") or {}
+    layout = figures.layout or {}
+    return {
+        "total_samples": report.samples,
+        "inference_time_seconds": gen_s,
+        "throughput_samples_per_sec": round(report.samples / gen_s, 4) if gen_s else None,
+        "output_tokens": out_tokens,
+        "output_tokens_per_sec": round(out_tokens / gen_s, 2) if gen_s else None,
+        "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+        "records": report.records,
+        "quarantined": report.quarantined,
+        "num_samples": spec.data.num_samples,
+        "timing": "wall clock: from the first request of this dataset x ablation to its last sample written, "
+                  "over all workers at once (never a sum of per-worker times)",
+        "run": figures.headline(),
+        "workers": figures.per_worker(),
+        "units": len(units),
+        "startup_seconds_max": figures.startup_max_s(),
+        "dataset": report.dataset,
+        "ablation_config": report.ablation,
+        "backend": worker.get("backend"),
+        "backend_reason": worker.get("backend_reason"),
+        "tensor_parallel_size": layout.get("tensor_parallel_size"),
+        "data_parallel_size": layout.get("data_parallel_size"),
+        "layout_reason": layout.get("reason"),
+        "gpu_name": engine.get("gpu_name"),
+        "engine_version": engine.get("version"),
+        "engine_settings": engine.get("settings"),
+        "engine_settings_reasons": engine.get("reasons"),
+        "launcher_version": __version__,
+        "model": spec.model.path,
+        "sampling": spec.sampling.model_dump(),
+        "spec_hash": spec.fingerprint(),
+        "run_id": plan.run.run_id,
+    }

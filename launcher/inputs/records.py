@@ -1,0 +1,252 @@
+"""data.py: dataset files -> Records. JSONL, Parquet, CSV and HF save_to_disk folders; bad rows -> Quarantined.
+
+A shard is a range of row numbers in file order, so the same spec always cuts the same shards.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher.errors import SpecError
+from launcher.spec import FieldNames
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    row: int  # 0-based row number in the dataset file
+    record_id: str
+    user_id: str
+    profile: Any
+    history: Any
+    context: Any
+    raw: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    row: int
+    reason: str
+    raw: str  # what the row looked like, cut to 500 characters
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    reason: str
+    raw: str
+
+
+Row = tuple[int, "dict[str, Any] | BadRow"]  # a parsed row, or why one did not parse
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir():
+        if any((path / name).exists() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
+            return "hf"
+        raise SpecError.one(str(path), "data.datasets.path", "a folder that is not a saved HF dataset",
+                            allowed="a .jsonl/.json, .parquet or .csv file, or a folder written by save_to_disk",
+                            fix="point at the file itself")
+    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    formats = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv"}
+    if suffix not in formats:
+        raise SpecError.one(str(path), "data.datasets.path", f"unknown file type {suffix or '(none)'!r}",
+                            allowed=", ".join(formats), fix="rename the file or convert it to JSONL")
+    return formats[suffix]
+
+
+def iter_rows(path: Path, start: int = 0, stop: int | None = None, split: str | None = None) -> Iterator[Row]:
+    """Rows [start, stop) in file order. JSONL rows that do not parse come back as raw text (to quarantine).
+    `split`: which split of a saved HF DatasetDict (refused when it has several and none is named)."""
+    fmt = detect_format(path)
+    if fmt == "jsonl":
+        yield from _jsonl_rows(path, start, stop)
+    elif fmt == "csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            for i, row in enumerate(csv.DictReader(f)):
+                if stop is not None and i >= stop:
+                    break
+                if i >= start:
+                    yield i, dict(row)
+    elif fmt == "parquet":
+        yield from _table_rows(_parquet_table(path), start, stop)
+    else:
+        yield from _hf_rows(path, start, stop, split)
+
+
+def _jsonl_rows(path: Path, start: int, stop: int | None) -> Iterator[Row]:
+    with path.open("rb") as f:
+        i = -1
+        for line in f:
+            if not line.strip():
+                continue  # blank lines are not rows: editors add them at the end
+            i += 1
+            if i < start:
+                continue
+            if stop is not None and i >= stop:
+                break
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                yield i, BadRow(f"invalid JSON: {exc}", line[:500].decode("utf-8", "replace"))
+                continue
+            raw = line[:500].decode("utf-8", "replace")
+            yield i, obj if isinstance(obj, dict) else BadRow("not a JSON object", raw)
+
+
+def _parquet_table(path: Path) -> Any:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SpecError.one(str(path), "data.datasets.path", "reading Parquet needs pyarrow",
+                            fix="pip install 'launcher[parquet]'") from None
+    return pq.read_table(path)
+
+
+def _table_rows(table: Any, start: int, stop: int | None) -> Iterator[Row]:
+    stop = table.num_rows if stop is None else min(stop, table.num_rows)
+    for offset, row in enumerate(table.slice(start, max(0, stop - start)).to_pylist()):
+        yield start + offset, row
+
+
+def _hf_rows(path: Path, start: int, stop: int | None, split: str | None = None) -> Iterator[Row]:
+    try:
+        from datasets import load_from_disk
+    except ImportError:
+        raise SpecError.one(str(path), "data.datasets.path", "reading a saved HF dataset needs `datasets`",
+                            fix="pip install datasets, or export the dataset to JSONL") from None
+    ds = load_from_disk(str(path))
+    if hasattr(ds, "keys"):  # a DatasetDict: the split named in the spec; one split needs no name
+        splits = list(ds.keys())
+        if split is None and len(splits) > 1:
+            raise SpecError.one(str(path), "data.datasets.split", f"a DatasetDict with {len(splits)} splits and none "
+                                "named", allowed=", ".join(splits), fix=f"add `split: {splits[0]}` to this dataset")
+        if split is not None and split not in splits:
+            raise SpecError.one(str(path), "data.datasets.split", f"no split {split!r} in this DatasetDict",
+                                allowed=", ".join(splits), fix="use one of the splits it has")
+        ds = ds[split or splits[0]]
+    elif split is not None:
+        raise SpecError.one(str(path), "data.datasets.split", f"split {split!r} named, but this is a single Dataset "
+                            "(no splits)", allowed="no split", fix="remove `split:` from this dataset")
+    stop = len(ds) if stop is None else min(stop, len(ds))
+    for i in range(start, stop):
+        yield i, dict(ds[i])
+
+
+def count_rows(path: Path, split: str | None = None) -> int:
+    """Rows in the dataset; fast enough for planning (a JSONL file is counted by its newlines)."""
+    fmt = detect_format(path)
+    if fmt == "jsonl":
+        with path.open("rb") as f:
+            return sum(1 for line in f if line.strip())
+    if fmt == "csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            return sum(1 for _ in csv.DictReader(f))
+    if fmt == "parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise SpecError.one(str(path), "data.datasets.path", "reading Parquet needs pyarrow",
+                                fix="pip install 'launcher[parquet]'") from None
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    return sum(1 for _ in _hf_rows(path, 0, None, split))
+
+
+def head_rows(path: Path, n: int, split: str | None = None) -> list[Row]:
+    """The first n rows, cheaply (a Parquet file is not read whole)."""
+    if detect_format(path) != "parquet":
+        return list(iter_rows(path, 0, n, split))
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SpecError.one(str(path), "data.datasets.path", "reading Parquet needs pyarrow",
+                            fix="pip install 'launcher[parquet]'") from None
+    batch = next(pq.ParquetFile(path).iter_batches(batch_size=n), None)
+    return list(enumerate(batch.to_pylist())) if batch is not None else []
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What planning learns from the first rows of a dataset: are any of them usable, and why not."""
+
+    rows: int
+    usable: int
+    bad: list[Quarantined]
+    columns: list[str]
+
+
+def sample_records(path: Path, fields: FieldNames, n: int = 200, split: str | None = None) -> Sample:
+    """Read the first n rows as a worker would (bad rows are quarantined there, not errors)."""
+    usable, bad, columns = 0, list[Quarantined](), list[str]()
+    rows = head_rows(path, n, split)
+    for row, obj in rows:
+        if isinstance(obj, dict) and not columns:
+            columns = [str(k) for k in obj]
+        item = to_record(row, obj, fields)
+        if isinstance(item, Record):
+            usable += 1
+        else:
+            bad.append(item)
+    return Sample(len(rows), usable, bad, columns)
+
+
+def to_record(row: int, obj: dict[str, Any] | BadRow, fields: FieldNames) -> Record | Quarantined:
+    if isinstance(obj, BadRow):
+        return Quarantined(row, obj.reason, obj.raw)
+    user = obj.get(fields.user_id)
+    if user is None or (isinstance(user, str) and not user.strip()):
+        return Quarantined(row, f"missing user id field {fields.user_id!r}", _short(obj))
+    if not isinstance(user, (str, int)) or isinstance(user, bool):
+        why = f"user id {fields.user_id!r} must be text or an integer, got {type(user).__name__}"
+        return Quarantined(row, why, _short(obj))
+    rid = obj.get(fields.record_id) if fields.record_id else user
+    if rid is None or (isinstance(rid, str) and not rid.strip()):
+        return Quarantined(row, f"missing record id field {fields.record_id!r}", _short(obj))
+    parts = {name: obj.get(getattr(fields, name)) for name in ("profile", "history", "context")}
+    if all(_empty(v) for v in parts.values()):
+        why = "profile, history and context are all empty: nothing to build a prompt from"
+        return Quarantined(row, why, _short(obj))
+    return Record(row, str(rid), str(user), parts["profile"], parts["history"], parts["context"], obj)
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, (str, list, dict)) and len(value) == 0)
+
+
+def _short(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False, default=str)[:500]
+
+
+def read_shard(path: Path, start: int, stop: int, fields: FieldNames,
+               split: str | None = None) -> tuple[list[Record], list[Quarantined]]:
+    records: list[Record] = []
+    bad: list[Quarantined] = []
+    for row, obj in iter_rows(path, start, stop, split):
+        item = to_record(row, obj, fields)
+        (records if isinstance(item, Record) else bad).append(item)  # type: ignore[arg-type]
+    return records, bad
+
+
+def first_rows(path: Path, fields: FieldNames, stop: int | None = None, split: str | None = None) -> dict[str, int]:
+    """record id -> the first row holding it, over rows [0, stop). A later row with the same id is a duplicate
+    wherever the shards are cut: ids are compared as text, so 1 and "1" are the same record."""
+    first: dict[str, int] = {}
+    for row, obj in iter_rows(path, 0, stop, split):
+        item = to_record(row, obj, fields)
+        if isinstance(item, Record):
+            first.setdefault(item.record_id, row)
+    return first
+
+
+def duplicate_ids(path: Path, fields: FieldNames, stop: int | None = None,
+                  split: str | None = None) -> dict[str, int]:
+    """record id -> how many rows share it (only ids held by more than one row)."""
+    counts: dict[str, int] = {}
+    for row, obj in iter_rows(path, 0, stop, split):
+        item = to_record(row, obj, fields)
+        if isinstance(item, Record):
+            counts[item.record_id] = counts.get(item.record_id, 0) + 1
+    return {k: v for k, v in counts.items() if v > 1}

@@ -1,0 +1,96 @@
+"""history.py: gathered runs -> a small local record of measured rates -> `plan`'s estimate of wall time and GPU-hours.
+
+Each gathered run adds one entry (keyed by run id, so gathering again changes nothing): the model's shape, the GPU,
+the backend, the output tokens per GPU-second over the generation window (wall clock) and the engine start-up. A
+plan for the same model shape uses the median of those entries. Kept in ~/.cache/launcher/history.json
+($LAUNCHER_HISTORY to move it); nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher.plan import Plan
+from launcher.store import read_json, write_json_atomic
+
+HISTORY_ENV = "LAUNCHER_HISTORY"
+MAX_ENTRIES = 500
+
+
+def history_path() -> Path:
+    value = os.environ.get(HISTORY_ENV)
+    if value:
+        return Path(value).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "launcher" / "history.json"
+
+
+def shape_key(plan: Plan) -> str:
+    """What the rate depends on besides the GPU: the model's shape, its quantization, the sampling length."""
+    from launcher.inputs.model import model_shape
+
+    spec = plan.spec
+    try:
+        s = model_shape(spec.model.path)
+        shape = f"{'/'.join(s.architectures) or '?'} h{s.hidden} l{s.layers} a{s.heads}/{s.kv_heads} {s.dtype}"
+    except (OSError, ValueError):
+        shape = "unknown"
+    return f"{shape} q={spec.model.quantization or 'none'}"
+
+
+def record_run(plan: Plan, headline: dict[str, Any], worker: dict[str, Any]) -> None:
+    """Add this run's measured rate (best effort: a history that cannot be written never fails a gather)."""
+    gen_s, tokens, gpus = headline.get("generation_wall_s"), headline.get("output_tokens"), headline.get("gpus")
+    if not gen_s or not tokens or not gpus:
+        return
+    engine = worker.get("engine") or {}
+    entry = {"shape": shape_key(plan), "gpu": engine.get("gpu_name") or "cpu", "backend": worker.get("backend"),
+             "tokens_per_gpu_s": round(tokens / gen_s / gpus, 2), "startup_s": headline.get("startup_s_max"),
+             "max_tokens": plan.spec.sampling.max_tokens, "n": plan.spec.data.num_samples, "gpus": gpus,
+             "samples": headline.get("samples"), "when": time.strftime("%Y-%m-%d")}
+    path = history_path()
+    with contextlib.suppress(OSError):
+        data = read_json(path)
+        runs = data.get("runs") or {}
+        runs[plan.run.run_id] = entry
+        if len(runs) > MAX_ENTRIES:
+            runs = dict(list(runs.items())[-MAX_ENTRIES:])
+        # wait_s=0: a read-only home (apptainer --contain runs the gather job) must not hold the gather up for the
+        # 300 s that job outputs wait out full or read-only storage
+        write_json_atomic(path, {"runs": runs}, wait_s=0)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    generation_s: float
+    startup_s: float
+    gpu_hours: float
+    tokens: int
+    basis: str  # which measurements, on which GPU
+
+
+def estimate(plan: Plan) -> tuple[Estimate | None, str]:
+    """(estimate, why) for this plan from earlier runs of the same model shape; (None, why not) without any."""
+    key = shape_key(plan)
+    path = history_path()
+    entries = [e for e in (read_json(path).get("runs") or {}).values() if e.get("shape") == key]
+    if not entries:
+        return None, f"no earlier run of this model shape ({key}) in {path}: an estimate comes after the first"
+    rate = statistics.median(e["tokens_per_gpu_s"] for e in entries)
+    startup = statistics.median(float(e.get("startup_s") or 0.0) for e in entries)
+    gpus = max(1, plan.gpus) if plan.spec.slurm.gpus_per_node else max(1, plan.jobs)
+    tokens = plan.total_samples * plan.spec.sampling.max_tokens
+    gen_s = tokens / (rate * gpus)
+    gpu_names = sorted({str(e.get("gpu")) for e in entries})
+    basis = (f"median of {len(entries)} earlier run(s) on {', '.join(gpu_names)}: {rate:,.0f} output tok/s per GPU, "
+             f"start-up {startup:.0f} s; at most {tokens:,} tokens (every sample at max_tokens)")
+    return Estimate(gen_s, startup, (gen_s + startup) * gpus / 3600, tokens, basis), basis
+
+
+__all__ = ["Estimate", "estimate", "history_path", "record_run", "shape_key"]

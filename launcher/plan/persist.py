@@ -1,0 +1,150 @@
+"""run_state.py: Plan <-> the run directory's spec.json + plan.json, and finding a run from what a user types.
+
+Written before anything is submitted: jobs read them, and a resubmit must see the same units. Everything on the
+node side opens a run from its directory (`load_plan(run_dir)`); the run id is that directory's name, never
+recomputed from the spec (which hashes input files: touching one mid-run must not move a job's outputs).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from launcher.errors import LauncherError, SpecError
+from launcher.inputs.identity import InputIdentity, changes, identify, model_changed
+from launcher.plan import Plan
+from launcher.spec import JobSpec
+from launcher.store import RunDir, write_json_atomic
+
+Choice = Literal["auto", "new", "resume"]
+
+
+def save_plan(plan: Plan) -> Path:
+    run = plan.run
+    run.root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run.spec_json, plan.spec.model_dump(mode="json"))
+    write_json_atomic(run.plan_json, plan.to_json())
+    return run.root
+
+
+def load_plan(run_dir: Path) -> Plan:
+    run = RunDir(Path(run_dir))
+    try:
+        raw = json.loads(run.spec_json.read_text())
+        obj = json.loads(run.plan_json.read_text())
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{run.root} is not a run directory ({exc.filename} missing); "
+                                "`launcher submit SPEC` creates one") from None
+    try:
+        spec = JobSpec.model_validate(_migrate(raw))
+    except ValidationError as exc:
+        raise LauncherError.one(str(run.spec_json), "", f"this run was written by another launcher version, which "
+                                f"this one cannot read ({exc.error_count()} field(s): {exc.errors()[0]['loc']})",
+                                fix="use the launcher version that wrote it (run.json says which), or submit the "
+                                    "spec again as a new run") from None
+    if "units" not in obj:
+        raise LauncherError.one(str(run.plan_json), "", "this run was planned by a launcher before workers (tasks, "
+                                "not units): it cannot be resumed by this one",
+                                fix="gather it with the launcher that ran it, or submit the spec again (a new run)")
+    units = Plan.units_from_json(obj)
+    return Plan(spec, run, units, obj.get("rows_per_dataset", {}), int(obj.get("jobs") or 1),
+                str(obj.get("jobs_reason") or ""))
+
+
+@dataclass
+class ResolvedRun:
+    """Which run directory a submit of this spec goes to, and why."""
+
+    run: RunDir
+    inputs: InputIdentity
+    changes: list[str] = field(default_factory=list)  # set when resuming a run whose inputs changed (--resume)
+    note: str = ""
+
+
+def runs_of(spec: JobSpec) -> list[RunDir]:
+    """The runs of this spec (its base id, and `<base>-<inputs>` made by --new-run), oldest first."""
+    root = Path(spec.output.dir) / "runs"
+    base = spec.run_id
+    if not root.is_dir():
+        return []
+    found = [d for d in root.iterdir()
+             if (d.name == base or d.name.startswith(base + "-")) and (d / "plan.json").exists()]
+    return [RunDir(d) for d in sorted(found, key=lambda d: (d / "plan.json").stat().st_mtime)]
+
+
+def resolve_run(spec: JobSpec, choice: Choice = "auto", strict: bool = True) -> ResolvedRun:
+    """The run a submit goes to. Its id is fixed here, once: the directory's name. Inputs whose content changed
+    since that run was submitted stop a strict resolve (exit 2) until the user chooses --new-run or --resume."""
+    now = identify(spec)
+    runs = runs_of(spec)
+    recorded = {r.root: r.read_run().get("inputs") or {} for r in runs}
+    same = [r for r in runs if recorded[r.root].get("digest") in (None, now.digest)]  # None: recorded before 0.2
+    base = RunDir.of(spec.output.dir, spec.run_id)
+    if choice == "new":
+        if same:
+            raise SpecError.one(_where(spec), "--new-run", f"run {same[-1].run_id} already holds exactly these inputs",
+                                fix=f"submit without --new-run to resume it, or `launcher status {same[-1].root}`")
+        return ResolvedRun(base if not runs else RunDir.of(spec.output.dir, f"{spec.run_id}-{now.digest[:6]}"), now,
+                           note="a new run for the changed inputs (--new-run)")
+    if same:
+        return ResolvedRun(same[-1], now)
+    if not runs:
+        return ResolvedRun(base, now)
+    latest = runs[-1]
+    diff = changes(recorded[latest.root], now)
+    if choice == "resume":
+        if model_changed(recorded[latest.root], now):
+            raise SpecError.one(_where(spec), "--resume", f"the model changed since run {latest.run_id} was "
+                                f"submitted ({'; '.join(diff)}): its samples would be presented as the new model's",
+                                fix="use --new-run: a run of its own for the new weights")
+        return ResolvedRun(latest, now, diff, note=f"resuming run {latest.run_id} with changed inputs (--resume)")
+    if not strict:
+        return ResolvedRun(latest, now, diff, note=f"the inputs changed since run {latest.run_id}: "
+                           + "; ".join(diff) + " (submit asks for --new-run or --resume)")
+    raise SpecError.one(_where(spec), "", f"the inputs changed since run {latest.run_id} was submitted: "
+                        + "; ".join(diff) + "; nothing was submitted",
+                        allowed="--new-run or --resume",
+                        fix=f"`launcher submit SPEC --new-run` starts a run of its own for the new inputs; "
+                            f"`--resume` goes on with run {latest.run_id} (done records keep their samples; the "
+                            "change is recorded in its run.json; not allowed when the model changed)")
+
+
+def _where(spec: JobSpec) -> str:
+    return spec.where("data")
+
+
+# Fields renamed since a run directory may have been written: old key -> new key, per section.
+RENAMED_FIELDS = {"data": {"scenario": "preamble"}}
+
+
+def _migrate(raw: dict[str, Any]) -> dict[str, Any]:
+    for section, renames in RENAMED_FIELDS.items():
+        part = raw.get(section)
+        if isinstance(part, dict):
+            for old, new in renames.items():
+                if old in part:
+                    value = part.pop(old)
+                    part.setdefault(new, value)
+    return raw
+
+
+def find_run_dir(target: str | Path) -> Path:
+    """A run dir, or an output dir holding runs (its newest), or a spec file (the run its inputs belong to)."""
+    p = Path(target)
+    if (p / "plan.json").exists():
+        return p
+    runs = p / "runs"
+    if runs.is_dir():
+        found = sorted((d for d in runs.iterdir() if (d / "plan.json").exists()), key=lambda d: d.stat().st_mtime)
+        if found:
+            return found[-1]
+    if p.is_file() and p.suffix in {".yaml", ".yml"}:
+        from launcher.spec import load_spec
+
+        return resolve_run(load_spec(p), strict=False).run.root
+    raise FileNotFoundError(f"no run found at {p}: give a run directory (<output.dir>/runs/<run id>), "
+                            "an output dir, or the spec file")

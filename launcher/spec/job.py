@@ -1,0 +1,87 @@
+"""spec/job.py: JobSpec, the whole job spec (one section each from spec/*.py), its fingerprint and run id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import Field, PrivateAttr, model_validator
+
+from launcher.spec.common import Slug, _FieldError, _Section
+from launcher.spec.container import ContainerSpec
+from launcher.spec.data import DataSpec
+from launcher.spec.model import ModelSpec
+from launcher.spec.output import OutputSpec
+from launcher.spec.sampling import SamplingSpec
+from launcher.spec.slurm import SlurmSpec
+
+
+class JobSpec(_Section):
+    name: Slug
+    """Job name: Slurm job name and part of the run id."""
+    model: ModelSpec
+    data: DataSpec
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
+    container: ContainerSpec = Field(default_factory=ContainerSpec)
+    output: OutputSpec
+    executor: Literal["slurm", "local"] = "slurm"
+    """slurm: submit an array with submitit. local: run the jobs as local processes (no cluster; the demo)."""
+    datasets: dict[Slug, str] = Field(default_factory=dict)
+    """The dataset catalog: name -> path (e.g. Chameleons: /shared/data/chameleons/scenarios.jsonl), usually kept
+    in a cluster profile or in a project file `launcher.yaml`. A data.datasets entry without a path, and
+    `launcher run --dataset NAME`, are found here."""
+    data_root: str | None = None
+    """Where datasets without a path or catalog entry are looked for: <data_root>/<name>.jsonl (or .parquet, .csv),
+    or <data_root>/<name>/scenarios.jsonl (or test.jsonl, data.jsonl); the name as given, then in lower case.
+    Also $LAUNCHER_DATA_ROOT."""
+    # Where each field was set ("spec.yaml:14", "--set ...", "--top_p"), for errors found after validation
+    # (plan.check_inputs). Not part of the spec: not serialized, not compared.
+    _origin: dict[tuple[str | int, ...], str] = PrivateAttr(default_factory=dict)
+    _root: str = PrivateAttr(default="<spec>")
+
+    @model_validator(mode="after")
+    def _conflicts(self) -> JobSpec:
+        tp = self.model.tensor_parallel_size
+        if self.model.backend == "hf" and isinstance(tp, int) and tp > 1:
+            raise _FieldError(("model", "tensor_parallel_size"), f"tensor_parallel_size {tp} with backend hf: the HF "
+                              "backend runs one engine per GPU (data-parallel), never tensor-parallel",
+                              "auto or 1 with backend hf", "use model.backend: vllm, or tensor_parallel_size: auto")
+        if self.model.max_model_len is not None and self.sampling.max_tokens >= self.model.max_model_len:
+            raise _FieldError(("sampling", "max_tokens"), f"max_tokens {self.sampling.max_tokens} leaves no room for "
+                              f"the prompt in max_model_len {self.model.max_model_len}: every record would be "
+                              "quarantined", f"less than model.max_model_len ({self.model.max_model_len})",
+                              "lower sampling.max_tokens or raise model.max_model_len")
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # dict fields: not hashable, as before
+
+    def where(self, *key: str | int) -> str:
+        """file:line (or the flag, or --set) that set `key`, else its closest parent's; "<spec>" when unknown."""
+        for n in range(len(key), -1, -1):
+            if key[:n] in self._origin:
+                return self._origin[key[:n]]
+        return self._root
+
+    def fingerprint(self) -> str:
+        """Hash of the spec's own fields that change the samples. Partition, time limit or output dir never change
+        it, nor do file dates: what the input files hold is checked at submit (inputs.py), not hashed here, so a
+        touched dataset keeps its run."""
+        affects: dict[str, Any] = {
+            "model": self.model.model_dump(exclude={"engine_args", "gpu_memory_utilization", "tensor_parallel_size",
+                                                    "hf_batch_size", "max_model_len"}),
+            "data": self.data.model_dump(exclude={"records_per_shard"}),
+            "sampling": self.sampling.model_dump(),
+        }
+        blob = json.dumps(affects, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    @property
+    def run_id(self) -> str:
+        """The base run id. A submit may pick another (`<base>-<inputs>` after --new-run): the run's own directory
+        name is the run id from then on (run_state.resolve_run)."""
+        return f"{self.name}-{self.fingerprint()[:10]}"

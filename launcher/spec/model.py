@@ -1,0 +1,74 @@
+"""spec/model.py: the model section: which checkpoint, which backend, how it is loaded and sized."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+
+from launcher.secrets import SECRET_ARG_RE
+from launcher.spec.common import _FieldError, _plain_path, _Section
+
+
+class ModelSpec(_Section):
+    path: str = Field(min_length=1)
+    """Folder of an HF-format checkpoint (config.json, weights, tokenizer). Relative: from the spec's folder."""
+    backend: Literal["auto", "vllm", "hf"] = "auto"
+    """auto: vLLM when it imports and supports the architecture, else HF transformers. The summary says which, why."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Weights and activations. auto: the checkpoint's torch_dtype (bf16 on GPU, fp32 on CPU)."""
+    quantization: str | None = None
+    """Passed to vLLM as is (awq, gptq, fp8, ...). fp8 quantizes a bf16 checkpoint online."""
+    max_model_len: int | None = Field(default=None, ge=16, le=1_048_576)
+    """Context length for vLLM. Unset: the longest prompt + max_tokens, rounded up, at most 8192 (the old default)."""
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    """Fraction of each GPU's memory vLLM may take (weights + KV cache)."""
+    tensor_parallel_size: Literal["auto", "all"] | Annotated[int, Field(ge=1, le=64)] = "auto"
+    """auto: smallest TP that fits the weights and divides the heads; the other GPUs run data-parallel replicas.
+    all: every GPU of the task in one TP group (the old behaviour). An int is obeyed or refused with a reason."""
+    trust_remote_code: bool = False
+    """Let transformers/vLLM run Python code shipped with the checkpoint."""
+    load_format: Literal["auto", "safetensors", "pt", "dummy"] = "auto"
+    """dummy: random weights from config.json only (benchmarks of an architecture without its weights)."""
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    """Extra vLLM `LLM(...)` arguments (max_num_seqs, enable_prefix_caching, ...). They always win over auto sizing."""
+    hf_batch_size: int | None = Field(default=None, ge=1, le=4096)
+    """Records per HF generate() call. Unset: 8 on CPU, 32 on GPU."""
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _plain_path(value, "the model path")
+
+    @field_validator("quantization")
+    @classmethod
+    def _quantization(cls, value: str | None) -> str | None:
+        from launcher.spec.engine_values import QUANTIZATION, did_you_mean
+
+        if value is not None and value not in QUANTIZATION:
+            raise _FieldError((), f"unknown quantization {value!r}", f"one of vLLM's: {', '.join(QUANTIZATION)}",
+                              did_you_mean(value, QUANTIZATION) or "remove it for an unquantized checkpoint; an AWQ "
+                              "checkpoint says awq in its config.json")
+        return value
+
+    @field_validator("engine_args")
+    @classmethod
+    def _enumerated(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from launcher.spec.engine_values import ENUMERATED_ENGINE_ARGS, did_you_mean
+
+        for key, allowed in ENUMERATED_ENGINE_ARGS.items():
+            if key in value and str(value[key]) not in allowed:
+                raise _FieldError((key,), f"{key} {value[key]!r} is not a value vLLM accepts", ", ".join(allowed),
+                                  did_you_mean(str(value[key]), allowed) or f"use one of the allowed values, or "
+                                  f"remove {key} (auto)")
+        return value
+
+    @field_validator("engine_args")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        secret = [k for k in value if SECRET_ARG_RE.search(k)]
+        if secret:
+            raise _FieldError((secret[0],), f"{secret[0]!r} looks like a credential; engine_args are "
+                              "stored in plain text in the run directory (spec.json)", "vLLM engine arguments",
+                              "remove it and pass the secret as container.env (e.g. HF_TOKEN), which is redacted")
+        return value

@@ -1,0 +1,114 @@
+"""plan_view.py: Plan -> what `launcher plan` shows: units, worker jobs and GPUs, an estimate, the sbatch header, the
+container argv."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from launcher.plan import Plan
+
+
+def sbatch_preview(plan: Plan, n_tasks: int | None = None) -> str:
+    """The sbatch script submitit would write for the array (its own renderer, nothing submitted)."""
+    from submitit.slurm import slurm as ss
+
+    from launcher.submit.executors import executor_params, python_command
+
+    spec = plan.spec
+    ex = ss.SlurmExecutor(folder=plan.run.logs, python=python_command(spec, plan.run.root))
+    generic = executor_params(spec, plan.run.root)
+    # AutoExecutor's generic names -> SlurmExecutor's own (the same translation submitit does internally).
+    mapping = {"timeout_min": "time", "cpus_per_task": "cpus_per_task", "gpus_per_node": "gpus_per_node",
+               "nodes": "nodes", "tasks_per_node": "ntasks_per_node", "name": "job_name"}
+    params: dict[str, Any] = {}
+    for k, v in generic.items():
+        params[mapping.get(k, k.removeprefix("slurm_"))] = v
+    params["map_count"] = n_tasks if n_tasks is not None else plan.jobs
+    ex.update_parameters(**{k: v for k, v in params.items() if k != "map_count"})
+    ex.parameters["map_count"] = params["map_count"]
+    text: str = ex._make_submission_file_text(ex._submitit_command_str, "preview")
+    return text
+
+
+def container_argv_preview(plan: Plan) -> list[str] | None:
+    """The container argv a task would exec. container.env values show as <hidden>: plan output lands in terminals
+    and CI logs, and the real argv never holds them either (the runtime gets them through its environment)."""
+    spec = plan.spec
+    if spec.container.runtime == "none":
+        return None
+    from launcher.containers.shim import preview_argv
+
+    return preview_argv(spec, plan.run.root, gpu_count=spec.slurm.gpus_per_node)
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    from launcher.plan.estimate import estimate
+    from launcher.plan.preflight import duplicate_report
+
+    est, why = estimate(plan)
+    return {"run_id": plan.run.run_id, "run_dir": str(plan.run.root), "units": len(plan.units),
+            "jobs": plan.jobs, "jobs_reason": plan.jobs_reason, "gpus_per_job": plan.spec.slurm.gpus_per_node,
+            "gpus": plan.gpus, "records": plan.total_records, "samples": plan.total_samples,
+            "rows_per_dataset": plan.rows_per_dataset,
+            "estimate": {"generation_s": round(est.generation_s, 1), "startup_s": round(est.startup_s, 1),
+                         "gpu_hours": round(est.gpu_hours, 3), "basis": est.basis} if est else None,
+            "estimate_reason": why, "duplicates": duplicate_report(plan.spec),
+            "unit_list": [{"index": u.index, "unit_id": u.unit_id, "rows": [u.start, u.stop]} for u in plan.units],
+            "sbatch": sbatch_preview(plan) if plan.spec.executor == "slurm" else None,
+            "container_argv": container_argv_preview(plan)}
+
+
+def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0.0) -> None:
+    from launcher.plan.estimate import estimate
+
+    spec = plan.spec
+    table = Table(title=f"plan for {spec.name} (run {plan.run.run_id})", show_lines=False)
+    for col in ("#", "unit id", "dataset", "ablation", "rows", "samples"):
+        table.add_column(col, justify="right" if col in {"#", "rows", "samples"} else "left")
+    for u in plan.units[:show]:
+        table.add_row(str(u.index), u.unit_id, u.dataset, u.ablation, f"{u.start}-{u.stop - 1}",
+                      str(u.rows * spec.data.num_samples))
+    if len(plan.units) > show:
+        table.add_row("...", f"{len(plan.units) - show} more", "", "", "", "")
+    console.print(table)
+    s = spec.slurm
+    console.print(f"[bold]{len(plan.units)}[/] unit(s), {plan.total_records} records x {spec.data.num_samples} samples"
+                  f" = [bold]{plan.total_samples}[/] samples; executor {spec.executor}; planned in {seconds:.2f}s")
+    workers = f"one worker per GPU group of its {s.gpus_per_node} GPU(s)" if s.gpus_per_node else "one worker on CPU"
+    console.print(f"[bold]{plan.jobs}[/] worker job(s) ({plan.jobs_reason}), {workers}: "
+                  f"[bold]{plan.gpus}[/] GPU(s) at most; each worker starts its engine once and claims units until "
+                  "none is left")
+    from launcher.plan.preflight import duplicate_report
+
+    for line in duplicate_report(spec):
+        console.print(f"[yellow]duplicates:[/] {line}", soft_wrap=True)
+    est, why = estimate(plan)
+    if est is not None:
+        wall = est.startup_s + est.generation_s
+        console.print(f"estimate: ~{_duration(wall)} wall ({_duration(est.startup_s)} start-up + at most "
+                      f"{_duration(est.generation_s)} generating), ~{est.gpu_hours:.2f} GPU-hours; {est.basis}")
+    else:
+        console.print(f"estimate: none ({why})")
+    console.print(f"per job: {s.gpus_per_node} GPU(s), {s.cpus_per_gpu * max(1, s.gpus_per_node)} CPUs, "
+                  f"mem {s.mem or 'cluster default'}, time {s.time}; partition {s.partition or 'default'}"
+                  + (f", at most {s.array_parallelism} at once" if s.array_parallelism else ""))
+    console.print(f"outputs: {plan.run.output_dir}/<dataset>/<ablation>/   run state: {plan.run.root}")
+    if spec.executor == "slurm":
+        console.rule("sbatch script submit would write")
+        console.print(sbatch_preview(plan), markup=False, highlight=False)
+    argv = container_argv_preview(plan)
+    if argv:
+        console.rule(f"container argv ({spec.container.runtime}; GPU ids filled in at run time, env values hidden)")
+        console.print(repr(argv), markup=False, highlight=False)
+    console.print("nothing was submitted. `launcher submit` with the same spec submits exactly this.")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

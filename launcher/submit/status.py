@@ -1,0 +1,308 @@
+"""status.py: run dir -> the run's worker jobs (Slurm state, node, requeues, last error), their workers (GPUs, the
+unit each holds, records, rate) and its units (done, running, pending, failed), plus the run's wall-clock figures.
+And `cancel`.
+
+Two sources, because each lags where the other does not: squeue knows live jobs at once (pending, running, and why
+pending) but forgets them when they end; sacct keeps finished jobs but learns of new ones ~5 s late. The run
+directory beats both for the work itself: a unit's done.json means DONE whatever Slurm says.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from launcher.plan import Plan
+from launcher.plan.persist import load_plan
+from launcher.store import RunDir, read_json
+from launcher.store.claims import lease_s
+from launcher.submit.executors import task_job_ids
+
+UNITS_SHOWN = 30
+
+FINAL = {"DONE", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+         "NOT SUBMITTED", "INTERRUPTED"}
+COLORS = {"DONE": "green", "FAILED": "red", "RUNNING": "yellow", "CANCELLED": "magenta", "TIMEOUT": "red",
+          "OUT_OF_MEMORY": "red", "PENDING": "cyan"}
+
+
+@dataclass
+class JobState:
+    state: str  # RUNNING, PENDING, FAILED, ... ("CANCELLED by 0" -> CANCELLED)
+    node: str | None
+    reason: str  # why pending (JobArrayTaskLimit, JobHeldUser, BeginTime after a requeue, Dependency)
+
+
+@dataclass
+class JobStatus:
+    index: int  # the array element (worker job)
+    state: str
+    reason: str
+    node: str | None
+    job_id: str | None
+    requeues: int  # restarts of the latest job (preemption, time limit, retries)
+    failures: int  # failed attempts in the latest submission (each retried until slurm.max_retries)
+    last_error: str
+
+
+@dataclass
+class WorkerStatus:
+    worker: str  # <job>.<replica>
+    host: str
+    gpus: list[str]
+    state: str  # starting, loading, running, done, idle, preempted, failed, lost (no heartbeat)
+    units: list[str]  # what it holds now
+    units_done: int
+    records: int
+    samples: int
+    samples_per_s: float | None  # its own rate over its generation window
+    restart: int
+    error: str
+
+
+@dataclass
+class UnitStatus:
+    unit_id: str
+    state: str  # DONE, RUNNING, PENDING, FAILED
+    records_done: int
+    records_total: int
+    owner: str  # the worker running it
+    failures: int
+    last_error: str
+
+
+@dataclass
+class RunStatus:
+    run_id: str
+    run_dir: str
+    jobs: list[JobStatus]
+    workers: list[WorkerStatus]
+    units: list[UnitStatus]
+    gather_job_id: str | None
+    gather_state: str | None
+    run_figures: dict[str, Any]
+    warnings: list[str]  # requests not honoured (a TP size, a backend), from the workers
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(u.state for u in self.units))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "run_dir": self.run_dir, "counts": self.counts,
+                "gather": {"job_id": self.gather_job_id, "state": self.gather_state}, "run": self.run_figures,
+                "warnings": self.warnings,
+                "jobs": [asdict(j) for j in self.jobs], "workers": [asdict(w) for w in self.workers],
+                "units": [asdict(u) for u in self.units]}
+
+
+def _expand(job_id: str) -> list[str]:
+    """sacct shows a pending array's rest as one row, 12_[4-11%12]: one id per element."""
+    from submitit.slurm.slurm import read_job_id
+
+    try:
+        parts = read_job_id(job_id)
+    except (ValueError, AttributeError):
+        return [job_id]
+    out = []
+    for part in parts:
+        if len(part) == 3:
+            out += [f"{part[0]}_{i}" for i in range(int(part[1]), int(part[2]) + 1)]
+        else:
+            out.append("_".join(part))
+    return out
+
+
+def _run(cmd: list[str]) -> str:
+    if not shutil.which(cmd[0]):
+        return ""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout if out.returncode == 0 else ""
+
+
+def _parse(text: str) -> dict[str, JobState]:
+    states: dict[str, JobState] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 4 or "." in parts[0]:  # job steps (123.batch) are not tasks
+            continue
+        node = parts[2] if parts[2] not in {"", "None assigned", "(null)"} else None
+        reason = "" if parts[3] in {"None", "(null)"} else parts[3]
+        for jid in _expand(parts[0]):
+            states[jid] = JobState(parts[1].split()[0] if parts[1] else "UNKNOWN", node, reason)
+    return states
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, JobState]:
+    """Job or array element id -> state: sacct for the record, squeue on top for what is live now."""
+    if not job_ids:
+        return {}
+    ids = ",".join(job_ids)
+    states = _parse(_run(["sacct", "-n", "-P", "-X", "-j", ids, "-o", "JobID,State,NodeList,Reason"]))
+    states.update(_parse(_run(["squeue", "-h", "-r", "-j", ids, "-o", "%i|%T|%N|%r"])))
+    return states
+
+
+def collect(run_dir: Path) -> RunStatus:
+    plan = load_plan(run_dir)
+    run = plan.run.read_run()
+    subs = [s for s in run.get("submissions", []) if s.get("executor", "slurm") == "slurm"]
+    element_of = _submitted_elements(subs)
+    latest = (run.get("submissions") or [{}])[-1]
+    gather_id = next((s["gather_job_id"] for s in reversed(subs) if s.get("gather_job_id")), None)
+    states = slurm_states(task_job_ids(run) + ([gather_id] if gather_id else []))
+    local = latest.get("executor") == "local"
+    reports = _latest_reports(plan)
+    jobs = [_job_status(plan, i, element_of.get(i), states, local, reports)
+            for i in range(int(latest.get("jobs") or 0))]
+    workers = [_worker_status(r) for r in reports.values()]
+    units = [_unit_status(plan, u, latest.get("submission")) for u in plan.units]
+    gather = states.get(gather_id) if gather_id else None
+    from launcher.gather.throughput import run_figures
+
+    return RunStatus(plan.run.run_id, str(run_dir), jobs, workers, units, gather_id,
+                     (gather.state if gather else "SUBMITTED") if gather_id else None,
+                     run_figures(plan).headline(), run_warnings(plan))
+
+
+def run_warnings(plan: Plan) -> list[str]:
+    """What the workers could not honour, each once (a requeued worker says it again)."""
+    seen: dict[str, None] = {}
+    for r in plan.run.worker_reports():
+        for w in r.get("warnings") or []:
+            seen.setdefault(str(w), None)
+    return list(seen)
+
+
+def _latest_reports(plan: Plan) -> dict[str, dict[str, Any]]:
+    """worker slot -> its newest process's report."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in plan.run.worker_reports():
+        out[str(r.get("slot"))] = r
+    return out
+
+
+def _job_status(plan: Plan, index: int, jid: str | None, states: dict[str, JobState], local: bool,
+                reports: dict[str, dict[str, Any]]) -> JobStatus:
+    from launcher.job.retries import read_failures
+
+    job_dir = plan.run.job(index)
+    job = states.get(jid) if jid else None
+    live = read_json(job_dir.live)
+    failures = [f for f in read_failures(job_dir.root) if f.get("submission") == (jid or "").split("_")[0]]
+    mine = [r for slot, r in reports.items() if slot.split(".")[0] == str(index)]
+    all_done = all(plan.run.unit(u.unit_id).is_done() for u in plan.units)
+    if job is not None:
+        state, reason = job.state, job.reason
+    elif jid:  # sacct has not heard of a new job yet (~5 s)
+        state, reason = "SUBMITTED", ""
+    elif local:
+        state, reason = _local_state(plan, index, mine, all_done)
+    else:
+        state, reason = "NOT SUBMITTED", ""
+    fresh = live if live and live.get("job_id") == jid else {}
+    last_error = failures[-1]["error"] if failures else next((r["error"] for r in mine if r.get("error")), "") or ""
+    if not last_error and state in FINAL - {"DONE", "COMPLETED", "NOT SUBMITTED"}:
+        last_error = _last_log_error(plan.run.logs, jid)
+    return JobStatus(index, state, reason, (job.node if job else None) or fresh.get("host"), jid,
+                     int(fresh.get("restart") or 0), len(failures), last_error[:200])
+
+
+def _local_state(plan: Plan, index: int, reports: list[dict[str, Any]], all_done: bool) -> tuple[str, str]:
+    """A local job has no scheduler to ask: its process (from the submit lock's record) and its workers' reports."""
+    from launcher.submit.lock import read_local_processes
+
+    procs = [p for p in read_local_processes(plan.run.submit_lock) if p.task == index]
+    alive = any(p.alive() is not False for p in procs)
+    failed = [r for r in reports if r.get("state") == "failed"]
+    if alive:
+        return "RUNNING", "local process"
+    if failed:
+        return "FAILED", "a worker raised"
+    interrupted = read_json(plan.run.root / "interrupted.json")
+    submitted = ((plan.run.read_run().get("submissions") or [{}])[-1]).get("submitted_epoch") or 0
+    if not all_done and interrupted and interrupted.get("time", 0) >= submitted:
+        return "INTERRUPTED", f"{interrupted.get('by')}: `launcher submit` the spec again to resume"
+    if all_done or any(r.get("state") in ("done", "idle") for r in reports):
+        return "COMPLETED", ""
+    return "FAILED" if procs else "LOCAL", "ended without a report (killed?)" if procs else "submitted"
+
+
+def _worker_status(r: dict[str, Any]) -> WorkerStatus:
+    state = str(r.get("state") or "?")
+    if r.get("ended") is None and time.time() - float(r.get("heartbeat_at") or r.get("started") or 0) > lease_s():
+        state = "lost"  # no heartbeat for a lease: the process died without a word (SIGKILL, node failure)
+    first, last = r.get("first_request_at"), r.get("last_write_at")
+    rate = r["samples"] / (last - first) if first and last and last > first and r.get("samples") else None
+    return WorkerStatus(str(r.get("slot")), str(r.get("host")), list(r.get("gpus") or []), state,
+                        list(r.get("current_units") or []), len(r.get("units_done") or []), int(r.get("records") or 0),
+                        int(r.get("samples") or 0), rate, int(r.get("restart") or 0), str(r.get("error") or "")[:200])
+
+
+def _unit_status(plan: Plan, unit: Any, submission: str | None) -> UnitStatus:
+    udir = plan.run.unit(unit.unit_id)
+    failures = [f for f in udir.read_failures() if f.get("submission") == submission]
+    last_error = str(failures[-1].get("error", "")) if failures else ""
+    if udir.is_done():  # every row handled: generated or quarantined
+        return UnitStatus(unit.unit_id, "DONE", unit.rows, unit.rows, "", len(failures), last_error[:200])
+    rows = sum(p.read_bytes().count(b"\n") for p in udir.chunk_files())
+    head = udir.claims.head()
+    if len(failures) > plan.spec.slurm.max_retries:
+        state, owner = "FAILED", ""
+    elif head is not None and not head.released and head.age_s < lease_s():
+        state, owner = "RUNNING", head.owner.worker
+    else:
+        state, owner = "PENDING", ""
+    return UnitStatus(unit.unit_id, state, rows, unit.rows, owner, len(failures), last_error[:200])
+
+
+def _submitted_elements(subs: list[dict[str, Any]]) -> dict[int, str]:
+    """job index -> the Slurm job (or array element) id of its newest submission."""
+    out: dict[int, str] = {}
+    for sub in subs:
+        ids = sub.get("job_ids", [])
+        indices = sub.get("job_indices") or list(range(len(ids)))
+        for idx, jid in zip(indices, ids, strict=False):
+            out[idx] = jid
+    return out
+
+
+def _last_log_error(logs: Path, job_id: str | None) -> str:
+    if not job_id:
+        return ""
+    from launcher.job.retries import log_tail
+
+    lines = log_tail(logs / f"{job_id}_0_log.err", 40)
+    for line in reversed(lines):
+        if "Error" in line or "error" in line or "Killed" in line:
+            return line.strip()
+    return lines[-1] if lines else ""
+
+
+def cancel_run(run_dir: Path, console: Console) -> int:
+    """scancel every job of the run that Slurm still holds: the task arrays and the gather jobs."""
+    run = RunDir(Path(run_dir)).read_run()
+    gathers = {s["gather_job_id"] for s in run.get("submissions", []) if s.get("gather_job_id")}
+    ids = sorted(set(task_job_ids(run)) | gathers, key=int)
+    if not ids:
+        console.print("no Slurm jobs recorded for this run")
+        return 0
+    live = sorted(set(_run(["squeue", "-h", "-j", ",".join(ids), "-o", "%F"]).split()), key=int)
+    if not live:
+        console.print(f"nothing to cancel: every job of this run ({', '.join(ids)}) has ended")
+        return 0
+    proc = subprocess.run(["scancel", *live], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        console.print(f"scancel {' '.join(live)} failed: {proc.stderr.strip()}")
+        return 1
+    console.print(f"cancelled {', '.join(live)}; finished records are kept: `launcher submit` the spec again to resume")
+    return 0
