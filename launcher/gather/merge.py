@@ -24,7 +24,7 @@ from typing import Any
 from launcher import __version__
 from launcher.gather.throughput import RunFigures, cell_figures, run_figures
 from launcher.plan import Plan, Unit
-from launcher.store import dumps_line, safe_filename, write_atomic, write_json_atomic
+from launcher.store import OutputRow, dumps_line, safe_filename, write_atomic, write_json_atomic
 
 
 @dataclass
@@ -118,7 +118,7 @@ def _describe_missing(r: GroupReport, plan: Plan) -> str:
 def _gather_group(plan: Plan, dataset: str, ablation: str, units: list[Unit], out: Path,
                   figures: RunFigures, flat: bool = False) -> GroupReport:
     report = GroupReport(dataset, ablation, out)
-    rows: dict[int, dict[str, Any]] = {}
+    rows: dict[int, OutputRow] = {}
     quarantine: list[dict[str, Any]] = []
     n = plan.spec.data.num_samples
     for unit in sorted(units, key=lambda u: u.start):
@@ -153,7 +153,7 @@ def _gather_group(plan: Plan, dataset: str, ablation: str, units: list[Unit], ou
     return report
 
 
-def _write_group(plan: Plan, report: GroupReport, rows: list[dict[str, Any]], quarantine: list[dict[str, Any]],
+def _write_group(plan: Plan, report: GroupReport, rows: list[OutputRow], quarantine: list[dict[str, Any]],
                  units: list[Unit], figures: RunFigures, flat: bool = False) -> None:
     out = report.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -167,7 +167,7 @@ def _write_group(plan: Plan, report: GroupReport, rows: list[dict[str, Any]], qu
         pq.write_table(pa.Table.from_pylist(rows), sink)
         _put(out, "samples.parquet", sink.getvalue().to_pybytes(), report, hashes)
     else:
-        _put(out, "samples.jsonl", "".join(dumps_line(r) for r in rows).encode(), report, hashes)
+        _put(out, "samples.jsonl", "".join(dumps_line(dict(r)) for r in rows).encode(), report, hashes)
     _put(out, "quarantine.jsonl", "".join(dumps_line(q) for q in quarantine).encode(), report, hashes)
     if spec.output.per_user_json:
         for rel, data in _user_files(rows, "" if flat else "users/"):
@@ -183,11 +183,11 @@ def _write_group(plan: Plan, report: GroupReport, rows: list[dict[str, Any]], qu
 OWN_FILES = frozenset({"samples", "quarantine", "inference_summary", "manifest"})
 
 
-def _user_files(rows: list[dict[str, Any]], folder: str = "users/") -> Iterator[tuple[str, bytes]]:
+def _user_files(rows: list[OutputRow], folder: str = "users/") -> Iterator[tuple[str, bytes]]:
     """<user id>.json with generated_samples: under users/, or at the top of --output_dir as the old script wrote them
     (`launcher run` with its flags). safe_filename: an id such as '../../x' stays inside the folder; a user named like
     one of our own files gets a suffix instead of overwriting it."""
-    by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_user: dict[str, list[OutputRow]] = defaultdict(list)
     for row in rows:
         by_user[row["user_id"]].append(row)
     for user, recs in sorted(by_user.items()):
@@ -200,7 +200,7 @@ def _user_files(rows: list[dict[str, Any]], folder: str = "users/") -> Iterator[
         yield f"{folder}{name}.json", (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode()
 
 
-def summarize(plan: Plan, report: GroupReport, rows: list[dict[str, Any]], units: list[Unit],
+def summarize(plan: Plan, report: GroupReport, rows: list[OutputRow], units: list[Unit],
               figures: RunFigures) -> dict[str, Any]:
     """inference_summary.json: the old script's fields first (by the wall clock), then what a reader needs to trust
     the numbers: the run's own wall-clock figures, the workers beside them, the engine and why."""

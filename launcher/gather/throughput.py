@@ -13,28 +13,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from launcher.plan import Plan
-from launcher.store import read_json
+from launcher.store import WorkerReport, read_json
 
 
 @dataclass
 class RunFigures:
-    workers: list[dict[str, Any]]  # every worker process's last report (idle ones too), oldest first
+    workers: list[WorkerReport]  # every worker process's last report (idle ones too), oldest first
     layout: dict[str, Any] | None  # the last job attempt's TP x DP
 
-    def generating(self) -> list[dict[str, Any]]:
+    def generating(self) -> list[WorkerReport]:
         return [w for w in self.workers if w.get("first_request_at") and w.get("last_write_at")]
 
     def window(self) -> tuple[float, float] | None:
         busy = self.generating()
         if not busy:
             return None
-        return min(w["first_request_at"] for w in busy), max(w["last_write_at"] for w in busy)
+        return min(_t(w, "first_request_at") for w in busy), max(_t(w, "last_write_at") for w in busy)
 
-    def main_worker(self) -> dict[str, Any]:
-        return next((w for w in reversed(self.workers) if w.get("engine")), {})
+    def main_worker(self) -> WorkerReport:
+        return next((w for w in reversed(self.workers) if w.get("engine")), WorkerReport())
 
     def startup_max_s(self) -> float:
-        ready = [w["engine_ready_at"] - w["started"] for w in self.workers if w.get("engine_ready_at")]
+        ready = [_t(w, "engine_ready_at") - _t(w, "started") for w in self.workers if w.get("engine_ready_at")]
         return round(max(ready, default=0.0), 3)
 
     def headline(self) -> dict[str, Any]:
@@ -44,9 +44,9 @@ class RunFigures:
         tokens = sum(int(w.get("output_tokens") or 0) for w in busy)
         gen_s = round(win[1] - win[0], 3) if win else 0.0
         lives = [w for w in self.workers if w.get("ended") and w.get("started")]
-        e2e = round(max(w["ended"] for w in lives) - min(w["started"] for w in lives), 3) if lives else None
-        gpu_s = sum((w["ended"] - w["started"]) * _gpus(w) for w in lives)
-        busy_gpu_s = sum((w["last_write_at"] - w["first_request_at"]) * _gpus(w) for w in busy)
+        e2e = round(max(_t(w, "ended") for w in lives) - min(_t(w, "started") for w in lives), 3) if lives else None
+        gpu_s = sum((_t(w, "ended") - _t(w, "started")) * _gpus(w) for w in lives)
+        busy_gpu_s = sum((_t(w, "last_write_at") - _t(w, "first_request_at")) * _gpus(w) for w in busy)
         return {
             "samples": samples,
             "output_tokens": tokens,
@@ -67,13 +67,15 @@ class RunFigures:
         for w in self.workers:
             first, last = w.get("first_request_at"), w.get("last_write_at")
             gen = round(last - first, 3) if first and last else None
+            samples = int(w.get("samples") or 0)
+            ready = w.get("engine_ready_at")
             out.append({
                 "worker": w.get("slot"), "host": w.get("host"), "gpus": w.get("gpus"), "restart": w.get("restart"),
-                "state": w.get("state"), "samples": w.get("samples"), "generation_s": gen,
-                "samples_per_sec": round(w["samples"] / gen, 4) if gen and w.get("samples") else None,
-                "startup_s": round(w["engine_ready_at"] - w["started"], 3) if w.get("engine_ready_at") else None,
+                "state": w.get("state"), "samples": samples, "generation_s": gen,
+                "samples_per_sec": round(samples / gen, 4) if gen and samples else None,
+                "startup_s": round(ready - _t(w, "started"), 3) if ready else None,
                 "engine_start_at": (w.get("engine") or {}).get("startup", {}).get("engine_start_at"),
-                "engine_ready_at": w.get("engine_ready_at"), "started": w.get("started"), "ended": w.get("ended"),
+                "engine_ready_at": ready, "started": w.get("started"), "ended": w.get("ended"),
                 "units": w.get("units_done"),
             })
         return out
@@ -83,7 +85,13 @@ class RunFigures:
                 "workers": self.per_worker(), "layout": self.layout}
 
 
-def _gpus(w: dict[str, Any]) -> int:
+def _t(w: WorkerReport, key: str) -> float:
+    """A wall-clock field of a report (0.0 when absent: callers check presence first)."""
+    value = w.get(key)
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def _gpus(w: WorkerReport) -> int:
     return max(1, len(w.get("gpus") or []))
 
 

@@ -33,7 +33,7 @@ from launcher.plan import Plan
 from launcher.plan.layout import ParallelLayout, allocated_gpus, choose_layout, gpu_info
 from launcher.plan.persist import load_plan
 from launcher.slurm_env import SlurmEnv
-from launcher.store import read_json, write_json_atomic
+from launcher.store import WorkerReport, read_json, write_json_atomic
 
 log = logging.getLogger("launcher.job")
 STOP_GRACE_S = 60.0  # how long a preempted job waits for its worker processes to flush
@@ -88,7 +88,7 @@ class WorkerGroup:
         write_json_atomic(job.attempts / f"{int(started * 1000)}-{os.getpid()}.json", attempt)
         return {**attempt, "workers": reports}
 
-    def _run_children(self, layout: ParallelLayout) -> list[dict[str, Any]]:
+    def _run_children(self, layout: ParallelLayout) -> list[WorkerReport]:
         spec_json = json.dumps(layout.as_dict())
         for r in range(layout.data_parallel):
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(layout.replica_gpus(r)))
@@ -106,10 +106,11 @@ class WorkerGroup:
                                "taken by the other workers or a resubmit")
         return reports
 
-    def _child_reports(self, pids: list[int]) -> list[dict[str, Any]]:
+    def _child_reports(self, pids: list[int]) -> list[WorkerReport]:
         plan_run = load_plan(self.run_dir).run
         restart = SlurmEnv.current().restart
-        return [read_json(plan_run.worker_report(f"{self.index}.{r}", restart, pid)) for r, pid in enumerate(pids)]
+        return [WorkerReport(**read_json(plan_run.worker_report(f"{self.index}.{r}", restart, pid)))  # type: ignore[typeddict-item]
+                for r, pid in enumerate(pids)]
 
     def stop(self) -> None:
         """Preemption or time limit: every worker writes what it finished and gives its units back."""

@@ -35,7 +35,7 @@ from launcher.job.writer import ActiveUnit, ChunkWriter
 from launcher.plan import Plan, Unit
 from launcher.plan.layout import ParallelLayout
 from launcher.plan.persist import load_plan
-from launcher.store import ClaimBook, Owner, RunDir, write_json_atomic
+from launcher.store import ClaimBook, OutputRow, Owner, RunDir, WorkerReport, write_json_atomic
 from launcher.store.claims import HEARTBEAT_S
 
 log = logging.getLogger("launcher.job")
@@ -77,7 +77,7 @@ class Worker:
         self._skip: set[str] = set()  # units known done in this worker's view
         self._held_by_others: dict[str, float] = {}  # unit -> when we last saw a live owner
         self._report_lock = threading.Lock()
-        self.report: dict[str, Any] = {
+        self.report: WorkerReport = {
             "slot": cfg.slot, "job_index": cfg.job_index, "replica": cfg.replica, "host": socket.gethostname(),
             "pid": os.getpid(), "job_id": self.owner.job_id, "restart": self.owner.restart,
             "gpus": list(cfg.gpu_ids), "tensor_parallel_size": cfg.layout.tensor_parallel,
@@ -89,7 +89,7 @@ class Worker:
 
     # -- the loop -------------------------------------------------------------------------------------------------
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> WorkerReport:
         spec = self.plan.spec
         phases = self.report["startup_phases"]
         t0 = time.perf_counter()
@@ -213,7 +213,7 @@ class Worker:
         p = active.prepared
         rec = p.records[row_no]
         unit = p.unit
-        row: dict[str, Any] = {
+        row: OutputRow = {
             "row": rec.row, "record_id": rec.record_id, "user_id": rec.user_id, "dataset": unit.dataset,
             "ablation": unit.ablation, "prompt": p.prompts[row_no],
             "generated_samples": [s.text for s in comp.samples], "prompt_tokens": comp.prompt_tokens,
@@ -315,11 +315,11 @@ class Worker:
 
     def _set(self, **values: Any) -> None:
         with self._report_lock:
-            self.report.update(values)
+            self.report.update(values)  # type: ignore[typeddict-item]
 
-    def _snapshot(self) -> dict[str, Any]:
+    def _snapshot(self) -> WorkerReport:
         with self._report_lock:
-            report = dict(self.report)
+            report = WorkerReport(**self.report)
         report["units_done"] = [a.unit_id for a in self.active if a.finished]
         report["current_units"] = [a.unit_id for a in self.active if not a.finished and not a.lost]
         report["unit_windows"] = {a.unit_id: a.window() for a in self.active if a.first_at is not None}
@@ -329,7 +329,9 @@ class Worker:
 
     def _write_report(self) -> None:
         report = self._snapshot()
-        self.report.update({k: report[k] for k in ("units_done", "current_units", "unit_windows", "last_write_at")})
+        with self._report_lock:
+            self.report["units_done"], self.report["current_units"] = report["units_done"], report["current_units"]
+            self.report["unit_windows"], self.report["last_write_at"] = report["unit_windows"], report["last_write_at"]
         write_json_atomic(self.rundir.worker_report(self.cfg.slot, self.owner.restart, os.getpid()), report)
 
     def _heartbeat(self) -> None:

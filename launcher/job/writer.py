@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from launcher.job.prepare import PreparedUnit
-from launcher.store import Claim, UnitDir, write_json_atomic
+from launcher.store import Claim, OutputRow, UnitDir, UnitDone, write_json_atomic
 from launcher.store.unit_dir import chunk_listing
 
 log = logging.getLogger("launcher.job")
@@ -31,7 +31,7 @@ class ActiveUnit:
     remaining: int  # records of this attempt not written yet (the writer's count)
     completed: int = 0  # records the engine returned (the generating thread's count)
     seq: int = 0
-    buffer: list[dict[str, Any]] = field(default_factory=list)
+    buffer: list[OutputRow] = field(default_factory=list)
     records: int = 0
     samples: int = 0
     output_tokens: int = 0
@@ -64,7 +64,7 @@ class ChunkWriter:
         self.thread = threading.Thread(target=self._drain, name="chunk-writer", daemon=True)
         self.thread.start()
 
-    def add(self, active: ActiveUnit, row: dict[str, Any]) -> None:
+    def add(self, active: ActiveUnit, row: OutputRow) -> None:
         self.queue.put(("row", active, row))
 
     def finish_empty(self, active: ActiveUnit) -> None:
@@ -103,7 +103,7 @@ class ChunkWriter:
                 if kind == "flush":
                     a.set()
 
-    def _row(self, active: ActiveUnit, row: dict[str, Any]) -> None:
+    def _row(self, active: ActiveUnit, row: OutputRow) -> None:
         if active.lost:
             return
         if active not in self._open:
@@ -145,10 +145,11 @@ class ChunkWriter:
         if missing:
             raise RuntimeError(f"unit {active.unit_id}: {len(missing)} row(s) not in any good chunk after the run "
                                f"(first: {missing[:5]}); a rerun generates them")
-        write_json_atomic(active.dir.done_marker, {
-            "unit_id": active.unit_id, "rows": active.prepared.unit.rows, "records": len(active.prepared.records),
-            "quarantined": len(active.prepared.quarantined), "chunks": chunk_listing(scan),
-            "worker": self.worker, "generation": active.claim.generation, "finished_at": time.time()})
+        done = UnitDone(unit_id=active.unit_id, rows=active.prepared.unit.rows,
+                        records=len(active.prepared.records), quarantined=len(active.prepared.quarantined),
+                        chunks=chunk_listing(scan), worker=self.worker, generation=active.claim.generation,
+                        finished_at=time.time())
+        write_json_atomic(active.dir.done_marker, done)
         if active.last_at is None:
             active.last_at = time.time()
         active.finished = True

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.plan import Plan
-from launcher.store import read_json, write_json_atomic
+from launcher.store import WorkerReport, read_json, write_json_atomic
 
 HISTORY_ENV = "LAUNCHER_HISTORY"
 MAX_ENTRIES = 500
@@ -44,7 +44,7 @@ def shape_key(plan: Plan) -> str:
     return f"{shape} q={spec.model.quantization or 'none'}"
 
 
-def record_run(plan: Plan, headline: dict[str, Any], worker: dict[str, Any]) -> None:
+def record_run(plan: Plan, headline: dict[str, Any], worker: WorkerReport) -> None:
     """Add this run's measured rate (best effort: a history that cannot be written never fails a gather)."""
     gen_s, tokens, gpus = headline.get("generation_wall_s"), headline.get("output_tokens"), headline.get("gpus")
     if not gen_s or not tokens or not gpus:

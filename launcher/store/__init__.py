@@ -14,6 +14,7 @@ from launcher.store.atomic import (
     write_jsonl_atomic,
 )
 from launcher.store.claims import Claim, ClaimBook, Owner
+from launcher.store.records import OutputRow, UnitDone, WorkerReport
 from launcher.store.run_dir import JobDir, RunDir
 from launcher.store.unit_dir import ChunkScan, UnitDir
 
@@ -22,9 +23,12 @@ __all__ = [
     "Claim",
     "ClaimBook",
     "JobDir",
+    "OutputRow",
     "Owner",
     "RunDir",
     "UnitDir",
+    "UnitDone",
+    "WorkerReport",
     "dumps_line",
     "read_json",
     "read_jsonl",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.store.atomic import read_json
+from launcher.store.records import WorkerReport
 from launcher.store.unit_dir import UnitDir
 
 
@@ -93,13 +94,13 @@ class RunDir:
     def worker_report(self, slot: str, restart: int, pid: int) -> Path:
         return self.workers / f"{slot}-r{restart}-{pid}.json"
 
-    def worker_reports(self) -> list[dict[str, Any]]:
+    def worker_reports(self) -> list[WorkerReport]:
         """Every worker process's last report, oldest first."""
         try:
             paths = sorted(self.workers.glob("*.json"))
         except OSError:
             return []
-        reports = [r for r in (read_json(p) for p in paths) if r]
+        reports = [WorkerReport(**r) for r in (read_json(p) for p in paths) if r]  # type: ignore[typeddict-item]
         return sorted(reports, key=lambda r: r.get("started") or 0.0)
 
     def read_run(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from launcher.store.atomic import dumps_line, read_json, write_atomic, write_json_atomic
 from launcher.store.claims import ClaimBook
+from launcher.store.records import OutputRow, UnitDone
 
 CHUNK_RE = re.compile(r"^(\d{6})-(\d{6})-([0-9a-f]{16})\.jsonl$")
 
@@ -36,7 +37,7 @@ def chunk_digest(data: bytes) -> str:
 class ChunkScan:
     """What the chunks on disk hold: rows done, and the chunks that failed their checksum."""
 
-    rows: dict[int, dict[str, Any]] = field(default_factory=dict)
+    rows: dict[int, OutputRow] = field(default_factory=dict)
     good: dict[str, str] = field(default_factory=dict)  # chunk name -> digest
     damaged: list[Path] = field(default_factory=list)
     duplicates: int = 0  # rows in two chunks (a taken-over owner's last chunk): the same bytes, one kept
@@ -90,15 +91,15 @@ class UnitDir:
             for line in data.decode("utf-8").splitlines():
                 if not line.strip():
                     continue
-                row = json.loads(line)
+                row: OutputRow = json.loads(line)
                 if row["row"] in out.rows:
                     out.duplicates += 1
                     continue
-                out.rows[row["row"]] = row if keep_rows else {}
+                out.rows[row["row"]] = row if keep_rows else OutputRow()
         return out
 
-    def write_chunk(self, generation: int, seq: int, rows: list[dict[str, Any]]) -> Path:
-        data = "".join(dumps_line(r) for r in sorted(rows, key=lambda r: r["row"])).encode()
+    def write_chunk(self, generation: int, seq: int, rows: list[OutputRow]) -> Path:
+        data = "".join(dumps_line(dict(r)) for r in sorted(rows, key=lambda r: r["row"])).encode()
         path = self.chunks / f"{generation:06d}-{seq:06d}-{chunk_digest(data)}.jsonl"
         write_atomic(path, data)
         return path
@@ -119,8 +120,8 @@ class UnitDir:
             return []
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
-    def read_done(self) -> dict[str, Any]:
-        return read_json(self.done_marker)
+    def read_done(self) -> UnitDone:
+        return UnitDone(**read_json(self.done_marker))  # type: ignore[typeddict-item]
 
     def is_done(self) -> bool:
         """The marker is there (fast: what workers check before claiming). `verify()` checks the chunks too."""

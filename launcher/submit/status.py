@@ -21,7 +21,7 @@ from rich.console import Console
 
 from launcher.plan import Plan
 from launcher.plan.persist import load_plan
-from launcher.store import RunDir, read_json
+from launcher.store import RunDir, WorkerReport, read_json
 from launcher.store.claims import lease_s
 from launcher.submit.executors import task_job_ids
 
@@ -183,16 +183,16 @@ def run_warnings(plan: Plan) -> list[str]:
     return list(seen)
 
 
-def _latest_reports(plan: Plan) -> dict[str, dict[str, Any]]:
+def _latest_reports(plan: Plan) -> dict[str, WorkerReport]:
     """worker slot -> its newest process's report."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, WorkerReport] = {}
     for r in plan.run.worker_reports():
         out[str(r.get("slot"))] = r
     return out
 
 
 def _job_status(plan: Plan, index: int, jid: str | None, states: dict[str, JobState], local: bool,
-                reports: dict[str, dict[str, Any]]) -> JobStatus:
+                reports: dict[str, WorkerReport]) -> JobStatus:
     from launcher.job.retries import read_failures
 
     job_dir = plan.run.job(index)
@@ -217,7 +217,7 @@ def _job_status(plan: Plan, index: int, jid: str | None, states: dict[str, JobSt
                      int(fresh.get("restart") or 0), len(failures), last_error[:200])
 
 
-def _local_state(plan: Plan, index: int, reports: list[dict[str, Any]], all_done: bool) -> tuple[str, str]:
+def _local_state(plan: Plan, index: int, reports: list[WorkerReport], all_done: bool) -> tuple[str, str]:
     """A local job has no scheduler to ask: its process (from the submit lock's record) and its workers' reports."""
     from launcher.submit.lock import read_local_processes
 
@@ -237,7 +237,7 @@ def _local_state(plan: Plan, index: int, reports: list[dict[str, Any]], all_done
     return "FAILED" if procs else "LOCAL", "ended without a report (killed?)" if procs else "submitted"
 
 
-def _worker_status(r: dict[str, Any]) -> WorkerStatus:
+def _worker_status(r: WorkerReport) -> WorkerStatus:
     state = str(r.get("state") or "?")
     if r.get("ended") is None and time.time() - float(r.get("heartbeat_at") or r.get("started") or 0) > lease_s():
         state = "lost"  # no heartbeat for a lease: the process died without a word (SIGKILL, node failure)
