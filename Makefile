@@ -52,14 +52,16 @@ demo: $(VENV)/.core demo/model/config.json
 	$(BIN)/launcher submit configs/demo.yaml --wait
 	@echo; echo "outputs: demo/outputs/<dataset>/<ablation>/ (samples.jsonl, users/*.json, inference_summary.json, manifest.json)"
 
+# .venv/bin on PATH: the tests find the tools the venv installs (hadolint) as a user's shell would.
 test: install-test slurm-up containers-up
-	$(BIN)/python -m pytest -q tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
 
 test-fast: install-test
-	$(BIN)/python -m pytest -q tests -m "not slurm and not containers and not slow"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests -m "not slurm and not containers and not slow"
 
 lint: install-test
 	$(BIN)/ruff check launcher tests benchmarks
+	$(BIN)/ruff format --check launcher tests benchmarks
 	$(BIN)/mypy
 
 plan: $(VENV)/.core

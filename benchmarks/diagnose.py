@@ -47,15 +47,26 @@ def main(argv: list[str] | None = None) -> int:
         extra: dict[str, Any] = {}
         if loop.startswith("toolkit"):
             extra = {"detokenize": loop != "toolkit", "output_kind": RequestOutputKind.FINAL_ONLY}
-        return SamplingParams(n=shape["n"], temperature=1.0, top_p=0.9, top_k=50, max_tokens=shape["max_tokens"],
-                              seed=seed, ignore_eos=True, **extra)
+        return SamplingParams(
+            n=shape["n"],
+            temperature=1.0,
+            top_p=0.9,
+            top_k=50,
+            max_tokens=shape["max_tokens"],
+            seed=seed,
+            ignore_eos=True,
+            **extra,
+        )
 
     rows = []
     for loop in args.loops.split(","):
         t0 = time.perf_counter()
         if loop == "generate":
-            outs = llm.generate([TokensPrompt(prompt_token_ids=r["prompt_token_ids"]) for r in records],
-                                [params(r["seed"], loop) for r in records], use_tqdm=False)
+            outs = llm.generate(
+                [TokensPrompt(prompt_token_ids=r["prompt_token_ids"]) for r in records],
+                [params(r["seed"], loop) for r in records],
+                use_tqdm=False,
+            )
             samples = sum(len(o.outputs) for o in outs)
         else:
             engine = llm.llm_engine
@@ -68,11 +79,18 @@ def main(argv: list[str] | None = None) -> int:
                         first = first or time.perf_counter() - t0
                         samples += len(out.outputs)  # type: ignore[arg-type]
         seconds = time.perf_counter() - t0
-        rows.append({"loop": loop, "samples": samples, "seconds": round(seconds, 3),
-                     "samples_per_min": round(samples / seconds * 60, 1)})
+        rows.append(
+            {
+                "loop": loop,
+                "samples": samples,
+                "seconds": round(seconds, 3),
+                "samples_per_min": round(samples / seconds * 60, 1),
+            }
+        )
         print(f"[diagnose] {args.label} {loop}: {rows[-1]}", flush=True)
-    Path(args.out).write_text(json.dumps({"label": args.label, "engine_args": engine_args, "init_s": init_s,
-                                          "rows": rows}, indent=1))
+    Path(args.out).write_text(
+        json.dumps({"label": args.label, "engine_args": engine_args, "init_s": init_s, "rows": rows}, indent=1)
+    )
     return 0
 
 

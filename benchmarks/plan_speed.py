@@ -28,10 +28,17 @@ def main() -> None:
         (root / "model" / "tokenizer.json").write_text("{}")
         rows = "".join(json.dumps({"user_id": f"u{i}", "context": "c"}) + "\n" for i in range(5000))
         (root / "d.jsonl").write_text(rows)
-        spec = {"name": "speed", "model": {"path": "model", "backend": "hf"},
-                "data": {"datasets": [{"name": "d", "path": "d.jsonl"}], "ablation_configs": ["context_only", "full"],
-                         "records_per_shard": 1},
-                "output": {"dir": "out"}, "executor": "local"}
+        spec = {
+            "name": "speed",
+            "model": {"path": "model", "backend": "hf"},
+            "data": {
+                "datasets": [{"name": "d", "path": "d.jsonl"}],
+                "ablation_configs": ["context_only", "full"],
+                "records_per_shard": 1,
+            },
+            "output": {"dir": "out"},
+            "executor": "local",
+        }
         (root / "s.yaml").write_text(yaml.safe_dump(spec))
         times = []
         for _ in range(5):
@@ -39,9 +46,13 @@ def main() -> None:
             plan = expand(load_spec(root / "s.yaml"))
             times.append(time.perf_counter() - t0)
         assert len(plan.tasks) == 10_000
-    result = {"tasks": 10_000, "seconds_min": round(min(times), 3), "seconds_max": round(max(times), 3),
-              "machine": f"{platform.node()} {platform.machine()} (2 cores), python {platform.python_version()}",
-              "date": time.strftime("%Y-%m-%d")}
+    result = {
+        "tasks": 10_000,
+        "seconds_min": round(min(times), 3),
+        "seconds_max": round(max(times), 3),
+        "machine": f"{platform.node()} {platform.machine()} (2 cores), python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d"),
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))

@@ -36,8 +36,12 @@ def make_inputs(folder: Path, model: Path, tasks: int) -> Path:
         "extends": str(ROOT / "configs" / "slurm-local.yaml"),
         "name": "submit-speed",
         "model": {"path": str(model)},
-        "data": {"datasets": [{"name": "users", "path": str(data)}], "ablation_configs": ["context_only"],
-                 "records_per_shard": 1, "num_samples": 1},
+        "data": {
+            "datasets": [{"name": "users", "path": str(data)}],
+            "ablation_configs": ["context_only"],
+            "records_per_shard": 1,
+            "num_samples": 1,
+        },
         "slurm": {"gpus_per_node": 0, "extra_args": {"hold": True}, "gather": True},
         "output": {"dir": str(folder / "out")},
     }
@@ -69,8 +73,13 @@ def once(tasks: int, model: Path) -> dict[str, float]:
 
         spec_path = make_inputs(Path(tmp) / "cli", model, tasks)
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "launcher", "submit", str(spec_path)], capture_output=True,
-                              text=True, cwd=ROOT, env=dict(os.environ))
+        proc = subprocess.run(
+            [sys.executable, "-m", "launcher", "submit", str(spec_path)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=dict(os.environ),
+        )
         cli_s = time.perf_counter() - t0
         if proc.returncode != 0:
             raise SystemExit(f"launcher submit failed:\n{proc.stdout}\n{proc.stderr}")
@@ -92,12 +101,20 @@ def main() -> int:
         model = make_demo_model(Path(tmp) / "model")
         runs = [once(args.tasks, model) for _ in range(args.repeat)]
     result = {
-        "benchmark": "submit_speed", "tasks": args.tasks, "target_s": TARGET_S, "runs": runs,
-        "best_api_s": min(r["submit_api_s"] for r in runs), "best_cli_s": min(r["launcher_submit_cli_s"] for r in runs),
+        "benchmark": "submit_speed",
+        "tasks": args.tasks,
+        "target_s": TARGET_S,
+        "runs": runs,
+        "best_api_s": min(r["submit_api_s"] for r in runs),
+        "best_cli_s": min(r["launcher_submit_cli_s"] for r in runs),
         "worst_cli_s": max(r["launcher_submit_cli_s"] for r in runs),
-        "machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "slurm": subprocess.run(["sinfo", "--version"], capture_output=True, text=True).stdout.strip(),
-                    "cluster": "local test Slurm from slurm/up.sh (one node, slurmdbd)"},
+        "machine": {
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "slurm": subprocess.run(["sinfo", "--version"], capture_output=True, text=True).stdout.strip(),
+            "cluster": "local test Slurm from slurm/up.sh (one node, slurmdbd)",
+        },
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     result["ok"] = result["worst_cli_s"] < TARGET_S

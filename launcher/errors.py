@@ -43,8 +43,9 @@ class LauncherError(Exception):
         self.problems = list(problems)
 
     @classmethod
-    def one(cls, where: str, field: str, message: str, allowed: str = "", fix: str = "",
-            got: object = _UNSET) -> LauncherError:
+    def one(
+        cls, where: str, field: str, message: str, allowed: str = "", fix: str = "", got: object = _UNSET
+    ) -> LauncherError:
         return cls([Problem(where, field, message, allowed, fix, "" if got is _UNSET else repr(got))])
 
     @property
@@ -62,8 +63,9 @@ class SpecError(LauncherError):
     headline = "error in the job spec (nothing was submitted or written)"
 
     @classmethod
-    def one(cls, where: str, field: str, message: str, allowed: str = "", fix: str = "",
-            got: object = _UNSET) -> SpecError:
+    def one(
+        cls, where: str, field: str, message: str, allowed: str = "", fix: str = "", got: object = _UNSET
+    ) -> SpecError:
         return cls([Problem(where, field, message, allowed, fix, "" if got is _UNSET else repr(got))])
 
 

@@ -35,10 +35,16 @@ class SlurmEnv:
     def current(cls, env: Mapping[str, str] | None = None) -> SlurmEnv:
         env = os.environ if env is None else env
         count = (env.get("SLURM_GPUS_ON_NODE") or "").strip()
-        return cls(env.get("SLURM_JOB_ID") or None, env.get("SLURM_ARRAY_JOB_ID") or None,
-                   env.get("SLURM_ARRAY_TASK_ID") or None, int(env.get("SLURM_RESTART_COUNT") or 0),
-                   env.get("SUBMITIT_EXECUTOR") or None, env.get("SLURM_STEP_GPUS"), env.get("SLURM_JOB_GPUS"),
-                   int(count) if count.isdigit() else None)
+        return cls(
+            env.get("SLURM_JOB_ID") or None,
+            env.get("SLURM_ARRAY_JOB_ID") or None,
+            env.get("SLURM_ARRAY_TASK_ID") or None,
+            int(env.get("SLURM_RESTART_COUNT") or 0),
+            env.get("SUBMITIT_EXECUTOR") or None,
+            env.get("SLURM_STEP_GPUS"),
+            env.get("SLURM_JOB_GPUS"),
+            int(count) if count.isdigit() else None,
+        )
 
     @property
     def in_job(self) -> bool:
@@ -55,8 +61,7 @@ class SlurmEnv:
         """submitit's id of this job: "123_4" for an array element, "123" for a single job (names its logs)."""
         if self.job_id is None:
             return None
-        return f"{self.array_job_id}_{self.array_task_id}" if self.array_job_id and self.array_task_id else \
-            self.job_id
+        return f"{self.array_job_id}_{self.array_task_id}" if self.array_job_id and self.array_task_id else self.job_id
 
     @property
     def submission(self) -> str | None:

@@ -47,8 +47,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 USERS = [
-    {"user_id": f"u{i:02d}", "profile": {"age": 20 + i, "likes": ["films", "music"][i % 2]},
-     "history": [f"review {i}.{j}: fine" for j in range(1 + i % 3)], "context": f"Write about item {i}."}
+    {
+        "user_id": f"u{i:02d}",
+        "profile": {"age": 20 + i, "likes": ["films", "music"][i % 2]},
+        "history": [f"review {i}.{j}: fine" for j in range(1 + i % 3)],
+        "context": f"Write about item {i}.",
+    }
     for i in range(10)
 ]
 
@@ -68,8 +72,11 @@ def make_spec(tmp_path: Path, model_dir: Path, data_path: Path, name: str = "t",
     spec: dict[str, Any] = {
         "name": name,
         "model": {"path": str(model_dir), "backend": "hf"},
-        "data": {"datasets": [{"name": "users", "path": str(data_path)}], "ablation_configs": ["full"],
-                 "num_samples": 2},
+        "data": {
+            "datasets": [{"name": "users", "path": str(data_path)}],
+            "ablation_configs": ["full"],
+            "num_samples": 2,
+        },
         "sampling": {"max_tokens": 8, "seed": 7},
         "output": {"dir": str(tmp_path / "out"), "chunk_records": 2},
         "executor": "local",
@@ -86,11 +93,18 @@ def spec_file(tmp_path: Path, tiny_model: Path, users_file: Path) -> Path:
     return make_spec(tmp_path, tiny_model, users_file)
 
 
-def launcher(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-             timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def launcher(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
     """The real console entry point in a subprocess (exit codes and stdout as a user sees them)."""
-    return subprocess.run([sys.executable, "-m", "launcher", *args], capture_output=True, text=True, cwd=cwd or ROOT,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "launcher", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def read_samples(out_dir: Path) -> list[dict[str, Any]]:

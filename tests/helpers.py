@@ -25,8 +25,14 @@ class Stopped(RuntimeError):
     """A wait was abandoned because its caller was told to stop (the test module or the campaign ends)."""
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: float = 0.5,
-             stop: threading.Event | None = None, explain: Callable[[], str] | None = None) -> Any:
+def wait_for(
+    what: str,
+    check: Callable[[], Any],
+    timeout_s: float,
+    every_s: float = 0.5,
+    stop: threading.Event | None = None,
+    explain: Callable[[], str] | None = None,
+) -> Any:
     """Poll `check` until it returns something true, and return that. TimeoutError (with `explain()` appended)
     after `timeout_s`; Stopped as soon as `stop` is set."""
     deadline = time.monotonic() + timeout_s
@@ -42,6 +48,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: flo
 
 
 # ---------------------------------------------------------------- Slurm
+
 
 def _run(cmd: list[str], timeout_s: float = 30) -> str:
     try:
@@ -67,14 +74,16 @@ def sacct_states(job_id: str) -> list[str]:
 def in_queue(job_id: str) -> bool:
     """Slurm still holds the job (or an element of the array): pending, running, completing."""
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-j", job_id, "-o", "%i"], capture_output=True, text=True,
-                             timeout=30)
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-j", job_id, "-o", "%i"], capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.SubprocessError):
         return True
     return bool(out.stdout.strip())
 
 
 # ---------------------------------------------------------------- the launcher
+
 
 def submit(spec: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """`launcher submit SPEC` in a fresh process: the run dir it printed, and the process. RuntimeError if it failed."""
@@ -101,6 +110,7 @@ def job_log(run_dir: Path, job_id: str, stream: str = "out") -> Path:
 
 
 # ---------------------------------------------------------------- the run directory (store/run_dir.py's layout)
+
 
 def _json(path: Path) -> dict[str, Any]:
     try:
@@ -190,7 +200,28 @@ def records_by(report: dict[str, Any], unit_id: str, num_samples: int) -> int:
     return int(window[2]) // num_samples if window else 0
 
 
-__all__ = ["FINAL_JOB_STATES", "Stopped", "attempts", "chunk_files", "chunk_rows", "claim_owner", "in_queue",
-           "job_dir", "job_failures", "job_log", "job_state", "launcher", "live", "records_by", "requeue_markers",
-           "run_json", "sacct_states", "submissions", "submit", "unit_done", "unit_failures", "wait_for",
-           "worker_reports"]
+__all__ = [
+    "FINAL_JOB_STATES",
+    "Stopped",
+    "attempts",
+    "chunk_files",
+    "chunk_rows",
+    "claim_owner",
+    "in_queue",
+    "job_dir",
+    "job_failures",
+    "job_log",
+    "job_state",
+    "launcher",
+    "live",
+    "records_by",
+    "requeue_markers",
+    "run_json",
+    "sacct_states",
+    "submissions",
+    "submit",
+    "unit_done",
+    "unit_failures",
+    "wait_for",
+    "worker_reports",
+]

@@ -27,9 +27,18 @@ from launcher.cli import main
 from .conftest import ROOT, USERS, make_spec
 
 # ---- the world the specs point at -------------------------------------------------------------------------------
-SIX_HEADS = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_attention_heads": 6,
-             "num_key_value_heads": 2, "hidden_size": 384, "num_hidden_layers": 2, "intermediate_size": 768,
-             "vocab_size": 100, "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}
+SIX_HEADS = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "num_attention_heads": 6,
+    "num_key_value_heads": 2,
+    "hidden_size": 384,
+    "num_hidden_layers": 2,
+    "intermediate_size": 768,
+    "vocab_size": 100,
+    "max_position_embeddings": 4096,
+    "torch_dtype": "bfloat16",
+}
 
 
 def fake_model(folder: Path, config: object = SIX_HEADS, weights: bool = True, tokenizer: bool = True) -> Path:
@@ -60,9 +69,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "good.jsonl").write_text("".join(json.dumps(u) + "\n" for u in USERS))
     (d / "empty.jsonl").write_text("")
     (d / "blank.jsonl").write_text("\n\n   \n")
-    (d / "allbad.jsonl").write_text("{not json\n[1, 2]\n\"text\"\n")
-    (d / "uid.jsonl").write_text("".join(json.dumps({"uid": u["user_id"], "context": u["context"]}) + "\n"
-                                         for u in USERS))
+    (d / "allbad.jsonl").write_text('{not json\n[1, 2]\n"text"\n')
+    (d / "uid.jsonl").write_text(
+        "".join(json.dumps({"uid": u["user_id"], "context": u["context"]}) + "\n" for u in USERS)
+    )
     (d / "array.json").write_text(json.dumps(USERS, indent=2))
     (d / "latin1.csv").write_bytes("user_id,context\nu1,caf\xe9 cr\xe8me\n".encode("latin-1"))
     (d / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
@@ -127,166 +137,492 @@ def tp_case(tp: str, gpus: int, backend: str = "auto") -> str:
 CASES = [
     # -- wrong types
     Case("type-name-int", "type", edit("name: bad", "name: 123"), "name: 123", "name", "text"),
-    Case("type-num-samples-str", "type", edit("num_samples: 2", "num_samples: five"), "num_samples", "data.num_samples",
-         "whole number"),
-    Case("type-temperature-str", "type", edit("temperature: 1.0", "temperature: hot"), "temperature",
-         "sampling.temperature", "[0.0, 2.0]"),
-    Case("type-datasets-str", "type", edit("  datasets:\n    - name: users\n      path: @W@/data/good.jsonl\n",
-                                           "  datasets: @W@/data/good.jsonl\n"), "datasets:", "data.datasets", "list"),
-    Case("type-model-str", "type", edit("model:\n  path: @W@/model\n", "model: @W@/model\n"), "model:", "model",
-         "section"),
+    Case(
+        "type-num-samples-str",
+        "type",
+        edit("num_samples: 2", "num_samples: five"),
+        "num_samples",
+        "data.num_samples",
+        "whole number",
+    ),
+    Case(
+        "type-temperature-str",
+        "type",
+        edit("temperature: 1.0", "temperature: hot"),
+        "temperature",
+        "sampling.temperature",
+        "[0.0, 2.0]",
+    ),
+    Case(
+        "type-datasets-str",
+        "type",
+        edit("  datasets:\n    - name: users\n      path: @W@/data/good.jsonl\n", "  datasets: @W@/data/good.jsonl\n"),
+        "datasets:",
+        "data.datasets",
+        "list",
+    ),
+    Case(
+        "type-model-str",
+        "type",
+        edit("model:\n  path: @W@/model\n", "model: @W@/model\n"),
+        "model:",
+        "model",
+        "section",
+    ),
     Case("type-stop-int", "type", add("  stop: 3\n", after="  temperature: 1.0\n"), "stop: 3", "sampling.stop", "list"),
-    Case("type-gpus-float", "type", add("slurm:\n  gpus_per_node: 1.5\n"), "gpus_per_node", "slurm.gpus_per_node",
-         "[0, 16]"),
-    Case("type-per-user-json", "type", add("  per_user_json: maybe\n", after="  dir: @OUT@\n"), "per_user_json",
-         "output.per_user_json", "true or false"),
+    Case(
+        "type-gpus-float",
+        "type",
+        add("slurm:\n  gpus_per_node: 1.5\n"),
+        "gpus_per_node",
+        "slurm.gpus_per_node",
+        "[0, 16]",
+    ),
+    Case(
+        "type-per-user-json",
+        "type",
+        add("  per_user_json: maybe\n", after="  dir: @OUT@\n"),
+        "per_user_json",
+        "output.per_user_json",
+        "true or false",
+    ),
     Case("type-env-list", "type", add("container:\n  env:\n    A: [1]\n"), "A: [1]", "container.env.A", "text"),
     # -- out of range
-    Case("range-temperature", "range", edit("temperature: 1.0", "temperature: -0.2"), "temperature",
-         "sampling.temperature", "[0.0, 2.0]"),
-    Case("range-top-p", "range", add("  top_p: 1.5\n", after="  temperature: 1.0\n"), "top_p", "sampling.top_p",
-         "(0.0, 1.0]"),
+    Case(
+        "range-temperature",
+        "range",
+        edit("temperature: 1.0", "temperature: -0.2"),
+        "temperature",
+        "sampling.temperature",
+        "[0.0, 2.0]",
+    ),
+    Case(
+        "range-top-p",
+        "range",
+        add("  top_p: 1.5\n", after="  temperature: 1.0\n"),
+        "top_p",
+        "sampling.top_p",
+        "(0.0, 1.0]",
+    ),
     Case("range-top-k", "range", add("  top_k: -2\n", after="  temperature: 1.0\n"), "top_k", "sampling.top_k", "-1"),
-    Case("range-gpu-mem", "range", add("  gpu_memory_utilization: 0\n", after="  path: @W@/model\n"),
-         "gpu_memory_utilization", "model.gpu_memory_utilization", "(0.0, 1.0]"),
-    Case("range-num-samples", "range", edit("num_samples: 2", "num_samples: 5000"), "num_samples", "data.num_samples",
-         "1024"),
-    Case("range-max-tokens", "range", edit("max_tokens: 8", "max_tokens: 0"), "max_tokens", "sampling.max_tokens",
-         "131072"),
+    Case(
+        "range-gpu-mem",
+        "range",
+        add("  gpu_memory_utilization: 0\n", after="  path: @W@/model\n"),
+        "gpu_memory_utilization",
+        "model.gpu_memory_utilization",
+        "(0.0, 1.0]",
+    ),
+    Case(
+        "range-num-samples",
+        "range",
+        edit("num_samples: 2", "num_samples: 5000"),
+        "num_samples",
+        "data.num_samples",
+        "1024",
+    ),
+    Case(
+        "range-max-tokens",
+        "range",
+        edit("max_tokens: 8", "max_tokens: 0"),
+        "max_tokens",
+        "sampling.max_tokens",
+        "131072",
+    ),
     Case("range-seed", "range", add("  seed: -1\n", after="  temperature: 1.0\n"), "seed", "sampling.seed", "[0,"),
-    Case("range-max-model-len", "range", add("  max_model_len: 8\n", after="  path: @W@/model\n"), "max_model_len",
-         "model.max_model_len", "[16,"),
-    Case("range-tp-zero", "range", add("  tensor_parallel_size: 0\n", after="  path: @W@/model\n"),
-         "tensor_parallel_size", "model.tensor_parallel_size", "auto"),
+    Case(
+        "range-max-model-len",
+        "range",
+        add("  max_model_len: 8\n", after="  path: @W@/model\n"),
+        "max_model_len",
+        "model.max_model_len",
+        "[16,",
+    ),
+    Case(
+        "range-tp-zero",
+        "range",
+        add("  tensor_parallel_size: 0\n", after="  path: @W@/model\n"),
+        "tensor_parallel_size",
+        "model.tensor_parallel_size",
+        "auto",
+    ),
     Case("range-nodes", "range", add("slurm:\n  nodes: 2\n"), "nodes: 2", "slurm.nodes", "[1, 1]"),
-    Case("range-chunk-records", "range", add("  chunk_records: 0\n", after="  dir: @OUT@\n"), "chunk_records",
-         "output.chunk_records", "[1,"),
+    Case(
+        "range-chunk-records",
+        "range",
+        add("  chunk_records: 0\n", after="  dir: @OUT@\n"),
+        "chunk_records",
+        "output.chunk_records",
+        "[1,",
+    ),
     Case("range-time", "range", add("slurm:\n  time: 4h\n"), "time: 4h", "slurm.time", "HH:MM:SS"),
     Case("range-mem", "range", add("slurm:\n  mem: lots\n"), "mem: lots", "slurm.mem", "64G"),
     # -- unknown keys
     Case("unknown-top", "unknown", add("modle:\n  dtype: auto\n"), "modle:", "modle", "model"),
-    Case("unknown-temprature", "unknown", edit("temperature: 1.0", "temprature: 1.0"), "temprature",
-         "sampling.temprature", "temperature"),
+    Case(
+        "unknown-temprature",
+        "unknown",
+        edit("temperature: 1.0", "temprature: 1.0"),
+        "temprature",
+        "sampling.temprature",
+        "temperature",
+    ),
     Case("unknown-partion", "unknown", add("slurm:\n  partion: gpu\n"), "  partion:", "slurm.partion", "partition"),
-    Case("unknown-dataset-singular", "unknown", add("  dataset: x.jsonl\n", after="  num_samples: 2\n"), "dataset: x",
-         "data.dataset", "datasets"),
-    Case("unknown-output-directory", "unknown", add("  directory: /tmp/x\n", after="  dir: @OUT@\n"), "  directory:",
-         "output.directory", "dir"),
+    Case(
+        "unknown-dataset-singular",
+        "unknown",
+        add("  dataset: x.jsonl\n", after="  num_samples: 2\n"),
+        "dataset: x",
+        "data.dataset",
+        "datasets",
+    ),
+    Case(
+        "unknown-output-directory",
+        "unknown",
+        add("  directory: /tmp/x\n", after="  dir: @OUT@\n"),
+        "  directory:",
+        "output.directory",
+        "dir",
+    ),
     # -- missing
     Case("missing-name", "missing", edit("name: bad\n", ""), None, "name", "name:"),
     Case("missing-output", "missing", edit("output:\n  dir: @OUT@\n", ""), None, "output", "output:"),
-    Case("missing-model-path", "missing", edit("  path: @W@/model\n", "  backend: hf\n"), "model:", "model.path",
-         "path:"),
+    Case(
+        "missing-model-path", "missing", edit("  path: @W@/model\n", "  backend: hf\n"), "model:", "model.path", "path:"
+    ),
     # -- YAML syntax
     Case("yaml-tab", "yaml", edit("  num_samples: 2", "\tnum_samples: 2"), "num_samples", "", "tabs"),
     Case("yaml-unclosed-quote", "yaml", edit("name: bad", 'name: "bad'), None, "", "quote"),
     Case("yaml-unclosed-bracket", "yaml", add("  stop: [a, b\n", after="  temperature: 1.0\n"), None, "", "quote"),
-    Case("yaml-duplicate-key", "yaml", add("  temperature: 0.7\n", after="  temperature: 1.0\n"), "temperature: 0.7",
-         "sampling.temperature", "remove one"),
-    Case("yaml-python-tag", "yaml", add("extra: !!python/object/apply:os.system ['touch @W@/pwned']\n"), "extra:",
-         "", "tag"),
+    Case(
+        "yaml-duplicate-key",
+        "yaml",
+        add("  temperature: 0.7\n", after="  temperature: 1.0\n"),
+        "temperature: 0.7",
+        "sampling.temperature",
+        "remove one",
+    ),
+    Case(
+        "yaml-python-tag",
+        "yaml",
+        add("extra: !!python/object/apply:os.system ['touch @W@/pwned']\n"),
+        "extra:",
+        "",
+        "tag",
+    ),
     Case("yaml-not-mapping", "yaml", "- name: bad\n- model: x\n", "- name", "", "demo.yaml"),
     Case("yaml-two-documents", "yaml", BASE + "---\nname: other\n", "---", "", "indentation"),
-    Case("yaml-alias-bomb", "yaml", add("x0: &x0 [lol]\n" + "".join(f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 9)
-                                                                   + "]\n" for i in range(1, 8))),
-         None, "", "aliases"),
+    Case(
+        "yaml-alias-bomb",
+        "yaml",
+        add("x0: &x0 [lol]\n" + "".join(f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 9) + "]\n" for i in range(1, 8))),
+        None,
+        "",
+        "aliases",
+    ),
     # -- missing files
-    Case("file-model-missing", "files", edit("@W@/model\n", "@W@/nope-model\n"), "nope-model", "model.path",
-         "demo-model"),
-    Case("file-dataset-missing", "files", edit("good.jsonl", "missing.jsonl"), "missing.jsonl",
-         "data.datasets[0].path", "relative"),
-    Case("file-preamble-missing", "files", add("  preamble: @W@/nope.txt\n", after="  num_samples: 2\n"),
-         "preamble", "data.preamble", "path"),
-    Case("renamed-scenario", "fields", add("  scenario: @W@/nope.txt\n", after="  num_samples: 2\n"),
-         "scenario", "data.scenario", "rename"),
-    Case("file-template-missing", "files", add("  ablation_configs: [mine]\n  templates:\n    mine:\n"
-                                               "      file: @W@/nope.j2\n", after="  num_samples: 2\n"),
-         "file: @W@/nope.j2", "data.templates.mine.file", "relative"),
+    Case(
+        "file-model-missing", "files", edit("@W@/model\n", "@W@/nope-model\n"), "nope-model", "model.path", "demo-model"
+    ),
+    Case(
+        "file-dataset-missing",
+        "files",
+        edit("good.jsonl", "missing.jsonl"),
+        "missing.jsonl",
+        "data.datasets[0].path",
+        "relative",
+    ),
+    Case(
+        "file-preamble-missing",
+        "files",
+        add("  preamble: @W@/nope.txt\n", after="  num_samples: 2\n"),
+        "preamble",
+        "data.preamble",
+        "path",
+    ),
+    Case(
+        "renamed-scenario",
+        "fields",
+        add("  scenario: @W@/nope.txt\n", after="  num_samples: 2\n"),
+        "scenario",
+        "data.scenario",
+        "rename",
+    ),
+    Case(
+        "file-template-missing",
+        "files",
+        add(
+            "  ablation_configs: [mine]\n  templates:\n    mine:\n      file: @W@/nope.j2\n", after="  num_samples: 2\n"
+        ),
+        "file: @W@/nope.j2",
+        "data.templates.mine.file",
+        "relative",
+    ),
     Case("file-extends-missing", "files", "extends: profiles/nope.yaml\n" + BASE, "extends", "extends", "relative"),
     # -- datasets
     Case("data-empty", "data", edit("good.jsonl", "empty.jsonl"), "empty.jsonl", "data.datasets[0].path", "remove"),
-    Case("data-blank-lines", "data", edit("good.jsonl", "blank.jsonl"), "blank.jsonl", "data.datasets[0].path",
-         "remove"),
-    Case("data-all-rows-bad", "data", edit("good.jsonl", "allbad.jsonl"), "allbad.jsonl", "data.datasets[0].path",
-         "jq"),
+    Case(
+        "data-blank-lines", "data", edit("good.jsonl", "blank.jsonl"), "blank.jsonl", "data.datasets[0].path", "remove"
+    ),
+    Case(
+        "data-all-rows-bad", "data", edit("good.jsonl", "allbad.jsonl"), "allbad.jsonl", "data.datasets[0].path", "jq"
+    ),
     Case("data-json-array", "data", edit("good.jsonl", "array.json"), "array.json", "data.datasets[0].path", "jq"),
-    Case("data-user-id-column", "data", edit("good.jsonl", "uid.jsonl"), "uid.jsonl", "data.datasets[0].path",
-         "data.fields.user_id"),
-    Case("data-csv-not-utf8", "data", edit("good.jsonl", "latin1.csv"), "latin1.csv", "data.datasets[0].path",
-         "csv"),
-    Case("data-corrupt-parquet", "data", edit("good.jsonl", "broken.parquet"), "broken.parquet",
-         "data.datasets[0].path", "parquet"),
-    Case("data-unknown-extension", "data", edit("good.jsonl", "notes.txt"), "notes.txt", "data.datasets[0].path",
-         "JSONL"),
+    Case(
+        "data-user-id-column",
+        "data",
+        edit("good.jsonl", "uid.jsonl"),
+        "uid.jsonl",
+        "data.datasets[0].path",
+        "data.fields.user_id",
+    ),
+    Case("data-csv-not-utf8", "data", edit("good.jsonl", "latin1.csv"), "latin1.csv", "data.datasets[0].path", "csv"),
+    Case(
+        "data-corrupt-parquet",
+        "data",
+        edit("good.jsonl", "broken.parquet"),
+        "broken.parquet",
+        "data.datasets[0].path",
+        "parquet",
+    ),
+    Case(
+        "data-unknown-extension", "data", edit("good.jsonl", "notes.txt"), "notes.txt", "data.datasets[0].path", "JSONL"
+    ),
     Case("data-plain-folder", "data", edit("good.jsonl", "folder"), "data/folder", "data.datasets[0].path", "file"),
     # -- the model folder
     Case("model-is-file", "model", edit("@W@/model\n", "@W@/model-file\n"), "model-file", "model.path", "folder"),
-    Case("model-no-config", "model", edit("@W@/model\n", "@W@/model-noconfig\n"), "model-noconfig", "model.path",
-         "config.json"),
-    Case("model-config-not-json", "model", edit("@W@/model\n", "@W@/model-badjson\n"), "model-badjson", "model.path",
-         "save_pretrained"),
-    Case("model-config-a-list", "model", edit("@W@/model\n", "@W@/model-list\n"), "model-list", "model.path",
-         "save_pretrained"),
-    Case("model-no-weights", "model", edit("@W@/model\n", "@W@/model-noweights\n"), "model-noweights", "model.path",
-         "load_format: dummy"),
-    Case("model-config-unreadable", "model", edit("@W@/model\n", "@W@/model-configdir\n"), "model-configdir",
-         "model.path", "cannot read"),
-    Case("model-weights-unreadable", "model", edit("@W@/model\n", "@W@/model-weightsdir\n"), "model-weightsdir",
-         "model.path", "cannot read"),
-    Case("model-no-tokenizer", "model", edit("@W@/model\n", "@W@/model-notok\n"), "model-notok", "model.path",
-         "tokenizer"),
+    Case(
+        "model-no-config",
+        "model",
+        edit("@W@/model\n", "@W@/model-noconfig\n"),
+        "model-noconfig",
+        "model.path",
+        "config.json",
+    ),
+    Case(
+        "model-config-not-json",
+        "model",
+        edit("@W@/model\n", "@W@/model-badjson\n"),
+        "model-badjson",
+        "model.path",
+        "save_pretrained",
+    ),
+    Case(
+        "model-config-a-list",
+        "model",
+        edit("@W@/model\n", "@W@/model-list\n"),
+        "model-list",
+        "model.path",
+        "save_pretrained",
+    ),
+    Case(
+        "model-no-weights",
+        "model",
+        edit("@W@/model\n", "@W@/model-noweights\n"),
+        "model-noweights",
+        "model.path",
+        "load_format: dummy",
+    ),
+    Case(
+        "model-config-unreadable",
+        "model",
+        edit("@W@/model\n", "@W@/model-configdir\n"),
+        "model-configdir",
+        "model.path",
+        "cannot read",
+    ),
+    Case(
+        "model-weights-unreadable",
+        "model",
+        edit("@W@/model\n", "@W@/model-weightsdir\n"),
+        "model-weightsdir",
+        "model.path",
+        "cannot read",
+    ),
+    Case(
+        "model-no-tokenizer",
+        "model",
+        edit("@W@/model\n", "@W@/model-notok\n"),
+        "model-notok",
+        "model.path",
+        "tokenizer",
+    ),
     # -- heads that cannot be split over the GPUs asked (6 heads, 2 KV heads)
-    Case("heads-tp4", "heads", add(TP.replace("@TP@", "4"), after="  path: @W@/model\n"), "tensor_parallel_size",
-         "model.tensor_parallel_size", "1, 2, 6"),
-    Case("heads-all-over-4", "heads", tp_case("all", 4), "tensor_parallel_size", "model.tensor_parallel_size",
-         "gpus_per_node", ("--executor", "local")),
-    Case("heads-tp-more-than-gpus", "heads", tp_case("6", 2), "tensor_parallel_size", "model.tensor_parallel_size",
-         "gpus_per_node: 6", ("--executor", "local")),
-    Case("heads-tp-no-gpu", "heads", tp_case("2", 0), "tensor_parallel_size", "model.tensor_parallel_size",
-         "gpus_per_node: 2", ("--executor", "local")),
+    Case(
+        "heads-tp4",
+        "heads",
+        add(TP.replace("@TP@", "4"), after="  path: @W@/model\n"),
+        "tensor_parallel_size",
+        "model.tensor_parallel_size",
+        "1, 2, 6",
+    ),
+    Case(
+        "heads-all-over-4",
+        "heads",
+        tp_case("all", 4),
+        "tensor_parallel_size",
+        "model.tensor_parallel_size",
+        "gpus_per_node",
+        ("--executor", "local"),
+    ),
+    Case(
+        "heads-tp-more-than-gpus",
+        "heads",
+        tp_case("6", 2),
+        "tensor_parallel_size",
+        "model.tensor_parallel_size",
+        "gpus_per_node: 6",
+        ("--executor", "local"),
+    ),
+    Case(
+        "heads-tp-no-gpu",
+        "heads",
+        tp_case("2", 0),
+        "tensor_parallel_size",
+        "model.tensor_parallel_size",
+        "gpus_per_node: 2",
+        ("--executor", "local"),
+    ),
     # -- options that contradict each other
-    Case("conflict-hf-tp", "conflict", tp_case("2", 2, backend="hf"), "tensor_parallel_size",
-         "model.tensor_parallel_size", "backend: vllm", ("--executor", "local")),
-    Case("conflict-max-tokens-vs-len", "conflict", add("  max_model_len: 64\n", after="  path: @W@/model\n",
-                                                        base=edit("max_tokens: 8", "max_tokens: 64")),
-         "max_tokens", "sampling.max_tokens", "max_model_len"),
-    Case("conflict-max-tokens-vs-model", "conflict", edit("max_tokens: 8", "max_tokens: 5000"), "max_tokens",
-         "sampling.max_tokens", "lower"),
-    Case("conflict-len-vs-model", "conflict", add("  backend: vllm\n  max_model_len: 8192\n",
-                                                  after="  path: @W@/model\n"), "max_model_len", "model.max_model_len",
-         "4096"),
-    Case("conflict-signal-vs-time", "conflict", add("slurm:\n  time: 1\n  signal_delay_s: 120\n"), "signal_delay_s",
-         "slurm.signal_delay_s", "signal_delay_s"),
-    Case("conflict-extra-partition", "conflict",
-         add("slurm:\n  partition: debug\n  extra_args:\n    partition: high\n"), "    partition: high",
-         "slurm.extra_args.partition", "slurm.partition"),
-    Case("conflict-extra-array", "conflict", add("slurm:\n  extra_args:\n    array: 0-99\n"), "array:",
-         "slurm.extra_args.array", "remove"),
-    Case("conflict-template-text-and-file", "conflict",
-         add("  ablation_configs: [mine]\n  templates:\n    mine:\n      text: hi\n      file: @W@/scenario.txt\n",
-             after="  num_samples: 2\n"), "    mine:", "data.templates.mine", "exactly one"),
-    Case("conflict-dataset-names", "conflict", add("    - name: users\n      path: @W@/data/uid.jsonl\n",
-                                                   after="      path: @W@/data/good.jsonl\n"),
-         "good.jsonl\n    - name: users", "data.datasets[1].name", "own name"),
-    Case("conflict-ablation-twice", "conflict", add("  ablation_configs: [full, full]\n", after="  num_samples: 2\n"),
-         "ablation_configs", "data.ablation_configs", "remove the repeated"),
-    Case("conflict-docker-no-image", "conflict", add("container:\n  runtime: docker\n"), "container:",
-         "container.image", "container.image"),
-    Case("conflict-unknown-ablation", "conflict", add("  ablation_configs: [profile_and_contxt]\n",
-                                                      after="  num_samples: 2\n"), "ablation_configs",
-         "data.ablation_configs[0]", "profile_and_context"),
-    Case("conflict-output-under-file", "conflict", edit("dir: @OUT@", "dir: @W@/file.txt/out"), "dir:", "output.dir",
-         "another"),
+    Case(
+        "conflict-hf-tp",
+        "conflict",
+        tp_case("2", 2, backend="hf"),
+        "tensor_parallel_size",
+        "model.tensor_parallel_size",
+        "backend: vllm",
+        ("--executor", "local"),
+    ),
+    Case(
+        "conflict-max-tokens-vs-len",
+        "conflict",
+        add("  max_model_len: 64\n", after="  path: @W@/model\n", base=edit("max_tokens: 8", "max_tokens: 64")),
+        "max_tokens",
+        "sampling.max_tokens",
+        "max_model_len",
+    ),
+    Case(
+        "conflict-max-tokens-vs-model",
+        "conflict",
+        edit("max_tokens: 8", "max_tokens: 5000"),
+        "max_tokens",
+        "sampling.max_tokens",
+        "lower",
+    ),
+    Case(
+        "conflict-len-vs-model",
+        "conflict",
+        add("  backend: vllm\n  max_model_len: 8192\n", after="  path: @W@/model\n"),
+        "max_model_len",
+        "model.max_model_len",
+        "4096",
+    ),
+    Case(
+        "conflict-signal-vs-time",
+        "conflict",
+        add("slurm:\n  time: 1\n  signal_delay_s: 120\n"),
+        "signal_delay_s",
+        "slurm.signal_delay_s",
+        "signal_delay_s",
+    ),
+    Case(
+        "conflict-extra-partition",
+        "conflict",
+        add("slurm:\n  partition: debug\n  extra_args:\n    partition: high\n"),
+        "    partition: high",
+        "slurm.extra_args.partition",
+        "slurm.partition",
+    ),
+    Case(
+        "conflict-extra-array",
+        "conflict",
+        add("slurm:\n  extra_args:\n    array: 0-99\n"),
+        "array:",
+        "slurm.extra_args.array",
+        "remove",
+    ),
+    Case(
+        "conflict-template-text-and-file",
+        "conflict",
+        add(
+            "  ablation_configs: [mine]\n  templates:\n    mine:\n      text: hi\n      file: @W@/scenario.txt\n",
+            after="  num_samples: 2\n",
+        ),
+        "    mine:",
+        "data.templates.mine",
+        "exactly one",
+    ),
+    Case(
+        "conflict-dataset-names",
+        "conflict",
+        add("    - name: users\n      path: @W@/data/uid.jsonl\n", after="      path: @W@/data/good.jsonl\n"),
+        "good.jsonl\n    - name: users",
+        "data.datasets[1].name",
+        "own name",
+    ),
+    Case(
+        "conflict-ablation-twice",
+        "conflict",
+        add("  ablation_configs: [full, full]\n", after="  num_samples: 2\n"),
+        "ablation_configs",
+        "data.ablation_configs",
+        "remove the repeated",
+    ),
+    Case(
+        "conflict-docker-no-image",
+        "conflict",
+        add("container:\n  runtime: docker\n"),
+        "container:",
+        "container.image",
+        "container.image",
+    ),
+    Case(
+        "conflict-unknown-ablation",
+        "conflict",
+        add("  ablation_configs: [profile_and_contxt]\n", after="  num_samples: 2\n"),
+        "ablation_configs",
+        "data.ablation_configs[0]",
+        "profile_and_context",
+    ),
+    Case(
+        "conflict-output-under-file",
+        "conflict",
+        edit("dir: @OUT@", "dir: @W@/file.txt/out"),
+        "dir:",
+        "output.dir",
+        "another",
+    ),
     # -- templates
-    Case("template-syntax", "template", add("  ablation_configs: [mine]\n  templates:\n    mine:\n"
-                                            "      text: 'Hi {{ context }'\n", after="  num_samples: 2\n"),
-         "text: 'Hi", "data.templates.mine.text", "pairs"),
-    Case("template-unknown-variable", "template", add("  ablation_configs: [mine]\n  templates:\n    mine:\n"
-                                                      "      text: 'Hi {{ contxt }}'\n", after="  num_samples: 2\n"),
-         "text: 'Hi", "data.templates.mine.text", "record['column']"),
+    Case(
+        "template-syntax",
+        "template",
+        add(
+            "  ablation_configs: [mine]\n  templates:\n    mine:\n      text: 'Hi {{ context }'\n",
+            after="  num_samples: 2\n",
+        ),
+        "text: 'Hi",
+        "data.templates.mine.text",
+        "pairs",
+    ),
+    Case(
+        "template-unknown-variable",
+        "template",
+        add(
+            "  ablation_configs: [mine]\n  templates:\n    mine:\n      text: 'Hi {{ contxt }}'\n",
+            after="  num_samples: 2\n",
+        ),
+        "text: 'Hi",
+        "data.templates.mine.text",
+        "record['column']",
+    ),
 ]
-ABSENT_LINE = {"missing-name": 1, "missing-output": 1, "yaml-unclosed-quote": 1, "yaml-unclosed-bracket": None,
-               "yaml-alias-bomb": None}
+ABSENT_LINE = {
+    "missing-name": 1,
+    "missing-output": 1,
+    "yaml-unclosed-quote": 1,
+    "yaml-unclosed-bracket": None,
+    "yaml-alias-bomb": None,
+}
 
 
 def materialize(case: Case, world: Path, root: Path) -> tuple[Path, Path, int | None]:
@@ -334,8 +670,18 @@ def in_tmp_cwd(tmp_path: Path) -> Iterator[Path]:
 
 def test_corpus_size() -> None:
     assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
-    assert {c.category for c in CASES} >= {"type", "range", "unknown", "missing", "yaml", "files", "data", "model",
-                                           "heads", "conflict"}
+    assert {c.category for c in CASES} >= {
+        "type",
+        "range",
+        "unknown",
+        "missing",
+        "yaml",
+        "files",
+        "data",
+        "model",
+        "heads",
+        "conflict",
+    }
 
 
 def test_base_spec_is_valid(world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -360,8 +706,12 @@ def test_bad_spec_refused(case: Case, world: Path, in_tmp_cwd: Path, capsys: pyt
     assert not (world / "pwned").exists()
 
 
-SUBPROCESS_SAMPLE = {"yaml-duplicate-key": "plan", "data-empty": "submit", "heads-all-over-4": "submit",
-                     "unknown-temprature": "plan"}
+SUBPROCESS_SAMPLE = {
+    "yaml-duplicate-key": "plan",
+    "data-empty": "submit",
+    "heads-all-over-4": "submit",
+    "unknown-temprature": "plan",
+}
 
 
 def test_bad_specs_through_the_console_script(world: Path, tmp_path: Path) -> None:
@@ -371,9 +721,21 @@ def test_bad_specs_through_the_console_script(world: Path, tmp_path: Path) -> No
         spec, out, line = materialize(case, world, tmp_path)
         cmd = SUBPROCESS_SAMPLE[case.id]
         for argv in ([cmd, str(spec), *(case.submit_args if cmd == "submit" else ())],):
-            procs.append((case, spec, out, line, subprocess.Popen(
-                [sys.executable, "-m", "launcher", *argv], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE)))
+            procs.append(
+                (
+                    case,
+                    spec,
+                    out,
+                    line,
+                    subprocess.Popen(
+                        [sys.executable, "-m", "launcher", *argv],
+                        cwd=tmp_path,
+                        text=True,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                    ),
+                )
+            )
     for case, spec, out, line, proc in procs:
         _, err = proc.communicate(timeout=120)
         assert_refused(proc.returncode, err, spec, line, case)
@@ -381,8 +743,11 @@ def test_bad_specs_through_the_console_script(world: Path, tmp_path: Path) -> No
 
 
 def test_missing_spec_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["plan", str(tmp_path / "nope.yaml")], ["submit", str(tmp_path / "nope.yaml")],
-                 ["plan", str(tmp_path)]):
+    for argv in (
+        ["plan", str(tmp_path / "nope.yaml")],
+        ["submit", str(tmp_path / "nope.yaml")],
+        ["plan", str(tmp_path)],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "nope.yaml" in err or str(tmp_path) in err
@@ -391,8 +756,12 @@ def test_missing_spec_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 def test_spec_not_utf8_names_the_line(world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = tmp_path / "latin.yaml"
-    spec.write_bytes(BASE.replace("@W@", str(world)).replace("@OUT@", str(tmp_path / "o")).replace(
-        "name: bad", "name: caf\xe9").encode("latin-1"))
+    spec.write_bytes(
+        BASE.replace("@W@", str(world))
+        .replace("@OUT@", str(tmp_path / "o"))
+        .replace("name: bad", "name: caf\xe9")
+        .encode("latin-1")
+    )
     assert main(["plan", str(spec)]) == 2
     err = capsys.readouterr().err
     assert "latin.yaml:1" in err and "UTF-8" in err
@@ -402,8 +771,12 @@ def test_spec_not_utf8_names_the_line(world: Path, tmp_path: Path, capsys: pytes
 def test_unreadable_model_dir(world: Path) -> None:
     """Permission denied on the model (as a user who cannot read it; root reads everything, so run as slurmtest)."""
     user = "slurmtest"
-    probe = subprocess.run(["runuser", "-u", user, "--", sys.executable, "-c", "import launcher"], capture_output=True,
-                           cwd="/tmp", env={**os.environ, "PYTHONPATH": str(ROOT)})
+    probe = subprocess.run(
+        ["runuser", "-u", user, "--", sys.executable, "-c", "import launcher"],
+        capture_output=True,
+        cwd="/tmp",
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     if probe.returncode != 0:
         pytest.skip(f"user {user} cannot run this Python ({probe.stderr.decode().strip()[:120]})")
     root = Path(tempfile.mkdtemp(prefix="launcher-perm-", dir="/tmp"))
@@ -416,13 +789,19 @@ def test_unreadable_model_dir(world: Path) -> None:
         data.chmod(0o644)
         out = root / "out"
         spec = root / "spec.yaml"
-        spec.write_text(BASE.replace("@W@/model", str(model)).replace("@W@/data/good.jsonl", str(data))
-                        .replace("@OUT@", str(out)))
+        spec.write_text(
+            BASE.replace("@W@/model", str(model)).replace("@W@/data/good.jsonl", str(data)).replace("@OUT@", str(out))
+        )
         spec.chmod(0o644)
         for cmd in ("plan", "submit"):
-            proc = subprocess.run(["runuser", "-u", user, "--", sys.executable, "-m", "launcher", cmd, str(spec)],
-                                  cwd="/tmp", capture_output=True, text=True, timeout=120,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": "/tmp"})
+            proc = subprocess.run(
+                ["runuser", "-u", user, "--", sys.executable, "-m", "launcher", cmd, str(spec)],
+                cwd="/tmp",
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": "/tmp"},
+            )
             assert proc.returncode == 2, proc.stderr
             assert "spec.yaml:3" in proc.stderr and "model.path" in proc.stderr
             assert "permission denied" in proc.stderr and "fix:" in proc.stderr
@@ -433,30 +812,43 @@ def test_unreadable_model_dir(world: Path) -> None:
 
 # ---- `launcher run` with the old inference_vllm.py flags --------------------------------------------------------
 def legacy_args(world: Path, out: Path, **flags: str | None) -> list[str]:
-    args = {"checkpoint_dir": str(world / "model"), "dataset": str(world / "data" / "good.jsonl"),
-            "output_dir": str(out), **flags}
+    args = {
+        "checkpoint_dir": str(world / "model"),
+        "dataset": str(world / "data" / "good.jsonl"),
+        "output_dir": str(out),
+        **flags,
+    }
     return ["run", *[x for k, v in args.items() if v is not None for x in (f"--{k}", v)]]
 
 
 BAD_FLAGS: list[tuple[dict[str, str | None], str]] = [
-    ({"temperature": "abc"}, "--temperature"), ({"temperature": "5"}, "--temperature"),
-    ({"top_p": "0"}, "--top_p"), ({"top_k": "-3"}, "--top_k"), ({"num_samples": "0"}, "--num_samples"),
-    ({"max_tokens": "0"}, "--max_tokens"), ({"seed": "-1"}, "--seed"), ({"max_model_len": "4"}, "--max_model_len"),
+    ({"temperature": "abc"}, "--temperature"),
+    ({"temperature": "5"}, "--temperature"),
+    ({"top_p": "0"}, "--top_p"),
+    ({"top_k": "-3"}, "--top_k"),
+    ({"num_samples": "0"}, "--num_samples"),
+    ({"max_tokens": "0"}, "--max_tokens"),
+    ({"seed": "-1"}, "--seed"),
+    ({"max_model_len": "4"}, "--max_model_len"),
     ({"gpu_memory_utilization": "1.5"}, "--gpu_memory_utilization"),
     ({"tensor_parallel_size": "x"}, "--tensor_parallel_size"),
     ({"tensor_parallel_size": "0"}, "--tensor_parallel_size"),
     ({"tensor_parallel_size": "4"}, "--tensor_parallel_size"),  # 6 heads
     ({"ablation_config": "profile_and_contxt"}, "--ablation_config"),
-    ({"checkpoint_dir": "/nonexistent/model"}, "--checkpoint_dir"), ({"dataset": "/nonexistent/d.jsonl"}, "--dataset"),
-    ({"scenario_path": "/nonexistent/s.txt"}, "--scenario_path"), ({"output_dir": None}, "--output_dir"),
-    ({"dataset": None}, "--dataset"), ({"max_tokens": "5000"}, "--max_tokens"),  # the model has 4096 positions
+    ({"checkpoint_dir": "/nonexistent/model"}, "--checkpoint_dir"),
+    ({"dataset": "/nonexistent/d.jsonl"}, "--dataset"),
+    ({"scenario_path": "/nonexistent/s.txt"}, "--scenario_path"),
+    ({"output_dir": None}, "--output_dir"),
+    ({"dataset": None}, "--dataset"),
+    ({"max_tokens": "5000"}, "--max_tokens"),  # the model has 4096 positions
     ({"no_such_flag": "1"}, "--no_such_flag"),
 ]
 
 
 @pytest.mark.parametrize(("flags", "named"), BAD_FLAGS, ids=[f"{k}={v}" for f, _ in BAD_FLAGS for k, v in f.items()])
-def test_bad_legacy_flags(flags: dict[str, str | None], named: str, world: Path, tmp_path: Path,
-                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_legacy_flags(
+    flags: dict[str, str | None], named: str, world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "legacy-out"
     rc = run_main(legacy_args(world, out, **flags))
     err = capsys.readouterr().err
@@ -499,8 +891,12 @@ def mixed_rows() -> list[str]:
     return [good[0], BAD_ROWS[0], good[1], *BAD_ROWS[1:], good[2], *odd]
 
 
-SECRETS = {"HF_TOKEN": "hf_Secret0Token0Value", "MY_API_KEY": "sk-Secret1Key1Value", "DB_PASSWORD": "Secret2Pass",
-           "AWS_SECRET_ACCESS_KEY": "Secret3Aws3Key"}
+SECRETS = {
+    "HF_TOKEN": "hf_Secret0Token0Value",
+    "MY_API_KEY": "sk-Secret1Key1Value",
+    "DB_PASSWORD": "Secret2Pass",
+    "AWS_SECRET_ACCESS_KEY": "Secret3Aws3Key",
+}
 
 
 class BackgroundRun:
@@ -564,12 +960,22 @@ def mixed_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Ite
     data = root / "users.jsonl"
     data.write_text("\n".join(mixed_rows()) + "\n")
     template = "Reply $(touch PWNED) `touch PWNED` ; rm -rf / && echo $HF_TOKEN > leak | {{ context }}"
-    spec = make_spec(root, tiny_model, data, name="mixed",
-                     data={"ablation_configs": ["shellish"], "templates": {"shellish": {"text": template}}},
-                     output={"dir": str(root / "out"), "per_user_json": True, "chunk_records": 4},
-                     container={"env": {"HF_TOKEN": SECRETS["HF_TOKEN"], "VISIBLE_SETTING": "plain-value"}})
-    run = MixedRun([sys.executable, "-m", "launcher", "submit", str(spec), "--wait"], root / "out", cwd=root,
-                   umask=0o022, env={**os.environ, **SECRETS})
+    spec = make_spec(
+        root,
+        tiny_model,
+        data,
+        name="mixed",
+        data={"ablation_configs": ["shellish"], "templates": {"shellish": {"text": template}}},
+        output={"dir": str(root / "out"), "per_user_json": True, "chunk_records": 4},
+        container={"env": {"HF_TOKEN": SECRETS["HF_TOKEN"], "VISIBLE_SETTING": "plain-value"}},
+    )
+    run = MixedRun(
+        [sys.executable, "-m", "launcher", "submit", str(spec), "--wait"],
+        root / "out",
+        cwd=root,
+        umask=0o022,
+        env={**os.environ, **SECRETS},
+    )
     run.canary_dir = root
     RUNS["mixed"] = run
     yield run
@@ -585,8 +991,14 @@ def test_malformed_rows_are_quarantined_and_the_run_goes_on(mixed_run: MixedRun)
     assert {s["user_id"] for s in samples} == {u["user_id"] for u in USERS[:3]} | set(ODD_USERS)
     assert all(len(s["generated_samples"]) == 2 for s in samples)
     reasons = " | ".join(q["reason"] for q in quarantine)
-    for expected in ("invalid JSON", "not a JSON object", "missing user id", "all empty", "duplicate record id",
-                     "must be text or an integer"):
+    for expected in (
+        "invalid JSON",
+        "not a JSON object",
+        "missing user id",
+        "all empty",
+        "duplicate record id",
+        "must be text or an integer",
+    ):
         assert expected in reasons, reasons
     assert all(isinstance(q["row"], int) and q["raw"] for q in quarantine)  # which line, and what it looked like
     summary = json.loads((mixed_run.group / "inference_summary.json").read_text())

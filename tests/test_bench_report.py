@@ -11,14 +11,28 @@ from launcher.bench.report import analyse, markdown
 
 
 def m(system: str, shape: str, spm: float, startup: float = 10.0) -> dict[str, Any]:
-    return {"system": system, "shape": shape, "samples": 1000, "output_tokens": 1, "samples_per_min": spm,
-            "output_tok_per_s": 1.0, "generation_s": 1.0, "startup": {"total_s": startup}, "wall_s": 60.0}
+    return {
+        "system": system,
+        "shape": shape,
+        "samples": 1000,
+        "output_tokens": 1,
+        "samples_per_min": spm,
+        "output_tok_per_s": 1.0,
+        "generation_s": 1.0,
+        "startup": {"total_s": startup},
+        "wall_s": 60.0,
+    }
 
 
 def test_ratios_and_targets_from_one_run() -> None:
-    ms = [m("raw-defaults", "1000x256", 1000), m("toolkit", "1000x256", 900, startup=100),
-          m("toolkit-warm", "1000x256", 1600, startup=30), m("sweep:max_num_seqs=1024", "1000x256", 1650),
-          m("toolkit-fp8", "1000x256", 1300), m("toolkit-bf16-pair", "1000x256", 1000)]
+    ms = [
+        m("raw-defaults", "1000x256", 1000),
+        m("toolkit", "1000x256", 900, startup=100),
+        m("toolkit-warm", "1000x256", 1600, startup=30),
+        m("sweep:max_num_seqs=1024", "1000x256", 1650),
+        m("toolkit-fp8", "1000x256", 1300),
+        m("toolkit-bf16-pair", "1000x256", 1000),
+    ]
     out = analyse(ms)
     r = out["ratios"]["1000x256"]
     assert r["toolkit_vs_raw"] == 1.6 and r["toolkit_cold_vs_raw"] == 0.9
@@ -36,9 +50,15 @@ def test_layout_auto_against_tp4() -> None:
     out = analyse(ms)
     assert out["ratios"]["4000x512"]["layout_auto_vs_tp4"] == 1.25
     assert out["targets"]["layout auto >= 1.3x TP=4 at 4000x512"]["met"] is False
-    table = markdown({"date": "d", "host": {"gpu": "g", "versions": {}}, "workload": {"model": "x", "prompt_tokens": 1,
-                                                                                       "n": 5},
-                      "measurements": ms, "analysis": out})
+    table = markdown(
+        {
+            "date": "d",
+            "host": {"gpu": "g", "versions": {}},
+            "workload": {"model": "x", "prompt_tokens": 1, "n": 5},
+            "measurements": ms,
+            "analysis": out,
+        }
+    )
     assert "layout:tpauto" in table and "NOT MET: layout auto >= 1.3x TP=4" in table
 
 

@@ -10,14 +10,20 @@ from .conftest import write_jsonl
 
 
 def _row(rid: str, ids: list[list[int]], texts: list[str]) -> dict:
-    return {"record_id": rid, "generated_samples": texts, "sample_tokens": [len(i) for i in ids],
-            "sample_token_ids": ids}
+    return {
+        "record_id": rid,
+        "generated_samples": texts,
+        "sample_tokens": [len(i) for i in ids],
+        "sample_token_ids": ids,
+    }
 
 
 def test_token_agreement_and_first_divergence(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "a" / "samples.jsonl", [_row("r1", [[1, 2, 3, 4]], ["a b"]), _row("r2", [[5, 6]], ["c"])])
-    write_jsonl(tmp_path / "b" / "samples.jsonl", [_row("r1", [[1, 2, 9, 4]], ["a x"]), _row("r2", [[5, 6]], ["c"]),
-                                                   _row("r3", [[7]], ["d"])])
+    write_jsonl(
+        tmp_path / "b" / "samples.jsonl",
+        [_row("r1", [[1, 2, 9, 4]], ["a x"]), _row("r2", [[5, 6]], ["c"]), _row("r3", [[7]], ["d"])],
+    )
     cmp = compare(tmp_path / "a", tmp_path / "b")
     assert cmp.common == 2 and cmp.records_b == 3 and cmp.token_level
     assert cmp.tokens_compared == 6 and cmp.tokens_agreeing == 4 and cmp.identical_samples == 1

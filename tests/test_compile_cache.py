@@ -29,15 +29,21 @@ def _model(tmp_path: Path) -> Path:
 
 def test_key_changes_with_what_invalidates_graphs(tmp_path: Path) -> None:
     m = _model(tmp_path)
-    base = {"max_model_len": 1024, "max_num_batched_tokens": 8192,
-            "compilation_config": {"cudagraph_capture_sizes": [1, 2, 4]}, "max_num_seqs": 4}
+    base = {
+        "max_model_len": 1024,
+        "max_num_batched_tokens": 8192,
+        "compilation_config": {"cudagraph_capture_sizes": [1, 2, 4]},
+        "max_num_seqs": 4,
+    }
     k = cache_key(m, base, "H100", VERSIONS).digest
     assert cache_key(m, {**base, "gpu_memory_utilization": 0.8, "max_num_seqs": 3}, "H100", VERSIONS).digest == k
     assert cache_key(m, {**base, "max_model_len": 2048}, "H100", VERSIONS).digest != k
     assert cache_key(m, base, "H200", VERSIONS).digest != k
     assert cache_key(m, base, "H100", {**VERSIONS, "vllm": "0.27.0"}).digest != k
-    assert cache_key(m, base, "H100", VERSIONS, tmp_path / "a").digest != cache_key(
-        m, base, "H100", VERSIONS, tmp_path / "b").digest  # the node path is part of the key
+    assert (
+        cache_key(m, base, "H100", VERSIONS, tmp_path / "a").digest
+        != cache_key(m, base, "H100", VERSIONS, tmp_path / "b").digest
+    )  # the node path is part of the key
     (m / "config.json").write_text(json.dumps({"hidden_size": 2048}))
     assert cache_key(m, base, "H100", VERSIONS).digest != k
 
@@ -65,8 +71,10 @@ def _run_many(tmp_path: Path, mode: str) -> list[tuple]:  # type: ignore[type-ar
     model = _model(tmp_path)
     ctx = mp.get_context("fork")
     results: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
-    procs = [ctx.Process(target=_start, args=(tmp_path / "shared", tmp_path / "scratch", model, i, mode, results))
-             for i in range(8)]
+    procs = [
+        ctx.Process(target=_start, args=(tmp_path / "shared", tmp_path / "scratch", model, i, mode, results))
+        for i in range(8)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -92,8 +100,9 @@ def test_a_miss_never_serializes_starts_and_leaves_one_whole_entry(tmp_path: Pat
     assert all(not p.exists() for p in private)  # private folders are used once and removed
     # a later process on a third node copies the entry in, to the fixed path vLLM needs, and reads it
     node = tmp_path / "scratch" / "node2"
-    later = CompileCache(tmp_path / "shared", cache_key(tmp_path / "model", {"max_model_len": 1024}, "H100",
-                                                        VERSIONS, SAME_PATH), node)
+    later = CompileCache(
+        tmp_path / "shared", cache_key(tmp_path / "model", {"max_model_len": 1024}, "H100", VERSIONS, SAME_PATH), node
+    )
     env: dict[str, str] = {}
     later.activate(env)
     assert later.source == "shared" and later.folder == user_folder(node) / "compile" / later.key.digest
@@ -137,8 +146,13 @@ def test_a_folder_planted_by_another_user_is_refused(tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     planted = scratch / f"launcher-{os.getuid()}"
     # another user creates the guessable name first: slurmtest for real where runuser works, else a chown
-    made = subprocess.run(["runuser", "-u", "slurmtest", "--", "mkdir", "-p", str(planted / "compile")],
-                          capture_output=True) if shutil.which("runuser") else None
+    made = (
+        subprocess.run(
+            ["runuser", "-u", "slurmtest", "--", "mkdir", "-p", str(planted / "compile")], capture_output=True
+        )
+        if shutil.which("runuser")
+        else None
+    )
     if made is None or made.returncode != 0:
         (planted / "compile").mkdir(parents=True)
         os.chown(planted, _other_uid(), -1)

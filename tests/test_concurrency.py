@@ -47,19 +47,26 @@ class LockedRun:
 
     def __init__(self, root: Path, tiny_model: Path) -> None:
         data = write_jsonl(root / "users.jsonl", USERS[:4])
-        self.spec = make_spec(root, tiny_model, data, name="twice",
-                              output={"dir": str(root / "out"), "chunk_records": 2})
+        self.spec = make_spec(
+            root, tiny_model, data, name="twice", output={"dir": str(root / "out"), "chunk_records": 2}
+        )
         self._out = root / "out"
         bin_dir = root / "slowbin"
         bin_dir.mkdir()
         (bin_dir / "git").write_text(SLOW_GIT.format(git=_git()))
         (bin_dir / "git").chmod(0o755)
         self._marker, self._release = root / "in-lock", root / "release"
-        env_a = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LAUNCHER_TEST_IN_LOCK": str(self._marker),
-                 "LAUNCHER_TEST_RELEASE": str(self._release), "LAUNCHER_GIT_TIMEOUT_S": "300"}
+        env_a = {
+            **os.environ,
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "LAUNCHER_TEST_IN_LOCK": str(self._marker),
+            "LAUNCHER_TEST_RELEASE": str(self._release),
+            "LAUNCHER_GIT_TIMEOUT_S": "300",
+        }
         self.cmd = [sys.executable, "-m", "launcher", "submit", str(self.spec), "--wait"]
-        self._a = subprocess.Popen(self.cmd, cwd=root, env=env_a, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True, umask=0o077)
+        self._a = subprocess.Popen(
+            self.cmd, cwd=root, env=env_a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, umask=0o077
+        )
         self._root = root
         self._b: subprocess.CompletedProcess[str] | None = None
         self._a_done: subprocess.CompletedProcess[str] | None = None
@@ -73,8 +80,7 @@ class LockedRun:
             time.sleep(0.05)
         self.second_started_in_lock = self._marker.exists() and self._a.poll() is None
         try:
-            self._b = subprocess.run(self.cmd, cwd=self._root, capture_output=True, text=True, timeout=300,
-                                     umask=0o077)
+            self._b = subprocess.run(self.cmd, cwd=self._root, capture_output=True, text=True, timeout=300, umask=0o077)
         finally:
             self._release.touch()  # A may leave its locked section now
 
@@ -136,22 +142,47 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("gather")
     model = fake_model(root / "model")
     data = write_jsonl(root / "users.jsonl", [{"user_id": f"user{i:05d}", "context": f"c{i}"} for i in range(N_ROWS)])
-    spec = make_spec(root, model, data, name="g", data={"records_per_shard": 500, "num_samples": 4,
-                                                        "ablation_configs": ["full", "context_only"]},
-                     output={"dir": str(root / "out"), "per_user_json": True})
+    spec = make_spec(
+        root,
+        model,
+        data,
+        name="g",
+        data={"records_per_shard": 500, "num_samples": 4, "ablation_configs": ["full", "context_only"]},
+        output={"dir": str(root / "out"), "per_user_json": True},
+    )
     plan = expand(load_spec(spec))
     save_plan(plan)
     for unit in plan.units:
         udir = plan.run.unit(unit.unit_id)
-        rows = [{"row": r, "record_id": f"user{r:05d}", "user_id": f"user{r:05d}", "dataset": unit.dataset,
-                 "ablation": unit.ablation, "prompt": f"prompt {r} " * 20, "prompt_tokens": 40,
-                 "generated_samples": [f"sample {j} of {r} " * 30 for j in range(4)], "sample_tokens": [90] * 4,
-                 "finish_reasons": ["length"] * 4, "seed": r} for r in range(unit.start, unit.stop)]
+        rows = [
+            {
+                "row": r,
+                "record_id": f"user{r:05d}",
+                "user_id": f"user{r:05d}",
+                "dataset": unit.dataset,
+                "ablation": unit.ablation,
+                "prompt": f"prompt {r} " * 20,
+                "prompt_tokens": 40,
+                "generated_samples": [f"sample {j} of {r} " * 30 for j in range(4)],
+                "sample_tokens": [90] * 4,
+                "finish_reasons": ["length"] * 4,
+                "seed": r,
+            }
+            for r in range(unit.start, unit.stop)
+        ]
         for seq, i in enumerate(range(0, len(rows), 64)):
             udir.write_chunk(0, seq, rows[i : i + 64])
         udir.write_quarantine([])
-        write_json_atomic(udir.done_marker, {"unit_id": unit.unit_id, "records": len(rows), "quarantined": 0,
-                                             "chunks": chunk_listing(udir.scan(keep_rows=False)), "generation": 0})
+        write_json_atomic(
+            udir.done_marker,
+            {
+                "unit_id": unit.unit_id,
+                "records": len(rows),
+                "quarantined": 0,
+                "chunks": chunk_listing(udir.scan(keep_rows=False)),
+                "generation": 0,
+            },
+        )
     return plan.run.root
 
 
@@ -184,8 +215,15 @@ def snapshot(out: Path) -> dict[str, tuple[int, int, bytes]]:
 
 def test_two_gathers_at_once_write_the_same_result_once(finished_run: Path, tmp_path: Path) -> None:
     go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", GATHER_AT_GO, str(finished_run), str(go)], text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", GATHER_AT_GO, str(finished_run), str(go)],
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     deadline = time.time() + 120
     while len(list(tmp_path.glob("ready-*"))) < 2 and time.time() < deadline:
         time.sleep(0.01)  # both have imported and loaded the plan: they start at the same instant
@@ -241,8 +279,12 @@ def test_first_submit_completes_without_mixed_output(locked_run: LockedRun) -> N
     run = json.loads((run_dir / "run.json").read_text())
     assert len(run["submissions"]) == 1  # the refused submit recorded nothing
     units = sorted((run_dir / "units").iterdir())
-    rows = [json.loads(x)["row"] for u in units for c in sorted((u / "chunks").iterdir())
-            for x in c.read_text().splitlines()]
+    rows = [
+        json.loads(x)["row"]
+        for u in units
+        for c in sorted((u / "chunks").iterdir())
+        for x in c.read_text().splitlines()
+    ]
     assert sorted(rows) == list(range(4))  # each record generated once, by one submission
     assert len(list((run_dir / "workers").iterdir())) == 1  # one worker process ran it
     samples = (locked_run.out / "users" / "full" / "samples.jsonl").read_text().splitlines()
@@ -260,13 +302,26 @@ def test_second_submit_is_refused_while_local_jobs_run(tmp_path: Path, tiny_mode
     a second submit meanwhile is refused, whatever its executor, and resubmits nothing. Once they end, a submit goes
     through: the lock does not outlive the processes."""
     data = write_jsonl(tmp_path / "users.jsonl", USERS[:4])
-    spec = make_spec(tmp_path, tiny_model, data, name="bg", data={"records_per_shard": 2}, slurm={"jobs": 2},
-                     output={"dir": str(tmp_path / "out"), "chunk_records": 1})
+    spec = make_spec(
+        tmp_path,
+        tiny_model,
+        data,
+        name="bg",
+        data={"records_per_shard": 2},
+        slurm={"jobs": 2},
+        output={"dir": str(tmp_path / "out"), "chunk_records": 1},
+    )
     cmd = [sys.executable, "-m", "launcher", "submit", str(spec)]
     # Output to a file, not a pipe: the local jobs inherit it, and reading a pipe to its end would wait for them.
     with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.run(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, timeout=120,
-                               env={**os.environ, "LAUNCHER_FAULT_SLOW_S": "3"})
+        first = subprocess.run(
+            cmd,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+            env={**os.environ, "LAUNCHER_FAULT_SLOW_S": "3"},
+        )
     assert first.returncode == 0, (tmp_path / "first.log").read_text()
     plan = load_plan(next((tmp_path / "out" / "runs").iterdir()))
     recorded = _lock_record(plan.run.root)["local"]
@@ -293,8 +348,9 @@ def test_second_submit_is_refused_while_local_jobs_run(tmp_path: Path, tiny_mode
             if process_start(pid) is not None:
                 os.kill(pid, signal.SIGKILL)
     third = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert third.returncode == 0 and "0 unit(s) to do, 2 already done; 0 worker job(s)" in third.stdout, \
+    assert third.returncode == 0 and "0 unit(s) to do, 2 already done; 0 worker job(s)" in third.stdout, (
         third.stdout + third.stderr
+    )
     for unit in plan.units:  # each record generated once, in the first submission, by generation 0 of its claim
         udir = plan.run.unit(unit.unit_id)
         rows = [json.loads(x)["row"] for c in udir.chunk_files() for x in c.read_text().splitlines()]

@@ -129,7 +129,12 @@ def test_names_the_runtime_reads_itself_stay_in_the_argv(name: str) -> None:
     req = request(env=env)
     argv = runtime.wrap(req)
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "-e"] == [
-        "DOCKER_HOST=x", "HF_TOKEN", "HOME=/scratch/h", "LD_LIBRARY_PATH=/opt/lib", "PATH=/opt/venv/bin:/usr/bin"]
+        "DOCKER_HOST=x",
+        "HF_TOKEN",
+        "HOME=/scratch/h",
+        "LD_LIBRARY_PATH=/opt/lib",
+        "PATH=/opt/venv/bin:/usr/bin",
+    ]
     assert runtime.exec_env(req, HOST_ENV) == {**HOST_ENV, "HF_TOKEN": SECRET}
     assert preview(runtime, req)[:2] == ["env", f"HF_TOKEN={HIDDEN}"] and f"PATH={HIDDEN}" in preview(runtime, req)
 
@@ -446,5 +451,6 @@ def test_real_container_roundtrip(runtime: str, tmp_path: Path) -> None:
     (started,) = recorded_starts(log)
     assert not [(k, a) for k, v in TRICKY.items() if v for a in started if v in a], started
     if runtime != "apptainer":
-        assert [started[i + 1] for i, a in enumerate(started) if a == "-e" and started[i + 1].startswith("ODD")] == \
-            sorted(TRICKY)
+        assert [
+            started[i + 1] for i, a in enumerate(started) if a == "-e" and started[i + 1].startswith("ODD")
+        ] == sorted(TRICKY)

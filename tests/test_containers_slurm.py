@@ -56,7 +56,7 @@ SUBMITIT_ENTRY = "submitit.core._submit"  # `python -u -m submitit.core._submit 
 RETRIES_ENTRY = "launcher.job.retries"  # the teardown of a job that failed: `python -m launcher.job.retries ...`
 GATHER_MAX_S = 120  # the gather job's own run time: seconds here; launcher's storage wait in a job is 300 s
 # In every run's container.env: must reach the worker jobs literally, and never be in the runtime's argv (ps).
-ENV_SECRET = "hf_Ct0Secret $(touch /tmp/ct-pwned) `id` it's \"q\" a,b=c \\ ${HOME}"
+ENV_SECRET = 'hf_Ct0Secret $(touch /tmp/ct-pwned) `id` it\'s "q" a,b=c \\ ${HOME}'
 
 # Imported by every Python that starts inside the container (the run's PYTHONPATH names its folder): the worker
 # jobs (array elements), the gather job, a failed job's teardown. It writes what that very process sees to results/,
@@ -152,12 +152,22 @@ def as_user(user: str) -> list[str]:
 
 def user_env(user: str, env: dict[str, str]) -> dict[str, str]:
     """The environment a submit starts with: the caller's own, or a clean login-like one for the other user."""
-    extra = {**env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-             "CT_HOST_ONLY": "must not reach the container"}  # not in the forwarding allow-list
+    extra = {
+        **env,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "CT_HOST_ONLY": "must not reach the container",
+    }  # not in the forwarding allow-list
     if user == "caller":
         return {**os.environ, **extra}
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": f"/home/{user}", "USER": user, "LOGNAME": user,
-            "LANG": "C.UTF-8", **extra}
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": f"/home/{user}",
+        "USER": user,
+        "LOGNAME": user,
+        "LANG": "C.UTF-8",
+        **extra,
+    }
 
 
 def why_not(runtime: str, user: str, env: dict[str, str]) -> str | None:
@@ -179,8 +189,7 @@ def why_not(runtime: str, user: str, env: dict[str, str]) -> str | None:
             return f"no test SIF {image}: bash containers/test-image/build.sh apptainer (as root)"
     else:
         probe = [runtime, "image", "inspect", "--format", "{{.Id}}", image]
-    done = subprocess.run([*as_user(user), *probe], env=full_env, capture_output=True, text=True, timeout=60,
-                          cwd="/")
+    done = subprocess.run([*as_user(user), *probe], env=full_env, capture_output=True, text=True, timeout=60, cwd="/")
     if done.returncode == 0:
         return None
     said = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -191,8 +200,10 @@ def why_not(runtime: str, user: str, env: dict[str, str]) -> str | None:
     if runtime == "docker" and "Cannot connect" in said[0]:
         return "no docker daemon: bash containers/runtimes/docker-up.sh (as root)"
     if runtime == "docker" and "permission denied" in said[0].lower():
-        return (f"{user} cannot reach the docker socket: bash containers/runtimes/docker-up.sh adds {NON_ROOT} "
-                "to group docker")
+        return (
+            f"{user} cannot reach the docker socket: bash containers/runtimes/docker-up.sh adds {NON_ROOT} "
+            "to group docker"
+        )
     return f"{runtime} cannot see the test image as {user} ({said[0]}): bash containers/test-image/build.sh (as root)"
 
 
@@ -306,8 +317,16 @@ def ids_of(user: str) -> tuple[int, int]:
     return int(subprocess.check_output(["id", "-u", user])), int(subprocess.check_output(["id", "-g", user]))
 
 
-def _prepare(runtime: str, user: str, base: Path, env: dict[str, str], host_marker: Path, label: str = "",
-             max_retries: int = 0, extra_env: dict[str, str] | None = None) -> Run:
+def _prepare(
+    runtime: str,
+    user: str,
+    base: Path,
+    env: dict[str, str],
+    host_marker: Path,
+    label: str = "",
+    max_retries: int = 0,
+    extra_env: dict[str, str] | None = None,
+) -> Run:
     uid, gid = ids_of(user)
     label = label or user
     folder = base / f"{runtime}-{label}"
@@ -319,27 +338,49 @@ def _prepare(runtime: str, user: str, base: Path, env: dict[str, str], host_mark
         os.chown(path, uid, gid)
     # The caller's runs: 4 units for an array of 2 worker jobs; the others: 2 units for 1. Never one container a unit.
     units, jobs = (RECORDS, 2) if label == "caller" else (RECORDS // 2, 1)
-    hidden = [str(base / "secret" / "marker.txt"), str(base / "secret"), str(host_marker), str(ROOT / "pyproject.toml"),
-              sys.prefix, str(STATE / "env.sh")]
+    hidden = [
+        str(base / "secret" / "marker.txt"),
+        str(base / "secret"),
+        str(host_marker),
+        str(ROOT / "pyproject.toml"),
+        sys.prefix,
+        str(STATE / "env.sh"),
+    ]
     ro = [str(base / "model"), str(base / "data")]
     rw = [str(folder / "out"), str(probe_dir)]
     spec = make_spec(
-        folder, base / "model", base / "data" / "users.jsonl", name=f"ct-{runtime}-{label}",
+        folder,
+        base / "model",
+        base / "data" / "users.jsonl",
+        name=f"ct-{runtime}-{label}",
         executor="slurm",
         data={"records_per_shard": RECORDS // units, "num_samples": NUM_SAMPLES},
         sampling={"max_tokens": 4, "seed": 7},
         # apptainer --nv runs without a driver: each worker job gets a fake GPU from Slurm and runs with --nv for
         # real. docker --gpus / podman --device fail without NVIDIA's toolkit: their GPU argv is checked exactly below.
-        slurm={"gpus_per_node": 1 if runtime == "apptainer" else 0, "cpus_per_gpu": 1, "mem": "1G",
-               "time": "00:10:00", "signal_delay_s": 30, "max_retries": max_retries, "jobs": jobs},
-        container={"runtime": runtime, "image": image_for(runtime, env), "binds": [str(probe_dir)],
-                   # TEMPORARY workaround (launcher/history.py): the gather job records the run's rate in
-                   # ~/.cache/launcher, read-only in apptainer's image, and write_atomic waits out EROFS for 300 s
-                   # inside a job before record_run gives up. Remove once record_run does not wait.
-                   "env": {"PYTHONPATH": str(probe_dir), "CT_API_TOKEN": ENV_SECRET,
-                           "LAUNCHER_HISTORY": str(probe_dir / "history.json"),
-                           "LAUNCHER_PROBE": json.dumps({"hidden": hidden, "write": ro + rw,
-                                                         "echo": ["CT_API_TOKEN"]})}},
+        slurm={
+            "gpus_per_node": 1 if runtime == "apptainer" else 0,
+            "cpus_per_gpu": 1,
+            "mem": "1G",
+            "time": "00:10:00",
+            "signal_delay_s": 30,
+            "max_retries": max_retries,
+            "jobs": jobs,
+        },
+        container={
+            "runtime": runtime,
+            "image": image_for(runtime, env),
+            "binds": [str(probe_dir)],
+            # TEMPORARY workaround (launcher/history.py): the gather job records the run's rate in
+            # ~/.cache/launcher, read-only in apptainer's image, and write_atomic waits out EROFS for 300 s
+            # inside a job before record_run gives up. Remove once record_run does not wait.
+            "env": {
+                "PYTHONPATH": str(probe_dir),
+                "CT_API_TOKEN": ENV_SECRET,
+                "LAUNCHER_HISTORY": str(probe_dir / "history.json"),
+                "LAUNCHER_PROBE": json.dumps({"hidden": hidden, "write": ro + rw, "echo": ["CT_API_TOKEN"]}),
+            },
+        },
     )
     os.chown(spec, uid, gid)
     # The runtime is reached through a recorder first on PATH (sbatch passes the submitter's PATH to the job).
@@ -348,8 +389,24 @@ def _prepare(runtime: str, user: str, base: Path, env: dict[str, str], host_mark
     for item in (recorder, log):
         os.chown(item, uid, gid)
     extra_env = {**(extra_env or {}), "PATH": f"{recorder}:{path}"}
-    return Run(runtime, user, label, uid, gid, image_for(runtime, env), folder, spec, probe_dir, hidden, ro, rw, units,
-               jobs, extra_env, log)
+    return Run(
+        runtime,
+        user,
+        label,
+        uid,
+        gid,
+        image_for(runtime, env),
+        folder,
+        spec,
+        probe_dir,
+        hidden,
+        ro,
+        rw,
+        units,
+        jobs,
+        extra_env,
+        log,
+    )
 
 
 def _submit(run: Run, base: Path, env: dict[str, str]) -> None:
@@ -358,8 +415,13 @@ def _submit(run: Run, base: Path, env: dict[str, str]) -> None:
     # The submit starts in the unbound secret/ folder: a runtime that binds the job's start directory shows it.
     run.started = time.time()
     with open(run.dir / "submit.log", "wb") as log:
-        run.proc = subprocess.Popen(argv, cwd=base / "secret", env={**user_env(run.user, env), **run.extra_env},
-                                    stdout=log, stderr=subprocess.STDOUT)
+        run.proc = subprocess.Popen(
+            argv,
+            cwd=base / "secret",
+            env={**user_env(run.user, env), **run.extra_env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait(proc: subprocess.Popen[bytes] = run.proc) -> None:
         proc.wait()
@@ -403,8 +465,16 @@ def fleet(tiny_model: Path) -> Iterator[Fleet]:
     if reason := why_not("docker", "caller", env):
         skipped[("docker", "retry")] = reason
     else:  # a worker job that crashes once: its retry must happen although scontrol is not in the image
-        runs[("docker", "retry")] = _prepare("docker", "caller", base, env, host_marker, label="retry", max_retries=1,
-                                             extra_env={"LAUNCHER_FAULT_CRASH": "users.full.0000:1"})
+        runs[("docker", "retry")] = _prepare(
+            "docker",
+            "caller",
+            base,
+            env,
+            host_marker,
+            label="retry",
+            max_retries=1,
+            extra_env={"LAUNCHER_FAULT_CRASH": "users.full.0000:1"},
+        )
     for run in runs.values():
         _submit(run, base, env)
     gpu_jobs: dict[tuple[str, str], GpuJob] = {}
@@ -502,8 +572,11 @@ def test_gpu_argv_from_a_real_slurm_allocation(fleet: Fleet, runtime: str, user:
     else:
         inside["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(GPUS)))  # only the selected GPUs exist inside
         users = ["--userns", "keep-id"] if (runtime == "podman" and uid != 0) else []
-        gpu = (["--gpus", f'"device={",".join(ids)}"'] if runtime == "docker"
-               else [*(x for i in ids for x in ("--device", f"nvidia.com/gpu={i}")), "--security-opt", "label=disable"])
+        gpu = (
+            ["--gpus", f'"device={",".join(ids)}"']
+            if runtime == "docker"
+            else [*(x for i in ids for x in ("--device", f"nvidia.com/gpu={i}")), "--security-opt", "label=disable"]
+        )
         expected = [runtime, "run", "--rm", "--init", "--pull", "never", "--network", "host", "--ipc", "host",
                     *users, "--user", f"{uid}:{gid}", *gpu,
                     *(x for k in sorted(inside) for x in ("-e", k)),  # names only: values from the env
@@ -514,10 +587,22 @@ def test_gpu_argv_from_a_real_slurm_allocation(fleet: Fleet, runtime: str, user:
 # ---- launcher doctor, from the CLI --------------------------------------------------------------------------
 def _doctor(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, dict[str, Any]]:
     full_env = {**os.environ, **runtime_env(), **(env or {})}
-    text = subprocess.run([sys.executable, "-m", "launcher", "doctor", *args], capture_output=True, text=True,
-                          env=full_env, cwd=ROOT, timeout=180)
-    as_json = subprocess.run([sys.executable, "-m", "launcher.containers.doctor", *args, "--json"], capture_output=True,
-                             text=True, env=full_env, cwd=ROOT, timeout=180)
+    text = subprocess.run(
+        [sys.executable, "-m", "launcher", "doctor", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+        timeout=180,
+    )
+    as_json = subprocess.run(
+        [sys.executable, "-m", "launcher.containers.doctor", *args, "--json"],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+        timeout=180,
+    )
     levels = {c["name"]: c for c in json.loads(as_json.stdout)["checks"]} if as_json.stdout.strip() else {}
     return text.returncode, text.stdout + text.stderr, levels
 
@@ -535,8 +620,14 @@ def test_doctor_cli_without_gpu_checks_the_rest(runtime: str) -> None:
     assert code == 0, out  # no GPU is a warning on a login/CPU node, not a failure
     assert "no NVIDIA driver here" in out and "result: OK (0 failed, 1 warnings)" in out, out
     assert {name: c["level"] for name, c in checks.items()} == {
-        "runtime": "ok", "driver": "warn", "gpus": "skip", "image": "ok", "versions": "ok", "compat": "ok",
-        "gpus-inside": "skip"}, out
+        "runtime": "ok",
+        "driver": "warn",
+        "gpus": "skip",
+        "image": "ok",
+        "versions": "ok",
+        "compat": "ok",
+        "gpus-inside": "skip",
+    }, out
     assert "a CPU image" in checks["versions"]["message"] and "srun --gpus=1" in checks["gpus-inside"]["fix"]
 
 
@@ -558,8 +649,9 @@ def test_doctor_cli_missing_image_fails_with_the_build_command(runtime: str) -> 
 @pytest.mark.containers
 def test_doctor_cli_missing_runtime_names_the_setup_script(tmp_path: Path) -> None:
     (tmp_path / "bin").mkdir()  # a PATH with no podman on it
-    code, out, checks = _doctor("--runtime", "podman", "--image", "localhost/launcher-test:cpu",
-                                env={"PATH": str(tmp_path / "bin")})
+    code, out, checks = _doctor(
+        "--runtime", "podman", "--image", "localhost/launcher-test:cpu", env={"PATH": str(tmp_path / "bin")}
+    )
     assert code == 1, out
     assert checks["runtime"]["level"] == "fail" and "podman-setup.sh" in checks["runtime"]["fix"], out
     assert checks["image"]["level"] == "skip", out
@@ -572,7 +664,8 @@ def test_doctor_cli_missing_runtime_names_the_setup_script(tmp_path: Path) -> No
 def test_workers_run_in_image_and_outputs_are_complete(fleet: Fleet, runtime: str, user: str) -> None:
     run = fleet.get(runtime, user)
     assert run.proc is not None and run.proc.returncode == 0, (
-        f"launcher submit --wait exited {run.proc and run.proc.returncode}:\n{run.stdout[-3000:]}\n{run.logs_tail()}")
+        f"launcher submit --wait exited {run.proc and run.proc.returncode}:\n{run.stdout[-3000:]}\n{run.logs_tail()}"
+    )
     assert f"{run.units} unit(s) to do; {run.jobs} worker job(s) submitted as array" in run.stdout, run.stdout
     assert f"users/full: {RECORDS} records, {RECORDS * NUM_SAMPLES} samples" in run.stdout
     rows = [json.loads(line) for line in (run.out / "users" / "full" / "samples.jsonl").read_text().splitlines()]
@@ -648,8 +741,13 @@ def test_containers_see_only_their_binds(fleet: Fleet, runtime: str, user: str) 
 
 def slurm_elapsed_s(job_id: str) -> int | None:
     """How long a finished job ran, by Slurm's accounting (None when sacct cannot say)."""
-    done = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "ElapsedRaw"], capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "ElapsedRaw"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     said = done.stdout.split()
     return int(said[0]) if done.returncode == 0 and said and said[0].isdigit() else None
 
@@ -692,8 +790,11 @@ def test_files_belong_to_the_submitting_user(fleet: Fleet, runtime: str, user: s
     written = [p for p in [*run.out.rglob("*"), *run.probe_dir.rglob("*")] if p.name != "sitecustomize.py"]
     assert any(p.parent.name == "chunks" for p in written), "no chunk was written"
     assert any(p.parent.name == "workers" for p in written), "no worker report was written"
-    foreign = [f"{p} {p.stat().st_uid}:{p.stat().st_gid}" for p in written
-               if (p.stat().st_uid, p.stat().st_gid) != (run.uid, run.gid)]
+    foreign = [
+        f"{p} {p.stat().st_uid}:{p.stat().st_gid}"
+        for p in written
+        if (p.stat().st_uid, p.stat().st_gid) != (run.uid, run.gid)
+    ]
     assert not foreign, f"files not owned by {run.user} ({run.uid}:{run.gid}): {foreign[:10]}"
 
 
@@ -706,14 +807,17 @@ def test_run_json_records_the_image(fleet: Fleet, runtime: str, user: str) -> No
     record = json.loads((run.run_dir() / "run.json").read_text())["image"]
     assert (record["runtime"], record["image"]) == (runtime, run.image)
     inspects = [a for a in map(json.loads, map(Path.read_text, run.recorder_log.glob("*.json"))) if "inspect" in a]
-    assert {"sha256", "id"} & set(record), (f"run.json has no digest or id for the image: {record}; the runtime's "
-                                            f"`image inspect` calls: {inspects}\n{run.stdout[-1500:]}")
+    assert {"sha256", "id"} & set(record), (
+        f"run.json has no digest or id for the image: {record}; the runtime's "
+        f"`image inspect` calls: {inspects}\n{run.stdout[-1500:]}"
+    )
     if runtime == "apptainer":
         assert record["sha256"] == sif_sha256(run.image)
     else:
         inspect = [*as_user(user), runtime, "image", "inspect", "--format", "{{.Id}}", run.image]
-        image_id = subprocess.run(inspect, env=user_env(user, fleet.env), capture_output=True, text=True, cwd="/",
-                                  check=True).stdout.strip()
+        image_id = subprocess.run(
+            inspect, env=user_env(user, fleet.env), capture_output=True, text=True, cwd="/", check=True
+        ).stdout.strip()
         assert record["id"] == image_id  # rootless podman: the id in that user's own store
 
 
@@ -745,8 +849,10 @@ def test_the_image_carries_this_checkouts_launcher(fleet: Fleet) -> None:
         pytest.skip("no worker job ran in a container")
     for name, probe in seen:
         stale = sorted(k for k in {*probe["sources"], *ours} if probe["sources"].get(k) != ours.get(k))
-        assert not stale, (f"{name}: the image's launcher/ differs from this checkout in {', '.join(stale[:6])}\n"
-                           "  fix:   bash containers/test-image/build.sh (as root; ~20 s after a code change)")
+        assert not stale, (
+            f"{name}: the image's launcher/ differs from this checkout in {', '.join(stale[:6])}\n"
+            "  fix:   bash containers/test-image/build.sh (as root; ~20 s after a code change)"
+        )
 
 
 _HOST_SOURCES: dict[str, str] = {}

@@ -60,10 +60,18 @@ def test_readers_agree(kind: str, tmp_path: Path) -> None:
 
 
 def test_quarantine_reasons(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "d.jsonl", [
-        USERS[0], '{"user_id": "cut', {"profile": "no id"}, "[1, 2]", {"user_id": "x", "profile": "", "history": [],
-                                                                        "context": None},
-        {"user_id": {"nested": 1}, "context": "c"}, USERS[1]])
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            USERS[0],
+            '{"user_id": "cut',
+            {"profile": "no id"},
+            "[1, 2]",
+            {"user_id": "x", "profile": "", "history": [], "context": None},
+            {"user_id": {"nested": 1}, "context": "c"},
+            USERS[1],
+        ],
+    )
     records, bad = read_shard(path, 0, 100, FIELDS)
     assert [r.user_id for r in records] == ["u00", "u01"]
     reasons = {q.row: q.reason for q in bad}

@@ -54,30 +54,44 @@ def spec_at(tmp_path: Path, inputs: tuple[Path, Path], **sections: Any) -> Path:
 NEWLINE = "x\n#SBATCH --wrap=touch /tmp/pwned"
 REFUSED: list[tuple[str, Any, dict[str, Any]]] = [
     # (field shown in the error, value, spec sections)
-    *[("slurm.partition", v, {"slurm": {"partition": v}})
-      for v in (NEWLINE, "$(touch X)", "gpu;touch X", "`id`", "a b", "gpu'", "p" * 200)],
+    *[
+        ("slurm.partition", v, {"slurm": {"partition": v}})
+        for v in (NEWLINE, "$(touch X)", "gpu;touch X", "`id`", "a b", "gpu'", "p" * 200)
+    ],
     *[("slurm.account", v, {"slurm": {"account": v}}) for v in (NEWLINE, "$(id)", "lab\r")],
     *[("slurm.qos", v, {"slurm": {"qos": v}}) for v in (NEWLINE, "high|x")],
     *[("slurm.constraint", v, {"slurm": {"constraint": v}}) for v in (NEWLINE, "h100;touch X", "$(x)", "a b")],
     *[("slurm.mem", v, {"slurm": {"mem": v}}) for v in ("64G\n", "64G;x", "$(x)")],
     *[("slurm.time", v, {"slurm": {"time": v}}) for v in ("04:00:00\n#SBATCH --x", "1;2", "`1`")],
-    *[("slurm.extra_args", {k: "v"}, {"slurm": {"extra_args": {k: "v"}}})
-      for k in ("comment\n#SBATCH --x", "a b", "$(x)", "wrap", "output", "array", "--comment")],
-    *[("slurm.extra_args.comment", v, {"slurm": {"extra_args": {"comment": v}}})
-      for v in ("a\nb", "a\rb", "back\\slash", "c" * 2000)],
+    *[
+        ("slurm.extra_args", {k: "v"}, {"slurm": {"extra_args": {k: "v"}}})
+        for k in ("comment\n#SBATCH --x", "a b", "$(x)", "wrap", "output", "array", "--comment")
+    ],
+    *[
+        ("slurm.extra_args.comment", v, {"slurm": {"extra_args": {"comment": v}}})
+        for v in ("a\nb", "a\rb", "back\\slash", "c" * 2000)
+    ],
     *[("name", v, {"name": v}) for v in ("a;b", "$(x)", "../x", "a\nb", "n" * 65, "-rf")],
     *[("data.datasets[0].name", v, {}) for v in ("../../etc", "a/b", "$(x)", ".hidden")],
-    *[("data.templates", {v: {"text": "hi"}}, {"data": {"templates": {v: {"text": "hi"}}}})
-      for v in ("../x", "a/b", ".hidden", "a b")],
-    *[("container.image", v, {"container": {"runtime": "docker", "image": v}})
-      for v in ("--privileged", "-v/:/host", "img\nx")],
-    *[("container.binds[0]", v, {"container": {"binds": [v]}})
-      for v in ("/a:/b:/c:ro", "rel/path", "/a\n/b:/a", "/x:/y:exec")],
+    *[
+        ("data.templates", {v: {"text": "hi"}}, {"data": {"templates": {v: {"text": "hi"}}}})
+        for v in ("../x", "a/b", ".hidden", "a b")
+    ],
+    *[
+        ("container.image", v, {"container": {"runtime": "docker", "image": v}})
+        for v in ("--privileged", "-v/:/host", "img\nx")
+    ],
+    *[
+        ("container.binds[0]", v, {"container": {"binds": [v]}})
+        for v in ("/a:/b:/c:ro", "rel/path", "/a\n/b:/a", "/x:/y:exec")
+    ],
     *[("container.env", {k: "v"}, {"container": {"env": {k: "v"}}}) for k in ("A B", "A=B", "$(x)", "1A", "A;B")],
     *[("container.env.BIG", {"BIG": "x" * 40_000}, {"container": {"env": {"BIG": "x" * 40_000}}})],
     # docker reads DOCKER_* itself, so the value would go in its argv (ps): a credential-like name is refused
-    *[("container.env", {k: "v"}, {"container": {"runtime": "docker", "image": "img:1", "env": {k: "v"}}})
-      for k in ("DOCKER_TOKEN", "LD_SECRET")],
+    *[
+        ("container.env", {k: "v"}, {"container": {"runtime": "docker", "image": "img:1", "env": {k: "v"}}})
+        for k in ("DOCKER_TOKEN", "LD_SECRET")
+    ],
     *[("output.dir", v, {"output": {"dir": v}}) for v in ("/tmp/a%jb", "/tmp/a\nb", "/tmp/a\\b", "/tmp/" + "x" * 300)],
     ("model.path", "/tmp/a\nb", {"model": {"path": "/tmp/a\nb"}}),
     ("container.runtime", "comma", {}),  # apptainer --bind reads ',' as a list separator: refused at plan time
@@ -96,10 +110,15 @@ def refused_spec(tmp_path: Path, inputs: tuple[Path, Path], field: str, value: A
     return make_spec(tmp_path, model, data, **sections)
 
 
-@pytest.mark.parametrize(("field", "value", "sections"), REFUSED,
-                         ids=[f"{f}={str(v)[:24]!r}" for f, v, _ in REFUSED])
-def test_refused(field: str, value: Any, sections: dict[str, Any], tmp_path: Path, inputs: tuple[Path, Path],
-                 capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("field", "value", "sections"), REFUSED, ids=[f"{f}={str(v)[:24]!r}" for f, v, _ in REFUSED])
+def test_refused(
+    field: str,
+    value: Any,
+    sections: dict[str, Any],
+    tmp_path: Path,
+    inputs: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     spec = refused_spec(tmp_path, inputs, field, value, sections)
     before = set(tmp_path.rglob("*"))
     for argv in (["plan", str(spec)], ["submit", str(spec)]):
@@ -111,10 +130,11 @@ def test_refused(field: str, value: Any, sections: dict[str, Any], tmp_path: Pat
     assert not Path("/tmp/pwned").exists()
 
 
-def test_set_override_is_refused_too(tmp_path: Path, inputs: tuple[Path, Path],
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_set_override_is_refused_too(
+    tmp_path: Path, inputs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = spec_at(tmp_path, inputs)
-    for override in ("slurm.partition=$(touch X)", "slurm.extra_args={comment: \"a\\nb\"}", "a;b=1", "name=../x"):
+    for override in ("slurm.partition=$(touch X)", 'slurm.extra_args={comment: "a\\nb"}', "a;b=1", "name=../x"):
         assert main(["plan", str(spec), "--set", override]) == 2
         err = capsys.readouterr().err
         assert "--set" in err and "fix:" in err, err
@@ -122,8 +142,22 @@ def test_set_override_is_refused_too(tmp_path: Path, inputs: tuple[Path, Path],
 
 # ---- inert: free text that reaches the batch script ---------------------------------------------------------------
 def payloads(canary: Path) -> list[str]:
-    return ["a b", "it's", 'say "hi"', "semi;colon", f"$(touch {canary})", f"`touch {canary}`", "a|b&c>d<e",
-            "*?[x]", "#hash", "é ü ∑", "$HOME ${IFS}x", f"'; touch {canary}; '", "--wrap=touch x", " lead-trail "]
+    return [
+        "a b",
+        "it's",
+        'say "hi"',
+        "semi;colon",
+        f"$(touch {canary})",
+        f"`touch {canary}`",
+        "a|b&c>d<e",
+        "*?[x]",
+        "#hash",
+        "é ü ∑",
+        "$HOME ${IFS}x",
+        f"'; touch {canary}; '",
+        "--wrap=touch x",
+        " lead-trail ",
+    ]
 
 
 def sbatch_value(line: str) -> str:
@@ -151,9 +185,13 @@ def sbatch_value(line: str) -> str:
 
 
 def render(tmp_path: Path, inputs: tuple[Path, Path], out: Path, comment: str) -> tuple[str, Any]:
-    spec = spec_at(tmp_path, inputs, executor="slurm", output={"dir": str(out)},
-                   slurm={"partition": "debug", "gpus_per_node": 2, "extra_args": {"comment": comment,
-                                                                                   "mail-user": comment}})
+    spec = spec_at(
+        tmp_path,
+        inputs,
+        executor="slurm",
+        output={"dir": str(out)},
+        slurm={"partition": "debug", "gpus_per_node": 2, "extra_args": {"comment": comment, "mail-user": comment}},
+    )
     plan = expand(load_spec(spec))
     return sbatch_preview(plan), plan
 
@@ -196,8 +234,21 @@ def test_sbatch_text_is_inert(index: int, tmp_path: Path, inputs: tuple[Path, Pa
     proc = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     calls = [json.loads(x) for x in log.read_text().splitlines()]
-    assert calls == [["srun", "--unbuffered", "--output", f"{logs}/%A_%a_%t_log.out", "--error",
-                      f"{logs}/%A_%a_%t_log.err", sys.executable, "-u", "-m", "submitit.core._submit", str(logs)]]
+    assert calls == [
+        [
+            "srun",
+            "--unbuffered",
+            "--output",
+            f"{logs}/%A_%a_%t_log.out",
+            "--error",
+            f"{logs}/%A_%a_%t_log.err",
+            sys.executable,
+            "-u",
+            "-m",
+            "submitit.core._submit",
+            str(logs),
+        ]
+    ]
     teardown = next(ln for ln in text.splitlines() if "launcher.job.retries" in ln)
     assert str(plan.run.root) in shlex.split(teardown)  # one word for the shell, as given
     assert not canary.exists() and not (tmp_path / "x").exists()
@@ -225,8 +276,13 @@ def test_container_argv_is_inert(runtime: str, tmp_path: Path, inputs: tuple[Pat
     bind_dir.mkdir()
     env = {f"ODD_{i}": v for i, v in enumerate(values)}
     image = "registry.local/img:$(touch CANARY)" if runtime == "docker" else str(tmp_path / "img it's $(x).sif")
-    spec = spec_at(tmp_path, inputs, executor="slurm", slurm={"gpus_per_node": 2},
-                   container={"runtime": runtime, "image": image, "binds": [str(bind_dir)], "env": env})
+    spec = spec_at(
+        tmp_path,
+        inputs,
+        executor="slurm",
+        slurm={"gpus_per_node": 2},
+        container={"runtime": runtime, "image": image, "binds": [str(bind_dir)], "env": env},
+    )
     plan = expand(load_spec(spec))  # accepted: check_inputs builds this argv too
     launch = spec_launch(plan.spec, plan.run.root, gpu_count=2)
     argv = launch.argv
@@ -265,11 +321,14 @@ def test_odd_user_ids_and_template_text_in_a_real_run(mixed_run: MixedRun) -> No
     assert all(f.parent == users_dir and f.is_file() for f in files)
     by_id = {json.loads(f.read_text())["user_id"]: f.name for f in files}
     assert set(ODD_USERS) <= set(by_id)
-    assert by_id["../../escape"] != "../../escape.json" and (users_dir / by_id["../../escape"]).resolve().parent == \
-        users_dir.resolve()
+    assert (
+        by_id["../../escape"] != "../../escape.json"
+        and (users_dir / by_id["../../escape"]).resolve().parent == users_dir.resolve()
+    )
     samples = [json.loads(x) for x in (mixed_run.group / "samples.jsonl").read_text().splitlines()]
-    assert all("Reply $(touch PWNED) `touch PWNED` ; rm -rf / && echo $HF_TOKEN > leak |" in s["prompt"]
-               for s in samples)
+    assert all(
+        "Reply $(touch PWNED) `touch PWNED` ; rm -rf / && echo $HF_TOKEN > leak |" in s["prompt"] for s in samples
+    )
     for where in (mixed_run.canary_dir, ROOT, Path.cwd()):
         assert not list(where.rglob("PWNED")) and not (where / "leak").exists()
     outside = [p for p in mixed_run.out.parent.rglob("*.json") if not p.is_relative_to(mixed_run.out)]
@@ -298,10 +357,18 @@ def test_secrets_never_written(mixed_run: MixedRun) -> None:
 
 
 def secret_spec(tmp_path: Path, inputs: tuple[Path, Path], runtime: str = "apptainer") -> Path:
-    return spec_at(tmp_path, inputs, executor="slurm", slurm={"gpus_per_node": 1},
-                   output={"dir": str(tmp_path / "out")},
-                   container={"runtime": runtime, "image": "/images/x.sif" if runtime == "apptainer" else "img:1",
-                              "env": {"HF_TOKEN": SECRETS["HF_TOKEN"], "MY_API_KEY": SECRETS["MY_API_KEY"]}})
+    return spec_at(
+        tmp_path,
+        inputs,
+        executor="slurm",
+        slurm={"gpus_per_node": 1},
+        output={"dir": str(tmp_path / "out")},
+        container={
+            "runtime": runtime,
+            "image": "/images/x.sif" if runtime == "apptainer" else "img:1",
+            "env": {"HF_TOKEN": SECRETS["HF_TOKEN"], "MY_API_KEY": SECRETS["MY_API_KEY"]},
+        },
+    )
 
 
 def test_secrets_not_in_the_sbatch_script(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
@@ -331,8 +398,9 @@ def test_container_request_holding_secrets_is_private(tmp_path: Path, inputs: tu
 
 
 @pytest.mark.parametrize("runtime", ["docker", "podman", "apptainer"])
-def test_plan_output_does_not_show_secrets(runtime: str, tmp_path: Path, inputs: tuple[Path, Path],
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_output_does_not_show_secrets(
+    runtime: str, tmp_path: Path, inputs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = secret_spec(tmp_path, inputs, runtime=runtime)
     assert main(["plan", str(spec)]) == 0
     text = capsys.readouterr().out
@@ -367,8 +435,11 @@ def test_plan_with_a_container_writes_nothing(tmp_path: Path, inputs: tuple[Path
 
 # ---- umask --------------------------------------------------------------------------------------------------------
 def modes(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): stat.S_IMODE(p.lstat().st_mode) for p in [folder, *folder.rglob("*")]
-            if not p.is_symlink()}
+    return {
+        str(p.relative_to(folder)): stat.S_IMODE(p.lstat().st_mode)
+        for p in [folder, *folder.rglob("*")]
+        if not p.is_symlink()
+    }
 
 
 def test_outputs_follow_umask_022(mixed_run: MixedRun) -> None:
@@ -376,8 +447,9 @@ def test_outputs_follow_umask_022(mixed_run: MixedRun) -> None:
     assert len(found) > 20
     loose = {p: oct(m) for p, m in found.items() if m & 0o022}
     assert not loose, f"group/world-writable under umask 022: {loose}"
-    assert all(m & 0o044 for p, m in found.items() if p.endswith(("samples.jsonl", "manifest.json"))), \
+    assert all(m & 0o044 for p, m in found.items() if p.endswith(("samples.jsonl", "manifest.json"))), (
         "outputs stay readable by the group and others under umask 022 (shared storage)"
+    )
 
 
 def test_outputs_follow_umask_077(locked_run: LockedRun) -> None:
@@ -391,16 +463,35 @@ def test_outputs_follow_umask_077(locked_run: LockedRun) -> None:
 @pytest.mark.slurm
 def test_live_slurm_job_keeps_values_literal(tmp_path: Path, tiny_model: Path) -> None:
     canaries = [tmp_path / f"CANARY{i}" for i in range(4)]
-    comment = f"$(touch {canaries[0]}) `touch {canaries[1]}` ; it's \"quoted\" #not-a-comment | & > x"
+    comment = f'$(touch {canaries[0]}) `touch {canaries[1]}` ; it\'s "quoted" #not-a-comment | & > x'
     out = tmp_path / f"out it's $(touch {canaries[2].name}) `touch {canaries[3].name}`; echo x"
     data = write_jsonl(tmp_path / "one.jsonl", USERS[:1])
-    spec = make_spec(tmp_path, tiny_model, data, name="inject", executor="slurm",
-                     slurm={"partition": "debug", "gpus_per_node": 0, "cpus_per_gpu": 1, "mem": "1G",
-                            "time": "00:10:00", "signal_delay_s": 30, "gather": False, "max_retries": 0,
-                            "extra_args": {"comment": comment}},
-                     output={"dir": str(out)})
-    proc = subprocess.run([sys.executable, "-m", "launcher", "submit", str(spec)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    spec = make_spec(
+        tmp_path,
+        tiny_model,
+        data,
+        name="inject",
+        executor="slurm",
+        slurm={
+            "partition": "debug",
+            "gpus_per_node": 0,
+            "cpus_per_gpu": 1,
+            "mem": "1G",
+            "time": "00:10:00",
+            "signal_delay_s": 30,
+            "gather": False,
+            "max_retries": 0,
+            "extra_args": {"comment": comment},
+        },
+        output={"dir": str(out)},
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "launcher", "submit", str(spec)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     run_dir = next((out / "runs").iterdir())
     job = json.loads((run_dir / "run.json").read_text())["submissions"][-1]["array_job_id"]
@@ -414,8 +505,9 @@ def test_live_slurm_job_keeps_values_literal(tmp_path: Path, tiny_model: Path) -
         time.sleep(2)
     logs = "\n".join(p.read_text()[-2000:] for p in sorted((run_dir / "logs").glob("*.err")))
     assert done.exists(), logs
-    gathered = subprocess.run([sys.executable, "-m", "launcher", "gather", str(run_dir)], capture_output=True,
-                              text=True, timeout=120)
+    gathered = subprocess.run(
+        [sys.executable, "-m", "launcher", "gather", str(run_dir)], capture_output=True, text=True, timeout=120
+    )
     assert gathered.returncode == 0, gathered.stderr
     assert (out / "users" / "full" / "samples.jsonl").exists()
     for canary in canaries:

@@ -23,6 +23,7 @@ def _runs(out: Path) -> list[Path]:
 
 # -- run identity ----------------------------------------------------------------------------------------------
 
+
 def test_touched_dataset_keeps_its_run(tmp_path: Path, tiny_model: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", USERS[:4])
     spec = make_spec(tmp_path, tiny_model, data)
@@ -84,6 +85,7 @@ def test_weights_replaced_at_the_same_path_are_a_new_model(tmp_path: Path, tiny_
 
 # -- refused up front -------------------------------------------------------------------------------------------
 
+
 def test_extends_pointed_at_a_non_spec_echoes_nothing(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:
     secret = tmp_path / "shadow"
     secret.write_text("root:$y$j9T$SECRETHASH:19000:0:99999:7:::\napi_key: hunter2-SECRET\n")
@@ -95,22 +97,28 @@ def test_extends_pointed_at_a_non_spec_echoes_nothing(tmp_path: Path, tiny_model
     assert "SECRET" not in proc.stderr + proc.stdout and "api_key" not in proc.stderr
 
 
-@pytest.mark.parametrize("template", ["{% for i in range(10**8) %}x{% endfor %}", "{% include '/etc/passwd' %}",
-                                      "{{ 1 / 0 }}"])
-def test_template_errors_exit_2_naming_the_template(tmp_path: Path, tiny_model: Path, users_file: Path,
-                                                    template: str) -> None:
-    spec = make_spec(tmp_path, tiny_model, users_file, data={"ablation_configs": ["mine"],
-                                                             "templates": {"mine": {"text": template}}})
+@pytest.mark.parametrize(
+    "template", ["{% for i in range(10**8) %}x{% endfor %}", "{% include '/etc/passwd' %}", "{{ 1 / 0 }}"]
+)
+def test_template_errors_exit_2_naming_the_template(
+    tmp_path: Path, tiny_model: Path, users_file: Path, template: str
+) -> None:
+    spec = make_spec(
+        tmp_path, tiny_model, users_file, data={"ablation_configs": ["mine"], "templates": {"mine": {"text": template}}}
+    )
     proc = launcher("plan", str(spec))
     assert proc.returncode == 2, proc.stderr
     assert "data.templates.mine.text" in proc.stderr and "Traceback" not in proc.stderr
     assert "root:" not in proc.stderr
 
 
-def test_bad_engine_values_output_inside_an_input_and_splits(tmp_path: Path, tiny_model: Path,
-                                                            users_file: Path) -> None:
-    for section, field, value, words in (("model", "quantization", "int3", "unknown quantization 'int3'"),
-                                         ("model", "engine_args", {"kv_cache_dtype": "fp9"}, "did you mean 'fp8'")):
+def test_bad_engine_values_output_inside_an_input_and_splits(
+    tmp_path: Path, tiny_model: Path, users_file: Path
+) -> None:
+    for section, field, value, words in (
+        ("model", "quantization", "int3", "unknown quantization 'int3'"),
+        ("model", "engine_args", {"kv_cache_dtype": "fp9"}, "did you mean 'fp8'"),
+    ):
         proc = launcher("plan", str(make_spec(tmp_path, tiny_model, users_file, **{section: {field: value}})))
         assert proc.returncode == 2 and words in proc.stderr, proc.stderr
     inside = make_spec(tmp_path, tiny_model, users_file, output={"dir": str(tiny_model / "outputs")})
@@ -118,8 +126,9 @@ def test_bad_engine_values_output_inside_an_input_and_splits(tmp_path: Path, tin
     assert proc.returncode == 2 and "is inside the model folder" in proc.stderr
     assert not (tiny_model / "outputs").exists()
     datasets = pytest.importorskip("datasets")
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(USERS[:4]),
-                               "test": datasets.Dataset.from_list(USERS[4:6])})
+    dd = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(USERS[:4]), "test": datasets.Dataset.from_list(USERS[4:6])}
+    )
     dd.save_to_disk(str(tmp_path / "hf"))
     proc = launcher("plan", str(make_spec(tmp_path, tiny_model, tmp_path / "hf")))
     assert proc.returncode == 2 and "2 splits and none named" in proc.stderr and "train, test" in proc.stderr
@@ -130,8 +139,11 @@ def test_bad_engine_values_output_inside_an_input_and_splits(tmp_path: Path, tin
 
 
 def test_plan_counts_repeated_record_ids(tmp_path: Path, tiny_model: Path) -> None:
-    rows = [{"id": 1, "user_id": "a", "context": "x"}, {"id": "1", "user_id": "b", "context": "y"},
-            {"id": 2, "user_id": "c", "context": "z"}]
+    rows = [
+        {"id": 1, "user_id": "a", "context": "x"},
+        {"id": "1", "user_id": "b", "context": "y"},
+        {"id": 2, "user_id": "c", "context": "z"},
+    ]
     data = write_jsonl(tmp_path / "d.jsonl", rows)
     spec = make_spec(tmp_path, tiny_model, data, data={"fields": {"record_id": "id"}})
     proc = launcher("plan", str(spec))
@@ -142,8 +154,7 @@ def test_plan_counts_repeated_record_ids(tmp_path: Path, tiny_model: Path) -> No
 
 @pytest.mark.slurm
 def test_a_job_no_node_can_hold_is_refused(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:
-    spec = make_spec(tmp_path, tiny_model, users_file, executor="slurm", slurm={"gpus_per_node": 2,
-                                                                               "cpus_per_gpu": 8})
+    spec = make_spec(tmp_path, tiny_model, users_file, executor="slurm", slurm={"gpus_per_node": 2, "cpus_per_gpu": 8})
     proc = launcher("submit", str(spec))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     message = " ".join(proc.stderr.split())
@@ -152,6 +163,7 @@ def test_a_job_no_node_can_hold_is_refused(tmp_path: Path, tiny_model: Path, use
 
 
 # -- say what happened --------------------------------------------------------------------------------------------
+
 
 def test_local_crash_shows_failed_with_its_error(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:
     spec = make_spec(tmp_path, tiny_model, users_file, data={"records_per_shard": 5})
@@ -164,22 +176,33 @@ def test_local_crash_shows_failed_with_its_error(tmp_path: Path, tiny_model: Pat
     assert unit["failures"] >= 1 and "injected fault" in unit["last_error"]
 
 
-def test_status_in_a_pipe_prints_plain_lines_and_survives_head(tmp_path: Path, tiny_model: Path,
-                                                               users_file: Path) -> None:
+def test_status_in_a_pipe_prints_plain_lines_and_survives_head(
+    tmp_path: Path, tiny_model: Path, users_file: Path
+) -> None:
     spec = make_spec(tmp_path, tiny_model, users_file)
     assert launcher("submit", str(spec), "--wait").returncode == 0
     watch = launcher("status", str(tmp_path / "out"), "--watch")
     assert watch.returncode == 0 and "\x1b[" not in watch.stdout and "units 1 done; records 10/10" in watch.stdout
-    piped = subprocess.run(f"{sys.executable} -m launcher status {tmp_path / 'out'} --json | head -c 10",
-                           shell=True, capture_output=True, text=True, cwd=ROOT)
+    piped = subprocess.run(
+        f"{sys.executable} -m launcher status {tmp_path / 'out'} --json | head -c 10",
+        shell=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert "BrokenPipeError" not in piped.stderr and "Traceback" not in piped.stderr
 
 
 def test_local_submit_without_wait_gathers_by_itself(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:
     spec = make_spec(tmp_path, tiny_model, users_file)
     with open(tmp_path / "log", "w") as log:  # not a pipe: the local job inherits it
-        proc = subprocess.run([sys.executable, "-m", "launcher", "submit", str(spec)], stdout=log,
-                              stderr=subprocess.STDOUT, cwd=ROOT, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "launcher", "submit", str(spec)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            timeout=120,
+        )
     assert proc.returncode == 0 and "the last one to finish gathers" in (tmp_path / "log").read_text()
     samples = tmp_path / "out" / "users" / "full" / "samples.jsonl"
     deadline = time.time() + 240
@@ -190,9 +213,15 @@ def test_local_submit_without_wait_gathers_by_itself(tmp_path: Path, tiny_model:
 
 def test_ctrl_c_on_submit_wait_says_what_is_kept(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:
     spec = make_spec(tmp_path, tiny_model, users_file, output={"chunk_records": 1}, model={"hf_batch_size": 1})
-    proc = subprocess.Popen([sys.executable, "-m", "launcher", "submit", str(spec), "--wait"], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            env={**os.environ, "LAUNCHER_FAULT_SLOW_S": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launcher", "submit", str(spec), "--wait"],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env={**os.environ, "LAUNCHER_FAULT_SLOW_S": "1"},
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not list((tmp_path / "out").rglob("chunks/*.jsonl")):
         time.sleep(0.2)

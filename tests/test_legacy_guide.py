@@ -17,9 +17,32 @@ CHAMELEONS = [{**u, "user_id": f"cham{i:03d}"} for i, u in enumerate(USERS)]
 
 def _guide(model: Path, out: Path, *extra: str) -> list[str]:
     """The guide's quick test, as typed (flag for flag), bar the program name."""
-    return ["run", "--checkpoint_dir", str(model), "--dataset", "Chameleons", "--ablation_config",
-            "profile_and_context", "--output_dir", str(out), "--num_samples", "2", "--temperature", "1.0",
-            "--top_p", "0.9", "--top_k", "50", "--max_tokens", "8", "--seed", "42", "--backend", "hf", *extra]
+    return [
+        "run",
+        "--checkpoint_dir",
+        str(model),
+        "--dataset",
+        "Chameleons",
+        "--ablation_config",
+        "profile_and_context",
+        "--output_dir",
+        str(out),
+        "--num_samples",
+        "2",
+        "--temperature",
+        "1.0",
+        "--top_p",
+        "0.9",
+        "--top_k",
+        "50",
+        "--max_tokens",
+        "8",
+        "--seed",
+        "42",
+        "--backend",
+        "hf",
+        *extra,
+    ]
 
 
 def _check_outputs(out: Path) -> None:
@@ -56,8 +79,14 @@ def test_dataset_name_with_scenario_path_and_data_root(tmp_path: Path, tiny_mode
 
 def test_unknown_name_lists_the_known_ones(tmp_path: Path, tiny_model: Path) -> None:
     (tmp_path / "launcher.yaml").write_text("datasets:\n  Chameleons: c.jsonl\n  DMSC: d.jsonl\n")
-    proc = launcher(*_guide(tiny_model, tmp_path / "out")[:4], "Chameleon", "--output_dir", str(tmp_path / "out"),
-                    cwd=tmp_path, env={"LAUNCHER_DATA_ROOT": ""})
+    proc = launcher(
+        *_guide(tiny_model, tmp_path / "out")[:4],
+        "Chameleon",
+        "--output_dir",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+        env={"LAUNCHER_DATA_ROOT": ""},
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     message = " ".join(proc.stderr.split())
     assert "no dataset named 'Chameleon'" in message and "Chameleons, DMSC" in message
@@ -69,9 +98,11 @@ def test_spec_datasets_by_name_and_the_renamed_preamble(tmp_path: Path, tiny_mod
     write_jsonl(tmp_path / "cham.jsonl", CHAMELEONS)
     (tmp_path / "preamble.txt").write_text("You write reviews.")
     spec = tmp_path / "s.yaml"
-    spec.write_text(f"name: s\nmodel: {{path: {tiny_model}, backend: hf}}\ndatasets: {{Chameleons: cham.jsonl}}\n"
-                    "data:\n  datasets: [{name: Chameleons}]\n  preamble: preamble.txt\n"
-                    f"output: {{dir: {tmp_path / 'out'}}}\nexecutor: local\n")
+    spec.write_text(
+        f"name: s\nmodel: {{path: {tiny_model}, backend: hf}}\ndatasets: {{Chameleons: cham.jsonl}}\n"
+        "data:\n  datasets: [{name: Chameleons}]\n  preamble: preamble.txt\n"
+        f"output: {{dir: {tmp_path / 'out'}}}\nexecutor: local\n"
+    )
     plan = launcher("plan", str(spec), "--json")
     assert plan.returncode == 0, plan.stderr
     assert json.loads(plan.stdout)["records"] == len(CHAMELEONS)
@@ -82,11 +113,23 @@ def test_spec_datasets_by_name_and_the_renamed_preamble(tmp_path: Path, tiny_mod
 
 def test_awq_flags_against_the_checkpoint(tmp_path: Path, tiny_model: Path) -> None:
     write_jsonl(tmp_path / "c.jsonl", CHAMELEONS)
-    base = ["run", "--checkpoint_dir", str(tiny_model), "--scenario_path", str(tmp_path / "c.jsonl"),
-            "--output_dir", str(tmp_path / "o"), "--backend", "hf"]
+    base = [
+        "run",
+        "--checkpoint_dir",
+        str(tiny_model),
+        "--scenario_path",
+        str(tmp_path / "c.jsonl"),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--backend",
+        "hf",
+    ]
     proc = launcher(*base, "--quantization", "awq")
-    assert proc.returncode == 2 and "has no quantization_config: the weights are not quantized" in \
-        " ".join(proc.stderr.split()) and "AutoAWQ" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "has no quantization_config: the weights are not quantized" in " ".join(proc.stderr.split())
+        and "AutoAWQ" in proc.stderr
+    )
     awq = tmp_path / "awq-model"
     shutil.copytree(tiny_model, awq)
     config = json.loads((awq / "config.json").read_text())
@@ -98,8 +141,10 @@ def test_awq_flags_against_the_checkpoint(tmp_path: Path, tiny_model: Path) -> N
     proc = launcher(*base, "--quantization", "gptq")
     assert proc.returncode == 2 and "quantized with awq" in " ".join(proc.stderr.split())
     spec = tmp_path / "s.yaml"  # the matching method passes every check (running AWQ kernels needs a GPU)
-    spec.write_text(f"name: s\nmodel: {{path: {awq}, quantization: awq_marlin}}\n"
-                    f"data: {{datasets: [{{name: c, path: {tmp_path / 'c.jsonl'}}}]}}\noutput: {{dir: {tmp_path}/p}}\n")
+    spec.write_text(
+        f"name: s\nmodel: {{path: {awq}, quantization: awq_marlin}}\n"
+        f"data: {{datasets: [{{name: c, path: {tmp_path / 'c.jsonl'}}}]}}\noutput: {{dir: {tmp_path}/p}}\n"
+    )
     assert launcher("plan", str(spec)).returncode == 0
 
 
@@ -118,12 +163,24 @@ def test_helper_script_and_example_sweep_are_valid() -> None:
 def test_tensor_parallel_not_honoured_is_said_on_the_console(tmp_path: Path, tiny_model: Path) -> None:
     pytest.importorskip("vllm")
     write_jsonl(tmp_path / "c.jsonl", CHAMELEONS[:3])
-    proc = launcher("run", "--checkpoint_dir", str(tiny_model), "--scenario_path", str(tmp_path / "c.jsonl"),
-                    "--output_dir", str(tmp_path / "o"), "--tensor_parallel_size", "4", "--max_tokens", "4",
-                    "--num_samples", "1", env={"CUDA_VISIBLE_DEVICES": ""})
+    proc = launcher(
+        "run",
+        "--checkpoint_dir",
+        str(tiny_model),
+        "--scenario_path",
+        str(tmp_path / "c.jsonl"),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--tensor_parallel_size",
+        "4",
+        "--max_tokens",
+        "4",
+        "--num_samples",
+        "1",
+        env={"CUDA_VISIBLE_DEVICES": ""},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     message = " ".join(proc.stderr.split())
     assert "tensor_parallel_size 4 asked, but there is no GPU here" in message
     status = json.loads(launcher("status", str(tmp_path / "o"), "--json").stdout)
     assert any("tensor_parallel_size 4" in w for w in status["warnings"])
-

@@ -21,22 +21,34 @@ from .conftest import USERS, launcher, make_spec, write_jsonl
 def test_expand_counts_ids_and_paths(tmp_path: Path, tiny_model: Path) -> None:
     a = write_jsonl(tmp_path / "a.jsonl", USERS)  # 10 rows
     b = write_jsonl(tmp_path / "b.jsonl", USERS[:7])
-    spec_path = make_spec(tmp_path, tiny_model, a, data={
-        "datasets": [{"name": "chameleons", "path": str(a)}, {"name": "dmsc", "path": str(b)}],
-        "ablation_configs": ["context_only", "full"], "records_per_shard": 4})
+    spec_path = make_spec(
+        tmp_path,
+        tiny_model,
+        a,
+        data={
+            "datasets": [{"name": "chameleons", "path": str(a)}, {"name": "dmsc", "path": str(b)}],
+            "ablation_configs": ["context_only", "full"],
+            "records_per_shard": 4,
+        },
+    )
     plan = expand(load_spec(spec_path))
     # chameleons: 3 shards (4+4+2), dmsc: 2 shards (4+3); x 2 ablations
     assert len(plan.units) == (3 + 2) * 2
     assert plan.total_records == (10 + 7) * 2
     # largest first (stable): the full shards of every cell, then the remainders, which workers take last
-    assert [u.unit_id for u in plan.units[:3]] == ["chameleons.context_only.0000", "chameleons.context_only.0001",
-                                                   "chameleons.full.0000"]
+    assert [u.unit_id for u in plan.units[:3]] == [
+        "chameleons.context_only.0000",
+        "chameleons.context_only.0001",
+        "chameleons.full.0000",
+    ]
     assert [u.rows for u in plan.units] == [4] * 6 + [3, 3, 2, 2]
     assert [u.index for u in plan.units] == list(range(10))
     last = next(u for u in plan.units if u.unit_id == "chameleons.context_only.0002")
     assert (last.start, last.stop) == (8, 10)
-    assert plan.run.unit(last.unit_id).root == Path(plan.spec.output.dir) / "runs" / plan.spec.run_id / "units" / \
-        "chameleons.context_only.0002"
+    assert (
+        plan.run.unit(last.unit_id).root
+        == Path(plan.spec.output.dir) / "runs" / plan.spec.run_id / "units" / "chameleons.context_only.0002"
+    )
     again = expand(load_spec(spec_path))
     assert again.units == plan.units  # stable: same spec, same units
 
@@ -94,16 +106,26 @@ def test_missing_inputs_are_spec_errors(tmp_path: Path, tiny_model: Path) -> Non
 
 def test_plan_10k_tasks(tmp_path: Path, tiny_model: Path) -> None:
     data = write_jsonl(tmp_path / "big.jsonl", [{"user_id": f"u{i}", "context": "c"} for i in range(5000)])
-    plan = expand(load_spec(make_spec(tmp_path, tiny_model, data, data={
-        "ablation_configs": ["context_only", "full"], "records_per_shard": 1})))
+    plan = expand(
+        load_spec(
+            make_spec(
+                tmp_path, tiny_model, data, data={"ablation_configs": ["context_only", "full"], "records_per_shard": 1}
+            )
+        )
+    )
     assert len(plan.units) == 10_000  # its speed is measured in benchmarks/plan_speed.py, not asserted here
     assert len({u.unit_id for u in plan.units}) == 10_000
 
 
 def test_plan_cli_shows_sbatch_and_submits_nothing(tmp_path: Path, tiny_model: Path) -> None:
     data = write_jsonl(tmp_path / "a.jsonl", USERS)
-    spec = make_spec(tmp_path, tiny_model, data, executor="slurm", slurm={
-        "partition": "debug", "gpus_per_node": 2, "time": "01:00:00", "extra_args": {"exclusive": True}})
+    spec = make_spec(
+        tmp_path,
+        tiny_model,
+        data,
+        executor="slurm",
+        slurm={"partition": "debug", "gpus_per_node": 2, "time": "01:00:00", "extra_args": {"exclusive": True}},
+    )
     proc = launcher("plan", str(spec))
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -135,12 +157,19 @@ def _gpus(n: int) -> GpuSet:
     return GpuSet(tuple(str(i) for i in range(n)), "test")
 
 
-@pytest.mark.parametrize(("shape", "n", "gpu", "tp", "dp"), [
-    (LLAMA8B, 1, H100, 1, 1), (LLAMA8B, 2, H100, 1, 2), (LLAMA8B, 4, H100, 1, 4),
-    (SHAPE_40_40, 4, H100, 1, 4),
-    (LLAMA70B, 1, H200, None, None),  # does not fit: refused with a reason
-    (LLAMA70B, 2, H200, 2, 1), (LLAMA70B, 4, H100, 4, 1), (LLAMA70B, 4, H200, 2, 2),
-])
+@pytest.mark.parametrize(
+    ("shape", "n", "gpu", "tp", "dp"),
+    [
+        (LLAMA8B, 1, H100, 1, 1),
+        (LLAMA8B, 2, H100, 1, 2),
+        (LLAMA8B, 4, H100, 1, 4),
+        (SHAPE_40_40, 4, H100, 1, 4),
+        (LLAMA70B, 1, H200, None, None),  # does not fit: refused with a reason
+        (LLAMA70B, 2, H200, 2, 1),
+        (LLAMA70B, 4, H100, 4, 1),
+        (LLAMA70B, 4, H200, 2, 2),
+    ],
+)
 def test_auto_layout(shape: ModelShape, n: int, gpu: GpuInfo, tp: int | None, dp: int | None) -> None:
     if tp is None:
         with pytest.raises(SpecError, match="does not fit"):
@@ -178,11 +207,14 @@ def test_no_gpu_is_cpu_layout() -> None:
     assert asked.gpus == () and "no GPU here" in asked.notes[0]
 
 
-@pytest.mark.parametrize(("env", "ids"), [
-    ({"CUDA_VISIBLE_DEVICES": "2,3"}, ("2", "3")),  # a second job on the node: count, not numbering
-    ({"SLURM_JOB_GPUS": "2,3"}, ("0", "1")),  # cgroups renumber from 0 for CUDA
-    ({"SLURM_GPUS_ON_NODE": "4"}, ("0", "1", "2", "3")),
-    ({"CUDA_VISIBLE_DEVICES": ""}, ()),
-])
+@pytest.mark.parametrize(
+    ("env", "ids"),
+    [
+        ({"CUDA_VISIBLE_DEVICES": "2,3"}, ("2", "3")),  # a second job on the node: count, not numbering
+        ({"SLURM_JOB_GPUS": "2,3"}, ("0", "1")),  # cgroups renumber from 0 for CUDA
+        ({"SLURM_GPUS_ON_NODE": "4"}, ("0", "1", "2", "3")),
+        ({"CUDA_VISIBLE_DEVICES": ""}, ()),
+    ],
+)
 def test_gpu_counting(env: dict[str, str], ids: tuple[str, ...]) -> None:
     assert allocated_gpus(env).ids == ids

@@ -42,8 +42,15 @@ def test_n_samples_seeds_and_invariance(tmp_path: Path, tiny_model: Path, users_
     texts = [s for r in base for s in r["generated_samples"]]
     assert len(set(texts)) == len(texts), "different records / samples must differ"
     # same seed, another output dir, other shards and batch sizes -> the same text for every record
-    other = _run_all(spec, ["output.dir=" + str(tmp_path / "o2"), "data.records_per_shard=3", "model.hf_batch_size=2",
-                            "output.chunk_records=5"])
+    other = _run_all(
+        spec,
+        [
+            "output.dir=" + str(tmp_path / "o2"),
+            "data.records_per_shard=3",
+            "model.hf_batch_size=2",
+            "output.chunk_records=5",
+        ],
+    )
     assert _by_record(other) == _by_record(base)
     reseeded = _run_all(spec, ["output.dir=" + str(tmp_path / "o3"), "sampling.seed=8"])
     assert all(_by_record(reseeded)[k] != v for k, v in _by_record(base).items())
@@ -93,13 +100,24 @@ def test_gather_fails_loudly_when_incomplete(tmp_path: Path, tiny_model: Path, u
 
 def test_resume_after_sigkill_equals_clean_run(tmp_path: Path, tiny_model: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", USERS * 1 + [{**u, "user_id": u["user_id"] + "b"} for u in USERS])
-    spec = make_spec(tmp_path, tiny_model, data, sampling={"max_tokens": 48},
-                     model={"hf_batch_size": 1}, output={"chunk_records": 1}, data={"records_per_shard": 20})
+    spec = make_spec(
+        tmp_path,
+        tiny_model,
+        data,
+        sampling={"max_tokens": 48},
+        model={"hf_batch_size": 1},
+        output={"chunk_records": 1},
+        data={"records_per_shard": 20},
+    )
     plan = expand(load_spec(spec))
     save_plan(plan)
     unit = plan.run.unit(plan.units[0].unit_id)
-    proc = subprocess.Popen([sys.executable, "-m", "launcher", "run", "--spec", str(plan.run.root), "--job", "0"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launcher", "run", "--spec", str(plan.run.root), "--job", "0"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and len(unit.chunk_files()) < 3:
         time.sleep(0.05)
@@ -119,16 +137,57 @@ def test_resume_after_sigkill_equals_clean_run(tmp_path: Path, tiny_model: Path)
 
 def test_legacy_flags(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:
     out = tmp_path / "legacy"
-    proc = launcher("run", "--checkpoint_dir", str(tiny_model), "--dataset", str(users_file), "--ablation_config",
-                    "profile_and_context", "--output_dir", str(out), "--num_samples", "2", "--temperature", "0.7",
-                    "--top_p", "0.95", "--top_k", "20", "--max_tokens", "6", "--seed", "3", "--tensor_parallel_size",
-                    "1", "--gpu_memory_utilization", "0.8", "--max_model_len", "1024", "--backend", "hf")
+    proc = launcher(
+        "run",
+        "--checkpoint_dir",
+        str(tiny_model),
+        "--dataset",
+        str(users_file),
+        "--ablation_config",
+        "profile_and_context",
+        "--output_dir",
+        str(out),
+        "--num_samples",
+        "2",
+        "--temperature",
+        "0.7",
+        "--top_p",
+        "0.95",
+        "--top_k",
+        "20",
+        "--max_tokens",
+        "6",
+        "--seed",
+        "3",
+        "--tensor_parallel_size",
+        "1",
+        "--gpu_memory_utilization",
+        "0.8",
+        "--max_model_len",
+        "1024",
+        "--backend",
+        "hf",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "inference_summary.json").read_text())
-    for key in ("throughput_samples_per_sec", "inference_time_seconds", "total_samples", "output_tokens_per_sec",
-                "startup_seconds_max", "backend", "tensor_parallel_size", "data_parallel_size", "gpu_name",
-                "engine_version", "spec_hash", "launcher_version", "layout_reason", "backend_reason", "run",
-                "workers"):
+    for key in (
+        "throughput_samples_per_sec",
+        "inference_time_seconds",
+        "total_samples",
+        "output_tokens_per_sec",
+        "startup_seconds_max",
+        "backend",
+        "tensor_parallel_size",
+        "data_parallel_size",
+        "gpu_name",
+        "engine_version",
+        "spec_hash",
+        "launcher_version",
+        "layout_reason",
+        "backend_reason",
+        "run",
+        "workers",
+    ):
         assert key in summary, key
     assert summary["total_samples"] == 2 * len(USERS) and summary["backend"] == "hf"
     assert summary["sampling"]["top_p"] == 0.95 and summary["sampling"]["seed"] == 3
@@ -138,8 +197,17 @@ def test_legacy_flags(tmp_path: Path, tiny_model: Path, users_file: Path) -> Non
 
 
 def test_legacy_bad_flag_values_exit_2(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:
-    proc = launcher("run", "--checkpoint_dir", str(tiny_model), "--dataset", str(users_file), "--output_dir",
-                    str(tmp_path / "o"), "--top_p", "1.5")
+    proc = launcher(
+        "run",
+        "--checkpoint_dir",
+        str(tiny_model),
+        "--dataset",
+        str(users_file),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--top_p",
+        "1.5",
+    )
     assert proc.returncode == 2 and "--top_p: sampling.top_p" in proc.stderr
     proc = launcher("run", "--checkpoint_dir", str(tiny_model), "--dataset", str(users_file))
     assert proc.returncode == 2 and "--output_dir" in proc.stderr
@@ -150,8 +218,9 @@ def test_legacy_bad_flag_values_exit_2(tmp_path: Path, tiny_model: Path, users_f
 
 @pytest.mark.slow
 def test_local_executor_end_to_end(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:
-    spec = make_spec(tmp_path, tiny_model, users_file, data={"records_per_shard": 5,
-                                                             "ablation_configs": ["context_only", "full"]})
+    spec = make_spec(
+        tmp_path, tiny_model, users_file, data={"records_per_shard": 5, "ablation_configs": ["context_only", "full"]}
+    )
     proc = launcher("submit", str(spec), "--wait")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for ablation in ("context_only", "full"):

@@ -19,8 +19,9 @@ from launcher.plan.sizing import (
 )
 from launcher.spec import ModelSpec
 
-LLAMA8B = ModelShape(("LlamaForCausalLM",), 32, 4096, 32, 8, 128, 14336, 128256, 8192, "bfloat16",
-                     16_060_522_496, "estimated")
+LLAMA8B = ModelShape(
+    ("LlamaForCausalLM",), 32, 4096, 32, 8, 128, 14336, 128256, 8192, "bfloat16", 16_060_522_496, "estimated"
+)
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", 81559 * 1024 * 1024)
 H200 = GpuInfo("NVIDIA H200", 143771 * 1024 * 1024)
 TP1 = ParallelLayout(1, 1, ("0",), "test")
@@ -86,8 +87,13 @@ def test_spec_values_win() -> None:
     assert s.reasons["max_num_seqs"] == "set in the spec (model.engine_args)"
     assert s.kwargs["compilation_config"]["cudagraph_mode"] == "FULL_DECODE_ONLY"
     # A compilation_config in the spec wins key by key; auto fills in only what it leaves out.
-    own = size_vllm(ModelSpec(path="m", engine_args={"compilation_config": {"cudagraph_mode": "FULL_AND_PIECEWISE"}}),
-                    LLAMA8B, TP1, H100, _work(200, 256))
+    own = size_vllm(
+        ModelSpec(path="m", engine_args={"compilation_config": {"cudagraph_mode": "FULL_AND_PIECEWISE"}}),
+        LLAMA8B,
+        TP1,
+        H100,
+        _work(200, 256),
+    )
     assert own.kwargs["compilation_config"]["cudagraph_mode"] == "FULL_AND_PIECEWISE"
     assert own.kwargs["compilation_config"]["cudagraph_capture_sizes"][-1] == own.kwargs["max_num_seqs"]
     assert "cudagraph_mode set in the spec" in own.reasons["compilation_config"]

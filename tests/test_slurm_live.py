@@ -70,6 +70,7 @@ _gpus_free = threading.Event()  # the e2e run's worker jobs have ended: the pree
 
 # ---------------------------------------------------------------- inputs and helpers
 
+
 @dataclass
 class Inputs:
     root: Path
@@ -86,16 +87,26 @@ def inputs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Inputs
     return Inputs(root, tiny_model, ds_a, ds_b)
 
 
-def write_spec(inp: Inputs, name: str, datasets: tuple[str, ...] = ("ds_a",), ablations: tuple[str, ...] = ("full",),
-               per_shard: int = RECORDS, slurm: dict[str, Any] | None = None,
-               model: dict[str, Any] | None = None) -> Path:
+def write_spec(
+    inp: Inputs,
+    name: str,
+    datasets: tuple[str, ...] = ("ds_a",),
+    ablations: tuple[str, ...] = ("full",),
+    per_shard: int = RECORDS,
+    slurm: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
+) -> Path:
     """A job spec on the local cluster's profile (configs/slurm-local.yaml), as a user would write one."""
     spec = {
         "extends": str(PROFILE),
         "name": name,
         "model": {"path": str(inp.model), **(model or {})},
-        "data": {"datasets": [{"name": d, "path": str(getattr(inp, d))} for d in datasets],
-                 "ablation_configs": list(ablations), "num_samples": 2, "records_per_shard": per_shard},
+        "data": {
+            "datasets": [{"name": d, "path": str(getattr(inp, d))} for d in datasets],
+            "ablation_configs": list(ablations),
+            "num_samples": 2,
+            "records_per_shard": per_shard,
+        },
         "sampling": {"max_tokens": 8, "seed": 7},
         # The e2e run goes first (its worker jobs take the 4 GPUs): the others are niced, and their 5 min limit
         # lets the backfill scheduler start them beside it (it reserves the whole node ahead for a waiting
@@ -108,8 +119,13 @@ def write_spec(inp: Inputs, name: str, datasets: tuple[str, ...] = ("ds_a",), ab
     return path
 
 
-def wait(what: str, check: Callable[[], Any], timeout_s: float = SCENARIO_TIMEOUT_S, every_s: float = 0.5,
-         run_dir: Path | None = None) -> Any:
+def wait(
+    what: str,
+    check: Callable[[], Any],
+    timeout_s: float = SCENARIO_TIMEOUT_S,
+    every_s: float = 0.5,
+    run_dir: Path | None = None,
+) -> Any:
     return wait_for(what, check, timeout_s, every_s, stop=_stop, explain=lambda: diagnose(run_dir))
 
 
@@ -124,11 +140,13 @@ def diagnose(run_dir: Path | None) -> str:
 
 def wait_gathered(run_dir: Path, timeout_s: float = SCENARIO_TIMEOUT_S) -> RunStatus:
     """Until the newest submission's gather job has ended (it starts once every worker job has ended: afterany)."""
+
     def ended() -> RunStatus | None:
         status = collect(run_dir)
         newest = submissions(run_dir)[-1]["gather_job_id"]
         ok = status.gather_job_id == newest and status.gather_state in FINAL
         return status if ok and all(j.state in FINAL for j in status.jobs) else None
+
     status: RunStatus = wait(f"gather job of {run_dir.name}", ended, timeout_s, 2.0, run_dir)
     return status
 
@@ -161,6 +179,7 @@ def assert_nothing_lost_or_twice(run_dir: Path, reference: bytes, group: str = "
 
 # ---------------------------------------------------------------- the scenarios (run concurrently)
 
+
 @dataclass
 class Outcome:
     run_dir: Path
@@ -171,14 +190,21 @@ class Outcome:
 def scenario_e2e(inp: Inputs) -> Outcome:
     """2 datasets x 2 ablations x 3 units of 3 records = 12 units; auto: 2 worker jobs of 2 fake GPUs each, so
     4 workers (DP=2 per job, processes of their own on the CPU) claim the 12 units."""
-    spec = write_spec(inp, "e2e", ("ds_a", "ds_b"), ("context_only", "full"), per_shard=3,
-                      slurm={"gpus_per_node": 2, "mem": "1G", "time": 20, "extra_args": {}})
+    spec = write_spec(
+        inp,
+        "e2e",
+        ("ds_a", "ds_b"),
+        ("context_only", "full"),
+        per_shard=3,
+        slurm={"gpus_per_node": 2, "mem": "1G", "time": 20, "extra_args": {}},
+    )
     run_dir, proc = submit(spec)
     outcome = Outcome(run_dir, notes={"stdout": proc.stdout})
     t0 = time.monotonic()
     try:
-        wait("e2e worker jobs", lambda: all(j.state in FINAL for j in collect(run_dir).jobs), run_dir=run_dir,
-             every_s=2)
+        wait(
+            "e2e worker jobs", lambda: all(j.state in FINAL for j in collect(run_dir).jobs), run_dir=run_dir, every_s=2
+        )
     finally:
         _gpus_free.set()
     wait_gathered(run_dir)
@@ -192,8 +218,13 @@ def scenario_preempt(inp: Inputs) -> Outcome:
     wait("e2e jobs off the GPUs", _gpus_free.is_set)
     t0 = time.monotonic()
     # time > 50 min: below that, submitit calls every USR2 a timeout (its guaranteed time is negative)
-    spec = write_spec(inp, "preempt", per_shard=3, slurm={"gpus_per_node": 2, "time": 60, "extra_args": {}},
-                      model={"hf_batch_size": 1})
+    spec = write_spec(
+        inp,
+        "preempt",
+        per_shard=3,
+        slurm={"gpus_per_node": 2, "time": 60, "extra_args": {}},
+        model={"hf_batch_size": 1},
+    )
     # 4 s a record, 2 workers: ~14 s of work left after the first 2 records, for Slurm to schedule the preemptor
     # (it holds back while any job on the node is completing: 7 s seen)
     run_dir, _ = submit(spec, env={"LAUNCHER_FAULT_SLOW_S": "4:1"})
@@ -201,10 +232,26 @@ def scenario_preempt(inp: Inputs) -> Outcome:
     chunks = chunk_count(run_dir)
     units = [f"ds_a.full.{i:04d}" for i in range(3)]
     held = {u: owner for u in units if not unit_done(run_dir, u) and (owner := claim_owner(run_dir, u))}
-    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "--gres=gpu:4", "-c", "1", "--mem=64M",
-                           "-o", "/dev/null", "--wrap", "true"], capture_output=True, text=True, check=True)
-    outcome = Outcome(run_dir, notes={"high_job": high.stdout.strip(), "chunks_at_preemption": chunks,
-                                      "held": held})
+    high = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "-p",
+            "high",
+            "--gres=gpu:4",
+            "-c",
+            "1",
+            "--mem=64M",
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    outcome = Outcome(run_dir, notes={"high_job": high.stdout.strip(), "chunks_at_preemption": chunks, "held": held})
     wait_gathered(run_dir)
     outcome.seconds = time.monotonic() - t0
     return outcome
@@ -217,8 +264,11 @@ def scenario_crash(inp: Inputs) -> Outcome:
     spec = write_spec(inp, "crash", per_shard=3, slurm={"max_retries": 2}, model={"hf_batch_size": 1})
     proc = launcher("submit", str(spec), "--wait", env={"LAUNCHER_FAULT_CRASH": "ds_a.full.0001:2:1"})
     run_dir = Path(re.search(r"run dir: (\S+)", proc.stdout).group(1))  # type: ignore[union-attr]
-    return Outcome(run_dir, time.monotonic() - t0, {"wait_rc": proc.returncode, "stdout": proc.stdout,
-                                                    "stderr": proc.stderr[-3000:]})
+    return Outcome(
+        run_dir,
+        time.monotonic() - t0,
+        {"wait_rc": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr[-3000:]},
+    )
 
 
 def scenario_sigkill(inp: Inputs) -> Outcome:
@@ -229,14 +279,17 @@ def scenario_sigkill(inp: Inputs) -> Outcome:
     spec = write_spec(inp, "sigkill", per_shard=5, slurm={"jobs": 2})  # 2 units (5 + 4 records), 2 worker jobs
     run_dir, _ = submit(spec, env={"LAUNCHER_FAULT_SLOW_S": "1:1"})
     unit = "ds_a.full.0000"
-    owner = wait("2 records before the kill", lambda: chunk_count(run_dir, unit) >= 2 and holder(run_dir, unit),
-                 run_dir=run_dir)
+    owner = wait(
+        "2 records before the kill", lambda: chunk_count(run_dir, unit) >= 2 and holder(run_dir, unit), run_dir=run_dir
+    )
     job = int(owner["worker"].split(".")[0])
     chunks = chunk_count(run_dir, unit)
     job_pid = live(run_dir, job).get("pid")
     os.kill(owner["pid"], signal.SIGKILL)
-    outcome = Outcome(run_dir, notes={"killed": owner, "job": job, "job_pid": job_pid, "chunks_at_kill": chunks,
-                                      "killed_at": time.time()})
+    outcome = Outcome(
+        run_dir,
+        notes={"killed": owner, "job": job, "job_pid": job_pid, "chunks_at_kill": chunks, "killed_at": time.time()},
+    )
     wait_gathered(run_dir)
     outcome.seconds = time.monotonic() - t0
     return outcome
@@ -261,8 +314,12 @@ def scenario_resubmit(inp: Inputs) -> Outcome:
     first, second = "ds_a.full.0000", "ds_a.full.0001"
     wait("unit 0 under way", lambda: chunk_count(run_dir, first) >= 1, run_dir=run_dir)
     refused = launcher("submit", str(spec), env=env)  # a second set of jobs would count retries against the wrong one
-    wait("unit 0 done, unit 1 under way", lambda: unit_done(run_dir, first) and chunk_count(run_dir, second) >= 1,
-         every_s=0.2, run_dir=run_dir)
+    wait(
+        "unit 0 done, unit 1 under way",
+        lambda: unit_done(run_dir, first) and chunk_count(run_dir, second) >= 1,
+        every_s=0.2,
+        run_dir=run_dir,
+    )
     cut = {u: chunk_count(run_dir, u) for u in (first, second)}
     array = submissions(run_dir)[0]["array_job_id"]
     subprocess.run(["scancel", array], check=True)
@@ -270,8 +327,16 @@ def scenario_resubmit(inp: Inputs) -> Outcome:
     chunks_before = {p.relative_to(run_dir): p.read_bytes() for p in chunk_files(run_dir)}
     resubmitted_at = time.time()
     _, again = submit(spec, env={})
-    outcome = Outcome(run_dir, notes={"refused": refused, "again": again.stdout, "chunks_before": chunks_before,
-                                      "cut": cut, "resubmitted_at": resubmitted_at})
+    outcome = Outcome(
+        run_dir,
+        notes={
+            "refused": refused,
+            "again": again.stdout,
+            "chunks_before": chunks_before,
+            "cut": cut,
+            "resubmitted_at": resubmitted_at,
+        },
+    )
     wait_gathered(run_dir)
     outcome.seconds = time.monotonic() - t0
     return outcome
@@ -281,8 +346,9 @@ def scenario_states(inp: Inputs) -> Outcome:
     """3 units, one worker job; the last unit always crashes and max_retries is 0: status must show the job RUNNING
     with unit 0 RUNNING (its worker named) and the others PENDING, then DONE, DONE, FAILED with the error."""
     t0 = time.monotonic()
-    spec = write_spec(inp, "states", per_shard=3, slurm={"array_parallelism": 1, "max_retries": 0},
-                      model={"hf_batch_size": 1})
+    spec = write_spec(
+        inp, "states", per_shard=3, slurm={"array_parallelism": 1, "max_retries": 0}, model={"hf_batch_size": 1}
+    )
     run_dir, _ = submit(spec, env={"LAUNCHER_FAULT_SLOW_S": "0.5", "LAUNCHER_FAULT_CRASH": "ds_a.full.0002:99:1"})
     seen: list[RunStatus] = []
 
@@ -290,11 +356,16 @@ def scenario_states(inp: Inputs) -> Outcome:
         status = collect(run_dir)
         seen.append(status)
         units = status.units
-        return ([j.state for j in status.jobs] == ["RUNNING"] and units[0].state == "RUNNING"
-                and all(u.state == "PENDING" for u in units[1:]))
+        return (
+            [j.state for j in status.jobs] == ["RUNNING"]
+            and units[0].state == "RUNNING"
+            and all(u.state == "PENDING" for u in units[1:])
+        )
+
     wait("unit 0 running, 1 and 2 pending", running_and_pending, every_s=0.3, run_dir=run_dir)
-    outcome = Outcome(run_dir, notes={"while_running": seen[-1],
-                                      "status_running": launcher("status", str(run_dir)).stdout})
+    outcome = Outcome(
+        run_dir, notes={"while_running": seen[-1], "status_running": launcher("status", str(run_dir)).stdout}
+    )
     final = wait_gathered(run_dir)
     outcome.notes["final"] = final
     outcome.notes["status_cli"] = launcher("status", str(run_dir), "--json")
@@ -307,14 +378,27 @@ def scenario_held_cancel(inp: Inputs) -> Outcome:
     t0 = time.monotonic()
     spec = write_spec(inp, "held", per_shard=3, slurm={"extra_args": {"hold": True, "nice": 100}})
     run_dir, _ = submit(spec)
-    held = wait("held jobs", lambda: (s := collect(run_dir)) and s.jobs and all(j.state == "PENDING" for j in s.jobs)
-                and s, run_dir=run_dir)
+    held = wait(
+        "held jobs",
+        lambda: (s := collect(run_dir)) and s.jobs and all(j.state == "PENDING" for j in s.jobs) and s,
+        run_dir=run_dir,
+    )
     cancel = launcher("cancel", str(run_dir))
-    cancelled = wait("cancelled in sacct", lambda: (s := collect(run_dir)) and s.gather_state == "CANCELLED"
-                     and all(j.state == "CANCELLED" for j in s.jobs) and s, timeout_s=60, run_dir=run_dir)
+    cancelled = wait(
+        "cancelled in sacct",
+        lambda: (
+            (s := collect(run_dir))
+            and s.gather_state == "CANCELLED"
+            and all(j.state == "CANCELLED" for j in s.jobs)
+            and s
+        ),
+        timeout_s=60,
+        run_dir=run_dir,
+    )
     again = launcher("cancel", str(run_dir))
-    return Outcome(run_dir, time.monotonic() - t0, {"held": held, "cancel": cancel, "cancelled": cancelled,
-                                                    "again": again})
+    return Outcome(
+        run_dir, time.monotonic() - t0, {"held": held, "cancel": cancel, "cancelled": cancelled, "again": again}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -326,8 +410,14 @@ def scenarios(inputs: Inputs) -> Any:
     started = time.monotonic()
     futures: dict[str, Future[Outcome]] = {}
     futures["e2e"] = pool.submit(scenario_e2e, inputs)
-    for name, fn in (("timeout", scenario_timeout), ("crash", scenario_crash), ("sigkill", scenario_sigkill),
-                     ("resubmit", scenario_resubmit), ("states", scenario_states), ("held", scenario_held_cancel)):
+    for name, fn in (
+        ("timeout", scenario_timeout),
+        ("crash", scenario_crash),
+        ("sigkill", scenario_sigkill),
+        ("resubmit", scenario_resubmit),
+        ("states", scenario_states),
+        ("held", scenario_held_cancel),
+    ):
         futures[name] = pool.submit(fn, inputs)
     futures["preempt"] = pool.submit(scenario_preempt, inputs)
     yield futures
@@ -337,6 +427,7 @@ def scenarios(inputs: Inputs) -> Any:
         for path in inputs.root.glob("*/runs/*"):
             if (path / "run.json").exists():
                 launcher("cancel", str(path))
+
     cancel_all()  # ends the waits (a `submit --wait` too), then again: a scenario may have submitted meanwhile
     pool.shutdown(wait=True)
     cancel_all()
@@ -357,11 +448,13 @@ def reference(scenarios: dict[str, Future[Outcome]]) -> bytes:
 
 # ---------------------------------------------------------------- tests
 
+
 def test_submit_1000_worker_jobs_under_5s(inputs: Inputs) -> None:
     """`launcher submit` of 1,000 units as a 1,000-element array of worker jobs, end to end in a fresh process, held
     so that nothing runs."""
-    data = write_jsonl(inputs.root / "data" / "thousand.jsonl", [{"user_id": f"u{i:04d}", "context": "x"}
-                                                                 for i in range(1000)])
+    data = write_jsonl(
+        inputs.root / "data" / "thousand.jsonl", [{"user_id": f"u{i:04d}", "context": "x"} for i in range(1000)]
+    )
     spec = write_spec(inputs, "thousand", per_shard=1, slurm={"jobs": 1000, "extra_args": {"hold": True}})
     text = yaml.safe_load(spec.read_text())
     text["data"]["datasets"][0]["path"] = str(data)
@@ -373,8 +466,9 @@ def test_submit_1000_worker_jobs_under_5s(inputs: Inputs) -> None:
         sub = submissions(run_dir)[0]
         assert len(sub["job_ids"]) == 1000 and sub["job_indices"] == list(range(1000)) and sub["units_todo"] == 1000
         assert "1000 unit(s) to do; 1000 worker job(s) submitted as array" in proc.stdout, proc.stdout
-        queued = subprocess.run(["squeue", "-h", "-r", "-j", sub["array_job_id"], "-o", "%i"], capture_output=True,
-                                text=True).stdout.split()
+        queued = subprocess.run(
+            ["squeue", "-h", "-r", "-j", sub["array_job_id"], "-o", "%i"], capture_output=True, text=True
+        ).stdout.split()
         assert len(queued) == 1000, "one array element per worker job, all queued, none capped by submitit's %256"
     finally:
         assert launcher("cancel", str(run_dir)).returncode == 0
@@ -388,8 +482,9 @@ def test_e2e_array_with_gpus_gather_and_run_json(scenarios: dict[str, Future[Out
     status = collect(run_dir)
     assert status.gather_state == "COMPLETED", diagnose(run_dir)
     assert status.counts == {"DONE": 12} and [j.state for j in status.jobs] == ["COMPLETED"] * 2
-    assert re.search(r"12 unit\(s\) to do; 2 worker job\(s\) submitted as array \d+; gather job \d+",
-                     e2e.notes["stdout"]), e2e.notes["stdout"]
+    assert re.search(
+        r"12 unit\(s\) to do; 2 worker job\(s\) submitted as array \d+; gather job \d+", e2e.notes["stdout"]
+    ), e2e.notes["stdout"]
 
     run = run_json(run_dir)
     sub = run["submissions"][0]
@@ -411,8 +506,10 @@ def test_e2e_array_with_gpus_gather_and_run_json(scenarios: dict[str, Future[Out
         assert len(layout["gpus"]) == 2 and set(layout["gpus"]) <= {"0", "1", "2", "3"}, layout
         gpu_sets.add(tuple(layout["gpus"]))
         mine = [r for r in reports if r["job_index"] == job]
-        assert sorted(r["slot"] for r in mine) == [f"{job}.0", f"{job}.1"] and attempt["workers"] == [f"{job}.0",
-                                                                                                    f"{job}.1"]
+        assert sorted(r["slot"] for r in mine) == [f"{job}.0", f"{job}.1"] and attempt["workers"] == [
+            f"{job}.0",
+            f"{job}.1",
+        ]
         assert sorted(g for r in mine for g in r["gpus"]) == sorted(layout["gpus"]), "one GPU per worker"
         assert all(r["job_id"] and r["state"] in ("done", "idle") for r in mine), mine
         assert all(r["units_done"] for r in mine if r["state"] == "done")
@@ -512,8 +609,9 @@ def test_preemption_by_high_partition(scenarios: dict[str, Future[Outcome]], ref
     reports = worker_reports(run_dir)
     before = [r for r in reports if r["restart"] == 0]
     after = [r for r in reports if r["restart"] == 1]
-    assert sorted(r["slot"] for r in before) == sorted(r["slot"] for r in after) == ["0.0", "0.1"], \
+    assert sorted(r["slot"] for r in before) == sorted(r["slot"] for r in after) == ["0.0", "0.1"], (
         "DP=2 on the 2 fake GPUs, before and after the preemption"
+    )
     assert all(r["state"] == "preempted" for r in before), [r["state"] for r in before]
     assert sum(r["records"] for r in after) <= RECORDS - pre.notes["chunks_at_preemption"]
     # the units the workers held were given back (released), and taken again after the requeue
@@ -565,8 +663,12 @@ def test_status_running_pending_failed(scenarios: dict[str, Future[Outcome]]) ->
     run_dir = st.run_dir
     running: RunStatus = st.notes["while_running"]
     assert [(u.state, u.owner) for u in running.units] == [("RUNNING", "0.0"), ("PENDING", ""), ("PENDING", "")]
-    assert [(w.worker, w.state) for w in running.workers] in ([], [("0.0", "starting")], [("0.0", "loading")],
-                                                             [("0.0", "running")]), running.workers
+    assert [(w.worker, w.state) for w in running.workers] in (
+        [],
+        [("0.0", "starting")],
+        [("0.0", "loading")],
+        [("0.0", "running")],
+    ), running.workers
     text = st.notes["status_running"]
     assert "RUNNING" in text and "ds_a.full.0001" in text and "PENDING" in text, text
     final: RunStatus = st.notes["final"]

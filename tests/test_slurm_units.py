@@ -20,8 +20,13 @@ from launcher.submit.status import _expand, _parse
 from .conftest import ROOT
 
 EXAMPLE = ROOT / "configs" / "examples" / "slurm-local-demo.yaml"
-SLURM_ENV = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "57", "SLURM_ARRAY_JOB_ID": "50", "SLURM_ARRAY_TASK_ID": "7",
-             "SLURM_RESTART_COUNT": "2"}
+SLURM_ENV = {
+    "SUBMITIT_EXECUTOR": "slurm",
+    "SLURM_JOB_ID": "57",
+    "SLURM_ARRAY_JOB_ID": "50",
+    "SLURM_ARRAY_TASK_ID": "7",
+    "SLURM_RESTART_COUNT": "2",
+}
 
 
 def test_example_spec_on_the_local_profile(tiny_model: Path, tmp_path: Path) -> None:
@@ -30,8 +35,14 @@ def test_example_spec_on_the_local_profile(tiny_model: Path, tmp_path: Path) -> 
     assert len(plan.units) == 12 and {u.dataset for u in plan.units} == {"demo_users", "demo_users_again"}
     assert plan.jobs == 2  # array_parallelism 2 caps the worker jobs; each claims units until none is left
     script = sbatch_preview(plan)
-    for line in ("#SBATCH --array=0-1%2", "#SBATCH --gpus-per-node=2", "#SBATCH --partition=debug",
-                 "#SBATCH --cpus-per-task=2", "#SBATCH --mem=2G", "-m launcher.job.retries"):
+    for line in (
+        "#SBATCH --array=0-1%2",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --partition=debug",
+        "#SBATCH --cpus-per-task=2",
+        "#SBATCH --mem=2G",
+        "-m launcher.job.retries",
+    ):
         assert line in script, line
     assert script.rstrip().endswith('exit "$launcher_rc"')
 
@@ -87,8 +98,10 @@ def test_teardown_lines_keep_srun_status_and_quote_paths(tmp_path: Path) -> None
 def test_status_parses_sacct_and_squeue_rows() -> None:
     assert _expand("12_[4-6%12]") == ["12_4", "12_5", "12_6"]
     assert _expand("12_3") == ["12_3"] and _expand("12") == ["12"]
-    rows = _parse("12_0|COMPLETED|vm|None\n12_1|CANCELLED by 0|None assigned|None\n12.batch|COMPLETED|vm|None\n"
-                  "12_[2-3%1]|PENDING||JobArrayTaskLimit\n")
+    rows = _parse(
+        "12_0|COMPLETED|vm|None\n12_1|CANCELLED by 0|None assigned|None\n12.batch|COMPLETED|vm|None\n"
+        "12_[2-3%1]|PENDING||JobArrayTaskLimit\n"
+    )
     assert rows["12_0"].state == "COMPLETED" and rows["12_0"].node == "vm"
     assert rows["12_1"].state == "CANCELLED" and rows["12_1"].node is None
     assert rows["12_3"].reason == "JobArrayTaskLimit" and "12.batch" not in rows

@@ -49,11 +49,18 @@ def test_auto_picks_vllm_and_says_why(tmp_path: Path, tiny_model: Path, data: Pa
     rows = read_samples(out)
     assert len(rows) == len(USERS) and all(len(r["generated_samples"]) == 3 for r in rows)
     # rerun, other shard size and other chunking: the same text for every record
-    spec2 = make_spec(tmp_path, tiny_model, data, name="v2", model={"backend": "vllm"},
-                      data={"num_samples": 3, "records_per_shard": 6}, output={"dir": str(tmp_path / "o2"),
-                                                                               "chunk_records": 4})
+    spec2 = make_spec(
+        tmp_path,
+        tiny_model,
+        data,
+        name="v2",
+        model={"backend": "vllm"},
+        data={"num_samples": 3, "records_per_shard": 6},
+        output={"dir": str(tmp_path / "o2"), "chunk_records": 4},
+    )
     assert launcher("run", "--spec", str(spec2)).returncode == 0
     again = read_samples(tmp_path / "o2" / "users" / "full")
+
     def by_id(rs: list[dict]) -> dict:
         return {r["record_id"]: r["generated_samples"] for r in rs}
 
@@ -79,8 +86,13 @@ def test_sigkill_then_rerun_loses_nothing(tmp_path: Path, tiny_model: Path) -> N
     plan = expand(load_spec(spec))
     save_plan(plan)
     units = [plan.run.unit(u.unit_id) for u in plan.units]
-    proc = subprocess.Popen([sys.executable, "-m", "launcher", "run", "--spec", str(plan.run.root), "--job", "0"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launcher", "run", "--spec", str(plan.run.root), "--job", "0"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not any(u.chunk_files() for u in units):
         time.sleep(0.02)
@@ -97,9 +109,15 @@ def test_sigkill_then_rerun_loses_nothing(tmp_path: Path, tiny_model: Path) -> N
 def test_hf_and_vllm_agree_greedy_fp32(tmp_path: Path, tiny_model: Path, data: Path) -> None:
     outs = {}
     for backend in ("hf", "vllm"):
-        spec = make_spec(tmp_path, tiny_model, data, name=backend, model={"backend": backend, "dtype": "float32"},
-                         sampling={"temperature": 0, "max_tokens": 24},
-                         output={"dir": str(tmp_path / backend), "token_ids": True})
+        spec = make_spec(
+            tmp_path,
+            tiny_model,
+            data,
+            name=backend,
+            model={"backend": backend, "dtype": "float32"},
+            sampling={"temperature": 0, "max_tokens": 24},
+            output={"dir": str(tmp_path / backend), "token_ids": True},
+        )
         assert launcher("run", "--spec", str(spec)).returncode == 0
         outs[backend] = tmp_path / backend / "users" / "full"
     proc = launcher("compare", str(outs["hf"]), str(outs["vllm"]), "--json")

@@ -45,6 +45,7 @@ def _clean(spec_path: Path, tmp_path: Path) -> list[dict]:
 
 # -- claims ---------------------------------------------------------------------------------------------------------
 
+
 def _race(folder: str, worker: str, barrier: mp.Barrier, out: mp.Queue) -> None:  # type: ignore[type-arg]
     barrier.wait()
     claim = ClaimBook(Path(folder)).try_claim(Owner.me(worker))
@@ -99,10 +100,12 @@ def test_dead_owner_rules(tmp_path: Path) -> None:
 
 # -- one engine, many units; claims between workers ---------------------------------------------------------------
 
+
 def test_one_engine_load_runs_every_unit(tmp_path: Path, tiny_model: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", MANY)
-    spec = make_spec(tmp_path, tiny_model, data, data={"records_per_shard": 4, "ablation_configs": ["full",
-                                                                                                    "context_only"]})
+    spec = make_spec(
+        tmp_path, tiny_model, data, data={"records_per_shard": 4, "ablation_configs": ["full", "context_only"]}
+    )
     plan = _plan(spec)
     assert len(plan.units) == 16
     result = run_job(plan.run.root, 0)
@@ -114,7 +117,8 @@ def test_one_engine_load_runs_every_unit(tmp_path: Path, tiny_model: Path) -> No
     assert sum(1 for r in reports if r.get("engine_ready_at")) == 1
     rows = [row for r in gather(plan) for row in read_samples(r.out_dir)]
     assert sorted((r["ablation"], r["record_id"], r["generated_samples"][0]) for r in rows) == sorted(
-        (r["ablation"], r["record_id"], r["generated_samples"][0]) for r in _clean(spec, tmp_path))
+        (r["ablation"], r["record_id"], r["generated_samples"][0]) for r in _clean(spec, tmp_path)
+    )
     for unit in plan.units:  # each unit done once, by generation 0: nobody else ever claimed it
         assert plan.run.unit(unit.unit_id).read_done()["generation"] == 0
 
@@ -122,8 +126,15 @@ def test_one_engine_load_runs_every_unit(tmp_path: Path, tiny_model: Path) -> No
 @pytest.mark.slow
 def test_two_workers_split_the_units_and_rate_is_by_wall_clock(tmp_path: Path, tiny_model: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", MANY)
-    spec = make_spec(tmp_path, tiny_model, data, data={"records_per_shard": 3}, slurm={"jobs": 2},
-                     sampling={"max_tokens": 16}, model={"hf_batch_size": 1})
+    spec = make_spec(
+        tmp_path,
+        tiny_model,
+        data,
+        data={"records_per_shard": 3},
+        slurm={"jobs": 2},
+        sampling={"max_tokens": 16},
+        model={"hf_batch_size": 1},
+    )
     # 0.2 s per record: the tiny model alone finishes before the second worker's engine is up
     proc = launcher("submit", str(spec), "--wait", env={"LAUNCHER_FAULT_SLOW_S": "0.2"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -151,8 +162,15 @@ def test_two_workers_split_the_units_and_rate_is_by_wall_clock(tmp_path: Path, t
 @pytest.mark.slow
 def test_kill_9_worker_mid_unit_another_worker_finishes_it(tmp_path: Path, tiny_model: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", MANY)
-    spec = make_spec(tmp_path, tiny_model, data, data={"records_per_shard": 3}, slurm={"jobs": 2},
-                     model={"hf_batch_size": 1}, output={"chunk_records": 1})
+    spec = make_spec(
+        tmp_path,
+        tiny_model,
+        data,
+        data={"records_per_shard": 3},
+        slurm={"jobs": 2},
+        model={"hf_batch_size": 1},
+        output={"chunk_records": 1},
+    )
     plan = _plan(spec)
     env = {**os.environ, "LAUNCHER_FAULT_SLOW_S": "0.15"}
     cmd = [sys.executable, "-m", "launcher", "run", "--spec", str(plan.run.root), "--job"]
@@ -182,19 +200,34 @@ def test_kill_9_worker_mid_unit_another_worker_finishes_it(tmp_path: Path, tiny_
 
 # -- engine starts overlap (vLLM: the compile cache must not serialize them) --------------------------------------
 
+
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_two_vllm_workers_start_their_engines_at_the_same_time(tmp_path: Path, tiny_model: Path) -> None:
     pytest.importorskip("vllm")
     data = write_jsonl(tmp_path / "d.jsonl", MANY[:12])
-    spec = make_spec(tmp_path, tiny_model, data, model={"backend": "vllm"}, data={"records_per_shard": 6},
-                     slurm={"jobs": 2}, sampling={"max_tokens": 8})
-    proc = launcher("submit", str(spec), "--wait", env={"LAUNCHER_COMPILE_CACHE": str(tmp_path / "cc"),
-                                                         "LAUNCHER_SCRATCH": str(tmp_path / "scratch")})
+    spec = make_spec(
+        tmp_path,
+        tiny_model,
+        data,
+        model={"backend": "vllm"},
+        data={"records_per_shard": 6},
+        slurm={"jobs": 2},
+        sampling={"max_tokens": 8},
+    )
+    proc = launcher(
+        "submit",
+        str(spec),
+        "--wait",
+        env={"LAUNCHER_COMPILE_CACHE": str(tmp_path / "cc"), "LAUNCHER_SCRATCH": str(tmp_path / "scratch")},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     plan = load_plan(next((tmp_path / "out" / "runs").iterdir()))
-    starts = sorted((r["engine"]["startup"]["engine_start_at"], r["engine"]["startup"]["engine_ready_at"])
-                    for r in plan.run.worker_reports() if r.get("engine"))
+    starts = sorted(
+        (r["engine"]["startup"]["engine_start_at"], r["engine"]["startup"]["engine_ready_at"])
+        for r in plan.run.worker_reports()
+        if r.get("engine")
+    )
     assert len(starts) == 2
     (a0, a1), (b0, b1) = starts
     assert b0 < a1, f"the second engine started {b0 - a1:.1f} s after the first was up: starts were serialized"
@@ -202,6 +235,7 @@ def test_two_vllm_workers_start_their_engines_at_the_same_time(tmp_path: Path, t
 
 
 # -- checked chunks ---------------------------------------------------------------------------------------------
+
 
 def test_damaged_or_missing_chunk_is_regenerated_exactly(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:
     spec = make_spec(tmp_path, tiny_model, users_file, output={"chunk_records": 2}, data={"records_per_shard": 5})

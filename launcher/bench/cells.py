@@ -94,11 +94,22 @@ def write_cells(shape: CellsShape, preset: ModelPreset, out: Path) -> Path:
                 text = {k: " ".join(word(x) for x in v) if k.startswith("ctx_") else v for k, v in row.items()}
                 f.write(json.dumps(text) + "\n")
         for a in ABLATIONS[: shape.ablations]:
-            (folder / f"ids-d{i}-{a}.json").write_text(json.dumps({
-                "shape": {"samples": shape.records * shape.n, "max_tokens": shape.max_tokens, "n": shape.n},
-                "run_seed": RUN_SEED, "records": [
-                    {"record_id": row["user_id"], "seed": record_seed(RUN_SEED, row["user_id"]),
-                     "prompt_token_ids": row[f"ctx_{a}"]} for row in rows]}))
+            (folder / f"ids-d{i}-{a}.json").write_text(
+                json.dumps(
+                    {
+                        "shape": {"samples": shape.records * shape.n, "max_tokens": shape.max_tokens, "n": shape.n},
+                        "run_seed": RUN_SEED,
+                        "records": [
+                            {
+                                "record_id": row["user_id"],
+                                "seed": record_seed(RUN_SEED, row["user_id"]),
+                                "prompt_token_ids": row[f"ctx_{a}"],
+                            }
+                            for row in rows
+                        ],
+                    }
+                )
+            )
     (folder / "done").write_text("")
     return folder
 
@@ -108,12 +119,22 @@ def cells_spec(shape: CellsShape, model_dir: Path, folder: Path, out_dir: Path) 
     return {
         "name": "bench-cells",
         "model": {"path": str(model_dir), "backend": "vllm", "load_format": "dummy"},
-        "data": {"datasets": [{"name": f"d{i}", "path": str(folder / f"d{i}.jsonl")} for i in range(shape.datasets)],
-                 "ablation_configs": list(ABLATIONS[: shape.ablations]),
-                 "templates": {a: {"text": f"{{{{ record['ctx_{a}'] }}}}"} for a in ABLATIONS[: shape.ablations]},
-                 "num_samples": shape.n, "chat_template": False, "fields": {"context": "ctx_a"}},
-        "sampling": {"temperature": 1.0, "top_p": 0.9, "top_k": 50, "max_tokens": shape.max_tokens,
-                     "seed": RUN_SEED, "ignore_eos": True},
+        "data": {
+            "datasets": [{"name": f"d{i}", "path": str(folder / f"d{i}.jsonl")} for i in range(shape.datasets)],
+            "ablation_configs": list(ABLATIONS[: shape.ablations]),
+            "templates": {a: {"text": f"{{{{ record['ctx_{a}'] }}}}"} for a in ABLATIONS[: shape.ablations]},
+            "num_samples": shape.n,
+            "chat_template": False,
+            "fields": {"context": "ctx_a"},
+        },
+        "sampling": {
+            "temperature": 1.0,
+            "top_p": 0.9,
+            "top_k": 50,
+            "max_tokens": shape.max_tokens,
+            "seed": RUN_SEED,
+            "ignore_eos": True,
+        },
         "output": {"dir": str(out_dir), "chunk_records": 64},
         "executor": "local",
     }
@@ -131,8 +152,13 @@ def _fresh_spec(wd: Workdir, shape: CellsShape, folder: Path, system: str) -> tu
 
 
 def _toolkit_env(wd: Workdir, cache: Path) -> dict[str, str]:
-    return _env({"LAUNCHER_COMPILE_CACHE": str(cache), "LAUNCHER_SCRATCH": str(wd.root / "scratch"),
-                 "LAUNCHER_HISTORY": str(wd.root / "history.json")})
+    return _env(
+        {
+            "LAUNCHER_COMPILE_CACHE": str(cache),
+            "LAUNCHER_SCRATCH": str(wd.root / "scratch"),
+            "LAUNCHER_HISTORY": str(wd.root / "history.json"),
+        }
+    )
 
 
 def run_cells_toolkit(wd: Workdir, shape: CellsShape, folder: Path, timeout_s: float) -> dict[str, Any]:
@@ -141,15 +167,20 @@ def run_cells_toolkit(wd: Workdir, shape: CellsShape, folder: Path, timeout_s: f
     cache = wd.root / "compile-cache" / "cells"
     shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(wd.root / "scratch", ignore_errors=True)
-    wall, log = _run([sys.executable, "-m", "launcher", "submit", str(spec_path), "--wait"],
-                     wd.logs / "cells.log", _toolkit_env(wd, cache), timeout_s)
+    wall, log = _run(
+        [sys.executable, "-m", "launcher", "submit", str(spec_path), "--wait"],
+        wd.logs / "cells.log",
+        _toolkit_env(wd, cache),
+        timeout_s,
+    )
     m = toolkit_measurement("cells", shape.as_shape(), out_dir, wall, log)
     m.update(shape=shape.name, cells=shape.cells, measured_cells=shape.cells, extrapolated=False)
     return m
 
 
-def run_cells_task_per_cell(wd: Workdir, shape: CellsShape, folder: Path, timeout_s: float,
-                            measure: int) -> dict[str, Any]:
+def run_cells_task_per_cell(
+    wd: Workdir, shape: CellsShape, folder: Path, timeout_s: float, measure: int
+) -> dict[str, Any]:
     """One `launcher run --unit` process per cell, in turn, sharing one compile cache (cold at the first)."""
     spec_path, out_dir = _fresh_spec(wd, shape, folder, "cells-task-per-cell")
     cache = wd.root / "compile-cache" / "cells-task-per-cell"
@@ -159,8 +190,12 @@ def run_cells_task_per_cell(wd: Workdir, shape: CellsShape, folder: Path, timeou
     walls: list[float] = []
     samples = tokens = 0
     for k, (ds, ab) in enumerate(cell_names(shape)[:measure]):
-        wall, _ = _run([sys.executable, "-m", "launcher", "run", "--spec", str(spec_path), "--unit",
-                        f"{ds}.{ab}.0000"], wd.logs / f"cells-task-per-cell-{k}.log", env, timeout_s)
+        wall, _ = _run(
+            [sys.executable, "-m", "launcher", "run", "--spec", str(spec_path), "--unit", f"{ds}.{ab}.0000"],
+            wd.logs / f"cells-task-per-cell-{k}.log",
+            env,
+            timeout_s,
+        )
         walls.append(round(wall, 2))
     for report in (out_dir / "runs").glob("*/workers/*.json"):
         r = json.loads(report.read_text())
@@ -174,15 +209,34 @@ def run_cells_seed_loop(wd: Workdir, shape: CellsShape, folder: Path, timeout_s:
     compile cache is kept between them, as it would be for a user."""
     cache = wd.root / "raw-cache-cells"
     shutil.rmtree(cache, ignore_errors=True)
-    env = _env({"VLLM_CACHE_ROOT": str(cache / "vllm"), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
-                "TRITON_CACHE_DIR": str(cache / "triton")})
+    env = _env(
+        {
+            "VLLM_CACHE_ROOT": str(cache / "vllm"),
+            "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+            "TRITON_CACHE_DIR": str(cache / "triton"),
+        }
+    )
     walls: list[float] = []
     samples = tokens = 0
     for k, (ds, ab) in enumerate(cell_names(shape)[:measure]):
         out = wd.runs / f".seed-loop-{k}.raw.json"
         t0 = time.perf_counter()
-        _run([sys.executable, "-m", "launcher.bench.raw_vllm", "--model", str(wd.model), "--out", str(out),
-              "--ids", str(folder / f"ids-{ds}-{ab}.json")], wd.logs / f"cells-seed-loop-{k}.log", env, timeout_s)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "launcher.bench.raw_vllm",
+                "--model",
+                str(wd.model),
+                "--out",
+                str(out),
+                "--ids",
+                str(folder / f"ids-{ds}-{ab}.json"),
+            ],
+            wd.logs / f"cells-seed-loop-{k}.log",
+            env,
+            timeout_s,
+        )
         walls.append(round(time.perf_counter() - t0, 2))
         raw = json.loads(out.read_text())
         samples += sum(r["samples"] for r in raw["results"])
@@ -196,14 +250,35 @@ def _extrapolated(system: str, shape: CellsShape, walls: list[float], samples: i
     total = walls[0] + (shape.cells - 1) * (sum(rest) / len(rest))
     per_cell_samples = samples / max(1, measured)
     # samples/min over the whole sweep time (its wall, start-ups included: what the user waits for)
-    m = measurement(system, shape.as_shape(), int(per_cell_samples * shape.cells),
-                    int(tokens / max(1, measured) * shape.cells), total, wall_s=round(total, 2))
-    m.update(shape=shape.name, cells=shape.cells, measured_cells=measured, cell_walls=walls,
-             extrapolated=measured < shape.cells,
-             note=(f"measured {measured} of {shape.cells} cells; the sweep's wall is the first (cold) cell + "
-                   f"{shape.cells - 1} x the mean of the others" if measured < shape.cells else "every cell measured"))
+    m = measurement(
+        system,
+        shape.as_shape(),
+        int(per_cell_samples * shape.cells),
+        int(tokens / max(1, measured) * shape.cells),
+        total,
+        wall_s=round(total, 2),
+    )
+    m.update(
+        shape=shape.name,
+        cells=shape.cells,
+        measured_cells=measured,
+        cell_walls=walls,
+        extrapolated=measured < shape.cells,
+        note=(
+            f"measured {measured} of {shape.cells} cells; the sweep's wall is the first (cold) cell + "
+            f"{shape.cells - 1} x the mean of the others"
+            if measured < shape.cells
+            else "every cell measured"
+        ),
+    )
     return m
 
 
-__all__ = ["CellsShape", "cells_spec", "run_cells_seed_loop", "run_cells_task_per_cell", "run_cells_toolkit",
-           "write_cells"]
+__all__ = [
+    "CellsShape",
+    "cells_spec",
+    "run_cells_seed_loop",
+    "run_cells_task_per_cell",
+    "run_cells_toolkit",
+    "write_cells",
+]

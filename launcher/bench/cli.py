@@ -37,8 +37,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-SYSTEMS = ("raw", "toolkit", "toolkit-warm", "hf", "sweep", "fp8", "layouts", "cells", "cells-task-per-cell",
-           "cells-seed-loop")
+SYSTEMS = (
+    "raw",
+    "toolkit",
+    "toolkit-warm",
+    "hf",
+    "sweep",
+    "fp8",
+    "layouts",
+    "cells",
+    "cells-task-per-cell",
+    "cells-seed-loop",
+)
 DEFAULT_SYSTEMS = "raw,toolkit,toolkit-warm,hf"
 SWEEP: dict[str, dict[str, Any]] = {
     # Hand-picked engine settings of plain vLLM. "graphs<=512" keeps vLLM's own capture limit (min(2 x seqs, 512)).
@@ -52,17 +62,25 @@ SWEEP: dict[str, dict[str, Any]] = {
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Register `bench` on the CLI's subparsers; the command's function is `run(args)`."""
-    c = sub.add_parser("bench", help="Benchmark the toolkit against raw vLLM and HF on this GPU; write results.",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c = sub.add_parser(
+        "bench",
+        help="Benchmark the toolkit against raw vLLM and HF on this GPU; write results.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     configure(c)
     return c
 
 
 def configure(c: argparse.ArgumentParser) -> None:
-    c.add_argument("--workdir", default="bench-work",
-                   help="scratch: model files, data, logs, caches (default ./bench-work)")
-    c.add_argument("--results", default=None,
-                   help="results folder (default benchmarks/results/<date>-<gpu>/ under the current folder)")
+    c.add_argument(
+        "--workdir", default="bench-work", help="scratch: model files, data, logs, caches (default ./bench-work)"
+    )
+    c.add_argument(
+        "--results",
+        default=None,
+        help="results folder (default benchmarks/results/<date>-<gpu>/ under the current folder)",
+    )
     c.add_argument("--preset", default="llama3-8b", help="model shape: llama3-8b (default) or tiny (CPU smoke test)")
     c.add_argument("--shapes", default="1000x256,4000x512", help="SAMPLESxMAX_TOKENS, comma-separated")
     c.add_argument("--prompt-tokens", type=int, default=256)
@@ -71,37 +89,67 @@ def configure(c: argparse.ArgumentParser) -> None:
     c.add_argument("--sweep-points", default=",".join(SWEEP), help="which sweep settings")
     c.add_argument("--sweep-shapes", default=None, help="shapes to sweep (default: the first shape)")
     c.add_argument("--fp8", action="store_true", help="also run the toolkit with fp8 online quantization")
-    c.add_argument("--layouts", default=None,
-                   help="also run the toolkit once per layout in this list: auto, all, a tensor_parallel_size (the "
-                        "visible GPUs then run data-parallel workers), gpu1 (the first GPU alone), auto+wait (auto "
-                        "with LAUNCHER_COMPILE_MISS=wait): e.g. auto,2,gpu1 on 2 GPUs")
-    c.add_argument("--warm-layouts", action="store_true",
-                   help="fill each layout's compile cache with an untimed run first (default: every layout cold)")
-    c.add_argument("--keep-caches", action="store_true",
-                   help="start each layout from whatever its compile cache folder holds (WORKDIR/compile-cache/"
-                        "<shape>-<layout>), instead of emptying it")
-    c.add_argument("--cells", default="4x3x200x256",
-                   help="the cells sweep: DATASETSxABLATIONSxRECORDSxMAX_TOKENS (default 4x3x200x256)")
-    c.add_argument("--cells-measure", type=int, default=None,
-                   help="cells the two baselines run (default all); the rest is extrapolated from them")
-    c.add_argument("--collect-from", action="append", default=[], metavar="WORKDIR",
-                   help="also report the measurements of another workdir (a bench run beside this one)")
+    c.add_argument(
+        "--layouts",
+        default=None,
+        help="also run the toolkit once per layout in this list: auto, all, a tensor_parallel_size (the "
+        "visible GPUs then run data-parallel workers), gpu1 (the first GPU alone), auto+wait (auto "
+        "with LAUNCHER_COMPILE_MISS=wait): e.g. auto,2,gpu1 on 2 GPUs",
+    )
+    c.add_argument(
+        "--warm-layouts",
+        action="store_true",
+        help="fill each layout's compile cache with an untimed run first (default: every layout cold)",
+    )
+    c.add_argument(
+        "--keep-caches",
+        action="store_true",
+        help="start each layout from whatever its compile cache folder holds (WORKDIR/compile-cache/"
+        "<shape>-<layout>), instead of emptying it",
+    )
+    c.add_argument(
+        "--cells",
+        default="4x3x200x256",
+        help="the cells sweep: DATASETSxABLATIONSxRECORDSxMAX_TOKENS (default 4x3x200x256)",
+    )
+    c.add_argument(
+        "--cells-measure",
+        type=int,
+        default=None,
+        help="cells the two baselines run (default all); the rest is extrapolated from them",
+    )
+    c.add_argument(
+        "--collect-from",
+        action="append",
+        default=[],
+        metavar="WORKDIR",
+        help="also report the measurements of another workdir (a bench run beside this one)",
+    )
     c.add_argument("--note", default=None, help="a note stored with every measurement of this call")
     c.add_argument("--hf-loop-users", type=int, default=4, help="users in the HF one-at-a-time loop")
     c.add_argument("--hf-batch-users", type=int, default=32, help="users in the one HF batched call")
-    c.add_argument("--raw-warmup-tokens", type=int, default=32,
-                   help="raw vLLM first runs the shape's requests (other prompt ids) for this many tokens, so Triton's "
-                        "first-use compiles are not timed; 0: time the first pass (default 32)")
+    c.add_argument(
+        "--raw-warmup-tokens",
+        type=int,
+        default=32,
+        help="raw vLLM first runs the shape's requests (other prompt ids) for this many tokens, so Triton's "
+        "first-use compiles are not timed; 0: time the first pass (default 32)",
+    )
     c.add_argument("--timeout-s", type=float, default=1800, help="per measured process")
     c.add_argument("--force", action="store_true", help="redo measurements already in WORKDIR/runs")
     c.add_argument("--no-plot", action="store_true", help="write JSON + markdown only (draw later with --report)")
-    c.add_argument("--report", metavar="RESULTS_DIR", default=None,
-                   help="only redraw results.md and the plot from RESULTS_DIR/results.json")
+    c.add_argument(
+        "--report",
+        metavar="RESULTS_DIR",
+        default=None,
+        help="only redraw results.md and the plot from RESULTS_DIR/results.json",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="launcher bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="launcher bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     configure(p)
     return run(p.parse_args(argv))
 
@@ -128,8 +176,9 @@ def run(args: argparse.Namespace) -> int:
     layouts = _layouts(args.layouts or "auto") if "layouts" in systems else []
     unknown = systems - set(SYSTEMS)
     if unknown:
-        print(f"error: unknown system(s) {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}",
-              file=sys.stderr)
+        print(
+            f"error: unknown system(s) {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}", file=sys.stderr
+        )
         return 2
     preset = PRESETS[args.preset]
     shapes = [Shape.parse(s, args.prompt_tokens) for s in args.shapes.split(",") if s.strip()]
@@ -158,18 +207,23 @@ def run(args: argparse.Namespace) -> int:
             r.setdefault("note", args.note)
         path.write_text(json.dumps(rows, indent=1))
         for r in rows:
-            print(f"[bench] {r['system']}@{r['shape']}: {r['samples_per_min']:,.0f} samples/min, "
-                  f"{r['output_tok_per_s']:,.0f} tok/s, start-up {r.get('startup', {}).get('total_s', '?')} s",
-                  flush=True)
+            print(
+                f"[bench] {r['system']}@{r['shape']}: {r['samples_per_min']:,.0f} samples/min, "
+                f"{r['output_tok_per_s']:,.0f} tok/s, start-up {r.get('startup', {}).get('total_s', '?')} s",
+                flush=True,
+            )
 
     _run_systems(args, systems, shapes, wd, step)
     for shape in shapes if layouts else []:
         for tp in layouts:
-            step(f"layout:{_layout_name(tp)}@{shape.name}",
-                 partial(_layout, wd, shape, tp, args.timeout_s, args.warm_layouts, args.keep_caches))
+            step(
+                f"layout:{_layout_name(tp)}@{shape.name}",
+                partial(_layout, wd, shape, tp, args.timeout_s, args.warm_layouts, args.keep_caches),
+            )
     _run_cells(args, systems, preset, wd, step)
-    results = collect(wd, preset.name, shapes[0].prompt_tokens, shapes[0].n,
-                      [Workdir(Path(d).resolve()) for d in args.collect_from])
+    results = collect(
+        wd, preset.name, shapes[0].prompt_tokens, shapes[0].n, [Workdir(Path(d).resolve()) for d in args.collect_from]
+    )
     folder = Path(args.results) if args.results else _default_results(results["host"])
     for path in write_report(results, folder, draw=not args.no_plot):
         print(f"[bench] wrote {path}")
@@ -178,16 +232,23 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _run_systems(args: argparse.Namespace, systems: set[str], shapes: list[Any], wd: Any,
-                 step: Callable[[str, Callable[[], list[dict[str, Any]]]], None]) -> None:
+def _run_systems(
+    args: argparse.Namespace,
+    systems: set[str],
+    shapes: list[Any],
+    wd: Any,
+    step: Callable[[str, Callable[[], list[dict[str, Any]]]], None],
+) -> None:
     """The order matters for start-up numbers: raw and toolkit each begin with empty caches of their own."""
     from launcher.bench.runners import run_hf, run_raw
 
     timeout = args.timeout_s
     if "raw" in systems:
+
         def raw() -> list[dict[str, Any]]:
             shutil.rmtree(wd.root / "raw-cache", ignore_errors=True)  # a cold start, like the toolkit's first task
             return run_raw(wd, shapes, "raw-defaults", timeout, warmup_tokens=args.raw_warmup_tokens)
+
         step("raw-defaults@" + "+".join(s.name for s in shapes), raw)
     for shape in shapes:
         cache = wd.root / "compile-cache" / shape.name
@@ -196,22 +257,32 @@ def _run_systems(args: argparse.Namespace, systems: set[str], shapes: list[Any],
         if "toolkit-warm" in systems:
             step(f"toolkit-warm@{shape.name}", partial(_toolkit_warm, wd, shape, cache, timeout))
     if "hf" in systems:
-        step("hf@" + "+".join(s.name for s in shapes),
-             partial(run_hf, wd, shapes, args.hf_loop_users, args.hf_batch_users, timeout))
+        step(
+            "hf@" + "+".join(s.name for s in shapes),
+            partial(run_hf, wd, shapes, args.hf_loop_users, args.hf_batch_users, timeout),
+        )
     if "sweep" in systems:
-        sweep_shapes = ([s for s in shapes if s.name in args.sweep_shapes.split(",")] if args.sweep_shapes
-                        else shapes[:1])
+        sweep_shapes = (
+            [s for s in shapes if s.name in args.sweep_shapes.split(",")] if args.sweep_shapes else shapes[:1]
+        )
         for point in [p.strip() for p in args.sweep_points.split(",") if p.strip()]:
-            step(f"sweep:{point}@" + "+".join(s.name for s in sweep_shapes),
-                 partial(run_raw, wd, sweep_shapes, f"sweep:{point}", timeout, SWEEP[point], args.raw_warmup_tokens))
+            step(
+                f"sweep:{point}@" + "+".join(s.name for s in sweep_shapes),
+                partial(run_raw, wd, sweep_shapes, f"sweep:{point}", timeout, SWEEP[point], args.raw_warmup_tokens),
+            )
     if "fp8" in systems:
         for shape in shapes[:1]:
-            step(f"toolkit-fp8@{shape.name}", partial(_toolkit, wd, shape, "toolkit-fp8",
-                                                       wd.root / "compile-cache" / f"{shape.name}-fp8", timeout, "fp8"))
+            step(
+                f"toolkit-fp8@{shape.name}",
+                partial(
+                    _toolkit, wd, shape, "toolkit-fp8", wd.root / "compile-cache" / f"{shape.name}-fp8", timeout, "fp8"
+                ),
+            )
 
 
-def _toolkit(wd: Any, shape: Any, system: str, cache: Path, timeout: float,
-             quantization: str | None = None) -> list[dict[str, Any]]:
+def _toolkit(
+    wd: Any, shape: Any, system: str, cache: Path, timeout: float, quantization: str | None = None
+) -> list[dict[str, Any]]:
     from launcher.bench.runners import run_toolkit
 
     return [run_toolkit(wd, shape, system, cache, timeout, quantization=quantization)]
@@ -229,8 +300,10 @@ def _layouts(text: str) -> list[int | str]:
         elif item.isdigit() and int(item) >= 1:
             out.append(int(item))
         else:
-            raise SystemExit(f"launcher bench: --layouts item {item!r} is not one of {', '.join(LAYOUT_WORDS)} or a "
-                             "tensor-parallel size >= 1 (e.g. --layouts auto,2,gpu1)")
+            raise SystemExit(
+                f"launcher bench: --layouts item {item!r} is not one of {', '.join(LAYOUT_WORDS)} or a "
+                "tensor-parallel size >= 1 (e.g. --layouts auto,2,gpu1)"
+            )
     return out
 
 
@@ -263,8 +336,13 @@ def _layout(wd: Any, shape: Any, tp: int | str, timeout: float, warm: bool, keep
     return [run_toolkit(wd, shape, f"layout:{name}", cache, timeout, tensor_parallel_size=request, env=env)]
 
 
-def _run_cells(args: argparse.Namespace, systems: set[str], preset: Any, wd: Any,
-               step: Callable[[str, Callable[[], list[dict[str, Any]]]], None]) -> None:
+def _run_cells(
+    args: argparse.Namespace,
+    systems: set[str],
+    preset: Any,
+    wd: Any,
+    step: Callable[[str, Callable[[], list[dict[str, Any]]]], None],
+) -> None:
     from launcher.bench.cells import (
         CellsShape,
         run_cells_seed_loop,
@@ -305,16 +383,24 @@ def collect(wd: Any, model: str, prompt_tokens: int, n: int, others: list[Any] |
         for path in sorted(w.runs.glob("*.json")):
             if not path.name.startswith("."):
                 measurements.extend(json.loads(path.read_text()))
-    return {"date": dt.date.today().isoformat(), "host": host_info(measurements),
-            "workload": {"model": model, "prompt_tokens": prompt_tokens, "n": n}, "measurements": measurements}
+    return {
+        "date": dt.date.today().isoformat(),
+        "host": host_info(measurements),
+        "workload": {"model": model, "prompt_tokens": prompt_tokens, "n": n},
+        "measurements": measurements,
+    }
 
 
 def host_info(measurements: list[dict[str, Any]]) -> dict[str, Any]:
     import os
     import subprocess
 
-    info: dict[str, Any] = {"hostname": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(),
-                            "python": platform.python_version()}
+    info: dict[str, Any] = {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
     try:
         query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"]
         out = subprocess.run(query, capture_output=True, text=True, timeout=20, check=True).stdout.splitlines()[0]

@@ -59,14 +59,24 @@ def main(argv: list[str] | None = None) -> int:
             batch = records[: args.batch_users]
             torch.manual_seed(0)
             t0 = time.perf_counter()
-            tokens = _generate(model, torch.tensor([r["prompt_token_ids"] for r in batch], device=device), n,
-                               max_tokens, pad)
+            tokens = _generate(
+                model, torch.tensor([r["prompt_token_ids"] for r in batch], device=device), n, max_tokens, pad
+            )
             results.append(_row("hf-batched", name, len(batch), n, tokens, time.perf_counter() - t0))
         del work
-    Path(args.out).write_text(json.dumps({
-        "transformers": transformers.__version__, "torch": torch.__version__, "device": device,
-        "model_init_s": round(init_s, 3), "startup_s": round(startup_s, 3),
-        "results": results}, indent=1))
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "transformers": transformers.__version__,
+                "torch": torch.__version__,
+                "device": device,
+                "model_init_s": round(init_s, 3),
+                "startup_s": round(startup_s, 3),
+                "results": results,
+            },
+            indent=1,
+        )
+    )
     return 0
 
 
@@ -75,17 +85,32 @@ def _generate(model: Any, input_ids: Any, n: int, max_tokens: int, pad: int) -> 
     import torch
 
     with torch.inference_mode():
-        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True,
-                             temperature=1.0, top_p=0.9, top_k=50, max_new_tokens=max_tokens,
-                             min_new_tokens=max_tokens, num_return_sequences=n, pad_token_id=pad)
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            do_sample=True,
+            temperature=1.0,
+            top_p=0.9,
+            top_k=50,
+            max_new_tokens=max_tokens,
+            min_new_tokens=max_tokens,
+            num_return_sequences=n,
+            pad_token_id=pad,
+        )
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return int((out.shape[1] - input_ids.shape[1]) * out.shape[0])
 
 
 def _row(system: str, shape: str, users: int, n: int, tokens: int, seconds: float) -> dict[str, Any]:
-    return {"system": system, "shape": shape, "records": users, "samples": users * n, "output_tokens": tokens,
-            "generation_s": round(seconds, 3)}
+    return {
+        "system": system,
+        "shape": shape,
+        "records": users,
+        "samples": users * n,
+        "output_tokens": tokens,
+        "generation_s": round(seconds, 3),
+    }
 
 
 if __name__ == "__main__":

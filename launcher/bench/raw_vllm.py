@@ -17,8 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-OLD_SCRIPT_DEFAULTS: dict[str, Any] = {"tensor_parallel_size": 1, "gpu_memory_utilization": 0.9,
-                                       "max_model_len": 8192, "seed": 42}
+OLD_SCRIPT_DEFAULTS: dict[str, Any] = {
+    "tensor_parallel_size": 1,
+    "gpu_memory_utilization": 0.9,
+    "max_model_len": 8192,
+    "seed": 42,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ids", action="append", required=True, help="token-id file of a shape (workload.py)")
     p.add_argument("--engine-args", default="{}", help="JSON: extra LLM(...) arguments (hand-picked settings)")
     p.add_argument("--load-format", default="dummy")
-    p.add_argument("--warmup-tokens", type=int, default=0,
-                   help="first run the same requests with other prompt ids for this many tokens (not timed)")
+    p.add_argument(
+        "--warmup-tokens",
+        type=int,
+        default=0,
+        help="first run the same requests with other prompt ids for this many tokens (not timed)",
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     t_process = time.perf_counter()
@@ -55,14 +63,25 @@ def main(argv: list[str] | None = None) -> int:
         work = json.loads(Path(ids_file).read_text())
         shape = work["shape"]
         prompts = [TokensPrompt(prompt_token_ids=r["prompt_token_ids"]) for r in work["records"]]
-        params = [SamplingParams(n=shape["n"], temperature=1.0, top_p=0.9, top_k=50, max_tokens=shape["max_tokens"],
-                                 seed=r["seed"], ignore_eos=True) for r in work["records"]]
+        params = [
+            SamplingParams(
+                n=shape["n"],
+                temperature=1.0,
+                top_p=0.9,
+                top_k=50,
+                max_tokens=shape["max_tokens"],
+                seed=r["seed"],
+                ignore_eos=True,
+            )
+            for r in work["records"]
+        ]
         warmup_s = None
         if args.warmup_tokens:
             # Same batch sizes, other prompts (no prefix-cache hits later): Triton's first-use compiles happen here.
             vocab = llm.llm_engine.model_config.get_vocab_size()
-            others = [TokensPrompt(prompt_token_ids=[(i + 1) % vocab for i in r["prompt_token_ids"]])
-                      for r in work["records"]]
+            others = [
+                TokensPrompt(prompt_token_ids=[(i + 1) % vocab for i in r["prompt_token_ids"]]) for r in work["records"]
+            ]
             short = [p.clone() for p in params]
             for sp in short:
                 sp.max_tokens = min(args.warmup_tokens, shape["max_tokens"])
@@ -74,12 +93,28 @@ def main(argv: list[str] | None = None) -> int:
         gen_s = time.perf_counter() - t0
         samples = sum(len(o.outputs) for o in outputs)
         tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
-        results.append({"shape": f"{shape['samples']}x{shape['max_tokens']}", "records": len(prompts),
-                        "samples": samples, "output_tokens": tokens, "generation_s": round(gen_s, 3),
-                        "warmup_s": warmup_s})
-    Path(args.out).write_text(json.dumps({
-        "vllm": vllm.__version__, "engine_args": engine_args, "engine_init_s": round(engine_init_s, 3),
-        "startup_s": round(startup_s, 3), "results": results}, indent=1))
+        results.append(
+            {
+                "shape": f"{shape['samples']}x{shape['max_tokens']}",
+                "records": len(prompts),
+                "samples": samples,
+                "output_tokens": tokens,
+                "generation_s": round(gen_s, 3),
+                "warmup_s": warmup_s,
+            }
+        )
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "vllm": vllm.__version__,
+                "engine_args": engine_args,
+                "engine_init_s": round(engine_init_s, 3),
+                "startup_s": round(startup_s, 3),
+                "results": results,
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

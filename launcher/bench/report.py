@@ -47,7 +47,10 @@ def analyse(ms: list[dict[str, Any]]) -> dict[str, Any]:
             if shape in TARGETS:
                 met = r["toolkit_vs_raw"] >= TARGETS[shape]
                 targets[f"toolkit >= {TARGETS[shape]}x raw at {shape}"] = {
-                    "measured": r["toolkit_vs_raw"], "toolkit": tk["system"], "met": met}
+                    "measured": r["toolkit_vs_raw"],
+                    "toolkit": tk["system"],
+                    "met": met,
+                }
         for hf in ("hf-loop", "hf-batched"):
             h = _by(ms, hf, shape)
             if tk and h:
@@ -58,12 +61,17 @@ def analyse(ms: list[dict[str, Any]]) -> dict[str, Any]:
             r["sweep_best"] = best["system"]
             r["toolkit_vs_sweep_best"] = round(tk["samples_per_min"] / best["samples_per_min"], 3)
             targets[f"toolkit within 5% of the sweep's best at {shape}"] = {
-                "measured": r["toolkit_vs_sweep_best"], "best": best["system"], "toolkit": tk["system"],
-                "met": r["toolkit_vs_sweep_best"] >= SWEEP_TOLERANCE}
+                "measured": r["toolkit_vs_sweep_best"],
+                "best": best["system"],
+                "toolkit": tk["system"],
+                "met": r["toolkit_vs_sweep_best"] >= SWEEP_TOLERANCE,
+            }
         if cold and warm:
             r["warm_vs_cold_startup"] = round(warm["startup"]["total_s"] / cold["startup"]["total_s"], 3)
             targets[f"warm start-up <= 35% of cold at {shape}"] = {
-                "measured": r["warm_vs_cold_startup"], "met": r["warm_vs_cold_startup"] <= WARM_STARTUP_MAX}
+                "measured": r["warm_vs_cold_startup"],
+                "met": r["warm_vs_cold_startup"] <= WARM_STARTUP_MAX,
+            }
         fp8 = _by(ms, "toolkit-fp8", shape)
         # fp8 runs cold (its own compile key); "toolkit-bf16-pair" is a bf16 cold run taken right beside it, when
         # the bench was split, so the ratio compares two runs of the same minutes on the same GPU.
@@ -79,26 +87,33 @@ def analyse(ms: list[dict[str, Any]]) -> dict[str, Any]:
     return {"ratios": ratios, "targets": targets}
 
 
-def _layout_ratios(shape: str, layouts: dict[str, dict[str, Any]], r: dict[str, Any],
-                   targets: dict[str, Any]) -> None:
+def _layout_ratios(shape: str, layouts: dict[str, dict[str, Any]], r: dict[str, Any], targets: dict[str, Any]) -> None:
     auto = layouts.get("layout:auto") or layouts.get("layout:tpauto")
     tp4, tp2, one, wait = (layouts.get(k) for k in ("layout:tp4", "layout:tp2", "layout:gpu1", "layout:auto+wait"))
     if auto and tp4:  # issue 7: the old production TP=4 against the toolkit's own choice on the same GPUs
         r["layout_auto_vs_tp4"] = round(auto["samples_per_min"] / tp4["samples_per_min"], 3)
-        targets[f"layout auto >= 1.3x TP=4 at {shape}"] = {"measured": r["layout_auto_vs_tp4"],
-                                                           "met": r["layout_auto_vs_tp4"] >= 1.3}
+        targets[f"layout auto >= 1.3x TP=4 at {shape}"] = {
+            "measured": r["layout_auto_vs_tp4"],
+            "met": r["layout_auto_vs_tp4"] >= 1.3,
+        }
     if auto and tp2:  # issue 16: the generation window of all workers together, and the whole job
         r["auto_vs_tp2_wall"] = round(auto["samples_per_min"] / tp2["samples_per_min"], 3)
         r["auto_e2e_s"], r["tp2_e2e_s"] = auto.get("wall_s"), tp2.get("wall_s")
         targets[f"auto >= {AUTO_VS_TP2}x TP=2 (wall clock) at {shape}"] = {
-            "measured": r["auto_vs_tp2_wall"], "met": r["auto_vs_tp2_wall"] >= AUTO_VS_TP2}
+            "measured": r["auto_vs_tp2_wall"],
+            "met": r["auto_vs_tp2_wall"] >= AUTO_VS_TP2,
+        }
         if auto.get("wall_s") and tp2.get("wall_s"):
             targets[f"auto e2e wall <= TP=2's at {shape}"] = {
-                "measured": f"{auto['wall_s']} s vs {tp2['wall_s']} s", "met": auto["wall_s"] <= tp2["wall_s"]}
+                "measured": f"{auto['wall_s']} s vs {tp2['wall_s']} s",
+                "met": auto["wall_s"] <= tp2["wall_s"],
+            }
     if auto and one:
         r["auto_vs_one_gpu_wall"] = round(auto["samples_per_min"] / one["samples_per_min"], 3)
         targets[f"auto >= {AUTO_VS_ONE_GPU}x one GPU (wall clock) at {shape}"] = {
-            "measured": r["auto_vs_one_gpu_wall"], "met": r["auto_vs_one_gpu_wall"] >= AUTO_VS_ONE_GPU}
+            "measured": r["auto_vs_one_gpu_wall"],
+            "met": r["auto_vs_one_gpu_wall"] >= AUTO_VS_ONE_GPU,
+        }
     if auto and wait:  # a compile-cache miss: every worker compiles privately (auto) or one compiles, others wait
         r["miss_private_startup_s"] = (auto.get("startup") or {}).get("total_s")
         r["miss_wait_startup_s"] = (wait.get("startup") or {}).get("total_s")
@@ -112,17 +127,23 @@ def _cells_ratios(shape: str, by: dict[str, dict[str, Any]], r: dict[str, Any], 
     if seed:
         r["sweep_vs_seed_loop"] = round(seed["wall_s"] / sweep["wall_s"], 3)
         targets[f"sweep >= {SWEEP_VS_SEED_LOOP}x the seed loop (end to end) at {shape}"] = {
-            "measured": r["sweep_vs_seed_loop"], "met": r["sweep_vs_seed_loop"] >= SWEEP_VS_SEED_LOOP,
-            "extrapolated": seed.get("extrapolated")}
+            "measured": r["sweep_vs_seed_loop"],
+            "met": r["sweep_vs_seed_loop"] >= SWEEP_VS_SEED_LOOP,
+            "extrapolated": seed.get("extrapolated"),
+        }
     if per_cell:
         r["sweep_vs_task_per_cell"] = round(per_cell["wall_s"] / sweep["wall_s"], 3)
         targets[f"sweep >= {SWEEP_VS_TASK_PER_CELL}x one task per cell (end to end) at {shape}"] = {
-            "measured": r["sweep_vs_task_per_cell"], "met": r["sweep_vs_task_per_cell"] >= SWEEP_VS_TASK_PER_CELL,
-            "extrapolated": per_cell.get("extrapolated")}
+            "measured": r["sweep_vs_task_per_cell"],
+            "met": r["sweep_vs_task_per_cell"] >= SWEEP_VS_TASK_PER_CELL,
+            "extrapolated": per_cell.get("extrapolated"),
+        }
     if sweep.get("gpu_busy_fraction") is not None:
         r["gpu_busy_fraction"] = sweep["gpu_busy_fraction"]
         targets[f"GPU busy >= {GPU_BUSY} of the sweep's worker time at {shape}"] = {
-            "measured": r["gpu_busy_fraction"], "met": r["gpu_busy_fraction"] >= GPU_BUSY}
+            "measured": r["gpu_busy_fraction"],
+            "met": r["gpu_busy_fraction"] >= GPU_BUSY,
+        }
 
 
 def _f(x: Any, digits: int = 0) -> str:
@@ -134,39 +155,57 @@ def _f(x: Any, digits: int = 0) -> str:
 def markdown(results: dict[str, Any]) -> str:
     host, wl = results["host"], results["workload"]
     ms = results["measurements"]
-    lines = [f"# launcher bench — {host.get('gpu', '?')}, {results.get('date', '')}", "",
-             f"Host `{host.get('hostname')}`: {host.get('gpu')} ({host.get('gpu_memory_gib', '?')} GiB, driver "
-             f"{host.get('driver', '?')}), {host.get('cpus', '?')} CPUs; " +
-             ", ".join(f"{k} {v}" for k, v in sorted((host.get("versions") or {}).items())) + ".",
-             f"Model: {wl['model']}, load_format dummy; prompts of {wl['prompt_tokens']} tokens, n={wl['n']}, "
-             "temperature 1.0, top_p 0.9, top_k 50, ignore_eos, per-request seeds.",
-             "", "samples/min and tok/s are over the generation phase (start-up excluded); e2e wall includes start-up.",
-             "HF rows ran on a subset (the records column). raw-defaults and sweep rows ran a warm-up pass first (the "
-             "same requests with other prompt ids, 32 tokens), so Triton's first-use compiles are not timed; `toolkit` "
-             "is a cold first task (those compiles happen during its generation), `toolkit-warm` a later task that "
-             "found the shared compile cache. Ratios use toolkit-warm where it was measured.", "",
-             "| system | shape | records | samples/min | output tok/s | vs raw | gen s | e2e wall s | start-up s "
-             "(load / compile / graphs / other) | compile cache |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
-    order = {"toolkit": 0, "toolkit-warm": 1, "toolkit-fp8": 2, "toolkit-bf16-pair": 2.5, "raw-defaults": 3,
-             "hf-loop": 5, "hf-batched": 6}
+    lines = [
+        f"# launcher bench — {host.get('gpu', '?')}, {results.get('date', '')}",
+        "",
+        f"Host `{host.get('hostname')}`: {host.get('gpu')} ({host.get('gpu_memory_gib', '?')} GiB, driver "
+        f"{host.get('driver', '?')}), {host.get('cpus', '?')} CPUs; "
+        + ", ".join(f"{k} {v}" for k, v in sorted((host.get("versions") or {}).items()))
+        + ".",
+        f"Model: {wl['model']}, load_format dummy; prompts of {wl['prompt_tokens']} tokens, n={wl['n']}, "
+        "temperature 1.0, top_p 0.9, top_k 50, ignore_eos, per-request seeds.",
+        "",
+        "samples/min and tok/s are over the generation phase (start-up excluded); e2e wall includes start-up.",
+        "HF rows ran on a subset (the records column). raw-defaults and sweep rows ran a warm-up pass first (the "
+        "same requests with other prompt ids, 32 tokens), so Triton's first-use compiles are not timed; `toolkit` "
+        "is a cold first task (those compiles happen during its generation), `toolkit-warm` a later task that "
+        "found the shared compile cache. Ratios use toolkit-warm where it was measured.",
+        "",
+        "| system | shape | records | samples/min | output tok/s | vs raw | gen s | e2e wall s | start-up s "
+        "(load / compile / graphs / other) | compile cache |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    order = {
+        "toolkit": 0,
+        "toolkit-warm": 1,
+        "toolkit-fp8": 2,
+        "toolkit-bf16-pair": 2.5,
+        "raw-defaults": 3,
+        "hf-loop": 5,
+        "hf-batched": 6,
+    }
     for m in sorted(ms, key=lambda m: (shape_order(m["shape"]), order.get(m["system"], 4), m["system"])):
         raw = _by(ms, "raw-defaults", m["shape"])
         vs = m["samples_per_min"] / raw["samples_per_min"] if raw and m.get("samples_per_min") else None
         st = m.get("startup") or {}
         split = " / ".join(_f(st.get(k), 1) for k in ("load_s", "compile_s", "graph_capture_s", "other_s"))
-        lines.append(f"| {m['system']} | {m['shape']} | {_f(m.get('records'))} | {_f(m['samples_per_min'])} | "
-                     f"{_f(m['output_tok_per_s'])} | {_f(vs, 2)} | {_f(m['generation_s'], 1)} | "
-                     f"{_f(m.get('wall_s'), 1)} | {_f(st.get('total_s'), 1)} ({split}) | "
-                     f"{m.get('compile_cache') or '–'} |")
+        lines.append(
+            f"| {m['system']} | {m['shape']} | {_f(m.get('records'))} | {_f(m['samples_per_min'])} | "
+            f"{_f(m['output_tok_per_s'])} | {_f(vs, 2)} | {_f(m['generation_s'], 1)} | "
+            f"{_f(m.get('wall_s'), 1)} | {_f(st.get('total_s'), 1)} ({split}) | "
+            f"{m.get('compile_cache') or '–'} |"
+        )
     lines += ["", "## Ratios and targets", ""]
     for shape, r in results["analysis"]["ratios"].items():
         lines.append(f"- **{shape}**: " + ", ".join(f"{k} {v}" for k, v in r.items()))
     lines.append("")
     for name, t in results["analysis"]["targets"].items():
-        lines.append(f"- {'MET' if t['met'] else 'NOT MET'}: {name} (measured {t['measured']}"
-                     + (f", {t['toolkit']}" if "toolkit" in t else "")
-                     + (f" vs {t['best']}" if "best" in t else "") + ")")
+        lines.append(
+            f"- {'MET' if t['met'] else 'NOT MET'}: {name} (measured {t['measured']}"
+            + (f", {t['toolkit']}" if "toolkit" in t else "")
+            + (f" vs {t['best']}" if "best" in t else "")
+            + ")"
+        )
     tk = [m for m in ms if m["system"] == "toolkit"]
     if tk:
         lines += ["", "## What auto sizing chose (toolkit)", ""]
@@ -174,8 +213,10 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"**{m['shape']}**")
             lines.append("")
             for k, v in (m.get("settings") or {}).items():
-                lines.append(f"- `{k}` = `{json.dumps(v) if not isinstance(v, str) else v}`: "
-                             f"{(m.get('reasons') or {}).get(k, '')}")
+                lines.append(
+                    f"- `{k}` = `{json.dumps(v) if not isinstance(v, str) else v}`: "
+                    f"{(m.get('reasons') or {}).get(k, '')}"
+                )
             lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -188,22 +229,43 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 
     ms = results["measurements"]
     shapes = sorted({m["shape"] for m in ms}, key=shape_order)
-    systems = [s for s in ("toolkit", "toolkit-warm", "toolkit-fp8", "raw-defaults", "hf-batched", "hf-loop",
-                           "layout:auto", "layout:tp2", "layout:gpu1", "layout:auto+wait", "cells",
-                           "cells-task-per-cell", "cells-seed-loop")
-               if any(m["system"] == s for m in ms)]
+    systems = [
+        s
+        for s in (
+            "toolkit",
+            "toolkit-warm",
+            "toolkit-fp8",
+            "raw-defaults",
+            "hf-batched",
+            "hf-loop",
+            "layout:auto",
+            "layout:tp2",
+            "layout:gpu1",
+            "layout:auto+wait",
+            "cells",
+            "cells-task-per-cell",
+            "cells-seed-loop",
+        )
+        if any(m["system"] == s for m in ms)
+    ]
     sweeps = sorted({m["system"] for m in ms if m["system"].startswith("sweep:")})
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [3, 2]})
     names = systems + sweeps
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
         ys = [(_by(ms, name, s) or {}).get("samples_per_min") or 0 for s in shapes]
-        bars = ax.bar([x + i * width for x in range(len(shapes))], ys, width, label=name,
-                      hatch="//" if name.startswith("sweep:") else None)
+        bars = ax.bar(
+            [x + i * width for x in range(len(shapes))],
+            ys,
+            width,
+            label=name,
+            hatch="//" if name.startswith("sweep:") else None,
+        )
         for b, y in zip(bars, ys, strict=True):
             if y:
-                ax.annotate(f"{y:,.0f}", (b.get_x() + b.get_width() / 2, y), ha="center", va="bottom", fontsize=6,
-                            rotation=90)
+                ax.annotate(
+                    f"{y:,.0f}", (b.get_x() + b.get_width() / 2, y), ha="center", va="bottom", fontsize=6, rotation=90
+                )
     ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(shapes))], shapes)
     ax.set_yscale("log")
     ax.set_ylabel("samples / min (generation phase, log scale)")
@@ -269,8 +331,11 @@ def plot_workers(results: dict[str, Any], path: Path) -> Path:
             t0 = w.get("started")
             if not t0:
                 continue
-            parts = [(t0, w.get("engine_start_at"), "0.8"), (w.get("engine_start_at"), w.get("engine_ready_at"), "C1"),
-                     (w.get("engine_ready_at"), w.get("ended"), "C0")]
+            parts = [
+                (t0, w.get("engine_start_at"), "0.8"),
+                (w.get("engine_start_at"), w.get("engine_ready_at"), "C1"),
+                (w.get("engine_ready_at"), w.get("ended"), "C0"),
+            ]
             base = min(x.get("started") or t0 for x in m["workers"])
             for a, b, color in parts:
                 if a and b:
@@ -282,8 +347,9 @@ def plot_workers(results: dict[str, Any], path: Path) -> Path:
     ax3.set_yticks(yt, yl, fontsize=7)
     ax3.invert_yaxis()
     ax3.set_xlabel("seconds from the job's first worker start")
-    ax3.set_title("Each worker: imports+prepare (grey), engine start (orange), generating until exit (blue)",
-                  fontsize=9)
+    ax3.set_title(
+        "Each worker: imports+prepare (grey), engine start (orange), generating until exit (blue)", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -63,8 +63,9 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _run(cmd: Sequence[str], log: Path, env: dict[str, str], timeout_s: float,
-         cwd: Path | None = None) -> tuple[float, str]:
+def _run(
+    cmd: Sequence[str], log: Path, env: dict[str, str], timeout_s: float, cwd: Path | None = None
+) -> tuple[float, str]:
     """Run to completion with output in `log`; (wall seconds, log text). Raises RunFailed with the log's tail."""
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -72,8 +73,9 @@ def _run(cmd: Sequence[str], log: Path, env: dict[str, str], timeout_s: float,
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
         try:
-            rc = subprocess.run(list(cmd), stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd or REPO,
-                                timeout=timeout_s).returncode
+            rc = subprocess.run(
+                list(cmd), stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd or REPO, timeout=timeout_s
+            ).returncode
         except subprocess.TimeoutExpired:
             rc = -9
     wall = time.perf_counter() - t0
@@ -85,14 +87,29 @@ def _run(cmd: Sequence[str], log: Path, env: dict[str, str], timeout_s: float,
 
 
 def measurement(system: str, shape: Shape, samples: int, tokens: int, gen_s: float, **extra: Any) -> dict[str, Any]:
-    return {"system": system, "shape": shape.name, "samples": samples, "output_tokens": tokens,
-            "generation_s": round(gen_s, 3), "samples_per_min": round(samples / gen_s * 60, 1) if gen_s else None,
-            "output_tok_per_s": round(tokens / gen_s, 1) if gen_s else None, **extra}
+    return {
+        "system": system,
+        "shape": shape.name,
+        "samples": samples,
+        "output_tokens": tokens,
+        "generation_s": round(gen_s, 3),
+        "samples_per_min": round(samples / gen_s * 60, 1) if gen_s else None,
+        "output_tok_per_s": round(tokens / gen_s, 1) if gen_s else None,
+        **extra,
+    }
 
 
-def run_toolkit(wd: Workdir, shape: Shape, system: str, cache_root: Path, timeout_s: float,
-                engine_args: dict[str, Any] | None = None, quantization: str | None = None,
-                tensor_parallel_size: int | str = "auto", env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_toolkit(
+    wd: Workdir,
+    shape: Shape,
+    system: str,
+    cache_root: Path,
+    timeout_s: float,
+    engine_args: dict[str, Any] | None = None,
+    quantization: str | None = None,
+    tensor_parallel_size: int | str = "auto",
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """One `launcher run` (one job holding every visible GPU) in a fresh output folder, compile cache at
     `cache_root`. Figures by the wall clock across the job's workers."""
     import yaml
@@ -104,16 +121,35 @@ def run_toolkit(wd: Workdir, shape: Shape, system: str, cache_root: Path, timeou
     spec = toolkit_spec(shape, wd.model, wd.data(shape), out_dir, engine_args, quantization, tensor_parallel_size)
     spec_path = out_dir / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    run_env = _env({"LAUNCHER_COMPILE_CACHE": str(cache_root), "LAUNCHER_SCRATCH": str(wd.root / "scratch"),
-                    "LAUNCHER_HISTORY": str(wd.root / "history.json"), **(env or {})})
-    wall, log = _run([sys.executable, "-m", "launcher", "run", "--spec", str(spec_path)],
-                     wd.logs / f"{system}@{shape.name}.log".replace(":", "_"), run_env, timeout_s)
-    return toolkit_measurement(system, shape, out_dir, wall, log, engine_args=engine_args or {},
-                               quantization=quantization, cuda_visible_devices=run_env.get("CUDA_VISIBLE_DEVICES"))
+    run_env = _env(
+        {
+            "LAUNCHER_COMPILE_CACHE": str(cache_root),
+            "LAUNCHER_SCRATCH": str(wd.root / "scratch"),
+            "LAUNCHER_HISTORY": str(wd.root / "history.json"),
+            **(env or {}),
+        }
+    )
+    wall, log = _run(
+        [sys.executable, "-m", "launcher", "run", "--spec", str(spec_path)],
+        wd.logs / f"{system}@{shape.name}.log".replace(":", "_"),
+        run_env,
+        timeout_s,
+    )
+    return toolkit_measurement(
+        system,
+        shape,
+        out_dir,
+        wall,
+        log,
+        engine_args=engine_args or {},
+        quantization=quantization,
+        cuda_visible_devices=run_env.get("CUDA_VISIBLE_DEVICES"),
+    )
 
 
-def toolkit_measurement(system: str, shape: Shape, out_dir: Path, wall: float, log: str,
-                        **extra: Any) -> dict[str, Any]:
+def toolkit_measurement(
+    system: str, shape: Shape, out_dir: Path, wall: float, log: str, **extra: Any
+) -> dict[str, Any]:
     """A finished toolkit run -> one measurement: the run's wall-clock figures, each worker beside them."""
     run_dir = next((out_dir / "runs").iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -124,25 +160,61 @@ def toolkit_measurement(system: str, shape: Shape, out_dir: Path, wall: float, l
     engine = main.get("engine") or {}
     parsed = parse_startup(log)
     return measurement(
-        system, shape, run["samples"], run["output_tokens"], run["generation_wall_s"], wall_s=round(wall, 2),
-        startup=split(run.get("startup_s_max") or 0.0, parsed), startup_log=parsed,
+        system,
+        shape,
+        run["samples"],
+        run["output_tokens"],
+        run["generation_wall_s"],
+        wall_s=round(wall, 2),
+        startup=split(run.get("startup_s_max") or 0.0, parsed),
+        startup_log=parsed,
         compile_cache=sorted({str((r["engine"].get("startup") or {}).get("compile_cache")) for r in engines}),
-        startup_phases=main.get("startup_phases"), settings=engine.get("settings"), reasons=engine.get("reasons"),
-        engine_version=engine.get("version"), records=sum(int(r.get("records") or 0) for r in reports),
-        layout=summary.get("layout"), replicas=len(engines), gpu_busy_fraction=run.get("gpu_busy_fraction"),
-        workers=summary.get("workers"), timing="wall clock across all workers", **extra)
+        startup_phases=main.get("startup_phases"),
+        settings=engine.get("settings"),
+        reasons=engine.get("reasons"),
+        engine_version=engine.get("version"),
+        records=sum(int(r.get("records") or 0) for r in reports),
+        layout=summary.get("layout"),
+        replicas=len(engines),
+        gpu_busy_fraction=run.get("gpu_busy_fraction"),
+        workers=summary.get("workers"),
+        timing="wall clock across all workers",
+        **extra,
+    )
 
 
-def run_raw(wd: Workdir, shapes: Sequence[Shape], system: str, timeout_s: float,
-            engine_args: dict[str, Any] | None = None, warmup_tokens: int = 0) -> list[dict[str, Any]]:
+def run_raw(
+    wd: Workdir,
+    shapes: Sequence[Shape],
+    system: str,
+    timeout_s: float,
+    engine_args: dict[str, Any] | None = None,
+    warmup_tokens: int = 0,
+) -> list[dict[str, Any]]:
     """One process, one engine, all `shapes` in turn. e2e wall: the process's own wall (exit included, as for the
     toolkit) when it ran one shape; else start-up + that shape's generation."""
     cache = wd.root / "raw-cache"
-    env = _env({"VLLM_CACHE_ROOT": str(cache / "vllm"), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
-                "TRITON_CACHE_DIR": str(cache / "triton")})
+    env = _env(
+        {
+            "VLLM_CACHE_ROOT": str(cache / "vllm"),
+            "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+            "TRITON_CACHE_DIR": str(cache / "triton"),
+        }
+    )
     out = wd.runs / f".{system}.raw.json".replace(":", "_")
-    cmd = [sys.executable, "-m", "launcher.bench.raw_vllm", "--model", str(wd.model), "--out", str(out),
-           "--engine-args", json.dumps(engine_args or {}), "--warmup-tokens", str(warmup_tokens)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "launcher.bench.raw_vllm",
+        "--model",
+        str(wd.model),
+        "--out",
+        str(out),
+        "--engine-args",
+        json.dumps(engine_args or {}),
+        "--warmup-tokens",
+        str(warmup_tokens),
+    ]
     for shape in shapes:
         cmd += ["--ids", str(wd.ids(shape))]
     names = "+".join(s.name for s in shapes)
@@ -152,28 +224,61 @@ def run_raw(wd: Workdir, shapes: Sequence[Shape], system: str, timeout_s: float,
     rows = []
     by_name = {s.name: s for s in shapes}
     for r in raw["results"]:
-        rows.append(measurement(
-            system, by_name[r["shape"]], r["samples"], r["output_tokens"], r["generation_s"],
-            wall_s=round(wall - (r.get("warmup_s") or 0) if len(shapes) == 1
-                         else raw["startup_s"] + r["generation_s"], 2),
-            startup=split(raw["startup_s"], parsed),
-            startup_log=parsed, engine_args=raw["engine_args"], engine_version=f"vllm {raw['vllm']}",
-            records=r["records"], process_wall_s=round(wall, 2), warmup_s=r.get("warmup_s")))
+        rows.append(
+            measurement(
+                system,
+                by_name[r["shape"]],
+                r["samples"],
+                r["output_tokens"],
+                r["generation_s"],
+                wall_s=round(
+                    wall - (r.get("warmup_s") or 0) if len(shapes) == 1 else raw["startup_s"] + r["generation_s"], 2
+                ),
+                startup=split(raw["startup_s"], parsed),
+                startup_log=parsed,
+                engine_args=raw["engine_args"],
+                engine_version=f"vllm {raw['vllm']}",
+                records=r["records"],
+                process_wall_s=round(wall, 2),
+                warmup_s=r.get("warmup_s"),
+            )
+        )
     return rows
 
 
-def run_hf(wd: Workdir, shapes: Sequence[Shape], loop_users: int, batch_users: int,
-           timeout_s: float) -> list[dict[str, Any]]:
+def run_hf(
+    wd: Workdir, shapes: Sequence[Shape], loop_users: int, batch_users: int, timeout_s: float
+) -> list[dict[str, Any]]:
     out = wd.runs / ".hf.raw.json"
-    cmd = [sys.executable, "-m", "launcher.bench.hf_baseline", "--model", str(wd.model), "--out", str(out),
-           "--loop-users", str(loop_users), "--batch-users", str(batch_users)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "launcher.bench.hf_baseline",
+        "--model",
+        str(wd.model),
+        "--out",
+        str(out),
+        "--loop-users",
+        str(loop_users),
+        "--batch-users",
+        str(batch_users),
+    ]
     for shape in shapes:
         cmd += ["--ids", str(wd.ids(shape))]
     _run(cmd, wd.logs / "hf.log", _env({}), timeout_s)
     raw = json.loads(out.read_text())
     by_name = {s.name: s for s in shapes}
-    return [measurement(r["system"], by_name[r["shape"]], r["samples"], r["output_tokens"], r["generation_s"],
-                        records=r["records"], subset=True, startup={"total_s": raw["startup_s"],
-                                                                    "load_s": raw["model_init_s"]},
-                        engine_version=f"transformers {raw['transformers']}")
-            for r in raw["results"]]
+    return [
+        measurement(
+            r["system"],
+            by_name[r["shape"]],
+            r["samples"],
+            r["output_tokens"],
+            r["generation_s"],
+            records=r["records"],
+            subset=True,
+            startup={"total_s": raw["startup_s"], "load_s": raw["model_init_s"]},
+            engine_version=f"transformers {raw['transformers']}",
+        )
+        for r in raw["results"]
+    ]

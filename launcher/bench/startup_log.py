@@ -49,6 +49,10 @@ def split(startup_total_s: float, parsed: dict[str, Any]) -> dict[str, float]:
     load = float(parsed.get("load_s") or parsed.get("weights_s") or 0.0)
     compile_ = float(parsed.get("compile_s") or 0.0)
     graphs = float(parsed.get("graph_capture_s") or 0.0)
-    return {"total_s": round(startup_total_s, 2), "load_s": round(load, 2), "compile_s": round(compile_, 2),
-            "graph_capture_s": round(graphs, 2),
-            "other_s": round(max(0.0, startup_total_s - load - compile_ - graphs), 2)}
+    return {
+        "total_s": round(startup_total_s, 2),
+        "load_s": round(load, 2),
+        "compile_s": round(compile_, 2),
+        "graph_capture_s": round(graphs, 2),
+        "other_s": round(max(0.0, startup_total_s - load - compile_ - graphs), 2),
+    }

@@ -35,13 +35,26 @@ class ModelPreset:
 
     def config(self) -> dict[str, Any]:
         return {
-            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": self.hidden,
-            "num_hidden_layers": self.layers, "num_attention_heads": self.heads, "num_key_value_heads": self.kv_heads,
-            "head_dim": self.hidden // self.heads, "intermediate_size": self.intermediate, "vocab_size": self.vocab,
-            "max_position_embeddings": self.max_position, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-            "hidden_act": "silu", "tie_word_embeddings": False, "torch_dtype": self.dtype,
-            "bos_token_id": self.vocab - 256, "eos_token_id": self.vocab - 255, "attention_bias": False,
-            "mlp_bias": False, "initializer_range": 0.02,
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": self.hidden,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "head_dim": self.hidden // self.heads,
+            "intermediate_size": self.intermediate,
+            "vocab_size": self.vocab,
+            "max_position_embeddings": self.max_position,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 500000.0,
+            "hidden_act": "silu",
+            "tie_word_embeddings": False,
+            "torch_dtype": self.dtype,
+            "bos_token_id": self.vocab - 256,
+            "eos_token_id": self.vocab - 255,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "initializer_range": 0.02,
         }
 
 
@@ -99,8 +112,14 @@ def write_model(preset: ModelPreset, out: Path) -> Path:
     del vocab[word(bos)], vocab[word(eos)]
     tok = Tokenizer(models.WordLevel(vocab, unk_token=word(0)))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token=word(0),
-                                   unk_token=word(0), padding_side="left")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token=word(0),
+        unk_token=word(0),
+        padding_side="left",
+    )
     fast.save_pretrained(out)
     (out / "generation_config.json").write_text(json.dumps({"bos_token_id": bos, "eos_token_id": eos}) + "\n")
     return out
@@ -130,26 +149,59 @@ def write_dataset(shape: Shape, preset: ModelPreset, out: Path) -> tuple[Path, P
     with data.open("w") as f:
         for rid, toks in records:
             f.write(json.dumps({"user_id": rid, "context": " ".join(word(i) for i in toks)}) + "\n")
-    ids.write_text(json.dumps({"shape": asdict(shape), "run_seed": RUN_SEED, "records": [
-        {"record_id": rid, "seed": record_seed(RUN_SEED, rid), "prompt_token_ids": toks} for rid, toks in records]}))
+    ids.write_text(
+        json.dumps(
+            {
+                "shape": asdict(shape),
+                "run_seed": RUN_SEED,
+                "records": [
+                    {"record_id": rid, "seed": record_seed(RUN_SEED, rid), "prompt_token_ids": toks}
+                    for rid, toks in records
+                ],
+            }
+        )
+    )
     return data, ids
 
 
-def toolkit_spec(shape: Shape, model_dir: Path, data: Path, out_dir: Path, engine_args: dict[str, Any] | None = None,
-                 quantization: str | None = None, tensor_parallel_size: int | str = "auto") -> dict[str, Any]:
+def toolkit_spec(
+    shape: Shape,
+    model_dir: Path,
+    data: Path,
+    out_dir: Path,
+    engine_args: dict[str, Any] | None = None,
+    quantization: str | None = None,
+    tensor_parallel_size: int | str = "auto",
+) -> dict[str, Any]:
     """The job spec `launcher run --spec` gets: same prompts, same sampling as the raw baseline. The data-parallel
     size follows from the visible GPUs and tensor_parallel_size (the toolkit's layout.choose_layout)."""
-    model: dict[str, Any] = {"path": str(model_dir), "backend": "vllm", "load_format": "dummy",
-                             "engine_args": dict(engine_args or {}), "tensor_parallel_size": tensor_parallel_size}
+    model: dict[str, Any] = {
+        "path": str(model_dir),
+        "backend": "vllm",
+        "load_format": "dummy",
+        "engine_args": dict(engine_args or {}),
+        "tensor_parallel_size": tensor_parallel_size,
+    }
     if quantization:
         model["quantization"] = quantization
     return {
         "name": f"bench-{shape.name}",
         "model": model,
-        "data": {"datasets": [{"name": "synthetic", "path": str(data)}], "ablation_configs": ["bench"],
-                 "templates": {"bench": {"text": TEMPLATE}}, "num_samples": shape.n, "chat_template": False},
-        "sampling": {"temperature": 1.0, "top_p": 0.9, "top_k": 50, "max_tokens": shape.max_tokens, "seed": RUN_SEED,
-                     "ignore_eos": True},
+        "data": {
+            "datasets": [{"name": "synthetic", "path": str(data)}],
+            "ablation_configs": ["bench"],
+            "templates": {"bench": {"text": TEMPLATE}},
+            "num_samples": shape.n,
+            "chat_template": False,
+        },
+        "sampling": {
+            "temperature": 1.0,
+            "top_p": 0.9,
+            "top_k": 50,
+            "max_tokens": shape.max_tokens,
+            "seed": RUN_SEED,
+            "ignore_eos": True,
+        },
         "output": {"dir": str(out_dir), "chunk_records": 64},
         "executor": "local",
     }

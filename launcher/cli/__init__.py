@@ -41,44 +41,72 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from launcher.cli.legacy import add_legacy_flags
 
-    p = _Parser(prog="launcher", description="Batch LLM generation on Slurm: YAML job spec -> array jobs -> samples.",
-                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(
+        prog="launcher",
+        description="Batch LLM generation on Slurm: YAML job spec -> array jobs -> samples.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"launcher {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def spec_cmd(name: str, help_: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_, description=help_)
         c.add_argument("spec", help="the job spec (YAML)")
-        c.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C",
-                       help="override a field, e.g. --set sampling.temperature=0.8 (repeatable)")
+        c.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="A.B=C",
+            help="override a field, e.g. --set sampling.temperature=0.8 (repeatable)",
+        )
         return c
 
-    c = spec_cmd("plan", "Validate the spec; show the units of work, worker jobs, GPUs, an estimate and the exact "
-                         "sbatch header. Submits nothing.")
+    c = spec_cmd(
+        "plan",
+        "Validate the spec; show the units of work, worker jobs, GPUs, an estimate and the exact "
+        "sbatch header. Submits nothing.",
+    )
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.add_argument("--show", type=int, default=20, help="task rows to show (default 20)")
 
-    c = spec_cmd("submit", "Submit worker jobs for every unfinished unit as one array (+ a gather job). "
-                           "Resubmitting resumes.")
+    c = spec_cmd(
+        "submit", "Submit worker jobs for every unfinished unit as one array (+ a gather job). Resubmitting resumes."
+    )
     c.add_argument("--wait", action="store_true", help="wait for the workers, then gather and print the summary")
     c.add_argument("--executor", choices=["slurm", "local"], help="override the spec's executor")
     choice = c.add_mutually_exclusive_group()
-    choice.add_argument("--new-run", action="store_true",
-                        help="the inputs changed since the last submit: start a run of its own for them")
-    choice.add_argument("--resume", action="store_true",
-                        help="the inputs changed since the last submit: go on with that run anyway (recorded in its "
-                             "run.json; refused when the model changed)")
+    choice.add_argument(
+        "--new-run",
+        action="store_true",
+        help="the inputs changed since the last submit: start a run of its own for them",
+    )
+    choice.add_argument(
+        "--resume",
+        action="store_true",
+        help="the inputs changed since the last submit: go on with that run anyway (recorded in its "
+        "run.json; refused when the model changed)",
+    )
 
-    c = sub.add_parser("run", help="Run a job in this process, on this machine's GPUs (or the old inference_vllm.py "
-                                   "flags).",
-                       description="Run a spec (or a run directory) here: one job that holds every GPU this process "
-                                   "sees, one worker per GPU group, each claiming units until none is left; then "
-                                   "gather. Or the old inference_vllm.py flags.")
+    c = sub.add_parser(
+        "run",
+        help="Run a job in this process, on this machine's GPUs (or the old inference_vllm.py flags).",
+        description="Run a spec (or a run directory) here: one job that holds every GPU this process "
+        "sees, one worker per GPU group, each claiming units until none is left; then "
+        "gather. Or the old inference_vllm.py flags.",
+    )
     c.add_argument("--spec", help="job spec (YAML) or a run directory")
-    c.add_argument("--job", type=int, default=None, help="run only this worker job of the plan (as Slurm would), "
-                                                         "without gathering")
-    c.add_argument("--unit", action="append", default=None, metavar="UNIT_ID",
-                   help="run only this unit (repeatable): one engine per unit, the old way")
+    c.add_argument(
+        "--job", type=int, default=None, help="run only this worker job of the plan (as Slurm would), without gathering"
+    )
+    c.add_argument(
+        "--unit",
+        action="append",
+        default=None,
+        metavar="UNIT_ID",
+        help="run only this unit (repeatable): one engine per unit, the old way",
+    )
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C")
     c.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto", help="with the old flags")
     add_legacy_flags(c)
@@ -96,8 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="Print the job spec's JSON Schema (for editor completion).")
 
-    c = sub.add_parser("compare", help="Compare two output dirs record by record (greedy: token agreement; "
-                                       "sampled: lengths and distinct-n).")
+    c = sub.add_parser(
+        "compare",
+        help="Compare two output dirs record by record (greedy: token agreement; sampled: lengths and distinct-n).",
+    )
     c.add_argument("a", help="folder with samples.jsonl (e.g. <output dir>/<dataset>/<ablation>)")
     c.add_argument("b")
     c.add_argument("--json", action="store_true")
@@ -198,16 +228,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
         check_fits(spec)  # a job no node can hold would pend forever: refused before anything is written
     sub = submit(plan, kind, resolved)
-    console.print(f"run [bold]{plan.run.run_id}[/]: {sub.units_todo} unit(s) to do"
-                  + (f", {sub.units_done} already done" if sub.units_done else "")
-                  + f"; {len(sub.job_ids)} worker job(s) submitted"
-                  + (f" as array {sub.job_ids[0].split('_')[0]}" if sub.job_ids and kind == "slurm" else "")
-                  + (f"; gather job {sub.gather_job_id}" if sub.gather_job_id else ""))
+    console.print(
+        f"run [bold]{plan.run.run_id}[/]: {sub.units_todo} unit(s) to do"
+        + (f", {sub.units_done} already done" if sub.units_done else "")
+        + f"; {len(sub.job_ids)} worker job(s) submitted"
+        + (f" as array {sub.job_ids[0].split('_')[0]}" if sub.job_ids and kind == "slurm" else "")
+        + (f"; gather job {sub.gather_job_id}" if sub.gather_job_id else "")
+    )
     console.print(f"run dir: {sub.run_dir}\nstatus:  launcher status {sub.run_dir}")
     if not args.wait:
         if kind == "local" and sub.job_ids:
-            console.print("the local job(s) go on in the background; the last one to finish gathers the outputs "
-                          f"(or `launcher gather {sub.run_dir}` once `launcher status` shows every unit done)")
+            console.print(
+                "the local job(s) go on in the background; the last one to finish gathers the outputs "
+                f"(or `launcher gather {sub.run_dir}` once `launcher status` shows every unit done)"
+            )
         return 0
     from launcher.submit.wait import wait_and_gather
 
@@ -216,16 +250,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         from launcher.store import write_json_atomic
 
-        write_json_atomic(plan.run.root / "interrupted.json", {"time": time.time(), "executor": kind,
-                                                               "by": "Ctrl-C on `launcher submit --wait`"})
+        write_json_atomic(
+            plan.run.root / "interrupted.json",
+            {"time": time.time(), "executor": kind, "by": "Ctrl-C on `launcher submit --wait`"},
+        )
         if kind == "local":
-            err.print("[yellow]interrupted:[/] the local jobs stopped with this command. Every record already "
-                      f"written is kept; `launcher submit {args.spec}` again resumes with the rest "
-                      f"(`launcher status {sub.run_dir}` shows what is done).", soft_wrap=True)
+            err.print(
+                "[yellow]interrupted:[/] the local jobs stopped with this command. Every record already "
+                f"written is kept; `launcher submit {args.spec}` again resumes with the rest "
+                f"(`launcher status {sub.run_dir}` shows what is done).",
+                soft_wrap=True,
+            )
         else:
-            err.print("[yellow]stopped waiting:[/] the jobs go on in Slurm. `launcher status "
-                      f"{sub.run_dir}` follows them, `launcher gather {sub.run_dir}` once they are done, "
-                      f"`launcher cancel {sub.run_dir}` stops them (records written are kept).", soft_wrap=True)
+            err.print(
+                "[yellow]stopped waiting:[/] the jobs go on in Slurm. `launcher status "
+                f"{sub.run_dir}` follows them, `launcher gather {sub.run_dir}` once they are done, "
+                f"`launcher cancel {sub.run_dir}` stops them (records written are kept).",
+                soft_wrap=True,
+            )
         return 130
 
 
@@ -311,7 +353,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "plan": cmd_plan, "submit": cmd_submit, "run": cmd_run, "gather": cmd_gather, "status": cmd_status,
-    "cancel": cmd_cancel, "schema": cmd_schema, "compare": cmd_compare, "demo-model": cmd_demo_model,
-    "doctor": cmd_doctor, "bench": cmd_bench,
+    "plan": cmd_plan,
+    "submit": cmd_submit,
+    "run": cmd_run,
+    "gather": cmd_gather,
+    "status": cmd_status,
+    "cancel": cmd_cancel,
+    "schema": cmd_schema,
+    "compare": cmd_compare,
+    "demo-model": cmd_demo_model,
+    "doctor": cmd_doctor,
+    "bench": cmd_bench,
 }

@@ -22,12 +22,20 @@ def run_command(args: argparse.Namespace) -> int:
             from launcher.cli.legacy import FLAGS
 
             given = [f"--{f}" for f in [*FLAGS, "dataset", "ablation_config"] if getattr(args, f, None) is not None]
-            raise SpecError.one("launcher run", "", f"--spec and the old flags ({', '.join(given)}) do not mix",
-                                fix="put the values in the spec (or --set section.field=value), or drop --spec")
+            raise SpecError.one(
+                "launcher run",
+                "",
+                f"--spec and the old flags ({', '.join(given)}) do not mix",
+                fix="put the values in the spec (or --set section.field=value), or drop --spec",
+            )
         return _run_spec(args)
     if not uses_legacy(args):
-        raise SpecError.one("launcher run", "", "nothing to run",
-                            fix="give --spec SPEC [--job N], or the old flags --checkpoint_dir --dataset --output_dir")
+        raise SpecError.one(
+            "launcher run",
+            "",
+            "nothing to run",
+            fix="give --spec SPEC [--job N], or the old flags --checkpoint_dir --dataset --output_dir",
+        )
     from launcher.cli.legacy import legacy_notes
     from launcher.plan import check_inputs, expand
     from launcher.plan.persist import resolve_run
@@ -61,8 +69,13 @@ def _run_spec(args: argparse.Namespace) -> int:
     if args.job is None:
         return _run_inline(plan, units=units)
     if not 0 <= args.job < max(plan.jobs, 1):
-        raise SpecError.one("--job", "", f"no job {args.job}: the plan has {plan.jobs} worker job(s)",
-                            allowed=f"0..{plan.jobs - 1}", fix="`launcher plan SPEC` shows the jobs")
+        raise SpecError.one(
+            "--job",
+            "",
+            f"no job {args.job}: the plan has {plan.jobs} worker job(s)",
+            allowed=f"0..{plan.jobs - 1}",
+            fix="`launcher plan SPEC` shows the jobs",
+        )
     from launcher.job.entry import run_job
 
     save_plan(plan)
@@ -75,9 +88,13 @@ def _unit_ids(plan: Plan, asked: list[str]) -> tuple[str, ...]:
     known = {u.unit_id for u in plan.units}
     unknown = [u for u in asked if u not in known]
     if unknown:
-        raise SpecError.one("--unit", "", f"no unit {unknown[0]!r}",
-                            allowed=f"a unit id like {plan.units[0].unit_id}",
-                            fix="`launcher plan SPEC` lists them")
+        raise SpecError.one(
+            "--unit",
+            "",
+            f"no unit {unknown[0]!r}",
+            allowed=f"a unit id like {plan.units[0].unit_id}",
+            fix="`launcher plan SPEC` lists them",
+        )
     return tuple(asked)
 
 

@@ -71,7 +71,7 @@ def _check_path(path: Path, role: str) -> str:
         if bad in text:
             raise ContainerError(
                 f"bind {role} path {text!r} contains {why}; runtimes cannot bind it",
-                fix=f"bind a parent folder whose path has no {bad!r}, or rename the folder"
+                fix=f"bind a parent folder whose path has no {bad!r}, or rename the folder",
             )
     return text
 
@@ -100,7 +100,7 @@ class Bind:
         if not text or len(parts) > 3:
             raise ContainerError(
                 f"bind {text!r} is not host[:container[:ro|rw]]",
-                fix="e.g. /data/models or /scratch/run1:/scratch/run1:ro (paths cannot contain ':')"
+                fix="e.g. /data/models or /scratch/run1:/scratch/run1:ro (paths cannot contain ':')",
             )
         host = parts[0]
         container = parts[1] if len(parts) > 1 and parts[1] else host
@@ -110,7 +110,7 @@ class Bind:
                 raise ContainerError(
                     f"bind {text!r}: {role} path {path!r} is relative",
                     fix=f"use an absolute path (a relative one would depend on the directory the job starts "
-                    f"in), e.g. {str(Path(path).absolute())!r}"
+                    f"in), e.g. {str(Path(path).absolute())!r}",
                 )
         if mode not in ("ro", "rw"):
             raise ContainerError(f"bind {text!r}: mode {mode!r} is not allowed", fix="use ro or rw")
@@ -176,8 +176,16 @@ class ContainerRuntime(Protocol):
 def preview(runtime: ContainerRuntime, req: ContainerRequest) -> list[str]:
     """``wrap(req)`` as `launcher plan` shows it: preceded by ``env NAME=<hidden>...`` for each variable the
     runtime gets through its environment, so the names show and the values never do."""
-    masked = ContainerRequest(image=req.image, argv=req.argv, binds=req.binds, env=dict.fromkeys(req.env, HIDDEN),
-                              gpu_ids=req.gpu_ids, workdir=req.workdir, user=req.user, rootless=req.rootless)
+    masked = ContainerRequest(
+        image=req.image,
+        argv=req.argv,
+        binds=req.binds,
+        env=dict.fromkeys(req.env, HIDDEN),
+        gpu_ids=req.gpu_ids,
+        workdir=req.workdir,
+        user=req.user,
+        rootless=req.rootless,
+    )
     added = runtime.exec_env(masked, {})  # an empty host env: exactly what the request adds
     return [*(["env", *(f"{k}={v}" for k, v in sorted(added.items()))] if added else []), *runtime.wrap(masked)]
 
@@ -197,7 +205,7 @@ def get_runtime(name: str) -> ContainerRuntime:
         raise ContainerError(
             f"unknown container runtime {name!r}",
             allowed=f"{', '.join(sorted(RUNTIMES))}",
-            fix="set container.runtime to one of those (none runs on the host, without a container)"
+            fix="set container.runtime to one of those (none runs on the host, without a container)",
         )
     return RUNTIMES[name]()
 
@@ -244,7 +252,7 @@ class Apptainer:
             if "," in spec:
                 raise ContainerError(
                     f"bind {spec!r} contains ',' which {self.name} --bind reads as a list separator",
-                    fix="bind a parent folder whose path has no ','"
+                    fix="bind a parent folder whose path has no ','",
                 )
             out += ["--bind", spec]
         return [*out, req.image, *req.argv]
@@ -328,7 +336,7 @@ def runtime_reads(name: str) -> bool:
         raise ContainerError(
             f"container.env variable {name!r} looks like a credential, but docker/podman read {name} for "
             f"themselves, so its value would have to go in their argv, which every user on the node can read",
-            fix=f"rename it (e.g. APP_{name}) and read that name inside the container, or use apptainer"
+            fix=f"rename it (e.g. APP_{name}) and read that name inside the container, or use apptainer",
         )
     return True
 

@@ -137,8 +137,9 @@ def write_request(
 ) -> Path:
     """Write REQUEST.json at submit time (atomically). Checks what it can now, not on the compute node."""
     # Unknown runtimes, bad binds and env names fail here, before anything is submitted.
-    get_runtime(runtime).wrap(ContainerRequest(image=image, argv=["true"], binds=tuple(binds), env=dict(env or {}),
-                                               user=user))
+    get_runtime(runtime).wrap(
+        ContainerRequest(image=image, argv=["true"], binds=tuple(binds), env=dict(env or {}), user=user)
+    )
     payload = {
         "version": REQUEST_VERSION,
         "runtime": runtime,
@@ -164,12 +165,12 @@ def read_request(path: Path) -> ExecRequest:
     except (OSError, json.JSONDecodeError) as err:
         raise ExecError(
             f"{path}: cannot read the container request: {err}",
-            fix="write it with launcher.containers.shim.write_request (launcher submit does)"
+            fix="write it with launcher.containers.shim.write_request (launcher submit does)",
         ) from err
     if data.get("version") != REQUEST_VERSION:
         raise ExecError(
             f"{path}: request version {data.get('version')!r}, this launcher reads {REQUEST_VERSION}",
-            fix="submit again with the launcher installed on this node"
+            fix="submit again with the launcher installed on this node",
         )
     try:
         return ExecRequest(
@@ -195,7 +196,7 @@ def build_launch(request: ExecRequest, command: list[str], environ: Mapping[str,
                 f"this task has {len(gpus.ids)} GPU(s) (SLURM_GPUS_ON_NODE) but no variable names them, and "
                 f"{request.runtime} must be told which devices to expose",
                 fix="give the node's GPUs File= entries in gres.conf (Slurm then sets SLURM_JOB_GPUS), "
-                "or use container.runtime: apptainer"
+                "or use container.runtime: apptainer",
             )
         # Inside, only the selected GPUs exist and CUDA numbers them from 0.
         env.pop("CUDA_VISIBLE_DEVICES", None)
@@ -299,8 +300,14 @@ def request_path(run_dir: Path) -> Path:
 
 def write_spec_request(spec: Any, run_dir: Path) -> Path:
     """At submit time only (`launcher plan` writes nothing): the request the shim reads on the compute node."""
-    return write_request(request_path(run_dir), runtime=spec.container.runtime, image=spec.container.image,
-                         binds=spec_binds(spec, run_dir), env=dict(spec.container.env), workdir=run_dir)
+    return write_request(
+        request_path(run_dir),
+        runtime=spec.container.runtime,
+        image=spec.container.image,
+        binds=spec_binds(spec, run_dir),
+        env=dict(spec.container.env),
+        workdir=run_dir,
+    )
 
 
 def container_python_argv(spec: Any, run_dir: Path) -> list[str]:
@@ -310,8 +317,13 @@ def container_python_argv(spec: Any, run_dir: Path) -> list[str]:
 
 def spec_launch(spec: Any, run_dir: Path, gpu_count: int) -> Launch:
     """What a task would exec, as if Slurm had given it GPUs 0..n-1 and nothing else (writes nothing)."""
-    request = ExecRequest(runtime=spec.container.runtime, image=spec.container.image,
-                          binds=tuple(spec_binds(spec, run_dir)), env=dict(spec.container.env), workdir=run_dir)
+    request = ExecRequest(
+        runtime=spec.container.runtime,
+        image=spec.container.image,
+        binds=tuple(spec_binds(spec, run_dir)),
+        env=dict(spec.container.env),
+        workdir=run_dir,
+    )
     environ = {"SLURM_JOB_GPUS": ",".join(map(str, range(gpu_count)))} if gpu_count else {}
     command = [IN_IMAGE_PYTHON, "-u", "-m", "submitit.core._submit", str(run_dir / "logs")]
     return build_launch(request, command, environ)

@@ -62,9 +62,12 @@ def select_backend(model: ModelSpec) -> tuple[str, str]:
     ok, reason = vllm_status(None if model.backend == "vllm" else model.path)
     if model.backend == "vllm":
         if not ok:
-            raise SpecError.one("<spec>", "model.backend", f"backend vllm asked for, but {reason}",
-                                fix="install vllm (pip install 'launcher[vllm]', or use the container image), "
-                                    "or set backend: hf")
+            raise SpecError.one(
+                "<spec>",
+                "model.backend",
+                f"backend vllm asked for, but {reason}",
+                fix="install vllm (pip install 'launcher[vllm]', or use the container image), or set backend: hf",
+            )
         return "vllm", "backend: vllm set in the spec"
     if ok:
         return "vllm", f"auto: {reason}"
@@ -78,5 +81,16 @@ def create_engine(name: str, model: ModelSpec, sampling: object, n: int) -> Engi
     return ENGINES[name](model, sampling, n)  # type: ignore[arg-type]
 
 
-__all__ = ["ENGINES", "Completion", "Engine", "EngineReport", "GenerationRequest", "Sample", "Workload",
-           "create_engine", "register", "select_backend", "vllm_status"]
+__all__ = [
+    "ENGINES",
+    "Completion",
+    "Engine",
+    "EngineReport",
+    "GenerationRequest",
+    "Sample",
+    "Workload",
+    "create_engine",
+    "register",
+    "select_backend",
+    "vllm_status",
+]

@@ -52,8 +52,17 @@ SCRATCH_ENV = "LAUNCHER_SCRATCH"  # node-local folder; the same path on every no
 MISS_ENV = "LAUNCHER_COMPILE_MISS"  # private (default) | wait
 READY = "READY.json"  # written last inside an entry or a node copy: a folder without it is never read
 # Engine settings that never reach a compiled graph: leaving them out lets runs that differ only in them share.
-RUNTIME_ONLY = frozenset({"gpu_memory_utilization", "enable_prefix_caching", "seed", "disable_log_stats",
-                          "kv_cache_memory_bytes", "swap_space", "inflight_requests"})
+RUNTIME_ONLY = frozenset(
+    {
+        "gpu_memory_utilization",
+        "enable_prefix_caching",
+        "seed",
+        "disable_log_stats",
+        "kv_cache_memory_bytes",
+        "swap_space",
+        "inflight_requests",
+    }
+)
 STALE_TMP_S = 6 * 3600  # a temporary copy this old belongs to a process that died while publishing
 
 
@@ -90,8 +99,10 @@ def user_folder(scratch: Path) -> Path:
     if st.st_mode & 0o077:
         problems.append(f"has mode {stat.S_IMODE(st.st_mode):o} (others may write or read it)")
     if problems:
-        raise UnsafeCacheFolder(f"{base} {' and '.join(problems)}; the compile cache will not use it (someone "
-                                "else may have planted it). Remove it, or set LAUNCHER_SCRATCH to a folder of yours")
+        raise UnsafeCacheFolder(
+            f"{base} {' and '.join(problems)}; the compile cache will not use it (someone "
+            "else may have planted it). Remove it, or set LAUNCHER_SCRATCH to a folder of yours"
+        )
     return base
 
 
@@ -101,8 +112,13 @@ class CacheKey:
     factors: dict[str, Any]
 
 
-def cache_key(model_dir: str | Path, engine_kwargs: Mapping[str, Any], gpu_name: str | None,
-              versions: Mapping[str, str], node_path: Path | None = None) -> CacheKey:
+def cache_key(
+    model_dir: str | Path,
+    engine_kwargs: Mapping[str, Any],
+    gpu_name: str | None,
+    versions: Mapping[str, str],
+    node_path: Path | None = None,
+) -> CacheKey:
     """What invalidates compiled graphs: the model's config (and path: vLLM hashes it), the vLLM / torch / CUDA
     versions, the GPU, and the engine settings that shape the graphs (max_model_len, max_num_batched_tokens,
     CUDA-graph sizes, dtype, quantization, TP...). vLLM checks its own finer hash inside the entry as well."""
@@ -224,8 +240,12 @@ class CompileCache:
         if "VLLM_ENABLE_STARTUP_PLAN" not in target:
             variables["VLLM_ENABLE_STARTUP_PLAN"] = "1"
         target.update(variables)
-        log.info("compile cache: %s (%s, %s)", self.folder, self.role,
-                 f"compiled graphs from {self.source}" if self.hit else "compiling")
+        log.info(
+            "compile cache: %s (%s, %s)",
+            self.folder,
+            self.role,
+            f"compiled graphs from {self.source}" if self.hit else "compiling",
+        )
         return variables
 
     def drop(self, env: dict[str, str] | None = None) -> dict[str, str]:
@@ -258,14 +278,20 @@ class CompileCache:
     def _publish(self) -> None:
         assert self.folder is not None
         tmp = self.root / f".{self.key.digest}.{socket.gethostname()}.{os.getpid()}.tmp"
-        info = json.dumps({"factors": self.key.factors, "host": socket.gethostname(), "published": time.time()},
-                          indent=1, default=str)
+        info = json.dumps(
+            {"factors": self.key.factors, "host": socket.gethostname(), "published": time.time()}, indent=1, default=str
+        )
         try:
             if not (self.entry / READY).exists():
                 self.root.mkdir(parents=True, exist_ok=True)
                 _drop_stale(self.root)
-                shutil.copytree(self.folder, tmp, symlinks=True, dirs_exist_ok=True,
-                                ignore=shutil.ignore_patterns("*.lock", "*.tmp"))
+                shutil.copytree(
+                    self.folder,
+                    tmp,
+                    symlinks=True,
+                    dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.lock", "*.tmp"),
+                )
                 (tmp / READY).write_text(info)
                 os.rename(tmp, self.entry)
                 log.info("compile cache published: %s", self.entry)
@@ -358,5 +384,15 @@ def open_cache(model_dir: str | Path, engine_kwargs: Mapping[str, Any], gpu_name
     return CompileCache(root, cache_key(model_dir, engine_kwargs, gpu_name, library_versions(), node_path), scratch)
 
 
-__all__ = ["CACHE_ENV", "MISS_ENV", "CacheKey", "CompileCache", "UnsafeCacheFolder", "cache_key", "default_root",
-           "library_versions", "open_cache", "user_folder"]
+__all__ = [
+    "CACHE_ENV",
+    "MISS_ENV",
+    "CacheKey",
+    "CompileCache",
+    "UnsafeCacheFolder",
+    "cache_key",
+    "default_root",
+    "library_versions",
+    "open_cache",
+    "user_folder",
+]

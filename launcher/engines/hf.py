@@ -78,8 +78,9 @@ class HFEngine(Engine):
         dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
         dtype = dtypes.get(self.model.dtype) or (torch.bfloat16 if self.device == "cuda" else torch.float32)
         loader: Any = AutoModelForCausalLM
-        self.hf_model: Any = loader.from_pretrained(self.model.path, dtype=dtype,
-                                                             trust_remote_code=self.model.trust_remote_code)
+        self.hf_model: Any = loader.from_pretrained(
+            self.model.path, dtype=dtype, trust_remote_code=self.model.trust_remote_code
+        )
         self.hf_model.to(self.device).eval()
         gen_eos = self.hf_model.generation_config.eos_token_id
         eos = gen_eos if gen_eos is not None else tokenizer.eos_token_id
@@ -90,8 +91,11 @@ class HFEngine(Engine):
         gpu_name = torch.cuda.get_device_name(0) if self.device == "cuda" else None
         reason = "set in the spec" if self.model.hf_batch_size else f"default for {self.device}"
         return EngineReport(
-            backend="hf", version=f"transformers {transformers.__version__}, torch {torch.__version__}",
-            device=self.device, gpu_name=gpu_name, load_seconds=time.perf_counter() - t0,
+            backend="hf",
+            version=f"transformers {transformers.__version__}, torch {torch.__version__}",
+            device=self.device,
+            gpu_name=gpu_name,
+            load_seconds=time.perf_counter() - t0,
             settings={"batch_size": self.batch_size, "dtype": str(dtype).removeprefix("torch.")},
             reasons={"batch_size": reason},
         )
@@ -108,8 +112,8 @@ class HFEngine(Engine):
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, req in enumerate(batch):  # left padding: every prompt ends where generation starts
-            ids[row, width - len(req.prompt_token_ids):] = torch.tensor(req.prompt_token_ids)
-            mask[row, width - len(req.prompt_token_ids):] = 1
+            ids[row, width - len(req.prompt_token_ids) :] = torch.tensor(req.prompt_token_ids)
+            mask[row, width - len(req.prompt_token_ids) :] = 1
         s = self.sampling
         seeds = [req.seed + j for req in batch for j in range(self.n)]
         sampler = SeededSampler(seeds, s.temperature, s.top_k, s.top_p, self.eos_ids if s.ignore_eos else [])
@@ -118,10 +122,18 @@ class HFEngine(Engine):
             extra.update(stop_strings=s.stop, tokenizer=self.tokenizer)
         with torch.inference_mode():
             out = self.hf_model.generate(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=s.max_tokens,
-                do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=self.n,
-                logits_processor=self.processors([sampler]), pad_token_id=self.pad_id,
-                eos_token_id=self.eos_ids or None, **extra,
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                max_new_tokens=s.max_tokens,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                num_return_sequences=self.n,
+                logits_processor=self.processors([sampler]),
+                pad_token_id=self.pad_id,
+                eos_token_id=self.eos_ids or None,
+                **extra,
             )
         new = out[:, width:].cpu().tolist()
         for b, req in enumerate(batch):

@@ -43,8 +43,13 @@ class VLLMEngine(Engine):
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
         shape = model_shape(self.model.path)
         settings = size_vllm(self.model, shape, layout, gpu, workload)
-        kwargs: dict[str, Any] = dict(model=self.model.path, tokenizer=self.model.path, seed=0,
-                                      trust_remote_code=self.model.trust_remote_code, **settings.kwargs)
+        kwargs: dict[str, Any] = dict(
+            model=self.model.path,
+            tokenizer=self.model.path,
+            seed=0,
+            trust_remote_code=self.model.trust_remote_code,
+            **settings.kwargs,
+        )
         if self.model.dtype != "auto":
             kwargs["dtype"] = self.model.dtype
         if self.model.quantization:
@@ -101,17 +106,25 @@ class VLLMEngine(Engine):
         settings.kwargs["inflight_requests"] = self.admission.max_requests
         if self.capacity_tokens:
             settings.kwargs["kv_cache_tokens"] = self.capacity_tokens
-            settings.reasons["kv_cache_tokens"] = (f"measured by vLLM at start-up (estimated beforehand: "
-                                                   f"{settings.kv_tokens_estimate or 'n/a'})")
+            settings.reasons["kv_cache_tokens"] = (
+                f"measured by vLLM at start-up (estimated beforehand: {settings.kv_tokens_estimate or 'n/a'})"
+            )
         settings.kwargs["detokenize_in_engine"] = not self.detokenize_here
         settings.reasons["detokenize_in_engine"] = (
-            "stop strings need vLLM's incremental detokenizer" if self.sampling.stop
-            else "no stop strings: each sample is decoded once when it finishes")
+            "stop strings need vLLM's incremental detokenizer"
+            if self.sampling.stop
+            else "no stop strings: each sample is decoded once when it finishes"
+        )
         self.settings = settings
         return EngineReport(
-            backend="vllm", version=f"vllm {vllm.__version__}", device="cuda" if on_gpu else "cpu",
-            gpu_name=gpu.name if gpu else None, load_seconds=load_s,
-            settings=settings.kwargs, reasons=settings.reasons, startup=startup,
+            backend="vllm",
+            version=f"vllm {vllm.__version__}",
+            device="cuda" if on_gpu else "cpu",
+            gpu_name=gpu.name if gpu else None,
+            load_seconds=load_s,
+            settings=settings.kwargs,
+            reasons=settings.reasons,
+            startup=startup,
         )
 
     def _kv_capacity(self) -> tuple[int, int]:
@@ -134,9 +147,18 @@ class VLLMEngine(Engine):
         s = self.sampling
         # vLLM refuses n > 1 with greedy decoding; the n samples would be identical, so ask once and copy.
         n = 1 if s.temperature == 0 else self.n
-        return SamplingParams(n=n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k if s.top_k > 0 else -1,
-                              max_tokens=s.max_tokens, seed=seed, ignore_eos=s.ignore_eos, stop=s.stop or None,
-                              detokenize=not self.detokenize_here, output_kind=RequestOutputKind.FINAL_ONLY)
+        return SamplingParams(
+            n=n,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k if s.top_k > 0 else -1,
+            max_tokens=s.max_tokens,
+            seed=seed,
+            ignore_eos=s.ignore_eos,
+            stop=s.stop or None,
+            detokenize=not self.detokenize_here,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
 
     def _need(self, req: GenerationRequest) -> int:
         from launcher.plan.sizing import request_tokens
@@ -163,8 +185,9 @@ class VLLMEngine(Engine):
                     break
                 req, waiting = waiting, None
                 rid = f"r{req.key}"
-                returned = self.engine.add_request(rid, {"prompt_token_ids": list(req.prompt_token_ids)},
-                                                   self._params(req.seed))
+                returned = self.engine.add_request(
+                    rid, {"prompt_token_ids": list(req.prompt_token_ids)}, self._params(req.seed)
+                )
                 ids[rid] = (req, need)
                 if isinstance(returned, str):
                     ids[returned] = (req, need)
@@ -190,8 +213,10 @@ class VLLMEngine(Engine):
             texts = self.tokenizer.batch_decode([list(c.token_ids) for c in outputs], skip_special_tokens=True)
         else:
             texts = [c.text for c in outputs]
-        samples = tuple(Sample(t, len(c.token_ids), _reason(c.finish_reason), tuple(c.token_ids))
-                        for t, c in zip(texts, outputs, strict=True))
+        samples = tuple(
+            Sample(t, len(c.token_ids), _reason(c.finish_reason), tuple(c.token_ids))
+            for t, c in zip(texts, outputs, strict=True)
+        )
         return samples * self.n if len(samples) == 1 and self.n > 1 else samples  # greedy: one asked, n the same
 
     def stats(self) -> dict[str, float]:
@@ -199,8 +224,13 @@ class VLLMEngine(Engine):
         found: dict[str, float] = {}
         with contextlib.suppress(Exception):
             for metric in self.llm.get_metrics():
-                if metric.name in ("vllm:num_preemptions", "vllm:prompt_tokens", "vllm:generation_tokens",
-                                   "vllm:prefix_cache_hits", "vllm:prefix_cache_queries"):
+                if metric.name in (
+                    "vllm:num_preemptions",
+                    "vllm:prompt_tokens",
+                    "vllm:generation_tokens",
+                    "vllm:prefix_cache_hits",
+                    "vllm:prefix_cache_queries",
+                ):
                     found[metric.name.split(":", 1)[1]] = float(getattr(metric, "value", 0) or 0)
         return found
 

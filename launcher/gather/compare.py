@@ -16,8 +16,9 @@ def load_samples(target: Path) -> dict[str, dict[str, Any]]:
     """A folder with samples.jsonl (a gathered <dataset>/<ablation>/ or a flat `launcher run` output)."""
     path = target / "samples.jsonl" if target.is_dir() else target
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: give a folder holding samples.jsonl "
-                                "(<output dir>/<dataset>/<ablation>)")
+        raise FileNotFoundError(
+            f"{path} not found: give a folder holding samples.jsonl (<output dir>/<dataset>/<ablation>)"
+        )
     return {r["record_id"]: r for r in read_jsonl(path)}
 
 
@@ -63,9 +64,13 @@ def distinct_n(texts: list[str], n: int) -> float:
 def _stats(rows: list[dict[str, Any]]) -> dict[str, float]:
     texts = [s for r in rows for s in r["generated_samples"]]
     lengths = [n for r in rows for n in r["sample_tokens"]]
-    return {"samples": len(texts), "mean_tokens": statistics.fmean(lengths) if lengths else 0.0,
-            "stdev_tokens": statistics.pstdev(lengths) if lengths else 0.0,
-            "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2)}
+    return {
+        "samples": len(texts),
+        "mean_tokens": statistics.fmean(lengths) if lengths else 0.0,
+        "stdev_tokens": statistics.pstdev(lengths) if lengths else 0.0,
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+    }
 
 
 def compare(a_dir: Path, b_dir: Path) -> Comparison:
@@ -91,10 +96,13 @@ def compare(a_dir: Path, b_dir: Path) -> Comparison:
 
 def render(cmp: Comparison, a: Path, b: Path) -> str:
     unit = "tokens" if cmp.token_level else "characters"
-    lines = [f"A: {a}  ({cmp.records_a} records)", f"B: {b}  ({cmp.records_b} records)",
-             f"records in both: {cmp.common}",
-             f"agreement: {cmp.agreement:.4f} of {cmp.tokens_compared} {unit} (common prefix per sample); "
-             f"{cmp.identical_samples}/{cmp.samples_compared} samples identical"]
+    lines = [
+        f"A: {a}  ({cmp.records_a} records)",
+        f"B: {b}  ({cmp.records_b} records)",
+        f"records in both: {cmp.common}",
+        f"agreement: {cmp.agreement:.4f} of {cmp.tokens_compared} {unit} (common prefix per sample); "
+        f"{cmp.identical_samples}/{cmp.samples_compared} samples identical",
+    ]
     if cmp.first_divergence:
         d = cmp.first_divergence
         lines.append(f"first divergence: record {d.record_id}, sample {d.sample}, at {unit[:-1]} {d.position}")

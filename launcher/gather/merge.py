@@ -110,13 +110,16 @@ def _describe_missing(r: GroupReport, plan: Plan) -> str:
         lines.append(f"  rows missing ({len(r.missing_rows)}): {r.missing_rows[:20]}")
     if r.bad_sample_counts:
         lines.append(f"  rows with a wrong number of samples: {r.bad_sample_counts[:20]}")
-    lines.append(f"  fix: `launcher status {plan.run.root}` to see why; `launcher submit` the same spec again "
-                 "to generate exactly what is missing (done records are kept)")
+    lines.append(
+        f"  fix: `launcher status {plan.run.root}` to see why; `launcher submit` the same spec again "
+        "to generate exactly what is missing (done records are kept)"
+    )
     return "\n".join(lines)
 
 
-def _gather_group(plan: Plan, dataset: str, ablation: str, units: list[Unit], out: Path,
-                  figures: RunFigures, flat: bool = False) -> GroupReport:
+def _gather_group(
+    plan: Plan, dataset: str, ablation: str, units: list[Unit], out: Path, figures: RunFigures, flat: bool = False
+) -> GroupReport:
     report = GroupReport(dataset, ablation, out)
     rows: dict[int, OutputRow] = {}
     quarantine: list[dict[str, Any]] = []
@@ -153,8 +156,15 @@ def _gather_group(plan: Plan, dataset: str, ablation: str, units: list[Unit], ou
     return report
 
 
-def _write_group(plan: Plan, report: GroupReport, rows: list[OutputRow], quarantine: list[dict[str, Any]],
-                 units: list[Unit], figures: RunFigures, flat: bool = False) -> None:
+def _write_group(
+    plan: Plan,
+    report: GroupReport,
+    rows: list[OutputRow],
+    quarantine: list[dict[str, Any]],
+    units: list[Unit],
+    figures: RunFigures,
+    flat: bool = False,
+) -> None:
     out = report.out_dir
     out.mkdir(parents=True, exist_ok=True)
     spec = plan.spec
@@ -174,9 +184,15 @@ def _write_group(plan: Plan, report: GroupReport, rows: list[OutputRow], quarant
             _put(out, rel, data, report, hashes)
     summary = summarize(plan, report, rows, units, figures)
     _put(out, "inference_summary.json", _json_bytes(summary), report, hashes)
-    manifest = {"run_id": plan.run.run_id, "dataset": report.dataset, "ablation": report.ablation,
-                "records": report.records, "samples": report.samples, "quarantined": report.quarantined,
-                "files": dict(sorted(hashes.items()))}
+    manifest = {
+        "run_id": plan.run.run_id,
+        "dataset": report.dataset,
+        "ablation": report.ablation,
+        "records": report.records,
+        "samples": report.samples,
+        "quarantined": report.quarantined,
+        "files": dict(sorted(hashes.items())),
+    }
     _put(out, "manifest.json", _json_bytes(manifest), report, {})
 
 
@@ -191,17 +207,23 @@ def _user_files(rows: list[OutputRow], folder: str = "users/") -> Iterator[tuple
     for row in rows:
         by_user[row["user_id"]].append(row)
     for user, recs in sorted(by_user.items()):
-        obj = {"user_id": user, "generated_samples": [s for r in recs for s in r["generated_samples"]],
-               "records": [{"record_id": r["record_id"], "prompt": r["prompt"],
-                            "generated_samples": r["generated_samples"]} for r in recs]}
+        obj = {
+            "user_id": user,
+            "generated_samples": [s for r in recs for s in r["generated_samples"]],
+            "records": [
+                {"record_id": r["record_id"], "prompt": r["prompt"], "generated_samples": r["generated_samples"]}
+                for r in recs
+            ],
+        }
         name = safe_filename(user)
         if not folder and name in OWN_FILES:
             name = f"{name}-user"
         yield f"{folder}{name}.json", (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode()
 
 
-def summarize(plan: Plan, report: GroupReport, rows: list[OutputRow], units: list[Unit],
-              figures: RunFigures) -> dict[str, Any]:
+def summarize(
+    plan: Plan, report: GroupReport, rows: list[OutputRow], units: list[Unit], figures: RunFigures
+) -> dict[str, Any]:
     """inference_summary.json: the old script's fields first (by the wall clock), then what a reader needs to trust
     the numbers: the run's own wall-clock figures, the workers beside them, the engine and why."""
     spec = plan.spec
@@ -222,7 +244,7 @@ def summarize(plan: Plan, report: GroupReport, rows: list[OutputRow], units: lis
         "quarantined": report.quarantined,
         "num_samples": spec.data.num_samples,
         "timing": "wall clock: from the first request of this dataset x ablation to its last sample written, "
-                  "over all workers at once (never a sum of per-worker times)",
+        "over all workers at once (never a sum of per-worker times)",
         "run": figures.headline(),
         "workers": figures.per_worker(),
         "units": len(units),

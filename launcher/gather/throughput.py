@@ -69,20 +69,33 @@ class RunFigures:
             gen = round(last - first, 3) if first and last else None
             samples = int(w.get("samples") or 0)
             ready = w.get("engine_ready_at")
-            out.append({
-                "worker": w.get("slot"), "host": w.get("host"), "gpus": w.get("gpus"), "restart": w.get("restart"),
-                "state": w.get("state"), "samples": samples, "generation_s": gen,
-                "samples_per_sec": round(samples / gen, 4) if gen and samples else None,
-                "startup_s": round(ready - _t(w, "started"), 3) if ready else None,
-                "engine_start_at": (w.get("engine") or {}).get("startup", {}).get("engine_start_at"),
-                "engine_ready_at": ready, "started": w.get("started"), "ended": w.get("ended"),
-                "units": w.get("units_done"),
-            })
+            out.append(
+                {
+                    "worker": w.get("slot"),
+                    "host": w.get("host"),
+                    "gpus": w.get("gpus"),
+                    "restart": w.get("restart"),
+                    "state": w.get("state"),
+                    "samples": samples,
+                    "generation_s": gen,
+                    "samples_per_sec": round(samples / gen, 4) if gen and samples else None,
+                    "startup_s": round(ready - _t(w, "started"), 3) if ready else None,
+                    "engine_start_at": (w.get("engine") or {}).get("startup", {}).get("engine_start_at"),
+                    "engine_ready_at": ready,
+                    "started": w.get("started"),
+                    "ended": w.get("ended"),
+                    "units": w.get("units_done"),
+                }
+            )
         return out
 
     def as_json(self) -> dict[str, Any]:
-        return {"timing": "wall clock across all workers at once", "run": self.headline(),
-                "workers": self.per_worker(), "layout": self.layout}
+        return {
+            "timing": "wall clock across all workers at once",
+            "run": self.headline(),
+            "workers": self.per_worker(),
+            "layout": self.layout,
+        }
 
 
 def _t(w: WorkerReport, key: str) -> float:
@@ -107,8 +120,12 @@ def run_figures(plan: Plan) -> RunFigures:
 
 def cell_figures(figures: RunFigures, unit_ids: list[str]) -> dict[str, Any]:
     """One dataset x ablation: its units' windows over every worker that ran them, first request -> last write."""
-    windows = [w["unit_windows"][u] for w in figures.workers for u in unit_ids
-               if u in (w.get("unit_windows") or {}) and w["unit_windows"][u][0] and w["unit_windows"][u][1]]
+    windows = [
+        w["unit_windows"][u]
+        for w in figures.workers
+        for u in unit_ids
+        if u in (w.get("unit_windows") or {}) and w["unit_windows"][u][0] and w["unit_windows"][u][1]
+    ]
     if not windows:
         return {"generation_wall_s": 0.0}
     return {"generation_wall_s": round(max(x[1] for x in windows) - min(x[0] for x in windows), 3)}

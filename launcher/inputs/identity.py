@@ -23,9 +23,18 @@ from typing import Any
 FULL_HASH_BYTES = 1 << 30  # hash a file whole up to 1 GiB; beyond, size + sampled blocks
 SAMPLE_BLOCKS = 32
 SAMPLE_BYTES = 1 << 16
-MODEL_SMALL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                     "special_tokens_map.json", "tokenizer.model", "model.safetensors.index.json",
-                     "pytorch_model.bin.index.json", "quantize_config.json", "preprocessor_config.json")
+MODEL_SMALL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+    "quantize_config.json",
+    "preprocessor_config.json",
+)
 
 
 def _sha_all(path: Path) -> str:
@@ -63,8 +72,11 @@ def _safetensors_identity(path: Path) -> dict[str, Any]:
         head = f.read(8)
         n = int.from_bytes(head, "little") if len(head) == 8 else 0
         header = f.read(n) if 0 < n < 100 << 20 else b""
-    return {"size": path.stat().st_size, "header_sha256": hashlib.sha256(header).hexdigest(),
-            "sampled_sha256": _sampled_sha(path, 8 + len(header))}
+    return {
+        "size": path.stat().st_size,
+        "header_sha256": hashlib.sha256(header).hexdigest(),
+        "sampled_sha256": _sampled_sha(path, 8 + len(header)),
+    }
 
 
 def model_identity(model_dir: Path) -> dict[str, Any]:
@@ -82,8 +94,11 @@ def model_identity(model_dir: Path) -> dict[str, Any]:
 
 def dataset_identity(path: Path) -> dict[str, Any]:
     if path.is_dir():
-        return {str(p.relative_to(path)): file_identity(p) for p in sorted(path.rglob("*")) if p.is_file()
-                and not p.name.startswith(".")}
+        return {
+            str(p.relative_to(path)): file_identity(p)
+            for p in sorted(path.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")
+        }
     return file_identity(path)
 
 
@@ -106,8 +121,11 @@ def identify(spec: Any) -> InputIdentity:
     """The spec's inputs as they are now (the spec is a JobSpec; paths are absolute after loading)."""
     data = {ds.name: dataset_identity(ds.file) for ds in spec.data.datasets}
     preamble = file_identity(Path(spec.data.preamble)) if spec.data.preamble else None
-    model = model_identity(Path(spec.model.path)) if spec.model.load_format != "dummy" else \
-        {"config.json": file_identity(Path(spec.model.path) / "config.json")}
+    model = (
+        model_identity(Path(spec.model.path))
+        if spec.model.load_format != "dummy"
+        else {"config.json": file_identity(Path(spec.model.path) / "config.json")}
+    )
     return InputIdentity(model, data, preamble)
 
 

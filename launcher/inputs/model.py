@@ -67,7 +67,8 @@ def model_shape(model_dir: str | Path) -> ModelShape:
         weight_bytes_source="",
     )
     on_disk = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")) or sum(
-        p.stat().st_size for p in Path(model_dir).glob("*.bin"))
+        p.stat().st_size for p in Path(model_dir).glob("*.bin")
+    )
     if on_disk:
         return _replace(shape, on_disk, "size of the weight files")
     return _replace(shape, shape.params * DTYPE_BYTES.get(dtype, 2), "estimated from config.json (no weight files)")

@@ -68,19 +68,30 @@ class PromptBuilder:
     chat: ChatFormatter | None
 
     def user_text(self, record: Record) -> str:
-        values = {"profile": render_part(record.profile), "history": render_part(record.history),
-                  "context": render_part(record.context)}
-        variables = {**values, "values": values, "parts": PARTS.get(self.ablation, ()), "headings": HEADINGS,
-                     "instruction": INSTRUCTION, "preamble": self.preamble, "scenario": self.preamble,
-                     "record": record.raw,
-                     "user_id": record.user_id, "record_id": record.record_id}
+        values = {
+            "profile": render_part(record.profile),
+            "history": render_part(record.history),
+            "context": render_part(record.context),
+        }
+        variables = {
+            **values,
+            "values": values,
+            "parts": PARTS.get(self.ablation, ()),
+            "headings": HEADINGS,
+            "instruction": INSTRUCTION,
+            "preamble": self.preamble,
+            "scenario": self.preamble,
+            "record": record.raw,
+            "user_id": record.user_id,
+            "record_id": record.record_id,
+        }
         return _ENV.from_string(self.template_text).render(**variables).strip()
 
     def build(self, record: Record) -> str:
         text = self.user_text(record)
         if self.chat is None:
             return text
-        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return self.chat([*messages, {"role": "user", "content": text}])
 
 
@@ -93,12 +104,21 @@ def template_for(data: DataSpec, ablation: str) -> str:
         try:
             return Path(tpl.file).read_text(encoding="utf-8")
         except OSError as exc:
-            raise SpecError.one(tpl.file, f"data.templates.{ablation}.file", f"cannot read the template: {exc}",
-                                fix="check the path (relative to the spec's folder)") from None
+            raise SpecError.one(
+                tpl.file,
+                f"data.templates.{ablation}.file",
+                f"cannot read the template: {exc}",
+                fix="check the path (relative to the spec's folder)",
+            ) from None
     if ablation in PARTS:
         return BUILTIN_TEMPLATE
-    raise SpecError.one("<spec>", "data.ablation_configs", f"unknown ablation config {ablation!r}",
-                        allowed=", ".join(PARTS), fix="add it under data.templates")
+    raise SpecError.one(
+        "<spec>",
+        "data.ablation_configs",
+        f"unknown ablation config {ablation!r}",
+        allowed=", ".join(PARTS),
+        fix="add it under data.templates",
+    )
 
 
 def read_preamble(data: DataSpec) -> str:
@@ -130,24 +150,42 @@ def check_template(text: str, field: str, where: str = "template") -> None:
     try:
         PromptBuilder("full", text, "", None, None).user_text(probe)
     except TemplateSyntaxError as exc:
-        raise SpecError.one(where, field, f"jinja2 syntax error at template line {exc.lineno}: {exc.message}",
-                            fix="check {{ }} and {% %} pairs") from None
+        raise SpecError.one(
+            where,
+            field,
+            f"jinja2 syntax error at template line {exc.lineno}: {exc.message}",
+            fix="check {{ }} and {% %} pairs",
+        ) from None
     except UndefinedError as exc:
-        raise SpecError.one(where, field, f"unknown variable: {exc.message}",
-                            allowed="profile, history, context, preamble, record, user_id, record_id, values, parts",
-                            fix="use one of the allowed variables; record['column'] reads any column") from None
+        raise SpecError.one(
+            where,
+            field,
+            f"unknown variable: {exc.message}",
+            allowed="profile, history, context, preamble, record, user_id, record_id, values, parts",
+            fix="use one of the allowed variables; record['column'] reads any column",
+        ) from None
     except SecurityError as exc:  # e.g. {{ ''.__class__ }}: templates may read the record, not reach Python
-        raise SpecError.one(where, field, f"the template sandbox forbids this: {exc}",
-                            allowed="variables, filters and tests on the record's values",
-                            fix="read columns with record['column']; no attributes starting with '_', no methods "
-                                "that change state") from None
+        raise SpecError.one(
+            where,
+            field,
+            f"the template sandbox forbids this: {exc}",
+            allowed="variables, filters and tests on the record's values",
+            fix="read columns with record['column']; no attributes starting with '_', no methods that change state",
+        ) from None
     except TemplateNotFound as exc:  # {% include %}/{% import %}: templates have no loader, on purpose
-        raise SpecError.one(where, field, f"the template includes or imports {exc.name!r}; templates cannot read "
-                            "other files", allowed="one self-contained template",
-                            fix="paste what you meant to include into the template, or use data.templates.NAME.file "
-                                "for a template kept in a file") from None
+        raise SpecError.one(
+            where,
+            field,
+            f"the template includes or imports {exc.name!r}; templates cannot read other files",
+            allowed="one self-contained template",
+            fix="paste what you meant to include into the template, or use data.templates.NAME.file "
+            "for a template kept in a file",
+        ) from None
     except Exception as exc:  # OverflowError from range(10**8), ZeroDivisionError, TypeError...: exit 2, not a trace
-        raise SpecError.one(where, field, f"the template fails when rendered: {type(exc).__name__}: {exc}"[:400],
-                            allowed="a template that renders a record to text",
-                            fix="check the expressions in the template (the sandbox allows ranges of at most "
-                                "100,000 items)") from None
+        raise SpecError.one(
+            where,
+            field,
+            f"the template fails when rendered: {type(exc).__name__}: {exc}"[:400],
+            allowed="a template that renders a record to text",
+            fix="check the expressions in the template (the sandbox allows ranges of at most 100,000 items)",
+        ) from None

@@ -47,14 +47,23 @@ def detect_format(path: Path) -> str:
     if path.is_dir():
         if any((path / name).exists() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
             return "hf"
-        raise SpecError.one(str(path), "data.datasets.path", "a folder that is not a saved HF dataset",
-                            allowed="a .jsonl/.json, .parquet or .csv file, or a folder written by save_to_disk",
-                            fix="point at the file itself")
+        raise SpecError.one(
+            str(path),
+            "data.datasets.path",
+            "a folder that is not a saved HF dataset",
+            allowed="a .jsonl/.json, .parquet or .csv file, or a folder written by save_to_disk",
+            fix="point at the file itself",
+        )
     suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
     formats = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv"}
     if suffix not in formats:
-        raise SpecError.one(str(path), "data.datasets.path", f"unknown file type {suffix or '(none)'!r}",
-                            allowed=", ".join(formats), fix="rename the file or convert it to JSONL")
+        raise SpecError.one(
+            str(path),
+            "data.datasets.path",
+            f"unknown file type {suffix or '(none)'!r}",
+            allowed=", ".join(formats),
+            fix="rename the file or convert it to JSONL",
+        )
     return formats[suffix]
 
 
@@ -101,8 +110,9 @@ def _parquet_table(path: Path) -> Any:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise SpecError.one(str(path), "data.datasets.path", "reading Parquet needs pyarrow",
-                            fix="pip install 'launcher[parquet]'") from None
+        raise SpecError.one(
+            str(path), "data.datasets.path", "reading Parquet needs pyarrow", fix="pip install 'launcher[parquet]'"
+        ) from None
     return pq.read_table(path)
 
 
@@ -116,21 +126,40 @@ def _hf_rows(path: Path, start: int, stop: int | None, split: str | None = None)
     try:
         from datasets import load_from_disk
     except ImportError:
-        raise SpecError.one(str(path), "data.datasets.path", "reading a saved HF dataset needs `datasets`",
-                            fix="pip install datasets, or export the dataset to JSONL") from None
+        raise SpecError.one(
+            str(path),
+            "data.datasets.path",
+            "reading a saved HF dataset needs `datasets`",
+            fix="pip install datasets, or export the dataset to JSONL",
+        ) from None
     ds = load_from_disk(str(path))
     if hasattr(ds, "keys"):  # a DatasetDict: the split named in the spec; one split needs no name
         splits = list(ds.keys())
         if split is None and len(splits) > 1:
-            raise SpecError.one(str(path), "data.datasets.split", f"a DatasetDict with {len(splits)} splits and none "
-                                "named", allowed=", ".join(splits), fix=f"add `split: {splits[0]}` to this dataset")
+            raise SpecError.one(
+                str(path),
+                "data.datasets.split",
+                f"a DatasetDict with {len(splits)} splits and none named",
+                allowed=", ".join(splits),
+                fix=f"add `split: {splits[0]}` to this dataset",
+            )
         if split is not None and split not in splits:
-            raise SpecError.one(str(path), "data.datasets.split", f"no split {split!r} in this DatasetDict",
-                                allowed=", ".join(splits), fix="use one of the splits it has")
+            raise SpecError.one(
+                str(path),
+                "data.datasets.split",
+                f"no split {split!r} in this DatasetDict",
+                allowed=", ".join(splits),
+                fix="use one of the splits it has",
+            )
         ds = ds[split or splits[0]]
     elif split is not None:
-        raise SpecError.one(str(path), "data.datasets.split", f"split {split!r} named, but this is a single Dataset "
-                            "(no splits)", allowed="no split", fix="remove `split:` from this dataset")
+        raise SpecError.one(
+            str(path),
+            "data.datasets.split",
+            f"split {split!r} named, but this is a single Dataset (no splits)",
+            allowed="no split",
+            fix="remove `split:` from this dataset",
+        )
     stop = len(ds) if stop is None else min(stop, len(ds))
     for i in range(start, stop):
         yield i, dict(ds[i])
@@ -149,8 +178,9 @@ def count_rows(path: Path, split: str | None = None) -> int:
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise SpecError.one(str(path), "data.datasets.path", "reading Parquet needs pyarrow",
-                                fix="pip install 'launcher[parquet]'") from None
+            raise SpecError.one(
+                str(path), "data.datasets.path", "reading Parquet needs pyarrow", fix="pip install 'launcher[parquet]'"
+            ) from None
         return int(pq.ParquetFile(path).metadata.num_rows)
     return sum(1 for _ in _hf_rows(path, 0, None, split))
 
@@ -162,8 +192,9 @@ def head_rows(path: Path, n: int, split: str | None = None) -> list[Row]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise SpecError.one(str(path), "data.datasets.path", "reading Parquet needs pyarrow",
-                            fix="pip install 'launcher[parquet]'") from None
+        raise SpecError.one(
+            str(path), "data.datasets.path", "reading Parquet needs pyarrow", fix="pip install 'launcher[parquet]'"
+        ) from None
     batch = next(pq.ParquetFile(path).iter_batches(batch_size=n), None)
     return list(enumerate(batch.to_pylist())) if batch is not None else []
 
@@ -220,8 +251,9 @@ def _short(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, default=str)[:500]
 
 
-def read_shard(path: Path, start: int, stop: int, fields: FieldNames,
-               split: str | None = None) -> tuple[list[Record], list[Quarantined]]:
+def read_shard(
+    path: Path, start: int, stop: int, fields: FieldNames, split: str | None = None
+) -> tuple[list[Record], list[Quarantined]]:
     records: list[Record] = []
     bad: list[Quarantined] = []
     for row, obj in iter_rows(path, start, stop, split):
@@ -241,8 +273,7 @@ def first_rows(path: Path, fields: FieldNames, stop: int | None = None, split: s
     return first
 
 
-def duplicate_ids(path: Path, fields: FieldNames, stop: int | None = None,
-                  split: str | None = None) -> dict[str, int]:
+def duplicate_ids(path: Path, fields: FieldNames, stop: int | None = None, split: str | None = None) -> dict[str, int]:
     """record id -> how many rows share it (only ids held by more than one row)."""
     counts: dict[str, int] = {}
     for row, obj in iter_rows(path, 0, stop, split):

@@ -51,8 +51,13 @@ def job_layout(plan: Plan) -> ParallelLayout:
     spec = plan.spec
     gpus = allocated_gpus()
     tp_request = 1 if backend_guess(plan) == "hf" else spec.model.tensor_parallel_size
-    return choose_layout(model_shape(spec.model.path), gpus, gpu_info() if gpus.count else None,
-                         spec.model.gpu_memory_utilization, tp_request)
+    return choose_layout(
+        model_shape(spec.model.path),
+        gpus,
+        gpu_info() if gpus.count else None,
+        spec.model.gpu_memory_utilization,
+        tp_request,
+    )
 
 
 class WorkerGroup:
@@ -76,15 +81,22 @@ class WorkerGroup:
         for note in layout.notes:
             log.warning("job %d: %s", self.index, note)
         if layout.data_parallel == 1:
-            cfg = WorkerConfig(self.run_dir, self.index, 0, layout.for_replica(0), layout.replica_gpus(0),
-                               self.only_units)
+            cfg = WorkerConfig(
+                self.run_dir, self.index, 0, layout.for_replica(0), layout.replica_gpus(0), self.only_units
+            )
             self.worker = Worker(cfg)
             reports = [self.worker.run()]
         else:
             reports = self._run_children(layout)
-        attempt = {"job": self.index, "started": started, "ended": time.time(), "layout": layout.as_dict(),
-                   "workers": [r.get("slot") for r in reports], "job_id": SlurmEnv.current().job_id,
-                   "restart": SlurmEnv.current().restart}
+        attempt = {
+            "job": self.index,
+            "started": started,
+            "ended": time.time(),
+            "layout": layout.as_dict(),
+            "workers": [r.get("slot") for r in reports],
+            "job_id": SlurmEnv.current().job_id,
+            "restart": SlurmEnv.current().restart,
+        }
         write_json_atomic(job.attempts / f"{int(started * 1000)}-{os.getpid()}.json", attempt)
         return {**attempt, "workers": reports}
 
@@ -92,25 +104,40 @@ class WorkerGroup:
         spec_json = json.dumps(layout.as_dict())
         for r in range(layout.data_parallel):
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(layout.replica_gpus(r)))
-            cmd = [sys.executable, "-m", "launcher.job.worker", str(self.run_dir), "--job", str(self.index),
-                   "--replica", str(r), "--layout", spec_json]
+            cmd = [
+                sys.executable,
+                "-m",
+                "launcher.job.worker",
+                str(self.run_dir),
+                "--job",
+                str(self.index),
+                "--replica",
+                str(r),
+                "--layout",
+                spec_json,
+            ]
             for unit in self.only_units or ():
                 cmd += ["--unit", unit]
             self.children.append(subprocess.Popen(cmd, env=env))  # all at once: their engine starts overlap
         codes = [p.wait() for p in self.children]
         reports = self._child_reports([p.pid for p in self.children])
-        failed = [f"worker {self.index}.{r} exited with {c}" for r, c in enumerate(codes)
-                  if c not in (0, PREEMPTED_EXIT)]
+        failed = [
+            f"worker {self.index}.{r} exited with {c}" for r, c in enumerate(codes) if c not in (0, PREEMPTED_EXIT)
+        ]
         if failed:
-            raise RuntimeError(f"job {self.index}: {'; '.join(failed)}; finished records are kept, their units are "
-                               "taken by the other workers or a resubmit")
+            raise RuntimeError(
+                f"job {self.index}: {'; '.join(failed)}; finished records are kept, their units are "
+                "taken by the other workers or a resubmit"
+            )
         return reports
 
     def _child_reports(self, pids: list[int]) -> list[WorkerReport]:
         plan_run = load_plan(self.run_dir).run
         restart = SlurmEnv.current().restart
-        return [WorkerReport(**read_json(plan_run.worker_report(f"{self.index}.{r}", restart, pid)))  # type: ignore[typeddict-item]
-                for r, pid in enumerate(pids)]
+        return [
+            WorkerReport(**read_json(plan_run.worker_report(f"{self.index}.{r}", restart, pid)))  # type: ignore[typeddict-item]
+            for r, pid in enumerate(pids)
+        ]
 
     def stop(self) -> None:
         """Preemption or time limit: every worker writes what it finished and gives its units back."""
@@ -161,9 +188,16 @@ class JobRunner(Checkpointable):
         plan = load_plan(Path(self.run_dir))
         job = plan.run.job(index)
         self._job_dir = job.root
-        write_json_atomic(job.live, {  # status: which process, where, which restart
-            "pid": os.getpid(), "host": os.uname().nodename, "started": time.time(),
-            "job_id": attempt.job_id if attempt else None, "restart": attempt.restart if attempt else 0})
+        write_json_atomic(
+            job.live,
+            {  # status: which process, where, which restart
+                "pid": os.getpid(),
+                "host": os.uname().nodename,
+                "started": time.time(),
+                "job_id": attempt.job_id if attempt else None,
+                "restart": attempt.restart if attempt else 0,
+            },
+        )
         self._group = WorkerGroup(Path(self.run_dir), index)
         try:
             result = self._group.run()
@@ -187,22 +221,42 @@ class JobRunner(Checkpointable):
 
         state = stopped_by_slurm(attempt)
         if state:  # scancel, time limit: Slurm is stopping the job, and its processes die of that
-            log.warning("job %s: %s while Slurm stops job %s (%s): not a failure, not retried", job_dir.name,
-                        type(exc).__name__, attempt.job_id, state)
+            log.warning(
+                "job %s: %s while Slurm stops job %s (%s): not a failure, not retried",
+                job_dir.name,
+                type(exc).__name__,
+                attempt.job_id,
+                state,
+            )
             return
         traceback.print_exc()  # submitit logs only what escapes; this one may not
         stderr = JobPaths(Path(self.run_dir) / "logs", job_id=attempt.job_id, task_id=0).stderr
         by_host = shutil.which("scontrol") is None  # inside an image without scontrol: the host's teardown requeues
-        record = record_failure(job_dir, attempt, plan.spec.slurm.max_retries, "exception",
-                                f"{type(exc).__name__}: {exc}", stderr,
-                                retryable=not isinstance(exc, SpecError),  # a bad spec fails the same way again
-                                requeue_by="teardown" if by_host else "task")
+        record = record_failure(
+            job_dir,
+            attempt,
+            plan.spec.slurm.max_retries,
+            "exception",
+            f"{type(exc).__name__}: {exc}",
+            stderr,
+            retryable=not isinstance(exc, SpecError),  # a bad spec fails the same way again
+            requeue_by="teardown" if by_host else "task",
+        )
         if not record["retry"]:
-            log.error("job %s failed (%d failure(s), max_retries %d): giving up", job_dir.name, record["failures"],
-                      plan.spec.slurm.max_retries)
+            log.error(
+                "job %s failed (%d failure(s), max_retries %d): giving up",
+                job_dir.name,
+                record["failures"],
+                plan.spec.slurm.max_retries,
+            )
             return
-        log.warning("job %s failed (%d of %d retries): requeueing Slurm job %s", job_dir.name, record["failures"],
-                    plan.spec.slurm.max_retries, attempt.job_id)
+        log.warning(
+            "job %s failed (%d of %d retries): requeueing Slurm job %s",
+            job_dir.name,
+            record["failures"],
+            plan.spec.slurm.max_retries,
+            attempt.job_id,
+        )
         if by_host:
             sys.exit(1)  # non-zero: the teardown sees the failure record and requeues from the host
         requeue(attempt)

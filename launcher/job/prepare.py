@@ -103,8 +103,13 @@ class Preparer:
         kept: list[Record] = []
         for rec in records:
             if first.get(rec.record_id, rec.row) != rec.row:
-                bad.append(Quarantined(rec.row, f"duplicate record id {rec.record_id!r} (first at row "
-                                                f"{first[rec.record_id]})", rec.record_id))
+                bad.append(
+                    Quarantined(
+                        rec.row,
+                        f"duplicate record id {rec.record_id!r} (first at row {first[rec.record_id]})",
+                        rec.record_id,
+                    )
+                )
                 continue
             kept.append(rec)
         builder = self.builder(unit.ablation)
@@ -115,16 +120,26 @@ class Preparer:
                 texts.append(builder.build(rec))
                 rendered.append(rec)
             except Exception as exc:  # a value the dry render at plan time could not foresee: this record only
-                bad.append(Quarantined(rec.row, f"the prompt template failed on this record: {type(exc).__name__}: "
-                                                f"{exc}"[:500], rec.record_id))
+                bad.append(
+                    Quarantined(
+                        rec.row,
+                        f"the prompt template failed on this record: {type(exc).__name__}: {exc}"[:500],
+                        rec.record_id,
+                    )
+                )
         kept = rendered
         ids = self.encode(texts)
         out = PreparedUnit(unit, {}, {}, {}, {})
         for rec, text, tokens in zip(kept, texts, ids, strict=True):
             if self.limit is not None and len(tokens) + spec.sampling.max_tokens > self.limit:
-                bad.append(Quarantined(rec.row, f"prompt of {len(tokens)} tokens + max_tokens "
-                                                f"{spec.sampling.max_tokens} exceeds the context length {self.limit}",
-                                       rec.record_id))
+                bad.append(
+                    Quarantined(
+                        rec.row,
+                        f"prompt of {len(tokens)} tokens + max_tokens "
+                        f"{spec.sampling.max_tokens} exceeds the context length {self.limit}",
+                        rec.record_id,
+                    )
+                )
                 continue
             out.records[rec.row] = rec
             if rec.row in done_rows:
@@ -162,9 +177,9 @@ def workload_of(stats: dict[str, list[float]], units: list[Unit], spec: JobSpec)
     records = int(sum(r[0] for r in rows))
     total = sum(r[1] for r in rows)
     longest = int(max((r[2] for r in rows), default=0))
-    return Workload(records, total / records if records else 0.0, longest, spec.sampling.max_tokens,
-                    spec.data.num_samples)
+    return Workload(
+        records, total / records if records else 0.0, longest, spec.sampling.max_tokens, spec.data.num_samples
+    )
 
 
-__all__ = ["PreparedUnit", "Preparer", "chat_formatter", "load_tokenizer", "prompt_stats", "token_limit",
-           "workload_of"]
+__all__ = ["PreparedUnit", "Preparer", "chat_formatter", "load_tokenizer", "prompt_stats", "token_limit", "workload_of"]

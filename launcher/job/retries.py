@@ -80,13 +80,16 @@ def read_failures(job_dir: Path) -> list[dict[str, Any]]:
 def mark_requeued(job_dir: Path, attempt: Attempt | None, why: str) -> None:
     """Called from the checkpoint path (USR2: preemption or time limit) before submitit requeues the job."""
     if attempt is not None:
-        write_json_atomic(requeues_dir(job_dir) / f"{attempt.key}.json",
-                          {"job_id": attempt.job_id, "restart": attempt.restart, "time": time.time(), "why": why})
+        write_json_atomic(
+            requeues_dir(job_dir) / f"{attempt.key}.json",
+            {"job_id": attempt.job_id, "restart": attempt.restart, "time": time.time(), "why": why},
+        )
 
 
 def already_handled(job_dir: Path, attempt: Attempt) -> bool:
-    return ((failures_dir(job_dir) / f"{attempt.key}.json").exists()
-            or (requeues_dir(job_dir) / f"{attempt.key}.json").exists())
+    return (failures_dir(job_dir) / f"{attempt.key}.json").exists() or (
+        requeues_dir(job_dir) / f"{attempt.key}.json"
+    ).exists()
 
 
 def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> list[str]:
@@ -100,17 +103,34 @@ def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> list[str]:
     return [ln for ln in shown if ln][-lines:]
 
 
-def record_failure(job_dir: Path, attempt: Attempt, max_retries: int, kind: str, error: str,
-                   log: Path | None, retryable: bool = True, requeue_by: str = "task") -> dict[str, Any]:
+def record_failure(
+    job_dir: Path,
+    attempt: Attempt,
+    max_retries: int,
+    kind: str,
+    error: str,
+    log: Path | None,
+    retryable: bool = True,
+    requeue_by: str = "task",
+) -> dict[str, Any]:
     """Write this attempt's failure; decide whether the job gets another attempt (`retry` in the record)."""
     earlier = [f for f in read_failures(job_dir) if f.get("submission") == attempt.submission]
     failures = len(earlier) + 1
     retry = retryable and failures <= max_retries
     record = {
-        "job_id": attempt.job_id, "submission": attempt.submission, "restart": attempt.restart,
-        "host": socket.gethostname(), "time": time.time(), "kind": kind, "error": error,
-        "failures": failures, "max_retries": max_retries, "retry": retry, "requeue_by": requeue_by,
-        "log": str(log) if log else None, "log_tail": log_tail(log),
+        "job_id": attempt.job_id,
+        "submission": attempt.submission,
+        "restart": attempt.restart,
+        "host": socket.gethostname(),
+        "time": time.time(),
+        "kind": kind,
+        "error": error,
+        "failures": failures,
+        "max_retries": max_retries,
+        "retry": retry,
+        "requeue_by": requeue_by,
+        "log": str(log) if log else None,
+        "log_tail": log_tail(log),
     }
     write_json_atomic(failures_dir(job_dir) / f"{attempt.key}.json", record)
     return record
@@ -136,8 +156,9 @@ def job_state(attempt: Attempt) -> str | None:
     Slurm itself is stopping it (scancel, the time limit, preemption): its processes then die of SIGTERM or
     SIGKILL, and a retry would undo what Slurm or the user asked for. None: scontrol did not answer."""
     try:
-        out = subprocess.run(["scontrol", "show", "job", "-o", attempt.job_id], capture_output=True, text=True,
-                             timeout=60)
+        out = subprocess.run(
+            ["scontrol", "show", "job", "-o", attempt.job_id], capture_output=True, text=True, timeout=60
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     for word in out.stdout.split():
@@ -195,11 +216,14 @@ def on_death(run_dir: Path, status: int, env: Mapping[str, str] | None = None) -
         mark_requeued(job_dir, attempt, "USR2 before the job's handler was ready")
         print(f"launcher.job.retries: job {index}: USR2 arrived before the handler; requeued", file=sys.stderr)
         return True
-    record = record_failure(job_dir, attempt, plan.spec.slurm.max_retries, "died", describe_status(status),
-                            paths.stderr)
-    print(f"launcher.job.retries: job {index}: {record['error']}; failure {record['failures']} of "
-          f"{record['max_retries']} allowed retries: " + ("requeued" if record["retry"] else "giving up"),
-          file=sys.stderr)
+    record = record_failure(
+        job_dir, attempt, plan.spec.slurm.max_retries, "died", describe_status(status), paths.stderr
+    )
+    print(
+        f"launcher.job.retries: job {index}: {record['error']}; failure {record['failures']} of "
+        f"{record['max_retries']} allowed retries: " + ("requeued" if record["retry"] else "giving up"),
+        file=sys.stderr,
+    )
     return bool(record["retry"])
 
 
@@ -210,15 +234,17 @@ def teardown_lines(python: str, run_dir: Path) -> list[str]:
     RUNNING (not being cancelled, timed out or preempted) and does the requeue itself."""
     import shlex
 
-    guard = f"{python} -m launcher.job.retries {shlex.quote(str(run_dir))} \"$launcher_rc\""
+    guard = f'{python} -m launcher.job.retries {shlex.quote(str(run_dir))} "$launcher_rc"'
     # This job alone: an array element as <array>_<index>. Its SLURM_JOB_ID may be the array's own id (the element
     # started last keeps it), which scontrol takes as every element of the array.
     me = '"${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}"'
     still_running = 'scontrol show job -o "$launcher_job" | grep -qw JobState=RUNNING'
-    return ["launcher_rc=$?",
-            f'launcher_job={me}; launcher_job="${{launcher_job:-$SLURM_JOB_ID}}"',
-            f'if [ "$launcher_rc" -ne 0 ] && {still_running} && {guard}; then scontrol requeue "$launcher_job"; fi',
-            'exit "$launcher_rc"']
+    return [
+        "launcher_rc=$?",
+        f'launcher_job={me}; launcher_job="${{launcher_job:-$SLURM_JOB_ID}}"',
+        f'if [ "$launcher_rc" -ne 0 ] && {still_running} && {guard}; then scontrol requeue "$launcher_job"; fi',
+        'exit "$launcher_rc"',
+    ]
 
 
 def main(argv: list[str]) -> int:

@@ -78,12 +78,29 @@ class Worker:
         self._held_by_others: dict[str, float] = {}  # unit -> when we last saw a live owner
         self._report_lock = threading.Lock()
         self.report: WorkerReport = {
-            "slot": cfg.slot, "job_index": cfg.job_index, "replica": cfg.replica, "host": socket.gethostname(),
-            "pid": os.getpid(), "job_id": self.owner.job_id, "restart": self.owner.restart,
-            "gpus": list(cfg.gpu_ids), "tensor_parallel_size": cfg.layout.tensor_parallel,
-            "state": "starting", "started": _process_start_wall(), "first_request_at": None, "last_write_at": None,
-            "ended": None, "units_done": [], "current_units": [], "unit_windows": {}, "records": 0, "samples": 0,
-            "output_tokens": 0, "prompt_tokens": 0, "startup_phases": {}, "error": None,
+            "slot": cfg.slot,
+            "job_index": cfg.job_index,
+            "replica": cfg.replica,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "job_id": self.owner.job_id,
+            "restart": self.owner.restart,
+            "gpus": list(cfg.gpu_ids),
+            "tensor_parallel_size": cfg.layout.tensor_parallel,
+            "state": "starting",
+            "started": _process_start_wall(),
+            "first_request_at": None,
+            "last_write_at": None,
+            "ended": None,
+            "units_done": [],
+            "current_units": [],
+            "unit_windows": {},
+            "records": 0,
+            "samples": 0,
+            "output_tokens": 0,
+            "prompt_tokens": 0,
+            "startup_phases": {},
+            "error": None,
             "warnings": list(cfg.layout.notes),  # requests not honoured here: status and the console show them
         }
 
@@ -111,11 +128,16 @@ class Worker:
             backend, why = select_backend(spec.model)  # imports the backend (vLLM: ~12-20 s)
             phases["backend_import_s"] = round(time.perf_counter() - t1, 3)
             if backend == "hf" and self.cfg.layout.gpus:
-                self._warn(f"running HF transformers on the GPU, many times slower than vLLM ({why})"
-                           if spec.model.backend == "auto" else f"backend hf set in the spec ({why})")
+                self._warn(
+                    f"running HF transformers on the GPU, many times slower than vLLM ({why})"
+                    if spec.model.backend == "auto"
+                    else f"backend hf set in the spec ({why})"
+                )
                 if self.cfg.layout.tensor_parallel > 1:
-                    self._warn(f"HF uses one GPU per worker: {self.cfg.layout.tensor_parallel - 1} GPU(s) of this "
-                               "worker's group stay idle")
+                    self._warn(
+                        f"HF uses one GPU per worker: {self.cfg.layout.tensor_parallel - 1} GPU(s) of this "
+                        "worker's group stay idle"
+                    )
             t1 = time.perf_counter()
             todo = [u for u in self._candidates() if u.unit_id not in self._skip]
             stats = prompt_stats(self.plan, preparer, None if self.cfg.only_units is None else todo)
@@ -126,13 +148,27 @@ class Worker:
             t1 = time.perf_counter()
             report = engine.load(workload, tokenizer, self.cfg.layout)
             phases["engine_load_s"] = round(time.perf_counter() - t1, 3)
-            self._set(state="running", engine={"version": report.version, "device": report.device,
-                                               "gpu_name": report.gpu_name, "settings": report.settings,
-                                               "reasons": report.reasons, "startup": report.startup},
-                      engine_ready_at=time.time(), workload=workload.__dict__)
-            log.info("worker %s: %s %s on %s, ready %.1f s after its process started", self.cfg.slot,
-                     report.backend, report.version, report.gpu_name or report.device,
-                     time.time() - self.report["started"])
+            self._set(
+                state="running",
+                engine={
+                    "version": report.version,
+                    "device": report.device,
+                    "gpu_name": report.gpu_name,
+                    "settings": report.settings,
+                    "reasons": report.reasons,
+                    "startup": report.startup,
+                },
+                engine_ready_at=time.time(),
+                workload=workload.__dict__,
+            )
+            log.info(
+                "worker %s: %s %s on %s, ready %.1f s after its process started",
+                self.cfg.slot,
+                report.backend,
+                report.version,
+                report.gpu_name or report.device,
+                time.time() - self.report["started"],
+            )
             self._generate(engine, first, preparer)
             self.writer.close()
             self._set(state="done")
@@ -214,11 +250,17 @@ class Worker:
         rec = p.records[row_no]
         unit = p.unit
         row: OutputRow = {
-            "row": rec.row, "record_id": rec.record_id, "user_id": rec.user_id, "dataset": unit.dataset,
-            "ablation": unit.ablation, "prompt": p.prompts[row_no],
-            "generated_samples": [s.text for s in comp.samples], "prompt_tokens": comp.prompt_tokens,
+            "row": rec.row,
+            "record_id": rec.record_id,
+            "user_id": rec.user_id,
+            "dataset": unit.dataset,
+            "ablation": unit.ablation,
+            "prompt": p.prompts[row_no],
+            "generated_samples": [s.text for s in comp.samples],
+            "prompt_tokens": comp.prompt_tokens,
             "sample_tokens": [s.num_tokens for s in comp.samples],
-            "finish_reasons": [s.finish_reason for s in comp.samples], "seed": p.seeds[row_no],
+            "finish_reasons": [s.finish_reason for s in comp.samples],
+            "seed": p.seeds[row_no],
         }
         if self.plan.spec.output.token_ids:
             row["sample_token_ids"] = [list(s.token_ids) for s in comp.samples]
@@ -252,8 +294,9 @@ class Worker:
                 continue
             if len([f for f in udir.read_failures() if f.get("submission") == submission]) >= max_failures:
                 self._skip.add(unit.unit_id)
-                log.error("unit %s failed %d time(s) in this submission; no worker takes it again", unit.unit_id,
-                          max_failures)
+                log.error(
+                    "unit %s failed %d time(s) in this submission; no worker takes it again", unit.unit_id, max_failures
+                )
                 continue
             claim = udir.claims.try_claim(self.owner)
             if claim is None:
@@ -264,16 +307,26 @@ class Worker:
                 continue
             scan = udir.scan(keep_rows=False)
             if scan.damaged:
-                log.warning("unit %s: %d chunk(s) fail their checksum; their rows are generated again: %s",
-                            unit.unit_id, len(scan.damaged), ", ".join(p.name for p in scan.damaged))
+                log.warning(
+                    "unit %s: %d chunk(s) fail their checksum; their rows are generated again: %s",
+                    unit.unit_id,
+                    len(scan.damaged),
+                    ", ".join(p.name for p in scan.damaged),
+                )
                 udir.set_damaged_aside(scan.damaged)
             prepared = preparer.prepare(unit, set(scan.rows))
             udir.write_quarantine([{"row": q.row, "reason": q.reason, "raw": q.raw} for q in prepared.quarantined])
             active = ActiveUnit(prepared, udir, claim, remaining=len(prepared.token_ids))
             self.active.append(active)
             self.claimed += 1
-            log.info("worker %s: claimed unit %s (generation %d): %d record(s) to generate, %d already done",
-                     self.cfg.slot, unit.unit_id, claim.generation, len(prepared.token_ids), len(scan.rows))
+            log.info(
+                "worker %s: claimed unit %s (generation %d): %d record(s) to generate, %d already done",
+                self.cfg.slot,
+                unit.unit_id,
+                claim.generation,
+                len(prepared.token_ids),
+                len(scan.rows),
+            )
             return active
         return None
 
@@ -300,9 +353,17 @@ class Worker:
         error = f"{type(exc).__name__}: {exc}"
         for active in self.active:
             if not active.finished:
-                active.dir.record_failure(self.cfg.slot, {
-                    "worker": self.cfg.slot, "host": socket.gethostname(), "time": time.time(), "error": error[:2000],
-                    "submission": os.environ.get("LAUNCHER_SUBMISSION"), "job_id": self.owner.job_id})
+                active.dir.record_failure(
+                    self.cfg.slot,
+                    {
+                        "worker": self.cfg.slot,
+                        "host": socket.gethostname(),
+                        "time": time.time(),
+                        "error": error[:2000],
+                        "submission": os.environ.get("LAUNCHER_SUBMISSION"),
+                        "job_id": self.owner.job_id,
+                    },
+                )
         if self.writer is not None:
             self.writer.flush(timeout_s=30)
         self._release_unfinished()
@@ -349,8 +410,14 @@ class Worker:
         r = self.report
         since = r["first_request_at"] or time.time()
         rate = r["samples"] / max(1e-9, time.time() - since)
-        log.info("worker %s: %d records, %d samples (%.1f samples/s); units %s", self.cfg.slot, r["records"],
-                 r["samples"], rate, ", ".join(a.unit_id for a in self.active if not a.finished) or "-")
+        log.info(
+            "worker %s: %d records, %d samples (%.1f samples/s); units %s",
+            self.cfg.slot,
+            r["records"],
+            r["samples"],
+            rate,
+            ", ".join(a.unit_id for a in self.active if not a.finished) or "-",
+        )
 
 
 def _process_start_wall() -> float:
@@ -364,8 +431,9 @@ def _process_start_wall() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m launcher.job.worker", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m launcher.job.worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("run_dir")
     p.add_argument("--job", type=int, required=True)
     p.add_argument("--replica", type=int, required=True)
@@ -374,8 +442,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     job_layout = ParallelLayout.from_dict(json.loads(args.layout))
-    cfg = WorkerConfig(Path(args.run_dir), args.job, args.replica, job_layout.for_replica(args.replica),
-                       job_layout.replica_gpus(args.replica), tuple(args.unit) if args.unit else None)
+    cfg = WorkerConfig(
+        Path(args.run_dir),
+        args.job,
+        args.replica,
+        job_layout.for_replica(args.replica),
+        job_layout.replica_gpus(args.replica),
+        tuple(args.unit) if args.unit else None,
+    )
     worker = Worker(cfg)
 
     def on_signal(signum: int, frame: Any) -> None:

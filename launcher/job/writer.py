@@ -124,8 +124,12 @@ class ChunkWriter:
             return
         if not active.dir.claims.still_mine(active.claim):
             active.lost = True
-            log.warning("unit %s was taken over by another worker; %d finished record(s) of ours are dropped "
-                        "(the new owner generates them, with the same seeds)", active.unit_id, len(active.buffer))
+            log.warning(
+                "unit %s was taken over by another worker; %d finished record(s) of ours are dropped "
+                "(the new owner generates them, with the same seeds)",
+                active.unit_id,
+                len(active.buffer),
+            )
             active.buffer = []
             return
         rows, active.buffer = active.buffer, []
@@ -143,12 +147,20 @@ class ChunkWriter:
             active.dir.set_damaged_aside(scan.damaged)
         missing = sorted(set(active.prepared.records) - set(scan.rows))
         if missing:
-            raise RuntimeError(f"unit {active.unit_id}: {len(missing)} row(s) not in any good chunk after the run "
-                               f"(first: {missing[:5]}); a rerun generates them")
-        done = UnitDone(unit_id=active.unit_id, rows=active.prepared.unit.rows,
-                        records=len(active.prepared.records), quarantined=len(active.prepared.quarantined),
-                        chunks=chunk_listing(scan), worker=self.worker, generation=active.claim.generation,
-                        finished_at=time.time())
+            raise RuntimeError(
+                f"unit {active.unit_id}: {len(missing)} row(s) not in any good chunk after the run "
+                f"(first: {missing[:5]}); a rerun generates them"
+            )
+        done = UnitDone(
+            unit_id=active.unit_id,
+            rows=active.prepared.unit.rows,
+            records=len(active.prepared.records),
+            quarantined=len(active.prepared.quarantined),
+            chunks=chunk_listing(scan),
+            worker=self.worker,
+            generation=active.claim.generation,
+            finished_at=time.time(),
+        )
         write_json_atomic(active.dir.done_marker, done)
         if active.last_at is None:
             active.last_at = time.time()

@@ -50,10 +50,18 @@ def record_run(plan: Plan, headline: dict[str, Any], worker: WorkerReport) -> No
     if not gen_s or not tokens or not gpus:
         return
     engine = worker.get("engine") or {}
-    entry = {"shape": shape_key(plan), "gpu": engine.get("gpu_name") or "cpu", "backend": worker.get("backend"),
-             "tokens_per_gpu_s": round(tokens / gen_s / gpus, 2), "startup_s": headline.get("startup_s_max"),
-             "max_tokens": plan.spec.sampling.max_tokens, "n": plan.spec.data.num_samples, "gpus": gpus,
-             "samples": headline.get("samples"), "when": time.strftime("%Y-%m-%d")}
+    entry = {
+        "shape": shape_key(plan),
+        "gpu": engine.get("gpu_name") or "cpu",
+        "backend": worker.get("backend"),
+        "tokens_per_gpu_s": round(tokens / gen_s / gpus, 2),
+        "startup_s": headline.get("startup_s_max"),
+        "max_tokens": plan.spec.sampling.max_tokens,
+        "n": plan.spec.data.num_samples,
+        "gpus": gpus,
+        "samples": headline.get("samples"),
+        "when": time.strftime("%Y-%m-%d"),
+    }
     path = history_path()
     with contextlib.suppress(OSError):
         data = read_json(path)
@@ -88,8 +96,10 @@ def estimate(plan: Plan) -> tuple[Estimate | None, str]:
     tokens = plan.total_samples * plan.spec.sampling.max_tokens
     gen_s = tokens / (rate * gpus)
     gpu_names = sorted({str(e.get("gpu")) for e in entries})
-    basis = (f"median of {len(entries)} earlier run(s) on {', '.join(gpu_names)}: {rate:,.0f} output tok/s per GPU, "
-             f"start-up {startup:.0f} s; at most {tokens:,} tokens (every sample at max_tokens)")
+    basis = (
+        f"median of {len(entries)} earlier run(s) on {', '.join(gpu_names)}: {rate:,.0f} output tok/s per GPU, "
+        f"start-up {startup:.0f} s; at most {tokens:,} tokens (every sample at max_tokens)"
+    )
     return Estimate(gen_s, startup, (gen_s + startup) * gpus / 3600, tokens, basis), basis
 
 

@@ -54,8 +54,13 @@ def _nvidia_smi_count() -> int:
     if not shutil.which("nvidia-smi"):
         return 0
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
     except (subprocess.SubprocessError, OSError):
         return 0
     return len([line for line in out.splitlines() if line.strip()])
@@ -74,8 +79,13 @@ def gpu_info() -> GpuInfo | None:
     if not shutil.which("nvidia-smi"):
         return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
     except (subprocess.SubprocessError, OSError):
         return None
     first = out.strip().splitlines()[0] if out.strip() else ""
@@ -97,22 +107,32 @@ class ParallelLayout:
         return self.gpus[replica * self.tensor_parallel : (replica + 1) * self.tensor_parallel]
 
     def as_dict(self) -> dict[str, object]:
-        return {"tensor_parallel_size": self.tensor_parallel, "data_parallel_size": self.data_parallel,
-                "gpus": list(self.gpus), "reason": self.reason, "notes": list(self.notes)}
+        return {
+            "tensor_parallel_size": self.tensor_parallel,
+            "data_parallel_size": self.data_parallel,
+            "gpus": list(self.gpus),
+            "reason": self.reason,
+            "notes": list(self.notes),
+        }
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, object]) -> ParallelLayout:
         gpus = obj.get("gpus") or []
         notes = obj.get("notes") or []
-        return cls(int(str(obj["tensor_parallel_size"])), int(str(obj["data_parallel_size"])),
-                   tuple(str(g) for g in gpus) if isinstance(gpus, list) else (), str(obj.get("reason", "")),
-                   tuple(str(n) for n in notes) if isinstance(notes, list) else ())
+        return cls(
+            int(str(obj["tensor_parallel_size"])),
+            int(str(obj["data_parallel_size"])),
+            tuple(str(g) for g in gpus) if isinstance(gpus, list) else (),
+            str(obj.get("reason", "")),
+            tuple(str(n) for n in notes) if isinstance(notes, list) else (),
+        )
 
     def for_replica(self, replica: int) -> ParallelLayout:
         """One worker's share: its TP group, as that worker's process sees it (CUDA numbers its GPUs from 0)."""
         group = self.replica_gpus(replica)
-        return ParallelLayout(self.tensor_parallel, 1, tuple(str(i) for i in range(len(group))),
-                              self.reason, self.notes)
+        return ParallelLayout(
+            self.tensor_parallel, 1, tuple(str(i) for i in range(len(group))), self.reason, self.notes
+        )
 
 
 def tp_splits_heads(shape: ModelShape, tp: int) -> bool:
@@ -126,54 +146,93 @@ def fits(shape: ModelShape, tp: int, gpu_bytes: int, utilization: float, weight_
     return per_gpu <= budget * (1 - MIN_KV_SHARE)
 
 
-def choose_layout(shape: ModelShape, gpus: GpuSet, gpu: GpuInfo | None, utilization: float,
-                  requested: str | int, weight_bytes: int | None = None) -> ParallelLayout:
+def choose_layout(
+    shape: ModelShape,
+    gpus: GpuSet,
+    gpu: GpuInfo | None,
+    utilization: float,
+    requested: str | int,
+    weight_bytes: int | None = None,
+) -> ParallelLayout:
     """Smallest TP that fits the weights and splits the heads; the other GPUs become data-parallel replicas."""
     n = gpus.count
     weights = weight_bytes if weight_bytes is not None else shape.weight_bytes
     if n == 0:
-        notes = ((f"tensor_parallel_size {requested} asked, but there is no GPU here: one engine on the CPU",)
-                 if requested not in ("auto", 1) else ())
+        notes = (
+            (f"tensor_parallel_size {requested} asked, but there is no GPU here: one engine on the CPU",)
+            if requested not in ("auto", 1)
+            else ()
+        )
         return ParallelLayout(1, 1, (), "no GPU allocated: one engine on the CPU", notes)
     if requested == "all":
         if not tp_splits_heads(shape, n):
-            raise _refuse(f"tensor_parallel_size: all means TP={n}, which does not split {shape.heads} attention heads"
-                          f" /"
-                          f" {shape.kv_heads} KV heads", fix=f"ask for {_divisor_hint(shape, n)} GPUs, or use auto")
+            raise _refuse(
+                f"tensor_parallel_size: all means TP={n}, which does not split {shape.heads} attention heads"
+                f" /"
+                f" {shape.kv_heads} KV heads",
+                fix=f"ask for {_divisor_hint(shape, n)} GPUs, or use auto",
+            )
         return ParallelLayout(n, 1, gpus.ids, f"tensor_parallel_size: all -> TP={n} over every GPU of the task")
     if isinstance(requested, int):
         if requested > n:
             # The size is a speed choice; the memory check below still holds. Plan refuses it for a Slurm job that
             # asks fewer GPUs (preflight.check_layout); here the machine simply has fewer: say so, and go on.
             chosen = choose_layout(shape, gpus, gpu, utilization, "auto", weight_bytes)
-            note = (f"tensor_parallel_size {requested} asked, but only {n} GPU(s) here ({gpus.source}): "
-                    f"TP={chosen.tensor_parallel} x DP={chosen.data_parallel} instead")
-            return ParallelLayout(chosen.tensor_parallel, chosen.data_parallel, chosen.gpus,
-                                  f"{note}; {chosen.reason}", (note, *chosen.notes))
+            note = (
+                f"tensor_parallel_size {requested} asked, but only {n} GPU(s) here ({gpus.source}): "
+                f"TP={chosen.tensor_parallel} x DP={chosen.data_parallel} instead"
+            )
+            return ParallelLayout(
+                chosen.tensor_parallel,
+                chosen.data_parallel,
+                chosen.gpus,
+                f"{note}; {chosen.reason}",
+                (note, *chosen.notes),
+            )
         if not tp_splits_heads(shape, requested):
-            raise _refuse(f"tensor_parallel_size {requested} does not split {shape.heads} attention heads / "
-                          f"{shape.kv_heads} KV heads evenly", fix=f"use one of {_valid_tps(shape, n) or [1]}, or auto")
+            raise _refuse(
+                f"tensor_parallel_size {requested} does not split {shape.heads} attention heads / "
+                f"{shape.kv_heads} KV heads evenly",
+                fix=f"use one of {_valid_tps(shape, n) or [1]}, or auto",
+            )
         dp = n // requested
         idle = n - dp * requested
         notes = (f"{idle} GPU(s) left idle: {n} is not a multiple of TP={requested}",) if idle else ()
-        return ParallelLayout(requested, dp, gpus.ids[: dp * requested],
-                              f"tensor_parallel_size {requested} set in the spec -> DP={dp}", notes)
+        return ParallelLayout(
+            requested,
+            dp,
+            gpus.ids[: dp * requested],
+            f"tensor_parallel_size {requested} set in the spec -> DP={dp}",
+            notes,
+        )
     mem = gpu.memory_bytes if gpu else None
     for tp in _valid_tps(shape, n):
         if mem is None or fits(shape, tp, mem, utilization, weights):
             dp = n // tp
-            why_mem = (f"{weights / GiB:.1f} GiB of weights / TP={tp} fit {gpu.name if gpu else 'the GPU'} "
-                       f"({mem / GiB:.0f} GiB x {utilization}) with room for the KV cache"
-                       ) if mem else "GPU memory unknown"
+            why_mem = (
+                (
+                    f"{weights / GiB:.1f} GiB of weights / TP={tp} fit {gpu.name if gpu else 'the GPU'} "
+                    f"({mem / GiB:.0f} GiB x {utilization}) with room for the KV cache"
+                )
+                if mem
+                else "GPU memory unknown"
+            )
             notes = (f"{n - dp * tp} GPU(s) left idle",) if n % tp else ()
-            return ParallelLayout(tp, dp, gpus.ids[: dp * tp],
-                                  f"auto: smallest TP that fits and splits the heads is {tp} ({why_mem}); "
-                                  f"{n} GPU(s) -> {dp} data-parallel replica(s)", notes)
+            return ParallelLayout(
+                tp,
+                dp,
+                gpus.ids[: dp * tp],
+                f"auto: smallest TP that fits and splits the heads is {tp} ({why_mem}); "
+                f"{n} GPU(s) -> {dp} data-parallel replica(s)",
+                notes,
+            )
     need = weights / ((mem or 1) * utilization * (1 - MIN_KV_SHARE) - RUNTIME_RESERVE_BYTES)
-    raise _refuse(f"the model ({weights / GiB:.0f} GiB of weights) does not fit {n} GPU(s) of "
-                  f"{(mem or 0) / GiB:.0f} GiB at gpu_memory_utilization {utilization}",
-                  fix=f"ask for at least {max(2, int(need) + 1)} GPUs per task, use quantization (fp8 halves bf16), "
-                      "or raise model.gpu_memory_utilization")
+    raise _refuse(
+        f"the model ({weights / GiB:.0f} GiB of weights) does not fit {n} GPU(s) of "
+        f"{(mem or 0) / GiB:.0f} GiB at gpu_memory_utilization {utilization}",
+        fix=f"ask for at least {max(2, int(need) + 1)} GPUs per task, use quantization (fp8 halves bf16), "
+        "or raise model.gpu_memory_utilization",
+    )
 
 
 def _valid_tps(shape: ModelShape, n: int) -> list[int]:

@@ -37,22 +37,30 @@ def load_plan(run_dir: Path) -> Plan:
         raw = json.loads(run.spec_json.read_text())
         obj = json.loads(run.plan_json.read_text())
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{run.root} is not a run directory ({exc.filename} missing); "
-                                "`launcher submit SPEC` creates one") from None
+        raise FileNotFoundError(
+            f"{run.root} is not a run directory ({exc.filename} missing); `launcher submit SPEC` creates one"
+        ) from None
     try:
         spec = JobSpec.model_validate(_migrate(raw))
     except ValidationError as exc:
-        raise LauncherError.one(str(run.spec_json), "", f"this run was written by another launcher version, which "
-                                f"this one cannot read ({exc.error_count()} field(s): {exc.errors()[0]['loc']})",
-                                fix="use the launcher version that wrote it (run.json says which), or submit the "
-                                    "spec again as a new run") from None
+        raise LauncherError.one(
+            str(run.spec_json),
+            "",
+            f"this run was written by another launcher version, which "
+            f"this one cannot read ({exc.error_count()} field(s): {exc.errors()[0]['loc']})",
+            fix="use the launcher version that wrote it (run.json says which), or submit the spec again as a new run",
+        ) from None
     if "units" not in obj:
-        raise LauncherError.one(str(run.plan_json), "", "this run was planned by a launcher before workers (tasks, "
-                                "not units): it cannot be resumed by this one",
-                                fix="gather it with the launcher that ran it, or submit the spec again (a new run)")
+        raise LauncherError.one(
+            str(run.plan_json),
+            "",
+            "this run was planned by a launcher before workers (tasks, not units): it cannot be resumed by this one",
+            fix="gather it with the launcher that ran it, or submit the spec again (a new run)",
+        )
     units = Plan.units_from_json(obj)
-    return Plan(spec, run, units, obj.get("rows_per_dataset", {}), int(obj.get("jobs") or 1),
-                str(obj.get("jobs_reason") or ""))
+    return Plan(
+        spec, run, units, obj.get("rows_per_dataset", {}), int(obj.get("jobs") or 1), str(obj.get("jobs_reason") or "")
+    )
 
 
 @dataclass
@@ -71,8 +79,9 @@ def runs_of(spec: JobSpec) -> list[RunDir]:
     base = spec.run_id
     if not root.is_dir():
         return []
-    found = [d for d in root.iterdir()
-             if (d.name == base or d.name.startswith(base + "-")) and (d / "plan.json").exists()]
+    found = [
+        d for d in root.iterdir() if (d.name == base or d.name.startswith(base + "-")) and (d / "plan.json").exists()
+    ]
     return [RunDir(d) for d in sorted(found, key=lambda d: (d / "plan.json").stat().st_mtime)]
 
 
@@ -86,10 +95,17 @@ def resolve_run(spec: JobSpec, choice: Choice = "auto", strict: bool = True) -> 
     base = RunDir.of(spec.output.dir, spec.run_id)
     if choice == "new":
         if same:
-            raise SpecError.one(_where(spec), "--new-run", f"run {same[-1].run_id} already holds exactly these inputs",
-                                fix=f"submit without --new-run to resume it, or `launcher status {same[-1].root}`")
-        return ResolvedRun(base if not runs else RunDir.of(spec.output.dir, f"{spec.run_id}-{now.digest[:6]}"), now,
-                           note="a new run for the changed inputs (--new-run)")
+            raise SpecError.one(
+                _where(spec),
+                "--new-run",
+                f"run {same[-1].run_id} already holds exactly these inputs",
+                fix=f"submit without --new-run to resume it, or `launcher status {same[-1].root}`",
+            )
+        return ResolvedRun(
+            base if not runs else RunDir.of(spec.output.dir, f"{spec.run_id}-{now.digest[:6]}"),
+            now,
+            note="a new run for the changed inputs (--new-run)",
+        )
     if same:
         return ResolvedRun(same[-1], now)
     if not runs:
@@ -98,19 +114,32 @@ def resolve_run(spec: JobSpec, choice: Choice = "auto", strict: bool = True) -> 
     diff = changes(recorded[latest.root], now)
     if choice == "resume":
         if model_changed(recorded[latest.root], now):
-            raise SpecError.one(_where(spec), "--resume", f"the model changed since run {latest.run_id} was "
-                                f"submitted ({'; '.join(diff)}): its samples would be presented as the new model's",
-                                fix="use --new-run: a run of its own for the new weights")
+            raise SpecError.one(
+                _where(spec),
+                "--resume",
+                f"the model changed since run {latest.run_id} was "
+                f"submitted ({'; '.join(diff)}): its samples would be presented as the new model's",
+                fix="use --new-run: a run of its own for the new weights",
+            )
         return ResolvedRun(latest, now, diff, note=f"resuming run {latest.run_id} with changed inputs (--resume)")
     if not strict:
-        return ResolvedRun(latest, now, diff, note=f"the inputs changed since run {latest.run_id}: "
-                           + "; ".join(diff) + " (submit asks for --new-run or --resume)")
-    raise SpecError.one(_where(spec), "", f"the inputs changed since run {latest.run_id} was submitted: "
-                        + "; ".join(diff) + "; nothing was submitted",
-                        allowed="--new-run or --resume",
-                        fix=f"`launcher submit SPEC --new-run` starts a run of its own for the new inputs; "
-                            f"`--resume` goes on with run {latest.run_id} (done records keep their samples; the "
-                            "change is recorded in its run.json; not allowed when the model changed)")
+        return ResolvedRun(
+            latest,
+            now,
+            diff,
+            note=f"the inputs changed since run {latest.run_id}: "
+            + "; ".join(diff)
+            + " (submit asks for --new-run or --resume)",
+        )
+    raise SpecError.one(
+        _where(spec),
+        "",
+        f"the inputs changed since run {latest.run_id} was submitted: " + "; ".join(diff) + "; nothing was submitted",
+        allowed="--new-run or --resume",
+        fix=f"`launcher submit SPEC --new-run` starts a run of its own for the new inputs; "
+        f"`--resume` goes on with run {latest.run_id} (done records keep their samples; the "
+        "change is recorded in its run.json; not allowed when the model changed)",
+    )
 
 
 def _where(spec: JobSpec) -> str:
@@ -146,5 +175,6 @@ def find_run_dir(target: str | Path) -> Path:
         from launcher.spec import load_spec
 
         return resolve_run(load_spec(p), strict=False).run.root
-    raise FileNotFoundError(f"no run found at {p}: give a run directory (<output.dir>/runs/<run id>), "
-                            "an output dir, or the spec file")
+    raise FileNotFoundError(
+        f"no run found at {p}: give a run directory (<output.dir>/runs/<run id>), an output dir, or the spec file"
+    )

@@ -48,8 +48,9 @@ class Workload:
 
     @classmethod
     def of(cls, lengths: Sequence[int], max_tokens: int, n: int) -> Workload:
-        return cls(len(lengths), sum(lengths) / len(lengths) if lengths else 0.0, max(lengths, default=0),
-                   max_tokens, n)
+        return cls(
+            len(lengths), sum(lengths) / len(lengths) if lengths else 0.0, max(lengths, default=0), max_tokens, n
+        )
 
 
 @dataclass
@@ -78,11 +79,15 @@ def auto_max_model_len(workload: Workload, shape: ModelShape | None) -> tuple[in
     bucket = MODEL_LEN_BUCKET * 2 ** max(0, math.ceil(math.log2(max(1, need) / MODEL_LEN_BUCKET)))
     limit = shape.max_position if shape else bucket
     if need > limit:
-        return limit, (f"longest prompt {longest} + max_tokens {workload.max_tokens} exceeds the model's "
-                       f"{limit}; capped (longer records are quarantined)")
+        return limit, (
+            f"longest prompt {longest} + max_tokens {workload.max_tokens} exceeds the model's "
+            f"{limit}; capped (longer records are quarantined)"
+        )
     chosen = min(bucket, limit)
-    return chosen, (f"longest prompt {longest} + max_tokens {workload.max_tokens} = {need}, rounded up to {chosen} "
-                    "(a power-of-two bucket, so the shards of a job share one compile cache)")
+    return chosen, (
+        f"longest prompt {longest} + max_tokens {workload.max_tokens} = {need}, rounded up to {chosen} "
+        "(a power-of-two bucket, so the shards of a job share one compile cache)"
+    )
 
 
 def graph_sizes(largest: int) -> list[int]:
@@ -102,8 +107,9 @@ def _ladder_bucket(x: int) -> int:
     return next((s for s in graph_sizes(MAX_SEQS_CAP) if s >= x), MAX_SEQS_CAP)
 
 
-def size_vllm(spec: ModelSpec, shape: ModelShape | None, layout: ParallelLayout, gpu: GpuInfo | None,
-              workload: Workload) -> EngineSettings:
+def size_vllm(
+    spec: ModelSpec, shape: ModelShape | None, layout: ParallelLayout, gpu: GpuInfo | None, workload: Workload
+) -> EngineSettings:
     s = EngineSettings()
     kw = s.kwargs
     user = dict(spec.engine_args)
@@ -136,12 +142,15 @@ def size_vllm(spec: ModelSpec, shape: ModelShape | None, layout: ParallelLayout,
                 f"KV cache ~{kv:,} tokens (estimated from {gpu.name}'s {gpu.memory_bytes / GiB:.0f} GiB) holds "
                 f"{fit_requests} requests of {per_request} tokens (prompt {mean_prompt} shared by the {workload.n} "
                 f"samples + {workload.n} x {workload.max_tokens} new); at most {MAX_SEQS_CAP} (the batch is "
-                f"compute-bound well before) and at most the {total_seqs} sequences this worker may run (bucketed)")
+                f"compute-bound well before) and at most the {total_seqs} sequences this worker may run (bucketed)"
+            )
         if "max_num_batched_tokens" not in user:
             budget = max(MIN_BATCHED_TOKENS, 2 ** math.ceil(math.log2(max(1, seqs + longest))))
             kw["max_num_batched_tokens"] = budget
-            s.reasons["max_num_batched_tokens"] = (f"a full decode step ({seqs}) plus the longest prompt ({longest}) "
-                                                   f"fit one step; at least {MIN_BATCHED_TOKENS}, a power of two")
+            s.reasons["max_num_batched_tokens"] = (
+                f"a full decode step ({seqs}) plus the longest prompt ({longest}) "
+                f"fit one step; at least {MIN_BATCHED_TOKENS}, a power of two"
+            )
         if not user.get("enforce_eager"):
             sizes = graph_sizes(seqs)
             # Decode-only full graphs: a batch job's steps are large prefills (where a graph saves nothing) or
@@ -154,7 +163,8 @@ def size_vllm(spec: ModelSpec, shape: ModelShape | None, layout: ParallelLayout,
                 f"CUDA graphs for {len(sizes)} batch sizes up to {seqs} = max_num_seqs, so every decode step of the "
                 "admitted batch replays a graph (vLLM's default stops at 512); decode-only full graphs "
                 "(FULL_DECODE_ONLY), the piecewise set would double capture time for prefill steps"
-                + (f"; {', '.join(sorted(given))} set in the spec" if given else ""))
+                + (f"; {', '.join(sorted(given))} set in the spec" if given else "")
+            )
     else:
         s.reasons["max_num_seqs"] = "no GPU: vLLM's CPU defaults"
     for key, value in user.items():
@@ -165,8 +175,13 @@ def size_vllm(spec: ModelSpec, shape: ModelShape | None, layout: ParallelLayout,
     return s
 
 
-def kv_tokens_estimate(spec: ModelSpec, shape: ModelShape, layout: ParallelLayout, gpu: GpuInfo,
-                       engine_args: Mapping[str, Any] | None = None) -> int:
+def kv_tokens_estimate(
+    spec: ModelSpec,
+    shape: ModelShape,
+    layout: ParallelLayout,
+    gpu: GpuInfo,
+    engine_args: Mapping[str, Any] | None = None,
+) -> int:
     """KV-cache tokens per replica before the engine has measured it: memory budget minus weights and a reserve
     for activations and graphs, over the bytes a token takes on one GPU."""
     weight_dtype = 1 if (spec.quantization or "").startswith("fp8") else DTYPE_BYTES.get(shape.dtype, 2)
@@ -195,11 +210,28 @@ def plan_admission(mean_need: int, n: int, max_num_seqs: int | None, kv_tokens: 
     budget = int(kv_tokens * KV_FILL) if kv_tokens else None
     by_kv = max(1, budget // max(1, mean_need)) if budget else 1 << 30
     limit = min(by_seqs, by_kv)
-    why_kv = (f"the KV cache holds {kv_tokens:,} tokens (measured at start-up), {by_kv} requests of ~{mean_need} "
-              "tokens at their longest" if kv_tokens else "KV capacity unknown")
-    return Admission(limit, budget, f"up to {limit} requests ({limit * n} sequences) in flight: {why_kv}; "
-                                    f"max_num_seqs {max_num_seqs or 'unset'} allows {by_seqs}")
+    why_kv = (
+        f"the KV cache holds {kv_tokens:,} tokens (measured at start-up), {by_kv} requests of ~{mean_need} "
+        "tokens at their longest"
+        if kv_tokens
+        else "KV capacity unknown"
+    )
+    return Admission(
+        limit,
+        budget,
+        f"up to {limit} requests ({limit * n} sequences) in flight: {why_kv}; "
+        f"max_num_seqs {max_num_seqs or 'unset'} allows {by_seqs}",
+    )
 
 
-__all__ = ["Admission", "EngineSettings", "GiB", "auto_max_model_len", "graph_sizes", "kv_tokens_estimate",
-           "plan_admission", "request_tokens", "size_vllm"]
+__all__ = [
+    "Admission",
+    "EngineSettings",
+    "GiB",
+    "auto_max_model_len",
+    "graph_sizes",
+    "kv_tokens_estimate",
+    "plan_admission",
+    "request_tokens",
+    "size_vllm",
+]

@@ -75,8 +75,14 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         cols = list(Unit.__dataclass_fields__)
-        return {"run_id": self.run.run_id, "columns": cols, "units": [list(asdict(u).values()) for u in self.units],
-                "rows_per_dataset": self.rows_per_dataset, "jobs": self.jobs, "jobs_reason": self.jobs_reason}
+        return {
+            "run_id": self.run.run_id,
+            "columns": cols,
+            "units": [list(asdict(u).values()) for u in self.units],
+            "rows_per_dataset": self.rows_per_dataset,
+            "jobs": self.jobs,
+            "jobs_reason": self.jobs_reason,
+        }
 
     @staticmethod
     def units_from_json(obj: dict[str, Any]) -> tuple[Unit, ...]:
@@ -141,8 +147,10 @@ def count_jobs(spec: JobSpec, units: int) -> tuple[int, str]:
         jobs, why = 1, "local: one job holds this machine's GPUs (set slurm.jobs for more processes)"
     else:
         jobs = min(MAX_AUTO_JOBS, max(1, math.ceil(units / (per_job * UNITS_PER_WORKER))))
-        why = (f"auto: {units} unit(s) at {UNITS_PER_WORKER} per worker, {per_job} worker(s) per job, at most "
-               f"{MAX_AUTO_JOBS} jobs (set slurm.max_gpus or slurm.jobs to choose)")
+        why = (
+            f"auto: {units} unit(s) at {UNITS_PER_WORKER} per worker, {per_job} worker(s) per job, at most "
+            f"{MAX_AUTO_JOBS} jobs (set slurm.max_gpus or slurm.jobs to choose)"
+        )
     if jobs > units:
         jobs, why = units, f"{why}; capped at the {units} unit(s) there are"
     if s.array_parallelism and jobs > s.array_parallelism:
@@ -171,8 +179,9 @@ def cut_units(spec: JobSpec, rows: dict[str, int]) -> tuple[Unit, ...]:
         bounds = _shard_bounds(n, per_fixed or per_auto, split_last=per_fixed is None)
         for ablation in spec.data.ablation_configs:
             for shard, (start, stop) in enumerate(bounds):
-                cut.append(Unit(0, f"{ds.name}.{ablation}.{shard:04d}", ds.name, ablation, str(ds.file), shard,
-                                start, stop))
+                cut.append(
+                    Unit(0, f"{ds.name}.{ablation}.{shard:04d}", ds.name, ablation, str(ds.file), shard, start, stop)
+                )
     # Largest first (stable): workers take the big units early and the small remainders last, so they finish
     # close together instead of one worker running a big unit alone at the end.
     cut.sort(key=lambda u: -u.rows)

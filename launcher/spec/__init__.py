@@ -41,8 +41,10 @@ def spec_from_dict(data: dict[str, Any], where: str = "<dict>") -> JobSpec:
 
 def json_schema() -> dict[str, Any]:
     schema = JobSpec.model_json_schema()
-    schema["properties"]["extends"] = {"type": "string",
-                                       "description": "Another spec (a cluster profile) to start from."}
+    schema["properties"]["extends"] = {
+        "type": "string",
+        "description": "Another spec (a cluster profile) to start from.",
+    }
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "launcher job spec"
     return schema

@@ -50,19 +50,31 @@ def _read_project(path: Path) -> tuple[dict[str, str], str | None]:
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=SpecYamlLoader) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise SpecError.one(str(path), "datasets", f"cannot read this project file: {exc}",
-                            fix="fix or remove it (it names datasets: `datasets: {NAME: path}`)") from None
+        raise SpecError.one(
+            str(path),
+            "datasets",
+            f"cannot read this project file: {exc}",
+            fix="fix or remove it (it names datasets: `datasets: {NAME: path}`)",
+        ) from None
     if not isinstance(data, dict):
-        raise SpecError.one(str(path), "", "a project file is a mapping", allowed="datasets:, data_root:",
-                            fix="write `datasets:` with one `NAME: path` per line")
+        raise SpecError.one(
+            str(path),
+            "",
+            "a project file is a mapping",
+            allowed="datasets:, data_root:",
+            fix="write `datasets:` with one `NAME: path` per line",
+        )
     catalog = data.get("datasets") or {}
     if not isinstance(catalog, dict):
-        raise SpecError.one(str(path), "datasets", "must map names to paths",
-                            fix="datasets: {Chameleons: ./data.jsonl}")
+        raise SpecError.one(
+            str(path), "datasets", "must map names to paths", fix="datasets: {Chameleons: ./data.jsonl}"
+        )
     base = path.parent
     root = data.get("data_root")
-    return ({str(k): resolve_path(str(v), base) for k, v in catalog.items()},
-            resolve_path(str(root), base) if root else None)
+    return (
+        {str(k): resolve_path(str(v), base) for k, v in catalog.items()},
+        resolve_path(str(root), base) if root else None,
+    )
 
 
 class Catalog:
@@ -95,8 +107,9 @@ class Catalog:
         for root in self.roots:
             for variant in dict.fromkeys((name, name.lower())):
                 base = Path(root) / variant
-                for candidate in [base.with_name(variant + s) for s in SUFFIXES] + \
-                                 [base / (f + s) for f in FOLDER_FILES for s in SUFFIXES]:
+                for candidate in [base.with_name(variant + s) for s in SUFFIXES] + [
+                    base / (f + s) for f in FOLDER_FILES for s in SUFFIXES
+                ]:
                     if candidate.is_file():
                         return str(candidate), f"data_root {root}"
                 if base.is_dir() and any((base / n).exists() for n in ("dataset_info.json", "dataset_dict.json")):
@@ -107,13 +120,19 @@ class Catalog:
         known = self.names()
         sources = [w for w, _ in self.entries] + [f"data_root {r}" for r in self.roots]
         return SpecError.one(
-            where, field, f"no dataset named {name!r}: not in the catalog"
-            + (f" ({'; '.join(sources)})" if sources else " (none found: no launcher.yaml, no `datasets:` map, "
-                                                          "no data_root)"),
+            where,
+            field,
+            f"no dataset named {name!r}: not in the catalog"
+            + (
+                f" ({'; '.join(sources)})"
+                if sources
+                else " (none found: no launcher.yaml, no `datasets:` map, no data_root)"
+            ),
             allowed=f"a name the catalog knows: {', '.join(known)}" if known else "a path, or a catalogued name",
             fix=f"add `datasets: {{{name}: /path/to/{name.lower()}/scenarios.jsonl}}` to {PROJECT_FILE} (this "
-                "project) or to your cluster profile; or set data_root; or give the path (--scenario_path PATH, "
-                "data.datasets[].path)")
+            "project) or to your cluster profile; or set data_root; or give the path (--scenario_path PATH, "
+            "data.datasets[].path)",
+        )
 
 
 def resolve_dataset_paths(layers: Layers) -> None:
@@ -142,8 +161,9 @@ def _spec_folder(layers: Layers) -> Path | None:
     return path.parent if path.suffix in (".yaml", ".yml") else None
 
 
-def find_dataset(name: str, where: str, field: str, start: Path | None = None,
-                 own: dict[str, Any] | None = None) -> tuple[str, str]:
+def find_dataset(
+    name: str, where: str, field: str, start: Path | None = None, own: dict[str, Any] | None = None
+) -> tuple[str, str]:
     """For the old flags: `--dataset NAME` -> (path, where it came from), or SpecError listing the names known."""
     catalog = Catalog({str(k): str(v) for k, v in (own or {}).items()}, None, start)
     hit = catalog.find(name)

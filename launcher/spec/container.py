@@ -25,8 +25,10 @@ class ContainerSpec(_Section):
     @classmethod
     def _image(cls, value: str | None) -> str | None:
         if value is not None and (not value or value.startswith("-") or CONTROL_RE.search(value) or len(value) > 4096):
-            raise ValueError(f"{value[:80]!r} is not an image: it must not be empty, start with '-' (the runtime would "
-                             "read it as an option) or hold control characters")
+            raise ValueError(
+                f"{value[:80]!r} is not an image: it must not be empty, start with '-' (the runtime would "
+                "read it as an option) or hold control characters"
+            )
         return value
 
     @field_validator("binds")
@@ -39,8 +41,12 @@ class ContainerSpec(_Section):
             try:
                 Bind.parse(text)
             except ContainerError as exc:
-                raise _FieldError((i,), exc.first.message, "host[:container[:ro|rw]] with absolute paths, no ':' "
-                                  "inside a path", exc.first.fix or "fix the bind") from None
+                raise _FieldError(
+                    (i,),
+                    exc.first.message,
+                    "host[:container[:ro|rw]] with absolute paths, no ':' inside a path",
+                    exc.first.fix or "fix the bind",
+                ) from None
         return value
 
     @field_validator("env")
@@ -48,11 +54,19 @@ class ContainerSpec(_Section):
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         for name, v in value.items():
             if not ENV_NAME_RE.fullmatch(name):
-                raise _FieldError((name,), f"{name!r} is not an environment variable name",
-                                  "letters, digits and '_', not starting with a digit", "rename the variable")
+                raise _FieldError(
+                    (name,),
+                    f"{name!r} is not an environment variable name",
+                    "letters, digits and '_', not starting with a digit",
+                    "rename the variable",
+                )
             if "\0" in v or len(v) > ENV_VALUE_MAX:
-                raise _FieldError((name,), "the value holds a NUL byte or is too long to pass on a command line",
-                                  f"at most {ENV_VALUE_MAX} characters, no NUL", "put long values in a bound file")
+                raise _FieldError(
+                    (name,),
+                    "the value holds a NUL byte or is too long to pass on a command line",
+                    f"at most {ENV_VALUE_MAX} characters, no NUL",
+                    "put long values in a bound file",
+                )
         return value
 
     @field_serializer("env", when_used="json")
@@ -64,6 +78,10 @@ class ContainerSpec(_Section):
     @model_validator(mode="after")
     def _image_needed(self) -> ContainerSpec:
         if self.runtime != "none" and not self.image:
-            raise _FieldError(("image",), f"runtime {self.runtime} needs an image", "a .sif path or image name",
-                              "set container.image, or container.runtime: none to run without one")
+            raise _FieldError(
+                ("image",),
+                f"runtime {self.runtime} needs an image",
+                "a .sif path or image name",
+                "set container.image, or container.runtime: none to run without one",
+            )
         return self

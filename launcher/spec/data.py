@@ -38,8 +38,12 @@ class DatasetSpec(_Section):
     def file(self) -> Path:
         """The records' path (set by the spec, or found in the catalog when the spec was loaded)."""
         if self.path is None:
-            raise SpecError.one("<spec>", f"data.datasets.{self.name}.path", f"dataset {self.name!r} has no path",
-                                fix="give its path, or add it to the catalog (`datasets:` in launcher.yaml)")
+            raise SpecError.one(
+                "<spec>",
+                f"data.datasets.{self.name}.path",
+                f"dataset {self.name!r} has no path",
+                fix="give its path, or add it to the catalog (`datasets:` in launcher.yaml)",
+            )
         return Path(self.path)
 
 
@@ -68,9 +72,12 @@ class TemplateSpec(_Section):
     def _exactly_one(self) -> TemplateSpec:
         if (self.text is None) == (self.file is None):
             both = self.text is not None
-            raise _FieldError((), f"{'both' if both else 'neither of'} `text` and `file` given",
-                              "exactly one of text: (the jinja2 template) or file: (a path to one)",
-                              "remove one of them" if both else "add text: or file:")
+            raise _FieldError(
+                (),
+                f"{'both' if both else 'neither of'} `text` and `file` given",
+                "exactly one of text: (the jinja2 template) or file: (a path to one)",
+                "remove one of them" if both else "add text: or file:",
+            )
         return self
 
 
@@ -104,9 +111,12 @@ class DataSpec(_Section):
     def _template_names(cls, value: dict[str, TemplateSpec]) -> dict[str, TemplateSpec]:
         for name in value:  # the name becomes a folder (<output.dir>/<dataset>/<name>/) and part of task ids
             if not SLUG_RE.fullmatch(name):
-                raise _FieldError((name,), f"template name {name!r} cannot be a folder name",
-                                  "1-64 of letters, digits, '_', '.', '-', starting with a letter or digit",
-                                  f"rename it, e.g. {_slugify(name)!r}")
+                raise _FieldError(
+                    (name,),
+                    f"template name {name!r} cannot be a folder name",
+                    "1-64 of letters, digits, '_', '.', '-', starting with a letter or digit",
+                    f"rename it, e.g. {_slugify(name)!r}",
+                )
         return value
 
     @field_validator("ablation_configs")
@@ -114,8 +124,12 @@ class DataSpec(_Section):
     def _unique(cls, value: list[str]) -> list[str]:
         dupes = sorted({v for v in value if value.count(v) > 1})
         if dupes:
-            raise _FieldError((), f"listed twice: {', '.join(dupes)}", "each name once",
-                              "remove the repeated name (each config already runs once per dataset)")
+            raise _FieldError(
+                (),
+                f"listed twice: {', '.join(dupes)}",
+                "each name once",
+                "remove the repeated name (each config already runs once per dataset)",
+            )
         return value
 
     @model_validator(mode="after")
@@ -132,6 +146,10 @@ class DataSpec(_Section):
         names = [d.name for d in self.datasets]
         for i, name in enumerate(names):
             if names.index(name) != i:
-                raise _FieldError(("datasets", i, "name"), f"dataset name {name!r} used twice", "unique names",
-                                  "give each dataset its own name")
+                raise _FieldError(
+                    ("datasets", i, "name"),
+                    f"dataset name {name!r} used twice",
+                    "unique names",
+                    "give each dataset its own name",
+                )
         return self

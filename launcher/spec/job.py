@@ -45,14 +45,22 @@ class JobSpec(_Section):
     def _conflicts(self) -> JobSpec:
         tp = self.model.tensor_parallel_size
         if self.model.backend == "hf" and isinstance(tp, int) and tp > 1:
-            raise _FieldError(("model", "tensor_parallel_size"), f"tensor_parallel_size {tp} with backend hf: the HF "
-                              "backend runs one engine per GPU (data-parallel), never tensor-parallel",
-                              "auto or 1 with backend hf", "use model.backend: vllm, or tensor_parallel_size: auto")
+            raise _FieldError(
+                ("model", "tensor_parallel_size"),
+                f"tensor_parallel_size {tp} with backend hf: the HF "
+                "backend runs one engine per GPU (data-parallel), never tensor-parallel",
+                "auto or 1 with backend hf",
+                "use model.backend: vllm, or tensor_parallel_size: auto",
+            )
         if self.model.max_model_len is not None and self.sampling.max_tokens >= self.model.max_model_len:
-            raise _FieldError(("sampling", "max_tokens"), f"max_tokens {self.sampling.max_tokens} leaves no room for "
-                              f"the prompt in max_model_len {self.model.max_model_len}: every record would be "
-                              "quarantined", f"less than model.max_model_len ({self.model.max_model_len})",
-                              "lower sampling.max_tokens or raise model.max_model_len")
+            raise _FieldError(
+                ("sampling", "max_tokens"),
+                f"max_tokens {self.sampling.max_tokens} leaves no room for "
+                f"the prompt in max_model_len {self.model.max_model_len}: every record would be "
+                "quarantined",
+                f"less than model.max_model_len ({self.model.max_model_len})",
+                "lower sampling.max_tokens or raise model.max_model_len",
+            )
         return self
 
     def __eq__(self, other: object) -> bool:
@@ -72,8 +80,15 @@ class JobSpec(_Section):
         it, nor do file dates: what the input files hold is checked at submit (inputs.py), not hashed here, so a
         touched dataset keeps its run."""
         affects: dict[str, Any] = {
-            "model": self.model.model_dump(exclude={"engine_args", "gpu_memory_utilization", "tensor_parallel_size",
-                                                    "hf_batch_size", "max_model_len"}),
+            "model": self.model.model_dump(
+                exclude={
+                    "engine_args",
+                    "gpu_memory_utilization",
+                    "tensor_parallel_size",
+                    "hf_batch_size",
+                    "max_model_len",
+                }
+            ),
             "data": self.data.model_dump(exclude={"records_per_shard"}),
             "sampling": self.sampling.model_dump(),
         }

@@ -25,16 +25,26 @@ class SpecYamlLoader(yaml.SafeLoader):
 
 
 SpecYamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers
-            if not (tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float") and ":" in regexp.pattern)]
+    first: [
+        (tag, regexp)
+        for tag, regexp in resolvers
+        if not (tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float") and ":" in regexp.pattern)
+    ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 for _tag, _pattern, _first in (
-    ("tag:yaml.org,2002:int", r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$",
-     list("-+0123456789")),
-    ("tag:yaml.org,2002:float", r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?"
-     r"|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
-     r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+)$", list("-+0123456789.")),
+    (
+        "tag:yaml.org,2002:int",
+        r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$",
+        list("-+0123456789"),
+    ),
+    (
+        "tag:yaml.org,2002:float",
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?"
+        r"|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+)$",
+        list("-+0123456789."),
+    ),
 ):
     SpecYamlLoader.add_implicit_resolver(_tag, __import__("re").compile(_pattern), _first)
 
@@ -63,8 +73,9 @@ class Layers:
         _merge_into(self.data, new, prefix, self, where_of, base)
 
 
-def _merge_into(dst: dict[str, Any], src: dict[str, Any], prefix: Key, layers: Layers, where_of: Any,
-                base: Path) -> None:
+def _merge_into(
+    dst: dict[str, Any], src: dict[str, Any], prefix: Key, layers: Layers, where_of: Any, base: Path
+) -> None:
     for k, v in src.items():
         key = (*prefix, k)
         layers.origin[key] = where_of(key)
@@ -107,9 +118,13 @@ def _line_map(node: yaml.Node, prefix: Key, out: dict[Key, int], shown: str, bud
             key = (*prefix, k_node.value)
             line = k_node.start_mark.line + 1
             if isinstance(k_node, yaml.ScalarNode) and k_node.value in first_line:
-                raise SpecError.one(f"{shown}:{line}", _dotted_key(key), f"duplicate key {k_node.value!r}, first "
-                                    f"set at line {first_line[k_node.value]}; YAML would silently keep only this one",
-                                    fix="remove one of the two (or merge them)")
+                raise SpecError.one(
+                    f"{shown}:{line}",
+                    _dotted_key(key),
+                    f"duplicate key {k_node.value!r}, first "
+                    f"set at line {first_line[k_node.value]}; YAML would silently keep only this one",
+                    fix="remove one of the two (or merge them)",
+                )
             first_line[k_node.value] = line
             out[key] = line
             _line_map(v_node, key, out, shown, budget)
@@ -128,15 +143,21 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Key, int]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError.one(shown, "", "file not found",
-                            fix=f"check the path; the working directory is {Path.cwd()}") from None
+        raise SpecError.one(
+            shown, "", "file not found", fix=f"check the path; the working directory is {Path.cwd()}"
+        ) from None
     except UnicodeDecodeError as exc:
         bad_line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise SpecError.one(f"{shown}:{bad_line}", "", f"not UTF-8 text: byte {exc.object[exc.start]:#04x} cannot be "
-                            "decoded", fix="save the file as UTF-8") from None
+        raise SpecError.one(
+            f"{shown}:{bad_line}",
+            "",
+            f"not UTF-8 text: byte {exc.object[exc.start]:#04x} cannot be decoded",
+            fix="save the file as UTF-8",
+        ) from None
     except OSError as exc:
-        raise SpecError.one(shown, "", f"cannot read: {exc.strerror or exc}",
-                            fix="check the path and the file's permissions") from None
+        raise SpecError.one(
+            shown, "", f"cannot read: {exc.strerror or exc}", fix="check the path and the file's permissions"
+        ) from None
     lines: dict[Key, int] = {}
     try:
         node = yaml.compose(text, Loader=SpecYamlLoader)
@@ -144,8 +165,12 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Key, int]]:
             _line_map(node, (), lines, shown, [MAX_NODES])
         data = yaml.load(text, Loader=SpecYamlLoader)  # a SafeLoader: tags such as !!python/object are refused
     except _TooBig:
-        raise SpecError.one(shown, "", f"more than {MAX_NODES} YAML nodes once aliases are expanded",
-                            fix="a job spec needs no nested aliases (*name); write the values out") from None
+        raise SpecError.one(
+            shown,
+            "",
+            f"more than {MAX_NODES} YAML nodes once aliases are expanded",
+            fix="a job spec needs no nested aliases (*name); write the values out",
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -155,16 +180,22 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Key, int]]:
             if "end of stream" in problem:
                 mark = opened
         line = f":{mark.line + 1}" if mark is not None else ""
-        fix = ("remove the tag: a job spec holds plain values (no !!python/... or other tags)"
-               if isinstance(exc, yaml.constructor.ConstructorError) else
-               "check indentation (spaces, not tabs) and quote values that contain ': ' or '#'")
+        fix = (
+            "remove the tag: a job spec holds plain values (no !!python/... or other tags)"
+            if isinstance(exc, yaml.constructor.ConstructorError)
+            else "check indentation (spaces, not tabs) and quote values that contain ': ' or '#'"
+        )
         raise SpecError.one(f"{shown}{line}", "", f"YAML syntax error: {problem}", fix=fix) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise SpecError.one(f"{shown}:1", "", f"the spec must be a mapping of sections, got {type(data).__name__}",
-                            allowed="name, model, data, sampling, slurm, container, output, executor, extends",
-                            fix="start from configs/demo.yaml")
+        raise SpecError.one(
+            f"{shown}:1",
+            "",
+            f"the spec must be a mapping of sections, got {type(data).__name__}",
+            allowed="name, model, data, sampling, slurm, container, output, executor, extends",
+            fix="start from configs/demo.yaml",
+        )
     return data, lines
 
 
@@ -194,11 +225,16 @@ def load_layers(path: Path, overrides: list[str]) -> Layers:
 def _load_file(path: Path, layers: Layers, chain: list[Path]) -> None:
     resolved = path.resolve()
     if resolved in chain:
-        raise SpecError.one(_shown(path), "extends", "extends loops back to a file already in the chain: "
-                            + " -> ".join(_shown(p) for p in [*chain, resolved]), fix="remove one of the extends")
+        raise SpecError.one(
+            _shown(path),
+            "extends",
+            "extends loops back to a file already in the chain: " + " -> ".join(_shown(p) for p in [*chain, resolved]),
+            fix="remove one of the extends",
+        )
     if len(chain) >= MAX_EXTENDS_DEPTH:
-        raise SpecError.one(_shown(path), "extends", f"more than {MAX_EXTENDS_DEPTH} levels of extends",
-                            fix="flatten the profiles")
+        raise SpecError.one(
+            _shown(path), "extends", f"more than {MAX_EXTENDS_DEPTH} levels of extends", fix="flatten the profiles"
+        )
     try:
         data, lines = read_yaml(path)
     except SpecError as exc:
@@ -215,14 +251,22 @@ def _load_file(path: Path, layers: Layers, chain: list[Path]) -> None:
     parent = data.pop("extends", None)
     if parent is not None:
         if not isinstance(parent, str):
-            raise SpecError.one(f"{shown}:{lines.get(('extends',), 1)}", "extends",
-                                f"must be a file path, got {parent!r}", fix="extends: profiles/mycluster.yaml")
+            raise SpecError.one(
+                f"{shown}:{lines.get(('extends',), 1)}",
+                "extends",
+                f"must be a file path, got {parent!r}",
+                fix="extends: profiles/mycluster.yaml",
+            )
         parent_path = Path(os.path.expandvars(os.path.expanduser(parent)))
         if not parent_path.is_absolute():
             parent_path = resolved.parent / parent_path
         if not parent_path.exists():
-            raise SpecError.one(f"{shown}:{lines.get(('extends',), 1)}", "extends", f"file not found: {parent_path}",
-                                fix="extends takes a path relative to this spec's folder")
+            raise SpecError.one(
+                f"{shown}:{lines.get(('extends',), 1)}",
+                "extends",
+                f"file not found: {parent_path}",
+                fix="extends takes a path relative to this spec's folder",
+            )
         _load_file(parent_path, layers, [*chain, resolved])
 
     def where_of(key: Key) -> str:
@@ -238,17 +282,24 @@ SPEC_SECTIONS = ("name", "model", "data", "sampling", "slurm", "container", "out
 
 
 def _not_a_spec(path: Path, chain: list[Path], why: str) -> SpecError:
-    return SpecError.one(f"{_shown(chain[-1])}", "extends", f"{_shown(path)} is not a job spec or cluster profile: "
-                         f"{why} (its content is not shown)", allowed=f"a YAML file of spec sections: "
-                         f"{', '.join(SPEC_SECTIONS)}", fix="point extends at a cluster profile, e.g. "
-                         "configs/slurm-local.yaml")
+    return SpecError.one(
+        f"{_shown(chain[-1])}",
+        "extends",
+        f"{_shown(path)} is not a job spec or cluster profile: {why} (its content is not shown)",
+        allowed=f"a YAML file of spec sections: {', '.join(SPEC_SECTIONS)}",
+        fix="point extends at a cluster profile, e.g. configs/slurm-local.yaml",
+    )
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     """`a.b=c` -> (("a", "b"), c); the value is read as YAML, so `1.5`, `true`, `[a, b]` get their types."""
     if "=" not in text:
-        raise SpecError.one(f"--set {text}", "", "an override needs the form section.field=value",
-                            fix="e.g. --set sampling.temperature=0.8")
+        raise SpecError.one(
+            f"--set {text}",
+            "",
+            "an override needs the form section.field=value",
+            fix="e.g. --set sampling.temperature=0.8",
+        )
     key_text, _, raw = text.partition("=")
     key = tuple(key_text.strip().split("."))
     if not all(k and k.replace("_", "").isalnum() for k in key):

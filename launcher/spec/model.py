@@ -46,9 +46,13 @@ class ModelSpec(_Section):
         from launcher.spec.engine_values import QUANTIZATION, did_you_mean
 
         if value is not None and value not in QUANTIZATION:
-            raise _FieldError((), f"unknown quantization {value!r}", f"one of vLLM's: {', '.join(QUANTIZATION)}",
-                              did_you_mean(value, QUANTIZATION) or "remove it for an unquantized checkpoint; an AWQ "
-                              "checkpoint says awq in its config.json")
+            raise _FieldError(
+                (),
+                f"unknown quantization {value!r}",
+                f"one of vLLM's: {', '.join(QUANTIZATION)}",
+                did_you_mean(value, QUANTIZATION)
+                or "remove it for an unquantized checkpoint; an AWQ checkpoint says awq in its config.json",
+            )
         return value
 
     @field_validator("engine_args")
@@ -58,9 +62,12 @@ class ModelSpec(_Section):
 
         for key, allowed in ENUMERATED_ENGINE_ARGS.items():
             if key in value and str(value[key]) not in allowed:
-                raise _FieldError((key,), f"{key} {value[key]!r} is not a value vLLM accepts", ", ".join(allowed),
-                                  did_you_mean(str(value[key]), allowed) or f"use one of the allowed values, or "
-                                  f"remove {key} (auto)")
+                raise _FieldError(
+                    (key,),
+                    f"{key} {value[key]!r} is not a value vLLM accepts",
+                    ", ".join(allowed),
+                    did_you_mean(str(value[key]), allowed) or f"use one of the allowed values, or remove {key} (auto)",
+                )
         return value
 
     @field_validator("engine_args")
@@ -68,7 +75,11 @@ class ModelSpec(_Section):
     def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
         secret = [k for k in value if SECRET_ARG_RE.search(k)]
         if secret:
-            raise _FieldError((secret[0],), f"{secret[0]!r} looks like a credential; engine_args are "
-                              "stored in plain text in the run directory (spec.json)", "vLLM engine arguments",
-                              "remove it and pass the secret as container.env (e.g. HF_TOKEN), which is redacted")
+            raise _FieldError(
+                (secret[0],),
+                f"{secret[0]!r} looks like a credential; engine_args are "
+                "stored in plain text in the run directory (spec.json)",
+                "vLLM engine arguments",
+                "remove it and pass the secret as container.env (e.g. HF_TOKEN), which is redacted",
+            )
         return value

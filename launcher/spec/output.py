@@ -32,6 +32,8 @@ class OutputSpec(_Section):
         # The folder ends up in #SBATCH --output: Slurm expands %j, %A... there, and its parser drops backslashes,
         # so the logs would land in another folder than the one submitit reads.
         if "%" in value or "\\" in value:
-            raise ValueError(f"{value!r} holds '%' or a backslash, which Slurm reads as a file name pattern (%j = "
-                             "job id) or an escape in the log paths; use a folder without them")
+            raise ValueError(
+                f"{value!r} holds '%' or a backslash, which Slurm reads as a file name pattern (%j = "
+                "job id) or an escape in the log paths; use a folder without them"
+            )
         return value

@@ -28,16 +28,36 @@ def parse_time_min(text: str) -> int:
         return nums[0] + (1 if nums[1] else 0)
     h, m, s = nums
     return h * 60 + m + (1 if s else 0)
+
+
 MEM_RE = re.compile(r"^\d+(?:[KMGT])?$")
 # sbatch options with a field of their own, and those the launcher/submitit write themselves.
-SBATCH_FIELDS = {"partition": "partition", "p": "partition", "account": "account", "qos": "qos", "mem": "mem",
-                 "time": "time", "t": "time", "constraint": "constraint", "nodes": "nodes",
-                 "gpus-per-node": "gpus_per_node", "cpus-per-task": "cpus_per_gpu", "cpus-per-gpu": "cpus_per_gpu",
-                 "signal": "signal_delay_s"}
-SBATCH_OWNED = {"array": "one array element per task", "output": "log files the launcher reads",
-                "error": "log files the launcher reads", "open-mode": "logs are appended across requeues",
-                "job-name": "the spec's name", "wrap": "the batch script is the launcher's",
-                "ntasks-per-node": "one task per node", "ntasks": "one task per node", "parsable": "job ids are parsed"}
+SBATCH_FIELDS = {
+    "partition": "partition",
+    "p": "partition",
+    "account": "account",
+    "qos": "qos",
+    "mem": "mem",
+    "time": "time",
+    "t": "time",
+    "constraint": "constraint",
+    "nodes": "nodes",
+    "gpus-per-node": "gpus_per_node",
+    "cpus-per-task": "cpus_per_gpu",
+    "cpus-per-gpu": "cpus_per_gpu",
+    "signal": "signal_delay_s",
+}
+SBATCH_OWNED = {
+    "array": "one array element per task",
+    "output": "log files the launcher reads",
+    "error": "log files the launcher reads",
+    "open-mode": "logs are appended across requeues",
+    "job-name": "the spec's name",
+    "wrap": "the batch script is the launcher's",
+    "ntasks-per-node": "one task per node",
+    "ntasks": "one task per node",
+    "parsable": "job ids are parsed",
+}
 
 
 class SlurmSpec(_Section):
@@ -103,16 +123,20 @@ class SlurmSpec(_Section):
         # These land in #SBATCH lines: a newline would start a script line, and no Slurm name has a space,
         # quote or '$' in it, so anything else is refused here rather than by sbatch after the run dir exists.
         if value is not None and not SLURM_NAME_RE.fullmatch(value):
-            raise ValueError(f"{value!r} is not a Slurm name: use 1-128 letters, digits, '_', '.', ',', '+', '-' "
-                             "(`sinfo -s` lists partitions, `sacctmgr show assoc user=$USER` accounts and QOS)")
+            raise ValueError(
+                f"{value!r} is not a Slurm name: use 1-128 letters, digits, '_', '.', ',', '+', '-' "
+                "(`sinfo -s` lists partitions, `sacctmgr show assoc user=$USER` accounts and QOS)"
+            )
         return value
 
     @field_validator("constraint")
     @classmethod
     def _constraint(cls, value: str | None) -> str | None:
         if value is not None and not CONSTRAINT_RE.fullmatch(value):
-            raise ValueError(f"{value!r} is not a Slurm feature expression: use feature names joined by & | , "
-                             "with [ ] ( ) * (e.g. h100|a100); no spaces, quotes, '$', ';' or newlines")
+            raise ValueError(
+                f"{value!r} is not a Slurm feature expression: use feature names joined by & | , "
+                "with [ ] ( ) * (e.g. h100|a100); no spaces, quotes, '$', ';' or newlines"
+            )
         return value
 
     @field_validator("extra_args")
@@ -121,21 +145,35 @@ class SlurmSpec(_Section):
         out: dict[str, Any] = {}
         for key, v in value.items():
             if not re.fullmatch(r"[a-z][a-z0-9-]{0,63}", key):
-                raise _FieldError((key,), f"{key!r} is not an sbatch long option name",
-                                  "lowercase letters, digits, '-'",
-                                  "write the long option without its dashes, e.g. reservation, mail-user")
+                raise _FieldError(
+                    (key,),
+                    f"{key!r} is not an sbatch long option name",
+                    "lowercase letters, digits, '-'",
+                    "write the long option without its dashes, e.g. reservation, mail-user",
+                )
             if key in SBATCH_FIELDS:
-                raise _FieldError((key,), f"--{key} has its own field", f"slurm.{SBATCH_FIELDS[key]}",
-                                  f"set slurm.{SBATCH_FIELDS[key]} instead (one place for each setting)")
+                raise _FieldError(
+                    (key,),
+                    f"--{key} has its own field",
+                    f"slurm.{SBATCH_FIELDS[key]}",
+                    f"set slurm.{SBATCH_FIELDS[key]} instead (one place for each setting)",
+                )
             if key in SBATCH_OWNED:
-                raise _FieldError((key,), f"--{key} is set by the launcher ({SBATCH_OWNED[key]})",
-                                  "any other sbatch long option", "remove it")
+                raise _FieldError(
+                    (key,),
+                    f"--{key} is set by the launcher ({SBATCH_OWNED[key]})",
+                    "any other sbatch long option",
+                    "remove it",
+                )
             if isinstance(v, str) and (CONTROL_RE.search(v) or "\\" in v or len(v) > SBATCH_VALUE_MAX):
-                raise _FieldError((key,), "an #SBATCH value must be one line without backslashes (a newline would "
-                                  "start a script line; sbatch's own parser drops backslashes); got "
-                                  f"{v[:80]!r}{'...' if len(v) > 80 else ''}",
-                                  f"one line of at most {SBATCH_VALUE_MAX} characters, no '\\'",
-                                  "remove the control characters and backslashes")
+                raise _FieldError(
+                    (key,),
+                    "an #SBATCH value must be one line without backslashes (a newline would "
+                    "start a script line; sbatch's own parser drops backslashes); got "
+                    f"{v[:80]!r}{'...' if len(v) > 80 else ''}",
+                    f"one line of at most {SBATCH_VALUE_MAX} characters, no '\\'",
+                    "remove the control characters and backslashes",
+                )
             if v is False:  # `exclusive: false` means "leave it off"; submitit would write --exclusive=False
                 continue
             out[key] = v
@@ -144,18 +182,25 @@ class SlurmSpec(_Section):
     @model_validator(mode="after")
     def _one_job_count(self) -> SlurmSpec:
         if self.jobs is not None and self.max_gpus is not None:
-            raise _FieldError(("jobs",), f"both jobs ({self.jobs}) and max_gpus ({self.max_gpus}) are set",
-                              "one of slurm.jobs or slurm.max_gpus", "remove one: max_gpus counts GPUs, jobs counts "
-                              "array elements (each with gpus_per_node GPUs)")
+            raise _FieldError(
+                ("jobs",),
+                f"both jobs ({self.jobs}) and max_gpus ({self.max_gpus}) are set",
+                "one of slurm.jobs or slurm.max_gpus",
+                "remove one: max_gpus counts GPUs, jobs counts array elements (each with gpus_per_node GPUs)",
+            )
         return self
 
     @model_validator(mode="after")
     def _signal_before_limit(self) -> SlurmSpec:
         if self.signal_delay_s >= self.time_min * 60:
-            raise _FieldError(("signal_delay_s",), f"signal_delay_s {self.signal_delay_s} s is not shorter than the "
-                              f"time limit {self.time!r} ({self.time_min} min): USR2 would come at once and every "
-                              "attempt would requeue without doing anything", f"less than {self.time_min * 60}",
-                              "raise slurm.time or lower slurm.signal_delay_s (e.g. a tenth of the time limit)")
+            raise _FieldError(
+                ("signal_delay_s",),
+                f"signal_delay_s {self.signal_delay_s} s is not shorter than the "
+                f"time limit {self.time!r} ({self.time_min} min): USR2 would come at once and every "
+                "attempt would requeue without doing anything",
+                f"less than {self.time_min * 60}",
+                "raise slurm.time or lower slurm.signal_delay_s (e.g. a tenth of the time limit)",
+            )
         return self
 
     @property

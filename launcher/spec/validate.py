@@ -19,11 +19,19 @@ M = TypeVar("M", bound=BaseModel)
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 MAX_PROBLEMS = 12
 # Fields holding paths, made absolute against the folder of the file that set them.
-PATH_KEYS: tuple[Key, ...] = (("model", "path"), ("data", "preamble"), ("output", "dir"), ("output", "scratch_dir"),
-                              ("data_root",))
+PATH_KEYS: tuple[Key, ...] = (
+    ("model", "path"),
+    ("data", "preamble"),
+    ("output", "dir"),
+    ("output", "scratch_dir"),
+    ("data_root",),
+)
 RENAMED: dict[Key, tuple[str, str]] = {  # key -> (its new name, what it means now)
-    ("data", "scenario"): ("data.preamble", "a text file every prompt starts with; the old --scenario_path named the "
-                                            "records, which `launcher run --scenario_path` does again"),
+    ("data", "scenario"): (
+        "data.preamble",
+        "a text file every prompt starts with; the old --scenario_path named the "
+        "records, which `launcher run --scenario_path` does again",
+    ),
 }
 
 
@@ -78,8 +86,13 @@ def _refuse_renamed(layers: Layers) -> None:
         for part in key[:-1]:
             parent = parent.get(part) if isinstance(parent, dict) else None
         if isinstance(parent, dict) and key[-1] in parent:
-            raise SpecError.one(layers.where(key), _dotted(key), f"{_dotted(key)} was renamed {new}",
-                                allowed=f"{new}: {meaning}", fix=f"rename the key to {new.split('.')[-1]}")
+            raise SpecError.one(
+                layers.where(key),
+                _dotted(key),
+                f"{_dotted(key)} was renamed {new}",
+                allowed=f"{new}: {meaning}",
+                fix=f"rename the key to {new.split('.')[-1]}",
+            )
 
 
 def _problem(err: Any, layers: Layers, root: type[BaseModel]) -> Problem:
@@ -109,9 +122,13 @@ def _problem(err: Any, layers: Layers, root: type[BaseModel]) -> Problem:
     message = _message(err["msg"], got)
     fix = ""
     if kind == "string_pattern_mismatch" and ctx.get("pattern") == SLUG:
-        return Problem(where, _dotted(loc), f"{got!r} cannot be used as a name (it becomes part of folder names "
-                       "and Slurm job names)", "1-64 of letters, digits, '_', '.', '-'; first a letter or digit",
-                       f"e.g. {_slugify(str(got))!r}")
+        return Problem(
+            where,
+            _dotted(loc),
+            f"{got!r} cannot be used as a name (it becomes part of folder names and Slurm job names)",
+            "1-64 of letters, digits, '_', '.', '-'; first a letter or digit",
+            f"e.g. {_slugify(str(got))!r}",
+        )
     if kind in {"literal_error", "enum"} and isinstance(got, str) and field_info is not None:
         choices = _literal_choices(field_info.annotation)
         hint = difflib.get_close_matches(got, [str(c) for c in choices], n=1, cutoff=0.5)
@@ -124,9 +141,15 @@ def _problem(err: Any, layers: Layers, root: type[BaseModel]) -> Problem:
 
 
 # pydantic's error kinds (string_type, int_parsing, ...) -> what to write instead
-_TYPE_WORDS = {"string": "text (quote it if it looks like a number)", "int": "a whole number", "float": "a number",
-               "bool": "true or false", "list": "a list, e.g. [a, b] or one '- item' per line",
-               "dict": "a mapping of key: value lines", "model": "a section of key: value lines"}
+_TYPE_WORDS = {
+    "string": "text (quote it if it looks like a number)",
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "list": "a list, e.g. [a, b] or one '- item' per line",
+    "dict": "a mapping of key: value lines",
+    "model": "a section of key: value lines",
+}
 
 
 def _message(msg: str, got: Any) -> str:

@@ -62,8 +62,9 @@ def write_atomic(path: Path, data: bytes, wait_s: float | None = None) -> None:
             if deadline is None:
                 deadline = now + (storage_wait_s() if wait_s is None else wait_s)
                 if now < deadline:
-                    log.warning("%s: %s; waiting up to %.0f s for the storage to recover", path, exc.strerror,
-                                deadline - now)
+                    log.warning(
+                        "%s: %s; waiting up to %.0f s for the storage to recover", path, exc.strerror, deadline - now
+                    )
             if now >= deadline:
                 raise
             time.sleep(min(pause_s, deadline - now))
@@ -89,8 +90,9 @@ def dumps_line(obj: dict[str, Any]) -> str:
 
 
 def write_json_atomic(path: Path, obj: Any, wait_s: float | None = None) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode(),
-                 wait_s)
+    write_atomic(
+        path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode(), wait_s
+    )
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:

@@ -82,8 +82,15 @@ class Owner:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Owner:
-        return cls(str(obj["worker"]), str(obj["host"]), int(obj["pid"]), obj.get("pid_start"),
-                   str(obj.get("pid_ns", "unknown")), obj.get("job_id"), int(obj.get("restart") or 0))
+        return cls(
+            str(obj["worker"]),
+            str(obj["host"]),
+            int(obj["pid"]),
+            obj.get("pid_start"),
+            str(obj.get("pid_ns", "unknown")),
+            obj.get("job_id"),
+            int(obj.get("restart") or 0),
+        )
 
     def label(self) -> str:
         job = f" job {self.job_id}" + (f" restart {self.restart}" if self.restart else "") if self.job_id else ""
@@ -111,8 +118,9 @@ class ClaimBook:
             names = [p.name for p in self.folder.iterdir()]
         except FileNotFoundError:
             return None
-        gens = sorted((int(n.removesuffix(".json")) for n in names if n.endswith(".json") and n[:-5].isdigit()),
-                      reverse=True)
+        gens = sorted(
+            (int(n.removesuffix(".json")) for n in names if n.endswith(".json") and n[:-5].isdigit()), reverse=True
+        )
         for gen in gens:
             path = self.folder / f"{gen:06d}.json"
             try:

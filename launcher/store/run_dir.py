@@ -1,17 +1,17 @@
 """store/run_dir.py: the run directory's paths, computed in one place. Nothing else spells them.
 
-    <output.dir>/runs/<run id>/
-        spec.json  plan.json       what every job reads (written at submit; the run id is read from here, never
-                                   recomputed: a touched input mid-run must not move a job's outputs)
-        run.json                   identity, submissions, image, versions
-        container.json             the container request (0600: it may hold secrets)
-        prompt_stats.json          prompt lengths per unit, measured once by the first worker (engine sizing)
-        units/<unit id>/           chunks, claims, done marker (unit_dir.py)
-        jobs/<array index>/        live.json, failures/, requeues/, attempts/: one Slurm array element's history
-        workers/<slot>-r<restart>-<pid>.json   one worker process: host, GPUs, units, rates, engine settings
-        logs/                      submitit's logs
-        submit.lock  gather.lock   one submit, one gather at a time
-        summary.json               the run's wall-clock figures, written by gather
+<output.dir>/runs/<run id>/
+    spec.json  plan.json       what every job reads (written at submit; the run id is read from here, never
+                               recomputed: a touched input mid-run must not move a job's outputs)
+    run.json                   identity, submissions, image, versions
+    container.json             the container request (0600: it may hold secrets)
+    prompt_stats.json          prompt lengths per unit, measured once by the first worker (engine sizing)
+    units/<unit id>/           chunks, claims, done marker (unit_dir.py)
+    jobs/<array index>/        live.json, failures/, requeues/, attempts/: one Slurm array element's history
+    workers/<slot>-r<restart>-<pid>.json   one worker process: host, GPUs, units, rates, engine settings
+    logs/                      submitit's logs
+    submit.lock  gather.lock   one submit, one gather at a time
+    summary.json               the run's wall-clock figures, written by gather
 """
 
 from __future__ import annotations

@@ -141,8 +141,10 @@ class UnitDir:
                 problems.append(f"chunk {path} is missing")
                 continue
             if chunk_digest(data) != digest:
-                problems.append(f"chunk {path} fails its checksum (sha256 starts {chunk_digest(data)}, "
-                                f"{digest} when written): damaged or truncated")
+                problems.append(
+                    f"chunk {path} fails its checksum (sha256 starts {chunk_digest(data)}, "
+                    f"{digest} when written): damaged or truncated"
+                )
         return problems
 
     def reopen(self, why: str) -> None:

@@ -40,8 +40,10 @@ def gather_job(run_dir: str) -> dict[str, Any]:
     from launcher.plan.persist import load_plan
 
     reports = gather(load_plan(Path(run_dir)))
-    return {f"{r.dataset}/{r.ablation}": {"records": r.records, "samples": r.samples, "quarantined": r.quarantined}
-            for r in reports}
+    return {
+        f"{r.dataset}/{r.ablation}": {"records": r.records, "samples": r.samples, "quarantined": r.quarantined}
+        for r in reports
+    }
 
 
 @dataclass
@@ -72,8 +74,13 @@ def executor_params(spec: JobSpec, run_dir: Path) -> dict[str, Any]:
     }
     if s.gpus_per_node:
         params["gpus_per_node"] = s.gpus_per_node
-    optional = {"slurm_partition": s.partition, "slurm_account": s.account, "slurm_qos": s.qos,
-                "slurm_constraint": s.constraint, "slurm_mem": s.mem}
+    optional = {
+        "slurm_partition": s.partition,
+        "slurm_account": s.account,
+        "slurm_qos": s.qos,
+        "slurm_constraint": s.constraint,
+        "slurm_mem": s.mem,
+    }
     params.update({k: v for k, v in optional.items() if v is not None})
     if s.extra_args:
         params["slurm_additional_parameters"] = {k.replace("-", "_"): v for k, v in s.extra_args.items()}
@@ -109,8 +116,12 @@ def make_executor(spec: JobSpec, folder: Path, kind: str | None = None) -> submi
         ids = [int(x) for x in allocated_gpus().ids if x.isdigit()]
         local.update_parameters(timeout_min=spec.slurm.time_min, gpus_per_node=len(ids), visible_gpus=ids)
         return local
-    ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=spec.slurm.max_requeues,
-                               slurm_python=python_command(spec, folder.parent))
+    ex = submitit.AutoExecutor(
+        folder=folder,
+        cluster="slurm",
+        slurm_max_num_timeout=spec.slurm.max_requeues,
+        slurm_python=python_command(spec, folder.parent),
+    )
     ex.update_parameters(**executor_params(spec, folder.parent))
     return ex
 
@@ -145,10 +156,13 @@ def submit(plan: Plan, kind: str | None = None, resolved: ResolvedRun | None = N
         if kind == "slurm":
             busy = active_jobs(run.read_run())
             if busy:
-                raise Refused.one(str(run.root), "", f"run {run.run_id} still has {len(busy)} job(s) in Slurm "
-                                  f"({', '.join(busy[:4])}{', ...' if len(busy) > 4 else ''})",
-                                  fix=f"wait for them, or `launcher cancel {run.root}` first (finished records are "
-                                      "kept)")
+                raise Refused.one(
+                    str(run.root),
+                    "",
+                    f"run {run.run_id} still has {len(busy)} job(s) in Slurm "
+                    f"({', '.join(busy[:4])}{', ...' if len(busy) > 4 else ''})",
+                    fix=f"wait for them, or `launcher cancel {run.root}` first (finished records are kept)",
+                )
         save_plan(plan)
         if spec.container.runtime != "none":
             from launcher.containers.shim import write_spec_request
@@ -165,22 +179,30 @@ def submit(plan: Plan, kind: str | None = None, resolved: ResolvedRun | None = N
         lock.record(local_processes(map(int, job_ids), range(jobs)) if kind == "local" else [])
         gather = submit_gather(plan, job_ids) if kind == "slurm" and spec.slurm.gather else None
         write_run_json(plan, job_ids, gather.job_id if gather else None, kind, jobs, len(todo), resolved)
-    return Submission(run.root, job_ids, gather.job_id if gather else None, handles, gather,
-                      len(plan.units) - len(todo), len(todo))
+    return Submission(
+        run.root, job_ids, gather.job_id if gather else None, handles, gather, len(plan.units) - len(todo), len(todo)
+    )
 
 
 def submit_gather(plan: Plan, job_ids: list[str]) -> Any:
     """`launcher gather` as a job that starts when every task has ended, whatever the outcome (afterany): it
     writes the outputs, or fails listing what is missing."""
     spec = plan.spec
-    gex = submitit.AutoExecutor(folder=plan.run.logs, cluster="slurm",
-                                slurm_python=python_command(spec, plan.run.root))
+    gex = submitit.AutoExecutor(folder=plan.run.logs, cluster="slurm", slurm_python=python_command(spec, plan.run.root))
     # The tasks' own limit, within 10..60 min: a long limit would keep the backfill scheduler from starting the
     # gather job next to a higher-priority job that waits for resources (it reserves the whole node ahead).
-    params: dict[str, Any] = {"name": f"{spec.name}-gather", "timeout_min": min(60, max(10, spec.slurm.time_min)),
-                              "cpus_per_task": 1, "nodes": 1, "tasks_per_node": 1}
-    for key, value in (("slurm_partition", spec.slurm.partition), ("slurm_account", spec.slurm.account),
-                       ("slurm_qos", spec.slurm.qos)):
+    params: dict[str, Any] = {
+        "name": f"{spec.name}-gather",
+        "timeout_min": min(60, max(10, spec.slurm.time_min)),
+        "cpus_per_task": 1,
+        "nodes": 1,
+        "tasks_per_node": 1,
+    }
+    for key, value in (
+        ("slurm_partition", spec.slurm.partition),
+        ("slurm_account", spec.slurm.account),
+        ("slurm_qos", spec.slurm.qos),
+    ):
         if value:
             params[key] = value
     if job_ids:
@@ -191,8 +213,15 @@ def submit_gather(plan: Plan, job_ids: list[str]) -> Any:
 
 def task_job_ids(run: dict[str, Any]) -> list[str]:
     """The Slurm job ids (array ids, or single job ids) of every submission of a run."""
-    return sorted({j.split("_")[0] for s in run.get("submissions", []) if s.get("executor", "slurm") == "slurm"
-                   for j in s.get("job_ids", [])}, key=int)
+    return sorted(
+        {
+            j.split("_")[0]
+            for s in run.get("submissions", [])
+            if s.get("executor", "slurm") == "slurm"
+            for j in s.get("job_ids", [])
+        },
+        key=int,
+    )
 
 
 def active_jobs(run: dict[str, Any]) -> list[str]:
@@ -201,8 +230,9 @@ def active_jobs(run: dict[str, Any]) -> list[str]:
     if not ids or not shutil.which("squeue"):
         return []
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i"], capture_output=True, text=True,
-                             timeout=60)
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i"], capture_output=True, text=True, timeout=60
+        )
     except (OSError, subprocess.SubprocessError):
         return []
     return out.stdout.split() if out.returncode == 0 else []  # 1: none of the ids is known any more

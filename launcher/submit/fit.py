@@ -83,30 +83,44 @@ def check_fits(spec: JobSpec) -> None:
     best_gpu = max(nodes, key=lambda n: n.gpus)
     best_mem = max(nodes, key=lambda n: n.mem_mb)
     if max(n.gpus for n in nodes) < s.gpus_per_node:
-        raise SpecError.one(spec.where("slurm", "gpus_per_node"), "slurm.gpus_per_node",
-                            f"{s.gpus_per_node} GPUs per job, but no node of {part} has that many (the most is "
-                            f"{best_gpu.gpus}, on {best_gpu.name}): the job would stay PENDING forever",
-                            allowed=f"at most {best_gpu.gpus}",
-                            fix=f"set slurm.gpus_per_node: {best_gpu.gpus} or fewer (more jobs run side by side: "
-                                "slurm.max_gpus), or choose another slurm.partition")
+        raise SpecError.one(
+            spec.where("slurm", "gpus_per_node"),
+            "slurm.gpus_per_node",
+            f"{s.gpus_per_node} GPUs per job, but no node of {part} has that many (the most is "
+            f"{best_gpu.gpus}, on {best_gpu.name}): the job would stay PENDING forever",
+            allowed=f"at most {best_gpu.gpus}",
+            fix=f"set slurm.gpus_per_node: {best_gpu.gpus} or fewer (more jobs run side by side: "
+            "slurm.max_gpus), or choose another slurm.partition",
+        )
     if max(n.cpus for n in nodes) < cpus:
         per = max(1, best_cpu.cpus // max(1, s.gpus_per_node))
-        raise SpecError.one(spec.where("slurm", "cpus_per_gpu"), "slurm.cpus_per_gpu",
-                            f"{cpus} CPUs per job (cpus_per_gpu {s.cpus_per_gpu} x {max(1, s.gpus_per_node)} GPU(s)), "
-                            f"but no node of {part} has that many (the most is {best_cpu.cpus}, on {best_cpu.name}): "
-                            "the job would stay PENDING forever", allowed=f"at most {best_cpu.cpus} CPUs per job",
-                            fix=f"set slurm.cpus_per_gpu: {per}")
+        raise SpecError.one(
+            spec.where("slurm", "cpus_per_gpu"),
+            "slurm.cpus_per_gpu",
+            f"{cpus} CPUs per job (cpus_per_gpu {s.cpus_per_gpu} x {max(1, s.gpus_per_node)} GPU(s)), "
+            f"but no node of {part} has that many (the most is {best_cpu.cpus}, on {best_cpu.name}): "
+            "the job would stay PENDING forever",
+            allowed=f"at most {best_cpu.cpus} CPUs per job",
+            fix=f"set slurm.cpus_per_gpu: {per}",
+        )
     if mem is not None and max(n.mem_mb for n in nodes) < mem:
-        raise SpecError.one(spec.where("slurm", "mem"), "slurm.mem",
-                            f"{s.mem} of memory per job, but no node of {part} has that much (the most is "
-                            f"{best_mem.mem_mb} MB, on {best_mem.name}): the job would stay PENDING forever",
-                            allowed=f"at most {best_mem.mem_mb}M", fix=f"set slurm.mem: {best_mem.mem_mb // 1024}G or "
-                            "less, or leave it unset (the cluster's default)")
-    raise SpecError.one(spec.where("slurm"), "slurm", f"no single node of {part} has {cpus} CPUs, "
-                        f"{s.gpus_per_node} GPU(s) and {s.mem or 'the default memory'} together: the job would stay "
-                        "PENDING forever", allowed=", ".join(f"{n.name}: {n.cpus} CPUs, {n.gpus} GPUs, {n.mem_mb} MB"
-                                                             for n in nodes[:5]),
-                        fix="ask for what one node has (slurm.cpus_per_gpu, slurm.gpus_per_node, slurm.mem)")
+        raise SpecError.one(
+            spec.where("slurm", "mem"),
+            "slurm.mem",
+            f"{s.mem} of memory per job, but no node of {part} has that much (the most is "
+            f"{best_mem.mem_mb} MB, on {best_mem.name}): the job would stay PENDING forever",
+            allowed=f"at most {best_mem.mem_mb}M",
+            fix=f"set slurm.mem: {best_mem.mem_mb // 1024}G or less, or leave it unset (the cluster's default)",
+        )
+    raise SpecError.one(
+        spec.where("slurm"),
+        "slurm",
+        f"no single node of {part} has {cpus} CPUs, "
+        f"{s.gpus_per_node} GPU(s) and {s.mem or 'the default memory'} together: the job would stay "
+        "PENDING forever",
+        allowed=", ".join(f"{n.name}: {n.cpus} CPUs, {n.gpus} GPUs, {n.mem_mb} MB" for n in nodes[:5]),
+        fix="ask for what one node has (slurm.cpus_per_gpu, slurm.gpus_per_node, slurm.mem)",
+    )
 
 
 PENDING_REASONS = {

@@ -59,8 +59,10 @@ def local_processes(pids: Iterable[int], tasks: Iterable[int]) -> list[LocalProc
     there)."""
     have_proc = Path("/proc/self/stat").exists()
     host = os.uname().nodename
-    return [LocalProcess(pid, process_start(pid) if have_proc else None, task, host)
-            for pid, task in zip(pids, tasks, strict=True)]
+    return [
+        LocalProcess(pid, process_start(pid) if have_proc else None, task, host)
+        for pid, task in zip(pids, tasks, strict=True)
+    ]
 
 
 def read_local_processes(path: Path) -> list[LocalProcess]:
@@ -134,8 +136,12 @@ def submit_lock(path: Path) -> Iterator[SubmitLock]:
         except BlockingIOError:
             f.seek(0)
             holder = _read_record(f.read()).get("holder") or "pid unknown"
-            raise Refused.one(str(path), "", f"another `launcher submit` of this run holds it ({holder})",
-                              fix="wait for it, or check `launcher status`") from None
+            raise Refused.one(
+                str(path),
+                "",
+                f"another `launcher submit` of this run holds it ({holder})",
+                fix="wait for it, or check `launcher status`",
+            ) from None
         try:
             f.seek(0)
             lock = SubmitLock(path, f, _read_record(f.read()))
@@ -154,11 +160,19 @@ def refuse_if_local_run_lives(lock: SubmitLock, run_dir: Path, unfinished: set[i
     pids = " ".join(str(p.pid) for p in busy)
     elsewhere = sorted({p.host for p in busy if p.host != here})
     if elsewhere:
-        raise Refused.one(str(run_dir), "", f"the local run started by `launcher submit` ({lock.local_by()}) may "
-                          f"still run {len(busy)} job(s) of this run on {', '.join(elsewhere)} (pids {pids}), which "
-                          f"this host ({here}) cannot check", fix=f"submit from {elsewhere[0]}, or once those "
-                          f"processes have ended there, delete {lock.path}")
-    raise Refused.one(str(run_dir), "", f"the local run started by `launcher submit` ({lock.local_by()}) is still "
-                      f"running {len(busy)} job(s) of this run (pids {pids}), which write the same outputs",
-                      fix=f"wait for them to end (`launcher status {run_dir}` shows progress), or stop them "
-                          f"(`kill {pids}`), then submit again: finished records are kept")
+        raise Refused.one(
+            str(run_dir),
+            "",
+            f"the local run started by `launcher submit` ({lock.local_by()}) may "
+            f"still run {len(busy)} job(s) of this run on {', '.join(elsewhere)} (pids {pids}), which "
+            f"this host ({here}) cannot check",
+            fix=f"submit from {elsewhere[0]}, or once those processes have ended there, delete {lock.path}",
+        )
+    raise Refused.one(
+        str(run_dir),
+        "",
+        f"the local run started by `launcher submit` ({lock.local_by()}) is still "
+        f"running {len(busy)} job(s) of this run (pids {pids}), which write the same outputs",
+        fix=f"wait for them to end (`launcher status {run_dir}` shows progress), or stop them "
+        f"(`kill {pids}`), then submit again: finished records are kept",
+    )

@@ -21,8 +21,14 @@ def sbatch_preview(plan: Plan, n_tasks: int | None = None) -> str:
     ex = ss.SlurmExecutor(folder=plan.run.logs, python=python_command(spec, plan.run.root))
     generic = executor_params(spec, plan.run.root)
     # AutoExecutor's generic names -> SlurmExecutor's own (the same translation submitit does internally).
-    mapping = {"timeout_min": "time", "cpus_per_task": "cpus_per_task", "gpus_per_node": "gpus_per_node",
-               "nodes": "nodes", "tasks_per_node": "ntasks_per_node", "name": "job_name"}
+    mapping = {
+        "timeout_min": "time",
+        "cpus_per_task": "cpus_per_task",
+        "gpus_per_node": "gpus_per_node",
+        "nodes": "nodes",
+        "tasks_per_node": "ntasks_per_node",
+        "name": "job_name",
+    }
     params: dict[str, Any] = {}
     for k, v in generic.items():
         params[mapping.get(k, k.removeprefix("slurm_"))] = v
@@ -49,16 +55,31 @@ def plan_json(plan: Plan) -> dict[str, Any]:
     from launcher.plan.preflight import duplicate_report
 
     est, why = estimate(plan)
-    return {"run_id": plan.run.run_id, "run_dir": str(plan.run.root), "units": len(plan.units),
-            "jobs": plan.jobs, "jobs_reason": plan.jobs_reason, "gpus_per_job": plan.spec.slurm.gpus_per_node,
-            "gpus": plan.gpus, "records": plan.total_records, "samples": plan.total_samples,
-            "rows_per_dataset": plan.rows_per_dataset,
-            "estimate": {"generation_s": round(est.generation_s, 1), "startup_s": round(est.startup_s, 1),
-                         "gpu_hours": round(est.gpu_hours, 3), "basis": est.basis} if est else None,
-            "estimate_reason": why, "duplicates": duplicate_report(plan.spec),
-            "unit_list": [{"index": u.index, "unit_id": u.unit_id, "rows": [u.start, u.stop]} for u in plan.units],
-            "sbatch": sbatch_preview(plan) if plan.spec.executor == "slurm" else None,
-            "container_argv": container_argv_preview(plan)}
+    return {
+        "run_id": plan.run.run_id,
+        "run_dir": str(plan.run.root),
+        "units": len(plan.units),
+        "jobs": plan.jobs,
+        "jobs_reason": plan.jobs_reason,
+        "gpus_per_job": plan.spec.slurm.gpus_per_node,
+        "gpus": plan.gpus,
+        "records": plan.total_records,
+        "samples": plan.total_samples,
+        "rows_per_dataset": plan.rows_per_dataset,
+        "estimate": {
+            "generation_s": round(est.generation_s, 1),
+            "startup_s": round(est.startup_s, 1),
+            "gpu_hours": round(est.gpu_hours, 3),
+            "basis": est.basis,
+        }
+        if est
+        else None,
+        "estimate_reason": why,
+        "duplicates": duplicate_report(plan.spec),
+        "unit_list": [{"index": u.index, "unit_id": u.unit_id, "rows": [u.start, u.stop]} for u in plan.units],
+        "sbatch": sbatch_preview(plan) if plan.spec.executor == "slurm" else None,
+        "container_argv": container_argv_preview(plan),
+    }
 
 
 def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0.0) -> None:
@@ -69,18 +90,28 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
     for col in ("#", "unit id", "dataset", "ablation", "rows", "samples"):
         table.add_column(col, justify="right" if col in {"#", "rows", "samples"} else "left")
     for u in plan.units[:show]:
-        table.add_row(str(u.index), u.unit_id, u.dataset, u.ablation, f"{u.start}-{u.stop - 1}",
-                      str(u.rows * spec.data.num_samples))
+        table.add_row(
+            str(u.index),
+            u.unit_id,
+            u.dataset,
+            u.ablation,
+            f"{u.start}-{u.stop - 1}",
+            str(u.rows * spec.data.num_samples),
+        )
     if len(plan.units) > show:
         table.add_row("...", f"{len(plan.units) - show} more", "", "", "", "")
     console.print(table)
     s = spec.slurm
-    console.print(f"[bold]{len(plan.units)}[/] unit(s), {plan.total_records} records x {spec.data.num_samples} samples"
-                  f" = [bold]{plan.total_samples}[/] samples; executor {spec.executor}; planned in {seconds:.2f}s")
+    console.print(
+        f"[bold]{len(plan.units)}[/] unit(s), {plan.total_records} records x {spec.data.num_samples} samples"
+        f" = [bold]{plan.total_samples}[/] samples; executor {spec.executor}; planned in {seconds:.2f}s"
+    )
     workers = f"one worker per GPU group of its {s.gpus_per_node} GPU(s)" if s.gpus_per_node else "one worker on CPU"
-    console.print(f"[bold]{plan.jobs}[/] worker job(s) ({plan.jobs_reason}), {workers}: "
-                  f"[bold]{plan.gpus}[/] GPU(s) at most; each worker starts its engine once and claims units until "
-                  "none is left")
+    console.print(
+        f"[bold]{plan.jobs}[/] worker job(s) ({plan.jobs_reason}), {workers}: "
+        f"[bold]{plan.gpus}[/] GPU(s) at most; each worker starts its engine once and claims units until "
+        "none is left"
+    )
     from launcher.plan.preflight import duplicate_report
 
     for line in duplicate_report(spec):
@@ -88,13 +119,17 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
     est, why = estimate(plan)
     if est is not None:
         wall = est.startup_s + est.generation_s
-        console.print(f"estimate: ~{_duration(wall)} wall ({_duration(est.startup_s)} start-up + at most "
-                      f"{_duration(est.generation_s)} generating), ~{est.gpu_hours:.2f} GPU-hours; {est.basis}")
+        console.print(
+            f"estimate: ~{_duration(wall)} wall ({_duration(est.startup_s)} start-up + at most "
+            f"{_duration(est.generation_s)} generating), ~{est.gpu_hours:.2f} GPU-hours; {est.basis}"
+        )
     else:
         console.print(f"estimate: none ({why})")
-    console.print(f"per job: {s.gpus_per_node} GPU(s), {s.cpus_per_gpu * max(1, s.gpus_per_node)} CPUs, "
-                  f"mem {s.mem or 'cluster default'}, time {s.time}; partition {s.partition or 'default'}"
-                  + (f", at most {s.array_parallelism} at once" if s.array_parallelism else ""))
+    console.print(
+        f"per job: {s.gpus_per_node} GPU(s), {s.cpus_per_gpu * max(1, s.gpus_per_node)} CPUs, "
+        f"mem {s.mem or 'cluster default'}, time {s.time}; partition {s.partition or 'default'}"
+        + (f", at most {s.array_parallelism} at once" if s.array_parallelism else "")
+    )
     console.print(f"outputs: {plan.run.output_dir}/<dataset>/<ablation>/   run state: {plan.run.root}")
     if spec.executor == "slurm":
         console.rule("sbatch script submit would write")

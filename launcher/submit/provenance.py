@@ -20,30 +20,66 @@ from launcher.spec import JobSpec
 from launcher.store import sha256_file, write_json_atomic
 
 
-def write_run_json(plan: Plan, job_ids: list[str], gather_id: str | None, executor: str, jobs: int,
-                   units_todo: int, resolved: ResolvedRun | None = None) -> None:
+def write_run_json(
+    plan: Plan,
+    job_ids: list[str],
+    gather_id: str | None,
+    executor: str,
+    jobs: int,
+    units_todo: int,
+    resolved: ResolvedRun | None = None,
+) -> None:
     spec = plan.spec
     previous = plan.run.read_run()
     inputs = resolved.inputs.as_json() if resolved else previous.get("inputs")
     input_changes = previous.get("input_changes", [])
     if resolved and resolved.changes:  # --resume with changed inputs: the run says so, forever
-        input_changes = [*input_changes, {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changes": resolved.changes,
-                                          "from_digest": (previous.get("inputs") or {}).get("digest"),
-                                          "to_digest": resolved.inputs.digest}]
-    submissions = [*previous.get("submissions", []), {
-        "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "submitted_epoch": time.time(), "executor": executor,
-        "job_ids": job_ids,
-        "array_job_id": job_ids[0].split("_")[0] if job_ids else None, "gather_job_id": gather_id,
-        "jobs": jobs, "job_indices": list(range(jobs)), "units_todo": units_todo,
-        "submission": os.environ.get("LAUNCHER_SUBMISSION"),
-        "user": getpass.getuser(), "host": os.uname().nodename}]
-    write_json_atomic(plan.run.run_json, {
-        "run_id": plan.run.run_id, "name": spec.name, "spec": redact(spec.model_dump(mode="json")),
-        "fingerprint": spec.fingerprint(), "units": len(plan.units), "records": plan.total_records,
-        "jobs": plan.jobs, "jobs_reason": plan.jobs_reason, "inputs": inputs, "input_changes": input_changes,
-        "launcher_version": __version__, "git_sha": git_sha(), "python": sys.version.split()[0],
-        "image": image_record(spec), "submissions": submissions,
-    })
+        input_changes = [
+            *input_changes,
+            {
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "changes": resolved.changes,
+                "from_digest": (previous.get("inputs") or {}).get("digest"),
+                "to_digest": resolved.inputs.digest,
+            },
+        ]
+    submissions = [
+        *previous.get("submissions", []),
+        {
+            "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "submitted_epoch": time.time(),
+            "executor": executor,
+            "job_ids": job_ids,
+            "array_job_id": job_ids[0].split("_")[0] if job_ids else None,
+            "gather_job_id": gather_id,
+            "jobs": jobs,
+            "job_indices": list(range(jobs)),
+            "units_todo": units_todo,
+            "submission": os.environ.get("LAUNCHER_SUBMISSION"),
+            "user": getpass.getuser(),
+            "host": os.uname().nodename,
+        },
+    ]
+    write_json_atomic(
+        plan.run.run_json,
+        {
+            "run_id": plan.run.run_id,
+            "name": spec.name,
+            "spec": redact(spec.model_dump(mode="json")),
+            "fingerprint": spec.fingerprint(),
+            "units": len(plan.units),
+            "records": plan.total_records,
+            "jobs": plan.jobs,
+            "jobs_reason": plan.jobs_reason,
+            "inputs": inputs,
+            "input_changes": input_changes,
+            "launcher_version": __version__,
+            "git_sha": git_sha(),
+            "python": sys.version.split()[0],
+            "image": image_record(spec),
+            "submissions": submissions,
+        },
+    )
 
 
 def redact(obj: Any) -> Any:
@@ -59,8 +95,13 @@ def git_sha() -> str | None:
     """The launcher's own commit when it runs from a checkout (a slow or hung git costs a submit at most
     $LAUNCHER_GIT_TIMEOUT_S, 5 s by default, while it holds the run's submit lock)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
-                             timeout=float(os.environ.get("LAUNCHER_GIT_TIMEOUT_S") or 5))
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=float(os.environ.get("LAUNCHER_GIT_TIMEOUT_S") or 5),
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -76,8 +117,12 @@ def image_record(spec: JobSpec) -> dict[str, Any]:
         record["sha256"] = sha256_file(path)
     elif c.runtime in {"docker", "podman"}:
         try:
-            out = subprocess.run([c.runtime, "image", "inspect", "--format", "{{.Id}}", c.image], capture_output=True,
-                                 text=True, timeout=30)
+            out = subprocess.run(
+                [c.runtime, "image", "inspect", "--format", "{{.Id}}", c.image],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             if out.returncode == 0:
                 record["id"] = out.stdout.strip()
             else:
@@ -85,7 +130,9 @@ def image_record(spec: JobSpec) -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError) as exc:
             record["id_error"] = f"{type(exc).__name__}: {exc}"[:300]
         if "id_error" in record:  # run.json then cannot say which image ran: say so where the user looks
-            print(f"warning: `{c.runtime} image inspect {c.image}` failed ({record['id_error']}); run.json will not "
-                  "record the image id", file=sys.stderr)
+            print(
+                f"warning: `{c.runtime} image inspect {c.image}` failed ({record['id_error']}); run.json will not "
+                "record the image id",
+                file=sys.stderr,
+            )
     return record
-

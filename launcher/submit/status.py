@@ -27,10 +27,28 @@ from launcher.submit.executors import task_job_ids
 
 UNITS_SHOWN = 30
 
-FINAL = {"DONE", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
-         "NOT SUBMITTED", "INTERRUPTED"}
-COLORS = {"DONE": "green", "FAILED": "red", "RUNNING": "yellow", "CANCELLED": "magenta", "TIMEOUT": "red",
-          "OUT_OF_MEMORY": "red", "PENDING": "cyan"}
+FINAL = {
+    "DONE",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "NOT SUBMITTED",
+    "INTERRUPTED",
+}
+COLORS = {
+    "DONE": "green",
+    "FAILED": "red",
+    "RUNNING": "yellow",
+    "CANCELLED": "magenta",
+    "TIMEOUT": "red",
+    "OUT_OF_MEMORY": "red",
+    "PENDING": "cyan",
+}
 
 
 @dataclass
@@ -95,11 +113,17 @@ class RunStatus:
         return dict(Counter(u.state for u in self.units))
 
     def as_json(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "run_dir": self.run_dir, "counts": self.counts,
-                "gather": {"job_id": self.gather_job_id, "state": self.gather_state}, "run": self.run_figures,
-                "warnings": self.warnings,
-                "jobs": [asdict(j) for j in self.jobs], "workers": [asdict(w) for w in self.workers],
-                "units": [asdict(u) for u in self.units]}
+        return {
+            "run_id": self.run_id,
+            "run_dir": self.run_dir,
+            "counts": self.counts,
+            "gather": {"job_id": self.gather_job_id, "state": self.gather_state},
+            "run": self.run_figures,
+            "warnings": self.warnings,
+            "jobs": [asdict(j) for j in self.jobs],
+            "workers": [asdict(w) for w in self.workers],
+            "units": [asdict(u) for u in self.units],
+        }
 
 
 def _expand(job_id: str) -> list[str]:
@@ -162,16 +186,25 @@ def collect(run_dir: Path) -> RunStatus:
     states = slurm_states(task_job_ids(run) + ([gather_id] if gather_id else []))
     local = latest.get("executor") == "local"
     reports = _latest_reports(plan)
-    jobs = [_job_status(plan, i, element_of.get(i), states, local, reports)
-            for i in range(int(latest.get("jobs") or 0))]
+    jobs = [
+        _job_status(plan, i, element_of.get(i), states, local, reports) for i in range(int(latest.get("jobs") or 0))
+    ]
     workers = [_worker_status(r) for r in reports.values()]
     units = [_unit_status(plan, u, latest.get("submission")) for u in plan.units]
     gather = states.get(gather_id) if gather_id else None
     from launcher.gather.throughput import run_figures
 
-    return RunStatus(plan.run.run_id, str(run_dir), jobs, workers, units, gather_id,
-                     (gather.state if gather else "SUBMITTED") if gather_id else None,
-                     run_figures(plan).headline(), run_warnings(plan))
+    return RunStatus(
+        plan.run.run_id,
+        str(run_dir),
+        jobs,
+        workers,
+        units,
+        gather_id,
+        (gather.state if gather else "SUBMITTED") if gather_id else None,
+        run_figures(plan).headline(),
+        run_warnings(plan),
+    )
 
 
 def run_warnings(plan: Plan) -> list[str]:
@@ -191,8 +224,9 @@ def _latest_reports(plan: Plan) -> dict[str, WorkerReport]:
     return out
 
 
-def _job_status(plan: Plan, index: int, jid: str | None, states: dict[str, JobState], local: bool,
-                reports: dict[str, WorkerReport]) -> JobStatus:
+def _job_status(
+    plan: Plan, index: int, jid: str | None, states: dict[str, JobState], local: bool, reports: dict[str, WorkerReport]
+) -> JobStatus:
     from launcher.job.retries import read_failures
 
     job_dir = plan.run.job(index)
@@ -213,8 +247,16 @@ def _job_status(plan: Plan, index: int, jid: str | None, states: dict[str, JobSt
     last_error = failures[-1]["error"] if failures else next((r["error"] for r in mine if r.get("error")), "") or ""
     if not last_error and state in FINAL - {"DONE", "COMPLETED", "NOT SUBMITTED"}:
         last_error = _last_log_error(plan.run.logs, jid)
-    return JobStatus(index, state, reason, (job.node if job else None) or fresh.get("host"), jid,
-                     int(fresh.get("restart") or 0), len(failures), last_error[:200])
+    return JobStatus(
+        index,
+        state,
+        reason,
+        (job.node if job else None) or fresh.get("host"),
+        jid,
+        int(fresh.get("restart") or 0),
+        len(failures),
+        last_error[:200],
+    )
 
 
 def _local_state(plan: Plan, index: int, reports: list[WorkerReport], all_done: bool) -> tuple[str, str]:
@@ -243,9 +285,19 @@ def _worker_status(r: WorkerReport) -> WorkerStatus:
         state = "lost"  # no heartbeat for a lease: the process died without a word (SIGKILL, node failure)
     first, last = r.get("first_request_at"), r.get("last_write_at")
     rate = r["samples"] / (last - first) if first and last and last > first and r.get("samples") else None
-    return WorkerStatus(str(r.get("slot")), str(r.get("host")), list(r.get("gpus") or []), state,
-                        list(r.get("current_units") or []), len(r.get("units_done") or []), int(r.get("records") or 0),
-                        int(r.get("samples") or 0), rate, int(r.get("restart") or 0), str(r.get("error") or "")[:200])
+    return WorkerStatus(
+        str(r.get("slot")),
+        str(r.get("host")),
+        list(r.get("gpus") or []),
+        state,
+        list(r.get("current_units") or []),
+        len(r.get("units_done") or []),
+        int(r.get("records") or 0),
+        int(r.get("samples") or 0),
+        rate,
+        int(r.get("restart") or 0),
+        str(r.get("error") or "")[:200],
+    )
 
 
 def _unit_status(plan: Plan, unit: Any, submission: str | None) -> UnitStatus:

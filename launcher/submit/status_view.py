@@ -20,12 +20,27 @@ def render(status: RunStatus) -> Group:
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(status.counts.items()))
     gather = f"; gather job {status.gather_job_id}: {status.gather_state}" if status.gather_job_id else ""
     fig = status.run_figures
-    rate = (f"{fig['samples']} samples, {fig['samples_per_sec']} samples/s by the wall clock, GPU busy "
-            f"{100 * fig['gpu_busy_fraction']:.0f}%" if fig.get("samples_per_sec") and fig.get("gpu_busy_fraction")
-            is not None else "no samples yet")
+    rate = (
+        f"{fig['samples']} samples, {fig['samples_per_sec']} samples/s by the wall clock, GPU busy "
+        f"{100 * fig['gpu_busy_fraction']:.0f}%"
+        if fig.get("samples_per_sec") and fig.get("gpu_busy_fraction") is not None
+        else "no samples yet"
+    )
     workers = Table(title=f"run {status.run_id}: units {counts}{gather}; {rate}")
-    for col in ("job", "state", "node", "slurm job", "worker", "GPUs", "worker state", "unit(s)", "records",
-                "samples/s", "requeues", "last error"):
+    for col in (
+        "job",
+        "state",
+        "node",
+        "slurm job",
+        "worker",
+        "GPUs",
+        "worker state",
+        "unit(s)",
+        "records",
+        "samples/s",
+        "requeues",
+        "last error",
+    ):
         workers.add_column(col)
     by_job: dict[int, list[WorkerStatus]] = {}
     for w in status.workers:
@@ -35,22 +50,39 @@ def render(status: RunStatus) -> Group:
         shown = f"{j.state} ({reason_words(j.reason)})" if j.reason else j.state
         ws = by_job.get(j.index) or [None]  # type: ignore[list-item]
         for k, w in enumerate(ws):
-            head = [str(j.index), f"[{color}]{shown}[/]" if color else shown, j.node or "", j.job_id or ""] if k == 0 \
+            head = (
+                [str(j.index), f"[{color}]{shown}[/]" if color else shown, j.node or "", j.job_id or ""]
+                if k == 0
                 else ["", "", "", ""]
+            )
             if w is None:
                 workers.add_row(*head, "", "", "", "", "", "", str(j.requeues), j.last_error)
                 continue
-            workers.add_row(*head, w.worker, ",".join(w.gpus) or "cpu", w.state, ", ".join(w.units) or "-",
-                            str(w.records), f"{w.samples_per_s:.2f}" if w.samples_per_s else "",
-                            str(j.requeues if k == 0 else w.restart), w.error or (j.last_error if k == 0 else ""))
+            workers.add_row(
+                *head,
+                w.worker,
+                ",".join(w.gpus) or "cpu",
+                w.state,
+                ", ".join(w.units) or "-",
+                str(w.records),
+                f"{w.samples_per_s:.2f}" if w.samples_per_s else "",
+                str(j.requeues if k == 0 else w.restart),
+                w.error or (j.last_error if k == 0 else ""),
+            )
     units = Table(title="units not done" if any(u.state != "DONE" for u in status.units) else "units: all done")
     for col in ("unit", "state", "records", "worker", "failures", "last error"):
         units.add_column(col)
     shown_units = [u for u in status.units if u.state != "DONE"][:UNITS_SHOWN]
     for u in shown_units:
         color = COLORS.get(u.state, "")
-        units.add_row(u.unit_id, f"[{color}]{u.state}[/]" if color else u.state, f"{u.records_done}/{u.records_total}",
-                      u.owner, str(u.failures), u.last_error)
+        units.add_row(
+            u.unit_id,
+            f"[{color}]{u.state}[/]" if color else u.state,
+            f"{u.records_done}/{u.records_total}",
+            u.owner,
+            str(u.failures),
+            u.last_error,
+        )
     rest = len([u for u in status.units if u.state != "DONE"]) - len(shown_units)
     if rest > 0:
         units.add_row("...", f"{rest} more", "", "", "", "")
@@ -58,8 +90,9 @@ def render(status: RunStatus) -> Group:
     return Group(workers, units, *notes)
 
 
-def show_status(run_dir: Path, console: Console, watch: bool = False, as_json: bool = False,
-                every_s: float = 3.0) -> int:
+def show_status(
+    run_dir: Path, console: Console, watch: bool = False, as_json: bool = False, every_s: float = 3.0
+) -> int:
     """Exit code 1 when some task has ended without finishing (failed, cancelled, timed out)."""
     if as_json:
         status = collect(run_dir)
@@ -96,8 +129,10 @@ def summary_line(status: RunStatus) -> str:
     total = sum(u.records_total for u in status.units)
     working = sum(1 for w in status.workers if w.state in ("running", "loading", "starting"))
     rate = status.run_figures.get("samples_per_sec")
-    return (f"{time.strftime('%H:%M:%S')} run {status.run_id}: units {counts}; records {done}/{total}; "
-            f"{working} worker(s) working" + (f"; {rate} samples/s" if rate else ""))
+    return (
+        f"{time.strftime('%H:%M:%S')} run {status.run_id}: units {counts}; records {done}/{total}; "
+        f"{working} worker(s) working" + (f"; {rate} samples/s" if rate else "")
+    )
 
 
 def _exit_code(status: RunStatus) -> int:

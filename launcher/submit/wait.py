@@ -55,9 +55,17 @@ class RecordCounter:
 def wait_and_gather(plan: Plan, sub: Any, console: Console, poll_s: float = 2.0) -> int:
     jobs = list(sub.jobs)
     counter = RecordCounter(plan)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
-                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-                  transient=False) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("records"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         bar = progress.add_task(f"{len(jobs)} worker job(s)", total=plan.total_records)
         while True:
             progress.update(bar, completed=counter.count())
@@ -88,13 +96,17 @@ def report_failed(plan: Plan, unit: Unit, console: Console) -> None:
     failures = plan.run.unit(unit.unit_id).read_failures()
     job_failures = [f for i in range(plan.jobs) for f in read_failures(plan.run.job(i).root)]
     if not failures and not job_failures:
-        console.print(f"[red]unit {unit.unit_id} did not finish[/] (no failure recorded: cancelled, or timed out "
-                      f"too many times); logs: {plan.run.logs}")
+        console.print(
+            f"[red]unit {unit.unit_id} did not finish[/] (no failure recorded: cancelled, or timed out "
+            f"too many times); logs: {plan.run.logs}"
+        )
         return
     if failures:
         last = failures[-1]
-        console.print(f"[red]unit {unit.unit_id} failed[/] {len(failures)} time(s), last in worker "
-                      f"{last.get('worker')} on {last.get('host')}: {last.get('error')}")
+        console.print(
+            f"[red]unit {unit.unit_id} failed[/] {len(failures)} time(s), last in worker "
+            f"{last.get('worker')} on {last.get('host')}: {last.get('error')}"
+        )
     if job_failures:
         last = sorted(job_failures, key=lambda f: f.get("time", 0))[-1]
         for line in last.get("log_tail", [])[-LOG_LINES_SHOWN:]:
@@ -117,20 +129,25 @@ def print_warnings(plan: Plan, console: Console) -> None:
 def print_reports(reports: list[GroupReport], console: Console) -> None:
     for r in reports:
         summary = json.loads((r.out_dir / "inference_summary.json").read_text())
-        console.print(f"[green]{r.dataset}/{r.ablation}[/]: {r.records} records, {r.samples} samples"
-                      + (f", {r.quarantined} quarantined" if r.quarantined else "")
-                      + f" -> {r.out_dir}")
-        console.print(f"  backend {summary['backend']} (TP={summary['tensor_parallel_size']}, "
-                      f"DP={summary['data_parallel_size']}); {summary['throughput_samples_per_sec']} samples/s, "
-                      f"{summary['output_tokens_per_sec']} output tok/s over {summary['inference_time_seconds']}s "
-                      "(wall clock)")
+        console.print(
+            f"[green]{r.dataset}/{r.ablation}[/]: {r.records} records, {r.samples} samples"
+            + (f", {r.quarantined} quarantined" if r.quarantined else "")
+            + f" -> {r.out_dir}"
+        )
+        console.print(
+            f"  backend {summary['backend']} (TP={summary['tensor_parallel_size']}, "
+            f"DP={summary['data_parallel_size']}); {summary['throughput_samples_per_sec']} samples/s, "
+            f"{summary['output_tokens_per_sec']} output tok/s over {summary['inference_time_seconds']}s "
+            "(wall clock)"
+        )
     if reports:
         run = json.loads((reports[0].out_dir / "inference_summary.json").read_text())["run"]
-        console.print(f"run: {run['samples']} samples in {run['generation_wall_s']} s of generation "
-                      f"({run['samples_per_sec']} samples/s by the wall clock, {run['workers_generating']} worker(s)); "
-                      f"GPU busy {_pct(run['gpu_busy_fraction'])} of the workers' time; e2e {run['e2e_wall_s']} s")
+        console.print(
+            f"run: {run['samples']} samples in {run['generation_wall_s']} s of generation "
+            f"({run['samples_per_sec']} samples/s by the wall clock, {run['workers_generating']} worker(s)); "
+            f"GPU busy {_pct(run['gpu_busy_fraction'])} of the workers' time; e2e {run['e2e_wall_s']} s"
+        )
 
 
 def _pct(x: float | None) -> str:
     return f"{100 * x:.0f}%" if x is not None else "n/a"
-
