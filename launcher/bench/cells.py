@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher.bench.runners import Workdir, _env, _run, measurement, toolkit_measurement
-from launcher.bench.workload import NUM_SAMPLES, RUN_SEED, ModelPreset, Shape, word
+from launcher.bench.runners import Workdir, _env, _run, measurement, raw_env, toolkit_measurement
+from launcher.bench.workload import NUM_SAMPLES, RUN_SEED, ModelPreset, Shape, bench_sampling, word
 from launcher.seeds import record_seed
 
 ABLATIONS = "abcdefgh"
@@ -127,14 +127,7 @@ def cells_spec(shape: CellsShape, model_dir: Path, folder: Path, out_dir: Path) 
             "chat_template": False,
             "fields": {"context": "ctx_a"},
         },
-        "sampling": {
-            "temperature": 1.0,
-            "top_p": 0.9,
-            "top_k": 50,
-            "max_tokens": shape.max_tokens,
-            "seed": RUN_SEED,
-            "ignore_eos": True,
-        },
+        "sampling": bench_sampling(shape.max_tokens),
         "output": {"dir": str(out_dir), "chunk_records": 64},
         "executor": "local",
     }
@@ -209,13 +202,7 @@ def run_cells_seed_loop(wd: Workdir, shape: CellsShape, folder: Path, timeout_s:
     compile cache is kept between them, as it would be for a user."""
     cache = wd.root / "raw-cache-cells"
     shutil.rmtree(cache, ignore_errors=True)
-    env = _env(
-        {
-            "VLLM_CACHE_ROOT": str(cache / "vllm"),
-            "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
-            "TRITON_CACHE_DIR": str(cache / "triton"),
-        }
-    )
+    env = raw_env(cache)
     walls: list[float] = []
     samples = tokens = 0
     for k, (ds, ab) in enumerate(cell_names(shape)[:measure]):

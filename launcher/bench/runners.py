@@ -183,6 +183,17 @@ def toolkit_measurement(
     )
 
 
+def raw_env(cache: Path) -> dict[str, str]:
+    """The environment of a raw-vLLM process: vLLM's own caches (what a user's script gets), kept under `cache`."""
+    return _env(
+        {
+            "VLLM_CACHE_ROOT": str(cache / "vllm"),
+            "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+            "TRITON_CACHE_DIR": str(cache / "triton"),
+        }
+    )
+
+
 def run_raw(
     wd: Workdir,
     shapes: Sequence[Shape],
@@ -194,13 +205,7 @@ def run_raw(
     """One process, one engine, all `shapes` in turn. e2e wall: the process's own wall (exit included, as for the
     toolkit) when it ran one shape; else start-up + that shape's generation."""
     cache = wd.root / "raw-cache"
-    env = _env(
-        {
-            "VLLM_CACHE_ROOT": str(cache / "vllm"),
-            "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
-            "TRITON_CACHE_DIR": str(cache / "triton"),
-        }
-    )
+    env = raw_env(cache)
     out = wd.runs / f".{system}.raw.json".replace(":", "_")
     cmd = [
         sys.executable,

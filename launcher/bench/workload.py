@@ -164,6 +164,18 @@ def write_dataset(shape: Shape, preset: ModelPreset, out: Path) -> tuple[Path, P
     return data, ids
 
 
+def bench_sampling(max_tokens: int) -> dict[str, Any]:
+    """The sampling every bench system uses (raw_vllm.py passes the same to SamplingParams)."""
+    return {
+        "temperature": 1.0,
+        "top_p": 0.9,
+        "top_k": 50,
+        "max_tokens": max_tokens,
+        "seed": RUN_SEED,
+        "ignore_eos": True,
+    }
+
+
 def toolkit_spec(
     shape: Shape,
     model_dir: Path,
@@ -194,14 +206,7 @@ def toolkit_spec(
             "num_samples": shape.n,
             "chat_template": False,
         },
-        "sampling": {
-            "temperature": 1.0,
-            "top_p": 0.9,
-            "top_k": 50,
-            "max_tokens": shape.max_tokens,
-            "seed": RUN_SEED,
-            "ignore_eos": True,
-        },
+        "sampling": bench_sampling(shape.max_tokens),
         "output": {"dir": str(out_dir), "chunk_records": 64},
         "executor": "local",
     }

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from launcher.store.atomic import sha256_file
+
 FULL_HASH_BYTES = 1 << 30  # hash a file whole up to 1 GiB; beyond, size + sampled blocks
 SAMPLE_BLOCKS = 32
 SAMPLE_BYTES = 1 << 16
@@ -35,14 +37,6 @@ MODEL_SMALL_FILES = (
     "quantize_config.json",
     "preprocessor_config.json",
 )
-
-
-def _sha_all(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _sampled_sha(path: Path, start: int = 0) -> str:
@@ -63,7 +57,7 @@ def _sampled_sha(path: Path, start: int = 0) -> str:
 def file_identity(path: Path) -> dict[str, Any]:
     size = path.stat().st_size
     if size <= FULL_HASH_BYTES:
-        return {"size": size, "sha256": _sha_all(path)}
+        return {"size": size, "sha256": sha256_file(path)}
     return {"size": size, "sampled_sha256": _sampled_sha(path)}
 
 

@@ -50,19 +50,24 @@ def allocated_gpus(env: Mapping[str, str] | None = None) -> GpuSet:
     return GpuSet(tuple(str(i) for i in range(_nvidia_smi_count())), "nvidia-smi")
 
 
-def _nvidia_smi_count() -> int:
+def _nvidia_smi(query: str) -> str | None:
+    """`nvidia-smi --query-gpu=QUERY` (CSV, no header, no units): no CUDA context in this process. None: no answer."""
     if not shutil.which("nvidia-smi"):
-        return 0
+        return None
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+        return subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=20,
             check=True,
         ).stdout
     except (subprocess.SubprocessError, OSError):
-        return 0
+        return None
+
+
+def _nvidia_smi_count() -> int:
+    out = _nvidia_smi("index") or ""
     return len([line for line in out.splitlines() if line.strip()])
 
 
@@ -76,17 +81,8 @@ class GpuInfo:
 def gpu_info() -> GpuInfo | None:
     """Name and memory of the first visible GPU (nvidia-smi: no CUDA context in this process). Asked once per
     process: nvidia-smi takes up to seconds on a node without persistence mode, and the GPUs do not change."""
-    if not shutil.which("nvidia-smi"):
-        return None
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
-    except (subprocess.SubprocessError, OSError):
+    out = _nvidia_smi("name,memory.total")
+    if out is None:
         return None
     first = out.strip().splitlines()[0] if out.strip() else ""
     if "," not in first:
