@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,16 +47,17 @@ def _clean(spec_path: Path, tmp_path: Path) -> list[dict]:
 # -- claims ---------------------------------------------------------------------------------------------------------
 
 
-def _race(folder: str, worker: str, barrier: mp.Barrier, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def _race(folder: str, worker: str, barrier: Any, done: Any, out: Any) -> None:
     barrier.wait()
     claim = ClaimBook(Path(folder)).try_claim(Owner.me(worker))
     out.put((worker, claim.generation if claim else None))
+    done.wait()  # stay alive until every racer has tried: a winner that exits is a dead owner, taken over
 
 
 def test_exactly_one_of_many_racing_workers_wins_a_claim(tmp_path: Path) -> None:
     ctx = mp.get_context("fork")
-    barrier, out = ctx.Barrier(8), ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(str(tmp_path / "claims"), f"0.{i}", barrier, out)) for i in range(8)]
+    barrier, done, out = ctx.Barrier(8), ctx.Barrier(8), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(str(tmp_path / "claims"), f"0.{i}", barrier, done, out)) for i in range(8)]
     for p in procs:
         p.start()
     for p in procs:
@@ -63,7 +65,7 @@ def test_exactly_one_of_many_racing_workers_wins_a_claim(tmp_path: Path) -> None
     results = [out.get(timeout=5) for _ in procs]
     winners = [w for w, gen in results if gen is not None]
     assert len(winners) == 1, results
-    # the winner's process has exited: on this host that is a dead owner, so the next claim takes generation 1
+    # the winner's process has exited now: on this host that is a dead owner, so the next claim takes generation 1
     me = Owner.me("9.0")
     claim = ClaimBook(tmp_path / "claims").try_claim(me)
     assert claim is not None and claim.generation == 1

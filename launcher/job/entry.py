@@ -12,6 +12,7 @@ requeued while slurm.max_retries allows (job/retries.py).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -34,6 +35,7 @@ from launcher.plan.layout import ParallelLayout, allocated_gpus, choose_layout, 
 from launcher.plan.persist import load_plan
 from launcher.slurm_env import SlurmEnv
 from launcher.store import WorkerReport, read_json, write_json_atomic
+from launcher.store.claims import process_start
 
 log = logging.getLogger("launcher.job")
 STOP_GRACE_S = 60.0  # how long a preempted job waits for its worker processes to flush
@@ -140,18 +142,26 @@ class WorkerGroup:
         ]
 
     def stop(self) -> None:
-        """Preemption or time limit: every worker writes what it finished and gives its units back."""
+        """Preemption or time limit: every worker writes what it finished and gives its units back.
+
+        Runs in submitit's USR2 handler, on the main thread, which is usually blocked in `_run_children`'s
+        Popen.wait() on a child: that frame holds the child's waitpid lock, so a Popen.wait() here could never reap
+        it and would spin for the whole grace time (past Slurm's GraceTime or signal delay: the job is then killed
+        without its checkpoint). So it never waits through Popen: it watches /proc, where an exited child is a
+        zombie until that outer wait reaps it."""
         if self.worker is not None:
             self.worker.stop_now()
         for p in self.children:
-            if p.poll() is None:
-                p.send_signal(signal.SIGUSR2)
+            if p.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGUSR2)
         deadline = time.time() + STOP_GRACE_S
-        for p in self.children:
-            try:
-                p.wait(max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                log.warning("worker process %d did not stop in %.0f s", p.pid, STOP_GRACE_S)
+        running = list(self.children)
+        while running and time.time() < deadline:
+            running = [p for p in running if p.returncode is None and process_start(p.pid) is not None]
+            time.sleep(0.05)
+        for p in running:
+            log.warning("worker process %d did not stop in %.0f s", p.pid, STOP_GRACE_S)
 
 
 def gather_if_done(run_dir: Path) -> None:

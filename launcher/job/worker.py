@@ -351,8 +351,12 @@ class Worker:
 
     def _fail(self, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}"
+        if self.writer is not None:
+            self.writer.flush(timeout_s=30)  # first: a unit whose last rows were still queued finishes, unblamed
         for active in self.active:
-            if not active.finished:
+            # Only units whose records went into the engine. A crash before that (the engine's start on a bad node)
+            # is not the claimed unit's: counted against it, every worker would skip it after max_retries + 1.
+            if not active.finished and active.first_at is not None:
                 active.dir.record_failure(
                     self.cfg.slot,
                     {
@@ -364,8 +368,6 @@ class Worker:
                         "job_id": self.owner.job_id,
                     },
                 )
-        if self.writer is not None:
-            self.writer.flush(timeout_s=30)
         self._release_unfinished()
         self._set(state="failed", error=error[:2000])
 
@@ -453,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(cfg)
 
     def on_signal(signum: int, frame: Any) -> None:
+        if worker.stop_requested:
+            # USR2 comes twice: Slurm signals every process of the job step, and the job forwards it. Raising here
+            # again would abort the first handler mid-flush, before it gave the units back.
+            return
         log.warning("worker %s: %s: flushing and giving its units back", cfg.slot, signal.Signals(signum).name)
         worker.stop_now()
         raise Stopped()

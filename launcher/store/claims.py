@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from launcher.slurm_env import SlurmEnv
+from launcher.store.atomic import STORAGE_ERRNOS, storage_wait_s
 
 LEASE_VAR = "LAUNCHER_CLAIM_LEASE_S"
 DEFAULT_LEASE_S = 120.0  # >> the heartbeat (5 s) and any sane clock skew between a node and the file server
 HEARTBEAT_S = 5.0
+STALE_CLAIM_S = 60.0  # an unreadable claim file this old was left by a writer that died: its number is reused
 
 
 def lease_s() -> float:
@@ -140,16 +142,52 @@ class ClaimBook:
             return None
         gen = 0 if head is None else head.generation + 1
         path = self.folder / f"{gen:06d}.json"
+        deadline: float | None = None
+        while True:
+            try:
+                return self._create(path, gen, me)
+            except FileExistsError:
+                if self._clear_stale(path):
+                    continue  # a claim file a crash left unreadable long ago: its number is free again
+                return None  # another worker won this generation
+            except OSError as exc:  # full or read-only storage: waited out as every other write (store/atomic.py)
+                if exc.errno not in STORAGE_ERRNOS:
+                    raise
+                deadline = deadline if deadline is not None else time.monotonic() + storage_wait_s()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
+
+    def _create(self, path: Path, gen: int, me: Owner) -> Claim:
         self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return None  # another worker won this generation
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(asdict(me)))
-            f.flush()
-            os.fsync(f.fileno())
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(asdict(me)))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                path.unlink()  # never leave a half-written claim behind
+            raise
         return Claim(gen, path, me)
+
+    @staticmethod
+    def _clear_stale(path: Path) -> bool:
+        """True when `path` was an unreadable claim older than STALE_CLAIM_S (its writer died between creating and
+        writing it) and is now moved aside. A fresh unreadable one is a racer writing this instant: left alone."""
+        try:
+            Owner.from_json(json.loads(path.read_text()))
+            return False
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        try:
+            if time.time() - path.stat().st_mtime < STALE_CLAIM_S:
+                return False
+            path.rename(path.with_name(f"{path.name}.unreadable-{os.getpid()}"))
+            return True
+        except OSError:
+            return False
 
     def still_mine(self, claim: Claim) -> bool:
         """False once another worker took the unit over (a higher generation exists)."""

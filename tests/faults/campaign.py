@@ -78,11 +78,13 @@ def schedule(trials: Sequence[Trial]) -> list[Trial]:
     any outage waits), then the rest with the node failures, the worker kills and the preemptions spread among them;
     the other kinds keep the machine busy meanwhile. (Node failures first raced the time limits for the gate: a time
     limit that lost waited for both outages, then ran its 2-minute attempt, 2.5 minutes late.)"""
+
     def spread(base: list[Trial], extra: list[Trial]) -> list[Trial]:
         out, step = list(base), max(1, len(base) // (len(extra) + 1))
         for i, t in enumerate(extra):
             out.insert(min(len(out), (i + 1) * step + i), t)
         return out
+
     of = {k: [t for t in trials if t.kind == k] for k in KINDS}
     special = _interleave(of["workerkill"], of["node"], of["preempt"])
     others = [t for t in trials if t.kind not in ("timeout", "node", "preempt", "workerkill")]
@@ -96,8 +98,9 @@ def preflight() -> None:
         raise SystemExit("no live local Slurm: run `make slurm-up` (bash slurm/up.sh)")
 
 
-def run_campaign(trials: Sequence[Trial], wl: Workload, workers: int = 8,
-                 on_result: Callable[[TrialResult], None] | None = None) -> dict[str, Any]:
+def run_campaign(
+    trials: Sequence[Trial], wl: Workload, workers: int = 8, on_result: Callable[[TrialResult], None] | None = None
+) -> dict[str, Any]:
     """The reference, then every trial (up to `workers` at once). Whatever happens, slurmd runs and nothing stays
     mounted at the end."""
     t0 = time.monotonic()
@@ -135,12 +138,24 @@ def cpu_times() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def report(results: Sequence[TrialResult], wl: Workload, reference_s: float, wall_s: float,
-           workers: int) -> dict[str, Any]:
+def report(
+    results: Sequence[TrialResult], wl: Workload, reference_s: float, wall_s: float, workers: int
+) -> dict[str, Any]:
     by_kind: dict[str, dict[str, Any]] = {}
     for r in results:
-        k = by_kind.setdefault(r.kind, {"label": KIND_LABELS[r.kind], "trials": 0, "passed": 0, "landed": 0,
-                                        "records": 0, "lost": 0, "duplicated": 0, "identical": 0})
+        k = by_kind.setdefault(
+            r.kind,
+            {
+                "label": KIND_LABELS[r.kind],
+                "trials": 0,
+                "passed": 0,
+                "landed": 0,
+                "records": 0,
+                "lost": 0,
+                "duplicated": 0,
+                "identical": 0,
+            },
+        )
         k["trials"] += 1
         k["passed"] += r.passed
         k["landed"] += r.landed
@@ -152,17 +167,29 @@ def report(results: Sequence[TrialResult], wl: Workload, reference_s: float, wal
     slurm = cluster.run(["sinfo", "--version"]).stdout.strip()
     return {
         "summary": {
-            "trials_run": len(results), "trials_passed": sum(r.passed for r in results),
+            "trials_run": len(results),
+            "trials_passed": sum(r.passed for r in results),
             "faults_by_kind": dict(sorted(by_kind.items())),
-            "records_checked": sum(r.records for r in results), "records_lost": sum(r.lost for r in results),
+            "records_checked": sum(r.records for r in results),
+            "records_lost": sum(r.lost for r in results),
             "records_duplicated": sum(r.duplicated for r in results),
-            "outputs_identical": sum(r.identical for r in results), "faults_landed": sum(r.landed for r in results),
-            "wall_seconds": wall_s, "reference_seconds": reference_s,
+            "outputs_identical": sum(r.identical for r in results),
+            "faults_landed": sum(r.landed for r in results),
+            "wall_seconds": wall_s,
+            "reference_seconds": reference_s,
         },
-        "setup": {"workers": workers, "units_per_trial": len(wl.units), "worker_jobs_per_trial": wl.jobs,
-                  "records_per_trial": wl.records,
-                  "datasets": [{"name": n, "records": k} for n, _, k in wl.datasets], "records_per_unit": wl.per_shard,
-                  "cpus": os.cpu_count(), "platform": platform.platform(), "slurm": slurm, "git_sha": sha},
+        "setup": {
+            "workers": workers,
+            "units_per_trial": len(wl.units),
+            "worker_jobs_per_trial": wl.jobs,
+            "records_per_trial": wl.records,
+            "datasets": [{"name": n, "records": k} for n, _, k in wl.datasets],
+            "records_per_unit": wl.per_shard,
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "slurm": slurm,
+            "git_sha": sha,
+        },
         "trials": [asdict(r) for r in results],
     }
 
@@ -170,8 +197,10 @@ def report(results: Sequence[TrialResult], wl: Workload, reference_s: float, wal
 def describe(r: TrialResult) -> str:
     verdict = "PASS" if r.passed else "FAIL"
     point = " ".join(f"{k}={v}" for k, v in r.point.items())
-    line = (f"{r.index:3d} {r.kind:<10} {verdict}  {r.seconds:6.1f}s  records {r.records} lost {r.lost} "
-            f"dup {r.duplicated} identical {'yes' if r.identical else 'NO'}  seed {r.seed}  {point}")
+    line = (
+        f"{r.index:3d} {r.kind:<10} {verdict}  {r.seconds:6.1f}s  records {r.records} lost {r.lost} "
+        f"dup {r.duplicated} identical {'yes' if r.identical else 'NO'}  seed {r.seed}  {point}"
+    )
     if not r.passed:
         line += f"\n      landed: {r.landed} ({r.evidence}); error: {r.error}"
     return line
@@ -179,8 +208,9 @@ def describe(r: TrialResult) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.faults.campaign", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=21,
-                        help=f"how many trials (kinds cycle: {len(KINDS)} or more has all)")
+    parser.add_argument(
+        "--trials", type=int, default=21, help=f"how many trials (kinds cycle: {len(KINDS)} or more has all)"
+    )
     parser.add_argument("--seed", type=int, default=1, help="the campaign's seed: same seed, same trials")
     parser.add_argument("--report", type=Path, help="write the JSON report here")
     parser.add_argument("--workers", type=int, default=8, help="trials at once (each has its own output dir)")
@@ -200,11 +230,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only:
         only = {int(i) for i in args.only.split(",")}
         trials = [t for t in trials if t.index in only]
-    print(f"fault campaign: {len(trials)} trials, seed {args.seed}, {args.workers} at once; work dir {work}",
-          flush=True)
+    print(
+        f"fault campaign: {len(trials)} trials, seed {args.seed}, {args.workers} at once; work dir {work}", flush=True
+    )
 
     def show(r: TrialResult) -> None:
         print(describe(r) + (f"\n      evidence: {r.evidence}" if args.evidence and r.passed else ""), flush=True)
+
     result = run_campaign(trials, wl, args.workers, on_result=show)
     summary = result["summary"]
     print(json.dumps(summary, indent=1))
@@ -218,8 +250,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # what tests/faults/test_fault_campaign.py uses
-__all__ = ["KINDS", "TrialResult", "Workload", "describe", "main", "make_workload", "plan_trials", "run_campaign",
-           "schedule"]
+__all__ = [
+    "KINDS",
+    "TrialResult",
+    "Workload",
+    "describe",
+    "main",
+    "make_workload",
+    "plan_trials",
+    "run_campaign",
+    "schedule",
+]
 
 if __name__ == "__main__":
     raise SystemExit(main())

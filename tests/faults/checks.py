@@ -101,12 +101,14 @@ def judge(run: TrialRun, result: TrialResult) -> TrialResult:
         result.landed, result.evidence = False, f"could not tell: {type(exc).__name__}: {exc}"
     if run.notes.get("gather_state") != "COMPLETED":
         result.error = result.error or f"gather job {run.notes.get('gather_state')}"
-    result.passed = (result.lost == 0 and result.duplicated == 0 and result.identical and result.landed
-                     and not result.error)
+    result.passed = (
+        result.lost == 0 and result.duplicated == 0 and result.identical and result.landed and not result.error
+    )
     return result
 
 
 # ---------------------------------------------------------------- did the fault land? (per kind)
+
 
 def _job_of(owner: dict[str, Any]) -> int:
     """A worker slot `<job index>.<replica>` -> the job index."""
@@ -126,9 +128,11 @@ def landed_sigkill(run: TrialRun) -> tuple[bool, str]:
     job = _job_of(killed)
     died = [f for f in job_failures(run.rd, job) if f.get("kind") == "died" and "SIGKILL" in f.get("error", "")]
     again, finished = _taken_again(run, killed)
-    return (bool(died) and again and run.notes["cut_mid_unit"],
-            f"killed pid {killed['pid']} (job {job}) after {run.notes['records_at_fault']} record(s); {len(died)} "
-            f"SIGKILL failure record(s), requeued by the teardown; {finished}")
+    return (
+        bool(died) and again and run.notes["cut_mid_unit"],
+        f"killed pid {killed['pid']} (job {job}) after {run.notes['records_at_fault']} record(s); {len(died)} "
+        f"SIGKILL failure record(s), requeued by the teardown; {finished}",
+    )
 
 
 def others_restarted(run: TrialRun) -> str:
@@ -148,10 +152,12 @@ def landed_workerkill(run: TrialRun) -> tuple[bool, str]:
     again, finished = _taken_again(run, killed)
     done = unit_done(run.rd, run.unit)
     by = "another worker" if done.get("worker") != killed["worker"] else "the same slot after the job's requeue"
-    return (bool(seen) and again and run.notes["cut_mid_unit"],
-            f"killed worker {killed['worker']} (pid {killed['pid']}, a worker process of its own) with "
-            f"{run.notes['chunks_at_kill']} chunk(s) written; job {job}: {len(seen)} failure record(s) naming it; "
-            f"{finished} ({by})")
+    return (
+        bool(seen) and again and run.notes["cut_mid_unit"],
+        f"killed worker {killed['worker']} (pid {killed['pid']}, a worker process of its own) with "
+        f"{run.notes['chunks_at_kill']} chunk(s) written; job {job}: {len(seen)} failure record(s) naming it; "
+        f"{finished} ({by})",
+    )
 
 
 def _signalled(run: TrialRun, owner: dict[str, Any], said: str) -> tuple[bool, str]:
@@ -163,8 +169,10 @@ def _signalled(run: TrialRun, owner: dict[str, Any], said: str) -> tuple[bool, s
     markers = requeue_markers(run.rd, job)
     again, finished = _taken_again(run, owner)
     states = sacct_states(first["array_job_id"])
-    return (bool(markers) and caught > 0 and again and run.notes["cut_mid_unit"],
-            f"job {job}: {len(markers)} requeue marker(s), {caught} x '{said}'; {finished}; sacct: {states}")
+    return (
+        bool(markers) and caught > 0 and again and run.notes["cut_mid_unit"],
+        f"job {job}: {len(markers)} requeue marker(s), {caught} x '{said}'; {finished}; sacct: {states}",
+    )
 
 
 def landed_preempt(run: TrialRun) -> tuple[bool, str]:
@@ -183,8 +191,10 @@ def landed_resubmit(run: TrialRun) -> tuple[bool, str]:
     again, finished = _taken_again(run, run.notes["holder"])
     todo = subs[-1].get("units_todo") if len(subs) > 1 else None
     when = "after the resubmit" if after else "BEFORE the resubmit"
-    return (len(subs) == 2 and bool(todo) and after and again and run.notes["cut_mid_unit"],
-            f"resubmitted with {todo} unit(s) to do ({run.notes['submit_said'][-1]!r}); {finished}, {when}")
+    return (
+        len(subs) == 2 and bool(todo) and after and again and run.notes["cut_mid_unit"],
+        f"resubmitted with {todo} unit(s) to do ({run.notes['submit_said'][-1]!r}); {finished}, {when}",
+    )
 
 
 def landed_node(run: TrialRun) -> tuple[bool, str]:
@@ -199,19 +209,23 @@ def landed_storage(run: TrialRun) -> tuple[bool, str]:
     notes = run.notes
     states = sacct_states(run.submissions()[0]["array_job_id"])
     user = f"; resubmitted {notes['resubmitted']}, which Slurm could not start" if "resubmitted" in notes else ""
-    return notes["cut_mid_unit"], (f"{notes['records_at_fault']} record(s) of {run.unit} written before the fault; "
-                                   f"sacct: {states}{user}")
+    return notes["cut_mid_unit"], (
+        f"{notes['records_at_fault']} record(s) of {run.unit} written before the fault; sacct: {states}{user}"
+    )
 
 
 def landed_touch(run: TrialRun) -> tuple[bool, str]:
-    """The touch changed what the spec's run id would be now, while the unit was mid-way (judge() checks the run
-    stayed in its own run dir all the same)."""
+    """The file got a new date while the unit was mid-way, and the submit after it went to the same run with
+    nothing to do (judge() checks that no other run dir appeared)."""
     notes = run.notes
-    moved = notes["run_id_now"] != run.rd.name
     before, after = notes["mtime_ns"]
-    return (moved and after != before and notes["cut_mid_unit"],
-            f"touched {Path(notes['touched']).name} after {notes['records_at_fault']} record(s) of {run.unit}: the "
-            f"spec's run id is now {notes['run_id_now']}, the run stayed in {run.rd.name}")
+    said = notes["submit_said"][-1]
+    same = notes["again_dir"] == str(run.rd) and "0 unit(s) to do" in said
+    return (
+        after != before and same and notes["cut_mid_unit"],
+        f"touched {Path(notes['touched']).name} after {notes['records_at_fault']} record(s) of {run.unit}; the "
+        f"spec's run id now: {notes['run_id_now']}; the run stayed in {run.rd.name}; submitted again: {said!r}",
+    )
 
 
 def landed_corrupt(run: TrialRun) -> tuple[bool, str]:
@@ -224,18 +238,32 @@ def landed_corrupt(run: TrialRun) -> tuple[bool, str]:
     redone = [r for r in worker_reports(run.rd) if float(r.get("started") or 0) >= notes["resubmitted_at"]]
     records = sum(int(r.get("records") or 0) for r in redone)
     one_unit = "1 unit(s) to do" in notes["submit_said"][-1]
-    ok = (notes["gather_rc"] == 1 and notes["gather_named_file"] and one_unit and bool(again)
-          and records == notes["rows_in_chunk"])
-    return ok, (f"flipped bit {run.trial.point['bit']} of byte {notes['offset']} in {name}; gather exit "
-                f"{notes['gather_rc']}, named it: {notes['gather_named_file']}; resubmit: "
-                f"{notes['submit_said'][-1]!r}; regenerated {records} record(s) (the chunk held "
-                f"{notes['rows_in_chunk']}) as {again}")
+    ok = (
+        notes["gather_rc"] == 1
+        and notes["gather_named_file"]
+        and one_unit
+        and bool(again)
+        and records == notes["rows_in_chunk"]
+    )
+    return ok, (
+        f"flipped bit {run.trial.point['bit']} of byte {notes['offset']} in {name}; gather exit "
+        f"{notes['gather_rc']}, named it: {notes['gather_named_file']}; resubmit: "
+        f"{notes['submit_said'][-1]!r}; regenerated {records} record(s) (the chunk held "
+        f"{notes['rows_in_chunk']}) as {again}"
+    )
 
 
 LANDED: dict[str, Callable[[TrialRun], tuple[bool, str]]] = {
-    "sigkill": landed_sigkill, "workerkill": landed_workerkill, "preempt": landed_preempt,
-    "timeout": landed_timeout, "resubmit": landed_resubmit, "node": landed_node, "readonly": landed_storage,
-    "diskfull": landed_storage, "touch": landed_touch, "corrupt": landed_corrupt,
+    "sigkill": landed_sigkill,
+    "workerkill": landed_workerkill,
+    "preempt": landed_preempt,
+    "timeout": landed_timeout,
+    "resubmit": landed_resubmit,
+    "node": landed_node,
+    "readonly": landed_storage,
+    "diskfull": landed_storage,
+    "touch": landed_touch,
+    "corrupt": landed_corrupt,
 }
 
 __all__ = ["LANDED", "TIMED_FILES", "TrialResult", "gathered_files", "judge"]

@@ -30,6 +30,7 @@ def run(cmd: list[str], timeout_s: float = 30) -> subprocess.CompletedProcess[st
 
 # ---------------------------------------------------------------- slurmd (the node failure)
 
+
 def _live_pid(pidfile: Path, comm: str) -> int | None:
     """The daemon's pid if it really runs. PID 1 here does not reap, so a dead daemon lingers as a zombie that
     `kill -0` still finds: read the state from /proc (as slurm/common.sh does), and the name, against pid reuse."""
@@ -38,7 +39,7 @@ def _live_pid(pidfile: Path, comm: str) -> int | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (OSError, ValueError, IndexError):
         return None
-    name, state = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()[0]
+    name, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()[0]
     return pid if name == comm and state not in {"Z", "X", "x"} else None
 
 
@@ -62,16 +63,23 @@ def start_slurmd(timeout_s: float = 60) -> int:
         log = SLURM_DIR / "log" / "slurmd.out"
         with open(log, "ab") as out:
             # slurmd daemonizes: the process we start exits at once, so wait() here, or it stays a zombie
-            subprocess.run(["setsid", "/usr/sbin/slurmd"], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                           timeout=timeout_s, check=False)
+            subprocess.run(
+                ["setsid", "/usr/sbin/slurmd"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                timeout=timeout_s,
+                check=False,
+            )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         pid = slurmd_pid()
         if pid is not None and node_state() in USABLE_NODE_STATES:
             return pid
         time.sleep(0.2)
-    raise RuntimeError(f"slurmd did not come back within {timeout_s:.0f}s (pid {pid}, node '{node_state()}'); "
-                       "run `bash slurm/up.sh`")
+    raise RuntimeError(
+        f"slurmd did not come back within {timeout_s:.0f}s (pid {pid}, node '{node_state()}'); run `bash slurm/up.sh`"
+    )
 
 
 @contextmanager
@@ -91,6 +99,7 @@ def slurmd_down() -> Iterator[int]:
 
 
 # ---------------------------------------------------------------- mounts (read-only storage, a full disk)
+
 
 def is_mountpoint(path: Path) -> bool:
     target = str(path.resolve())
@@ -163,6 +172,7 @@ def disk_full(path: Path, slack_pages: int, full_size: int) -> Iterator[int]:
 
 
 # ---------------------------------------------------------------- processes
+
 
 def environ_of(pid: int) -> dict[str, str]:
     try:

@@ -49,8 +49,15 @@ class TrialRun:
     """One trial: submit, inject at the chosen point, wait for the gather job, judge. Never raises: a trial that goes
     wrong is a failed trial with its error, and whatever it left in Slurm is cancelled."""
 
-    def __init__(self, trial: Trial, wl: Workload, reference: dict[str, bytes], gate: cluster.SignalGate,
-                 stop: threading.Event, campaign_t0: float) -> None:
+    def __init__(
+        self,
+        trial: Trial,
+        wl: Workload,
+        reference: dict[str, bytes],
+        gate: cluster.SignalGate,
+        stop: threading.Event,
+        campaign_t0: float,
+    ) -> None:
         self.trial, self.wl, self.reference, self.gate, self.stop = trial, wl, reference, gate, stop
         self.campaign_t0 = campaign_t0
         self.out_dir = wl.root / "trials" / trial.name
@@ -59,8 +66,9 @@ class TrialRun:
 
     # -- helpers
 
-    def wait_for(self, what: str, check: Callable[[], Any], timeout_s: float = TRIAL_TIMEOUT_S,
-                 every_s: float = 0.2) -> Any:
+    def wait_for(
+        self, what: str, check: Callable[[], Any], timeout_s: float = TRIAL_TIMEOUT_S, every_s: float = 0.2
+    ) -> Any:
         return wait_for(what, check, timeout_s, every_s, stop=self.stop)
 
     def spec(self, wl: Workload | None = None, model: dict[str, Any] | None = None, **slurm: Any) -> Path:
@@ -72,7 +80,8 @@ class TrialRun:
 
     def submit(self, spec: Path, env: dict[str, str] | None = None) -> Path:
         run_dir, proc = submit(spec, env=env)
-        self.notes.setdefault("submit_said", []).append(proc.stdout.splitlines()[0] if proc.stdout else "")
+        said = [line for line in proc.stdout.splitlines() if "unit(s) to do" in line]
+        self.notes.setdefault("submit_said", []).append(said[0] if said else proc.stdout[-300:])
         return run_dir
 
     @property
@@ -107,14 +116,17 @@ class TrialRun:
             if env.get("SLURM_ARRAY_JOB_ID", env.get("SLURM_JOB_ID")) != array:
                 return None
             return owner if cluster.is_worker_process(pid) == worker_child else None
+
         owner: dict[str, Any] = self.wait_for(f"the process that holds {self.unit}", find)
         return owner
 
     def wait_gathered(self) -> str:
         """Until the newest submission's gather job has ended (it starts once every worker job has ended)."""
+
         def ended() -> str | None:
             state = job_state(self.submissions()[-1]["gather_job_id"])
             return state if state in FINAL_JOB_STATES else None
+
         state: str = self.wait_for("the gather job", ended, every_s=1.0)
         return state
 
@@ -123,13 +135,19 @@ class TrialRun:
     def execute(self) -> TrialResult:
         t0 = time.monotonic()
         kind = self.trial.kind
-        result = TrialResult(self.trial.index, kind, self.trial.seed, self.trial.point, records=self.wl.records,
-                             started_s=round(t0 - self.campaign_t0, 1))
+        result = TrialResult(
+            self.trial.index,
+            kind,
+            self.trial.seed,
+            self.trial.point,
+            records=self.wl.records,
+            started_s=round(t0 - self.campaign_t0, 1),
+        )
         try:
             # the disk-full trial's output dir is a tmpfs from the start (a mount would hide what is under it)
             storage = cluster.tmpfs(self.out_dir, TMPFS_SIZE) if kind == "diskfull" else contextlib.nullcontext()
             # a worker-kill trial holds 2 fake GPUs until its jobs end: a preemption trial must not take them meanwhile
-            with storage, (self.gate.gpus if kind == "workerkill" else contextlib.nullcontext()):
+            with storage, self.gate.gpus if kind == "workerkill" else contextlib.nullcontext():
                 try:
                     INJECTORS[kind](self)
                     self.notes["gather_state"] = self.wait_gathered()
@@ -181,6 +199,7 @@ class TrialRun:
 
 # ---------------------------------------------------------------- the injectors, one per kind
 
+
 def inject_sigkill(run: TrialRun) -> None:
     """SIGKILL of the worker job's process (DP=1: the worker runs in it) while it holds the unit. srun's status
     reaches the batch script's teardown, which records the failure and requeues the job."""
@@ -216,8 +235,24 @@ def inject_preempt(run: TrialRun) -> None:
         run.run_dir = run.submit(run.spec(gpus_per_node=1, time=60), run.slow_env())
         run.wait_records()
         # all 4 GPUs: every debug job holding one (this trial's jobs)
-        high = cluster.run(["sbatch", "--parsable", "-p", "high", "--gres=gpu:4", "-c", "1", "--mem=64M",
-                            "-J", f"{run.trial.name}-high", "-o", "/dev/null", "--wrap", "true"])
+        high = cluster.run(
+            [
+                "sbatch",
+                "--parsable",
+                "-p",
+                "high",
+                "--gres=gpu:4",
+                "-c",
+                "1",
+                "--mem=64M",
+                "-J",
+                f"{run.trial.name}-high",
+                "-o",
+                "/dev/null",
+                "--wrap",
+                "true",
+            ]
+        )
         if high.returncode != 0:
             raise RuntimeError(f"sbatch of the preempting job failed: {high.stderr}")
         run.notes["high_job"] = high_job = high.stdout.strip().split(";")[0]
@@ -262,9 +297,14 @@ def inject_timeout(run: TrialRun) -> None:
     with run.gate.signal_window(run.stop):  # every job is slowed: each waits for its USR2
         run.run_dir = run.submit(spec, run.slow_env(until_restart=1))
         jobs = len(run.submissions()[-1]["job_ids"])
-        run.wait_for("every worker job timed out and requeued (or every unit done)", lambda: all(
-            requeue_markers(run.rd, j) for j in range(jobs)) or all(unit_done(run.rd, u) for u, _ in run.wl.units),
-            every_s=1.0)
+        run.wait_for(
+            "every worker job timed out and requeued (or every unit done)",
+            lambda: (
+                all(requeue_markers(run.rd, j) for j in range(jobs))
+                or all(unit_done(run.rd, u) for u, _ in run.wl.units)
+            ),
+            every_s=1.0,
+        )
     run.notes["cut_mid_unit"] = True  # checked in landed(): the marker, the log, the unit claimed again
 
 
@@ -284,19 +324,25 @@ def inject_diskfull(run: TrialRun) -> None:
 
 
 def inject_touch(run: TrialRun) -> None:
-    """The unit's dataset file is touched while the workers run (a new mtime: the spec's run id, which hashes its
-    inputs, changes). Jobs, requeues and the gather job must stay in the run dir they were submitted with."""
+    """The unit's dataset file is touched while the workers run: a new mtime, the same bytes. A run is what its
+    inputs hold, not their dates: the jobs, their requeues and the gather job stay in the run dir they were submitted
+    with, and a submit of the same spec afterwards goes to that same run with nothing to do (not to a new run, and
+    not refused as changed inputs)."""
     from launcher.spec import load_spec
 
-    wl = run.wl.with_data_copy(run.wl.root / "touched" / run.trial.name)  # the other trials' run ids stay put
+    wl = run.wl.with_data_copy(run.wl.root / "touched" / run.trial.name)  # the other trials' inputs stay put
     spec = run.spec(wl)
     run.run_dir = run.submit(spec, run.slow_env())
     run.wait_records()
     path = wl.dataset_of(run.unit)
     before = path.stat().st_mtime_ns
-    os.utime(path)
-    run.notes.update(touched=str(path), mtime_ns=[before, path.stat().st_mtime_ns],
-                     run_id_now=load_spec(spec).run_id)
+    now = max(time.time_ns(), before + 1_000_000_000)  # a date of its own, however coarse the file system's clock
+    os.utime(path, ns=(now, now))
+    run.notes.update(touched=str(path), mtime_ns=[before, path.stat().st_mtime_ns], run_id_now=load_spec(spec).run_id)
+    first = run.wait_gathered()
+    if first != "COMPLETED":
+        raise RuntimeError(f"the touched run did not complete: gather job {first}")
+    run.notes["again_dir"] = str(run.submit(spec))  # as a user would, after touching the file
 
 
 def inject_corrupt(run: TrialRun) -> None:
@@ -318,8 +364,12 @@ def inject_corrupt(run: TrialRun) -> None:
     gathered = launcher("gather", str(run.rd))
     said = gathered.stdout + gathered.stderr
     # named: the whole path, verbatim (one line: a path broken at the terminal's width cannot be copied)
-    run.notes.update(offset=offset, gather_rc=gathered.returncode, gather_said=said[-1500:],
-                     gather_named_file=str(path) in said and "fails its checksum" in said)
+    run.notes.update(
+        offset=offset,
+        gather_rc=gathered.returncode,
+        gather_said=said[-1500:],
+        gather_named_file=str(path) in said and "fails its checksum" in said,
+    )
     # the gathered outputs of that dataset go too: the resubmission's gather must write them again, byte for byte
     shutil.rmtree(run.out_dir / run.unit.split(".")[0] / "full", ignore_errors=True)
     run.notes["resubmitted_at"] = time.time()
@@ -327,9 +377,16 @@ def inject_corrupt(run: TrialRun) -> None:
 
 
 INJECTORS: dict[str, Callable[[TrialRun], None]] = {
-    "sigkill": inject_sigkill, "preempt": inject_preempt, "resubmit": inject_resubmit, "node": inject_node,
-    "timeout": inject_timeout, "readonly": inject_readonly, "diskfull": inject_diskfull,
-    "workerkill": inject_workerkill, "touch": inject_touch, "corrupt": inject_corrupt,
+    "sigkill": inject_sigkill,
+    "preempt": inject_preempt,
+    "resubmit": inject_resubmit,
+    "node": inject_node,
+    "timeout": inject_timeout,
+    "readonly": inject_readonly,
+    "diskfull": inject_diskfull,
+    "workerkill": inject_workerkill,
+    "touch": inject_touch,
+    "corrupt": inject_corrupt,
 }
 
 __all__ = ["INJECTORS", "TMPFS_SIZE", "TRIAL_TIMEOUT_S", "TrialRun"]

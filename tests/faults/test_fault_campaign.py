@@ -18,8 +18,12 @@ from .campaign import KINDS, TrialResult, Workload, describe, make_workload, pla
 
 TRIALS = int(os.environ.get("LAUNCHER_FAULT_TRIALS", "21"))
 SEED = int(os.environ.get("LAUNCHER_FAULT_SEED", "6"))
-SHAPE = Workload(Path("/nonexistent"), Path("/nonexistent"),
-                 (("ds_a", Path("a.jsonl"), 4), ("ds_b", Path("b.jsonl"), 4)), per_shard=4)
+SHAPE = Workload(
+    Path("/nonexistent"),
+    Path("/nonexistent"),
+    (("ds_a", Path("a.jsonl"), 4), ("ds_b", Path("b.jsonl"), 4)),
+    per_shard=4,
+)
 
 
 def test_trials_come_from_the_seed_and_cover_every_kind() -> None:
@@ -30,7 +34,7 @@ def test_trials_come_from_the_seed_and_cover_every_kind() -> None:
     assert trials != plan_trials(TRIALS, SEED + 1, SHAPE)
     assert {"workerkill", "touch", "corrupt"} <= set(KINDS)
     for start in range(0, len(trials) - len(KINDS) + 1, len(KINDS)):
-        assert {t.kind for t in trials[start:start + len(KINDS)]} == set(KINDS)
+        assert {t.kind for t in trials[start : start + len(KINDS)]} == set(KINDS)
     units = dict(SHAPE.units)
     assert units == {"ds_a.full.0000": 4, "ds_b.full.0000": 4}
     for t in trials:
@@ -44,7 +48,7 @@ def test_trials_come_from_the_seed_and_cover_every_kind() -> None:
     order = schedule(trials)
     assert sorted(t.index for t in order) == list(range(TRIALS))
     timeouts = [t for t in trials if t.kind == "timeout"]
-    assert order[:len(timeouts)] == timeouts
+    assert order[: len(timeouts)] == timeouts
 
 
 @pytest.mark.slurm

@@ -55,6 +55,7 @@ def write_in_thread(path: Path) -> tuple[threading.Thread, list[BaseException]]:
             write_atomic(path, DATA)
         except BaseException as exc:
             errors.append(exc)
+
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     return thread, errors

@@ -31,7 +31,7 @@ KIND_LABELS = {
     "readonly": "storage read-only",
     "diskfull": "disk full",
     "workerkill": "kill -9 of one worker (DP=2) mid-unit",
-    "touch": "input touched mid-run",
+    "touch": "input touched mid-run (then submitted again)",
     "corrupt": "chunk corrupted after the run",
 }
 KINDS = tuple(KIND_LABELS)
@@ -76,8 +76,13 @@ class Workload:
         return replace(self, datasets=tuple(copies))
 
 
-def make_workload(root: Path, model: Path | None = None, shape: Sequence[tuple[str, int]] = (("ds_a", 4), ("ds_b", 4)),
-                  per_shard: int = 4, jobs: int = 2) -> Workload:
+def make_workload(
+    root: Path,
+    model: Path | None = None,
+    shape: Sequence[tuple[str, int]] = (("ds_a", 4), ("ds_b", 4)),
+    per_shard: int = 4,
+    jobs: int = 2,
+) -> Workload:
     root.mkdir(parents=True, exist_ok=True)
     if model is None:
         from launcher.demo_model import make_demo_model
@@ -89,16 +94,23 @@ def make_workload(root: Path, model: Path | None = None, shape: Sequence[tuple[s
     for name, n in shape:
         path = root / "data" / f"{name}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        rows = [{"user_id": f"{name}-u{i:02d}", "profile": {"age": 20 + i, "likes": ["films", "music"][i % 2]},
-                 "history": [f"review {i}.{j}: fine" for j in range(1 + i % 3)], "context": f"Write about item {i}."}
-                for i in range(n)]
+        rows = [
+            {
+                "user_id": f"{name}-u{i:02d}",
+                "profile": {"age": 20 + i, "likes": ["films", "music"][i % 2]},
+                "history": [f"review {i}.{j}: fine" for j in range(1 + i % 3)],
+                "context": f"Write about item {i}.",
+            }
+            for i in range(n)
+        ]
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         datasets.append((name, path, n))
     return Workload(root, model, tuple(datasets), per_shard, jobs)
 
 
-def write_spec(wl: Workload, name: str, out_dir: Path, slurm: dict[str, Any] | None = None,
-               model: dict[str, Any] | None = None) -> Path:
+def write_spec(
+    wl: Workload, name: str, out_dir: Path, slurm: dict[str, Any] | None = None, model: dict[str, Any] | None = None
+) -> Path:
     """A job spec on the local cluster's profile: `wl.jobs` worker jobs of one worker each (no GPU: DP=1) unless
     `slurm` says otherwise; one chunk per record, so a resume loses nothing that was written. `model` may set what
     does not change the samples (hf_batch_size)."""
@@ -106,8 +118,12 @@ def write_spec(wl: Workload, name: str, out_dir: Path, slurm: dict[str, Any] | N
         "extends": str(PROFILE),
         "name": name,
         "model": {"path": str(wl.model), **(model or {})},
-        "data": {"datasets": [{"name": n, "path": str(p)} for n, p, _ in wl.datasets], "ablation_configs": ["full"],
-                 "num_samples": 2, "records_per_shard": wl.per_shard},
+        "data": {
+            "datasets": [{"name": n, "path": str(p)} for n, p, _ in wl.datasets],
+            "ablation_configs": ["full"],
+            "num_samples": 2,
+            "records_per_shard": wl.per_shard,
+        },
         "sampling": {"max_tokens": 8, "seed": 7},
         "slurm": {"gpus_per_node": 0, "mem": "512M", "time": 5, "jobs": wl.jobs, **(slurm or {})},
         "output": {"dir": str(out_dir), "chunk_records": 1},
@@ -157,16 +173,23 @@ def draw_point(kind: str, rng: random.Random, wl: Workload) -> dict[str, Any]:
         # first attempt is slowed so that it cannot finish in time (every record sleeps slow_s: 4 records take
         # longer than 145 s); later ones run at full speed.
         slow_s = round(rng.uniform(36, 44), 1)
-        return {"unit": unit_id, "time_min": 2, "slow_s": slow_s,
-                "records_by_limit": f"{int(85 // slow_s)}..{int(145 // slow_s)}"}
+        return {
+            "unit": unit_id,
+            "time_min": 2,
+            "slow_s": slow_s,
+            "records_by_limit": f"{int(85 // slow_s)}..{int(145 // slow_s)}",
+        }
     # After 1..rows-1 records: the unit has started writing and has more to do. 1.5-2.5 s per record (slowed) gives
     # the injector time to act before the unit could finish. scancel and preemption need longer: submitit ignores
     # scancel's SIGTERM (a job was seen finishing its work 4.5 s after it), and Slurm holds back scheduling, the
     # preemptor's included, while any job on the node is completing (7 s seen). So 2 records or more are left then,
     # 3-4 s each.
     last, slow = (rows - 2, (3.0, 4.0)) if kind in ("resubmit", "preempt") else (rows - 1, (1.5, 2.5))
-    point: dict[str, Any] = {"unit": unit_id, "after_records": rng.randint(1, max(1, last)),
-                             "slow_s": round(rng.uniform(*slow), 2)}
+    point: dict[str, Any] = {
+        "unit": unit_id,
+        "after_records": rng.randint(1, max(1, last)),
+        "slow_s": round(rng.uniform(*slow), 2),
+    }
     if kind == "node":
         # at_submit: slurmd is down when the array is launched; the launch fails after MessageTimeout (10 s), so
         # Slurm marks the job NODE_FAIL and requeues it. mid_run: it dies while the workers run.
@@ -179,5 +202,15 @@ def draw_point(kind: str, rng: random.Random, wl: Workload) -> dict[str, Any]:
     return point
 
 
-__all__ = ["KINDS", "KIND_LABELS", "PROFILE", "ROOT", "Trial", "Workload", "draw_point",
-           "make_workload", "plan_trials", "write_spec"]
+__all__ = [
+    "KINDS",
+    "KIND_LABELS",
+    "PROFILE",
+    "ROOT",
+    "Trial",
+    "Workload",
+    "draw_point",
+    "make_workload",
+    "plan_trials",
+    "write_spec",
+]
