@@ -76,6 +76,13 @@ class Refused(LauncherError):
     headline = "refused"
 
 
+class NoRun(LauncherError, FileNotFoundError):
+    """A path given as a run (status, cancel, reproduce, resume) that holds no run. Exit code 2."""
+
+    exit_code = 2
+    headline = "no run there"
+
+
 class ContainerError(LauncherError, ValueError):
     """A container request that cannot be built or run (a bind, an env name, a runtime): the spec names it."""
 

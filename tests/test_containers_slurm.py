@@ -111,7 +111,10 @@ def _record():
 def _save(payload):
     results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     os.makedirs(results, exist_ok=True)
-    name = f"{os.environ.get('SLURM_JOB_ID', 'nojob')}-{os.getpid()}.json"
+    # A requeued job keeps its id, and a fresh container numbers its processes the same way: the restart count
+    # keeps the first attempt's record from being overwritten by the second's.
+    job, restart = os.environ.get("SLURM_JOB_ID", "nojob"), os.environ.get("SLURM_RESTART_COUNT", "0")
+    name = f"{job}-r{restart}-{os.getpid()}.json"
     with open(os.path.join(results, "." + name), "w") as f:
         json.dump(payload, f)
     os.replace(os.path.join(results, "." + name), os.path.join(results, name))

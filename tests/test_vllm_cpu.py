@@ -82,7 +82,17 @@ def test_auto_falls_back_to_hf_without_vllm(tmp_path: Path, tiny_model: Path, da
 def test_sigkill_then_rerun_loses_nothing(tmp_path: Path, tiny_model: Path) -> None:
     rows_in = USERS + [{**u, "user_id": u["user_id"] + "b"} for u in USERS] * 1
     data = write_jsonl(tmp_path / "d.jsonl", rows_in)
-    spec = _spec(tmp_path, tiny_model, data, sampling={"max_tokens": 64}, output={"chunk_records": 1})
+    # One record in the engine at a time (2 samples = 2 sequences): records finish one after another, so the kill
+    # lands between them however fast the machine is (all 20 in one batch finished together on a fast CI host).
+    spec = make_spec(
+        tmp_path,
+        tiny_model,
+        data,
+        name="v",
+        model={"backend": "vllm", "engine_args": {"max_num_seqs": 2}},
+        sampling={"max_tokens": 64},
+        output={"chunk_records": 1},
+    )
     plan = expand(load_spec(spec))
     save_plan(plan)
     units = [plan.run.unit(u.unit_id) for u in plan.units]

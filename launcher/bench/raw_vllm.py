@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from launcher.job.gpu_monitor import GpuSampler
+
 OLD_SCRIPT_DEFAULTS: dict[str, Any] = {
     "tensor_parallel_size": 1,
     "gpu_memory_utilization": 0.9,
@@ -88,9 +90,12 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             llm.generate(others, short, use_tqdm=False)
             warmup_s = round(time.perf_counter() - t0, 3)
+        sampler = GpuSampler(_visible_gpus(torch.cuda.device_count() if torch.cuda.is_available() else 0))
+        sampler.start()  # the same NVML figures as a toolkit worker's, over the same (generation) window
         t0 = time.perf_counter()
         outputs = llm.generate(prompts, params, use_tqdm=False)
         gen_s = time.perf_counter() - t0
+        sampler.stop()
         samples = sum(len(o.outputs) for o in outputs)
         tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
         results.append(
@@ -101,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 "output_tokens": tokens,
                 "generation_s": round(gen_s, 3),
                 "warmup_s": warmup_s,
+                "gpu_monitor": sampler.figures(),
             }
         )
     Path(args.out).write_text(
@@ -116,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     return 0
+
+
+def _visible_gpus(count: int) -> list[str]:
+    """The GPUs this process uses, as NVML must be asked for them (CUDA_VISIBLE_DEVICES, else 0..count-1)."""
+    visible = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return (visible or [str(i) for i in range(count)])[:count]
 
 
 def _max_position(model_dir: str) -> int:

@@ -172,8 +172,9 @@ def markdown(results: dict[str, Any]) -> str:
         "found the shared compile cache. Ratios use toolkit-warm where it was measured.",
         "",
         "| system | shape | records | samples/min | output tok/s | vs raw | gen s | e2e wall s | start-up s "
-        "(load / compile / graphs / other) | compile cache |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+        "(load / compile / graphs / other) | compile cache | SM util mean / p10 % | peak mem GiB | GPU-h "
+        "| samples/GPU-h |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|",
     ]
     order = {
         "toolkit": 0,
@@ -193,7 +194,9 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {m['system']} | {m['shape']} | {_f(m.get('records'))} | {_f(m['samples_per_min'])} | "
             f"{_f(m['output_tok_per_s'])} | {_f(vs, 2)} | {_f(m['generation_s'], 1)} | "
             f"{_f(m.get('wall_s'), 1)} | {_f(st.get('total_s'), 1)} ({split}) | "
-            f"{m.get('compile_cache') or '–'} |"
+            f"{m.get('compile_cache') or '–'} | {_f(m.get('gpu_util_mean_pct'))} / {_f(m.get('gpu_util_p10_pct'))} | "
+            f"{_f(m.get('gpu_memory_peak_gib'), 1)} | {_f(m.get('gpu_hours'), 3)} | "
+            f"{_f(m.get('samples_per_gpu_hour'))} |"
         )
     lines += ["", "## Ratios and targets", ""]
     for shape, r in results["analysis"]["ratios"].items():

@@ -22,6 +22,8 @@ from typing import Any
 
 from launcher.bench.startup_log import parse_startup, split
 from launcher.bench.workload import Shape, toolkit_spec
+from launcher.gather.throughput import summarize_gpu_samples
+from launcher.store import GpuFigures
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,6 +86,21 @@ def _run(
         tail = "\n".join(text.splitlines()[-25:])
         raise RunFailed(f"{cmd[2] if len(cmd) > 2 else cmd[0]} exited with {rc} after {wall:.0f}s; log {log}:\n{tail}")
     return wall, text
+
+
+GPU_COLUMNS = ("gpu_util_mean_pct", "gpu_util_p10_pct", "gpu_memory_peak_gib", "gpu_hours", "samples_per_gpu_hour")
+
+
+def gpu_columns(sampled: list[GpuFigures], wall_s: float, samples: int) -> dict[str, Any]:
+    """A raw process's NVML figures as the toolkit's summary has them; GPU-hours: its wall x the GPUs it sampled."""
+    figs = summarize_gpu_samples(sampled)
+    gpus = max((len(g.get("devices") or []) for g in sampled), default=0)
+    hours = wall_s * gpus / 3600
+    return {
+        **{k: figs.get(k) for k in GPU_COLUMNS if k in figs},
+        "gpu_hours": round(hours, 4) if gpus else None,
+        "samples_per_gpu_hour": round(samples / hours, 1) if gpus and hours else None,
+    }
 
 
 def measurement(system: str, shape: Shape, samples: int, tokens: int, gen_s: float, **extra: Any) -> dict[str, Any]:
@@ -177,6 +194,7 @@ def toolkit_measurement(
         layout=summary.get("layout"),
         replicas=len(engines),
         gpu_busy_fraction=run.get("gpu_busy_fraction"),
+        **{k: run.get(k) for k in GPU_COLUMNS},
         workers=summary.get("workers"),
         timing="wall clock across all workers",
         **extra,
@@ -246,6 +264,7 @@ def run_raw(
                 records=r["records"],
                 process_wall_s=round(wall, 2),
                 warmup_s=r.get("warmup_s"),
+                **gpu_columns([r["gpu_monitor"]] if r.get("gpu_monitor") else [], wall, r["samples"]),
             )
         )
     return rows

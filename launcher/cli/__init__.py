@@ -27,6 +27,7 @@ examples:
   launcher submit configs/demo.yaml --wait        submit, wait, gather (local executor: no cluster needed)
   launcher status outputs/demo                    one table per run: state, records done, speed, errors
   launcher run --checkpoint_dir M --dataset D.jsonl --output_dir OUT   the old inference_vllm.py flags
+  launcher reproduce outputs/demo --wait          run it again from its record; byte-identical on CPU
   launcher schema > spec.schema.json              JSON Schema for editors
 """
 
@@ -132,6 +133,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("b")
     c.add_argument("--json", action="store_true")
     c.add_argument("--min-agreement", type=float, default=None, help="exit 1 when agreement is below this")
+
+    c = sub.add_parser(
+        "reproduce",
+        help="Run a finished run again from its own record (spec, seeds, inputs, image, launcher), then compare.",
+        description="Run a finished run again from its record: the spec as resolved (seeds included), checked "
+        "against the inputs' content, the image digest and the launcher version/git sha it recorded; a mismatch "
+        "is refused (exit 2) unless allowed. Writes to --output-dir (default <output.dir>-reproduce). With --wait, "
+        "prints how far each dataset x ablation agrees with the original (byte-identical, else token agreement). "
+        "vLLM promises the same samples only on the same hardware with the same vLLM version.",
+    )
+    c.add_argument("run", help="the original run: run directory, output dir, or spec")
+    c.add_argument("--output-dir", type=Path, default=None, help="where the reproduction writes (a new folder)")
+    c.add_argument("--executor", choices=["slurm", "local"], help="override the recorded executor")
+    c.add_argument("--wait", action="store_true", help="wait, gather, and compare with the original")
+    c.add_argument("--allow-other-image", action="store_true", help="run even if the image digest differs")
+    c.add_argument(
+        "--allow-other-launcher", action="store_true", help="run even if the launcher version or git sha differs"
+    )
+    c.add_argument(
+        "--require-identical", action="store_true", help="with --wait: exit 1 unless every samples.jsonl is identical"
+    )
 
     c = sub.add_parser("demo-model", help="Make a tiny random Llama + locally trained tokenizer (seconds, CPU).")
     c.add_argument("dir")
@@ -307,6 +329,60 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if args.min_agreement is not None and cmp.agreement < args.min_agreement else 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from launcher.plan import check_inputs, expand
+    from launcher.plan.persist import find_run_dir, resolve_run
+    from launcher.submit.executors import submit
+    from launcher.submit.reproduce import agreement, check_reproducible, record_reproduction
+
+    check = check_reproducible(
+        find_run_dir(args.run), args.output_dir, args.allow_other_image, args.allow_other_launcher
+    )
+    for what in check.allowed_differences:
+        err.print(f"[yellow]allowed:[/] {escape(what)}", soft_wrap=True)
+    rows = check_inputs(check.spec)
+    resolved = resolve_run(check.spec)
+    plan = expand(check.spec, rows, run=resolved.run)
+    kind = args.executor or check.spec.executor
+    if kind == "slurm":
+        from launcher.submit.fit import check_fits
+
+        check_fits(check.spec)
+    sub = submit(plan, kind, resolved)
+    record_reproduction(plan, check)
+    console.print(
+        f"reproducing run [bold]{check.original.run.run_id}[/] ({check.original.run.root}) as "
+        f"{plan.run.root}: {len(sub.job_ids)} worker job(s) submitted"
+    )
+    pairs = [(check.original.run.output_dir / d / a, plan.run.output_dir / d / a) for d, a in check.original.cells()]
+    if not args.wait:
+        console.print("once it has finished: " + "; ".join(f"launcher compare {a} {b}" for a, b in pairs))
+        return 0
+    from launcher.submit.wait import wait_and_gather
+
+    code = wait_and_gather(plan, sub, console)
+    if code:
+        return code
+    cells = agreement(check.original, plan)
+    for c in cells:
+        shown = (
+            "byte-identical"
+            if c.byte_identical
+            else f"differs: token agreement {c.agreement:.4f}"
+            if c.agreement is not None
+            else "differs (sampled without token ids: `launcher compare` shows lengths and distinct-n)"
+        )
+        console.print(f"{c.dataset}/{c.ablation}: {shown} ({c.records[0]} vs {c.records[1]} records)")
+    identical = all(c.byte_identical for c in cells)
+    console.print(
+        "reproduced: every samples.jsonl is byte-identical"
+        if identical
+        else "not byte-identical: vLLM promises the same samples only on the same hardware and vLLM version "
+        "(docs/reproducibility.md); `launcher compare A B` shows where they part"
+    )
+    return 1 if args.require_identical and not identical else 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from launcher.bench import run as bench_run
 
@@ -358,6 +434,7 @@ COMMANDS = {
     "run": cmd_run,
     "gather": cmd_gather,
     "status": cmd_status,
+    "reproduce": cmd_reproduce,
     "cancel": cmd_cancel,
     "schema": cmd_schema,
     "compare": cmd_compare,

@@ -69,6 +69,11 @@ class HFEngine(Engine):
         from transformers import AutoModelForCausalLM, LogitsProcessorList
 
         self.processors: Any = LogitsProcessorList
+        if self.sampling.structured is not None:  # backend auto fell back to HF (no vLLM here): refuse, never ignore
+            raise RuntimeError(
+                f"sampling.structured ({self.sampling.structured.kind}) needs vLLM, and this worker runs the HF "
+                "backend (vLLM does not import here): run in an image with vLLM, or drop sampling.structured"
+            )
 
         t0 = time.perf_counter()
         self.tokenizer = tokenizer

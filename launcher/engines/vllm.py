@@ -158,7 +158,15 @@ class VLLMEngine(Engine):
             stop=s.stop or None,
             detokenize=not self.detokenize_here,
             output_kind=RequestOutputKind.FINAL_ONLY,
+            structured_outputs=self._structured(),
         )
+
+    def _structured(self) -> Any:
+        if self.sampling.structured is None:
+            return None
+        from vllm.sampling_params import StructuredOutputsParams
+
+        return StructuredOutputsParams(**self.sampling.structured.vllm_kwargs())
 
     def _need(self, req: GenerationRequest) -> int:
         from launcher.plan.sizing import request_tokens

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import __version__
+from launcher.gather.structured import structured_figures
 from launcher.gather.throughput import RunFigures, cell_figures, run_figures
 from launcher.plan import Plan, Unit
 from launcher.store import OutputRow, dumps_line, safe_filename, write_atomic, write_json_atomic
@@ -263,6 +264,7 @@ def summarize(
         "launcher_version": __version__,
         "model": spec.model.path,
         "sampling": spec.sampling.model_dump(),
+        **({"structured": structured_figures(spec.sampling.structured, rows)} if spec.sampling.structured else {}),
         "spec_hash": spec.fingerprint(),
         "run_id": plan.run.run_id,
     }

@@ -5,21 +5,28 @@ at once: two data-parallel replicas that each make 100 samples/s over the same m
 one after the other make 100. Per-worker figures go beside it, never instead. The GPU-busy fraction is how much of
 the workers' GPU time was spent generating: sum(generation window x GPUs) / sum(process life x GPUs); engine
 start-up, reading data and the tail after the last unit count against it.
+
+GPU-hours are what the workers held: process life x GPUs (a CPU worker holds none). SM utilization (mean, p10),
+peak memory and power come from each worker's NVML samples over its generation window (job/gpu_monitor.py); cost
+per 1,000 samples from GPU-hours x the spec's cost.gpu_hour.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from launcher.plan import Plan
-from launcher.store import WorkerReport, read_json
+from launcher.store import GpuFigures, WorkerReport, read_json
 
 
 @dataclass
 class RunFigures:
     workers: list[WorkerReport]  # every worker process's last report (idle ones too), oldest first
     layout: dict[str, Any] | None  # the last job attempt's TP x DP
+    gpu_hour_cost: float | None = None  # spec cost.gpu_hour
+    currency: str = "USD"
 
     def generating(self) -> list[WorkerReport]:
         return [w for w in self.workers if w.get("first_request_at") and w.get("last_write_at")]
@@ -47,6 +54,7 @@ class RunFigures:
         e2e = round(max(_t(w, "ended") for w in lives) - min(_t(w, "started") for w in lives), 3) if lives else None
         gpu_s = sum((_t(w, "ended") - _t(w, "started")) * _gpus(w) for w in lives)
         busy_gpu_s = sum((_t(w, "last_write_at") - _t(w, "first_request_at")) * _gpus(w) for w in busy)
+        gpu_hours = sum((_t(w, "ended") - _t(w, "started")) * len(w.get("gpus") or []) for w in lives) / 3600
         return {
             "samples": samples,
             "output_tokens": tokens,
@@ -55,11 +63,28 @@ class RunFigures:
             "output_tokens_per_sec": round(tokens / gen_s, 2) if gen_s else None,
             "e2e_wall_s": e2e,
             "gpu_busy_fraction": round(busy_gpu_s / gpu_s, 4) if gpu_s else None,
-            "gpu_hours": round(gpu_s / 3600, 4),
+            "gpu_hours": round(gpu_hours, 4),
+            "samples_per_gpu_hour": round(samples / gpu_hours, 1) if gpu_hours and samples else None,
+            **self.gpu_figures(),
+            **self.cost(gpu_hours, samples),
             "workers": len(self.workers),
             "workers_generating": len(busy),
             "gpus": sum(_gpus(w) for w in {w.get("slot"): w for w in self.workers}.values()),
             "startup_s_max": self.startup_max_s(),
+        }
+
+    def gpu_figures(self) -> dict[str, Any]:
+        """SM utilization (mean, p10 over every GPU-second sampled), peak memory, mean power; or why none."""
+        return summarize_gpu_samples([w["gpu_monitor"] for w in self.workers if w.get("gpu_monitor")])
+
+    def cost(self, gpu_hours: float, samples: int) -> dict[str, Any]:
+        if self.gpu_hour_cost is None or not gpu_hours:
+            return {}
+        total = gpu_hours * self.gpu_hour_cost
+        return {
+            "cost": round(total, 4),
+            "cost_per_1000_samples": round(1000 * total / samples, 4) if samples else None,
+            "currency": self.currency,
         }
 
     def per_worker(self) -> list[dict[str, Any]]:
@@ -108,6 +133,65 @@ def _gpus(w: WorkerReport) -> int:
     return max(1, len(w.get("gpus") or []))
 
 
+def summarize_gpu_samples(sampled: Sequence[GpuFigures]) -> dict[str, Any]:
+    """Workers' (or a bench process's) NVML figures -> the run's: utilization mean and p10 over every GPU-second,
+    peak memory, mean power, and why some are missing. Empty when nothing was sampled."""
+    if not sampled:
+        return {}
+    util_mean, util_p10 = merge_histograms([g["util_hist"] for g in sampled if g.get("samples")])
+    powers = [float(p) for g in sampled if (p := g.get("power_mean_w")) is not None]
+    peak = max((g.get("memory_used_peak_mib") or 0 for g in sampled), default=0)
+    total = max((g.get("memory_total_mib") or 0 for g in sampled), default=0)
+    errors = sorted({str(g["error"]) for g in sampled if g.get("error")})
+    return {
+        "gpu_util_mean_pct": util_mean,
+        "gpu_util_p10_pct": util_p10,
+        "gpu_memory_peak_gib": round(peak / 1024, 2) if peak else None,
+        "gpu_memory_total_gib": round(total / 1024, 2) if total else None,
+        "gpu_power_mean_w": round(sum(powers) / len(powers), 1) if powers else None,
+        "gpu_samples": sum(int(g.get("samples") or 0) for g in sampled),
+        "gpu_figures_source": sorted({g.get("source") or "?" for g in sampled if g.get("samples")}) or None,
+        **({"gpu_figures_missing": errors} if errors else {}),
+    }
+
+
+def describe_gpus(run: dict[str, Any]) -> str | None:
+    """One line for the console and status: the guide's figures, as measured. None for a run that held no GPU."""
+    if not run.get("gpu_hours"):
+        return None
+    parts = []
+    if run.get("gpu_util_mean_pct") is not None:
+        parts.append(f"SM utilization {run['gpu_util_mean_pct']:.0f}% mean, {run['gpu_util_p10_pct']:.0f}% p10")
+    if run.get("gpu_memory_peak_gib"):
+        parts.append(f"peak memory {run['gpu_memory_peak_gib']} of {run['gpu_memory_total_gib']} GiB")
+    if run.get("gpu_power_mean_w"):
+        parts.append(f"{run['gpu_power_mean_w']:.0f} W mean")
+    parts.append(f"{run['gpu_hours']} GPU-hours")
+    if run.get("samples_per_gpu_hour"):
+        parts.append(f"{run['samples_per_gpu_hour']:,.0f} samples/GPU-hour")
+    if run.get("cost_per_1000_samples") is not None:
+        parts.append(f"{run['cost_per_1000_samples']} {run['currency']} per 1,000 samples")
+    line = "GPUs: " + "; ".join(parts)
+    if run.get("gpu_figures_missing"):
+        line += " (no utilization/memory figures: " + "; ".join(run["gpu_figures_missing"]) + ")"
+    return line
+
+
+def merge_histograms(hists: Sequence[Sequence[int]]) -> tuple[float | None, float | None]:
+    """(mean, p10) of SM utilization in percent over every (GPU, instant) sample of every worker."""
+    total = [sum(col) for col in zip(*hists, strict=True)] if hists else []
+    n = sum(total)
+    if not n:
+        return None, None
+    mean = sum(pct * c for pct, c in enumerate(total)) / n
+    target, seen = 0.10 * n, 0
+    for pct, c in enumerate(total):
+        seen += c
+        if seen >= target:
+            return round(mean, 1), float(pct)
+    return round(mean, 1), 100.0
+
+
 def run_figures(plan: Plan) -> RunFigures:
     attempts = []
     jobs_root = plan.run.root / "jobs"
@@ -115,7 +199,12 @@ def run_figures(plan: Plan) -> RunFigures:
         for d in jobs_root.iterdir():
             attempts += [read_json(p) for p in sorted((d / "attempts").glob("*.json"))]
     attempts = sorted((a for a in attempts if a.get("layout")), key=lambda a: a.get("started") or 0.0)
-    return RunFigures(plan.run.worker_reports(), attempts[-1]["layout"] if attempts else None)
+    return RunFigures(
+        plan.run.worker_reports(),
+        attempts[-1]["layout"] if attempts else None,
+        plan.spec.cost.gpu_hour,
+        plan.spec.cost.currency,
+    )
 
 
 def cell_figures(figures: RunFigures, unit_ids: list[str]) -> dict[str, Any]:
@@ -131,4 +220,4 @@ def cell_figures(figures: RunFigures, unit_ids: list[str]) -> dict[str, Any]:
     return {"generation_wall_s": round(max(x[1] for x in windows) - min(x[0] for x in windows), 3)}
 
 
-__all__ = ["RunFigures", "cell_figures", "run_figures"]
+__all__ = ["RunFigures", "cell_figures", "describe_gpus", "merge_histograms", "run_figures", "summarize_gpu_samples"]

@@ -30,6 +30,7 @@ from typing import Any
 
 from launcher import faults
 from launcher.engines import Completion, Engine, GenerationRequest, create_engine, select_backend
+from launcher.job.gpu_monitor import GpuSampler
 from launcher.job.prepare import Preparer, load_tokenizer, prompt_stats, workload_of
 from launcher.job.writer import ActiveUnit, ChunkWriter
 from launcher.plan import Plan, Unit
@@ -77,6 +78,7 @@ class Worker:
         self._skip: set[str] = set()  # units known done in this worker's view
         self._held_by_others: dict[str, float] = {}  # unit -> when we last saw a live owner
         self._report_lock = threading.Lock()
+        self.gpus = GpuSampler(cfg.gpu_ids)  # started with the first request: figures cover generation only
         self.report: WorkerReport = {
             "slot": cfg.slot,
             "job_index": cfg.job_index,
@@ -184,6 +186,7 @@ class Worker:
             self._fail(exc)
             raise
         finally:
+            self.gpus.stop()
             if self.engine is not None:
                 self.engine.close()
             self._set(ended=time.time())
@@ -236,6 +239,7 @@ class Worker:
                 active.first_at = time.time()
                 if self.report["first_request_at"] is None:
                     self._set(first_request_at=active.first_at)
+                    self.gpus.start()
             for row in rows:
                 if self.stop_requested:
                     return
@@ -388,6 +392,8 @@ class Worker:
         report["unit_windows"] = {a.unit_id: a.window() for a in self.active if a.first_at is not None}
         report["last_write_at"] = self.writer.last_write_at if self.writer is not None else None
         report["heartbeat_at"] = time.time()
+        if (gpu := self.gpus.figures()) is not None and (gpu["samples"] or gpu["error"]):
+            report["gpu_monitor"] = gpu
         return report
 
     def _write_report(self) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,15 +83,45 @@ class Estimate:
     gpu_hours: float
     tokens: int
     basis: str  # which measurements, on which GPU
+    cost: float | None = None  # gpu_hours x cost.gpu_hour, when the spec prices a GPU-hour
+
+
+def _same_device(entries: list[dict[str, Any]], plan: Plan) -> tuple[list[dict[str, Any]], str]:
+    """The entries measured on the kind of device this plan will get, and how they were picked.
+
+    A GPU plan never borrows a CPU rate (or the reverse). Among GPU kinds, the one `slurm.constraint` names wins
+    (h100 -> "NVIDIA H100 80GB HBM3"); without one, the kind measured most often, and the others are named so a
+    user on another partition knows the estimate is not theirs."""
+    on_gpu = plan.spec.slurm.gpus_per_node > 0
+    pool = [e for e in entries if (str(e.get("gpu") or "cpu") != "cpu") == on_gpu]
+    if not pool:
+        return [], f"no earlier run of this model shape on {'GPUs' if on_gpu else 'CPU'}"
+    kinds = Counter(str(e.get("gpu")) for e in pool)
+    if len(kinds) == 1:
+        return pool, ""
+    wanted = [t.strip().lower() for t in re.split(r"[|&,\[\]]", plan.spec.slurm.constraint or "") if t.strip()]
+    named = [k for k in kinds if any(t in k.lower() for t in wanted)]
+    if named:
+        return [
+            e for e in pool if e.get("gpu") in named
+        ], f"the GPU kind slurm.constraint names ({plan.spec.slurm.constraint})"
+    kind = kinds.most_common(1)[0][0]
+    others = ", ".join(k for k in sorted(kinds) if k != kind)
+    return [
+        e for e in pool if e.get("gpu") == kind
+    ], f"the GPU kind measured most (also measured: {others}; set slurm.constraint to pick)"
 
 
 def estimate(plan: Plan) -> tuple[Estimate | None, str]:
-    """(estimate, why) for this plan from earlier runs of the same model shape; (None, why not) without any."""
+    """(estimate, why) for this plan from earlier runs of the same model shape and device kind; (None, why not)."""
     key = shape_key(plan)
     path = history_path()
     entries = [e for e in (read_json(path).get("runs") or {}).values() if e.get("shape") == key]
     if not entries:
         return None, f"no earlier run of this model shape ({key}) in {path}: an estimate comes after the first"
+    entries, picked = _same_device(entries, plan)
+    if not entries:
+        return None, f"{picked} ({key}) in {path}: an estimate comes after the first"
     rate = statistics.median(e["tokens_per_gpu_s"] for e in entries)
     startup = statistics.median(float(e.get("startup_s") or 0.0) for e in entries)
     gpus = max(1, plan.gpus) if plan.spec.slurm.gpus_per_node else max(1, plan.jobs)
@@ -99,8 +131,12 @@ def estimate(plan: Plan) -> tuple[Estimate | None, str]:
     basis = (
         f"median of {len(entries)} earlier run(s) on {', '.join(gpu_names)}: {rate:,.0f} output tok/s per GPU, "
         f"start-up {startup:.0f} s; at most {tokens:,} tokens (every sample at max_tokens)"
-    )
-    return Estimate(gen_s, startup, (gen_s + startup) * gpus / 3600, tokens, basis), basis
+    ) + (f"; {picked}" if picked else "")
+    # CPU runs hold no GPU: their "GPU-hours" are worker-hours, and a GPU price does not apply to them
+    gpu_hours = (gen_s + startup) * gpus / 3600 if plan.spec.slurm.gpus_per_node else 0.0
+    price = plan.spec.cost.gpu_hour
+    cost = gpu_hours * price if price is not None and plan.spec.slurm.gpus_per_node else None
+    return Estimate(gen_s, startup, gpu_hours, tokens, basis, cost), basis
 
 
 __all__ = ["Estimate", "estimate", "history_path", "record_run", "shape_key"]

@@ -175,6 +175,12 @@ def find_run_dir(target: str | Path) -> Path:
         from launcher.spec import load_spec
 
         return resolve_run(load_spec(p), strict=False).run.root
-    raise FileNotFoundError(
-        f"no run found at {p}: give a run directory (<output.dir>/runs/<run id>), an output dir, or the spec file"
+    from launcher.errors import NoRun
+
+    raise NoRun.one(
+        str(p),
+        "",
+        "no run found here (no plan.json, no runs/ folder with one, not a spec file)",
+        allowed="a run directory (<output.dir>/runs/<run id>), the output dir holding runs/, or the job spec",
+        fix="`ls <output.dir>/runs` lists the runs; `launcher submit SPEC` starts one",
     )

@@ -14,6 +14,7 @@ from typing import Any
 from launcher.errors import SpecError
 from launcher.spec.common import BUILTIN_ABLATIONS, SLUG, Slug
 from launcher.spec.container import ContainerSpec
+from launcher.spec.cost import CostSpec
 from launcher.spec.data import DatasetSpec, DataSpec, FieldNames, TemplateSpec
 from launcher.spec.job import JobSpec
 from launcher.spec.load import load_layers
@@ -54,6 +55,7 @@ __all__ = [
     "BUILTIN_ABLATIONS",
     "SLUG",
     "ContainerSpec",
+    "CostSpec",
     "DataSpec",
     "DatasetSpec",
     "FieldNames",

@@ -10,11 +10,19 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from launcher.spec.common import Slug, _FieldError, _Section
 from launcher.spec.container import ContainerSpec
+from launcher.spec.cost import CostSpec
 from launcher.spec.data import DataSpec
 from launcher.spec.model import ModelSpec
 from launcher.spec.output import OutputSpec
 from launcher.spec.sampling import SamplingSpec
 from launcher.spec.slurm import SlurmSpec
+
+# (path, its default): fields that change the samples, added after runs were made with this launcher
+ADDED_LATER: tuple[tuple[tuple[str, ...], Any], ...] = (
+    (("sampling", "structured"), None),
+    (("data", "fields", "messages"), "messages"),
+    (("data", "chat_template_kwargs"), {}),
+)
 
 
 class JobSpec(_Section):
@@ -26,6 +34,8 @@ class JobSpec(_Section):
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
     container: ContainerSpec = Field(default_factory=ContainerSpec)
     output: OutputSpec
+    cost: CostSpec = Field(default_factory=CostSpec)
+    """cost.gpu_hour: what a GPU-hour costs, for cost per 1,000 samples in the summary (cluster profile)."""
     executor: Literal["slurm", "local"] = "slurm"
     """slurm: submit an array with submitit. local: run the jobs as local processes (no cluster; the demo)."""
     datasets: dict[Slug, str] = Field(default_factory=dict)
@@ -51,6 +61,14 @@ class JobSpec(_Section):
                 "backend runs one engine per GPU (data-parallel), never tensor-parallel",
                 "auto or 1 with backend hf",
                 "use model.backend: vllm, or tensor_parallel_size: auto",
+            )
+        if self.model.backend == "hf" and self.sampling.structured is not None:
+            raise _FieldError(
+                ("sampling", "structured"),
+                f"structured outputs ({self.sampling.structured.kind}) with backend hf: transformers' generate() "
+                "has no constrained decoding of its own",
+                "backend vllm or auto (vLLM's structured outputs: xgrammar / guidance)",
+                "use model.backend: vllm, or drop sampling.structured and validate the samples afterwards",
             )
         if self.model.max_model_len is not None and self.sampling.max_tokens >= self.model.max_model_len:
             raise _FieldError(
@@ -92,6 +110,13 @@ class JobSpec(_Section):
             "data": self.data.model_dump(exclude={"records_per_shard"}),
             "sampling": self.sampling.model_dump(),
         }
+        # Fields added after runs existed are hashed only when set, so those runs keep their ids.
+        for path, default in ADDED_LATER:
+            parent = affects
+            for key in path[:-1]:
+                parent = parent[key]
+            if parent.get(path[-1]) == default:
+                parent.pop(path[-1], None)
         blob = json.dumps(affects, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()
 

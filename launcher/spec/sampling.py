@@ -2,9 +2,79 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import re
+from typing import Any
 
-from launcher.spec.common import _Section
+from pydantic import Field, field_validator, model_validator
+
+from launcher.spec.common import _FieldError, _Section
+
+STRUCTURED_KINDS = ("json_schema", "regex", "choice", "grammar")
+
+
+class StructuredSpec(_Section):
+    """One output constraint, checked when the spec is loaded (so at `plan`), applied by vLLM to every sample."""
+
+    json_schema: dict[str, Any] | None = None
+    """A JSON Schema (inline mapping) every sample must satisfy. Checked against the JSON Schema meta-schema."""
+    regex: str | None = None
+    """A regular expression every sample must match in full."""
+    choice: list[str] | None = Field(default=None, min_length=1)
+    """The sample is exactly one of these strings."""
+    grammar: str | None = Field(default=None, min_length=1)
+    """An EBNF (GBNF/Lark) grammar, as vLLM's structured outputs take it."""
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return value
+        from jsonschema import SchemaError
+        from jsonschema.validators import validator_for
+
+        try:
+            validator_for(value).check_schema(value)
+        except SchemaError as exc:
+            where = "/".join(str(p) for p in exc.path) or "(top level)"
+            raise _FieldError(
+                tuple(str(p) for p in exc.path),
+                f"not a valid JSON Schema at {where}: {exc.message}",
+                "a JSON Schema (https://json-schema.org), e.g. {type: object, properties: {answer: {type: string}}}",
+                "fix the schema; `python -c 'import jsonschema, yaml, sys; jsonschema.validators.validator_for({}).'"
+                "check_schema(yaml.safe_load(sys.stdin))' < schema.yaml` checks one alone",
+            ) from None
+        return value
+
+    @field_validator("regex")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StructuredSpec:
+        given = [k for k in STRUCTURED_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise _FieldError(
+                (),
+                f"{'several constraints given: ' + ', '.join(given) if given else 'no constraint given'}",
+                "exactly one of " + ", ".join(STRUCTURED_KINDS),
+                "keep one of them" if given else "add e.g. json_schema: {type: object, ...}",
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in STRUCTURED_KINDS if getattr(self, k) is not None)
+
+    def vllm_kwargs(self) -> dict[str, Any]:
+        """The arguments of vLLM's StructuredOutputsParams."""
+        kind = self.kind
+        return {"json" if kind == "json_schema" else kind: getattr(self, kind)}
 
 
 class SamplingSpec(_Section):
@@ -22,3 +92,6 @@ class SamplingSpec(_Section):
     """Generate exactly max_tokens (benchmarks)."""
     stop: list[str] = Field(default_factory=list)
     """Stop strings."""
+    structured: StructuredSpec | None = None
+    """Constrain every sample to a format (vLLM's structured outputs): exactly one of json_schema, regex, choice,
+    grammar. vLLM only; the HF backend refuses it. JSON runs count the samples that parse in the summary."""

@@ -14,7 +14,7 @@ from launcher.store.atomic import (
     write_jsonl_atomic,
 )
 from launcher.store.claims import Claim, ClaimBook, Owner
-from launcher.store.records import OutputRow, UnitDone, WorkerReport
+from launcher.store.records import GpuFigures, OutputRow, UnitDone, WorkerReport
 from launcher.store.run_dir import JobDir, RunDir
 from launcher.store.unit_dir import ChunkScan, UnitDir
 
@@ -22,6 +22,7 @@ __all__ = [
     "ChunkScan",
     "Claim",
     "ClaimBook",
+    "GpuFigures",
     "JobDir",
     "OutputRow",
     "Owner",

@@ -38,6 +38,19 @@ class UnitDone(TypedDict, total=False):
     finished_at: float
 
 
+class GpuFigures(TypedDict, total=False):
+    """What one worker's report holds under "gpu_monitor" (and what merges into a run's figures)."""
+
+    source: str  # "nvml" or "fake-nvml"
+    devices: list[dict[str, Any]]  # id, name, memory_total_mib
+    samples: int  # sampling instants (each covers every GPU)
+    util_hist: list[int]  # 101 counts: how many (GPU, instant) pairs showed 0..100 % SM utilization
+    memory_used_peak_mib: int
+    memory_total_mib: int  # per GPU (the largest, when they differ)
+    power_mean_w: float | None
+    error: str | None  # why there are no figures
+
+
 class WorkerReport(TypedDict, total=False):
     """workers/<slot>-r<restart>-<pid>.json: one worker process, by the wall clock."""
 
@@ -71,6 +84,7 @@ class WorkerReport(TypedDict, total=False):
     backend_reason: str
     engine: dict[str, Any]  # version, device, gpu_name, settings, reasons, startup
     workload: dict[str, Any]
+    gpu_monitor: GpuFigures  # job/gpu_monitor.py: utilization histogram, peak memory, power (GPU workers)
 
 
-__all__ = ["OutputRow", "UnitDone", "WorkerReport"]
+__all__ = ["GpuFigures", "OutputRow", "UnitDone", "WorkerReport"]

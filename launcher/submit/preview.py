@@ -70,6 +70,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
             "generation_s": round(est.generation_s, 1),
             "startup_s": round(est.startup_s, 1),
             "gpu_hours": round(est.gpu_hours, 3),
+            "cost": None if est.cost is None else round(est.cost, 2),
+            "currency": plan.spec.cost.currency,
             "basis": est.basis,
         }
         if est
@@ -121,7 +123,10 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
         wall = est.startup_s + est.generation_s
         console.print(
             f"estimate: ~{_duration(wall)} wall ({_duration(est.startup_s)} start-up + at most "
-            f"{_duration(est.generation_s)} generating), ~{est.gpu_hours:.2f} GPU-hours; {est.basis}"
+            f"{_duration(est.generation_s)} generating), ~{est.gpu_hours:.2f} GPU-hours"
+            + (f" (~{est.cost:,.2f} {spec.cost.currency})" if est.cost is not None else "")
+            + f"; {est.basis}",
+            soft_wrap=True,
         )
     else:
         console.print(f"estimate: none ({why})")

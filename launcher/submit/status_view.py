@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from launcher.gather.throughput import describe_gpus
 from launcher.submit.fit import reason_words
 from launcher.submit.status import COLORS, FINAL, UNITS_SHOWN, RunStatus, WorkerStatus, collect
 
@@ -87,7 +88,8 @@ def render(status: RunStatus) -> Group:
     if rest > 0:
         units.add_row("...", f"{rest} more", "", "", "", "")
     notes = [f"[yellow]warning:[/] {escape(w)}" for w in status.warnings]
-    return Group(workers, units, *notes)
+    gpus = describe_gpus(fig)
+    return Group(workers, units, *([escape(gpus)] if gpus else []), *notes)
 
 
 def show_status(

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from launcher.gather import GatherError, GroupReport, gather
+from launcher.gather.throughput import describe_gpus
 from launcher.plan import Plan, Unit
 from launcher.store.unit_dir import CHUNK_RE
 
@@ -147,6 +148,8 @@ def print_reports(reports: list[GroupReport], console: Console) -> None:
             f"({run['samples_per_sec']} samples/s by the wall clock, {run['workers_generating']} worker(s)); "
             f"GPU busy {_pct(run['gpu_busy_fraction'])} of the workers' time; e2e {run['e2e_wall_s']} s"
         )
+        if gpus := describe_gpus(run):
+            console.print(gpus)
 
 
 def _pct(x: float | None) -> str:
