@@ -349,7 +349,7 @@ def scenario_states(inp: Inputs) -> Outcome:
     spec = write_spec(
         inp, "states", per_shard=3, slurm={"array_parallelism": 1, "max_retries": 0}, model={"hf_batch_size": 1}
     )
-    run_dir, _ = submit(spec, env={"LAUNCHER_FAULT_SLOW_S": "0.5", "LAUNCHER_FAULT_CRASH": "ds_a.full.0002:99:1"})
+    run_dir, _ = submit(spec, env={"LAUNCHER_FAULT_SLOW_S": "2", "LAUNCHER_FAULT_CRASH": "ds_a.full.0002:99:1"})
     seen: list[RunStatus] = []
 
     def running_and_pending() -> bool:

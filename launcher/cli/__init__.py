@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -111,6 +112,38 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C")
     c.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto", help="with the old flags")
     add_legacy_flags(c)
+
+    c = sub.add_parser(
+        "batch",
+        help="Run an OpenAI Batch API file (vLLM run-batch's format): -i requests.jsonl -o results.jsonl.",
+        description=textwrap.fill(
+            "Each line of -i ({custom_id, method, url: /v1/chat/completions or /v1/completions, body}) "
+            "becomes a record of an ordinary run (resumable, on Slurm with --executor slurm); its body's max_tokens, "
+            "temperature, top_p, top_k, n, seed, stop and response_format override the spec's sampling for that line. "
+            "-o gets one line per input line, in input order: {id, custom_id, response: {status_code, request_id, "
+            "body}, error}. A bad line gets an error line and the others still run; the same command again resumes.",
+            width=100,
+        ),
+        epilog="example: launcher batch -i requests.jsonl -o results.jsonl --model /shared/ckpt/llama3-8b\n"
+        "         launcher batch -i big.jsonl -o big.out.jsonl --spec configs/cluster.yaml --executor slurm",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("-i", "--input", required=True, help="the OpenAI batch input file (JSONL)")
+    c.add_argument("-o", "--output", required=True, help="where the results go (JSONL; written whole at the end)")
+    c.add_argument("--model", default=None, help="checkpoint folder (default: the spec's model.path)")
+    c.add_argument("--spec", default=None, help="a job spec for everything else (cluster, image, sampling)")
+    c.add_argument("--executor", choices=["slurm", "local"], default=None, help="default: the spec's, else local")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C")
+
+    c = sub.add_parser(
+        "report",
+        help="One table over runs: run x dataset x ablation (records, lengths, distinct-n, finish reasons, tok/s).",
+        description="Reads the gathered outputs of each run given (run dir, output dir or spec) and writes "
+        "report.json, report.md and report.png. Several runs side by side compare checkpoints or settings.",
+    )
+    c.add_argument("runs", nargs="+", help="run directories, output dirs, or specs")
+    c.add_argument("--out", default=None, help="folder for report.* (default: <first run's output.dir>/report)")
+    c.add_argument("--no-plot", action="store_true", help="markdown and JSON only")
 
     c = sub.add_parser("gather", help="Merge and verify a run's outputs into <output dir>/<dataset>/<ablation>/.")
     c.add_argument("run", help="run directory, output dir, or spec")
@@ -329,6 +362,62 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if args.min_agreement is not None and cmp.agreement < args.min_agreement else 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from launcher.plan import check_inputs, expand
+    from launcher.plan.persist import resolve_run
+    from launcher.submit.executors import submit
+    from launcher.submit.openai_batch import batch_spec, check_lines, write_output
+    from launcher.submit.wait import wait_and_gather
+
+    input_path, output_path = Path(args.input), Path(args.output)
+    spec = batch_spec(input_path, output_path, args.model, args.spec, args.overrides)
+    good, bad = check_lines(input_path)
+    rows = check_inputs(spec)
+    resolved = resolve_run(spec)
+    plan = expand(spec, rows, run=resolved.run)
+    kind = args.executor or spec.executor
+    if kind == "slurm":
+        from launcher.submit.fit import check_fits
+
+        check_fits(spec)
+    sub = submit(plan, kind, resolved)
+    console.print(
+        f"batch {input_path}: {good} request(s)" + (f", {bad} bad line(s) (error lines in the output)" if bad else "")
+        + f"; run [bold]{plan.run.run_id}[/] ({sub.units_todo} unit(s) to do"
+        + (f", {sub.units_done} already done" if sub.units_done else "") + f") in {plan.run.root}",
+        soft_wrap=True,
+    )  # fmt: skip
+    code = wait_and_gather(plan, sub, console)
+    if code:
+        return code
+    ok, errors = write_output(plan, input_path, output_path)
+    console.print(f"wrote {output_path}: {ok} response(s), {errors} error(s)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from launcher.gather.report import cell_rows, markdown, write_report
+    from launcher.plan.persist import find_run_dir, load_plan
+
+    plans = [load_plan(find_run_dir(r)) for r in args.runs]
+    skipped: list[str] = []
+    rows = [row for plan in plans for row in cell_rows(plan, skipped)]
+    for line in skipped:
+        err.print(f"[yellow]left out:[/] {escape(line)}", soft_wrap=True)
+    if not rows:
+        err.print("[yellow]nothing gathered yet[/] in " + ", ".join(str(p.run.root) for p in plans) + ": "
+                  "`launcher gather RUN` once `launcher status RUN` shows every unit done", soft_wrap=True)  # fmt: skip
+        return 1
+    folder = Path(args.out) if args.out else plans[0].run.output_dir / "report"
+    print(markdown(rows), end="")
+    written = write_report(rows, folder, draw=not args.no_plot)
+    for path in written:
+        console.print(f"wrote {path}")
+    if not args.no_plot and not any(p.suffix == ".png" for p in written):
+        err.print("[yellow]no plot:[/] matplotlib does not import here (pip install 'launcher[plot]')")
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from launcher.plan import check_inputs, expand
     from launcher.plan.persist import find_run_dir, resolve_run
@@ -435,6 +524,8 @@ COMMANDS = {
     "gather": cmd_gather,
     "status": cmd_status,
     "reproduce": cmd_reproduce,
+    "batch": cmd_batch,
+    "report": cmd_report,
     "cancel": cmd_cancel,
     "schema": cmd_schema,
     "compare": cmd_compare,

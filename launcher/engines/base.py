@@ -21,6 +21,8 @@ class GenerationRequest:
     key: int  # unique among the requests of one generate() call (the worker maps it to a unit and a row)
     prompt_token_ids: list[int]
     seed: int  # the record's seed; sample j uses seed + j
+    sampling: SamplingSpec | None = None  # this request's own settings (an OpenAI batch body); None: the engine's
+    n: int | None = None  # this request's own number of samples; None: the engine's
 
 
 @dataclass(frozen=True, slots=True)

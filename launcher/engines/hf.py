@@ -15,6 +15,7 @@ from typing import Any
 from launcher.engines import register
 from launcher.engines.base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
 from launcher.plan.layout import ParallelLayout
+from launcher.spec import SamplingSpec
 
 CPU_BATCH, GPU_BATCH = 8, 32
 
@@ -108,10 +109,22 @@ class HFEngine(Engine):
     def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[Completion]:
         feed = iter(requests)
         while batch := list(itertools.islice(feed, self.batch_size)):
-            yield from self._batch(batch)
+            # One generate() call runs one setting: requests with their own (an OpenAI batch body) go in groups.
+            groups: dict[str, list[GenerationRequest]] = {}
+            for req in batch:
+                key = req.sampling.model_dump_json() + f"|{req.n}" if req.sampling else ""
+                groups.setdefault(key, []).append(req)
+            for group in groups.values():
+                yield from self._batch(group, group[0].sampling or self.sampling, group[0].n or self.n)
 
-    def _batch(self, batch: Sequence[GenerationRequest]) -> Iterator[Completion]:
+    def _batch(self, batch: Sequence[GenerationRequest], s: SamplingSpec, n: int) -> Iterator[Completion]:
         import torch
+
+        if s.structured is not None:  # backend auto fell back to HF (no vLLM here): refuse, never ignore
+            raise RuntimeError(
+                f"a request asks for structured output ({s.structured.kind}), which needs vLLM, and this worker runs "
+                "the HF backend (vLLM does not import here): run in an image with vLLM"
+            )
 
         width = max(len(r.prompt_token_ids) for r in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -119,8 +132,7 @@ class HFEngine(Engine):
         for row, req in enumerate(batch):  # left padding: every prompt ends where generation starts
             ids[row, width - len(req.prompt_token_ids) :] = torch.tensor(req.prompt_token_ids)
             mask[row, width - len(req.prompt_token_ids) :] = 1
-        s = self.sampling
-        seeds = [req.seed + j for req in batch for j in range(self.n)]
+        seeds = [req.seed + j for req in batch for j in range(n)]
         sampler = SeededSampler(seeds, s.temperature, s.top_k, s.top_p, self.eos_ids if s.ignore_eos else [])
         extra: dict[str, Any] = {}
         if s.stop:
@@ -134,7 +146,7 @@ class HFEngine(Engine):
                 temperature=1.0,
                 top_k=0,
                 top_p=1.0,
-                num_return_sequences=self.n,
+                num_return_sequences=n,
                 logits_processor=self.processors([sampler]),
                 pad_token_id=self.pad_id,
                 eos_token_id=self.eos_ids or None,
@@ -142,11 +154,10 @@ class HFEngine(Engine):
             )
         new = out[:, width:].cpu().tolist()
         for b, req in enumerate(batch):
-            samples = tuple(self._sample(new[b * self.n + j]) for j in range(self.n))
+            samples = tuple(self._sample(new[b * n + j], s) for j in range(n))
             yield Completion(req.key, len(req.prompt_token_ids), samples)
 
-    def _sample(self, tokens: list[int]) -> Sample:
-        s = self.sampling
+    def _sample(self, tokens: list[int], s: SamplingSpec) -> Sample:
         kept, reason = tokens, "length"
         for i, tok in enumerate(tokens):
             if not s.ignore_eos and tok in self.eos_ids:

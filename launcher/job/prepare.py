@@ -13,16 +13,47 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from launcher.engines import Workload
-from launcher.inputs.prompts import PromptBuilder, make_builder
+from launcher.inputs.chat import NotUsable
+from launcher.inputs.prompts import PromptBuilder, make_builder, read_chat_template
 from launcher.inputs.records import Quarantined, Record, first_rows, read_shard
 from launcher.plan import Plan, Unit
 from launcher.seeds import record_seed
-from launcher.spec import JobSpec
+from launcher.spec import DataSpec, JobSpec, SamplingSpec
 from launcher.store import RunDir, read_json, write_json_atomic
 
 log = logging.getLogger("launcher.job")
 TOKENIZE_BATCH = 256
+
+
+@dataclass(frozen=True)
+class RequestSettings:
+    """A request's own sampling settings and number of samples (an OpenAI batch line's body)."""
+
+    sampling: SamplingSpec
+    n: int
+
+
+def request_settings(spec: JobSpec, rec: Record) -> RequestSettings | None:
+    """The record's own settings, validated as the spec's are; None when it has none. Raises NotUsable (the record
+    is quarantined, with the field and what is allowed) for a value the spec would refuse."""
+    if rec.request is None or not rec.request.overrides:
+        return None
+    overrides = dict(rec.request.overrides)
+    n = overrides.pop("n", spec.data.num_samples)
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 1024:
+        raise NotUsable(f"body.n must be an integer in [1, 1024], got {n!r}")
+    if spec.model.backend == "hf" and "structured" in overrides:
+        raise NotUsable("body.response_format needs the vLLM backend (model.backend is hf)")
+    try:
+        sampling = SamplingSpec.model_validate({**spec.sampling.model_dump(exclude_none=True), **overrides})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise NotUsable(f"body.{where}: {err['msg']}") from None
+    return RequestSettings(sampling, n)
 
 
 @dataclass
@@ -35,6 +66,7 @@ class PreparedUnit:
     token_ids: dict[int, list[int]]  # row -> prompt token ids, rows still to do
     seeds: dict[int, int]  # row -> the record's seed
     quarantined: list[Quarantined] = field(default_factory=list)
+    settings: dict[int, RequestSettings] = field(default_factory=dict)  # row -> its own sampling (batch lines)
 
     def todo(self) -> list[int]:
         """Rows still to generate, longest prompt first: similar lengths batch together."""
@@ -47,10 +79,20 @@ def load_tokenizer(spec: JobSpec) -> Any:
     return AutoTokenizer.from_pretrained(spec.model.path, trust_remote_code=spec.model.trust_remote_code)
 
 
-def chat_formatter(tokenizer: Any) -> Callable[[list[dict[str, str]]], str] | None:
-    if not getattr(tokenizer, "chat_template", None):
+def chat_formatter(tokenizer: Any, data: DataSpec | None = None) -> Callable[[list[dict[str, str]]], str] | None:
+    """messages -> prompt text through the chat template: the spec's own (data.chat_template as text), else the
+    tokenizer's; None without one, or when data.chat_template is false."""
+    if data is not None and data.chat_template is False:
         return None
-    return lambda messages: tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    template = read_chat_template(data) if data is not None else None
+    if template is None and not getattr(tokenizer, "chat_template", None):
+        return None
+    kwargs = dict(data.chat_template_kwargs) if data is not None else {}
+    if template is not None:
+        kwargs["chat_template"] = template
+    return lambda messages: tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, **kwargs
+    )
 
 
 def token_limit(spec: JobSpec) -> int | None:
@@ -68,7 +110,7 @@ class Preparer:
 
     def __init__(self, spec: JobSpec, tokenizer: Any) -> None:
         self.spec, self.tokenizer = spec, tokenizer
-        self.chat = chat_formatter(tokenizer)
+        self.chat = chat_formatter(tokenizer, spec.data)
         self.limit = token_limit(spec)
         self._builders: dict[str, PromptBuilder] = {}
         self._first: dict[str, dict[str, int]] = {}
@@ -76,11 +118,14 @@ class Preparer:
     def split(self, dataset: str) -> str | None:
         return next((d.split for d in self.spec.data.datasets if d.name == dataset), None)
 
-    def first_rows(self, data_path: str, split: str | None = None) -> dict[str, int]:
+    def format(self, dataset: str) -> str:
+        return next((d.format for d in self.spec.data.datasets if d.name == dataset), "auto")
+
+    def first_rows(self, data_path: str, split: str | None = None, fmt: str = "auto") -> dict[str, int]:
         """The dataset's first row of each record id (read once per worker): duplicates are found across units."""
-        key = f"{data_path}\0{split}"
+        key = f"{data_path}\0{split}\0{fmt}"
         if key not in self._first:
-            self._first[key] = first_rows(Path(data_path), self.spec.data.fields, split=split)
+            self._first[key] = first_rows(Path(data_path), self.spec.data.fields, split=split, fmt=fmt)
         return self._first[key]
 
     def builder(self, ablation: str) -> PromptBuilder:
@@ -88,18 +133,25 @@ class Preparer:
             self._builders[ablation] = make_builder(self.spec.data, ablation, self.chat)
         return self._builders[ablation]
 
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        out: list[list[int]] = []
-        for i in range(0, len(texts), TOKENIZE_BATCH):
-            ids = self.tokenizer(texts[i : i + TOKENIZE_BATCH], add_special_tokens=self.chat is None)["input_ids"]
-            out += [list(x) for x in ids]
+    def encode(self, texts: list[str], templated: list[bool] | None = None) -> list[list[int]]:
+        """Token ids of each text; a text the chat template made already holds its special tokens (BOS)."""
+        flags = templated if templated is not None else [self.chat is not None] * len(texts)
+        out: list[list[int]] = [[] for _ in texts]
+        for flag in (True, False):
+            idx = [i for i, f in enumerate(flags) if f is flag]
+            for i in range(0, len(idx), TOKENIZE_BATCH):
+                part = idx[i : i + TOKENIZE_BATCH]
+                ids = self.tokenizer([texts[j] for j in part], add_special_tokens=not flag)["input_ids"]
+                for j, x in zip(part, ids, strict=True):
+                    out[j] = list(x)
         return out
 
     def prepare(self, unit: Unit, done_rows: set[int] | frozenset[int] = frozenset()) -> PreparedUnit:
         spec = self.spec
         split = self.split(unit.dataset)
-        records, bad = read_shard(Path(unit.data_path), unit.start, unit.stop, spec.data.fields, split)
-        first = self.first_rows(unit.data_path, split)
+        fmt = self.format(unit.dataset)
+        records, bad = read_shard(Path(unit.data_path), unit.start, unit.stop, spec.data.fields, split, fmt)
+        first = self.first_rows(unit.data_path, split, fmt)
         kept: list[Record] = []
         for rec in records:
             if first.get(rec.record_id, rec.row) != rec.row:
@@ -114,10 +166,13 @@ class Preparer:
             kept.append(rec)
         builder = self.builder(unit.ablation)
         texts: list[str] = []
+        templated: list[bool] = []
         rendered: list[Record] = []
         for rec in kept:
             try:
-                texts.append(builder.build(rec))
+                prompt = builder.prompt(rec)
+                texts.append(prompt.text)
+                templated.append(prompt.templated)
                 rendered.append(rec)
             except Exception as exc:  # a value the dry render at plan time could not foresee: this record only
                 bad.append(
@@ -128,15 +183,21 @@ class Preparer:
                     )
                 )
         kept = rendered
-        ids = self.encode(texts)
+        ids = self.encode(texts, templated)
         out = PreparedUnit(unit, {}, {}, {}, {})
         for rec, text, tokens in zip(kept, texts, ids, strict=True):
-            if self.limit is not None and len(tokens) + spec.sampling.max_tokens > self.limit:
+            try:
+                own = request_settings(spec, rec)
+            except NotUsable as exc:
+                bad.append(Quarantined(rec.row, str(exc), rec.record_id))
+                continue
+            sampling = own.sampling if own else spec.sampling
+            if self.limit is not None and len(tokens) + sampling.max_tokens > self.limit:
                 bad.append(
                     Quarantined(
                         rec.row,
                         f"prompt of {len(tokens)} tokens + max_tokens "
-                        f"{spec.sampling.max_tokens} exceeds the context length {self.limit}",
+                        f"{sampling.max_tokens} exceeds the context length {self.limit}",
                         rec.record_id,
                     )
                 )
@@ -146,7 +207,9 @@ class Preparer:
                 continue
             out.prompts[rec.row] = text
             out.token_ids[rec.row] = tokens
-            out.seeds[rec.row] = record_seed(spec.sampling.seed, rec.record_id)
+            out.seeds[rec.row] = record_seed(sampling.seed, rec.record_id)
+            if own is not None:
+                out.settings[rec.row] = own
         out.quarantined = sorted(bad, key=lambda q: q.row)
         return out
 

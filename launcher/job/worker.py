@@ -245,7 +245,14 @@ class Worker:
                     return
                 key, self._next_key = self._next_key, self._next_key + 1
                 self.keys[key] = (active, row)
-                yield GenerationRequest(key, active.prepared.token_ids[row], active.prepared.seeds[row])
+                own = active.prepared.settings.get(row)
+                yield GenerationRequest(
+                    key,
+                    active.prepared.token_ids[row],
+                    active.prepared.seeds[row],
+                    own.sampling if own else None,
+                    own.n if own else None,
+                )
             active = None
 
     def _on_completion(self, comp: Completion) -> None:
@@ -266,6 +273,9 @@ class Worker:
             "finish_reasons": [s.finish_reason for s in comp.samples],
             "seed": p.seeds[row_no],
         }
+        own = p.settings.get(row_no)
+        if own is not None:  # gather checks each record against its own number of samples
+            row["num_samples"] = own.n
         if self.plan.spec.output.token_ids:
             row["sample_token_ids"] = [list(s.token_ids) for s in comp.samples]
         assert self.writer is not None

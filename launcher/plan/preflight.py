@@ -294,7 +294,9 @@ def check_datasets(spec: JobSpec) -> dict[str, int]:
         try:
             fmt = detect_format(path)
             n = count_rows(path, ds.split)
-            sample = sample_records(path, spec.data.fields, min(SAMPLE_ROWS, spec.data.limit or SAMPLE_ROWS), ds.split)
+            sample = sample_records(
+                path, spec.data.fields, min(SAMPLE_ROWS, spec.data.limit or SAMPLE_ROWS), ds.split, ds.format
+            )
         except SpecError as exc:
             raise _moved(spec, key, exc, path) from None
         except PermissionError:
@@ -379,6 +381,32 @@ def check_prompts(spec: JobSpec) -> None:
         except SpecError as exc:  # the template file cannot be read
             raise _moved(spec, key, exc, Path(tpl.file if tpl is not None and tpl.file else "")) from None
         check_template(text, _dotted_key(key), where)
+    check_chat_template(spec)
+
+
+def check_chat_template(spec: JobSpec) -> None:
+    """The spec's own chat template: readable, and jinja2 that compiles (transformers renders it the same way)."""
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from launcher.inputs.prompts import read_chat_template
+
+    key = ("data", "chat_template")
+    try:
+        text = read_chat_template(spec.data)
+    except SpecError as exc:
+        raise _moved(spec, key, exc, Path(str(spec.data.chat_template))) from None
+    if text is None:
+        return
+    try:
+        ImmutableSandboxedEnvironment().parse(text)
+    except TemplateSyntaxError as exc:
+        raise SpecError.one(
+            spec.where(*key),
+            "data.chat_template",
+            f"jinja2 syntax error at template line {exc.lineno}: {exc.message}",
+            fix="check {{ }} and {% %} pairs; transformers renders chat templates with jinja2",
+        ) from None
 
 
 def _dotted_key(key: tuple[str | int, ...]) -> str:
@@ -465,7 +493,7 @@ def duplicate_report(spec: JobSpec) -> list[str]:
     lines = []
     for ds in spec.data.datasets:
         try:
-            dupes = duplicate_ids(ds.file, spec.data.fields, spec.data.limit, ds.split)
+            dupes = duplicate_ids(ds.file, spec.data.fields, spec.data.limit, ds.split, ds.format)
         except (SpecError, OSError, ValueError):
             continue  # check_datasets reports what cannot be read
         if dupes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -28,6 +29,10 @@ class DatasetSpec(_Section):
     `data_root`."""
     split: str | None = None
     """For a saved HF DatasetDict with several splits: which one (train, test, ...). Unset: its only split."""
+    format: Literal["auto", "openai-batch"] = "auto"
+    """auto: rows of the columns in data.fields (a JSONL line with custom_id and body is read as an OpenAI batch
+    request). openai-batch: every line is an OpenAI Batch API request ({custom_id, method, url, body}); custom_id is
+    the record id, the body's sampling fields override the spec's for that request; any other line is quarantined."""
 
     @field_validator("path")
     @classmethod
@@ -60,6 +65,10 @@ class FieldNames(_Section):
     """Column with the user's history (text or a list of items)."""
     context: str = "context"
     """Column with the current context / query the generation answers."""
+    messages: str = "messages"
+    """Column with OpenAI-style chat messages ([{role, content}, ...]). A record that has them is sent as those
+    messages (through the chat template), under every ablation config; it needs no profile/history/context, and
+    without a user id column it is named by its record id."""
 
 
 class TemplateSpec(_Section):
@@ -103,8 +112,22 @@ class DataSpec(_Section):
     Not the old --scenario_path, which named the records (`launcher run --scenario_path` still does)."""
     system_prompt: str | None = None
     """System message put before the prompt when the tokenizer has a chat template."""
-    chat_template: bool = True
-    """Wrap each prompt in the tokenizer's chat template when it has one."""
+    chat_template: bool | str = True
+    """true: wrap each prompt in the tokenizer's chat template when it has one. false: no template (the prompt text
+    as is; messages are joined by blank lines). Text: a jinja2 chat template to use instead of the tokenizer's,
+    inline or a file (*.jinja, *.j2, relative to the spec's folder)."""
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra variables for the chat template (e.g. {enable_thinking: false} for Qwen3)."""
+
+    @field_validator("chat_template")
+    @classmethod
+    def _chat_template(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str) and "{" not in value and not value.endswith((".jinja", ".j2", ".jinja2")):
+            raise ValueError(
+                f"{value!r} is neither a jinja2 chat template nor a template file; allowed: true, false, an inline "
+                "template (it holds {% %} / {{ }}), or a *.jinja / *.j2 file"
+            )
+        return value
 
     @field_validator("templates")
     @classmethod

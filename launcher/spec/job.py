@@ -22,7 +22,20 @@ ADDED_LATER: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("sampling", "structured"), None),
     (("data", "fields", "messages"), "messages"),
     (("data", "chat_template_kwargs"), {}),
+    (("data", "datasets", "*", "format"), "auto"),
 )
+
+
+def _drop_default(tree: Any, path: tuple[str, ...], default: Any) -> None:
+    """Remove path from the dumped spec when it holds its default ("*": every item of a list)."""
+    head, rest = path[0], path[1:]
+    items = tree if head == "*" else [tree.get(head)] if isinstance(tree, dict) and rest else None
+    if items is None:
+        if isinstance(tree, dict) and tree.get(head) == default:
+            tree.pop(head, None)
+        return
+    for item in items if isinstance(items, list) else []:
+        _drop_default(item, rest, default)
 
 
 class JobSpec(_Section):
@@ -112,11 +125,7 @@ class JobSpec(_Section):
         }
         # Fields added after runs existed are hashed only when set, so those runs keep their ids.
         for path, default in ADDED_LATER:
-            parent = affects
-            for key in path[:-1]:
-                parent = parent[key]
-            if parent.get(path[-1]) == default:
-                parent.pop(path[-1], None)
+            _drop_default(affects, path, default)
         blob = json.dumps(affects, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()
 

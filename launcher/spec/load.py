@@ -209,6 +209,12 @@ def _shown(path: Path) -> str:
 def load_layers(path: Path, overrides: list[str]) -> Layers:
     layers = Layers(data={}, root=f"{_shown(path)}:1")  # a key missing from the file belongs at its top
     _load_file(path, layers, chain=[])
+    apply_overrides(layers, overrides)
+    return layers
+
+
+def apply_overrides(layers: Layers, overrides: list[str]) -> None:
+    """--set key.path=value, each merged over what the files said (and remembered as where the value came from)."""
     for text in overrides:
         key, value = parse_override(text)
         where = f"--set {text}"
@@ -219,7 +225,6 @@ def load_layers(path: Path, overrides: list[str]) -> Layers:
             cur = cur[part]
         cur[key[-1]] = value
         layers.merge(node, where_of=lambda _k, w=where: w, base=Path.cwd())
-    return layers
 
 
 def _load_file(path: Path, layers: Layers, chain: list[Path]) -> None:

@@ -26,6 +26,7 @@ PATH_KEYS: tuple[Key, ...] = (
     ("output", "scratch_dir"),
     ("data_root",),
 )
+CHAT_TEMPLATE_SUFFIXES = (".jinja", ".j2", ".jinja2")
 RENAMED: dict[Key, tuple[str, str]] = {  # key -> (its new name, what it means now)
     ("data", "scenario"): (
         "data.preamble",
@@ -64,6 +65,9 @@ def _resolve_paths(layers: Layers) -> None:
     templates = data.get("data", {}).get("templates") if isinstance(data.get("data"), dict) else None
     if isinstance(templates, dict):
         keys += [("data", "templates", name, "file") for name in templates]
+    chat = data.get("data", {}).get("chat_template") if isinstance(data.get("data"), dict) else None
+    if isinstance(chat, str) and chat.endswith(CHAT_TEMPLATE_SUFFIXES) and "{" not in chat:
+        keys.append(("data", "chat_template"))  # a file; inline templates hold {% %} / {{ }}
     for key in keys:
         parent: Any = data
         for part in key[:-1]:

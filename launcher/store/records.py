@@ -23,6 +23,7 @@ class OutputRow(TypedDict, total=False):
     finish_reasons: list[str]
     seed: int
     sample_token_ids: list[list[int]]  # only with output.token_ids
+    num_samples: int  # only when the record asked for its own n (an OpenAI batch line)
 
 
 class UnitDone(TypedDict, total=False):

@@ -1,0 +1,172 @@
+"""gather/report.py: `launcher report RUN [RUN ...]` — one table over a sweep (every run given x dataset x ablation):
+records, samples, mean length, distinct-n, finish reasons, structured-output conformance, throughput; as
+report.json, report.md and report.png.
+
+Several runs side by side are how checkpoints are compared today (one spec per checkpoint, one `report` over their
+output dirs); the model column says which is which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher.gather.compare import distinct_n
+from launcher.plan import Plan
+from launcher.store import write_atomic
+
+
+@dataclass(frozen=True)
+class CellRow:
+    run_id: str
+    model: str
+    dataset: str
+    ablation: str
+    records: int
+    samples: int
+    quarantined: int
+    mean_tokens: float
+    distinct_1: float
+    distinct_2: float
+    stop_fraction: float  # finish reason "stop" (EOS or a stop string) over all samples; the rest hit max_tokens
+    conforming_fraction: float | None  # structured outputs only
+    samples_per_sec: float | None  # this cell, by the wall clock
+    output_tokens_per_sec: float | None
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def cell_rows(plan: Plan, skipped: list[str] | None = None) -> list[CellRow]:
+    """One row per gathered (dataset, ablation) of the run. Left out (and named in `skipped`): cells not gathered
+    yet, and cells whose folder another run (same output.dir, other run id) gathered into last."""
+    out = []
+    model = Path(plan.spec.model.path).name
+    for dataset, ablation in plan.cells():
+        cell = plan.run.output_dir / dataset / ablation
+        summary_path = cell / "inference_summary.json"
+        if not summary_path.exists():
+            if skipped is not None:
+                skipped.append(f"{cell}: not gathered")
+            continue
+        summary = json.loads(summary_path.read_text())
+        if summary.get("run_id") != plan.run.run_id:
+            if skipped is not None:
+                skipped.append(f"{cell}: holds run {summary.get('run_id')}, not {plan.run.run_id}")
+            continue
+        rows = _jsonl(cell / "samples.jsonl")
+        texts = [t for r in rows for t in r["generated_samples"]]
+        lengths = [n for r in rows for n in r["sample_tokens"]]
+        reasons = Counter(x for r in rows for x in r["finish_reasons"])
+        structured = summary.get("structured") or {}
+        out.append(
+            CellRow(
+                run_id=plan.run.run_id,
+                model=model,
+                dataset=dataset,
+                ablation=ablation,
+                records=len(rows),
+                samples=len(texts),
+                quarantined=int(summary.get("quarantined") or 0),
+                mean_tokens=round(statistics.fmean(lengths), 1) if lengths else 0.0,
+                distinct_1=round(distinct_n(texts, 1), 4),
+                distinct_2=round(distinct_n(texts, 2), 4),
+                stop_fraction=round(reasons["stop"] / len(texts), 4) if texts else 0.0,
+                conforming_fraction=structured.get("conforming_fraction"),
+                samples_per_sec=summary.get("throughput_samples_per_sec"),
+                output_tokens_per_sec=summary.get("output_tokens_per_sec"),
+            )
+        )
+    return out
+
+
+COLUMNS = (
+    ("model", "model"),
+    ("run_id", "run"),
+    ("dataset", "dataset"),
+    ("ablation", "ablation"),
+    ("records", "records"),
+    ("samples", "samples"),
+    ("quarantined", "quarantined"),
+    ("mean_tokens", "mean tokens"),
+    ("distinct_1", "distinct-1"),
+    ("distinct_2", "distinct-2"),
+    ("stop_fraction", "stopped (not cut)"),
+    ("conforming_fraction", "conforming"),
+    ("samples_per_sec", "samples/s"),
+    ("output_tokens_per_sec", "output tok/s"),
+)
+
+
+def markdown(rows: list[CellRow]) -> str:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        return f"{value:,.4g}" if isinstance(value, float) else str(value)
+
+    lines = [
+        "| " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|" + "|".join("---" if key in ("model", "run_id", "dataset", "ablation") else "---:" for key, _ in COLUMNS)
+        + "|",
+    ]  # fmt: skip
+    for r in rows:
+        d = asdict(r)
+        lines.append("| " + " | ".join(cell(d[key]) for key, _ in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[CellRow], path: Path) -> Path:
+    """Mean length and distinct-2 per cell, one bar per run: how the runs differ at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = sorted({(r.dataset, r.ablation) for r in rows})
+    runs = sorted({(r.model, r.run_id) for r in rows})
+    by = {(r.model, r.run_id, r.dataset, r.ablation): r for r in rows}
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(cells) + 4), 4.5))
+    width = 0.8 / max(1, len(runs))
+    for ax, field, title in (
+        (axes[0], "mean_tokens", "mean sample length (tokens)"),
+        (axes[1], "distinct_2", "distinct-2"),
+    ):
+        for i, (model, run_id) in enumerate(runs):
+            ys = [getattr(by.get((model, run_id, d, a)), field, 0) or 0 for d, a in cells]
+            ax.bar([x + i * width for x in range(len(cells))], ys, width, label=f"{model} ({run_id})")
+        ax.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(cells))])
+        ax.set_xticklabels([f"{d}\n{a}" for d, a in cells], fontsize=8)
+        ax.set_title(title)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_report(rows: list[CellRow], folder: Path, draw: bool = True) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    data = {"columns": [k for k, _ in COLUMNS], "rows": [asdict(r) for r in rows]}
+    write_atomic(folder / "report.json", (json.dumps(data, indent=2) + "\n").encode())
+    written.append(folder / "report.json")
+    write_atomic(folder / "report.md", markdown(rows).encode())
+    written.append(folder / "report.md")
+    if draw and rows:
+        # the login node's launcher without the plot extra: the table is what matters
+        with contextlib.suppress(ImportError):
+            written.append(plot(rows, folder / "report.png"))
+    return written
+
+
+__all__ = ["CellRow", "cell_rows", "markdown", "write_report"]

@@ -1,0 +1,58 @@
+"""`launcher report`: one table over several runs (checkpoints or settings side by side), from gathered outputs."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from launcher.plan import expand
+from launcher.plan.persist import save_plan
+from launcher.spec import load_spec
+
+from .conftest import launcher, make_spec, read_samples
+
+
+def test_report_over_two_runs(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:
+    outs = []
+    for name, temperature in (("cool", 0.3), ("hot", 1.5)):
+        spec = make_spec(
+            tmp_path,
+            tiny_model,
+            users_file,
+            name=name,
+            data={"ablation_configs": ["full", "profile_only"], "limit": 4},
+            sampling={"temperature": temperature, "max_tokens": 12},
+            output={"dir": str(tmp_path / name)},
+        )
+        proc = launcher("submit", str(spec), "--executor", "local", "--wait")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs.append(tmp_path / name)
+    folder = tmp_path / "report"
+    proc = launcher("report", *map(str, outs), "--out", str(folder))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((folder / "report.json").read_text())
+    rows = data["rows"]
+    assert sorted((r["run_id"].split("-")[0], r["ablation"]) for r in rows) == [
+        ("cool", "full"), ("cool", "profile_only"), ("hot", "full"), ("hot", "profile_only"),
+    ]  # fmt: skip
+    for r in rows:
+        samples = read_samples(tmp_path / r["run_id"].split("-")[0] / "users" / r["ablation"])
+        lengths = [n for s in samples for n in s["sample_tokens"]]
+        assert r["records"] == len(samples) == 4 and r["samples"] == 8
+        assert r["mean_tokens"] == round(statistics.fmean(lengths), 1)
+        stops = sum(x == "stop" for s in samples for x in s["finish_reasons"])
+        assert r["stop_fraction"] == round(stops / 8, 4)
+        assert r["samples_per_sec"] and r["samples_per_sec"] > 0
+    md = (folder / "report.md").read_text()
+    assert md.count("\n") == 2 + len(rows) and "| distinct-2 |" in md and proc.stdout.startswith("| model |")
+    assert (folder / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_before_gather_says_so(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:
+    plan = expand(load_spec(make_spec(tmp_path, tiny_model, users_file)))
+    save_plan(plan)  # planned, nothing run: no cell gathered
+    proc = launcher("report", str(plan.run.root))
+    assert proc.returncode == 1 and "nothing gathered yet" in proc.stderr and "not gathered" in proc.stderr
+    missing = launcher("report", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "no run found here" in missing.stderr
