@@ -220,17 +220,20 @@ def test_ctrl_c_on_submit_wait_says_what_is_kept(tmp_path: Path, tiny_model: Pat
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
-        env={**os.environ, "LAUNCHER_FAULT_SLOW_S": "1"},
+        env={**os.environ, "LAUNCHER_FAULT_SLOW_S": "2"},
     )
     deadline = time.time() + 120
-    while time.time() < deadline and not list((tmp_path / "out").rglob("chunks/*.jsonl")):
+    while time.time() < deadline and not list((tmp_path / "out").rglob("chunks/*.jsonl")) and proc.poll() is None:
         time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before Ctrl-C could land mid-run"
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's whole process group
     out, errs = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + errs
     assert "interrupted:" in errs and "launcher submit" in errs and "is kept" in errs
     status = json.loads(launcher("status", str(tmp_path / "out"), "--json").stdout)
     assert status["jobs"][0]["state"] == "INTERRUPTED"
+    run_dir = next((tmp_path / "out" / "runs").iterdir())
+    assert not list(run_dir.glob("units/*/failures/*.json"))  # Ctrl-C is the user's, never a unit's failure
     again = launcher("submit", str(spec), "--wait")
     assert again.returncode == 0, again.stdout + again.stderr
     assert len((tmp_path / "out" / "users" / "full" / "samples.jsonl").read_text().splitlines()) == len(USERS)

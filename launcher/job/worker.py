@@ -176,6 +176,11 @@ class Worker:
             self._set(state="done")
         except Stopped:
             self._set(state="preempted")
+        except KeyboardInterrupt:
+            # Ctrl-C on `launcher submit --wait` or `launcher run` reaches the whole process group: the user stopped
+            # the run. Not a failure: no unit is blamed, and status says INTERRUPTED, not FAILED.
+            self._set(state="interrupted")
+            raise
         except BaseException as exc:
             if self.stop_requested:
                 # Preempted or timed out while the worker runs in the job's own process (DP = 1): submitit's USR2
