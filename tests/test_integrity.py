@@ -221,6 +221,9 @@ def test_ctrl_c_on_submit_wait_says_what_is_kept(tmp_path: Path, tiny_model: Pat
         stderr=subprocess.PIPE,
         start_new_session=True,
         env={**os.environ, "LAUNCHER_FAULT_SLOW_S": "2"},
+        # As a terminal's shell starts it: a test runner started in the background (`cmd &` in a script) ignores
+        # SIGINT, the child inherits that, and Python then never raises KeyboardInterrupt (measured: CI rehearsal).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while time.time() < deadline and not list((tmp_path / "out").rglob("chunks/*.jsonl")) and proc.poll() is None:

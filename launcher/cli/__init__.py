@@ -29,6 +29,8 @@ examples:
   launcher status outputs/demo                    one table per run: state, records done, speed, errors
   launcher run --checkpoint_dir M --dataset D.jsonl --output_dir OUT   the old inference_vllm.py flags
   launcher reproduce outputs/demo --wait          run it again from its record; byte-identical on CPU
+  launcher batch -i requests.jsonl -o results.jsonl --model M   an OpenAI Batch API file (vllm run-batch format)
+  launcher report outputs/a outputs/b             one table (and a plot) over runs, datasets and ablations
   launcher schema > spec.schema.json              JSON Schema for editors
 """
 
