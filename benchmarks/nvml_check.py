@@ -14,7 +14,8 @@ import time
 
 import torch
 
-from launcher.job.gpu_monitor import GpuSampler, merge_histograms  # stdlib + pynvml: the bare GPU image runs it
+from launcher.gather.throughput import merge_histograms  # pydantic: run it after .gpu2/install-vllm.sh
+from launcher.job.gpu_monitor import GpuSampler
 
 
 def phase(busy: bool, seconds: float) -> dict[str, object]:

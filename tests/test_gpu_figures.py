@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from launcher.gather.throughput import describe_gpus, summarize_gpu_samples
-from launcher.job.gpu_monitor import FAKE_ENV, GpuSampler, load_nvml, merge_histograms
+from launcher.gather.throughput import describe_gpus, merge_histograms, summarize_gpu_samples
+from launcher.job.gpu_monitor import FAKE_ENV, GpuSampler, load_nvml
 from launcher.plan import expand
 from launcher.plan.estimate import HISTORY_ENV, estimate, shape_key
 from launcher.spec import load_spec

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from launcher.job.gpu_monitor import merge_histograms
 from launcher.plan import Plan
 from launcher.store import GpuFigures, WorkerReport, read_json
 
@@ -176,6 +175,21 @@ def describe_gpus(run: dict[str, Any]) -> str | None:
     if run.get("gpu_figures_missing"):
         line += " (no utilization/memory figures: " + "; ".join(run["gpu_figures_missing"]) + ")"
     return line
+
+
+def merge_histograms(hists: Sequence[Sequence[int]]) -> tuple[float | None, float | None]:
+    """(mean, p10) of SM utilization in percent over every (GPU, instant) sample of every worker."""
+    total = [sum(col) for col in zip(*hists, strict=True)] if hists else []
+    n = sum(total)
+    if not n:
+        return None, None
+    mean = sum(pct * c for pct, c in enumerate(total)) / n
+    target, seen = 0.10 * n, 0
+    for pct, c in enumerate(total):
+        seen += c
+        if seen >= target:
+            return round(mean, 1), float(pct)
+    return round(mean, 1), 100.0
 
 
 def run_figures(plan: Plan) -> RunFigures:

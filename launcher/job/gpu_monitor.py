@@ -224,18 +224,3 @@ def _call(nvml: Any, name: str, handle: Any) -> Any:
 
 
 __all__ = ["FAKE_ENV", "FakeNvml", "GpuFigures", "GpuSampler", "load_nvml"]
-
-
-def merge_histograms(hists: Sequence[Sequence[int]]) -> tuple[float | None, float | None]:
-    """(mean, p10) of SM utilization in percent over every (GPU, instant) sample of every worker."""
-    total = [sum(col) for col in zip(*hists, strict=True)] if hists else []
-    n = sum(total)
-    if not n:
-        return None, None
-    mean = sum(pct * c for pct, c in enumerate(total)) / n
-    target, seen = 0.10 * n, 0
-    for pct, c in enumerate(total):
-        seen += c
-        if seen >= target:
-            return round(mean, 1), float(pct)
-    return round(mean, 1), 100.0
