@@ -107,6 +107,9 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+INSPECT_TIMEOUTS_S = (30, 90)
+
+
 def image_record(spec: JobSpec) -> dict[str, Any]:
     c = spec.container
     if c.runtime == "none" or not c.image:
@@ -116,19 +119,28 @@ def image_record(spec: JobSpec) -> dict[str, Any]:
     if c.runtime in {"apptainer", "singularity"} and path.is_file():
         record["sha256"] = sha256_file(path)
     elif c.runtime in {"docker", "podman"}:
-        try:
-            out = subprocess.run(
-                [c.runtime, "image", "inspect", "--format", "{{.Id}}", c.image],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
+        # Rootless podman waits on its storage lock while another podman of the same user works (measured: > 30 s
+        # under a loaded CI host): one longer try after a timeout, before run.json goes without the image id.
+        for timeout in INSPECT_TIMEOUTS_S:
+            record.pop("id_error", None)
+            try:
+                out = subprocess.run(
+                    [c.runtime, "image", "inspect", "--format", "{{.Id}}", c.image],
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                )
+            except subprocess.TimeoutExpired as exc:
+                record["id_error"] = f"TimeoutExpired: {exc}"[:300]
+                continue
+            except (OSError, subprocess.SubprocessError) as exc:
+                record["id_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                break
             if out.returncode == 0:
                 record["id"] = out.stdout.strip()
             else:
                 record["id_error"] = (out.stderr.strip().splitlines() or ["no output"])[-1][:300]
-        except (OSError, subprocess.SubprocessError) as exc:
-            record["id_error"] = f"{type(exc).__name__}: {exc}"[:300]
+            break
         if "id_error" in record:  # run.json then cannot say which image ran: say so where the user looks
             print(
                 f"warning: `{c.runtime} image inspect {c.image}` failed ({record['id_error']}); run.json will not "
