@@ -368,12 +368,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from launcher.plan import check_inputs, expand
     from launcher.plan.persist import resolve_run
     from launcher.submit.executors import submit
-    from launcher.submit.openai_batch import batch_spec, check_lines, write_output
+    from launcher.submit.openai_batch import batch_spec, write_output
     from launcher.submit.wait import wait_and_gather
 
     input_path, output_path = Path(args.input), Path(args.output)
-    spec = batch_spec(input_path, output_path, args.model, args.spec, args.overrides)
-    good, bad = check_lines(input_path)
+    batch = batch_spec(input_path, output_path, args.model, args.spec, args.overrides)
+    spec, good, bad = batch.spec, batch.requests, batch.bad_lines
     rows = check_inputs(spec)
     resolved = resolve_run(spec)
     plan = expand(spec, rows, run=resolved.run)

@@ -18,7 +18,7 @@ from typing import Any
 
 from launcher.gather.compare import distinct_n
 from launcher.plan import Plan
-from launcher.store import write_atomic
+from launcher.store import read_jsonl, write_atomic
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,6 @@ class CellRow:
     output_tokens_per_sec: float | None
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def cell_rows(plan: Plan, skipped: list[str] | None = None) -> list[CellRow]:
     """One row per gathered (dataset, ablation) of the run. Left out (and named in `skipped`): cells not gathered
     yet, and cells whose folder another run (same output.dir, other run id) gathered into last."""
@@ -62,7 +56,7 @@ def cell_rows(plan: Plan, skipped: list[str] | None = None) -> list[CellRow]:
             if skipped is not None:
                 skipped.append(f"{cell}: holds run {summary.get('run_id')}, not {plan.run.run_id}")
             continue
-        rows = _jsonl(cell / "samples.jsonl")
+        rows = list(read_jsonl(cell / "samples.jsonl")) if (cell / "samples.jsonl").exists() else []
         texts = [t for r in rows for t in r["generated_samples"]]
         lengths = [n for r in rows for n in r["sample_tokens"]]
         reasons = Counter(x for r in rows for x in r["finish_reasons"])

@@ -193,7 +193,7 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Key, int]]:
             f"{shown}:1",
             "",
             f"the spec must be a mapping of sections, got {type(data).__name__}",
-            allowed="name, model, data, sampling, slurm, container, output, executor, extends",
+            allowed=", ".join(SPEC_SECTIONS),
             fix="start from configs/demo.yaml",
         )
     return data, lines

@@ -13,23 +13,31 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from launcher.errors import SpecError
-from launcher.inputs.chat import CHAT_URL, NotUsable, is_batch_line, parse_batch_line
-from launcher.inputs.records import BadRow, duplicate_ids, iter_rows
+from launcher.inputs.chat import CHAT_URL, parse_batch_line
+from launcher.inputs.records import BadRow, Record, iter_rows, to_record
 from launcher.plan import Plan
-from launcher.spec import JobSpec
-from launcher.store import write_atomic
+from launcher.spec import FieldNames, JobSpec
+from launcher.store import read_jsonl, write_atomic
 
 DATASET = "batch"
 ABLATION = "full"  # a batch line is its own prompt: one cell, whichever ablation config runs it
 
 
+@dataclass(frozen=True)
+class BatchInput:
+    spec: JobSpec  # the run behind the file
+    requests: int  # lines that are batch requests
+    bad_lines: int  # lines that are not (each gets an error line in the output)
+
+
 def batch_spec(
     input_path: Path, output_path: Path, model: str | None, spec_path: str | None, overrides: list[str]
-) -> JobSpec:
+) -> BatchInput:
     """The run behind a batch file: the spec given (its data section replaced), or a minimal local one. OpenAI's
     defaults where it has them: one sample per line, top_p 1, no top-k."""
     from launcher.spec.load import Layers, apply_overrides, load_layers
@@ -72,7 +80,7 @@ def batch_spec(
     if "path" not in (layers.data.get("model") or {}):
         raise SpecError.one("launcher batch", "model.path", "no model given", fix="pass --model PATH (or --spec)")
     spec = validate(layers, JobSpec)
-    dupes = duplicate_ids(input_path, spec.data.fields, fmt="openai-batch")
+    requests, bad, dupes = _scan(input_path, spec.data.fields)
     if dupes:
         shown = ", ".join(f"{k!r} x{v}" for k, v in sorted(dupes.items())[:5])
         raise SpecError.one(
@@ -82,7 +90,20 @@ def batch_spec(
             allowed="each custom_id once (it names the request's result in the output)",
             fix="give every line its own custom_id",
         )
-    return spec
+    return BatchInput(spec, requests, bad)
+
+
+def _scan(input_path: Path, fields: FieldNames) -> tuple[int, int, dict[str, int]]:
+    """One pass over the file, read as a worker reads it: (request lines, bad lines, custom_ids used twice or more)."""
+    counts: dict[str, int] = {}
+    bad = 0
+    for row, obj in iter_rows(input_path):
+        item = to_record(row, obj, fields, "openai-batch")
+        if isinstance(item, Record):
+            counts[item.record_id] = counts.get(item.record_id, 0) + 1
+        else:
+            bad += 1
+    return sum(counts.values()), bad, {k: v for k, v in counts.items() if v > 1}
 
 
 def _name(path: Path) -> str:
@@ -123,8 +144,9 @@ def _response_body(line: dict[str, Any], row: dict[str, Any], model: str, create
 def output_lines(plan: Plan, input_path: Path) -> Iterator[dict[str, Any]]:
     """One output object per input line, in input order."""
     cell = plan.run.output_dir / DATASET / ABLATION
-    rows = {r["row"]: r for r in _jsonl(cell / "samples.jsonl")}
-    quarantined = {q["row"]: q["reason"] for q in _jsonl(cell / "quarantine.jsonl")}
+    samples, quarantine = cell / "samples.jsonl", cell / "quarantine.jsonl"
+    rows = {r["row"]: r for r in read_jsonl(samples)} if samples.exists() else {}
+    quarantined = {q["row"]: q["reason"] for q in read_jsonl(quarantine)} if quarantine.exists() else {}
     first = ((plan.run.read_run() or {}).get("submissions") or [{}])[0]
     created = int(first.get("submitted_epoch") or 0)  # the run's first submit: a rerun writes the same bytes
     model = Path(plan.spec.model.path).name
@@ -166,25 +188,4 @@ def write_output(plan: Plan, input_path: Path, output_path: Path) -> tuple[int, 
     return ok, bad
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def check_lines(input_path: Path) -> tuple[int, int]:
-    """(lines that are batch requests, lines that are not): what `batch` says before it submits."""
-    good = bad = 0
-    for _, obj in iter_rows(input_path):
-        try:
-            if isinstance(obj, dict) and is_batch_line(obj):
-                parse_batch_line(obj)
-                good += 1
-                continue
-        except NotUsable:
-            pass
-        bad += 1
-    return good, bad
-
-
-__all__ = ["batch_spec", "check_lines", "output_lines", "write_output"]
+__all__ = ["BatchInput", "batch_spec", "output_lines", "write_output"]
