@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Stop the local test cluster started by up.sh: cancel its jobs, then stop slurmd, slurmctld,
+# Stop the local test cluster started by up.sh: cancel its jobs, then stop both slurmds, slurmctld,
 # slurmdbd, MariaDB and munged by their pid files (never by name: other processes on this machine
-# may carry the same names). Waits until each is really gone. Idempotent.
+# may carry the same names), waiting until each is really gone; then remove the second node's network
+# namespace and veth pair. Idempotent.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -54,8 +55,14 @@ for d in "${DAEMONS[@]}"; do
   rm -f "$(pidfile_of "$d")"
 done
 
+net=
+if [ -e "/run/netns/$NETNS" ] || ip link show "$NET_IF" >/dev/null 2>&1; then
+  net_down
+  net=" and removed netns $NETNS"
+fi
+
 if [ ${#stopped[@]} -eq 0 ]; then
-  echo "slurm: already down"
+  echo "slurm: already down${net}"
 else
-  echo "slurm: stopped ${stopped[*]} in $(elapsed "$T0") s"
+  echo "slurm: stopped ${stopped[*]}${net} in $(elapsed "$T0") s"
 fi

@@ -5,7 +5,7 @@ set -euo pipefail
 
 # slurm-wlm pulls slurmctld, slurmd and slurm-client; slurmdbd + mariadb-server give
 # accounting (submitit needs sacct to see job states).
-PKGS=(slurm-wlm slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
+PKGS=(slurm-wlm slurmctld slurmd slurm-client munge slurmdbd mariadb-server iproute2) # iproute2: the second node's netns
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Bring up a real single-node Slurm cluster on this machine (root, no systemd needed):
-# munged, MariaDB + slurmdbd (accounting: submitit reads job states with sacct), slurmctld, slurmd.
+# Bring up a real Slurm cluster on this machine (root, no systemd needed): munged, MariaDB + slurmdbd
+# (accounting: submitit reads job states with sacct), slurmctld, slurmd for this host's node, and a
+# second slurmd in its own network namespace (node <host>-n2, partition 'multi' only) for multi-node jobs.
 # Config goes to /etc/slurm so plain sbatch/sinfo/sacct and submitit work without extra env;
 # state, logs and pid files go under $LAUNCHER_SLURM_DIR (default /var/tmp/launcher-slurm).
 # Idempotent: exits at once if the cluster is already up with the same config.
@@ -13,11 +14,13 @@ T0=$(now)
 
 D=$SLURM_DIR
 GPU_COUNT=4
+GPU2_COUNT=2 # the second node's fake GPUs
 
 # ---------------------------------------------------------------- config files (as strings)
-SLURM_CONF="# Written by launcher slurm/up.sh: a single-node test cluster. Edits are overwritten.
+SLURM_CONF="# Written by launcher slurm/up.sh: a test cluster on one machine. Edits are overwritten.
 ClusterName=$CLUSTER_NAME
-SlurmctldHost=$NODE_NAME(127.0.0.1)
+# The host's veth address, not 127.0.0.1: the second node (own network namespace) must reach it too.
+SlurmctldHost=$NODE_NAME($HOST_ADDR)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -60,15 +63,22 @@ AccountingStorageTRES=gres/gpu
 JobCompType=jobcomp/none
 # The VM has 2 cores; config_overrides lets the node advertise 8 CPUs and 16 GB anyway.
 SlurmdParameters=config_overrides
-NodeName=$NODE_NAME NodeAddr=127.0.0.1 CPUs=8 Sockets=1 CoresPerSocket=8 ThreadsPerCore=1 RealMemory=16000 Gres=gpu:$GPU_COUNT State=UNKNOWN
+# NodeAddr is what slurmctld, slurmd (step fan-out) and jobs (MASTER_ADDR) use to reach a node: the veth
+# addresses, which both network namespaces can reach.
+NodeName=$NODE_NAME NodeAddr=$HOST_ADDR CPUs=8 Sockets=1 CoresPerSocket=8 ThreadsPerCore=1 RealMemory=16000 Gres=gpu:$GPU_COUNT State=UNKNOWN
+NodeName=$NODE2_NAME NodeAddr=$NODE2_ADDR CPUs=4 Sockets=1 CoresPerSocket=4 ThreadsPerCore=1 RealMemory=8000 Gres=gpu:$GPU2_COUNT State=UNKNOWN
 PartitionName=debug Nodes=$NODE_NAME Default=YES PriorityTier=1 GraceTime=10 MaxTime=INFINITE State=UP
 PartitionName=high Nodes=$NODE_NAME PriorityTier=10 GraceTime=10 MaxTime=INFINITE State=UP
+# Multi-node jobs (sbatch -p multi -N2). The only partition with the second node, so single-node jobs in
+# debug/high never land there. Same tier as debug: neither preempts the other; high preempts both.
+PartitionName=multi Nodes=$NODE_NAME,$NODE2_NAME PriorityTier=1 GraceTime=10 MaxTime=INFINITE State=UP
 "
 
 # Fake GPUs: character devices (plain files are rejected by slurmd) named like NVIDIA's.
 GRES_CONF="# Written by launcher slurm/up.sh: fake GPUs (character devices, not real hardware).
 AutoDetect=off
 NodeName=$NODE_NAME Name=gpu File=$D/gpu/nvidia[0-$((GPU_COUNT - 1))]
+NodeName=$NODE2_NAME Name=gpu File=$NODE2_DIR/gpu/nvidia[0-$((GPU2_COUNT - 1))]
 "
 
 SLURMDBD_CONF="# Written by launcher slurm/up.sh.
@@ -106,25 +116,26 @@ socket=$D/mysql/mysqld.sock
 "
 
 same_file() { cmp -s "$1" <(printf '%s' "$2"); }
+usable() { case "$1" in idle | mixed | allocated | completing) return 0 ;; esac; return 1; }
 
 # ---------------------------------------------------------------- fast path: already up?
 all_up=1
 for d in "${DAEMONS[@]}"; do
   daemon_pid "$d" >/dev/null || { all_up=0; break; }
 done
-if [ $all_up = 1 ] &&
+if [ $all_up = 1 ] && net_up &&
   same_file /etc/slurm/slurm.conf "$SLURM_CONF" &&
   same_file /etc/slurm/gres.conf "$GRES_CONF" &&
   same_file /etc/slurm/slurmdbd.conf "$SLURMDBD_CONF" &&
   same_file "$D/mysql.cnf" "$MYSQL_CNF"; then
   # Jobs may be running: any answering, usable node state counts as up.
   state=$(node_state)
-  case "$state" in
-    idle | mixed | allocated | completing)
-      echo "slurm: already up (node $NODE_NAME $state, state dir $D), checked in $(elapsed "$T0") s"
-      exit 0
-      ;;
-  esac
+  state2=$(node_state "$NODE2_NAME")
+  if usable "$state" && usable "$state2"; then
+    echo "slurm: already up (node $NODE_NAME $state, node $NODE2_NAME $state2, state dir $D)," \
+      "checked in $(elapsed "$T0") s"
+    exit 0
+  fi
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -141,11 +152,12 @@ for d in "${DAEMONS[@]}"; do
   fi
 done
 
-# A controller we have no pid file for (e.g. started with another LAUNCHER_SLURM_DIR) would hold
-# the ports: say so instead of failing later with obscure errors.
-if [ -f /etc/slurm/slurm.conf ] && timeout 5 scontrol ping >/dev/null 2>&1; then
-  echo "up.sh: ERROR: a slurmctld not started from $D is running; stop it with" \
-    "LAUNCHER_SLURM_DIR=<its dir> $HERE/down.sh" >&2
+# A controller or slurmd we have no pid file for (e.g. started with another LAUNCHER_SLURM_DIR) would
+# hold the ports: say so instead of failing later with obscure errors. (Looking at the listening ports,
+# not `scontrol ping`: with our veth address gone, ping waits ~2 s on a route to nowhere.)
+if [ -n "$(ss -Hltn '( sport = :6817 or sport = :6818 )' 2>/dev/null)" ]; then
+  echo "up.sh: ERROR: a slurmctld or slurmd not started from $D is running (ports 6817/6818 in use); stop it" \
+    "with LAUNCHER_SLURM_DIR=<its dir> $HERE/down.sh" >&2
   exit 1
 fi
 
@@ -192,15 +204,39 @@ fi
 mkdir -p "$D"/{run,log,spool,gpu,munge,mysql}
 chmod 755 "$D" # other users (munge, mysql, job owners) must traverse it
 # Fresh start: job ids restart at 1, no stale jobs or node state. Logs start empty.
-rm -rf "$D/spool/slurmctld" "$D/spool/slurmd"
-mkdir -p "$D/spool/slurmctld" "$D/spool/slurmd"
+rm -rf "$D/spool/slurmctld" "$D/spool/slurmd" "$NODE2_DIR/spool" "$NODE2_DIR/run"
+mkdir -p "$D/spool/slurmctld" "$D/spool/slurmd" "$NODE2_DIR"/{run,spool,gpu}
 : >"$D/log/slurmctld.log"
 : >"$D/log/slurmd.log"
+: >"$D/log/slurmd-n2.log"
 : >"$D/log/slurmdbd.log"
 
 for i in $(seq 0 $((GPU_COUNT - 1))); do
   [ -c "$D/gpu/nvidia$i" ] || { rm -f "$D/gpu/nvidia$i"; mknod -m 0666 "$D/gpu/nvidia$i" c 195 "$i"; }
 done
+for i in $(seq 0 $((GPU2_COUNT - 1))); do
+  f=$NODE2_DIR/gpu/nvidia$i
+  [ -c "$f" ] || { rm -f "$f"; mknod -m 0666 "$f" c 195 "$i"; }
+done
+
+# ---------------------------------------------------------------- the second node's network
+# A network namespace and a veth pair, no route out: traffic goes only between the two nodes.
+# Made before slurmctld starts, since SlurmctldHost and the first node's NodeAddr are the host end.
+net_down # a stale namespace or pair from an earlier run
+ip netns add "$NETNS" || fail "ip netns add $NETNS failed"
+ip link add "$NET_IF" type veth peer name "$NET_IF" netns "$NETNS" || fail "ip link add $NET_IF (veth) failed"
+ip addr add "$HOST_ADDR/24" dev "$NET_IF"
+ip link set "$NET_IF" up
+ip -n "$NETNS" addr add "$NODE2_ADDR/24" dev "$NET_IF"
+ip -n "$NETNS" link set "$NET_IF" up
+ip -n "$NETNS" link set lo up
+# The second node's /etc/hosts (its slurmd gets it mounted over /etc/hosts; `ip netns exec` does the same
+# for a shell): both nodes' names resolve to their veth addresses. (The host's /etc/hosts maps this host's
+# name to 127.0.0.1, which the second node cannot reach; the host does not resolve the second node's name
+# at all: use the NodeAddr there.)
+mkdir -p "/etc/netns/$NETNS"
+printf '# Written by launcher slurm/up.sh for the second test node.\n127.0.0.1 localhost\n%s %s\n%s %s\n' \
+  "$NODE2_ADDR" "$NODE2_NAME" "$HOST_ADDR" "$NODE_NAME" >"/etc/netns/$NETNS/hosts"
 
 mkdir -p /etc/slurm
 printf '%s' "$SLURM_CONF" >/etc/slurm/slurm.conf
@@ -249,6 +285,18 @@ sacctmgr -i -Q add cluster "$CLUSTER_NAME" >/dev/null || fail "sacctmgr add clus
 # ---------------------------------------------------------------- slurmctld + slurmd
 spawn "$D/log/slurmctld.out" /usr/sbin/slurmctld
 spawn "$D/log/slurmd.out" /usr/sbin/slurmd
+# The second slurmd: own network namespace, own hostname (UTS namespace), and its own mount namespace
+# where its node-local dirs are mounted over the configured ones, so it uses the same slurm.conf (one
+# config hash) and the same SlurmdPidFile/SlurmdSpoolDir paths as the first node without clashing with
+# it (%n in those paths would move the first node's files, which tests/faults relies on). -L: own log.
+# nsenter, not `ip netns exec`: that remounts /sys, hiding /sys/fs/cgroup, and slurmd then refuses to
+# start ("Unable to initialize cgroup plugin") even with proctrack/linuxproc.
+# shellcheck disable=SC2016  # expanded by the inner sh
+spawn "$D/log/slurmd-n2.out" unshare --uts --mount --propagation private -- \
+  nsenter --net="/run/netns/$NETNS" -- sh -c '
+  hostname "$1" && mount --bind "$3/run" "$2/run" && mount --bind "$3/spool" "$2/spool/slurmd" &&
+  mount --bind "/etc/netns/$4/hosts" /etc/hosts &&
+  exec /usr/sbin/slurmd -N "$1" -L "$2/log/slurmd-n2.log"' sh "$NODE2_NAME" "$D" "$NODE2_DIR" "$NETNS"
 
 # While they start (~1 s): an account for the test user. AccountingStorageEnforce is off, so
 # associations are not required to run jobs; this only makes sacct/sshare show an account.
@@ -262,6 +310,15 @@ ready() { [ "$(node_state)" = idle ]; }
 wait_for 60 ready ||
   fail "node $NODE_NAME not idle after 60 s (sinfo: '$(node_state)')" \
     "$D/log/slurmctld.out" "$D/log/slurmctld.log" "$D/log/slurmd.out" "$D/log/slurmd.log"
+# By now the second slurmd has had as long to start as the first: if it is gone, say so at once.
+sleep 0.2
+daemon_pid slurmd-n2 >/dev/null ||
+  fail "slurmd of node $NODE2_NAME did not start" "$D/log/slurmd-n2.out" "$D/log/slurmd-n2.log"
+ready2() { [ "$(node_state "$NODE2_NAME")" = idle ]; }
+wait_for 30 ready2 ||
+  fail "node $NODE2_NAME not idle after 30 s (sinfo: '$(node_state "$NODE2_NAME")')" \
+    "$D/log/slurmctld.log" "$D/log/slurmd-n2.out" "$D/log/slurmd-n2.log"
 
 echo "slurm: up in $(elapsed "$T0") s (of which packages ${T_PKG} s); node $NODE_NAME idle," \
-  "partitions debug (default) + high (preempts debug), $GPU_COUNT fake GPUs, state dir $D"
+  "partitions debug (default) + high (preempts debug), $GPU_COUNT fake GPUs;" \
+  "node $NODE2_NAME ($NODE2_ADDR, netns $NETNS, $GPU2_COUNT fake GPUs) idle, partition multi = both; state dir $D"

@@ -25,3 +25,13 @@ def test_example_specs_validate(name: str, monkeypatch: pytest.MonkeyPatch) -> N
         assert spec.data.ablation_configs == ["profile_and_history"]
     if name == "quick-test":
         assert spec.slurm.gpus_per_node == 1 and spec.output.scratch_dir == "/tmp/launcher-cache"
+
+
+@pytest.mark.parametrize("name", ["lora-sweep", "models-sweep"])
+def test_sweep_examples_validate(name: str) -> None:
+    spec = load_spec(CONFIGS / "examples" / f"{name}.yaml")
+    if name == "lora-sweep":
+        assert spec.adapter_names() == ["base", "sql", "support"] and spec.model.adapters["base"] is None
+    else:
+        assert spec.model_names() == ["llama-8b", "qwen-7b"] and spec.model.path == ""
+        assert spec.for_model("qwen-7b").model.path.endswith("qwen2.5-7b-instruct")

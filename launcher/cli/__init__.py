@@ -445,7 +445,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         f"reproducing run [bold]{check.original.run.run_id}[/] ({check.original.run.root}) as "
         f"{plan.run.root}: {len(sub.job_ids)} worker job(s) submitted"
     )
-    pairs = [(check.original.run.output_dir / d / a, plan.run.output_dir / d / a) for d, a in check.original.cells()]
+    pairs = [
+        (check.original.run.output_dir / c.rel_dir, plan.run.output_dir / c.rel_dir) for c in check.original.cells()
+    ]
     if not args.wait:
         console.print("once it has finished: " + "; ".join(f"launcher compare {a} {b}" for a, b in pairs))
         return 0
@@ -454,8 +456,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     code = wait_and_gather(plan, sub, console)
     if code:
         return code
-    cells = agreement(check.original, plan)
-    for c in cells:
+    agreed = agreement(check.original, plan)
+    for c in agreed:
         shown = (
             "byte-identical"
             if c.byte_identical
@@ -463,8 +465,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             if c.agreement is not None
             else "differs (sampled without token ids: `launcher compare` shows lengths and distinct-n)"
         )
-        console.print(f"{c.dataset}/{c.ablation}: {shown} ({c.records[0]} vs {c.records[1]} records)")
-    identical = all(c.byte_identical for c in cells)
+        console.print(f"{c.cell}: {shown} ({c.records[0]} vs {c.records[1]} records)")
+    identical = all(c.byte_identical for c in agreed)
     console.print(
         "reproduced: every samples.jsonl is byte-identical"
         if identical

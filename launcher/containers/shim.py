@@ -273,9 +273,11 @@ IN_IMAGE_PYTHON = "python3"
 
 
 def spec_binds(spec: Any, run_dir: Path) -> list[Bind]:
-    """The model, the data, the output and scratch dirs, and what the spec adds; nothing else. Same paths inside
-    as outside: submitit's pickles and our run files hold absolute paths."""
-    folders: list[tuple[Path, bool]] = [(Path(spec.model.path), True), (Path(spec.output.dir), False)]
+    """The model(s) and adapters, the data, the output and scratch dirs, and what the spec adds; nothing else. Same
+    paths inside as outside: submitit's pickles and our run files hold absolute paths."""
+    folders: list[tuple[Path, bool]] = [(Path(p), True) for p in spec.model_paths().values()]
+    folders += [(Path(p), True) for p in spec.model.adapters.values() if p]
+    folders.append((Path(spec.output.dir), False))
     folders += [(ds.file.parent if ds.file.is_file() else ds.file, True) for ds in spec.data.datasets]
     if spec.data.preamble:
         folders.append((Path(spec.data.preamble).parent, True))

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from launcher.engines.multinode import Rendezvous
 from launcher.plan.layout import ParallelLayout
 from launcher.plan.sizing import Workload
 from launcher.spec import ModelSpec, SamplingSpec
@@ -23,6 +24,7 @@ class GenerationRequest:
     seed: int  # the record's seed; sample j uses seed + j
     sampling: SamplingSpec | None = None  # this request's own settings (an OpenAI batch body); None: the engine's
     n: int | None = None  # this request's own number of samples; None: the engine's
+    adapter: str | None = None  # the LoRA adapter (model.adapters name) that serves it; None: the base model
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class Engine(ABC):
     """A loaded model that turns requests into n samples each. Heavy imports happen in load(), never at import."""
 
     name: ClassVar[str]
+    rendezvous: Rendezvous | None = None  # set by the worker of a multi-node step (rank 0; vLLM only)
 
     def __init__(self, model: ModelSpec, sampling: SamplingSpec, n: int) -> None:
         self.model, self.sampling, self.n = model, sampling, n

@@ -75,6 +75,12 @@ class HFEngine(Engine):
                 f"sampling.structured ({self.sampling.structured.kind}) needs vLLM, and this worker runs the HF "
                 "backend (vLLM does not import here): run in an image with vLLM, or drop sampling.structured"
             )
+        if self.model.adapters:  # the same: a sweep over adapters must not silently run the base model for each
+            raise RuntimeError(
+                f"model.adapters ({', '.join(self.model.adapters)}) need vLLM, and this worker runs the HF backend "
+                "(vLLM does not import here): run in an image with vLLM, or merge each adapter into a checkpoint "
+                "and list them under models:"
+            )
 
         t0 = time.perf_counter()
         self.tokenizer = tokenizer

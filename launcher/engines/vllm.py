@@ -57,6 +57,14 @@ class VLLMEngine(Engine):
             kwargs["quantization"] = self.model.quantization
         if self.model.load_format != "auto":
             kwargs["load_format"] = self.model.load_format
+        self.loras = lora_requests(self.model.adapters)
+        if self.loras:
+            lora = lora_settings(self.model.adapters)
+            for key, value in lora.items():
+                if key not in self.model.engine_args:
+                    kwargs[key] = value
+                    settings.reasons[key] = LORA_REASONS[key]
+            settings.kwargs.update({k: kwargs[k] for k in lora})
         if not on_gpu and "enforce_eager" not in self.model.engine_args:
             # CPU (CI, laptops): inductor recompiles at every start (~10 s on 2 cores), more than short runs gain.
             kwargs["enforce_eager"] = True
@@ -73,7 +81,9 @@ class VLLMEngine(Engine):
         # decoded once per sample at the end instead (same tokenizer, same skip_special_tokens).
         self.detokenize_here = not self.sampling.stop
         startup: dict[str, Any] = {}
-        cache = open_cache(self.model.path, kwargs, gpu.name if gpu else None)
+        ready = self._join_nodes(layout, kwargs, settings, startup)
+        # Over several nodes each compiles for itself: a cache shared through one node's lock would not help them.
+        cache = open_cache(self.model.path, kwargs, gpu.name if gpu else None) if ready is None else None
         if cache is not None:
             cache.activate()
             startup["compile_cache"] = f"hit ({cache.source})" if cache.hit else f"miss ({cache.role})"
@@ -96,6 +106,8 @@ class VLLMEngine(Engine):
             startup["compile_cache"] = "failed to load; recompiled"
             self.llm = LLM(**kwargs)
         startup["engine_ready_at"] = time.time()
+        if ready is not None:
+            ready.set()
         load_s = time.perf_counter() - t0
         startup["engine_init_s"] = round(load_s, 3)
         self.engine: Any = self.llm.llm_engine
@@ -127,6 +139,25 @@ class VLLMEngine(Engine):
             reasons=settings.reasons,
             startup=startup,
         )
+
+    def _join_nodes(
+        self, layout: ParallelLayout, kwargs: dict[str, Any], settings: Any, startup: dict[str, Any]
+    ) -> threading.Event | None:
+        """Over several nodes (engines/multinode.py): vLLM's multi-node arguments and environment, the engine arguments
+        published for the other nodes' headless workers (they must match), and a watchdog on the start."""
+        if layout.nnodes <= 1 or self.rendezvous is None:
+            return None
+        from launcher.engines.multinode import ready_deadline, watchdog
+
+        group = self.rendezvous.group
+        startup["multinode_env"] = group.apply_env(cpu=not layout.gpus)
+        kwargs.update(group.engine_kwargs())
+        settings.kwargs.update(group.engine_kwargs())
+        settings.reasons["nnodes"] = f"slurm.nodes: one engine over {group.nnodes} nodes (vLLM's multi-node launch)"
+        self.rendezvous.publish_engine(kwargs)
+        ready = threading.Event()
+        watchdog(ready_deadline(), ready, "the engine over all nodes")
+        return ready
 
     def _kv_capacity(self) -> tuple[int, int]:
         """(KV tokens, block size) as vLLM allocated them; (0, 16) when this vLLM does not say."""
@@ -197,7 +228,10 @@ class VLLMEngine(Engine):
                 req, waiting = waiting, None
                 rid = f"r{req.key}"
                 returned = self.engine.add_request(
-                    rid, {"prompt_token_ids": list(req.prompt_token_ids)}, self._params(req.seed, req.sampling, req.n)
+                    rid,
+                    {"prompt_token_ids": list(req.prompt_token_ids)},
+                    self._params(req.seed, req.sampling, req.n),
+                    lora_request=self.loras.get(req.adapter) if req.adapter else None,
                 )
                 ids[rid] = (req, need)
                 if isinstance(returned, str):
@@ -281,6 +315,35 @@ def wait_for_teardown() -> None:
     """Block until every engine this process closed has let go of its GPU memory."""
     while _TEARDOWNS:
         _TEARDOWNS.pop().join()
+
+
+LORA_REASONS = {
+    "enable_lora": "model.adapters: one engine serves every adapter of the sweep",
+    "max_loras": "model.adapters: every adapter of the sweep fits in one batch at once",
+    "max_lora_rank": "the largest rank (r) in the adapters' adapter_config.json, rounded up to a size vLLM supports",
+}
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_settings(adapters: dict[str, str | None]) -> dict[str, Any]:
+    """enable_lora, max_loras (every adapter in one batch: units of all adapters mix) and max_lora_rank (the
+    largest r among the adapters' configs: a rank vLLM sizes its LoRA buffers for, so no larger than needed)."""
+    from launcher.inputs.adapters import adapter_rank
+
+    folders = [f for f in adapters.values() if f]
+    rank = max(adapter_rank(f) for f in folders)
+    fitting = [r for r in VLLM_LORA_RANKS if r >= rank]
+    return {"enable_lora": True, "max_loras": len(folders), "max_lora_rank": fitting[0] if fitting else rank}
+
+
+def lora_requests(adapters: dict[str, str | None]) -> dict[str, Any]:
+    """name -> vLLM LoRARequest, for the adapters with a folder (null: the base model, no request)."""
+    if not any(adapters.values()):
+        return {}
+    from vllm.lora.request import LoRARequest
+
+    named = [(name, folder) for name, folder in adapters.items() if folder]
+    return {name: LoRARequest(name, i, folder) for i, (name, folder) in enumerate(named, start=1)}
 
 
 def _reason(reason: str | None) -> str:

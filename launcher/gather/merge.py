@@ -1,4 +1,5 @@
-"""gather.py: unit chunks -> <output dir>/<dataset>/<ablation>/ (samples, per-user JSON, summary, manifest).
+"""gather.py: unit chunks -> <output dir>/[<model>/|<adapter>/]<dataset>/<ablation>/ (samples, per-user JSON, summary,
+manifest).
 
 Verifies before writing: every chunk a done unit lists is there and passes its checksum, and every input row is in
 the outputs exactly once with num_samples samples, or in quarantine with its reason. A unit that fails this is
@@ -24,7 +25,7 @@ from typing import Any
 from launcher import __version__
 from launcher.gather.structured import structured_figures
 from launcher.gather.throughput import RunFigures, cell_figures, run_figures
-from launcher.plan import Plan, Unit
+from launcher.plan import Cell, Plan, Unit
 from launcher.store import OutputRow, dumps_line, safe_filename, write_atomic, write_json_atomic
 
 
@@ -33,6 +34,8 @@ class GroupReport:
     dataset: str
     ablation: str
     out_dir: Path
+    model: str = ""  # one of the spec's models: ("" for its one model.path)
+    adapter: str = ""  # one of model.adapters
     records: int = 0
     samples: int = 0
     quarantined: int = 0
@@ -42,6 +45,10 @@ class GroupReport:
     missing_rows: list[int] = field(default_factory=list)
     bad_sample_counts: list[int] = field(default_factory=list)
     files_written: list[str] = field(default_factory=list)  # relative to out_dir; empty when all were up to date
+
+    @property
+    def label(self) -> str:
+        return Cell(self.dataset, self.ablation, self.model, self.adapter).label
 
     @property
     def ok(self) -> bool:
@@ -57,10 +64,10 @@ def gather(plan: Plan, dest: Path | None = None, flat: bool = False) -> list[Gro
     reports = []
     figures = run_figures(plan)
     with _gather_lock(plan.run.gather_lock):
-        for (dataset, ablation), units in plan.cells().items():
+        for cell, units in plan.cells().items():
             base = dest or plan.run.output_dir
-            out = base if flat else base / dataset / ablation
-            reports.append(_gather_group(plan, dataset, ablation, units, out, figures, flat))
+            out = base if flat else base / cell.rel_dir
+            reports.append(_gather_group(plan, cell, units, out, figures, flat))
         if all(r.ok for r in reports):
             write_json_atomic(plan.run.summary, figures.as_json())
             from launcher.plan.estimate import record_run
@@ -102,7 +109,7 @@ def _json_bytes(obj: Any) -> bytes:
 
 
 def _describe_missing(r: GroupReport, plan: Plan) -> str:
-    lines = [f"{r.dataset}/{r.ablation}: incomplete, nothing written for this group"]
+    lines = [f"{r.label}: incomplete, nothing written for this group"]
     if r.missing_units:
         lines.append(f"  units not finished ({len(r.missing_units)}): {', '.join(r.missing_units[:20])}")
     for problem in r.damaged[:20]:
@@ -119,9 +126,9 @@ def _describe_missing(r: GroupReport, plan: Plan) -> str:
 
 
 def _gather_group(
-    plan: Plan, dataset: str, ablation: str, units: list[Unit], out: Path, figures: RunFigures, flat: bool = False
+    plan: Plan, cell: Cell, units: list[Unit], out: Path, figures: RunFigures, flat: bool = False
 ) -> GroupReport:
-    report = GroupReport(dataset, ablation, out)
+    report = GroupReport(cell.dataset, cell.ablation, out, cell.model, cell.adapter)
     rows: dict[int, OutputRow] = {}
     quarantine: list[dict[str, Any]] = []
     n = plan.spec.data.num_samples
@@ -192,12 +199,17 @@ def _write_group(
         "run_id": plan.run.run_id,
         "dataset": report.dataset,
         "ablation": report.ablation,
+        **_variant_fields(report),
         "records": report.records,
         "samples": report.samples,
         "quarantined": report.quarantined,
         "files": dict(sorted(hashes.items())),
     }
     _put(out, "manifest.json", _json_bytes(manifest), report, {})
+
+
+def _variant_fields(report: GroupReport) -> dict[str, str]:
+    return {k: v for k, v in (("model", report.model), ("adapter", report.adapter)) if v}
 
 
 OWN_FILES = frozenset({"samples", "quarantine", "inference_summary", "manifest"})
@@ -265,7 +277,9 @@ def summarize(
         "engine_settings": engine.get("settings"),
         "engine_settings_reasons": engine.get("reasons"),
         "launcher_version": __version__,
-        "model": spec.model.path,
+        "model": spec.model_for(report.model).path,
+        **({"model_name": report.model} if report.model else {}),
+        **({"adapter": report.adapter, "adapter_path": spec.model.adapters[report.adapter]} if report.adapter else {}),
         "sampling": spec.sampling.model_dump(),
         **({"structured": structured_figures(spec.sampling.structured, rows)} if spec.sampling.structured else {}),
         "spec_hash": spec.fingerprint(),

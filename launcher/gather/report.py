@@ -40,12 +40,15 @@ class CellRow:
 
 
 def cell_rows(plan: Plan, skipped: list[str] | None = None) -> list[CellRow]:
-    """One row per gathered (dataset, ablation) of the run. Left out (and named in `skipped`): cells not gathered
-    yet, and cells whose folder another run (same output.dir, other run id) gathered into last."""
+    """One row per gathered cell (model or adapter x dataset x ablation) of the run. Left out (and named in
+    `skipped`): cells not gathered yet, and cells whose folder another run (same output.dir, other run id)
+    gathered into last."""
     out = []
-    model = Path(plan.spec.model.path).name
-    for dataset, ablation in plan.cells():
-        cell = plan.run.output_dir / dataset / ablation
+    for key in plan.cells():
+        # The sweep's model or adapter name; a one-model run shows its checkpoint folder's name.
+        model = key.variant or Path(plan.spec.model.path).name
+        dataset, ablation = key.dataset, key.ablation
+        cell = plan.run.output_dir / key.rel_dir
         summary_path = cell / "inference_summary.json"
         if not summary_path.exists():
             if skipped is not None:

@@ -27,6 +27,7 @@ SAMPLE_BLOCKS = 32
 SAMPLE_BYTES = 1 << 16
 MODEL_SMALL_FILES = (
     "config.json",
+    "adapter_config.json",  # a LoRA adapter folder (model.adapters)
     "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
@@ -115,11 +116,16 @@ def identify(spec: Any) -> InputIdentity:
     """The spec's inputs as they are now (the spec is a JobSpec; paths are absolute after loading)."""
     data = {ds.name: dataset_identity(ds.file) for ds in spec.data.datasets}
     preamble = file_identity(Path(spec.data.preamble)) if spec.data.preamble else None
-    model = (
-        model_identity(Path(spec.model.path))
-        if spec.model.load_format != "dummy"
-        else {"config.json": file_identity(Path(spec.model.path) / "config.json")}
-    )
+
+    def one(path: str) -> dict[str, Any]:
+        if spec.model.load_format == "dummy":
+            return {"config.json": file_identity(Path(path) / "config.json")}
+        return model_identity(Path(path))
+
+    # One model: its files, as runs always recorded them; a models: sweep: name -> its files.
+    model = {name: one(path) for name, path in spec.models.items()} if spec.models else one(spec.model.path)
+    if spec.model.adapters:
+        model["adapters"] = {n: model_identity(Path(p)) for n, p in spec.model.adapters.items() if p}
     return InputIdentity(model, data, preamble)
 
 

@@ -1,5 +1,6 @@
 """job/entry.py: one job (a Slurm array element, a local process, or `launcher run`) -> its GPUs -> one worker per
-GPU group, all started at once -> their reports.
+GPU group, all started at once -> their reports. A sweep over several models (`models:`) runs them one after the
+other: each model's workers (its own layout: a bigger model may need more GPUs per engine) run its units, then stop.
 
 The job counts the GPUs it was given and picks TP x DP (layout.py); with DP = 1 the worker runs in this process,
 with DP > 1 each worker is a process of its own with its own CUDA_VISIBLE_DEVICES. Nothing serializes their engine
@@ -27,11 +28,12 @@ from typing import Any
 from submitit.core.utils import JobPaths, UncompletedJobError
 from submitit.helpers import Checkpointable, DelayedSubmission
 
+from launcher.engines.multinode import NodeGroup, Rendezvous, serve_headless
 from launcher.inputs.model import model_shape
 from launcher.job.retries import Attempt, mark_requeued
 from launcher.job.worker import PREEMPTED_EXIT, Worker, WorkerConfig
 from launcher.plan import Plan
-from launcher.plan.layout import ParallelLayout, allocated_gpus, choose_layout, gpu_info
+from launcher.plan.layout import ParallelLayout, allocated_gpus, choose_layout, choose_multinode_layout, gpu_info
 from launcher.plan.persist import load_plan
 from launcher.slurm_env import SlurmEnv
 from launcher.store import WorkerReport, read_json, write_json_atomic
@@ -49,9 +51,14 @@ def backend_guess(plan: Plan) -> str:
     return "vllm"
 
 
-def job_layout(plan: Plan) -> ParallelLayout:
-    spec = plan.spec
+def job_layout(plan: Plan, model: str = "") -> ParallelLayout:
+    spec = plan.spec.for_model(model)
     gpus = allocated_gpus()
+    group = NodeGroup.current()
+    if group is not None:  # one engine over every node of the step (engines/multinode.py)
+        return choose_multinode_layout(
+            model_shape(spec.model.path), gpus, group.nnodes, spec.model.tensor_parallel_size
+        )
     tp_request = 1 if backend_guess(plan) == "hf" else spec.model.tensor_parallel_size
     return choose_layout(
         model_shape(spec.model.path),
@@ -69,41 +76,64 @@ class WorkerGroup:
         self.run_dir, self.index, self.only_units = Path(run_dir), index, only_units
         self.worker: Worker | None = None
         self.children: list[subprocess.Popen[bytes]] = []
+        self.stopping = False  # preempted: no next model is started
 
     def run(self) -> dict[str, Any]:
         plan = load_plan(self.run_dir)
-        job = plan.run.job(self.index)
         started = time.time()
         units = [u for u in plan.units if self.only_units is None or u.unit_id in self.only_units]
         if all(plan.run.unit(u.unit_id).is_done() for u in units):
             log.info("job %d: every unit is done; nothing to run", self.index)
             return {"job": self.index, "workers": [], "layout": None, "started": started, "ended": time.time()}
-        layout = job_layout(plan)
-        log.info("job %d: %s", self.index, layout.reason)
+        results = []
+        for model in plan.spec.model_names():
+            if all(plan.run.unit(u.unit_id).is_done() for u in units if u.model == model):
+                continue
+            if self.stopping:
+                break
+            results.append(self._run_model(plan, model))
+        if len(results) == 1:
+            return results[0]
+        return {
+            "job": self.index,
+            "started": started,
+            "ended": time.time(),
+            "models": results,
+            "workers": [w for r in results for w in r["workers"]],
+        }
+
+    def _run_model(self, plan: Plan, model: str) -> dict[str, Any]:
+        """This job's workers for one model: they run its units until none is left."""
+        started = time.time()
+        layout = job_layout(plan, model)
+        named = f" ({model})" if model else ""
+        log.info("job %d%s: %s", self.index, named, layout.reason)
         for note in layout.notes:
             log.warning("job %d: %s", self.index, note)
         if layout.data_parallel == 1:
             cfg = WorkerConfig(
-                self.run_dir, self.index, 0, layout.for_replica(0), layout.replica_gpus(0), self.only_units
+                self.run_dir, self.index, 0, layout.for_replica(0), layout.replica_gpus(0), self.only_units, model
             )
             self.worker = Worker(cfg)
             reports = [self.worker.run()]
         else:
-            reports = self._run_children(layout)
+            reports = self._run_children(layout, model)
         attempt = {
             "job": self.index,
             "started": started,
             "ended": time.time(),
             "layout": layout.as_dict(),
+            "model": model,
             "workers": [r.get("slot") for r in reports],
             "job_id": SlurmEnv.current().job_id,
             "restart": SlurmEnv.current().restart,
         }
-        write_json_atomic(job.attempts / f"{int(started * 1000)}-{os.getpid()}.json", attempt)
+        write_json_atomic(plan.run.job(self.index).attempts / f"{int(started * 1000)}-{os.getpid()}.json", attempt)
         return {**attempt, "workers": reports}
 
-    def _run_children(self, layout: ParallelLayout) -> list[WorkerReport]:
+    def _run_children(self, layout: ParallelLayout, model: str = "") -> list[WorkerReport]:
         spec_json = json.dumps(layout.as_dict())
+        self.children = []
         for r in range(layout.data_parallel):
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(layout.replica_gpus(r)))
             cmd = [
@@ -117,12 +147,13 @@ class WorkerGroup:
                 str(r),
                 "--layout",
                 spec_json,
+                *(["--model", model] if model else []),
             ]
             for unit in self.only_units or ():
                 cmd += ["--unit", unit]
             self.children.append(subprocess.Popen(cmd, env=env))  # all at once: their engine starts overlap
         codes = [p.wait() for p in self.children]
-        reports = self._child_reports([p.pid for p in self.children])
+        reports = self._child_reports([p.pid for p in self.children], model)
         failed = [
             f"worker {self.index}.{r} exited with {c}" for r, c in enumerate(codes) if c not in (0, PREEMPTED_EXIT)
         ]
@@ -133,11 +164,11 @@ class WorkerGroup:
             )
         return reports
 
-    def _child_reports(self, pids: list[int]) -> list[WorkerReport]:
+    def _child_reports(self, pids: list[int], model: str) -> list[WorkerReport]:
         plan_run = load_plan(self.run_dir).run
         restart = SlurmEnv.current().restart
         return [
-            WorkerReport(**read_json(plan_run.worker_report(f"{self.index}.{r}", restart, pid)))  # type: ignore[typeddict-item]
+            WorkerReport(**read_json(plan_run.worker_report(f"{self.index}.{r}", restart, pid, model)))  # type: ignore[typeddict-item]
             for r, pid in enumerate(pids)
         ]
 
@@ -149,6 +180,7 @@ class WorkerGroup:
         it and would spin for the whole grace time (past Slurm's GraceTime or signal delay: the job is then killed
         without its checkpoint). So it never waits through Popen: it watches /proc, where an exited child is a
         zombie until that outer wait reaps it."""
+        self.stopping = True
         if self.worker is not None:
             self.worker.stop_now()
         for p in self.children:
@@ -174,7 +206,7 @@ def gather_if_done(run_dir: Path) -> None:
 
     try:
         reports = gather(plan)
-        log.info("gathered: %s", ", ".join(f"{r.dataset}/{r.ablation} -> {r.out_dir}" for r in reports))
+        log.info("gathered: %s", ", ".join(f"{r.label} -> {r.out_dir}" for r in reports))
     except GatherError as exc:
         log.error("gather failed: %s", exc)
 
@@ -194,6 +226,19 @@ class JobRunner(Checkpointable):
 
     def __call__(self, index: int) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
+        group = NodeGroup.current()
+        if group is not None and group.node_rank > 0:  # another node of a multi-node step: vLLM's workers only
+            code = serve_headless(Path(self.run_dir), group)
+            if code:
+                sys.exit(code)  # non-zero: srun (--kill-on-bad-exit) ends the step; the teardown requeues it
+            return {"job": index, "node_rank": group.node_rank, "headless": True}
+        try:
+            return self._run(index)
+        finally:
+            if group is not None:  # the other nodes leave once rank 0 is done, whatever the outcome
+                Rendezvous(Path(self.run_dir), group).mark_done("ended")
+
+    def _run(self, index: int) -> dict[str, Any]:
         attempt = Attempt.from_env()
         plan = load_plan(Path(self.run_dir))
         job = plan.run.job(index)

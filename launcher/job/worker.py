@@ -30,6 +30,7 @@ from typing import Any
 
 from launcher import faults
 from launcher.engines import Completion, Engine, GenerationRequest, create_engine, select_backend
+from launcher.engines.multinode import NodeGroup, Rendezvous
 from launcher.job.gpu_monitor import GpuSampler
 from launcher.job.prepare import Preparer, load_tokenizer, prompt_stats, workload_of
 from launcher.job.writer import ActiveUnit, ChunkWriter
@@ -56,6 +57,7 @@ class WorkerConfig:
     layout: ParallelLayout  # this worker's TP group, numbered as its own process sees it
     gpu_ids: tuple[str, ...] = ()  # the same GPUs, as the job sees them (for status)
     only_units: tuple[str, ...] | None = None  # `launcher run --unit`: one unit per engine (the old way)
+    model: str = ""  # which of the spec's `models:` this engine loads ("" for its one model.path)
 
     @property
     def slot(self) -> str:
@@ -66,6 +68,7 @@ class Worker:
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
         self.plan: Plan = load_plan(cfg.run_dir)
+        self.spec = self.plan.spec.for_model(cfg.model)  # model.path: this engine's checkpoint
         self.rundir: RunDir = self.plan.run
         self.owner = Owner.me(cfg.slot)
         self.stop_requested = False
@@ -89,6 +92,7 @@ class Worker:
             "restart": self.owner.restart,
             "gpus": list(cfg.gpu_ids),
             "tensor_parallel_size": cfg.layout.tensor_parallel,
+            "model": cfg.model,
             "state": "starting",
             "started": _process_start_wall(),
             "first_request_at": None,
@@ -109,7 +113,7 @@ class Worker:
     # -- the loop -------------------------------------------------------------------------------------------------
 
     def run(self) -> WorkerReport:
-        spec = self.plan.spec
+        spec = self.spec
         phases = self.report["startup_phases"]
         t0 = time.perf_counter()
         heartbeat = threading.Thread(target=self._heartbeat, name="worker-heartbeat", daemon=True)
@@ -142,11 +146,15 @@ class Worker:
                     )
             t1 = time.perf_counter()
             todo = [u for u in self._candidates() if u.unit_id not in self._skip]
-            stats = prompt_stats(self.plan, preparer, None if self.cfg.only_units is None else todo)
+            # Token counts are the model's own (its tokenizer): with several models each counts its units only.
+            whole_run = self.cfg.only_units is None and not self.plan.spec.models
+            stats = prompt_stats(self.plan, preparer, None if whole_run else todo)
             phases["prompt_stats_s"] = round(time.perf_counter() - t1, 3)
             workload = workload_of(stats, todo or [first.prepared.unit], spec)
             self._set(backend=backend, backend_reason=why, state="loading")
             engine = self.engine = create_engine(backend, spec.model, spec.sampling, spec.data.num_samples)
+            if self.cfg.layout.nnodes > 1:
+                engine.rendezvous = self._rendezvous()
             t1 = time.perf_counter()
             report = engine.load(workload, tokenizer, self.cfg.layout)
             phases["engine_load_s"] = round(time.perf_counter() - t1, 3)
@@ -197,6 +205,15 @@ class Worker:
             self._set(ended=time.time())
             self._write_report()
         return self.report
+
+    def _rendezvous(self) -> Rendezvous:
+        group = NodeGroup.current()
+        if group is None:
+            raise RuntimeError("a multi-node layout outside a multi-node Slurm step (SLURM_NNODES/SLURM_PROCID unset)")
+        rdv = Rendezvous(self.cfg.run_dir, group)
+        rdv.announce(role="engine", gpus=list(self.cfg.gpu_ids))
+        self._set(nodes=[f"{group.master_addr} (rank 0)"], node_group=group.tag)
+        return rdv
 
     def _first_unit(self, preparer: Preparer) -> ActiveUnit | None:
         """Claim before starting an engine: a worker that finds nothing to do exits in seconds. A unit with nothing
@@ -257,6 +274,7 @@ class Worker:
                     active.prepared.seeds[row],
                     own.sampling if own else None,
                     own.n if own else None,
+                    active.prepared.unit.adapter or None,
                 )
             active = None
 
@@ -271,6 +289,8 @@ class Worker:
             "user_id": rec.user_id,
             "dataset": unit.dataset,
             "ablation": unit.ablation,
+            **({"model": unit.model} if unit.model else {}),
+            **({"adapter": unit.adapter} if unit.adapter else {}),
             "prompt": p.prompts[row_no],
             "generated_samples": [s.text for s in comp.samples],
             "prompt_tokens": comp.prompt_tokens,
@@ -281,7 +301,7 @@ class Worker:
         own = p.settings.get(row_no)
         if own is not None:  # gather checks each record against its own number of samples
             row["num_samples"] = own.n
-        if self.plan.spec.output.token_ids:
+        if self.spec.output.token_ids:
             row["sample_token_ids"] = [list(s.token_ids) for s in comp.samples]
         assert self.writer is not None
         self.writer.add(active, row)
@@ -295,7 +315,7 @@ class Worker:
     # -- claims ---------------------------------------------------------------------------------------------------
 
     def _candidates(self) -> list[Unit]:
-        units = self.plan.units
+        units = tuple(u for u in self.plan.units if u.model == self.cfg.model)
         if self.cfg.only_units is not None:
             units = tuple(u for u in units if u.unit_id in self.cfg.only_units)
         return list(units)
@@ -416,7 +436,9 @@ class Worker:
         with self._report_lock:
             self.report["units_done"], self.report["current_units"] = report["units_done"], report["current_units"]
             self.report["unit_windows"], self.report["last_write_at"] = report["unit_windows"], report["last_write_at"]
-        write_json_atomic(self.rundir.worker_report(self.cfg.slot, self.owner.restart, os.getpid()), report)
+        write_json_atomic(
+            self.rundir.worker_report(self.cfg.slot, self.owner.restart, os.getpid(), self.cfg.model), report
+        )
 
     def _heartbeat(self) -> None:
         while self.report.get("ended") is None:
@@ -462,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replica", type=int, required=True)
     p.add_argument("--layout", required=True, help="the job's ParallelLayout as JSON")
     p.add_argument("--unit", action="append", default=None, help="only these units")
+    p.add_argument("--model", default="", help="which of the spec's models: to load (default: its one model.path)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     job_layout = ParallelLayout.from_dict(json.loads(args.layout))
@@ -472,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         job_layout.for_replica(args.replica),
         job_layout.replica_gpus(args.replica),
         tuple(args.unit) if args.unit else None,
+        args.model,
     )
     worker = Worker(cfg)
 

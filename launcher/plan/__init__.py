@@ -6,6 +6,6 @@ its run directory and resolves which run a submit goes to; estimate.py guesses w
 is what `launcher plan` prints.
 """
 
-from launcher.plan.units import Plan, Unit, check_inputs, count_jobs, cut_units, expand
+from launcher.plan.units import Cell, Plan, Unit, check_inputs, count_jobs, cut_units, expand
 
-__all__ = ["Plan", "Unit", "check_inputs", "count_jobs", "cut_units", "expand"]
+__all__ = ["Cell", "Plan", "Unit", "check_inputs", "count_jobs", "cut_units", "expand"]

@@ -37,7 +37,7 @@ def shape_key(plan: Plan) -> str:
     """What the rate depends on besides the GPU: the model's shape, its quantization, the sampling length."""
     from launcher.inputs.model import model_shape
 
-    spec = plan.spec
+    spec = plan.spec.for_model(plan.spec.model_names()[0])  # a models: sweep: its first model's shape
     try:
         s = model_shape(spec.model.path)
         shape = f"{'/'.join(s.architectures) or '?'} h{s.hidden} l{s.layers} a{s.heads}/{s.kv_heads} {s.dtype}"

@@ -98,6 +98,8 @@ class ParallelLayout:
     gpus: tuple[str, ...]
     reason: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    pipeline_parallel: int = 1  # stages; > 1 only over several nodes (one stage per node)
+    nnodes: int = 1  # nodes one engine spans (vLLM's multi-node launch: engines/multinode.py)
 
     def replica_gpus(self, replica: int) -> tuple[str, ...]:
         return self.gpus[replica * self.tensor_parallel : (replica + 1) * self.tensor_parallel]
@@ -109,6 +111,8 @@ class ParallelLayout:
             "gpus": list(self.gpus),
             "reason": self.reason,
             "notes": list(self.notes),
+            **({"pipeline_parallel_size": self.pipeline_parallel} if self.pipeline_parallel > 1 else {}),
+            **({"nnodes": self.nnodes} if self.nnodes > 1 else {}),
         }
 
     @classmethod
@@ -121,13 +125,21 @@ class ParallelLayout:
             tuple(str(g) for g in gpus) if isinstance(gpus, list) else (),
             str(obj.get("reason", "")),
             tuple(str(n) for n in notes) if isinstance(notes, list) else (),
+            int(str(obj.get("pipeline_parallel_size", 1))),
+            int(str(obj.get("nnodes", 1))),
         )
 
     def for_replica(self, replica: int) -> ParallelLayout:
         """One worker's share: its TP group, as that worker's process sees it (CUDA numbers its GPUs from 0)."""
         group = self.replica_gpus(replica)
         return ParallelLayout(
-            self.tensor_parallel, 1, tuple(str(i) for i in range(len(group))), self.reason, self.notes
+            self.tensor_parallel,
+            1,
+            tuple(str(i) for i in range(len(group))),
+            self.reason,
+            self.notes,
+            self.pipeline_parallel,
+            self.nnodes,
         )
 
 
@@ -229,6 +241,42 @@ def choose_layout(
         fix=f"ask for at least {max(2, int(need) + 1)} GPUs per task, use quantization (fp8 halves bf16), "
         "or raise model.gpu_memory_utilization",
     )
+
+
+def choose_multinode_layout(shape: ModelShape, gpus: GpuSet, nnodes: int, requested: str | int) -> ParallelLayout:
+    """One engine over `nnodes` nodes of `gpus.count` GPUs each (no data parallelism: the array does that).
+
+    auto: TP over a node's GPUs (NVLink), one pipeline stage per node: only activations cross the interconnect, once
+    per stage and token, where TP across nodes would all-reduce twice per layer. all: TP over every GPU of every node.
+    An int: that TP, and the pipeline stages that fill the nodes. On CPU (no GPU): TP over the nodes."""
+    per_node = gpus.count
+    total = max(1, per_node) * nnodes
+    if per_node == 0:
+        tp, pp, why = nnodes, 1, f"no GPU: TP={nnodes}, one CPU rank per node"
+    elif requested == "all":
+        tp, pp, why = total, 1, f"tensor_parallel_size: all -> TP={total} over {nnodes} nodes x {per_node} GPU(s)"
+    elif isinstance(requested, int):
+        if total % requested:
+            raise _refuse(
+                f"tensor_parallel_size {requested} does not divide the {total} GPUs of {nnodes} nodes",
+                fix=f"use a divisor of {total}, or auto (TP={per_node} per node, {nnodes} pipeline stages)",
+            )
+        tp, pp = requested, total // requested
+        why = f"tensor_parallel_size {requested} set in the spec -> {pp} pipeline stage(s) over {nnodes} nodes"
+    else:
+        tp, pp = per_node, nnodes
+        why = (
+            f"auto over {nnodes} nodes: TP={per_node} inside each node (NVLink), PP={nnodes} across nodes (only "
+            "activations cross the interconnect)"
+        )
+    if not tp_splits_heads(shape, tp):
+        raise _refuse(
+            f"TP={tp} over {nnodes} nodes does not split {shape.heads} attention heads / {shape.kv_heads} KV heads",
+            fix=f"use one of {_valid_tps(shape, total) or [1]} as tensor_parallel_size",
+        )
+    if pp > 1 and shape.layers and shape.layers < pp:
+        raise _refuse(f"{pp} pipeline stages for {shape.layers} layers", fix="use fewer nodes, or a larger TP")
+    return ParallelLayout(tp, 1, gpus.ids, why, (), pp, nnodes)
 
 
 def _valid_tps(shape: ModelShape, n: int) -> list[int]:

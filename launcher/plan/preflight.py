@@ -36,8 +36,7 @@ def _moved(spec: JobSpec, key: tuple[str | int, ...], exc: SpecError, path: Path
 
 
 # ---- model -----------------------------------------------------------------------------------------------------
-def check_model(spec: JobSpec) -> ModelShape:
-    key = ("model", "path")
+def check_model(spec: JobSpec, key: tuple[str | int, ...] = ("model", "path")) -> ModelShape:
     folder = Path(spec.model.path)
     hf = "a folder with an HF checkpoint: config.json, weights (*.safetensors), tokenizer files"
     if not folder.exists():
@@ -204,6 +203,10 @@ def check_layout(spec: JobSpec, shape: ModelShape) -> None:
     tp = spec.model.tensor_parallel_size
     if spec.model.backend == "hf" or tp == "auto":
         return  # hf runs TP=1 replicas; auto only ever picks a TP that splits the heads
+    from launcher.plan.nodes import choose_nodes
+
+    if choose_nodes(spec).nodes > 1:
+        return  # over several nodes TP may span them: check_nodes checks that layout
     key = ("model", "tensor_parallel_size")
     gpus = spec.slurm.gpus_per_node if spec.executor == "slurm" else None  # local: whatever the machine has
     valid = [t for t in range(1, 17) if tp_splits_heads(shape, t)]
@@ -450,7 +453,8 @@ def check_output_dir(spec: JobSpec) -> None:
         )
     # Outputs inside an input would change that input (the model's and a dataset folder's identity are their files:
     # inputs.py), and a cleanup of one would delete the other.
-    inputs = [("the model folder", Path(spec.model.path))]
+    inputs = [(f"model {n!r}" if n else "the model folder", Path(p)) for n, p in spec.model_paths().items()]
+    inputs += [(f"adapter {n!r}", Path(p)) for n, p in spec.model.adapters.items() if p]
     inputs += [(f"dataset {ds.name!r}", ds.file) for ds in spec.data.datasets if ds.file.is_dir()]
     resolved = out.resolve()
     for what, folder in inputs:
@@ -510,23 +514,61 @@ def duplicate_report(spec: JobSpec) -> list[str]:
     return lines
 
 
+def check_adapters(spec: JobSpec) -> None:
+    """Each LoRA adapter is a peft LoRA folder with weights; vLLM itself checks its modules against the model."""
+    from launcher.inputs.adapters import AdapterError, read_adapter
+
+    for name, folder in spec.model.adapters.items():
+        if folder is None:
+            continue
+        try:
+            read_adapter(folder)
+        except AdapterError as exc:
+            raise _fail(
+                spec, ("model", "adapters", name), exc.message, "a folder peft's save_pretrained wrote", exc.fix
+            ) from None
+
+
+def check_nodes(spec: JobSpec, shape: ModelShape) -> None:
+    """Over several nodes: the layout the job will pick (TP per node x one stage per node) must split the model."""
+    from launcher.plan.layout import GpuSet, choose_multinode_layout
+    from launcher.plan.nodes import choose_nodes
+
+    nodes = choose_nodes(spec).nodes
+    if nodes == 1:
+        return
+    gpus = GpuSet(tuple(str(i) for i in range(spec.slurm.gpus_per_node)), "slurm.gpus_per_node")
+    try:
+        choose_multinode_layout(shape, gpus, nodes, spec.model.tensor_parallel_size)
+    except SpecError as exc:
+        p = exc.problems[0]
+        raise _fail(spec, ("slurm", "nodes"), p.message, f"a layout over {nodes} nodes", p.fix) from None
+
+
 def check_all(spec: JobSpec) -> dict[str, int]:
-    shape = check_model(spec)
-    check_layout(spec, shape)
-    check_context(spec, Path(spec.model.path))
-    rows = check_datasets(spec)
-    check_prompts(spec)
+    for name in spec.model_names():  # each checkpoint of a models: sweep, as its own engine will load it
+        one = spec.for_model(name)
+        shape = check_model(one, ("models", name) if name else ("model", "path"))
+        check_nodes(one, shape)
+        check_layout(one, shape)
+        check_context(one, Path(one.model.path))
+    check_adapters(spec)
+    first = spec.for_model(spec.model_names()[0])  # prompts are checked with the first model's tokenizer
+    rows = check_datasets(first)
+    check_prompts(first)
     check_output_dir(spec)
     check_container(spec)
     return rows
 
 
 __all__ = [
+    "check_adapters",
     "check_all",
     "check_container",
     "check_datasets",
     "check_layout",
     "check_model",
+    "check_nodes",
     "check_output_dir",
     "check_prompts",
     "duplicate_report",

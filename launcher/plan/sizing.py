@@ -115,6 +115,9 @@ def size_vllm(
     user = dict(spec.engine_args)
     kw["tensor_parallel_size"] = layout.tensor_parallel
     s.reasons["tensor_parallel_size"] = layout.reason
+    if layout.pipeline_parallel > 1:
+        kw["pipeline_parallel_size"] = layout.pipeline_parallel
+        s.reasons["pipeline_parallel_size"] = layout.reason
     if spec.max_model_len is not None:
         kw["max_model_len"], s.reasons["max_model_len"] = spec.max_model_len, "set in the spec"
     else:
@@ -186,10 +189,12 @@ def kv_tokens_estimate(
     for activations and graphs, over the bytes a token takes on one GPU."""
     weight_dtype = 1 if (spec.quantization or "").startswith("fp8") else DTYPE_BYTES.get(shape.dtype, 2)
     weights = shape.weight_bytes_as(weight_dtype)
-    budget = gpu.memory_bytes * spec.gpu_memory_utilization - weights / layout.tensor_parallel - RUNTIME_RESERVE_BYTES
+    shards = layout.tensor_parallel * layout.pipeline_parallel  # each GPU holds this share of the weights
+    budget = gpu.memory_bytes * spec.gpu_memory_utilization - weights / shards - RUNTIME_RESERVE_BYTES
     kv_dtype = str((engine_args or {}).get("kv_cache_dtype", "auto"))
     kv_split = min(layout.tensor_parallel, shape.kv_heads)  # KV heads replicate once TP exceeds them
-    per_token = shape.kv_bytes_per_token(1 if kv_dtype.startswith("fp8") else 2) / kv_split
+    # Each pipeline stage holds its own layers' KV only.
+    per_token = shape.kv_bytes_per_token(1 if kv_dtype.startswith("fp8") else 2) / kv_split / layout.pipeline_parallel
     return max(0, int(budget / per_token))
 
 

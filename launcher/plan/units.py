@@ -14,7 +14,8 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import PurePosixPath
+from typing import Any, NamedTuple
 
 from launcher.spec import JobSpec
 from launcher.store import RunDir
@@ -39,10 +40,44 @@ class Unit:
     shard: int
     start: int  # first row (inclusive)
     stop: int  # last row (exclusive)
+    model: str = ""  # one of the spec's `models:` ("" for its one model.path)
+    adapter: str = ""  # one of model.adapters ("" without adapters)
 
     @property
     def rows(self) -> int:
         return self.stop - self.start
+
+    @property
+    def cell(self) -> Cell:
+        return Cell(self.dataset, self.ablation, self.model, self.adapter)
+
+
+class Cell(NamedTuple):
+    """One output group of a sweep: model or adapter x dataset x ablation config."""
+
+    dataset: str
+    ablation: str
+    model: str = ""
+    adapter: str = ""
+
+    @property
+    def variant(self) -> str:
+        """The model and/or adapter name ("" for a sweep over one model without adapters)."""
+        return "+".join(p for p in (self.model, self.adapter) if p)
+
+    @property
+    def rel_dir(self) -> PurePosixPath:
+        """Where the cell's files go under the output dir: <model>/<adapter>/<dataset>/<ablation>."""
+        return PurePosixPath(*[p for p in (self.model, self.adapter) if p], self.dataset, self.ablation)
+
+    @property
+    def label(self) -> str:
+        return str(self.rel_dir)
+
+
+def unit_id_of(cell: Cell, shard: int) -> str:
+    """Stable across resubmits; a sweep over one model without adapters keeps the ids it always had."""
+    return ".".join(p for p in (cell.model, cell.adapter, cell.dataset, cell.ablation, f"{shard:04d}") if p)
 
 
 @dataclass(frozen=True)
@@ -66,11 +101,11 @@ class Plan:
     def gpus(self) -> int:
         return self.jobs * self.spec.slurm.gpus_per_node
 
-    def cells(self) -> dict[tuple[str, str], list[Unit]]:
-        """(dataset, ablation) -> its units, in plan order."""
-        out: dict[tuple[str, str], list[Unit]] = {}
+    def cells(self) -> dict[Cell, list[Unit]]:
+        """Each output group (model or adapter x dataset x ablation) -> its units, in plan order."""
+        out: dict[Cell, list[Unit]] = {}
         for u in self.units:
-            out.setdefault((u.dataset, u.ablation), []).append(u)
+            out.setdefault(u.cell, []).append(u)
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -107,7 +142,7 @@ def workers_per_job(spec: JobSpec) -> int:
 
 
 def auto_unit_records(spec: JobSpec, rows: dict[str, int], workers: int) -> int:
-    cells = len(spec.data.ablation_configs)
+    cells = len(spec.data.ablation_configs) * len(spec.model_names()) * len(spec.adapter_names())
     total = sum(rows.values()) * cells
     per = math.ceil(total / (workers * UNITS_PER_WORKER))
     return max(MIN_AUTO_UNIT_RECORDS, min(MAX_AUTO_UNIT_RECORDS, per))
@@ -174,17 +209,21 @@ def cut_units(spec: JobSpec, rows: dict[str, int]) -> tuple[Unit, ...]:
     per_fixed = spec.data.records_per_shard
     cut: list[Unit] = []
     per_auto = auto_unit_records(spec, rows, expected_workers(spec))
-    for ds in spec.data.datasets:
-        n = rows[ds.name]
-        bounds = _shard_bounds(n, per_fixed or per_auto, split_last=per_fixed is None)
-        for ablation in spec.data.ablation_configs:
-            for shard, (start, stop) in enumerate(bounds):
-                cut.append(
-                    Unit(0, f"{ds.name}.{ablation}.{shard:04d}", ds.name, ablation, str(ds.file), shard, start, stop)
-                )
-    # Largest first (stable): workers take the big units early and the small remainders last, so they finish
-    # close together instead of one worker running a big unit alone at the end.
-    cut.sort(key=lambda u: -u.rows)
+    models = spec.model_names()
+    for model, adapter in itertools.product(models, spec.adapter_names()):
+        for ds in spec.data.datasets:
+            n = rows[ds.name]
+            bounds = _shard_bounds(n, per_fixed or per_auto, split_last=per_fixed is None)
+            for ablation in spec.data.ablation_configs:
+                cell = Cell(ds.name, ablation, model, adapter)
+                for shard, (start, stop) in enumerate(bounds):
+                    uid = unit_id_of(cell, shard)
+                    cut.append(Unit(0, uid, ds.name, ablation, str(ds.file), shard, start, stop, model, adapter))
+    # Model after model (a job starts one engine per model and runs its units before the next), and within a
+    # model largest first (stable): workers take the big units early and the small remainders last, so they finish
+    # close together instead of one worker running a big unit alone at the end. The adapters of a model mix: one
+    # engine serves them all.
+    cut.sort(key=lambda u: (models.index(u.model), -u.rows))
     return tuple(Unit(i, *list(asdict(u).values())[1:]) for i, u in enumerate(cut))
 
 
@@ -214,4 +253,4 @@ def _existing_units(run: RunDir) -> tuple[Unit, ...] | None:
         return None
 
 
-__all__ = ["Plan", "Unit", "check_inputs", "count_jobs", "cut_units", "expand"]
+__all__ = ["Cell", "Plan", "Unit", "check_inputs", "count_jobs", "cut_units", "expand", "unit_id_of"]

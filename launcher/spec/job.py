@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from launcher.spec.common import Slug, _FieldError, _Section
+from launcher.spec.common import Slug, _FieldError, _plain_path, _Section
 from launcher.spec.container import ContainerSpec
 from launcher.spec.cost import CostSpec
 from launcher.spec.data import DataSpec
@@ -23,6 +23,8 @@ ADDED_LATER: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("data", "fields", "messages"), "messages"),
     (("data", "chat_template_kwargs"), {}),
     (("data", "datasets", "*", "format"), "auto"),
+    (("model", "adapters"), {}),
+    (("models",), {}),
 )
 
 
@@ -49,6 +51,10 @@ class JobSpec(_Section):
     output: OutputSpec
     cost: CostSpec = Field(default_factory=CostSpec)
     """cost.gpu_hour: what a GPU-hour costs, for cost per 1,000 samples in the summary (cluster profile)."""
+    models: dict[Slug, str] = Field(default_factory=dict)
+    """Several full checkpoints, name -> folder: a sweep axis beside datasets and ablation configs. Each model gets
+    its own engine (sized for it), a job runs its units model after model, and outputs go to <name>/<dataset>/...
+    The model: section's other settings (backend, dtype, engine_args, ...) apply to each; leave model.path out."""
     executor: Literal["slurm", "local"] = "slurm"
     """slurm: submit an array with submitit. local: run the jobs as local processes (no cluster; the demo)."""
     datasets: dict[Slug, str] = Field(default_factory=dict)
@@ -65,6 +71,40 @@ class JobSpec(_Section):
     _root: str = PrivateAttr(default="<spec>")
 
     @model_validator(mode="after")
+    def _models(self) -> JobSpec:
+        if not self.models and not self.model.path:
+            raise _FieldError(
+                ("model", "path"),
+                "no model given",
+                "model.path: a checkpoint folder, or models: name -> folder for several",
+                "set model.path (or --model on `launcher run` / `launcher batch`)",
+            )
+        if self.models and self.model.path:
+            raise _FieldError(
+                ("models",),
+                f"both model.path ({self.model.path}) and models ({', '.join(self.models)}) are set",
+                "one of them: model.path for one checkpoint, models: for several",
+                f"move {self.model.path} into models: under a name, and remove model.path",
+            )
+        if self.models and self.model.adapters:
+            raise _FieldError(
+                ("model", "adapters"),
+                "model.adapters with several models: adapters belong to one base checkpoint",
+                "model.adapters with model.path, or models: without adapters",
+                "run one spec per base model with its adapters",
+            )
+        for name, folder in self.models.items():
+            _plain_path(folder, f"model {name}'s path")
+        if self.model.adapters and self.model.backend == "hf":
+            raise _FieldError(
+                ("model", "adapters"),
+                "LoRA adapters with backend hf: the HF backend serves the base model only",
+                "backend vllm or auto (vLLM serves every adapter from one engine)",
+                "use model.backend: vllm, or merge the adapter into a checkpoint and list it under models:",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _conflicts(self) -> JobSpec:
         tp = self.model.tensor_parallel_size
         if self.model.backend == "hf" and isinstance(tp, int) and tp > 1:
@@ -74,6 +114,16 @@ class JobSpec(_Section):
                 "backend runs one engine per GPU (data-parallel), never tensor-parallel",
                 "auto or 1 with backend hf",
                 "use model.backend: vllm, or tensor_parallel_size: auto",
+            )
+        if self.slurm.nodes != 1 and (self.model.backend == "hf" or self.executor == "local"):
+            hf = self.model.backend == "hf"
+            raise _FieldError(
+                ("slurm", "nodes"),
+                f"slurm.nodes {self.slurm.nodes} with "
+                + ("backend hf" if hf else "executor local")
+                + ": one engine over several nodes is vLLM's multi-node launch, in a Slurm step",
+                "nodes: 1, or nodes > 1 / auto with backend vllm (or auto) and executor slurm",
+                "use model.backend: vllm and executor: slurm, or slurm.nodes: 1",
             )
         if self.model.backend == "hf" and self.sampling.structured is not None:
             raise _FieldError(
@@ -99,6 +149,34 @@ class JobSpec(_Section):
 
     __hash__ = None  # type: ignore[assignment]  # dict fields: not hashable, as before
 
+    # -- the model axis: one checkpoint, several (models:), or one with LoRA adapters (model.adapters) ------------
+
+    def model_names(self) -> list[str]:
+        """The models of the sweep, in spec order; [""] for the one model.path."""
+        return list(self.models) or [""]
+
+    def adapter_names(self) -> list[str]:
+        """The adapters of the sweep, in spec order; [""] without adapters."""
+        return list(self.model.adapters) or [""]
+
+    def model_for(self, name: str) -> ModelSpec:
+        """The model: section for one of `models:` (its path filled in); the section itself for ""."""
+        if not name:
+            return self.model
+        return self.model.model_copy(update={"path": self.models[name]})
+
+    def for_model(self, name: str) -> JobSpec:
+        """This spec as one engine of the sweep sees it: model.path is that model's checkpoint."""
+        if not name:
+            return self
+        copy = self.model_copy(update={"model": self.model_for(name), "models": {}})
+        copy._origin, copy._root = self._origin, self._root
+        return copy
+
+    def model_paths(self) -> dict[str, str]:
+        """name -> checkpoint folder of every model the sweep loads ("" for the one model.path)."""
+        return dict(self.models) or {"": self.model.path}
+
     def where(self, *key: str | int) -> str:
         """file:line (or the flag, or --set) that set `key`, else its closest parent's; "<spec>" when unknown."""
         for n in range(len(key), -1, -1):
@@ -122,6 +200,7 @@ class JobSpec(_Section):
             ),
             "data": self.data.model_dump(exclude={"records_per_shard"}),
             "sampling": self.sampling.model_dump(),
+            "models": dict(self.models),
         }
         # Fields added after runs existed are hashed only when set, so those runs keep their ids.
         for path, default in ADDED_LATER:

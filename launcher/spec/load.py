@@ -283,7 +283,19 @@ def _load_file(path: Path, layers: Layers, chain: list[Path]) -> None:
     layers.merge(data, where_of=where_of, base=resolved.parent)
 
 
-SPEC_SECTIONS = ("name", "model", "data", "sampling", "slurm", "container", "output", "executor", "cost", "extends")
+SPEC_SECTIONS = (
+    "name",
+    "model",
+    "models",
+    "data",
+    "sampling",
+    "slurm",
+    "container",
+    "output",
+    "executor",
+    "cost",
+    "extends",
+)
 
 
 def _not_a_spec(path: Path, chain: list[Path], why: str) -> SpecError:

@@ -7,12 +7,17 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from launcher.secrets import SECRET_ARG_RE
-from launcher.spec.common import _FieldError, _plain_path, _Section
+from launcher.spec.common import Slug, _FieldError, _plain_path, _Section
 
 
 class ModelSpec(_Section):
-    path: str = Field(min_length=1)
-    """Folder of an HF-format checkpoint (config.json, weights, tokenizer). Relative: from the spec's folder."""
+    path: str = ""
+    """Folder of an HF-format checkpoint (config.json, weights, tokenizer). Relative: from the spec's folder.
+    Required, unless the top-level `models:` names several checkpoints (then the settings here apply to each)."""
+    adapters: dict[Slug, str | None] = Field(default_factory=dict)
+    """LoRA adapters of this checkpoint, name -> folder (peft's adapter_config.json + weights); null: the base model
+    itself. A sweep axis beside datasets and ablation configs: one vLLM engine serves them all (enable_lora, with
+    max_loras and max_lora_rank read from the adapters' configs). vLLM only."""
     backend: Literal["auto", "vllm", "hf"] = "auto"
     """auto: vLLM when it imports and supports the architecture, else HF transformers. The summary says which, why."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
@@ -39,6 +44,21 @@ class ModelSpec(_Section):
     @classmethod
     def _path(cls, value: str) -> str:
         return _plain_path(value, "the model path")
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapters(cls, value: dict[str, str | None]) -> dict[str, str | None]:
+        for name, folder in value.items():
+            if folder is not None:
+                _plain_path(folder, f"adapter {name}'s path")
+        if value and all(folder is None for folder in value.values()):
+            raise _FieldError(
+                (),
+                "every adapter is null (the base model): there is no adapter to serve",
+                "name -> a peft adapter folder; null for the base model beside them",
+                "add an adapter's folder, or remove model.adapters",
+            )
+        return value
 
     @field_validator("quantization")
     @classmethod

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -67,8 +67,11 @@ class SlurmSpec(_Section):
     """Account to charge (-A)."""
     qos: str | None = None
     """Quality of service (--qos)."""
-    nodes: int = Field(default=1, ge=1, le=1)
-    """Nodes per task. One: TP and DP replicas live on one node."""
+    nodes: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = 1
+    """Nodes per task. 1: TP and DP replicas live on one node. N > 1: one engine over N nodes with vLLM's multi-node
+    launch (TP inside a node, one pipeline stage per node), for models that do not fit one node. auto: the fewest
+    nodes whose GPUs hold the weights (`launcher plan` says why). Models that fit one node scale out with more jobs
+    (slurm.jobs / max_gpus), never by coupling nodes."""
     gpus_per_node: int = Field(default=1, ge=0, le=16)
     """GPUs per task; the task counts what it got and picks TP x DP itself."""
     cpus_per_gpu: int = Field(default=8, ge=1, le=256)

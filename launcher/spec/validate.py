@@ -59,6 +59,11 @@ def _resolve_paths(layers: Layers) -> None:
     datasets = data.get("data", {}).get("datasets") if isinstance(data.get("data"), dict) else None
     if isinstance(datasets, list):
         keys += [("data", "datasets", i, "path") for i in range(len(datasets))]
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("adapters"), dict):
+        keys += [("model", "adapters", name) for name in model["adapters"]]
+    if isinstance(data.get("models"), dict):
+        keys += [("models", name) for name in data["models"]]
     catalog = data.get("datasets")
     if isinstance(catalog, dict):
         keys += [("datasets", name) for name in catalog]

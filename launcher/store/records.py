@@ -24,6 +24,8 @@ class OutputRow(TypedDict, total=False):
     seed: int
     sample_token_ids: list[list[int]]  # only with output.token_ids
     num_samples: int  # only when the record asked for its own n (an OpenAI batch line)
+    model: str  # only in a sweep over several models (the spec's models: name)
+    adapter: str  # only in a sweep over LoRA adapters (model.adapters name)
 
 
 class UnitDone(TypedDict, total=False):
@@ -64,6 +66,7 @@ class WorkerReport(TypedDict, total=False):
     restart: int
     gpus: list[str]
     tensor_parallel_size: int
+    model: str  # the spec's models: name this engine loaded ("" for its one model.path)
     state: str  # starting, loading, running, done, idle, preempted, failed
     started: float
     engine_ready_at: float | None

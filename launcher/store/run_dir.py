@@ -91,8 +91,9 @@ class RunDir:
     def workers(self) -> Path:
         return self.root / "workers"
 
-    def worker_report(self, slot: str, restart: int, pid: int) -> Path:
-        return self.workers / f"{slot}-r{restart}-{pid}.json"
+    def worker_report(self, slot: str, restart: int, pid: int, model: str = "") -> Path:
+        """One per worker process and model (a job of a `models:` sweep runs one engine per model, in turn)."""
+        return self.workers / f"{slot}-r{restart}-{pid}{f'-{model}' if model else ''}.json"
 
     def worker_reports(self) -> list[WorkerReport]:
         """Every worker process's last report, oldest first."""

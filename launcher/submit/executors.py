@@ -40,10 +40,7 @@ def gather_job(run_dir: str) -> dict[str, Any]:
     from launcher.plan.persist import load_plan
 
     reports = gather(load_plan(Path(run_dir)))
-    return {
-        f"{r.dataset}/{r.ablation}": {"records": r.records, "samples": r.samples, "quarantined": r.quarantined}
-        for r in reports
-    }
+    return {r.label: {"records": r.records, "samples": r.samples, "quarantined": r.quarantined} for r in reports}
 
 
 @dataclass
@@ -59,11 +56,14 @@ class Submission:
 
 def executor_params(spec: JobSpec, run_dir: Path) -> dict[str, Any]:
     """submitit's parameters for the array, from the spec's slurm section (also what `launcher plan` shows)."""
+    from launcher.plan.nodes import choose_nodes
+
     s = spec.slurm
+    nodes = choose_nodes(spec).nodes
     params: dict[str, Any] = {
         "name": spec.name,
         "timeout_min": s.time_min,
-        "nodes": s.nodes,
+        "nodes": nodes,
         "tasks_per_node": 1,
         "cpus_per_task": s.cpus_per_gpu * max(1, s.gpus_per_node),
         "slurm_signal_delay_s": s.signal_delay_s,
@@ -74,6 +74,10 @@ def executor_params(spec: JobSpec, run_dir: Path) -> dict[str, Any]:
     }
     if s.gpus_per_node:
         params["gpus_per_node"] = s.gpus_per_node
+    if nodes > 1:
+        # One task per node in one step: the loss of any rank (node failure, one node preempted) ends the whole step
+        # at once, and the teardown requeues it (engines/multinode.py), instead of the other ranks waiting forever.
+        params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
     optional = {
         "slurm_partition": s.partition,
         "slurm_account": s.account,

@@ -52,8 +52,10 @@ def container_argv_preview(plan: Plan) -> list[str] | None:
 
 def plan_json(plan: Plan) -> dict[str, Any]:
     from launcher.plan.estimate import estimate
+    from launcher.plan.nodes import choose_nodes
     from launcher.plan.preflight import duplicate_report
 
+    nodes = choose_nodes(plan.spec)
     est, why = estimate(plan)
     return {
         "run_id": plan.run.run_id,
@@ -62,6 +64,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "jobs": plan.jobs,
         "jobs_reason": plan.jobs_reason,
         "gpus_per_job": plan.spec.slurm.gpus_per_node,
+        "nodes_per_job": nodes.nodes,
+        "nodes_reason": nodes.reason,
         "gpus": plan.gpus,
         "records": plan.total_records,
         "samples": plan.total_samples,
@@ -89,19 +93,22 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
 
     spec = plan.spec
     table = Table(title=f"plan for {spec.name} (run {plan.run.run_id})", show_lines=False)
-    for col in ("#", "unit id", "dataset", "ablation", "rows", "samples"):
+    variants = len(spec.model_names()) * len(spec.adapter_names()) > 1
+    cols = ("#", "unit id", *(["model"] if variants else []), "dataset", "ablation", "rows", "samples")
+    for col in cols:
         table.add_column(col, justify="right" if col in {"#", "rows", "samples"} else "left")
     for u in plan.units[:show]:
         table.add_row(
             str(u.index),
             u.unit_id,
+            *([u.cell.variant] if variants else []),
             u.dataset,
             u.ablation,
             f"{u.start}-{u.stop - 1}",
             str(u.rows * spec.data.num_samples),
         )
     if len(plan.units) > show:
-        table.add_row("...", f"{len(plan.units) - show} more", "", "", "", "")
+        table.add_row("...", f"{len(plan.units) - show} more", *[""] * (len(cols) - 2))
     console.print(table)
     s = spec.slurm
     console.print(
@@ -111,11 +118,21 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
     workers = f"one worker per GPU group of its {s.gpus_per_node} GPU(s)" if s.gpus_per_node else "one worker on CPU"
     console.print(
         f"[bold]{plan.jobs}[/] worker job(s) ({plan.jobs_reason}), {workers}: "
-        f"[bold]{plan.gpus}[/] GPU(s) at most; each worker starts its engine once and claims units until "
-        "none is left"
+        f"[bold]{plan.gpus}[/] GPU(s) at most; each worker starts its engine once"
+        + (f" per model ({len(spec.models)}, one after the other)" if spec.models else "")
+        + (
+            f", serving {len([a for a in spec.model.adapters.values() if a])} LoRA adapter(s),"
+            if spec.model.adapters
+            else ""
+        )
+        + " and claims units until none is left"
     )
+    from launcher.plan.nodes import choose_nodes
     from launcher.plan.preflight import duplicate_report
 
+    node_choice = choose_nodes(spec)
+    if node_choice.nodes > 1 or s.nodes == "auto":
+        console.print(f"nodes per task: [bold]{node_choice.nodes}[/] ({node_choice.reason})")
     for line in duplicate_report(spec):
         console.print(f"[yellow]duplicates:[/] {line}", soft_wrap=True)
     est, why = estimate(plan)
@@ -135,7 +152,8 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
         f"mem {s.mem or 'cluster default'}, time {s.time}; partition {s.partition or 'default'}"
         + (f", at most {s.array_parallelism} at once" if s.array_parallelism else "")
     )
-    console.print(f"outputs: {plan.run.output_dir}/<dataset>/<ablation>/   run state: {plan.run.root}")
+    axis = "<model>/" if spec.models else "<adapter>/" if spec.model.adapters else ""
+    console.print(f"outputs: {plan.run.output_dir}/{axis}<dataset>/<ablation>/   run state: {plan.run.root}")
     if spec.executor == "slurm":
         console.rule("sbatch script submit would write")
         console.print(sbatch_preview(plan), markup=False, highlight=False)

@@ -176,8 +176,7 @@ def _launcher(version: str | None, sha: str | None) -> str:
 
 @dataclass
 class CellAgreement:
-    dataset: str
-    ablation: str
+    cell: str  # [model/|adapter/]dataset/ablation
     original: Path
     reproduced: Path
     byte_identical: bool
@@ -190,16 +189,15 @@ def agreement(original: Plan, reproduced: Plan) -> list[CellAgreement]:
     from launcher.gather.compare import compare
 
     out = []
-    for dataset, ablation in original.cells():
-        a = original.run.output_dir / dataset / ablation
-        b = reproduced.run.output_dir / dataset / ablation
+    for cell in original.cells():
+        a = original.run.output_dir / cell.rel_dir
+        b = reproduced.run.output_dir / cell.rel_dir
         sha_a, sha_b = _sha(a / "samples.jsonl"), _sha(b / "samples.jsonl")
         same = sha_a is not None and sha_a == sha_b
         cmp = compare(a, b)
         out.append(
             CellAgreement(
-                dataset,
-                ablation,
+                cell.label,
                 a,
                 b,
                 same,

@@ -72,7 +72,7 @@ class JobStatus:
 
 @dataclass
 class WorkerStatus:
-    worker: str  # <job>.<replica>
+    worker: str  # <job>.<replica>, and :<model> in a models: sweep
     host: str
     gpus: list[str]
     state: str  # starting, loading, running, done, idle, preempted, failed, lost (no heartbeat)
@@ -94,6 +94,7 @@ class UnitStatus:
     owner: str  # the worker running it
     failures: int
     last_error: str
+    cell: str = ""  # [model/|adapter/]dataset/ablation: the output group it belongs to
 
 
 @dataclass
@@ -217,11 +218,15 @@ def run_warnings(plan: Plan) -> list[str]:
 
 
 def _latest_reports(plan: Plan) -> dict[str, WorkerReport]:
-    """worker slot -> its newest process's report."""
+    """worker slot (and model, in a models: sweep: one engine each, in turn) -> its newest process's report."""
     out: dict[str, WorkerReport] = {}
     for r in plan.run.worker_reports():
-        out[str(r.get("slot"))] = r
+        out[_worker_name(r)] = r
     return out
+
+
+def _worker_name(r: WorkerReport) -> str:
+    return f"{r.get('slot')}:{r['model']}" if r.get("model") else str(r.get("slot"))
 
 
 def _job_status(
@@ -286,7 +291,7 @@ def _worker_status(r: WorkerReport) -> WorkerStatus:
     first, last = r.get("first_request_at"), r.get("last_write_at")
     rate = r["samples"] / (last - first) if first and last and last > first and r.get("samples") else None
     return WorkerStatus(
-        str(r.get("slot")),
+        _worker_name(r),
         str(r.get("host")),
         list(r.get("gpus") or []),
         state,
@@ -305,7 +310,9 @@ def _unit_status(plan: Plan, unit: Any, submission: str | None) -> UnitStatus:
     failures = [f for f in udir.read_failures() if f.get("submission") == submission]
     last_error = str(failures[-1].get("error", "")) if failures else ""
     if udir.is_done():  # every row handled: generated or quarantined
-        return UnitStatus(unit.unit_id, "DONE", unit.rows, unit.rows, "", len(failures), last_error[:200])
+        return UnitStatus(
+            unit.unit_id, "DONE", unit.rows, unit.rows, "", len(failures), last_error[:200], unit.cell.label
+        )
     rows = sum(p.read_bytes().count(b"\n") for p in udir.chunk_files())
     head = udir.claims.head()
     if len(failures) > plan.spec.slurm.max_retries:
@@ -314,7 +321,7 @@ def _unit_status(plan: Plan, unit: Any, submission: str | None) -> UnitStatus:
         state, owner = "RUNNING", head.owner.worker
     else:
         state, owner = "PENDING", ""
-    return UnitStatus(unit.unit_id, state, rows, unit.rows, owner, len(failures), last_error[:200])
+    return UnitStatus(unit.unit_id, state, rows, unit.rows, owner, len(failures), last_error[:200], unit.cell.label)
 
 
 def _submitted_elements(subs: list[dict[str, Any]]) -> dict[int, str]:

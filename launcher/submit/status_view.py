@@ -14,7 +14,7 @@ from rich.table import Table
 
 from launcher.gather.throughput import describe_gpus
 from launcher.submit.fit import reason_words
-from launcher.submit.status import COLORS, FINAL, UNITS_SHOWN, RunStatus, WorkerStatus, collect
+from launcher.submit.status import COLORS, FINAL, UNITS_SHOWN, RunStatus, UnitStatus, WorkerStatus, collect
 
 
 def render(status: RunStatus) -> Group:
@@ -70,7 +70,7 @@ def render(status: RunStatus) -> Group:
                 str(j.requeues if k == 0 else w.restart),
                 w.error or (j.last_error if k == 0 else ""),
             )
-    units = Table(title="units not done" if any(u.state != "DONE" for u in status.units) else "units: all done")
+    units = Table(title="units not done")
     for col in ("unit", "state", "records", "worker", "failures", "last error"):
         units.add_column(col)
     shown_units = [u for u in status.units if u.state != "DONE"][:UNITS_SHOWN]
@@ -89,7 +89,29 @@ def render(status: RunStatus) -> Group:
         units.add_row("...", f"{rest} more", "", "", "", "")
     notes = [f"[yellow]warning:[/] {escape(w)}" for w in status.warnings]
     gpus = describe_gpus(fig)
-    return Group(workers, units, *([escape(gpus)] if gpus else []), *notes)
+    pending = [units] if shown_units else []  # all done: the cells table says so
+    return Group(workers, cells_table(status), *pending, *([escape(gpus)] if gpus else []), *notes)
+
+
+def cells_table(status: RunStatus) -> Table:
+    """One line per output group (model or adapter x dataset x ablation): how far each has got."""
+    cells = Table(title="cells")
+    for col in ("cell", "units done", "records", "state"):
+        cells.add_column(col, justify="right" if col in ("units done", "records") else "left")
+    by_cell: dict[str, list[UnitStatus]] = {}
+    for u in status.units:
+        by_cell.setdefault(u.cell, []).append(u)
+    for cell, units in by_cell.items():
+        states = {u.state for u in units}
+        state = next((s for s in ("FAILED", "RUNNING", "PENDING") if s in states), "DONE")
+        color = COLORS.get(state, "")
+        cells.add_row(
+            cell,
+            f"{sum(u.state == 'DONE' for u in units)}/{len(units)}",
+            f"{sum(u.records_done for u in units)}/{sum(u.records_total for u in units)}",
+            f"[{color}]{state}[/]" if color else state,
+        )
+    return cells
 
 
 def show_status(

@@ -131,7 +131,7 @@ def print_reports(reports: list[GroupReport], console: Console) -> None:
     for r in reports:
         summary = json.loads((r.out_dir / "inference_summary.json").read_text())
         console.print(
-            f"[green]{r.dataset}/{r.ablation}[/]: {r.records} records, {r.samples} samples"
+            f"[green]{r.label}[/]: {r.records} records, {r.samples} samples"
             + (f", {r.quarantined} quarantined" if r.quarantined else "")
             + f" -> {r.out_dir}"
         )
