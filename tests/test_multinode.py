@@ -220,7 +220,8 @@ def test_two_node_tp_over_slurm_survives_the_loss_of_a_rank(tmp_path: Path, tiny
 
     wait_for("rank 0 writes records with rank 1 joined", some_records_written, 300, every_s=0.5)
     rank1 = next(r for r in _ranks(run_dir, 0) if r["node_rank"] == 1)
-    os.kill(rank1["pid"], signal.SIGKILL)  # node 2's task: a node lost mid-run
+    for pid in _tree(rank1["pid"]):  # everything of node 2's task, its vLLM worker too: a node lost mid-run
+        os.kill(pid, signal.SIGKILL)
     killed_at = time.time()
     wait_for("rank 0 gone too", lambda: not _alive(_ranks(run_dir, 0)[0]["pid"]), 30, every_s=0.2)
     assert time.time() - killed_at < 20  # --kill-on-bad-exit: the step ends at once, no rank waits on a dead peer
@@ -254,6 +255,24 @@ def test_two_node_tp_over_slurm_survives_the_loss_of_a_rank(tmp_path: Path, tiny
         for x in (tmp_path / "one" / "users" / "full" / "samples.jsonl").read_text().splitlines()
     }
     assert {r["record_id"]: r["sample_token_ids"] for r in rows} == ref
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants (/proc), parents first. Killing only the task would orphan its vLLM worker: on a real
+    node loss everything goes, and the test cluster's proctrack/linuxproc does not follow orphans."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
 
 
 def _alive(pid: int) -> bool:
