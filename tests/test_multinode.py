@@ -51,6 +51,19 @@ def test_ranks_come_from_slurm_and_a_requeue_gets_a_new_port_and_folder(tmp_path
     }
 
 
+def test_a_peer_leaves_when_rank_0_ends_without_an_engine(tmp_path: Path) -> None:
+    """A resubmit of a finished run: rank 0 finds every unit done and starts no engine. Its peers must leave with
+    status 0 (a non-zero one would fail the step), at once, not at the walltime."""
+    from launcher.engines.multinode import NodeGroup, Rendezvous, serve_headless
+
+    rank0, rank1 = NodeGroup.current({**ENV, "SLURM_PROCID": "0", "SLURM_NODEID": "0"}), NodeGroup.current(ENV)
+    assert rank0 is not None and rank1 is not None
+    Rendezvous(tmp_path, rank0).mark_done("ended")
+    started = time.time()
+    assert serve_headless(tmp_path, rank1) == 0 and time.time() - started < 5
+    assert [r["node_rank"] for r in Rendezvous(tmp_path, rank1).ranks()] == [1]  # it said where it was
+
+
 def test_the_hazards_environment(tmp_path: Path) -> None:
     from launcher.engines.multinode import NodeGroup
 

@@ -224,13 +224,15 @@ class Rendezvous:
     def mark_done(self, state: str) -> None:
         write_json_atomic(self.done_file, {"state": state, "time": time.time()})
 
-    def wait_engine(self, deadline: float) -> dict[str, Any]:
+    def wait_engine(self, deadline: float) -> dict[str, Any] | None:
+        """Rank 0's engine arguments; None when rank 0 ended without starting one (every unit was already done, or
+        it failed before: its own failure record and requeue cover that)."""
         while time.time() < deadline:
             found = read_json(self.engine_file)
             if found:
                 return dict(found["kwargs"])
             if self.done_file.exists():
-                raise RankGone("rank 0 ended before it started its engine")
+                return None
             time.sleep(POLL_S)
         raise RankGone(f"rank 0 published no engine arguments in {self.engine_file} before the deadline")
 
@@ -266,6 +268,9 @@ def serve_headless(run_dir: Path, group: NodeGroup) -> int:
     deadline = ready_deadline()
     rdv.announce(role="headless")
     kwargs = rdv.wait_engine(deadline)
+    if kwargs is None:
+        log.info("multi-node: rank 0 ended without starting an engine; node %d leaves", group.node_rank)
+        return 0
     kwargs.update(group.engine_kwargs())
     from vllm.engine.arg_utils import EngineArgs
     from vllm.usage.usage_lib import UsageContext
