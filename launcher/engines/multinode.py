@@ -279,7 +279,7 @@ def serve_headless(run_dir: Path, group: NodeGroup) -> int:
     from launcher.plan.layout import allocated_gpus
 
     group.apply_env(cpu=allocated_gpus().count == 0)
-    config = EngineArgs(**kwargs).create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER, headless=True)
+    config = EngineArgs(**kwargs).create_engine_config(usage_context=UsageContext.LLM_CLASS, headless=True)
     ready = threading.Event()
     watchdog(deadline, ready, f"node {group.node_rank}'s workers")
     executor = MultiprocExecutor(config, monitor_workers=False)
