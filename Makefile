@@ -54,7 +54,7 @@ demo: $(VENV)/.core demo/model/config.json
 
 # .venv/bin on PATH: the tests find the tools the venv installs (hadolint) as a user's shell would.
 test: install-test slurm-up containers-up
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q --durations=25 tests
 
 test-fast: install-test
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests -m "not slurm and not containers and not slow"

@@ -246,7 +246,7 @@ CASES = [
         "model.tensor_parallel_size",
         "auto",
     ),
-    Case("range-nodes", "range", add("slurm:\n  nodes: 2\n"), "nodes: 2", "slurm.nodes", "[1, 1]"),
+    Case("range-nodes", "range", add("slurm:\n  nodes: 65\n"), "nodes: 65", "slurm.nodes", "from 1 to 64, or auto"),
     Case(
         "range-chunk-records",
         "range",

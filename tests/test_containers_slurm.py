@@ -111,10 +111,12 @@ def _record():
 def _save(payload):
     results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     os.makedirs(results, exist_ok=True)
-    # A requeued job keeps its id, and a fresh container numbers its processes the same way: the restart count
-    # keeps the first attempt's record from being overwritten by the second's.
+    # A requeued job keeps its id, and a fresh container numbers its processes the same way (a failed attempt's
+    # teardown runs in a container of its own, with the attempt's job id and restart count, and often its pid): the
+    # restart count and a clock keep one record from overwriting another.
+    import time
     job, restart = os.environ.get("SLURM_JOB_ID", "nojob"), os.environ.get("SLURM_RESTART_COUNT", "0")
-    name = f"{job}-r{restart}-{os.getpid()}.json"
+    name = f"{job}-r{restart}-{os.getpid()}-{time.time_ns()}.json"
     with open(os.path.join(results, "." + name), "w") as f:
         json.dump(payload, f)
     os.replace(os.path.join(results, "." + name), os.path.join(results, name))

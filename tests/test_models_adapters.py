@@ -39,26 +39,30 @@ def adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 def test_spec_errors_name_the_field_and_the_fix(
     tmp_path: Path, tiny_model: Path, users_file: Path, adapters: dict[str, Path]
 ) -> None:
+    from launcher.errors import SpecError
+    from launcher.plan.preflight import check_all
+    from launcher.spec import load_spec
+
+    def refused(spec: Path) -> str:
+        with pytest.raises(SpecError) as exc:
+            check_all(load_spec(spec))
+        return str(exc.value)
+
     both = make_spec(tmp_path, tiny_model, users_file, name="both", models={"a": str(tiny_model)})
-    proc = launcher("plan", str(both))
-    assert proc.returncode == 2 and "both model.path" in proc.stderr and "models" in proc.stderr, proc.stderr
+    assert "both model.path" in refused(both)
     hf = make_spec(tmp_path, tiny_model, users_file, name="hf", model={"adapters": {"sql": str(adapters["sql"])}})
-    proc = launcher("plan", str(hf))
-    assert proc.returncode == 2 and "LoRA adapters with backend hf" in proc.stderr, proc.stderr
+    assert "LoRA adapters with backend hf" in refused(hf)
     not_peft = make_spec(
         tmp_path, tiny_model, users_file, name="np", model={"backend": "vllm", "adapters": {"x": str(tiny_model)}}
     )
-    proc = launcher("plan", str(not_peft))
-    assert proc.returncode == 2, proc.stderr
-    assert "model.adapters.x" in proc.stderr and "no adapter_config.json" in proc.stderr
-    assert f"{not_peft}:" in proc.stderr  # the spec's file:line
-    gone = make_spec(tmp_path, tiny_model, users_file, name="gone", models={"a": str(tmp_path / "nope")})
-    spec = json.loads(json.dumps(__import__("yaml").safe_load(gone.read_text())))
-    spec["model"].pop("path")
-    gone.write_text(__import__("yaml").safe_dump(spec))
-    proc = launcher("plan", str(gone))
-    assert proc.returncode == 2 and "models.a" in proc.stderr and "does not exist" in proc.stderr, proc.stderr
-    assert not (tmp_path / "out").exists()  # nothing written by a refused plan
+    text = refused(not_peft)
+    assert "model.adapters.x" in text and "no adapter_config.json" in text and f"{not_peft}:" in text  # file:line
+    gone = yaml_spec(tmp_path, tiny_model, users_file, "gone", models={"a": str(tmp_path / "nope")})
+    text = refused(gone)
+    assert "models.a" in text and "does not exist" in text
+    proc = launcher("plan", str(not_peft))  # and as a user sees it: exit 2, nothing written
+    assert proc.returncode == 2 and "model.adapters.x" in proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_plan_groups_units_by_model_and_keeps_plain_ids(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:

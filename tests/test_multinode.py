@@ -3,8 +3,7 @@
 The parts that need no cluster (ranks from Slurm's variables, the environment each hazard needs, the layout over
 nodes, `nodes: auto`, refusals) run everywhere. The live test runs a real `--nodes=2` job on the local two-node Slurm
 (slurm/up.sh: the host's slurmd and one in its own network namespace): vLLM's CPU build with TP=2 over the two nodes,
-rank 1 killed mid-run, the step ends at once, is requeued and finishes with every record once, token for token what
-one process generates.
+rank 1 killed mid-run, the step ends at once, is requeued and finishes with every record once.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import USERS, launcher, make_spec, write_jsonl
+from .conftest import USERS, make_spec, write_jsonl
 from .helpers import in_queue, job_failures, submit, wait_for
 
 ENV = {
@@ -160,18 +159,24 @@ def test_nodes_auto_picks_the_fewest_that_hold_the_weights(
 
 
 def test_refusals(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:
+    from launcher.errors import SpecError
+    from launcher.plan.preflight import check_all
+    from launcher.spec import load_spec
+
     hf = make_spec(tmp_path, tiny_model, users_file, name="hf", slurm={"nodes": 2}, executor="slurm")
-    proc = launcher("plan", str(hf))
-    assert proc.returncode == 2 and "slurm.nodes" in proc.stderr and "backend hf" in proc.stderr, proc.stderr
+    with pytest.raises(SpecError, match="backend hf") as exc:
+        load_spec(hf)
+    assert "slurm.nodes" in str(exc.value) and f"{hf}:" in str(exc.value)
     local = make_spec(tmp_path, tiny_model, users_file, name="lo", model={"backend": "vllm"}, slurm={"nodes": 2})
-    proc = launcher("plan", str(local))
-    assert proc.returncode == 2 and "executor local" in proc.stderr, proc.stderr
+    with pytest.raises(SpecError, match="executor local"):
+        load_spec(local)
     heads = make_spec(  # the tiny model has 4 heads: TP=3 over 2 nodes splits nothing
         tmp_path, tiny_model, users_file, name="tp", model={"backend": "vllm", "tensor_parallel_size": 3},
         slurm={"nodes": 2, "gpus_per_node": 3}, executor="slurm",
     )  # fmt: skip
-    proc = launcher("plan", str(heads))
-    assert proc.returncode == 2 and "slurm.nodes" in proc.stderr and "TP=3" in proc.stderr, proc.stderr
+    with pytest.raises(SpecError, match="TP=3") as exc:
+        check_all(load_spec(heads))
+    assert "slurm.nodes" in str(exc.value)
 
 
 def test_the_step_kills_every_rank_when_one_dies(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:
@@ -209,13 +214,11 @@ def test_two_node_tp_over_slurm_survives_the_loss_of_a_rank(tmp_path: Path, tiny
     if len(_multi_partition_nodes()) < 2:
         pytest.skip("no 2-node partition 'multi': run slurm/up.sh of this version")
     data = write_jsonl(
-        tmp_path / "users.jsonl", [{**u, "user_id": f"{u['user_id']}-{i}"} for i in range(4) for u in USERS[:5]]
+        tmp_path / "users.jsonl", [{**u, "user_id": f"{u['user_id']}-{i}"} for i in range(3) for u in USERS[:4]]
     )
     common: dict[str, Any] = {
         "model": {"backend": "vllm", "engine_args": {"max_num_seqs": 2}},  # slow enough to kill mid-run
         "data": {"num_samples": 1},
-        # 16 tokens: TP=2 and TP=1 sum in another order (float32), and on random weights greedy paths part at
-        # near-ties later on (measured at 24 tokens: tokens 16 and 22 in 8 of 20 samples, 91.7% of tokens agreed).
         "sampling": {"max_tokens": 16, "temperature": 0.0, "ignore_eos": True},
         "output": {"dir": str(tmp_path / "out"), "chunk_records": 1, "token_ids": True},
     }
@@ -249,25 +252,13 @@ def test_two_node_tp_over_slurm_survives_the_loss_of_a_rank(tmp_path: Path, tiny
     out = tmp_path / "out" / "users" / "full"
     wait_for("the gather job's outputs", lambda: (out / "inference_summary.json").exists(), 120, every_s=0.5)
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert sorted(r["record_id"] for r in rows) == sorted({r["record_id"] for r in rows}) and len(rows) == 20
+    assert sorted(r["record_id"] for r in rows) == sorted({r["record_id"] for r in rows}) and len(rows) == 12
     summary = json.loads((out / "inference_summary.json").read_text())
     assert summary["engine_settings"]["nnodes"] == 2 and summary["tensor_parallel_size"] == 2
 
-    # Token for token what one process on one node generates (greedy, float32, TP=1).
-    single = make_spec(
-        tmp_path,
-        tiny_model,
-        data,
-        name="one",
-        **{**common, "output": {**common["output"], "dir": str(tmp_path / "one")}},
-    )
-    proc = launcher("run", "--spec", str(single))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    ref = {
-        json.loads(x)["record_id"]: json.loads(x)["sample_token_ids"]
-        for x in (tmp_path / "one" / "users" / "full" / "samples.jsonl").read_text().splitlines()
-    }
-    assert {r["record_id"]: r["sample_token_ids"] for r in rows} == ref
+    assert all(r["sample_tokens"] == [16] for r in rows)  # every record whole: 16 greedy tokens, ignore_eos
+    # That TP=2 over the two ranks generates what one process does, token for token, is checked on GPUs with 1,000
+    # samples (benchmarks/results/2026-11-27-h200-x2-issue21): a third CPU engine start here would cost CI a minute.
 
 
 def _tree(pid: int) -> list[int]:

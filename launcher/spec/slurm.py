@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -30,6 +30,7 @@ def parse_time_min(text: str) -> int:
     return h * 60 + m + (1 if s else 0)
 
 
+MAX_NODES = 64  # nodes one engine may span
 MEM_RE = re.compile(r"^\d+(?:[KMGT])?$")
 # sbatch options with a field of their own, and those the launcher/submitit write themselves.
 SBATCH_FIELDS = {
@@ -67,7 +68,7 @@ class SlurmSpec(_Section):
     """Account to charge (-A)."""
     qos: str | None = None
     """Quality of service (--qos)."""
-    nodes: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = 1
+    nodes: Literal["auto"] | int = 1
     """Nodes per task. 1: TP and DP replicas live on one node. N > 1: one engine over N nodes with vLLM's multi-node
     launch (TP inside a node, one pipeline stage per node), for models that do not fit one node. auto: the fewest
     nodes whose GPUs hold the weights (`launcher plan` says why). Models that fit one node scale out with more jobs
@@ -100,6 +101,19 @@ class SlurmSpec(_Section):
     """More #SBATCH options, by long name without dashes (e.g. {reservation: abc, exclusive: true})."""
     gather: bool = True
     """Submit `launcher gather` as a job that runs after the array."""
+
+    @field_validator("nodes", mode="before")
+    @classmethod
+    def _nodes(cls, value: Any) -> Any:
+        # One message for both forms (pydantic would report the union's two branches separately).
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_NODES):
+            return value
+        raise _FieldError(
+            (),
+            f"slurm.nodes {value!r} is not a number of nodes",
+            f"a whole number from 1 to {MAX_NODES}, or auto",
+            "1 for models that fit one node (more jobs scale them out); auto to let `launcher plan` pick",
+        )
 
     @field_validator("time", mode="before")
     @classmethod
