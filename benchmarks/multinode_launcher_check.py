@@ -24,11 +24,9 @@ exception escapes and the process exits non-zero; seconds_left() finds no squeue
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -38,6 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.multinode_tp_check import kill_group  # noqa: E402  (after ROOT joins the path)
 
 RANK_CODE = (
     "import json, sys, time; from launcher.job.entry import JobRunner; t = time.time(); "
@@ -155,24 +155,6 @@ def plan_run(spec_path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- processes -----------------------------------
-
-
-def kill_group(p: subprocess.Popen, grace: float) -> float | None:
-    if p.poll() is None:
-        t = now()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(timeout=grace)
-            took: float | None = now() - t
-        except subprocess.TimeoutExpired:
-            took = None
-    else:
-        took = 0.0
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
-    return took
 
 
 def tail(log: Path, n: int = 25) -> list[str]:

@@ -9,6 +9,8 @@ Like submitit's JobEnvironment: every other module asks `SlurmEnv.current()` ins
     SLURM_STEP_GPUS, SLURM_JOB_GPUS   the GPUs as the node's driver numbers them (container.py hands those to
                            docker/podman, whose daemons see the whole node)
     SLURM_GPUS_ON_NODE     a count only
+    SLURM_NNODES, SLURM_PROCID, SLURM_NODEID   a step over several nodes: how many, this task's rank and node
+    SLURM_LAUNCH_NODE_IPADDR   srun's address (task 0 runs there), SLURM_JOB_NODELIST the nodes
 GPU *numbering as this process sees it* is CUDA_VISIBLE_DEVICES first (layout.allocated_gpus): Slurm sets it to
 what the job may use, and CUDA numbers from it. The node-side ids above are for the container shim.
 """
@@ -30,6 +32,11 @@ class SlurmEnv:
     step_gpus: str | None
     job_gpus: str | None
     gpus_on_node: int | None
+    nnodes: int = 1
+    proc_id: int | None = None  # this task's rank in its srun step; None outside a step
+    node_id: int | None = None
+    launch_addr: str | None = None
+    node_list: str | None = None
 
     @classmethod
     def current(cls, env: Mapping[str, str] | None = None) -> SlurmEnv:
@@ -44,6 +51,11 @@ class SlurmEnv:
             env.get("SLURM_STEP_GPUS"),
             env.get("SLURM_JOB_GPUS"),
             int(count) if count.isdigit() else None,
+            int(env.get("SLURM_NNODES") or env.get("SLURM_JOB_NUM_NODES") or 1),
+            _int_or_none(env.get("SLURM_PROCID")),
+            _int_or_none(env.get("SLURM_NODEID")),
+            env.get("SLURM_LAUNCH_NODE_IPADDR") or None,
+            env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or None,
         )
 
     @property
@@ -67,6 +79,10 @@ class SlurmEnv:
     def submission(self) -> str | None:
         """The array's id (or the job's): retries are counted per submission."""
         return self.array_job_id or self.job_id
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return int(text) if text and text.strip().isdigit() else None
 
 
 __all__ = ["SlurmEnv"]

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from launcher.slurm_env import SlurmEnv
 from launcher.store import read_json, write_json_atomic
 
 log = logging.getLogger("launcher.job")
@@ -46,7 +47,6 @@ PORT_BASE, PORT_SPAN = 20000, 20000  # the master port: PORT_BASE + (job id, res
 READY_MARGIN_S = 60.0  # stop waiting this long before the time limit, so the requeue happens in time
 POLL_S = 0.5
 UNKNOWN_WALLTIME_S = 3600.0  # no way to ask Slurm for the time left (scontrol missing in the image): wait this long
-CPU_KV_CACHE_GIB = "1"  # as engines/vllm.py: a CI machine's NUMA node reports less than vLLM-CPU asks by default
 
 
 @dataclass(frozen=True)
@@ -66,25 +66,24 @@ class NodeGroup:
     def current(cls, env: Mapping[str, str] | None = None) -> NodeGroup | None:
         """None unless this process is one task of a step over several nodes."""
         env = os.environ if env is None else env
-        nnodes = int(env.get("SLURM_NNODES") or env.get("SLURM_JOB_NUM_NODES") or 1)
-        if nnodes <= 1 or "SLURM_PROCID" not in env:
+        slurm = SlurmEnv.current(env)
+        if slurm.nnodes <= 1 or slurm.proc_id is None:
             return None
-        job_id = env.get("SLURM_JOB_ID") or "0"
-        restart = int(env.get("SLURM_RESTART_COUNT") or 0)
+        job_id = slurm.job_id or "0"
         # Task 0 runs on the first node of the allocation, where the batch script (and so srun) runs: srun's
         # address is rank 0's. LAUNCHER_MASTER_ADDR overrides it (a cluster whose launch address is not reachable
         # over the fast network).
-        master = env.get("LAUNCHER_MASTER_ADDR") or env.get("SLURM_LAUNCH_NODE_IPADDR") or _first_node_addr(env)
+        master = env.get("LAUNCHER_MASTER_ADDR") or slurm.launch_addr or _first_node_addr(slurm.node_list or "")
         host_ip = env.get("VLLM_HOST_IP") or route_address(master)
         return cls(
-            nnodes=nnodes,
-            node_rank=int(env.get("SLURM_NODEID") or env["SLURM_PROCID"]),
+            nnodes=slurm.nnodes,
+            node_rank=slurm.node_id if slurm.node_id is not None else slurm.proc_id,
             master_addr=master,
-            master_port=master_port(job_id, restart),
+            master_port=master_port(job_id, slurm.restart),
             host_ip=host_ip,
             ifname=interface_of(host_ip),
             job_id=job_id,
-            restart=restart,
+            restart=slurm.restart,
         )
 
     @property
@@ -106,11 +105,13 @@ class NodeGroup:
         target = os.environ if env is None else env
         wanted = {"VLLM_HOST_IP": self.host_ip, "VLLM_ALLREDUCE_USE_SYMM_MEM": "0"}
         if cpu:
+            from launcher.engines.vllm import CPU_KV_CACHE_GIB
+
             # vLLM's CPU build binds each worker's threads to cores; ranks that share a machine (the test cluster's
             # two nodes) must not bind the same ones. One core per rank: the CPU path is for tests, not speed.
             allowed = sorted(os.sched_getaffinity(0))
             wanted["VLLM_CPU_OMP_THREADS_BIND"] = str(allowed[self.node_rank % len(allowed)])
-            wanted["VLLM_CPU_KVCACHE_SPACE"] = CPU_KV_CACHE_GIB
+            wanted["VLLM_CPU_KVCACHE_SPACE"] = CPU_KV_CACHE_GIB  # as one engine on the CPU gets it
         if self.ifname:
             wanted["NCCL_SOCKET_IFNAME"] = self.ifname
             wanted["GLOO_SOCKET_IFNAME"] = self.ifname
@@ -150,9 +151,8 @@ def interface_of(address: str) -> str | None:
     return None
 
 
-def _first_node_addr(env: Mapping[str, str]) -> str:
+def _first_node_addr(nodes: str) -> str:
     """The first node's NodeAddr, as Slurm reaches it (its name may not resolve here)."""
-    nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
     with contextlib.suppress(OSError, subprocess.SubprocessError, IndexError):
         first = subprocess.run(
             ["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, timeout=20, check=True
@@ -166,8 +166,7 @@ def _first_node_addr(env: Mapping[str, str]) -> str:
 
 def seconds_left(env: Mapping[str, str] | None = None) -> float:
     """The job's remaining walltime from Slurm (squeue %L), or UNKNOWN_WALLTIME_S when it cannot say."""
-    env = os.environ if env is None else env
-    job = env.get("SLURM_JOB_ID")
+    job = SlurmEnv.current(env).job_id
     if not job:
         return UNKNOWN_WALLTIME_S
     with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):

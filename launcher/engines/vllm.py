@@ -21,6 +21,7 @@ from typing import Any
 from launcher.engines import register
 from launcher.engines.base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
 from launcher.plan.layout import ParallelLayout
+from launcher.plan.sizing import EngineSettings
 from launcher.spec import SamplingSpec
 
 log = logging.getLogger("launcher.engines.vllm")
@@ -141,7 +142,7 @@ class VLLMEngine(Engine):
         )
 
     def _join_nodes(
-        self, layout: ParallelLayout, kwargs: dict[str, Any], settings: Any, startup: dict[str, Any]
+        self, layout: ParallelLayout, kwargs: dict[str, Any], settings: EngineSettings, startup: dict[str, Any]
     ) -> threading.Event | None:
         """Over several nodes (engines/multinode.py): vLLM's multi-node arguments and environment, the engine arguments
         published for the other nodes' headless workers (they must match), and a watchdog on the start."""

@@ -31,11 +31,8 @@ from launcher.store import OutputRow, dumps_line, safe_filename, write_atomic, w
 
 @dataclass
 class GroupReport:
-    dataset: str
-    ablation: str
+    cell: Cell  # model or adapter x dataset x ablation
     out_dir: Path
-    model: str = ""  # one of the spec's models: ("" for its one model.path)
-    adapter: str = ""  # one of model.adapters
     records: int = 0
     samples: int = 0
     quarantined: int = 0
@@ -47,8 +44,16 @@ class GroupReport:
     files_written: list[str] = field(default_factory=list)  # relative to out_dir; empty when all were up to date
 
     @property
+    def dataset(self) -> str:
+        return self.cell.dataset
+
+    @property
+    def ablation(self) -> str:
+        return self.cell.ablation
+
+    @property
     def label(self) -> str:
-        return Cell(self.dataset, self.ablation, self.model, self.adapter).label
+        return self.cell.label
 
     @property
     def ok(self) -> bool:
@@ -128,7 +133,7 @@ def _describe_missing(r: GroupReport, plan: Plan) -> str:
 def _gather_group(
     plan: Plan, cell: Cell, units: list[Unit], out: Path, figures: RunFigures, flat: bool = False
 ) -> GroupReport:
-    report = GroupReport(cell.dataset, cell.ablation, out, cell.model, cell.adapter)
+    report = GroupReport(cell, out)
     rows: dict[int, OutputRow] = {}
     quarantine: list[dict[str, Any]] = []
     n = plan.spec.data.num_samples
@@ -209,7 +214,7 @@ def _write_group(
 
 
 def _variant_fields(report: GroupReport) -> dict[str, str]:
-    return {k: v for k, v in (("model", report.model), ("adapter", report.adapter)) if v}
+    return {k: v for k, v in (("model", report.cell.model), ("adapter", report.cell.adapter)) if v}
 
 
 OWN_FILES = frozenset({"samples", "quarantine", "inference_summary", "manifest"})
@@ -242,7 +247,7 @@ def summarize(
 ) -> dict[str, Any]:
     """inference_summary.json: the old script's fields first (by the wall clock), then what a reader needs to trust
     the numbers: the run's own wall-clock figures, the workers beside them, the engine and why."""
-    spec = plan.spec
+    spec, key = plan.spec, report.cell
     cell = cell_figures(figures, [u.unit_id for u in units])
     out_tokens = sum(sum(r["sample_tokens"]) for r in rows)
     gen_s = cell["generation_wall_s"]
@@ -277,9 +282,9 @@ def summarize(
         "engine_settings": engine.get("settings"),
         "engine_settings_reasons": engine.get("reasons"),
         "launcher_version": __version__,
-        "model": spec.model_for(report.model).path,
-        **({"model_name": report.model} if report.model else {}),
-        **({"adapter": report.adapter, "adapter_path": spec.model.adapters[report.adapter]} if report.adapter else {}),
+        "model": spec.model_paths()[key.model],
+        **({"model_name": key.model} if key.model else {}),
+        **({"adapter": key.adapter, "adapter_path": spec.model.adapters[key.adapter]} if key.adapter else {}),
         "sampling": spec.sampling.model_dump(),
         **({"structured": structured_figures(spec.sampling.structured, rows)} if spec.sampling.structured else {}),
         "spec_hash": spec.fingerprint(),

@@ -82,13 +82,12 @@ class WorkerGroup:
         plan = load_plan(self.run_dir)
         started = time.time()
         units = [u for u in plan.units if self.only_units is None or u.unit_id in self.only_units]
-        if all(plan.run.unit(u.unit_id).is_done() for u in units):
+        left = {u.model for u in units if not plan.run.unit(u.unit_id).is_done()}  # models with units to run
+        if not left:
             log.info("job %d: every unit is done; nothing to run", self.index)
             return {"job": self.index, "workers": [], "layout": None, "started": started, "ended": time.time()}
         results = []
-        for model in plan.spec.model_names():
-            if all(plan.run.unit(u.unit_id).is_done() for u in units if u.model == model):
-                continue
+        for model in [m for m in plan.spec.model_names() if m in left]:
             if self.stopping:
                 break
             results.append(self._run_model(plan, model))

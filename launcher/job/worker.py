@@ -212,7 +212,7 @@ class Worker:
             raise RuntimeError("a multi-node layout outside a multi-node Slurm step (SLURM_NNODES/SLURM_PROCID unset)")
         rdv = Rendezvous(self.cfg.run_dir, group)
         rdv.announce(role="engine", gpus=list(self.cfg.gpu_ids))
-        self._set(nodes=[f"{group.master_addr} (rank 0)"], node_group=group.tag)
+        self._set(node_group=group.tag)  # its rendezvous folder: multinode/<tag>/
         return rdv
 
     def _first_unit(self, preparer: Preparer) -> ActiveUnit | None:

@@ -40,7 +40,7 @@ def choose_nodes(spec: JobSpec) -> NodeChoice:
     per_node = max(1, s.gpus_per_node)
     if s.gpus_per_node == 0:
         return NodeChoice(1, "auto: no GPU asked (gpus_per_node 0): one node")
-    shapes = [model_shape(spec.for_model(m).model.path) for m in spec.model_names()]
+    shapes = [model_shape(path) for path in spec.model_paths().values()]
     fp8 = (spec.model.quantization or "").startswith("fp8")
     weights = max(sh.weight_bytes_as(1) if fp8 else sh.weight_bytes for sh in shapes)
     gib, source = gpu_gib(spec)

@@ -196,17 +196,15 @@ def check_quantization(spec: JobSpec, config: dict[str, Any], config_path: Path)
         )
 
 
-def check_layout(spec: JobSpec, shape: ModelShape) -> None:
+def check_layout(spec: JobSpec, shape: ModelShape, nodes: int = 1) -> None:
     """The TP size asked for must split the heads, and fit the GPUs the task asks Slurm for."""
     from launcher.plan.layout import tp_splits_heads
 
     tp = spec.model.tensor_parallel_size
-    if spec.model.backend == "hf" or tp == "auto":
-        return  # hf runs TP=1 replicas; auto only ever picks a TP that splits the heads
-    from launcher.plan.nodes import choose_nodes
-
-    if choose_nodes(spec).nodes > 1:
-        return  # over several nodes TP may span them: check_nodes checks that layout
+    if spec.model.backend == "hf" or tp == "auto" or nodes > 1:
+        # hf runs TP=1 replicas; auto only ever picks a TP that splits the heads; over several nodes TP may span
+        # them (check_nodes checks that layout)
+        return
     key = ("model", "tensor_parallel_size")
     gpus = spec.slurm.gpus_per_node if spec.executor == "slurm" else None  # local: whatever the machine has
     valid = [t for t in range(1, 17) if tp_splits_heads(shape, t)]
@@ -529,12 +527,10 @@ def check_adapters(spec: JobSpec) -> None:
             ) from None
 
 
-def check_nodes(spec: JobSpec, shape: ModelShape) -> None:
+def check_nodes(spec: JobSpec, shape: ModelShape, nodes: int) -> None:
     """Over several nodes: the layout the job will pick (TP per node x one stage per node) must split the model."""
     from launcher.plan.layout import GpuSet, choose_multinode_layout
-    from launcher.plan.nodes import choose_nodes
 
-    nodes = choose_nodes(spec).nodes
     if nodes == 1:
         return
     gpus = GpuSet(tuple(str(i) for i in range(spec.slurm.gpus_per_node)), "slurm.gpus_per_node")
@@ -546,11 +542,16 @@ def check_nodes(spec: JobSpec, shape: ModelShape) -> None:
 
 
 def check_all(spec: JobSpec) -> dict[str, int]:
-    for name in spec.model_names():  # each checkpoint of a models: sweep, as its own engine will load it
-        one = spec.for_model(name)
-        shape = check_model(one, ("models", name) if name else ("model", "path"))
-        check_nodes(one, shape)
-        check_layout(one, shape)
+    from launcher.plan.nodes import choose_nodes
+
+    # Each checkpoint of a models: sweep, as its own engine will load it; then the nodes a task gets, which every
+    # model's engine spans (auto sizes them for the largest).
+    models = {name: spec.for_model(name) for name in spec.model_names()}
+    shapes = {name: check_model(one, ("models", name) if name else ("model", "path")) for name, one in models.items()}
+    nodes = choose_nodes(spec).nodes
+    for name, one in models.items():
+        check_nodes(one, shapes[name], nodes)
+        check_layout(one, shapes[name], nodes)
         check_context(one, Path(one.model.path))
     check_adapters(spec)
     first = spec.for_model(spec.model_names()[0])  # prompts are checked with the first model's tokenizer

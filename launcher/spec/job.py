@@ -159,17 +159,12 @@ class JobSpec(_Section):
         """The adapters of the sweep, in spec order; [""] without adapters."""
         return list(self.model.adapters) or [""]
 
-    def model_for(self, name: str) -> ModelSpec:
-        """The model: section for one of `models:` (its path filled in); the section itself for ""."""
-        if not name:
-            return self.model
-        return self.model.model_copy(update={"path": self.models[name]})
-
     def for_model(self, name: str) -> JobSpec:
-        """This spec as one engine of the sweep sees it: model.path is that model's checkpoint."""
+        """This spec as one engine of the sweep sees it: model.path is that model's checkpoint ("": the spec)."""
         if not name:
             return self
-        copy = self.model_copy(update={"model": self.model_for(name), "models": {}})
+        model = self.model.model_copy(update={"path": self.models[name]})
+        copy = self.model_copy(update={"model": model, "models": {}})
         copy._origin, copy._root = self._origin, self._root
         return copy
 
