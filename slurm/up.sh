@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bring up a real Slurm cluster on this machine (root, no systemd needed): munged, MariaDB + slurmdbd
 # (accounting: submitit reads job states with sacct), slurmctld, slurmd for this host's node, and a
-# second slurmd in its own network namespace (node <host>-n2, partition 'multi' only) for multi-node jobs.
+# second slurmd in its own network namespace (node <host>-n2, partition 'multi' only) for multi-node jobs
+# (LAUNCHER_SLURM_SECOND_NODE=0: without it, for machines that allow no network namespace; auto by default).
 # Config goes to /etc/slurm so plain sbatch/sinfo/sacct and submitit work without extra env;
 # state, logs and pid files go under $LAUNCHER_SLURM_DIR (default /var/tmp/launcher-slurm).
 # Idempotent: exits at once if the cluster is already up with the same config.
@@ -15,6 +16,38 @@ T0=$(now)
 D=$SLURM_DIR
 GPU_COUNT=4
 GPU2_COUNT=2 # the second node's fake GPUs
+
+# The second node lives in a network namespace, which needs CAP_NET_ADMIN/CAP_SYS_ADMIN (a container without
+# them cannot make one). LAUNCHER_SLURM_SECOND_NODE: auto (default: when this machine allows it), 1 (required:
+# fail otherwise) or 0 (one node; partition 'multi' then holds only it, and the multi-node tests skip).
+SECOND_NODE=${LAUNCHER_SLURM_SECOND_NODE:-auto}
+case "$SECOND_NODE" in
+  0 | 1 | auto) ;;
+  *)
+    echo "up.sh: LAUNCHER_SLURM_SECOND_NODE=$SECOND_NODE: allowed are auto, 1 and 0" >&2
+    exit 2
+    ;;
+esac
+if [ "$SECOND_NODE" = auto ]; then
+  if [ -e "/run/netns/$NETNS" ] || unshare --net true 2>/dev/null; then
+    SECOND_NODE=1
+  else
+    SECOND_NODE=0
+    echo "slurm: this machine allows no network namespace (no CAP_NET_ADMIN?): one node only, multi-node" \
+      "tests skip (LAUNCHER_SLURM_SECOND_NODE=0 to ask for that, 1 to insist on two nodes)" >&2
+  fi
+fi
+if [ "$SECOND_NODE" = 0 ]; then
+  HOST_ADDR=127.0.0.1 # no veth pair: the first node is reached on loopback, as a one-node cluster is
+  DAEMONS=("${DAEMONS[@]/slurmd-n2/}")
+  NODE2_CONF=
+  NODE2_GRES=
+  MULTI_NODES=$NODE_NAME
+else
+  NODE2_CONF="NodeName=$NODE2_NAME NodeAddr=$NODE2_ADDR CPUs=4 Sockets=1 CoresPerSocket=4 ThreadsPerCore=1 RealMemory=8000 Gres=gpu:$GPU2_COUNT State=UNKNOWN"
+  NODE2_GRES="NodeName=$NODE2_NAME Name=gpu File=$NODE2_DIR/gpu/nvidia[0-$((GPU2_COUNT - 1))]"
+  MULTI_NODES=$NODE_NAME,$NODE2_NAME
+fi
 
 # ---------------------------------------------------------------- config files (as strings)
 SLURM_CONF="# Written by launcher slurm/up.sh: a test cluster on one machine. Edits are overwritten.
@@ -66,19 +99,19 @@ SlurmdParameters=config_overrides
 # NodeAddr is what slurmctld, slurmd (step fan-out) and jobs (MASTER_ADDR) use to reach a node: the veth
 # addresses, which both network namespaces can reach.
 NodeName=$NODE_NAME NodeAddr=$HOST_ADDR CPUs=8 Sockets=1 CoresPerSocket=8 ThreadsPerCore=1 RealMemory=16000 Gres=gpu:$GPU_COUNT State=UNKNOWN
-NodeName=$NODE2_NAME NodeAddr=$NODE2_ADDR CPUs=4 Sockets=1 CoresPerSocket=4 ThreadsPerCore=1 RealMemory=8000 Gres=gpu:$GPU2_COUNT State=UNKNOWN
+$NODE2_CONF
 PartitionName=debug Nodes=$NODE_NAME Default=YES PriorityTier=1 GraceTime=10 MaxTime=INFINITE State=UP
 PartitionName=high Nodes=$NODE_NAME PriorityTier=10 GraceTime=10 MaxTime=INFINITE State=UP
 # Multi-node jobs (sbatch -p multi -N2). The only partition with the second node, so single-node jobs in
 # debug/high never land there. Same tier as debug: neither preempts the other; high preempts both.
-PartitionName=multi Nodes=$NODE_NAME,$NODE2_NAME PriorityTier=1 GraceTime=10 MaxTime=INFINITE State=UP
+PartitionName=multi Nodes=$MULTI_NODES PriorityTier=1 GraceTime=10 MaxTime=INFINITE State=UP
 "
 
 # Fake GPUs: character devices (plain files are rejected by slurmd) named like NVIDIA's.
 GRES_CONF="# Written by launcher slurm/up.sh: fake GPUs (character devices, not real hardware).
 AutoDetect=off
 NodeName=$NODE_NAME Name=gpu File=$D/gpu/nvidia[0-$((GPU_COUNT - 1))]
-NodeName=$NODE2_NAME Name=gpu File=$NODE2_DIR/gpu/nvidia[0-$((GPU2_COUNT - 1))]
+$NODE2_GRES
 "
 
 SLURMDBD_CONF="# Written by launcher slurm/up.sh.
@@ -121,19 +154,19 @@ usable() { case "$1" in idle | mixed | allocated | completing) return 0 ;; esac;
 # ---------------------------------------------------------------- fast path: already up?
 all_up=1
 for d in "${DAEMONS[@]}"; do
-  daemon_pid "$d" >/dev/null || { all_up=0; break; }
+  [ -z "$d" ] || daemon_pid "$d" >/dev/null || { all_up=0; break; }
 done
-if [ $all_up = 1 ] && net_up &&
+if [ $all_up = 1 ] && { [ "$SECOND_NODE" = 0 ] || net_up; } &&
   same_file /etc/slurm/slurm.conf "$SLURM_CONF" &&
   same_file /etc/slurm/gres.conf "$GRES_CONF" &&
   same_file /etc/slurm/slurmdbd.conf "$SLURMDBD_CONF" &&
   same_file "$D/mysql.cnf" "$MYSQL_CNF"; then
   # Jobs may be running: any answering, usable node state counts as up.
   state=$(node_state)
-  state2=$(node_state "$NODE2_NAME")
+  state2=$([ "$SECOND_NODE" = 0 ] && echo idle || node_state "$NODE2_NAME")
   if usable "$state" && usable "$state2"; then
-    echo "slurm: already up (node $NODE_NAME $state, node $NODE2_NAME $state2, state dir $D)," \
-      "checked in $(elapsed "$T0") s"
+    second=$([ "$SECOND_NODE" = 0 ] && echo "no second node" || echo "node $NODE2_NAME $state2")
+    echo "slurm: already up (node $NODE_NAME $state, $second, state dir $D), checked in $(elapsed "$T0") s"
     exit 0
   fi
 fi
@@ -144,8 +177,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Partly up, or up with another config: restart everything from scratch.
-for d in "${DAEMONS[@]}"; do
-  if daemon_pid "$d" >/dev/null; then
+for d in slurmd-n2 "${DAEMONS[@]}"; do # a running second node too, if this start drops it
+  if [ -n "$d" ] && daemon_pid "$d" >/dev/null; then
     echo "slurm: restarting (not all daemons up, node not usable, or config changed)"
     "$HERE/down.sh"
     break
@@ -223,20 +256,22 @@ done
 # A network namespace and a veth pair, no route out: traffic goes only between the two nodes.
 # Made before slurmctld starts, since SlurmctldHost and the first node's NodeAddr are the host end.
 net_down # a stale namespace or pair from an earlier run
-ip netns add "$NETNS" || fail "ip netns add $NETNS failed"
-ip link add "$NET_IF" type veth peer name "$NET_IF" netns "$NETNS" || fail "ip link add $NET_IF (veth) failed"
-ip addr add "$HOST_ADDR/24" dev "$NET_IF"
-ip link set "$NET_IF" up
-ip -n "$NETNS" addr add "$NODE2_ADDR/24" dev "$NET_IF"
-ip -n "$NETNS" link set "$NET_IF" up
-ip -n "$NETNS" link set lo up
-# The second node's /etc/hosts (its slurmd gets it mounted over /etc/hosts; `ip netns exec` does the same
-# for a shell): both nodes' names resolve to their veth addresses. (The host's /etc/hosts maps this host's
-# name to 127.0.0.1, which the second node cannot reach; the host does not resolve the second node's name
-# at all: use the NodeAddr there.)
-mkdir -p "/etc/netns/$NETNS"
-printf '# Written by launcher slurm/up.sh for the second test node.\n127.0.0.1 localhost\n%s %s\n%s %s\n' \
-  "$NODE2_ADDR" "$NODE2_NAME" "$HOST_ADDR" "$NODE_NAME" >"/etc/netns/$NETNS/hosts"
+if [ "$SECOND_NODE" = 1 ]; then
+  ip netns add "$NETNS" || fail "ip netns add $NETNS failed"
+  ip link add "$NET_IF" type veth peer name "$NET_IF" netns "$NETNS" || fail "ip link add $NET_IF (veth) failed"
+  ip addr add "$HOST_ADDR/24" dev "$NET_IF"
+  ip link set "$NET_IF" up
+  ip -n "$NETNS" addr add "$NODE2_ADDR/24" dev "$NET_IF"
+  ip -n "$NETNS" link set "$NET_IF" up
+  ip -n "$NETNS" link set lo up
+  # The second node's /etc/hosts (its slurmd gets it mounted over /etc/hosts; `ip netns exec` does the same
+  # for a shell): both nodes' names resolve to their veth addresses. (The host's /etc/hosts maps this host's
+  # name to 127.0.0.1, which the second node cannot reach; the host does not resolve the second node's name
+  # at all: use the NodeAddr there.)
+  mkdir -p "/etc/netns/$NETNS"
+  printf '# Written by launcher slurm/up.sh for the second test node.\n127.0.0.1 localhost\n%s %s\n%s %s\n' \
+    "$NODE2_ADDR" "$NODE2_NAME" "$HOST_ADDR" "$NODE_NAME" >"/etc/netns/$NETNS/hosts"
+fi
 
 mkdir -p /etc/slurm
 printf '%s' "$SLURM_CONF" >/etc/slurm/slurm.conf
@@ -291,12 +326,14 @@ spawn "$D/log/slurmd.out" /usr/sbin/slurmd
 # it (%n in those paths would move the first node's files, which tests/faults relies on). -L: own log.
 # nsenter, not `ip netns exec`: that remounts /sys, hiding /sys/fs/cgroup, and slurmd then refuses to
 # start ("Unable to initialize cgroup plugin") even with proctrack/linuxproc.
-# shellcheck disable=SC2016  # expanded by the inner sh
-spawn "$D/log/slurmd-n2.out" unshare --uts --mount --propagation private -- \
-  nsenter --net="/run/netns/$NETNS" -- sh -c '
-  hostname "$1" && mount --bind "$3/run" "$2/run" && mount --bind "$3/spool" "$2/spool/slurmd" &&
-  mount --bind "/etc/netns/$4/hosts" /etc/hosts &&
-  exec /usr/sbin/slurmd -N "$1" -L "$2/log/slurmd-n2.log"' sh "$NODE2_NAME" "$D" "$NODE2_DIR" "$NETNS"
+if [ "$SECOND_NODE" = 1 ]; then
+  # shellcheck disable=SC2016  # expanded by the inner sh
+  spawn "$D/log/slurmd-n2.out" unshare --uts --mount --propagation private -- \
+    nsenter --net="/run/netns/$NETNS" -- sh -c '
+    hostname "$1" && mount --bind "$3/run" "$2/run" && mount --bind "$3/spool" "$2/spool/slurmd" &&
+    mount --bind "/etc/netns/$4/hosts" /etc/hosts &&
+    exec /usr/sbin/slurmd -N "$1" -L "$2/log/slurmd-n2.log"' sh "$NODE2_NAME" "$D" "$NODE2_DIR" "$NETNS"
+fi
 
 # While they start (~1 s): an account for the test user. AccountingStorageEnforce is off, so
 # associations are not required to run jobs; this only makes sacct/sshare show an account.
@@ -310,6 +347,12 @@ ready() { [ "$(node_state)" = idle ]; }
 wait_for 60 ready ||
   fail "node $NODE_NAME not idle after 60 s (sinfo: '$(node_state)')" \
     "$D/log/slurmctld.out" "$D/log/slurmctld.log" "$D/log/slurmd.out" "$D/log/slurmd.log"
+if [ "$SECOND_NODE" = 0 ]; then
+  echo "slurm: up in $(elapsed "$T0") s (of which packages ${T_PKG} s); node $NODE_NAME idle," \
+    "partitions debug (default) + high (preempts debug) + multi (this node only: no second node)," \
+    "$GPU_COUNT fake GPUs; state dir $D"
+  exit 0
+fi
 # By now the second slurmd has had as long to start as the first: if it is gone, say so at once.
 sleep 0.2
 daemon_pid slurmd-n2 >/dev/null ||

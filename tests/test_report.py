@@ -13,9 +13,20 @@ from launcher.spec import load_spec
 from .conftest import launcher, make_spec, read_samples
 
 
+def _rows(cell: Path) -> list[dict]:
+    """A gathered cell's rows, read here without the launcher's reader: the "hot" run writes parquet."""
+    if (cell / "samples.parquet").exists():
+        import pyarrow.parquet as pq
+
+        assert not (cell / "samples.jsonl").exists()
+        return pq.read_table(cell / "samples.parquet").to_pylist()
+    return read_samples(cell)
+
+
 def test_report_over_two_runs(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:
+    """Two runs side by side; the second writes output.format parquet, which report and compare read as well."""
     outs = []
-    for name, temperature in (("cool", 0.3), ("hot", 1.5)):
+    for name, temperature, fmt in (("cool", 0.3, "jsonl"), ("hot", 1.5, "parquet")):
         spec = make_spec(
             tmp_path,
             tiny_model,
@@ -23,7 +34,7 @@ def test_report_over_two_runs(tmp_path: Path, tiny_model: Path, users_file: Path
             name=name,
             data={"ablation_configs": ["full", "profile_only"], "limit": 4},
             sampling={"temperature": temperature, "max_tokens": 12},
-            output={"dir": str(tmp_path / name)},
+            output={"dir": str(tmp_path / name), "format": fmt},
         )
         proc = launcher("submit", str(spec), "--executor", "local", "--wait")
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -37,7 +48,7 @@ def test_report_over_two_runs(tmp_path: Path, tiny_model: Path, users_file: Path
         ("cool", "full"), ("cool", "profile_only"), ("hot", "full"), ("hot", "profile_only"),
     ]  # fmt: skip
     for r in rows:
-        samples = read_samples(tmp_path / r["run_id"].split("-")[0] / "users" / r["ablation"])
+        samples = _rows(tmp_path / r["run_id"].split("-")[0] / "users" / r["ablation"])
         lengths = [n for s in samples for n in s["sample_tokens"]]
         assert r["records"] == len(samples) == 4 and r["samples"] == 8
         assert r["mean_tokens"] == round(statistics.fmean(lengths), 1)
@@ -47,6 +58,11 @@ def test_report_over_two_runs(tmp_path: Path, tiny_model: Path, users_file: Path
     md = (folder / "report.md").read_text()
     assert md.count("\n") == 2 + len(rows) and "| distinct-2 |" in md and proc.stdout.startswith("| model |")
     assert (folder / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # compare reads the parquet cell too: same records and seeds, other temperature
+    cool, hot = (str(tmp_path / name / "users" / "full") for name in ("cool", "hot"))
+    cmp = launcher("compare", cool, hot, "--json")
+    assert cmp.returncode == 0, cmp.stderr[-2000:]
+    assert json.loads(cmp.stdout)["common"] == 4
 
 
 def test_report_before_gather_says_so(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:

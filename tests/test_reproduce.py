@@ -4,6 +4,7 @@ record no longer holds (other inputs, other launcher or image unless allowed, th
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -67,14 +68,19 @@ def test_another_launcher_needs_the_flag(tmp_path: Path, finished: tuple[Path, P
     run_dir, _ = finished
     record_path = run_dir / "run.json"
     record = json.loads(record_path.read_text())
+    assert record["git_dirty"] in (True, False) and re.fullmatch(r"[0-9a-f]{40}", record["git_sha"] or "")
     record["launcher_version"], record["git_sha"] = "0.0.1", "0123456789abcdef"
+    record["git_dirty"] = True  # launched from a checkout with uncommitted changes: a warning, not a refusal
     record_path.write_text(json.dumps(record))
     target = tmp_path / "again"
     proc = launcher("reproduce", str(run_dir), "--output-dir", str(target))
     assert proc.returncode == 2 and "the launcher differs: recorded launcher 0.0.1 at 0123456789ab" in proc.stderr
     assert "git checkout 0123456789abcdef" in proc.stderr and not target.exists()
     check = check_reproducible(run_dir, target, allow_other_launcher=True)
-    assert len(check.allowed_differences) == 1 and "0.0.1" in check.allowed_differences[0]
+    (launcher_diff,) = [d for d in check.allowed_differences if "uncommitted" not in d]
+    assert "0.0.1" in launcher_diff
+    (dirty,) = [d for d in check.allowed_differences if "uncommitted" in d]
+    assert "the recorded run" in dirty and "git_dirty" in dirty
 
 
 def test_another_image_needs_the_flag(tmp_path: Path, finished: tuple[Path, Path]) -> None:

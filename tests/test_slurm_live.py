@@ -297,10 +297,13 @@ def scenario_sigkill(inp: Inputs) -> Outcome:
 
 def scenario_timeout(inp: Inputs) -> Outcome:
     """time=1 min: Slurm's USR2 comes 25-55 s into each attempt (signal_delay 5 s; it checks every 30 s). The first
-    two attempts are slowed (9 records x 8 s) so each must time out; the third runs at full speed."""
+    two attempts are slowed so each must time out; the third runs at full speed. 20 s after each record: an attempt
+    writes at most 3 of the 9 records (at ~0, 20 and 40 s), so the second always has >= 6 left (> 100 s) and can never
+    finish before its signal. (At 8 s a record a late first signal left the second attempt 2 records, done in < 25 s:
+    it ended before Slurm signalled it, and CI saw one requeue instead of two.)"""
     t0 = time.monotonic()
     spec = write_spec(inp, "timeout", slurm={"time": 1, "signal_delay_s": 5, "max_requeues": 4})
-    run_dir, _ = submit(spec, env={"LAUNCHER_FAULT_SLOW_S": "8:2"})
+    run_dir, _ = submit(spec, env={"LAUNCHER_FAULT_SLOW_S": "20:2"})
     wait_gathered(run_dir)
     return Outcome(run_dir, time.monotonic() - t0)
 

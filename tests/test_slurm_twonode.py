@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import in_queue, sacct_states, wait_for
+from .helpers import NO_SECOND_NODE, in_queue, sacct_states, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -70,7 +70,7 @@ def _multi_nodes() -> list[str]:
 def two_nodes() -> list[str]:
     nodes = _multi_nodes()
     if len(nodes) < 2:
-        pytest.skip(f"no 2-node partition '{PARTITION}' (nodes: {nodes}): run slurm/up.sh of this version")
+        pytest.skip(f"no 2-node partition '{PARTITION}' (nodes: {nodes}): {NO_SECOND_NODE}")
     return nodes
 
 

@@ -164,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="Compare two output dirs record by record (greedy: token agreement; sampled: lengths and distinct-n).",
     )
-    c.add_argument("a", help="folder with samples.jsonl (e.g. <output dir>/<dataset>/<ablation>)")
-    c.add_argument("b")
+    c.add_argument("a", help="folder with samples.jsonl or samples.parquet (e.g. <output dir>/<dataset>/<ablation>)")
+    c.add_argument("b", help="the other folder (or samples file)")
     c.add_argument("--json", action="store_true")
     c.add_argument("--min-agreement", type=float, default=None, help="exit 1 when agreement is below this")
 

@@ -9,17 +9,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.store import read_jsonl
+from launcher.gather.samples import read_samples, samples_file
 
 
 def load_samples(target: Path) -> dict[str, dict[str, Any]]:
-    """A folder with samples.jsonl (a gathered <dataset>/<ablation>/ or a flat `launcher run` output)."""
-    path = target / "samples.jsonl" if target.is_dir() else target
-    if not path.exists():
+    """A folder with samples.jsonl or samples.parquet (a gathered <dataset>/<ablation>/ or a flat `launcher run`
+    output), or the file itself."""
+    path = samples_file(target)
+    if path is None:
         raise FileNotFoundError(
-            f"{path} not found: give a folder holding samples.jsonl (<output dir>/<dataset>/<ablation>)"
+            f"{target}: no samples.jsonl or samples.parquet there; give a gathered folder "
+            "(<output dir>/<dataset>/<ablation>) or the samples file itself"
         )
-    return {r["record_id"]: r for r in read_jsonl(path)}
+    return {r["record_id"]: r for r in read_samples(path)}
 
 
 @dataclass

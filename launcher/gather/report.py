@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from launcher.gather.compare import distinct_n
+from launcher.gather.samples import read_samples
 from launcher.plan import Plan
-from launcher.store import read_jsonl, write_atomic
+from launcher.store import write_atomic
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def cell_rows(plan: Plan, skipped: list[str] | None = None) -> list[CellRow]:
             if skipped is not None:
                 skipped.append(f"{cell}: holds run {summary.get('run_id')}, not {plan.run.run_id}")
             continue
-        rows = list(read_jsonl(cell / "samples.jsonl")) if (cell / "samples.jsonl").exists() else []
+        rows = list(read_samples(cell))
         texts = [t for r in rows for t in r["generated_samples"]]
         lengths = [n for r in rows for n in r["sample_tokens"]]
         reasons = Counter(x for r in rows for x in r["finish_reasons"])

@@ -40,21 +40,33 @@ def partition_nodes(partition: str | None) -> list[NodeCaps] | None:
     """The nodes of the partition (its default when None), or None when sinfo cannot tell."""
     if not shutil.which("sinfo"):
         return None
-    cmd = ["sinfo", "-N", "-h", "-o", "%N|%c|%m|%G"] + (["-p", partition] if partition else [])
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
+    # Without -p, sinfo lists the nodes of every partition, not the default's (sbatch's): ask which that is.
+    partition = partition or _default_partition()
+    out = _sinfo(["-N", "-o", "%N|%c|%m|%G"] + (["-p", partition] if partition else []))
+    if out is None:
         return None
     nodes = {}
-    for line in out.stdout.splitlines():
+    for line in out.splitlines():
         fields = line.split("|")
         if len(fields) != 4 or not fields[1].isdigit():
             continue
         mem = re.match(r"\d+", fields[2])
         nodes[fields[0]] = NodeCaps(fields[0], int(fields[1]), int(mem.group()) if mem else 0, _gpu_count(fields[3]))
     return list(nodes.values())
+
+
+def _default_partition() -> str | None:
+    """The partition sbatch uses when none is named (sinfo marks it with '*'); None when there is none."""
+    out = _sinfo(["-o", "%P"])
+    return next((p.rstrip("*") for p in (out or "").split() if p.endswith("*")), None)
+
+
+def _sinfo(args: list[str]) -> str | None:
+    try:
+        out = subprocess.run(["sinfo", "-h", *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
 
 
 def _mem_mb(text: str | None) -> int | None:

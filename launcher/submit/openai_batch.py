@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import SpecError
+from launcher.gather.samples import read_samples
 from launcher.inputs.chat import CHAT_URL, parse_batch_line
 from launcher.inputs.records import BadRow, Record, iter_rows, to_record
 from launcher.plan import Plan
@@ -144,8 +145,8 @@ def _response_body(line: dict[str, Any], row: dict[str, Any], model: str, create
 def output_lines(plan: Plan, input_path: Path) -> Iterator[dict[str, Any]]:
     """One output object per input line, in input order."""
     cell = plan.run.output_dir / DATASET / ABLATION
-    samples, quarantine = cell / "samples.jsonl", cell / "quarantine.jsonl"
-    rows = {r["row"]: r for r in read_jsonl(samples)} if samples.exists() else {}
+    quarantine = cell / "quarantine.jsonl"
+    rows = {r["row"]: r for r in read_samples(cell)}
     quarantined = {q["row"]: q["reason"] for q in read_jsonl(quarantine)} if quarantine.exists() else {}
     first = ((plan.run.read_run() or {}).get("submissions") or [{}])[0]
     created = int(first.get("submitted_epoch") or 0)  # the run's first submit: a rerun writes the same bytes

@@ -74,7 +74,8 @@ def write_run_json(
             "inputs": inputs,
             "input_changes": input_changes,
             "launcher_version": __version__,
-            "git_sha": git_sha(),
+            "git_sha": (sha := git_sha()),
+            "git_dirty": git_dirty() if sha else None,
             "python": sys.version.split()[0],
             "image": image_record(spec),
             "submissions": submissions,
@@ -94,9 +95,22 @@ def redact(obj: Any) -> Any:
 def git_sha() -> str | None:
     """The launcher's own commit when it runs from a checkout (a slow or hung git costs a submit at most
     $LAUNCHER_GIT_TIMEOUT_S, 5 s by default, while it holds the run's submit lock)."""
+    out = _git("rev-parse", "HEAD")
+    return out.strip() or None if out is not None else None
+
+
+def git_dirty() -> bool | None:
+    """Whether the launcher package itself has uncommitted changes in its checkout (None: not a checkout). A dirty
+    checkout's commit does not name the code that ran: run.json says so, and `launcher reproduce` warns."""
+    out = _git("status", "--porcelain", "--untracked-files=no", "--", str(Path(__file__).parents[1]))
+    return bool(out.strip()) if out is not None else None
+
+
+def _git(*args: str) -> str | None:
+    """git's output, run from the launcher's folder; None when git is missing, hangs, or this is no checkout."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+            ["git", *args],
             cwd=Path(__file__).parent,
             capture_output=True,
             text=True,
@@ -104,7 +118,7 @@ def git_sha() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
 
 
 INSPECT_TIMEOUTS_S = (30, 90)

@@ -29,7 +29,7 @@ from launcher.plan import Plan
 from launcher.plan.persist import load_plan, runs_of
 from launcher.spec import JobSpec
 from launcher.store import read_json, write_json_atomic
-from launcher.submit.provenance import git_sha, image_record
+from launcher.submit.provenance import git_dirty, git_sha, image_record
 
 FLAG_IMAGE = "--allow-other-image"
 FLAG_LAUNCHER = "--allow-other-launcher"
@@ -132,6 +132,13 @@ def check_reproducible(
                     + f"`pip install launcher=={launcher_then[0]}`, or pass {FLAG_LAUNCHER}",
                 )
             )
+    checkouts = (("the recorded run", record.get("git_dirty")), ("this launcher", git_dirty()))
+    dirty = [who for who, flag in checkouts if flag]
+    if dirty:  # a warning, not a refusal: the commit is all there is to compare, and it may not be the code that ran
+        allowed.append(
+            f"uncommitted changes in the launcher's checkout ({' and '.join(dirty)}; run.json: git_dirty): "
+            "the same commit may not be the same code"
+        )
 
     if target.resolve() == Path(original.spec.output.dir).resolve():
         problems.append(
@@ -185,14 +192,16 @@ class CellAgreement:
 
 
 def agreement(original: Plan, reproduced: Plan) -> list[CellAgreement]:
-    """Every dataset x ablation of the two runs: samples.jsonl byte for byte, then `launcher compare`'s measure."""
+    """Every dataset x ablation of the two runs: the samples file (jsonl or parquet) byte for byte, then `launcher
+    compare`'s measure."""
     from launcher.gather.compare import compare
+    from launcher.gather.samples import samples_file
 
     out = []
     for cell in original.cells():
         a = original.run.output_dir / cell.rel_dir
         b = reproduced.run.output_dir / cell.rel_dir
-        sha_a, sha_b = _sha(a / "samples.jsonl"), _sha(b / "samples.jsonl")
+        sha_a, sha_b = _sha(samples_file(a)), _sha(samples_file(b))
         same = sha_a is not None and sha_a == sha_b
         cmp = compare(a, b)
         out.append(
@@ -208,7 +217,9 @@ def agreement(original: Plan, reproduced: Plan) -> list[CellAgreement]:
     return out
 
 
-def _sha(path: Path) -> str | None:
+def _sha(path: Path | None) -> str | None:
+    if path is None:
+        return None
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
