@@ -83,6 +83,13 @@ class NoRun(LauncherError, FileNotFoundError):
     headline = "no run there"
 
 
+class NoSamples(LauncherError, FileNotFoundError):
+    """A folder given for its gathered samples (compare) that holds none. Exit code 2."""
+
+    exit_code = 2
+    headline = "no samples there"
+
+
 class ContainerError(LauncherError, ValueError):
     """A container request that cannot be built or run (a bind, an env name, a runtime): the spec names it."""
 

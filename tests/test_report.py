@@ -72,3 +72,9 @@ def test_report_before_gather_says_so(tmp_path: Path, tiny_model: Path, users_fi
     assert proc.returncode == 1 and "nothing gathered yet" in proc.stderr and "not gathered" in proc.stderr
     missing = launcher("report", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "no run found here" in missing.stderr
+
+
+def test_compare_without_samples_teaches(tmp_path: Path) -> None:
+    proc = launcher("compare", str(tmp_path), str(tmp_path / "missing"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "no samples.jsonl or samples.parquet here" in proc.stderr and "launcher gather" in proc.stderr

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from launcher.errors import NoSamples
 from launcher.gather.samples import read_samples, samples_file
 
 
@@ -17,9 +18,12 @@ def load_samples(target: Path) -> dict[str, dict[str, Any]]:
     output), or the file itself."""
     path = samples_file(target)
     if path is None:
-        raise FileNotFoundError(
-            f"{target}: no samples.jsonl or samples.parquet there; give a gathered folder "
-            "(<output dir>/<dataset>/<ablation>) or the samples file itself"
+        raise NoSamples.one(
+            str(target),
+            "",
+            "no samples.jsonl or samples.parquet here" if target.exists() else "no such file or folder",
+            "a gathered folder <output dir>/<dataset>/<ablation>, or its samples file",
+            "`launcher status <output dir>` says whether the run is gathered; `launcher gather` gathers it",
         )
     return {r["record_id"]: r for r in read_samples(path)}
 
