@@ -37,9 +37,12 @@ if [ "$SECOND_NODE" = auto ]; then
       "tests skip (LAUNCHER_SLURM_SECOND_NODE=0 to ask for that, 1 to insist on two nodes)" >&2
   fi
 fi
+NEEDED=() # the daemons this cluster runs: all of common.sh's, less the second slurmd without a second node
+for d in "${DAEMONS[@]}"; do
+  [ "$SECOND_NODE" = 0 ] && [ "$d" = slurmd-n2 ] || NEEDED+=("$d")
+done
 if [ "$SECOND_NODE" = 0 ]; then
   HOST_ADDR=127.0.0.1 # no veth pair: the first node is reached on loopback, as a one-node cluster is
-  DAEMONS=("${DAEMONS[@]/slurmd-n2/}")
   NODE2_CONF=
   NODE2_GRES=
   MULTI_NODES=$NODE_NAME
@@ -153,8 +156,8 @@ usable() { case "$1" in idle | mixed | allocated | completing) return 0 ;; esac;
 
 # ---------------------------------------------------------------- fast path: already up?
 all_up=1
-for d in "${DAEMONS[@]}"; do
-  [ -z "$d" ] || daemon_pid "$d" >/dev/null || { all_up=0; break; }
+for d in "${NEEDED[@]}"; do
+  daemon_pid "$d" >/dev/null || { all_up=0; break; }
 done
 if [ $all_up = 1 ] && { [ "$SECOND_NODE" = 0 ] || net_up; } &&
   same_file /etc/slurm/slurm.conf "$SLURM_CONF" &&
@@ -177,8 +180,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Partly up, or up with another config: restart everything from scratch.
-for d in slurmd-n2 "${DAEMONS[@]}"; do # a running second node too, if this start drops it
-  if [ -n "$d" ] && daemon_pid "$d" >/dev/null; then
+for d in "${DAEMONS[@]}"; do # a running second node too, if this start drops it
+  if daemon_pid "$d" >/dev/null; then
     echo "slurm: restarting (not all daemons up, node not usable, or config changed)"
     "$HERE/down.sh"
     break

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import __version__
+from launcher.gather.samples import SAMPLE_FILES
 from launcher.gather.structured import structured_figures
 from launcher.gather.throughput import RunFigures, cell_figures, run_figures
 from launcher.plan import Cell, Plan, Unit
@@ -191,9 +192,9 @@ def _write_group(
 
         sink = pa.BufferOutputStream()
         pq.write_table(pa.Table.from_pylist(rows), sink)
-        _put(out, "samples.parquet", sink.getvalue().to_pybytes(), report, hashes)
+        _put(out, SAMPLE_FILES["parquet"], sink.getvalue().to_pybytes(), report, hashes)
     else:
-        _put(out, "samples.jsonl", "".join(dumps_line(dict(r)) for r in rows).encode(), report, hashes)
+        _put(out, SAMPLE_FILES["jsonl"], "".join(dumps_line(dict(r)) for r in rows).encode(), report, hashes)
     _put(out, "quarantine.jsonl", "".join(dumps_line(q) for q in quarantine).encode(), report, hashes)
     if spec.output.per_user_json:
         for rel, data in _user_files(rows, "" if flat else "users/"):

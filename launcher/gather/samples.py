@@ -13,14 +13,14 @@ from typing import Any
 
 from launcher.store import read_jsonl
 
-SAMPLE_FILES = ("samples.jsonl", "samples.parquet")
+SAMPLE_FILES = {"jsonl": "samples.jsonl", "parquet": "samples.parquet"}  # output.format -> the file the gather writes
 
 
 def samples_file(cell: Path) -> Path | None:
     """The gathered samples file of a cell folder (or the file itself); None when there is none."""
     if cell.is_file():
         return cell
-    return next((cell / name for name in SAMPLE_FILES if (cell / name).is_file()), None)
+    return next((cell / name for name in SAMPLE_FILES.values() if (cell / name).is_file()), None)
 
 
 def read_samples(cell: Path) -> Iterator[dict[str, Any]]:

@@ -16,7 +16,6 @@ tests) is byte-identical; on GPUs `launcher compare` measures how far two runs a
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from launcher.inputs.identity import changes, identify
 from launcher.plan import Plan
 from launcher.plan.persist import load_plan, runs_of
 from launcher.spec import JobSpec
-from launcher.store import read_json, write_json_atomic
+from launcher.store import read_json, sha256_file, write_json_atomic
 from launcher.submit.provenance import git_dirty, git_sha, image_record
 
 FLAG_IMAGE = "--allow-other-image"
@@ -221,7 +220,7 @@ def _sha(path: Path | None) -> str | None:
     if path is None:
         return None
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 
