@@ -14,7 +14,11 @@ Systems (each in its own process, on the same prompt token ids and sampling):
                 untimed run fills it first). Throughput is the wall clock across all workers at once.
   cells*        a sweep of many cells (--cells 4x3x200x256: datasets x ablation configs x records x max_tokens):
                 the toolkit (`launcher submit --wait`), the toolkit with one engine per cell, and the old seed loop
-                (one cold raw-vLLM process per cell); see bench/cells.py
+                (one cold raw-vLLM process per cell); see bench/cells.py. cells-warm: the sweep again, with the
+                compile cache the cells run filled
+  startup, weights, models-swap  issue 28, beside the cells sweep (bench/startup_runs.py): one cell with each start-up
+                setting off (--startup-off), weights loaders on a checkpoint with real safetensors (--loaders), a
+                models: sweep of two same-shape checkpoints whose weights swap in one engine
 Two GPUs, one command each (see benchmarks/README.md for the lease plan):
   launcher bench --systems layouts --layouts auto,2,gpu1 --shapes 4000x256,4000x512
   launcher bench --systems cells,cells-task-per-cell,cells-seed-loop --cells 4x3x200x256 --cells-measure 3
@@ -46,8 +50,12 @@ SYSTEMS = (
     "fp8",
     "layouts",
     "cells",
+    "cells-warm",
     "cells-task-per-cell",
     "cells-seed-loop",
+    "startup",
+    "weights",
+    "models-swap",
 )
 DEFAULT_SYSTEMS = "raw,toolkit,toolkit-warm,hf"
 SWEEP: dict[str, dict[str, Any]] = {
@@ -117,6 +125,17 @@ def configure(c: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="cells the two baselines run (default all); the rest is extrapolated from them",
+    )
+    c.add_argument(
+        "--startup-off",
+        default="all-on,overlap,skip_tokenizer,startup_plan,jit_cache",
+        help="system startup: one cell per item, with LAUNCHER_STARTUP_OFF=item (all-on: nothing off; also graphs, "
+        "swap, fast_loader)",
+    )
+    c.add_argument(
+        "--loaders",
+        default="vllm,runai_streamer,fastsafetensors",
+        help="system weights: the loaders to time on a checkpoint with real safetensors files",
     )
     c.add_argument(
         "--collect-from",
@@ -350,8 +369,18 @@ def _run_cells(
         run_cells_toolkit,
         write_cells,
     )
+    from launcher.bench.startup_runs import run_models_swap, run_startup_variant, run_weights
 
-    wanted = [s for s in ("cells", "cells-task-per-cell", "cells-seed-loop") if s in systems]
+    cells_systems = (
+        "cells",
+        "cells-warm",
+        "startup",
+        "cells-task-per-cell",
+        "cells-seed-loop",
+        "weights",
+        "models-swap",
+    )
+    wanted = [s for s in cells_systems if s in systems]
     if not wanted:
         return
     shape = CellsShape.parse(args.cells, args.prompt_tokens)
@@ -360,10 +389,22 @@ def _run_cells(
     t = args.timeout_s
     if "cells" in wanted:
         step(f"cells@{shape.name}", lambda: [run_cells_toolkit(wd, shape, folder, t)])
+    if "cells-warm" in wanted:
+        step(f"cells-warm@{shape.name}", lambda: [run_cells_toolkit(wd, shape, folder, t, warm=True)])
+    for off in _items(args.startup_off) if "startup" in wanted else []:
+        step(f"startup:{off}@{shape.name}", partial(lambda o: [run_startup_variant(wd, shape, preset, o, t)], off))
     if "cells-task-per-cell" in wanted:
         step(f"cells-task-per-cell@{shape.name}", lambda: [run_cells_task_per_cell(wd, shape, folder, t, measure)])
     if "cells-seed-loop" in wanted:
         step(f"cells-seed-loop@{shape.name}", lambda: [run_cells_seed_loop(wd, shape, folder, t, measure)])
+    for loader in _items(args.loaders) if "weights" in wanted else []:
+        step(f"weights:{loader}@{shape.name}", partial(lambda x: [run_weights(wd, shape, x, t)], loader))
+    if "models-swap" in wanted:
+        step(f"models-swap@{shape.name}", lambda: [run_models_swap(wd, shape, preset, t)])
+
+
+def _items(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def _toolkit_cold(wd: Any, shape: Any, cache: Path, timeout: float) -> list[dict[str, Any]]:

@@ -234,7 +234,13 @@ class CompileCache:
             "VLLM_CACHE_ROOT": str(self.folder / "vllm"),
             "TORCHINDUCTOR_CACHE_DIR": str(self.folder / "inductor"),
             "TRITON_CACHE_DIR": str(self.folder / "triton"),
+            # FlashInfer's JIT modules and downloaded cubins ($FLASHINFER_WORKSPACE_BASE/.cache/flashinfer/<version>/
+            # <arch>): a first use compiles for up to a minute; here they travel with the entry to other nodes.
+            "FLASHINFER_WORKSPACE_BASE": str(self.folder / "flashinfer"),
         }
+        if not _jit_cache_on():  # measured without: kernels JIT-compiled afresh, as on a node that never ran one
+            variables["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="launcher-triton-")
+            del variables["FLASHINFER_WORKSPACE_BASE"]
         # vLLM >= 0.26 keeps its memory-profiling result under VLLM_CACHE_ROOT and skips that pass on a later
         # start when nothing changed (vllm/v1/worker/startup_plan.py; written atomically). A user's choice wins.
         if "VLLM_ENABLE_STARTUP_PLAN" not in target:
@@ -316,6 +322,12 @@ class CompileCache:
         self._release()
         if self.role == "private" and self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _jit_cache_on() -> bool:
+    from launcher.engines.startup import StartupSwitches
+
+    return StartupSwitches.from_env().on("jit_cache")
 
 
 def _try_lock(f: IO[str]) -> bool:

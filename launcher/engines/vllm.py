@@ -20,9 +20,11 @@ from typing import Any
 
 from launcher.engines import register
 from launcher.engines.base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
+from launcher.engines.startup import StartupSwitches, release_after_fork
+from launcher.engines.vllm_startup import apply_startup_settings, eos_stop_ids
 from launcher.plan.layout import ParallelLayout
 from launcher.plan.sizing import CPU_KV_CACHE_GIB, EngineSettings
-from launcher.spec import SamplingSpec
+from launcher.spec import ModelSpec, SamplingSpec
 
 log = logging.getLogger("launcher.engines.vllm")
 
@@ -30,12 +32,15 @@ log = logging.getLogger("launcher.engines.vllm")
 @register
 class VLLMEngine(Engine):
     name = "vllm"
+    holds_host_work = True  # released once vLLM has forked its engine core (load())
+    switches = StartupSwitches()  # read from the environment by load()
+    skip_tokenizer = False
 
     def load(self, workload: Workload, tokenizer: Any, layout: ParallelLayout) -> EngineReport:
         from launcher.engines.compile_cache import open_cache
         from launcher.inputs.model import model_shape
         from launcher.plan.layout import gpu_info
-        from launcher.plan.sizing import plan_admission, request_tokens, size_vllm
+        from launcher.plan.sizing import size_vllm
 
         wait_for_teardown()  # an engine closed earlier in this process must free the GPU first
         on_gpu = bool(layout.gpus)
@@ -77,6 +82,7 @@ class VLLMEngine(Engine):
         # Stats on: the summary reports preemptions (there should be none) from vLLM's own counters.
         kwargs.setdefault("disable_log_stats", False)
         self.tokenizer = tokenizer
+        self.skip_tokenizer = apply_startup_settings(self, kwargs, settings, on_gpu)
         # vLLM detokenizes every sample at every step unless told not to; only stop strings need that. The text is
         # decoded once per sample at the end instead (same tokenizer, same skip_special_tokens).
         self.detokenize_here = not self.sampling.stop
@@ -84,6 +90,7 @@ class VLLMEngine(Engine):
         ready = self._join_nodes(layout, kwargs, settings, startup)
         if not on_gpu and ready is None:
             self._in_process_on_cpu(kwargs, settings)
+        in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
         # Over several nodes each compiles for itself: a cache shared through one node's lock would not help them.
         cache = open_cache(self.model.path, kwargs, gpu.name if gpu else None) if ready is None else None
         if cache is not None:
@@ -97,6 +104,9 @@ class VLLMEngine(Engine):
         import vllm
         from vllm import LLM
 
+        llm_done = threading.Event()
+        if self.host_ok is not None:  # the worker's host-side start-up waits for vLLM's fork (job/host_prep.py)
+            self.host_ok.set() if in_process else release_after_fork(self.host_ok, llm_done)
         try:
             self.llm: Any = LLM(**kwargs)
         except Exception:
@@ -107,6 +117,8 @@ class VLLMEngine(Engine):
             cache.drop()
             startup["compile_cache"] = "failed to load; recompiled"
             self.llm = LLM(**kwargs)
+        finally:
+            llm_done.set()
         startup["engine_ready_at"] = time.time()
         if ready is not None:
             ready.set()
@@ -114,11 +126,9 @@ class VLLMEngine(Engine):
         startup["engine_init_s"] = round(load_s, 3)
         self.engine: Any = self.llm.llm_engine
         self.capacity_tokens, self.block = self._kv_capacity()
-        n_asked = 1 if self.sampling.temperature == 0 else self.n  # greedy asks once and copies
-        mean_need = request_tokens(int(workload.prompt_tokens_mean), self.sampling.max_tokens, n_asked, self.block)
-        self.admission = plan_admission(mean_need, n_asked, self._max_num_seqs(kwargs), self.capacity_tokens or None)
-        settings.reasons["inflight_requests"] = self.admission.reason
-        settings.kwargs["inflight_requests"] = self.admission.max_requests
+        self.max_num_seqs = self._max_num_seqs(kwargs)
+        self.settings = settings
+        self.refine(workload)
         if self.capacity_tokens:
             settings.kwargs["kv_cache_tokens"] = self.capacity_tokens
             settings.reasons["kv_cache_tokens"] = (
@@ -130,15 +140,57 @@ class VLLMEngine(Engine):
             if self.sampling.stop
             else "no stop strings: each sample is decoded once when it finishes"
         )
-        self.settings = settings
+        self.device, self.gpu_name = ("cuda" if on_gpu else "cpu"), (gpu.name if gpu else None)
         return EngineReport(
             backend="vllm",
             version=f"vllm {vllm.__version__}",
-            device="cuda" if on_gpu else "cpu",
-            gpu_name=gpu.name if gpu else None,
+            device=self.device,
+            gpu_name=self.gpu_name,
             load_seconds=load_s,
             settings=settings.kwargs,
             reasons=settings.reasons,
+            startup=startup,
+        )
+
+    def refine(self, workload: Workload) -> None:
+        """Requests in flight, from the KV capacity vLLM measured and the prompts' mean length (measured beside the
+        engine's start: before it, the workload is a bound without lengths, and this runs again once they are in)."""
+        from launcher.plan.sizing import plan_admission, request_tokens
+
+        n_asked = 1 if self.sampling.temperature == 0 else self.n  # greedy asks once and copies
+        mean_need = request_tokens(int(workload.prompt_tokens_mean), self.sampling.max_tokens, n_asked, self.block)
+        self.admission = plan_admission(mean_need, n_asked, self.max_num_seqs, self.capacity_tokens or None)
+        self.settings.reasons["inflight_requests"] = self.admission.reason + (
+            "" if workload.prompts_known else " (prompt lengths not measured yet)"
+        )
+        self.settings.kwargs["inflight_requests"] = self.admission.max_requests
+
+    def swap_check(self, model: ModelSpec) -> tuple[bool, str]:
+        from launcher.engines.weight_swap import swap_decision
+
+        if not self.switches.on("swap"):
+            return False, f"{StartupSwitches.how_to_turn_off('swap')} is set"
+        nnodes = self.rendezvous.group.nnodes if self.rendezvous is not None else 1
+        decision = swap_decision(self.model, model, nnodes)
+        return decision.ok, decision.reason
+
+    def swap(self, model: ModelSpec) -> EngineReport:
+        """The next checkpoint of the sweep into this engine (engines/weight_swap.py); settings and graphs stay."""
+        import vllm
+
+        from launcher.engines.weight_swap import swap_weights
+
+        startup: dict[str, Any] = {**swap_weights(self.llm, model.path), "swapped_from": self.model.path}
+        startup["engine_ready_at"] = time.time()
+        self.model = model
+        return EngineReport(
+            backend="vllm",
+            version=f"vllm {vllm.__version__}",
+            device=self.device,
+            gpu_name=self.gpu_name,
+            load_seconds=startup["model_swap_s"],
+            settings=dict(self.settings.kwargs),
+            reasons=dict(self.settings.reasons),
             startup=startup,
         )
 
@@ -213,6 +265,7 @@ class VLLMEngine(Engine):
             detokenize=not self.detokenize_here,
             output_kind=RequestOutputKind.FINAL_ONLY,
             structured_outputs=self._structured(s),
+            stop_token_ids=eos_stop_ids(self, s),
         )
 
     @staticmethod

@@ -14,11 +14,8 @@ several data-parallel workers starts one per TP group).
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
@@ -26,18 +23,20 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from launcher import faults
-from launcher.engines import Completion, Engine, GenerationRequest, create_engine, select_backend
+from launcher.engines import Completion, Engine, GenerationRequest, Workload, select_backend
 from launcher.engines.multinode import NodeGroup, Rendezvous
+from launcher.job import start
 from launcher.job.gpu_monitor import GpuSampler
+from launcher.job.host_prep import HostPrep, phase_seconds
 from launcher.job.prepare import Preparer, load_tokenizer, prompt_stats, workload_of
 from launcher.job.writer import ActiveUnit, ChunkWriter
 from launcher.plan import Plan, Unit
 from launcher.plan.layout import ParallelLayout
 from launcher.plan.persist import load_plan
-from launcher.store import ClaimBook, OutputRow, Owner, RunDir, WorkerReport, write_json_atomic
+from launcher.store import Claim, ClaimBook, OutputRow, Owner, RunDir, UnitDir, WorkerReport, write_json_atomic
 from launcher.store.claims import HEARTBEAT_S
 
 log = logging.getLogger("launcher.job")
@@ -64,9 +63,24 @@ class WorkerConfig:
         return f"{self.job_index}.{self.replica}"
 
 
+class FreeUnit(NamedTuple):
+    """A unit this worker has just claimed, before its records are read."""
+
+    unit: Unit
+    dir: UnitDir
+    claim: Claim
+    done_rows: frozenset[int]  # rows already in checked chunks
+
+
 class Worker:
-    def __init__(self, cfg: WorkerConfig) -> None:
+    def __init__(self, cfg: WorkerConfig, carry: start.Carry | None = None, keep_engine: bool = False) -> None:
+        """`carry`: the running engine of the sweep's previous model, whose weights this worker swaps (start.py);
+        `keep_engine`: the next model will swap into this worker's engine, so a worker that finishes leaves it
+        running (in `carry_out`)."""
         self.cfg = cfg
+        self.carry, self.keep_engine = carry, keep_engine
+        self.carry_out: start.Carry | None = None
+        self._pending: FreeUnit | None = None  # claimed before the engine started, not prepared yet
         self.plan: Plan = load_plan(cfg.run_dir)
         self.spec = self.plan.spec.for_model(cfg.model)  # model.path: this engine's checkpoint
         self.rundir: RunDir = self.plan.run
@@ -94,7 +108,7 @@ class Worker:
             "tensor_parallel_size": cfg.layout.tensor_parallel,
             "model": cfg.model,
             "state": "starting",
-            "started": _process_start_wall(),
+            "started": _worker_start_wall(),
             "first_request_at": None,
             "last_write_at": None,
             "ended": None,
@@ -113,51 +127,49 @@ class Worker:
     # -- the loop -------------------------------------------------------------------------------------------------
 
     def run(self) -> WorkerReport:
+        """Claim a unit -> start the engine (or swap the carried engine's weights) with the host-side start-up on a
+        thread beside it (job/host_prep.py) -> refine admission from the measured prompts -> generate."""
         spec = self.spec
         phases = self.report["startup_phases"]
-        t0 = time.perf_counter()
         heartbeat = threading.Thread(target=self._heartbeat, name="worker-heartbeat", daemon=True)
-        tokenizer = load_tokenizer(spec)
-        preparer = Preparer(spec, tokenizer)
-        phases["tokenizer_s"] = round(time.perf_counter() - t0, 3)
         self.writer = ChunkWriter(spec.output.chunk_records, self.cfg.slot)
-        first = self._first_unit(preparer)
-        if first is None:
-            self.writer.close()
-            self._set(state="idle", ended=time.time())
-            self._write_report()
-            log.info("worker %s: no unit left to claim; not starting an engine", self.cfg.slot)
-            return self.report
+        # Claim before starting an engine (a few file operations): a worker with nothing to do exits in seconds.
+        # The unit's records are read and tokenized beside the engine's start.
+        claimed = self._claim_free()
+        if claimed is None:
+            return self._idle(heartbeat_started=False)
+        self._pending = claimed
         heartbeat.start()
+        prep: HostPrep | None = None
         try:
-            t1 = time.perf_counter()
-            backend, why = select_backend(spec.model)  # imports the backend (vLLM: ~12-20 s)
-            phases["backend_import_s"] = round(time.perf_counter() - t1, 3)
-            if backend == "hf" and self.cfg.layout.gpus:
-                self._warn(
-                    f"running HF transformers on the GPU, many times slower than vLLM ({why})"
-                    if spec.model.backend == "auto"
-                    else f"backend hf set in the spec ({why})"
-                )
-                if self.cfg.layout.tensor_parallel > 1:
-                    self._warn(
-                        f"HF uses one GPU per worker: {self.cfg.layout.tensor_parallel - 1} GPU(s) of this "
-                        "worker's group stay idle"
-                    )
-            t1 = time.perf_counter()
-            todo = [u for u in self._candidates() if u.unit_id not in self._skip]
-            # Token counts are the model's own (its tokenizer): with several models each counts its units only.
-            whole_run = self.cfg.only_units is None and not self.plan.spec.models
-            stats = prompt_stats(self.plan, preparer, None if whole_run else todo)
-            phases["prompt_stats_s"] = round(time.perf_counter() - t1, 3)
-            workload = workload_of(stats, todo or [first.prepared.unit], spec)
+            walls: dict[str, list[float]] = {"backend_import": [time.time(), 0.0]}
+            backend, why = select_backend(spec.model)  # imports the backend (vLLM: ~3-20 s)
+            walls["backend_import"][1] = time.time()
+            phases["backend_import_s"] = round(walls["backend_import"][1] - walls["backend_import"][0], 3)
+            self._warn_backend(backend, why)
+            limit = start.record_limit(spec, self.cfg.layout, backend)
+            prep = self._host_prep(claimed, limit.tokens)
+            bound = Workload.bound(
+                sum(u.rows for u in self._candidates()), spec.sampling.max_tokens, spec.data.num_samples, limit.tokens
+            )
             self._set(backend=backend, backend_reason=why, state="loading")
-            engine = self.engine = create_engine(backend, spec.model, spec.sampling, spec.data.num_samples)
-            if self.cfg.layout.nnodes > 1:
-                engine.rendezvous = self._rendezvous()
+            walls["engine"] = [time.time(), 0.0]
+            report = start.open_engine(self, backend, bound, prep)
+            engine = self.engine
+            assert engine is not None
+            ready_at = walls["engine"][1] = time.time()
             t1 = time.perf_counter()
-            report = engine.load(workload, tokenizer, self.cfg.layout)
-            phases["engine_load_s"] = round(time.perf_counter() - t1, 3)
+            host = prep.result()  # ran beside the engine's start: the wait here is what stayed on the critical path
+            phases["host_wait_s"] = round(time.perf_counter() - t1, 3)
+            phases.update(phase_seconds(prep.timeline))
+            self._set(startup_timeline=start.timeline(self.report["started"], walls, prep.timeline))
+            if limit.why:
+                report.reasons["record_token_limit"] = limit.why
+            if host.first is None:
+                return self._idle(heartbeat_started=True)
+            todo = [u for u in self._candidates() if u.unit_id not in self._skip]
+            workload = workload_of(host.stats, todo or [host.first.prepared.unit], spec, limit.tokens)
+            engine.refine(workload)
             self._set(
                 state="running",
                 engine={
@@ -168,18 +180,19 @@ class Worker:
                     "reasons": report.reasons,
                     "startup": report.startup,
                 },
-                engine_ready_at=time.time(),
+                engine_ready_at=ready_at,
                 workload=workload.__dict__,
             )
             log.info(
-                "worker %s: %s %s on %s, ready %.1f s after its process started",
+                "worker %s: %s %s on %s, ready %.1f s after the worker started",
                 self.cfg.slot,
                 report.backend,
                 report.version,
                 report.gpu_name or report.device,
-                time.time() - self.report["started"],
+                ready_at - self.report["started"],
             )
-            self._generate(engine, first, preparer)
+            self.carry_out = start.Carry(engine, backend, why, host.tokenizer, host.preparer)
+            self._generate(engine, host.first, host.preparer)
             self.writer.close()
             self._set(state="done")
         except Stopped:
@@ -196,15 +209,72 @@ class Worker:
                 # handler (SystemExit). Not a failure of the units this worker held.
                 self._set(state="preempted")
                 raise
+            if prep is not None:
+                prep.finished(60)  # its first unit must be in self.active before the units are given back
             self._fail(exc)
             raise
         finally:
             self.gpus.stop()
-            if self.engine is not None:
-                self.engine.close()
+            self._hand_over_or_close()
             self._set(ended=time.time())
             self._write_report()
         return self.report
+
+    def _idle(self, heartbeat_started: bool) -> WorkerReport:
+        assert self.writer is not None
+        self.writer.close()
+        self._hand_over_or_close()
+        self._set(state="idle", ended=time.time())
+        self._write_report()
+        log.info(
+            "worker %s: no unit left to claim%s", self.cfg.slot, "" if heartbeat_started else "; no engine started"
+        )
+        return self.report
+
+    def _hand_over_or_close(self) -> None:
+        """A finished worker whose engine the next model of the sweep will use keeps it running; else it is closed."""
+        if self.keep_engine and self.report.get("state") in ("done", "idle"):
+            if self.carry_out is None and self.carry is not None:
+                self.carry_out = self.carry  # nothing ran here: the carried engine goes on as it came
+            if self.carry_out is not None:
+                self.engine = None
+                return
+        self.carry_out = None
+        if self.carry is not None and self.carry.engine is not self.engine:
+            self.carry.engine.close()
+        if self.engine is not None:
+            self.engine.close()
+
+    def _warn_backend(self, backend: str, why: str) -> None:
+        if backend == "hf" and self.cfg.layout.gpus:
+            self._warn(
+                f"running HF transformers on the GPU, many times slower than vLLM ({why})"
+                if self.spec.model.backend == "auto"
+                else f"backend hf set in the spec ({why})"
+            )
+            if self.cfg.layout.tensor_parallel > 1:
+                self._warn(
+                    f"HF uses one GPU per worker: {self.cfg.layout.tensor_parallel - 1} GPU(s) of this "
+                    "worker's group stay idle"
+                )
+
+    def _host_prep(self, claimed: FreeUnit, limit: int | None) -> HostPrep:
+        """The host-side start-up, as steps for HostPrep. A carried engine brings its tokenizer and preparer
+        (the checkpoints of a swap share one tokenizer: engines/weight_swap.py checks it)."""
+        spec, carry = self.spec, self.carry
+        # Token counts are the model's own (its tokenizer): with several models each counts its units only.
+        whole_run = self.cfg.only_units is None and not self.plan.spec.models
+
+        def stats(preparer: Preparer) -> dict[str, list[float]]:
+            todo = [u for u in self._candidates() if u.unit_id not in self._skip]
+            return prompt_stats(self.plan, preparer, None if whole_run else todo)
+
+        return HostPrep(
+            (lambda: carry.tokenizer) if carry is not None else (lambda: load_tokenizer(spec)),
+            (lambda _tok: carry.preparer) if carry is not None else (lambda tok: Preparer(spec, tok, limit)),
+            lambda preparer: self._first_unit(preparer, claimed),
+            stats,
+        )
 
     def _rendezvous(self) -> Rendezvous:
         group = NodeGroup.current()
@@ -215,14 +285,18 @@ class Worker:
         self._set(node_group=group.tag)  # its rendezvous folder: multinode/<tag>/
         return rdv
 
-    def _first_unit(self, preparer: Preparer) -> ActiveUnit | None:
-        """Claim before starting an engine: a worker that finds nothing to do exits in seconds. A unit with nothing
-        left to generate (its rows were all written earlier) is marked done on the way."""
+    def _first_unit(self, preparer: Preparer, claimed: FreeUnit | None) -> ActiveUnit | None:
+        """The unit claimed before the engine started, prepared, or the next with rows to generate. A unit with
+        nothing left to generate (its rows were all written earlier) is marked done on the way."""
         assert self.writer is not None
-        while (active := self._claim_next(preparer)) is not None:
+        found = claimed
+        while found is not None and not self.stop_requested:
+            active = self._activate(found, preparer)
+            self._pending = None
             if active.prepared.todo():
                 return active
             self.writer.finish_empty(active)
+            found = self._claim_free()
         return None
 
     def _generate(self, engine: Engine, first: ActiveUnit, preparer: Preparer) -> None:
@@ -321,6 +395,10 @@ class Worker:
         return list(units)
 
     def _claim_next(self, preparer: Preparer) -> ActiveUnit | None:
+        found = self._claim_free()
+        return self._activate(found, preparer) if found is not None else None
+
+    def _claim_free(self) -> FreeUnit | None:
         """The first unit in plan order that is not done, not failed too often, and free (or its owner dead)."""
         max_failures = self.plan.spec.slurm.max_retries + 1
         submission = os.environ.get("LAUNCHER_SUBMISSION")
@@ -353,21 +431,26 @@ class Worker:
                     ", ".join(p.name for p in scan.damaged),
                 )
                 udir.set_damaged_aside(scan.damaged)
-            prepared = preparer.prepare(unit, set(scan.rows))
-            udir.write_quarantine([{"row": q.row, "reason": q.reason, "raw": q.raw} for q in prepared.quarantined])
-            active = ActiveUnit(prepared, udir, claim, remaining=len(prepared.token_ids))
-            self.active.append(active)
-            self.claimed += 1
-            log.info(
-                "worker %s: claimed unit %s (generation %d): %d record(s) to generate, %d already done",
-                self.cfg.slot,
-                unit.unit_id,
-                claim.generation,
-                len(prepared.token_ids),
-                len(scan.rows),
-            )
-            return active
+            return FreeUnit(unit, udir, claim, frozenset(scan.rows))
         return None
+
+    def _activate(self, found: FreeUnit, preparer: Preparer) -> ActiveUnit:
+        """A claimed unit -> its records read and tokenized (minus rows already written), quarantine written."""
+        unit, udir, claim = found.unit, found.dir, found.claim
+        prepared = preparer.prepare(unit, set(found.done_rows))
+        udir.write_quarantine([{"row": q.row, "reason": q.reason, "raw": q.raw} for q in prepared.quarantined])
+        active = ActiveUnit(prepared, udir, claim, remaining=len(prepared.token_ids))
+        self.active.append(active)
+        self.claimed += 1
+        log.info(
+            "worker %s: claimed unit %s (generation %d): %d record(s) to generate, %d already done",
+            self.cfg.slot,
+            unit.unit_id,
+            claim.generation,
+            len(prepared.token_ids),
+            len(found.done_rows),
+        )
+        return active
 
     # -- stopping, failing, reporting ----------------------------------------------------------------------------
 
@@ -387,6 +470,8 @@ class Worker:
         for active in self.active:
             if not active.finished:
                 active.dir.claims.release(active.claim)
+        if (pending := self._pending) is not None:  # claimed, not prepared yet (the engine was still starting)
+            pending.dir.claims.release(pending.claim)
 
     def _fail(self, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -445,6 +530,8 @@ class Worker:
             for active in list(self.active):
                 if not active.finished:
                     ClaimBook.heartbeat(active.claim)
+            if (pending := self._pending) is not None:
+                ClaimBook.heartbeat(pending.claim)
             try:
                 self._write_report()
             except OSError as exc:  # storage trouble is waited out by the writes that matter; status can lag
@@ -465,6 +552,18 @@ class Worker:
         )
 
 
+_STARTED_IN_PROCESS: list[float] = []
+
+
+def _worker_start_wall() -> float:
+    """The process's start for its first worker (imports count as start-up); for a later model of a sweep run in the
+    same process, now: its start-up is its own, not the previous model's generation."""
+    now = time.time()
+    first = not _STARTED_IN_PROCESS
+    _STARTED_IN_PROCESS.append(now)
+    return _process_start_wall() if first else now
+
+
 def _process_start_wall() -> float:
     """When this process started, by the wall clock (Linux /proc; now elsewhere): imports count as start-up."""
     try:
@@ -476,42 +575,9 @@ def _process_start_wall() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m launcher.job.worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("run_dir")
-    p.add_argument("--job", type=int, required=True)
-    p.add_argument("--replica", type=int, required=True)
-    p.add_argument("--layout", required=True, help="the job's ParallelLayout as JSON")
-    p.add_argument("--unit", action="append", default=None, help="only these units")
-    p.add_argument("--model", default="", help="which of the spec's models: to load (default: its one model.path)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
-    job_layout = ParallelLayout.from_dict(json.loads(args.layout))
-    cfg = WorkerConfig(
-        Path(args.run_dir),
-        args.job,
-        args.replica,
-        job_layout.for_replica(args.replica),
-        job_layout.replica_gpus(args.replica),
-        tuple(args.unit) if args.unit else None,
-        args.model,
-    )
-    worker = Worker(cfg)
+    from launcher.job.worker_cli import main as cli_main
 
-    def on_signal(signum: int, frame: Any) -> None:
-        if worker.stop_requested:
-            # USR2 comes twice: Slurm signals every process of the job step, and the job forwards it. Raising here
-            # again would abort the first handler mid-flush, before it gave the units back.
-            return
-        log.warning("worker %s: %s: flushing and giving its units back", cfg.slot, signal.Signals(signum).name)
-        worker.stop_now()
-        raise Stopped()
-
-    signal.signal(signal.SIGUSR2, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    report = worker.run()
-    return PREEMPTED_EXIT if report.get("state") == "preempted" else 0
+    return cli_main(argv)
 
 
 if __name__ == "__main__":  # vLLM spawns processes: the guard is required

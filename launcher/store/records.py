@@ -82,6 +82,7 @@ class WorkerReport(TypedDict, total=False):
     output_tokens: int
     prompt_tokens: int
     startup_phases: dict[str, float]
+    startup_timeline: dict[str, list[float]]  # phase -> [start, end], seconds from `started` (what ran beside what)
     error: str | None
     warnings: list[str]
     backend: str

@@ -53,6 +53,9 @@ class RecordCounter:
         return n
 
 
+JOB_EXIT_WAIT_S = 120.0  # after the last unit: engine teardown and the final reports take seconds
+
+
 def wait_and_gather(plan: Plan, sub: Any, console: Console, poll_s: float = 2.0) -> int:
     jobs = list(sub.jobs)
     counter = RecordCounter(plan)
@@ -75,6 +78,11 @@ def wait_and_gather(plan: Plan, sub: Any, console: Console, poll_s: float = 2.0)
                 progress.update(bar, completed=counter.count())
                 break
             time.sleep(poll_s)
+    # Each worker writes its final report (the run's wall-clock figures) after its last unit is done: let the jobs end
+    # before gathering, or the summary is made from reports still saying "running" (0 workers generating).
+    deadline = time.time() + JOB_EXIT_WAIT_S
+    while not all(j.done() for j in jobs) and time.time() < deadline:
+        time.sleep(min(poll_s, 0.5))
     if sub.gather_job is not None:
         sub.gather_job.wait()  # its outcome is re-checked below by gathering again (same bytes)
     for unit in plan.units:
