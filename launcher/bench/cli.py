@@ -226,11 +226,7 @@ def run(args: argparse.Namespace) -> int:
             r.setdefault("note", args.note)
         path.write_text(json.dumps(rows, indent=1))
         for r in rows:
-            print(
-                f"[bench] {r['system']}@{r['shape']}: {r['samples_per_min']:,.0f} samples/min, "
-                f"{r['output_tok_per_s']:,.0f} tok/s, start-up {r.get('startup', {}).get('total_s', '?')} s",
-                flush=True,
-            )
+            print(f"[bench] {r['system']}@{r['shape']}: {_headline(r)}", flush=True)
 
     _run_systems(args, systems, shapes, wd, step)
     for shape in shapes if layouts else []:
@@ -401,6 +397,19 @@ def _run_cells(
         step(f"weights:{loader}@{shape.name}", partial(lambda x: [run_weights(wd, shape, x, t)], loader))
     if "models-swap" in wanted:
         step(f"models-swap@{shape.name}", lambda: [run_models_swap(wd, shape, preset, t)])
+
+
+def _headline(r: dict[str, Any]) -> str:
+    """One line per measurement: throughput, start-up, and issue 28's figures where the row has them."""
+    parts = []
+    if r.get("samples_per_min") is not None:
+        parts.append(f"{r['samples_per_min']:,.0f} samples/min, {r['output_tok_per_s'] or 0:,.0f} tok/s")
+    if (r.get("startup") or {}).get("total_s") is not None:
+        parts.append(f"start-up {r['startup']['total_s']} s")
+    for key in ("wall_s", "engine_ready_s", "model_swap_s", "weights_load_s", "gpu_busy_fraction"):
+        if r.get(key) is not None:
+            parts.append(f"{key} {r[key]}")
+    return ", ".join(parts) or "measured"
 
 
 def _items(text: str) -> list[str]:

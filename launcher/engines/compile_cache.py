@@ -61,6 +61,10 @@ RUNTIME_ONLY = frozenset(
         "kv_cache_memory_bytes",
         "swap_space",
         "inflight_requests",
+        # issue 28: neither enters a graph (vLLM leaves both out of its own hash), so switching them keeps the cache
+        "skip_tokenizer_init",
+        "load_format",
+        "model_loader_extra_config",
     }
 )
 STALE_TMP_S = 6 * 3600  # a temporary copy this old belongs to a process that died while publishing

@@ -20,6 +20,7 @@ from typing import Any
 
 from launcher.engines import register
 from launcher.engines.base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
+from launcher.engines.batch_trace import BatchTrace
 from launcher.engines.startup import StartupSwitches, release_after_fork
 from launcher.engines.vllm_startup import apply_startup_settings, eos_stop_ids
 from launcher.plan.layout import ParallelLayout
@@ -128,6 +129,7 @@ class VLLMEngine(Engine):
         self.capacity_tokens, self.block = self._kv_capacity()
         self.max_num_seqs = self._max_num_seqs(kwargs)
         self.settings = settings
+        self.trace = BatchTrace()
         self.refine(workload)
         if self.capacity_tokens:
             settings.kwargs["kv_cache_tokens"] = self.capacity_tokens
@@ -181,6 +183,9 @@ class VLLMEngine(Engine):
         from launcher.engines.weight_swap import swap_weights
 
         startup: dict[str, Any] = {**swap_weights(self.llm, model.path), "swapped_from": self.model.path}
+        self.settings.kwargs = dict(self.settings.kwargs)  # the previous model's report keeps its own figures
+        self.settings.reasons = dict(self.settings.reasons)
+        self.trace = BatchTrace()
         startup["engine_ready_at"] = time.time()
         self.model = model
         return EngineReport(
@@ -189,8 +194,8 @@ class VLLMEngine(Engine):
             device=self.device,
             gpu_name=self.gpu_name,
             load_seconds=startup["model_swap_s"],
-            settings=dict(self.settings.kwargs),
-            reasons=dict(self.settings.reasons),
+            settings=self.settings.kwargs,
+            reasons=self.settings.reasons,
             startup=startup,
         )
 
@@ -315,8 +320,10 @@ class VLLMEngine(Engine):
                 inflight_tokens += need
             if not inflight:
                 if exhausted:
+                    self.settings.kwargs["batch_occupancy"] = self.trace.summary()
                     return
                 continue
+            self.trace.step(inflight, max_requests, waiting is not None, exhausted)
             for out in self.engine.step():
                 if not out.finished:
                     continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from launcher.engines.loaders import choose_loader
@@ -38,7 +39,7 @@ def apply_startup_settings(engine: VLLMEngine, kwargs: dict[str, Any], settings:
     if on_gpu:
         if not switches.on("startup_plan"):
             os.environ[STARTUP_PLAN_ENV] = "0"  # compile_cache.py turns it on unless set
-        have = importlib.util.find_spec("vllm.v1.worker.startup_plan") is not None
+        have = _has_startup_plan()
         used = have and switches.on("startup_plan") and os.environ.get(STARTUP_PLAN_ENV, "1") != "0"
         settings.kwargs["startup_plan"] = used
         settings.reasons["startup_plan"] = (
@@ -57,6 +58,13 @@ def apply_startup_settings(engine: VLLMEngine, kwargs: dict[str, Any], settings:
         settings.kwargs["load_format"] = choice.load_format or "auto"
         settings.reasons["load_format"] = choice.reason
     return skip
+
+
+def _has_startup_plan() -> bool:
+    """vLLM >= 0.26 has vllm/v1/worker/startup_plan.py; looked up on disk (find_spec of a submodule imports vLLM)."""
+    spec = importlib.util.find_spec("vllm")
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    return any((Path(root) / "v1" / "worker" / "startup_plan.py").exists() for root in roots)
 
 
 def _skip_tokenizer(
