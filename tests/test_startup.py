@@ -317,3 +317,33 @@ def test_bench_reports_issue_28_ratios_and_targets() -> None:
     assert met[f"warm sweep >= 5.0x the seed loop at {shape}"] and met[f"engine ready cold <= 60 s at {shape}"]
     not_swapped = analyse([row("models-swap", model_swap_s=3.0, swapped=False)])["targets"]
     assert not not_swapped[f"model swap <= 15 s at {shape}"]["met"]  # a fast new engine is not a swap
+
+
+def test_one_worker_process_runs_its_models_in_turn(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:
+    """A data-parallel worker of a swap group gets several --model: it runs them one after the other in its own
+    process (HF here: each model gets its own engine, and its start-up is its own, not the previous model's)."""
+    import subprocess
+    import sys
+
+    from launcher.plan import expand
+    from launcher.plan.persist import save_plan
+    from launcher.spec import load_spec
+
+    from .conftest import ROOT, make_spec
+
+    spec = make_spec(tmp_path, tiny_model, users_file, name="m", models={"a": str(tiny_model), "b": str(tiny_model)})
+    text = json.loads(json.dumps(__import__("yaml").safe_load(spec.read_text())))
+    del text["model"]["path"]
+    spec.write_text(json.dumps(text))
+    plan = expand(load_spec(spec))
+    save_plan(plan)
+    layout = json.dumps(ParallelLayout(1, 1, (), "cpu").as_dict())
+    cmd = [sys.executable, "-m", "launcher.job.worker", str(plan.run.root), "--job", "0", "--replica", "0"]
+    proc = subprocess.run(
+        [*cmd, "--layout", layout, "--model", "a", "--model", "b"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = sorted(plan.run.worker_reports(), key=lambda r: r["started"])
+    assert (a["model"], a["state"], b["model"], b["state"]) == ("a", "done", "b", "done")
+    assert a["pid"] == b["pid"] and b["started"] >= a["ended"] - 1.0
+    assert all(plan.run.unit(u.unit_id).is_done() for u in plan.units)

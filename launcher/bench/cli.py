@@ -138,6 +138,13 @@ def configure(c: argparse.ArgumentParser) -> None:
         help="system weights: the loaders to time on a checkpoint with real safetensors files",
     )
     c.add_argument(
+        "--swap-checkpoint",
+        choices=("shared", "full"),
+        default="shared",
+        help="system models-swap: the second checkpoint shares the first's shards but the last (shared: 1/4 of "
+        "the disk, mostly read from the page cache) or has files of its own (full: 2 x 16 GB for the 8B shape)",
+    )
+    c.add_argument(
         "--collect-from",
         action="append",
         default=[],
@@ -396,7 +403,8 @@ def _run_cells(
     for loader in _items(args.loaders) if "weights" in wanted else []:
         step(f"weights:{loader}@{shape.name}", partial(lambda x: [run_weights(wd, shape, x, t)], loader))
     if "models-swap" in wanted:
-        step(f"models-swap@{shape.name}", lambda: [run_models_swap(wd, shape, preset, t)])
+        full = args.swap_checkpoint == "full"
+        step(f"models-swap@{shape.name}", lambda: [run_models_swap(wd, shape, preset, t, full)])
 
 
 def _headline(r: dict[str, Any]) -> str:

@@ -211,6 +211,7 @@ def _startup_ratios(shape: str, by: dict[str, dict[str, Any]], r: dict[str, Any]
             "generation_s": m.get("generation_s"),
             "graph_capture_s": (m.get("startup") or {}).get("graph_capture_s"),
             "kv_cache_tokens": (m.get("startup_log") or {}).get("kv_cache_tokens"),
+            "startup_plan_applied": (m.get("startup_log") or {}).get("startup_plan_applied"),
         }
         for k, m in sorted(by.items())
         if k.startswith("startup:")

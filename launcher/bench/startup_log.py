@@ -41,6 +41,7 @@ def parse_startup(log: str) -> dict[str, Any]:
     if kv:
         out["kv_cache_tokens"] = kv[-1]
     out["compiled_from_cache"] = bool(AOT_LOADED.search(log) or "cache_load_s" in out)
+    out["startup_plan_applied"] = "Applying persisted startup plan" in log  # memory profiling skipped (issue 28)
     return out
 
 

@@ -75,11 +75,13 @@ def run_startup_variant(
     return m
 
 
-def write_checkpoints(wd: Workdir, timeout_s: float) -> tuple[Path, Path, dict[str, Any]]:
-    """Checkpoint A (real weights, seed 1) and B (A's shards hard-linked but the last, drawn with seed 2)."""
-    a, b = wd.assets / "ckpt-a", wd.assets / "ckpt-b"
+def write_checkpoints(wd: Workdir, timeout_s: float, full_copy: bool = False) -> tuple[Path, Path, dict[str, Any]]:
+    """Checkpoint A (real weights, seed 1) and B (seed 2): its own files with `full_copy`, else A's shards hard-linked
+    but the last (a quarter of the disk; B's shared shards are then in the page cache once A is loaded)."""
+    a, b = wd.assets / "ckpt-a", wd.assets / ("ckpt-b-full" if full_copy else "ckpt-b")
     info = {}
-    for folder, extra in ((a, ["--seed", "1"]), (b, ["--seed", "2", "--share-from", str(a)])):
+    share = [] if full_copy else ["--share-from", str(a)]
+    for folder, extra in ((a, ["--seed", "1"]), (b, ["--seed", "2", *share])):
         _run(
             [
                 sys.executable,
@@ -96,7 +98,7 @@ def write_checkpoints(wd: Workdir, timeout_s: float) -> tuple[Path, Path, dict[s
             _env({}),
             timeout_s,
         )
-        info[folder.name] = json.loads((folder / "WRITTEN.json").read_text())
+        info[folder.name[:6]] = json.loads((folder / "WRITTEN.json").read_text())
     return a, b, info
 
 
@@ -148,22 +150,22 @@ def run_weights(wd: Workdir, shape: CellsShape, loader: str, timeout_s: float) -
     }
 
 
-def run_models_swap(wd: Workdir, shape: CellsShape, preset: ModelPreset, timeout_s: float) -> dict[str, Any]:
-    """A `models:` sweep of A then B over one cell, real weights (cold page cache, compile cache of its own)."""
+def run_models_swap(
+    wd: Workdir, shape: CellsShape, preset: ModelPreset, timeout_s: float, full_copy: bool = False
+) -> dict[str, Any]:
+    """A `models:` sweep of A then B over one cell, real weights (page cache dropped, compile cache of its own)."""
     from launcher.bench.weights import drop_page_cache
 
-    a, b, _ = write_checkpoints(wd, timeout_s)
+    a, b, written = write_checkpoints(wd, timeout_s, full_copy)
     system = "models-swap"
     spec_path, out_dir = _spec_file(wd, shape, preset, system, models={"a": str(a), "b": str(b)})
     for folder in (a, b):
         drop_page_cache(folder)
     shutil.rmtree(wd.root / "scratch", ignore_errors=True)
-    cache = wd.root / "compile-cache" / "models"
+    env = _toolkit_env(wd, wd.root / "compile-cache" / "models")
+    env["LAUNCHER_WEIGHTS_LOADER"] = "vllm"  # the swap alone: vLLM's own loader, the one every vLLM reloads with
     wall, log = _run(
-        [sys.executable, "-m", "launcher", "run", "--spec", str(spec_path)],
-        wd.logs / f"{system}.log",
-        _toolkit_env(wd, cache),
-        timeout_s,
+        [sys.executable, "-m", "launcher", "run", "--spec", str(spec_path)], wd.logs / f"{system}.log", env, timeout_s
     )
     m = toolkit_measurement(system, one_cell(shape).as_shape(), out_dir, wall, log)
     run_dir = next((out_dir / "runs").iterdir())
@@ -184,6 +186,13 @@ def run_models_swap(wd: Workdir, shape: CellsShape, preset: ModelPreset, timeout
         swap_reason=((second.get("engine") or {}).get("reasons") or {}).get("model_swap"),
         worker_warnings=second.get("warnings"),
         first_model_engine_ready_s=m.get("engine_ready_s"),
+        second_checkpoint=(
+            "its own files, read from disk"
+            if full_copy
+            else "A's shards hard-linked but the last: 3/4 of its bytes were in the page cache after A's load"
+        ),
+        checkpoint_bytes=written["ckpt-b"]["bytes"],
+        loader="vllm",
         samples_differ=_samples_differ(out_dir),
     )
     return m

@@ -102,7 +102,6 @@ class VLLMEngine(Engine):
         self.cache = cache
         t0 = time.perf_counter()
         startup["engine_start_at"] = time.time()
-        import vllm
         from vllm import LLM
 
         llm_done = threading.Event()
@@ -110,7 +109,15 @@ class VLLMEngine(Engine):
             self.host_ok.set() if in_process else release_after_fork(self.host_ok, llm_done)
         try:
             self.llm: Any = LLM(**kwargs)
-        except Exception:
+        except Exception as exc:
+            if self.skip_tokenizer and "tokenizer" in str(exc).lower():  # a vLLM that will not start without one
+                log.warning("vLLM did not start without its tokenizer (%s); starting again with it", exc)
+                kwargs.pop("skip_tokenizer_init")
+                settings.kwargs.pop("skip_tokenizer_init", None)
+                self.skip_tokenizer = False
+                settings.reasons["skip_tokenizer_init"] = f"vLLM refused to start without its tokenizer: {exc}"[:300]
+                self.llm = LLM(**kwargs)
+                return self._started(workload, kwargs, settings, startup, on_gpu, gpu, ready, t0)
             if cache is None or not cache.hit:
                 raise
             # A cache that does not load must not fail every worker that finds it: compile afresh once.
@@ -120,6 +127,22 @@ class VLLMEngine(Engine):
             self.llm = LLM(**kwargs)
         finally:
             llm_done.set()
+        return self._started(workload, kwargs, settings, startup, on_gpu, gpu, ready, t0)
+
+    def _started(
+        self,
+        workload: Workload,
+        kwargs: dict[str, Any],
+        settings: EngineSettings,
+        startup: dict[str, Any],
+        on_gpu: bool,
+        gpu: Any,
+        ready: threading.Event | None,
+        t0: float,
+    ) -> EngineReport:
+        """The engine is up: what it allocated, admission, the report."""
+        import vllm
+
         startup["engine_ready_at"] = time.time()
         if ready is not None:
             ready.set()

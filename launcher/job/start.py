@@ -82,7 +82,7 @@ def open_engine(worker: Worker, backend: str, workload: Workload, prep: HostPrep
                 prep.finished()  # its thread must not run through the new engine's fork
         else:
             worker._warn(f"new engine for {worker.spec.model.path}: {why}")
-        worker.engine = None
+        worker.engine = worker.carry = None
         carry.engine.close()
     spec = worker.spec
     engine = worker.engine = create_engine(backend, spec.model, spec.sampling, spec.data.num_samples)

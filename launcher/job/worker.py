@@ -165,6 +165,7 @@ class Worker:
             self._set(startup_timeline=start.timeline(self.report["started"], walls, prep.timeline))
             if limit.why:
                 report.reasons["record_token_limit"] = limit.why
+            self.carry_out = start.Carry(engine, backend, why, host.tokenizer, host.preparer)
             if host.first is None:
                 return self._idle(heartbeat_started=True)
             todo = [u for u in self._candidates() if u.unit_id not in self._skip]
@@ -191,7 +192,6 @@ class Worker:
                 report.gpu_name or report.device,
                 ready_at - self.report["started"],
             )
-            self.carry_out = start.Carry(engine, backend, why, host.tokenizer, host.preparer)
             self._generate(engine, host.first, host.preparer)
             self.writer.close()
             self._set(state="done")
@@ -223,8 +223,9 @@ class Worker:
     def _idle(self, heartbeat_started: bool) -> WorkerReport:
         assert self.writer is not None
         self.writer.close()
+        self._set(state="idle")
         self._hand_over_or_close()
-        self._set(state="idle", ended=time.time())
+        self._set(ended=time.time())
         self._write_report()
         log.info(
             "worker %s: no unit left to claim%s", self.cfg.slot, "" if heartbeat_started else "; no engine started"
@@ -242,8 +243,10 @@ class Worker:
         self.carry_out = None
         if self.carry is not None and self.carry.engine is not self.engine:
             self.carry.engine.close()
+        self.carry = None
         if self.engine is not None:
             self.engine.close()
+            self.engine = None
 
     def _warn_backend(self, backend: str, why: str) -> None:
         if backend == "hf" and self.cfg.layout.gpus:
