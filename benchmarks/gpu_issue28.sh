@@ -9,8 +9,10 @@
 #                                          #   with real weights (16 GB written: ~30 s) read by 3 loaders (~35 s each,
 #                                          #   page cache dropped), a models: sweep of 2 such checkpoints (~120 s: a cold
 #                                          #   compile for them, the load, the swap)
-#   bash benchmarks/gpu_issue28.sh 3 540   # optional, ~5 min: one engine per cell, 2 cells (~180 s; for
-#                                          #   sweep_vs_task_per_cell), start-up with jit_cache off, graphs off (cold)
+#   bash benchmarks/gpu_issue28.sh 3 540   # optional, ~7 min: one engine per cell, 2 cells (~180 s; for
+#                                          #   sweep_vs_task_per_cell), start-up with jit_cache off (~40 s), graphs off
+#                                          #   (cold: ~80 s), the swap's second checkpoint alone in a new engine (~110 s:
+#                                          #   swap_matches_fresh, the proof that vLLM 0.26 swapped the weights)
 # Calls 1 + 2 hold every ratio of the issue but sweep_vs_task_per_cell: ~16 min of GPU wall time; call 3 adds it.
 # Each call leaves $OUT/b28-<call>.tar (results.json + results.md of everything measured so far, the runs, the logs;
 # no samples, caches or checkpoints). The lead commits res/ as benchmarks/results/<date>-h100-80gb-hbm3-issue28/.
@@ -57,7 +59,7 @@ case "$call" in
     bench --systems cells-seed-loop,weights,models-swap --loaders vllm,runai_streamer,fastsafetensors \
       --swap-checkpoint "$copy" --note "issue 28, call 2: one H100" > "$W/call2.log" 2>&1 ;;
   3)
-    bench --systems cells-task-per-cell,startup --startup-off jit_cache,graphs \
+    bench --systems cells-task-per-cell,startup,models-fresh --startup-off jit_cache,graphs \
       --note "issue 28, call 3: one H100" > "$W/call3.log" 2>&1 ;;
 esac
 grep -h '^\[bench\]' "$W/call$call.log"

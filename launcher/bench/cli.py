@@ -56,6 +56,7 @@ SYSTEMS = (
     "startup",
     "weights",
     "models-swap",
+    "models-fresh",
 )
 DEFAULT_SYSTEMS = "raw,toolkit,toolkit-warm,hf"
 SWEEP: dict[str, dict[str, Any]] = {
@@ -372,18 +373,10 @@ def _run_cells(
         run_cells_toolkit,
         write_cells,
     )
-    from launcher.bench.startup_runs import run_models_swap, run_startup_variant, run_weights
+    from launcher.bench.startup_runs import run_models_fresh, run_models_swap, run_startup_variant, run_weights
 
-    cells_systems = (
-        "cells",
-        "cells-warm",
-        "startup",
-        "cells-task-per-cell",
-        "cells-seed-loop",
-        "weights",
-        "models-swap",
-    )
-    wanted = [s for s in cells_systems if s in systems]
+    order = ("cells", "cells-warm", "startup", "cells-task-per-cell", "cells-seed-loop", "weights", "models-swap")
+    wanted = [s for s in (*order, "models-fresh") if s in systems]
     if not wanted:
         return
     shape = CellsShape.parse(args.cells, args.prompt_tokens)
@@ -405,6 +398,8 @@ def _run_cells(
     if "models-swap" in wanted:
         full = args.swap_checkpoint == "full"
         step(f"models-swap@{shape.name}", lambda: [run_models_swap(wd, shape, preset, t, full)])
+    if "models-fresh" in wanted:
+        step(f"models-fresh@{shape.name}", lambda: [run_models_fresh(wd, shape, preset, t)])
 
 
 def _headline(r: dict[str, Any]) -> str:

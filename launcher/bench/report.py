@@ -190,6 +190,8 @@ def _startup_ratios(shape: str, by: dict[str, dict[str, Any]], r: dict[str, Any]
                 r["gpu_busy_fraction_warm"],
                 r["gpu_busy_fraction_warm"] >= GPU_BUSY_WARM,
             )
+    if (fresh := by.get("models-fresh")) and fresh.get("swap_matches_fresh") is not None:
+        r["swap_matches_fresh"] = fresh["swap_matches_fresh"]  # 1.0: the swapped engine made a new engine's samples
     swap = by.get("models-swap")
     if swap and swap.get("model_swap_s") is not None:
         r["model_swap_s"] = swap["model_swap_s"]

@@ -10,6 +10,7 @@ so results.json has them under analysis.ratios.<cells shape>).
                     cache dropped) by vLLM's default loader, runai_streamer, fastsafetensors: weights_load_s each
   models-swap       a `models:` sweep of two same-shape checkpoints over one cell: model_swap_s = the GPU's gap
                     between the first model's last write and the second's first request (weights swapped in place)
+  models-fresh      the second checkpoint alone in a new engine: are its samples those the swapped engine made?
 """
 
 from __future__ import annotations
@@ -198,6 +199,31 @@ def run_models_swap(
     return m
 
 
+def run_models_fresh(wd: Workdir, shape: CellsShape, preset: ModelPreset, timeout_s: float) -> dict[str, Any]:
+    """Checkpoint B alone in a new engine, over the cell models-swap ran (same records, same seeds): the share of
+    records whose samples are those the swapped engine generated is the proof that the swap loaded B's weights."""
+    swap_out = wd.root / "toolkit-out" / "models-swap" / "b" / "d0" / "a" / "samples.jsonl"
+    if not swap_out.exists():
+        raise RunFailed("models-fresh compares with models-swap: run that first")
+    b = next(p for p in (wd.assets / "ckpt-b-full", wd.assets / "ckpt-b") if p.exists())
+    system = "models-fresh"
+    spec_path, out_dir = _spec_file(wd, shape, preset, system, models={"b": str(b)})
+    env = _toolkit_env(wd, wd.root / "compile-cache" / "models")
+    env["LAUNCHER_WEIGHTS_LOADER"] = "vllm"
+    wall, log = _run(
+        [sys.executable, "-m", "launcher", "run", "--spec", str(spec_path)], wd.logs / f"{system}.log", env, timeout_s
+    )
+    m = toolkit_measurement(system, one_cell(shape).as_shape(), out_dir, wall, log)
+
+    def by_record(path: Path) -> dict[str, Any]:
+        return {r["record_id"]: r["generated_samples"] for r in map(json.loads, path.open())}
+
+    swapped, fresh = by_record(swap_out), by_record(out_dir / "b" / "d0" / "a" / "samples.jsonl")
+    same = sum(1 for k, v in fresh.items() if swapped.get(k) == v)
+    m.update(shape=shape.name, swap_matches_fresh=round(same / max(1, len(fresh)), 4), records_compared=len(fresh))
+    return m
+
+
 def _samples_differ(out_dir: Path) -> bool | None:
     """Did model B's samples come out different from A's (same records and seeds)? Equal: B never got its weights."""
     try:
@@ -210,4 +236,12 @@ def _samples_differ(out_dir: Path) -> bool | None:
     return texts[0] != texts[1]
 
 
-__all__ = ["LOADERS", "one_cell", "run_models_swap", "run_startup_variant", "run_weights", "write_checkpoints"]
+__all__ = [
+    "LOADERS",
+    "one_cell",
+    "run_models_fresh",
+    "run_models_swap",
+    "run_startup_variant",
+    "run_weights",
+    "write_checkpoints",
+]
