@@ -22,6 +22,7 @@ from launcher.engines import register
 from launcher.engines.base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
 from launcher.engines.batch_trace import BatchTrace
 from launcher.engines.startup import StartupSwitches, release_after_fork
+from launcher.engines.vllm_log import StartupLines, startup_seconds
 from launcher.engines.vllm_startup import apply_startup_settings, eos_stop_ids
 from launcher.plan.layout import ParallelLayout
 from launcher.plan.sizing import CPU_KV_CACHE_GIB, EngineSettings
@@ -107,6 +108,7 @@ class VLLMEngine(Engine):
         llm_done = threading.Event()
         if self.host_ok is not None:  # the worker's host-side start-up waits for vLLM's fork (job/host_prep.py)
             self.host_ok.set() if in_process else release_after_fork(self.host_ok, llm_done)
+        self.startup_lines = StartupLines().__enter__()  # vLLM's own seconds (weights, compile) for the summary
         try:
             self.llm: Any = LLM(**kwargs)
         except Exception as exc:
@@ -127,6 +129,7 @@ class VLLMEngine(Engine):
             self.llm = LLM(**kwargs)
         finally:
             llm_done.set()
+            self.startup_lines.__exit__()
         return self._started(workload, kwargs, settings, startup, on_gpu, gpu, ready, t0)
 
     def _started(
@@ -146,6 +149,7 @@ class VLLMEngine(Engine):
         startup["engine_ready_at"] = time.time()
         if ready is not None:
             ready.set()
+        startup.update(startup_seconds(self.startup_lines.figures()))
         load_s = time.perf_counter() - t0
         startup["engine_init_s"] = round(load_s, 3)
         self.engine: Any = self.llm.llm_engine
