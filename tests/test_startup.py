@@ -347,3 +347,32 @@ def test_one_worker_process_runs_its_models_in_turn(tmp_path: Path, tiny_model: 
     assert (a["model"], a["state"], b["model"], b["state"]) == ("a", "done", "b", "done")
     assert a["pid"] == b["pid"] and b["started"] >= a["ended"] - 1.0
     assert all(plan.run.unit(u.unit_id).is_done() for u in plan.units)
+
+
+def _engine_core_logs() -> None:
+    import logging
+
+    logging.getLogger("vllm.v1.worker").info("Graph capturing finished in %d secs, took 0.77 GiB", 3)
+
+
+def test_vllm_start_up_seconds_come_from_its_log_records_in_both_processes() -> None:
+    """The summary's engine_startup: vLLM's own lines, whatever logging config vLLM applies, from the worker's process
+    and from an engine core forked out of it."""
+    import logging
+
+    from launcher.engines.vllm_log import StartupLines, startup_seconds
+
+    logger = logging.getLogger("vllm.model_executor.model_loader")
+    logger.setLevel(logging.INFO)
+    logging.getLogger("vllm.v1.worker").setLevel(logging.INFO)
+    lines = StartupLines().__enter__()
+    logger.info("Loading weights took %.2f seconds", 12.25)
+    logger.info("nothing to keep")
+    child = mp.get_context("fork").Process(target=_engine_core_logs)
+    child.start()
+    child.join(30)
+    lines.__exit__()
+    logger.info("Loading weights took %.2f seconds", 99.0)  # after the start: not the engine's
+    figures = startup_seconds(lines.figures())
+    assert figures["weights_load_s"] == 12.25 and figures["graph_capture_s"] == 3.0
+    assert not Path(lines.path).exists()

@@ -53,32 +53,43 @@ def parse_startup(log: str) -> dict[str, Any]:
     return out
 
 
-class StartupLines(logging.Handler):
-    """Keeps vLLM's start-up lines in a file opened for appending. Added to the `vllm` logger before LLM() starts:
-    an engine core forked from this process inherits the handler and the open file, so its lines (weights, compile,
-    graphs) land there too; small O_APPEND writes from both processes do not interleave."""
+class StartupLines:
+    """Keeps vLLM's start-up lines in a file opened for appending, whatever logging configuration vLLM applies (it
+    replaces the handlers of its loggers when the engine starts, in this process and in the engine core): the lines
+    are taken where every log record is made, logging's record factory. An engine core forked from this process
+    inherits the factory and the open file, so its lines (weights, compile, graphs) land there too; small O_APPEND
+    writes from both processes do not interleave. After the start the factory stays installed (vLLM wraps it) but
+    does nothing more in this process."""
 
-    KEYS = ("took", "Graph capturing", "time:", "KV cache size", STARTUP_PLAN_APPLIED, "takes")
+    KEYS = ("took", "takes", "Graph capturing", "time:", "KV cache size", STARTUP_PLAN_APPLIED)
 
     def __init__(self) -> None:
-        super().__init__(logging.INFO)
         fd, self.path = tempfile.mkstemp(prefix="launcher-vllm-startup-", suffix=".log")
         os.close(fd)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        self.logger = logging.getLogger("vllm")
+        self.active = False
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def __enter__(self) -> StartupLines:
+        previous = logging.getLogRecordFactory()
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            if self.active and record.levelno >= logging.INFO and record.name.startswith("vllm"):
+                self._keep(record)
+            return record
+
+        self.active = True
+        logging.setLogRecordFactory(factory)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.active = False
+
+    def _keep(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):  # a log line must never fail the engine's start
             message = record.getMessage()
             if any(key in message for key in self.KEYS):
                 os.write(self.fd, (message.replace("\n", " ") + "\n").encode(errors="replace"))
-
-    def __enter__(self) -> StartupLines:
-        self.logger.addHandler(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.logger.removeHandler(self)
 
     def figures(self) -> dict[str, Any]:
         """What the lines say, then the file is gone (a forked engine core keeps its own descriptor)."""
