@@ -76,13 +76,15 @@ def run_startup_variant(
     return m
 
 
-def write_checkpoints(wd: Workdir, timeout_s: float, full_copy: bool = False) -> tuple[Path, Path, dict[str, Any]]:
+def write_checkpoints(
+    wd: Workdir, timeout_s: float, full_copy: bool = False, with_b: bool = True
+) -> tuple[Path, Path, dict[str, Any]]:
     """Checkpoint A (real weights, seed 1) and B (seed 2): its own files with `full_copy`, else A's shards hard-linked
     but the last (a quarter of the disk; B's shared shards are then in the page cache once A is loaded)."""
     a, b = wd.assets / "ckpt-a", wd.assets / ("ckpt-b-full" if full_copy else "ckpt-b")
     info = {}
     share = [] if full_copy else ["--share-from", str(a)]
-    for folder, extra in ((a, ["--seed", "1"]), (b, ["--seed", "2", *share])):
+    for folder, extra in ((a, ["--seed", "1"]), (b, ["--seed", "2", *share]))[: 2 if with_b else 1]:
         _run(
             [
                 sys.executable,
@@ -110,7 +112,7 @@ def run_weights(wd: Workdir, shape: CellsShape, loader: str, timeout_s: float) -
     module = LOADER_MODULES.get(loader)
     if module and importlib.util.find_spec(module) is None:
         raise RunFailed(f"{module} is not installed here (carry its wheel: benchmarks/gpu_issue28.sh)")
-    a, _, written = write_checkpoints(wd, timeout_s)
+    a, _, written = write_checkpoints(wd, timeout_s, with_b=False)
     out = wd.runs / f".weights-{loader}.raw.json"
     wall, log = _run(
         [
