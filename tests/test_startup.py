@@ -92,7 +92,7 @@ def test_switches_on_by_default_and_each_can_be_turned_off(monkeypatch: pytest.M
     _, kwargs, settings, skip = _applied(monkeypatch, tmp_path)
     assert skip and kwargs["skip_tokenizer_init"] is True
     assert "compilation_config" in kwargs and "LAUNCHER_STARTUP_OFF=graphs" in settings.reasons["compilation_config"]
-    assert "VLLM_ENABLE_STARTUP_PLAN" not in os.environ  # the compile cache turns vLLM's startup plan on
+    assert os.environ["VLLM_ENABLE_STARTUP_PLAN"] == "1"  # vLLM's recorded memory profile, reused
     assert settings.reasons["load_format"].startswith("vLLM's own loader")  # no fast loader installed here
     _, kwargs, settings, skip = _applied(monkeypatch, tmp_path, "graphs, skip_tokenizer ,startup_plan,nonsense")
     assert not skip and "skip_tokenizer_init" not in kwargs and "compilation_config" not in kwargs

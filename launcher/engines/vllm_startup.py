@@ -37,10 +37,12 @@ def apply_startup_settings(engine: VLLMEngine, kwargs: dict[str, Any], settings:
             )
     skip = _skip_tokenizer(engine, kwargs, settings, switches)
     if on_gpu:
-        if not switches.on("startup_plan"):
-            os.environ[STARTUP_PLAN_ENV] = "0"  # compile_cache.py turns it on unless set
+        if switches.on("startup_plan"):
+            os.environ.setdefault(STARTUP_PLAN_ENV, "1")  # a user's own value wins (as in compile_cache.py)
+        else:
+            os.environ[STARTUP_PLAN_ENV] = "0"
         have = _has_startup_plan()
-        used = have and switches.on("startup_plan") and os.environ.get(STARTUP_PLAN_ENV, "1") != "0"
+        used = have and os.environ[STARTUP_PLAN_ENV] == "1"
         settings.kwargs["startup_plan"] = used
         settings.reasons["startup_plan"] = (
             "vLLM records its memory-profiling result (KV-cache bytes) under the compile cache, keyed by the model, "
