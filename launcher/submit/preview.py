@@ -1,5 +1,5 @@
-"""plan_view.py: Plan -> what `launcher plan` shows: units, worker jobs and GPUs, an estimate, the sbatch header, the
-container argv."""
+"""submit/preview.py: Plan -> what `launcher plan` shows: units, worker jobs and GPUs, an estimate, the sbatch header,
+the container argv."""
 
 from __future__ import annotations
 
@@ -12,13 +12,19 @@ from launcher.plan import Plan
 
 
 def sbatch_preview(plan: Plan, n_tasks: int | None = None) -> str:
-    """The sbatch script submitit would write for the array (its own renderer, nothing submitted)."""
+    """The sbatch script submitit would write for the array (its own renderer, nothing submitted), also where no
+    Slurm is installed: the script is the same text."""
     from submitit.slurm import slurm as ss
 
     from launcher.submit.executors import executor_params, python_command
 
+    class PreviewExecutor(ss.SlurmExecutor):
+        @classmethod
+        def affinity(cls) -> int:  # submitit refuses to build one without srun on PATH; rendering needs no srun
+            return 1
+
     spec = plan.spec
-    ex = ss.SlurmExecutor(folder=plan.run.logs, python=python_command(spec, plan.run.root))
+    ex = PreviewExecutor(folder=plan.run.logs, python=python_command(spec, plan.run.root))
     generic = executor_params(spec, plan.run.root)
     # AutoExecutor's generic names -> SlurmExecutor's own (the same translation submitit does internally).
     mapping = {
@@ -63,10 +69,10 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "units": len(plan.units),
         "jobs": plan.jobs,
         "jobs_reason": plan.jobs_reason,
-        "gpus_per_job": plan.spec.slurm.gpus_per_node,
+        "gpus_per_job": job_gpus(plan),
         "nodes_per_job": nodes.nodes,
         "nodes_reason": nodes.reason,
-        "gpus": plan.gpus,
+        "gpus": plan.jobs * job_gpus(plan),
         "records": plan.total_records,
         "samples": plan.total_samples,
         "rows_per_dataset": plan.rows_per_dataset,
@@ -115,10 +121,12 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
         f"[bold]{len(plan.units)}[/] unit(s), {plan.total_records} records x {spec.data.num_samples} samples"
         f" = [bold]{plan.total_samples}[/] samples; executor {spec.executor}; planned in {seconds:.2f}s"
     )
-    workers = f"one worker per GPU group of its {s.gpus_per_node} GPU(s)" if s.gpus_per_node else "one worker on CPU"
+    gpus_per_job = job_gpus(plan)
+    workers = f"one worker per GPU group of its {gpus_per_job} GPU(s)" if gpus_per_job else "one worker on the CPU"
     console.print(
         f"[bold]{plan.jobs}[/] worker job(s) ({plan.jobs_reason}), {workers}: "
-        f"[bold]{plan.gpus}[/] GPU(s) at most; each worker starts its engine once"
+        + (f"[bold]{plan.jobs * gpus_per_job}[/] GPU(s) at most" if gpus_per_job else "no GPU")
+        + "; each worker starts its engine once"
         + (f" per model ({len(spec.models)}, one after the other)" if spec.models else "")
         + (
             f", serving {len([a for a in spec.model.adapters.values() if a])} LoRA adapter(s),"
@@ -147,11 +155,7 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
         )
     else:
         console.print(f"estimate: none ({why})")
-    console.print(
-        f"per job: {s.gpus_per_node} GPU(s), {s.cpus_per_gpu * max(1, s.gpus_per_node)} CPUs, "
-        f"mem {s.mem or 'cluster default'}, time {s.time}; partition {s.partition or 'default'}"
-        + (f", at most {s.array_parallelism} at once" if s.array_parallelism else "")
-    )
+    console.print(per_job_words(plan), soft_wrap=True)
     axis = "<model>/" if spec.models else "<adapter>/" if spec.model.adapters else ""
     console.print(f"outputs: {plan.run.output_dir}/{axis}<dataset>/<ablation>/   run state: {plan.run.root}")
     if spec.executor == "slurm":
@@ -162,6 +166,46 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
         console.rule(f"container argv ({spec.container.runtime}; GPU ids filled in at run time, env values hidden)")
         console.print(repr(argv), markup=False, highlight=False)
     console.print("nothing was submitted. `launcher submit` with the same spec submits exactly this.")
+
+
+def job_gpus(plan: Plan) -> int:
+    """GPUs one worker job really gets: on Slurm what sbatch asks for; a local job holds this machine's."""
+    if plan.spec.executor == "local":
+        from launcher.plan.units import local_gpu_count
+
+        return local_gpu_count()
+    return plan.spec.slurm.gpus_per_node
+
+
+def per_job_words(plan: Plan) -> str:
+    """What each worker job asks for: sbatch's request on Slurm; on this machine, what a local job really has (its
+    GPUs or none, its cores), since the slurm section's GPUs, CPUs and memory are not asked of anyone there."""
+    s = plan.spec.slurm
+    if plan.spec.executor == "local":
+        import os
+
+        from launcher.plan.layout import allocated_gpus
+
+        seen = allocated_gpus()
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        held = (
+            f"{seen.count} GPU(s) ({seen.source})"
+            if seen.count
+            else f"no GPU (none seen: {seen.source}), so a CPU run: one worker on the CPU"
+        )
+        return (
+            f"per job (a local process on this machine): {held}, {cores} CPU core(s) shared by the jobs; time limit "
+            f"{s.time}. slurm.gpus_per_node, cpus_per_gpu and mem apply on Slurm only."
+        )
+    gpus = f"{s.gpus_per_node} GPU(s)" if s.gpus_per_node else "no GPU (CPU workers)"
+    return (
+        f"per job: {gpus}, {s.cpus_per_gpu * max(1, s.gpus_per_node)} CPUs, "
+        f"mem {s.mem or 'cluster default'}, time {s.time}; partition {s.partition or 'default'}"
+        + (f", at most {s.array_parallelism} at once" if s.array_parallelism else "")
+    )
 
 
 def _duration(seconds: float) -> str:
