@@ -23,6 +23,7 @@ from launcher.submit.status import _run
 from launcher.terminal import safe
 
 STOP_WAIT_S = 90.0  # a worker flushes in seconds; an engine still loading finishes loading first
+RESIGNAL_S = 5.0
 
 
 def cancel_run(run_dir: Path, console: Console) -> int:
@@ -81,15 +82,19 @@ def _cancel_local(run: RunDir, console: Console) -> int:
 
 def stop_local_jobs(procs: list[LocalProcess], wait_s: float = STOP_WAIT_S) -> list[LocalProcess]:
     """SIGTERM to each local job's process (submitit's controller: it passes the signal to the job, which stops its
-    workers), then wait; the processes still running after wait_s."""
-    for p in procs:
-        try:
-            os.kill(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
+    workers), then wait; the processes still running after wait_s. Sent again every few seconds: a job still
+    starting (the first second, before it sets its handler) has submitit's, which only logs the signal."""
     deadline = time.monotonic() + wait_s
     running = list(procs)
+    next_signal = 0.0
     while running and time.monotonic() < deadline:
+        if time.monotonic() >= next_signal:
+            for p in running:
+                try:
+                    os.kill(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+            next_signal = time.monotonic() + RESIGNAL_S
         time.sleep(0.2)
         running = [p for p in running if p.alive() is not False]
     return running

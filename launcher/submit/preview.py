@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from launcher.plan import Plan
+from launcher.plan.estimate import gpus_per_job
 
 
 def sbatch_preview(plan: Plan, n_tasks: int | None = None) -> str:
@@ -69,10 +70,10 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "units": len(plan.units),
         "jobs": plan.jobs,
         "jobs_reason": plan.jobs_reason,
-        "gpus_per_job": job_gpus(plan),
+        "gpus_per_job": gpus_per_job(plan),
         "nodes_per_job": nodes.nodes,
         "nodes_reason": nodes.reason,
-        "gpus": plan.jobs * job_gpus(plan),
+        "gpus": plan.jobs * gpus_per_job(plan),
         "records": plan.total_records,
         "samples": plan.total_samples,
         "rows_per_dataset": plan.rows_per_dataset,
@@ -121,11 +122,11 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
         f"[bold]{len(plan.units)}[/] unit(s), {plan.total_records} records x {spec.data.num_samples} samples"
         f" = [bold]{plan.total_samples}[/] samples; executor {spec.executor}; planned in {seconds:.2f}s"
     )
-    gpus_per_job = job_gpus(plan)
-    workers = f"one worker per GPU group of its {gpus_per_job} GPU(s)" if gpus_per_job else "one worker on the CPU"
+    per_job = gpus_per_job(plan)
+    workers = f"one worker per GPU group of its {per_job} GPU(s)" if per_job else "one worker on the CPU"
     console.print(
         f"[bold]{plan.jobs}[/] worker job(s) ({plan.jobs_reason}), {workers}: "
-        + (f"[bold]{plan.jobs * gpus_per_job}[/] GPU(s) at most" if gpus_per_job else "no GPU")
+        + (f"[bold]{plan.jobs * per_job}[/] GPU(s) at most" if per_job else "no GPU")
         + "; each worker starts its engine once"
         + (f" per model ({len(spec.models)}, one after the other)" if spec.models else "")
         + (
@@ -166,15 +167,6 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
         console.rule(f"container argv ({spec.container.runtime}; GPU ids filled in at run time, env values hidden)")
         console.print(repr(argv), markup=False, highlight=False)
     console.print("nothing was submitted. `launcher submit` with the same spec submits exactly this.")
-
-
-def job_gpus(plan: Plan) -> int:
-    """GPUs one worker job really gets: on Slurm what sbatch asks for; a local job holds this machine's."""
-    if plan.spec.executor == "local":
-        from launcher.plan.units import local_gpu_count
-
-        return local_gpu_count()
-    return plan.spec.slurm.gpus_per_node
 
 
 def per_job_words(plan: Plan) -> str:
