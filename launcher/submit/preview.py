@@ -10,6 +10,7 @@ from rich.table import Table
 
 from launcher.plan import Plan
 from launcher.plan.estimate import gpus_per_job
+from launcher.terminal import printable, safe
 
 
 def sbatch_preview(plan: Plan, n_tasks: int | None = None) -> str:
@@ -99,7 +100,7 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
     from launcher.plan.estimate import estimate
 
     spec = plan.spec
-    table = Table(title=f"plan for {spec.name} (run {plan.run.run_id})", show_lines=False)
+    table = Table(title=f"plan for {safe(spec.name)} (run {safe(plan.run.run_id)})", show_lines=False)
     variants = len(spec.model_names()) * len(spec.adapter_names()) > 1
     cols = ("#", "unit id", *(["model"] if variants else []), "dataset", "ablation", "rows", "samples")
     for col in cols:
@@ -107,10 +108,10 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
     for u in plan.units[:show]:
         table.add_row(
             str(u.index),
-            u.unit_id,
-            *([u.cell.variant] if variants else []),
-            u.dataset,
-            u.ablation,
+            safe(u.unit_id),
+            *([safe(u.cell.variant)] if variants else []),
+            safe(u.dataset),
+            safe(u.ablation),
             f"{u.start}-{u.stop - 1}",
             str(u.rows * spec.data.num_samples),
         )
@@ -125,7 +126,7 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
     per_job = gpus_per_job(plan)
     workers = f"one worker per GPU group of its {per_job} GPU(s)" if per_job else "one worker on the CPU"
     console.print(
-        f"[bold]{plan.jobs}[/] worker job(s) ({plan.jobs_reason}), {workers}: "
+        f"[bold]{plan.jobs}[/] worker job(s) ({safe(plan.jobs_reason)}), {workers}: "
         + (f"[bold]{plan.jobs * per_job}[/] GPU(s) at most" if per_job else "no GPU")
         + "; each worker starts its engine once"
         + (f" per model ({len(spec.models)}, one after the other)" if spec.models else "")
@@ -143,7 +144,7 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
     if node_choice.nodes > 1 or s.nodes == "auto":
         console.print(f"nodes per task: [bold]{node_choice.nodes}[/] ({node_choice.reason})")
     for line in duplicate_report(spec):
-        console.print(f"[yellow]duplicates:[/] {line}", soft_wrap=True)
+        console.print(f"[yellow]duplicates:[/] {safe(line)}", soft_wrap=True)  # user ids: data
     est, why = estimate(plan)
     if est is not None:
         wall = est.startup_s + est.generation_s
@@ -151,17 +152,19 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
             f"estimate: ~{_duration(wall)} wall ({_duration(est.startup_s)} start-up + at most "
             f"{_duration(est.generation_s)} generating), ~{est.gpu_hours:.2f} GPU-hours"
             + (f" (~{est.cost:,.2f} {spec.cost.currency})" if est.cost is not None else "")
-            + f"; {est.basis}",
+            + f"; {safe(est.basis)}",
             soft_wrap=True,
         )
     else:
-        console.print(f"estimate: none ({why})")
-    console.print(per_job_words(plan), soft_wrap=True)
+        console.print(f"estimate: none ({safe(why)})")
+    console.print(safe(per_job_words(plan)), soft_wrap=True)
     axis = "<model>/" if spec.models else "<adapter>/" if spec.model.adapters else ""
-    console.print(f"outputs: {plan.run.output_dir}/{axis}<dataset>/<ablation>/   run state: {plan.run.root}")
+    console.print(
+        f"outputs: {safe(plan.run.output_dir)}/{axis}<dataset>/<ablation>/   run state: {safe(plan.run.root)}"
+    )
     if spec.executor == "slurm":
         console.rule("sbatch script submit would write")
-        console.print(sbatch_preview(plan), markup=False, highlight=False)
+        console.print(printable(sbatch_preview(plan), keep_newlines=True), markup=False, highlight=False)
     argv = container_argv_preview(plan)
     if argv:
         console.rule(f"container argv ({spec.container.runtime}; GPU ids filled in at run time, env values hidden)")

@@ -180,7 +180,8 @@ def report_failed(plan: Plan, unit: Unit, console: Console) -> None:
     if not failures and not job_failures:
         console.print(
             f"[red]unit {safe(unit.unit_id)} did not finish[/] (no failure recorded: cancelled, or timed out "
-            f"too many times); logs: {safe(plan.run.logs)}"
+            f"too many times); logs: {safe(plan.run.logs)}; then {safe(resume_hint(plan.run))} again: finished "
+            "records are kept"
         )
         return
     if failures:
