@@ -33,7 +33,7 @@ from launcher.store.claims import process_start
 from launcher.submit.executors import submit
 from launcher.terminal import printable, safe
 
-from .conftest import ROOT, USERS, launcher, make_spec, write_jsonl
+from .conftest import ROOT, launcher, make_spec, write_jsonl
 
 SLURM_COMMANDS = {"sbatch", "srun", "squeue", "sacct", "scancel", "sinfo", "scontrol", "salloc", "sattach", "sstat"}
 
@@ -300,24 +300,3 @@ def test_compare_and_errors_print_data_escaped(tmp_path: Path) -> None:
     bad.write_text("name: [unclosed\n")
     err = launcher("plan", str(bad))
     assert err.returncode == 2 and "\\x1b[2J" in err.stderr and not UNSAFE_RE.search(err.stderr.replace("\n", ""))
-
-
-def test_report_without_matplotlib_names_the_extra(tmp_path: Path, tiny_model: Path) -> None:
-    """rich would swallow "[plot]" as markup: the hint must print the extra's name as typed."""
-    data = write_jsonl(tmp_path / "u.jsonl", USERS[:2])
-    spec = make_spec(tmp_path, tiny_model, data)
-    assert launcher("submit", str(spec), "--wait").returncode == 0
-    code = (
-        "import sys; sys.modules['matplotlib'] = None\n"  # as on a login node without the plot extra
-        "from launcher.cli import main; sys.exit(main(sys.argv[1:]))"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, "report", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "pip install 'launcher[plot]'" in proc.stderr, proc.stderr
-    assert not (tmp_path / "out" / "report" / "report.png").exists()

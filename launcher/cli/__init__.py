@@ -119,42 +119,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _wait(plan: Any, sub: Any, kind: str, args: argparse.Namespace, noun: str = "records") -> int:
-    """`--wait`: follow, gather, summarize. Ctrl-C stops a local run cleanly (SIGTERM to its jobs, which write what
-    they finished) and leaves a Slurm run running; either way it says what is kept and what resumes."""
-    from launcher.plan.persist import resume_hint
-    from launcher.store import write_json_atomic
-    from launcher.submit.wait import wait_and_gather
+    """`--wait`: follow, gather, summarize; Ctrl-C stops a local run cleanly, leaves a Slurm run running."""
+    from launcher.submit.wait import follow
 
-    try:
-        return wait_and_gather(plan, sub, console, every_s=args.progress_every, noun=noun)
-    except KeyboardInterrupt:
-        again = safe(resume_hint(plan.run))
-        if kind != "local":
-            err.print(
-                "[yellow]stopped waiting:[/] the jobs go on in Slurm. `launcher status "
-                f"{safe(sub.run_dir)}` follows them, `launcher gather {safe(sub.run_dir)}` once they are done, "
-                f"`launcher cancel {safe(sub.run_dir)}` stops them (records written are kept).",
-                soft_wrap=True,
-            )
-            return 130
-        from launcher.submit.cancel import stop_local_jobs
-        from launcher.submit.lock import read_local_processes
-
-        err.print("[yellow]interrupted:[/] stopping the local jobs (each writes what it finished first)...")
-        try:
-            left = stop_local_jobs(read_local_processes(plan.run.submit_lock))
-        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting; the jobs have their SIGTERM and stop anyway
-            left = []
-        by = "Ctrl-C on `launcher submit --wait`"  # after the jobs' own note (SIGTERM): this says who sent it
-        write_json_atomic(plan.run.interrupted, {"time": time.time(), "executor": kind, "by": by})
-        err.print(
-            ("[yellow]interrupted:[/] the local jobs stopped. " if not left else "[yellow]interrupted:[/] "
-             f"{len(left)} local job(s) still stopping (pids {' '.join(str(p.pid) for p in left)}). ")
-            + f"Every record already written is kept; {again} again resumes with the rest "
-            f"(`launcher status {safe(sub.run_dir)}` shows what is done).",
-            soft_wrap=True,
-        )  # fmt: skip
-        return 130
+    return follow(plan, sub, kind, console, err, every_s=args.progress_every, noun=noun)
 
 
 def _check_slurm(spec: Any, kind: str, where: str) -> None:

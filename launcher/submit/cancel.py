@@ -8,6 +8,7 @@ Finished records are kept either way; the hint names what resumes the run (plan/
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -19,7 +20,6 @@ from launcher.plan.persist import resume_hint
 from launcher.store import RunDir, write_json_atomic
 from launcher.submit.executors import task_job_ids
 from launcher.submit.lock import LocalProcess, read_local_processes
-from launcher.submit.status import _run
 from launcher.terminal import safe
 
 STOP_WAIT_S = 90.0  # a worker flushes in seconds; an engine still loading finishes loading first
@@ -38,7 +38,7 @@ def cancel_run(run_dir: Path, console: Console) -> int:
     if not ids:
         console.print("no Slurm jobs recorded for this run")
         return 0
-    live = sorted(set(_run(["squeue", "-h", "-j", ",".join(ids), "-o", "%F"]).split()), key=int)
+    live = _in_queue(ids)
     if not live:
         console.print(f"nothing to cancel: every job of this run ({', '.join(ids)}) has ended")
         return 0
@@ -48,6 +48,19 @@ def cancel_run(run_dir: Path, console: Console) -> int:
         return 1
     console.print(f"cancelled {', '.join(live)}; finished records are kept: {safe(resume_hint(run))} again resumes")
     return 0
+
+
+def _in_queue(ids: list[str]) -> list[str]:
+    """The job ids (array ids for arrays) of those Slurm still holds; none when squeue cannot answer."""
+    if not shutil.which("squeue"):
+        return []
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-j", ",".join(ids), "-o", "%F"], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return sorted(set(out.stdout.split()), key=int) if out.returncode == 0 else []
 
 
 def _cancel_local(run: RunDir, console: Console) -> int:

@@ -171,6 +171,46 @@ def wait_and_gather(
     return 0
 
 
+def follow(
+    plan: Plan, sub: Any, kind: str, console: Console, err: Console, every_s: float | None = None, noun: str = "records"
+) -> int:
+    """wait_and_gather, and Ctrl-C: a local run's jobs are stopped with SIGTERM (each writes what it finished and
+    gives its units back: job/entry.py), a Slurm run goes on; either way the user hears what is kept and what
+    resumes it. Exit code 130 after Ctrl-C."""
+    from launcher.store import write_json_atomic
+
+    try:
+        return wait_and_gather(plan, sub, console, every_s=every_s, noun=noun)
+    except KeyboardInterrupt:
+        again = safe(resume_hint(plan.run))
+        if kind != "local":
+            err.print(
+                "[yellow]stopped waiting:[/] the jobs go on in Slurm. `launcher status "
+                f"{safe(sub.run_dir)}` follows them, `launcher gather {safe(sub.run_dir)}` once they are done, "
+                f"`launcher cancel {safe(sub.run_dir)}` stops them (records written are kept).",
+                soft_wrap=True,
+            )
+            return 130
+        from launcher.submit.cancel import stop_local_jobs
+        from launcher.submit.lock import read_local_processes
+
+        err.print("[yellow]interrupted:[/] stopping the local jobs (each writes what it finished first)...")
+        try:
+            left = stop_local_jobs(read_local_processes(plan.run.submit_lock))
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting; the jobs have their SIGTERM and stop anyway
+            left = []
+        by = "Ctrl-C on `--wait`"  # after the jobs' own note (SIGTERM): this says who sent it
+        write_json_atomic(plan.run.interrupted, {"time": time.time(), "executor": kind, "by": by})
+        err.print(
+            ("[yellow]interrupted:[/] the local jobs stopped. " if not left else "[yellow]interrupted:[/] "
+             f"{len(left)} local job(s) still stopping (pids {' '.join(str(p.pid) for p in left)}). ")
+            + f"Every record already written is kept; {again} again resumes with the rest "
+            f"(`launcher status {safe(sub.run_dir)}` shows what is done).",
+            soft_wrap=True,
+        )  # fmt: skip
+        return 130
+
+
 def report_failed(plan: Plan, unit: Unit, console: Console) -> None:
     """Which unit, why (its last failure record, or its job's), the end of the log, what to run next."""
     from launcher.job.retries import read_failures
