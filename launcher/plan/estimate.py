@@ -141,7 +141,8 @@ def estimate(plan: Plan) -> tuple[Estimate | None, str]:
     gen_s = tokens / (rate * gpus)
     gpu_names = sorted({str(e.get("gpu")) for e in entries})
     basis = (
-        f"median of {len(entries)} earlier run(s) on {', '.join(gpu_names)}: {rate:,.0f} output tok/s per GPU, "
+        f"median of {len(entries)} earlier run(s) on {', '.join(gpu_names)}: {rate:,.0f} output tok/s per "
+        f"{'GPU' if per_job else 'worker'}, "
         f"start-up {startup:.0f} s; at most {tokens:,} tokens (every sample at max_tokens)"
     ) + (f"; {picked}" if picked else "")
     # CPU runs hold no GPU: their "GPU-hours" are worker-hours, and a GPU price does not apply to them

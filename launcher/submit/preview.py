@@ -150,7 +150,8 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
         wall = est.startup_s + est.generation_s
         console.print(
             f"estimate: ~{_duration(wall)} wall ({_duration(est.startup_s)} start-up + at most "
-            f"{_duration(est.generation_s)} generating), ~{est.gpu_hours:.2f} GPU-hours"
+            f"{_duration(est.generation_s)} generating)"
+            + (f", ~{est.gpu_hours:.2f} GPU-hours" if per_job else ", on the CPU (no GPU-hours)")
             + (f" (~{est.cost:,.2f} {spec.cost.currency})" if est.cost is not None else "")
             + f"; {safe(est.basis)}",
             soft_wrap=True,

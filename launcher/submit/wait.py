@@ -96,7 +96,7 @@ class ProgressLines:
             shown = f"{rate:.2f} {self.noun}/s, " + (f"ETA {_clock((self.total - done) / rate)}" if done < self.total
                                                      else "done")  # fmt: skip
         else:
-            shown = "rate: waiting for the first records" if not done else "rate: measuring"
+            shown = f"rate: waiting for the first {self.noun}" if not done else "rate: measuring"
         self.console.print(
             f"{time.strftime('%H:%M:%S')} {done}/{self.total} {self.noun} ({pct:.0f}%), {shown}; "
             f"units {units_done}/{units} done; {self.jobs} worker job(s); {_clock(now - self.t0)} elapsed",
