@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The plan-time estimates' history (plan/estimate.py): the suite's hundreds of tiny runs must not become the estimates
+# a user of this machine sees in ~/.cache/launcher/history.json ("median of 221 earlier run(s)" for the demo).
+os.environ.setdefault("LAUNCHER_HISTORY", str(Path(tempfile.mkdtemp(prefix="launcher-test-history-")) / "history.json"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

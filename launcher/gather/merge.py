@@ -124,9 +124,11 @@ def _describe_missing(r: GroupReport, plan: Plan) -> str:
         lines.append(f"  rows missing ({len(r.missing_rows)}): {r.missing_rows[:20]}")
     if r.bad_sample_counts:
         lines.append(f"  rows with a wrong number of samples: {r.bad_sample_counts[:20]}")
+    from launcher.plan.persist import resume_hint
+
     lines.append(
-        f"  fix: `launcher status {plan.run.root}` to see why; `launcher submit` the same spec again "
-        "to generate exactly what is missing (done records are kept)"
+        f"  fix: `launcher status {plan.run.root}` to see why; {resume_hint(plan.run)} again "
+        "generates exactly what is missing (done records are kept)"
     )
     return "\n".join(lines)
 

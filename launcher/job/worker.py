@@ -82,6 +82,7 @@ class Worker:
         self._held_by_others: dict[str, float] = {}  # unit -> when we last saw a live owner
         self._report_lock = threading.Lock()
         self.gpus = GpuSampler(cfg.gpu_ids)  # started with the first request: figures cover generation only
+        self._cpu_s0 = _cpu_seconds()  # a job that runs several models' workers in turn counts each its own
         self.report: WorkerReport = {
             "slot": cfg.slot,
             "job_index": cfg.job_index,
@@ -108,11 +109,17 @@ class Worker:
             "startup_phases": {},
             "error": None,
             "warnings": list(cfg.layout.notes),  # requests not honoured here: status and the console show them
+            "cpu_cores": _cpu_cores(),
+            "cpu_seconds": 0.0,
         }
 
     # -- the loop -------------------------------------------------------------------------------------------------
 
     def run(self) -> WorkerReport:
+        if self.stop_requested:  # told to stop before it started (a local job's SIGTERM): claims nothing
+            self._set(ended=time.time())
+            self._write_report()
+            return self.report
         spec = self.spec
         phases = self.report["startup_phases"]
         t0 = time.perf_counter()
@@ -427,6 +434,7 @@ class Worker:
         report["unit_windows"] = {a.unit_id: a.window() for a in self.active if a.first_at is not None}
         report["last_write_at"] = self.writer.last_write_at if self.writer is not None else None
         report["heartbeat_at"] = time.time()
+        report["cpu_seconds"] = round(_cpu_seconds() - self._cpu_s0, 3)
         if (gpu := self.gpus.figures()) is not None and (gpu["samples"] or gpu["error"]):
             report["gpu_monitor"] = gpu
         return report
@@ -463,6 +471,20 @@ class Worker:
             rate,
             ", ".join(a.unit_id for a in self.active if not a.finished) or "-",
         )
+
+
+def _cpu_cores() -> int:
+    """The cores this process may run on (Slurm's or taskset's affinity), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (an engine's helper processes), user + system."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def _process_start_wall() -> float:

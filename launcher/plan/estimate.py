@@ -48,7 +48,8 @@ def shape_key(plan: Plan) -> str:
 
 def record_run(plan: Plan, headline: dict[str, Any], worker: WorkerReport) -> None:
     """Add this run's measured rate (best effort: a history that cannot be written never fails a gather)."""
-    gen_s, tokens, gpus = headline.get("generation_wall_s"), headline.get("output_tokens"), headline.get("gpus")
+    gen_s, tokens = headline.get("generation_wall_s"), headline.get("output_tokens")
+    gpus = headline.get("gpus") or headline.get("workers_generating")  # a CPU run: per worker (one engine each)
     if not gen_s or not tokens or not gpus:
         return
     engine = worker.get("engine") or {}
@@ -76,6 +77,16 @@ def record_run(plan: Plan, headline: dict[str, Any], worker: WorkerReport) -> No
         write_json_atomic(path, {"runs": runs}, wait_s=0)
 
 
+def gpus_per_job(plan: Plan) -> int:
+    """GPUs a worker job will hold: what sbatch asks for on Slurm; a local job holds this machine's (none on a CPU
+    machine, whatever slurm.gpus_per_node says: that is a request to Slurm)."""
+    if plan.spec.executor == "local":
+        from launcher.plan.units import local_gpu_count
+
+        return local_gpu_count()
+    return plan.spec.slurm.gpus_per_node
+
+
 @dataclass(frozen=True)
 class Estimate:
     generation_s: float
@@ -92,7 +103,7 @@ def _same_device(entries: list[dict[str, Any]], plan: Plan) -> tuple[list[dict[s
     A GPU plan never borrows a CPU rate (or the reverse). Among GPU kinds, the one `slurm.constraint` names wins
     (h100 -> "NVIDIA H100 80GB HBM3"); without one, the kind measured most often, and the others are named so a
     user on another partition knows the estimate is not theirs."""
-    on_gpu = plan.spec.slurm.gpus_per_node > 0
+    on_gpu = gpus_per_job(plan) > 0
     pool = [e for e in entries if (str(e.get("gpu") or "cpu") != "cpu") == on_gpu]
     if not pool:
         return [], f"no earlier run of this model shape on {'GPUs' if on_gpu else 'CPU'}"
@@ -124,18 +135,20 @@ def estimate(plan: Plan) -> tuple[Estimate | None, str]:
         return None, f"{picked} ({key}) in {path}: an estimate comes after the first"
     rate = statistics.median(e["tokens_per_gpu_s"] for e in entries)
     startup = statistics.median(float(e.get("startup_s") or 0.0) for e in entries)
-    gpus = max(1, plan.gpus) if plan.spec.slurm.gpus_per_node else max(1, plan.jobs)
+    per_job = gpus_per_job(plan)
+    gpus = max(1, plan.jobs * per_job) if per_job else max(1, plan.jobs)
     tokens = plan.total_samples * plan.spec.sampling.max_tokens
     gen_s = tokens / (rate * gpus)
     gpu_names = sorted({str(e.get("gpu")) for e in entries})
     basis = (
-        f"median of {len(entries)} earlier run(s) on {', '.join(gpu_names)}: {rate:,.0f} output tok/s per GPU, "
+        f"median of {len(entries)} earlier run(s) on {', '.join(gpu_names)}: {rate:,.0f} output tok/s per "
+        f"{'GPU' if per_job else 'worker'}, "
         f"start-up {startup:.0f} s; at most {tokens:,} tokens (every sample at max_tokens)"
     ) + (f"; {picked}" if picked else "")
     # CPU runs hold no GPU: their "GPU-hours" are worker-hours, and a GPU price does not apply to them
-    gpu_hours = (gen_s + startup) * gpus / 3600 if plan.spec.slurm.gpus_per_node else 0.0
+    gpu_hours = (gen_s + startup) * gpus / 3600 if per_job else 0.0
     price = plan.spec.cost.gpu_hour
-    cost = gpu_hours * price if price is not None and plan.spec.slurm.gpus_per_node else None
+    cost = gpu_hours * price if price is not None and per_job else None
     return Estimate(gen_s, startup, gpu_hours, tokens, basis, cost), basis
 
 

@@ -73,6 +73,13 @@ class ResolvedRun:
     note: str = ""
 
 
+def resume_hint(run: RunDir) -> str:
+    """What goes on with this run, as a hint's words: the command its last submit recorded (a `launcher batch` file
+    has no spec to submit), else `launcher submit` of its spec. Data: print it through launcher.terminal."""
+    command = run.read_run().get("resume_with")
+    return f"`{command}`" if isinstance(command, str) and command else "`launcher submit` the same spec"
+
+
 def runs_of(spec: JobSpec) -> list[RunDir]:
     """The runs of this spec (its base id, and `<base>-<inputs>` made by --new-run), oldest first."""
     root = Path(spec.output.dir) / "runs"

@@ -78,6 +78,8 @@ class StructuredSpec(_Section):
 
 
 class SamplingSpec(_Section):
+    """How each sample is drawn (vLLM's names; the old inference_vllm.py defaults)."""
+
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     """0 means greedy. 1.0 is the old inference_vllm.py default, kept so migrated runs match."""
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)

@@ -89,6 +89,8 @@ class WorkerReport(TypedDict, total=False):
     engine: dict[str, Any]  # version, device, gpu_name, settings, reasons, startup
     workload: dict[str, Any]
     gpu_monitor: GpuFigures  # job/gpu_monitor.py: utilization histogram, peak memory, power (GPU workers)
+    cpu_cores: int  # cores this process may run on (its CPU affinity)
+    cpu_seconds: float  # CPU time (user + system) the worker's process used since the worker started
 
 
 __all__ = ["GpuFigures", "OutputRow", "UnitDone", "WorkerReport"]

@@ -74,6 +74,11 @@ class RunDir:
         return self.root / "submit.lock"
 
     @property
+    def interrupted(self) -> Path:
+        """Written when the user stopped a local run (Ctrl-C, SIGTERM, `launcher cancel`): status says INTERRUPTED."""
+        return self.root / "interrupted.json"
+
+    @property
     def gather_lock(self) -> Path:
         return self.root / "gather.lock"
 

@@ -1,6 +1,5 @@
 """status.py: run dir -> the run's worker jobs (Slurm state, node, requeues, last error), their workers (GPUs, the
 unit each holds, records, rate) and its units (done, running, pending, failed), plus the run's wall-clock figures.
-And `cancel`.
 
 Two sources, because each lags where the other does not: squeue knows live jobs at once (pending, running, and why
 pending) but forgets them when they end; sacct keeps finished jobs but learns of new ones ~5 s late. The run
@@ -17,11 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from launcher.plan import Plan
-from launcher.plan.persist import load_plan
-from launcher.store import RunDir, WorkerReport, read_json
+from launcher.plan.persist import load_plan, resume_hint
+from launcher.store import WorkerReport, read_json
 from launcher.store.claims import lease_s
 from launcher.submit.executors import task_job_ids
 
@@ -275,10 +272,10 @@ def _local_state(plan: Plan, index: int, reports: list[WorkerReport], all_done: 
         return "RUNNING", "local process"
     if failed:
         return "FAILED", "a worker raised"
-    interrupted = read_json(plan.run.root / "interrupted.json")
+    interrupted = read_json(plan.run.interrupted)
     submitted = ((plan.run.read_run().get("submissions") or [{}])[-1]).get("submitted_epoch") or 0
     if not all_done and interrupted and interrupted.get("time", 0) >= submitted:
-        return "INTERRUPTED", f"{interrupted.get('by')}: `launcher submit` the spec again to resume"
+        return "INTERRUPTED", f"{interrupted.get('by')}: {resume_hint(plan.run)} again resumes it"
     if all_done or any(r.get("state") in ("done", "idle") for r in reports):
         return "COMPLETED", ""
     return "FAILED" if procs else "LOCAL", "ended without a report (killed?)" if procs else "submitted"
@@ -345,23 +342,3 @@ def _last_log_error(logs: Path, job_id: str | None) -> str:
         if "Error" in line or "error" in line or "Killed" in line:
             return line.strip()
     return lines[-1] if lines else ""
-
-
-def cancel_run(run_dir: Path, console: Console) -> int:
-    """scancel every job of the run that Slurm still holds: the task arrays and the gather jobs."""
-    run = RunDir(Path(run_dir)).read_run()
-    gathers = {s["gather_job_id"] for s in run.get("submissions", []) if s.get("gather_job_id")}
-    ids = sorted(set(task_job_ids(run)) | gathers, key=int)
-    if not ids:
-        console.print("no Slurm jobs recorded for this run")
-        return 0
-    live = sorted(set(_run(["squeue", "-h", "-j", ",".join(ids), "-o", "%F"]).split()), key=int)
-    if not live:
-        console.print(f"nothing to cancel: every job of this run ({', '.join(ids)}) has ended")
-        return 0
-    proc = subprocess.run(["scancel", *live], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        console.print(f"scancel {' '.join(live)} failed: {proc.stderr.strip()}")
-        return 1
-    console.print(f"cancelled {', '.join(live)}; finished records are kept: `launcher submit` the spec again to resume")
-    return 0
