@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -84,7 +85,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, args.overrides)
     rows = check_inputs(spec)
-    resolved = resolve_run(spec, "new" if args.new_run else "resume" if args.resume else "auto")
+    command = shlex.join(
+        ["launcher", "submit", args.spec, *_flags(args.overrides, "--set"), *_flags([args.executor], "--executor")]
+    )
+    resolved = resolve_run(spec, "new" if args.new_run else "resume" if args.resume else "auto", command=command)
     plan = expand(spec, rows, run=resolved.run)
     if resolved.note:
         console.print(f"[yellow]{escape(resolved.note)}[/]: " + "; ".join(resolved.changes), soft_wrap=True)
@@ -184,7 +188,17 @@ def cmd_batch(args: argparse.Namespace) -> int:
     batch = batch_spec(input_path, output_path, args.model, args.spec, args.overrides)
     spec, good, bad = batch.spec, batch.requests, batch.bad_lines
     rows = check_inputs(spec)
-    resolved = resolve_run(spec)
+    command = shlex.join(
+        [
+            *("launcher", "batch", "-i", args.input, "-o", args.output),
+            *_flags([args.model], "--model"),
+            *_flags([args.spec], "--spec"),
+            *_flags([args.executor], "--executor"),
+            *_flags(args.overrides, "--set"),
+        ]
+    )
+    # A batch run's rows are the file's lines: changed lines cannot resume an earlier run, only start their own.
+    resolved = resolve_run(spec, "new" if args.new_run else "auto", command=command, can_resume=False)
     plan = expand(spec, rows, run=resolved.run)
     kind = args.executor or spec.executor
     if kind == "slurm":
@@ -201,7 +215,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     code = wait_and_gather(plan, sub, console)
     if code:
         return code
-    ok, errors = write_output(plan, input_path, output_path)
+    ok, errors = write_output(plan, input_path, output_path, command)
     console.print(f"wrote {output_path}: {ok} response(s), {errors} error(s)")
     return 0
 
@@ -233,7 +247,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from launcher.plan import check_inputs, expand
     from launcher.plan.persist import find_run_dir, resolve_run
     from launcher.submit.executors import submit
-    from launcher.submit.reproduce import agreement, check_reproducible, record_reproduction
+    from launcher.submit.reproduce import agreement, check_reproducible, original_clock, record_reproduction
 
     check = check_reproducible(
         find_run_dir(args.run), args.output_dir, args.allow_other_image, args.allow_other_launcher
@@ -241,7 +255,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for what in check.allowed_differences:
         err.print(f"[yellow]allowed:[/] {escape(what)}", soft_wrap=True)
     rows = check_inputs(check.spec)
-    resolved = resolve_run(check.spec)
+    command = shlex.join(
+        ["launcher", "reproduce", args.run, *_flags([args.output_dir and str(args.output_dir)], "--output-dir")]
+    )
+    resolved = resolve_run(check.spec, command=command)
+    resolved.new_run = None  # a reproduction of other inputs is not one: the refusal offers no new run
+    resolved.prompt_clock = original_clock(check.original.run)  # the original's date: the same prompts, any day
     plan = expand(check.spec, rows, run=resolved.run)
     kind = args.executor or check.spec.executor
     if kind == "slurm":
@@ -283,6 +302,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         "(docs/reproducibility.md); `launcher compare A B` shows where they part"
     )
     return 1 if args.require_identical and not identical else 0
+
+
+def _flags(values: list[str | None], flag: str) -> list[str]:
+    """[flag, value] for each value given: the command a refusal names is the one the user typed."""
+    return [x for v in values if v for x in (flag, v)]
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from launcher.spec.common import _FieldError, _Section
+from launcher.spec.safe_checks import compile_regex, schema_problem
 
 STRUCTURED_KINDS = ("json_schema", "regex", "choice", "grammar")
 
@@ -43,6 +44,16 @@ class StructuredSpec(_Section):
                 "fix the schema; `python -c 'import jsonschema, yaml, sys; jsonschema.validators.validator_for({}).'"
                 "check_schema(yaml.safe_load(sys.stdin))' < schema.yaml` checks one alone",
             ) from None
+        except RecursionError:
+            raise ValueError("a JSON Schema nested too deeply to check") from None
+        problem = schema_problem(value)
+        if problem is not None:
+            raise _FieldError(
+                (),
+                f"this JSON Schema cannot be checked safely: {problem}",
+                "a self-contained JSON Schema: local $refs (#/$defs/NAME) only, RE2 patterns",
+                "inline what the $ref points at (or put it under $defs and refer to it as #/$defs/NAME)",
+            )
         return value
 
     @field_validator("regex")
@@ -53,6 +64,7 @@ class StructuredSpec(_Section):
                 re.compile(value)
             except re.error as exc:
                 raise ValueError(f"not a regular expression: {exc}") from None
+            compile_regex(value)  # samples are judged with RE2 (linear time): a pattern it refuses is refused here
         return value
 
     @model_validator(mode="after")
