@@ -103,7 +103,20 @@ class SamplingSpec(_Section):
     ignore_eos: bool = False
     """Generate exactly max_tokens (benchmarks)."""
     stop: list[str] = Field(default_factory=list)
-    """Stop strings."""
+    """Stop strings (each at least one character: an empty one would end every sample before its first token)."""
     structured: StructuredSpec | None = None
     """Constrain every sample to a format (vLLM's structured outputs): exactly one of json_schema, regex, choice,
     grammar. vLLM only; the HF backend refuses it. JSON runs count the samples that parse in the summary."""
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: list[str]) -> list[str]:
+        empty = [i for i, x in enumerate(value) if x == ""]
+        if empty:
+            raise _FieldError(
+                (empty[0],),
+                "an empty stop string: every sample would stop before its first token (all empty)",
+                "stop strings of at least one character",
+                "remove the empty string from sampling.stop",
+            )
+        return value
