@@ -237,6 +237,15 @@ def check_template(text: str, field: str, where: str = "template") -> None:
             "for a template kept in a file",
         ) from None
     except Exception as exc:  # OverflowError from range(10**8), ZeroDivisionError, TypeError...: exit 2, not a trace
+        if "no loader" in str(exc):  # {% include %} in an environment without a loader (ours, on purpose)
+            raise SpecError.one(
+                where,
+                field,
+                "the template includes, imports or extends another file; templates cannot read files",
+                allowed="one self-contained template",
+                fix="paste what you meant to include into the template, or use data.templates.NAME.file "
+                "for a template kept in a file",
+            ) from None
         raise SpecError.one(
             where,
             field,

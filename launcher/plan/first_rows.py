@@ -73,7 +73,9 @@ def _check_prompts(spec: JobSpec, key: tuple[str | int, ...], path: Path, ablati
             texts.append(builder.prompt(rec).text)
         except Exception as exc:
             first_error = first_error or f"row {rec.row}: {type(exc).__name__}: {exc}"[:300]
-    where = spec.where(*key)
+    tpl = spec.data.templates.get(ablation)
+    part = "text" if tpl is not None and tpl.text is not None else "file"
+    where = spec.where("data", "templates", ablation, part) if tpl is not None else spec.where(*key)
     if not texts:
         raise SpecError.one(
             where,

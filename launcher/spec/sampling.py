@@ -64,7 +64,16 @@ class StructuredSpec(_Section):
                 re.compile(value)
             except re.error as exc:
                 raise ValueError(f"not a regular expression: {exc}") from None
-            compile_regex(value)  # samples are judged with RE2 (linear time): a pattern it refuses is refused here
+            try:  # samples are judged with RE2 (linear time): a pattern it refuses is refused here
+                compile_regex(value)
+            except ValueError as exc:
+                raise _FieldError(
+                    (),
+                    str(exc),
+                    "a regular expression of a regular language (RE2 syntax: classes, groups, |, *, +, ?, {m,n})",
+                    "rewrite it without backreferences (\\1) and lookaround ((?=...), (?!...), (?<=...)); "
+                    "or use sampling.structured.json_schema / grammar",
+                ) from None
         return value
 
     @model_validator(mode="after")
