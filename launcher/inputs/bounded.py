@@ -142,6 +142,7 @@ class BoundedChatSandbox(_Bounds, ImmutableSandboxedEnvironment):
 
         self.filters["tojson"] = tojson
         self.globals["raise_exception"] = raise_exception
+        self.globals["strftime_now"] = lambda fmt: time.strftime(fmt)  # a dry render: today will do
         self._guard_filters()
 
 
