@@ -148,3 +148,38 @@ def test_a_damaged_history_is_a_warning_never_a_failure(
     assert estimate(plan)[0] is None
     record_run(plan, headline, worker)
     assert history.is_dir() and not os.listdir(history)
+
+
+def test_settings_that_would_quarantine_every_record_are_refused_at_plan(tmp_path: Path, tiny_model: Path) -> None:
+    """Prompts counted with the model's tokenizer.json: with max_tokens they overflow the context on every first row."""
+    from launcher.errors import SpecError
+    from launcher.plan.preflight import check_all
+    from launcher.spec import load_spec
+
+    data = write_jsonl(tmp_path / "d.jsonl", USERS)
+    fits = make_spec(tmp_path, tiny_model, data, name="fits", model={"max_model_len": 512}, sampling={"max_tokens": 64})
+    check_all(load_spec(fits))
+    overflows = make_spec(tmp_path, tiny_model, data, name="over", model={"max_model_len": 64},
+                          sampling={"max_tokens": 60})  # fmt: skip
+    with pytest.raises(SpecError) as exc:
+        check_all(load_spec(overflows))
+    text = str(exc.value)
+    assert "sampling.max_tokens" in text and "every record would be quarantined" in text and "over.yaml:" in text
+
+
+def test_a_damaged_prompt_stats_cache_is_measured_again(tmp_path: Path, tiny_model: Path) -> None:
+    from launcher.job.prepare import prompt_stats
+    from launcher.plan import expand
+    from launcher.spec import load_spec
+
+    plan = expand(load_spec(make_spec(tmp_path, tiny_model, write_jsonl(tmp_path / "d.jsonl", USERS[:3]))))
+    plan.run.root.mkdir(parents=True)
+
+    class Lengths:  # what prompt_stats asks of a Preparer
+        def lengths(self, unit: Any) -> list[int]:
+            return [5, 7]
+
+    for damaged in ('{"units": [1, 2]}', '{"units": {"x": "abc", "y": [1]}}', "[" * 100_000):
+        plan.run.prompt_stats.write_text(damaged)
+        stats = prompt_stats(plan, Lengths())  # type: ignore[arg-type]
+        assert stats[plan.units[0].unit_id] == [2, 12, 7]

@@ -129,12 +129,14 @@ def batch_line(custom_id: str, text: str) -> dict[str, Any]:
 
 
 def test_batch_answers_stay_under_their_custom_ids(tmp_path: Path, tiny_model: Path) -> None:
-    requests = write_jsonl(tmp_path / "r.jsonl", [batch_line(f"q{i}", f"question {i}") for i in range(3)])
+    deep = "[" * 100_000 + "]" * 100_000  # a line nested without end: an error line, never a crash
+    requests = write_jsonl(tmp_path / "r.jsonl", [batch_line(f"q{i}", f"question {i}") for i in range(3)] + [deep])
     out = tmp_path / "out.jsonl"
     argv = ["batch", "-i", str(requests), "-o", str(out), "--model", str(tiny_model), "--set", "model.backend=hf",
             "--set", "sampling.max_tokens=3"]  # fmt: skip
     assert launcher(*argv).returncode == 0
     first = out.read_bytes()
+    assert "nested deeper than" in json.loads(first.splitlines()[-1])["error"]["message"]
     original = requests.read_bytes()
     requests.write_bytes(json.dumps(batch_line("new", "inserted first")).encode() + b"\n" + original)
     # the output is never re-read by position: a changed input is refused, with fixes `launcher batch` takes
@@ -151,7 +153,7 @@ def test_batch_answers_stay_under_their_custom_ids(tmp_path: Path, tiny_model: P
     new = launcher(*argv, "--new-run")
     assert new.returncode == 0, new.stderr[-2000:]
     got = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [g["custom_id"] for g in got] == ["new", "q0", "q1", "q2"]
+    assert [g["custom_id"] for g in got] == ["new", "q0", "q1", "q2", None]
     new_run = next(p for p in (tmp_path / "out.jsonl.run" / "runs").iterdir() if p != plan.run.root)
     prompts = {r["record_id"]: r["prompt"] for r in read_samples(load_plan(new_run).run.output_dir / "batch" / "full")}
     assert "inserted first" in prompts["new"] and all(f"question {i}" in prompts[f"q{i}"] for i in range(3))
