@@ -1,12 +1,12 @@
 """inputs/guard.py: the inputs a run was submitted with -> checked again whenever a unit reads them; the prompt clock.
 
-At submit, before any job starts, <run>/inputs.json records the inputs' identity (identity.py), the command that
-submits the run again (what a refusal tells the user to run) and the prompt clock. A worker checks, before it
-prepares a unit and again once it has read the unit's rows, that every file the unit's prompts come from still holds
-what was recorded: its dataset, the preamble, the spec's template files, and the model's files (tokenizer, chat
-templates, generation_config.json, weights). A file that changed refuses the unit (InputChanged: the worker records
-it as the unit's failure, naming the file and the fix), so no unit mixes two versions of an input and the samples
-always answer the rows the run recorded.
+At submit, before any job starts, <run>/inputs.json (RunDir.inputs_record) records the inputs' identity
+(identity.py), the command that submits the run again (what a refusal tells the user to run) and the prompt clock.
+A worker checks, before it prepares a unit and again once it has read the unit's rows, that every file the unit's
+prompts come from still holds what was recorded: its dataset, the preamble, the spec's template files, and the
+model's files (tokenizer, chat templates, generation_config.json, weights). A file that changed refuses the unit
+(InputChanged: the worker records it as the unit's failure, naming the file and the fix), so no unit mixes two
+versions of an input and the samples always answer the rows the run recorded.
 
 Cost: a file's content is hashed (identity.py: whole up to 1 GiB, sampled beyond) once per worker, then only stat()ed:
 its inode, size, mtime and ctime are remembered, and only a change in them hashes it again. A file rewritten with the
@@ -33,8 +33,6 @@ from typing import Any
 
 from launcher.inputs.identity import InputIdentity, dataset_identity, file_identity, model_identity, prompt_files
 from launcher.store import RunDir, read_json, write_json_atomic
-
-INPUTS_FILE = "inputs.json"
 
 
 class InputChanged(RuntimeError):
@@ -83,7 +81,7 @@ class PromptClock:
 
 # ---- the record ------------------------------------------------------------------------------------------------
 def record_path(run: RunDir) -> Path:
-    return run.root / INPUTS_FILE
+    return run.inputs_record
 
 
 def read_record(run: RunDir) -> dict[str, Any]:
@@ -118,7 +116,7 @@ def run_clock(run: RunDir) -> PromptClock:
     clock = PromptClock.now()
     path = record_path(run)
     with contextlib.suppress(OSError):
-        fd, tmp = tempfile.mkstemp(dir=run.root, prefix=f".{INPUTS_FILE}.")
+        fd, tmp = tempfile.mkstemp(dir=run.root, prefix=f".{path.name}.")
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump({"prompt_clock": clock.as_json()}, f)
@@ -243,7 +241,6 @@ class InputGuard:
 
 
 __all__ = [
-    "INPUTS_FILE",
     "InputChanged",
     "InputGuard",
     "PromptClock",
