@@ -48,9 +48,9 @@ def _check_columns(spec: JobSpec, key: tuple[str | int, ...], path: Path, rows: 
     fields = spec.data.fields
     seen = {str(k) for row in rows for k in row}
     for name in COLUMN_FIELDS:
-        if name not in fields.model_fields_set:  # the defaults are optional columns; only a name the user gave
-            continue
         column = getattr(fields, name)
+        if column == type(fields).model_fields[name].default:  # the default names optional columns; a name given
+            continue  # in the spec is one the user expects the file to have
         if column not in seen:
             raise spec.error(
                 ("data", "fields", name),
