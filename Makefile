@@ -82,8 +82,8 @@ slurm-up:
 	bash slurm/up.sh
 
 # The long seeded fault campaign (tests/faults/campaign.py; root: it mounts and restarts slurmd): every fault kind
-# (10) 9 times against the local Slurm; the figures go to docs/faults-last-campaign.json (docs/reliability.md).
-FAULT_TRIALS ?= 90
+# (12) 9 times against the local Slurm; the figures go to docs/faults-last-campaign.json (docs/reliability.md).
+FAULT_TRIALS ?= 108
 FAULT_SEED ?= 1
 faults: install-test slurm-up
 	$(BIN)/python -m tests.faults.campaign --trials $(FAULT_TRIALS) --seed $(FAULT_SEED) \

@@ -93,12 +93,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     kind = args.executor or spec.executor
     _check_slurm(spec, kind, "--executor slurm" if args.executor else spec.where("executor"))
     rows = check_inputs(spec)
-    resolved = resolve_run(spec, "new" if args.new_run else "resume" if args.resume else "auto")
+    command = shlex.join(
+        ["launcher", "submit", args.spec, *_flags(args.overrides, "--set"), *_flags([args.executor], "--executor")]
+    )
+    resolved = resolve_run(spec, "new" if args.new_run else "resume" if args.resume else "auto", command=command)
     plan = expand(spec, rows, run=resolved.run)
     if resolved.note:
         console.print(f"[yellow]{safe(resolved.note)}[/]: " + safe("; ".join(resolved.changes)), soft_wrap=True)
-    again = ["launcher", "submit", args.spec, *[a for o in args.overrides for a in ("--set", o)]]
-    sub = submit(plan, kind, resolved, shlex.join(again + (["--executor", kind] if args.executor else [])))
+    sub = submit(plan, kind, resolved, command)
     console.print(
         f"run [bold]{safe(plan.run.run_id)}[/]: {sub.units_todo} unit(s) to do"
         + (f", {sub.units_done} already done" if sub.units_done else "")
@@ -183,9 +185,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
     kind = args.executor or spec.executor
     _check_slurm(spec, kind, "--executor slurm" if args.executor else spec.where("executor"))
     rows = check_inputs(spec)
-    resolved = resolve_run(spec)
+    command = shlex.join(batch_command(args))
+    # A batch run's rows are the file's lines: changed lines cannot resume an earlier run, only start their own.
+    resolved = resolve_run(spec, "new" if args.new_run else "auto", command=command, can_resume=False)
     plan = expand(spec, rows, run=resolved.run)
-    sub = submit(plan, kind, resolved, shlex.join(batch_command(args)))
+    sub = submit(plan, kind, resolved, command)
     # One way of counting: lines of the file. Each line is a record of the run (a bad one too: it gets its error
     # line), so the progress, this line and the last one all count the same lines.
     console.print(
@@ -198,7 +202,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     code = _wait(plan, sub, kind, args, noun="lines")
     if code:
         return code
-    ok, errors = write_output(plan, input_path, output_path)
+    ok, errors = write_output(plan, input_path, output_path, command)
     failed = errors - bad  # requests a worker refused or could not run (quarantined: too long, bad settings)
     console.print(
         f"wrote {safe(output_path)}: {ok + errors} line(s): {ok} response(s), {errors} error line(s)"
@@ -246,7 +250,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from launcher.plan import check_inputs, expand
     from launcher.plan.persist import find_run_dir, resolve_run
     from launcher.submit.executors import submit
-    from launcher.submit.reproduce import agreement, check_reproducible, record_reproduction
+    from launcher.submit.reproduce import agreement, check_reproducible, original_clock, record_reproduction
 
     check = check_reproducible(
         find_run_dir(args.run), args.output_dir, args.allow_other_image, args.allow_other_launcher
@@ -256,7 +260,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     kind = args.executor or check.spec.executor
     _check_slurm(check.spec, kind, "--executor slurm" if args.executor else f"{check.original.run.run_json}")
     rows = check_inputs(check.spec)
-    resolved = resolve_run(check.spec)
+    command = shlex.join(
+        ["launcher", "reproduce", args.run, *_flags([args.output_dir and str(args.output_dir)], "--output-dir")]
+    )
+    resolved = resolve_run(check.spec, command=command)
+    resolved.new_run = None  # a reproduction of other inputs is not one: the refusal offers no new run
+    resolved.prompt_clock = original_clock(check.original.run)  # the original's date: the same prompts, any day
     plan = expand(check.spec, rows, run=resolved.run)
     sub = submit(plan, kind, resolved)
     record_reproduction(plan, check)
@@ -292,6 +301,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         "(docs/reproducibility.md); `launcher compare A B` shows where they part"
     )
     return 1 if args.require_identical and not identical else 0
+
+
+def _flags(values: list[str | None], flag: str) -> list[str]:
+    """[flag, value] for each value given: the command a refusal names is the one the user typed."""
+    return [x for v in values if v for x in (flag, v)]
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

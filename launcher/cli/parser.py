@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--executor", choices=["slurm", "local"], default=None, help="default: the spec's, else local")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C")
     c.add_argument("--progress-every", type=float, default=None, metavar="SECONDS", help=PROGRESS_HELP)
+    c.add_argument(
+        "--new-run",
+        action="store_true",
+        help="the input changed since the last `launcher batch` of it: run it as a run of its own (the same command "
+        "without it refuses a changed input; with the original file back it resumes)",
+    )
 
     c = sub.add_parser(
         "report",

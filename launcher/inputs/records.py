@@ -106,8 +106,34 @@ def _jsonl_rows(path: Path, start: int, stop: int | None) -> Iterator[Row]:
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 yield i, BadRow(f"invalid JSON: {exc}", line[:500].decode("utf-8", "replace"))
                 continue
+            except RecursionError:  # `[[[[...` 100,000 deep: the parser gives up, the row is bad, the run goes on
+                raw = line[:500].decode("utf-8", "replace")
+                yield i, BadRow(f"JSON nested deeper than {MAX_DEPTH} levels", raw)
+                continue
             raw = line[:500].decode("utf-8", "replace")
-            yield i, obj if isinstance(obj, dict) else BadRow("not a JSON object", raw)
+            if not isinstance(obj, dict):
+                yield i, BadRow("not a JSON object", raw)
+            elif too_deep(obj):  # rendering, copying or dumping it again would recurse as deep
+                yield i, BadRow(f"JSON nested deeper than {MAX_DEPTH} levels", raw)
+            else:
+                yield i, obj
+
+
+MAX_DEPTH = 100  # levels of nested lists/objects a record may have (real data: a handful)
+
+
+def too_deep(obj: Any, limit: int = MAX_DEPTH) -> bool:
+    """More than `limit` levels of nesting (walked without recursion: the check must not crash on what it checks)."""
+    stack = [(obj, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return False
 
 
 def _parquet_table(path: Path) -> Any:

@@ -16,7 +16,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from launcher.engines import Workload
+from launcher.inputs.bounded import MAX_ITEMS, RENDER_S, BoundExceeded, deadline
 from launcher.inputs.chat import NotUsable
+from launcher.inputs.guard import InputChanged, InputGuard, PromptClock
 from launcher.inputs.prompts import PromptBuilder, make_builder, read_chat_template
 from launcher.inputs.records import Quarantined, Record, first_rows, read_shard
 from launcher.plan import Plan, Unit
@@ -79,9 +81,12 @@ def load_tokenizer(spec: JobSpec) -> Any:
     return AutoTokenizer.from_pretrained(spec.model.path, trust_remote_code=spec.model.trust_remote_code)
 
 
-def chat_formatter(tokenizer: Any, data: DataSpec | None = None) -> Callable[[list[dict[str, str]]], str] | None:
+def chat_formatter(
+    tokenizer: Any, data: DataSpec | None = None, clock: PromptClock | None = None
+) -> Callable[[list[dict[str, str]]], str] | None:
     """messages -> prompt text through the chat template: the spec's own (data.chat_template as text), else the
-    tokenizer's; None without one, or when data.chat_template is false."""
+    tokenizer's; None without one, or when data.chat_template is false. A template's `strftime_now` reads `clock`
+    (the run's submit time) instead of today; each render is bounded in time (inputs/bounded.py)."""
     if data is not None and data.chat_template is False:
         return None
     template = read_chat_template(data) if data is not None else None
@@ -90,9 +95,17 @@ def chat_formatter(tokenizer: Any, data: DataSpec | None = None) -> Callable[[li
     kwargs = dict(data.chat_template_kwargs) if data is not None else {}
     if template is not None:
         kwargs["chat_template"] = template
-    return lambda messages: tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True, **kwargs
-    )
+    if clock is not None:  # a render variable: it shadows transformers' global of the same name
+        kwargs["strftime_now"] = clock.strftime_now()
+
+    def render(messages: list[dict[str, str]]) -> str:
+        with deadline(RENDER_S, "the chat template"):
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+        if len(text) > MAX_ITEMS:
+            raise BoundExceeded(f"the chat template wrote {len(text):,} characters: at most {MAX_ITEMS:,}")
+        return str(text)
+
+    return render
 
 
 def token_limit(spec: JobSpec) -> int | None:
@@ -108,9 +121,12 @@ def token_limit(spec: JobSpec) -> int | None:
 class Preparer:
     """Reads and tokenizes units for one worker: the tokenizer and prompt builders are made once."""
 
-    def __init__(self, spec: JobSpec, tokenizer: Any) -> None:
+    def __init__(
+        self, spec: JobSpec, tokenizer: Any, guard: InputGuard | None = None, clock: PromptClock | None = None
+    ) -> None:
         self.spec, self.tokenizer = spec, tokenizer
-        self.chat = chat_formatter(tokenizer, spec.data)
+        self.guard = guard  # checks every file a unit reads against the run's record (InputChanged)
+        self.chat = chat_formatter(tokenizer, spec.data, clock)
         self.limit = token_limit(spec)
         self._builders: dict[str, PromptBuilder] = {}
         self._first: dict[str, dict[str, int]] = {}
@@ -147,11 +163,17 @@ class Preparer:
         return out
 
     def prepare(self, unit: Unit, done_rows: set[int] | frozenset[int] = frozenset()) -> PreparedUnit:
+        """Raises InputChanged (inputs/guard.py) when a file the unit reads is not what the run recorded: before its
+        rows are read, and again after (a file replaced while it was read)."""
         spec = self.spec
         split = self.split(unit.dataset)
         fmt = self.format(unit.dataset)
+        if self.guard is not None:
+            self.guard.check_unit(unit)
         records, bad = read_shard(Path(unit.data_path), unit.start, unit.stop, spec.data.fields, split, fmt)
         first = self.first_rows(unit.data_path, split, fmt)
+        if self.guard is not None:
+            self.guard.check_unit(unit)
         kept: list[Record] = []
         for rec in records:
             if first.get(rec.record_id, rec.row) != rec.row:
@@ -223,14 +245,23 @@ def prompt_stats(plan: Plan, preparer: Preparer, units: list[Unit] | None = None
     """unit id -> [records, total prompt tokens, longest prompt], for every unit of the run; read from the run
     directory when a worker already measured them."""
     run: RunDir = plan.run
-    cached = read_json(run.prompt_stats)
-    stats: dict[str, list[float]] = {k: list(v) for k, v in (cached.get("units") or {}).items()}
+    cached = read_json(run.prompt_stats).get("units")
+    stats: dict[str, list[float]] = {}
+    for k, v in (cached if isinstance(cached, dict) else {}).items():
+        if isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v):
+            stats[str(k)] = [float(x) for x in v]
+        else:  # a damaged cache is measured again, never trusted or fatal
+            log.warning("%s: unit %r holds %r, not [records, tokens, longest]; measured again", run.prompt_stats, k, v)
     missing = [u for u in (units if units is not None else plan.units) if u.unit_id not in stats]
     if missing:
+        refused = False
         for u in missing:
-            lengths = preparer.lengths(u)
+            try:
+                lengths = preparer.lengths(u)
+            except InputChanged:  # its unit is refused when claimed; the others still size the engine
+                lengths, refused = [], True
             stats[u.unit_id] = [len(lengths), sum(lengths), max(lengths, default=0)]
-        if units is None:
+        if units is None and not refused:
             write_json_atomic(run.prompt_stats, {"units": stats})
     return stats
 

@@ -31,6 +31,7 @@ from typing import Any
 from launcher import faults
 from launcher.engines import Completion, Engine, GenerationRequest, create_engine, select_backend
 from launcher.engines.multinode import NodeGroup, Rendezvous
+from launcher.inputs.guard import InputChanged, InputGuard, read_record, run_clock
 from launcher.job.gpu_monitor import GpuSampler
 from launcher.job.prepare import Preparer, load_tokenizer, prompt_stats, workload_of
 from launcher.job.writer import ActiveUnit, ChunkWriter
@@ -125,7 +126,8 @@ class Worker:
         t0 = time.perf_counter()
         heartbeat = threading.Thread(target=self._heartbeat, name="worker-heartbeat", daemon=True)
         tokenizer = load_tokenizer(spec)
-        preparer = Preparer(spec, tokenizer)
+        guard = InputGuard(self.plan.spec, read_record(self.rundir))
+        preparer = Preparer(spec, tokenizer, guard, run_clock(self.rundir))
         phases["tokenizer_s"] = round(time.perf_counter() - t0, 3)
         self.writer = ChunkWriter(spec.output.chunk_records, self.cfg.slot)
         first = self._first_unit(preparer)
@@ -360,7 +362,11 @@ class Worker:
                     ", ".join(p.name for p in scan.damaged),
                 )
                 udir.set_damaged_aside(scan.damaged)
-            prepared = preparer.prepare(unit, set(scan.rows))
+            try:
+                prepared = preparer.prepare(unit, set(scan.rows))
+            except InputChanged as exc:
+                self._refuse(unit, udir, claim, exc)
+                continue
             udir.write_quarantine([{"row": q.row, "reason": q.reason, "raw": q.raw} for q in prepared.quarantined])
             active = ActiveUnit(prepared, udir, claim, remaining=len(prepared.token_ids))
             self.active.append(active)
@@ -375,6 +381,25 @@ class Worker:
             )
             return active
         return None
+
+    def _refuse(self, unit: Unit, udir: Any, claim: Any, exc: InputChanged) -> None:
+        """An input of the unit changed since submit: the unit's failure says which and what to do; this worker
+        goes on with its other units (each worker refuses a unit once: the check costs a stat())."""
+        log.error("worker %s: unit %s refused: %s", self.cfg.slot, unit.unit_id, exc)
+        udir.record_failure(
+            self.cfg.slot,
+            {
+                "worker": self.cfg.slot,
+                "host": socket.gethostname(),
+                "time": time.time(),
+                "error": f"InputChanged: {exc}"[:2000],
+                "submission": os.environ.get("LAUNCHER_SUBMISSION"),
+                "job_id": self.owner.job_id,
+            },
+        )
+        udir.claims.release(claim)
+        self._skip.add(unit.unit_id)
+        self._warn(f"unit {unit.unit_id} refused: {exc}"[:500])
 
     # -- stopping, failing, reporting ----------------------------------------------------------------------------
 

@@ -4,11 +4,18 @@ Each gathered run adds one entry (keyed by run id, so gathering again changes no
 the backend, the output tokens per GPU-second over the generation window (wall clock) and the engine start-up. A
 plan for the same model shape uses the median of those entries. Kept in ~/.cache/launcher/history.json
 ($LAUNCHER_HISTORY to move it); nothing leaves the machine.
+
+The history is a cache: whatever it holds (not JSON, nested without end, a folder, 1 GB, entries of the wrong
+shape) is a warning in `plan` and in every gather, never a failure. A file that is not a history at all is left
+alone; damaged entries are dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import math
 import os
 import re
 import statistics
@@ -19,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from launcher.plan import Plan
-from launcher.store import WorkerReport, read_json, write_json_atomic
+from launcher.store import WorkerReport, write_json_atomic
 
 HISTORY_ENV = "LAUNCHER_HISTORY"
 MAX_ENTRIES = 500
+MAX_HISTORY_BYTES = 8 << 20  # 500 entries take ~200 KB
+log = logging.getLogger("launcher.plan")
 
 
 def history_path() -> Path:
@@ -46,8 +55,57 @@ def shape_key(plan: Plan) -> str:
     return f"{shape} q={spec.model.quantization or 'none'}"
 
 
+def _usable(entry: Any) -> bool:
+    if not isinstance(entry, dict) or not isinstance(entry.get("shape"), str):
+        return False
+    rate, startup = entry.get("tokens_per_gpu_s"), entry.get("startup_s")
+    number = (int, float)
+    return (
+        isinstance(rate, number)
+        and not isinstance(rate, bool)
+        and math.isfinite(rate)
+        and rate > 0
+        and (startup is None or (isinstance(startup, number) and math.isfinite(startup) and startup >= 0))
+    )
+
+
+def read_history(path: Path) -> tuple[dict[str, dict[str, Any]] | None, str | None]:
+    """(run id -> entry, only the usable ones; None when the file is not a history to add to), and a warning."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return {}, None
+    except OSError as exc:
+        return None, f"{path}: cannot read the run history ({exc.strerror}); estimates are off"
+    if not path.is_file():
+        return None, f"{path} is not a file; the run history is ignored (remove it, or set ${HISTORY_ENV})"
+    if st.st_size > MAX_HISTORY_BYTES:
+        return None, (
+            f"{path} is {st.st_size / 2**20:.0f} MiB, more than a run history ever holds "
+            f"({MAX_HISTORY_BYTES >> 20} MiB): ignored; remove it, or set ${HISTORY_ENV}"
+        )
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:120]
+        return None, f"{path} is not a run history ({why}): ignored and left as it is; remove it to start a new one"
+    runs = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(runs, dict):
+        return None, f"{path} holds no 'runs' mapping: ignored and left as it is; remove it to start a new one"
+    usable = {str(k): v for k, v in runs.items() if _usable(v)}
+    dropped = len(runs) - len(usable)
+    return usable, (f"{path}: {dropped} damaged entr{'y' if dropped == 1 else 'ies'} ignored" if dropped else None)
+
+
 def record_run(plan: Plan, headline: dict[str, Any], worker: WorkerReport) -> None:
-    """Add this run's measured rate (best effort: a history that cannot be written never fails a gather)."""
+    """Add this run's measured rate (best effort: a history that cannot be read or written never fails a gather)."""
+    try:
+        _record_run(plan, headline, worker)
+    except Exception as exc:  # a cache: whatever goes wrong, the gather's outputs are what matter
+        log.warning("run history not updated: %s: %s", type(exc).__name__, exc)
+
+
+def _record_run(plan: Plan, headline: dict[str, Any], worker: WorkerReport) -> None:
     gen_s, tokens = headline.get("generation_wall_s"), headline.get("output_tokens")
     gpus = headline.get("gpus") or headline.get("workers_generating")  # a CPU run: per worker (one engine each)
     if not gen_s or not tokens or not gpus:
@@ -66,9 +124,12 @@ def record_run(plan: Plan, headline: dict[str, Any], worker: WorkerReport) -> No
         "when": time.strftime("%Y-%m-%d"),
     }
     path = history_path()
+    runs, warning = read_history(path)
+    if warning:
+        log.warning("%s", warning)
+    if runs is None:
+        return
     with contextlib.suppress(OSError):
-        data = read_json(path)
-        runs = data.get("runs") or {}
         runs[plan.run.run_id] = entry
         if len(runs) > MAX_ENTRIES:
             runs = dict(list(runs.items())[-MAX_ENTRIES:])
@@ -124,10 +185,22 @@ def _same_device(entries: list[dict[str, Any]], plan: Plan) -> tuple[list[dict[s
 
 
 def estimate(plan: Plan) -> tuple[Estimate | None, str]:
-    """(estimate, why) for this plan from earlier runs of the same model shape and device kind; (None, why not)."""
+    """(estimate, why) for this plan from earlier runs of the same model shape and device kind; (None, why not).
+    Never raises: a plan is never refused for what a cache holds."""
+    try:
+        return _estimate(plan)
+    except Exception as exc:
+        log.warning("no estimate: %s: %s", type(exc).__name__, exc)
+        return None, f"no estimate ({type(exc).__name__}: {str(exc)[:200]})"
+
+
+def _estimate(plan: Plan) -> tuple[Estimate | None, str]:
     key = shape_key(plan)
     path = history_path()
-    entries = [e for e in (read_json(path).get("runs") or {}).values() if e.get("shape") == key]
+    runs, warning = read_history(path)
+    if warning:
+        log.warning("%s", warning)
+    entries = [e for e in (runs or {}).values() if e.get("shape") == key]
     if not entries:
         return None, f"no earlier run of this model shape ({key}) in {path}: an estimate comes after the first"
     entries, picked = _same_device(entries, plan)
@@ -152,4 +225,4 @@ def estimate(plan: Plan) -> tuple[Estimate | None, str]:
     return Estimate(gen_s, startup, gpu_hours, tokens, basis, cost), basis
 
 
-__all__ = ["Estimate", "estimate", "history_path", "record_run", "shape_key"]
+__all__ = ["Estimate", "estimate", "history_path", "read_history", "record_run", "shape_key"]

@@ -111,7 +111,7 @@ def read_json(path: Path) -> dict[str, Any]:
     a file another process is replacing, or one a crash left empty)."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -27,6 +27,7 @@ from typing import Any
 import submitit
 
 from launcher.errors import Refused
+from launcher.inputs.guard import write_record
 from launcher.job.entry import JobRunner
 from launcher.job.retries import teardown_lines
 from launcher.plan import Plan
@@ -180,6 +181,14 @@ def submit(
                     fix=f"wait for them, or `launcher cancel {run.root}` first (finished records are kept)",
                 )
         save_plan(plan)
+        # Before any job starts: what its workers check every unit's inputs against (inputs/guard.py)
+        write_record(
+            run,
+            resolved.inputs if resolved else None,
+            resolved.command if resolved else "launcher submit SPEC",
+            resolved.new_run if resolved else "launcher submit SPEC --new-run",
+            resolved.prompt_clock if resolved else None,
+        )
         if spec.container.runtime != "none":
             from launcher.containers.shim import write_spec_request
 

@@ -311,7 +311,7 @@ def _unit_status(plan: Plan, unit: Any, submission: str | None) -> UnitStatus:
             unit.unit_id, "DONE", unit.rows, unit.rows, "", len(failures), last_error[:200], unit.cell.label
         )
     rows = sum(p.read_bytes().count(b"\n") for p in udir.chunk_files())
-    head = udir.claims.head()
+    head = udir.claims.head(observe=False)  # status reads; only workers leave a witness
     if len(failures) > plan.spec.slurm.max_retries:
         state, owner = "FAILED", ""
     elif head is not None and not head.released and head.age_s < lease_s():

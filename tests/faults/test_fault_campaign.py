@@ -16,7 +16,7 @@ import pytest
 
 from .campaign import KINDS, TrialResult, Workload, describe, make_workload, plan_trials, run_campaign, schedule
 
-TRIALS = int(os.environ.get("LAUNCHER_FAULT_TRIALS", "21"))
+TRIALS = int(os.environ.get("LAUNCHER_FAULT_TRIALS", "25"))
 SEED = int(os.environ.get("LAUNCHER_FAULT_SEED", "6"))
 SHAPE = Workload(
     Path("/nonexistent"),
