@@ -178,7 +178,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from launcher.plan.persist import resolve_run
     from launcher.submit.executors import submit
     from launcher.submit.openai_batch import batch_spec, write_output
-    from launcher.submit.wait import wait_and_gather
+    from launcher.submit.wait import report_empty_run, wait_for_run
 
     input_path, output_path = Path(args.input), Path(args.output)
     batch = batch_spec(input_path, output_path, args.model, args.spec, args.overrides)
@@ -198,12 +198,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
         + (f", {sub.units_done} already done" if sub.units_done else "") + f") in {plan.run.root}",
         soft_wrap=True,
     )  # fmt: skip
-    code = wait_and_gather(plan, sub, console)
-    if code:
-        return code
+    reports = wait_for_run(plan, sub, console)
+    if reports is None:
+        return 1
     ok, errors = write_output(plan, input_path, output_path)
     console.print(f"wrote {output_path}: {ok} response(s), {errors} error(s)")
-    return 0
+    return 1 if report_empty_run(reports, console) else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -40,6 +40,35 @@ class Completion:
     key: int
     prompt_tokens: int
     samples: tuple[Sample, ...]
+    error: str | None = None  # this request alone could not be generated (why): the worker quarantines its record
+
+
+def refused(req: GenerationRequest, why: str) -> Completion:
+    """The answer to a request the engine cannot serve: an error for this request only, never its batch's."""
+    return Completion(req.key, len(req.prompt_token_ids), (), why[:500])
+
+
+class FailureBreaker:
+    """Tells a request that fails alone from an engine that fails everything. A request that raises on its own is
+    refused (its record is quarantined); but when every one of MAX_IN_A_ROW requests in a row failed, none
+    succeeding between them, the engine itself is broken: raise, so that the worker fails and its job is retried,
+    instead of quarantining a whole dataset."""
+
+    MAX_IN_A_ROW = 8
+
+    def __init__(self) -> None:
+        self.in_a_row = 0
+
+    def ok(self) -> None:
+        self.in_a_row = 0
+
+    def failed(self, exc: BaseException) -> None:
+        self.in_a_row += 1
+        if self.in_a_row >= self.MAX_IN_A_ROW:
+            raise RuntimeError(
+                f"{self.in_a_row} requests in a row failed on their own, none between them succeeded: the engine "
+                f"is broken, not the records (last: {type(exc).__name__}: {exc})"
+            ) from exc
 
 
 @dataclass
@@ -71,9 +100,10 @@ class Engine(ABC):
 
     @abstractmethod
     def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[Completion]:
-        """Yields completions as they finish (any order); every request is answered exactly once. `requests` is
-        pulled lazily, only when the engine has room: a worker feeds unit after unit through one call, so the
-        batch never drains between units."""
+        """Yields completions as they finish (any order); every request is answered exactly once: with its samples,
+        or with `error` when this request alone cannot be generated (a feature this backend cannot serve, a prompt
+        the engine refuses). `requests` is pulled lazily, only when the engine has room: a worker feeds unit after
+        unit through one call, so the batch never drains between units."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the GPU before the process exits (vLLM's worker processes)."""

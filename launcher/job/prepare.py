@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from launcher.engines import Workload
 from launcher.inputs.chat import NotUsable
+from launcher.inputs.encodable import first_unencodable
 from launcher.inputs.prompts import PromptBuilder, make_builder, read_chat_template
 from launcher.inputs.records import Quarantined, Record, first_rows, read_shard
 from launcher.plan import Plan, Unit
@@ -133,18 +134,29 @@ class Preparer:
             self._builders[ablation] = make_builder(self.spec.data, ablation, self.chat)
         return self._builders[ablation]
 
-    def encode(self, texts: list[str], templated: list[bool] | None = None) -> list[list[int]]:
-        """Token ids of each text; a text the chat template made already holds its special tokens (BOS)."""
+    def encode(self, texts: list[str], templated: list[bool] | None = None) -> list[list[int] | str]:
+        """Token ids of each text, or why the tokenizer refused it. A text the chat template made already holds its
+        special tokens (BOS). Batches of TOKENIZE_BATCH; a batch the tokenizer refuses is tokenized again one text
+        at a time, so only the culprit fails (and is quarantined), never its neighbours."""
         flags = templated if templated is not None else [self.chat is not None] * len(texts)
-        out: list[list[int]] = [[] for _ in texts]
+        out: list[list[int] | str] = [[] for _ in texts]
         for flag in (True, False):
             idx = [i for i, f in enumerate(flags) if f is flag]
             for i in range(0, len(idx), TOKENIZE_BATCH):
                 part = idx[i : i + TOKENIZE_BATCH]
-                ids = self.tokenizer([texts[j] for j in part], add_special_tokens=not flag)["input_ids"]
+                try:
+                    ids = self.tokenizer([texts[j] for j in part], add_special_tokens=not flag)["input_ids"]
+                except Exception:
+                    ids = [self._encode_one(texts[j], flag) for j in part]
                 for j, x in zip(part, ids, strict=True):
-                    out[j] = list(x)
+                    out[j] = x if isinstance(x, str) else list(x)
         return out
+
+    def _encode_one(self, text: str, templated: bool) -> list[int] | str:
+        try:
+            return list(self.tokenizer([text], add_special_tokens=not templated)["input_ids"][0])
+        except Exception as exc:
+            return f"the tokenizer failed on this record's prompt: {type(exc).__name__}: {exc}"[:500]
 
     def prepare(self, unit: Unit, done_rows: set[int] | frozenset[int] = frozenset()) -> PreparedUnit:
         spec = self.spec
@@ -171,6 +183,9 @@ class Preparer:
         for rec in kept:
             try:
                 prompt = builder.prompt(rec)
+                if (why := first_unencodable({"prompt": prompt.text})) is not None:  # a template may make one
+                    bad.append(Quarantined(rec.row, why, rec.record_id))
+                    continue
                 texts.append(prompt.text)
                 templated.append(prompt.templated)
                 rendered.append(rec)
@@ -186,6 +201,9 @@ class Preparer:
         ids = self.encode(texts, templated)
         out = PreparedUnit(unit, {}, {}, {}, {})
         for rec, text, tokens in zip(kept, texts, ids, strict=True):
+            if isinstance(tokens, str):
+                bad.append(Quarantined(rec.row, tokens, rec.record_id))
+                continue
             try:
                 own = request_settings(spec, rec)
             except NotUsable as exc:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from launcher.gather import GatherError, GroupReport, gather
 from launcher.gather.throughput import describe_gpus
 from launcher.plan import Plan, Unit
+from launcher.store import read_jsonl
 from launcher.store.unit_dir import CHUNK_RE
 
 LOG_LINES_SHOWN = 8
@@ -54,6 +59,16 @@ class RecordCounter:
 
 
 def wait_and_gather(plan: Plan, sub: Any, console: Console, poll_s: float = 2.0) -> int:
+    """Follow the run, gather, print what came out. 1 when it is incomplete or generated nothing at all."""
+    reports = wait_for_run(plan, sub, console, poll_s)
+    if reports is None:
+        return 1
+    return 1 if report_empty_run(reports, console) else 0
+
+
+def wait_for_run(plan: Plan, sub: Any, console: Console, poll_s: float = 2.0) -> list[GroupReport] | None:
+    """Follow the run by records until its jobs end, say why any unit failed, gather and print the cells. None (and
+    why, printed) when the outputs are incomplete."""
     jobs = list(sub.jobs)
     counter = RecordCounter(plan)
     with Progress(
@@ -85,18 +100,63 @@ def wait_and_gather(plan: Plan, sub: Any, console: Console, poll_s: float = 2.0)
         reports = gather(plan)
     except GatherError as exc:
         console.print(f"[red]incomplete:[/]\n{exc}")
-        return 1
+        return None
     print_reports(reports, console)
-    return 0
+    return reports
+
+
+def report_empty_run(reports: list[GroupReport], console: Console) -> bool:
+    """True, having said why, when the run generated no record at all (every record quarantined, or none there): a
+    run that generates nothing must not look like a success. A cell that generated nothing beside others that did
+    gets a warning."""
+    if any(r.records for r in reports):
+        for r in reports:
+            if not r.records:
+                console.print(
+                    f"[yellow]warning:[/] {r.label} generated nothing: {r.quarantined} record(s) quarantined; "
+                    f"why: {r.out_dir / 'quarantine.jsonl'}",
+                    soft_wrap=True,
+                    highlight=False,
+                )
+        return False
+    quarantined = sum(r.quarantined for r in reports)
+    if not quarantined:
+        console.print("[red]nothing generated:[/] the run has no records (its datasets hold no row to run)")
+        return True
+    files = [r.out_dir / "quarantine.jsonl" for r in reports if r.quarantined]
+    console.print(
+        f"[red]nothing generated:[/] all {quarantined} record(s) were quarantined; the reasons are in "
+        + ", ".join(str(f) for f in files),
+        soft_wrap=True,
+        highlight=False,
+    )
+    for reason, count in top_reasons(files):
+        console.print(f"  {count} x {reason}", markup=False, highlight=False, soft_wrap=True)
+    console.print("  fix the data or the settings these reasons name, then run again", highlight=False)
+    return True
+
+
+def top_reasons(files: list[Path], shown: int = 3) -> list[tuple[str, int]]:
+    """The commonest quarantine reasons, alike up to their numbers (row, column, character positions)."""
+    counts: Counter[str] = Counter()
+    example: dict[str, str] = {}
+    for path in files:
+        for q in read_jsonl(path):
+            reason = str(q.get("reason", ""))
+            key = re.sub(r"\d+", "#", reason)
+            counts[key] += 1
+            example.setdefault(key, reason)
+    return [(example[k][:300], n) for k, n in counts.most_common(shown)]
 
 
 def report_failed(plan: Plan, unit: Unit, console: Console) -> None:
-    """Which unit, why (its last failure record, or its job's), the end of the log, what to run next."""
+    """Which unit, why (its last failure record, else its job's or a worker's), the end of the log, what to run."""
     from launcher.job.retries import read_failures
 
     failures = plan.run.unit(unit.unit_id).read_failures()
     job_failures = [f for i in range(plan.jobs) for f in read_failures(plan.run.job(i).root)]
-    if not failures and not job_failures:
+    worker_errors = [r for r in plan.run.worker_reports() if r.get("error")]
+    if not failures and not job_failures and not worker_errors:
         console.print(
             f"[red]unit {unit.unit_id} did not finish[/] (no failure recorded: cancelled, or timed out "
             f"too many times); logs: {plan.run.logs}"
@@ -106,8 +166,13 @@ def report_failed(plan: Plan, unit: Unit, console: Console) -> None:
         last = failures[-1]
         console.print(
             f"[red]unit {unit.unit_id} failed[/] {len(failures)} time(s), last in worker "
-            f"{last.get('worker')} on {last.get('host')}: {last.get('error')}"
+            f"{last.get('worker')} on {last.get('host')}: {escape(str(last.get('error')))}",
+            soft_wrap=True,
         )
+    else:  # the crash was not this unit's own (the engine's start, the job's set-up): say whose it was
+        last_job = sorted(job_failures, key=lambda f: f.get("time", 0))[-1] if job_failures else {}
+        why = last_job.get("error") or worker_errors[-1].get("error")
+        console.print(f"[red]unit {unit.unit_id} did not finish:[/] its job failed: {escape(str(why))}", soft_wrap=True)
     if job_failures:
         last = sorted(job_failures, key=lambda f: f.get("time", 0))[-1]
         for line in last.get("log_tail", [])[-LOG_LINES_SHOWN:]:
@@ -119,8 +184,6 @@ def report_failed(plan: Plan, unit: Unit, console: Console) -> None:
 
 def print_warnings(plan: Plan, console: Console) -> None:
     """Requests the workers could not honour, where the user is looking (also in `launcher status`)."""
-    from rich.markup import escape
-
     from launcher.submit.status import run_warnings
 
     for w in run_warnings(plan):
@@ -135,6 +198,13 @@ def print_reports(reports: list[GroupReport], console: Console) -> None:
             + (f", {r.quarantined} quarantined" if r.quarantined else "")
             + f" -> {r.out_dir}"
         )
+        if r.files_removed:
+            shown = ", ".join(r.files_removed[:5]) + (", ..." if len(r.files_removed) > 5 else "")
+            console.print(
+                f"  removed {len(r.files_removed)} file(s) an earlier gather wrote there and this one does not "
+                f"(renamed per-user files, users no longer in the data): {shown}",
+                markup=False,
+            )
         console.print(
             f"  backend {summary['backend']} (TP={summary['tensor_parallel_size']}, "
             f"DP={summary['data_parallel_size']}); {summary['throughput_samples_per_sec']} samples/s, "
