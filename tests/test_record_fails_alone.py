@@ -1,0 +1,178 @@
+"""A record fails alone (issue 26): a record that cannot be tokenized or generated is quarantined with its reason,
+the rest of its unit is generated (to the same samples as without it); a run that generates nothing exits 1 and
+says why; every crash leaves a failure record that `launcher status` and `submit --wait` show.
+
+Real parts: the tiny model on HF transformers. The record the engine cannot take is a real-world defect: a token
+added to the tokenizer without resizing the model's embeddings (its id is past the embedding table, and torch
+raises IndexError for the whole batch it is in).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from launcher.cli import main
+from launcher.engines.base import FailureBreaker, GenerationRequest
+from launcher.gather import gather
+from launcher.job.entry import JobRunner, run_job
+from launcher.job.prepare import Preparer, load_tokenizer
+from launcher.job.retries import read_failures
+from launcher.plan import expand
+from launcher.plan.persist import save_plan
+from launcher.spec import load_spec
+from launcher.store import read_jsonl
+from launcher.submit.status import collect
+
+from .conftest import USERS, launcher, make_spec, read_samples, write_jsonl
+
+OOV = "<added_without_resize>"
+
+
+@pytest.fixture(scope="module")
+def oov_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with one token added to its tokenizer and not to its embeddings."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("oov") / "model"
+    shutil.copytree(tiny_model, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.add_tokens([OOV])
+    tok.save_pretrained(folder)
+    assert tok(OOV, add_special_tokens=False)["input_ids"] == [
+        json.loads((folder / "config.json").read_text())["vocab_size"]
+    ]
+    return folder
+
+
+def _run(spec: Path) -> Path:
+    plan = expand(load_spec(spec))
+    save_plan(plan)
+    run_job(plan.run.root, 0)
+    (report,) = gather(plan)
+    return report.out_dir
+
+
+def test_a_record_the_engine_cannot_take_is_quarantined_alone(tmp_path: Path, oov_model: Path) -> None:
+    """Its batch fails in HF generate; each request is then tried alone: only the culprit is quarantined (stage
+    generate, the engine's error), its neighbours get exactly the samples a run without it gives them."""
+    good = USERS[:5]
+    rows = [*good[:2], {"user_id": "culprit", "context": f"say {OOV} now"}, *good[2:]]
+    spec = make_spec(tmp_path, oov_model, write_jsonl(tmp_path / "d.jsonl", rows), data={"records_per_shard": 10})
+    out = _run(spec)
+    got = {r["user_id"]: r["generated_samples"] for r in read_samples(out)}
+    assert set(got) == {u["user_id"] for u in good}
+    (q,) = list(read_jsonl(out / "quarantine.jsonl"))
+    assert q["row"] == 2 and q["stage"] == "generate" and "IndexError" in q["reason"] and q["raw"] == "culprit"
+    summary = json.loads((out / "inference_summary.json").read_bytes())
+    assert summary["records"] == 5 and summary["quarantined"] == 1
+    clean = make_spec(
+        tmp_path, oov_model, write_jsonl(tmp_path / "clean.jsonl", good), name="clean",
+        output={"dir": str(tmp_path / "clean-out")},
+    )  # fmt: skip
+    assert {r["user_id"]: r["generated_samples"] for r in read_samples(_run(clean))} == got
+
+
+def test_a_run_where_every_record_fails_exits_1_and_says_why(
+    tmp_path: Path, oov_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [{"user_id": f"u{i}", "context": f"{OOV} {i}"} for i in range(3)]
+    spec = make_spec(tmp_path, oov_model, write_jsonl(tmp_path / "d.jsonl", rows))
+    assert main(["run", "--spec", str(spec)]) == 1
+    said = " ".join(capsys.readouterr().err.split())
+    quarantine = tmp_path / "out" / "users" / "full" / "quarantine.jsonl"
+    assert "nothing generated: all 3 record(s) were quarantined" in said and str(quarantine) in said
+    assert "3 x generation failed on this request: IndexError" in said
+
+
+def test_a_batch_line_that_fails_gets_an_error_line_and_the_others_run(tmp_path: Path, oov_model: Path) -> None:
+    def line(cid: str, text: str) -> dict[str, object]:
+        return {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
+                "body": {"messages": [{"role": "user", "content": text}]}}  # fmt: skip
+
+    requests = write_jsonl(tmp_path / "in.jsonl", [line("a", "hello"), line("b", f"x {OOV}"), line("c", "bye")])
+    out = tmp_path / "out.jsonl"
+    proc = launcher("batch", "-i", str(requests), "-o", str(out), "--model", str(oov_model), "--set",
+                    "model.backend=hf")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = {o["custom_id"]: o for o in read_jsonl(out)}
+    assert lines["a"]["response"]["status_code"] == 200 and lines["c"]["response"]["status_code"] == 200
+    assert lines["b"]["response"] is None and "IndexError" in lines["b"]["error"]["message"]
+    assert "2 response(s), 1 error(s)" in proc.stdout
+
+
+def test_the_tokenizer_refusing_one_text_refuses_only_that_one(tmp_path: Path, tiny_model: Path) -> None:
+    """A batch the (fast, Rust) tokenizer refuses is tokenized again text by text: the lone surrogate fails alone.
+    (Records holding one are quarantined before this; a chat template could still make one.)"""
+    spec = load_spec(make_spec(tmp_path, tiny_model, write_jsonl(tmp_path / "d.jsonl", USERS[:1])))
+    preparer = Preparer(spec, load_tokenizer(spec))
+    texts = ["fine", "lone \ud800 surrogate", "also fine"]
+    with pytest.raises(TypeError):
+        preparer.tokenizer(texts, add_special_tokens=True)  # what used to fail the whole unit
+    ids = preparer.encode(texts, [False] * 3)
+    assert isinstance(ids[0], list) and isinstance(ids[2], list) and ids[0] == preparer.encode(["fine"], [False])[0]
+    assert isinstance(ids[1], str) and "the tokenizer failed on this record's prompt: TypeError" in ids[1]
+
+
+def test_hf_refuses_a_structured_request_alone(tmp_path: Path, tiny_model: Path) -> None:
+    """backend auto fell back to HF and one request asks for response_format: that request gets an error, the
+    others their samples (before, RuntimeError failed the whole unit)."""
+    from launcher.engines.hf import HFEngine
+    from launcher.plan.layout import ParallelLayout
+    from launcher.plan.sizing import Workload
+    from launcher.spec import SamplingSpec
+
+    spec = load_spec(make_spec(tmp_path, tiny_model, write_jsonl(tmp_path / "d.jsonl", USERS[:1])))
+    tokenizer = load_tokenizer(spec)
+    engine = HFEngine(spec.model, spec.sampling, 2)
+    engine.load(
+        Workload(3, 8.0, 8, 8, 2),
+        tokenizer,
+        ParallelLayout.from_dict({"tensor_parallel_size": 1, "data_parallel_size": 1}),
+    )
+    structured = SamplingSpec.model_validate({**spec.sampling.model_dump(), "structured": {"regex": "[a-z]+"}})
+    ids = tokenizer("hello there", add_special_tokens=True)["input_ids"]
+    reqs = [GenerationRequest(0, ids, 1), GenerationRequest(1, ids, 2, structured), GenerationRequest(2, ids, 3)]
+    done = {c.key: c for c in engine.generate(reqs)}
+    assert sorted(done) == [0, 1, 2]
+    assert done[1].error is not None and "needs vLLM" in done[1].error and done[1].samples == ()
+    assert done[0].error is None and len(done[0].samples) == 2 and len(done[2].samples) == 2
+
+
+def test_an_engine_that_fails_everything_is_not_taken_for_bad_records() -> None:
+    breaker = FailureBreaker()
+    for _ in range(FailureBreaker.MAX_IN_A_ROW - 1):
+        breaker.failed(ValueError("one bad request"))
+    breaker.ok()  # one success between them: they were bad requests
+    for _ in range(FailureBreaker.MAX_IN_A_ROW - 1):
+        breaker.failed(ValueError("one bad request"))
+    with pytest.raises(RuntimeError, match="the engine is broken, not the records"):
+        breaker.failed(ValueError("again"))
+
+
+def test_a_crash_before_generation_leaves_a_failure_record_status_shows(tmp_path: Path, tiny_model: Path) -> None:
+    """The unit's dataset is gone when its worker reads it: before, the worker left without a word (no unit
+    failure, its claim held, status: RUNNING, 'no failure recorded'). Now the unit's failure names the cause, the
+    claim is given back, the worker's report and the local job's failure record say it too."""
+    data = write_jsonl(tmp_path / "d.jsonl", USERS[:3])
+    plan = expand(load_spec(make_spec(tmp_path, tiny_model, data)))
+    save_plan(plan)
+    data.unlink()
+    with pytest.raises(FileNotFoundError):
+        JobRunner(str(plan.run.root))(0)
+    (unit,) = plan.units
+    udir = plan.run.unit(unit.unit_id)
+    (failure,) = udir.read_failures()
+    assert "reading and tokenizing its records: FileNotFoundError" in failure["error"] and str(data) in failure["error"]
+    head = udir.claims.head()
+    assert head is not None and head.released
+    (job_failure,) = read_failures(plan.run.job(0).root)
+    assert "FileNotFoundError" in job_failure["error"] and job_failure["retry"] is False
+    status = collect(plan.run.root)
+    (u,) = status.units
+    assert u.state == "PENDING" and u.failures == 1 and "FileNotFoundError" in u.last_error
+    (w,) = status.workers
+    assert w.state == "failed" and "FileNotFoundError" in w.error
