@@ -96,6 +96,15 @@ def chat_formatter(tokenizer: Any, data: DataSpec | None = None) -> Callable[[li
     )
 
 
+def model_vocab(spec: JobSpec) -> int | None:
+    """The model's embedding rows (config.json vocab_size); None when it does not say."""
+    from launcher.inputs.model import read_config
+
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        return int(read_config(spec.model.path).get("vocab_size") or 0) or None
+    return None
+
+
 def token_limit(spec: JobSpec) -> int | None:
     """The longest prompt + max_tokens a record may need: the spec's max_model_len, else the model's own."""
     from launcher.inputs.model import read_config
@@ -113,6 +122,7 @@ class Preparer:
         self.spec, self.tokenizer = spec, tokenizer
         self.chat = chat_formatter(tokenizer, spec.data)
         self.limit = token_limit(spec)
+        self.vocab = model_vocab(spec)
         self._builders: dict[str, PromptBuilder] = {}
         self._first: dict[str, dict[str, int]] = {}
 
@@ -157,6 +167,17 @@ class Preparer:
             return list(self.tokenizer([text], add_special_tokens=not templated)["input_ids"][0])
         except Exception as exc:
             return f"the tokenizer failed on this record's prompt: {type(exc).__name__}: {exc}"[:500]
+
+    def _past_vocab(self, token: int) -> str:
+        try:
+            name = f" ({self.tokenizer.convert_ids_to_tokens(token)!r})"
+        except Exception:
+            name = ""
+        return (
+            f"its prompt holds token id {token}{name}, past the model's vocabulary ({self.vocab} entries in "
+            "config.json): the tokenizer has tokens the model was not resized for; fix the checkpoint "
+            "(resize_token_embeddings) or keep that token out of the data"
+        )
 
     def prepare(self, unit: Unit, done_rows: set[int] | frozenset[int] = frozenset()) -> PreparedUnit:
         spec = self.spec
@@ -203,6 +224,11 @@ class Preparer:
         for rec, text, tokens in zip(kept, texts, ids, strict=True):
             if isinstance(tokens, str):
                 bad.append(Quarantined(rec.row, tokens, rec.record_id))
+                continue
+            if self.vocab is not None and tokens and max(tokens) >= self.vocab:
+                # A token added to the tokenizer without resizing the model: HF raises on the whole batch, vLLM
+                # reads a padding row of its embedding and generates from garbage without a word.
+                bad.append(Quarantined(rec.row, self._past_vocab(max(tokens)), rec.record_id))
                 continue
             try:
                 own = request_settings(spec, rec)
