@@ -26,7 +26,7 @@ from launcher.cli import main
 from launcher.errors import SpecError
 from launcher.plan import expand
 from launcher.spec import load_spec
-from launcher.store import safe_filename
+from launcher.store import read_jsonl, safe_filename
 from launcher.store.names import unescape_stem
 from launcher.submit.preview import sbatch_preview
 
@@ -327,7 +327,7 @@ def test_odd_user_ids_and_template_text_in_a_real_run(mixed_run: MixedRun) -> No
         by_id["../../escape"] != "../../escape.json"
         and (users_dir / by_id["../../escape"]).resolve().parent == users_dir.resolve()
     )
-    samples = [json.loads(x) for x in (mixed_run.group / "samples.jsonl").read_text().splitlines()]
+    samples = list(read_jsonl(mixed_run.group / "samples.jsonl"))
     assert all(
         "Reply $(touch PWNED) `touch PWNED` ; rm -rf / && echo $HF_TOKEN > leak |" in s["prompt"] for s in samples
     )

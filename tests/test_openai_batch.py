@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from launcher.store import read_jsonl
+
 from .conftest import ROOT, launcher, make_spec, read_samples, write_jsonl
 
 
@@ -33,7 +35,7 @@ def completion(custom_id: str, prompt: str, **body: Any) -> dict[str, Any]:
 
 
 def results(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return list(read_jsonl(path))
 
 
 HF = ["--set", "model.backend=hf"]

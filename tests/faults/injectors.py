@@ -39,6 +39,7 @@ from ..helpers import (
 )
 from . import cluster
 from .checks import TrialResult, judge
+from .hostile import inject_hostile
 from .trials import Trial, Workload, write_spec
 
 TRIAL_TIMEOUT_S = 480.0
@@ -387,6 +388,7 @@ INJECTORS: dict[str, Callable[[TrialRun], None]] = {
     "workerkill": inject_workerkill,
     "touch": inject_touch,
     "corrupt": inject_corrupt,
+    "hostile": inject_hostile,
 }
 
 __all__ = ["INJECTORS", "TMPFS_SIZE", "TRIAL_TIMEOUT_S", "TrialRun"]

@@ -33,6 +33,7 @@ KIND_LABELS = {
     "workerkill": "kill -9 of one worker (DP=2) mid-unit",
     "touch": "input touched mid-run (then submitted again)",
     "corrupt": "chunk corrupted after the run",
+    "hostile": "hostile text in the data (tests/faults/hostile.py)",
 }
 KINDS = tuple(KIND_LABELS)
 
@@ -164,6 +165,8 @@ def plan_trials(n: int, seed: int, wl: Workload, kinds: Sequence[str] = KINDS) -
 
 def draw_point(kind: str, rng: random.Random, wl: Workload) -> dict[str, Any]:
     unit_id, rows = rng.choice(wl.units)
+    if kind == "hostile":  # the unit's dataset gets the hostile rows, in an order of this seed
+        return {"unit": unit_id, "order_seed": rng.getrandbits(32)}
     if kind == "corrupt":
         # after a clean run: one byte of one of the unit's chunks (one record each), one bit of it flipped
         return {"unit": unit_id, "chunk": rng.randrange(rows), "byte": round(rng.random(), 4), "bit": rng.randrange(8)}
