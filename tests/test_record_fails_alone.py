@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from launcher.cli import main
-from launcher.engines.base import FailureBreaker, GenerationRequest
+from launcher.engines.base import FailureBreaker, GenerationRequest, refused
 from launcher.gather import gather
 from launcher.job.entry import JobRunner, run_job
 from launcher.job.prepare import Preparer, load_tokenizer
@@ -154,14 +154,25 @@ def test_hf_tries_each_request_alone_when_its_batch_fails(tmp_path: Path, tiny_m
 
 
 def test_an_engine_that_fails_everything_is_not_taken_for_bad_records() -> None:
+    """Refusals wait until a request succeeds; eight failures in a row, or a call where nothing succeeded, raise
+    (the worker fails and is retried) instead of quarantining records that may be fine."""
+    req = GenerationRequest(0, [1], 1)
     breaker = FailureBreaker()
     for _ in range(FailureBreaker.MAX_IN_A_ROW - 1):
-        breaker.failed(ValueError("one bad request"))
-    breaker.ok()  # one success between them: they were bad requests
+        breaker.failed(ValueError("one bad request"), refused(req, "bad"))
+    assert len(breaker.ok()) == FailureBreaker.MAX_IN_A_ROW - 1  # a success: they were bad requests after all
     for _ in range(FailureBreaker.MAX_IN_A_ROW - 1):
-        breaker.failed(ValueError("one bad request"))
+        breaker.failed(ValueError("one bad request"), refused(req, "bad"))
     with pytest.raises(RuntimeError, match="the engine is broken, not the records"):
-        breaker.failed(ValueError("again"))
+        breaker.failed(ValueError("again"), refused(req, "bad"))
+    lonely = FailureBreaker()
+    lonely.failed(ValueError("CUDA error"), refused(req, "bad"))
+    with pytest.raises(RuntimeError, match=r"all 1 request\(s\) of this engine failed, none succeeded"):
+        lonely.finish()
+    worked = FailureBreaker()
+    assert worked.ok() == []
+    worked.failed(ValueError("this one"), refused(req, "bad"))
+    assert [c.error for c in worked.finish()] == ["bad"]
 
 
 def test_a_crash_before_generation_leaves_a_failure_record_status_shows(tmp_path: Path, tiny_model: Path) -> None:

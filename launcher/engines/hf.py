@@ -145,12 +145,14 @@ class HFEngine(Engine):
             for group in groups.values():
                 s, n = group[0].sampling or self.sampling, group[0].n or self.n
                 yield from self._each_alone_if_needed(group, s, n, breaker)
+        yield from breaker.finish()
 
     def _each_alone_if_needed(
         self, batch: Sequence[GenerationRequest], s: SamplingSpec, n: int, breaker: FailureBreaker
     ) -> Iterator[Completion]:
         """The batch at once; if generate() raises on it, each request alone, so only the one that fails on its own
-        is refused (its samples do not depend on its batch: SeededSampler)."""
+        is refused (its samples do not depend on its batch: SeededSampler). A refusal waits in the breaker until
+        the engine has shown it works."""
         try:
             done = list(self._batch(batch, s, n))
         except Exception as exc:
@@ -160,10 +162,9 @@ class HFEngine(Engine):
                 for req in batch:
                     yield from self._each_alone_if_needed([req], s, n, breaker)
                 return
-            breaker.failed(exc)
-            yield refused(batch[0], f"generation failed on this request: {type(exc).__name__}: {exc}")
+            breaker.failed(exc, refused(batch[0], f"generation failed on this request: {type(exc).__name__}: {exc}"))
             return
-        breaker.ok()
+        yield from breaker.ok()
         yield from done
 
     def _batch(self, batch: Sequence[GenerationRequest], s: SamplingSpec, n: int) -> Iterator[Completion]:

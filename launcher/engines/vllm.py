@@ -267,8 +267,7 @@ class VLLMEngine(Engine):
                         lora_request=self.loras.get(req.adapter) if req.adapter else None,
                     )
                 except Exception as exc:  # this request alone: the others go on (unless the engine is broken)
-                    breaker.failed(exc)
-                    yield refused(req, f"vLLM refused this request: {type(exc).__name__}: {exc}")
+                    breaker.failed(exc, refused(req, f"vLLM refused this request: {type(exc).__name__}: {exc}"))
                     continue
                 ids[rid] = (req, need)
                 if isinstance(returned, str):
@@ -277,6 +276,7 @@ class VLLMEngine(Engine):
                 inflight_tokens += need
             if not inflight:
                 if exhausted:
+                    yield from breaker.finish()
                     return
                 continue
             for out in self.engine.step():
@@ -285,7 +285,7 @@ class VLLMEngine(Engine):
                 req, need = ids.get(out.request_id) or ids[out.request_id.rsplit("-", 1)[0]]
                 inflight -= 1
                 inflight_tokens -= need
-                breaker.ok()
+                yield from breaker.ok()
                 if self.cache is not None:  # first results in: kernels compiled on first use are in the cache now
                     self.cache.publish()
                 yield Completion(req.key, len(req.prompt_token_ids), self._samples(out, req.n or self.n))

@@ -119,7 +119,7 @@ def _jsonl_rows(path: Path, start: int, stop: int | None) -> Iterator[Row]:
 
 
 def _raw(line: bytes) -> str:
-    return line[:500].decode("utf-8", "replace")
+    return line.rstrip(b"\r\n")[:500].decode("utf-8", "replace")
 
 
 def _parquet_table(path: Path) -> Any:
