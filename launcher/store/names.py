@@ -11,7 +11,8 @@ a file, whatever they hold.
 Why it is injective: a plain stem holds no '%'; an escaped stem holds '%' followed by two hex digits each time, so
 never '%%'; a hashed stem holds '%%' once and the id's whole sha256. Case is kept: `A` and `a` are two files, as
 Linux file systems (and every cluster's shared storage) keep them apart; on a case-insensitive file system (macOS
-default, Windows) such two ids would meet. Names Windows reserves (CON, NUL) are not special on Linux.
+default, Windows) such two ids would meet; so would the NFC and NFD spellings of one accented id (their bytes differ,
+so here they are two ids and two files). Names Windows reserves (CON, NUL) are not special on Linux.
 """
 
 from __future__ import annotations
