@@ -112,4 +112,7 @@ def launcher(
 
 
 def read_samples(out_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (out_dir / "samples.jsonl").read_text().splitlines()]
+    """samples.jsonl's rows, read as the launcher reads JSONL (split on b"\\n" only: store/jsonl.py)."""
+    from launcher.store import read_jsonl
+
+    return list(read_jsonl(out_dir / "samples.jsonl"))

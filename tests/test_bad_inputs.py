@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from launcher.cli import main
+from launcher.store import read_jsonl
 
 from .conftest import ROOT, USERS, make_spec
 
@@ -1100,8 +1101,8 @@ def mixed_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Ite
 
 def test_malformed_rows_are_quarantined_and_the_run_goes_on(mixed_run: MixedRun) -> None:
     assert mixed_run.proc.returncode == 0, mixed_run.proc.stdout + mixed_run.proc.stderr
-    samples = [json.loads(line) for line in (mixed_run.group / "samples.jsonl").read_text().splitlines()]
-    quarantine = [json.loads(line) for line in (mixed_run.group / "quarantine.jsonl").read_text().splitlines()]
+    samples = list(read_jsonl(mixed_run.group / "samples.jsonl"))
+    quarantine = list(read_jsonl(mixed_run.group / "quarantine.jsonl"))
     total = len(mixed_rows())
     assert len(samples) + len(quarantine) == total  # every row accounted for, exactly once
     assert {s["user_id"] for s in samples} == {u["user_id"] for u in USERS[:3]} | set(ODD_USERS)

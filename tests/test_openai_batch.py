@@ -19,7 +19,7 @@ import pytest
 from rich.console import Console
 
 from launcher.plan.persist import find_run_dir, load_plan, resume_hint
-from launcher.store import RunDir
+from launcher.store import RunDir, read_jsonl
 from launcher.submit.wait import report_failed
 
 from .conftest import ROOT, launcher, make_spec, read_samples, write_jsonl
@@ -40,7 +40,7 @@ def completion(custom_id: str, prompt: str, **body: Any) -> dict[str, Any]:
 
 
 def results(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return list(read_jsonl(path))
 
 
 HF = ["--set", "model.backend=hf"]

@@ -120,11 +120,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return _wait(plan, sub, kind, args)
 
 
-def _wait(plan: Any, sub: Any, kind: str, args: argparse.Namespace, noun: str = "records") -> int:
+def _wait(
+    plan: Any, sub: Any, kind: str, args: argparse.Namespace, noun: str = "records", after_gather: Any = None
+) -> int:
     """`--wait`: follow, gather, summarize; Ctrl-C stops a local run cleanly, leaves a Slurm run running."""
     from launcher.submit.wait import follow
 
-    return follow(plan, sub, kind, console, err, every_s=args.progress_every, noun=noun)
+    return follow(plan, sub, kind, console, err, every_s=args.progress_every, noun=noun, after_gather=after_gather)
 
 
 def _check_slurm(spec: Any, kind: str, where: str) -> None:
@@ -199,18 +201,18 @@ def cmd_batch(args: argparse.Namespace) -> int:
         + (f", {sub.units_done} already done" if sub.units_done else "") + f") in {safe(plan.run.root)}",
         soft_wrap=True,
     )  # fmt: skip
-    code = _wait(plan, sub, kind, args, noun="lines")
-    if code:
-        return code
-    ok, errors = write_output(plan, input_path, output_path, command)
-    failed = errors - bad  # requests a worker refused or could not run (quarantined: too long, bad settings)
-    console.print(
-        f"wrote {safe(output_path)}: {ok + errors} line(s): {ok} response(s), {errors} error line(s)"
-        + (f" ({bad} bad line(s), {failed} request(s) that did not run: their error says why)" if failed and bad
-           else f" ({failed} request(s) that did not run: their error says why)" if failed else ""),
-        soft_wrap=True,
-    )  # fmt: skip
-    return 0
+
+    def write_file() -> None:  # before the verdict: a batch that generated nothing still gets its error lines
+        ok, errors = write_output(plan, input_path, output_path, command)
+        failed = errors - bad  # requests a worker refused or could not run (quarantined: too long, bad settings)
+        console.print(
+            f"wrote {safe(output_path)}: {ok + errors} line(s): {ok} response(s), {errors} error line(s)"
+            + (f" ({bad} bad line(s), {failed} request(s) that did not run: their error says why)" if failed and bad
+               else f" ({failed} request(s) that did not run: their error says why)" if failed else ""),
+            soft_wrap=True,
+        )  # fmt: skip
+
+    return _wait(plan, sub, kind, args, noun="lines", after_gather=write_file)
 
 
 def batch_command(args: argparse.Namespace) -> list[str]:

@@ -117,7 +117,7 @@ def _run_inline(plan: Plan, flat_dest: Path | None = None, units: tuple[str, ...
     except GatherError as exc:
         err.print(f"[red]incomplete:[/]\n{safe(str(exc), True)}", soft_wrap=True)  # paths to copy: never wrapped
         return 1
-    from launcher.submit.wait import print_reports
+    from launcher.submit.wait import print_reports, report_empty_run
 
     print_reports(reports, console)
-    return 0
+    return 1 if report_empty_run(reports, err) else 0

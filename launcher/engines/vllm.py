@@ -19,7 +19,16 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from launcher.engines import register
-from launcher.engines.base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
+from launcher.engines.base import (
+    Completion,
+    Engine,
+    EngineReport,
+    FailureBreaker,
+    GenerationRequest,
+    Sample,
+    Workload,
+    refused,
+)
 from launcher.plan.layout import ParallelLayout
 from launcher.plan.sizing import CPU_KV_CACHE_GIB, EngineSettings
 from launcher.spec import SamplingSpec
@@ -237,6 +246,7 @@ class VLLMEngine(Engine):
         ids: dict[str, tuple[GenerationRequest, int]] = {}
         inflight = inflight_tokens = 0
         max_requests, max_tokens = self.admission.max_requests, self.admission.max_kv_tokens
+        breaker = FailureBreaker()
         while True:
             while not exhausted and inflight < max_requests:
                 if waiting is None:
@@ -249,12 +259,16 @@ class VLLMEngine(Engine):
                     break
                 req, waiting = waiting, None
                 rid = f"r{req.key}"
-                returned = self.engine.add_request(
-                    rid,
-                    {"prompt_token_ids": list(req.prompt_token_ids)},
-                    self._params(req.seed, req.sampling, req.n),
-                    lora_request=self.loras.get(req.adapter) if req.adapter else None,
-                )
+                try:  # vLLM checks a request as it is added (its length, its token ids, its structured output)
+                    returned = self.engine.add_request(
+                        rid,
+                        {"prompt_token_ids": list(req.prompt_token_ids)},
+                        self._params(req.seed, req.sampling, req.n),
+                        lora_request=self.loras.get(req.adapter) if req.adapter else None,
+                    )
+                except Exception as exc:  # this request alone: the others go on (unless the engine is broken)
+                    breaker.failed(exc, refused(req, f"vLLM refused this request: {type(exc).__name__}: {exc}"))
+                    continue
                 ids[rid] = (req, need)
                 if isinstance(returned, str):
                     ids[returned] = (req, need)
@@ -262,6 +276,7 @@ class VLLMEngine(Engine):
                 inflight_tokens += need
             if not inflight:
                 if exhausted:
+                    yield from breaker.finish()
                     return
                 continue
             for out in self.engine.step():
@@ -270,6 +285,7 @@ class VLLMEngine(Engine):
                 req, need = ids.get(out.request_id) or ids[out.request_id.rsplit("-", 1)[0]]
                 inflight -= 1
                 inflight_tokens -= need
+                yield from breaker.ok()
                 if self.cache is not None:  # first results in: kernels compiled on first use are in the cache now
                     self.cache.publish()
                 yield Completion(req.key, len(req.prompt_token_ids), self._samples(out, req.n or self.n))

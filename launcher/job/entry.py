@@ -286,10 +286,18 @@ class JobRunner(Checkpointable):
         except UncompletedJobError:
             raise  # submitit's own verdict (timed out too many times): not a crash to retry
         except Exception as exc:
-            if attempt is None:  # not a Slurm job (local executor): nothing to requeue
+            if attempt is None:  # not a Slurm job (local executor): nothing to requeue, but status must say why
+                self._record_local_failure(exc, index, job.root)
                 raise
             self._record_failure(exc, attempt, job.root, plan)
             raise
+
+    def _record_local_failure(self, exc: Exception, index: int, job_dir: Path) -> None:
+        from launcher.job.retries import record_failure
+
+        submission = os.environ.get("LAUNCHER_SUBMISSION") or "local"
+        local = Attempt(f"local{index}-{os.getpid()}", str(os.getpid()), submission, 0)
+        record_failure(job_dir, local, 0, "exception", f"{type(exc).__name__}: {exc}", None, retryable=False)
 
     def _record_failure(self, exc: Exception, attempt: Attempt, job_dir: Path, plan: Plan) -> None:
         import shutil

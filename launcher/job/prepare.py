@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from launcher.engines import Workload
 from launcher.inputs.bounded import MAX_ITEMS, RENDER_S, BoundExceeded, deadline
 from launcher.inputs.chat import NotUsable
+from launcher.inputs.encodable import first_unencodable
 from launcher.inputs.guard import InputChanged, InputGuard, PromptClock
 from launcher.inputs.prompts import PromptBuilder, make_builder, read_chat_template
 from launcher.inputs.records import Quarantined, Record, first_rows, read_shard
@@ -108,6 +109,15 @@ def chat_formatter(
     return render
 
 
+def model_vocab(spec: JobSpec) -> int | None:
+    """The model's embedding rows (config.json vocab_size); None when it does not say."""
+    from launcher.inputs.model import read_config
+
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        return int(read_config(spec.model.path).get("vocab_size") or 0) or None
+    return None
+
+
 def token_limit(spec: JobSpec) -> int | None:
     """The longest prompt + max_tokens a record may need: the spec's max_model_len, else the model's own."""
     from launcher.inputs.model import read_config
@@ -128,6 +138,7 @@ class Preparer:
         self.guard = guard  # checks every file a unit reads against the run's record (InputChanged)
         self.chat = chat_formatter(tokenizer, spec.data, clock)
         self.limit = token_limit(spec)
+        self.vocab = model_vocab(spec)
         self._builders: dict[str, PromptBuilder] = {}
         self._first: dict[str, dict[str, int]] = {}
 
@@ -149,18 +160,40 @@ class Preparer:
             self._builders[ablation] = make_builder(self.spec.data, ablation, self.chat)
         return self._builders[ablation]
 
-    def encode(self, texts: list[str], templated: list[bool] | None = None) -> list[list[int]]:
-        """Token ids of each text; a text the chat template made already holds its special tokens (BOS)."""
+    def encode(self, texts: list[str], templated: list[bool] | None = None) -> list[list[int] | str]:
+        """Token ids of each text, or why the tokenizer refused it. A text the chat template made already holds its
+        special tokens (BOS). Batches of TOKENIZE_BATCH; a batch the tokenizer refuses is tokenized again one text
+        at a time, so only the culprit fails (and is quarantined), never its neighbours."""
         flags = templated if templated is not None else [self.chat is not None] * len(texts)
-        out: list[list[int]] = [[] for _ in texts]
+        out: list[list[int] | str] = [[] for _ in texts]
         for flag in (True, False):
             idx = [i for i, f in enumerate(flags) if f is flag]
             for i in range(0, len(idx), TOKENIZE_BATCH):
                 part = idx[i : i + TOKENIZE_BATCH]
-                ids = self.tokenizer([texts[j] for j in part], add_special_tokens=not flag)["input_ids"]
+                try:
+                    ids = self.tokenizer([texts[j] for j in part], add_special_tokens=not flag)["input_ids"]
+                except Exception:
+                    ids = [self._encode_one(texts[j], flag) for j in part]
                 for j, x in zip(part, ids, strict=True):
-                    out[j] = list(x)
+                    out[j] = x if isinstance(x, str) else list(x)
         return out
+
+    def _encode_one(self, text: str, templated: bool) -> list[int] | str:
+        try:
+            return list(self.tokenizer([text], add_special_tokens=not templated)["input_ids"][0])
+        except Exception as exc:
+            return f"the tokenizer failed on this record's prompt: {type(exc).__name__}: {exc}"[:500]
+
+    def _past_vocab(self, token: int) -> str:
+        try:
+            name = f" ({self.tokenizer.convert_ids_to_tokens(token)!r})"
+        except Exception:
+            name = ""
+        return (
+            f"its prompt holds token id {token}{name}, past the model's vocabulary ({self.vocab} entries in "
+            "config.json): the tokenizer has tokens the model was not resized for; fix the checkpoint "
+            "(resize_token_embeddings) or keep that token out of the data"
+        )
 
     def prepare(self, unit: Unit, done_rows: set[int] | frozenset[int] = frozenset()) -> PreparedUnit:
         """Raises InputChanged (inputs/guard.py) when a file the unit reads is not what the run recorded: before its
@@ -193,6 +226,9 @@ class Preparer:
         for rec in kept:
             try:
                 prompt = builder.prompt(rec)
+                if (why := first_unencodable({"prompt": prompt.text})) is not None:  # a template may make one
+                    bad.append(Quarantined(rec.row, why, rec.record_id))
+                    continue
                 texts.append(prompt.text)
                 templated.append(prompt.templated)
                 rendered.append(rec)
@@ -208,6 +244,14 @@ class Preparer:
         ids = self.encode(texts, templated)
         out = PreparedUnit(unit, {}, {}, {}, {})
         for rec, text, tokens in zip(kept, texts, ids, strict=True):
+            if isinstance(tokens, str):
+                bad.append(Quarantined(rec.row, tokens, rec.record_id))
+                continue
+            if self.vocab is not None and tokens and max(tokens) >= self.vocab:
+                # A token added to the tokenizer without resizing the model: HF raises on the whole batch, vLLM
+                # reads a padding row of its embedding and generates from garbage without a word.
+                bad.append(Quarantined(rec.row, self._past_vocab(max(tokens)), rec.record_id))
+                continue
             try:
                 own = request_settings(spec, rec)
             except NotUsable as exc:

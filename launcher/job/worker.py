@@ -31,14 +31,16 @@ from typing import Any
 from launcher import faults
 from launcher.engines import Completion, Engine, GenerationRequest, create_engine, select_backend
 from launcher.engines.multinode import NodeGroup, Rendezvous
+from launcher.inputs.encodable import first_unencodable
 from launcher.inputs.guard import InputChanged, InputGuard, read_record, run_clock
+from launcher.inputs.records import Quarantined, Record
 from launcher.job.gpu_monitor import GpuSampler
 from launcher.job.prepare import Preparer, load_tokenizer, prompt_stats, workload_of
 from launcher.job.writer import ActiveUnit, ChunkWriter
 from launcher.plan import Plan, Unit
 from launcher.plan.layout import ParallelLayout
 from launcher.plan.persist import load_plan
-from launcher.store import ClaimBook, OutputRow, Owner, RunDir, WorkerReport, write_json_atomic
+from launcher.store import ClaimBook, OutputRow, Owner, RunDir, UnitDir, WorkerReport, write_json_atomic
 from launcher.store.claims import HEARTBEAT_S
 
 log = logging.getLogger("launcher.job")
@@ -46,8 +48,10 @@ PROGRESS_EVERY_S = 10.0
 PREEMPTED_EXIT = 75  # a worker process stopped by USR2/TERM: it flushed and released its units
 
 
-class Stopped(Exception):
-    """Raised in the generating thread when the worker was told to stop (preemption, time limit)."""
+class Stopped(BaseException):
+    """Raised in the generating thread when the worker was told to stop (preemption, time limit). A BaseException,
+    like KeyboardInterrupt: code that isolates one record's failure (`except Exception`: a template, the tokenizer,
+    an engine call) must never take a stop for that record's fault."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class Worker:
             "samples": 0,
             "output_tokens": 0,
             "prompt_tokens": 0,
+            "quarantined": 0,
             "startup_phases": {},
             "error": None,
             "warnings": list(cfg.layout.notes),  # requests not honoured here: status and the console show them
@@ -123,22 +128,21 @@ class Worker:
             return self.report
         spec = self.spec
         phases = self.report["startup_phases"]
-        t0 = time.perf_counter()
         heartbeat = threading.Thread(target=self._heartbeat, name="worker-heartbeat", daemon=True)
-        tokenizer = load_tokenizer(spec)
-        guard = InputGuard(self.plan.spec, read_record(self.rundir))
-        preparer = Preparer(spec, tokenizer, guard, run_clock(self.rundir))
-        phases["tokenizer_s"] = round(time.perf_counter() - t0, 3)
-        self.writer = ChunkWriter(spec.output.chunk_records, self.cfg.slot)
-        first = self._first_unit(preparer)
-        if first is None:
-            self.writer.close()
-            self._set(state="idle", ended=time.time())
-            self._write_report()
-            log.info("worker %s: no unit left to claim; not starting an engine", self.cfg.slot)
-            return self.report
-        heartbeat.start()
-        try:
+        try:  # everything, the tokenizer and the first claim included: whatever raises is recorded (_fail)
+            t0 = time.perf_counter()
+            tokenizer = load_tokenizer(spec)
+            guard = InputGuard(self.plan.spec, read_record(self.rundir))
+            preparer = Preparer(spec, tokenizer, guard, run_clock(self.rundir))
+            phases["tokenizer_s"] = round(time.perf_counter() - t0, 3)
+            self.writer = ChunkWriter(spec.output.chunk_records, self.cfg.slot)
+            first = self._first_unit(preparer)
+            if first is None:
+                self.writer.close()
+                self._set(state="idle")
+                log.info("worker %s: no unit left to claim; not starting an engine", self.cfg.slot)
+                return self.report
+            heartbeat.start()
             t1 = time.perf_counter()
             backend, why = select_backend(spec.model)  # imports the backend (vLLM: ~12-20 s)
             phases["backend_import_s"] = round(time.perf_counter() - t1, 3)
@@ -292,6 +296,10 @@ class Worker:
         p = active.prepared
         rec = p.records[row_no]
         unit = p.unit
+        active.completed += 1
+        if comp.error is not None:  # the engine could not generate this record alone: it, not its unit, fails
+            self._quarantine(active, rec, comp.error)
+            return
         row: OutputRow = {
             "row": rec.row,
             "record_id": rec.record_id,
@@ -312,14 +320,23 @@ class Worker:
             row["num_samples"] = own.n
         if self.spec.output.token_ids:
             row["sample_token_ids"] = [list(s.token_ids) for s in comp.samples]
+        if (why := first_unencodable(row)) is not None:  # no chunk could hold it: this record alone is set aside
+            self._quarantine(active, rec, f"the generated row cannot be written as UTF-8: {why}")
+            return
         assert self.writer is not None
         self.writer.add(active, row)
         self.report["records"] += 1
         self.report["samples"] += len(comp.samples)
         self.report["output_tokens"] += sum(s.num_tokens for s in comp.samples)
         self.report["prompt_tokens"] += comp.prompt_tokens
-        active.completed += 1
         faults.after_record(unit.unit_id, active.dir.root, self.cfg.replica, active.completed)  # test-only, inert
+
+    def _quarantine(self, active: ActiveUnit, rec: Record, why: str) -> None:
+        log.warning("worker %s: row %d of unit %s quarantined: %s", self.cfg.slot, rec.row, active.unit_id, why)
+        assert self.writer is not None
+        self.writer.quarantine(active, Quarantined(rec.row, why[:500], rec.record_id))
+        self.report["quarantined"] += 1
+        faults.after_record(active.unit_id, active.dir.root, self.cfg.replica, active.completed)  # test-only, inert
 
     # -- claims ---------------------------------------------------------------------------------------------------
 
@@ -367,8 +384,16 @@ class Worker:
             except InputChanged as exc:
                 self._refuse(unit, udir, claim, exc)
                 continue
-            udir.write_quarantine([{"row": q.row, "reason": q.reason, "raw": q.raw} for q in prepared.quarantined])
+            except BaseException as exc:
+                # Not one record's fault (those are quarantined inside prepare): the unit's input as a whole (its
+                # file gone, unreadable). Blamed on the unit, so that status names the cause and workers stop
+                # taking it after max_retries + 1; its claim goes back at once.
+                if isinstance(exc, Exception) and not self.stop_requested:
+                    self._record_unit_failure(udir, f"reading and tokenizing its records: {type(exc).__name__}: {exc}")
+                udir.claims.release(claim)
+                raise
             active = ActiveUnit(prepared, udir, claim, remaining=len(prepared.token_ids))
+            udir.write_quarantine(active.quarantine_rows())
             self.active.append(active)
             self.claimed += 1
             log.info(
@@ -428,19 +453,22 @@ class Worker:
             # Only units whose records went into the engine. A crash before that (the engine's start on a bad node)
             # is not the claimed unit's: counted against it, every worker would skip it after max_retries + 1.
             if not active.finished and active.first_at is not None:
-                active.dir.record_failure(
-                    self.cfg.slot,
-                    {
-                        "worker": self.cfg.slot,
-                        "host": socket.gethostname(),
-                        "time": time.time(),
-                        "error": error[:2000],
-                        "submission": os.environ.get("LAUNCHER_SUBMISSION"),
-                        "job_id": self.owner.job_id,
-                    },
-                )
+                self._record_unit_failure(active.dir, error)
         self._release_unfinished()
         self._set(state="failed", error=error[:2000])
+
+    def _record_unit_failure(self, udir: UnitDir, error: str) -> None:
+        udir.record_failure(
+            self.cfg.slot,
+            {
+                "worker": self.cfg.slot,
+                "host": socket.gethostname(),
+                "time": time.time(),
+                "error": error[:2000],
+                "submission": os.environ.get("LAUNCHER_SUBMISSION"),
+                "job_id": self.owner.job_id,
+            },
+        )
 
     def _warn(self, message: str) -> None:
         log.warning("worker %s: %s", self.cfg.slot, message)

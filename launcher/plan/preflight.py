@@ -97,6 +97,8 @@ def _no_usable_rows(spec: JobSpec, key: tuple[str | int, ...], path: Path, sampl
         fix = f"set data.fields.record_id to a column of the file, or remove it (columns: {', '.join(sample.columns)})"
     elif first.reason.startswith(("invalid JSON", "not a JSON object")):
         fix = "JSONL holds one JSON object per line; a JSON array converts with `jq -c '.[]' in.json > out.jsonl`"
+    elif first.reason.startswith(("not UTF-8 text", "text UTF-8 cannot encode")):
+        fix = f"save {path.name} as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`)"
     elif "all empty" in first.reason:
         fix = (
             f"set data.fields.profile/history/context (now {fields.profile!r}, {fields.history!r}, "

@@ -81,6 +81,7 @@ class WorkerReport(TypedDict, total=False):
     samples: int
     output_tokens: int
     prompt_tokens: int
+    quarantined: int  # records the engine could not generate (each quarantined alone, with why)
     startup_phases: dict[str, float]
     error: str | None
     warnings: list[str]

@@ -253,13 +253,22 @@ def output_lines(plan: Plan, input_path: Path, command: str = "launcher batch") 
 def write_output(plan: Plan, input_path: Path, output_path: Path, command: str = "launcher batch") -> tuple[int, int]:
     """OUT.jsonl, written whole to a temporary name and renamed; (responses, errors)."""
     ok = bad = 0
-    lines = []
+    lines: list[bytes] = []
     for obj in output_lines(plan, input_path, command):
         ok += obj["error"] is None
         bad += obj["error"] is not None
-        lines.append(json.dumps(obj, ensure_ascii=False, sort_keys=False) + "\n")
-    write_atomic(output_path, "".join(lines).encode())
+        lines.append(_output_line(obj))
+    write_atomic(output_path, b"".join(lines))
     return ok, bad
+
+
+def _output_line(obj: dict[str, Any]) -> bytes:
+    """One output line, UTF-8 text as it is. A line whose custom_id (or error) holds a lone surrogate (such a line is
+    refused) is written with JSON escapes instead: json.loads gives back exactly the custom_id the input had."""
+    try:
+        return (json.dumps(obj, ensure_ascii=False) + "\n").encode()
+    except UnicodeEncodeError:
+        return (json.dumps(obj) + "\n").encode()
 
 
 __all__ = ["BatchInput", "batch_spec", "output_lines", "write_output"]

@@ -153,7 +153,7 @@ def _run(cmd: list[str]) -> str:
 
 def _parse(text: str) -> dict[str, JobState]:
     states: dict[str, JobState] = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): a field (a reason) could hold U+2028 or \x1c
         parts = line.split("|")
         if len(parts) < 4 or "." in parts[0]:  # job steps (123.batch) are not tasks
             continue
@@ -185,7 +185,8 @@ def collect(run_dir: Path) -> RunStatus:
     local = latest.get("executor") == "local"
     reports = _latest_reports(plan)
     jobs = [
-        _job_status(plan, i, element_of.get(i), states, local, reports) for i in range(int(latest.get("jobs") or 0))
+        _job_status(plan, i, element_of.get(i), states, local, reports, latest.get("submission"))
+        for i in range(int(latest.get("jobs") or 0))
     ]
     workers = [_worker_status(r) for r in reports.values()]
     units = [_unit_status(plan, u, latest.get("submission")) for u in plan.units]
@@ -227,14 +228,22 @@ def _worker_name(r: WorkerReport) -> str:
 
 
 def _job_status(
-    plan: Plan, index: int, jid: str | None, states: dict[str, JobState], local: bool, reports: dict[str, WorkerReport]
+    plan: Plan,
+    index: int,
+    jid: str | None,
+    states: dict[str, JobState],
+    local: bool,
+    reports: dict[str, WorkerReport],
+    submission: str | None = None,
 ) -> JobStatus:
     from launcher.job.retries import read_failures
 
     job_dir = plan.run.job(index)
     job = states.get(jid) if jid else None
     live = read_json(job_dir.live)
-    failures = [f for f in read_failures(job_dir.root) if f.get("submission") == (jid or "").split("_")[0]]
+    # a Slurm job's failures are counted per array; a local job's per submission (LAUNCHER_SUBMISSION)
+    this = jid.split("_")[0] if jid else (submission if local else None)
+    failures = [f for f in read_failures(job_dir.root) if this is not None and f.get("submission") == this]
     mine = [r for slot, r in reports.items() if slot.split(".")[0] == str(index)]
     all_done = all(plan.run.unit(u.unit_id).is_done() for u in plan.units)
     if job is not None:

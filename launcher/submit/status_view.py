@@ -72,6 +72,23 @@ def render(status: RunStatus) -> Group:
                 str(j.requeues if k == 0 else w.restart),
                 safe(w.error or (j.last_error if k == 0 else "")),
             )
+    jobless = {i: ws for i, ws in by_job.items() if i not in {j.index for j in status.jobs}}
+    for index, ws in sorted(jobless.items()):  # `launcher run`: workers with no submitted job around them
+        for w in ws:
+            workers.add_row(
+                str(index),
+                "",
+                "",
+                "",
+                w.worker,
+                ",".join(w.gpus) or "cpu",
+                w.state,
+                ", ".join(w.units) or "-",
+                str(w.records),
+                f"{w.samples_per_s:.2f}" if w.samples_per_s else "",
+                str(w.restart),
+                w.error,
+            )
     units = Table(title="units not done")
     for col in ("unit", "state", "records", "worker", "failures", "last error"):
         units.add_column(col)

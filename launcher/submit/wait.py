@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -15,6 +19,7 @@ from launcher.gather import GatherError, GroupReport, gather
 from launcher.gather.throughput import busy_words, describe_cpus, describe_gpus
 from launcher.plan import Plan, Unit
 from launcher.plan.persist import resume_hint
+from launcher.store import read_jsonl
 from launcher.store.unit_dir import CHUNK_RE
 from launcher.terminal import printable, safe
 
@@ -112,11 +117,31 @@ def _clock(seconds: float) -> str:
 
 
 def wait_and_gather(
-    plan: Plan, sub: Any, console: Console, poll_s: float = 2.0, every_s: float | None = None, noun: str = "records"
+    plan: Plan,
+    sub: Any,
+    console: Console,
+    poll_s: float = 2.0,
+    every_s: float | None = None,
+    noun: str = "records",
+    after_gather: Callable[[], None] | None = None,
 ) -> int:
-    """Follow the run until its jobs end (a bar in a terminal, a plain line every `every_s` elsewhere), report units
-    that failed with what resumes the run, gather, print the summary. noun: what a record is to the user (a line
-    of a `launcher batch` file)."""
+    """Follow the run, gather, print what came out. 1 when it is incomplete or generated nothing at all.
+    after_gather: what must be written even when nothing was generated (a batch file's error lines), before the
+    verdict."""
+    reports = wait_for_run(plan, sub, console, poll_s, every_s, noun)
+    if reports is None:
+        return 1
+    if after_gather is not None:
+        after_gather()
+    return 1 if report_empty_run(reports, console) else 0
+
+
+def wait_for_run(
+    plan: Plan, sub: Any, console: Console, poll_s: float = 2.0, every_s: float | None = None, noun: str = "records"
+) -> list[GroupReport] | None:
+    """Follow the run until its jobs end (a bar in a terminal, a plain line every `every_s` elsewhere), say why any
+    unit failed, gather and print the cells. None (and why, printed) when the outputs are incomplete. noun: what a
+    record is to the user (a line of a `launcher batch` file)."""
     jobs = list(sub.jobs)
     counter = RecordCounter(plan)
     every = progress_every_s(every_s)
@@ -166,13 +191,64 @@ def wait_and_gather(
         reports = gather(plan)
     except GatherError as exc:
         console.print(f"[red]incomplete:[/]\n{safe(str(exc), True)}", soft_wrap=True)
-        return 1
+        return None
     print_reports(reports, console)
-    return 0
+    return reports
+
+
+def report_empty_run(reports: list[GroupReport], console: Console) -> bool:
+    """True, having said why, when the run generated no record at all (every record quarantined, or none there): a
+    run that generates nothing must not look like a success. A cell that generated nothing beside others that did
+    gets a warning."""
+    if any(r.records for r in reports):
+        for r in reports:
+            if not r.records:
+                console.print(
+                    f"[yellow]warning:[/] {safe(r.label)} generated nothing: {r.quarantined} record(s) quarantined; "
+                    f"why: {safe(r.out_dir / 'quarantine.jsonl')}",
+                    soft_wrap=True,
+                    highlight=False,
+                )
+        return False
+    quarantined = sum(r.quarantined for r in reports)
+    if not quarantined:
+        console.print("[red]nothing generated:[/] the run has no records (its datasets hold no row to run)")
+        return True
+    files = [r.out_dir / "quarantine.jsonl" for r in reports if r.quarantined]
+    console.print(
+        f"[red]nothing generated:[/] all {quarantined} record(s) were quarantined; the reasons are in "
+        + ", ".join(safe(f) for f in files),
+        soft_wrap=True,
+        highlight=False,
+    )
+    for reason, count in top_reasons(files):
+        console.print(f"  {count} x {printable(reason)}", markup=False, highlight=False, soft_wrap=True)
+    console.print("  fix the data or the settings these reasons name, then run again", highlight=False)
+    return True
+
+
+def top_reasons(files: list[Path], shown: int = 3) -> list[tuple[str, int]]:
+    """The commonest quarantine reasons, alike up to their numbers (row, column, character positions)."""
+    counts: Counter[str] = Counter()
+    example: dict[str, str] = {}
+    for path in files:
+        for q in read_jsonl(path):
+            reason = str(q.get("reason", ""))
+            key = re.sub(r"\d+", "#", reason)
+            counts[key] += 1
+            example.setdefault(key, reason)
+    return [(example[k][:300], n) for k, n in counts.most_common(shown)]
 
 
 def follow(
-    plan: Plan, sub: Any, kind: str, console: Console, err: Console, every_s: float | None = None, noun: str = "records"
+    plan: Plan,
+    sub: Any,
+    kind: str,
+    console: Console,
+    err: Console,
+    every_s: float | None = None,
+    noun: str = "records",
+    after_gather: Callable[[], None] | None = None,
 ) -> int:
     """wait_and_gather, and Ctrl-C: a local run's jobs are stopped with SIGTERM (each writes what it finished and
     gives its units back: job/entry.py), a Slurm run goes on; either way the user hears what is kept and what
@@ -180,7 +256,7 @@ def follow(
     from launcher.store import write_json_atomic
 
     try:
-        return wait_and_gather(plan, sub, console, every_s=every_s, noun=noun)
+        return wait_and_gather(plan, sub, console, every_s=every_s, noun=noun, after_gather=after_gather)
     except KeyboardInterrupt:
         again = safe(resume_hint(plan.run))
         if kind != "local":
@@ -212,12 +288,13 @@ def follow(
 
 
 def report_failed(plan: Plan, unit: Unit, console: Console) -> None:
-    """Which unit, why (its last failure record, or its job's), the end of the log, what to run next."""
+    """Which unit, why (its last failure record, else its job's or a worker's), the end of the log, what to run."""
     from launcher.job.retries import read_failures
 
     failures = plan.run.unit(unit.unit_id).read_failures()
     job_failures = [f for i in range(plan.jobs) for f in read_failures(plan.run.job(i).root)]
-    if not failures and not job_failures:
+    worker_errors = [r for r in plan.run.worker_reports() if r.get("error")]
+    if not failures and not job_failures and not worker_errors:
         console.print(
             f"[red]unit {safe(unit.unit_id)} did not finish[/] (no failure recorded: cancelled, or timed out "
             f"too many times); logs: {safe(plan.run.logs)}; then {safe(resume_hint(plan.run))} again: finished "
@@ -228,8 +305,13 @@ def report_failed(plan: Plan, unit: Unit, console: Console) -> None:
         last = failures[-1]
         console.print(
             f"[red]unit {safe(unit.unit_id)} failed[/] {len(failures)} time(s), last in worker "
-            f"{safe(last.get('worker'))} on {safe(last.get('host'))}: {safe(last.get('error'))}"
+            f"{safe(last.get('worker'))} on {safe(last.get('host'))}: {safe(last.get('error'))}",
+            soft_wrap=True,
         )
+    else:  # the crash was not this unit's own (the engine's start, the job's set-up): say whose it was
+        last_job = sorted(job_failures, key=lambda f: f.get("time", 0))[-1] if job_failures else {}
+        why = last_job.get("error") or worker_errors[-1].get("error")
+        console.print(f"[red]unit {safe(unit.unit_id)} did not finish:[/] its job failed: {safe(why)}", soft_wrap=True)
     if job_failures:
         last = sorted(job_failures, key=lambda f: f.get("time", 0))[-1]
         for line in last.get("log_tail", [])[-LOG_LINES_SHOWN:]:
@@ -255,6 +337,13 @@ def print_reports(reports: list[GroupReport], console: Console) -> None:
             + (f", {r.quarantined} quarantined" if r.quarantined else "")
             + f" -> {safe(r.out_dir)}"
         )
+        if r.files_removed:
+            shown = ", ".join(r.files_removed[:5]) + (", ..." if len(r.files_removed) > 5 else "")
+            console.print(
+                f"  removed {len(r.files_removed)} file(s) an earlier gather wrote there and this one does not "
+                f"(renamed per-user files, users no longer in the data): {shown}",
+                markup=False,
+            )
         console.print(
             f"  backend {safe(summary['backend'])} (TP={summary['tensor_parallel_size']}, "
             f"DP={summary['data_parallel_size']}); {summary['throughput_samples_per_sec']} samples/s, "

@@ -40,6 +40,7 @@ from ..helpers import (
 )
 from . import cluster
 from .checks import TrialResult, judge
+from .hostile import inject_hostile
 from .trials import Trial, Workload, write_spec
 
 TRIAL_TIMEOUT_S = 480.0
@@ -446,6 +447,7 @@ INJECTORS: dict[str, Callable[[TrialRun], None]] = {
     "corrupt": inject_corrupt,
     "changed": inject_changed,
     "clock": inject_clock,
+    "hostile": inject_hostile,
 }
 
 __all__ = ["INJECTORS", "TMPFS_SIZE", "TRIAL_TIMEOUT_S", "TrialRun"]

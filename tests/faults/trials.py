@@ -35,6 +35,7 @@ KIND_LABELS = {
     "corrupt": "chunk corrupted after the run",
     "changed": "input rewritten mid-run (same size and mtime), then put back",
     "clock": "a claim stamped a year ahead by a node that died",
+    "hostile": "hostile text in the data (tests/faults/hostile.py)",
 }
 KINDS = tuple(KIND_LABELS)
 
@@ -173,6 +174,8 @@ def draw_point(kind: str, rng: random.Random, wl: Workload) -> dict[str, Any]:
         # workers judge it by is short here (lease_s), so the resubmit after it can take the unit back
         after, slow = rng.randint(1, max(1, rows - 1)), round(rng.uniform(1.5, 2.5), 2)
         return {"unit": unit_id, "after_records": after, "slow_s": slow, "ahead_s": 365 * 86400, "lease_s": 8}
+    if kind == "hostile":  # the unit's dataset gets the hostile rows, in an order of this seed
+        return {"unit": unit_id, "order_seed": rng.getrandbits(32)}
     if kind == "corrupt":
         # after a clean run: one byte of one of the unit's chunks (one record each), one bit of it flipped
         return {"unit": unit_id, "chunk": rng.randrange(rows), "byte": round(rng.random(), 4), "bit": rng.randrange(8)}
