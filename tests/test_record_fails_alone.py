@@ -108,7 +108,7 @@ def test_batch_lines_the_backend_cannot_serve_get_error_lines_and_the_others_run
     assert [k for k, o in lines.items() if o["response"] is not None] == ["a", "d"]
     assert "structured output (json_schema), which needs vLLM" in lines["b"]["error"]["message"]
     assert "past the model's vocabulary" in lines["c"]["error"]["message"]
-    assert "2 response(s), 2 error(s)" in proc.stdout
+    assert "2 response(s), 2 error line(s)" in proc.stdout
 
 
 def test_the_tokenizer_refusing_one_text_refuses_only_that_one(tmp_path: Path, tiny_model: Path) -> None:
