@@ -11,7 +11,7 @@ whole KV blocks (vLLM caches and reuses full blocks only).
 Configs that share at least one block form a group, in an order where each config follows the one it shares the
 longest prefix with (a maximum spanning tree, grown from the pair sharing most): fed one user at a time in that
 order, each prompt finds that prefix in the cache. Pure: the prompts come from a PromptSource (the worker's
-Preparer, or CharEstimate on a login node without the tokenizer).
+Preparer; on a login node plan/prefix_source.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from launcher.spec import JobSpec
 SAMPLE_ROWS = 16  # rows of each dataset rendered and tokenized to measure the shared prefixes
 MIN_SHARED_TOKENS = 256  # auto: a config must find at least this many tokens cached to be worth regrouping claims
 MIN_CONFIGS = 2  # ...and the group must hold at least this many configs
-CHARS_PER_TOKEN = 4  # the estimate without a tokenizer
 
 Ids = list[int]
 
@@ -247,24 +246,22 @@ def _feed_order(members: list[str], shared: Mapping[frozenset[str], int]) -> tup
 def decide(spec: JobSpec, analysis: PrefixAnalysis | None) -> PrefixDecision:
     """scheduling.prefix_order -> on or off, and why (the summary and `launcher plan` show the reason)."""
     mode = spec.scheduling.prefix_order
-    if mode == "off":
-        return PrefixDecision(mode, False, "scheduling.prefix_order: off: plan order, one unit after another", analysis)
     found = _found(analysis)
+    if mode == "off":
+        return PrefixDecision(mode, False, f"scheduling.prefix_order: off: plan order. {found}".strip(), analysis)
     if mode == "on":
         active = bool(analysis and analysis.groups)
         return PrefixDecision(
-            mode,
-            active,
-            f"scheduling.prefix_order: on: {found}" + ("" if active else "; nothing to group, plan order"),
-            analysis,
+            mode, active, f"scheduling.prefix_order: on{'' if active else ', nothing to group'}. {found}", analysis
         )
     no_cache = _no_prefix_cache(spec)
     if no_cache:
-        return PrefixDecision(mode, False, f"auto: off: {no_cache}", analysis)
+        return PrefixDecision(mode, False, f"auto: off: {no_cache}. {found}", analysis)
     best = max(analysis.groups, key=lambda g: g.longest_shared) if analysis and analysis.groups else None
     worth = best is not None and best.longest_shared >= MIN_SHARED_TOKENS and len(best.ablations) >= MIN_CONFIGS
-    rule = f"(on at >= {MIN_SHARED_TOKENS} shared tokens and >= {MIN_CONFIGS} sharing configs)"
-    return PrefixDecision(mode, worth, f"auto: {'on' if worth else 'off'}: {found} {rule}", analysis)
+    rule = f"{MIN_SHARED_TOKENS} shared tokens and {MIN_CONFIGS} sharing configs"
+    head = f"auto: on, at >= {rule}" if worth else f"auto: off, below {rule}"
+    return PrefixDecision(mode, worth, f"{head}. {found}", analysis)
 
 
 def _no_prefix_cache(spec: JobSpec) -> str:
@@ -276,52 +273,32 @@ def _no_prefix_cache(spec: JobSpec) -> str:
 
 
 def _found(analysis: PrefixAnalysis | None) -> str:
-    if analysis is None or not any(analysis.rows_measured.values()):
-        return "no rows to measure"
+    if analysis is None:
+        return ""
+    rows = max(analysis.rows_measured.values(), default=0)
+    if not rows:
+        return "No rows to measure."
+    how = f"Measured on the first {rows} rows with {analysis.measured_with}."
     if not analysis.groups:
-        return f"no two configs share a {BLOCK}-token block of prefix ({analysis.measured_with})"
-    parts = []
-    for g in sorted(analysis.groups, key=lambda g: -g.longest_shared)[:3]:
-        parts.append(f"{', '.join(g.ablations)} share up to {g.longest_shared:,} tokens in {g.dataset}")
-    more = f" (+{len(analysis.groups) - 3} more)" if len(analysis.groups) > 3 else ""
+        return f"No two configs share a {BLOCK}-token KV block of prefix. {how}"
+    parts = [
+        f"{', '.join(g.ablations)} share ~{g.longest_shared:,} tokens in {g.dataset}"
+        for g in sorted(analysis.groups, key=lambda g: -g.longest_shared)[:3]
+    ]
+    more = f" (+{len(analysis.groups) - 3} more groups)" if len(analysis.groups) > 3 else ""
     share = analysis.saved_tokens / analysis.prefill_tokens if analysis.prefill_tokens else 0.0
     return (
         "; ".join(parts)
         + more
-        + f"; in prefix order ~{analysis.saved_tokens:,} of the run's {analysis.prefill_tokens:,} prefill tokens come "
-        f"from the cache ({share:.0%}; {analysis.measured_with})"
+        + f": in prefix order ~{analysis.saved_tokens:,} of the run's {analysis.prefill_tokens:,} prefill tokens come "
+        f"from the cache ({share:.0%}). {how}"
     )
-
-
-# -- without the tokenizer ------------------------------------------------------------------------------------------
-
-
-class CharEstimate:
-    """A PromptSource for a login node without the model's tokenizer: the prompts as the worker renders them (no chat
-    template), one pseudo-token per CHARS_PER_TOKEN characters."""
-
-    def __init__(self, spec: JobSpec) -> None:
-        from launcher.inputs.prompts import make_builder
-
-        self._builders = {a: make_builder(spec.data, a, None) for a in spec.data.ablation_configs}
-
-    def builder(self, ablation: str) -> Any:
-        return self._builders[ablation]
-
-    def encode(self, texts: list[str], templated: list[bool] | None = None) -> list[list[int]]:
-        # each chunk's UTF-32 bytes as one number: equal chunks, equal ids (lone surrogates included)
-        step = CHARS_PER_TOKEN
-        return [
-            [int.from_bytes(t[i : i + step].encode("utf-32-le", "surrogatepass")) for i in range(0, len(t), step)]
-            for t in texts
-        ]
 
 
 __all__ = [
     "MIN_CONFIGS",
     "MIN_SHARED_TOKENS",
     "SAMPLE_ROWS",
-    "CharEstimate",
     "PrefixAnalysis",
     "PrefixDecision",
     "PrefixGroup",
