@@ -194,6 +194,8 @@ def toolkit_measurement(
         layout=summary.get("layout"),
         replicas=len(engines),
         gpu_busy_fraction=run.get("gpu_busy_fraction"),
+        prefix_cache_hit_rate=run.get("prefix_cache_hit_rate"),
+        prefix_order=main.get("prefix_order"),
         **{k: run.get(k) for k in GPU_COLUMNS},
         workers=summary.get("workers"),
         timing="wall clock across all workers",
