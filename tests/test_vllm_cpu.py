@@ -48,7 +48,7 @@ def test_auto_picks_vllm_and_says_why(tmp_path: Path, tiny_model: Path, data: Pa
     assert summary["backend"] == "vllm" and "auto: vLLM 0.3" in summary["backend_reason"]
     assert summary["engine_version"].startswith("vllm ")
     # these users' profile + history are far below 256 tokens: auto keeps plan order, and says so
-    assert not summary["prefix_order"]["active"] and summary["prefix_order"]["reason"].startswith("auto: off, below")
+    assert not summary["prefix_order"]["active"] and summary["prefix_order"]["reason"].startswith("auto: off (wants")
     rows = read_samples(out)
     assert len(rows) == len(USERS) and all(len(r["generated_samples"]) == 3 for r in rows)
     # rerun, other shard size and other chunking, and in prefix order (one user's two configs one after the other,

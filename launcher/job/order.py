@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from launcher.job.prepare import PreparedUnit
 from launcher.plan import Unit
-from launcher.plan.prefix import PrefixDecision, PromptSource, analyse, decide, sample_prompt_ids
+from launcher.plan.prefix import PrefixDecision, PromptSource, analyse, decide, no_prefix_cache, sample_prompt_ids
 from launcher.spec import JobSpec
 
 log = logging.getLogger("launcher.job")
@@ -96,15 +96,14 @@ def interleave(group: Sequence[PreparedUnit]) -> Iterator[tuple[int, int]]:
 def feed_order(spec: JobSpec, source: PromptSource, rows_per_dataset: Mapping[str, int] | None = None) -> FeedOrder:
     """Measure the first rows (unless prefix_order is off) and decide. A failure to measure is no reason to stop a
     worker: it then runs in plan order and says why."""
-    if spec.scheduling.prefix_order == "off":
+    mode = spec.scheduling.prefix_order
+    if mode == "off" or (mode == "auto" and no_prefix_cache(spec)):  # decided without reading a row
         return FeedOrder(decide(spec, None))
     try:
         analysis = analyse(spec, sample_prompt_ids(spec, source), rows_per_dataset)
     except Exception as exc:  # a dataset unreadable here fails its units with their own error, later
         log.warning("prefix order: could not measure shared prefixes (%s: %s); plan order", type(exc).__name__, exc)
-        return FeedOrder(
-            PrefixDecision(spec.scheduling.prefix_order, False, f"could not measure shared prefixes: {exc}"[:500])
-        )
+        return FeedOrder(PrefixDecision(mode, False, f"could not measure shared prefixes: {exc}"[:500]))
     return FeedOrder(decide(spec, analysis))
 
 

@@ -136,7 +136,8 @@ def sample_prompt_ids(
 
     out: dict[str, dict[str, dict[int, Ids]]] = {}
     for ds in spec.data.datasets:
-        records, _bad = read_shard(Path(ds.file), 0, rows, spec.data.fields, ds.split, ds.format)
+        stop = min(rows, spec.data.limit or rows)  # never past data.limit: those rows are not the run's
+        records, _bad = read_shard(Path(ds.file), 0, stop, spec.data.fields, ds.split, ds.format)
         per: dict[str, dict[int, Ids]] = {}
         for ablation in spec.data.ablation_configs:
             builder = source.builder(ablation)
@@ -248,23 +249,24 @@ def decide(spec: JobSpec, analysis: PrefixAnalysis | None) -> PrefixDecision:
     mode = spec.scheduling.prefix_order
     found = _found(analysis)
     if mode == "off":
-        return PrefixDecision(mode, False, f"scheduling.prefix_order: off: plan order. {found}".strip(), analysis)
-    if mode == "on":
+        head, active = "scheduling.prefix_order: off: plan order", False
+    elif mode == "on":
         active = bool(analysis and analysis.groups)
-        return PrefixDecision(
-            mode, active, f"scheduling.prefix_order: on{'' if active else ', nothing to group'}. {found}", analysis
+        head = "scheduling.prefix_order: on" + ("" if active else ", nothing to group")
+    elif no_cache := no_prefix_cache(spec):
+        head, active = f"auto: off: {no_cache}", False
+    else:
+        groups = analysis.groups if analysis is not None else ()
+        active = (
+            max((g.longest_shared for g in groups if len(g.ablations) >= MIN_CONFIGS), default=0) >= MIN_SHARED_TOKENS
         )
-    no_cache = _no_prefix_cache(spec)
-    if no_cache:
-        return PrefixDecision(mode, False, f"auto: off: {no_cache}. {found}", analysis)
-    best = max(analysis.groups, key=lambda g: g.longest_shared) if analysis and analysis.groups else None
-    worth = best is not None and best.longest_shared >= MIN_SHARED_TOKENS and len(best.ablations) >= MIN_CONFIGS
-    rule = f"{MIN_SHARED_TOKENS} shared tokens and {MIN_CONFIGS} sharing configs"
-    head = f"auto: on, at >= {rule}" if worth else f"auto: off, below {rule}"
-    return PrefixDecision(mode, worth, f"{head}. {found}", analysis)
+        rule = f"{MIN_CONFIGS} or more configs sharing >= {MIN_SHARED_TOKENS} tokens"
+        head = f"auto: on ({rule})" if active else f"auto: off (wants {rule})"
+    return PrefixDecision(mode, active, f"{head}. {found}".strip(), analysis)
 
 
-def _no_prefix_cache(spec: JobSpec) -> str:
+def no_prefix_cache(spec: JobSpec) -> str:
+    """Why the engine would keep no prefix cache ("" when it keeps one): auto then stays off."""
     if spec.model.backend == "hf":
         return "backend hf keeps no prefix cache"
     if spec.model.engine_args.get("enable_prefix_caching") is False:
@@ -306,5 +308,6 @@ __all__ = [
     "analyse",
     "common_prefix",
     "decide",
+    "no_prefix_cache",
     "sample_prompt_ids",
 ]
