@@ -239,8 +239,8 @@ def run(args: argparse.Namespace) -> int:
         path.write_text(json.dumps(rows, indent=1))
         for r in rows:
             print(
-                f"[bench] {r['system']}@{r['shape']}: {r['samples_per_min']:,.0f} samples/min, "
-                f"{r['output_tok_per_s']:,.0f} tok/s, start-up {r.get('startup', {}).get('total_s', '?')} s",
+                f"[bench] {r['system']}@{r['shape']}: {r['samples_per_min'] or 0:,.0f} samples/min, "
+                f"{r['output_tok_per_s'] or 0:,.0f} tok/s, start-up {r.get('startup', {}).get('total_s', '?')} s",
                 flush=True,
             )
 
