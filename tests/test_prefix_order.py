@@ -27,6 +27,7 @@ from launcher.plan.prefix import (
     analyse,
     common_prefix,
     decide,
+    reusable,
     sample_prompt_ids,
 )
 from launcher.plan.prefix_source import CharEstimate, TokenizerFile
@@ -100,6 +101,7 @@ def test_measuring_helpers_on_odd_input() -> None:
         naive = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
         assert common_prefix(a, b) == naive
     assert common_prefix(list(range(200_000)), [*range(199_999), -1]) == 199_999
+    assert reusable(-1) == 0 and reusable(15) == 0 and reusable(33) == 32  # an empty prompt shares nothing
     # the login-node estimate takes any text: lone surrogates, line separators, NUL, astral characters
     est = CharEstimate.encode(None, ["\ud800\u2028ab\x00\U0001f600xyz", "\ud800\u2028ab\x00\U0001f600xyQ"])  # type: ignore[arg-type]
     assert len(est[0]) == 3 and common_prefix(est[0], est[1]) == 2

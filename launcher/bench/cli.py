@@ -157,7 +157,8 @@ def configure(c: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="start a measurement only while this call has time left for one as long as the last (at least "
-        f"{MIN_STEP_S} s); the rest is skipped and the report still written (a later call goes on)",
+        f"{MIN_STEP_S} s); the rest is skipped and the report still written (a later call goes on). 0: only "
+        "write the report from what WORKDIR holds",
     )
     c.add_argument("--force", action="store_true", help="redo measurements already in WORKDIR/runs")
     c.add_argument("--no-plot", action="store_true", help="write JSON + markdown only (draw later with --report)")
@@ -222,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
             return
         if args.budget_s is not None:  # start a step only when one like the last still fits: the report gets written
             left = args.budget_s - (time.monotonic() - began)
-            if left < max(MIN_STEP_S, 1.1 * last_step_s[0]):
+            if left < max(MIN_STEP_S, last_step_s[0]):
                 print(f"[bench] {key}: skipped, {left:.0f} s of --budget-s left", flush=True)
                 return
         print(f"[bench] {key} ...", flush=True)

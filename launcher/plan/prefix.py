@@ -124,7 +124,7 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 def reusable(shared: int) -> int:
     """Tokens of a shared prefix vLLM can serve from its cache: whole blocks, and never the prompt's last token
     (its logits are needed, so it is always computed)."""
-    return shared // BLOCK * BLOCK
+    return max(0, shared) // BLOCK * BLOCK
 
 
 def sample_prompt_ids(
@@ -309,5 +309,6 @@ __all__ = [
     "common_prefix",
     "decide",
     "no_prefix_cache",
+    "reusable",
     "sample_prompt_ids",
 ]
