@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,3 +106,24 @@ def test_prefix_order_gains_compare_warm_runs_and_say_so() -> None:
     )
     assert "## Prefix order (issue 31)" in table and "| cells-prefix-order-warm | " + long in table
     assert "NOT MET: prefix_order_gain_short" in table
+
+
+def test_budget_zero_writes_the_report_from_what_was_measured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`launcher bench --budget-s 0` runs nothing: what WORKDIR holds is reported, the rest is skipped (the GPU
+    scripts end each call with it, so a call cut short still leaves results.json)."""
+    from launcher.bench.cli import main
+
+    shape = "cells-1x3x4x8-p32+8"
+    runs = tmp_path / "w" / "runs"
+    runs.mkdir(parents=True)
+    (runs / f"cells-plan-order@{shape}.json").write_text(json.dumps([m("cells-plan-order", shape, 100)]))
+    args = ["--preset", "tiny", "--no-plot", "--budget-s", "0", "--systems", "prefix-order", "--shapes", "10x8"]
+    args += ["--prefix-cells", "1x3x4x8", "--prefix-tokens", "32", "--prefix-context-tokens", "8"]
+    assert main([*args, "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "res")]) == 0
+    out = capsys.readouterr().out
+    assert f"cells-plan-order@{shape}: already measured" in out
+    assert f"cells-prefix-order@{shape}: skipped" in out and f"cells-prefix-order-warm@{shape}: skipped" in out
+    results = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert [r["system"] for r in results["measurements"]] == ["cells-plan-order"]

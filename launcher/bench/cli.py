@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         if args.budget_s is not None:  # start a step only when one like the last still fits: the report gets written
             left = args.budget_s - (time.monotonic() - began)
             if left < max(MIN_STEP_S, last_step_s[0]):
-                print(f"[bench] {key}: skipped, {left:.0f} s of --budget-s left", flush=True)
+                print(f"[bench] {key}: skipped, {max(0.0, left):.0f} s of --budget-s left", flush=True)
                 return
         print(f"[bench] {key} ...", flush=True)
         t0 = time.monotonic()
