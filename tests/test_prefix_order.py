@@ -32,7 +32,7 @@ from launcher.plan.prefix import (
     sample_prompt_ids,
 )
 from launcher.plan.prefix_source import CharEstimate, TokenizerFile
-from launcher.spec import load_spec
+from launcher.spec import json_schema, load_spec
 from launcher.store import Owner
 
 from .conftest import make_spec, write_jsonl
@@ -202,6 +202,8 @@ def test_spec_section_and_its_errors(tmp_path: Path, tiny_model: Path) -> None:
     with pytest.raises(SpecError) as err:
         load_spec(path)
     assert f"{path}:" in str(err.value) and "auto, on, off" in str(err.value)
+    field = json_schema()["$defs"]["SchedulingSpec"]["properties"]["prefix_order"]  # `launcher schema`, for editors
+    assert field["default"] == "auto" and field["enum"] == ["auto", "on", "off"] and "prefix" in field["description"]
 
 
 @pytest.mark.slow
