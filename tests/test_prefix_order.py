@@ -35,6 +35,7 @@ from launcher.plan.prefix_source import CharEstimate, TokenizerFile
 from launcher.seeds import record_seed
 from launcher.spec import json_schema, load_spec
 from launcher.store import Owner
+from launcher.submit.preview import prefix_preview
 
 from .conftest import make_spec, write_jsonl
 
@@ -149,6 +150,9 @@ def test_on_and_off_write_identical_samples_and_claims_stay_exactly_once(tmp_pat
     off = expand(load_spec(spec_path, ["scheduling.prefix_order=off", f"output.dir={tmp_path / 'off'}"]))
     on = expand(load_spec(spec_path, ["scheduling.prefix_order=on", f"output.dir={tmp_path / 'on'}"]))
     assert on.run.run_id == off.run.run_id  # the order never changes the samples, so never the run id
+    shown = prefix_preview(on)  # what `launcher plan` prints: measured with tokenizer.json, no transformers import
+    assert shown.active and "full, profile_and_history share ~" in shown.reason and "tokenizer.json" in shown.reason
+    assert not prefix_preview(off).active and "scheduling.prefix_order: off" in prefix_preview(off).reason
     for plan in (off, on):
         save_plan(plan)
     run_job(off.run.root, 0)

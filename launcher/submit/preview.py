@@ -154,7 +154,7 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
     for line in duplicate_report(spec):
         console.print(f"[yellow]duplicates:[/] {line}", soft_wrap=True)
     prefix = prefix_preview(plan)
-    console.print(f"prefix order: [bold]{'on' if prefix.active else 'off'}[/]: {escape(prefix.reason)}", soft_wrap=True)
+    console.print(f"prefix order: {escape(prefix.reason)}", soft_wrap=True)  # the reason opens with on or off
     est, why = estimate(plan)
     if est is not None:
         wall = est.startup_s + est.generation_s
