@@ -63,7 +63,9 @@ def test_auto_picks_vllm_and_says_why(tmp_path: Path, tiny_model: Path, data: Pa
         output={"dir": str(tmp_path / "o2"), "chunk_records": 4},
         scheduling={"prefix_order": "on"},
     )
-    assert launcher("run", "--spec", str(spec2)).returncode == 0
+    proc2 = launcher("run", "--spec", str(spec2))
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    assert "vLLM prefix cache: " in proc2.stdout  # the run line says what the cache served
     for cell in ("full", "profile_and_history"):
         assert (tmp_path / "o2" / "users" / cell / "samples.jsonl").read_bytes() == (
             tmp_path / "out" / "users" / cell / "samples.jsonl"

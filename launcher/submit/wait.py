@@ -147,6 +147,11 @@ def print_reports(reports: list[GroupReport], console: Console) -> None:
             f"run: {run['samples']} samples in {run['generation_wall_s']} s of generation "
             f"({run['samples_per_sec']} samples/s by the wall clock, {run['workers_generating']} worker(s)); "
             f"GPU busy {_pct(run['gpu_busy_fraction'])} of the workers' time; e2e {run['e2e_wall_s']} s"
+            + (
+                f"; vLLM prefix cache: {_pct(run['prefix_cache_hit_rate'])} of prompt tokens"
+                if run.get("prefix_cache_hit_rate") is not None
+                else ""
+            )
         )
         if gpus := describe_gpus(run):
             console.print(gpus)
