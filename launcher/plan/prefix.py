@@ -152,10 +152,24 @@ def sample_prompt_ids(
                 texts.append(prompt.text)
                 templated.append(prompt.templated)
                 kept.append(rec.row)
-            ids = source.encode(texts, templated) if texts else []
-            per[ablation] = dict(zip(kept, ids, strict=True))
+            per[ablation] = _encode_each(source, kept, texts, templated)
         out[ds.name] = per
     return out
+
+
+def _encode_each(source: PromptSource, rows: list[int], texts: list[str], templated: list[bool]) -> dict[int, Ids]:
+    """row -> token ids; when the batch fails (a text the tokenizer refuses: a lone surrogate...), row by row, and
+    the rows it refuses are left out of the measurement (the worker deals with them as records)."""
+    try:
+        return dict(zip(rows, source.encode(texts, templated), strict=True)) if texts else {}
+    except Exception:
+        out: dict[int, Ids] = {}
+        for row, text, flag in zip(rows, texts, templated, strict=True):
+            try:
+                out[row] = source.encode([text], [flag])[0]
+            except Exception:
+                continue
+        return out
 
 
 def analyse(
