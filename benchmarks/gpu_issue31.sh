@@ -1,30 +1,31 @@
 #!/usr/bin/env bash
 # Issue 31 on ONE H100 (nvidia-h100-x1), after vLLM is installed (/tmp/vllm-env.sh): prefix-aware order against
 # plan order, by the wall clock, Llama-3-8B shape (dummy weights). Two calls, each under 9 minutes:
-#   bash benchmarks/gpu_issue31.sh long    # prefix_order_gain: 1 dataset x 3 configs x 120 users, each user a
+#   bash benchmarks/gpu_issue31.sh long    # prefix_order_gain: 1 dataset x 3 configs x 216 users, each user a
 #                                          # 2,048-token prefix + a 128-token context per config, n=5, 256 tokens
 #   bash benchmarks/gpu_issue31.sh short   # prefix_order_gain_short: --cells 4x3x100x256 (no shared prefix)
-# Each runs three `launcher submit --wait` of its sweep, sharing one compile cache: prefix order (auto; cold, fills
-# the cache), plan order (prefix_order: off; warm), prefix order again (warm). The gain compares the two warm runs'
-# generation windows; `launcher bench --budget-s` starts the third only if it still fits, else the gain compares
-# the cold first run (a lower bound) and says so. Both calls write into /tmp/b31: the second call's results.json holds
-# both phases (run `short` on the same warm machine). Results, without samples and caches, are tarred into $OUT.
+# Each runs its sweep twice with `launcher submit --wait`: scheduling.prefix_order auto (prefix order), then off
+# (plan order), each from an empty compile cache of its own (two first jobs: the same start-up and the same
+# first-use Triton compiles inside generation), and compares their generation windows (and end-to-end walls).
+# Both calls write into /tmp/b31, so the second call's results.json holds both phases (run it on the same warm
+# machine). A call cut short is resumable: the same command measures only what is missing. Results, without samples
+# and caches, are tarred into $OUT.
 #
-# Time on an H100 80GB (estimates from earlier leases: cold engine start 85-120 s, warm ~40 s; ~8 s of submit,
-# gather and exit per run; ~20k output tok/s at 256-token prompts):
-#   set-up (wheels, imports, model config + 128k-word tokenizer, data)          ~25 s
-#   the report at the end (nothing runs)                                         ~10 s
-#   long: prefix order, cold: 100 s start + ~60 s generation (+~10 s Triton)   ~180 s
-#         plan order, warm:    40 s start + ~80 s generation (2,176-token prefills, ~50 s of them on ~1M tokens)
-#                                                                                ~130 s
-#         prefix order, warm:  40 s start + ~60 s generation                    ~110 s    => ~445 s
-#   short (6,000 samples, ~80 s of generation a run): 195 + 130 + 130            => ~490 s
-# Each call stays under 9 minutes whatever the estimates miss: the bench starts a run only while one as long as the
-# last still fits in the 470 s budget (else the gain compares the cold first run and says so), and stops hard at
-# 490 s; with set-up and the report, at most ~525 s.
-# Why 120 users: in plan order a user's configs are 120 requests apart (records_per_shard = 120, one unit per
-# config), far beyond what vLLM keeps cached beside the ~100 requests in flight (their KV fills ~95% of the cache),
-# so plan order finds no cross-config prefix by chance; on an H200 (more KV) the same holds.
+# Time on an H100 80GB, estimated from earlier leases (cold engine start ~85-100 s; ~8 s of submit, gather and exit
+# per run; ~10 s of first-use Triton compiles in a cold engine's generation; prefill ~25k tok/s; decode at this
+# shape's ~108 requests x 5 samples in flight, 2.3k-token contexts, ~10k tok/s):
+#   set-up (wheels, imports, model config + 128k-word tokenizer, data)                  ~20 s
+#   long, prefix order: 90 s start + ~105 s generation (530k prefill tokens, 830k decoded) + 18 s   ~215 s
+#   long, plan order:   90 s start + ~140 s generation (1.41M prefill tokens, 830k decoded) + 18 s  ~250 s
+#   the report at the end (nothing runs)                                                 ~10 s   => long ~495 s
+#   short, each order: 90 s start + ~80 s generation (6,000 samples of 256 tokens) + 18 s          ~190 s
+#                                                                                                => short ~410 s
+# Guard rails: the bench starts the second run only while the 480 s budget holds one as long as the first
+# (`launcher bench --budget-s`), and stops hard at 500 s; the report below is written either way.
+# Why 216 users: requests of equal length run in waves (~108 at once here on an H100), and vLLM keeps about the last
+# wave of finished requests cached; in plan order a user's configs are a whole config apart (one unit per config),
+# so with twice a wave of users the next config never finds its prefix still cached by chance. On an H200 (~200
+# requests in flight) it would partly: give it `--prefix-cells 1x3x420x256` and a longer budget.
 set -u
 . /tmp/vllm-env.sh
 # The image lacks submitit (launcher submit imports it) and nvidia-ml-py (the worker's NVML sampler): carry their
@@ -38,7 +39,7 @@ done
 [ -f .gpu3/pynvml.py ] && [ ! -f /tmp/vllm-site/pynvml.py ] && cp .gpu3/pynvml.py /tmp/vllm-site/
 python3 -c "import submitit, vllm, pynvml, launcher.job.entry" || { echo "imports failed"; exit 1; }
 phase=${1:-long}
-budget=${2:-470}  # measurements start only while one as long as the last still fits (launcher bench --budget-s)
+budget=${2:-480}  # a run starts only while one as long as the last still fits (launcher bench --budget-s)
 W=/tmp/b31
 mkdir -p "$W"
 bench() {
@@ -49,7 +50,7 @@ bench() {
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv > "$W/gpus-$phase.csv" 2>&1
 case "$phase" in
   long)
-    bench --systems prefix-order --prefix-cells 1x3x120x256 --prefix-tokens 2048 --prefix-context-tokens 128 \
+    bench --systems prefix-order --prefix-cells 1x3x216x256 --prefix-tokens 2048 --prefix-context-tokens 128 \
       --note "issue 31: a 2,048-token shared prefix, one GPU" > "$W/long.log" 2>&1 ;;
   short)
     bench --systems prefix-order-short --cells 4x3x100x256 \
@@ -59,7 +60,7 @@ esac
 rc=$?
 # results.json from whatever both phases measured so far (~10 s: nothing runs, every measurement is on disk)
 python3 -m launcher bench --no-plot --budget-s 0 --workdir "$W" --results "$W/res" \
-  --systems prefix-order,prefix-order-short --cells 4x3x100x256 --prefix-cells 1x3x120x256 >> "$W/$phase.log" 2>&1
+  --systems prefix-order,prefix-order-short --cells 4x3x100x256 --prefix-cells 1x3x216x256 >> "$W/$phase.log" 2>&1
 grep -h '^\[bench\]' "$W/$phase.log"
 grep -h 'prefix_order_gain\|prefix_cache_hit' "$W/res/results.md" 2>/dev/null
 tar cf "$OUT/b31-$phase.tar" -C "$W" --exclude='*.jsonl' --exclude=compile-cache --exclude=scratch \

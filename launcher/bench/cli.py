@@ -122,8 +122,8 @@ def configure(c: argparse.ArgumentParser) -> None:
     )
     c.add_argument(
         "--prefix-cells",
-        default="1x3x120x256",
-        help="the prefix-order sweep: DATASETSxABLATIONSxRECORDSxMAX_TOKENS (default 1x3x120x256); every config of a "
+        default="1x3x216x256",
+        help="the prefix-order sweep: DATASETSxABLATIONSxRECORDSxMAX_TOKENS (default 1x3x216x256); every config of a "
         "user starts with the same --prefix-tokens words, then its own --prefix-context-tokens",
     )
     c.add_argument("--prefix-tokens", type=int, default=2048, help="shared prefix per user (default 2048)")

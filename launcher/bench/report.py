@@ -28,7 +28,7 @@ def _by(ms: list[dict[str, Any]], system: str, shape: str) -> dict[str, Any] | N
 
 
 def shape_order(shape: str) -> list[int]:
-    """1000x256 < 4000x512 < cells-4x3x200x256 < cells-1x3x160x256-p2048+128: by the numbers in the name."""
+    """1000x256 < 4000x512 < cells-4x3x200x256 < cells-1x3x216x256-p2048+128: by the numbers in the name."""
     return [int(x) for x in re.findall(r"\d+", shape)]
 
 
