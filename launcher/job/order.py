@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from launcher.job.prepare import PreparedUnit
 from launcher.plan import Unit
@@ -29,6 +29,16 @@ GroupKey = tuple[str, str, str, int, int, int]  # model, adapter, dataset, start
 @dataclass(frozen=True)
 class FeedOrder:
     decision: PrefixDecision
+    # (dataset, ablation) -> (group number, position in its feed order): a worker asks for every unit at each claim
+    _groups: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict, init=False, compare=False)
+    _memo: dict[str, object] = field(default_factory=dict, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        analysis = self.decision.analysis
+        if self.active and analysis is not None:
+            for number, group in enumerate(analysis.groups):
+                for position, ablation in enumerate(group.ablations):
+                    self._groups.setdefault((group.dataset, ablation), (number, position))
 
     @property
     def active(self) -> bool:
@@ -36,24 +46,34 @@ class FeedOrder:
 
     def _place(self, unit: Unit) -> tuple[GroupKey, int] | None:
         """(its group's key, its position in the group's feed order), or None when it runs alone."""
-        analysis = self.decision.analysis
-        if not self.active or analysis is None:
+        found = self._groups.get((unit.dataset, unit.ablation))
+        if found is None:
             return None
-        for number, group in enumerate(analysis.groups):
-            if group.dataset == unit.dataset and unit.ablation in group.ablations:
-                key = (unit.model, unit.adapter, unit.dataset, unit.start, unit.stop, number)
-                return key, group.ablations.index(unit.ablation)
-        return None
+        return (unit.model, unit.adapter, unit.dataset, unit.start, unit.stop, found[0]), found[1]
 
     def candidates(self, units: Sequence[Unit]) -> list[Unit]:
         """Plan order; in prefix order each group's members follow one another where its first member stood."""
-        if not self.active:
-            return list(units)
+        return self._arranged(units)[0]
+
+    def partners(self, unit: Unit, units: Sequence[Unit]) -> list[Unit]:
+        """The other units of `unit`'s group among `units`, in feed order; none in plan order."""
+        place = self._place(unit)
+        if place is None:
+            return []
+        return [u for u in self._arranged(units)[1].get(place[0], []) if u.unit_id != unit.unit_id]
+
+    def _arranged(self, units: Sequence[Unit]) -> tuple[list[Unit], dict[GroupKey, list[Unit]]]:
+        """(candidates, group key -> members in feed order), kept for the last `units` asked: a worker asks at
+        every claim, for the same units, and 10,000 of them should not cost a pass each time."""
+        ids = tuple(u.unit_id for u in units)
+        if self._memo.get("ids") == ids:
+            return self._memo["arranged"]  # type: ignore[return-value]
         members: dict[GroupKey, list[tuple[int, Unit]]] = {}
         for u in units:
             place = self._place(u)
             if place is not None:
                 members.setdefault(place[0], []).append((place[1], u))
+        groups = {key: [u for _, u in sorted(ms, key=lambda pm: pm[0])] for key, ms in members.items()}
         out: list[Unit] = []
         emitted: set[GroupKey] = set()
         for u in units:
@@ -62,16 +82,9 @@ class FeedOrder:
                 out.append(u)
             elif place[0] not in emitted:
                 emitted.add(place[0])
-                out += [m for _, m in sorted(members[place[0]], key=lambda pm: pm[0])]
-        return out
-
-    def partners(self, unit: Unit, units: Sequence[Unit]) -> list[Unit]:
-        """The other units of `unit`'s group among `units`, in feed order; none in plan order."""
-        place = self._place(unit)
-        if place is None:
-            return []
-        found = [(p[1], u) for u in units if u.unit_id != unit.unit_id and (p := self._place(u)) and p[0] == place[0]]
-        return [u for _, u in sorted(found, key=lambda pu: pu[0])]
+                out += groups[place[0]]
+        self._memo.update(ids=ids, arranged=(out, groups))
+        return out, groups
 
     def position(self, unit: Unit) -> int:
         """Where `unit` goes in its group's feed order (0 when it runs alone)."""
