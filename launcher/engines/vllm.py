@@ -122,6 +122,12 @@ class VLLMEngine(Engine):
         load_s = time.perf_counter() - t0
         startup["engine_init_s"] = round(load_s, 3)
         self.engine: Any = self.llm.llm_engine
+        with contextlib.suppress(AttributeError, TypeError):  # vLLM turns it off for models that do not support it
+            if not self.engine.vllm_config.cache_config.enable_prefix_caching:
+                settings.kwargs["enable_prefix_caching"] = False
+                settings.reasons["enable_prefix_caching"] = (
+                    f"vLLM {vllm.__version__} keeps no prefix cache for this model"
+                )
         self.capacity_tokens, self.block = self._kv_capacity()
         n_asked = 1 if self.sampling.temperature == 0 else self.n  # greedy asks once and copies
         mean_need = request_tokens(int(workload.prompt_tokens_mean), self.sampling.max_tokens, n_asked, self.block)
@@ -325,9 +331,16 @@ class VLLMEngine(Engine):
         settings = getattr(self, "settings", None)
         if settings is not None and getattr(self, "llm", None) is not None:
             counters = self.stats()
+            if counters.get("prefix_cache_queries"):  # tokens of prompts found in the cache / tokens looked up
+                counters["prefix_cache_hit_rate"] = round(
+                    counters["prefix_cache_hits"] / counters["prefix_cache_queries"], 4
+                )
             if counters:
                 settings.kwargs["vllm_counters"] = counters
-                settings.reasons["vllm_counters"] = "vLLM's own counters at the end (num_preemptions should be 0)"
+                settings.reasons["vllm_counters"] = (
+                    "vLLM's own counters at the end (num_preemptions should be 0; prefix_cache_hit_rate: prompt tokens "
+                    "served from the prefix cache)"
+                )
         llm, engine, cache = getattr(self, "llm", None), getattr(self, "engine", None), getattr(self, "cache", None)
         if cache is not None and llm is not None:
             cache.publish()

@@ -309,6 +309,7 @@ def summarize(
         "engine_version": engine.get("version"),
         "engine_settings": engine.get("settings"),
         "engine_settings_reasons": engine.get("reasons"),
+        "prefix_order": worker.get("prefix_order"),
         "launcher_version": __version__,
         "model": spec.model_paths()[key.model],
         **({"model_name": key.model} if key.model else {}),

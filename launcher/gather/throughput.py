@@ -79,6 +79,7 @@ class RunFigures:
             "workers_generating": len(busy),
             "gpus": gpus,
             "startup_s_max": self.startup_max_s(),
+            **self.prefix_cache(),
         }
 
     def cpu_figures(self, samples: int, e2e: float | None) -> dict[str, Any]:
@@ -99,6 +100,16 @@ class RunFigures:
             "cpu_cores_busy": round(cpu_s / e2e, 2) if e2e else None,
             "samples_per_cpu_hour": round(samples / cpu_hours, 1) if cpu_hours and samples else None,
         }
+
+    def prefix_cache(self) -> dict[str, Any]:
+        """vLLM's prefix-cache hit rate over every engine of the run: prompt tokens served from the cache / prompt
+        tokens looked up (the n samples of a prompt hit it; in prefix order, so do a user's other configs)."""
+        hits = queries = 0.0
+        for w in self.workers:
+            counters = ((w.get("engine") or {}).get("settings") or {}).get("vllm_counters") or {}
+            hits += float(counters.get("prefix_cache_hits") or 0)
+            queries += float(counters.get("prefix_cache_queries") or 0)
+        return {"prefix_cache_hit_rate": round(hits / queries, 4)} if queries else {}
 
     def gpu_figures(self) -> dict[str, Any]:
         """SM utilization (mean, p10 over every GPU-second sampled), peak memory, mean power; or why none."""

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from launcher.plan import Plan
 from launcher.plan.estimate import gpus_per_job
+from launcher.plan.prefix import PrefixDecision
 from launcher.terminal import printable, safe
 
 
@@ -58,6 +59,21 @@ def container_argv_preview(plan: Plan) -> list[str] | None:
     return preview_argv(spec, plan.run.root, gpu_count=spec.slurm.gpus_per_node)
 
 
+def prefix_preview(plan: Plan) -> PrefixDecision:
+    """What scheduling.prefix_order will do, measured on the first rows the way a worker measures them (the tokenizer
+    read cheaply here: plan/prefix_source.py)."""
+    from launcher.plan.prefix import analyse, decide, sample_prompt_ids
+    from launcher.plan.prefix_source import login_source
+
+    spec = plan.spec.for_model(plan.spec.model_names()[0])  # prompts are checked with the first model's tokenizer
+    try:
+        source, how = login_source(spec)
+        analysis = analyse(spec, sample_prompt_ids(spec, source), plan.rows_per_dataset, how)
+    except Exception as exc:  # preflight checked the data and templates: this is no reason to refuse a plan
+        return PrefixDecision(spec.scheduling.prefix_order, False, f"not measured here: {exc}"[:300])
+    return decide(spec, analysis)
+
+
 def plan_json(plan: Plan) -> dict[str, Any]:
     from launcher.plan.estimate import estimate
     from launcher.plan.nodes import choose_nodes
@@ -90,6 +106,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         else None,
         "estimate_reason": why,
         "duplicates": duplicate_report(plan.spec),
+        "prefix_order": prefix_preview(plan).as_json(),
         "unit_list": [{"index": u.index, "unit_id": u.unit_id, "rows": [u.start, u.stop]} for u in plan.units],
         "sbatch": sbatch_preview(plan) if plan.spec.executor == "slurm" else None,
         "container_argv": container_argv_preview(plan),
@@ -145,6 +162,8 @@ def render_plan(plan: Plan, console: Console, show: int = 20, seconds: float = 0
         console.print(f"nodes per task: [bold]{node_choice.nodes}[/] ({node_choice.reason})")
     for line in duplicate_report(spec):
         console.print(f"[yellow]duplicates:[/] {safe(line)}", soft_wrap=True)  # user ids: data
+    prefix = prefix_preview(plan)
+    console.print(f"prefix order: {safe(prefix.reason)}", soft_wrap=True)  # the reason opens with on or off
     est, why = estimate(plan)
     if est is not None:
         wall = est.startup_s + est.generation_s

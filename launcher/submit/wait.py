@@ -356,7 +356,16 @@ def print_reports(reports: list[GroupReport], console: Console) -> None:
             f"run: {run['samples']} samples in {run['generation_wall_s']} s of generation "
             f"({run['samples_per_sec']} samples/s by the wall clock, {run['workers_generating']} worker(s)); "
             f"{busy_words(run)} of the workers' time; e2e {run['e2e_wall_s']} s"
+            + (
+                f"; vLLM prefix cache: {_pct(run['prefix_cache_hit_rate'])} of prompt tokens"
+                if run.get("prefix_cache_hit_rate") is not None
+                else ""
+            )
         )
         for line in (describe_gpus(run), describe_cpus(run)):
             if line:
                 console.print(safe(line), soft_wrap=True)
+
+
+def _pct(x: float | None) -> str:
+    return f"{100 * x:.0f}%" if x is not None else "n/a"
