@@ -20,6 +20,7 @@ from typing import Any
 
 from launcher.engines import register
 from launcher.engines.base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
+from launcher.engines.decode import Generated, SampleDecoder, cut_at_stop
 from launcher.plan.layout import ParallelLayout
 from launcher.plan.sizing import CPU_KV_CACHE_GIB, EngineSettings
 from launcher.spec import SamplingSpec
@@ -78,7 +79,7 @@ class VLLMEngine(Engine):
         kwargs.setdefault("disable_log_stats", False)
         self.tokenizer = tokenizer
         # vLLM detokenizes every sample at every step unless told not to; only stop strings need that. The text is
-        # decoded once per sample at the end instead (same tokenizer, same skip_special_tokens).
+        # decoded once per sample at the end instead, by vLLM's own rule (engines/decode.py).
         self.detokenize_here = not self.sampling.stop
         startup: dict[str, Any] = {}
         ready = self._join_nodes(layout, kwargs, settings, startup)
@@ -113,6 +114,8 @@ class VLLMEngine(Engine):
         load_s = time.perf_counter() - t0
         startup["engine_init_s"] = round(load_s, 3)
         self.engine: Any = self.llm.llm_engine
+        # vLLM's own tokenizer object: its class decides how vLLM would detokenize (a Mistral one, say).
+        self.decoder = SampleDecoder(_engine_tokenizer(self.llm, tokenizer))
         self.capacity_tokens, self.block = self._kv_capacity()
         n_asked = 1 if self.sampling.temperature == 0 else self.n  # greedy asks once and copies
         mean_need = request_tokens(int(workload.prompt_tokens_mean), self.sampling.max_tokens, n_asked, self.block)
@@ -128,7 +131,7 @@ class VLLMEngine(Engine):
         settings.reasons["detokenize_in_engine"] = (
             "stop strings need vLLM's incremental detokenizer"
             if self.sampling.stop
-            else "no stop strings: each sample is decoded once when it finishes"
+            else "no stop strings: each sample is decoded once when it finishes, by vLLM's rule (engines/decode.py)"
         )
         self.settings = settings
         return EngineReport(
@@ -272,14 +275,18 @@ class VLLMEngine(Engine):
                 inflight_tokens -= need
                 if self.cache is not None:  # first results in: kernels compiled on first use are in the cache now
                     self.cache.publish()
-                yield Completion(req.key, len(req.prompt_token_ids), self._samples(out, req.n or self.n))
+                yield Completion(req.key, len(req.prompt_token_ids), self._samples(out, req.n or self.n, req))
 
-    def _samples(self, out: Any, n: int) -> tuple[Sample, ...]:
+    def _samples(self, out: Any, n: int, req: GenerationRequest) -> tuple[Sample, ...]:
         outputs = sorted(out.outputs, key=lambda c: c.index)
-        if self.detokenize_here:
-            texts = self.tokenizer.batch_decode([list(c.token_ids) for c in outputs], skip_special_tokens=True)
-        else:
-            texts = [c.text for c in outputs]
+        # One rule with or without stop strings (vLLM's text then is the same, cut at the stop string), and the same
+        # as the HF backend's. A stop string, unlike EOS or a stop token id, leaves its token in the text.
+        generated = [
+            Generated(c.token_ids, c.finish_reason == "stop" and not isinstance(c.stop_reason, str)) for c in outputs
+        ]
+        texts = self.decoder.decode(req.prompt_token_ids, generated)
+        stop = (req.sampling or self.sampling).stop
+        texts = [cut if stop and (cut := cut_at_stop(t, stop)) is not None else t for t in texts]
         samples = tuple(
             Sample(t, len(c.token_ids), _reason(c.finish_reason), tuple(c.token_ids))
             for t, c in zip(texts, outputs, strict=True)
@@ -366,6 +373,14 @@ def lora_requests(adapters: dict[str, str | None]) -> dict[str, Any]:
 
     named = [(name, folder) for name, folder in adapters.items() if folder]
     return {name: LoRARequest(name, i, folder) for i, (name, folder) in enumerate(named, start=1)}
+
+
+def _engine_tokenizer(llm: Any, given: Any) -> Any:
+    with contextlib.suppress(Exception):  # a vLLM started without its tokenizer (skip_tokenizer_init)
+        found = llm.get_tokenizer()
+        if found is not None:
+            return found
+    return given
 
 
 def _reason(reason: str | None) -> str:
