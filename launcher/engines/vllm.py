@@ -78,9 +78,6 @@ class VLLMEngine(Engine):
         # Stats on: the summary reports preemptions (there should be none) from vLLM's own counters.
         kwargs.setdefault("disable_log_stats", False)
         self.tokenizer = tokenizer
-        # vLLM detokenizes every sample at every step unless told not to; only stop strings need that. The text is
-        # decoded once per sample at the end instead, by vLLM's own rule (engines/decode.py).
-        self.detokenize_here = not self.sampling.stop
         startup: dict[str, Any] = {}
         ready = self._join_nodes(layout, kwargs, settings, startup)
         if not on_gpu and ready is None:
@@ -127,7 +124,7 @@ class VLLMEngine(Engine):
             settings.reasons["kv_cache_tokens"] = (
                 f"measured by vLLM at start-up (estimated beforehand: {settings.kv_tokens_estimate or 'n/a'})"
             )
-        settings.kwargs["detokenize_in_engine"] = not self.detokenize_here
+        settings.kwargs["detokenize_in_engine"] = bool(self.sampling.stop)
         settings.reasons["detokenize_in_engine"] = (
             "stop strings need vLLM's incremental detokenizer"
             if self.sampling.stop
@@ -213,7 +210,9 @@ class VLLMEngine(Engine):
             seed=seed,
             ignore_eos=s.ignore_eos,
             stop=s.stop or None,
-            detokenize=not self.detokenize_here,
+            # vLLM detokenizes every sample at every step unless told not to; only stop strings need that (a batch
+            # line's own too). The text is decoded once per sample at the end, by vLLM's rule (engines/decode.py).
+            detokenize=bool(s.stop),
             output_kind=RequestOutputKind.FINAL_ONLY,
             structured_outputs=self._structured(s),
         )
