@@ -70,17 +70,18 @@ class SampleDecoder:
         out = []
         for gen, text in zip(gens, whole, strict=True):
             settled = self._settle(context, before, gen, text)
-            out.append(settled if settled is not None else self._stream(prompt_ids, gen))
+            out.append(settled if settled is not None else self._stream(context, before, gen))
         return out
 
     def _context(self, prompt_ids: Sequence[int]) -> tuple[list[int], str]:
-        """The prompt's last tokens and their text: from PROMPT_TAIL on, more while they decode to nothing (special
-        tokens), so that the sample's first token is decoded as what follows text, as it is in vLLM."""
+        """The prompt's last tokens and their text, standing in for the whole prompt: from PROMPT_TAIL on, more while
+        they decode to nothing (special tokens: the sample's first token must follow text, as in vLLM) or start
+        inside a character (U+FFFD first: the cut would change how a byte run across the junction is read)."""
         take = PROMPT_TAIL
         while True:
             context = list(prompt_ids[-take:]) if take < len(prompt_ids) else list(prompt_ids)
             text = self.backend.decode(context, skip_special_tokens=True)
-            if text or len(context) == len(prompt_ids):
+            if (text and not text.startswith(REPLACEMENT)) or len(context) == len(prompt_ids):
                 return context, text
             take *= 4
 
@@ -97,13 +98,12 @@ class SampleDecoder:
             return None
         return said
 
-    def _stream(self, prompt_ids: Sequence[int], gen: list[int]) -> str:
-        """tokenizers' step_decode_stream (tokenizers/src/tokenizer/mod.rs) token by token, as vLLM drives it,
-        except that the prompt always primes it (see the module's docstring)."""
+    def _stream(self, context: list[int], before: str, gen: list[int]) -> str:
+        """tokenizers' step_decode_stream (tokenizers/src/tokenizer/mod.rs) token by token, as vLLM drives it, primed
+        with the prompt's tail (vLLM primes with the whole prompt: the same text), and always primed (see the
+        module's docstring)."""
         decode = self.backend.decode
-        ids = list(prompt_ids)
-        prefix = decode(ids, skip_special_tokens=True)
-        start = len(ids)
+        ids, prefix, start = list(context), before, len(context)
         chunks: list[str] = []
         for token in gen:
             if not prefix and ids:
