@@ -134,7 +134,9 @@ class SampleDecoder:
             plain = bool(getattr(tok, "is_fast", False)) or not tok.get_added_vocab()
             self._slow_setup = (plain, frozenset(tok.get_added_vocab()), frozenset(tok.all_special_tokens), len(tok))
         plain, added, special, vocab = self._slow_setup
-        tokens = [t or "" for t in tok.convert_ids_to_tokens(list(prompt_ids[-SLOW_PROMPT_TOKENS:]), True)]
+        tokens = [
+            t or "" for t in tok.convert_ids_to_tokens(list(prompt_ids[-SLOW_PROMPT_TOKENS:]), skip_special_tokens=True)
+        ]
         read = len(tokens)
         prefix = max(read - SLOW_PREFIX_WINDOW, 0)
         chunks: list[str] = []
