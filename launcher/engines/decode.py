@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 REPLACEMENT = "\ufffd"
-PROMPT_TAIL = 8  # prompt tokens decoded before a sample (more only while they decode to nothing)
+PROMPT_TAIL = 8  # prompt tokens decoded before a sample (more while they decode to nothing or start mid-character)
 MAX_HELD = 8  # tokens backed off a sample ending in U+FFFD before replaying it (a character is at most 4 bytes)
 SLOW_PROMPT_TOKENS = 7  # vLLM's INITIAL_INCREMENTAL_DETOKENIZATION_OFFSET (5) + 2
 SLOW_PREFIX_WINDOW = 5
