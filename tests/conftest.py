@@ -50,6 +50,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_demo_model(tmp_path_factory.mktemp("model") / "tiny")
 
 
+@pytest.fixture(scope="session")
+def unicode_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model with a byte-level BPE trained on CJK, emoji and accents: tokens end inside characters."""
+    from tests.unicode_tokenizers import byte_level_model
+
+    return byte_level_model(tmp_path_factory.mktemp("model") / "unicode")
+
+
 USERS = [
     {
         "user_id": f"u{i:02d}",

@@ -24,6 +24,7 @@ from launcher.engines.base import (
     Workload,
     refused,
 )
+from launcher.engines.decode import Generated, SampleDecoder, cut_at_stop
 from launcher.plan.layout import ParallelLayout
 from launcher.spec import SamplingSpec
 
@@ -95,6 +96,7 @@ class HFEngine(Engine):
 
         t0 = time.perf_counter()
         self.tokenizer = tokenizer
+        self.decoder = SampleDecoder(tokenizer)
         # One GPU per worker: HF runs data-parallel only (a TP group's other GPUs would sit idle; the layout for HF
         # asks TP=1).
         self.device = "cuda" if layout.gpus and torch.cuda.is_available() else "cpu"
@@ -198,10 +200,10 @@ class HFEngine(Engine):
             )
         new = out[:, width:].cpu().tolist()
         for b, req in enumerate(batch):
-            samples = tuple(self._sample(new[b * n + j], s) for j in range(n))
+            samples = tuple(self._sample(new[b * n + j], s, req.prompt_token_ids) for j in range(n))
             yield Completion(req.key, len(req.prompt_token_ids), samples)
 
-    def _sample(self, tokens: list[int], s: SamplingSpec) -> Sample:
+    def _sample(self, tokens: list[int], s: SamplingSpec, prompt_token_ids: list[int]) -> Sample:
         kept, reason = tokens, "length"
         for i, tok in enumerate(tokens):
             if not s.ignore_eos and tok in self.eos_ids:
@@ -210,9 +212,9 @@ class HFEngine(Engine):
         else:  # no EOS: trailing pads only appear once every row of the batch is done, so trim them
             while kept and kept[-1] == self.pad_id and self.pad_id not in self.eos_ids and len(kept) < len(tokens):
                 kept = kept[:-1]
-        text = self.tokenizer.decode(kept, skip_special_tokens=True)
-        if s.stop:
-            for stop in s.stop:
-                if stop in text:
-                    text, reason = text[: text.index(stop)], "stop"
+        # vLLM's text for these ids (engines/decode.py): the EOS that ended the sample is left out, and a character
+        # cut at max_tokens is dropped, not replaced.
+        text = self.decoder.decode(prompt_token_ids, [Generated(kept, reason == "stop")])[0]
+        if s.stop and (cut := cut_at_stop(text, s.stop)) is not None:
+            text, reason = cut, "stop"
         return Sample(text, len(kept), reason, tuple(kept))
