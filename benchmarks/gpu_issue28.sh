@@ -17,25 +17,27 @@
 # Each call leaves $OUT/b28-<call>.tar (results.json + results.md of everything measured so far, the runs, the logs;
 # no samples, caches or checkpoints). The lead commits res/ as benchmarks/results/<date>-h100-80gb-hbm3-issue28/.
 #
-# .gpu3/ (carried; not on the GPU host) must hold, from `pip download --no-deps -d .gpu3 ...` (3.8 MB in all):
+# .gpu3/ (carried; not on the GPU host) must hold, from `pip download --no-deps -d .gpu3 ...` (4.4 MB in all):
 #   submitit nvidia-ml-py                                 (as for the earlier issues)
 #   runai-model-streamer==0.17.1 humanize                 (Run:ai streamer: py3 manylinux_2_28 x86_64 wheel, 0.8 MB;
 #                                                          humanize 0.1 MB, which it imports)
 #   fastsafetensors==0.5.0                                (cp312 manylinux_2_28 x86_64 wheel, 2.7 MB; its typer
 #                                                          requirement is for its CLI, not imported by vLLM's loader)
+#   google-re2==1.1.20251105                              (cp312 manylinux_2_28 x86_64 wheel: `import re2`, a core
+#                                                          dependency of the launcher since issue 26: spec checks)
 # Both are within the ranges vLLM of torch 2.11's era asks for (fastsafetensors >= 0.3.2, runai >= 0.15.7); if one
 # does not load on vLLM 0.26, its row says why, and older wheels of those ranges can be tried. A wheel that is
 # missing only costs its loader's row (the step says "not installed").
 set -u
 . /tmp/vllm-env.sh
-for spec in submitit:submitit pynvml:nvidia_ml_py runai_model_streamer:runai_model_streamer humanize:humanize \
-            fastsafetensors:fastsafetensors; do
+for spec in submitit:submitit pynvml:nvidia_ml_py re2:google_re2 runai_model_streamer:runai_model_streamer \
+            humanize:humanize fastsafetensors:fastsafetensors; do
   module=${spec%%:*} wheel=${spec##*:}
   if ! python3 -c "import $module" 2>/dev/null && ls .gpu3/"$wheel"-*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --target /tmp/vllm-site .gpu3/"$wheel"-*.whl
   fi
 done
-python3 -c "import submitit, vllm, launcher.job.entry; print('vllm', vllm.__version__)" || { echo "imports failed"; exit 1; }
+python3 -c "import submitit, re2, vllm, launcher.job.entry; print('vllm', vllm.__version__)" || { echo "imports failed"; exit 1; }
 python3 -c "import runai_model_streamer" 2>/dev/null && echo "runai_model_streamer: yes" || echo "runai_model_streamer: no"
 python3 -c "import fastsafetensors" 2>/dev/null && echo "fastsafetensors: yes" || echo "fastsafetensors: no"
 call=$1

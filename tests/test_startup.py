@@ -112,6 +112,29 @@ def test_vllm_keeps_its_tokenizer_where_it_needs_one(monkeypatch: pytest.MonkeyP
     assert eos_stop_ids(engine, SamplingSpec(ignore_eos=True)) is None
     with pytest.raises(RuntimeError, match="LAUNCHER_STARTUP_OFF=skip_tokenizer"):
         eos_stop_ids(engine, SamplingSpec(stop=["x"]))  # a batch line with stop strings further down a file
+    (tmp_path / "tekken.json").write_text("{}")  # vLLM's `auto` would load its Mistral tokenizer: a class of its own
+    _, _, settings, skip = _applied(monkeypatch, tmp_path)
+    assert not skip and "vLLM's own tokenizer class" in settings.reasons["skip_tokenizer_init"]
+
+
+def test_vllm_without_its_tokenizer_decodes_with_the_workers() -> None:
+    """vLLM started without a tokenizer (skip_tokenizer_init): samples are decoded with the worker's, once its
+    thread has loaded it (the engine holds a stand-in until then); with one, vLLM's own object."""
+    from launcher.engines.vllm import _engine_tokenizer
+
+    class NoTokenizer:
+        def get_tokenizer(self) -> None:
+            raise ValueError("skip_tokenizer_init is True")
+
+    worker_tok, vllm_tok = object(), object()
+    gate = threading.Event()
+    prep = HostPrep(lambda: worker_tok, lambda t: None, lambda p: None, lambda p: [], lambda p: {})  # type: ignore[arg-type,return-value]
+    prep.start(gate)
+    gate.set()
+    assert (
+        _engine_tokenizer(NoTokenizer(), LazyTokenizer(prep)) is worker_tok
+    )  # the real object: decode.py checks its class
+    assert _engine_tokenizer(type("L", (), {"get_tokenizer": lambda self: vllm_tok})(), worker_tok) is vllm_tok
 
 
 def test_records_that_may_carry_their_own_sampling(tmp_path: Path, tiny_model: Path) -> None:
@@ -156,7 +179,8 @@ def test_host_work_waits_for_the_gate_and_hands_over_errors() -> None:
     prep = HostPrep(
         lambda: steps.append("tokenizer") or type("Tok", (), {"eos_token_id": 3})(),
         lambda tok: steps.append("preparer") or "preparer",  # type: ignore[arg-type,return-value]
-        lambda p: steps.append("first") or None,  # type: ignore[func-returns-value]
+        lambda p: steps.append("order"),
+        lambda p: steps.append("first") or [],  # type: ignore[func-returns-value]
         lambda p: {"u": [1.0, 2.0, 2.0]},
     )
     prep.start(gate)
@@ -166,14 +190,15 @@ def test_host_work_waits_for_the_gate_and_hands_over_errors() -> None:
     gate.set()
     assert LazyTokenizer(prep).eos_token_id == 3  # the engine's stand-in waits for the real tokenizer
     result = prep.result()
-    assert steps == ["tokenizer", "preparer", "first"] and result.stats == {"u": [1.0, 2.0, 2.0]}
+    assert steps == ["tokenizer", "preparer", "order", "first"] and result.stats == {"u": [1.0, 2.0, 2.0]}
     assert prep.timeline["wait_for_engine_fork"][1] >= opened - 0.01
-    assert prep.timeline["tokenizer"][0] <= prep.timeline["first_unit"][0] <= prep.timeline["prompt_stats"][0]
+    t = prep.timeline
+    assert t["tokenizer"][0] <= t["prefix_order"][0] <= t["first_unit"][0] <= t["prompt_stats"][0]
 
     def broken() -> object:
         raise OSError("tokenizer.json unreadable")
 
-    failing = HostPrep(broken, lambda t: None, lambda p: None, lambda p: {})  # type: ignore[arg-type,return-value]
+    failing = HostPrep(broken, lambda t: None, lambda p: None, lambda p: [], lambda p: {})  # type: ignore[arg-type,return-value]
     failing.start()
     with pytest.raises(OSError, match="unreadable"):
         failing.result()

@@ -85,6 +85,7 @@ def _skip_tokenizer(
             ("structured output", s.structured is not None),
             ("LoRA adapters", bool(engine.loras)),
             ("records with their own sampling settings (OpenAI batch lines)", engine.own_request_settings),
+            ("samples decoded as vLLM's own tokenizer class does (not transformers')", _own_tokenizer_class(engine)),
         )
         if yes
     ]
@@ -102,6 +103,16 @@ def _skip_tokenizer(
         f"stop token; {StartupSwitches.how_to_turn_off('skip_tokenizer')}"
     )
     return True
+
+
+def _own_tokenizer_class(engine: VLLMEngine) -> bool:
+    """Does vLLM load a tokenizer other than transformers' AutoTokenizer of the model's files (a tokenizer_mode set,
+    or a Mistral-format checkpoint, which `auto` gives vLLM's Mistral tokenizer)? Samples are decoded as vLLM's
+    tokenizer class decodes (engines/decode.py), so vLLM keeps its own there; the worker's decodes alike otherwise."""
+    if engine.model.engine_args.get("tokenizer_mode", "auto") not in ("auto", "hf"):
+        return True
+    folder = Path(engine.model.path)
+    return (folder / "tekken.json").exists() or any(folder.glob("tokenizer.model.v*"))
 
 
 def eos_stop_ids(engine: VLLMEngine, s: SamplingSpec) -> list[int] | None:

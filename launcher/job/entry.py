@@ -36,7 +36,7 @@ from launcher.plan import Plan
 from launcher.plan.layout import ParallelLayout, allocated_gpus, choose_layout, choose_multinode_layout, gpu_info
 from launcher.plan.persist import load_plan
 from launcher.slurm_env import SlurmEnv
-from launcher.store import WorkerReport, read_json, write_json_atomic
+from launcher.store import RunDir, WorkerReport, read_json, write_json_atomic
 from launcher.store.claims import process_start
 
 log = logging.getLogger("launcher.job")
@@ -122,6 +122,8 @@ class WorkerGroup:
                 self.run_dir, self.index, 0, layout.for_replica(0), layout.replica_gpus(0), self.only_units, model
             )
             self.worker = Worker(cfg, carry, keep_engine=i + 1 < len(chain))
+            if self.stopping:  # stopped while the layout was chosen: stop() found no worker to tell
+                self.worker.stop_now()
             t0 = time.time()
             report = self.worker.run()
             carry = self.worker.carry_out
@@ -262,8 +264,14 @@ class JobRunner(Checkpointable):
         self.run_dir = run_dir
         self._group: WorkerGroup | None = None
         self._job_dir: Path | None = None
+        self._stopping = False  # a local job told to stop (SIGTERM)
 
     def __call__(self, index: int) -> dict[str, Any]:
+        if Attempt.from_env() is None:
+            # A local job (submitit's local executor): submitit binds SIGTERM to a handler that only logs
+            # "Bypassing signal SIGTERM" (on Slurm, USR2 is the stop signal). Here SIGTERM is how a user, `launcher
+            # cancel` or Ctrl-C on `submit --wait` stops it: `kill <pid>` of the job's process reaches this one.
+            signal.signal(signal.SIGTERM, self._stop_local)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
         group = NodeGroup.current()
         if group is not None and group.node_rank > 0:  # another node of a multi-node step: vLLM's workers only
@@ -276,6 +284,22 @@ class JobRunner(Checkpointable):
         finally:
             if group is not None:  # the other nodes leave once rank 0 is done, whatever the outcome
                 Rendezvous(Path(self.run_dir), group).mark_done("ended")
+
+    def _stop_local(self, signum: int, frame: Any) -> None:
+        """SIGTERM to a local job: its workers write what they finished and give their units back, the job ends
+        normally (no traceback) and `launcher status` says INTERRUPTED, with what resumes it."""
+        if self._stopping:
+            return
+        self._stopping = True
+        name = signal.Signals(signum).name
+        log.warning("job: %s: stopping; every record written is kept", name)
+        with contextlib.suppress(OSError):
+            write_json_atomic(
+                RunDir(Path(self.run_dir)).interrupted,
+                {"time": time.time(), "executor": "local", "by": f"{name} to the local job (pid {os.getpid()})"},
+            )
+        if self._group is not None:
+            self._group.stop()
 
     def _run(self, index: int) -> dict[str, Any]:
         attempt = Attempt.from_env()
@@ -293,6 +317,7 @@ class JobRunner(Checkpointable):
             },
         )
         self._group = WorkerGroup(Path(self.run_dir), index)
+        self._group.stopping = self._stopping  # SIGTERM before the workers existed: none is started
         try:
             result = self._group.run()
             if attempt is None:  # a local job: no gather job follows it, so the last one to finish gathers
@@ -301,10 +326,18 @@ class JobRunner(Checkpointable):
         except UncompletedJobError:
             raise  # submitit's own verdict (timed out too many times): not a crash to retry
         except Exception as exc:
-            if attempt is None:  # not a Slurm job (local executor): nothing to requeue
+            if attempt is None:  # not a Slurm job (local executor): nothing to requeue, but status must say why
+                self._record_local_failure(exc, index, job.root)
                 raise
             self._record_failure(exc, attempt, job.root, plan)
             raise
+
+    def _record_local_failure(self, exc: Exception, index: int, job_dir: Path) -> None:
+        from launcher.job.retries import record_failure
+
+        submission = os.environ.get("LAUNCHER_SUBMISSION") or "local"
+        local = Attempt(f"local{index}-{os.getpid()}", str(os.getpid()), submission, 0)
+        record_failure(job_dir, local, 0, "exception", f"{type(exc).__name__}: {exc}", None, retryable=False)
 
     def _record_failure(self, exc: Exception, attempt: Attempt, job_dir: Path, plan: Plan) -> None:
         import shutil
@@ -367,7 +400,7 @@ class JobRunner(Checkpointable):
         return {"run_dir": self.run_dir}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.run_dir, self._group, self._job_dir = state["run_dir"], None, None
+        self.run_dir, self._group, self._job_dir, self._stopping = state["run_dir"], None, None, False
 
 
 __all__ = ["JobRunner", "WorkerGroup", "backend_guess", "job_layout", "run_job", "swap_chains"]

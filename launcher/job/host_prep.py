@@ -1,5 +1,6 @@
 """job/host_prep.py: a worker's host-side start-up on a thread beside the engine's start: tokenizer -> preparer ->
-the first unit's records and token ids -> prompt statistics (which refine admission once the engine is up).
+the feed order (plan or prefix order: job/order.py measures the first rows with the preparer) -> the first group's
+records and token ids -> prompt statistics (which refine admission once the engine is up).
 
 Why this can overlap at all: on a GPU, vLLM forks its engine core out of the worker's process and then waits for it
 (20-70 s) with the GIL released, so the tokenizer (10 s on the GPU host for the bench's vocabulary), the statistics
@@ -27,21 +28,22 @@ from launcher.job.writer import ActiveUnit
 class HostResult:
     tokenizer: Any
     preparer: Preparer
-    first: ActiveUnit | None  # the first unit with rows to generate, prepared; None: nothing left to run
+    first: list[ActiveUnit]  # the first group (a unit, or a prefix group) with rows to generate; empty: none left
     stats: dict[str, list[float]]  # unit id -> [records, prompt tokens, longest prompt] (job/prepare.py)
 
 
 class HostPrep:
-    """The four steps, each a callable of the worker: run on a thread (start) or here (run_here)."""
+    """The five steps, each a callable of the worker: run on a thread (start) or here (run_here)."""
 
     def __init__(
         self,
         load_tokenizer: Callable[[], Any],
         make_preparer: Callable[[Any], Preparer],
-        first_unit: Callable[[Preparer], ActiveUnit | None],
+        feed_order: Callable[[Preparer], None],
+        first_group: Callable[[Preparer], list[ActiveUnit]],
         prompt_stats: Callable[[Preparer], dict[str, list[float]]],
     ) -> None:
-        self._steps = (load_tokenizer, make_preparer, first_unit, prompt_stats)
+        self._steps = (load_tokenizer, make_preparer, feed_order, first_group, prompt_stats)
         self.timeline: dict[str, list[float]] = {}  # phase -> [start, end], wall clock
         self._tokenizer_ready = threading.Event()
         self._done = threading.Event()
@@ -83,7 +85,7 @@ class HostPrep:
         return self._done.wait(timeout_s)
 
     def _run(self, gate: threading.Event | None) -> None:
-        load_tokenizer, make_preparer, first_unit, prompt_stats = self._steps
+        load_tokenizer, make_preparer, feed_order, first_group, prompt_stats = self._steps
         try:
             if gate is not None:
                 with self._phase("wait_for_engine_fork"):
@@ -92,8 +94,10 @@ class HostPrep:
                 self._tokenizer = load_tokenizer()
             self._tokenizer_ready.set()
             preparer = make_preparer(self._tokenizer)
+            with self._phase("prefix_order"):
+                feed_order(preparer)
             with self._phase("first_unit"):
-                first = first_unit(preparer)
+                first = first_group(preparer)
             with self._phase("prompt_stats"):
                 stats = prompt_stats(preparer)
             self._result = HostResult(self._tokenizer, preparer, first, stats)
@@ -130,6 +134,10 @@ class LazyTokenizer:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._prep.tokenizer()(*args, **kwargs)
+
+    def resolve(self) -> Any:
+        """The tokenizer itself (waits for it): for code that checks its class (engines/decode.py)."""
+        return self._prep.tokenizer()
 
 
 def phase_seconds(timeline: dict[str, list[float]]) -> dict[str, float]:

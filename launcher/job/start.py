@@ -78,10 +78,10 @@ def open_engine(worker: Worker, backend: str, workload: Workload, prep: HostPrep
                 report.reasons["model_swap"] = why
                 return report
             except Exception as exc:  # never lose the model over it: a new engine loads it the usual way
-                worker._warn(f"swapping in the weights of {worker.spec.model.path} failed ({exc}); a new engine")
+                worker.live.warn(f"swapping in the weights of {worker.spec.model.path} failed ({exc}); a new engine")
                 prep.finished()  # its thread must not run through the new engine's fork
         else:
-            worker._warn(f"new engine for {worker.spec.model.path}: {why}")
+            worker.live.warn(f"new engine for {worker.spec.model.path}: {why}")
         worker.engine = worker.carry = None
         carry.engine.close()
     spec = worker.spec
