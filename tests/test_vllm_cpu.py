@@ -147,6 +147,17 @@ def test_hf_and_vllm_agree_greedy_fp32(tmp_path: Path, tiny_model: Path, data: P
     proc = launcher("compare", str(outs["hf"]), str(outs["vllm"]), "--json")
     result = json.loads(proc.stdout)
     assert result["token_level"] and result["common"] == len(USERS)
+    # vLLM started without a tokenizer of its own (EOS given as a stop token id, samples decoded with the worker's):
+    # where the ids agree, so do the text and the finish reasons (the token that ended a sample is not in its text)
+    summary = json.loads((outs["vllm"] / "inference_summary.json").read_text())
+    assert summary["engine_settings"]["skip_tokenizer_init"] is True
+    hf_rows = {r["record_id"]: r for r in read_samples(outs["hf"])}
+    for row in read_samples(outs["vllm"]):
+        theirs = hf_rows[row["record_id"]]
+        for i, ids in enumerate(row["sample_token_ids"]):
+            if ids == theirs["sample_token_ids"][i]:
+                assert row["generated_samples"][i] == theirs["generated_samples"][i], row["record_id"]
+                assert row["finish_reasons"][i] == theirs["finish_reasons"][i], row["record_id"]
     assert result["agreement"] >= MIN_GREEDY_AGREEMENT, result
     gate = launcher("compare", str(outs["hf"]), str(outs["vllm"]), "--min-agreement", str(MIN_GREEDY_AGREEMENT))
     assert gate.returncode == 0 and "agreement:" in gate.stdout
