@@ -65,9 +65,11 @@ def test_schema_checks_never_fetch_never_crash_and_stay_bounded() -> None:
 def test_json_nested_without_end_is_a_bad_row_not_a_crash(tmp_path: Path) -> None:
     data = write_jsonl(
         tmp_path / "d.jsonl",
-        [USERS[0], "[" * 100_000 + "]" * 100_000, {"user_id": "deep", "context": "[" * 200 + "]" * 200}, USERS[1]],
+        [USERS[0], "[" * 100_000 + "]" * 100_000, {"user_id": "deep", "context": "[" * 500 + "]" * 500}, USERS[1]],
     )
-    data.write_text(data.read_text().replace('"[[[', "[[[").replace(']]]"', "]]]"))  # row 2: a real 200-deep value
+    data.write_text(
+        data.read_text().replace('"[[[', "[[[").replace(']]]"', "]]]")
+    )  # row 2: a real 500-deep value (past MAX_DEPTH)
     rows = list(iter_rows(data))
     assert [isinstance(obj, BadRow) for _, obj in rows] == [False, True, True, False]
     assert all("nested deeper than" in obj.reason for _, obj in rows if isinstance(obj, BadRow))
