@@ -28,16 +28,18 @@
 # requests in flight) it would partly: give it `--prefix-cells 1x3x420x256` and a longer budget.
 set -u
 . /tmp/vllm-env.sh
-# The image lacks submitit (launcher submit imports it) and nvidia-ml-py (the worker's NVML sampler): carry their
-# wheels in .gpu3/ (pip download submitit nvidia-ml-py --no-deps -d .gpu3); both are pure Python.
-for pair in submitit:submitit pynvml:nvidia_ml_py; do
+# The image lacks submitit (launcher submit imports it), nvidia-ml-py (the worker's NVML sampler) and google-re2 (the
+# spec's regex checks, a core dependency since issue 26): carry their wheels in .gpu3/ (pip download submitit
+# nvidia-ml-py --no-deps -d .gpu3; google-re2's cp312 manylinux wheel: pip download google-re2==1.1.20251105
+# --no-deps --only-binary :all: --python-version 3.12 -d .gpu3). The first two are pure Python.
+for pair in submitit:submitit pynvml:nvidia_ml_py re2:google_re2; do
   python3 -c "import ${pair%%:*}" 2>/dev/null && continue
   for wheel in .gpu3/"${pair#*:}"-*.whl; do
     [ -f "$wheel" ] && python3 -m pip install -q --no-index --no-deps --target /tmp/vllm-site "$wheel"
   done
 done
 [ -f .gpu3/pynvml.py ] && [ ! -f /tmp/vllm-site/pynvml.py ] && cp .gpu3/pynvml.py /tmp/vllm-site/
-python3 -c "import submitit, vllm, pynvml, launcher.job.entry" || { echo "imports failed"; exit 1; }
+python3 -c "import submitit, re2, vllm, pynvml, launcher.job.entry" || { echo "imports failed"; exit 1; }
 phase=${1:-long}
 budget=${2:-480}  # a run starts only while one as long as the last still fits (launcher bench --budget-s)
 W=/tmp/b31

@@ -220,3 +220,34 @@ def test_decoder_is_the_engines(engines: dict[str, Any]) -> None:
     """The vLLM backend decodes with vLLM's own tokenizer object (its class picks vLLM's detokenizer)."""
     engine = engines["vllm"]
     assert isinstance(engine.decoder, SampleDecoder) and engine.decoder.tokenizer is engine.llm.get_tokenizer()
+
+
+def test_eos_as_a_stop_token_keeps_vllms_text_and_finish_reason(engines: dict[str, Any]) -> None:
+    """Started without its tokenizer (skip_tokenizer_init), vLLM gets EOS as a stop token id (engines/vllm_startup.py
+    eos_stop_ids) and ends a sample with stop_reason = that id instead of its own EOS check. The text and finish
+    reason must stay what vLLM's detokenizer gives: the ending token left out, finish_reason stop. Here the "EOS" is
+    a token the greedy runs make mid-sample, so several requests do stop on it."""
+    from collections import Counter
+
+    tokenizer, engine = engines["tokenizer"], engines["vllm"]
+    longer = SamplingSpec(temperature=0, max_tokens=24)
+    prompts = {(r.prompt_token_ids[0], len(r.prompt_token_ids)): r.prompt_token_ids for r in requests(tokenizer)}
+    reqs = [GenerationRequest(i, ids, seed=i, sampling=longer, n=1) for i, ids in enumerate(prompts.values())]
+    free = {c.key: c.samples[0] for c in engine.generate(iter(reqs))}
+    eos = Counter(t for s in free.values() for t in set(s.token_ids[1:])).most_common(1)[0][0]
+    saved = engine.skip_tokenizer, engine.tokenizer
+    engine.skip_tokenizer, engine.tokenizer = True, type("Tok", (), {"eos_token_id": eos})()
+    try:
+        ours = {c.key: c.samples[0] for c in engine.generate(iter(reqs))}
+        theirs = vllm_own(engine, reqs)  # the same params (stop_token_ids=[eos]), vLLM's own detokenizer
+    finally:
+        engine.skip_tokenizer, engine.tokenizer = saved
+    stopped = 0
+    for req, own in zip(reqs, theirs, strict=True):
+        sample = ours[req.key]
+        assert list(sample.token_ids) == list(own.token_ids), req.key
+        assert sample.text == own.text and sample.finish_reason == own.finish_reason, (req.key, sample, own.text)
+        if own.stop_reason == eos:
+            stopped += 1
+            assert sample.token_ids[-1] == eos and sample.finish_reason == "stop"
+    assert stopped >= 3, f"only {stopped} of {len(reqs)} requests stopped on the stand-in EOS"

@@ -169,6 +169,10 @@ def _fresh_spec(
     return spec_path, out_dir
 
 
+def cells_cache(wd: Workdir) -> Path:
+    return wd.root / "compile-cache" / "cells"
+
+
 def _toolkit_env(wd: Workdir, cache: Path) -> dict[str, str]:
     return _env(
         {
@@ -179,19 +183,24 @@ def _toolkit_env(wd: Workdir, cache: Path) -> dict[str, str]:
     )
 
 
-def run_cells_toolkit(wd: Workdir, shape: CellsShape, folder: Path, timeout_s: float) -> dict[str, Any]:
-    """The whole sweep through `launcher submit --wait`, cold (empty compile cache): e2e wall is the sweep's time."""
-    spec_path, out_dir = _fresh_spec(wd, shape, folder, "cells")
-    cache = wd.root / "compile-cache" / "cells"
-    shutil.rmtree(cache, ignore_errors=True)
+def run_cells_toolkit(
+    wd: Workdir, shape: CellsShape, folder: Path, timeout_s: float, warm: bool = False
+) -> dict[str, Any]:
+    """The whole sweep through `launcher submit --wait`: e2e wall is the sweep's time. Cold: an empty compile cache.
+    Warm (`cells-warm`): the shared cache the cold run filled, found from another node (the node copy is gone)."""
+    system = "cells-warm" if warm else "cells"
+    spec_path, out_dir = _fresh_spec(wd, shape, folder, system)
+    cache = cells_cache(wd)
+    if not warm:
+        shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(wd.root / "scratch", ignore_errors=True)
     wall, log = _run(
         [sys.executable, "-m", "launcher", "submit", str(spec_path), "--wait"],
-        wd.logs / "cells.log",
+        wd.logs / f"{system}.log",
         _toolkit_env(wd, cache),
         timeout_s,
     )
-    m = toolkit_measurement("cells", shape.as_shape(), out_dir, wall, log)
+    m = toolkit_measurement(system, shape.as_shape(), out_dir, wall, log)
     m.update(shape=shape.name, cells=shape.cells, measured_cells=shape.cells, extrapolated=False)
     return m
 
@@ -288,6 +297,7 @@ def _extrapolated(system: str, shape: CellsShape, walls: list[float], samples: i
 
 __all__ = [
     "CellsShape",
+    "cells_cache",
     "cells_spec",
     "run_cells_seed_loop",
     "run_cells_task_per_cell",

@@ -14,7 +14,11 @@ Systems (each in its own process, on the same prompt token ids and sampling):
                 untimed run fills it first). Throughput is the wall clock across all workers at once.
   cells*        a sweep of many cells (--cells 4x3x200x256: datasets x ablation configs x records x max_tokens):
                 the toolkit (`launcher submit --wait`), the toolkit with one engine per cell, and the old seed loop
-                (one cold raw-vLLM process per cell); see bench/cells.py
+                (one cold raw-vLLM process per cell); see bench/cells.py. cells-warm: the sweep again, with the
+                compile cache the cells run filled
+  startup, weights, models-swap  issue 28, beside the cells sweep (bench/startup_runs.py): one cell with each start-up
+                setting off (--startup-off), weights loaders on a checkpoint with real safetensors (--loaders), a
+                models: sweep of two same-shape checkpoints whose weights swap in one engine
   prefix-order  issue 31: a sweep whose ablation configs share a long prefix (--prefix-cells: each user a 2,048-word
                 prefix + a 128-word context per config) in prefix-aware order and in plan order -> prefix_order_gain;
                 prefix-order-short: the same on --cells (no shared prefix) -> prefix_order_gain_short; see
@@ -51,8 +55,13 @@ SYSTEMS = (
     "fp8",
     "layouts",
     "cells",
+    "cells-warm",
     "cells-task-per-cell",
     "cells-seed-loop",
+    "startup",
+    "weights",
+    "models-swap",
+    "models-fresh",
     "prefix-order",
     "prefix-order-short",
 )
@@ -133,6 +142,24 @@ def configure(c: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="cells the two baselines run (default all); the rest is extrapolated from them",
+    )
+    c.add_argument(
+        "--startup-off",
+        default="all-on,overlap,skip_tokenizer,startup_plan,jit_cache",
+        help="system startup: one cell per item, with LAUNCHER_STARTUP_OFF=item (all-on: nothing off; also graphs, "
+        "swap, fast_loader)",
+    )
+    c.add_argument(
+        "--loaders",
+        default="vllm,runai_streamer,fastsafetensors",
+        help="system weights: the loaders to time on a checkpoint with real safetensors files",
+    )
+    c.add_argument(
+        "--swap-checkpoint",
+        choices=("shared", "full"),
+        default="shared",
+        help="system models-swap: the second checkpoint shares the first's shards but the last (shared: 1/4 of "
+        "the disk, mostly read from the page cache) or has files of its own (full: 2 x 16 GB for the 8B shape)",
     )
     c.add_argument(
         "--collect-from",
@@ -239,11 +266,7 @@ def run(args: argparse.Namespace) -> int:
             r.setdefault("note", args.note)
         path.write_text(json.dumps(rows, indent=1))
         for r in rows:
-            print(
-                f"[bench] {r['system']}@{r['shape']}: {r['samples_per_min'] or 0:,.0f} samples/min, "
-                f"{r['output_tok_per_s'] or 0:,.0f} tok/s, start-up {r.get('startup', {}).get('total_s', '?')} s",
-                flush=True,
-            )
+            print(f"[bench] {r['system']}@{r['shape']}: {_headline(r)}", flush=True)
 
     _run_systems(args, systems, shapes, wd, step)
     for shape in shapes if layouts else []:
@@ -385,8 +408,10 @@ def _run_cells(
         run_cells_toolkit,
         write_cells,
     )
+    from launcher.bench.startup_runs import run_models_fresh, run_models_swap, run_startup_variant, run_weights
 
-    wanted = [s for s in ("cells", "cells-task-per-cell", "cells-seed-loop") if s in systems]
+    order = ("cells", "cells-warm", "startup", "cells-task-per-cell", "cells-seed-loop", "weights", "models-swap")
+    wanted = [s for s in (*order, "models-fresh") if s in systems]
     if not wanted:
         return
     shape = CellsShape.parse(args.cells, args.prompt_tokens)
@@ -395,10 +420,38 @@ def _run_cells(
     t = args.timeout_s
     if "cells" in wanted:
         step(f"cells@{shape.name}", lambda: [run_cells_toolkit(wd, shape, folder, t)])
+    if "cells-warm" in wanted:
+        step(f"cells-warm@{shape.name}", lambda: [run_cells_toolkit(wd, shape, folder, t, warm=True)])
+    for off in _items(args.startup_off) if "startup" in wanted else []:
+        step(f"startup:{off}@{shape.name}", partial(lambda o: [run_startup_variant(wd, shape, preset, o, t)], off))
     if "cells-task-per-cell" in wanted:
         step(f"cells-task-per-cell@{shape.name}", lambda: [run_cells_task_per_cell(wd, shape, folder, t, measure)])
     if "cells-seed-loop" in wanted:
         step(f"cells-seed-loop@{shape.name}", lambda: [run_cells_seed_loop(wd, shape, folder, t, measure)])
+    for loader in _items(args.loaders) if "weights" in wanted else []:
+        step(f"weights:{loader}@{shape.name}", partial(lambda x: [run_weights(wd, shape, x, t)], loader))
+    if "models-swap" in wanted:
+        full = args.swap_checkpoint == "full"
+        step(f"models-swap@{shape.name}", lambda: [run_models_swap(wd, shape, preset, t, full)])
+    if "models-fresh" in wanted:
+        step(f"models-fresh@{shape.name}", lambda: [run_models_fresh(wd, shape, preset, t)])
+
+
+def _headline(r: dict[str, Any]) -> str:
+    """One line per measurement: throughput, start-up, and issue 28's figures where the row has them."""
+    parts = []
+    if r.get("samples_per_min") is not None:
+        parts.append(f"{r['samples_per_min']:,.0f} samples/min, {r['output_tok_per_s'] or 0:,.0f} tok/s")
+    if (r.get("startup") or {}).get("total_s") is not None:
+        parts.append(f"start-up {r['startup']['total_s']} s")
+    for key in ("wall_s", "engine_ready_s", "model_swap_s", "weights_load_s", "gpu_busy_fraction"):
+        if r.get(key) is not None:
+            parts.append(f"{key} {r[key]}")
+    return ", ".join(parts) or "measured"
+
+
+def _items(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def _toolkit_cold(wd: Any, shape: Any, cache: Path, timeout: float) -> list[dict[str, Any]]:

@@ -176,6 +176,7 @@ def toolkit_measurement(
     main = engines[0] if engines else {}
     engine = main.get("engine") or {}
     parsed = parse_startup(log)
+    first = sorted((r for r in reports if r.get("first_request_at") and r.get("started")), key=lambda r: r["started"])
     return measurement(
         system,
         shape,
@@ -183,6 +184,9 @@ def toolkit_measurement(
         run["output_tokens"],
         run["generation_wall_s"],
         wall_s=round(wall, 2),
+        # issue 28: the first worker's process start -> its first request (engine_ready_warm_s / _cold_s)
+        engine_ready_s=round(first[0]["first_request_at"] - first[0]["started"], 2) if first else None,
+        startup_timeline=main.get("startup_timeline"),
         startup=split(run.get("startup_s_max") or 0.0, parsed),
         startup_log=parsed,
         compile_cache=sorted({str((r["engine"].get("startup") or {}).get("compile_cache")) for r in engines}),

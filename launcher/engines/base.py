@@ -6,6 +6,7 @@ backends see the same prompt tokens and count them the same way.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -110,6 +111,12 @@ class Engine(ABC):
 
     name: ClassVar[str]
     rendezvous: Rendezvous | None = None  # set by the worker of a multi-node step (rank 0; vLLM only)
+    # The worker's host-side start-up (tokenizer, prompt statistics) runs on a thread beside load(). An engine that
+    # forks processes during load() holds it back until the fork is done (job/host_prep.py says why) and sets
+    # `host_ok` itself; for any other engine the worker sets it at once.
+    holds_host_work: ClassVar[bool] = False
+    host_ok: threading.Event | None = None
+    own_request_settings: bool = True  # records may carry their own sampling (OpenAI batch lines); set by the worker
 
     def __init__(self, model: ModelSpec, sampling: SamplingSpec, n: int) -> None:
         self.model, self.sampling, self.n = model, sampling, n
@@ -124,6 +131,17 @@ class Engine(ABC):
         or with `error` when this request alone cannot be generated (a feature this backend cannot serve, a prompt
         the engine refuses). `requests` is pulled lazily, only when the engine has room: a worker feeds unit after
         unit through one call, so the batch never drains between units."""
+
+    def refine(self, workload: Workload) -> None:  # noqa: B027 - optional hook
+        """The prompts are measured now (load() started from a bound): adjust what depends on them (admission)."""
+
+    def swap_check(self, model: ModelSpec) -> tuple[bool, str]:
+        """Can this running engine serve `model` by loading its weights in place? (yes/no, why)."""
+        return False, f"the {self.name} backend starts a new engine for each checkpoint"
+
+    def swap(self, model: ModelSpec) -> EngineReport:
+        """Load `model`'s weights into this running engine (only after swap_check said yes)."""
+        raise NotImplementedError(f"{self.name} cannot swap weights")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the GPU before the process exits (vLLM's worker processes)."""

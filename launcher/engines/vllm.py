@@ -29,10 +29,14 @@ from launcher.engines.base import (
     Workload,
     refused,
 )
+from launcher.engines.batch_trace import BatchTrace
 from launcher.engines.decode import Generated, SampleDecoder, cut_at_stop
+from launcher.engines.startup import StartupSwitches, release_after_fork
+from launcher.engines.vllm_log import StartupLines, startup_seconds
+from launcher.engines.vllm_startup import apply_startup_settings, eos_stop_ids
 from launcher.plan.layout import ParallelLayout
 from launcher.plan.sizing import CPU_KV_CACHE_GIB, EngineSettings
-from launcher.spec import SamplingSpec
+from launcher.spec import ModelSpec, SamplingSpec
 
 log = logging.getLogger("launcher.engines.vllm")
 
@@ -40,12 +44,16 @@ log = logging.getLogger("launcher.engines.vllm")
 @register
 class VLLMEngine(Engine):
     name = "vllm"
+    holds_host_work = True  # released once vLLM has forked its engine core (load())
+    switches = StartupSwitches()  # read from the environment by load()
+    skip_tokenizer = False
+    decoder: SampleDecoder | None = None  # engines/decode.py, with vLLM's tokenizer object or the worker's
 
     def load(self, workload: Workload, tokenizer: Any, layout: ParallelLayout) -> EngineReport:
         from launcher.engines.compile_cache import open_cache
         from launcher.inputs.model import model_shape
         from launcher.plan.layout import gpu_info
-        from launcher.plan.sizing import plan_admission, request_tokens, size_vllm
+        from launcher.plan.sizing import size_vllm
 
         wait_for_teardown()  # an engine closed earlier in this process must free the GPU first
         on_gpu = bool(layout.gpus)
@@ -87,10 +95,12 @@ class VLLMEngine(Engine):
         # Stats on: the summary reports preemptions (there should be none) from vLLM's own counters.
         kwargs.setdefault("disable_log_stats", False)
         self.tokenizer = tokenizer
+        self.skip_tokenizer = apply_startup_settings(self, kwargs, settings, on_gpu)
         startup: dict[str, Any] = {}
         ready = self._join_nodes(layout, kwargs, settings, startup)
         if not on_gpu and ready is None:
             self._in_process_on_cpu(kwargs, settings)
+        in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
         # Over several nodes each compiles for itself: a cache shared through one node's lock would not help them.
         cache = open_cache(self.model.path, kwargs, gpu.name if gpu else None) if ready is None else None
         if cache is not None:
@@ -101,12 +111,23 @@ class VLLMEngine(Engine):
         self.cache = cache
         t0 = time.perf_counter()
         startup["engine_start_at"] = time.time()
-        import vllm
         from vllm import LLM
 
+        llm_done = threading.Event()
+        if self.host_ok is not None:  # the worker's host-side start-up waits for vLLM's fork (job/host_prep.py)
+            self.host_ok.set() if in_process else release_after_fork(self.host_ok, llm_done)
+        self.startup_lines = StartupLines().__enter__()  # vLLM's own seconds (weights, compile) for the summary
         try:
             self.llm: Any = LLM(**kwargs)
-        except Exception:
+        except Exception as exc:
+            if self.skip_tokenizer and "tokenizer" in str(exc).lower():  # a vLLM that will not start without one
+                log.warning("vLLM did not start without its tokenizer (%s); starting again with it", exc)
+                kwargs.pop("skip_tokenizer_init")
+                settings.kwargs.pop("skip_tokenizer_init", None)
+                self.skip_tokenizer = False
+                settings.reasons["skip_tokenizer_init"] = f"vLLM refused to start without its tokenizer: {exc}"[:300]
+                self.llm = LLM(**kwargs)
+                return self._started(workload, kwargs, settings, startup, on_gpu, gpu, ready, t0)
             if cache is None or not cache.hit:
                 raise
             # A cache that does not load must not fail every worker that finds it: compile afresh once.
@@ -114,9 +135,29 @@ class VLLMEngine(Engine):
             cache.drop()
             startup["compile_cache"] = "failed to load; recompiled"
             self.llm = LLM(**kwargs)
+        finally:
+            llm_done.set()
+            self.startup_lines.__exit__()
+        return self._started(workload, kwargs, settings, startup, on_gpu, gpu, ready, t0)
+
+    def _started(
+        self,
+        workload: Workload,
+        kwargs: dict[str, Any],
+        settings: EngineSettings,
+        startup: dict[str, Any],
+        on_gpu: bool,
+        gpu: Any,
+        ready: threading.Event | None,
+        t0: float,
+    ) -> EngineReport:
+        """The engine is up: what it allocated, admission, the report."""
+        import vllm
+
         startup["engine_ready_at"] = time.time()
         if ready is not None:
             ready.set()
+        startup.update(startup_seconds(self.startup_lines.figures()))
         load_s = time.perf_counter() - t0
         startup["engine_init_s"] = round(load_s, 3)
         self.engine: Any = self.llm.llm_engine
@@ -126,14 +167,14 @@ class VLLMEngine(Engine):
                 settings.reasons["enable_prefix_caching"] = (
                     f"vLLM {vllm.__version__} keeps no prefix cache for this model"
                 )
-        # vLLM's own tokenizer object: its class decides how vLLM would detokenize (a Mistral one, say).
-        self.decoder = SampleDecoder(_engine_tokenizer(self.llm, tokenizer))
+        # vLLM's own tokenizer object: its class decides how vLLM would detokenize (a Mistral one, say). Without one
+        # (skip_tokenizer_init), the worker's, once its thread has loaded it: at the first finished request.
+        self.decoder = None if self.skip_tokenizer else SampleDecoder(_engine_tokenizer(self.llm, self.tokenizer))
         self.capacity_tokens, self.block = self._kv_capacity()
-        n_asked = 1 if self.sampling.temperature == 0 else self.n  # greedy asks once and copies
-        mean_need = request_tokens(int(workload.prompt_tokens_mean), self.sampling.max_tokens, n_asked, self.block)
-        self.admission = plan_admission(mean_need, n_asked, self._max_num_seqs(kwargs), self.capacity_tokens or None)
-        settings.reasons["inflight_requests"] = self.admission.reason
-        settings.kwargs["inflight_requests"] = self.admission.max_requests
+        self.max_num_seqs = self._max_num_seqs(kwargs)
+        self.settings = settings
+        self.trace = BatchTrace()
+        self.refine(workload)
         if self.capacity_tokens:
             settings.kwargs["kv_cache_tokens"] = self.capacity_tokens
             settings.reasons["kv_cache_tokens"] = (
@@ -145,15 +186,60 @@ class VLLMEngine(Engine):
             if self.sampling.stop
             else "no stop strings: each sample is decoded once when it finishes, by vLLM's rule (engines/decode.py)"
         )
-        self.settings = settings
+        self.device, self.gpu_name = ("cuda" if on_gpu else "cpu"), (gpu.name if gpu else None)
         return EngineReport(
             backend="vllm",
             version=f"vllm {vllm.__version__}",
-            device="cuda" if on_gpu else "cpu",
-            gpu_name=gpu.name if gpu else None,
+            device=self.device,
+            gpu_name=self.gpu_name,
             load_seconds=load_s,
             settings=settings.kwargs,
             reasons=settings.reasons,
+            startup=startup,
+        )
+
+    def refine(self, workload: Workload) -> None:
+        """Requests in flight, from the KV capacity vLLM measured and the prompts' mean length (measured beside the
+        engine's start: before it, the workload is a bound without lengths, and this runs again once they are in)."""
+        from launcher.plan.sizing import plan_admission, request_tokens
+
+        n_asked = 1 if self.sampling.temperature == 0 else self.n  # greedy asks once and copies
+        mean_need = request_tokens(int(workload.prompt_tokens_mean), self.sampling.max_tokens, n_asked, self.block)
+        self.admission = plan_admission(mean_need, n_asked, self.max_num_seqs, self.capacity_tokens or None)
+        self.settings.reasons["inflight_requests"] = self.admission.reason + (
+            "" if workload.prompts_known else " (prompt lengths not measured yet)"
+        )
+        self.settings.kwargs["inflight_requests"] = self.admission.max_requests
+
+    def swap_check(self, model: ModelSpec) -> tuple[bool, str]:
+        from launcher.engines.weight_swap import swap_decision
+
+        if not self.switches.on("swap"):
+            return False, f"{StartupSwitches.how_to_turn_off('swap')} is set"
+        nnodes = self.rendezvous.group.nnodes if self.rendezvous is not None else 1
+        decision = swap_decision(self.model, model, nnodes)
+        return decision.ok, decision.reason
+
+    def swap(self, model: ModelSpec) -> EngineReport:
+        """The next checkpoint of the sweep into this engine (engines/weight_swap.py); settings and graphs stay."""
+        import vllm
+
+        from launcher.engines.weight_swap import swap_weights
+
+        startup: dict[str, Any] = {**swap_weights(self.llm, model.path), "swapped_from": self.model.path}
+        self.settings.kwargs = dict(self.settings.kwargs)  # the previous model's report keeps its own figures
+        self.settings.reasons = dict(self.settings.reasons)
+        self.trace = BatchTrace()
+        startup["engine_ready_at"] = time.time()
+        self.model = model
+        return EngineReport(
+            backend="vllm",
+            version=f"vllm {vllm.__version__}",
+            device=self.device,
+            gpu_name=self.gpu_name,
+            load_seconds=startup["model_swap_s"],
+            settings=self.settings.kwargs,
+            reasons=self.settings.reasons,
             startup=startup,
         )
 
@@ -230,6 +316,7 @@ class VLLMEngine(Engine):
             detokenize=bool(s.stop),
             output_kind=RequestOutputKind.FINAL_ONLY,
             structured_outputs=self._structured(s),
+            stop_token_ids=eos_stop_ids(self, s),
         )
 
     @staticmethod
@@ -284,9 +371,11 @@ class VLLMEngine(Engine):
                 inflight_tokens += need
             if not inflight:
                 if exhausted:
+                    self.settings.kwargs["batch_occupancy"] = self.trace.summary()
                     yield from breaker.finish()
                     return
                 continue
+            self.trace.step(inflight, max_requests, waiting is not None, exhausted)
             for out in self.engine.step():
                 if not out.finished:
                     continue
@@ -305,6 +394,8 @@ class VLLMEngine(Engine):
         generated = [
             Generated(c.token_ids, c.finish_reason == "stop" and not isinstance(c.stop_reason, str)) for c in outputs
         ]
+        if self.decoder is None:
+            self.decoder = SampleDecoder(_engine_tokenizer(self.llm, self.tokenizer))
         texts = self.decoder.decode(req.prompt_token_ids, generated)
         stop = (req.sampling or self.sampling).stop
         texts = [cut if stop and (cut := cut_at_stop(t, stop)) is not None else t for t in texts]
@@ -404,10 +495,15 @@ def lora_requests(adapters: dict[str, str | None]) -> dict[str, Any]:
 
 
 def _engine_tokenizer(llm: Any, given: Any) -> Any:
-    with contextlib.suppress(Exception):  # a vLLM started without its tokenizer (skip_tokenizer_init)
+    """vLLM's own tokenizer object, else (vLLM started without one: skip_tokenizer_init) the worker's. Both decode
+    alike: vLLM's is transformers' AutoTokenizer of the same files (vllm/tokenizers/hf.py); a tokenizer vLLM would
+    load otherwise (Mistral format) keeps vLLM's own (engines/vllm_startup.py)."""
+    with contextlib.suppress(Exception):  # a vLLM without its tokenizer returns None or raises, by version
         found = llm.get_tokenizer()
         if found is not None:
             return found
+    if hasattr(type(given), "resolve"):  # a stand-in for the tokenizer the worker's thread loads (job/host_prep.py)
+        return given.resolve()
     return given
 
 

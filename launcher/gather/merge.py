@@ -309,6 +309,8 @@ def summarize(
         "engine_version": engine.get("version"),
         "engine_settings": engine.get("settings"),
         "engine_settings_reasons": engine.get("reasons"),
+        # vLLM's own start-up seconds (weights_load_s, compile_s, graph_capture_s), the compile cache, a swap
+        "engine_startup": engine.get("startup"),
         "prefix_order": worker.get("prefix_order"),
         "launcher_version": __version__,
         "model": spec.model_paths()[key.model],

@@ -7,6 +7,7 @@ a worker may run: measured by the first worker that needs them and kept in the r
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,12 +133,17 @@ class Preparer:
     """Reads and tokenizes units for one worker: the tokenizer and prompt builders are made once."""
 
     def __init__(
-        self, spec: JobSpec, tokenizer: Any, guard: InputGuard | None = None, clock: PromptClock | None = None
+        self,
+        spec: JobSpec,
+        tokenizer: Any,
+        guard: InputGuard | None = None,
+        clock: PromptClock | None = None,
+        limit: int | None = None,
     ) -> None:
         self.spec, self.tokenizer = spec, tokenizer
         self.guard = guard  # checks every file a unit reads against the run's record (InputChanged)
         self.chat = chat_formatter(tokenizer, spec.data, clock)
-        self.limit = token_limit(spec)
+        self.limit = limit if limit is not None else token_limit(spec)  # the engine's max_model_len, when given
         self.vocab = model_vocab(spec)
         self._builders: dict[str, PromptBuilder] = {}
         self._first: dict[str, dict[str, int]] = {}
@@ -310,14 +316,50 @@ def prompt_stats(plan: Plan, preparer: Preparer, units: list[Unit] | None = None
     return stats
 
 
-def workload_of(stats: dict[str, list[float]], units: list[Unit], spec: JobSpec) -> Workload:
+def workload_of(
+    stats: dict[str, list[float]], units: list[Unit], spec: JobSpec, token_limit: int | None = None
+) -> Workload:
     rows = [stats[u.unit_id] for u in units if u.unit_id in stats]
     records = int(sum(r[0] for r in rows))
     total = sum(r[1] for r in rows)
     longest = int(max((r[2] for r in rows), default=0))
     return Workload(
-        records, total / records if records else 0.0, longest, spec.sampling.max_tokens, spec.data.num_samples
+        records,
+        total / records if records else 0.0,
+        longest,
+        spec.sampling.max_tokens,
+        spec.data.num_samples,
+        token_limit=token_limit,
     )
 
 
-__all__ = ["PreparedUnit", "Preparer", "chat_formatter", "load_tokenizer", "prompt_stats", "token_limit", "workload_of"]
+def may_carry_request_settings(spec: JobSpec) -> bool:
+    """Can a record bring its own sampling settings (an OpenAI batch line: stop strings, structured output, which
+    need vLLM's own tokenizer)? Yes for an openai-batch dataset, and for an `auto` one whose first line is a batch
+    line; one line is read per dataset."""
+    from launcher.inputs.chat import is_batch_line
+
+    for ds in spec.data.datasets:
+        if ds.format == "openai-batch" or ds.file.suffix.lower() not in (".jsonl", ".json"):
+            return True  # a batch file, or one whose first line cannot be peeked at (parquet, CSV, a folder)
+        try:
+            with open(ds.file, "rb") as f:
+                first = next((line for line in f if line.strip()), b"")
+            obj = json.loads(first) if first.lstrip().startswith(b"{") else None
+        except (OSError, ValueError):
+            return True
+        if isinstance(obj, dict) and is_batch_line(obj):
+            return True
+    return False
+
+
+__all__ = [
+    "PreparedUnit",
+    "Preparer",
+    "chat_formatter",
+    "load_tokenizer",
+    "may_carry_request_settings",
+    "prompt_stats",
+    "token_limit",
+    "workload_of",
+]

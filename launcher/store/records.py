@@ -83,6 +83,7 @@ class WorkerReport(TypedDict, total=False):
     prompt_tokens: int
     quarantined: int  # records the engine could not generate (each quarantined alone, with why)
     startup_phases: dict[str, float]
+    startup_timeline: dict[str, list[float]]  # phase -> [start, end], seconds from `started` (what ran beside what)
     error: str | None
     warnings: list[str]
     backend: str
