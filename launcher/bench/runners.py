@@ -23,7 +23,7 @@ from typing import Any
 from launcher.bench.startup_log import parse_startup, split
 from launcher.bench.workload import Shape, toolkit_spec
 from launcher.gather.throughput import summarize_gpu_samples
-from launcher.store import GpuFigures
+from launcher.store import GpuFigures, OutputDir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -168,10 +168,10 @@ def toolkit_measurement(
     system: str, shape: Shape, out_dir: Path, wall: float, log: str, **extra: Any
 ) -> dict[str, Any]:
     """A finished toolkit run -> one measurement: the run's wall-clock figures, each worker beside them."""
-    run_dir = next((out_dir / "runs").iterdir())
-    summary = json.loads((run_dir / "summary.json").read_text())
+    run_dir = OutputDir(out_dir).runs()[0]
+    summary = run_dir.read_json(run_dir.summary)
     run = summary["run"]
-    reports = [json.loads(p.read_text()) for p in sorted((run_dir / "workers").glob("*.json"))]
+    reports: list[dict[str, Any]] = [dict(r) for r in run_dir.worker_reports()]
     engines = [r for r in reports if r.get("engine")]
     main = engines[0] if engines else {}
     engine = main.get("engine") or {}

@@ -114,10 +114,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         return wait_and_gather(plan, sub, console)
     except KeyboardInterrupt:
-        from launcher.store import write_json_atomic
-
-        write_json_atomic(
-            plan.run.root / "interrupted.json",
+        plan.run.write_json(
+            plan.run.interrupted,
             {"time": time.time(), "executor": kind, "by": "Ctrl-C on `launcher submit --wait`"},
         )
         if kind == "local":
@@ -219,9 +217,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         err.print("[yellow]nothing gathered yet[/] in " + ", ".join(str(p.run.root) for p in plans) + ": "
                   "`launcher gather RUN` once `launcher status RUN` shows every unit done", soft_wrap=True)  # fmt: skip
         return 1
-    folder = Path(args.out) if args.out else plans[0].run.output_dir / "report"
     print(markdown(rows), end="")
-    written = write_report(rows, folder, draw=not args.no_plot)
+    if args.out:
+        written = write_report(rows, Path(args.out), draw=not args.no_plot)
+    else:  # <output.dir>/report: a folder of the outputs, checked and made with the share's modes
+        outputs = plans[0].run.outputs(plans[0].spec.output.share)
+        written = write_report(rows, outputs.report, draw=not args.no_plot, opener=outputs.opener)
     for path in written:
         console.print(f"wrote {path}")
     if not args.no_plot and not any(p.suffix == ".png" for p in written):
@@ -254,9 +255,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         f"reproducing run [bold]{check.original.run.run_id}[/] ({check.original.run.root}) as "
         f"{plan.run.root}: {len(sub.job_ids)} worker job(s) submitted"
     )
-    pairs = [
-        (check.original.run.output_dir / c.rel_dir, plan.run.output_dir / c.rel_dir) for c in check.original.cells()
-    ]
+    pairs = [(check.original.run.cell(c.rel_dir).root, plan.run.cell(c.rel_dir).root) for c in check.original.cells()]
     if not args.wait:
         console.print("once it has finished: " + "; ".join(f"launcher compare {a} {b}" for a, b in pairs))
         return 0

@@ -12,6 +12,7 @@ from rich.markup import escape
 from launcher.cli.console import console, err
 from launcher.errors import SpecError
 from launcher.plan import Plan
+from launcher.store import RunDir
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -57,7 +58,7 @@ def _run_spec(args: argparse.Namespace) -> int:
     from launcher.spec import load_spec
 
     target = Path(args.spec)
-    if (target / "plan.json").exists():
+    if RunDir(target).is_run():
         plan = load_plan(target)
     else:
         from launcher.plan.persist import resolve_run

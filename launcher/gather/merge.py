@@ -8,13 +8,15 @@ bytes (no clocks in the outputs, sorted everything). Two gathers of one run at o
 `launcher gather`) take turns on a lock; the second finds every file already holding its bytes and writes nothing.
 
 Throughput is measured by the wall clock (throughput.py), never as a sum of per-worker times.
+
+A cell's folders are reached without following links and must be the user's (store/outputs.py): a cell folder that
+is a link or another user's is refused (UntrustedFile, exit 2), the other cells are still written.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from launcher import __version__
-from launcher.gather.samples import SAMPLE_FILES
+from launcher.errors import UntrustedFile
 from launcher.gather.structured import structured_figures
 from launcher.gather.throughput import RunFigures, cell_figures, run_figures
 from launcher.plan import Cell, Plan, Unit
-from launcher.store import OutputRow, dumps_line, safe_filename, write_atomic, write_json_atomic
+from launcher.store import SAMPLE_FILES, Folder, OutputRow, RunDir, dumps_line, json_bytes, safe_filename
+from launcher.store.outputs import MANIFEST, QUARANTINE, SUMMARY, USERS, out_folder
 
 
 @dataclass
@@ -68,17 +71,24 @@ class GatherError(RuntimeError):
 def gather(plan: Plan, dest: Path | None = None, flat: bool = False) -> list[GroupReport]:
     """Merge and verify every dataset x ablation. Raises GatherError listing what is missing or damaged."""
     reports = []
+    refused: list[UntrustedFile] = []
     figures = run_figures(plan)
-    with _gather_lock(plan.run.gather_lock):
+    with _gather_lock(plan.run):
         for cell, units in plan.cells().items():
             base = dest or plan.run.output_dir
             out = base if flat else base / cell.rel_dir
-            reports.append(_gather_group(plan, cell, units, out, figures, flat))
+            try:
+                reports.append(_gather_group(plan, cell, units, (base, "" if flat else cell.rel_dir), figures, flat))
+            except UntrustedFile as exc:  # a planted cell folder: nothing written there; the other cells go on
+                refused.append(exc)
+                reports.append(GroupReport(cell, out, damaged=[str(exc)]))
         if all(r.ok for r in reports):
-            write_json_atomic(plan.run.summary, figures.as_json())
+            plan.run.write_json(plan.run.summary, figures.as_json())
             from launcher.plan.estimate import record_run
 
             record_run(plan, figures.headline(), figures.main_worker())
+    if refused:
+        raise UntrustedFile([p for exc in refused for p in exc.problems])
     bad = [r for r in reports if not r.ok]
     if bad:
         raise GatherError("\n".join(_describe_missing(r, plan) for r in bad))
@@ -86,10 +96,10 @@ def gather(plan: Plan, dest: Path | None = None, flat: bool = False) -> list[Gro
 
 
 @contextmanager
-def _gather_lock(path: Path) -> Iterator[None]:
-    """One gather of a run at a time; the next one waits (flock: released if the holder dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
+def _gather_lock(run: RunDir) -> Iterator[None]:
+    """One gather of a run at a time; the next one waits (flock: released if the holder dies). Opened through the
+    checked run folder, never through a link (store/fs.py: Folder.open_lock)."""
+    with run.folder(create=True) as folder, folder.open_lock(run.gather_lock.name) as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -97,21 +107,17 @@ def _gather_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _put(out: Path, rel: str, data: bytes, report: GroupReport, hashes: dict[str, dict[str, Any]]) -> None:
-    """Write unless the file already holds exactly these bytes (a second gather then writes nothing)."""
-    path = out / rel
+def _put(
+    folder: Folder, name: str, data: bytes, report: GroupReport, hashes: dict[str, dict[str, Any]], rel: str = ""
+) -> None:
+    """Write unless the file already holds exactly these bytes (a second gather then writes nothing, and only sets
+    the share's mode on what an older launcher left group-writable)."""
+    rel = rel or name
     hashes[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    try:
-        if path.stat().st_size == len(data) and path.read_bytes() == data:
-            return
-    except OSError:
-        pass
-    write_atomic(path, data)
+    if folder.same_bytes(name, data):
+        return
+    folder.write_atomic(name, data)
     report.files_written.append(rel)
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode()
 
 
 def _describe_missing(r: GroupReport, plan: Plan) -> str:
@@ -132,9 +138,11 @@ def _describe_missing(r: GroupReport, plan: Plan) -> str:
 
 
 def _gather_group(
-    plan: Plan, cell: Cell, units: list[Unit], out: Path, figures: RunFigures, flat: bool = False
+    plan: Plan, cell: Cell, units: list[Unit], where: tuple[Path, Any], figures: RunFigures, flat: bool = False
 ) -> GroupReport:
-    report = GroupReport(cell, out)
+    """`where`: (the output folder, the cell's folder inside it); written through the checked way in."""
+    base, rel_dir = where
+    report = GroupReport(cell, base / rel_dir)
     rows: dict[int, OutputRow] = {}
     quarantine: list[dict[str, Any]] = []
     n = plan.spec.data.num_samples
@@ -169,21 +177,21 @@ def _gather_group(
     ordered = [rows[r] for r in sorted(rows)]
     report.records, report.quarantined = len(ordered), len(quarantine)
     report.samples = sum(len(r["generated_samples"]) for r in ordered)
-    _write_group(plan, report, ordered, sorted(quarantine, key=lambda x: x["row"]), units, figures, flat)
+    with out_folder(base, rel_dir, plan.spec.output.share, create=True) as out:
+        _write_group(plan, report, out, ordered, sorted(quarantine, key=lambda x: x["row"]), units, figures, flat)
     return report
 
 
 def _write_group(
     plan: Plan,
     report: GroupReport,
+    out: Folder,
     rows: list[OutputRow],
     quarantine: list[dict[str, Any]],
     units: list[Unit],
     figures: RunFigures,
     flat: bool = False,
 ) -> None:
-    out = report.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     spec = plan.spec
     hashes: dict[str, dict[str, Any]] = {}
     if spec.output.format == "parquet":
@@ -195,12 +203,14 @@ def _write_group(
         _put(out, SAMPLE_FILES["parquet"], sink.getvalue().to_pybytes(), report, hashes)
     else:
         _put(out, SAMPLE_FILES["jsonl"], "".join(dumps_line(dict(r)) for r in rows).encode(), report, hashes)
-    _put(out, "quarantine.jsonl", "".join(dumps_line(q) for q in quarantine).encode(), report, hashes)
+    _put(out, QUARANTINE, "".join(dumps_line(q) for q in quarantine).encode(), report, hashes)
     if spec.output.per_user_json:
-        for rel, data in _user_files(rows, "" if flat else "users/"):
-            _put(out, rel, data, report, hashes)
+        users = out.walk(()) if flat else out.child(USERS, create=True)
+        with users:
+            for name, data in _user_files(rows, flat):
+                _put(users, name, data, report, hashes, name if flat else f"{USERS}/{name}")
     summary = summarize(plan, report, rows, units, figures)
-    _put(out, "inference_summary.json", _json_bytes(summary), report, hashes)
+    _put(out, SUMMARY, json_bytes(summary), report, hashes)
     manifest = {
         "run_id": plan.run.run_id,
         "dataset": report.dataset,
@@ -211,7 +221,7 @@ def _write_group(
         "quarantined": report.quarantined,
         "files": dict(sorted(hashes.items())),
     }
-    _put(out, "manifest.json", _json_bytes(manifest), report, {})
+    _put(out, MANIFEST, json_bytes(manifest), report, {})
 
 
 def _variant_fields(report: GroupReport) -> dict[str, str]:
@@ -221,10 +231,10 @@ def _variant_fields(report: GroupReport) -> dict[str, str]:
 OWN_FILES = frozenset({"samples", "quarantine", "inference_summary", "manifest"})
 
 
-def _user_files(rows: list[OutputRow], folder: str = "users/") -> Iterator[tuple[str, bytes]]:
+def _user_files(rows: list[OutputRow], flat: bool = False) -> Iterator[tuple[str, bytes]]:
     """<user id>.json with generated_samples: under users/, or at the top of --output_dir as the old script wrote them
-    (`launcher run` with its flags). safe_filename: an id such as '../../x' stays inside the folder; a user named like
-    one of our own files gets a suffix instead of overwriting it."""
+    (`launcher run` with its flags, `flat`). safe_filename: an id such as '../../x' stays inside the folder; a user
+    named like one of our own files gets a suffix instead of overwriting it."""
     by_user: dict[str, list[OutputRow]] = defaultdict(list)
     for row in rows:
         by_user[row["user_id"]].append(row)
@@ -238,9 +248,9 @@ def _user_files(rows: list[OutputRow], folder: str = "users/") -> Iterator[tuple
             ],
         }
         name = safe_filename(user)
-        if not folder and name in OWN_FILES:
+        if flat and name in OWN_FILES:
             name = f"{name}-user"
-        yield f"{folder}{name}.json", (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode()
+        yield f"{name}.json", json_bytes(obj)
 
 
 def summarize(

@@ -22,7 +22,7 @@ from launcher.inputs.records import Quarantined, Record, first_rows, read_shard
 from launcher.plan import Plan, Unit
 from launcher.seeds import record_seed
 from launcher.spec import DataSpec, JobSpec, SamplingSpec
-from launcher.store import RunDir, read_json, write_json_atomic
+from launcher.store import RunDir
 
 log = logging.getLogger("launcher.job")
 TOKENIZE_BATCH = 256
@@ -223,7 +223,7 @@ def prompt_stats(plan: Plan, preparer: Preparer, units: list[Unit] | None = None
     """unit id -> [records, total prompt tokens, longest prompt], for every unit of the run; read from the run
     directory when a worker already measured them."""
     run: RunDir = plan.run
-    cached = read_json(run.prompt_stats)
+    cached = run.read_json(run.prompt_stats)
     stats: dict[str, list[float]] = {k: list(v) for k, v in (cached.get("units") or {}).items()}
     missing = [u for u in (units if units is not None else plan.units) if u.unit_id not in stats]
     if missing:
@@ -231,7 +231,7 @@ def prompt_stats(plan: Plan, preparer: Preparer, units: list[Unit] | None = None
             lengths = preparer.lengths(u)
             stats[u.unit_id] = [len(lengths), sum(lengths), max(lengths, default=0)]
         if units is None:
-            write_json_atomic(run.prompt_stats, {"units": stats})
+            run.write_json(run.prompt_stats, {"units": stats})
     return stats
 
 

@@ -37,7 +37,7 @@ from launcher.job.writer import ActiveUnit, ChunkWriter
 from launcher.plan import Plan, Unit
 from launcher.plan.layout import ParallelLayout
 from launcher.plan.persist import load_plan
-from launcher.store import ClaimBook, OutputRow, Owner, RunDir, WorkerReport, write_json_atomic
+from launcher.store import ClaimBook, OutputRow, Owner, RunDir, WorkerReport
 from launcher.store.claims import HEARTBEAT_S
 
 log = logging.getLogger("launcher.job")
@@ -310,7 +310,7 @@ class Worker:
         self.report["output_tokens"] += sum(s.num_tokens for s in comp.samples)
         self.report["prompt_tokens"] += comp.prompt_tokens
         active.completed += 1
-        faults.after_record(unit.unit_id, active.dir.root, self.cfg.replica, active.completed)  # test-only, inert
+        faults.after_record(unit.unit_id, active.dir, self.cfg.replica, active.completed)  # test-only, inert
 
     # -- claims ---------------------------------------------------------------------------------------------------
 
@@ -436,7 +436,7 @@ class Worker:
         with self._report_lock:
             self.report["units_done"], self.report["current_units"] = report["units_done"], report["current_units"]
             self.report["unit_windows"], self.report["last_write_at"] = report["unit_windows"], report["last_write_at"]
-        write_json_atomic(
+        self.rundir.write_json(
             self.rundir.worker_report(self.cfg.slot, self.owner.restart, os.getpid(), self.cfg.model), report
         )
 

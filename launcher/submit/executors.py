@@ -27,6 +27,8 @@ from launcher.job.retries import teardown_lines
 from launcher.plan import Plan
 from launcher.plan.persist import ResolvedRun, save_plan
 from launcher.spec import JobSpec
+from launcher.store import OutputDir
+from launcher.store.guard import guarded_argv
 from launcher.submit.lock import local_processes, refuse_if_local_run_lives, submit_lock
 from launcher.submit.provenance import write_run_json
 
@@ -91,10 +93,11 @@ def executor_params(spec: JobSpec, run_dir: Path) -> dict[str, Any]:
     return params
 
 
-def python_command(spec: JobSpec, run_dir: Path) -> str | None:
-    """What Slurm runs as 'python': the plain interpreter, or a shim that enters the container at run time."""
+def python_command(spec: JobSpec, run_dir: Path) -> str:
+    """What Slurm (or the local executor) runs as 'python': the interpreter behind store/guard.py, which checks the
+    run folder before submitit loads the job's pickle from it, or a shim that checks it and enters the container."""
     if spec.container.runtime == "none":
-        return None
+        return shlex.join(guarded_argv(run_dir, sys.executable))
     from launcher.containers.shim import container_python_argv
 
     return shlex.join(container_python_argv(spec, run_dir))
@@ -102,7 +105,9 @@ def python_command(spec: JobSpec, run_dir: Path) -> str | None:
 
 def task_python(spec: JobSpec, run_dir: Path) -> str:
     """The shell text that starts this run's Python on a compute node (inside the image if there is one)."""
-    return python_command(spec, run_dir) or shlex.quote(sys.executable)
+    if spec.container.runtime == "none":
+        return shlex.quote(sys.executable)
+    return python_command(spec, run_dir)
 
 
 def make_executor(spec: JobSpec, folder: Path, kind: str | None = None) -> submitit.Executor:
@@ -112,7 +117,7 @@ def make_executor(spec: JobSpec, folder: Path, kind: str | None = None) -> submi
         # each other's cores (measured: 8 tasks on 2 cores went from ~20 s to 96 s).
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        local = submitit.LocalExecutor(folder=folder)
+        local = submitit.LocalExecutor(folder=folder, python=python_command(spec, folder.parent))
         # submitit sets each local job's CUDA_VISIBLE_DEVICES to range(gpus_per_node) unless told which: pass the
         # GPUs this process sees (numbered as the machine numbers them), or a job would see none, or the wrong ones.
         from launcher.plan.layout import allocated_gpus
@@ -152,6 +157,7 @@ def submit(plan: Plan, kind: str | None = None, resolved: ResolvedRun | None = N
     spec = plan.spec
     run = plan.run
     kind = kind or spec.executor
+    OutputDir(run.output_dir, spec.output.share).create()  # with the spec's share, before the run folder in it
     with submit_lock(run.submit_lock) as lock:
         todo = pending_units(plan)
         # A local run's processes outlive the submit that started them: refused while one works on the run

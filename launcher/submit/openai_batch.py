@@ -144,10 +144,9 @@ def _response_body(line: dict[str, Any], row: dict[str, Any], model: str, create
 
 def output_lines(plan: Plan, input_path: Path) -> Iterator[dict[str, Any]]:
     """One output object per input line, in input order."""
-    cell = plan.run.output_dir / DATASET / ABLATION
-    quarantine = cell / "quarantine.jsonl"
-    rows = {r["row"]: r for r in read_samples(cell)}
-    quarantined = {q["row"]: q["reason"] for q in read_jsonl(quarantine)} if quarantine.exists() else {}
+    cell = plan.run.cell(f"{DATASET}/{ABLATION}")
+    rows = {r["row"]: r for r in read_samples(cell.root)}
+    quarantined = {q["row"]: q["reason"] for q in read_jsonl(cell.quarantine)} if cell.quarantine.exists() else {}
     first = ((plan.run.read_run() or {}).get("submissions") or [{}])[0]
     created = int(first.get("submitted_epoch") or 0)  # the run's first submit: a rerun writes the same bytes
     model = Path(plan.spec.model.path).name

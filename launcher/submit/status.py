@@ -21,7 +21,7 @@ from rich.console import Console
 
 from launcher.plan import Plan
 from launcher.plan.persist import load_plan
-from launcher.store import RunDir, WorkerReport, read_json
+from launcher.store import RunDir, WorkerReport
 from launcher.store.claims import lease_s
 from launcher.submit.executors import task_job_ids
 
@@ -232,12 +232,10 @@ def _worker_name(r: WorkerReport) -> str:
 def _job_status(
     plan: Plan, index: int, jid: str | None, states: dict[str, JobState], local: bool, reports: dict[str, WorkerReport]
 ) -> JobStatus:
-    from launcher.job.retries import read_failures
-
     job_dir = plan.run.job(index)
     job = states.get(jid) if jid else None
-    live = read_json(job_dir.live)
-    failures = [f for f in read_failures(job_dir.root) if f.get("submission") == (jid or "").split("_")[0]]
+    live = job_dir.read(job_dir.live)
+    failures = [f for f in job_dir.read_failures() if f.get("submission") == (jid or "").split("_")[0]]
     mine = [r for slot, r in reports.items() if slot.split(".")[0] == str(index)]
     all_done = all(plan.run.unit(u.unit_id).is_done() for u in plan.units)
     if job is not None:
@@ -251,7 +249,7 @@ def _job_status(
     fresh = live if live and live.get("job_id") == jid else {}
     last_error = failures[-1]["error"] if failures else next((r["error"] for r in mine if r.get("error")), "") or ""
     if not last_error and state in FINAL - {"DONE", "COMPLETED", "NOT SUBMITTED"}:
-        last_error = _last_log_error(plan.run.logs, jid)
+        last_error = _last_log_error(plan.run, jid)
     return JobStatus(
         index,
         state,
@@ -275,7 +273,7 @@ def _local_state(plan: Plan, index: int, reports: list[WorkerReport], all_done: 
         return "RUNNING", "local process"
     if failed:
         return "FAILED", "a worker raised"
-    interrupted = read_json(plan.run.root / "interrupted.json")
+    interrupted = plan.run.read_json(plan.run.interrupted)
     submitted = ((plan.run.read_run().get("submissions") or [{}])[-1]).get("submitted_epoch") or 0
     if not all_done and interrupted and interrupted.get("time", 0) >= submitted:
         return "INTERRUPTED", f"{interrupted.get('by')}: `launcher submit` the spec again to resume"
@@ -313,7 +311,7 @@ def _unit_status(plan: Plan, unit: Any, submission: str | None) -> UnitStatus:
         return UnitStatus(
             unit.unit_id, "DONE", unit.rows, unit.rows, "", len(failures), last_error[:200], unit.cell.label
         )
-    rows = sum(p.read_bytes().count(b"\n") for p in udir.chunk_files())
+    rows = sum(udir.chunk_lines(p) for p in udir.chunk_files())
     head = udir.claims.head()
     if len(failures) > plan.spec.slurm.max_retries:
         state, owner = "FAILED", ""
@@ -335,12 +333,12 @@ def _submitted_elements(subs: list[dict[str, Any]]) -> dict[int, str]:
     return out
 
 
-def _last_log_error(logs: Path, job_id: str | None) -> str:
+def _last_log_error(run: RunDir, job_id: str | None) -> str:
     if not job_id:
         return ""
     from launcher.job.retries import log_tail
 
-    lines = log_tail(logs / f"{job_id}_0_log.err", 40)
+    lines = log_tail(run.job_log(job_id), 40)
     for line in reversed(lines):
         if "Error" in line or "error" in line or "Killed" in line:
             return line.strip()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -12,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from launcher.gather import GatherError, GroupReport, gather
 from launcher.gather.throughput import describe_gpus
 from launcher.plan import Plan, Unit
+from launcher.store import CellDir, read_json
 from launcher.store.unit_dir import CHUNK_RE
 
 LOG_LINES_SHOWN = 8
@@ -45,10 +45,10 @@ class RecordCounter:
         for path in udir.chunk_files():
             key = str(path)
             if key not in self._chunk_lines and CHUNK_RE.match(path.name):
-                try:
-                    self._chunk_lines[key] = path.read_bytes().count(b"\n")
-                except OSError:
+                lines = udir.chunk_lines(path)
+                if not lines:
                     continue
+                self._chunk_lines[key] = lines
             n += self._chunk_lines.get(key, 0)
         return n
 
@@ -92,10 +92,8 @@ def wait_and_gather(plan: Plan, sub: Any, console: Console, poll_s: float = 2.0)
 
 def report_failed(plan: Plan, unit: Unit, console: Console) -> None:
     """Which unit, why (its last failure record, or its job's), the end of the log, what to run next."""
-    from launcher.job.retries import read_failures
-
     failures = plan.run.unit(unit.unit_id).read_failures()
-    job_failures = [f for i in range(plan.jobs) for f in read_failures(plan.run.job(i).root)]
+    job_failures = [f for i in range(plan.jobs) for f in plan.run.job(i).read_failures()]
     if not failures and not job_failures:
         console.print(
             f"[red]unit {unit.unit_id} did not finish[/] (no failure recorded: cancelled, or timed out "
@@ -129,7 +127,7 @@ def print_warnings(plan: Plan, console: Console) -> None:
 
 def print_reports(reports: list[GroupReport], console: Console) -> None:
     for r in reports:
-        summary = json.loads((r.out_dir / "inference_summary.json").read_text())
+        summary = read_json(CellDir(r.out_dir).summary)
         console.print(
             f"[green]{r.label}[/]: {r.records} records, {r.samples} samples"
             + (f", {r.quarantined} quarantined" if r.quarantined else "")
@@ -142,7 +140,7 @@ def print_reports(reports: list[GroupReport], console: Console) -> None:
             "(wall clock)"
         )
     if reports:
-        run = json.loads((reports[0].out_dir / "inference_summary.json").read_text())["run"]
+        run = read_json(CellDir(reports[0].out_dir).summary)["run"]
         console.print(
             f"run: {run['samples']} samples in {run['generation_wall_s']} s of generation "
             f"({run['samples_per_sec']} samples/s by the wall clock, {run['workers_generating']} worker(s)); "
