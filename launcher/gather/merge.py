@@ -29,7 +29,7 @@ from launcher.errors import UntrustedFile
 from launcher.gather.structured import structured_figures
 from launcher.gather.throughput import RunFigures, cell_figures, run_figures
 from launcher.plan import Cell, Plan, Unit
-from launcher.store import SAMPLE_FILES, Folder, OutputRow, RunDir, dumps_line, json_bytes, safe_filename
+from launcher.store import SAMPLE_FILES, Folder, OutputDir, OutputRow, RunDir, dumps_line, json_bytes, safe_filename
 from launcher.store.outputs import MANIFEST, QUARANTINE, SUMMARY, USERS, out_folder
 
 
@@ -73,6 +73,8 @@ def gather(plan: Plan, dest: Path | None = None, flat: bool = False) -> list[Gro
     reports = []
     refused: list[UntrustedFile] = []
     figures = run_figures(plan)
+    if dest is not None:  # a folder the user named (`launcher run --output_dir`): made when missing
+        OutputDir(dest, plan.spec.output.share).create()
     with _gather_lock(plan.run):
         for cell, units in plan.cells().items():
             base = dest or plan.run.output_dir

@@ -7,6 +7,7 @@ recomputed from the spec (which hashes input files: touching one mid-run must no
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -162,7 +163,7 @@ def _migrate(raw: dict[str, Any]) -> dict[str, Any]:
 def find_run_dir(target: str | Path) -> Path:
     """A run dir, or an output dir holding runs (its newest), or a spec file (the run its inputs belong to)."""
     p = Path(target)
-    if RunDir(p).is_run():
+    if os.path.lexists(RunDir(p).plan_json):  # a run folder: load_plan checks it, and refuses a planted one by name
         return p
     found = OutputDir(p).runs()
     if found:

@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from launcher.errors import UntrustedFile
-from launcher.store.fs import PRIVATE, Folder, Modes, share_modes, who
+from launcher.store.fs import PRIVATE, Folder, Modes, group_shared, share_modes, who
 
 TRUST_ENV = "LAUNCHER_COMPILE_CACHE_TRUST"
 MANIFEST = "MANIFEST.json"
@@ -149,8 +149,11 @@ def publish(source: Path, root: Path, digest: str, info: Mapping[str, Any], shar
     """Share the compiled folder `source` (this node's private copy) as <root>/<digest>, with its manifest: copied
     to a private temporary folder with a random name, given the share's modes, then renamed into place. False when
     an entry is there already (another node won)."""
-    modes = share_modes(root, share)
-    with Folder.anchor(root, modes, create=True) as top:
+    # The root is an exchange folder: in a lab's shared folder the group may publish into it too (2770); every entry
+    # in it is checked on its own before use. Elsewhere it is yours alone.
+    root_modes = Modes(0o2770, 0o640) if group_shared(root) else PRIVATE
+    with Folder.anchor(root, root_modes, create=True) as top:
+        modes = share_modes(root, share)
         if top.exists(digest):
             return False
         _drop_stale(top)

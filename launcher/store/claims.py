@@ -159,8 +159,8 @@ class ClaimBook:
                 time.sleep(1.0)
 
     def _create(self, path: Path, gen: int, me: Owner) -> Claim:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # inside the run's private folder (0700)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(asdict(me)))
@@ -197,7 +197,8 @@ class ClaimBook:
     def release(self, claim: Claim) -> None:
         """Give the unit back on purpose (preempted, failed): another worker may take it at once."""
         with contextlib.suppress(FileExistsError, OSError):
-            os.close(os.open(self.folder / f"{claim.generation:06d}.released", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            marker = self.folder / f"{claim.generation:06d}.released"
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
 
     @staticmethod
     def heartbeat(claim: Claim) -> None:

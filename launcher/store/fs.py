@@ -23,7 +23,7 @@ import os
 import pwd
 import secrets
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -67,6 +67,18 @@ def umask() -> int:
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
     return 0o022
+
+
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    """umask 077 for what runs inside: files that others' code writes into the run folder (submitit's pickles and
+    sbatch script; through Slurm's SLURM_UMASK, the job's logs and every file its processes make without a mode)
+    are then private too. Process-wide: only around calls that run in the submit's main thread."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def plain_modes() -> Modes:
@@ -224,7 +236,9 @@ class Folder:
         modes: Modes | None = None,
     ) -> Folder:
         """The folder `name` in this one, never reached through a link, and yours when `owned` (default: as this
-        folder). `private`: yours and 0700 (a folder of yours left open by an older launcher is closed again)."""
+        folder). `private`: yours and 0700 (a folder of yours left open by an older launcher is closed again). With
+        `create` (about to write into it) a folder of yours that its group or others may write loses that write bit:
+        what the launcher writes is never writable by anyone else, whatever a umask of 002 made before."""
         owned = (self.owned if owned is None else owned) or private
         modes = PRIVATE if private else (modes or self.modes)
         path = self.path / check_name(self.path, name)
@@ -247,6 +261,8 @@ class Folder:
             raise refusal(path, f"belongs to {who(st.st_uid)}, not to you ({who(os.geteuid())})")
         elif private and st.st_mode & 0o077:
             os.fchmod(fd, PRIVATE.dir)  # ours, opened by an older launcher or a umask: private again
+        elif create and owned and st.st_mode & 0o022:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o022)
         return folder
 
     def _open_dir(self, name: str, path: Path) -> int:

@@ -118,7 +118,7 @@ class OutputDir:
 
     def create(self) -> None:
         """<output.dir> itself, made with the share's modes when it does not exist yet (before anything in it)."""
-        self.folder("", create=True).close()
+        Folder.anchor(self.root, self.modes, create=True).close()
 
     def cell(self, rel_dir: PurePath | str) -> CellDir:
         return CellDir(self.root / rel_dir)
@@ -129,8 +129,9 @@ class OutputDir:
 
     def folder(self, rel_dir: PurePath | str, create: bool = False) -> Folder:
         """A folder of the outputs (a cell, its users/, the report folder): each name below <output.dir> reached
-        without a link, and yours; made with the share's modes."""
-        with Folder.anchor(self.root, self.modes, create, owned=True) as out:
+        without a link, and yours; made with the share's modes. <output.dir> itself is made only by create() (a
+        submit): a gather whose output folder was moved away fails instead of writing into a new one."""
+        with Folder.anchor(self.root, self.modes, owned=True) as out:
             return out.walk(PurePath(rel_dir).parts, create=create)
 
     def opener(self, path: Path, create: bool = False) -> Folder:
@@ -139,7 +140,7 @@ class OutputDir:
 
 
 def out_folder(base: Path, rel_dir: PurePath | str, share: str | None, create: bool = False) -> Folder:
-    """A cell folder below `base` (the output dir, or a folder `launcher run --output_dir` named), checked as
+    """A cell folder below `base` (the output dir, or a folder `launcher run --output_dir` names), checked as
     OutputDir.folder does."""
     return OutputDir(base, share).folder(rel_dir, create)
 

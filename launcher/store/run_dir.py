@@ -72,9 +72,11 @@ class RunDir:
     # ---- the checked way in ---------------------------------------------------------------------------------
     def folder(self, *parts: str, create: bool = False) -> Folder:
         """This run's folder, or one inside it, opened as store/fs.py says: never through a link below the output
-        folder; the run's own folder and everything in it yours, else UntrustedFile. With `create` (a submit, a
-        job writing) the run's folder is also made 0700 again if an older launcher or a umask left it open."""
-        top = self._open_root(create)
+        folder; the run's own folder and everything in it yours, else UntrustedFile. With `create` (writing) the
+        folders inside are made as needed and the run's folder is made 0700 again if an older launcher or a umask
+        left it open; the run's folder itself is made only by create() (a submit): a job whose run folder was moved
+        away fails (FileNotFoundError) instead of writing into a new one."""
+        top = self._open_root(make=False, tighten=create)
         if not parts:
             return top
         try:
@@ -82,15 +84,15 @@ class RunDir:
         finally:
             top.close()
 
-    def _open_root(self, create: bool) -> Folder:
+    def _open_root(self, make: bool, tighten: bool) -> Folder:
         parent = self.root.parent
         if parent.name == RUNS:  # <output.dir>/runs/<id>: a link planted at `runs` is not followed either
-            with Folder.anchor(parent.parent, share_modes(parent.parent), create) as out:
-                runs = out.child(RUNS, create=create, owned=False, modes=PRIVATE)
+            with Folder.anchor(parent.parent, share_modes(parent.parent), make) as out:
+                runs = out.child(RUNS, create=make, owned=False, modes=PRIVATE)
         else:
-            runs = Folder.anchor(parent, plain_modes(), create)
+            runs = Folder.anchor(parent, plain_modes(), make)
         with runs:
-            return runs.child(self.root.name, create=create, private=create, owned=True)
+            return runs.child(self.root.name, create=make, private=tighten or make, owned=True)
 
     def folder_at(self, path: Path, create: bool = False) -> Folder:
         """The folder `path` inside this run: the opener its files are written and read with."""
@@ -98,8 +100,10 @@ class RunDir:
         return self.folder(*rel.parts, create=create)
 
     def create(self) -> None:
-        """The run's folder (0700) and its logs folder, before submitit or anything else writes into them."""
-        self.folder("logs", create=True).close()
+        """The run's folder (0700; the output folder too when missing) and its logs folder, before submitit or
+        anything else writes into them. A submit's, only."""
+        with self._open_root(make=True, tighten=True) as root:
+            root.child("logs", create=True).close()
 
     def read_json(self, path: Path) -> dict[str, Any]:
         """A file of this run for display and bookkeeping: {} when missing, unreadable or not yours (logged)."""

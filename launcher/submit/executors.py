@@ -28,6 +28,7 @@ from launcher.plan import Plan
 from launcher.plan.persist import ResolvedRun, save_plan
 from launcher.spec import JobSpec
 from launcher.store import OutputDir
+from launcher.store.fs import private_umask
 from launcher.store.guard import guarded_argv
 from launcher.submit.lock import local_processes, refuse_if_local_run_lives, submit_lock
 from launcher.submit.provenance import write_run_json
@@ -183,11 +184,13 @@ def submit(plan: Plan, kind: str | None = None, resolved: ResolvedRun | None = N
         # to every job through the environment (sbatch exports it; local processes inherit it).
         os.environ["LAUNCHER_SUBMISSION"] = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         ex = make_executor(spec, run.logs, kind)
-        handles = ex.map_array(JobRunner(str(run.root)), list(range(jobs))) if jobs else []
+        with private_umask():  # the pickles, the sbatch script, the jobs' logs and files: private run state
+            handles = ex.map_array(JobRunner(str(run.root)), list(range(jobs))) if jobs else []
         job_ids = [j.job_id for j in handles]
         # local: the job id is the pid of submitit's controller process, one per job
         lock.record(local_processes(map(int, job_ids), range(jobs)) if kind == "local" else [])
-        gather = submit_gather(plan, job_ids) if kind == "slurm" and spec.slurm.gather else None
+        with private_umask():
+            gather = submit_gather(plan, job_ids) if kind == "slurm" and spec.slurm.gather else None
         write_run_json(plan, job_ids, gather.job_id if gather else None, kind, jobs, len(todo), resolved)
     return Submission(
         run.root, job_ids, gather.job_id if gather else None, handles, gather, len(plan.units) - len(todo), len(todo)

@@ -133,6 +133,7 @@ def _read_record(text: str) -> dict[str, Any]:
 @contextmanager
 def submit_lock(path: Path) -> Iterator[SubmitLock]:
     """Hold ``path`` for one submit; a second submit of the run meanwhile is refused (Refused, with the fix)."""
+    RunDir(path.parent).create()
     with RunDir(path.parent).folder(create=True) as run, run.open_lock(path.name) as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
