@@ -70,17 +70,18 @@ class RunDir:
         return self.outputs().cell(rel_dir)
 
     # ---- the checked way in ---------------------------------------------------------------------------------
-    def folder(self, *parts: str, create: bool = False) -> Folder:
+    def folder(self, *parts: str, create: bool = False, seal: bool = False) -> Folder:
         """This run's folder, or one inside it, opened as store/fs.py says: never through a link below the output
         folder; the run's own folder and everything in it yours, else UntrustedFile. With `create` (writing) the
         folders inside are made as needed and the run's folder is made 0700 again if an older launcher or a umask
         left it open; the run's folder itself is made only by create() (a submit): a job whose run folder was moved
-        away fails (FileNotFoundError) instead of writing into a new one."""
-        top = self._open_root(make=False, tighten=create)
+        away fails (FileNotFoundError) instead of writing into a new one. With `seal` (about to trust a file in
+        it) every folder from the run's down to `parts` is made 0700 first: nobody else can swap what is checked."""
+        top = self._open_root(make=False, tighten=create or seal)
         if not parts:
             return top
         try:
-            return top.walk(parts, create=create)
+            return top.walk(parts, create=create, private=seal)
         finally:
             top.close()
 
@@ -94,10 +95,10 @@ class RunDir:
         with runs:
             return runs.child(self.root.name, create=make, private=tighten or make, owned=True)
 
-    def folder_at(self, path: Path, create: bool = False) -> Folder:
+    def folder_at(self, path: Path, create: bool = False, seal: bool = False) -> Folder:
         """The folder `path` inside this run: the opener its files are written and read with."""
         rel = Path(os.path.abspath(path)).relative_to(self.root)
-        return self.folder(*rel.parts, create=create)
+        return self.folder(*rel.parts, create=create, seal=seal)
 
     def create(self) -> None:
         """The run's folder (0700; the output folder too when missing) and its logs folder, before submitit or
@@ -110,9 +111,10 @@ class RunDir:
         return read_json(path, self.folder_at)
 
     def read_trusted(self, path: Path) -> Any:
-        """A file a job decides what to run from: yours, writable by nobody else, one link, reached without links.
+        """A file a job decides what to run from: yours, writable by nobody else, one link, reached without links,
+        in folders sealed first (0700: a run folder an older launcher left open is closed before it is trusted).
         FileNotFoundError when missing, UntrustedFile when not provably yours, ValueError when not JSON."""
-        with self.folder_at(path.parent) as folder:
+        with self.folder_at(path.parent, seal=True) as folder:
             return json.loads(folder.read_bytes(path.name, trusted=True))
 
     def read_bytes(self, path: Path) -> bytes:
