@@ -9,6 +9,7 @@ copy under a world-readable base folder, with a venv of the system Python that a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -110,7 +111,9 @@ class Lab:
         return self.run(user, self.python, "-c", code, *args, **kw)
 
 
-def make_lab(tiny_model: Path) -> Lab:
+def make_lab(tiny_model: Path, records: int = 4) -> Lab:
+    """The users and group, a world-readable base folder (model, data, this checkout's launcher, a venv, loot/: a
+    folder anyone may write, where a write redirected by an attack would land) and the lab's setgid folder."""
     ensure_users()
     base = Path(tempfile.mkdtemp(prefix="launcher-lab-", dir="/tmp"))
     base.chmod(0o755)
@@ -121,9 +124,16 @@ def make_lab(tiny_model: Path) -> Lab:
     site = next((venv / "lib").glob("python3*/site-packages"))
     ours = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
     (site / "test-venv-packages.pth").write_text(f"import site; site.addsitedir({str(ours)!r})\n")
+    rows = [
+        {"user_id": f"u{i}", "profile": {"age": 20 + i}, "history": ["fine"], "context": "x"} for i in range(records)
+    ]
+    (base / "data").mkdir()
+    (base / "data" / "users.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for path in [base, *base.rglob("*")]:
         if not path.is_symlink():
             path.chmod(path.stat().st_mode | 0o044 | (0o011 if path.is_dir() else 0))
+    (base / "loot").mkdir()
+    (base / "loot").chmod(0o1777)
     lab = base / "lab"
     lab.mkdir()
     os.chown(lab, 0, group_id())

@@ -3,8 +3,9 @@ umask 002; MATE, a member of the same group, tries each attack with a shell, cor
 that OWNER's commands and jobs refuse or ignore what MATE planted, finish or fail clearly (exit 2, the file named),
 and write nothing outside OWNER's own run and outputs. On the real local executor and the real local Slurm.
 
-Costs about 90-150 s in CI on 2 cores (one local run of 4 records, two held Slurm arrays, one Slurm run; the rest
-are launcher commands and short scripts). docs/security.md lists which test holds which promise.
+Costs about 90-120 s in CI on 2 cores (one local run of 4 records, two held Slurm arrays, one Slurm run; the rest
+are launcher commands and short scripts). The compile cache's attacks are in tests/test_shared_compile_cache.py.
+docs/security.md lists which test holds which promise.
 """
 
 from __future__ import annotations
@@ -48,16 +49,7 @@ class OwnerRun:
 
 @pytest.fixture(scope="module")
 def lab(tiny_model: Path) -> Iterator[Lab]:
-    made = lab_users.make_lab(tiny_model)
-    data = made.base / "data" / "users.jsonl"
-    data.parent.mkdir()
-    rows = [{"user_id": f"u{i}", "profile": {"age": 20 + i}, "history": ["fine"], "context": "x"} for i in range(4)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for path in (data.parent, data):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    loot = made.base / "loot"  # MATE's: where a redirected write of OWNER's would land (anyone may write it)
-    loot.mkdir()
-    loot.chmod(0o1777)
+    made = lab_users.make_lab(tiny_model, records=RECORDS)
     yield made
     subprocess.run(["scancel", "-u", OWNER], capture_output=True)  # held arrays a failed test left behind
     shutil.rmtree(made.base, ignore_errors=True)
@@ -417,75 +409,3 @@ print(done, refused)
 
 def lab_users_cmd(lab: Lab, user: str, *argv: str) -> list[str]:
     return [lab_users.RUNUSER, "-u", user, "--", *argv]
-
-
-# ---- 4. a compile cache others can share but not poison ------------------------------------------------------
-COMPILE = """
-import json, logging, os, sys
-from pathlib import Path
-from launcher.engines.compile_cache import CompileCache, cache_key
-from launcher.store.cache_entry import Trust
-logging.basicConfig(level=logging.INFO)
-root, scratch, model, payload = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
-key = cache_key(model, {"max_model_len": 256}, "H100", {"vllm": "x"}, Path("/tmp/launcher-lab-node"))
-cache = CompileCache(root, key, scratch, Trust.from_env())
-env = {}
-cache.activate(env)
-folder = Path(env["VLLM_CACHE_ROOT"])
-if not cache.hit:  # "compile": what vLLM would write, naming its writer
-    (folder / "torch_compile_cache").mkdir(parents=True, exist_ok=True)
-    (folder / "torch_compile_cache" / "graph.py").write_text(payload)
-    cache.publish(background=False)
-print(json.dumps({"source": cache.source, "code": (folder / "torch_compile_cache" / "graph.py").read_text()}))
-cache.close()
-"""
-
-
-def compile_as(
-    lab: Lab, user: str, scratch: str, payload: str, trust: str = "", root: Path | None = None
-) -> dict[str, str]:
-    """One engine start's use of the compile cache as `user` (COMPILE), with its own node folder `scratch`."""
-    root = root or lab.lab / "compile-cache"
-    env = {"LAUNCHER_COMPILE_CACHE_TRUST": trust} if trust else {}
-    proc = lab.run(user, lab.python, "-c", COMPILE, str(root), str(lab.base / "loot" / scratch), str(lab.base /
-                   "model"), payload, env=env)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    result: dict[str, str] = json.loads(proc.stdout.splitlines()[-1])
-    result["log"] = proc.stderr
-    return result
-
-
-def test_a_shared_compile_cache_is_used_only_when_trusted_and_intact(lab: Lab) -> None:
-    root = lab.lab / "compile-cache"
-    theirs = compile_as(lab, MATE, "mate-node", "MATE's code")
-    assert theirs["source"] == "none"  # MATE compiled and published first
-    mine = compile_as(lab, OWNER, "owner-node-1", "OWNER's code")
-    assert mine["source"] == "none" and mine["code"] == "OWNER's code"  # not trusted: ignored, compiled
-    assert "not trusted" in mine["log"]
-    trusted = compile_as(lab, OWNER, "owner-node-2", "unused", trust=f"user:{MATE}")
-    assert trusted["source"] == "shared" and trusted["code"] == "MATE's code"  # trusted and intact: used
-    by_group = compile_as(lab, OWNER, "owner-node-3", "unused", trust=f"group:{lab_users.GROUP}")
-    assert by_group["source"] == "shared"
-    # MATE changes a file of the published entry (their own: they may): the manifest no longer matches
-    entry = next(p for p in root.iterdir() if not p.name.startswith("."))
-    graph = entry / "vllm" / "torch_compile_cache" / "graph.py"
-    change = f"chmod u+w {graph.parent} {graph} && echo 'import os  # changed after publishing' > {graph}"
-    assert lab.run(MATE, "sh", "-c", change).returncode == 0
-    changed = compile_as(lab, OWNER, "owner-node-4", "OWNER's code again", trust=f"user:{MATE}")
-    assert changed["source"] == "none" and changed["code"] == "OWNER's code again"
-    assert "does not match the manifest" in changed["log"]
-    assert owned_by(entry, ids(OWNER)[0]) == []
-
-
-def test_a_file_replaced_inside_the_owners_entry_is_never_copied_in(lab: Lab) -> None:
-    root = lab.lab / "compile-cache-own"
-    first = compile_as(lab, OWNER, "owner-a", "OWNER's code", root=root)
-    assert first["source"] == "none"
-    entry = next(p for p in root.iterdir() if not p.name.startswith("."))
-    inner = entry / "vllm" / "torch_compile_cache"
-    inner.chmod(0o2775)  # as a launcher before issue 27 published it under umask 002
-    swap = f"rm -f {inner}/graph.py && echo 'import os; os.system(\"id\")' > {inner}/graph.py"
-    assert lab.run(MATE, "sh", "-c", swap).returncode == 0
-    second = compile_as(lab, OWNER, "owner-b", "OWNER's code", root=root)
-    assert second["source"] == "none" and second["code"] == "OWNER's code"
-    assert "can be written by its group" in second["log"] or MATE in second["log"]

@@ -28,8 +28,8 @@ from launcher.plan import Plan
 from launcher.plan.persist import ResolvedRun, save_plan
 from launcher.spec import JobSpec
 from launcher.store import OutputDir
-from launcher.store.fs import private_umask
 from launcher.store.guard import guarded_argv
+from launcher.store.modes import private_umask
 from launcher.submit.lock import local_processes, refuse_if_local_run_lives, submit_lock
 from launcher.submit.provenance import write_run_json
 
