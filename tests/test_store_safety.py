@@ -64,6 +64,9 @@ def test_temporary_names_cannot_be_guessed_and_a_planted_link_is_replaced(tmp_pa
     assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600  # a file of ours, 0600 whatever the umask
     leftovers = [p.name for p in target.parent.iterdir() if p.name.endswith(".tmp") and not p.is_symlink()]
     assert leftovers == []
+    (target.parent / "results.jsonl").mkdir()  # a folder planted where a file goes: refused by name, not a traceback
+    with pytest.raises(UntrustedFile, match="is a folder, where a file belongs"):
+        write_atomic(target.parent / "results.jsonl", b"{}")
 
 
 @pytest.mark.parametrize("plant", ["symlink", "fifo", "folder"])

@@ -278,9 +278,11 @@ class Folder:
                 f.flush()
                 os.fsync(f.fileno())
             os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):  # on read-only storage it cannot go
                 os.unlink(tmp, dir_fd=self.fd)
+            if isinstance(exc, OSError) and exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                raise refusal(self.path / name, "is a folder, where a file belongs") from None
             raise
 
     def create_exclusive(self, name: str, data: bytes = b"", mode: int | None = None) -> None:
