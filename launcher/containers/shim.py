@@ -303,7 +303,9 @@ def request_path(run_dir: Path) -> Path:
 
 
 def write_spec_request(spec: Any, run_dir: Path) -> Path:
-    """At submit time only (`launcher plan` writes nothing): the request the shim reads on the compute node."""
+    """At submit time only (`launcher plan` writes nothing): the request the shim reads on the compute node, in the
+    run's private folder (made here when the submit has not yet)."""
+    RunDir(run_dir).create()
     return write_request(
         request_path(run_dir),
         runtime=spec.container.runtime,
