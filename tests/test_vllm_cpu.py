@@ -39,32 +39,45 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_auto_picks_vllm_and_says_why(tmp_path: Path, tiny_model: Path, data: Path) -> None:
-    spec = make_spec(tmp_path, tiny_model, data, model={"backend": "auto"}, data={"num_samples": 3})
+    configs = {"num_samples": 3, "ablation_configs": ["full", "profile_and_history"]}
+    spec = make_spec(tmp_path, tiny_model, data, model={"backend": "auto"}, data=configs)
     proc = launcher("run", "--spec", str(spec))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "out" / "users" / "full"
     summary = json.loads((out / "inference_summary.json").read_text())
     assert summary["backend"] == "vllm" and "auto: vLLM 0.3" in summary["backend_reason"]
     assert summary["engine_version"].startswith("vllm ")
+    # these users' profile + history are far below 256 tokens: auto keeps plan order, and says so
+    assert not summary["prefix_order"]["active"] and summary["prefix_order"]["reason"].startswith("auto: off (wants")
     rows = read_samples(out)
     assert len(rows) == len(USERS) and all(len(r["generated_samples"]) == 3 for r in rows)
-    # rerun, other shard size and other chunking: the same text for every record
+    # rerun, other shard size and other chunking, and in prefix order (one user's two configs one after the other,
+    # the second served from vLLM's prefix cache): byte-identical samples in both cells
     spec2 = make_spec(
         tmp_path,
         tiny_model,
         data,
         name="v2",
         model={"backend": "vllm"},
-        data={"num_samples": 3, "records_per_shard": 6},
+        data={**configs, "records_per_shard": 6},
         output={"dir": str(tmp_path / "o2"), "chunk_records": 4},
+        scheduling={"prefix_order": "on"},
     )
-    assert launcher("run", "--spec", str(spec2)).returncode == 0
-    again = read_samples(tmp_path / "o2" / "users" / "full")
-
-    def by_id(rs: list[dict]) -> dict:
-        return {r["record_id"]: r["generated_samples"] for r in rs}
-
-    assert by_id(again) == by_id(rows)
+    proc2 = launcher("run", "--spec", str(spec2))
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    assert "vLLM prefix cache: " in proc2.stdout  # the run line says what the cache served
+    for cell in ("full", "profile_and_history"):
+        assert (tmp_path / "o2" / "users" / cell / "samples.jsonl").read_bytes() == (
+            tmp_path / "out" / "users" / cell / "samples.jsonl"
+        ).read_bytes()
+    summary2 = json.loads((tmp_path / "o2" / "users" / "full" / "inference_summary.json").read_text())
+    assert summary2["prefix_order"]["active"] and summary2["engine_settings"]["enable_prefix_caching"] is True
+    # vLLM's own counters: prompt tokens served from its prefix cache (the n samples and the shared prefixes)
+    assert 0 < summary2["run"]["prefix_cache_hit_rate"] < 1
+    assert (
+        summary2["engine_settings"]["vllm_counters"]["prefix_cache_hit_rate"]
+        == summary2["run"]["prefix_cache_hit_rate"]
+    )
 
 
 def test_auto_falls_back_to_hf_without_vllm(tmp_path: Path, tiny_model: Path, data: Path) -> None:

@@ -15,6 +15,10 @@ Systems (each in its own process, on the same prompt token ids and sampling):
   cells*        a sweep of many cells (--cells 4x3x200x256: datasets x ablation configs x records x max_tokens):
                 the toolkit (`launcher submit --wait`), the toolkit with one engine per cell, and the old seed loop
                 (one cold raw-vLLM process per cell); see bench/cells.py
+  prefix-order  issue 31: a sweep whose ablation configs share a long prefix (--prefix-cells: each user a 2,048-word
+                prefix + a 128-word context per config) in prefix-aware order and in plan order -> prefix_order_gain;
+                prefix-order-short: the same on --cells (no shared prefix) -> prefix_order_gain_short; see
+                bench/prefix_order.py
 Two GPUs, one command each (see benchmarks/README.md for the lease plan):
   launcher bench --systems layouts --layouts auto,2,gpu1 --shapes 4000x256,4000x512
   launcher bench --systems cells,cells-task-per-cell,cells-seed-loop --cells 4x3x200x256 --cells-measure 3
@@ -32,6 +36,7 @@ import platform
 import shutil
 import socket
 import sys
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -48,8 +53,11 @@ SYSTEMS = (
     "cells",
     "cells-task-per-cell",
     "cells-seed-loop",
+    "prefix-order",
+    "prefix-order-short",
 )
 DEFAULT_SYSTEMS = "raw,toolkit,toolkit-warm,hf"
+MIN_STEP_S = 90  # --budget-s: the shortest time a measurement is started with
 SWEEP: dict[str, dict[str, Any]] = {
     # Hand-picked engine settings of plain vLLM. "graphs<=512" keeps vLLM's own capture limit (min(2 x seqs, 512)).
     "max_num_seqs=256": {"max_num_seqs": 256},
@@ -113,6 +121,14 @@ def configure(c: argparse.ArgumentParser) -> None:
         help="the cells sweep: DATASETSxABLATIONSxRECORDSxMAX_TOKENS (default 4x3x200x256)",
     )
     c.add_argument(
+        "--prefix-cells",
+        default="1x3x216x256",
+        help="the prefix-order sweep: DATASETSxABLATIONSxRECORDSxMAX_TOKENS (default 1x3x216x256); every config of a "
+        "user starts with the same --prefix-tokens words, then its own --prefix-context-tokens",
+    )
+    c.add_argument("--prefix-tokens", type=int, default=2048, help="shared prefix per user (default 2048)")
+    c.add_argument("--prefix-context-tokens", type=int, default=128, help="each config's own part (default 128)")
+    c.add_argument(
         "--cells-measure",
         type=int,
         default=None,
@@ -136,6 +152,14 @@ def configure(c: argparse.ArgumentParser) -> None:
         "first-use compiles are not timed; 0: time the first pass (default 32)",
     )
     c.add_argument("--timeout-s", type=float, default=1800, help="per measured process")
+    c.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="start a measurement only while this call has time left for one as long as the last (at least "
+        f"{MIN_STEP_S} s); the rest is skipped and the report still written (a later call goes on). 0: only "
+        "write the report from what WORKDIR holds",
+    )
     c.add_argument("--force", action="store_true", help="redo measurements already in WORKDIR/runs")
     c.add_argument("--no-plot", action="store_true", help="write JSON + markdown only (draw later with --report)")
     c.add_argument(
@@ -190,26 +214,34 @@ def run(args: argparse.Namespace) -> int:
         if not wd.ids(shape).exists():
             write_dataset(shape, preset, wd.assets)
     failures: list[str] = []
+    began, last_step_s = time.monotonic(), [0.0]
 
     def step(key: str, fn: Callable[[], list[dict[str, Any]]]) -> None:
         path = wd.runs / f"{_slug(key)}.json"
         if path.exists() and not args.force:
             print(f"[bench] {key}: already measured ({path.name})", flush=True)
             return
+        if args.budget_s is not None:  # start a step only when one like the last still fits: the report gets written
+            left = args.budget_s - (time.monotonic() - began)
+            if left < max(MIN_STEP_S, last_step_s[0]):
+                print(f"[bench] {key}: skipped, {max(0.0, left):.0f} s of --budget-s left", flush=True)
+                return
         print(f"[bench] {key} ...", flush=True)
+        t0 = time.monotonic()
         try:
             rows = fn()
         except (RunFailed, OSError, ValueError, KeyError, StopIteration) as exc:
             failures.append(f"{key}: {exc}")
             print(f"[bench] {key} FAILED: {exc}", flush=True)
             return
+        last_step_s[0] = time.monotonic() - t0
         for r in rows:
             r.setdefault("note", args.note)
         path.write_text(json.dumps(rows, indent=1))
         for r in rows:
             print(
-                f"[bench] {r['system']}@{r['shape']}: {r['samples_per_min']:,.0f} samples/min, "
-                f"{r['output_tok_per_s']:,.0f} tok/s, start-up {r.get('startup', {}).get('total_s', '?')} s",
+                f"[bench] {r['system']}@{r['shape']}: {r['samples_per_min'] or 0:,.0f} samples/min, "
+                f"{r['output_tok_per_s'] or 0:,.0f} tok/s, start-up {r.get('startup', {}).get('total_s', '?')} s",
                 flush=True,
             )
 
@@ -221,6 +253,9 @@ def run(args: argparse.Namespace) -> int:
                 partial(_layout, wd, shape, tp, args.timeout_s, args.warm_layouts, args.keep_caches),
             )
     _run_cells(args, systems, preset, wd, step)
+    from launcher.bench.prefix_order import run_steps
+
+    run_steps(args, systems, preset, wd, step)
     results = collect(
         wd, preset.name, shapes[0].prompt_tokens, shapes[0].n, [Workdir(Path(d).resolve()) for d in args.collect_from]
     )

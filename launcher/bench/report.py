@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Any
+
+from launcher.bench.prefix_order import SYSTEMS as ORDER_SYSTEMS
+from launcher.bench.prefix_order import order_ratios
 
 TARGETS = {"1000x256": 1.5, "4000x512": 1.25}  # toolkit / raw defaults, issue 9
 # issue 16: two GPUs (auto = one worker per GPU) against TP=2 and one GPU, generation window by the wall clock
@@ -24,7 +28,8 @@ def _by(ms: list[dict[str, Any]], system: str, shape: str) -> dict[str, Any] | N
 
 
 def shape_order(shape: str) -> list[int]:
-    return [int(x) for x in shape.removeprefix("cells-").split("x")]
+    """1000x256 < 4000x512 < cells-4x3x200x256 < cells-1x3x216x256-p2048+128: by the numbers in the name."""
+    return [int(x) for x in re.findall(r"\d+", shape)]
 
 
 def analyse(ms: list[dict[str, Any]]) -> dict[str, Any]:
@@ -82,6 +87,7 @@ def analyse(ms: list[dict[str, Any]]) -> dict[str, Any]:
         layouts = {m["system"]: m for m in ms if m["shape"] == shape and m["system"].startswith("layout:")}
         _layout_ratios(shape, layouts, r, targets)
         _cells_ratios(shape, {m["system"]: m for m in ms if m["shape"] == shape}, r, targets)
+        order_ratios(shape, {m["system"]: m for m in ms if m["shape"] == shape}, r, targets)
         if r:
             ratios[shape] = r
     return {"ratios": ratios, "targets": targets}
@@ -207,8 +213,21 @@ def markdown(results: dict[str, Any]) -> str:
             f"- {'MET' if t['met'] else 'NOT MET'}: {name} (measured {t['measured']}"
             + (f", {t['toolkit']}" if "toolkit" in t else "")
             + (f" vs {t['best']}" if "best" in t else "")
+            + (f"; {t['basis']}" if "basis" in t else "")
             + ")"
         )
+    ordered = [m for m in ms if m["system"] in ORDER_SYSTEMS]
+    if ordered:
+        lines += ["", "## Prefix order (issue 31)", ""]
+        lines.append("| system | shape | gen s | e2e wall s | compile cache | prefix-cache hit rate | order |")
+        lines.append("|---|---|---:|---:|---|---:|---|")
+        for m in ordered:
+            decision = m.get("prefix_order") or {}
+            lines.append(
+                f"| {m['system']} | {m['shape']} | {_f(m['generation_s'], 1)} | {_f(m.get('wall_s'), 1)} | "
+                f"{m.get('compile_cache') or '–'} | {_f(m.get('prefix_cache_hit_rate'), 3)} | "
+                f"{'on' if decision.get('active') else 'off'}: {decision.get('reason', '–')} |"
+            )
     tk = [m for m in ms if m["system"] == "toolkit"]
     if tk:
         lines += ["", "## What auto sizing chose (toolkit)", ""]

@@ -23,7 +23,7 @@ from typing import Any
 from launcher.bench.startup_log import parse_startup, split
 from launcher.bench.workload import Shape, toolkit_spec
 from launcher.gather.throughput import summarize_gpu_samples
-from launcher.store import GpuFigures, OutputDir
+from launcher.store import GpuFigures, OutputDir, RunDir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -169,7 +169,7 @@ def toolkit_measurement(
 ) -> dict[str, Any]:
     """A finished toolkit run -> one measurement: the run's wall-clock figures, each worker beside them."""
     run_dir = OutputDir(out_dir).runs()[0]
-    summary = run_dir.read_json(run_dir.summary)
+    summary = final_figures(run_dir)
     run = summary["run"]
     reports: list[dict[str, Any]] = [dict(r) for r in run_dir.worker_reports()]
     engines = [r for r in reports if r.get("engine")]
@@ -194,11 +194,29 @@ def toolkit_measurement(
         layout=summary.get("layout"),
         replicas=len(engines),
         gpu_busy_fraction=run.get("gpu_busy_fraction"),
+        prefix_cache_hit_rate=run.get("prefix_cache_hit_rate"),
+        prefix_order=main.get("prefix_order"),
         **{k: run.get(k) for k in GPU_COLUMNS},
         workers=summary.get("workers"),
         timing="wall clock across all workers",
         **extra,
     )
+
+
+def final_figures(run_dir: RunDir, timeout_s: float = 120.0) -> dict[str, Any]:
+    """The run's wall-clock figures (summary.json's content) once every worker process has written its last report.
+    `launcher submit --wait` gathers as soon as the last unit is done, which on a loaded machine can come before
+    its worker's final report: that summary may lack the generation window (measured: 0.0 s on 2 busy cores)."""
+    from launcher.gather.throughput import run_figures
+    from launcher.plan.persist import load_plan
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        reports = run_dir.worker_reports()
+        if reports and all(r.get("ended") for r in reports):
+            break
+        time.sleep(1.0)
+    return run_figures(load_plan(run_dir.root)).as_json()
 
 
 def raw_env(cache: Path) -> dict[str, str]:

@@ -19,7 +19,17 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from launcher.engines import register
-from launcher.engines.base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
+from launcher.engines.base import (
+    Completion,
+    Engine,
+    EngineReport,
+    FailureBreaker,
+    GenerationRequest,
+    Sample,
+    Workload,
+    refused,
+)
+from launcher.engines.decode import Generated, SampleDecoder, cut_at_stop
 from launcher.plan.layout import ParallelLayout
 from launcher.plan.sizing import CPU_KV_CACHE_GIB, EngineSettings
 from launcher.spec import SamplingSpec
@@ -77,9 +87,6 @@ class VLLMEngine(Engine):
         # Stats on: the summary reports preemptions (there should be none) from vLLM's own counters.
         kwargs.setdefault("disable_log_stats", False)
         self.tokenizer = tokenizer
-        # vLLM detokenizes every sample at every step unless told not to; only stop strings need that. The text is
-        # decoded once per sample at the end instead (same tokenizer, same skip_special_tokens).
-        self.detokenize_here = not self.sampling.stop
         startup: dict[str, Any] = {}
         ready = self._join_nodes(layout, kwargs, settings, startup)
         if not on_gpu and ready is None:
@@ -113,6 +120,14 @@ class VLLMEngine(Engine):
         load_s = time.perf_counter() - t0
         startup["engine_init_s"] = round(load_s, 3)
         self.engine: Any = self.llm.llm_engine
+        with contextlib.suppress(AttributeError, TypeError):  # vLLM turns it off for models that do not support it
+            if not self.engine.vllm_config.cache_config.enable_prefix_caching:
+                settings.kwargs["enable_prefix_caching"] = False
+                settings.reasons["enable_prefix_caching"] = (
+                    f"vLLM {vllm.__version__} keeps no prefix cache for this model"
+                )
+        # vLLM's own tokenizer object: its class decides how vLLM would detokenize (a Mistral one, say).
+        self.decoder = SampleDecoder(_engine_tokenizer(self.llm, tokenizer))
         self.capacity_tokens, self.block = self._kv_capacity()
         n_asked = 1 if self.sampling.temperature == 0 else self.n  # greedy asks once and copies
         mean_need = request_tokens(int(workload.prompt_tokens_mean), self.sampling.max_tokens, n_asked, self.block)
@@ -124,11 +139,11 @@ class VLLMEngine(Engine):
             settings.reasons["kv_cache_tokens"] = (
                 f"measured by vLLM at start-up (estimated beforehand: {settings.kv_tokens_estimate or 'n/a'})"
             )
-        settings.kwargs["detokenize_in_engine"] = not self.detokenize_here
+        settings.kwargs["detokenize_in_engine"] = bool(self.sampling.stop)
         settings.reasons["detokenize_in_engine"] = (
             "stop strings need vLLM's incremental detokenizer"
             if self.sampling.stop
-            else "no stop strings: each sample is decoded once when it finishes"
+            else "no stop strings: each sample is decoded once when it finishes, by vLLM's rule (engines/decode.py)"
         )
         self.settings = settings
         return EngineReport(
@@ -210,7 +225,9 @@ class VLLMEngine(Engine):
             seed=seed,
             ignore_eos=s.ignore_eos,
             stop=s.stop or None,
-            detokenize=not self.detokenize_here,
+            # vLLM detokenizes every sample at every step unless told not to; only stop strings need that (a batch
+            # line's own too). The text is decoded once per sample at the end, by vLLM's rule (engines/decode.py).
+            detokenize=bool(s.stop),
             output_kind=RequestOutputKind.FINAL_ONLY,
             structured_outputs=self._structured(s),
         )
@@ -237,6 +254,7 @@ class VLLMEngine(Engine):
         ids: dict[str, tuple[GenerationRequest, int]] = {}
         inflight = inflight_tokens = 0
         max_requests, max_tokens = self.admission.max_requests, self.admission.max_kv_tokens
+        breaker = FailureBreaker()
         while True:
             while not exhausted and inflight < max_requests:
                 if waiting is None:
@@ -249,12 +267,16 @@ class VLLMEngine(Engine):
                     break
                 req, waiting = waiting, None
                 rid = f"r{req.key}"
-                returned = self.engine.add_request(
-                    rid,
-                    {"prompt_token_ids": list(req.prompt_token_ids)},
-                    self._params(req.seed, req.sampling, req.n),
-                    lora_request=self.loras.get(req.adapter) if req.adapter else None,
-                )
+                try:  # vLLM checks a request as it is added (its length, its token ids, its structured output)
+                    returned = self.engine.add_request(
+                        rid,
+                        {"prompt_token_ids": list(req.prompt_token_ids)},
+                        self._params(req.seed, req.sampling, req.n),
+                        lora_request=self.loras.get(req.adapter) if req.adapter else None,
+                    )
+                except Exception as exc:  # this request alone: the others go on (unless the engine is broken)
+                    breaker.failed(exc, refused(req, f"vLLM refused this request: {type(exc).__name__}: {exc}"))
+                    continue
                 ids[rid] = (req, need)
                 if isinstance(returned, str):
                     ids[returned] = (req, need)
@@ -262,6 +284,7 @@ class VLLMEngine(Engine):
                 inflight_tokens += need
             if not inflight:
                 if exhausted:
+                    yield from breaker.finish()
                     return
                 continue
             for out in self.engine.step():
@@ -270,16 +293,21 @@ class VLLMEngine(Engine):
                 req, need = ids.get(out.request_id) or ids[out.request_id.rsplit("-", 1)[0]]
                 inflight -= 1
                 inflight_tokens -= need
+                yield from breaker.ok()
                 if self.cache is not None:  # first results in: kernels compiled on first use are in the cache now
                     self.cache.publish()
-                yield Completion(req.key, len(req.prompt_token_ids), self._samples(out, req.n or self.n))
+                yield Completion(req.key, len(req.prompt_token_ids), self._samples(out, req.n or self.n, req))
 
-    def _samples(self, out: Any, n: int) -> tuple[Sample, ...]:
+    def _samples(self, out: Any, n: int, req: GenerationRequest) -> tuple[Sample, ...]:
         outputs = sorted(out.outputs, key=lambda c: c.index)
-        if self.detokenize_here:
-            texts = self.tokenizer.batch_decode([list(c.token_ids) for c in outputs], skip_special_tokens=True)
-        else:
-            texts = [c.text for c in outputs]
+        # One rule with or without stop strings (vLLM's text then is the same, cut at the stop string), and the same
+        # as the HF backend's. A stop string, unlike EOS or a stop token id, leaves its token in the text.
+        generated = [
+            Generated(c.token_ids, c.finish_reason == "stop" and not isinstance(c.stop_reason, str)) for c in outputs
+        ]
+        texts = self.decoder.decode(req.prompt_token_ids, generated)
+        stop = (req.sampling or self.sampling).stop
+        texts = [cut if stop and (cut := cut_at_stop(t, stop)) is not None else t for t in texts]
         samples = tuple(
             Sample(t, len(c.token_ids), _reason(c.finish_reason), tuple(c.token_ids))
             for t, c in zip(texts, outputs, strict=True)
@@ -309,9 +337,16 @@ class VLLMEngine(Engine):
         settings = getattr(self, "settings", None)
         if settings is not None and getattr(self, "llm", None) is not None:
             counters = self.stats()
+            if counters.get("prefix_cache_queries"):  # tokens of prompts found in the cache / tokens looked up
+                counters["prefix_cache_hit_rate"] = round(
+                    counters["prefix_cache_hits"] / counters["prefix_cache_queries"], 4
+                )
             if counters:
                 settings.kwargs["vllm_counters"] = counters
-                settings.reasons["vllm_counters"] = "vLLM's own counters at the end (num_preemptions should be 0)"
+                settings.reasons["vllm_counters"] = (
+                    "vLLM's own counters at the end (num_preemptions should be 0; prefix_cache_hit_rate: prompt tokens "
+                    "served from the prefix cache)"
+                )
         llm, engine, cache = getattr(self, "llm", None), getattr(self, "engine", None), getattr(self, "cache", None)
         if cache is not None and llm is not None:
             cache.publish()
@@ -366,6 +401,14 @@ def lora_requests(adapters: dict[str, str | None]) -> dict[str, Any]:
 
     named = [(name, folder) for name, folder in adapters.items() if folder]
     return {name: LoRARequest(name, i, folder) for i, (name, folder) in enumerate(named, start=1)}
+
+
+def _engine_tokenizer(llm: Any, given: Any) -> Any:
+    with contextlib.suppress(Exception):  # a vLLM started without its tokenizer (skip_tokenizer_init)
+        found = llm.get_tokenizer()
+        if found is not None:
+            return found
+    return given
 
 
 def _reason(reason: str | None) -> str:

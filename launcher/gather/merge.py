@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
+import stat
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from launcher import __version__
@@ -29,7 +31,7 @@ from launcher.errors import UntrustedFile
 from launcher.gather.structured import structured_figures
 from launcher.gather.throughput import RunFigures, cell_figures, run_figures
 from launcher.plan import Cell, Plan, Unit
-from launcher.store import SAMPLE_FILES, Folder, OutputDir, OutputRow, RunDir, dumps_line, json_bytes, safe_filename
+from launcher.store import SAMPLE_FILES, Folder, OutputDir, OutputRow, RunDir, encode_lines, json_bytes, safe_filename
 from launcher.store.outputs import MANIFEST, QUARANTINE, SUMMARY, USERS, out_folder
 
 
@@ -46,6 +48,7 @@ class GroupReport:
     missing_rows: list[int] = field(default_factory=list)
     bad_sample_counts: list[int] = field(default_factory=list)
     files_written: list[str] = field(default_factory=list)  # relative to out_dir; empty when all were up to date
+    files_removed: list[str] = field(default_factory=list)  # an earlier gather's files this one does not write
 
     @property
     def dataset(self) -> str:
@@ -126,15 +129,24 @@ def _describe_missing(r: GroupReport, plan: Plan) -> str:
     lines = [f"{r.label}: incomplete, nothing written for this group"]
     if r.missing_units:
         lines.append(f"  units not finished ({len(r.missing_units)}): {', '.join(r.missing_units[:20])}")
+        refusals = {  # a worker refused them: an input changed under the run (inputs/guard.py) says what to do
+            str(f.get("error")).removeprefix("InputChanged: ")
+            for u in r.missing_units
+            for f in plan.run.unit(u).read_failures()[-1:]
+            if str(f.get("error", "")).startswith("InputChanged: ")
+        }
+        lines += [f"  refused: {why}" for why in sorted(refusals)[:5]]
     for problem in r.damaged[:20]:
         lines.append(f"  damaged: {problem}")
     if r.missing_rows:
         lines.append(f"  rows missing ({len(r.missing_rows)}): {r.missing_rows[:20]}")
     if r.bad_sample_counts:
         lines.append(f"  rows with a wrong number of samples: {r.bad_sample_counts[:20]}")
+    from launcher.plan.persist import resume_hint
+
     lines.append(
-        f"  fix: `launcher status {plan.run.root}` to see why; `launcher submit` the same spec again "
-        "to generate exactly what is missing (done records are kept)"
+        f"  fix: `launcher status {plan.run.root}` to see why; {resume_hint(plan.run)} again "
+        "generates exactly what is missing (done records are kept)"
     )
     return "\n".join(lines)
 
@@ -195,6 +207,7 @@ def _write_group(
     flat: bool = False,
 ) -> None:
     spec = plan.spec
+    earlier = _listed_files(out)
     hashes: dict[str, dict[str, Any]] = {}
     if spec.output.format == "parquet":
         import pyarrow as pa
@@ -204,8 +217,8 @@ def _write_group(
         pq.write_table(pa.Table.from_pylist(rows), sink)
         _put(out, SAMPLE_FILES["parquet"], sink.getvalue().to_pybytes(), report, hashes)
     else:
-        _put(out, SAMPLE_FILES["jsonl"], "".join(dumps_line(dict(r)) for r in rows).encode(), report, hashes)
-    _put(out, QUARANTINE, "".join(dumps_line(q) for q in quarantine).encode(), report, hashes)
+        _put(out, SAMPLE_FILES["jsonl"], encode_lines(dict(r) for r in rows), report, hashes)
+    _put(out, QUARANTINE, encode_lines(quarantine, lone_surrogates="escape"), report, hashes)
     if spec.output.per_user_json:
         users = out.walk(()) if flat else out.child(USERS, create=True)
         with users:
@@ -224,6 +237,40 @@ def _write_group(
         "files": dict(sorted(hashes.items())),
     }
     _put(out, MANIFEST, json_bytes(manifest), report, {})
+    _remove_stale(out, set(earlier) - set(hashes), report)
+
+
+def _listed_files(out: Folder) -> dict[str, Any]:
+    """The files an earlier gather of this cell listed in its manifest: {} when there is none, or when it is not a
+    plain file of yours (a planted manifest names nothing to remove)."""
+    try:
+        files = json.loads(out.read_bytes(MANIFEST)).get("files")
+    except (OSError, ValueError, RecursionError, AttributeError, UntrustedFile):
+        return {}
+    return files if isinstance(files, dict) else {}
+
+
+def _remove_stale(out: Folder, stale: set[str], report: GroupReport) -> None:
+    """Files an earlier gather of this folder listed in its manifest and this one does not write: per-user files
+    under a name the old naming gave them (store/names.py), users no longer in the data, the other format's samples
+    file. Left there, a reader would take them for this run's. Files the launcher never listed are not touched.
+
+    Only names inside the cell (its own files, users/<name>) are removed, through the checked folder: a users/ that
+    is a link or another user's is refused (nothing in it removed), and a link at a listed name is removed itself,
+    never the file it points to."""
+    for rel in sorted(stale):
+        parts = PurePosixPath(rel).parts
+        if len(parts) not in (1, 2) or (len(parts) == 2 and parts[0] != USERS) or {"..", ".", "/"} & set(parts):
+            continue  # a manifest is ours, but its folder may be shared: never a path outside the cell
+        try:
+            with out.child(parts[0]) if len(parts) == 2 else out.walk(()) as folder:
+                st = folder.stat(parts[-1])
+                if st is None or not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                    continue  # a folder or a special file at that name: not what the launcher wrote there
+                folder.unlink(parts[-1])  # unlinkat: a link goes, its target stays
+            report.files_removed.append(rel)
+        except (OSError, UntrustedFile):
+            continue
 
 
 def _variant_fields(report: GroupReport) -> dict[str, str]:
@@ -235,8 +282,9 @@ OWN_FILES = frozenset({"samples", "quarantine", "inference_summary", "manifest"}
 
 def _user_files(rows: list[OutputRow], flat: bool = False) -> Iterator[tuple[str, bytes]]:
     """<user id>.json with generated_samples: under users/, or at the top of --output_dir as the old script wrote them
-    (`launcher run` with its flags, `flat`). safe_filename: an id such as '../../x' stays inside the folder; a user
-    named like one of our own files gets a suffix instead of overwriting it."""
+    (`launcher run` with its flags, `flat`). safe_filename: two ids never share a file, an id such as '../../x' stays
+    inside the folder, and a user named like one of our own files gets its first letter escaped instead of
+    overwriting it."""
     by_user: dict[str, list[OutputRow]] = defaultdict(list)
     for row in rows:
         by_user[row["user_id"]].append(row)
@@ -249,9 +297,7 @@ def _user_files(rows: list[OutputRow], flat: bool = False) -> Iterator[tuple[str
                 for r in recs
             ],
         }
-        name = safe_filename(user)
-        if flat and name in OWN_FILES:
-            name = f"{name}-user"
+        name = safe_filename(user, reserved=OWN_FILES if flat else frozenset())
         yield f"{name}.json", json_bytes(obj)
 
 
@@ -294,6 +340,7 @@ def summarize(
         "engine_version": engine.get("version"),
         "engine_settings": engine.get("settings"),
         "engine_settings_reasons": engine.get("reasons"),
+        "prefix_order": worker.get("prefix_order"),
         "launcher_version": __version__,
         "model": spec.model_paths()[key.model],
         **({"model_name": key.model} if key.model else {}),

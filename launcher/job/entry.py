@@ -29,6 +29,7 @@ from submitit.core.utils import UncompletedJobError
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from launcher.engines.multinode import NodeGroup, Rendezvous, serve_headless
+from launcher.errors import UntrustedFile
 from launcher.inputs.model import model_shape
 from launcher.job.retries import Attempt, mark_requeued
 from launcher.job.worker import PREEMPTED_EXIT, Worker, WorkerConfig
@@ -36,7 +37,7 @@ from launcher.plan import Plan
 from launcher.plan.layout import ParallelLayout, allocated_gpus, choose_layout, choose_multinode_layout, gpu_info
 from launcher.plan.persist import load_plan
 from launcher.slurm_env import SlurmEnv
-from launcher.store import JobDir, WorkerReport
+from launcher.store import JobDir, RunDir, WorkerReport
 from launcher.store.claims import process_start
 
 log = logging.getLogger("launcher.job")
@@ -114,6 +115,8 @@ class WorkerGroup:
                 self.run_dir, self.index, 0, layout.for_replica(0), layout.replica_gpus(0), self.only_units, model
             )
             self.worker = Worker(cfg)
+            if self.stopping:  # stopped while the layout was chosen: stop() found no worker to tell
+                self.worker.stop_now()
             reports = [self.worker.run()]
         else:
             reports = self._run_children(layout, model)
@@ -223,8 +226,14 @@ class JobRunner(Checkpointable):
         self.run_dir = run_dir
         self._group: WorkerGroup | None = None
         self._job_dir: JobDir | None = None
+        self._stopping = False  # a local job told to stop (SIGTERM)
 
     def __call__(self, index: int) -> dict[str, Any]:
+        if Attempt.from_env() is None:
+            # A local job (submitit's local executor): submitit binds SIGTERM to a handler that only logs
+            # "Bypassing signal SIGTERM" (on Slurm, USR2 is the stop signal). Here SIGTERM is how a user, `launcher
+            # cancel` or Ctrl-C on `submit --wait` stops it: `kill <pid>` of the job's process reaches this one.
+            signal.signal(signal.SIGTERM, self._stop_local)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
         group = NodeGroup.current()
         if group is not None and group.node_rank > 0:  # another node of a multi-node step: vLLM's workers only
@@ -237,6 +246,23 @@ class JobRunner(Checkpointable):
         finally:
             if group is not None:  # the other nodes leave once rank 0 is done, whatever the outcome
                 Rendezvous(Path(self.run_dir), group).mark_done("ended")
+
+    def _stop_local(self, signum: int, frame: Any) -> None:
+        """SIGTERM to a local job: its workers write what they finished and give their units back, the job ends
+        normally (no traceback) and `launcher status` says INTERRUPTED, with what resumes it."""
+        if self._stopping:
+            return
+        self._stopping = True
+        name = signal.Signals(signum).name
+        log.warning("job: %s: stopping; every record written is kept", name)
+        run = RunDir(Path(self.run_dir))
+        with contextlib.suppress(OSError, UntrustedFile):  # a run folder not ours any more: nothing written into it
+            run.write_json(
+                run.interrupted,
+                {"time": time.time(), "executor": "local", "by": f"{name} to the local job (pid {os.getpid()})"},
+            )
+        if self._group is not None:
+            self._group.stop()
 
     def _run(self, index: int) -> dict[str, Any]:
         attempt = Attempt.from_env()
@@ -254,6 +280,7 @@ class JobRunner(Checkpointable):
             },
         )
         self._group = WorkerGroup(Path(self.run_dir), index)
+        self._group.stopping = self._stopping  # SIGTERM before the workers existed: none is started
         try:
             result = self._group.run()
             if attempt is None:  # a local job: no gather job follows it, so the last one to finish gathers
@@ -262,16 +289,27 @@ class JobRunner(Checkpointable):
         except UncompletedJobError:
             raise  # submitit's own verdict (timed out too many times): not a crash to retry
         except Exception as exc:
-            if attempt is None:  # not a Slurm job (local executor): nothing to requeue
+            if attempt is None:  # not a Slurm job (local executor): nothing to requeue, but status must say why
+                self._record_local_failure(exc, index, job)
                 raise
             self._record_failure(exc, attempt, job, plan)
             raise
+
+    def _record_local_failure(self, exc: Exception, index: int, job_dir: JobDir) -> None:
+        from launcher.job.retries import record_failure
+
+        submission = os.environ.get("LAUNCHER_SUBMISSION") or "local"
+        local = Attempt(f"local{index}-{os.getpid()}", str(os.getpid()), submission, 0)
+        try:
+            record_failure(job_dir, local, 0, "exception", f"{type(exc).__name__}: {exc}", None, retryable=False)
+        except UntrustedFile as refused:  # the run folder itself is not ours any more: nothing is written into it
+            log.error("job %s: no failure record written: %s", job_dir.root.name, refused)
 
     def _record_failure(self, exc: Exception, attempt: Attempt, job_dir: JobDir, plan: Plan) -> None:
         import shutil
         import traceback
 
-        from launcher.errors import SpecError, UntrustedFile
+        from launcher.errors import SpecError
         from launcher.job.retries import record_failure, requeue, stopped_by_slurm
 
         state = stopped_by_slurm(attempt)
@@ -332,7 +370,7 @@ class JobRunner(Checkpointable):
         return {"run_dir": self.run_dir}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.run_dir, self._group, self._job_dir = state["run_dir"], None, None
+        self.run_dir, self._group, self._job_dir, self._stopping = state["run_dir"], None, None, False
 
 
 __all__ = ["JobRunner", "WorkerGroup", "backend_guess", "job_layout", "run_job"]

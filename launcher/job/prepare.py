@@ -16,7 +16,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from launcher.engines import Workload
+from launcher.inputs.bounded import MAX_ITEMS, RENDER_S, BoundExceeded, deadline
 from launcher.inputs.chat import NotUsable
+from launcher.inputs.encodable import first_unencodable
+from launcher.inputs.guard import InputChanged, InputGuard, PromptClock
 from launcher.inputs.prompts import PromptBuilder, make_builder, read_chat_template
 from launcher.inputs.records import Quarantined, Record, first_rows, read_shard
 from launcher.plan import Plan, Unit
@@ -79,9 +82,12 @@ def load_tokenizer(spec: JobSpec) -> Any:
     return AutoTokenizer.from_pretrained(spec.model.path, trust_remote_code=spec.model.trust_remote_code)
 
 
-def chat_formatter(tokenizer: Any, data: DataSpec | None = None) -> Callable[[list[dict[str, str]]], str] | None:
+def chat_formatter(
+    tokenizer: Any, data: DataSpec | None = None, clock: PromptClock | None = None
+) -> Callable[[list[dict[str, str]]], str] | None:
     """messages -> prompt text through the chat template: the spec's own (data.chat_template as text), else the
-    tokenizer's; None without one, or when data.chat_template is false."""
+    tokenizer's; None without one, or when data.chat_template is false. A template's `strftime_now` reads `clock`
+    (the run's submit time) instead of today; each render is bounded in time (inputs/bounded.py)."""
     if data is not None and data.chat_template is False:
         return None
     template = read_chat_template(data) if data is not None else None
@@ -90,9 +96,26 @@ def chat_formatter(tokenizer: Any, data: DataSpec | None = None) -> Callable[[li
     kwargs = dict(data.chat_template_kwargs) if data is not None else {}
     if template is not None:
         kwargs["chat_template"] = template
-    return lambda messages: tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True, **kwargs
-    )
+    if clock is not None:  # a render variable: it shadows transformers' global of the same name
+        kwargs["strftime_now"] = clock.strftime_now()
+
+    def render(messages: list[dict[str, str]]) -> str:
+        with deadline(RENDER_S, "the chat template"):
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+        if len(text) > MAX_ITEMS:
+            raise BoundExceeded(f"the chat template wrote {len(text):,} characters: at most {MAX_ITEMS:,}")
+        return str(text)
+
+    return render
+
+
+def model_vocab(spec: JobSpec) -> int | None:
+    """The model's embedding rows (config.json vocab_size); None when it does not say."""
+    from launcher.inputs.model import read_config
+
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        return int(read_config(spec.model.path).get("vocab_size") or 0) or None
+    return None
 
 
 def token_limit(spec: JobSpec) -> int | None:
@@ -108,10 +131,14 @@ def token_limit(spec: JobSpec) -> int | None:
 class Preparer:
     """Reads and tokenizes units for one worker: the tokenizer and prompt builders are made once."""
 
-    def __init__(self, spec: JobSpec, tokenizer: Any) -> None:
+    def __init__(
+        self, spec: JobSpec, tokenizer: Any, guard: InputGuard | None = None, clock: PromptClock | None = None
+    ) -> None:
         self.spec, self.tokenizer = spec, tokenizer
-        self.chat = chat_formatter(tokenizer, spec.data)
+        self.guard = guard  # checks every file a unit reads against the run's record (InputChanged)
+        self.chat = chat_formatter(tokenizer, spec.data, clock)
         self.limit = token_limit(spec)
+        self.vocab = model_vocab(spec)
         self._builders: dict[str, PromptBuilder] = {}
         self._first: dict[str, dict[str, int]] = {}
 
@@ -133,25 +160,53 @@ class Preparer:
             self._builders[ablation] = make_builder(self.spec.data, ablation, self.chat)
         return self._builders[ablation]
 
-    def encode(self, texts: list[str], templated: list[bool] | None = None) -> list[list[int]]:
-        """Token ids of each text; a text the chat template made already holds its special tokens (BOS)."""
+    def encode(self, texts: list[str], templated: list[bool] | None = None) -> list[list[int] | str]:
+        """Token ids of each text, or why the tokenizer refused it. A text the chat template made already holds its
+        special tokens (BOS). Batches of TOKENIZE_BATCH; a batch the tokenizer refuses is tokenized again one text
+        at a time, so only the culprit fails (and is quarantined), never its neighbours."""
         flags = templated if templated is not None else [self.chat is not None] * len(texts)
-        out: list[list[int]] = [[] for _ in texts]
+        out: list[list[int] | str] = [[] for _ in texts]
         for flag in (True, False):
             idx = [i for i, f in enumerate(flags) if f is flag]
             for i in range(0, len(idx), TOKENIZE_BATCH):
                 part = idx[i : i + TOKENIZE_BATCH]
-                ids = self.tokenizer([texts[j] for j in part], add_special_tokens=not flag)["input_ids"]
+                try:
+                    ids = self.tokenizer([texts[j] for j in part], add_special_tokens=not flag)["input_ids"]
+                except Exception:
+                    ids = [self._encode_one(texts[j], flag) for j in part]
                 for j, x in zip(part, ids, strict=True):
-                    out[j] = list(x)
+                    out[j] = x if isinstance(x, str) else list(x)
         return out
 
+    def _encode_one(self, text: str, templated: bool) -> list[int] | str:
+        try:
+            return list(self.tokenizer([text], add_special_tokens=not templated)["input_ids"][0])
+        except Exception as exc:
+            return f"the tokenizer failed on this record's prompt: {type(exc).__name__}: {exc}"[:500]
+
+    def _past_vocab(self, token: int) -> str:
+        try:
+            name = f" ({self.tokenizer.convert_ids_to_tokens(token)!r})"
+        except Exception:
+            name = ""
+        return (
+            f"its prompt holds token id {token}{name}, past the model's vocabulary ({self.vocab} entries in "
+            "config.json): the tokenizer has tokens the model was not resized for; fix the checkpoint "
+            "(resize_token_embeddings) or keep that token out of the data"
+        )
+
     def prepare(self, unit: Unit, done_rows: set[int] | frozenset[int] = frozenset()) -> PreparedUnit:
+        """Raises InputChanged (inputs/guard.py) when a file the unit reads is not what the run recorded: before its
+        rows are read, and again after (a file replaced while it was read)."""
         spec = self.spec
         split = self.split(unit.dataset)
         fmt = self.format(unit.dataset)
+        if self.guard is not None:
+            self.guard.check_unit(unit)
         records, bad = read_shard(Path(unit.data_path), unit.start, unit.stop, spec.data.fields, split, fmt)
         first = self.first_rows(unit.data_path, split, fmt)
+        if self.guard is not None:
+            self.guard.check_unit(unit)
         kept: list[Record] = []
         for rec in records:
             if first.get(rec.record_id, rec.row) != rec.row:
@@ -171,6 +226,9 @@ class Preparer:
         for rec in kept:
             try:
                 prompt = builder.prompt(rec)
+                if (why := first_unencodable({"prompt": prompt.text})) is not None:  # a template may make one
+                    bad.append(Quarantined(rec.row, why, rec.record_id))
+                    continue
                 texts.append(prompt.text)
                 templated.append(prompt.templated)
                 rendered.append(rec)
@@ -186,6 +244,14 @@ class Preparer:
         ids = self.encode(texts, templated)
         out = PreparedUnit(unit, {}, {}, {}, {})
         for rec, text, tokens in zip(kept, texts, ids, strict=True):
+            if isinstance(tokens, str):
+                bad.append(Quarantined(rec.row, tokens, rec.record_id))
+                continue
+            if self.vocab is not None and tokens and max(tokens) >= self.vocab:
+                # A token added to the tokenizer without resizing the model: HF raises on the whole batch, vLLM
+                # reads a padding row of its embedding and generates from garbage without a word.
+                bad.append(Quarantined(rec.row, self._past_vocab(max(tokens)), rec.record_id))
+                continue
             try:
                 own = request_settings(spec, rec)
             except NotUsable as exc:
@@ -223,14 +289,23 @@ def prompt_stats(plan: Plan, preparer: Preparer, units: list[Unit] | None = None
     """unit id -> [records, total prompt tokens, longest prompt], for every unit of the run; read from the run
     directory when a worker already measured them."""
     run: RunDir = plan.run
-    cached = run.read_json(run.prompt_stats)
-    stats: dict[str, list[float]] = {k: list(v) for k, v in (cached.get("units") or {}).items()}
+    cached = run.read_json(run.prompt_stats).get("units")
+    stats: dict[str, list[float]] = {}
+    for k, v in (cached if isinstance(cached, dict) else {}).items():
+        if isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v):
+            stats[str(k)] = [float(x) for x in v]
+        else:  # a damaged cache is measured again, never trusted or fatal
+            log.warning("%s: unit %r holds %r, not [records, tokens, longest]; measured again", run.prompt_stats, k, v)
     missing = [u for u in (units if units is not None else plan.units) if u.unit_id not in stats]
     if missing:
+        refused = False
         for u in missing:
-            lengths = preparer.lengths(u)
+            try:
+                lengths = preparer.lengths(u)
+            except InputChanged:  # its unit is refused when claimed; the others still size the engine
+                lengths, refused = [], True
             stats[u.unit_id] = [len(lengths), sum(lengths), max(lengths, default=0)]
-        if units is None:
+        if units is None and not refused:
             run.write_json(run.prompt_stats, {"units": stats})
     return stats
 

@@ -31,13 +31,17 @@ from typing import Any
 from launcher import faults
 from launcher.engines import Completion, Engine, GenerationRequest, create_engine, select_backend
 from launcher.engines.multinode import NodeGroup, Rendezvous
+from launcher.inputs.encodable import first_unencodable
+from launcher.inputs.guard import InputChanged, InputGuard, read_record, run_clock
+from launcher.inputs.records import Quarantined, Record
 from launcher.job.gpu_monitor import GpuSampler
+from launcher.job.order import FeedOrder, feed_order, interleave
 from launcher.job.prepare import Preparer, load_tokenizer, prompt_stats, workload_of
 from launcher.job.writer import ActiveUnit, ChunkWriter
 from launcher.plan import Plan, Unit
 from launcher.plan.layout import ParallelLayout
 from launcher.plan.persist import load_plan
-from launcher.store import ClaimBook, OutputRow, Owner, RunDir, WorkerReport
+from launcher.store import ClaimBook, OutputRow, Owner, RunDir, UnitDir, WorkerReport
 from launcher.store.claims import HEARTBEAT_S
 
 log = logging.getLogger("launcher.job")
@@ -45,8 +49,10 @@ PROGRESS_EVERY_S = 10.0
 PREEMPTED_EXIT = 75  # a worker process stopped by USR2/TERM: it flushed and released its units
 
 
-class Stopped(Exception):
-    """Raised in the generating thread when the worker was told to stop (preemption, time limit)."""
+class Stopped(BaseException):
+    """Raised in the generating thread when the worker was told to stop (preemption, time limit). A BaseException,
+    like KeyboardInterrupt: code that isolates one record's failure (`except Exception`: a template, the tokenizer,
+    an engine call) must never take a stop for that record's fault."""
 
 
 @dataclass(frozen=True)
@@ -77,11 +83,13 @@ class Worker:
         self.writer: ChunkWriter | None = None
         self.engine: Engine | None = None
         self.claimed = 0
+        self.order: FeedOrder | None = None  # decided with the first claim (it needs the tokenizer)
         self._next_key = 0
         self._skip: set[str] = set()  # units known done in this worker's view
         self._held_by_others: dict[str, float] = {}  # unit -> when we last saw a live owner
         self._report_lock = threading.Lock()
         self.gpus = GpuSampler(cfg.gpu_ids)  # started with the first request: figures cover generation only
+        self._cpu_s0 = _cpu_seconds()  # a job that runs several models' workers in turn counts each its own
         self.report: WorkerReport = {
             "slot": cfg.slot,
             "job_index": cfg.job_index,
@@ -105,31 +113,38 @@ class Worker:
             "samples": 0,
             "output_tokens": 0,
             "prompt_tokens": 0,
+            "quarantined": 0,
             "startup_phases": {},
             "error": None,
             "warnings": list(cfg.layout.notes),  # requests not honoured here: status and the console show them
+            "cpu_cores": _cpu_cores(),
+            "cpu_seconds": 0.0,
         }
 
     # -- the loop -------------------------------------------------------------------------------------------------
 
     def run(self) -> WorkerReport:
+        if self.stop_requested:  # told to stop before it started (a local job's SIGTERM): claims nothing
+            self._set(ended=time.time())
+            self._write_report()
+            return self.report
         spec = self.spec
         phases = self.report["startup_phases"]
-        t0 = time.perf_counter()
         heartbeat = threading.Thread(target=self._heartbeat, name="worker-heartbeat", daemon=True)
-        tokenizer = load_tokenizer(spec)
-        preparer = Preparer(spec, tokenizer)
-        phases["tokenizer_s"] = round(time.perf_counter() - t0, 3)
-        self.writer = ChunkWriter(spec.output.chunk_records, self.cfg.slot)
-        first = self._first_unit(preparer)
-        if first is None:
-            self.writer.close()
-            self._set(state="idle", ended=time.time())
-            self._write_report()
-            log.info("worker %s: no unit left to claim; not starting an engine", self.cfg.slot)
-            return self.report
-        heartbeat.start()
-        try:
+        try:  # everything, the tokenizer and the first claim included: whatever raises is recorded (_fail)
+            t0 = time.perf_counter()
+            tokenizer = load_tokenizer(spec)
+            guard = InputGuard(self.plan.spec, read_record(self.rundir))
+            preparer = Preparer(spec, tokenizer, guard, run_clock(self.rundir))
+            phases["tokenizer_s"] = round(time.perf_counter() - t0, 3)
+            self.writer = ChunkWriter(spec.output.chunk_records, self.cfg.slot)
+            first = self._first_group(preparer)
+            if not first:
+                self.writer.close()
+                self._set(state="idle")
+                log.info("worker %s: no unit left to claim; not starting an engine", self.cfg.slot)
+                return self.report
+            heartbeat.start()
             t1 = time.perf_counter()
             backend, why = select_backend(spec.model)  # imports the backend (vLLM: ~12-20 s)
             phases["backend_import_s"] = round(time.perf_counter() - t1, 3)
@@ -150,7 +165,7 @@ class Worker:
             whole_run = self.cfg.only_units is None and not self.plan.spec.models
             stats = prompt_stats(self.plan, preparer, None if whole_run else todo)
             phases["prompt_stats_s"] = round(time.perf_counter() - t1, 3)
-            workload = workload_of(stats, todo or [first.prepared.unit], spec)
+            workload = workload_of(stats, todo or [a.prepared.unit for a in first], spec)
             self._set(backend=backend, backend_reason=why, state="loading")
             engine = self.engine = create_engine(backend, spec.model, spec.sampling, spec.data.num_samples)
             if self.cfg.layout.nnodes > 1:
@@ -158,6 +173,9 @@ class Worker:
             t1 = time.perf_counter()
             report = engine.load(workload, tokenizer, self.cfg.layout)
             phases["engine_load_s"] = round(time.perf_counter() - t1, 3)
+            if self.order is not None:  # a scheduling choice, shown with the engine's settings and why
+                report.settings["prefix_order"] = "on" if self.order.active else "off"
+                report.reasons["prefix_order"] = self.order.decision.reason
             self._set(
                 state="running",
                 engine={
@@ -215,18 +233,19 @@ class Worker:
         self._set(node_group=group.tag)  # its rendezvous folder: multinode/<tag>/
         return rdv
 
-    def _first_unit(self, preparer: Preparer) -> ActiveUnit | None:
+    def _first_group(self, preparer: Preparer) -> list[ActiveUnit]:
         """Claim before starting an engine: a worker that finds nothing to do exits in seconds. A unit with nothing
         left to generate (its rows were all written earlier) is marked done on the way."""
         assert self.writer is not None
-        while (active := self._claim_next(preparer)) is not None:
-            if active.prepared.todo():
-                return active
-            self.writer.finish_empty(active)
-        return None
+        while group := self._claim_next(preparer):
+            if any(a.prepared.todo() for a in group):
+                return group
+            for active in group:
+                self.writer.finish_empty(active)
+        return []
 
-    def _generate(self, engine: Engine, first: ActiveUnit, preparer: Preparer) -> None:
-        pending: ActiveUnit | None = first
+    def _generate(self, engine: Engine, first: list[ActiveUnit], preparer: Preparer) -> None:
+        pending: list[ActiveUnit] | None = first
         last_log = time.perf_counter()
         while True:
             before = self.claimed
@@ -243,28 +262,30 @@ class Worker:
             if self.claimed == before:  # a whole pass found nothing more to claim
                 return
 
-    def _feed(self, first: ActiveUnit | None, preparer: Preparer) -> Iterator[GenerationRequest]:
-        """Requests, unit after unit; the next unit is claimed only when the engine asks for more."""
-        active = first
+    def _feed(self, first: list[ActiveUnit] | None, preparer: Preparer) -> Iterator[GenerationRequest]:
+        """Requests, unit after unit (or group after group, job/order.py); the next is claimed only when the engine
+        asks for more."""
+        group = first
         while True:
             if self.stop_requested:
                 return
-            if active is None:
-                active = self._claim_next(preparer)
-                if active is None:
+            if not group:
+                group = self._claim_next(preparer)
+                if not group:
                     return
-            rows = active.prepared.todo()
-            if not rows:
-                assert self.writer is not None
-                self.writer.finish_empty(active)
-            else:
+            for active in group:
+                if not active.prepared.todo():
+                    assert self.writer is not None
+                    self.writer.finish_empty(active)
+                    continue
                 active.first_at = time.time()
                 if self.report["first_request_at"] is None:
                     self._set(first_request_at=active.first_at)
                     self.gpus.start()
-            for row in rows:
+            for member, row in interleave([a.prepared for a in group]):
                 if self.stop_requested:
                     return
+                active = group[member]
                 key, self._next_key = self._next_key, self._next_key + 1
                 self.keys[key] = (active, row)
                 own = active.prepared.settings.get(row)
@@ -276,13 +297,17 @@ class Worker:
                     own.n if own else None,
                     active.prepared.unit.adapter or None,
                 )
-            active = None
+            group = None
 
     def _on_completion(self, comp: Completion) -> None:
         active, row_no = self.keys.pop(comp.key)
         p = active.prepared
         rec = p.records[row_no]
         unit = p.unit
+        active.completed += 1
+        if comp.error is not None:  # the engine could not generate this record alone: it, not its unit, fails
+            self._quarantine(active, rec, comp.error)
+            return
         row: OutputRow = {
             "row": rec.row,
             "record_id": rec.record_id,
@@ -303,71 +328,131 @@ class Worker:
             row["num_samples"] = own.n
         if self.spec.output.token_ids:
             row["sample_token_ids"] = [list(s.token_ids) for s in comp.samples]
+        if (why := first_unencodable(row)) is not None:  # no chunk could hold it: this record alone is set aside
+            self._quarantine(active, rec, f"the generated row cannot be written as UTF-8: {why}")
+            return
         assert self.writer is not None
         self.writer.add(active, row)
         self.report["records"] += 1
         self.report["samples"] += len(comp.samples)
         self.report["output_tokens"] += sum(s.num_tokens for s in comp.samples)
         self.report["prompt_tokens"] += comp.prompt_tokens
-        active.completed += 1
         faults.after_record(unit.unit_id, active.dir, self.cfg.replica, active.completed)  # test-only, inert
+
+    def _quarantine(self, active: ActiveUnit, rec: Record, why: str) -> None:
+        log.warning("worker %s: row %d of unit %s quarantined: %s", self.cfg.slot, rec.row, active.unit_id, why)
+        assert self.writer is not None
+        self.writer.quarantine(active, Quarantined(rec.row, why[:500], rec.record_id))
+        self.report["quarantined"] += 1
+        faults.after_record(active.unit_id, active.dir, self.cfg.replica, active.completed)  # test-only, inert
 
     # -- claims ---------------------------------------------------------------------------------------------------
 
     def _candidates(self) -> list[Unit]:
+        """This worker's units in claim order: plan order, or with prefix order each group's members together."""
         units = tuple(u for u in self.plan.units if u.model == self.cfg.model)
         if self.cfg.only_units is not None:
             units = tuple(u for u in units if u.unit_id in self.cfg.only_units)
-        return list(units)
+        return self.order.candidates(units) if self.order is not None else list(units)
 
-    def _claim_next(self, preparer: Preparer) -> ActiveUnit | None:
-        """The first unit in plan order that is not done, not failed too often, and free (or its owner dead)."""
+    def _claim_next(self, preparer: Preparer) -> list[ActiveUnit]:
+        """The first candidate that is not done, not failed too often, and free (or its owner dead); with prefix order
+        also the members of its group that are (each claimed on its own: one another worker holds, or that is done,
+        stays out of this group). Empty when nothing is left."""
+        if self.order is None:  # measured once, on the first rows, with this worker's tokenizer
+            self.order = feed_order(self.spec, preparer, self.plan.rows_per_dataset)
+            self._set(prefix_order=self.order.decision.as_json())
+            log.info("worker %s: prefix order %s", self.cfg.slot, self.order.decision.reason)
+        order = self.order
+        candidates = self._candidates()
+        for unit in candidates:
+            active = self._claim(unit, preparer)
+            if active is None:
+                continue
+            group = [active]
+            for partner in order.partners(unit, candidates):
+                if (other := self._claim(partner, preparer)) is not None:
+                    group.append(other)
+            return sorted(group, key=lambda a: order.position(a.prepared.unit))
+        return []
+
+    def _claim(self, unit: Unit, preparer: Preparer) -> ActiveUnit | None:
+        """Claim one unit (store/claims.py) and prepare its rows; None when it is done, failed too often, or held."""
+        if unit.unit_id in self._skip:
+            return None
         max_failures = self.plan.spec.slurm.max_retries + 1
         submission = os.environ.get("LAUNCHER_SUBMISSION")
-        for unit in self._candidates():
-            if unit.unit_id in self._skip:
-                continue
-            udir = self.rundir.unit(unit.unit_id)
-            if udir.is_done():
-                self._skip.add(unit.unit_id)
-                continue
-            if len([f for f in udir.read_failures() if f.get("submission") == submission]) >= max_failures:
-                self._skip.add(unit.unit_id)
-                log.error(
-                    "unit %s failed %d time(s) in this submission; no worker takes it again", unit.unit_id, max_failures
-                )
-                continue
-            claim = udir.claims.try_claim(self.owner)
-            if claim is None:
-                continue
-            if udir.is_done():  # finished between our check and our claim
-                udir.claims.release(claim)
-                self._skip.add(unit.unit_id)
-                continue
-            scan = udir.scan(keep_rows=False)
-            if scan.damaged:
-                log.warning(
-                    "unit %s: %d chunk(s) fail their checksum; their rows are generated again: %s",
-                    unit.unit_id,
-                    len(scan.damaged),
-                    ", ".join(p.name for p in scan.damaged),
-                )
-                udir.set_damaged_aside(scan.damaged)
-            prepared = preparer.prepare(unit, set(scan.rows))
-            udir.write_quarantine([{"row": q.row, "reason": q.reason, "raw": q.raw} for q in prepared.quarantined])
-            active = ActiveUnit(prepared, udir, claim, remaining=len(prepared.token_ids))
-            self.active.append(active)
-            self.claimed += 1
-            log.info(
-                "worker %s: claimed unit %s (generation %d): %d record(s) to generate, %d already done",
-                self.cfg.slot,
-                unit.unit_id,
-                claim.generation,
-                len(prepared.token_ids),
-                len(scan.rows),
+        udir = self.rundir.unit(unit.unit_id)
+        if udir.is_done():
+            self._skip.add(unit.unit_id)
+            return None
+        if len([f for f in udir.read_failures() if f.get("submission") == submission]) >= max_failures:
+            self._skip.add(unit.unit_id)
+            log.error(
+                "unit %s failed %d time(s) in this submission; no worker takes it again", unit.unit_id, max_failures
             )
-            return active
-        return None
+            return None
+        claim = udir.claims.try_claim(self.owner)
+        if claim is None:
+            return None
+        if udir.is_done():  # finished between our check and our claim
+            udir.claims.release(claim)
+            self._skip.add(unit.unit_id)
+            return None
+        scan = udir.scan(keep_rows=False)
+        if scan.damaged:
+            log.warning(
+                "unit %s: %d chunk(s) fail their checksum; their rows are generated again: %s",
+                unit.unit_id,
+                len(scan.damaged),
+                ", ".join(p.name for p in scan.damaged),
+            )
+            udir.set_damaged_aside(scan.damaged)
+        try:
+            prepared = preparer.prepare(unit, set(scan.rows))
+        except InputChanged as exc:
+            self._refuse(unit, udir, claim, exc)
+            return None
+        except BaseException as exc:
+            # Not one record's fault (those are quarantined inside prepare): the unit's input as a whole (its file
+            # gone, unreadable). Blamed on the unit, so that status names the cause and workers stop taking it after
+            # max_retries + 1; its claim goes back at once.
+            if isinstance(exc, Exception) and not self.stop_requested:
+                self._record_unit_failure(udir, f"reading and tokenizing its records: {type(exc).__name__}: {exc}")
+            udir.claims.release(claim)
+            raise
+        active = ActiveUnit(prepared, udir, claim, remaining=len(prepared.token_ids))
+        udir.write_quarantine(active.quarantine_rows())
+        self.active.append(active)
+        self.claimed += 1
+        log.info(
+            "worker %s: claimed unit %s (generation %d): %d record(s) to generate, %d already done",
+            self.cfg.slot,
+            unit.unit_id,
+            claim.generation,
+            len(prepared.token_ids),
+            len(scan.rows),
+        )
+        return active
+
+    def _refuse(self, unit: Unit, udir: Any, claim: Any, exc: InputChanged) -> None:
+        """An input of the unit changed since submit: the unit's failure says which and what to do; this worker
+        goes on with its other units (each worker refuses a unit once: the check costs a stat())."""
+        log.error("worker %s: unit %s refused: %s", self.cfg.slot, unit.unit_id, exc)
+        udir.record_failure(
+            self.cfg.slot,
+            {
+                "worker": self.cfg.slot,
+                "host": socket.gethostname(),
+                "time": time.time(),
+                "error": f"InputChanged: {exc}"[:2000],
+                "submission": os.environ.get("LAUNCHER_SUBMISSION"),
+                "job_id": self.owner.job_id,
+            },
+        )
+        udir.claims.release(claim)
+        self._skip.add(unit.unit_id)
+        self._warn(f"unit {unit.unit_id} refused: {exc}"[:500])
 
     # -- stopping, failing, reporting ----------------------------------------------------------------------------
 
@@ -396,19 +481,22 @@ class Worker:
             # Only units whose records went into the engine. A crash before that (the engine's start on a bad node)
             # is not the claimed unit's: counted against it, every worker would skip it after max_retries + 1.
             if not active.finished and active.first_at is not None:
-                active.dir.record_failure(
-                    self.cfg.slot,
-                    {
-                        "worker": self.cfg.slot,
-                        "host": socket.gethostname(),
-                        "time": time.time(),
-                        "error": error[:2000],
-                        "submission": os.environ.get("LAUNCHER_SUBMISSION"),
-                        "job_id": self.owner.job_id,
-                    },
-                )
+                self._record_unit_failure(active.dir, error)
         self._release_unfinished()
         self._set(state="failed", error=error[:2000])
+
+    def _record_unit_failure(self, udir: UnitDir, error: str) -> None:
+        udir.record_failure(
+            self.cfg.slot,
+            {
+                "worker": self.cfg.slot,
+                "host": socket.gethostname(),
+                "time": time.time(),
+                "error": error[:2000],
+                "submission": os.environ.get("LAUNCHER_SUBMISSION"),
+                "job_id": self.owner.job_id,
+            },
+        )
 
     def _warn(self, message: str) -> None:
         log.warning("worker %s: %s", self.cfg.slot, message)
@@ -427,6 +515,7 @@ class Worker:
         report["unit_windows"] = {a.unit_id: a.window() for a in self.active if a.first_at is not None}
         report["last_write_at"] = self.writer.last_write_at if self.writer is not None else None
         report["heartbeat_at"] = time.time()
+        report["cpu_seconds"] = round(_cpu_seconds() - self._cpu_s0, 3)
         if (gpu := self.gpus.figures()) is not None and (gpu["samples"] or gpu["error"]):
             report["gpu_monitor"] = gpu
         return report
@@ -463,6 +552,20 @@ class Worker:
             rate,
             ", ".join(a.unit_id for a in self.active if not a.finished) or "-",
         )
+
+
+def _cpu_cores() -> int:
+    """The cores this process may run on (Slurm's or taskset's affinity), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (an engine's helper processes), user + system."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def _process_start_wall() -> float:

@@ -126,7 +126,10 @@ def size_vllm(
     kw["gpu_memory_utilization"] = spec.gpu_memory_utilization
     s.reasons["gpu_memory_utilization"] = "model.gpu_memory_utilization"
     kw["enable_prefix_caching"] = True
-    s.reasons["enable_prefix_caching"] = "the n samples of a prompt share its KV blocks"
+    s.reasons["enable_prefix_caching"] = (
+        "the n samples of a prompt share its KV blocks, and in prefix order (scheduling.prefix_order) one user's "
+        "prompts of the ablation configs that share a prefix share its blocks too"
+    )
     mean_prompt = int(workload.prompt_tokens_mean)
     longest = workload.prompt_tokens_max
     per_request = request_tokens(mean_prompt, workload.max_tokens, workload.n)

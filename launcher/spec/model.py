@@ -11,6 +11,8 @@ from launcher.spec.common import Slug, _FieldError, _plain_path, _Section
 
 
 class ModelSpec(_Section):
+    """Which checkpoint, which backend (vLLM or HF), and how it is loaded and sized."""
+
     path: str = ""
     """Folder of an HF-format checkpoint (config.json, weights, tokenizer). Relative: from the spec's folder.
     Required, unless the top-level `models:` names several checkpoints (then the settings here apply to each)."""

@@ -6,11 +6,8 @@ OutputDir (the output folder: runs, report) -> CellDir (one gathered cell). Cach
 """
 
 from launcher.store.atomic import (
-    dumps_line,
     json_bytes,
     read_json,
-    read_jsonl,
-    safe_filename,
     sha256_file,
     write_atomic,
     write_json_atomic,
@@ -18,6 +15,8 @@ from launcher.store.atomic import (
 )
 from launcher.store.claims import Claim, ClaimBook, Owner
 from launcher.store.fs import Folder, Modes, plain_folder
+from launcher.store.jsonl import BadLine, dumps_line, encode_line, encode_lines, parse_lines, read_jsonl
+from launcher.store.names import safe_filename
 from launcher.store.outputs import SAMPLE_FILES, CellDir, OutputDir
 from launcher.store.records import GpuFigures, OutputRow, UnitDone, WorkerReport
 from launcher.store.run_dir import JobDir, RunDir
@@ -25,6 +24,7 @@ from launcher.store.unit_dir import ChunkScan, UnitDir
 
 __all__ = [
     "SAMPLE_FILES",
+    "BadLine",
     "CellDir",
     "ChunkScan",
     "Claim",
@@ -41,7 +41,10 @@ __all__ = [
     "UnitDone",
     "WorkerReport",
     "dumps_line",
+    "encode_line",
+    "encode_lines",
     "json_bytes",
+    "parse_lines",
     "plain_folder",
     "read_json",
     "read_jsonl",

@@ -13,14 +13,14 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from launcher.errors import UntrustedFile
 from launcher.store.fs import Opener, plain_folder
+from launcher.store.jsonl import encode_lines
 
 log = logging.getLogger("launcher.store")
 
@@ -75,10 +75,6 @@ def write_atomic(
             pause_s = min(2 * pause_s, 5.0)
 
 
-def dumps_line(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n"
-
-
 def json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode()
 
@@ -90,16 +86,8 @@ def write_json_atomic(
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]], *, opener: Opener | None = None) -> None:
-    write_atomic(path, "".join(dumps_line(r) for r in rows).encode(), opener=opener)
-
-
-def read_jsonl(path: Path, opener: Opener | None = None) -> Iterator[dict[str, Any]]:
-    """The JSON lines of a file, never reached through a link at its own name (a gathered samples file may be read
-    by another member of the group: `opener` says whether it must be yours)."""
-    with (opener or plain_folder)(path.parent, False) as folder, folder.open_read(path.name) as raw:
-        for line in raw:  # split at b"\n" only: U+2028 and friends stay inside a string
-            if line.strip():
-                yield json.loads(line)
+    """JSONL written whole (store/jsonl.py: one line per object, split on b"\\n" only)."""
+    write_atomic(path, encode_lines(rows), opener=opener)
 
 
 def read_json(path: Path, opener: Opener | None = None) -> dict[str, Any]:
@@ -107,9 +95,9 @@ def read_json(path: Path, opener: Opener | None = None) -> dict[str, Any]:
     a file another process is replacing, or one a crash left empty), or when it is not a plain file of yours
     (logged: someone may have planted it)."""
     try:
-        with (opener or plain_folder)(path.parent, False) as folder:
+        with (opener or plain_folder)(path.parent, False) as folder:  # bytes: UTF-8 whatever the locale
             data = json.loads(folder.read_bytes(path.name))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     except UntrustedFile as exc:
         log.warning("ignored: %s", exc)
@@ -123,14 +111,3 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def safe_filename(name: str) -> str:
-    """A user id as a file name: no '/', no '..', no odd bytes; a short hash keeps changed names unique."""
-    clean = SAFE_NAME.sub("_", name)[:100].lstrip(".") or "_"
-    if clean != name:
-        clean = f"{clean}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-    return clean

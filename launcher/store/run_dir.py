@@ -6,6 +6,7 @@ spells them.
     spec.json  plan.json       what every job reads (written at submit; the run id is read from here, never
                                recomputed: a touched input mid-run must not move a job's outputs)
     run.json                   identity, submissions, image, versions
+    inputs.json                what every unit's inputs are checked against, the prompt clock (inputs/guard.py)
     container.json             the container request (0600: it may hold secrets)
     prompt_stats.json          prompt lengths per unit, measured once by the first worker (engine sizing)
     units/<unit id>/           chunks, claims, done marker (unit_dir.py)
@@ -14,7 +15,7 @@ spells them.
     multinode/<job>-r<restart>/   one multi-node engine's rendezvous: rank 0's engine arguments, ranks, done mark
     logs/                      submitit's logs and pickles (a pickle is code: store/guard.py checks before loading)
     submit.lock  gather.lock   one submit, one gather at a time
-    interrupted.json           a `submit --wait` stopped by Ctrl-C
+    interrupted.json           a local run stopped by the user (Ctrl-C on --wait, SIGTERM, `launcher cancel`)
     summary.json               the run's wall-clock figures, written by gather
 
 Files a job decides what to run from (spec, plan, container request, run.json, a rank's engine arguments) are read
@@ -158,6 +159,10 @@ class RunDir:
         return self.root / "run.json"
 
     @property
+    def inputs_record(self) -> Path:
+        return self.root / "inputs.json"
+
+    @property
     def container_json(self) -> Path:
         return self.root / "container.json"
 
@@ -168,10 +173,6 @@ class RunDir:
     @property
     def summary(self) -> Path:
         return self.root / "summary.json"
-
-    @property
-    def interrupted(self) -> Path:
-        return self.root / "interrupted.json"
 
     @property
     def logs(self) -> Path:
@@ -192,6 +193,11 @@ class RunDir:
     @property
     def submit_lock(self) -> Path:
         return self.root / "submit.lock"
+
+    @property
+    def interrupted(self) -> Path:
+        """Written when the user stopped a local run (Ctrl-C, SIGTERM, `launcher cancel`): status says INTERRUPTED."""
+        return self.root / "interrupted.json"
 
     @property
     def gather_lock(self) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -25,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import UntrustedFile
-from launcher.store.atomic import dumps_line, read_json, write_atomic, write_json_atomic
+from launcher.store.atomic import read_json, write_atomic, write_json_atomic
 from launcher.store.claims import ClaimBook
 from launcher.store.fs import Folder, Opener, plain_folder
+from launcher.store.jsonl import BadLine, encode_lines, parse_lines
 from launcher.store.records import OutputRow, UnitDone
 
 CHUNK_RE = re.compile(r"^(\d{6})-(\d{6})-([0-9a-f]{16})\.jsonl$")
@@ -111,18 +111,22 @@ class UnitDir:
         if chunk_digest(data) != digest:
             out.damaged.append(path)
             return
+        try:  # split on b"\n" only (store/jsonl.py says why)
+            rows = [OutputRow(**obj) for obj in parse_lines(data, str(path))]  # type: ignore[typeddict-item]
+        except BadLine:  # its checksum holds, yet it does not parse: not ours to trust either
+            out.damaged.append(path)
+            return
         out.good[name] = digest
-        for line in data.split(b"\n"):  # b"\n" only: U+2028 and friends are inside strings
-            if not line.strip():
-                continue
-            row: OutputRow = json.loads(line)
+        for row in rows:
             if row["row"] in out.rows:
                 out.duplicates += 1
                 continue
             out.rows[row["row"]] = row if keep_rows else OutputRow()
 
     def write_chunk(self, generation: int, seq: int, rows: list[OutputRow]) -> Path:
-        data = "".join(dumps_line(dict(r)) for r in sorted(rows, key=lambda r: r["row"])).encode()
+        # strict: a row UTF-8 cannot encode raises here, before anything is written (the worker quarantines such a
+        # record before it reaches a chunk: job/worker.py)
+        data = encode_lines(dict(r) for r in sorted(rows, key=lambda r: r["row"]))
         path = self.chunks / f"{generation:06d}-{seq:06d}-{chunk_digest(data)}.jsonl"
         write_atomic(path, data, opener=self.opener)
         return path
@@ -135,14 +139,16 @@ class UnitDir:
                     folder.rename(path.name, path.name + f".damaged-{int(time.time())}")
 
     def write_quarantine(self, rows: list[dict[str, Any]]) -> None:
-        write_atomic(self.quarantine, "".join(dumps_line(r) for r in rows).encode(), opener=self.opener)
+        # a quarantined row may hold what UTF-8 cannot encode (that may be why it is here): that line is written
+        # with JSON escapes instead of failing the unit (store/jsonl.py)
+        write_atomic(self.quarantine, encode_lines(rows, lone_surrogates="escape"), opener=self.opener)
 
     def read_quarantine(self) -> list[dict[str, Any]]:
         try:
             data = self._read(self.quarantine)
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in data.split(b"\n") if line.strip()]
+        return list(parse_lines(data, str(self.quarantine)))
 
     def read_done(self) -> UnitDone:
         return UnitDone(**read_json(self.done_marker, self.opener))  # type: ignore[typeddict-item]

@@ -1,6 +1,5 @@
 """status.py: run dir -> the run's worker jobs (Slurm state, node, requeues, last error), their workers (GPUs, the
 unit each holds, records, rate) and its units (done, running, pending, failed), plus the run's wall-clock figures.
-And `cancel`.
 
 Two sources, because each lags where the other does not: squeue knows live jobs at once (pending, running, and why
 pending) but forgets them when they end; sacct keeps finished jobs but learns of new ones ~5 s late. The run
@@ -17,10 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from launcher.plan import Plan
-from launcher.plan.persist import load_plan
+from launcher.plan.persist import load_plan, resume_hint
 from launcher.store import RunDir, WorkerReport
 from launcher.store.claims import lease_s
 from launcher.submit.executors import task_job_ids
@@ -156,7 +153,7 @@ def _run(cmd: list[str]) -> str:
 
 def _parse(text: str) -> dict[str, JobState]:
     states: dict[str, JobState] = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): a field (a reason) could hold U+2028 or \x1c
         parts = line.split("|")
         if len(parts) < 4 or "." in parts[0]:  # job steps (123.batch) are not tasks
             continue
@@ -188,7 +185,8 @@ def collect(run_dir: Path) -> RunStatus:
     local = latest.get("executor") == "local"
     reports = _latest_reports(plan)
     jobs = [
-        _job_status(plan, i, element_of.get(i), states, local, reports) for i in range(int(latest.get("jobs") or 0))
+        _job_status(plan, i, element_of.get(i), states, local, reports, latest.get("submission"))
+        for i in range(int(latest.get("jobs") or 0))
     ]
     workers = [_worker_status(r) for r in reports.values()]
     units = [_unit_status(plan, u, latest.get("submission")) for u in plan.units]
@@ -230,12 +228,20 @@ def _worker_name(r: WorkerReport) -> str:
 
 
 def _job_status(
-    plan: Plan, index: int, jid: str | None, states: dict[str, JobState], local: bool, reports: dict[str, WorkerReport]
+    plan: Plan,
+    index: int,
+    jid: str | None,
+    states: dict[str, JobState],
+    local: bool,
+    reports: dict[str, WorkerReport],
+    submission: str | None = None,
 ) -> JobStatus:
     job_dir = plan.run.job(index)
     job = states.get(jid) if jid else None
     live = job_dir.read(job_dir.live)
-    failures = [f for f in job_dir.read_failures() if f.get("submission") == (jid or "").split("_")[0]]
+    # a Slurm job's failures are counted per array; a local job's per submission (LAUNCHER_SUBMISSION)
+    this = jid.split("_")[0] if jid else (submission if local else None)
+    failures = [f for f in job_dir.read_failures() if this is not None and f.get("submission") == this]
     mine = [r for slot, r in reports.items() if slot.split(".")[0] == str(index)]
     all_done = all(plan.run.unit(u.unit_id).is_done() for u in plan.units)
     if job is not None:
@@ -276,7 +282,7 @@ def _local_state(plan: Plan, index: int, reports: list[WorkerReport], all_done: 
     interrupted = plan.run.read_json(plan.run.interrupted)
     submitted = ((plan.run.read_run().get("submissions") or [{}])[-1]).get("submitted_epoch") or 0
     if not all_done and interrupted and interrupted.get("time", 0) >= submitted:
-        return "INTERRUPTED", f"{interrupted.get('by')}: `launcher submit` the spec again to resume"
+        return "INTERRUPTED", f"{interrupted.get('by')}: {resume_hint(plan.run)} again resumes it"
     if all_done or any(r.get("state") in ("done", "idle") for r in reports):
         return "COMPLETED", ""
     return "FAILED" if procs else "LOCAL", "ended without a report (killed?)" if procs else "submitted"
@@ -312,7 +318,7 @@ def _unit_status(plan: Plan, unit: Any, submission: str | None) -> UnitStatus:
             unit.unit_id, "DONE", unit.rows, unit.rows, "", len(failures), last_error[:200], unit.cell.label
         )
     rows = sum(udir.chunk_lines(p) for p in udir.chunk_files())
-    head = udir.claims.head()
+    head = udir.claims.head(observe=False)  # status reads; only workers leave a witness
     if len(failures) > plan.spec.slurm.max_retries:
         state, owner = "FAILED", ""
     elif head is not None and not head.released and head.age_s < lease_s():
@@ -343,23 +349,3 @@ def _last_log_error(run: RunDir, job_id: str | None) -> str:
         if "Error" in line or "error" in line or "Killed" in line:
             return line.strip()
     return lines[-1] if lines else ""
-
-
-def cancel_run(run_dir: Path, console: Console) -> int:
-    """scancel every job of the run that Slurm still holds: the task arrays and the gather jobs."""
-    run = RunDir(Path(run_dir)).read_run()
-    gathers = {s["gather_job_id"] for s in run.get("submissions", []) if s.get("gather_job_id")}
-    ids = sorted(set(task_job_ids(run)) | gathers, key=int)
-    if not ids:
-        console.print("no Slurm jobs recorded for this run")
-        return 0
-    live = sorted(set(_run(["squeue", "-h", "-j", ",".join(ids), "-o", "%F"]).split()), key=int)
-    if not live:
-        console.print(f"nothing to cancel: every job of this run ({', '.join(ids)}) has ended")
-        return 0
-    proc = subprocess.run(["scancel", *live], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        console.print(f"scancel {' '.join(live)} failed: {proc.stderr.strip()}")
-        return 1
-    console.print(f"cancelled {', '.join(live)}; finished records are kept: `launcher submit` the spec again to resume")
-    return 0
