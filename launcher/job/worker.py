@@ -41,7 +41,7 @@ from launcher.job.writer import ActiveUnit, ChunkWriter
 from launcher.plan import Plan, Unit
 from launcher.plan.layout import ParallelLayout
 from launcher.plan.persist import load_plan
-from launcher.store import ClaimBook, OutputRow, Owner, RunDir, UnitDir, WorkerReport
+from launcher.store import OutputRow, Owner, RunDir, UnitDir, WorkerReport
 from launcher.store.claims import HEARTBEAT_S
 
 log = logging.getLogger("launcher.job")
@@ -533,7 +533,7 @@ class Worker:
         while self.report.get("ended") is None:
             for active in list(self.active):
                 if not active.finished:
-                    ClaimBook.heartbeat(active.claim)
+                    active.dir.claims.heartbeat(active.claim)
             try:
                 self._write_report()
             except OSError as exc:  # storage trouble is waited out by the writes that matter; status can lag

@@ -285,14 +285,26 @@ class Folder:
                 raise refusal(self.path / name, "is a folder, where a file belongs") from None
             raise
 
-    def create_exclusive(self, name: str, data: bytes = b"", mode: int | None = None) -> None:
-        """A new file `name` (FileExistsError when there is one, a link included): a claim, a marker."""
+    def create_new(self, name: str, mode: int | None = None) -> int:
+        """A descriptor on a new file `name` (O_EXCL: FileExistsError when there is one, a link included), its mode
+        set with fchmod: a probe, or the start of create_exclusive."""
         fd = os.open(check_name(self.path, name), _NEW, 0o600, dir_fd=self.fd)
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), self.modes.file if mode is None else mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        os.fchmod(fd, self.modes.file if mode is None else mode)
+        return fd
+
+    def create_exclusive(self, name: str, data: bytes = b"", mode: int | None = None) -> None:
+        """A new file `name` holding `data` (FileExistsError when there is one, a link included): a claim, a marker.
+        A write that fails (full storage) removes the file again: never a half-written claim."""
+        fd = self.create_new(name, mode)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=self.fd)
+            raise
 
     def open_lock(self, name: str) -> IO[str]:
         """A lock file (flock) kept open and rewritten in place: created 0600 if missing; refused when it is a
@@ -330,6 +342,12 @@ def plain_folder(path: Path, create: bool = False) -> Folder:
     return Folder.anchor(path, plain_modes(), create)
 
 
+def private_folder(path: Path, create: bool = False) -> Folder:
+    """A folder named by path (links in its path followed) whose new folders are 0700 and files 0600: claims kept
+    outside a run (tests, tools); a run's own are reached through RunDir.folder_at."""
+    return Folder.anchor(path, PRIVATE, create)
+
+
 __all__ = [  # the modes are re-exported: store modules take what they open folders with from here
     "PRIVATE",
     "Folder",
@@ -341,6 +359,7 @@ __all__ = [  # the modes are re-exported: store modules take what they open fold
     "in_group",
     "plain_folder",
     "plain_modes",
+    "private_folder",
     "private_umask",
     "refusal",
     "share_modes",

@@ -78,7 +78,7 @@ class UnitDir:
 
     @property
     def claims(self) -> ClaimBook:
-        return ClaimBook(self.root / "claims")
+        return ClaimBook(self.root / "claims", self.opener)
 
     def chunk_files(self) -> list[Path]:
         try:
