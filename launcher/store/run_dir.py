@@ -15,15 +15,18 @@ spells them.
     multinode/<job>-r<restart>/   one multi-node engine's rendezvous: rank 0's engine arguments, ranks, done mark
     logs/                      submitit's logs and pickles (a pickle is code: store/guard.py checks before loading)
     submit.lock  gather.lock   one submit, one gather at a time
+    inputs.lock                one worker at a time writes the prompt clock of a run submitted without inputs.json
     interrupted.json           a local run stopped by the user (Ctrl-C on --wait, SIGTERM, `launcher cancel`)
     summary.json               the run's wall-clock figures, written by gather
 
-Files a job decides what to run from (spec, plan, container request, run.json, a rank's engine arguments) are read
-with `read_trusted`: yours, writable by nobody else, one link (store/fs.py); anything else refuses (UntrustedFile).
+Files a job decides what to run from (spec, plan, inputs.json, container request, run.json, a rank's engine
+arguments) are read with `read_trusted`: yours, writable by nobody else, one link (store/fs.py); anything else refuses
+(UntrustedFile).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import dataclass, field
@@ -31,7 +34,7 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from launcher.errors import UntrustedFile
-from launcher.store.atomic import read_json, write_atomic, write_json_atomic
+from launcher.store.atomic import json_bytes, read_json, write_atomic, write_json_atomic
 from launcher.store.fs import PRIVATE, Folder, Opener, plain_folder, plain_modes, share_modes
 from launcher.store.records import WorkerReport
 from launcher.store.unit_dir import UnitDir
@@ -125,6 +128,16 @@ class RunDir:
     def write_json(self, path: Path, obj: Any, wait_s: float | None = None) -> None:
         write_json_atomic(path, obj, wait_s, opener=self.folder_at)
 
+    def write_json_once(self, path: Path, obj: Any, lock: Path) -> bool:
+        """`path` holds `obj` unless it is there already (the first writer wins; False then). Decided under the flock
+        of `lock` (beside it) and written whole by a rename: a reader never sees it half-written or hard-linked."""
+        with self.folder_at(path.parent, create=True) as folder, folder.open_lock(lock.name) as held:
+            fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # released when `held` is closed
+            if folder.exists(path.name):
+                return False
+            folder.write_atomic(path.name, json_bytes(obj))
+            return True
+
     def write_bytes(self, path: Path, data: bytes, mode: int | None = None) -> None:
         write_atomic(path, data, mode=mode, opener=self.folder_at)
 
@@ -161,6 +174,11 @@ class RunDir:
     @property
     def inputs_record(self) -> Path:
         return self.root / "inputs.json"
+
+    @property
+    def inputs_lock(self) -> Path:
+        """Held while a worker writes the prompt clock of a run submitted without inputs.json (inputs/guard.py)."""
+        return self.root / "inputs.lock"
 
     @property
     def container_json(self) -> Path:
