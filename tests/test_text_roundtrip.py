@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from launcher.gather import gather
 from launcher.gather.samples import read_samples
-from launcher.inputs.records import read_shard
+from launcher.inputs.records import MAX_DEPTH, read_shard
 from launcher.plan import Plan, expand
 from launcher.plan.persist import save_plan
 from launcher.spec import FieldNames, load_spec
@@ -93,10 +93,14 @@ def test_a_line_that_is_not_json_names_its_file_and_line(tmp_path: Path) -> None
         list(read_jsonl(path))
 
 
+DEEP_OK = f"deep{MAX_DEPTH - 1}"
+
+
 # ---- datasets: a hostile row fails alone ---------------------------------------------------------------------------
 def test_hostile_dataset_rows_fail_alone(tmp_path: Path) -> None:
     """Each of these rows is quarantined with its reason or read whole; never the file, never a neighbour."""
-    deep_ok = json.dumps({"user_id": "deep300", "context": "x", "profile": _nested(300)})
+    # as deep as a record may be (inputs/records.py: MAX_DEPTH levels); one level more is quarantined, as "deep" is
+    deep_ok = json.dumps({"user_id": DEEP_OK, "context": "x", "profile": _nested(MAX_DEPTH - 1)})
     lines = [
         json.dumps({"user_id": "good", "context": "hello"}).encode(),
         b'{"user_id": "lone", "context": "a \\ud800 b"}',  # an escaped lone surrogate: json.loads accepts it
@@ -113,7 +117,7 @@ def test_hostile_dataset_rows_fail_alone(tmp_path: Path) -> None:
     path.write_bytes(b"\n".join(lines) + b"\n")
     records, bad = read_shard(path, 0, len(lines), FieldNames())
     good = {r.user_id: r for r in records}
-    assert set(good) == {"good", "deep300", "tab", "big", "nul\x00id", "\U0001f600 pair"}
+    assert set(good) == {"good", DEEP_OK, "tab", "big", "nul\x00id", "\U0001f600 pair"}
     assert good["tab"].context == "raw\ttab and \u2028 and \u0085" and len(good["big"].context) == 10_000_000
     why = {q.row: q.reason for q in bad}
     assert sorted(why) == [1, 2, 3, 9]
