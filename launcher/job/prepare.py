@@ -26,7 +26,7 @@ from launcher.inputs.records import Quarantined, Record, first_rows, read_shard
 from launcher.plan import Plan, Unit
 from launcher.seeds import record_seed
 from launcher.spec import DataSpec, JobSpec, SamplingSpec
-from launcher.store import RunDir, read_json, write_json_atomic
+from launcher.store import RunDir
 
 log = logging.getLogger("launcher.job")
 TOKENIZE_BATCH = 256
@@ -295,7 +295,7 @@ def prompt_stats(plan: Plan, preparer: Preparer, units: list[Unit] | None = None
     """unit id -> [records, total prompt tokens, longest prompt], for every unit of the run; read from the run
     directory when a worker already measured them."""
     run: RunDir = plan.run
-    cached = read_json(run.prompt_stats).get("units")
+    cached = run.read_json(run.prompt_stats).get("units")
     stats: dict[str, list[float]] = {}
     for k, v in (cached if isinstance(cached, dict) else {}).items():
         if isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v):
@@ -312,7 +312,7 @@ def prompt_stats(plan: Plan, preparer: Preparer, units: list[Unit] | None = None
                 lengths, refused = [], True
             stats[u.unit_id] = [len(lengths), sum(lengths), max(lengths, default=0)]
         if units is None and not refused:
-            write_json_atomic(run.prompt_stats, {"units": stats})
+            run.write_json(run.prompt_stats, {"units": stats})
     return stats
 
 

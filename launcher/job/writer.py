@@ -16,7 +16,7 @@ from typing import Any
 
 from launcher.inputs.records import Quarantined
 from launcher.job.prepare import PreparedUnit
-from launcher.store import Claim, OutputRow, UnitDir, UnitDone, write_json_atomic
+from launcher.store import Claim, OutputRow, UnitDir, UnitDone
 from launcher.store.unit_dir import chunk_listing
 
 log = logging.getLogger("launcher.job")
@@ -194,7 +194,7 @@ class ChunkWriter:
             generation=active.claim.generation,
             finished_at=time.time(),
         )
-        write_json_atomic(active.dir.done_marker, done)
+        active.dir.write_done(done)
         if active.last_at is None:
             active.last_at = time.time()
         active.finished = True
