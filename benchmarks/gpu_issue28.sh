@@ -63,6 +63,12 @@ case "$call" in
     copy=shared; [ "${free_gb:-0}" -ge 45 ] && copy=full
     bench --systems cells-seed-loop,weights,models-swap --loaders vllm,runai_streamer,fastsafetensors \
       --swap-checkpoint "$copy" --note "issue 28, call 2: one H100" > "$W/call2.log" 2>&1 ;;
+  mini)
+    # When little device time is left (< ~7 min): engine_ready_cold_s / engine_ready_warm_s from a small sweep (2 x 2
+    # cells of 50 records: the engine's start dominates, so gpu_busy_fraction here says nothing), and the overlap
+    # and skip_tokenizer switches against all on (~35 s each, warm). ~150 s + ~105 s.
+    bench --systems cells,cells-warm,startup --cells 2x2x50x256 --startup-off all-on,overlap,skip_tokenizer \
+      --note "issue 28, mini call: one H100, little device time left" > "$W/callmini.log" 2>&1 ;;
   3)
     bench --systems cells-task-per-cell,startup,models-fresh --startup-off jit_cache,graphs \
       --note "issue 28, call 3: one H100" > "$W/call3.log" 2>&1 ;;
