@@ -146,3 +146,23 @@ def test_render_part_shapes() -> None:
     assert render_part({"a": 1, "b": [1, 2]}) == "a: 1\nb: - 1\n- 2"
     assert render_part(["x", "y"]) == "- x\n- y"
     assert render_part(None) == "" and render_part("  t ") == "t"
+    assert render_part({"e": {}, "l": [], "t": (" x ",), "u": "ü\n"}) == "e: \nl: \nt: - x\nu: ü"
+
+
+def test_render_part_of_a_record_as_deep_as_allowed_does_not_recurse() -> None:
+    """A worker renders with submitit's, the job's and the prep thread's frames below it: a profile nested
+    MAX_DEPTH levels must render with any number of frames already used (the campaign's hostile kind lost one)."""
+    import sys
+
+    from launcher.inputs.records import MAX_DEPTH
+
+    value: object = "leaf"
+    for _ in range(MAX_DEPTH):
+        value = [{"k": value}]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(150)  # as if the caller were already deep in its stack
+    try:
+        text = render_part(value)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert text.count("- k: ") == MAX_DEPTH and text.endswith("leaf")

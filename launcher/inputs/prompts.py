@@ -54,15 +54,36 @@ ChatFormatter = Callable[[list[dict[str, str]]], str]
 
 
 def render_part(value: Any) -> str:
-    """A profile/history/context value as text: lists become bullet lines, mappings `key: value` lines."""
+    """A profile/history/context value as text: lists become bullet lines, mappings `key: value` lines.
+
+    Walked with a stack of its own, not by recursion: a record may nest MAX_DEPTH levels (inputs/records.py), and a
+    worker renders it with the frames of submitit, the job and the prep thread already below it (issue 26)."""
+    done: list[str] = []  # rendered values, in order; a container's join takes its children's off the end
+    work: list[tuple[bool, Any]] = [(False, value)]  # (True, prefixes): join that many rendered children
+    while work:
+        joining, item = work.pop()
+        if joining:
+            n = len(item)
+            children = done[len(done) - n :]
+            del done[len(done) - n :]
+            done.append("\n".join(prefix + text for prefix, text in zip(item, children, strict=True)))
+        elif isinstance(item, Mapping):
+            pairs = list(item.items())
+            work.append((True, [f"{k}: " for k, _ in pairs]))
+            work.extend((False, v) for _, v in reversed(pairs))
+        elif isinstance(item, (list, tuple)):
+            work.append((True, ["- "] * len(item)))
+            work.extend((False, v) for v in reversed(item))
+        else:
+            done.append(_scalar_text(item))
+    return done[0]
+
+
+def _scalar_text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
         return value.strip()
-    if isinstance(value, Mapping):
-        return "\n".join(f"{k}: {render_part(v)}" for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return "\n".join(f"- {render_part(v)}" for v in value)
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
