@@ -1,15 +1,18 @@
 """job/prepare.py: a unit -> its records, prompts and token ids, minus bad rows (quarantined) and rows already done.
 
 Also the run's prompt statistics (how long the prompts are, per unit), which size the engine once for every unit
-a worker may run: measured by the first worker that needs them and kept in the run directory.
+a worker may run: measured by one worker (a claim decides which; the others wait) and kept in the run directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from launcher.inputs.records import Quarantined, Record, first_rows, read_shard
 from launcher.plan import Plan, Unit
 from launcher.seeds import record_seed
 from launcher.spec import DataSpec, JobSpec, SamplingSpec
-from launcher.store import RunDir, read_json, write_json_atomic
+from launcher.store import ClaimBook, Owner, RunDir, read_json, write_json_atomic
 
 log = logging.getLogger("launcher.job")
 TOKENIZE_BATCH = 256
@@ -218,21 +221,73 @@ class Preparer:
         p = self.prepare(unit)
         return [len(t) for t in p.token_ids.values()]
 
+    def stats_of(self, units: list[Unit], tick: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+        """unit id -> [records, total prompt tokens, longest prompt]. Neighbouring units of one dataset x ablation are
+        read as one span (reading a unit alone reads its file from the top: the whole run unit by unit would read
+        each file once per unit). `tick` is called after each span (a heartbeat)."""
+        out: dict[str, list[float]] = {}
+        groups: dict[tuple[str, str, str], list[Unit]] = {}
+        for u in units:
+            groups.setdefault((u.data_path, u.dataset, u.ablation), []).append(u)
+        for group in groups.values():
+            group.sort(key=lambda u: u.start)
+            spans: list[list[Unit]] = []
+            for u in group:
+                if spans and u.start == spans[-1][-1].stop and u.stop - spans[-1][0].start <= STATS_SPAN_ROWS:
+                    spans[-1].append(u)
+                else:
+                    spans.append([u])
+            for span in spans:
+                p = self.prepare(dataclasses.replace(span[0], stop=span[-1].stop))
+                for v in span:
+                    lengths = [len(p.token_ids[r]) for r in range(v.start, v.stop) if r in p.token_ids]
+                    out[v.unit_id] = [len(lengths), sum(lengths), max(lengths, default=0)]
+                tick()
+        return out
+
+
+STATS_SPAN_ROWS = 50_000  # rows prepared at once when measuring a run's prompts
+STATS_POLL_S = 2.0  # how often a worker waiting for another's measurement looks for its file
+STATS_CLAIM_EVERY = 5  # polls between two looks at whether the measuring worker is still alive
+
 
 def prompt_stats(plan: Plan, preparer: Preparer, units: list[Unit] | None = None) -> dict[str, list[float]]:
-    """unit id -> [records, total prompt tokens, longest prompt], for every unit of the run; read from the run
-    directory when a worker already measured them."""
+    """unit id -> [records, total prompt tokens, longest prompt], for every unit of the run (units=None) or for
+    `units`. The run's are measured once, by one worker, and kept in the run directory: the others wait for that
+    file instead of each tokenizing the whole run at once (256 workers starting together would do it 256 times)."""
     run: RunDir = plan.run
+    wanted = units if units is not None else list(plan.units)
+    stats = _cached_stats(run)
+    if all(u.unit_id in stats for u in wanted):
+        return stats
+    if units is not None:
+        stats.update(preparer.stats_of([u for u in wanted if u.unit_id not in stats]))
+        return stats
+    book = ClaimBook(run.prompt_stats_claims)
+    me = Owner.me("prompt-stats")
+    polls = 0
+    while True:
+        claim = book.try_claim(me) if polls % STATS_CLAIM_EVERY == 0 else None
+        if claim is not None:
+            try:
+                stats = _cached_stats(run)  # the previous measurer may have finished just before we won
+                missing = [u for u in wanted if u.unit_id not in stats]
+                if missing:
+                    stats.update(preparer.stats_of(missing, tick=partial(ClaimBook.heartbeat, claim)))
+                    write_json_atomic(run.prompt_stats, {"units": stats})
+            finally:
+                book.release(claim)
+            return stats
+        time.sleep(STATS_POLL_S)
+        polls += 1
+        stats = _cached_stats(run)
+        if all(u.unit_id in stats for u in wanted):
+            return stats
+
+
+def _cached_stats(run: RunDir) -> dict[str, list[float]]:
     cached = read_json(run.prompt_stats)
-    stats: dict[str, list[float]] = {k: list(v) for k, v in (cached.get("units") or {}).items()}
-    missing = [u for u in (units if units is not None else plan.units) if u.unit_id not in stats]
-    if missing:
-        for u in missing:
-            lengths = preparer.lengths(u)
-            stats[u.unit_id] = [len(lengths), sum(lengths), max(lengths, default=0)]
-        if units is None:
-            write_json_atomic(run.prompt_stats, {"units": stats})
-    return stats
+    return {k: list(v) for k, v in (cached.get("units") or {}).items()}
 
 
 def workload_of(stats: dict[str, list[float]], units: list[Unit], spec: JobSpec) -> Workload:

@@ -31,13 +31,15 @@ from typing import Any
 from launcher import faults
 from launcher.engines import Completion, Engine, GenerationRequest, create_engine, select_backend
 from launcher.engines.multinode import NodeGroup, Rendezvous
+from launcher.job.claim_cursor import ClaimCursor, worker_position
 from launcher.job.gpu_monitor import GpuSampler
 from launcher.job.prepare import Preparer, load_tokenizer, prompt_stats, workload_of
 from launcher.job.writer import ActiveUnit, ChunkWriter
 from launcher.plan import Plan, Unit
 from launcher.plan.layout import ParallelLayout
 from launcher.plan.persist import load_plan
-from launcher.store import ClaimBook, OutputRow, Owner, RunDir, WorkerReport, write_json_atomic
+from launcher.plan.units import workers_per_job
+from launcher.store import ChunkScan, ClaimBook, OutputRow, Owner, RunDir, UnitDir, WorkerReport, write_json_atomic
 from launcher.store.claims import HEARTBEAT_S
 
 log = logging.getLogger("launcher.job")
@@ -71,6 +73,8 @@ class Worker:
         self.spec = self.plan.spec.for_model(cfg.model)  # model.path: this engine's checkpoint
         self.rundir: RunDir = self.plan.run
         self.owner = Owner.me(cfg.slot)
+        position = worker_position(cfg.job_index, cfg.replica, self.plan.jobs, workers_per_job(self.plan.spec))
+        self.cursor = ClaimCursor(self.rundir.unit_view(), self.owner, *position)
         self.stop_requested = False
         self.keys: dict[int, tuple[ActiveUnit, int]] = {}
         self.active: list[ActiveUnit] = []
@@ -322,29 +326,26 @@ class Worker:
 
     def _claim_next(self, preparer: Preparer) -> ActiveUnit | None:
         """The first unit in plan order that is not done, not failed too often, and free (or its owner dead)."""
-        max_failures = self.plan.spec.slurm.max_retries + 1
-        submission = os.environ.get("LAUNCHER_SUBMISSION")
-        for unit in self._candidates():
+        # The cursor orders the tries and knows, from units.log, what is done or held; a unit the run's log never
+        # named was never claimed, so it has no done marker, failures, chunks or quarantine to read (claim_cursor.py).
+        for unit in self.cursor.walk(self._candidates()):
             if unit.unit_id in self._skip:
                 continue
             udir = self.rundir.unit(unit.unit_id)
-            if udir.is_done():
+            named = self.cursor.worth_checking(unit.unit_id)
+            if named and (udir.is_done() or self._failed_out(udir)):
                 self._skip.add(unit.unit_id)
                 continue
-            if len([f for f in udir.read_failures() if f.get("submission") == submission]) >= max_failures:
-                self._skip.add(unit.unit_id)
-                log.error(
-                    "unit %s failed %d time(s) in this submission; no worker takes it again", unit.unit_id, max_failures
-                )
-                continue
-            claim = udir.claims.try_claim(self.owner)
+            claim = udir.claim(self.owner)
             if claim is None:
+                self.cursor.taken(unit.unit_id)
                 continue
-            if udir.is_done():  # finished between our check and our claim
-                udir.claims.release(claim)
+            # finished between our check and our claim, or failed out while the log missed its claims
+            if claim.generation > 0 and (udir.is_done() or (not named and self._failed_out(udir))):
+                udir.release(claim)
                 self._skip.add(unit.unit_id)
                 continue
-            scan = udir.scan(keep_rows=False)
+            scan = udir.scan(keep_rows=False) if claim.generation > 0 else ChunkScan()
             if scan.damaged:
                 log.warning(
                     "unit %s: %d chunk(s) fail their checksum; their rows are generated again: %s",
@@ -354,7 +355,8 @@ class Worker:
                 )
                 udir.set_damaged_aside(scan.damaged)
             prepared = preparer.prepare(unit, set(scan.rows))
-            udir.write_quarantine([{"row": q.row, "reason": q.reason, "raw": q.raw} for q in prepared.quarantined])
+            if prepared.quarantined or claim.generation > 0:
+                udir.write_quarantine([{"row": q.row, "reason": q.reason, "raw": q.raw} for q in prepared.quarantined])
             active = ActiveUnit(prepared, udir, claim, remaining=len(prepared.token_ids))
             self.active.append(active)
             self.claimed += 1
@@ -368,6 +370,15 @@ class Worker:
             )
             return active
         return None
+
+    def _failed_out(self, udir: UnitDir) -> bool:
+        """The unit failed max_retries + 1 times in this submission: no worker takes it again."""
+        max_failures = self.plan.spec.slurm.max_retries + 1
+        submission = os.environ.get("LAUNCHER_SUBMISSION")
+        if len([f for f in udir.read_failures() if f.get("submission") == submission]) < max_failures:
+            return False
+        log.error("unit %s failed %d time(s) in this submission; no worker takes it again", udir.unit_id, max_failures)
+        return True
 
     # -- stopping, failing, reporting ----------------------------------------------------------------------------
 
@@ -386,7 +397,7 @@ class Worker:
     def _release_unfinished(self) -> None:
         for active in self.active:
             if not active.finished:
-                active.dir.claims.release(active.claim)
+                active.dir.release(active.claim)
 
     def _fail(self, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}"

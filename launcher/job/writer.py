@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from launcher.job.prepare import PreparedUnit
-from launcher.store import Claim, OutputRow, UnitDir, UnitDone, write_json_atomic
+from launcher.store import Claim, OutputRow, UnitDir, UnitDone
 from launcher.store.unit_dir import chunk_listing
 
 log = logging.getLogger("launcher.job")
@@ -161,7 +161,7 @@ class ChunkWriter:
             generation=active.claim.generation,
             finished_at=time.time(),
         )
-        write_json_atomic(active.dir.done_marker, done)
+        active.dir.mark_done(done)
         if active.last_at is None:
             active.last_at = time.time()
         active.finished = True

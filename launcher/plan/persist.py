@@ -19,6 +19,7 @@ from launcher.inputs.identity import InputIdentity, changes, identify, model_cha
 from launcher.plan import Plan
 from launcher.spec import JobSpec
 from launcher.store import RunDir, write_json_atomic
+from launcher.store.unit_log import UnitLog
 
 Choice = Literal["auto", "new", "resume"]
 
@@ -26,6 +27,8 @@ Choice = Literal["auto", "new", "resume"]
 def save_plan(plan: Plan) -> Path:
     run = plan.run
     run.root.mkdir(parents=True, exist_ok=True)
+    if not run.units.exists():  # no unit ever claimed: its units.log can vouch for every claim (store/unit_log.py)
+        UnitLog(run.unit_log).create()
     write_json_atomic(run.spec_json, plan.spec.model_dump(mode="json"))
     write_json_atomic(run.plan_json, plan.to_json())
     return run.root

@@ -6,7 +6,9 @@
     run.json                   identity, submissions, image, versions
     container.json             the container request (0600: it may hold secrets)
     prompt_stats.json          prompt lengths per unit, measured once by the first worker (engine sizing)
+    prompt_stats.claims/       which worker measures them (a claim, as a unit's: the others wait)
     units/<unit id>/           chunks, claims, done marker (unit_dir.py)
+    units.log                  every unit's claims, done markers, give-backs, reopenings, in order (unit_log.py)
     jobs/<array index>/        live.json, failures/, requeues/, attempts/: one Slurm array element's history
     workers/<slot>-r<restart>-<pid>.json   one worker process: host, GPUs, units, rates, engine settings
     logs/                      submitit's logs
@@ -23,6 +25,7 @@ from typing import Any
 from launcher.store.atomic import read_json
 from launcher.store.records import WorkerReport
 from launcher.store.unit_dir import UnitDir
+from launcher.store.unit_log import UnitLog, UnitView
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,22 @@ class RunDir:
         return self.root / "units"
 
     def unit(self, unit_id: str) -> UnitDir:
-        return UnitDir(self.units / unit_id)
+        return UnitDir(self.units / unit_id, UnitLog(self.unit_log))
+
+    @property
+    def unit_log(self) -> Path:
+        return self.root / "units.log"
+
+    def unit_view(self) -> UnitView:
+        """What units.log says of every unit, read once (call refresh() on it to read what came since)."""
+        view = UnitView(UnitLog(self.unit_log))
+        view.refresh()
+        return view
+
+    @property
+    def prompt_stats_claims(self) -> Path:
+        """Who measures the run's prompt statistics (one worker; the others wait for prompt_stats.json)."""
+        return self.root / "prompt_stats.claims"
 
     def job(self, index: int) -> JobDir:
         return JobDir(self.root / "jobs" / str(index))

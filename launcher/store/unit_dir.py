@@ -7,6 +7,9 @@
         failures/<owner>.json                          a worker that crashed while holding it
         done.json                                      every row is in a chunk or quarantined; lists the chunks
 
+Claims, done markers, give-backs and reopenings are also told to the run's units.log (unit_log.py), which is how
+workers and status learn of them without visiting every unit's folder.
+
 A chunk whose bytes no longer match the checksum in its name (a flipped byte, a truncated copy) is damaged: its rows
 count as not done, and `rows_done()` says so instead of failing on bad JSON, so a rerun regenerates exactly them.
 """
@@ -23,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from launcher.store.atomic import dumps_line, read_json, write_atomic, write_json_atomic
-from launcher.store.claims import ClaimBook
+from launcher.store.claims import Claim, ClaimBook, Owner
 from launcher.store.records import OutputRow, UnitDone
+from launcher.store.unit_log import UnitEvent, UnitLog, claim_event
 
 CHUNK_RE = re.compile(r"^(\d{6})-(\d{6})-([0-9a-f]{16})\.jsonl$")
 
@@ -46,6 +50,7 @@ class ChunkScan:
 @dataclass(frozen=True)
 class UnitDir:
     root: Path
+    log: UnitLog | None = None  # the run's units.log (RunDir.unit gives it); None: events are not recorded
 
     @property
     def chunks(self) -> Path:
@@ -66,6 +71,29 @@ class UnitDir:
     @property
     def claims(self) -> ClaimBook:
         return ClaimBook(self.root / "claims")
+
+    @property
+    def unit_id(self) -> str:
+        return self.root.name
+
+    def claim(self, me: Owner) -> Claim | None:
+        """ClaimBook.try_claim, told to the run's log when won."""
+        claim = self.claims.try_claim(me)
+        if claim is not None and self.log is not None:
+            self.log.append(claim_event(self.unit_id, claim))
+        return claim
+
+    def release(self, claim: Claim) -> None:
+        """ClaimBook.release, told to the run's log: the unit is free for the next worker at once."""
+        self.claims.release(claim)
+        if self.log is not None:
+            self.log.append(UnitEvent("release", self.unit_id, claim.generation))
+
+    def mark_done(self, done: UnitDone) -> None:
+        """Write done.json, then tell the run's log (in that order: a `done` line means the marker is there)."""
+        write_json_atomic(self.done_marker, done)
+        if self.log is not None:
+            self.log.append(UnitEvent("done", self.unit_id, int(done.get("generation", 0))))
 
     def chunk_files(self) -> list[Path]:
         try:
@@ -156,6 +184,8 @@ class UnitDir:
         with contextlib.suppress(OSError):
             self.done_marker.rename(self.root / f"done.json.reopened-{int(time.time())}")
         write_json_atomic(self.root / "reopened.json", {"time": time.time(), "why": why})
+        if self.log is not None:
+            self.log.append(UnitEvent("reopen", self.unit_id, -1))
 
     def record_failure(self, owner: str, info: dict[str, Any]) -> None:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", owner)
