@@ -15,6 +15,9 @@ Systems (each in its own process, on the same prompt token ids and sampling):
   cells*        a sweep of many cells (--cells 4x3x200x256: datasets x ablation configs x records x max_tokens):
                 the toolkit (`launcher submit --wait`), the toolkit with one engine per cell, and the old seed loop
                 (one cold raw-vLLM process per cell); see bench/cells.py
+  scale         claims, status and gather at scale, no GPU (--scale-workers 256 --scale-units 10000): real worker
+                processes on one run directory, each with a FakeEngine (a fixed time per record); see bench/scale.py
+                and docs/scale.md. Results go to benchmarks/results/<date>-cpu-scale/ unless --results says.
 Two GPUs, one command each (see benchmarks/README.md for the lease plan):
   launcher bench --systems layouts --layouts auto,2,gpu1 --shapes 4000x256,4000x512
   launcher bench --systems cells,cells-task-per-cell,cells-seed-loop --cells 4x3x200x256 --cells-measure 3
@@ -48,6 +51,7 @@ SYSTEMS = (
     "cells",
     "cells-task-per-cell",
     "cells-seed-loop",
+    "scale",
 )
 DEFAULT_SYSTEMS = "raw,toolkit,toolkit-warm,hf"
 SWEEP: dict[str, dict[str, Any]] = {
@@ -125,6 +129,9 @@ def configure(c: argparse.ArgumentParser) -> None:
         metavar="WORKDIR",
         help="also report the measurements of another workdir (a bench run beside this one)",
     )
+    from launcher.bench.scale import add_arguments as add_scale_arguments
+
+    add_scale_arguments(c)
     c.add_argument("--note", default=None, help="a note stored with every measurement of this call")
     c.add_argument("--hf-loop-users", type=int, default=4, help="users in the HF one-at-a-time loop")
     c.add_argument("--hf-batch-users", type=int, default=32, help="users in the one HF batched call")
@@ -180,11 +187,13 @@ def run(args: argparse.Namespace) -> int:
             f"error: unknown system(s) {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}", file=sys.stderr
         )
         return 2
-    preset = PRESETS[args.preset]
-    shapes = [Shape.parse(s, args.prompt_tokens) for s in args.shapes.split(",") if s.strip()]
     wd = Workdir(Path(args.workdir).resolve())
     for d in (wd.runs, wd.logs):
         d.mkdir(parents=True, exist_ok=True)
+    if systems == {"scale"}:  # no model to write, no GPU: its own results folder
+        return _run_scale_only(args, wd)
+    preset = PRESETS[args.preset]
+    shapes = [Shape.parse(s, args.prompt_tokens) for s in args.shapes.split(",") if s.strip()]
     write_model(preset, wd.model)
     for shape in shapes:
         if not wd.ids(shape).exists():
@@ -207,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
             r.setdefault("note", args.note)
         path.write_text(json.dumps(rows, indent=1))
         for r in rows:
+            if "samples_per_min" not in r:  # scale rows: their figures are in the report
+                continue
             print(
                 f"[bench] {r['system']}@{r['shape']}: {r['samples_per_min']:,.0f} samples/min, "
                 f"{r['output_tok_per_s']:,.0f} tok/s, start-up {r.get('startup', {}).get('total_s', '?')} s",
@@ -221,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
                 partial(_layout, wd, shape, tp, args.timeout_s, args.warm_layouts, args.keep_caches),
             )
     _run_cells(args, systems, preset, wd, step)
+    if "scale" in systems:
+        step(*_scale_step(args, wd))
     results = collect(
         wd, preset.name, shapes[0].prompt_tokens, shapes[0].n, [Workdir(Path(d).resolve()) for d in args.collect_from]
     )
@@ -364,6 +377,40 @@ def _run_cells(
         step(f"cells-task-per-cell@{shape.name}", lambda: [run_cells_task_per_cell(wd, shape, folder, t, measure)])
     if "cells-seed-loop" in wanted:
         step(f"cells-seed-loop@{shape.name}", lambda: [run_cells_seed_loop(wd, shape, folder, t, measure)])
+
+
+def _scale_step(args: argparse.Namespace, wd: Any) -> tuple[str, Callable[[], list[dict[str, Any]]]]:
+    from launcher.bench.scale import run_scale, shape_of
+
+    shape = shape_of(args)
+    shape.check()
+    return f"{shape.name}-r{shape.records_per_unit}-l{shape.latency_s:g}", lambda: [
+        run_scale(wd.root, shape, args.timeout_s)
+    ]
+
+
+def _run_scale_only(args: argparse.Namespace, wd: Any) -> int:
+    from launcher.bench.report import write_report
+    from launcher.bench.runners import Workdir
+
+    key, fn = _scale_step(args, wd)
+    path = wd.runs / f"{_slug(key)}.json"
+    if path.exists() and not args.force:
+        print(f"[bench] {key}: already measured ({path.name}); --force measures it again", flush=True)
+    else:
+        print(f"[bench] {key} ...", flush=True)
+        rows = fn()
+        for r in rows:
+            r.setdefault("note", args.note)
+        path.write_text(json.dumps(rows, indent=1))
+    results = collect(wd, "FakeEngine", 0, 0, [Workdir(Path(d).resolve()) for d in args.collect_from])
+    results["measurements"] = [m for m in results["measurements"] if m.get("system") == "scale"]
+    default = Path.cwd() / "benchmarks" / "results" / f"{results['date']}-cpu-scale"
+    folder = Path(args.results) if args.results else default
+    for p in write_report(results, folder, draw=False):
+        print(f"[bench] wrote {p}")
+    bad = [m for m in results["measurements"] if m.get("errors")]
+    return 1 if bad else 0
 
 
 def _toolkit_cold(wd: Any, shape: Any, cache: Path, timeout: float) -> list[dict[str, Any]]:

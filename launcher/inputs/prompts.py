@@ -7,6 +7,7 @@ not after an hour of generation.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,12 @@ BUILTIN_TEMPLATE = """{% if preamble %}{{ preamble }}
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False, autoescape=False)
 ChatFormatter = Callable[[list[dict[str, str]]], str]
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(text: str) -> Any:
+    """A template compiled once per process, not once per record (compiling costs ~2 ms, rendering ~0.1 ms)."""
+    return _ENV.from_string(text)
 
 
 def render_part(value: Any) -> str:
@@ -91,7 +98,7 @@ class PromptBuilder:
             "user_id": record.user_id,
             "record_id": record.record_id,
         }
-        return _ENV.from_string(self.template_text).render(**variables).strip()
+        return _compiled(self.template_text).render(**variables).strip()
 
     def prompt(self, record: Record) -> Prompt:
         """The record's prompt: a raw one as is; messages, or the ablation's text, through the chat template."""

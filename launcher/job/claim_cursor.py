@@ -41,10 +41,15 @@ class ClaimCursor:
         self.position = position % self.workers
         self._read_at = time.monotonic()
         self._stale = False
+        # Units this worker was offered and did not lose: it claimed them, or found them done or failed out. Never
+        # offered again (its own claims reach its view of the log only at the next read).
+        self._settled: set[str] = set()
+        self._offered: str | None = None
 
     def walk(self, units: Sequence[U]) -> Iterator[U]:
         """The units to try, best first: this worker's stride, then every other position from its own, then units
         whose owner may be dead. Each at most once per walk; what is known done or held by a live owner never."""
+        self._settle()
         self._refresh(force=False)
         n = len(units)
         if not n:
@@ -59,14 +64,14 @@ class ClaimCursor:
             if uid in tried or not self._free(uid):
                 continue
             tried.add(uid)
-            yield unit
+            yield from self._offer(unit)
             if self._stale:
                 self._refresh(force=True)
         probes = 0
         for i in ((start + i) % n for i in range(n)):
             unit = units[i]
             held = self.view.holder.get(unit.unit_id)
-            if held is None or unit.unit_id in tried or unit.unit_id in self.view.done:
+            if held is None or unit.unit_id in tried or unit.unit_id in self.view.done or unit.unit_id in self._settled:
                 continue
             verdict = self._owner_may_be_dead(held)
             if verdict is False:
@@ -76,11 +81,23 @@ class ClaimCursor:
                     continue
                 probes += 1
             tried.add(unit.unit_id)
-            yield unit
+            yield from self._offer(unit)
 
     def taken(self, unit_id: str) -> None:
         """A try lost: another worker holds the unit. Read the log before the next try (it says who holds what)."""
         self._stale = True
+        if self._offered == unit_id:
+            self._offered = None
+
+    def _offer(self, unit: U) -> Iterator[U]:
+        self._offered = unit.unit_id
+        yield unit
+        self._settle()  # asked for the next one without taken(): this one was done, failed out, or claimed
+
+    def _settle(self) -> None:
+        if self._offered is not None:
+            self._settled.add(self._offered)
+            self._offered = None
 
     def worth_checking(self, unit_id: str) -> bool:
         """Could the unit's folder hold a done marker or failures (so they must be read before claiming)?"""
@@ -93,7 +110,7 @@ class ClaimCursor:
             self._read_at, self._stale = now, False
 
     def _free(self, uid: str) -> bool:
-        if uid in self.view.done:
+        if uid in self.view.done or uid in self._settled:
             return False
         held = self.view.holder.get(uid)
         if held is None:

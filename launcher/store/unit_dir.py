@@ -155,13 +155,16 @@ class UnitDir:
         """The marker is there (fast: what workers check before claiming). `verify()` checks the chunks too."""
         return self.done_marker.exists()
 
-    def verify(self) -> list[str]:
-        """Problems with a unit marked done: chunks it lists that are missing or fail their checksum. Empty: ok."""
+    def verify(self, scan: ChunkScan | None = None) -> list[str]:
+        """Problems with a unit marked done: chunks it lists that are missing or fail their checksum. Empty: ok.
+        Given the unit's `scan()`, a chunk it found good is not read again."""
         done = self.read_done()
         if not done:
             return ["done.json is missing or unreadable"] if self.done_marker.exists() else []
         problems = []
         for name, digest in sorted((done.get("chunks") or {}).items()):
+            if scan is not None and scan.good.get(name) == digest:
+                continue
             path = self.chunks / name
             try:
                 data = path.read_bytes()

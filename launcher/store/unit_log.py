@@ -40,8 +40,8 @@ from launcher.store.claims import Claim
 log = logging.getLogger("launcher.store")
 
 HEADER = "# launcher units.log 1\n"
+_HEADER_LINE = HEADER.rstrip("\n").encode()
 KINDS = frozenset({"claim", "done", "release", "reopen"})
-_FIELDS = 9  # kind, generation, unit, slot, host, pid, pid start, pid ns, crc
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,26 +64,18 @@ class UnitEvent:
         return f"{body} {zlib.crc32(body.encode()):08x}\n"
 
     @classmethod
-    def parse(cls, line: str) -> UnitEvent | None:
-        """None for anything that is not a whole, checksummed event line (a torn write, the header)."""
-        parts = line.split(" ")
-        if len(parts) != _FIELDS or parts[0] not in KINDS:
-            return None
-        body = line[: line.rfind(" ")]
+    def parse(cls, line: bytes) -> UnitEvent | None:
+        """One line without its newline -> the event; None for anything that is not a whole, checksummed event line
+        (a torn write, the header, bytes that are not UTF-8)."""
+        cut = line.rfind(b" ")
         try:
-            if int(parts[8], 16) != zlib.crc32(body.encode()):
+            if cut < 0 or int(line[cut + 1 :], 16) != zlib.crc32(line[:cut]):
                 return None
-            return cls(
-                parts[0],
-                parts[2],
-                int(parts[1]),
-                parts[3],
-                parts[4],
-                int(parts[5]),
-                None if parts[6] == "-" else int(parts[6]),
-                parts[7],
-            )
-        except ValueError:
+            kind, gen, unit, slot, host, pid, start, ns = line[:cut].decode().split(" ")
+            if kind not in KINDS:
+                return None
+            return cls(kind, unit, int(gen), slot, host, int(pid), None if start == "-" else int(start), ns)
+        except ValueError:  # a field too many or too few, not a number, not UTF-8
             return None
 
 
@@ -205,12 +197,11 @@ class UnitView:
         self._partial = data[cut:]
         new = 0
         for raw in data[:cut].split(b"\n")[:-1]:
-            text = raw.decode("utf-8", "replace") + "\n"
             first, self._at_start = self._at_start, False
-            if first and text == HEADER:
+            if first and raw == _HEADER_LINE:
                 self.complete = True
                 continue
-            event = UnitEvent.parse(text[:-1])
+            event = UnitEvent.parse(raw)
             if event is None:
                 self.bad_lines += 1
                 continue

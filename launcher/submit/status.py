@@ -3,8 +3,13 @@ unit each holds, records, rate) and its units (done, running, pending, failed), 
 And `cancel`.
 
 Two sources, because each lags where the other does not: squeue knows live jobs at once (pending, running, and why
-pending) but forgets them when they end; sacct keeps finished jobs but learns of new ones ~5 s late. The run
-directory beats both for the work itself: a unit's done.json means DONE whatever Slurm says.
+pending) but forgets them when they end; sacct keeps finished jobs but learns of new ones ~5 s late. Each is asked
+once for every job of the run (all its arrays), never once per task. The run directory beats both for the work
+itself: a unit's done.json means DONE whatever Slurm says.
+
+Units are read from the run's units.log (store/unit_log.py), not folder by folder: a unit the log says is done at its
+first claim is DONE, one it never names is PENDING; only the others (running, given back, failed, reclaimed) are
+looked at on disk. A run planned before units.log existed is read folder by folder.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from launcher.plan import Plan
 from launcher.plan.persist import load_plan
 from launcher.store import RunDir, WorkerReport, read_json
 from launcher.store.claims import lease_s
-from launcher.submit.executors import task_job_ids
+from launcher.store.unit_log import UnitView
+from launcher.submit.slurm_query import task_job_ids
 
 UNITS_SHOWN = 30
 
@@ -186,15 +192,18 @@ def collect(run_dir: Path) -> RunStatus:
     gather_id = next((s["gather_job_id"] for s in reversed(subs) if s.get("gather_job_id")), None)
     states = slurm_states(task_job_ids(run) + ([gather_id] if gather_id else []))
     local = latest.get("executor") == "local"
-    reports = _latest_reports(plan)
-    jobs = [
-        _job_status(plan, i, element_of.get(i), states, local, reports) for i in range(int(latest.get("jobs") or 0))
-    ]
-    workers = [_worker_status(r) for r in reports.values()]
-    units = [_unit_status(plan, u, latest.get("submission")) for u in plan.units]
-    gather = states.get(gather_id) if gather_id else None
     from launcher.gather.throughput import run_figures
 
+    figures = run_figures(plan)  # every worker's report, read once
+    reports = _latest_reports(figures.workers)
+    units = unit_statuses(plan, plan.run.unit_view(), latest.get("submission"))
+    all_done = all(u.state == "DONE" for u in units)
+    jobs = [
+        _job_status(plan, i, element_of.get(i), states, local, reports, all_done)
+        for i in range(int(latest.get("jobs") or 0))
+    ]
+    workers = [_worker_status(r) for r in reports.values()]
+    gather = states.get(gather_id) if gather_id else None
     return RunStatus(
         plan.run.run_id,
         str(run_dir),
@@ -203,24 +212,40 @@ def collect(run_dir: Path) -> RunStatus:
         units,
         gather_id,
         (gather.state if gather else "SUBMITTED") if gather_id else None,
-        run_figures(plan).headline(),
-        run_warnings(plan),
+        figures.headline(),
+        run_warnings(plan, figures.workers),
     )
 
 
-def run_warnings(plan: Plan) -> list[str]:
+def unit_statuses(plan: Plan, view: UnitView, submission: str | None) -> list[UnitStatus]:
+    """Every unit's state, from units.log where it is enough (see the module docstring), else from its folder."""
+    out = []
+    labels = {cell: cell.label for cell in {u.cell for u in plan.units}}
+    for unit in plan.units:
+        uid = unit.unit_id
+        if view.complete and uid in view.done and view.generations.get(uid, 0) == 0:
+            # done at its first claim: never failed (a failure gives the unit back, and the next claim is the 2nd)
+            out.append(UnitStatus(uid, "DONE", unit.rows, unit.rows, "", 0, "", labels[unit.cell]))
+        elif view.complete and uid not in view.named:
+            out.append(UnitStatus(uid, "PENDING", 0, unit.rows, "", 0, "", labels[unit.cell]))
+        else:
+            out.append(_unit_status(plan, unit, submission))
+    return out
+
+
+def run_warnings(plan: Plan, reports: list[WorkerReport] | None = None) -> list[str]:
     """What the workers could not honour, each once (a requeued worker says it again)."""
     seen: dict[str, None] = {}
-    for r in plan.run.worker_reports():
+    for r in plan.run.worker_reports() if reports is None else reports:
         for w in r.get("warnings") or []:
             seen.setdefault(str(w), None)
     return list(seen)
 
 
-def _latest_reports(plan: Plan) -> dict[str, WorkerReport]:
+def _latest_reports(reports: list[WorkerReport]) -> dict[str, WorkerReport]:
     """worker slot (and model, in a models: sweep: one engine each, in turn) -> its newest process's report."""
     out: dict[str, WorkerReport] = {}
-    for r in plan.run.worker_reports():
+    for r in reports:  # oldest first
         out[_worker_name(r)] = r
     return out
 
@@ -230,7 +255,13 @@ def _worker_name(r: WorkerReport) -> str:
 
 
 def _job_status(
-    plan: Plan, index: int, jid: str | None, states: dict[str, JobState], local: bool, reports: dict[str, WorkerReport]
+    plan: Plan,
+    index: int,
+    jid: str | None,
+    states: dict[str, JobState],
+    local: bool,
+    reports: dict[str, WorkerReport],
+    all_done: bool,
 ) -> JobStatus:
     from launcher.job.retries import read_failures
 
@@ -239,7 +270,6 @@ def _job_status(
     live = read_json(job_dir.live)
     failures = [f for f in read_failures(job_dir.root) if f.get("submission") == (jid or "").split("_")[0]]
     mine = [r for slot, r in reports.items() if slot.split(".")[0] == str(index)]
-    all_done = all(plan.run.unit(u.unit_id).is_done() for u in plan.units)
     if job is not None:
         state, reason = job.state, job.reason
     elif jid:  # sacct has not heard of a new job yet (~5 s)

@@ -1,0 +1,388 @@
+"""bench/scale.py: `launcher bench --systems scale --scale-workers W --scale-units U` -> W real workers on one real run
+directory of U units -> how claims, status and gather hold up (docs/scale.md).
+
+Each worker is a process of its own (forked from the benchmark, so 256 of them start in seconds on 2 cores) running
+job/worker.py's Worker as a job runs it: the claim loop, the chunk writer, the heartbeat, prompt statistics, done
+markers, reports. Only the engine is replaced, by FakeEngine (bench/fake_engine.py): a fixed time per record and
+no GPU. Measured, in every worker: each claim's latency (entering the claim loop -> the claim file won), and the
+metadata operations under the run directory (bench/op_count.py), split by phase. Then `launcher status` (half-way
+and at the end) and `launcher gather` run as a user runs them, and the result is checked: units claimed by two
+workers at once, records lost (not in the gathered samples), records generated twice.
+
+wall_vs_ideal = wall clock from the first fork to the last exit / (units x per-unit time / workers): the part of the
+run that is not generating (starting, claiming, writing, the tail).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METADATA_KINDS = frozenset(
+    {"open", "stat", "mkdir", "listdir", "rename", "unlink", "rmdir", "utime", "chmod", "link", "symlink", "truncate"}
+)
+FAKE_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class ScaleShape:
+    workers: int
+    units: int
+    records_per_unit: int = 2
+    latency_s: float = 5.0  # per record: a unit takes records_per_unit x latency_s
+    ablations: int = 10  # units = ablations x shards of one dataset (reading a shard reads its file from the top)
+    num_samples: int = 1
+
+    @property
+    def name(self) -> str:
+        return f"scale-{self.workers}x{self.units}"
+
+    @property
+    def unit_s(self) -> float:
+        return self.records_per_unit * self.latency_s
+
+    @property
+    def ideal_s(self) -> float:
+        return self.units * self.unit_s / self.workers
+
+    def check(self) -> None:
+        if self.workers < 1 or self.units < 1 or self.records_per_unit < 1 or self.latency_s < 0:
+            raise ValueError(f"scale: workers, units and records per unit must be >= 1, latency >= 0 ({self})")
+        if self.units % self.ablations:
+            raise ValueError(
+                f"--scale-units {self.units} is not a multiple of --scale-ablations {self.ablations}: the run's units "
+                "are ablations x shards"
+            )
+
+
+def write_run(shape: ScaleShape, folder: Path, model: Path) -> Path:
+    """A dataset, a spec and its saved plan (what `launcher submit` writes before the jobs start): the run dir."""
+    from launcher.plan import expand
+    from launcher.plan.persist import save_plan
+    from launcher.spec import load_spec
+
+    rows = shape.units // shape.ablations * shape.records_per_unit
+    data = folder / "data.jsonl"
+    with data.open("w") as f:
+        for i in range(rows):
+            f.write(json.dumps({"user_id": f"u{i:07d}", "context": f"item {i}", "profile": {"n": i}}) + "\n")
+    names = [f"a{i:02d}" for i in range(shape.ablations)]
+    spec = {
+        "name": "scale",
+        "model": {"path": str(model), "backend": "hf"},
+        "data": {
+            "datasets": [{"name": "d", "path": str(data)}],
+            "ablation_configs": names,
+            "templates": {n: {"text": f"{n}: {{{{ context }}}}"} for n in names},
+            "records_per_shard": shape.records_per_unit,
+            "num_samples": shape.num_samples,
+        },
+        "sampling": {"max_tokens": FAKE_TOKENS, "seed": 1},
+        "output": {"dir": str(folder / "out")},
+        "executor": "local",
+        "slurm": {"jobs": shape.workers, "gpus_per_node": 0, "max_retries": 0},
+    }
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    plan = expand(load_spec(path))
+    if len(plan.units) != shape.units:
+        raise ValueError(f"scale: the plan has {len(plan.units)} units, not {shape.units}")
+    save_plan(plan)
+    return plan.run.root
+
+
+def _worker(run_dir: Path, index: int, shape: ScaleShape, out: Path) -> None:
+    """One worker process: the real Worker, a FakeEngine, counters. Writes what it saw to `out`."""
+    from launcher.bench.fake_engine import use_fake_engine
+    from launcher.bench.op_count import install
+    from launcher.job.worker import Worker, WorkerConfig
+    from launcher.plan.layout import ParallelLayout
+    from launcher.store import UnitDir
+
+    counter = install(str(run_dir))
+    engines = use_fake_engine(shape.latency_s, FAKE_TOKENS)
+    calls: list[list[Any]] = []  # [t_enter, t_won or None, t_exit, metadata ops, all ops, unit, generation]
+    held: list[list[Any]] = []  # [unit, generation, t_won, t_end]
+    won: list[Any] = []
+    real_claim, real_done, real_release = UnitDir.claim, UnitDir.mark_done, UnitDir.release
+    real_next = Worker._claim_next
+
+    def claim(self: UnitDir, me: Any) -> Any:
+        c = real_claim(self, me)
+        if c is not None:
+            won[:] = [self.unit_id, c.generation, time.time()]
+            held.append([self.unit_id, c.generation, won[2], None])
+        return c
+
+    def ended(unit_id: str) -> None:
+        for h in held:
+            if h[0] == unit_id and h[3] is None:
+                h[3] = time.time()
+
+    def mark_done(self: UnitDir, done: Any) -> None:
+        real_done(self, done)
+        ended(self.unit_id)
+
+    def release(self: UnitDir, c: Any) -> None:
+        ended(self.unit_id)
+        real_release(self, c)
+
+    def claim_next(self: Worker, preparer: Any) -> Any:
+        won.clear()
+        before = counter.as_dict().get("claim", {})
+        t0 = time.time()
+        with counter.phase("claim"):
+            active = real_next(self, preparer)
+        after = counter.as_dict().get("claim", {})
+        diff = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        meta = sum(v for k, v in diff.items() if k in METADATA_KINDS)
+        calls.append([t0, won[2] if won and active else None, time.time(), meta, sum(diff.values()), *won[:2]])
+        return active
+
+    UnitDir.claim, UnitDir.mark_done, UnitDir.release = claim, mark_done, release  # type: ignore[method-assign,assignment]
+    Worker._claim_next = claim_next  # type: ignore[method-assign]
+    layout = ParallelLayout(1, 1, (), "scale benchmark: a CPU worker with a FakeEngine")
+    result: dict[str, Any] = {"index": index, "pid": os.getpid()}
+    try:
+        report = Worker(WorkerConfig(run_dir, index, 0, layout)).run()
+        result["state"] = report.get("state")
+    except BaseException as exc:  # the parent reports it; the run's checks then show what it cost
+        result["error"] = "".join(traceback.format_exception(exc))[-4000:]
+    result.update(
+        calls=calls, held=held, ops=counter.as_dict(), generated=sum(e.generated for e in engines), ended=time.time()
+    )
+    out.write_text(json.dumps(result))
+
+
+def _spawn(run_dir: Path, shape: ScaleShape, results: Path) -> dict[int, int]:
+    """Fork the workers (imports and the interpreter are shared: what is measured is the workers, not 256 Python
+    start-ups). Each child runs one worker and exits without returning here."""
+    import gc
+
+    from launcher.bench import fake_engine  # noqa: F401  (imported once, before the forks)
+    from launcher.job.prepare import load_tokenizer
+    from launcher.plan.persist import load_plan
+
+    load_tokenizer(load_plan(run_dir).spec)  # imports transformers (and torch) here, once for every worker
+    gc.freeze()  # the children's collector leaves the shared objects alone: their pages stay shared
+    pids: dict[int, int] = {}
+    for k in range(shape.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _worker(run_dir, k, shape, results / f"{k}.json")
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            finally:
+                os._exit(code)
+        pids[pid] = k
+    return pids
+
+
+def _timed_cli(*args: str) -> tuple[float, float, subprocess.CompletedProcess[str]]:
+    """`launcher ARGS` as a user runs it: (wall s, CPU s of the process from wait4, its result)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launcher", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_utime + usage.ru_stime, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _loadavg() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def run_scale(wd: Path, shape: ScaleShape, timeout_s: float) -> dict[str, Any]:
+    """One measurement (a row of results.json)."""
+    from launcher.demo_model import make_demo_model
+
+    shape.check()
+    model = wd / "assets" / "scale-model"
+    if not (model / "config.json").exists():
+        make_demo_model(model)
+    folder = wd / shape.name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    run_dir = write_run(shape, folder, model)
+    results = folder / "workers"
+    results.mkdir()
+    from launcher.store import RunDir
+
+    view = RunDir(run_dir).unit_view()
+    loads = [_loadavg()]
+    t0 = time.time()
+    pids = _spawn(run_dir, shape, results)
+    exits: dict[int, tuple[int, float]] = {}
+    status_mid: tuple[float, float, subprocess.CompletedProcess[str]] | None = None
+    last_load = time.time()
+    while len(exits) < len(pids):
+        pid, code = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            exits[pids[pid]] = (os.waitstatus_to_exitcode(code), time.time())
+            continue
+        if time.time() - t0 > timeout_s:
+            for p in set(pids) - {p for p, k in pids.items() if k in exits}:
+                os.kill(p, 9)
+            raise TimeoutError(f"{shape.name}: still running after {timeout_s:.0f} s")
+        view.refresh()
+        if status_mid is None and len(view.done) >= shape.units // 2:
+            status_mid = _timed_cli("status", str(run_dir), "--json")
+        if time.time() - last_load >= 10:
+            loads.append(_loadavg())
+            last_load = time.time()
+        time.sleep(0.5)
+    wall = max(t for _, t in exits.values()) - t0
+    status_end = _timed_cli("status", str(run_dir), "--json")
+    gather = _timed_cli("gather", str(run_dir))
+    loads.append(_loadavg())
+    workers = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
+    return _measure(shape, run_dir, workers, exits, wall, status_mid, status_end, gather, loads)
+
+
+def _measure(
+    shape: ScaleShape,
+    run_dir: Path,
+    workers: list[dict[str, Any]],
+    exits: dict[int, tuple[int, float]],
+    wall: float,
+    status_mid: tuple[float, float, subprocess.CompletedProcess[str]] | None,
+    status_end: tuple[float, float, subprocess.CompletedProcess[str]],
+    gather: tuple[float, float, subprocess.CompletedProcess[str]],
+    loads: list[float],
+) -> dict[str, Any]:
+    from launcher.bench.scale_checks import double_claims, gathered_rows, rows_in_chunks
+
+    calls = [c for w in workers for c in w["calls"]]
+    won = [c for c in calls if c[1] is not None]
+    latency_ms = sorted((c[1] - c[0]) * 1000 for c in won)
+    claim_ops = sum(c[3] for c in calls)
+    phases: dict[str, dict[str, int]] = {}
+    for w in workers:
+        for phase, kinds in w["ops"].items():
+            into = phases.setdefault(phase, {})
+            for k, v in kinds.items():
+                into[k] = into.get(k, 0) + v
+    all_ops = {k: sum(p.get(k, 0) for p in phases.values()) for k in {k for p in phases.values() for k in p}}
+    records = shape.units * shape.records_per_unit
+    rows, chunk_dupes = rows_in_chunks(run_dir)
+    gathered = gathered_rows(run_dir) if gather[2].returncode == 0 else 0
+    generated = sum(int(w.get("generated") or 0) for w in workers)
+    firsts = [min((c[1] for c in w["calls"] if c[1]), default=None) for w in workers]
+    t0 = min(c[0] for c in calls) if calls else 0.0
+    errors = [w["error"] for w in workers if w.get("error")] + [
+        f"worker {k} exited {code}" for k, (code, _) in exits.items() if code
+    ]
+    return {
+        "system": "scale",
+        "shape": shape.name,
+        "workers": shape.workers,
+        "units": shape.units,
+        "records": records,
+        "records_per_unit": shape.records_per_unit,
+        "fake_latency_s": shape.latency_s,
+        "per_unit_s": shape.unit_s,
+        "engine": "FakeEngine (fixed latency per record, no model)",
+        "claims": len(won),
+        "claim_p50_ms": round(statistics.median(latency_ms), 2) if latency_ms else None,
+        "claim_p99_ms": round(latency_ms[min(len(latency_ms) - 1, int(0.99 * len(latency_ms)))], 2)
+        if latency_ms
+        else None,
+        "claim_max_ms": round(latency_ms[-1], 2) if latency_ms else None,
+        "metadata_ops_per_claim": round(claim_ops / max(1, len(won)), 2),
+        "claim_ops_by_kind": {k: round(v / max(1, len(won)), 2) for k, v in sorted(phases.get("claim", {}).items())},
+        "ops_per_unit_by_kind": {k: round(v / shape.units, 2) for k, v in sorted(all_ops.items())},
+        "ops_by_phase": phases,
+        "double_claims": double_claims(workers),
+        "reclaimed": sum(1 for w in workers for h in w["held"] if h[1] > 0),
+        "lost": max(0, records - gathered),
+        "duplicated": max(0, generated - records) + chunk_dupes,
+        "generated": generated,
+        "rows_in_chunks": rows,
+        "status_s": round(max(s[0] for s in (status_mid, status_end) if s is not None), 3),
+        "status_mid_s": round(status_mid[0], 3) if status_mid else None,
+        "status_end_s": round(status_end[0], 3),
+        "status_ok": status_end[2].returncode == 0 and _status_done(status_end[2].stdout) == shape.units,
+        "gather_s": round(gather[0], 3),
+        "gather_cpu_s": round(gather[1], 3),
+        "gather_ok": gather[2].returncode == 0,
+        "gather_error": gather[2].stderr[-2000:] if gather[2].returncode else "",
+        "wall_s": round(wall, 2),
+        "ideal_s": round(shape.ideal_s, 2),
+        "wall_vs_ideal": round(wall / shape.ideal_s, 4) if shape.ideal_s else None,
+        "last_first_claim_s": round(max(f for f in firsts if f) - t0, 2) if any(firsts) else None,
+        "load_avg": {"start": loads[0], "max": max(loads), "end": loads[-1], "samples": loads},
+        "errors": errors[:5],
+        "machine": machine(run_dir),
+    }
+
+
+def _status_done(stdout: str) -> int | None:
+    try:
+        return int(json.loads(stdout)["counts"].get("DONE", 0))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def machine(folder: Path) -> dict[str, Any]:
+    import platform
+
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    with contextlib.suppress(ValueError, OSError):
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(folder)], capture_output=True, text=True, check=False)
+    info["file_system"] = fs.stdout.strip() or "?"
+    mounts = subprocess.run(["df", "-P", str(folder)], capture_output=True, text=True, check=False).stdout
+    info["device"] = mounts.splitlines()[-1].split()[0] if mounts.strip() else "?"
+    return info
+
+
+def shape_of(args: Any) -> ScaleShape:
+    return ScaleShape(
+        args.scale_workers,
+        args.scale_units,
+        args.scale_records_per_unit,
+        args.scale_latency_s,
+        args.scale_ablations,
+    )
+
+
+def add_arguments(c: Any) -> None:
+    c.add_argument("--scale-workers", type=int, default=32, help="scale: worker processes (default 32)")
+    c.add_argument("--scale-units", type=int, default=500, help="scale: units of the run (default 500)")
+    c.add_argument("--scale-records-per-unit", type=int, default=2, help="scale: records per unit (default 2)")
+    c.add_argument(
+        "--scale-latency-s", type=float, default=5.0, help="scale: FakeEngine seconds per record (default 5)"
+    )
+    c.add_argument(
+        "--scale-ablations", type=int, default=10, help="scale: ablation configs the units spread over (default 10)"
+    )
+
+
+__all__ = ["ScaleShape", "add_arguments", "machine", "run_scale", "shape_of", "write_run"]
