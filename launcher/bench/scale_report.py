@@ -89,6 +89,7 @@ def scale_markdown(results: dict[str, Any]) -> str:
             "claim_p50_ms",
             "claim_p99_ms",
             "claim_max_ms",
+            "claim_p99_ms_after_first",
             "metadata_ops_per_claim",
             "double_claims",
             "reclaimed",
@@ -96,11 +97,14 @@ def scale_markdown(results: dict[str, Any]) -> str:
             "duplicated",
             "status_mid_s",
             "status_end_s",
+            "status_cpu_s",
             "gather_s",
             "gather_cpu_s",
             "wall_s",
             "ideal_s",
             "wall_vs_ideal",
+            "fork_loop_s",
+            "last_worker_start_s",
             "last_first_claim_s",
         ):
             lines.append(f"| {key} | {m.get(key)} |")

@@ -15,6 +15,7 @@ Which units count and in what order is the worker's business (Worker._candidates
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator, Sequence
 from typing import Protocol, TypeVar
@@ -56,9 +57,7 @@ class ClaimCursor:
             return
         tried: set[str] = set()
         own = range(self.position, n, self.workers) if self.position < n else range(0)
-        start = self.position * n // self.workers if self.workers > n else self.position
-        others = ((start + i) % n for i in range(n))
-        for i in (*own, *others):
+        for i in itertools.chain(own, self._stolen(n)):
             unit = units[i]
             uid = unit.unit_id
             if uid in tried or not self._free(uid):
@@ -68,6 +67,7 @@ class ClaimCursor:
             if self._stale:
                 self._refresh(force=True)
         probes = 0
+        start = self.position * n // self.workers if self.workers > n else self.position
         for i in ((start + i) % n for i in range(n)):
             unit = units[i]
             held = self.view.holder.get(unit.unit_id)
@@ -82,6 +82,16 @@ class ClaimCursor:
                 probes += 1
             tried.add(unit.unit_id)
             yield from self._offer(unit)
+
+    def _stolen(self, n: int) -> Iterator[int]:
+        """The other workers' strides, each from its end (its owner works from the front: they meet once), the
+        workers taken in an order of this worker's own (a stride of a prime coprime to their number): two workers
+        that run out at once go to different ones first."""
+        step = _coprime_step(self.workers)
+        for j in range(1, self.workers + 1):
+            victim = (self.position + j * step) % self.workers
+            if victim < n:
+                yield from reversed(range(victim, n, self.workers))
 
     def taken(self, unit_id: str) -> None:
         """A try lost: another worker holds the unit. Read the log before the next try (it says who holds what)."""
@@ -130,6 +140,15 @@ class ClaimCursor:
             start = process_start(held.pid)
             return start is None or (held.pid_start is not None and start != held.pid_start)
         return None
+
+
+def _coprime_step(workers: int) -> int:
+    """A step that visits every one of `workers` positions before coming back, spreading neighbours apart: the
+    largest prime below workers / 2 + 1 that does not divide it (1 for small numbers)."""
+    for p in range(max(1, workers // 2), 1, -1):
+        if all(p % d for d in range(2, int(p**0.5) + 1)) and workers % p:
+            return p
+    return 1
 
 
 def worker_position(job_index: int, replica: int, jobs: int, workers_per_job: int) -> tuple[int, int]:

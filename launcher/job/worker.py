@@ -447,8 +447,10 @@ class Worker:
         with self._report_lock:
             self.report["units_done"], self.report["current_units"] = report["units_done"], report["current_units"]
             self.report["unit_windows"], self.report["last_write_at"] = report["unit_windows"], report["last_write_at"]
-        write_json_atomic(
-            self.rundir.worker_report(self.cfg.slot, self.owner.restart, os.getpid(), self.cfg.model), report
+        write_json_atomic(  # not fsynced: rewritten every HEARTBEAT_S by every worker (docs/scale.md)
+            self.rundir.worker_report(self.cfg.slot, self.owner.restart, os.getpid(), self.cfg.model),
+            report,
+            durable=self.report.get("ended") is not None,
         )
 
     def _heartbeat(self) -> None:

@@ -43,9 +43,11 @@ def storage_wait_s() -> float:
     return STORAGE_WAIT_IN_JOB_S if SlurmEnv.current().in_job else 0.0
 
 
-def write_atomic(path: Path, data: bytes, wait_s: float | None = None) -> None:
+def write_atomic(path: Path, data: bytes, wait_s: float | None = None, durable: bool = True) -> None:
     """Readers see the old file or the new one, never half of one. Full or read-only storage is waited out (above)
-    for `wait_s` (default: storage_wait_s()); 0 for a best-effort file that must never hold a job up."""
+    for `wait_s` (default: storage_wait_s()); 0 for a best-effort file that must never hold a job up. `durable`
+    False skips the fsync: for a file rewritten every few seconds (a worker's report), which a crash may leave
+    empty (readers take an empty file as missing) and which would otherwise cost the file server a flush each time."""
     deadline: float | None = None
     pause_s = 0.5
     # Unique per writer: two hosts may share a pid, and shared storage is shared by both. One name per call, so a
@@ -53,7 +55,7 @@ def write_atomic(path: Path, data: bytes, wait_s: float | None = None) -> None:
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
     while True:
         try:
-            _write_atomic_once(path, tmp, data)
+            _write_atomic_once(path, tmp, data, durable)
             return
         except OSError as exc:
             if exc.errno not in STORAGE_ERRNOS:
@@ -71,13 +73,14 @@ def write_atomic(path: Path, data: bytes, wait_s: float | None = None) -> None:
             pause_s = min(2 * pause_s, 5.0)
 
 
-def _write_atomic_once(path: Path, tmp: Path, data: bytes) -> None:
+def _write_atomic_once(path: Path, tmp: Path, data: bytes, durable: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)  # tmp is in the same folder: the rename stays atomic
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):  # on read-only storage it cannot go; the retry reuses its name
@@ -89,10 +92,9 @@ def dumps_line(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n"
 
 
-def write_json_atomic(path: Path, obj: Any, wait_s: float | None = None) -> None:
-    write_atomic(
-        path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode(), wait_s
-    )
+def write_json_atomic(path: Path, obj: Any, wait_s: float | None = None, durable: bool = True) -> None:
+    data = (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode()
+    write_atomic(path, data, wait_s, durable)
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
