@@ -9,8 +9,9 @@ metadata operations under the run directory (bench/op_count.py), split by phase.
 and at the end) and `launcher gather` run as a user runs them, and the result is checked: units claimed by two
 workers at once, records lost (not in the gathered samples), records generated twice.
 
-wall_vs_ideal = wall clock from the first fork to the last exit / (units x per-unit time / workers): the part of the
-run that is not generating (starting, claiming, writing, the tail).
+wall_vs_ideal = wall clock from the moment every worker exists (they are forked, then let go together, as a Slurm
+array's tasks start on their nodes) to the last exit / (units x per-unit time / workers): the part of the run that is
+not generating (workers starting, claiming, writing, the tail).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def _worker(run_dir: Path, index: int, shape: ScaleShape, out: Path) -> None:
     def claim(self: UnitDir, me: Any) -> Any:
         c = real_claim(self, me)
         if c is not None:
-            won[:] = [self.unit_id, c.generation, time.time()]
+            won[:] = [self.unit_id, c.generation, time.time(), time.thread_time()]
             held.append([self.unit_id, c.generation, won[2], None])
         return c
 
@@ -143,13 +144,16 @@ def _worker(run_dir: Path, index: int, shape: ScaleShape, out: Path) -> None:
     def claim_next(self: Worker, preparer: Any) -> Any:
         won.clear()
         before = counter.as_dict().get("claim", {})
-        t0 = time.time()
+        t0, cpu0 = time.time(), time.thread_time()
         with counter.phase("claim"):
             active = real_next(self, preparer)
         after = counter.as_dict().get("claim", {})
         diff = {k: after.get(k, 0) - before.get(k, 0) for k in after}
         meta = sum(v for k, v in diff.items() if k in METADATA_KINDS)
-        calls.append([t0, won[2] if won and active else None, time.time(), meta, sum(diff.values()), *won[:2]])
+        got = bool(won and active)
+        cpu_ms = (won[3] - cpu0) * 1000 if got else (time.thread_time() - cpu0) * 1000
+        # [entered, won (None: nothing left), left, metadata ops, all ops, CPU ms to the win, unit, generation]
+        calls.append([t0, won[2] if got else None, time.time(), meta, sum(diff.values()), cpu_ms, *won[:2]])
         return active
 
     UnitDir.claim, UnitDir.mark_done, UnitDir.release = claim, mark_done, release  # type: ignore[method-assign,assignment]
@@ -169,7 +173,7 @@ def _worker(run_dir: Path, index: int, shape: ScaleShape, out: Path) -> None:
 
 def _spawn(run_dir: Path, shape: ScaleShape, results: Path) -> dict[int, int]:
     """Fork the workers (imports and the interpreter are shared: what is measured is the workers, not 256 Python
-    start-ups). Each child runs one worker and exits without returning here."""
+    start-ups), then let them all start at once. Each child runs one worker and exits without returning here."""
     import gc
 
     from launcher.bench import fake_engine  # noqa: F401  (imported once, before the forks)
@@ -178,12 +182,16 @@ def _spawn(run_dir: Path, shape: ScaleShape, results: Path) -> dict[int, int]:
 
     load_tokenizer(load_plan(run_dir).spec)  # imports transformers (and torch) here, once for every worker
     gc.freeze()  # the children's collector leaves the shared objects alone: their pages stay shared
+    gate_r, gate_w = os.pipe()  # every worker waits here until all are forked: they start together, as an array does
     pids: dict[int, int] = {}
     for k in range(shape.workers):
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
+                os.close(gate_w)
+                os.read(gate_r, 1)  # end of file once the parent closes its end
+                os.close(gate_r)
                 _worker(run_dir, k, shape, results / f"{k}.json")
             except BaseException:
                 traceback.print_exc()
@@ -191,6 +199,9 @@ def _spawn(run_dir: Path, shape: ScaleShape, results: Path) -> dict[int, int]:
             finally:
                 os._exit(code)
         pids[pid] = k
+    gc.unfreeze()
+    os.close(gate_r)
+    os.close(gate_w)  # go
     return pids
 
 
@@ -216,14 +227,16 @@ def _loadavg() -> float:
         return float("nan")
 
 
-def run_scale(wd: Path, shape: ScaleShape, timeout_s: float) -> dict[str, Any]:
-    """One measurement (a row of results.json)."""
+def run_scale(wd: Path, shape: ScaleShape, timeout_s: float, model: Path | None = None) -> dict[str, Any]:
+    """One measurement (a row of results.json). `model`: a model folder for its tokenizer (default: a tiny one made
+    under `wd`)."""
     from launcher.demo_model import make_demo_model
 
     shape.check()
-    model = wd / "assets" / "scale-model"
-    if not (model / "config.json").exists():
-        make_demo_model(model)
+    if model is None:
+        model = wd / "assets" / "scale-model"
+        if not (model / "config.json").exists():
+            make_demo_model(model)
     folder = wd / shape.name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -234,9 +247,10 @@ def run_scale(wd: Path, shape: ScaleShape, timeout_s: float) -> dict[str, Any]:
 
     view = RunDir(run_dir).unit_view()
     loads = [_loadavg()]
-    t0 = time.time()
+    forking = time.time()
     pids = _spawn(run_dir, shape, results)
-    forked_s = time.time() - t0
+    t0 = time.time()  # every worker exists: the run starts (as a Slurm array does on its nodes)
+    forked_s = t0 - forking
     exits: dict[int, tuple[int, float]] = {}
     status_mid: tuple[float, float, subprocess.CompletedProcess[str]] | None = None
     last_load = time.time()
@@ -285,6 +299,7 @@ def _measure(
     latency_ms = sorted((c[1] - c[0]) * 1000 for c in won)
     # each worker's first claim happens while hundreds of others start on the same cores: shown apart as well
     later_ms = sorted((c[1] - c[0]) * 1000 for w in workers for c in [c for c in w["calls"] if c[1] is not None][1:])
+    cpu_ms = sorted(c[5] for c in won)
     claim_ops = sum(c[3] for c in calls)
     phases: dict[str, dict[str, int]] = {}
     for w in workers:
@@ -316,6 +331,10 @@ def _measure(
         "claim_p99_ms": _pct(latency_ms, 0.99),
         "claim_max_ms": round(latency_ms[-1], 2) if latency_ms else None,
         "claim_p99_ms_after_first": _pct(later_ms, 0.99),
+        # the CPU a claim burns (its own thread, to the win): what is left of its latency is waiting, for a core
+        # (2 shared cores, 256 workers, nice 19) or for the disk (the claim file's fsync)
+        "claim_cpu_p50_ms": _pct(cpu_ms, 0.5),
+        "claim_cpu_p99_ms": _pct(cpu_ms, 0.99),
         "metadata_ops_per_claim": round(claim_ops / max(1, len(won)), 2),
         "claim_ops_by_kind": {k: round(v / max(1, len(won)), 2) for k, v in sorted(phases.get("claim", {}).items())},
         "ops_per_unit_by_kind": {k: round(v / shape.units, 2) for k, v in sorted(all_ops.items())},

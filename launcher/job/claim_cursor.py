@@ -40,7 +40,7 @@ class ClaimCursor:
         self.view, self.me = view, me
         self.workers = max(1, workers)
         self.position = position % self.workers
-        self._read_at = time.monotonic()
+        self._read_at = float("-inf")  # the first walk reads the log
         self._stale = False
         # Units this worker was offered and did not lose: it claimed them, or found them done or failed out. Never
         # offered again (its own claims reach its view of the log only at the next read).

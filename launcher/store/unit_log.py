@@ -176,6 +176,7 @@ class UnitView:
     _offset: int = 0
     _partial: bytes = b""
     _at_start: bool = True  # the next line read is the file's first
+    _refused: bool = False
 
     def refresh(self) -> int:
         """Read what was appended since the last call (one open: close-to-open consistency on NFS). Returns the
@@ -183,6 +184,11 @@ class UnitView:
         try:
             fd = os.open(self.log.path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
+            return 0
+        except OSError as exc:  # a link planted in its place (ELOOP): not read; readers go to the units' folders
+            if not self._refused:
+                log.warning("%s: not read (%s); unit states are read from their folders", self.log.path, exc)
+            self._refused = True
             return 0
         try:
             chunks = []
