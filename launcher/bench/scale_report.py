@@ -90,6 +90,8 @@ def scale_markdown(results: dict[str, Any]) -> str:
             "claim_p99_ms",
             "claim_max_ms",
             "claim_p99_ms_after_first",
+            "claim_p50_ms_steady",
+            "claim_p99_ms_steady",
             "claim_cpu_p50_ms",
             "claim_cpu_p99_ms",
             "metadata_ops_per_claim",
