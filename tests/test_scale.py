@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -239,6 +240,27 @@ def test_status_of_2000_units_reads_the_log_not_the_folders(tmp_path: Path, tiny
     got = _status_ops(run_dir)
     assert got["counts"] == {"DONE": 2000}
     assert got["ops"] < 60, got  # spec, plan, run.json, units.log, jobs/, workers/: not one per unit
+
+
+def test_status_of_running_units_comes_from_their_workers_reports(tmp_path: Path, tiny_model: Path) -> None:
+    """Units held at their first claim by a live worker: RUNNING from its report, their folders not read; a unit
+    whose holder has gone quiet is read from its folder (no claim file there: PENDING)."""
+    run_dir = write_run(ScaleShape(4, 200, records_per_unit=2, ablations=10), tmp_path, tiny_model)
+    run = RunDir(run_dir)
+    log = UnitLog(run.unit_log)
+    units = [row[1] for row in json.loads(run.plan_json.read_text())["units"]]
+    live, quiet = _owner("1.0"), _owner("2.0")
+    for uid in units[:100]:
+        _claim(log, uid, live)
+    _claim(log, units[100], quiet)
+    run.workers.mkdir()
+    for slot, held, beat in (("1.0", units[:100], time.time()), ("2.0", [units[100]], time.time() - 3600)):
+        report = {"slot": slot, "heartbeat_at": beat, "started": beat, "ended": None, "current_units": held}
+        report["unit_windows"] = {u: [beat, None, 1, 4] for u in held}  # 1 sample of num_samples 1: 1 record
+        (run.workers / f"{slot}-r0-1.json").write_text(json.dumps(report))
+    got = _status_ops(run_dir)
+    assert got["counts"] == {"RUNNING": 100, "PENDING": 100}, got
+    assert got["ops"] < 60, got
 
 
 def test_status_without_a_complete_log_reads_every_folder(tmp_path: Path, tiny_model: Path) -> None:

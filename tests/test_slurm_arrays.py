@@ -24,7 +24,7 @@ from .helpers import in_queue, launcher, submissions, submit
 pytestmark = pytest.mark.slurm
 
 
-def _spec(tmp_path: Path, model: Path, name: str, jobs: int, **slurm: Any) -> Path:
+def _spec(tmp_path: Path, model: Path, name: str, jobs: int, per_shard: int = 2, **slurm: Any) -> Path:
     data = write_jsonl(tmp_path / "data" / f"{name}.jsonl", USERS[:6])
     spec = {
         "extends": str(ROOT / "configs" / "slurm-local.yaml"),
@@ -34,7 +34,7 @@ def _spec(tmp_path: Path, model: Path, name: str, jobs: int, **slurm: Any) -> Pa
             "datasets": [{"name": "ds", "path": str(data)}],
             "ablation_configs": ["full"],
             "num_samples": 1,
-            "records_per_shard": 2,
+            "records_per_shard": per_shard,
         },
         "sampling": {"max_tokens": 4, "seed": 7},
         "slurm": {"gpus_per_node": 0, "mem": "512M", "time": 5, "jobs": jobs, **slurm},
@@ -59,7 +59,7 @@ def _counting_path(tmp_path: Path) -> tuple[dict[str, str], Path]:
 
 
 def test_jobs_beyond_max_array_size_are_several_arrays_of_one_run(tmp_path: Path, tiny_model: Path) -> None:
-    spec = _spec(tmp_path, tiny_model, "split", jobs=5, extra_args={"hold": True})
+    spec = _spec(tmp_path, tiny_model, "split", jobs=5, per_shard=1, extra_args={"hold": True})  # 6 units
     run_dir, proc = submit(spec, env={"LAUNCHER_SLURM_MAX_ARRAY_SIZE": "2"})
     sub = submissions(run_dir)[0]
     try:
