@@ -129,7 +129,7 @@ def configure(c: argparse.ArgumentParser) -> None:
         metavar="WORKDIR",
         help="also report the measurements of another workdir (a bench run beside this one)",
     )
-    from launcher.bench.scale import add_arguments as add_scale_arguments
+    from launcher.bench.scale_cli import add_arguments as add_scale_arguments
 
     add_scale_arguments(c)
     c.add_argument("--note", default=None, help="a note stored with every measurement of this call")
@@ -191,7 +191,9 @@ def run(args: argparse.Namespace) -> int:
     for d in (wd.runs, wd.logs):
         d.mkdir(parents=True, exist_ok=True)
     if systems == {"scale"}:  # no model to write, no GPU: its own results folder
-        return _run_scale_only(args, wd)
+        from launcher.bench.scale_cli import run_scale_only
+
+        return run_scale_only(args, wd)
     preset = PRESETS[args.preset]
     shapes = [Shape.parse(s, args.prompt_tokens) for s in args.shapes.split(",") if s.strip()]
     write_model(preset, wd.model)
@@ -201,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     failures: list[str] = []
 
     def step(key: str, fn: Callable[[], list[dict[str, Any]]]) -> None:
-        path = wd.runs / f"{_slug(key)}.json"
+        path = wd.runs / f"{slug(key)}.json"
         if path.exists() and not args.force:
             print(f"[bench] {key}: already measured ({path.name})", flush=True)
             return
@@ -233,7 +235,9 @@ def run(args: argparse.Namespace) -> int:
             )
     _run_cells(args, systems, preset, wd, step)
     if "scale" in systems:
-        step(*_scale_step(args, wd))
+        from launcher.bench.scale_cli import scale_step
+
+        step(*scale_step(args, wd))
     results = collect(
         wd, preset.name, shapes[0].prompt_tokens, shapes[0].n, [Workdir(Path(d).resolve()) for d in args.collect_from]
     )
@@ -379,40 +383,6 @@ def _run_cells(
         step(f"cells-seed-loop@{shape.name}", lambda: [run_cells_seed_loop(wd, shape, folder, t, measure)])
 
 
-def _scale_step(args: argparse.Namespace, wd: Any) -> tuple[str, Callable[[], list[dict[str, Any]]]]:
-    from launcher.bench.scale import run_scale, shape_of
-
-    shape = shape_of(args)
-    shape.check()
-    return f"{shape.name}-r{shape.records_per_unit}-l{shape.latency_s:g}", lambda: [
-        run_scale(wd.root, shape, args.timeout_s)
-    ]
-
-
-def _run_scale_only(args: argparse.Namespace, wd: Any) -> int:
-    from launcher.bench.report import write_report
-    from launcher.bench.runners import Workdir
-
-    key, fn = _scale_step(args, wd)
-    path = wd.runs / f"{_slug(key)}.json"
-    if path.exists() and not args.force:
-        print(f"[bench] {key}: already measured ({path.name}); --force measures it again", flush=True)
-    else:
-        print(f"[bench] {key} ...", flush=True)
-        rows = fn()
-        for r in rows:
-            r.setdefault("note", args.note)
-        path.write_text(json.dumps(rows, indent=1))
-    results = collect(wd, "FakeEngine", 0, 0, [Workdir(Path(d).resolve()) for d in args.collect_from])
-    results["measurements"] = [m for m in results["measurements"] if m.get("system") == "scale"]
-    default = Path.cwd() / "benchmarks" / "results" / f"{results['date']}-cpu-scale"
-    folder = Path(args.results) if args.results else default
-    for p in write_report(results, folder, draw=False):
-        print(f"[bench] wrote {p}")
-    bad = [m for m in results["measurements"] if m.get("errors")]
-    return 1 if bad else 0
-
-
 def _toolkit_cold(wd: Any, shape: Any, cache: Path, timeout: float) -> list[dict[str, Any]]:
     shutil.rmtree(cache, ignore_errors=True)  # the first task of a job: nothing compiled yet, anywhere
     shutil.rmtree(wd.root / "scratch", ignore_errors=True)
@@ -479,7 +449,7 @@ def _default_results(host: dict[str, Any]) -> Path:
     return Path.cwd() / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-{slug}"
 
 
-def _slug(key: str) -> str:
+def slug(key: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "@+-_." else "_" for ch in key)
 
 

@@ -4,7 +4,8 @@
   is submitted as several arrays: they are one run to status, cancel and wait);
 - active_jobs -> which of them Slurm still holds: one `squeue` for all of them, however many tasks they have (as
   submitit's own watcher asks sacct once, by array id, for every job it follows);
-- max_array_size() -> the cluster's MaxArraySize (`scontrol show config`), which decides how the jobs are split.
+- max_array_size() -> the cluster's MaxArraySize (`scontrol show config`), which decides how the jobs are split;
+- slurm_states(ids) -> each job's or element's state: one sacct and one squeue call for all of them (status).
 
 Light on purpose: `launcher status` imports it, and must answer in well under 2 s.
 """
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from typing import Any
 
 MAX_ARRAY_VAR = "LAUNCHER_SLURM_MAX_ARRAY_SIZE"  # a submit-side override (tests; a site whose limit is lower for you)
@@ -72,4 +74,71 @@ def active_jobs(run: dict[str, Any]) -> list[str]:
     return out.stdout.split() if out.returncode == 0 else []  # 1: none of the ids is known any more
 
 
-__all__ = ["MAX_ARRAY_VAR", "active_jobs", "array_slices", "max_array_size", "task_job_ids"]
+@dataclass
+class JobState:
+    state: str  # RUNNING, PENDING, FAILED, ... ("CANCELLED by 0" -> CANCELLED)
+    node: str | None
+    reason: str  # why pending (JobArrayTaskLimit, JobHeldUser, BeginTime after a requeue, Dependency)
+
+
+def _expand(job_id: str) -> list[str]:
+    """sacct shows a pending array's rest as one row, 12_[4-11%12]: one id per element."""
+    from submitit.slurm.slurm import read_job_id
+
+    try:
+        parts = read_job_id(job_id)
+    except (ValueError, AttributeError):
+        return [job_id]
+    out = []
+    for part in parts:
+        if len(part) == 3:
+            out += [f"{part[0]}_{i}" for i in range(int(part[1]), int(part[2]) + 1)]
+        else:
+            out.append("_".join(part))
+    return out
+
+
+def run_slurm(cmd: list[str]) -> str:
+    """A Slurm command's stdout; empty when it is missing, fails or hangs."""
+    if not shutil.which(cmd[0]):
+        return ""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout if out.returncode == 0 else ""
+
+
+def _parse(text: str) -> dict[str, JobState]:
+    states: dict[str, JobState] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 4 or "." in parts[0]:  # job steps (123.batch) are not tasks
+            continue
+        node = parts[2] if parts[2] not in {"", "None assigned", "(null)"} else None
+        reason = "" if parts[3] in {"None", "(null)"} else parts[3]
+        for jid in _expand(parts[0]):
+            states[jid] = JobState(parts[1].split()[0] if parts[1] else "UNKNOWN", node, reason)
+    return states
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, JobState]:
+    """Job or array element id -> state: sacct for the record, squeue on top for what is live now."""
+    if not job_ids:
+        return {}
+    ids = ",".join(job_ids)
+    states = _parse(run_slurm(["sacct", "-n", "-P", "-X", "-j", ids, "-o", "JobID,State,NodeList,Reason"]))
+    states.update(_parse(run_slurm(["squeue", "-h", "-r", "-j", ids, "-o", "%i|%T|%N|%r"])))
+    return states
+
+
+__all__ = [
+    "MAX_ARRAY_VAR",
+    "JobState",
+    "active_jobs",
+    "array_slices",
+    "max_array_size",
+    "run_slurm",
+    "slurm_states",
+    "task_job_ids",
+]

@@ -15,7 +15,6 @@ are looked at on disk. A run planned before units.log existed is read folder by 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections import Counter
@@ -30,7 +29,7 @@ from launcher.plan.persist import load_plan
 from launcher.store import RunDir, WorkerReport, read_json
 from launcher.store.claims import lease_s
 from launcher.store.unit_log import UnitView
-from launcher.submit.slurm_query import task_job_ids
+from launcher.submit.slurm_query import JobState, run_slurm, slurm_states, task_job_ids
 
 UNITS_SHOWN = 30
 
@@ -56,13 +55,6 @@ COLORS = {
     "OUT_OF_MEMORY": "red",
     "PENDING": "cyan",
 }
-
-
-@dataclass
-class JobState:
-    state: str  # RUNNING, PENDING, FAILED, ... ("CANCELLED by 0" -> CANCELLED)
-    node: str | None
-    reason: str  # why pending (JobArrayTaskLimit, JobHeldUser, BeginTime after a requeue, Dependency)
 
 
 @dataclass
@@ -132,56 +124,6 @@ class RunStatus:
             "workers": [asdict(w) for w in self.workers],
             "units": [asdict(u) for u in self.units],
         }
-
-
-def _expand(job_id: str) -> list[str]:
-    """sacct shows a pending array's rest as one row, 12_[4-11%12]: one id per element."""
-    from submitit.slurm.slurm import read_job_id
-
-    try:
-        parts = read_job_id(job_id)
-    except (ValueError, AttributeError):
-        return [job_id]
-    out = []
-    for part in parts:
-        if len(part) == 3:
-            out += [f"{part[0]}_{i}" for i in range(int(part[1]), int(part[2]) + 1)]
-        else:
-            out.append("_".join(part))
-    return out
-
-
-def _run(cmd: list[str]) -> str:
-    if not shutil.which(cmd[0]):
-        return ""
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.stdout if out.returncode == 0 else ""
-
-
-def _parse(text: str) -> dict[str, JobState]:
-    states: dict[str, JobState] = {}
-    for line in text.splitlines():
-        parts = line.split("|")
-        if len(parts) < 4 or "." in parts[0]:  # job steps (123.batch) are not tasks
-            continue
-        node = parts[2] if parts[2] not in {"", "None assigned", "(null)"} else None
-        reason = "" if parts[3] in {"None", "(null)"} else parts[3]
-        for jid in _expand(parts[0]):
-            states[jid] = JobState(parts[1].split()[0] if parts[1] else "UNKNOWN", node, reason)
-    return states
-
-
-def slurm_states(job_ids: list[str]) -> dict[str, JobState]:
-    """Job or array element id -> state: sacct for the record, squeue on top for what is live now."""
-    if not job_ids:
-        return {}
-    ids = ",".join(job_ids)
-    states = _parse(_run(["sacct", "-n", "-P", "-X", "-j", ids, "-o", "JobID,State,NodeList,Reason"]))
-    states.update(_parse(_run(["squeue", "-h", "-r", "-j", ids, "-o", "%i|%T|%N|%r"])))
-    return states
 
 
 def collect(run_dir: Path) -> RunStatus:
@@ -410,7 +352,7 @@ def cancel_run(run_dir: Path, console: Console) -> int:
     if not ids:
         console.print("no Slurm jobs recorded for this run")
         return 0
-    live = sorted(set(_run(["squeue", "-h", "-j", ",".join(ids), "-o", "%F"]).split()), key=int)
+    live = sorted(set(run_slurm(["squeue", "-h", "-j", ",".join(ids), "-o", "%F"]).split()), key=int)
     if not live:
         console.print(f"nothing to cancel: every job of this run ({', '.join(ids)}) has ended")
         return 0
