@@ -147,6 +147,21 @@ def test_unit_log_symlink_is_neither_read_nor_written(tmp_path: Path) -> None:
     assert not view.complete and view.done == set() and view.maybe_done("d.full.0000")
 
 
+def test_unit_log_of_another_user_is_neither_read_nor_written(tmp_path: Path) -> None:
+    """In a group-writable folder another user replaces units.log with theirs, claiming every unit done."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the file to another user")
+    path = tmp_path / "units.log"
+    path.write_text(HEADER + UnitEvent("done", "d.full.0000", 0).line())
+    os.chown(path, 65534, 65534)
+    before = path.read_bytes()
+    UnitLog(path).append(UnitEvent("done", "d.full.0001", 0))
+    assert path.read_bytes() == before
+    view = UnitView(UnitLog(path))
+    view.refresh()
+    assert view.done == set() and not view.complete and view.maybe_done("d.full.0000")
+
+
 class _U:
     def __init__(self, uid: str) -> None:
         self.unit_id = uid

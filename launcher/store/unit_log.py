@@ -149,6 +149,11 @@ class UnitLog:
             fd = _append_fds.get(key)
             if fd is None:
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+                try:
+                    _check_owner(fd, self.path)
+                except OSError:
+                    os.close(fd)
+                    raise
                 _append_fds[key] = fd
             return fd
 
@@ -158,6 +163,14 @@ class UnitLog:
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _check_owner(fd: int, path: Path) -> None:
+    """A log another user wrote (or put in place of ours, in a group-writable folder) is neither believed nor
+    appended to: a forged `done` line would make every worker skip a unit."""
+    owner = os.fstat(fd).st_uid
+    if owner != os.geteuid():
+        raise PermissionError(errno.EPERM, f"owned by uid {owner}, not by this user ({os.geteuid()})", str(path))
 
 
 @dataclass
@@ -185,16 +198,16 @@ class UnitView:
             fd = os.open(self.log.path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             return 0
-        except OSError as exc:  # a link planted in its place (ELOOP): not read; readers go to the units' folders
-            if not self._refused:
-                log.warning("%s: not read (%s); unit states are read from their folders", self.log.path, exc)
-            self._refused = True
-            return 0
+        except OSError as exc:  # a link planted in its place (ELOOP)
+            return self._refuse(exc)
         try:
+            _check_owner(fd, self.log.path)
             chunks = []
             while block := os.pread(fd, 1 << 20, self._offset):
                 chunks.append(block)
                 self._offset += len(block)
+        except PermissionError as exc:  # a file of another user put in its place
+            return self._refuse(exc)
         finally:
             os.close(fd)
         self.exists = True
@@ -214,6 +227,13 @@ class UnitView:
             self.apply(event)
             new += 1
         return new
+
+    def _refuse(self, exc: OSError) -> int:
+        """Not read: every reader then goes to the units' folders (the view stays incomplete)."""
+        if not self._refused:
+            log.warning("%s: not read (%s); unit states are read from their folders", self.log.path, exc)
+        self._refused = True
+        return 0
 
     def apply(self, event: UnitEvent) -> None:
         self.events += 1
