@@ -325,7 +325,8 @@ class Worker:
         return list(units)
 
     def _claim_next(self, preparer: Preparer) -> ActiveUnit | None:
-        """The first unit in plan order that is not done, not failed too often, and free (or its owner dead)."""
+        """The next unit the cursor offers (this worker's stride of the candidates first) that is not done, not failed
+        too often, and free (or its owner dead)."""
         # The cursor orders the tries and knows, from units.log, what is done or held; a unit the run's log never
         # named was never claimed, so it has no done marker, failures, chunks or quarantine to read (claim_cursor.py).
         for unit in self.cursor.walk(self._candidates()):

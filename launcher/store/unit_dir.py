@@ -84,10 +84,11 @@ class UnitDir:
         return claim
 
     def release(self, claim: Claim) -> None:
-        """ClaimBook.release, told to the run's log: the unit is free for the next worker at once."""
+        """ClaimBook.release, told to the run's log: the unit is free for the next worker at once. Never waits on
+        storage (it runs in a preemption's signal handler)."""
         self.claims.release(claim)
         if self.log is not None:
-            self.log.append(UnitEvent("release", self.unit_id, claim.generation))
+            self.log.append(UnitEvent("release", self.unit_id, claim.generation), wait=False)
 
     def mark_done(self, done: UnitDone) -> None:
         """Write done.json, then tell the run's log (in that order: a `done` line means the marker is there)."""

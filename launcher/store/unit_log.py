@@ -86,7 +86,7 @@ def claim_event(unit_id: str, claim: Claim) -> UnitEvent:
 
 # One append descriptor per log and process (opened on first use, again after a fork), shared by its threads.
 _append_fds: dict[tuple[str, int], int] = {}
-_append_lock = threading.Lock()
+_append_lock = threading.RLock()  # re-entrant: a signal handler (preemption) may append while its thread is inside
 
 
 @dataclass(frozen=True)
@@ -108,9 +108,10 @@ class UnitLog:
             os.close(fd)
         return True
 
-    def append(self, event: UnitEvent) -> None:
-        """One line, whole. Full or read-only storage is waited out as every write is (store/atomic.py); the event
-        is then lost (a hint: the unit's folder still holds the truth) and the error is logged, not raised."""
+    def append(self, event: UnitEvent, wait: bool = True) -> None:
+        """One line, whole. Full or read-only storage is waited out as every write is (store/atomic.py), unless
+        `wait` is False (a give-back from a preemption's signal handler must not hang); the event is then lost (a
+        hint: the unit's folder still holds the truth) and the error is logged, not raised."""
         data = event.line().encode()
         deadline: float | None = None
         while True:
@@ -119,7 +120,7 @@ class UnitLog:
                 return
             except OSError as exc:
                 self._forget_fd()
-                if exc.errno in STORAGE_ERRNOS:
+                if exc.errno in STORAGE_ERRNOS and wait:
                     deadline = deadline if deadline is not None else time.monotonic() + storage_wait_s()
                     if time.monotonic() < deadline:
                         time.sleep(1.0)
