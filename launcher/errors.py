@@ -90,6 +90,13 @@ class NoSamples(LauncherError, FileNotFoundError):
     headline = "no samples there"
 
 
+class NoSlurm(LauncherError):
+    """`--executor slurm` where Slurm's commands are not on PATH. Exit code 2; nothing is submitted or written."""
+
+    exit_code = 2
+    headline = "Slurm is not reachable from here (nothing was submitted or written)"
+
+
 class ContainerError(LauncherError, ValueError):
     """A container request that cannot be built or run (a bind, an env name, a runtime): the spec names it."""
 

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The plan-time estimates' history (plan/estimate.py): the suite's hundreds of tiny runs must not become the estimates
+# a user of this machine sees in ~/.cache/launcher/history.json ("median of 221 earlier run(s)" for the demo).
+os.environ.setdefault("LAUNCHER_HISTORY", str(Path(tempfile.mkdtemp(prefix="launcher-test-history-")) / "history.json"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -44,6 +48,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from launcher.demo_model import make_demo_model
 
     return make_demo_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def unicode_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model with a byte-level BPE trained on CJK, emoji and accents: tokens end inside characters."""
+    from tests.unicode_tokenizers import byte_level_model
+
+    return byte_level_model(tmp_path_factory.mktemp("model") / "unicode")
 
 
 USERS = [
@@ -108,4 +120,7 @@ def launcher(
 
 
 def read_samples(out_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (out_dir / "samples.jsonl").read_text().splitlines()]
+    """samples.jsonl's rows, read as the launcher reads JSONL (split on b"\\n" only: store/jsonl.py)."""
+    from launcher.store import read_jsonl
+
+    return list(read_jsonl(out_dir / "samples.jsonl"))

@@ -127,12 +127,12 @@ def chunk_files(run_dir: Path, unit_id: str = "*") -> list[Path]:
 
 def chunk_rows(run_dir: Path, unit_id: str = "*") -> list[tuple[str, int]]:
     """(dataset, row) of every record in every chunk file (of one unit, or all): what was generated, twice if so."""
+    from launcher.store import parse_lines
+
     out = []
     for path in chunk_files(run_dir, unit_id):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                out.append((row["dataset"], row["row"]))
+        for row in parse_lines(path.read_bytes(), str(path)):  # split on b"\n" only, as the launcher reads them
+            out.append((row["dataset"], row["row"]))
     return out
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from launcher.cli import main
+from launcher.store import read_jsonl
 
 from .conftest import ROOT, USERS, make_spec
 
@@ -616,6 +617,122 @@ CASES = [
         "record['column']",
     ),
 ]
+# Issue 26: refused at plan what can only waste GPUs, and anything unbounded (templates, schemas, regexes)
+LOOP = "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}"
+CASES += [
+    Case(
+        "waste-stop-empty",
+        "waste",
+        add('  stop: [".", ""]\n', after="  temperature: 1.0\n"),
+        "stop:",
+        "sampling.stop",
+        "remove the empty string",
+    ),
+    Case(
+        "waste-field-no-row-has",
+        "waste",
+        add("  fields:\n    profile: bio\n", after="  num_samples: 2\n"),
+        "profile: bio",
+        "data.fields.profile",
+        "data.fields.profile",
+    ),
+    Case(
+        "waste-template-fails-every-row",
+        "waste",
+        add(
+            "  ablation_configs: [mine]\n  templates:\n    mine:\n      text: \"{{ record['nope'] }}\"\n",
+            after="  num_samples: 2\n",
+        ),
+        'text: "{{ record',
+        "data.templates.mine",
+        "record['column']",
+    ),
+    Case(
+        "unbounded-template-loop",
+        "unbounded",
+        add(
+            f"  ablation_configs: [mine]\n  templates:\n    mine:\n      text: '{LOOP}'\n",
+            after="  num_samples: 2\n",
+        ),
+        "text: '{%",
+        "data.templates.mine.text",
+        "loops",
+    ),
+    Case(
+        "unbounded-template-repeat",
+        "unbounded",
+        add(
+            "  ablation_configs: [mine]\n  templates:\n    mine:\n      text: \"{{ 'x' * 10**10 }}\"\n",
+            after="  num_samples: 2\n",
+        ),
+        'text: "{{',
+        "data.templates.mine.text",
+        "repetitions",
+    ),
+    Case(
+        "unbounded-template-reads-env",
+        "unbounded",
+        add(
+            "  ablation_configs: [mine]\n  templates:\n    mine:\n"
+            "      text: '{{ cycler.__init__.__globals__.os.environ }}'\n",
+            after="  num_samples: 2\n",
+        ),
+        "text: '{{",
+        "data.templates.mine.text",
+        "record['column']",
+    ),
+    Case(
+        "unbounded-template-reads-file",
+        "unbounded",
+        add(
+            "  ablation_configs: [mine]\n  templates:\n    mine:\n      text: \"{% include '/etc/passwd' %}\"\n",
+            after="  num_samples: 2\n",
+        ),
+        'text: "{%',
+        "data.templates.mine.text",
+        "cannot read files",
+    ),
+    Case(
+        "unbounded-chat-template",
+        "unbounded",
+        add(f"  chat_template: '{LOOP}'\n", after="  num_samples: 2\n"),
+        "chat_template:",
+        "data.chat_template",
+        "loops",
+    ),
+    Case(
+        "unbounded-schema-remote-ref",
+        "unbounded",
+        add("  structured:\n    json_schema: {$ref: 'https://example.com/s.json'}\n", after="  temperature: 1.0\n"),
+        "json_schema:",
+        "sampling.structured.json_schema",
+        "$defs",
+    ),
+    Case(
+        "unbounded-schema-file-ref",
+        "unbounded",
+        add("  structured:\n    json_schema: {$ref: 'file:///etc/passwd'}\n", after="  temperature: 1.0\n"),
+        "json_schema:",
+        "sampling.structured.json_schema",
+        "$defs",
+    ),
+    Case(
+        "unbounded-schema-ref-cycle",
+        "unbounded",
+        add("  structured:\n    json_schema: {anyOf: [{$ref: '#'}]}\n", after="  temperature: 1.0\n"),
+        "json_schema:",
+        "sampling.structured.json_schema",
+        "$defs",
+    ),
+    Case(
+        "unbounded-regex-backreference",
+        "unbounded",
+        add("  structured:\n    regex: '(a+)\\1'\n", after="  temperature: 1.0\n"),
+        "regex:",
+        "sampling.structured.regex",
+        "without backreferences",
+    ),
+]
 ABSENT_LINE = {
     "missing-name": 1,
     "missing-output": 1,
@@ -984,8 +1101,8 @@ def mixed_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Ite
 
 def test_malformed_rows_are_quarantined_and_the_run_goes_on(mixed_run: MixedRun) -> None:
     assert mixed_run.proc.returncode == 0, mixed_run.proc.stdout + mixed_run.proc.stderr
-    samples = [json.loads(line) for line in (mixed_run.group / "samples.jsonl").read_text().splitlines()]
-    quarantine = [json.loads(line) for line in (mixed_run.group / "quarantine.jsonl").read_text().splitlines()]
+    samples = list(read_jsonl(mixed_run.group / "samples.jsonl"))
+    quarantine = list(read_jsonl(mixed_run.group / "quarantine.jsonl"))
     total = len(mixed_rows())
     assert len(samples) + len(quarantine) == total  # every row accounted for, exactly once
     assert {s["user_id"] for s in samples} == {u["user_id"] for u in USERS[:3]} | set(ODD_USERS)

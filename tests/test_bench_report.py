@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,3 +68,63 @@ def test_layouts_option() -> None:
     assert _layouts("auto, 4,2,1,all") == ["auto", 4, 2, 1, "all"]
     with pytest.raises(SystemExit, match="--layouts item 'tp4'"):
         _layouts("auto,tp4")
+
+
+def test_prefix_order_gains_and_how_the_runs_started() -> None:
+    long, short = "cells-1x3x216x256-p2048+128", "cells-4x3x100x256"
+
+    def run(system: str, shape: str, gen_s: float, cache: str, hit: float, prefix: int) -> dict[str, Any]:
+        row = m(system, shape, 1000)
+        active = system != "cells-plan-order" and prefix > 0
+        row.update(generation_s=gen_s, compile_cache=[f"{cache} (compiler)"], prefix_cache_hit_rate=hit)
+        row.update(prefix_tokens=prefix, prefix_order={"active": active, "reason": "auto: on" if active else "off"})
+        return row
+
+    ms = [
+        run("cells-prefix-order", long, 100.0, "miss", 0.91, 2048),
+        run("cells-plan-order", long, 140.0, "miss", 0.78, 2048),
+        run("cells-prefix-order", short, 82.0, "miss", 0.8, 0),
+        run("cells-plan-order", short, 80.0, "hit", 0.8, 0),  # found a cache: not started like the other
+    ]
+    out = analyse(ms)
+    r, s = out["ratios"][long], out["ratios"][short]
+    assert r["prefix_order_gain"] == 1.4 and r["prefix_order_gain_basis"].endswith("compile cache miss vs miss")
+    assert (r["prefix_cache_hit_rate_prefix_order"], r["prefix_cache_hit_rate_plan_order"]) == (0.91, 0.78)
+    assert r["prefix_order_active"] is True
+    assert out["targets"][f"prefix_order_gain >= 1.25 (wall clock) at {long}"]["met"] is True
+    assert (
+        s["prefix_order_gain_short"] == round(80 / 82, 3) and "compare with care" in s["prefix_order_gain_short_basis"]
+    )
+    assert out["targets"][f"prefix_order_gain_short >= 0.98 (wall clock) at {short}"]["met"] is False
+    table = markdown(
+        {
+            "date": "d",
+            "host": {"gpu": "g", "versions": {}},
+            "workload": {"model": "x", "prompt_tokens": 1, "n": 5},
+            "measurements": ms,
+            "analysis": out,
+        }
+    )
+    assert "## Prefix order (issue 31)" in table and "| cells-prefix-order | " + long in table
+    assert "NOT MET: prefix_order_gain_short" in table and "MET: prefix_order_gain >= 1.25" in table
+
+
+def test_budget_zero_writes_the_report_from_what_was_measured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`launcher bench --budget-s 0` runs nothing: what WORKDIR holds is reported, the rest is skipped (the GPU
+    scripts end each call with it, so a call cut short still leaves results.json)."""
+    from launcher.bench.cli import main
+
+    shape = "cells-1x3x4x8-p32+8"  # two runs: cells-prefix-order, cells-plan-order
+    runs = tmp_path / "w" / "runs"
+    runs.mkdir(parents=True)
+    (runs / f"cells-plan-order@{shape}.json").write_text(json.dumps([m("cells-plan-order", shape, 100)]))
+    args = ["--preset", "tiny", "--no-plot", "--budget-s", "0", "--systems", "prefix-order", "--shapes", "10x8"]
+    args += ["--prefix-cells", "1x3x4x8", "--prefix-tokens", "32", "--prefix-context-tokens", "8"]
+    assert main([*args, "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "res")]) == 0
+    out = capsys.readouterr().out
+    assert f"cells-plan-order@{shape}: already measured" in out
+    assert f"cells-prefix-order@{shape}: skipped" in out
+    results = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert [r["system"] for r in results["measurements"]] == ["cells-plan-order"]

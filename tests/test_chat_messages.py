@@ -3,11 +3,11 @@ or from a file, with chat_template_kwargs)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from launcher.spec import load_spec
+from launcher.store import read_jsonl
 
 from .conftest import launcher, make_spec, read_samples, write_jsonl
 
@@ -37,9 +37,7 @@ def _run(tmp_path: Path, tiny_model: Path, name: str, **data: Any) -> dict[str, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / name / "users" / "full"
     return {r["record_id"]: r for r in read_samples(out)} | {
-        "_quarantine": {
-            q["row"]: q["reason"] for q in map(json.loads, (out / "quarantine.jsonl").read_text().splitlines())
-        }
+        "_quarantine": {q["row"]: q["reason"] for q in read_jsonl(out / "quarantine.jsonl")}
     }
 
 

@@ -25,7 +25,7 @@ from launcher.gather import gather
 from launcher.plan import expand
 from launcher.plan.persist import load_plan, save_plan
 from launcher.spec import load_spec
-from launcher.store import write_json_atomic
+from launcher.store import read_jsonl, write_json_atomic
 from launcher.store.claims import process_start
 from launcher.store.unit_dir import chunk_listing
 from launcher.submit.lock import LocalProcess
@@ -353,7 +353,7 @@ def test_second_submit_is_refused_while_local_jobs_run(tmp_path: Path, tiny_mode
     )
     for unit in plan.units:  # each record generated once, in the first submission, by generation 0 of its claim
         udir = plan.run.unit(unit.unit_id)
-        rows = [json.loads(x)["row"] for c in udir.chunk_files() for x in c.read_text().splitlines()]
+        rows = [x["row"] for c in udir.chunk_files() for x in read_jsonl(c)]
         assert sorted(rows) == list(range(unit.start, unit.stop))
         assert udir.read_done()["generation"] == 0
 

@@ -40,6 +40,7 @@ from typing import Any
 import pytest
 
 from launcher.containers.runtimes import forwarded_env
+from launcher.store import read_jsonl
 
 from .conftest import ROOT, USERS, make_spec, write_jsonl
 from .test_container_argv import argv_recorder, recorded_starts
@@ -673,7 +674,7 @@ def test_workers_run_in_image_and_outputs_are_complete(fleet: Fleet, runtime: st
     )
     assert f"{run.units} unit(s) to do; {run.jobs} worker job(s) submitted as array" in run.stdout, run.stdout
     assert f"users/full: {RECORDS} records, {RECORDS * NUM_SAMPLES} samples" in run.stdout
-    rows = [json.loads(line) for line in (run.out / "users" / "full" / "samples.jsonl").read_text().splitlines()]
+    rows = list(read_jsonl(run.out / "users" / "full" / "samples.jsonl"))
     assert sorted(r["user_id"] for r in rows) == [u["user_id"] for u in USERS[:RECORDS]]
     assert all(len(r["generated_samples"]) == NUM_SAMPLES for r in rows)
     summary = json.loads((run.out / "users" / "full" / "inference_summary.json").read_text())

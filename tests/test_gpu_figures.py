@@ -8,6 +8,7 @@ absence is exercised for real (this machine has no driver library).
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -135,13 +136,39 @@ def test_a_gpu_run_reports_utilization_memory_gpu_hours_and_cost(
 
 
 def test_a_cpu_run_claims_no_gpu_hours(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:
+    """A CPU run says it is one (no GPU count, no GPU-busy figure, a CPU line instead), in the summary, on the
+    console and in status; `plan` shows what a local job really has; a pipe gets plain progress lines."""
     spec = make_spec(tmp_path, tiny_model, users_file, data={"limit": 2}, cost={"gpu_hour": 3.0})
     env = {"CUDA_VISIBLE_DEVICES": "", HISTORY_ENV: str(tmp_path / "history.json")}
-    proc = launcher("submit", str(spec), "--executor", "local", "--wait", env=env)
+    plan = launcher("plan", str(spec), env=env)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert "no GPU" in plan.stdout and "1 GPU(s), 8 CPUs" not in plan.stdout and "CPU core(s)" in plan.stdout
+    assert json.loads(launcher("plan", str(spec), "--json", env=env).stdout)["gpus_per_job"] == 0
+    proc = launcher("submit", str(spec), "--executor", "local", "--wait", "--progress-every", "0.5", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = json.loads((tmp_path / "out" / "users" / "full" / "inference_summary.json").read_text())["run"]
+    summary = json.loads((tmp_path / "out" / "users" / "full" / "inference_summary.json").read_text())
+    run = summary["run"]
     assert run["gpu_hours"] == 0 and "gpu_util_mean_pct" not in run and run.get("cost_per_1000_samples") is None
-    assert "GPUs:" not in proc.stdout
+    assert run["gpus"] == 0 and run["device"] == "cpu" and run["gpu_busy_fraction"] is None
+    assert [w["gpus"] for w in summary["workers"]] == [[]]
+    assert 0 < run["busy_fraction"] <= 1 and run["cpu_cores"] >= 1 and run["cpu_hours"] > 0
+    assert run["samples_per_cpu_hour"] == pytest.approx(run["samples"] / run["cpu_hours"], rel=0.05)
+    assert "GPUs:" not in proc.stdout and "GPU busy" not in proc.stdout
+    assert "CPU run (no GPU): generating" in proc.stdout
+    assert re.search(
+        r"^CPU: \d+ core\(s\) on 1 host\(s\).*core-hours of CPU time; .* samples/core-hour", proc.stdout, re.M
+    )
+    # stdout is a pipe here (as in a Slurm log or CI): plain lines with records done/total, never a redrawn bar
+    lines = re.findall(r"^\d\d:\d\d:\d\d (\d+)/(\d+) records \(\d+%\)", proc.stdout, re.M)
+    assert lines and lines[-1] == ("2", "2") and "━" not in proc.stdout, proc.stdout
+    status = launcher("status", str(tmp_path / "out"))
+    assert "CPU run (no GPU)" in status.stdout and "GPU busy" not in status.stdout and "\nCPU: " in status.stdout
+    # Submitted again, every unit is done: no worker job, and status says so instead of an empty jobs table.
+    again = launcher("submit", str(spec), "--executor", "local", "--wait", env=env)
+    assert again.returncode == 0 and "0 worker job(s) submitted" in again.stdout, again.stderr[-2000:]
+    status = launcher("status", str(tmp_path / "out"))
+    assert status.returncode == 0 and "every unit was already done" in status.stdout, status.stdout
+    assert "last error" not in status.stdout  # the jobs table's header: no table without a row
 
 
 def _history(path: Path, shape: str, entries: list[tuple[str, float, float]]) -> None:

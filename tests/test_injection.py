@@ -26,7 +26,8 @@ from launcher.cli import main
 from launcher.errors import SpecError
 from launcher.plan import expand
 from launcher.spec import load_spec
-from launcher.store import safe_filename
+from launcher.store import read_jsonl, safe_filename
+from launcher.store.names import unescape_stem
 from launcher.submit.preview import sbatch_preview
 
 from . import test_bad_inputs, test_concurrency
@@ -303,7 +304,8 @@ def test_user_ids_become_safe_file_names(user: str) -> None:
     name = safe_filename(user)
     assert name and "/" not in name and "\x00" not in name and not name.startswith(".")
     assert len(f"{name}.json".encode()) <= 255
-    assert name == user or name.endswith(safe_filename(user)[-8:])  # changed names carry a hash: stay distinct
+    assert unescape_stem(name) in (user, None)  # reversible, or hashed (then the id is inside the file)
+    assert "%" not in name if name == user else "%" in name  # plain ids keep their name; others are marked
 
 
 def test_distinct_user_ids_stay_distinct() -> None:
@@ -325,7 +327,7 @@ def test_odd_user_ids_and_template_text_in_a_real_run(mixed_run: MixedRun) -> No
         by_id["../../escape"] != "../../escape.json"
         and (users_dir / by_id["../../escape"]).resolve().parent == users_dir.resolve()
     )
-    samples = [json.loads(x) for x in (mixed_run.group / "samples.jsonl").read_text().splitlines()]
+    samples = list(read_jsonl(mixed_run.group / "samples.jsonl"))
     assert all(
         "Reply $(touch PWNED) `touch PWNED` ; rm -rf / && echo $HF_TOKEN > leak |" in s["prompt"] for s in samples
     )

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from launcher.store.claims import process_start
+
 from .conftest import ROOT, USERS, launcher, make_spec, write_jsonl
 
 
@@ -233,6 +235,12 @@ def test_ctrl_c_on_submit_wait_says_what_is_kept(tmp_path: Path, tiny_model: Pat
     out, errs = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + errs
     assert "interrupted:" in errs and "launcher submit" in errs and "is kept" in errs
+    assert "Traceback" not in errs and "KeyboardInterrupt" not in errs, errs  # no background process's traceback
+    run_dir = next((tmp_path / "out" / "runs").iterdir())
+    jobs = [int(p["pid"]) for p in json.loads((run_dir / "submit.lock").read_text())["local"]]
+    assert jobs and all(process_start(pid) is None for pid in jobs), "Ctrl-C must stop the local jobs"
+    logs = "".join(p.read_text(errors="replace") for p in (run_dir / "logs").glob("*_log.*"))
+    assert "Traceback" not in logs and "KeyboardInterrupt" not in logs, logs[-3000:]
     status = json.loads(launcher("status", str(tmp_path / "out"), "--json").stdout)
     assert status["jobs"][0]["state"] == "INTERRUPTED"
     run_dir = next((tmp_path / "out" / "runs").iterdir())

@@ -5,6 +5,7 @@ weights), real vLLM CPU, real HF."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,44 @@ def test_spec_errors_name_the_field_and_the_fix(
     proc = launcher("plan", str(not_peft))  # and as a user sees it: exit 2, nothing written
     assert proc.returncode == 2 and "model.adapters.x" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_adapters_out_of_range_or_without_weights_are_refused_at_plan(
+    tmp_path: Path, tiny_model: Path, users_file: Path, adapters: dict[str, Path]
+) -> None:
+    """Issue 26: an absurd rank, or weights that hold nothing, would pass vLLM's start only to waste GPUs."""
+    import shutil
+
+    from launcher.errors import SpecError
+    from launcher.plan.preflight import check_all
+    from launcher.spec import load_spec
+
+    def broken(name: str, change: Callable[[Path], None]) -> str:
+        folder = shutil.copytree(adapters["sql"], tmp_path / name)
+        change(folder)
+        spec = make_spec(tmp_path, tiny_model, users_file, name=name,
+                         model={"backend": "vllm", "adapters": {"x": str(folder)}})  # fmt: skip
+        with pytest.raises(SpecError) as exc:
+            check_all(load_spec(spec))
+        return str(exc.value)
+
+    def rank(r: object) -> Callable[[Path], None]:
+        def change(folder: Path) -> None:
+            config = json.loads((folder / "adapter_config.json").read_text())
+            (folder / "adapter_config.json").write_text(json.dumps({**config, "r": r}))
+
+        return change
+
+    def no_tensors(folder: Path) -> None:
+        header = b'{"__metadata__": {"format": "pt"}}'
+        (folder / "adapter_model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+
+    assert "not a LoRA rank in [1, 1024]" in broken("huge", rank(4096))
+    assert "not a LoRA rank" in broken("zero", rank(0))
+    assert "is empty (0 bytes)" in broken("empty", lambda f: (f / "adapter_model.safetensors").write_bytes(b""))
+    assert "holds no tensors" in broken("none", no_tensors)
+    truncated = broken("cut", lambda f: (f / "adapter_model.safetensors").write_bytes(b"\xff" * 8 + b"{}"))
+    assert "not a complete safetensors file" in truncated and "model.adapters.x" in truncated
 
 
 def test_plan_groups_units_by_model_and_keeps_plain_ids(tmp_path: Path, tiny_model: Path, users_file: Path) -> None:

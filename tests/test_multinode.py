@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from launcher.store import read_jsonl
+
 from .conftest import USERS, make_spec, write_jsonl
 from .helpers import NO_SECOND_NODE, in_queue, job_failures, submit, wait_for
 
@@ -265,7 +267,7 @@ def test_two_node_tp_over_slurm_survives_the_loss_of_a_rank(tmp_path: Path, tiny
     assert r0["master_addr"] == r1["master_addr"] == r0["host_ip"] and r0["master_port"] == r1["master_port"]
     out = tmp_path / "out" / "users" / "full"
     wait_for("the gather job's outputs", lambda: (out / "inference_summary.json").exists(), 120, every_s=0.5)
-    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    rows = list(read_jsonl(out / "samples.jsonl"))
     assert sorted(r["record_id"] for r in rows) == sorted({r["record_id"] for r in rows}) and len(rows) == 12
     summary = json.loads((out / "inference_summary.json").read_text())
     assert summary["engine_settings"]["nnodes"] == 2 and summary["tensor_parallel_size"] == 2

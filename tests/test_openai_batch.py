@@ -4,8 +4,10 @@ after a kill. HF backend for speed; the vLLM CPU build for response_format."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
+
+from launcher.plan.persist import find_run_dir, load_plan, resume_hint
+from launcher.store import RunDir, read_jsonl
+from launcher.submit.wait import report_failed
 
 from .conftest import ROOT, launcher, make_spec, read_samples, write_jsonl
 
@@ -33,7 +40,7 @@ def completion(custom_id: str, prompt: str, **body: Any) -> dict[str, Any]:
 
 
 def results(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return list(read_jsonl(path))
 
 
 HF = ["--set", "model.backend=hf"]
@@ -56,7 +63,18 @@ def test_round_trip_with_custom_ids_settings_and_bad_lines(tmp_path: Path, tiny_
     out = tmp_path / "results.jsonl"
     proc = launcher("batch", "-i", str(requests), "-o", str(out), "--model", str(tiny_model), *HF)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "4 request(s), 2 bad line(s)" in proc.stdout and "3 response(s), 3 error(s)" in proc.stdout
+    # One way of counting, lines of the file: the headline, the progress (stdout is a pipe: plain lines) and the end.
+    assert "6 line(s): 4 request(s), 2 bad line(s)" in proc.stdout, proc.stdout
+    assert re.search(r"^\d\d:\d\d:\d\d 6/6 lines \(100%\)", proc.stdout, re.M), proc.stdout
+    assert "6 line(s): 3 response(s), 3 error line(s) (2 bad line(s), 1 request(s) that did not run" in proc.stdout
+    # What goes on with this run is `launcher batch` again (a batch user has no spec): every hint says so.
+    run = RunDir(find_run_dir(out.with_name(out.name + ".run")))
+    hint = resume_hint(run)
+    assert hint.startswith("`launcher batch -i ") and str(requests) in hint and "--set model.backend=hf" in hint
+    plan = load_plan(run.root)
+    console = Console(file=io.StringIO(), width=400)
+    report_failed(plan, plan.units[0], console)  # as `--wait` prints a unit that did not finish
+    assert "then `launcher batch -i " in console.file.getvalue()  # type: ignore[attr-defined]
     got = results(out)
     assert [r["custom_id"] for r in got] == ["greet", "story", None, "emb", "hot", "parts"]  # input order
     greet, story, broken, emb, hot, parts = got

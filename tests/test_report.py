@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 from launcher.plan import expand
 from launcher.plan.persist import save_plan
 from launcher.spec import load_spec
 
-from .conftest import launcher, make_spec, read_samples
+from .conftest import ROOT, launcher, make_spec, read_samples
 
 
 def _rows(cell: Path) -> list[dict]:
@@ -58,6 +60,18 @@ def test_report_over_two_runs(tmp_path: Path, tiny_model: Path, users_file: Path
     md = (folder / "report.md").read_text()
     assert md.count("\n") == 2 + len(rows) and "| distinct-2 |" in md and proc.stdout.startswith("| model |")
     assert (folder / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Without matplotlib (a login node without the plot extra) the hint names the extra as typed: rich would
+    # swallow "[plot]" as markup.
+    code = "import sys; sys.modules['matplotlib'] = None\nfrom launcher.cli import main; sys.exit(main(sys.argv[1:]))"
+    bare = subprocess.run(
+        [sys.executable, "-c", code, "report", *map(str, outs), "--out", str(tmp_path / "bare")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert bare.returncode == 0 and "pip install 'launcher[plot]'" in bare.stderr, bare.stderr[-2000:]
+    assert (tmp_path / "bare" / "report.md").exists() and not (tmp_path / "bare" / "report.png").exists()
     # compare reads the parquet cell too: same records and seeds, other temperature
     cool, hot = (str(tmp_path / name / "users" / "full") for name in ("cool", "hot"))
     cmp = launcher("compare", cool, hot, "--json")

@@ -47,7 +47,12 @@ def test_reproduction_is_byte_identical_on_cpu(tmp_path: Path, finished: tuple[P
     assert record["reproduces"]["run_dir"] == str(run_dir)
     # launcher compare agrees, token by token
     cmp = launcher("compare", str(tmp_path / "out" / "users" / "full"), str(target / "users" / "full"), "--json")
-    assert json.loads(cmp.stdout)["agreement"] == 1.0
+    assert json.loads(cmp.stdout)["agreement"] == 1.0 and json.loads(cmp.stdout)["agreement_of"] == "tokens"
+    # A run and its reproduction share a run id: the report still names them apart, and keeps both rows.
+    report = launcher("report", str(run_dir), str(target), "--out", str(tmp_path / "report"), "--no-plot")
+    assert report.returncode == 0, report.stderr[-2000:]
+    runs = {r["run"] for r in json.loads((tmp_path / "report" / "report.json").read_text())["rows"]}
+    assert runs == {run_dir.name, f"{run_dir.name} (reproduction)"}, runs
 
 
 def test_changed_inputs_are_refused_and_nothing_is_written(tmp_path: Path, finished: tuple[Path, Path]) -> None:

@@ -18,6 +18,7 @@ from launcher.job.entry import run_job
 from launcher.plan import expand
 from launcher.plan.persist import save_plan
 from launcher.spec import load_spec
+from launcher.store import read_jsonl
 
 from .conftest import ROOT, USERS, launcher, make_spec, read_samples, write_jsonl
 
@@ -67,7 +68,7 @@ def test_quarantine_counted_and_run_goes_on(tmp_path: Path, tiny_model: Path) ->
     rows = _run_all(spec)
     assert [r["user_id"] for r in rows] == ["u00", "u01"]
     out = Path(load_spec(spec).output.dir) / "users" / "full"
-    quarantine = [json.loads(x) for x in (out / "quarantine.jsonl").read_text().splitlines()]
+    quarantine = list(read_jsonl(out / "quarantine.jsonl"))
     assert [q["row"] for q in quarantine] == [1, 3] and "duplicate record id" in quarantine[1]["reason"]
     summary = json.loads((out / "inference_summary.json").read_text())
     assert summary["quarantined"] == 2 and summary["records"] == 2

@@ -34,6 +34,7 @@ import pytest
 import yaml
 
 from launcher import __version__
+from launcher.store import read_jsonl
 from launcher.submit.status import FINAL, RunStatus, collect
 
 from .conftest import ROOT, USERS, write_jsonl
@@ -529,7 +530,7 @@ def test_e2e_array_with_gpus_gather_and_run_json(scenarios: dict[str, Future[Out
     for ds in ("ds_a", "ds_b"):
         for ablation in ("context_only", "full"):
             group = out / ds / ablation
-            rows = [json.loads(x) for x in (group / "samples.jsonl").read_text().splitlines()]
+            rows = list(read_jsonl(group / "samples.jsonl"))
             assert [r["row"] for r in rows] == list(range(RECORDS))
             assert all(len(r["generated_samples"]) == 2 for r in rows)
             summary = json.loads((group / "inference_summary.json").read_text())

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from launcher.plan import expand
 from launcher.plan.persist import save_plan
@@ -39,32 +40,45 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_auto_picks_vllm_and_says_why(tmp_path: Path, tiny_model: Path, data: Path) -> None:
-    spec = make_spec(tmp_path, tiny_model, data, model={"backend": "auto"}, data={"num_samples": 3})
+    configs = {"num_samples": 3, "ablation_configs": ["full", "profile_and_history"]}
+    spec = make_spec(tmp_path, tiny_model, data, model={"backend": "auto"}, data=configs)
     proc = launcher("run", "--spec", str(spec))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "out" / "users" / "full"
     summary = json.loads((out / "inference_summary.json").read_text())
     assert summary["backend"] == "vllm" and "auto: vLLM 0.3" in summary["backend_reason"]
     assert summary["engine_version"].startswith("vllm ")
+    # these users' profile + history are far below 256 tokens: auto keeps plan order, and says so
+    assert not summary["prefix_order"]["active"] and summary["prefix_order"]["reason"].startswith("auto: off (wants")
     rows = read_samples(out)
     assert len(rows) == len(USERS) and all(len(r["generated_samples"]) == 3 for r in rows)
-    # rerun, other shard size and other chunking: the same text for every record
+    # rerun, other shard size and other chunking, and in prefix order (one user's two configs one after the other,
+    # the second served from vLLM's prefix cache): byte-identical samples in both cells
     spec2 = make_spec(
         tmp_path,
         tiny_model,
         data,
         name="v2",
         model={"backend": "vllm"},
-        data={"num_samples": 3, "records_per_shard": 6},
+        data={**configs, "records_per_shard": 6},
         output={"dir": str(tmp_path / "o2"), "chunk_records": 4},
+        scheduling={"prefix_order": "on"},
     )
-    assert launcher("run", "--spec", str(spec2)).returncode == 0
-    again = read_samples(tmp_path / "o2" / "users" / "full")
-
-    def by_id(rs: list[dict]) -> dict:
-        return {r["record_id"]: r["generated_samples"] for r in rs}
-
-    assert by_id(again) == by_id(rows)
+    proc2 = launcher("run", "--spec", str(spec2))
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    assert "vLLM prefix cache: " in proc2.stdout  # the run line says what the cache served
+    for cell in ("full", "profile_and_history"):
+        assert (tmp_path / "o2" / "users" / cell / "samples.jsonl").read_bytes() == (
+            tmp_path / "out" / "users" / cell / "samples.jsonl"
+        ).read_bytes()
+    summary2 = json.loads((tmp_path / "o2" / "users" / "full" / "inference_summary.json").read_text())
+    assert summary2["prefix_order"]["active"] and summary2["engine_settings"]["enable_prefix_caching"] is True
+    # vLLM's own counters: prompt tokens served from its prefix cache (the n samples and the shared prefixes)
+    assert 0 < summary2["run"]["prefix_cache_hit_rate"] < 1
+    assert (
+        summary2["engine_settings"]["vllm_counters"]["prefix_cache_hit_rate"]
+        == summary2["run"]["prefix_cache_hit_rate"]
+    )
 
 
 def test_auto_falls_back_to_hf_without_vllm(tmp_path: Path, tiny_model: Path, data: Path) -> None:
@@ -133,6 +147,76 @@ def test_hf_and_vllm_agree_greedy_fp32(tmp_path: Path, tiny_model: Path, data: P
     proc = launcher("compare", str(outs["hf"]), str(outs["vllm"]), "--json")
     result = json.loads(proc.stdout)
     assert result["token_level"] and result["common"] == len(USERS)
+    # vLLM started without a tokenizer of its own (EOS given as a stop token id, samples decoded with the worker's):
+    # where the ids agree, so do the text and the finish reasons (the token that ended a sample is not in its text)
+    summary = json.loads((outs["vllm"] / "inference_summary.json").read_text())
+    assert summary["engine_settings"]["skip_tokenizer_init"] is True
+    hf_rows = {r["record_id"]: r for r in read_samples(outs["hf"])}
+    for row in read_samples(outs["vllm"]):
+        theirs = hf_rows[row["record_id"]]
+        for i, ids in enumerate(row["sample_token_ids"]):
+            if ids == theirs["sample_token_ids"][i]:
+                assert row["generated_samples"][i] == theirs["generated_samples"][i], row["record_id"]
+                assert row["finish_reasons"][i] == theirs["finish_reasons"][i], row["record_id"]
     assert result["agreement"] >= MIN_GREEDY_AGREEMENT, result
     gate = launcher("compare", str(outs["hf"]), str(outs["vllm"]), "--min-agreement", str(MIN_GREEDY_AGREEMENT))
     assert gate.returncode == 0 and "agreement:" in gate.stdout
+
+
+def test_engine_starts_first_and_a_sweep_swaps_weights_into_it(tmp_path: Path, tiny_model: Path) -> None:
+    """Issue 28 on one vLLM CPU engine (~20-30 s): the host-side start-up runs beside the engine's start, the batch
+    stays full until the feed runs out, and the second checkpoint of a `models:` sweep (same shape and tokenizer)
+    swaps its weights into the running engine: what it generates is what HF generates with those weights."""
+    from launcher.demo_model import make_demo_model
+
+    two = make_demo_model(tmp_path / "two", seed=2)
+    rows = USERS + [{**u, "user_id": u["user_id"] + "b"} for u in USERS]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    common = {
+        "data": {"records_per_shard": 5},  # 4 units per model: the feed crosses unit boundaries
+        "sampling": {"temperature": 0, "max_tokens": 12},
+        "output": {"dir": str(tmp_path / "out"), "token_ids": True},
+    }
+    spec = make_spec(
+        tmp_path,
+        tiny_model,
+        data,
+        name="sweep",
+        model={"backend": "vllm", "dtype": "float32", "engine_args": {"max_num_seqs": 6}},  # 6 requests in flight
+        models={"one": str(tiny_model), "two": str(two)},
+        **common,
+    )
+    text = yaml.safe_load(spec.read_text())
+    del text["model"]["path"]
+    spec.write_text(yaml.safe_dump(text))
+    proc = launcher("run", "--spec", str(spec))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "out" / "runs").iterdir()
+    reports = {r["model"]: r for r in (json.loads(p.read_text()) for p in (run_dir / "workers").glob("*.json"))}
+    one, second = reports["one"], reports["two"]
+    timeline = one["startup_timeline"]
+    engine_start, engine_ready = timeline["engine"]
+    for phase in ("tokenizer", "first_unit", "prompt_stats"):  # beside the engine's start, not before it
+        assert engine_start <= timeline[phase][0] and timeline[phase][1] <= engine_ready, (phase, timeline)
+    assert one["startup_phases"]["host_wait_s"] < 1.0
+    batch = one["engine"]["settings"]["batch_occupancy"]
+    assert batch["starved_steps"] == 0 and batch["full_steps"] > 0 and batch["drain_steps"] > 0, batch
+    swap = second["engine"]["startup"]
+    assert swap["swap_method"] and "engine_start_at" not in swap and second["startup_phases"]["model_swap_s"] > 0
+    assert "no new engine" in second["engine"]["reasons"]["model_swap"]
+    assert second["started"] >= one["ended"] - 1  # its own start-up, not the first model's
+    outs = {m: tmp_path / "out" / m / "users" / "full" for m in ("one", "two")}
+    assert [r["generated_samples"] for r in read_samples(outs["one"])] != [
+        r["generated_samples"] for r in read_samples(outs["two"])
+    ]
+    hf = make_spec(
+        tmp_path,
+        two,
+        data,
+        name="hf",
+        model={"backend": "hf", "dtype": "float32"},
+        **{**common, "output": {"dir": str(tmp_path / "hf"), "token_ids": True}},
+    )
+    assert launcher("run", "--spec", str(hf)).returncode == 0
+    result = json.loads(launcher("compare", str(tmp_path / "hf" / "users" / "full"), str(outs["two"]), "--json").stdout)
+    assert result["common"] == len(rows) and result["agreement"] >= MIN_GREEDY_AGREEMENT, result

@@ -7,6 +7,10 @@
   cells-seed-loop      the old way: one cold process per cell running plain `LLM.generate` with vLLM's defaults and
                        the old script's arguments (bench/raw_vllm.py), one after another
 
+A shape with a shared prefix (`prefix_tokens` > 0, issue 31) gives each user one prefix of that many words (a
+profile + history) that every ablation config puts before its own `prompt_tokens`-word context: the workload of
+bench/prefix_order.py, which runs it in prefix-aware order and in plan order.
+
 Every cell has the same size (records x n samples x max_tokens, prompts of the same length), so a baseline may run
 only its first `measure` cells: its sweep time is then the first cell (the cold one) plus the others' mean for
 each remaining cell, and the measurement says so (`extrapolated`, the walls it measured).
@@ -36,12 +40,14 @@ class CellsShape:
     ablations: int = 3
     records: int = 200
     max_tokens: int = 256
-    prompt_tokens: int = 256
+    prompt_tokens: int = 256  # each config's own words (its context)
     n: int = NUM_SAMPLES
+    prefix_tokens: int = 0  # words every config of a user starts with (0: none shared)
 
     @property
     def name(self) -> str:
-        return f"cells-{self.datasets}x{self.ablations}x{self.records}x{self.max_tokens}"
+        base = f"cells-{self.datasets}x{self.ablations}x{self.records}x{self.max_tokens}"
+        return f"{base}-p{self.prefix_tokens}+{self.prompt_tokens}" if self.prefix_tokens else base
 
     @property
     def cells(self) -> int:
@@ -53,14 +59,14 @@ class CellsShape:
 
     def as_shape(self) -> Shape:
         """For measurement(): the name and n."""
-        return Shape(self.samples, self.max_tokens, self.prompt_tokens, self.n)
+        return Shape(self.samples, self.max_tokens, self.prefix_tokens + self.prompt_tokens, self.n)
 
     @classmethod
-    def parse(cls, text: str, prompt_tokens: int = 256) -> CellsShape:
+    def parse(cls, text: str, prompt_tokens: int = 256, prefix_tokens: int = 0) -> CellsShape:
         d, a, r, t = (int(x) for x in text.lower().split("x"))
         if a > len(ABLATIONS):
             raise ValueError(f"at most {len(ABLATIONS)} ablation configs")
-        return cls(d, a, r, t, prompt_tokens)
+        return cls(d, a, r, t, prompt_tokens, NUM_SAMPLES, prefix_tokens)
 
 
 def cell_names(shape: CellsShape) -> list[tuple[str, str]]:
@@ -76,22 +82,28 @@ def write_cells(shape: CellsShape, preset: ModelPreset, out: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     config = preset.config()
     specials = {config["bos_token_id"], config["eos_token_id"]}
-    rng = random.Random(f"cells-{shape.prompt_tokens}")
+    rng = random.Random(f"cells-{shape.prompt_tokens}" + (f"-p{shape.prefix_tokens}" if shape.prefix_tokens else ""))
+
+    def words(k: int) -> list[int]:
+        ids: list[int] = []
+        while len(ids) < k:
+            x = rng.randrange(preset.vocab)
+            if x not in specials:
+                ids.append(x)
+        return ids
+
     for i in range(shape.datasets):
         rows = []
         for r in range(shape.records):
             row: dict[str, Any] = {"user_id": f"d{i}-u{r:05d}"}
+            if shape.prefix_tokens:
+                row["prefix"] = words(shape.prefix_tokens)
             for a in ABLATIONS[: shape.ablations]:
-                ids: list[int] = []
-                while len(ids) < shape.prompt_tokens:
-                    x = rng.randrange(preset.vocab)
-                    if x not in specials:
-                        ids.append(x)
-                row[f"ctx_{a}"] = ids
+                row[f"ctx_{a}"] = words(shape.prompt_tokens)
             rows.append(row)
         with (folder / f"d{i}.jsonl").open("w") as f:
             for row in rows:
-                text = {k: " ".join(word(x) for x in v) if k.startswith("ctx_") else v for k, v in row.items()}
+                text = {k: v if k == "user_id" else " ".join(word(x) for x in v) for k, v in row.items()}
                 f.write(json.dumps(text) + "\n")
         for a in ABLATIONS[: shape.ablations]:
             (folder / f"ids-d{i}-{a}.json").write_text(
@@ -103,7 +115,7 @@ def write_cells(shape: CellsShape, preset: ModelPreset, out: Path) -> Path:
                             {
                                 "record_id": row["user_id"],
                                 "seed": record_seed(RUN_SEED, row["user_id"]),
-                                "prompt_token_ids": row[f"ctx_{a}"],
+                                "prompt_token_ids": row.get("prefix", []) + row[f"ctx_{a}"],
                             }
                             for row in rows
                         ],
@@ -114,15 +126,20 @@ def write_cells(shape: CellsShape, preset: ModelPreset, out: Path) -> Path:
     return folder
 
 
-def cells_spec(shape: CellsShape, model_dir: Path, folder: Path, out_dir: Path) -> dict[str, Any]:
-    """The researcher's spec: every dataset x every ablation config, one file."""
-    return {
+def cells_spec(
+    shape: CellsShape, model_dir: Path, folder: Path, out_dir: Path, prefix_order: str | None = None
+) -> dict[str, Any]:
+    """The researcher's spec: every dataset x every ablation config, one file. With a shared prefix each template is
+    the prefix, then its config's context (whitespace-separated words: one token each), and each config of a dataset
+    is one unit: plan order runs every user of one config before the next config."""
+    prefix = "{{ record['prefix'] }} " if shape.prefix_tokens else ""
+    spec: dict[str, Any] = {
         "name": "bench-cells",
         "model": {"path": str(model_dir), "backend": "vllm", "load_format": "dummy"},
         "data": {
             "datasets": [{"name": f"d{i}", "path": str(folder / f"d{i}.jsonl")} for i in range(shape.datasets)],
             "ablation_configs": list(ABLATIONS[: shape.ablations]),
-            "templates": {a: {"text": f"{{{{ record['ctx_{a}'] }}}}"} for a in ABLATIONS[: shape.ablations]},
+            "templates": {a: {"text": prefix + f"{{{{ record['ctx_{a}'] }}}}"} for a in ABLATIONS[: shape.ablations]},
             "num_samples": shape.n,
             "chat_template": False,
             "fields": {"context": "ctx_a"},
@@ -131,17 +148,29 @@ def cells_spec(shape: CellsShape, model_dir: Path, folder: Path, out_dir: Path) 
         "output": {"dir": str(out_dir), "chunk_records": 64},
         "executor": "local",
     }
+    if shape.prefix_tokens:
+        spec["data"]["records_per_shard"] = shape.records
+    if prefix_order is not None:
+        spec["scheduling"] = {"prefix_order": prefix_order}
+    return spec
 
 
-def _fresh_spec(wd: Workdir, shape: CellsShape, folder: Path, system: str) -> tuple[Path, Path]:
+def _fresh_spec(
+    wd: Workdir, shape: CellsShape, folder: Path, system: str, prefix_order: str | None = None
+) -> tuple[Path, Path]:
     import yaml
 
     out_dir = wd.root / "toolkit-out" / system
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     spec_path = out_dir / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(cells_spec(shape, wd.model, folder, out_dir), sort_keys=False))
+    spec = cells_spec(shape, wd.model, folder, out_dir, prefix_order)
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return spec_path, out_dir
+
+
+def cells_cache(wd: Workdir) -> Path:
+    return wd.root / "compile-cache" / "cells"
 
 
 def _toolkit_env(wd: Workdir, cache: Path) -> dict[str, str]:
@@ -154,19 +183,24 @@ def _toolkit_env(wd: Workdir, cache: Path) -> dict[str, str]:
     )
 
 
-def run_cells_toolkit(wd: Workdir, shape: CellsShape, folder: Path, timeout_s: float) -> dict[str, Any]:
-    """The whole sweep through `launcher submit --wait`, cold (empty compile cache): e2e wall is the sweep's time."""
-    spec_path, out_dir = _fresh_spec(wd, shape, folder, "cells")
-    cache = wd.root / "compile-cache" / "cells"
-    shutil.rmtree(cache, ignore_errors=True)
+def run_cells_toolkit(
+    wd: Workdir, shape: CellsShape, folder: Path, timeout_s: float, warm: bool = False
+) -> dict[str, Any]:
+    """The whole sweep through `launcher submit --wait`: e2e wall is the sweep's time. Cold: an empty compile cache.
+    Warm (`cells-warm`): the shared cache the cold run filled, found from another node (the node copy is gone)."""
+    system = "cells-warm" if warm else "cells"
+    spec_path, out_dir = _fresh_spec(wd, shape, folder, system)
+    cache = cells_cache(wd)
+    if not warm:
+        shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(wd.root / "scratch", ignore_errors=True)
     wall, log = _run(
         [sys.executable, "-m", "launcher", "submit", str(spec_path), "--wait"],
-        wd.logs / "cells.log",
+        wd.logs / f"{system}.log",
         _toolkit_env(wd, cache),
         timeout_s,
     )
-    m = toolkit_measurement("cells", shape.as_shape(), out_dir, wall, log)
+    m = toolkit_measurement(system, shape.as_shape(), out_dir, wall, log)
     m.update(shape=shape.name, cells=shape.cells, measured_cells=shape.cells, extrapolated=False)
     return m
 
@@ -263,6 +297,7 @@ def _extrapolated(system: str, shape: CellsShape, walls: list[float], samples: i
 
 __all__ = [
     "CellsShape",
+    "cells_cache",
     "cells_spec",
     "run_cells_seed_loop",
     "run_cells_task_per_cell",

@@ -14,7 +14,15 @@ Systems (each in its own process, on the same prompt token ids and sampling):
                 untimed run fills it first). Throughput is the wall clock across all workers at once.
   cells*        a sweep of many cells (--cells 4x3x200x256: datasets x ablation configs x records x max_tokens):
                 the toolkit (`launcher submit --wait`), the toolkit with one engine per cell, and the old seed loop
-                (one cold raw-vLLM process per cell); see bench/cells.py
+                (one cold raw-vLLM process per cell); see bench/cells.py. cells-warm: the sweep again, with the
+                compile cache the cells run filled
+  startup, weights, models-swap  issue 28, beside the cells sweep (bench/startup_runs.py): one cell with each start-up
+                setting off (--startup-off), weights loaders on a checkpoint with real safetensors (--loaders), a
+                models: sweep of two same-shape checkpoints whose weights swap in one engine
+  prefix-order  issue 31: a sweep whose ablation configs share a long prefix (--prefix-cells: each user a 2,048-word
+                prefix + a 128-word context per config) in prefix-aware order and in plan order -> prefix_order_gain;
+                prefix-order-short: the same on --cells (no shared prefix) -> prefix_order_gain_short; see
+                bench/prefix_order.py
   scale         claims, status and gather at scale, no GPU (--scale-workers 256 --scale-units 10000): real worker
                 processes on one run directory, each with a FakeEngine (a fixed time per record); see bench/scale.py
                 and docs/scale.md. Results go to benchmarks/results/<date>-cpu-scale/ unless --results says.
@@ -35,6 +43,7 @@ import platform
 import shutil
 import socket
 import sys
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -49,11 +58,19 @@ SYSTEMS = (
     "fp8",
     "layouts",
     "cells",
+    "cells-warm",
     "cells-task-per-cell",
     "cells-seed-loop",
+    "startup",
+    "weights",
+    "models-swap",
+    "models-fresh",
+    "prefix-order",
+    "prefix-order-short",
     "scale",
 )
 DEFAULT_SYSTEMS = "raw,toolkit,toolkit-warm,hf"
+MIN_STEP_S = 90  # --budget-s: the shortest time a measurement is started with
 SWEEP: dict[str, dict[str, Any]] = {
     # Hand-picked engine settings of plain vLLM. "graphs<=512" keeps vLLM's own capture limit (min(2 x seqs, 512)).
     "max_num_seqs=256": {"max_num_seqs": 256},
@@ -117,10 +134,36 @@ def configure(c: argparse.ArgumentParser) -> None:
         help="the cells sweep: DATASETSxABLATIONSxRECORDSxMAX_TOKENS (default 4x3x200x256)",
     )
     c.add_argument(
+        "--prefix-cells",
+        default="1x3x216x256",
+        help="the prefix-order sweep: DATASETSxABLATIONSxRECORDSxMAX_TOKENS (default 1x3x216x256); every config of a "
+        "user starts with the same --prefix-tokens words, then its own --prefix-context-tokens",
+    )
+    c.add_argument("--prefix-tokens", type=int, default=2048, help="shared prefix per user (default 2048)")
+    c.add_argument("--prefix-context-tokens", type=int, default=128, help="each config's own part (default 128)")
+    c.add_argument(
         "--cells-measure",
         type=int,
         default=None,
         help="cells the two baselines run (default all); the rest is extrapolated from them",
+    )
+    c.add_argument(
+        "--startup-off",
+        default="all-on,overlap,skip_tokenizer,startup_plan,jit_cache",
+        help="system startup: one cell per item, with LAUNCHER_STARTUP_OFF=item (all-on: nothing off; also graphs, "
+        "swap, fast_loader)",
+    )
+    c.add_argument(
+        "--loaders",
+        default="vllm,runai_streamer,fastsafetensors",
+        help="system weights: the loaders to time on a checkpoint with real safetensors files",
+    )
+    c.add_argument(
+        "--swap-checkpoint",
+        choices=("shared", "full"),
+        default="shared",
+        help="system models-swap: the second checkpoint shares the first's shards but the last (shared: 1/4 of "
+        "the disk, mostly read from the page cache) or has files of its own (full: 2 x 16 GB for the 8B shape)",
     )
     c.add_argument(
         "--collect-from",
@@ -143,6 +186,14 @@ def configure(c: argparse.ArgumentParser) -> None:
         "first-use compiles are not timed; 0: time the first pass (default 32)",
     )
     c.add_argument("--timeout-s", type=float, default=1800, help="per measured process")
+    c.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="start a measurement only while this call has time left for one as long as the last (at least "
+        f"{MIN_STEP_S} s); the rest is skipped and the report still written (a later call goes on). 0: only "
+        "write the report from what WORKDIR holds",
+    )
     c.add_argument("--force", action="store_true", help="redo measurements already in WORKDIR/runs")
     c.add_argument("--no-plot", action="store_true", help="write JSON + markdown only (draw later with --report)")
     c.add_argument(
@@ -201,30 +252,32 @@ def run(args: argparse.Namespace) -> int:
         if not wd.ids(shape).exists():
             write_dataset(shape, preset, wd.assets)
     failures: list[str] = []
+    began, last_step_s = time.monotonic(), [0.0]
 
     def step(key: str, fn: Callable[[], list[dict[str, Any]]]) -> None:
         path = wd.runs / f"{slug(key)}.json"
         if path.exists() and not args.force:
             print(f"[bench] {key}: already measured ({path.name})", flush=True)
             return
+        if args.budget_s is not None:  # start a step only when one like the last still fits: the report gets written
+            left = args.budget_s - (time.monotonic() - began)
+            if left < max(MIN_STEP_S, last_step_s[0]):
+                print(f"[bench] {key}: skipped, {max(0.0, left):.0f} s of --budget-s left", flush=True)
+                return
         print(f"[bench] {key} ...", flush=True)
+        t0 = time.monotonic()
         try:
             rows = fn()
         except (RunFailed, OSError, ValueError, KeyError, StopIteration) as exc:
             failures.append(f"{key}: {exc}")
             print(f"[bench] {key} FAILED: {exc}", flush=True)
             return
+        last_step_s[0] = time.monotonic() - t0
         for r in rows:
             r.setdefault("note", args.note)
         path.write_text(json.dumps(rows, indent=1))
         for r in rows:
-            if "samples_per_min" not in r:  # scale rows: their figures are in the report
-                continue
-            print(
-                f"[bench] {r['system']}@{r['shape']}: {r['samples_per_min']:,.0f} samples/min, "
-                f"{r['output_tok_per_s']:,.0f} tok/s, start-up {r.get('startup', {}).get('total_s', '?')} s",
-                flush=True,
-            )
+            print(f"[bench] {r['system']}@{r['shape']}: {_headline(r)}", flush=True)
 
     _run_systems(args, systems, shapes, wd, step)
     for shape in shapes if layouts else []:
@@ -238,6 +291,9 @@ def run(args: argparse.Namespace) -> int:
         from launcher.bench.scale_cli import scale_step
 
         step(*scale_step(args, wd))
+    from launcher.bench.prefix_order import run_steps
+
+    run_steps(args, systems, preset, wd, step)
     results = collect(
         wd, preset.name, shapes[0].prompt_tokens, shapes[0].n, [Workdir(Path(d).resolve()) for d in args.collect_from]
     )
@@ -367,8 +423,10 @@ def _run_cells(
         run_cells_toolkit,
         write_cells,
     )
+    from launcher.bench.startup_runs import run_models_fresh, run_models_swap, run_startup_variant, run_weights
 
-    wanted = [s for s in ("cells", "cells-task-per-cell", "cells-seed-loop") if s in systems]
+    order = ("cells", "cells-warm", "startup", "cells-task-per-cell", "cells-seed-loop", "weights", "models-swap")
+    wanted = [s for s in (*order, "models-fresh") if s in systems]
     if not wanted:
         return
     shape = CellsShape.parse(args.cells, args.prompt_tokens)
@@ -377,10 +435,38 @@ def _run_cells(
     t = args.timeout_s
     if "cells" in wanted:
         step(f"cells@{shape.name}", lambda: [run_cells_toolkit(wd, shape, folder, t)])
+    if "cells-warm" in wanted:
+        step(f"cells-warm@{shape.name}", lambda: [run_cells_toolkit(wd, shape, folder, t, warm=True)])
+    for off in _items(args.startup_off) if "startup" in wanted else []:
+        step(f"startup:{off}@{shape.name}", partial(lambda o: [run_startup_variant(wd, shape, preset, o, t)], off))
     if "cells-task-per-cell" in wanted:
         step(f"cells-task-per-cell@{shape.name}", lambda: [run_cells_task_per_cell(wd, shape, folder, t, measure)])
     if "cells-seed-loop" in wanted:
         step(f"cells-seed-loop@{shape.name}", lambda: [run_cells_seed_loop(wd, shape, folder, t, measure)])
+    for loader in _items(args.loaders) if "weights" in wanted else []:
+        step(f"weights:{loader}@{shape.name}", partial(lambda x: [run_weights(wd, shape, x, t)], loader))
+    if "models-swap" in wanted:
+        full = args.swap_checkpoint == "full"
+        step(f"models-swap@{shape.name}", lambda: [run_models_swap(wd, shape, preset, t, full)])
+    if "models-fresh" in wanted:
+        step(f"models-fresh@{shape.name}", lambda: [run_models_fresh(wd, shape, preset, t)])
+
+
+def _headline(r: dict[str, Any]) -> str:
+    """One line per measurement: throughput, start-up, and issue 28's figures where the row has them."""
+    parts = []
+    if r.get("samples_per_min") is not None:
+        parts.append(f"{r['samples_per_min']:,.0f} samples/min, {r['output_tok_per_s'] or 0:,.0f} tok/s")
+    if (r.get("startup") or {}).get("total_s") is not None:
+        parts.append(f"start-up {r['startup']['total_s']} s")
+    for key in ("wall_s", "engine_ready_s", "model_swap_s", "weights_load_s", "gpu_busy_fraction"):
+        if r.get(key) is not None:
+            parts.append(f"{key} {r[key]}")
+    return ", ".join(parts) or "measured"
+
+
+def _items(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def _toolkit_cold(wd: Any, shape: Any, cache: Path, timeout: float) -> list[dict[str, Any]]:

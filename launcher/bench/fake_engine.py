@@ -52,6 +52,7 @@ class FakeEngine(Engine):
 def use_fake_engine(latency_s: float, tokens: int) -> list[FakeEngine]:
     """Make every Worker of this process run a FakeEngine (a benchmark's worker process only). Returns the list the
     engines made here are appended to."""
+    import launcher.job.start as start_module
     import launcher.job.worker as worker_module
 
     made: list[FakeEngine] = []
@@ -62,7 +63,7 @@ def use_fake_engine(latency_s: float, tokens: int) -> list[FakeEngine]:
         return engine
 
     worker_module.select_backend = lambda model: ("fake", "FakeEngine: the scale benchmark's stand-in for a GPU")
-    worker_module.create_engine = create
+    start_module.create_engine = create  # job/start.py starts a worker's engine
     return made
 
 

@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Any
+
+from launcher.bench.prefix_order import SYSTEMS as ORDER_SYSTEMS
+from launcher.bench.prefix_order import order_ratios
 
 TARGETS = {"1000x256": 1.5, "4000x512": 1.25}  # toolkit / raw defaults, issue 9
 # issue 16: two GPUs (auto = one worker per GPU) against TP=2 and one GPU, generation window by the wall clock
 AUTO_VS_TP2, AUTO_VS_ONE_GPU = 1.25, 1.85
 # issue 16: the many-cell sweep against the old seed loop and one engine per cell, end to end; GPU-busy fraction
 SWEEP_VS_SEED_LOOP, SWEEP_VS_TASK_PER_CELL, GPU_BUSY = 4.0, 2.0, 0.75
+# issue 28: engines ready in seconds (worker process start -> first request), the warm sweep, the weights swap
+ENGINE_READY_WARM_S, ENGINE_READY_COLD_S, SWEEP_WARM_VS_SEED_LOOP, GPU_BUSY_WARM, MODEL_SWAP_S = 20, 60, 5.0, 0.85, 15
 SWEEP_TOLERANCE = 0.95  # auto must reach 95% of the best hand-picked setting
 WARM_STARTUP_MAX = 0.35  # a later task's start-up / a cold first task's
 
@@ -24,7 +30,8 @@ def _by(ms: list[dict[str, Any]], system: str, shape: str) -> dict[str, Any] | N
 
 
 def shape_order(shape: str) -> list[int]:
-    return [int(x) for x in shape.removeprefix("cells-").split("x")]
+    """1000x256 < 4000x512 < cells-4x3x200x256 < cells-1x3x216x256-p2048+128: by the numbers in the name."""
+    return [int(x) for x in re.findall(r"\d+", shape)]
 
 
 def analyse(ms: list[dict[str, Any]]) -> dict[str, Any]:
@@ -84,6 +91,7 @@ def analyse(ms: list[dict[str, Any]]) -> dict[str, Any]:
         layouts = {m["system"]: m for m in ms if m["shape"] == shape and m["system"].startswith("layout:")}
         _layout_ratios(shape, layouts, r, targets)
         _cells_ratios(shape, {m["system"]: m for m in ms if m["shape"] == shape}, r, targets)
+        order_ratios(shape, {m["system"]: m for m in ms if m["shape"] == shape}, r, targets)
         if r:
             ratios[shape] = r
     return {"ratios": ratios, "targets": targets}
@@ -124,6 +132,7 @@ def _layout_ratios(shape: str, layouts: dict[str, dict[str, Any]], r: dict[str, 
 
 def _cells_ratios(shape: str, by: dict[str, dict[str, Any]], r: dict[str, Any], targets: dict[str, Any]) -> None:
     sweep, seed, per_cell = by.get("cells"), by.get("cells-seed-loop"), by.get("cells-task-per-cell")
+    _startup_ratios(shape, by, r, targets)
     if not sweep:
         return
     if seed:
@@ -146,6 +155,79 @@ def _cells_ratios(shape: str, by: dict[str, dict[str, Any]], r: dict[str, Any], 
             "measured": r["gpu_busy_fraction"],
             "met": r["gpu_busy_fraction"] >= GPU_BUSY,
         }
+
+
+def _target(targets: dict[str, Any], name: str, measured: Any, met: bool, **extra: Any) -> None:
+    targets[name] = {"measured": measured, "met": met, **extra}
+
+
+def _startup_ratios(shape: str, by: dict[str, dict[str, Any]], r: dict[str, Any], targets: dict[str, Any]) -> None:
+    """Issue 28's keys: the warm sweep, engine ready cold and warm, the swap, each loader, each start-up switch."""
+    sweep, warm, seed = by.get("cells"), by.get("cells-warm"), by.get("cells-seed-loop")
+    if sweep and sweep.get("engine_ready_s") is not None:
+        r["engine_ready_cold_s"] = sweep["engine_ready_s"]
+        _target(
+            targets,
+            f"engine ready cold <= {ENGINE_READY_COLD_S} s at {shape}",
+            r["engine_ready_cold_s"],
+            r["engine_ready_cold_s"] <= ENGINE_READY_COLD_S,
+        )
+    if warm:
+        if warm.get("engine_ready_s") is not None:
+            r["engine_ready_warm_s"] = warm["engine_ready_s"]
+            _target(
+                targets,
+                f"engine ready warm <= {ENGINE_READY_WARM_S} s at {shape}",
+                r["engine_ready_warm_s"],
+                r["engine_ready_warm_s"] <= ENGINE_READY_WARM_S,
+            )
+        if seed:
+            r["sweep_warm_vs_seed_loop"] = round(seed["wall_s"] / warm["wall_s"], 3)
+            _target(
+                targets,
+                f"warm sweep >= {SWEEP_WARM_VS_SEED_LOOP}x the seed loop at {shape}",
+                r["sweep_warm_vs_seed_loop"],
+                r["sweep_warm_vs_seed_loop"] >= SWEEP_WARM_VS_SEED_LOOP,
+                extrapolated=seed.get("extrapolated"),
+            )
+        if warm.get("gpu_busy_fraction") is not None:
+            r["gpu_busy_fraction_warm"] = warm["gpu_busy_fraction"]
+            _target(
+                targets,
+                f"GPU busy >= {GPU_BUSY_WARM} of the warm sweep's worker time at {shape}",
+                r["gpu_busy_fraction_warm"],
+                r["gpu_busy_fraction_warm"] >= GPU_BUSY_WARM,
+            )
+    if (fresh := by.get("models-fresh")) and fresh.get("swap_matches_fresh") is not None:
+        r["swap_matches_fresh"] = fresh["swap_matches_fresh"]  # 1.0: the swapped engine made a new engine's samples
+    swap = by.get("models-swap")
+    if swap and swap.get("model_swap_s") is not None:
+        r["model_swap_s"] = swap["model_swap_s"]
+        r["model_swap_swapped"] = swap.get("swapped")
+        _target(
+            targets,
+            f"model swap <= {MODEL_SWAP_S} s at {shape}",
+            r["model_swap_s"],
+            bool(swap.get("swapped")) and r["model_swap_s"] <= MODEL_SWAP_S,
+            swapped=swap.get("swapped"),
+        )
+    loads = {k.split(":", 1)[1]: m.get("weights_load_s") for k, m in sorted(by.items()) if k.startswith("weights:")}
+    if loads:
+        r["weights_load_s"] = loads
+    switches = {
+        k.split(":", 1)[1]: {
+            "engine_ready_s": m.get("engine_ready_s"),
+            "wall_s": m.get("wall_s"),
+            "generation_s": m.get("generation_s"),
+            "graph_capture_s": (m.get("startup") or {}).get("graph_capture_s"),
+            "kv_cache_tokens": (m.get("startup_log") or {}).get("kv_cache_tokens"),
+            "startup_plan_applied": (m.get("startup_log") or {}).get("startup_plan_applied"),
+        }
+        for k, m in sorted(by.items())
+        if k.startswith("startup:")
+    }
+    if switches:
+        r["startup_switches"] = switches
 
 
 def _f(x: Any, digits: int = 0) -> str:
@@ -213,8 +295,21 @@ def markdown(results: dict[str, Any]) -> str:
             f"- {'MET' if t['met'] else 'NOT MET'}: {name} (measured {t['measured']}"
             + (f", {t['toolkit']}" if "toolkit" in t else "")
             + (f" vs {t['best']}" if "best" in t else "")
+            + (f"; {t['basis']}" if "basis" in t else "")
             + ")"
         )
+    ordered = [m for m in ms if m["system"] in ORDER_SYSTEMS]
+    if ordered:
+        lines += ["", "## Prefix order (issue 31)", ""]
+        lines.append("| system | shape | gen s | e2e wall s | compile cache | prefix-cache hit rate | order |")
+        lines.append("|---|---|---:|---:|---|---:|---|")
+        for m in ordered:
+            decision = m.get("prefix_order") or {}
+            lines.append(
+                f"| {m['system']} | {m['shape']} | {_f(m['generation_s'], 1)} | {_f(m.get('wall_s'), 1)} | "
+                f"{m.get('compile_cache') or '–'} | {_f(m.get('prefix_cache_hit_rate'), 3)} | "
+                f"{'on' if decision.get('active') else 'off'}: {decision.get('reason', '–')} |"
+            )
     tk = [m for m in ms if m["system"] == "toolkit"]
     if tk:
         lines += ["", "## What auto sizing chose (toolkit)", ""]

@@ -169,13 +169,14 @@ def toolkit_measurement(
 ) -> dict[str, Any]:
     """A finished toolkit run -> one measurement: the run's wall-clock figures, each worker beside them."""
     run_dir = next((out_dir / "runs").iterdir())
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = final_figures(run_dir)
     run = summary["run"]
     reports = [json.loads(p.read_text()) for p in sorted((run_dir / "workers").glob("*.json"))]
     engines = [r for r in reports if r.get("engine")]
     main = engines[0] if engines else {}
     engine = main.get("engine") or {}
     parsed = parse_startup(log)
+    first = sorted((r for r in reports if r.get("first_request_at") and r.get("started")), key=lambda r: r["started"])
     return measurement(
         system,
         shape,
@@ -183,6 +184,9 @@ def toolkit_measurement(
         run["output_tokens"],
         run["generation_wall_s"],
         wall_s=round(wall, 2),
+        # issue 28: the first worker's process start -> its first request (engine_ready_warm_s / _cold_s)
+        engine_ready_s=round(first[0]["first_request_at"] - first[0]["started"], 2) if first else None,
+        startup_timeline=main.get("startup_timeline"),
         startup=split(run.get("startup_s_max") or 0.0, parsed),
         startup_log=parsed,
         compile_cache=sorted({str((r["engine"].get("startup") or {}).get("compile_cache")) for r in engines}),
@@ -194,11 +198,29 @@ def toolkit_measurement(
         layout=summary.get("layout"),
         replicas=len(engines),
         gpu_busy_fraction=run.get("gpu_busy_fraction"),
+        prefix_cache_hit_rate=run.get("prefix_cache_hit_rate"),
+        prefix_order=main.get("prefix_order"),
         **{k: run.get(k) for k in GPU_COLUMNS},
         workers=summary.get("workers"),
         timing="wall clock across all workers",
         **extra,
     )
+
+
+def final_figures(run_dir: Path, timeout_s: float = 120.0) -> dict[str, Any]:
+    """The run's wall-clock figures (summary.json's content) once every worker process has written its last report.
+    `launcher submit --wait` gathers as soon as the last unit is done, which on a loaded machine can come before
+    its worker's final report: that summary may lack the generation window (measured: 0.0 s on 2 busy cores)."""
+    from launcher.gather.throughput import run_figures
+    from launcher.plan.persist import load_plan
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        reports = [json.loads(p.read_text()) for p in sorted((run_dir / "workers").glob("*.json"))]
+        if reports and all(r.get("ended") for r in reports):
+            break
+        time.sleep(1.0)
+    return run_figures(load_plan(run_dir)).as_json()
 
 
 def raw_env(cache: Path) -> dict[str, str]:

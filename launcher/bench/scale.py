@@ -117,7 +117,7 @@ def _worker(run_dir: Path, index: int, shape: ScaleShape, out: Path) -> None:
     held: list[list[Any]] = []  # [unit, generation, t_won, t_end]
     won: list[Any] = []
     real_claim, real_done, real_release = UnitDir.claim, UnitDir.mark_done, UnitDir.release
-    real_next = Worker._claim_next
+    real_next, real_free = Worker._claim_next, Worker._claim_free
 
     def claim(self: UnitDir, me: Any) -> Any:
         c = real_claim(self, me)
@@ -139,12 +139,21 @@ def _worker(run_dir: Path, index: int, shape: ScaleShape, out: Path) -> None:
         ended(self.unit_id)
         real_release(self, c)
 
-    def claim_next(self: Worker, preparer: Any) -> Any:
+    def timed(claim_loop: Any) -> Any:
+        """One claim (the first, with file operations alone, before the engine starts: _claim_free; every later one:
+        _claim_next), timed and counted."""
+
+        def timed_claim(self: Worker, *args: Any) -> Any:
+            return measured(lambda: claim_loop(self, *args))
+
+        return timed_claim
+
+    def measured(fn: Any) -> Any:
         won.clear()
         before = counter.as_dict().get("claim", {})
         t0, cpu0 = time.time(), time.thread_time()
         with counter.phase("claim"):
-            active = real_next(self, preparer)
+            active = fn()
         after = counter.as_dict().get("claim", {})
         diff = {k: after.get(k, 0) - before.get(k, 0) for k in after}
         meta = sum(v for k, v in diff.items() if k in METADATA_KINDS)
@@ -155,7 +164,7 @@ def _worker(run_dir: Path, index: int, shape: ScaleShape, out: Path) -> None:
         return active
 
     UnitDir.claim, UnitDir.mark_done, UnitDir.release = claim, mark_done, release  # type: ignore[method-assign,assignment]
-    Worker._claim_next = claim_next  # type: ignore[method-assign]
+    Worker._claim_next, Worker._claim_free = timed(real_next), timed(real_free)  # type: ignore[method-assign]
     layout = ParallelLayout(1, 1, (), "scale benchmark: a CPU worker with a FakeEngine")
     result: dict[str, Any] = {"index": index, "pid": os.getpid(), "started": started}
     try:

@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from rich.markup import escape
-
-from launcher.cli.console import console, err
+from launcher.cli.console import console, err, printable, safe
 from launcher.cli.parser import build_parser
 from launcher.errors import LauncherError, SpecError
 
@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(exc: LauncherError) -> int:
     """The one way any stage's error reaches the user: headline, then where / field / got / allowed / fix."""
-    # soft_wrap: messages hold paths and commands to copy, never broken at the terminal's width; escape: a path may
-    # hold '[...]', which rich would read as markup.
-    err.print(f"[red]{escape(exc.headline)}:[/]\n{escape(str(exc))}", soft_wrap=True, highlight=False)
+    # soft_wrap: messages hold paths and commands to copy, never broken at the terminal's width; safe: a path or a
+    # value may hold '[...]' (rich markup) or control characters (launcher/terminal.py).
+    err.print(f"[red]{safe(exc.headline)}:[/]\n{safe(str(exc), True)}", soft_wrap=True, highlight=False)
     return exc.exit_code
 
 
@@ -59,14 +59,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
     resolved = resolve_run(spec, strict=False)
     plan = expand(spec, rows, run=resolved.run)
     if resolved.note:
-        err.print(f"[yellow]note:[/] {escape(resolved.note)}", soft_wrap=True)
+        err.print(f"[yellow]note:[/] {safe(resolved.note)}", soft_wrap=True)
     if spec.executor == "slurm":
-        from launcher.submit.fit import check_fits
+        from launcher.submit.fit import check_fits, missing_slurm_commands
 
+        if missing := missing_slurm_commands():
+            err.print(
+                f"[yellow]note:[/] {' and '.join(missing)} not found on PATH: no Slurm here. Below is what a submit "
+                "from your cluster's login node would write; here `launcher submit` would refuse "
+                "(`--executor local` runs it on this machine).",
+                soft_wrap=True,
+            )
         try:
             check_fits(spec)
         except SpecError as exc:
-            err.print(f"[yellow]warning: submit would refuse this:[/]\n{escape(str(exc))}", soft_wrap=True)
+            err.print(f"[yellow]warning: submit would refuse this:[/]\n{safe(str(exc), True)}", soft_wrap=True)
     if args.json:
         from launcher.submit.preview import plan_json
 
@@ -83,58 +90,53 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from launcher.submit.executors import submit
 
     spec = load_spec(args.spec, args.overrides)
+    kind = args.executor or spec.executor
+    _check_slurm(spec, kind, "--executor slurm" if args.executor else spec.where("executor"))
     rows = check_inputs(spec)
-    resolved = resolve_run(spec, "new" if args.new_run else "resume" if args.resume else "auto")
+    command = shlex.join(
+        ["launcher", "submit", args.spec, *_flags(args.overrides, "--set"), *_flags([args.executor], "--executor")]
+    )
+    resolved = resolve_run(spec, "new" if args.new_run else "resume" if args.resume else "auto", command=command)
     plan = expand(spec, rows, run=resolved.run)
     if resolved.note:
-        console.print(f"[yellow]{escape(resolved.note)}[/]: " + "; ".join(resolved.changes), soft_wrap=True)
-    kind = args.executor or spec.executor
-    if kind == "slurm":
-        from launcher.submit.fit import check_fits
-
-        check_fits(spec)  # a job no node can hold would pend forever: refused before anything is written
-    sub = submit(plan, kind, resolved)
+        console.print(f"[yellow]{safe(resolved.note)}[/]: " + safe("; ".join(resolved.changes)), soft_wrap=True)
+    sub = submit(plan, kind, resolved, command)
     console.print(
-        f"run [bold]{plan.run.run_id}[/]: {sub.units_todo} unit(s) to do"
+        f"run [bold]{safe(plan.run.run_id)}[/]: {sub.units_todo} unit(s) to do"
         + (f", {sub.units_done} already done" if sub.units_done else "")
         + f"; {len(sub.job_ids)} worker job(s) submitted"
         + (_arrays_text(sub.job_ids) if sub.job_ids and kind == "slurm" else "")
         + (f"; gather job {sub.gather_job_id}" if sub.gather_job_id else "")
     )
-    console.print(f"run dir: {sub.run_dir}\nstatus:  launcher status {sub.run_dir}")
+    console.print(f"run dir: {safe(sub.run_dir)}\nstatus:  launcher status {safe(sub.run_dir)}")
     if not args.wait:
         if kind == "local" and sub.job_ids:
             console.print(
                 "the local job(s) go on in the background; the last one to finish gathers the outputs "
-                f"(or `launcher gather {sub.run_dir}` once `launcher status` shows every unit done)"
+                f"(or `launcher gather {safe(sub.run_dir)}` once `launcher status` shows every unit done); "
+                f"`launcher cancel {safe(sub.run_dir)}` stops them"
             )
         return 0
-    from launcher.submit.wait import wait_and_gather
+    return _wait(plan, sub, kind, args)
 
-    try:
-        return wait_and_gather(plan, sub, console)
-    except KeyboardInterrupt:
-        from launcher.store import write_json_atomic
 
-        write_json_atomic(
-            plan.run.root / "interrupted.json",
-            {"time": time.time(), "executor": kind, "by": "Ctrl-C on `launcher submit --wait`"},
-        )
-        if kind == "local":
-            err.print(
-                "[yellow]interrupted:[/] the local jobs stopped with this command. Every record already "
-                f"written is kept; `launcher submit {args.spec}` again resumes with the rest "
-                f"(`launcher status {sub.run_dir}` shows what is done).",
-                soft_wrap=True,
-            )
-        else:
-            err.print(
-                "[yellow]stopped waiting:[/] the jobs go on in Slurm. `launcher status "
-                f"{sub.run_dir}` follows them, `launcher gather {sub.run_dir}` once they are done, "
-                f"`launcher cancel {sub.run_dir}` stops them (records written are kept).",
-                soft_wrap=True,
-            )
-        return 130
+def _wait(
+    plan: Any, sub: Any, kind: str, args: argparse.Namespace, noun: str = "records", after_gather: Any = None
+) -> int:
+    """`--wait`: follow, gather, summarize; Ctrl-C stops a local run cleanly, leaves a Slurm run running."""
+    from launcher.submit.wait import follow
+
+    return follow(plan, sub, kind, console, err, every_s=args.progress_every, noun=noun, after_gather=after_gather)
+
+
+def _check_slurm(spec: Any, kind: str, where: str) -> None:
+    """Before anything is read or written: Slurm's commands are here, and the job fits a node of the partition."""
+    if kind != "slurm":
+        return
+    from launcher.submit.fit import check_fits, require_slurm
+
+    require_slurm(where)
+    check_fits(spec)  # a job no node can hold would pend forever: refused before anything is written
 
 
 def cmd_gather(args: argparse.Namespace) -> int:
@@ -146,7 +148,7 @@ def cmd_gather(args: argparse.Namespace) -> int:
     try:
         print_reports(gather(plan), console)
     except GatherError as exc:
-        err.print(f"[red]gather failed: outputs incomplete[/]\n{escape(str(exc))}", soft_wrap=True)
+        err.print(f"[red]gather failed: outputs incomplete[/]\n{safe(str(exc), True)}", soft_wrap=True)
         return 1
     return 0
 
@@ -166,7 +168,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from launcher.plan.persist import find_run_dir
-    from launcher.submit.status import cancel_run
+    from launcher.submit.cancel import cancel_run
 
     return cancel_run(find_run_dir(args.run), console)
 
@@ -175,7 +177,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from launcher.gather.compare import as_json, compare, render
 
     cmp = compare(Path(args.a), Path(args.b))
-    print(as_json(cmp) if args.json else render(cmp, Path(args.a), Path(args.b)))
+    print(as_json(cmp) if args.json else printable(render(cmp, Path(args.a), Path(args.b)), keep_newlines=True))
     return 1 if args.min_agreement is not None and cmp.agreement < args.min_agreement else 0
 
 
@@ -184,54 +186,71 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from launcher.plan.persist import resolve_run
     from launcher.submit.executors import submit
     from launcher.submit.openai_batch import batch_spec, write_output
-    from launcher.submit.wait import wait_and_gather
 
     input_path, output_path = Path(args.input), Path(args.output)
     batch = batch_spec(input_path, output_path, args.model, args.spec, args.overrides)
     spec, good, bad = batch.spec, batch.requests, batch.bad_lines
-    rows = check_inputs(spec)
-    resolved = resolve_run(spec)
-    plan = expand(spec, rows, run=resolved.run)
     kind = args.executor or spec.executor
-    if kind == "slurm":
-        from launcher.submit.fit import check_fits
-
-        check_fits(spec)
-    sub = submit(plan, kind, resolved)
+    _check_slurm(spec, kind, "--executor slurm" if args.executor else spec.where("executor"))
+    rows = check_inputs(spec)
+    command = shlex.join(batch_command(args))
+    # A batch run's rows are the file's lines: changed lines cannot resume an earlier run, only start their own.
+    resolved = resolve_run(spec, "new" if args.new_run else "auto", command=command, can_resume=False)
+    plan = expand(spec, rows, run=resolved.run)
+    sub = submit(plan, kind, resolved, command)
+    # One way of counting: lines of the file. Each line is a record of the run (a bad one too: it gets its error
+    # line), so the progress, this line and the last one all count the same lines.
     console.print(
-        f"batch {input_path}: {good} request(s)" + (f", {bad} bad line(s) (error lines in the output)" if bad else "")
-        + f"; run [bold]{plan.run.run_id}[/] ({sub.units_todo} unit(s) to do"
-        + (f", {sub.units_done} already done" if sub.units_done else "") + f") in {plan.run.root}",
+        f"batch {safe(input_path)}: {good + bad} line(s): {good} request(s)"
+        + (f", {bad} bad line(s) (each gets an error line)" if bad else "")
+        + f"; run [bold]{safe(plan.run.run_id)}[/] ({sub.units_todo} unit(s) to do"
+        + (f", {sub.units_done} already done" if sub.units_done else "") + f") in {safe(plan.run.root)}",
         soft_wrap=True,
     )  # fmt: skip
-    code = wait_and_gather(plan, sub, console)
-    if code:
-        return code
-    ok, errors = write_output(plan, input_path, output_path)
-    console.print(f"wrote {output_path}: {ok} response(s), {errors} error(s)")
-    return 0
+
+    def write_file() -> None:  # before the verdict: a batch that generated nothing still gets its error lines
+        ok, errors = write_output(plan, input_path, output_path, command)
+        failed = errors - bad  # requests a worker refused or could not run (quarantined: too long, bad settings)
+        console.print(
+            f"wrote {safe(output_path)}: {ok + errors} line(s): {ok} response(s), {errors} error line(s)"
+            + (f" ({bad} bad line(s), {failed} request(s) that did not run: their error says why)" if failed and bad
+               else f" ({failed} request(s) that did not run: their error says why)" if failed else ""),
+            soft_wrap=True,
+        )  # fmt: skip
+
+    return _wait(plan, sub, kind, args, noun="lines", after_gather=write_file)
+
+
+def batch_command(args: argparse.Namespace) -> list[str]:
+    """The `launcher batch` command line that goes on with this run (its hints name it: a batch has no spec)."""
+    cmd = ["launcher", "batch", "-i", args.input, "-o", args.output]
+    for flag, value in (("--model", args.model), ("--spec", args.spec), ("--executor", args.executor)):
+        if value:
+            cmd += [flag, value]
+    return cmd + [a for o in args.overrides for a in ("--set", o)]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from launcher.gather.report import cell_rows, markdown, write_report
+    from launcher.gather.report import cell_rows, markdown, run_labels, write_report
     from launcher.plan.persist import find_run_dir, load_plan
 
     plans = [load_plan(find_run_dir(r)) for r in args.runs]
     skipped: list[str] = []
-    rows = [row for plan in plans for row in cell_rows(plan, skipped)]
+    labels = run_labels(plans)  # a run and its reproduction share a run id: each still gets a name of its own
+    rows = [row for plan, label in zip(plans, labels, strict=True) for row in cell_rows(plan, skipped, label)]
     for line in skipped:
-        err.print(f"[yellow]left out:[/] {escape(line)}", soft_wrap=True)
+        err.print(f"[yellow]left out:[/] {safe(line)}", soft_wrap=True)
     if not rows:
-        err.print("[yellow]nothing gathered yet[/] in " + ", ".join(str(p.run.root) for p in plans) + ": "
+        err.print("[yellow]nothing gathered yet[/] in " + ", ".join(safe(p.run.root) for p in plans) + ": "
                   "`launcher gather RUN` once `launcher status RUN` shows every unit done", soft_wrap=True)  # fmt: skip
         return 1
     folder = Path(args.out) if args.out else plans[0].run.output_dir / "report"
-    print(markdown(rows), end="")
+    print(printable(markdown(rows), keep_newlines=True), end="")
     written = write_report(rows, folder, draw=not args.no_plot)
     for path in written:
-        console.print(f"wrote {path}")
+        console.print(f"wrote {safe(path)}")
     if not args.no_plot and not any(p.suffix == ".png" for p in written):
-        err.print("[yellow]no plot:[/] matplotlib does not import here (pip install 'launcher[plot]')")
+        err.print(safe("no plot: matplotlib does not import here (pip install 'launcher[plot]')"), style="yellow")
     return 0
 
 
@@ -239,36 +258,36 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from launcher.plan import check_inputs, expand
     from launcher.plan.persist import find_run_dir, resolve_run
     from launcher.submit.executors import submit
-    from launcher.submit.reproduce import agreement, check_reproducible, record_reproduction
+    from launcher.submit.reproduce import agreement, check_reproducible, original_clock, record_reproduction
 
     check = check_reproducible(
         find_run_dir(args.run), args.output_dir, args.allow_other_image, args.allow_other_launcher
     )
     for what in check.allowed_differences:
-        err.print(f"[yellow]allowed:[/] {escape(what)}", soft_wrap=True)
-    rows = check_inputs(check.spec)
-    resolved = resolve_run(check.spec)
-    plan = expand(check.spec, rows, run=resolved.run)
+        err.print(f"[yellow]allowed:[/] {safe(what)}", soft_wrap=True)
     kind = args.executor or check.spec.executor
-    if kind == "slurm":
-        from launcher.submit.fit import check_fits
-
-        check_fits(check.spec)
+    _check_slurm(check.spec, kind, "--executor slurm" if args.executor else f"{check.original.run.run_json}")
+    rows = check_inputs(check.spec)
+    command = shlex.join(
+        ["launcher", "reproduce", args.run, *_flags([args.output_dir and str(args.output_dir)], "--output-dir")]
+    )
+    resolved = resolve_run(check.spec, command=command)
+    resolved.new_run = None  # a reproduction of other inputs is not one: the refusal offers no new run
+    resolved.prompt_clock = original_clock(check.original.run)  # the original's date: the same prompts, any day
+    plan = expand(check.spec, rows, run=resolved.run)
     sub = submit(plan, kind, resolved)
     record_reproduction(plan, check)
     console.print(
-        f"reproducing run [bold]{check.original.run.run_id}[/] ({check.original.run.root}) as "
-        f"{plan.run.root}: {len(sub.job_ids)} worker job(s) submitted"
+        f"reproducing run [bold]{safe(check.original.run.run_id)}[/] ({safe(check.original.run.root)}) as "
+        f"{safe(plan.run.root)}: {len(sub.job_ids)} worker job(s) submitted"
     )
     pairs = [
         (check.original.run.output_dir / c.rel_dir, plan.run.output_dir / c.rel_dir) for c in check.original.cells()
     ]
     if not args.wait:
-        console.print("once it has finished: " + "; ".join(f"launcher compare {a} {b}" for a, b in pairs))
+        console.print("once it has finished: " + "; ".join(safe(f"launcher compare {a} {b}") for a, b in pairs))
         return 0
-    from launcher.submit.wait import wait_and_gather
-
-    code = wait_and_gather(plan, sub, console)
+    code = _wait(plan, sub, kind, args)
     if code:
         return code
     agreed = agreement(check.original, plan)
@@ -278,9 +297,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             if c.byte_identical
             else f"differs: token agreement {c.agreement:.4f}"
             if c.agreement is not None
-            else "differs (sampled without token ids: `launcher compare` shows lengths and distinct-n)"
+            else "differs (no token ids in the samples: `launcher compare` shows character agreement, lengths and "
+            "distinct-n; output.token_ids: true records token ids)"
         )
-        console.print(f"{c.cell}: {shown} ({c.records[0]} vs {c.records[1]} records)")
+        console.print(f"{safe(c.cell)}: {shown} ({c.records[0]} vs {c.records[1]} records)")
     identical = all(c.byte_identical for c in agreed)
     console.print(
         "reproduced: every samples.jsonl is byte-identical"
@@ -289,6 +309,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         "(docs/reproducibility.md); `launcher compare A B` shows where they part"
     )
     return 1 if args.require_identical and not identical else 0
+
+
+def _flags(values: list[str | None], flag: str) -> list[str]:
+    """[flag, value] for each value given: the command a refusal names is the one the user typed."""
+    return [x for v in values if v for x in (flag, v)]
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -300,7 +325,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     from launcher.spec import json_schema
 
+    if args.markdown:
+        from launcher.spec.explain import markdown
+
+        print(markdown(json_schema()))
+        return 0
     print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from launcher.spec import json_schema
+    from launcher.spec.explain import explain
+
+    print(explain(json_schema(), args.field))
     return 0
 
 
@@ -347,6 +385,7 @@ COMMANDS = {
     "report": cmd_report,
     "cancel": cmd_cancel,
     "schema": cmd_schema,
+    "explain": cmd_explain,
     "compare": cmd_compare,
     "demo-model": cmd_demo_model,
     "doctor": cmd_doctor,

@@ -1,4 +1,5 @@
-"""The `launcher` command's flags: one sub-command each, with help that teaches (examples in the epilog)."""
+"""cli/parser.py: the `launcher` command's flags: one sub-command each, with help that teaches (examples in the
+epilog)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,23 @@ from typing import NoReturn
 from launcher.cli.console import err
 
 EPILOG = """\
-examples:
+examples (the demo's own folders: `launcher demo-model demo/model` first):
   launcher plan configs/demo.yaml                 what would run: units, worker jobs, GPUs, sbatch header
   launcher submit configs/demo.yaml --wait        submit, wait, gather (local executor: no cluster needed)
-  launcher status outputs/demo                    one table per run: state, records done, speed, errors
+  launcher status demo/outputs                    one table per run: state, records done, speed, errors
   launcher run --checkpoint_dir M --dataset D.jsonl --output_dir OUT   the old inference_vllm.py flags
-  launcher reproduce outputs/demo --wait          run it again from its record; byte-identical on CPU
-  launcher batch -i requests.jsonl -o results.jsonl --model M   an OpenAI Batch API file (vllm run-batch format)
-  launcher report outputs/a outputs/b             one table (and a plot) over runs, datasets and ablations
-  launcher schema > spec.schema.json              JSON Schema for editors
+  launcher reproduce demo/outputs --wait          run it again from its record (into demo/outputs-reproduce)
+  launcher report demo/outputs demo/outputs-reproduce   one table (and a plot) over runs, datasets and ablations
+  launcher compare demo/outputs/demo_users/full demo/outputs-reproduce/demo_users/full   record by record
+  launcher batch -i requests.jsonl -o results.jsonl --model demo/model   an OpenAI Batch API file (vllm run-batch)
+  launcher explain sampling.top_p                 one field of the job spec: what it means, type, default, allowed
+  launcher schema --markdown                      every field of the job spec, readable (no flag: JSON Schema)
 """
+
+PROGRESS_HELP = (
+    "with --wait where stdout is no terminal (a log, CI, `| cat`): seconds between progress lines "
+    "(default: $LAUNCHER_PROGRESS_S, else 10)"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "submit", "Submit worker jobs for every unfinished unit as one array (+ a gather job). Resubmitting resumes."
     )
     c.add_argument("--wait", action="store_true", help="wait for the workers, then gather and print the summary")
+    c.add_argument("--progress-every", type=float, default=None, metavar="SECONDS", help=PROGRESS_HELP)
     c.add_argument("--executor", choices=["slurm", "local"], help="override the spec's executor")
     choice = c.add_mutually_exclusive_group()
     choice.add_argument(
@@ -124,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--spec", default=None, help="a job spec for everything else (cluster, image, sampling)")
     c.add_argument("--executor", choices=["slurm", "local"], default=None, help="default: the spec's, else local")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C")
+    c.add_argument("--progress-every", type=float, default=None, metavar="SECONDS", help=PROGRESS_HELP)
+    c.add_argument(
+        "--new-run",
+        action="store_true",
+        help="the input changed since the last `launcher batch` of it: run it as a run of its own (the same command "
+        "without it refuses a changed input; with the original file back it resumes)",
+    )
 
     c = sub.add_parser(
         "report",
@@ -143,14 +159,29 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--watch", action="store_true", help="refresh every few seconds until every job has ended")
     c.add_argument("--json", action="store_true")
 
-    c = sub.add_parser("cancel", help="Cancel a run's Slurm jobs (finished records stay; submit again to resume).")
-    c.add_argument("run")
+    c = sub.add_parser(
+        "cancel",
+        help="Stop a run's jobs: scancel its Slurm jobs, or SIGTERM its local ones (finished records stay; "
+        "submit again to resume).",
+    )
+    c.add_argument("run", help="run directory, output dir, or spec")
 
-    sub.add_parser("schema", help="Print the job spec's JSON Schema (for editor completion).")
+    c = sub.add_parser(
+        "schema",
+        help="Print the job spec's JSON Schema (for editor completion), or with --markdown every field, readable.",
+    )
+    c.add_argument("--markdown", action="store_true", help="a table per section: field, type, default, meaning")
+
+    c = sub.add_parser(
+        "explain",
+        help="One field of the job spec (or a section): what it means, its type, default and allowed values.",
+    )
+    c.add_argument("field", nargs="?", default="", help="e.g. sampling.top_p, slurm, model.backend (none: sections)")
 
     c = sub.add_parser(
         "compare",
-        help="Compare two output dirs record by record (greedy: token agreement; sampled: lengths and distinct-n).",
+        help="Compare two output dirs record by record (greedy: token agreement, or character agreement where "
+        "the samples hold no token ids (output.token_ids: true records them); sampled: lengths and distinct-n).",
     )
     c.add_argument("a", help="folder with samples.jsonl or samples.parquet (e.g. <output dir>/<dataset>/<ablation>)")
     c.add_argument("b", help="the other folder (or samples file)")
@@ -177,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--require-identical", action="store_true", help="with --wait: exit 1 unless every samples.jsonl is identical"
     )
+    c.add_argument("--progress-every", type=float, default=None, metavar="SECONDS", help=PROGRESS_HELP)
 
     c = sub.add_parser("demo-model", help="Make a tiny random Llama + locally trained tokenizer (seconds, CPU).")
     c.add_argument("dir")

@@ -7,9 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rich.markup import escape
-
-from launcher.cli.console import console, err
+from launcher.cli.console import console, err, safe
 from launcher.errors import SpecError
 from launcher.plan import Plan
 
@@ -42,11 +40,11 @@ def run_command(args: argparse.Namespace) -> int:
 
     spec = spec_from_flags(args, args.backend)
     for note in legacy_notes(args):
-        err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+        err.print(f"[yellow]note:[/] {safe(note)}", soft_wrap=True)
     ds = spec.data.datasets[0]
     if args.dataset and args.scenario_path is None and Path(ds.path or "").name != args.dataset:
         where = spec.where("data", "datasets", 0, "path")
-        console.print(f"dataset {ds.name}: {ds.path} ({where})", soft_wrap=True)
+        console.print(f"dataset {safe(ds.name)}: {safe(ds.path)} ({safe(where)})", soft_wrap=True)
     rows = check_inputs(spec)
     return _run_inline(expand(spec, rows, run=resolve_run(spec).run), flat_dest=Path(spec.output.dir))
 
@@ -110,14 +108,16 @@ def _run_inline(plan: Plan, flat_dest: Path | None = None, units: tuple[str, ...
 
     print_warnings(plan, err)
     if units is not None:
-        console.print(f"ran unit(s) {', '.join(units)}; `launcher gather {plan.run.root}` once all are done")
+        console.print(
+            f"ran unit(s) {safe(', '.join(units))}; `launcher gather {safe(plan.run.root)}` once all are done"
+        )
         return 0
     try:
         reports = gather(plan, dest=flat_dest, flat=flat_dest is not None)
     except GatherError as exc:
-        err.print(f"[red]incomplete:[/]\n{escape(str(exc))}", soft_wrap=True)  # paths to copy: never wrapped
+        err.print(f"[red]incomplete:[/]\n{safe(str(exc), True)}", soft_wrap=True)  # paths to copy: never wrapped
         return 1
-    from launcher.submit.wait import print_reports
+    from launcher.submit.wait import print_reports, report_empty_run
 
     print_reports(reports, console)
-    return 0
+    return 1 if report_empty_run(reports, err) else 0

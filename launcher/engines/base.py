@@ -6,6 +6,7 @@ backends see the same prompt tokens and count them the same way.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +41,55 @@ class Completion:
     key: int
     prompt_tokens: int
     samples: tuple[Sample, ...]
+    error: str | None = None  # this request alone could not be generated (why): the worker quarantines its record
+
+
+def refused(req: GenerationRequest, why: str) -> Completion:
+    """The answer to a request the engine cannot serve: an error for this request only, never its batch's."""
+    return Completion(req.key, len(req.prompt_token_ids), (), why[:500])
+
+
+class FailureBreaker:
+    """Tells a request that fails alone from an engine that fails everything. A request that raises on its own gets
+    an error completion (its record is quarantined), but only once the engine has shown it works: the error is held
+    back until a later request of the same generate() call succeeds (or, at the call's end, one did before it).
+    MAX_IN_A_ROW failures in a row, or a call in which nothing succeeded, mean the engine is broken: raise, so the
+    worker fails and its units are retried, instead of quarantining records that are fine."""
+
+    MAX_IN_A_ROW = 8
+
+    def __init__(self) -> None:
+        self.in_a_row = 0
+        self.succeeded = False
+        self.held: list[Completion] = []
+        self.last: BaseException | None = None
+
+    def ok(self) -> list[Completion]:
+        """A request succeeded: the errors held back are its neighbours' own. Returns them, to be yielded."""
+        self.in_a_row, self.succeeded = 0, True
+        released, self.held = self.held, []
+        return released
+
+    def failed(self, exc: BaseException, answer: Completion) -> None:
+        self.in_a_row += 1
+        self.held.append(answer)
+        self.last = exc
+        if self.in_a_row >= self.MAX_IN_A_ROW:
+            raise RuntimeError(
+                f"{self.in_a_row} requests in a row failed on their own, none between them succeeded: the engine "
+                f"is broken, not the records (last: {type(exc).__name__}: {exc})"
+            ) from exc
+
+    def finish(self) -> list[Completion]:
+        """The call's end: the errors still held, if the engine worked at all in this call; else raise."""
+        if self.held and not self.succeeded:
+            exc = self.last
+            raise RuntimeError(
+                f"all {len(self.held)} request(s) of this engine failed, none succeeded: the engine is broken, or "
+                f"every record is (last: {type(exc).__name__}: {exc})"
+            ) from exc
+        released, self.held = self.held, []
+        return released
 
 
 @dataclass
@@ -61,6 +111,12 @@ class Engine(ABC):
 
     name: ClassVar[str]
     rendezvous: Rendezvous | None = None  # set by the worker of a multi-node step (rank 0; vLLM only)
+    # The worker's host-side start-up (tokenizer, prompt statistics) runs on a thread beside load(). An engine that
+    # forks processes during load() holds it back until the fork is done (job/host_prep.py says why) and sets
+    # `host_ok` itself; for any other engine the worker sets it at once.
+    holds_host_work: ClassVar[bool] = False
+    host_ok: threading.Event | None = None
+    own_request_settings: bool = True  # records may carry their own sampling (OpenAI batch lines); set by the worker
 
     def __init__(self, model: ModelSpec, sampling: SamplingSpec, n: int) -> None:
         self.model, self.sampling, self.n = model, sampling, n
@@ -71,9 +127,21 @@ class Engine(ABC):
 
     @abstractmethod
     def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[Completion]:
-        """Yields completions as they finish (any order); every request is answered exactly once. `requests` is
-        pulled lazily, only when the engine has room: a worker feeds unit after unit through one call, so the
-        batch never drains between units."""
+        """Yields completions as they finish (any order); every request is answered exactly once: with its samples,
+        or with `error` when this request alone cannot be generated (a feature this backend cannot serve, a prompt
+        the engine refuses). `requests` is pulled lazily, only when the engine has room: a worker feeds unit after
+        unit through one call, so the batch never drains between units."""
+
+    def refine(self, workload: Workload) -> None:  # noqa: B027 - optional hook
+        """The prompts are measured now (load() started from a bound): adjust what depends on them (admission)."""
+
+    def swap_check(self, model: ModelSpec) -> tuple[bool, str]:
+        """Can this running engine serve `model` by loading its weights in place? (yes/no, why)."""
+        return False, f"the {self.name} backend starts a new engine for each checkpoint"
+
+    def swap(self, model: ModelSpec) -> EngineReport:
+        """Load `model`'s weights into this running engine (only after swap_check said yes)."""
+        raise NotImplementedError(f"{self.name} cannot swap weights")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the GPU before the process exits (vLLM's worker processes)."""

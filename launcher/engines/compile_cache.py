@@ -61,6 +61,10 @@ RUNTIME_ONLY = frozenset(
         "kv_cache_memory_bytes",
         "swap_space",
         "inflight_requests",
+        # issue 28: neither enters a graph (vLLM leaves both out of its own hash), so switching them keeps the cache
+        "skip_tokenizer_init",
+        "load_format",
+        "model_loader_extra_config",
     }
 )
 STALE_TMP_S = 6 * 3600  # a temporary copy this old belongs to a process that died while publishing
@@ -234,7 +238,13 @@ class CompileCache:
             "VLLM_CACHE_ROOT": str(self.folder / "vllm"),
             "TORCHINDUCTOR_CACHE_DIR": str(self.folder / "inductor"),
             "TRITON_CACHE_DIR": str(self.folder / "triton"),
+            # FlashInfer's JIT modules and downloaded cubins ($FLASHINFER_WORKSPACE_BASE/.cache/flashinfer/<version>/
+            # <arch>): a first use compiles for up to a minute; here they travel with the entry to other nodes.
+            "FLASHINFER_WORKSPACE_BASE": str(self.folder / "flashinfer"),
         }
+        if not _jit_cache_on():  # measured without: kernels JIT-compiled afresh, as on a node that never ran one
+            variables["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="launcher-triton-")
+            del variables["FLASHINFER_WORKSPACE_BASE"]
         # vLLM >= 0.26 keeps its memory-profiling result under VLLM_CACHE_ROOT and skips that pass on a later
         # start when nothing changed (vllm/v1/worker/startup_plan.py; written atomically). A user's choice wins.
         if "VLLM_ENABLE_STARTUP_PLAN" not in target:
@@ -316,6 +326,12 @@ class CompileCache:
         self._release()
         if self.role == "private" and self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _jit_cache_on() -> bool:
+    from launcher.engines.startup import StartupSwitches
+
+    return StartupSwitches.from_env().on("jit_cache")
 
 
 def _try_lock(f: IO[str]) -> bool:

@@ -8,16 +8,28 @@ with seed + j (vLLM's convention), and hands generate() a one-hot choice: batchi
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from launcher.engines import register
-from launcher.engines.base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
+from launcher.engines.base import (
+    Completion,
+    Engine,
+    EngineReport,
+    FailureBreaker,
+    GenerationRequest,
+    Sample,
+    Workload,
+    refused,
+)
+from launcher.engines.decode import Generated, SampleDecoder, cut_at_stop
 from launcher.plan.layout import ParallelLayout
 from launcher.spec import SamplingSpec
 
 CPU_BATCH, GPU_BATCH = 8, 32
+log = logging.getLogger("launcher.engines.hf")
 
 
 class SeededSampler:
@@ -84,6 +96,7 @@ class HFEngine(Engine):
 
         t0 = time.perf_counter()
         self.tokenizer = tokenizer
+        self.decoder = SampleDecoder(tokenizer)
         # One GPU per worker: HF runs data-parallel only (a TP group's other GPUs would sit idle; the layout for HF
         # asks TP=1).
         self.device = "cuda" if layout.gpus and torch.cuda.is_available() else "cpu"
@@ -114,23 +127,50 @@ class HFEngine(Engine):
 
     def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[Completion]:
         feed = iter(requests)
+        breaker = FailureBreaker()
         while batch := list(itertools.islice(feed, self.batch_size)):
             # One generate() call runs one setting: requests with their own (an OpenAI batch body) go in groups.
             groups: dict[str, list[GenerationRequest]] = {}
             for req in batch:
+                if req.sampling is not None and req.sampling.structured is not None:
+                    # backend auto fell back to HF (no vLLM here): this request gets an error, never an unconstrained
+                    # answer, and the others of its unit run
+                    yield refused(
+                        req,
+                        f"this request asks for structured output ({req.sampling.structured.kind}), which needs "
+                        "vLLM, and this worker runs the HF backend (vLLM does not import here): run it in an image "
+                        "with vLLM, or drop response_format from this request",
+                    )
+                    continue
                 key = req.sampling.model_dump_json() + f"|{req.n}" if req.sampling else ""
                 groups.setdefault(key, []).append(req)
             for group in groups.values():
-                yield from self._batch(group, group[0].sampling or self.sampling, group[0].n or self.n)
+                s, n = group[0].sampling or self.sampling, group[0].n or self.n
+                yield from self._each_alone_if_needed(group, s, n, breaker)
+        yield from breaker.finish()
+
+    def _each_alone_if_needed(
+        self, batch: Sequence[GenerationRequest], s: SamplingSpec, n: int, breaker: FailureBreaker
+    ) -> Iterator[Completion]:
+        """The batch at once; if generate() raises on it, each request alone, so only the one that fails on its own
+        is refused (its samples do not depend on its batch: SeededSampler). A refusal waits in the breaker until
+        the engine has shown it works."""
+        try:
+            done = list(self._batch(batch, s, n))
+        except Exception as exc:
+            if len(batch) > 1:
+                log.warning("HF generate failed on a batch of %d (%s: %s); trying each request alone", len(batch),
+                            type(exc).__name__, exc)  # fmt: skip
+                for req in batch:
+                    yield from self._each_alone_if_needed([req], s, n, breaker)
+                return
+            breaker.failed(exc, refused(batch[0], f"generation failed on this request: {type(exc).__name__}: {exc}"))
+            return
+        yield from breaker.ok()
+        yield from done
 
     def _batch(self, batch: Sequence[GenerationRequest], s: SamplingSpec, n: int) -> Iterator[Completion]:
         import torch
-
-        if s.structured is not None:  # backend auto fell back to HF (no vLLM here): refuse, never ignore
-            raise RuntimeError(
-                f"a request asks for structured output ({s.structured.kind}), which needs vLLM, and this worker runs "
-                "the HF backend (vLLM does not import here): run in an image with vLLM"
-            )
 
         width = max(len(r.prompt_token_ids) for r in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -160,10 +200,10 @@ class HFEngine(Engine):
             )
         new = out[:, width:].cpu().tolist()
         for b, req in enumerate(batch):
-            samples = tuple(self._sample(new[b * n + j], s) for j in range(n))
+            samples = tuple(self._sample(new[b * n + j], s, req.prompt_token_ids) for j in range(n))
             yield Completion(req.key, len(req.prompt_token_ids), samples)
 
-    def _sample(self, tokens: list[int], s: SamplingSpec) -> Sample:
+    def _sample(self, tokens: list[int], s: SamplingSpec, prompt_token_ids: list[int]) -> Sample:
         kept, reason = tokens, "length"
         for i, tok in enumerate(tokens):
             if not s.ignore_eos and tok in self.eos_ids:
@@ -172,9 +212,9 @@ class HFEngine(Engine):
         else:  # no EOS: trailing pads only appear once every row of the batch is done, so trim them
             while kept and kept[-1] == self.pad_id and self.pad_id not in self.eos_ids and len(kept) < len(tokens):
                 kept = kept[:-1]
-        text = self.tokenizer.decode(kept, skip_special_tokens=True)
-        if s.stop:
-            for stop in s.stop:
-                if stop in text:
-                    text, reason = text[: text.index(stop)], "stop"
+        # vLLM's text for these ids (engines/decode.py): the EOS that ended the sample is left out, and a character
+        # cut at max_tokens is dropped, not replaced.
+        text = self.decoder.decode(prompt_token_ids, [Generated(kept, reason == "stop")])[0]
+        if s.stop and (cut := cut_at_stop(text, s.stop)) is not None:
+            text, reason = cut, "stop"
         return Sample(text, len(kept), reason, tuple(kept))

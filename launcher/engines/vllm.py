@@ -19,10 +19,24 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from launcher.engines import register
-from launcher.engines.base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
+from launcher.engines.base import (
+    Completion,
+    Engine,
+    EngineReport,
+    FailureBreaker,
+    GenerationRequest,
+    Sample,
+    Workload,
+    refused,
+)
+from launcher.engines.batch_trace import BatchTrace
+from launcher.engines.decode import Generated, SampleDecoder, cut_at_stop
+from launcher.engines.startup import StartupSwitches, release_after_fork
+from launcher.engines.vllm_log import StartupLines, startup_seconds
+from launcher.engines.vllm_startup import apply_startup_settings, eos_stop_ids
 from launcher.plan.layout import ParallelLayout
 from launcher.plan.sizing import CPU_KV_CACHE_GIB, EngineSettings
-from launcher.spec import SamplingSpec
+from launcher.spec import ModelSpec, SamplingSpec
 
 log = logging.getLogger("launcher.engines.vllm")
 
@@ -30,12 +44,16 @@ log = logging.getLogger("launcher.engines.vllm")
 @register
 class VLLMEngine(Engine):
     name = "vllm"
+    holds_host_work = True  # released once vLLM has forked its engine core (load())
+    switches = StartupSwitches()  # read from the environment by load()
+    skip_tokenizer = False
+    decoder: SampleDecoder | None = None  # engines/decode.py, with vLLM's tokenizer object or the worker's
 
     def load(self, workload: Workload, tokenizer: Any, layout: ParallelLayout) -> EngineReport:
         from launcher.engines.compile_cache import open_cache
         from launcher.inputs.model import model_shape
         from launcher.plan.layout import gpu_info
-        from launcher.plan.sizing import plan_admission, request_tokens, size_vllm
+        from launcher.plan.sizing import size_vllm
 
         wait_for_teardown()  # an engine closed earlier in this process must free the GPU first
         on_gpu = bool(layout.gpus)
@@ -77,13 +95,12 @@ class VLLMEngine(Engine):
         # Stats on: the summary reports preemptions (there should be none) from vLLM's own counters.
         kwargs.setdefault("disable_log_stats", False)
         self.tokenizer = tokenizer
-        # vLLM detokenizes every sample at every step unless told not to; only stop strings need that. The text is
-        # decoded once per sample at the end instead (same tokenizer, same skip_special_tokens).
-        self.detokenize_here = not self.sampling.stop
+        self.skip_tokenizer = apply_startup_settings(self, kwargs, settings, on_gpu)
         startup: dict[str, Any] = {}
         ready = self._join_nodes(layout, kwargs, settings, startup)
         if not on_gpu and ready is None:
             self._in_process_on_cpu(kwargs, settings)
+        in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
         # Over several nodes each compiles for itself: a cache shared through one node's lock would not help them.
         cache = open_cache(self.model.path, kwargs, gpu.name if gpu else None) if ready is None else None
         if cache is not None:
@@ -94,12 +111,23 @@ class VLLMEngine(Engine):
         self.cache = cache
         t0 = time.perf_counter()
         startup["engine_start_at"] = time.time()
-        import vllm
         from vllm import LLM
 
+        llm_done = threading.Event()
+        if self.host_ok is not None:  # the worker's host-side start-up waits for vLLM's fork (job/host_prep.py)
+            self.host_ok.set() if in_process else release_after_fork(self.host_ok, llm_done)
+        self.startup_lines = StartupLines().__enter__()  # vLLM's own seconds (weights, compile) for the summary
         try:
             self.llm: Any = LLM(**kwargs)
-        except Exception:
+        except Exception as exc:
+            if self.skip_tokenizer and "tokenizer" in str(exc).lower():  # a vLLM that will not start without one
+                log.warning("vLLM did not start without its tokenizer (%s); starting again with it", exc)
+                kwargs.pop("skip_tokenizer_init")
+                settings.kwargs.pop("skip_tokenizer_init", None)
+                self.skip_tokenizer = False
+                settings.reasons["skip_tokenizer_init"] = f"vLLM refused to start without its tokenizer: {exc}"[:300]
+                self.llm = LLM(**kwargs)
+                return self._started(workload, kwargs, settings, startup, on_gpu, gpu, ready, t0)
             if cache is None or not cache.hit:
                 raise
             # A cache that does not load must not fail every worker that finds it: compile afresh once.
@@ -107,38 +135,111 @@ class VLLMEngine(Engine):
             cache.drop()
             startup["compile_cache"] = "failed to load; recompiled"
             self.llm = LLM(**kwargs)
+        finally:
+            llm_done.set()
+            self.startup_lines.__exit__()
+        return self._started(workload, kwargs, settings, startup, on_gpu, gpu, ready, t0)
+
+    def _started(
+        self,
+        workload: Workload,
+        kwargs: dict[str, Any],
+        settings: EngineSettings,
+        startup: dict[str, Any],
+        on_gpu: bool,
+        gpu: Any,
+        ready: threading.Event | None,
+        t0: float,
+    ) -> EngineReport:
+        """The engine is up: what it allocated, admission, the report."""
+        import vllm
+
         startup["engine_ready_at"] = time.time()
         if ready is not None:
             ready.set()
+        startup.update(startup_seconds(self.startup_lines.figures()))
         load_s = time.perf_counter() - t0
         startup["engine_init_s"] = round(load_s, 3)
         self.engine: Any = self.llm.llm_engine
+        with contextlib.suppress(AttributeError, TypeError):  # vLLM turns it off for models that do not support it
+            if not self.engine.vllm_config.cache_config.enable_prefix_caching:
+                settings.kwargs["enable_prefix_caching"] = False
+                settings.reasons["enable_prefix_caching"] = (
+                    f"vLLM {vllm.__version__} keeps no prefix cache for this model"
+                )
+        # vLLM's own tokenizer object: its class decides how vLLM would detokenize (a Mistral one, say). Without one
+        # (skip_tokenizer_init), the worker's, once its thread has loaded it: at the first finished request.
+        self.decoder = None if self.skip_tokenizer else SampleDecoder(_engine_tokenizer(self.llm, self.tokenizer))
         self.capacity_tokens, self.block = self._kv_capacity()
-        n_asked = 1 if self.sampling.temperature == 0 else self.n  # greedy asks once and copies
-        mean_need = request_tokens(int(workload.prompt_tokens_mean), self.sampling.max_tokens, n_asked, self.block)
-        self.admission = plan_admission(mean_need, n_asked, self._max_num_seqs(kwargs), self.capacity_tokens or None)
-        settings.reasons["inflight_requests"] = self.admission.reason
-        settings.kwargs["inflight_requests"] = self.admission.max_requests
+        self.max_num_seqs = self._max_num_seqs(kwargs)
+        self.settings = settings
+        self.trace = BatchTrace()
+        self.refine(workload)
         if self.capacity_tokens:
             settings.kwargs["kv_cache_tokens"] = self.capacity_tokens
             settings.reasons["kv_cache_tokens"] = (
                 f"measured by vLLM at start-up (estimated beforehand: {settings.kv_tokens_estimate or 'n/a'})"
             )
-        settings.kwargs["detokenize_in_engine"] = not self.detokenize_here
+        settings.kwargs["detokenize_in_engine"] = bool(self.sampling.stop)
         settings.reasons["detokenize_in_engine"] = (
             "stop strings need vLLM's incremental detokenizer"
             if self.sampling.stop
-            else "no stop strings: each sample is decoded once when it finishes"
+            else "no stop strings: each sample is decoded once when it finishes, by vLLM's rule (engines/decode.py)"
         )
-        self.settings = settings
+        self.device, self.gpu_name = ("cuda" if on_gpu else "cpu"), (gpu.name if gpu else None)
         return EngineReport(
             backend="vllm",
             version=f"vllm {vllm.__version__}",
-            device="cuda" if on_gpu else "cpu",
-            gpu_name=gpu.name if gpu else None,
+            device=self.device,
+            gpu_name=self.gpu_name,
             load_seconds=load_s,
             settings=settings.kwargs,
             reasons=settings.reasons,
+            startup=startup,
+        )
+
+    def refine(self, workload: Workload) -> None:
+        """Requests in flight, from the KV capacity vLLM measured and the prompts' mean length (measured beside the
+        engine's start: before it, the workload is a bound without lengths, and this runs again once they are in)."""
+        from launcher.plan.sizing import plan_admission, request_tokens
+
+        n_asked = 1 if self.sampling.temperature == 0 else self.n  # greedy asks once and copies
+        mean_need = request_tokens(int(workload.prompt_tokens_mean), self.sampling.max_tokens, n_asked, self.block)
+        self.admission = plan_admission(mean_need, n_asked, self.max_num_seqs, self.capacity_tokens or None)
+        self.settings.reasons["inflight_requests"] = self.admission.reason + (
+            "" if workload.prompts_known else " (prompt lengths not measured yet)"
+        )
+        self.settings.kwargs["inflight_requests"] = self.admission.max_requests
+
+    def swap_check(self, model: ModelSpec) -> tuple[bool, str]:
+        from launcher.engines.weight_swap import swap_decision
+
+        if not self.switches.on("swap"):
+            return False, f"{StartupSwitches.how_to_turn_off('swap')} is set"
+        nnodes = self.rendezvous.group.nnodes if self.rendezvous is not None else 1
+        decision = swap_decision(self.model, model, nnodes)
+        return decision.ok, decision.reason
+
+    def swap(self, model: ModelSpec) -> EngineReport:
+        """The next checkpoint of the sweep into this engine (engines/weight_swap.py); settings and graphs stay."""
+        import vllm
+
+        from launcher.engines.weight_swap import swap_weights
+
+        startup: dict[str, Any] = {**swap_weights(self.llm, model.path), "swapped_from": self.model.path}
+        self.settings.kwargs = dict(self.settings.kwargs)  # the previous model's report keeps its own figures
+        self.settings.reasons = dict(self.settings.reasons)
+        self.trace = BatchTrace()
+        startup["engine_ready_at"] = time.time()
+        self.model = model
+        return EngineReport(
+            backend="vllm",
+            version=f"vllm {vllm.__version__}",
+            device=self.device,
+            gpu_name=self.gpu_name,
+            load_seconds=startup["model_swap_s"],
+            settings=self.settings.kwargs,
+            reasons=self.settings.reasons,
             startup=startup,
         )
 
@@ -210,9 +311,12 @@ class VLLMEngine(Engine):
             seed=seed,
             ignore_eos=s.ignore_eos,
             stop=s.stop or None,
-            detokenize=not self.detokenize_here,
+            # vLLM detokenizes every sample at every step unless told not to; only stop strings need that (a batch
+            # line's own too). The text is decoded once per sample at the end, by vLLM's rule (engines/decode.py).
+            detokenize=bool(s.stop),
             output_kind=RequestOutputKind.FINAL_ONLY,
             structured_outputs=self._structured(s),
+            stop_token_ids=eos_stop_ids(self, s),
         )
 
     @staticmethod
@@ -237,6 +341,7 @@ class VLLMEngine(Engine):
         ids: dict[str, tuple[GenerationRequest, int]] = {}
         inflight = inflight_tokens = 0
         max_requests, max_tokens = self.admission.max_requests, self.admission.max_kv_tokens
+        breaker = FailureBreaker()
         while True:
             while not exhausted and inflight < max_requests:
                 if waiting is None:
@@ -249,12 +354,16 @@ class VLLMEngine(Engine):
                     break
                 req, waiting = waiting, None
                 rid = f"r{req.key}"
-                returned = self.engine.add_request(
-                    rid,
-                    {"prompt_token_ids": list(req.prompt_token_ids)},
-                    self._params(req.seed, req.sampling, req.n),
-                    lora_request=self.loras.get(req.adapter) if req.adapter else None,
-                )
+                try:  # vLLM checks a request as it is added (its length, its token ids, its structured output)
+                    returned = self.engine.add_request(
+                        rid,
+                        {"prompt_token_ids": list(req.prompt_token_ids)},
+                        self._params(req.seed, req.sampling, req.n),
+                        lora_request=self.loras.get(req.adapter) if req.adapter else None,
+                    )
+                except Exception as exc:  # this request alone: the others go on (unless the engine is broken)
+                    breaker.failed(exc, refused(req, f"vLLM refused this request: {type(exc).__name__}: {exc}"))
+                    continue
                 ids[rid] = (req, need)
                 if isinstance(returned, str):
                     ids[returned] = (req, need)
@@ -262,24 +371,34 @@ class VLLMEngine(Engine):
                 inflight_tokens += need
             if not inflight:
                 if exhausted:
+                    self.settings.kwargs["batch_occupancy"] = self.trace.summary()
+                    yield from breaker.finish()
                     return
                 continue
+            self.trace.step(inflight, max_requests, waiting is not None, exhausted)
             for out in self.engine.step():
                 if not out.finished:
                     continue
                 req, need = ids.get(out.request_id) or ids[out.request_id.rsplit("-", 1)[0]]
                 inflight -= 1
                 inflight_tokens -= need
+                yield from breaker.ok()
                 if self.cache is not None:  # first results in: kernels compiled on first use are in the cache now
                     self.cache.publish()
-                yield Completion(req.key, len(req.prompt_token_ids), self._samples(out, req.n or self.n))
+                yield Completion(req.key, len(req.prompt_token_ids), self._samples(out, req.n or self.n, req))
 
-    def _samples(self, out: Any, n: int) -> tuple[Sample, ...]:
+    def _samples(self, out: Any, n: int, req: GenerationRequest) -> tuple[Sample, ...]:
         outputs = sorted(out.outputs, key=lambda c: c.index)
-        if self.detokenize_here:
-            texts = self.tokenizer.batch_decode([list(c.token_ids) for c in outputs], skip_special_tokens=True)
-        else:
-            texts = [c.text for c in outputs]
+        # One rule with or without stop strings (vLLM's text then is the same, cut at the stop string), and the same
+        # as the HF backend's. A stop string, unlike EOS or a stop token id, leaves its token in the text.
+        generated = [
+            Generated(c.token_ids, c.finish_reason == "stop" and not isinstance(c.stop_reason, str)) for c in outputs
+        ]
+        if self.decoder is None:
+            self.decoder = SampleDecoder(_engine_tokenizer(self.llm, self.tokenizer))
+        texts = self.decoder.decode(req.prompt_token_ids, generated)
+        stop = (req.sampling or self.sampling).stop
+        texts = [cut if stop and (cut := cut_at_stop(t, stop)) is not None else t for t in texts]
         samples = tuple(
             Sample(t, len(c.token_ids), _reason(c.finish_reason), tuple(c.token_ids))
             for t, c in zip(texts, outputs, strict=True)
@@ -309,9 +428,16 @@ class VLLMEngine(Engine):
         settings = getattr(self, "settings", None)
         if settings is not None and getattr(self, "llm", None) is not None:
             counters = self.stats()
+            if counters.get("prefix_cache_queries"):  # tokens of prompts found in the cache / tokens looked up
+                counters["prefix_cache_hit_rate"] = round(
+                    counters["prefix_cache_hits"] / counters["prefix_cache_queries"], 4
+                )
             if counters:
                 settings.kwargs["vllm_counters"] = counters
-                settings.reasons["vllm_counters"] = "vLLM's own counters at the end (num_preemptions should be 0)"
+                settings.reasons["vllm_counters"] = (
+                    "vLLM's own counters at the end (num_preemptions should be 0; prefix_cache_hit_rate: prompt tokens "
+                    "served from the prefix cache)"
+                )
         llm, engine, cache = getattr(self, "llm", None), getattr(self, "engine", None), getattr(self, "cache", None)
         if cache is not None and llm is not None:
             cache.publish()
@@ -366,6 +492,19 @@ def lora_requests(adapters: dict[str, str | None]) -> dict[str, Any]:
 
     named = [(name, folder) for name, folder in adapters.items() if folder]
     return {name: LoRARequest(name, i, folder) for i, (name, folder) in enumerate(named, start=1)}
+
+
+def _engine_tokenizer(llm: Any, given: Any) -> Any:
+    """vLLM's own tokenizer object, else (vLLM started without one: skip_tokenizer_init) the worker's. Both decode
+    alike: vLLM's is transformers' AutoTokenizer of the same files (vllm/tokenizers/hf.py); a tokenizer vLLM would
+    load otherwise (Mistral format) keeps vLLM's own (engines/vllm_startup.py)."""
+    with contextlib.suppress(Exception):  # a vLLM without its tokenizer returns None or raises, by version
+        found = llm.get_tokenizer()
+        if found is not None:
+            return found
+    if hasattr(type(given), "resolve"):  # a stand-in for the tokenizer the worker's thread loads (job/host_prep.py)
+        return given.resolve()
+    return given
 
 
 def _reason(reason: str | None) -> str:

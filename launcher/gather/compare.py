@@ -1,4 +1,5 @@
-"""compare.py: two output dirs, record by record. Greedy runs: token agreement and the first divergence.
+"""gather/compare.py: two output dirs, record by record. Greedy runs: token agreement and the first divergence
+(character agreement where the samples hold no token ids: output.token_ids records them).
 Sampled runs: lengths and distinct-n side by side (samples differ by design; their statistics should not)."""
 
 from __future__ import annotations
@@ -101,12 +102,19 @@ def compare(a_dir: Path, b_dir: Path) -> Comparison:
 
 
 def render(cmp: Comparison, a: Path, b: Path) -> str:
+    """Plain text (the caller makes it safe to print: record ids and paths are data)."""
     unit = "tokens" if cmp.token_level else "characters"
+    measure = (
+        "token agreement"
+        if cmp.token_level
+        else "character agreement (no token ids in these samples; `output.token_ids: true` records them, for "
+        "token agreement)"
+    )
     lines = [
         f"A: {a}  ({cmp.records_a} records)",
         f"B: {b}  ({cmp.records_b} records)",
         f"records in both: {cmp.common}",
-        f"agreement: {cmp.agreement:.4f} of {cmp.tokens_compared} {unit} (common prefix per sample); "
+        f"{measure}: {cmp.agreement:.4f} of {cmp.tokens_compared} {unit} (common prefix per sample); "
         f"{cmp.identical_samples}/{cmp.samples_compared} samples identical",
     ]
     if cmp.first_divergence:
@@ -121,4 +129,5 @@ def render(cmp: Comparison, a: Path, b: Path) -> str:
 def as_json(cmp: Comparison) -> str:
     from dataclasses import asdict
 
-    return json.dumps({**asdict(cmp), "agreement": cmp.agreement}, indent=2)
+    measure = "tokens" if cmp.token_level else "characters"
+    return json.dumps({**asdict(cmp), "agreement": cmp.agreement, "agreement_of": measure}, indent=2)

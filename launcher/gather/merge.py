@@ -28,7 +28,7 @@ from launcher.gather.stream import RowTotals, StreamedFile, jsonl_bytes
 from launcher.gather.structured import structured_figures
 from launcher.gather.throughput import RunFigures, cell_figures, run_figures
 from launcher.plan import Cell, Plan, Unit
-from launcher.store import OutputRow, dumps_line, safe_filename, write_atomic, write_json_atomic
+from launcher.store import OutputRow, encode_lines, read_json, safe_filename, write_atomic, write_json_atomic
 
 
 @dataclass
@@ -44,6 +44,7 @@ class GroupReport:
     missing_rows: list[int] = field(default_factory=list)
     bad_sample_counts: list[int] = field(default_factory=list)
     files_written: list[str] = field(default_factory=list)  # relative to out_dir; empty when all were up to date
+    files_removed: list[str] = field(default_factory=list)  # an earlier gather's files this one does not write
 
     @property
     def dataset(self) -> str:
@@ -119,15 +120,24 @@ def _describe_missing(r: GroupReport, plan: Plan) -> str:
     lines = [f"{r.label}: incomplete, nothing written for this group"]
     if r.missing_units:
         lines.append(f"  units not finished ({len(r.missing_units)}): {', '.join(r.missing_units[:20])}")
+        refusals = {  # a worker refused them: an input changed under the run (inputs/guard.py) says what to do
+            str(f.get("error")).removeprefix("InputChanged: ")
+            for u in r.missing_units
+            for f in plan.run.unit(u).read_failures()[-1:]
+            if str(f.get("error", "")).startswith("InputChanged: ")
+        }
+        lines += [f"  refused: {why}" for why in sorted(refusals)[:5]]
     for problem in r.damaged[:20]:
         lines.append(f"  damaged: {problem}")
     if r.missing_rows:
         lines.append(f"  rows missing ({len(r.missing_rows)}): {r.missing_rows[:20]}")
     if r.bad_sample_counts:
         lines.append(f"  rows with a wrong number of samples: {r.bad_sample_counts[:20]}")
+    from launcher.plan.persist import resume_hint
+
     lines.append(
-        f"  fix: `launcher status {plan.run.root}` to see why; `launcher submit` the same spec again "
-        "to generate exactly what is missing (done records are kept)"
+        f"  fix: `launcher status {plan.run.root}` to see why; {resume_hint(plan.run)} again "
+        "generates exactly what is missing (done records are kept)"
     )
     return "\n".join(lines)
 
@@ -199,6 +209,7 @@ def _write_group(
     out = report.out_dir
     out.mkdir(parents=True, exist_ok=True)
     spec = plan.spec
+    earlier = read_json(out / "manifest.json").get("files") or {}
     hashes: dict[str, dict[str, Any]] = {}
     if sink is None:
         import pyarrow as pa
@@ -211,7 +222,7 @@ def _write_group(
         hashes[SAMPLE_FILES["jsonl"]] = {"sha256": sink.sha256, "bytes": sink.size}
         if sink.finish():
             report.files_written.append(SAMPLE_FILES["jsonl"])
-    _put(out, "quarantine.jsonl", "".join(dumps_line(q) for q in quarantine).encode(), report, hashes)
+    _put(out, "quarantine.jsonl", encode_lines(quarantine, lone_surrogates="escape"), report, hashes)
     if spec.output.per_user_json:
         for rel, data in _user_files(rows, "" if flat else "users/"):
             _put(out, rel, data, report, hashes)
@@ -228,6 +239,24 @@ def _write_group(
         "files": dict(sorted(hashes.items())),
     }
     _put(out, "manifest.json", _json_bytes(manifest), report, {})
+    _remove_stale(out, set(earlier) - set(hashes), report)
+
+
+def _remove_stale(out: Path, stale: set[str], report: GroupReport) -> None:
+    """Files an earlier gather of this folder listed in its manifest and this one does not write: per-user files
+    under a name the old naming gave them (store/names.py), users no longer in the data, the other format's samples
+    file. Left there, a reader would take them for this run's. Files the launcher never listed are not touched."""
+    for rel in sorted(stale):
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts or not parts:
+            continue  # a manifest is ours, but its folder may be shared: never a path outside `out`
+        path = out / rel
+        try:
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+                report.files_removed.append(rel)
+        except OSError:
+            continue
 
 
 def _variant_fields(report: GroupReport) -> dict[str, str]:
@@ -239,8 +268,8 @@ OWN_FILES = frozenset({"samples", "quarantine", "inference_summary", "manifest"}
 
 def _user_files(rows: list[OutputRow], folder: str = "users/") -> Iterator[tuple[str, bytes]]:
     """<user id>.json with generated_samples: under users/, or at the top of --output_dir as the old script wrote them
-    (`launcher run` with its flags). safe_filename: an id such as '../../x' stays inside the folder; a user named like
-    one of our own files gets a suffix instead of overwriting it."""
+    (`launcher run` with its flags). safe_filename: two ids never share a file, an id such as '../../x' stays inside
+    the folder, and a user named like one of our own files gets its first letter escaped instead of overwriting it."""
     by_user: dict[str, list[OutputRow]] = defaultdict(list)
     for row in rows:
         by_user[row["user_id"]].append(row)
@@ -253,9 +282,7 @@ def _user_files(rows: list[OutputRow], folder: str = "users/") -> Iterator[tuple
                 for r in recs
             ],
         }
-        name = safe_filename(user)
-        if not folder and name in OWN_FILES:
-            name = f"{name}-user"
+        name = safe_filename(user, reserved=frozenset() if folder else OWN_FILES)
         yield f"{folder}{name}.json", (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode()
 
 
@@ -304,6 +331,9 @@ def summarize(
         "engine_version": engine.get("version"),
         "engine_settings": engine.get("settings"),
         "engine_settings_reasons": engine.get("reasons"),
+        # vLLM's own start-up seconds (weights_load_s, compile_s, graph_capture_s), the compile cache, a swap
+        "engine_startup": engine.get("startup"),
+        "prefix_order": worker.get("prefix_order"),
         "launcher_version": __version__,
         "model": spec.model_paths()[key.model],
         **({"model_name": key.model} if key.model else {}),

@@ -20,11 +20,13 @@ from launcher.gather.compare import distinct_n
 from launcher.gather.samples import read_samples
 from launcher.plan import Plan
 from launcher.store import write_atomic
+from launcher.terminal import printable
 
 
 @dataclass(frozen=True)
 class CellRow:
     run_id: str
+    run: str  # the name shown: the run id, told apart from another run given with the same id (run_labels)
     model: str
     dataset: str
     ablation: str
@@ -40,10 +42,21 @@ class CellRow:
     output_tokens_per_sec: float | None
 
 
-def cell_rows(plan: Plan, skipped: list[str] | None = None) -> list[CellRow]:
+def run_labels(plans: list[Plan]) -> list[str]:
+    """A distinct name per run given. A reproduction has its original's run id (the id hashes what changes the
+    samples, and a reproduction changes none): it is named so; runs still alike get their output folder."""
+    labels = [p.run.run_id + (" (reproduction)" if p.run.read_run().get("reproduces") else "") for p in plans]
+    seen = Counter(zip(labels, (p.run.root for p in plans), strict=True))
+    alike = Counter(label for label, _ in seen)
+    return [
+        f"{label} @ {p.run.output_dir}" if alike[label] > 1 else label for label, p in zip(labels, plans, strict=True)
+    ]
+
+
+def cell_rows(plan: Plan, skipped: list[str] | None = None, label: str | None = None) -> list[CellRow]:
     """One row per gathered cell (model or adapter x dataset x ablation) of the run. Left out (and named in
     `skipped`): cells not gathered yet, and cells whose folder another run (same output.dir, other run id)
-    gathered into last."""
+    gathered into last. label: the run's name in the report (default its run id)."""
     out = []
     for key in plan.cells():
         # The sweep's model or adapter name; a one-model run shows its checkpoint folder's name.
@@ -68,6 +81,7 @@ def cell_rows(plan: Plan, skipped: list[str] | None = None) -> list[CellRow]:
         out.append(
             CellRow(
                 run_id=plan.run.run_id,
+                run=label or plan.run.run_id,
                 model=model,
                 dataset=dataset,
                 ablation=ablation,
@@ -88,7 +102,7 @@ def cell_rows(plan: Plan, skipped: list[str] | None = None) -> list[CellRow]:
 
 COLUMNS = (
     ("model", "model"),
-    ("run_id", "run"),
+    ("run", "run"),
     ("dataset", "dataset"),
     ("ablation", "ablation"),
     ("records", "records"),
@@ -108,11 +122,12 @@ def markdown(rows: list[CellRow]) -> str:
     def cell(value: Any) -> str:
         if value is None:
             return "-"
-        return f"{value:,.4g}" if isinstance(value, float) else str(value)
+        # names come from specs and folders: no control character reaches a terminal, no '|' splits the row
+        return f"{value:,.4g}" if isinstance(value, float) else printable(value).replace("|", "\\|")
 
     lines = [
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
-        "|" + "|".join("---" if key in ("model", "run_id", "dataset", "ablation") else "---:" for key, _ in COLUMNS)
+        "|" + "|".join("---" if key in ("model", "run", "dataset", "ablation") else "---:" for key, _ in COLUMNS)
         + "|",
     ]  # fmt: skip
     for r in rows:
@@ -129,17 +144,17 @@ def plot(rows: list[CellRow], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     cells = sorted({(r.dataset, r.ablation) for r in rows})
-    runs = sorted({(r.model, r.run_id) for r in rows})
-    by = {(r.model, r.run_id, r.dataset, r.ablation): r for r in rows}
+    runs = sorted({(r.model, r.run) for r in rows})
+    by = {(r.model, r.run, r.dataset, r.ablation): r for r in rows}
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(cells) + 4), 4.5))
     width = 0.8 / max(1, len(runs))
     for ax, field, title in (
         (axes[0], "mean_tokens", "mean sample length (tokens)"),
         (axes[1], "distinct_2", "distinct-2"),
     ):
-        for i, (model, run_id) in enumerate(runs):
-            ys = [getattr(by.get((model, run_id, d, a)), field, 0) or 0 for d, a in cells]
-            ax.bar([x + i * width for x in range(len(cells))], ys, width, label=f"{model} ({run_id})")
+        for i, (model, run) in enumerate(runs):
+            ys = [getattr(by.get((model, run, d, a)), field, 0) or 0 for d, a in cells]
+            ax.bar([x + i * width for x in range(len(cells))], ys, width, label=printable(f"{model} ({run})"))
         ax.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(cells))])
         ax.set_xticklabels([f"{d}\n{a}" for d, a in cells], fontsize=8)
         ax.set_title(title)
@@ -167,4 +182,4 @@ def write_report(rows: list[CellRow], folder: Path, draw: bool = True) -> list[P
     return written
 
 
-__all__ = ["CellRow", "cell_rows", "markdown", "write_report"]
+__all__ = ["CellRow", "cell_rows", "markdown", "run_labels", "write_report"]

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.store import OutputRow, dumps_line, sha256_file
+from launcher.store import OutputRow, encode_line, sha256_file
 
 
 class StreamedFile:
@@ -73,7 +73,8 @@ class RowTotals:
 
 
 def jsonl_bytes(row: OutputRow) -> bytes:
-    return dumps_line(dict(row)).encode()
+    """One samples line, split on b"\\n" only when read back (store/jsonl.py); strict UTF-8, as every chunk is."""
+    return encode_line(dict(row))
 
 
 __all__ = ["RowTotals", "StreamedFile", "jsonl_bytes"]

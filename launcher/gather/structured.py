@@ -8,30 +8,49 @@ the constraint, and says how many were cut.
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from launcher.inputs.bounded import BoundExceeded, deadline
+from launcher.spec.safe_checks import compile_regex, make_validator
 from launcher.spec.sampling import StructuredSpec
 
+CHECK_S = 1.0  # per sample: a JSON document of max_tokens tokens validates in milliseconds
+MAX_UNJUDGED = 20  # samples that hit a bound before the rest of the cell is left unjudged (a bounded gather)
 
-def _checker(spec: StructuredSpec) -> Any:
-    """text -> conforms? (None for a grammar: no parser for vLLM's EBNF here, so those samples are not judged)."""
+
+class Unjudged(Exception):
+    """This sample could not be judged within the bounds (the reason says why)."""
+
+
+def _checker(spec: StructuredSpec) -> Callable[[str], bool] | None:
+    """text -> conforms? (raises Unjudged); None for a grammar: no parser for vLLM's EBNF here, so those samples are
+    not judged. Regexes run on RE2 and schemas on local $refs only (spec/safe_checks.py): linear, offline, bounded."""
     if spec.json_schema is not None:
-        from jsonschema.validators import validator_for
-
-        validator = validator_for(spec.json_schema)(spec.json_schema)
+        validator = make_validator(spec.json_schema)
 
         def check_json(text: str) -> bool:
             try:
-                return bool(validator.is_valid(json.loads(text)))
-            except ValueError:
+                doc = json.loads(text)
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
                 return False
+            try:
+                with deadline(CHECK_S, "the JSON schema check"):
+                    return bool(validator.is_valid(doc))
+            except (BoundExceeded, RecursionError) as exc:
+                raise Unjudged(f"{type(exc).__name__}: {exc}") from None
 
         return check_json
     if spec.regex is not None:
-        pattern = re.compile(spec.regex)
-        return lambda text: pattern.fullmatch(text) is not None
+        pattern = compile_regex(spec.regex)
+
+        def check_regex(text: str) -> bool:
+            try:
+                return pattern.fullmatch(text) is not None
+            except Exception as exc:  # text RE2 cannot take (a lone surrogate): never a crash
+                raise Unjudged(f"{type(exc).__name__}: {exc}") from None
+
+        return check_regex
     if spec.choice is not None:
         choices = set(spec.choice)
         return lambda text: text in choices
@@ -44,16 +63,21 @@ def structured_figures(spec: StructuredSpec | None, rows: Iterable[Any]) -> dict
         return None
     check = _checker(spec)
     samples = conforming = cut = 0
+    unjudged: list[str] = []
     for row in rows:
         texts: Sequence[str] = row["generated_samples"]
         reasons: Sequence[str] = row.get("finish_reasons") or [""] * len(texts)
         for text, reason in zip(texts, reasons, strict=False):
             samples += 1
             cut += reason == "length"
-            if check is not None and check(text):
-                conforming += 1
+            if check is None or len(unjudged) >= MAX_UNJUDGED:
+                continue
+            try:
+                conforming += check(text)
+            except Unjudged as exc:
+                unjudged.append(str(exc))
     judged = check is not None
-    return {
+    figures = {
         "kind": spec.kind,
         "samples": samples,
         "conforming": conforming if judged else None,
@@ -66,3 +90,7 @@ def structured_figures(spec: StructuredSpec | None, rows: Iterable[Any]) -> dict
             "grammar": "not judged (no EBNF parser outside vLLM)",
         }[spec.kind],
     }
+    if unjudged:  # counted as not conforming; past MAX_UNJUDGED the rest is skipped so gather stays bounded
+        figures["not_judged"] = {"samples": len(unjudged), "first_reason": unjudged[0][:300],
+                                 "stopped_judging": len(unjudged) >= MAX_UNJUDGED}  # fmt: skip
+    return figures

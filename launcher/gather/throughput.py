@@ -6,9 +6,10 @@ one after the other make 100. Per-worker figures go beside it, never instead. Th
 the workers' GPU time was spent generating: sum(generation window x GPUs) / sum(process life x GPUs); engine
 start-up, reading data and the tail after the last unit count against it.
 
-GPU-hours are what the workers held: process life x GPUs (a CPU worker holds none). SM utilization (mean, p10),
-peak memory and power come from each worker's NVML samples over its generation window (job/gpu_monitor.py); cost
-per 1,000 samples from GPU-hours x the spec's cost.gpu_hour.
+GPU-hours are what the workers held: process life x GPUs (a CPU worker holds none). SM utilization (mean, p10), peak
+memory and power come from each worker's NVML samples over its generation window (job/gpu_monitor.py); cost per
+1,000 samples from GPU-hours x the spec's cost.gpu_hour. A run that held no GPU is a CPU run: its figures are the
+cores its workers could use, the CPU time they used (core-hours) and samples per core-hour.
 """
 
 from __future__ import annotations
@@ -62,26 +63,63 @@ class RunFigures:
         gen_s = round(win[1] - win[0], 3) if win else 0.0
         lives = [w for w in self.workers if w.get("ended") and w.get("started")]
         e2e = round(max(_t(w, "ended") for w in lives) - min(_t(w, "started") for w in lives), 3) if lives else None
+        life_s = sum(_t(w, "ended") - _t(w, "started") for w in lives)
+        busy_s = sum(_t(w, "last_write_at") - _t(w, "first_request_at") for w in busy)
         gpu_s = sum((_t(w, "ended") - _t(w, "started")) * _gpus(w) for w in lives)
         busy_gpu_s = sum((_t(w, "last_write_at") - _t(w, "first_request_at")) * _gpus(w) for w in busy)
-        gpu_hours = sum((_t(w, "ended") - _t(w, "started")) * len(w.get("gpus") or []) for w in lives) / 3600
+        gpu_hours = gpu_s / 3600
+        gpus = sum(_gpus(w) for w in {w.get("slot"): w for w in self.workers}.values())
         return {
+            "device": "gpu" if gpus else "cpu",
             "samples": samples,
             "output_tokens": tokens,
             "generation_wall_s": gen_s,
             "samples_per_sec": round(samples / gen_s, 4) if gen_s else None,
             "output_tokens_per_sec": round(tokens / gen_s, 2) if gen_s else None,
             "e2e_wall_s": e2e,
+            # generating / alive, whatever the device; the GPU-weighted one only where GPUs were held
+            "busy_fraction": round(busy_s / life_s, 4) if life_s else None,
             "gpu_busy_fraction": round(busy_gpu_s / gpu_s, 4) if gpu_s else None,
             "gpu_hours": round(gpu_hours, 4),
             "samples_per_gpu_hour": round(samples / gpu_hours, 1) if gpu_hours and samples else None,
             **self.gpu_figures(),
             **self.cost(gpu_hours, samples),
+            **self.cpu_figures(samples, e2e),
             "workers": len(self.workers),
             "workers_generating": len(busy),
-            "gpus": sum(_gpus(w) for w in {w.get("slot"): w for w in self.workers}.values()),
+            "gpus": gpus,
             "startup_s_max": self.startup_max_s(),
+            **self.prefix_cache(),
         }
+
+    def cpu_figures(self, samples: int, e2e: float | None) -> dict[str, Any]:
+        """Cores the workers could use (per host: its workers share them), the CPU time they used (measured, so a
+        worker limited to one math thread counts one core), and samples per core-hour of it."""
+        cores: dict[str, int] = {}
+        for w in self.workers:
+            if w.get("cpu_cores"):
+                cores[str(w.get("host"))] = max(cores.get(str(w.get("host")), 0), int(w["cpu_cores"]))
+        cpu_s = sum(float(w.get("cpu_seconds") or 0.0) for w in self.workers)
+        if not cores and not cpu_s:
+            return {}  # reports from before these were recorded
+        cpu_hours = cpu_s / 3600
+        return {
+            "cpu_cores": sum(cores.values()),
+            "cpu_hosts": len(cores),
+            "cpu_hours": round(cpu_hours, 6),
+            "cpu_cores_busy": round(cpu_s / e2e, 2) if e2e else None,
+            "samples_per_cpu_hour": round(samples / cpu_hours, 1) if cpu_hours and samples else None,
+        }
+
+    def prefix_cache(self) -> dict[str, Any]:
+        """vLLM's prefix-cache hit rate over every engine of the run: prompt tokens served from the cache / prompt
+        tokens looked up (the n samples of a prompt hit it; in prefix order, so do a user's other configs)."""
+        hits = queries = 0.0
+        for w in self.workers:
+            counters = ((w.get("engine") or {}).get("settings") or {}).get("vllm_counters") or {}
+            hits += float(counters.get("prefix_cache_hits") or 0)
+            queries += float(counters.get("prefix_cache_queries") or 0)
+        return {"prefix_cache_hit_rate": round(hits / queries, 4)} if queries else {}
 
     def gpu_figures(self) -> dict[str, Any]:
         """SM utilization (mean, p10 over every GPU-second sampled), peak memory, mean power; or why none."""
@@ -140,7 +178,8 @@ def _t(w: WorkerReport, key: str) -> float:
 
 
 def _gpus(w: WorkerReport) -> int:
-    return max(1, len(w.get("gpus") or []))
+    """GPUs a worker held: none for a CPU worker (whose time then counts in cpu_figures, never as a GPU's)."""
+    return len(w.get("gpus") or [])
 
 
 def summarize_gpu_samples(sampled: Sequence[GpuFigures]) -> dict[str, Any]:
@@ -163,6 +202,30 @@ def summarize_gpu_samples(sampled: Sequence[GpuFigures]) -> dict[str, Any]:
         "gpu_figures_source": sorted({g.get("source") or "?" for g in sampled if g.get("samples")}) or None,
         **({"gpu_figures_missing": errors} if errors else {}),
     }
+
+
+def busy_words(run: dict[str, Any]) -> str:
+    """How much of the workers' time went to generating, named for the device: 'GPU busy 61%' on GPUs; on a CPU
+    run, which held no GPU, 'CPU run (no GPU): generating 18%'."""
+    if run.get("device", "gpu") == "cpu" or not run.get("gpus"):
+        busy = run.get("busy_fraction")
+        return "CPU run (no GPU): generating " + (f"{100 * busy:.0f}%" if busy is not None else "n/a")
+    gpu_busy = run.get("gpu_busy_fraction")
+    return "GPU busy " + (f"{100 * gpu_busy:.0f}%" if gpu_busy is not None else "n/a")
+
+
+def describe_cpus(run: dict[str, Any]) -> str | None:
+    """The CPU line for a run that held no GPU (and so has no "GPUs:" line): cores, core-hours used, samples per
+    core-hour. None for a GPU run, or one whose workers did not record their CPU time."""
+    if run.get("gpus") or "cpu_hours" not in run:
+        return None
+    parts = [f"{run['cpu_cores']} core(s) on {run['cpu_hosts']} host(s)"]
+    if run.get("cpu_cores_busy") is not None:
+        parts.append(f"{run['cpu_cores_busy']} busy on average")
+    parts.append(f"{run['cpu_hours']:.4f} core-hours of CPU time")
+    if run.get("samples_per_cpu_hour"):
+        parts.append(f"{run['samples_per_cpu_hour']:,.0f} samples/core-hour")
+    return "CPU: " + "; ".join(parts) + " (no GPU held: no GPU-hours, utilization or cost to show)"
 
 
 def describe_gpus(run: dict[str, Any]) -> str | None:
@@ -226,4 +289,13 @@ def cell_figures(figures: RunFigures, unit_ids: list[str]) -> dict[str, Any]:
     return {"generation_wall_s": round(max(x[1] for x in windows) - min(x[0] for x in windows), 3)}
 
 
-__all__ = ["RunFigures", "cell_figures", "describe_gpus", "merge_histograms", "run_figures", "summarize_gpu_samples"]
+__all__ = [
+    "RunFigures",
+    "busy_words",
+    "cell_figures",
+    "describe_cpus",
+    "describe_gpus",
+    "merge_histograms",
+    "run_figures",
+    "summarize_gpu_samples",
+]

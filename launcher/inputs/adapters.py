@@ -1,7 +1,8 @@
 """inputs/adapters.py: a LoRA adapter folder as peft writes it (adapter_config.json + adapter weights), read once.
 
 What the engine needs from it (the rank, to size vLLM's LoRA buffers) and what `launcher plan` checks before anything
-is submitted: the folder is there, it is a LoRA adapter, and it has weights.
+is submitted: the folder is there, it is a LoRA adapter with a rank in range, and its weights hold tensors (an empty
+or truncated adapter_model.safetensors would load as nothing, or fail only on the GPU).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+MAX_RANK = 1024  # real LoRA ranks are 4-256; vLLM's --max-lora-rank allows up to 512
+MAX_HEADER_BYTES = 100 << 20
 
 
 class AdapterError(ValueError):
@@ -52,15 +55,18 @@ def read_adapter(folder: str | Path) -> AdapterInfo:
             "merge the adapter into the base model and list the result under models:",
         )
     rank = config.get("r")
-    if not isinstance(rank, int) or rank < 1:
+    if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= MAX_RANK:
         raise AdapterError(
-            f"{config_path}: r is {rank!r}, not a positive rank", "use the adapter_config.json peft wrote"
+            f"{config_path}: r is {rank!r}, not a LoRA rank in [1, {MAX_RANK}]",
+            "use the adapter_config.json peft wrote",
         )
-    if not any((path / name).is_file() for name in ADAPTER_WEIGHTS):
+    weights = [path / name for name in ADAPTER_WEIGHTS if (path / name).is_file()]
+    if not weights:
         raise AdapterError(
             f"no adapter weights in {path} (none of {', '.join(ADAPTER_WEIGHTS)})",
             "copy the adapter's weights next to adapter_config.json",
         )
+    _check_weights(weights[0])
     targets = config.get("target_modules") or ()
     return AdapterInfo(
         path,
@@ -68,6 +74,28 @@ def read_adapter(folder: str | Path) -> AdapterInfo:
         config.get("base_model_name_or_path"),
         tuple(targets) if isinstance(targets, list) else (str(targets),),
     )
+
+
+def _check_weights(path: Path) -> None:
+    """The weights file holds at least one tensor (safetensors: read from its header alone)."""
+    fix = "copy the adapter's weights again from where it was trained (peft's save_pretrained writes them)"
+    size = path.stat().st_size
+    if size == 0:
+        raise AdapterError(f"{path} is empty (0 bytes)", fix)
+    if path.suffix != ".safetensors":
+        return
+    with path.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= n <= min(MAX_HEADER_BYTES, size - 8):
+            raise AdapterError(f"{path} is not a complete safetensors file (header of {n} bytes in {size})", fix)
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, RecursionError):
+            raise AdapterError(f"{path}: its safetensors header is not JSON", fix) from None
+    tensors = [k for k in header if k != "__metadata__"] if isinstance(header, dict) else []
+    if not tensors:
+        raise AdapterError(f"{path} holds no tensors: the adapter would change nothing", fix)
 
 
 def adapter_rank(folder: str | Path) -> int:

@@ -1,22 +1,25 @@
-"""inputs.py: what a run's inputs *are* (not their paths or file dates) -> a digest recorded in run.json at submit.
+"""inputs/identity.py: what a run's inputs *are* (not their paths or file dates) -> a digest recorded at submit.
 
 The run id is the spec's name plus a hash of the spec's own fields that change samples (spec.fingerprint); it no
 longer hashes file dates, so touching a dataset changes nothing. What the files hold is checked here instead:
 - a dataset file: its size and sha256 (files over FULL_HASH_BYTES: size + sampled blocks, see `_sampled_sha`);
   a saved HF dataset folder: the same for each of its files;
-- the model: config.json, the tokenizer files, the safetensors index, and every weight file's name, size, header
-  (tensor names, dtypes, shapes) and sampled blocks of its data: a checkpoint retrained into the same shapes and
-  copied over the same path changes the sampled blocks.
+- the model: config.json, every file that shapes prompts (the tokenizer's files, its chat templates -- the
+  chat_template.jinja transformers writes, additional_chat_templates/*.jinja --, generation_config.json), the
+  safetensors index, and every weight file's name, size, header (tensor names, dtypes, shapes) and sampled blocks of
+  its data: a checkpoint retrained into the same shapes and copied over the same path changes the sampled blocks;
+- the spec's own prompt files: data.chat_template as a file, data.templates files (`prompts`).
 A later submit of the same spec compares; when something changed it stops (exit 2) and says what, and the user
 chooses `--new-run` (a run of its own) or `--resume` (the same run, the change recorded in run.json). A changed
-model is never resumed: its old samples would be presented as the new model's.
+model is never resumed: its old samples would be presented as the new model's. While a run runs, every unit checks
+the files it reads against this record again (guard.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,16 @@ MODEL_SMALL_FILES = (
     "pytorch_model.bin.index.json",
     "quantize_config.json",
     "preprocessor_config.json",
+    # what shapes prompts besides tokenizer.json: transformers' own chat template file(s), slow tokenizers' files
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
 )
+# Recorded since identity version 2: a run recorded before is compared without them (see `_as_recorded`).
+V2_MODEL_FILES = ("chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "added_tokens.json")
+IDENTITY_VERSION = 2
 
 
 def _sampled_sha(path: Path, start: int = 0) -> str:
@@ -80,6 +92,8 @@ def model_identity(model_dir: Path) -> dict[str, Any]:
         p = model_dir / name
         if p.is_file():
             out[name] = file_identity(p)
+    for p in sorted((model_dir / "additional_chat_templates").glob("*.jinja")):
+        out[f"additional_chat_templates/{p.name}"] = file_identity(p)
     for p in sorted(model_dir.glob("*.safetensors")):
         out[p.name] = _safetensors_identity(p)
     for p in sorted([*model_dir.glob("*.bin"), *model_dir.glob("*.pt")]):
@@ -102,14 +116,51 @@ class InputIdentity:
     model: dict[str, Any]
     data: dict[str, Any]  # dataset name -> its identity
     preamble: dict[str, Any] | None
+    prompts: dict[str, Any] = field(default_factory=dict)  # "chat_template", "templates.<ablation>" -> file identity
+
+    def _blob(self) -> dict[str, Any]:
+        blob: dict[str, Any] = {"model": self.model, "data": self.data, "preamble": self.preamble}
+        return blob | ({"prompts": self.prompts} if self.prompts else {})
 
     @property
     def digest(self) -> str:
-        blob = json.dumps({"model": self.model, "data": self.data, "preamble": self.preamble}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return hashlib.sha256(json.dumps(self._blob(), sort_keys=True).encode()).hexdigest()
 
     def as_json(self) -> dict[str, Any]:
-        return {"digest": self.digest, "model": self.model, "data": self.data, "preamble": self.preamble}
+        return {"digest": self.digest, "version": IDENTITY_VERSION, **self._blob(), "prompts": self.prompts}
+
+    def as_recorded(self, recorded: dict[str, Any]) -> InputIdentity:
+        """This identity as a launcher that wrote `recorded` saw it: a run recorded before version 2 is compared
+        without the files version 2 added (else upgrading the launcher would refuse every run in progress)."""
+        if recorded.get("version", 1) >= IDENTITY_VERSION:
+            return self
+
+        def v1(model: dict[str, Any]) -> dict[str, Any]:  # file name -> identity, or name -> such a mapping
+            return {
+                k: v1(v) if isinstance(v, dict) and "size" not in v else v
+                for k, v in model.items()
+                if k not in V2_MODEL_FILES and not k.startswith("additional_chat_templates/")
+            }
+
+        return InputIdentity(v1(self.model), self.data, self.preamble)
+
+
+def matches(recorded: dict[str, Any], now: InputIdentity) -> bool:
+    """The identity recorded at an earlier submit is this one (None recorded: a run from before 0.2, taken as is)."""
+    digest = recorded.get("digest")
+    return digest is None or digest == now.as_recorded(recorded).digest
+
+
+def prompt_files(spec: Any) -> dict[str, Path]:
+    """The spec's own files that shape prompts: data.chat_template when it names a file, data.templates files."""
+    files: dict[str, Path] = {}
+    chat = spec.data.chat_template
+    if isinstance(chat, str) and "{" not in chat:
+        files["chat_template"] = Path(chat)
+    for name, tpl in spec.data.templates.items():
+        if tpl.file is not None:
+            files[f"templates.{name}"] = Path(tpl.file)
+    return files
 
 
 def identify(spec: Any) -> InputIdentity:
@@ -126,13 +177,15 @@ def identify(spec: Any) -> InputIdentity:
     model = {name: one(path) for name, path in spec.models.items()} if spec.models else one(spec.model.path)
     if spec.model.adapters:
         model["adapters"] = {n: model_identity(Path(p)) for n, p in spec.model.adapters.items() if p}
-    return InputIdentity(model, data, preamble)
+    prompts = {key: file_identity(path) for key, path in prompt_files(spec).items() if path.is_file()}
+    return InputIdentity(model, data, preamble, prompts)
 
 
 def changes(recorded: dict[str, Any], now: InputIdentity) -> list[str]:
     """What differs between the identity recorded at an earlier submit and now, in words (empty: nothing)."""
     if not recorded:
         return []
+    now = now.as_recorded(recorded)
     out = []
     if recorded.get("model") != now.model:
         old, new = recorded.get("model") or {}, now.model
@@ -143,11 +196,25 @@ def changes(recorded: dict[str, Any], now: InputIdentity) -> list[str]:
             out.append(f"data: dataset {name!r} holds other content")
     if recorded.get("preamble") != now.preamble:
         out.append("data: the preamble file changed")
+    old_prompts = recorded.get("prompts") or {}
+    for key in sorted({*old_prompts, *now.prompts}):
+        if old_prompts.get(key) != now.prompts.get(key):
+            out.append(f"data: the {key.replace('templates.', 'template ')} file changed")
     return out
 
 
 def model_changed(recorded: dict[str, Any], now: InputIdentity) -> bool:
-    return bool(recorded) and recorded.get("model") != now.model
+    return bool(recorded) and recorded.get("model") != now.as_recorded(recorded).model
 
 
-__all__ = ["InputIdentity", "changes", "dataset_identity", "identify", "model_changed", "model_identity"]
+__all__ = [
+    "InputIdentity",
+    "changes",
+    "dataset_identity",
+    "file_identity",
+    "identify",
+    "matches",
+    "model_changed",
+    "model_identity",
+    "prompt_files",
+]

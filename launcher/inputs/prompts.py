@@ -2,23 +2,24 @@
 
 Built-in ablation configs choose which parts of a record the prompt shows; custom ones are jinja2 templates
 from the spec. Templates run in a sandbox with StrictUndefined: a typo in a variable name fails at plan time,
-not after an hour of generation.
+not after an hour of generation. Every render is bounded in time and size (bounded.py): a template that loops
+without end fails its record (or, at plan's dry render, the spec), it never hangs the run.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError, TemplateNotFound
-from jinja2.sandbox import SandboxedEnvironment
 
 from launcher.errors import SpecError
+from launcher.inputs.bounded import BoundedSandbox, BoundExceeded, render
 from launcher.inputs.records import Record
 from launcher.spec import DataSpec
 
@@ -41,14 +42,15 @@ BUILTIN_TEMPLATE = """{% if preamble %}{{ preamble }}
 
 {% endif %}{% endfor %}{{ instruction }}"""
 
-_ENV = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False, autoescape=False)
-ChatFormatter = Callable[[list[dict[str, str]]], str]
+_ENV = BoundedSandbox(undefined=StrictUndefined, keep_trailing_newline=False, autoescape=False)
 
 
-@functools.lru_cache(maxsize=256)
-def _compiled(text: str) -> Any:
-    """A template compiled once per process, not once per record (compiling costs ~2 ms, rendering ~0.1 ms)."""
+@lru_cache(maxsize=64)
+def _compiled(text: str) -> Template:
     return _ENV.from_string(text)
+
+
+ChatFormatter = Callable[[list[dict[str, str]]], str]
 
 
 def render_part(value: Any) -> str:
@@ -98,7 +100,7 @@ class PromptBuilder:
             "user_id": record.user_id,
             "record_id": record.record_id,
         }
-        return _compiled(self.template_text).render(**variables).strip()
+        return render(_compiled(self.template_text), variables).strip()
 
     def prompt(self, record: Record) -> Prompt:
         """The record's prompt: a raw one as is; messages, or the ablation's text, through the chat template."""
@@ -217,6 +219,14 @@ def check_template(text: str, field: str, where: str = "template") -> None:
             allowed="variables, filters and tests on the record's values",
             fix="read columns with record['column']; no attributes starting with '_', no methods that change state",
         ) from None
+    except BoundExceeded as exc:
+        raise SpecError.one(
+            where,
+            field,
+            f"the template is unbounded: {exc}",
+            allowed="a template that renders a record in well under a second, to at most a few MB of text",
+            fix="check the template's loops, repetitions (`*`) and filter widths",
+        ) from None
     except TemplateNotFound as exc:  # {% include %}/{% import %}: templates have no loader, on purpose
         raise SpecError.one(
             where,
@@ -227,6 +237,15 @@ def check_template(text: str, field: str, where: str = "template") -> None:
             "for a template kept in a file",
         ) from None
     except Exception as exc:  # OverflowError from range(10**8), ZeroDivisionError, TypeError...: exit 2, not a trace
+        if "no loader" in str(exc):  # {% include %} in an environment without a loader (ours, on purpose)
+            raise SpecError.one(
+                where,
+                field,
+                "the template includes, imports or extends another file; templates cannot read files",
+                allowed="one self-contained template",
+                fix="paste what you meant to include into the template, or use data.templates.NAME.file "
+                "for a template kept in a file",
+            ) from None
         raise SpecError.one(
             where,
             field,

@@ -14,6 +14,7 @@ from typing import Any
 
 from launcher.errors import SpecError
 from launcher.inputs.chat import BatchRequest, Message, NotUsable, is_batch_line, parse_batch_line, parse_messages
+from launcher.inputs.encodable import first_unencodable
 from launcher.spec import FieldNames
 
 
@@ -78,7 +79,8 @@ def iter_rows(path: Path, start: int = 0, stop: int | None = None, split: str | 
     if fmt == "jsonl":
         yield from _jsonl_rows(path, start, stop)
     elif fmt == "csv":
-        with path.open(newline="", encoding="utf-8") as f:
+        # surrogateescape: a byte that is not UTF-8 quarantines its row (inputs/encodable.py), not the whole file
+        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
             for i, row in enumerate(csv.DictReader(f)):
                 if stop is not None and i >= stop:
                     break
@@ -102,12 +104,47 @@ def _jsonl_rows(path: Path, start: int, stop: int | None) -> Iterator[Row]:
             if stop is not None and i >= stop:
                 break
             try:
-                obj = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                yield i, BadRow(f"invalid JSON: {exc}", line[:500].decode("utf-8", "replace"))
+                # strict=False: a raw tab or other control character inside a string is taken as the text it is
+                obj = json.loads(line.decode("utf-8-sig"), strict=False)  # -sig: a BOM that starts the file
+            except UnicodeDecodeError as exc:
+                yield i, BadRow(f"not UTF-8 text: {exc}; save the file as UTF-8", _raw(line))
                 continue
-            raw = line[:500].decode("utf-8", "replace")
-            yield i, obj if isinstance(obj, dict) else BadRow("not a JSON object", raw)
+            except json.JSONDecodeError as exc:
+                yield i, BadRow(f"invalid JSON: {exc}", _raw(line))
+                continue
+            except RecursionError:  # `[[[[...` 100,000 deep: the parser gives up, the row is bad, the run goes on
+                yield i, BadRow(f"JSON nested deeper than {MAX_DEPTH} levels", _raw(line))
+                continue
+            if not isinstance(obj, dict):
+                yield i, BadRow("not a JSON object", _raw(line))
+            elif too_deep(obj):  # rendering, copying or dumping it again would recurse as deep
+                yield i, BadRow(f"JSON nested deeper than {MAX_DEPTH} levels", _raw(line))
+            else:
+                yield i, obj
+
+
+def _raw(line: bytes) -> str:
+    return line.rstrip(b"\r\n")[:500].decode("utf-8", "replace")
+
+
+# Levels of nested lists/objects a record may have. Real data has a handful; 400 leaves room for odd data (a 300-level
+# record is read: tests/test_text_roundtrip.py, the hostile fault kind) and stays well under the 1,000 frames of
+# Python's recursion limit that rendering, copying and dumping the record again use.
+MAX_DEPTH = 400
+
+
+def too_deep(obj: Any, limit: int = MAX_DEPTH) -> bool:
+    """More than `limit` levels of nesting (walked without recursion: the check must not crash on what it checks)."""
+    stack = [(obj, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return False
 
 
 def _parquet_table(path: Path) -> Any:
@@ -233,6 +270,8 @@ def to_record(row: int, obj: dict[str, Any] | BadRow, fields: FieldNames, fmt: s
     "auto": a row with custom_id and body is read as one, any other as a record of the spec's columns."""
     if isinstance(obj, BadRow):
         return Quarantined(row, obj.reason, obj.raw)
+    if (where := first_unencodable(obj)) is not None:
+        return Quarantined(row, where, _short(obj))
     try:
         if fmt == "openai-batch" or is_batch_line(obj):
             return _batch_record(row, obj)
@@ -274,7 +313,12 @@ def _empty(value: Any) -> bool:
 
 
 def _short(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False, default=str)[:500]
+    """The row as text for its quarantine line: cut to 500 characters, a lone surrogate kept as the text \ud800."""
+    try:
+        text = json.dumps(obj, ensure_ascii=False, default=str)[:500]
+    except (RecursionError, ValueError):
+        text = f"(a row with the fields {', '.join(map(str, list(obj)[:20]))}, too deep to show)"
+    return text.encode("utf-8", "backslashreplace").decode()
 
 
 def read_shard(

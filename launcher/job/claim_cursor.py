@@ -109,6 +109,15 @@ class ClaimCursor:
             self._settled.add(self._offered)
             self._offered = None
 
+    def worth_a_try(self, unit_id: str) -> bool:
+        """A unit asked for outside the walk (a prefix group's member): not known done, nor held by a live worker,
+        nor settled here."""
+        return self._free(unit_id)
+
+    def claimed(self, unit_id: str) -> None:
+        """A unit claimed outside the walk (a prefix group's member): never offered again."""
+        self._settled.add(unit_id)
+
     def worth_checking(self, unit_id: str) -> bool:
         """Could the unit's folder hold a done marker or failures (so they must be read before claiming)?"""
         return self.view.maybe_done(unit_id)

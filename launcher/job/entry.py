@@ -36,7 +36,7 @@ from launcher.plan import Plan
 from launcher.plan.layout import ParallelLayout, allocated_gpus, choose_layout, choose_multinode_layout, gpu_info
 from launcher.plan.persist import load_plan
 from launcher.slurm_env import SlurmEnv
-from launcher.store import WorkerReport, read_json, write_json_atomic
+from launcher.store import RunDir, WorkerReport, read_json, write_json_atomic
 from launcher.store.claims import process_start
 
 log = logging.getLogger("launcher.job")
@@ -94,10 +94,10 @@ class WorkerGroup:
             log.info("job %d: every unit is done; nothing to run", self.index)
             return {"job": self.index, "workers": [], "layout": None, "started": started, "ended": time.time()}
         results = []
-        for model in [m for m in plan.spec.model_names() if m in left]:
+        for chain in swap_chains(plan, [m for m in plan.spec.model_names() if m in left]):
             if self.stopping:
                 break
-            results.append(self._run_model(plan, model))
+            results.extend(self._run_chain(plan, chain))
         if len(results) == 1:
             return results[0]
         return {
@@ -108,22 +108,40 @@ class WorkerGroup:
             "workers": [w for r in results for w in r["workers"]],
         }
 
-    def _run_model(self, plan: Plan, model: str) -> dict[str, Any]:
-        """This job's workers for one model: they run its units until none is left."""
+    def _run_chain(self, plan: Plan, chain: list[str]) -> list[dict[str, Any]]:
+        """This job's workers for one model, or for several whose checkpoints swap into one running engine (same
+        architecture, shape and tokenizer: swap_chains): they run each model's units until none is left."""
         started = time.time()
-        layout = job_layout(plan, model)
-        named = f" ({model})" if model else ""
+        layout = job_layout(plan, chain[0])
+        named = f" ({', '.join(chain)})" if chain != [""] else ""
         log.info("job %d%s: %s", self.index, named, layout.reason)
         for note in layout.notes:
             log.warning("job %d: %s", self.index, note)
-        if layout.data_parallel == 1:
+        if layout.data_parallel > 1:
+            by_model = self._run_children(layout, chain)
+            return [self._attempt(plan, model, layout, started, by_model[model]) for model in chain]
+        out = []
+        carry = None
+        for i, model in enumerate(chain):
+            if self.stopping:
+                break
             cfg = WorkerConfig(
                 self.run_dir, self.index, 0, layout.for_replica(0), layout.replica_gpus(0), self.only_units, model
             )
-            self.worker = Worker(cfg)
-            reports = [self.worker.run()]
-        else:
-            reports = self._run_children(layout, model)
+            self.worker = Worker(cfg, carry, keep_engine=i + 1 < len(chain))
+            if self.stopping:  # stopped while the layout was chosen: stop() found no worker to tell
+                self.worker.stop_now()
+            t0 = time.time()
+            report = self.worker.run()
+            carry = self.worker.carry_out
+            out.append(self._attempt(plan, model, layout, t0, [report]))
+        if carry is not None:  # preempted between two models: nothing takes it over
+            carry.engine.close()
+        return out
+
+    def _attempt(
+        self, plan: Plan, model: str, layout: ParallelLayout, started: float, reports: list[WorkerReport]
+    ) -> dict[str, Any]:
         attempt = {
             "job": self.index,
             "started": started,
@@ -134,10 +152,11 @@ class WorkerGroup:
             "job_id": SlurmEnv.current().job_id,
             "restart": SlurmEnv.current().restart,
         }
-        write_json_atomic(plan.run.job(self.index).attempts / f"{int(started * 1000)}-{os.getpid()}.json", attempt)
+        name = f"{int(started * 1000)}-{os.getpid()}{'-' + model if model else ''}.json"
+        write_json_atomic(plan.run.job(self.index).attempts / name, attempt)
         return {**attempt, "workers": reports}
 
-    def _run_children(self, layout: ParallelLayout, model: str = "") -> list[WorkerReport]:
+    def _run_children(self, layout: ParallelLayout, models: list[str]) -> dict[str, list[WorkerReport]]:
         spec_json = json.dumps(layout.as_dict())
         self.children = []
         for r in range(layout.data_parallel):
@@ -153,13 +172,13 @@ class WorkerGroup:
                 str(r),
                 "--layout",
                 spec_json,
-                *(["--model", model] if model else []),
+                *[arg for model in models if model for arg in ("--model", model)],
             ]
             for unit in self.only_units or ():
                 cmd += ["--unit", unit]
             self.children.append(subprocess.Popen(cmd, env=env))  # all at once: their engine starts overlap
         codes = [p.wait() for p in self.children]
-        reports = self._child_reports([p.pid for p in self.children], model)
+        reports = {model: self._child_reports([p.pid for p in self.children], model) for model in models}
         failed = [
             f"worker {self.index}.{r} exited with {c}" for r, c in enumerate(codes) if c not in (0, PREEMPTED_EXIT)
         ]
@@ -173,10 +192,10 @@ class WorkerGroup:
     def _child_reports(self, pids: list[int], model: str) -> list[WorkerReport]:
         plan_run = load_plan(self.run_dir).run
         restart = SlurmEnv.current().restart
-        return [
-            WorkerReport(**read_json(plan_run.worker_report(f"{self.index}.{r}", restart, pid, model)))  # type: ignore[typeddict-item]
-            for r, pid in enumerate(pids)
+        found = [
+            read_json(plan_run.worker_report(f"{self.index}.{r}", restart, pid, model)) for r, pid in enumerate(pids)
         ]
+        return [WorkerReport(**r) for r in found if r]  # type: ignore[typeddict-item]  # none: stopped before it
 
     def stop(self) -> None:
         """Preemption or time limit: every worker writes what it finished and gives its units back.
@@ -200,6 +219,29 @@ class WorkerGroup:
             time.sleep(0.05)
         for p in running:
             log.warning("worker process %d did not stop in %.0f s", p.pid, STOP_GRACE_S)
+
+
+def swap_chains(plan: Plan, models: list[str]) -> list[list[str]]:
+    """The sweep's models in order, grouped: a model joins the group before it when its checkpoint can swap its
+    weights into that group's running engine (engines/weight_swap.py: same architecture, shape and tokenizer) and
+    gets the same layout. One engine starts per group."""
+    from launcher.engines.startup import StartupSwitches
+    from launcher.engines.weight_swap import swap_decision
+
+    chains: list[list[str]] = []
+    swap_on = StartupSwitches.from_env().on("swap") and backend_guess(plan) == "vllm"
+    group = NodeGroup.current()
+    for model in models:
+        if chains and swap_on and model and chains[-1][-1]:
+            prev = chains[-1][-1]
+            a, b = plan.spec.for_model(prev).model, plan.spec.for_model(model).model
+            decision = swap_decision(a, b, group.nnodes if group is not None else 1)
+            if decision.ok and job_layout(plan, prev).as_dict() == job_layout(plan, model).as_dict():
+                chains[-1].append(model)
+                continue
+            log.info("models %s -> %s: a new engine (%s)", prev, model, decision.reason)
+        chains.append([model])
+    return chains
 
 
 def gather_if_done(run_dir: Path) -> None:
@@ -230,8 +272,14 @@ class JobRunner(Checkpointable):
         self.run_dir = run_dir
         self._group: WorkerGroup | None = None
         self._job_dir: Path | None = None
+        self._stopping = False  # a local job told to stop (SIGTERM)
 
     def __call__(self, index: int) -> dict[str, Any]:
+        if Attempt.from_env() is None:
+            # A local job (submitit's local executor): submitit binds SIGTERM to a handler that only logs
+            # "Bypassing signal SIGTERM" (on Slurm, USR2 is the stop signal). Here SIGTERM is how a user, `launcher
+            # cancel` or Ctrl-C on `submit --wait` stops it: `kill <pid>` of the job's process reaches this one.
+            signal.signal(signal.SIGTERM, self._stop_local)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
         group = NodeGroup.current()
         if group is not None and group.node_rank > 0:  # another node of a multi-node step: vLLM's workers only
@@ -244,6 +292,22 @@ class JobRunner(Checkpointable):
         finally:
             if group is not None:  # the other nodes leave once rank 0 is done, whatever the outcome
                 Rendezvous(Path(self.run_dir), group).mark_done("ended")
+
+    def _stop_local(self, signum: int, frame: Any) -> None:
+        """SIGTERM to a local job: its workers write what they finished and give their units back, the job ends
+        normally (no traceback) and `launcher status` says INTERRUPTED, with what resumes it."""
+        if self._stopping:
+            return
+        self._stopping = True
+        name = signal.Signals(signum).name
+        log.warning("job: %s: stopping; every record written is kept", name)
+        with contextlib.suppress(OSError):
+            write_json_atomic(
+                RunDir(Path(self.run_dir)).interrupted,
+                {"time": time.time(), "executor": "local", "by": f"{name} to the local job (pid {os.getpid()})"},
+            )
+        if self._group is not None:
+            self._group.stop()
 
     def _run(self, index: int) -> dict[str, Any]:
         attempt = Attempt.from_env()
@@ -261,6 +325,7 @@ class JobRunner(Checkpointable):
             },
         )
         self._group = WorkerGroup(Path(self.run_dir), index)
+        self._group.stopping = self._stopping  # SIGTERM before the workers existed: none is started
         try:
             result = self._group.run()
             if attempt is None:  # a local job: no gather job follows it, so the last one to finish gathers
@@ -269,10 +334,18 @@ class JobRunner(Checkpointable):
         except UncompletedJobError:
             raise  # submitit's own verdict (timed out too many times): not a crash to retry
         except Exception as exc:
-            if attempt is None:  # not a Slurm job (local executor): nothing to requeue
+            if attempt is None:  # not a Slurm job (local executor): nothing to requeue, but status must say why
+                self._record_local_failure(exc, index, job.root)
                 raise
             self._record_failure(exc, attempt, job.root, plan)
             raise
+
+    def _record_local_failure(self, exc: Exception, index: int, job_dir: Path) -> None:
+        from launcher.job.retries import record_failure
+
+        submission = os.environ.get("LAUNCHER_SUBMISSION") or "local"
+        local = Attempt(f"local{index}-{os.getpid()}", str(os.getpid()), submission, 0)
+        record_failure(job_dir, local, 0, "exception", f"{type(exc).__name__}: {exc}", None, retryable=False)
 
     def _record_failure(self, exc: Exception, attempt: Attempt, job_dir: Path, plan: Plan) -> None:
         import shutil
@@ -335,7 +408,7 @@ class JobRunner(Checkpointable):
         return {"run_dir": self.run_dir}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.run_dir, self._group, self._job_dir = state["run_dir"], None, None
+        self.run_dir, self._group, self._job_dir, self._stopping = state["run_dir"], None, None, False
 
 
-__all__ = ["JobRunner", "WorkerGroup", "backend_guess", "job_layout", "run_job"]
+__all__ = ["JobRunner", "WorkerGroup", "backend_guess", "job_layout", "run_job", "swap_chains"]

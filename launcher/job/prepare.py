@@ -1,31 +1,31 @@
 """job/prepare.py: a unit -> its records, prompts and token ids, minus bad rows (quarantined) and rows already done.
 
-Also the run's prompt statistics (how long the prompts are, per unit), which size the engine once for every unit
-a worker may run: measured by one worker (a claim decides which; the others wait) and kept in the run directory.
+Also what the run's prompt statistics are measured with (`Preparer.stats_of`: how long the prompts are, per unit,
+read span by span); job/prompt_stats.py decides who measures them and keeps them in the run directory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from launcher.engines import Workload
+from launcher.inputs.bounded import MAX_ITEMS, RENDER_S, BoundExceeded, deadline
 from launcher.inputs.chat import NotUsable
+from launcher.inputs.encodable import first_unencodable
+from launcher.inputs.guard import InputChanged, InputGuard, PromptClock
 from launcher.inputs.prompts import PromptBuilder, make_builder, read_chat_template
 from launcher.inputs.records import Quarantined, Record, first_rows, read_shard
-from launcher.plan import Plan, Unit
+from launcher.plan import Unit
 from launcher.seeds import record_seed
 from launcher.spec import DataSpec, JobSpec, SamplingSpec
-from launcher.store import ClaimBook, Owner, RunDir, read_json, write_json_atomic
 
 log = logging.getLogger("launcher.job")
 TOKENIZE_BATCH = 256
@@ -82,9 +82,12 @@ def load_tokenizer(spec: JobSpec) -> Any:
     return AutoTokenizer.from_pretrained(spec.model.path, trust_remote_code=spec.model.trust_remote_code)
 
 
-def chat_formatter(tokenizer: Any, data: DataSpec | None = None) -> Callable[[list[dict[str, str]]], str] | None:
+def chat_formatter(
+    tokenizer: Any, data: DataSpec | None = None, clock: PromptClock | None = None
+) -> Callable[[list[dict[str, str]]], str] | None:
     """messages -> prompt text through the chat template: the spec's own (data.chat_template as text), else the
-    tokenizer's; None without one, or when data.chat_template is false."""
+    tokenizer's; None without one, or when data.chat_template is false. A template's `strftime_now` reads `clock`
+    (the run's submit time) instead of today; each render is bounded in time (inputs/bounded.py)."""
     if data is not None and data.chat_template is False:
         return None
     template = read_chat_template(data) if data is not None else None
@@ -93,9 +96,26 @@ def chat_formatter(tokenizer: Any, data: DataSpec | None = None) -> Callable[[li
     kwargs = dict(data.chat_template_kwargs) if data is not None else {}
     if template is not None:
         kwargs["chat_template"] = template
-    return lambda messages: tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True, **kwargs
-    )
+    if clock is not None:  # a render variable: it shadows transformers' global of the same name
+        kwargs["strftime_now"] = clock.strftime_now()
+
+    def render(messages: list[dict[str, str]]) -> str:
+        with deadline(RENDER_S, "the chat template"):
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+        if len(text) > MAX_ITEMS:
+            raise BoundExceeded(f"the chat template wrote {len(text):,} characters: at most {MAX_ITEMS:,}")
+        return str(text)
+
+    return render
+
+
+def model_vocab(spec: JobSpec) -> int | None:
+    """The model's embedding rows (config.json vocab_size); None when it does not say."""
+    from launcher.inputs.model import read_config
+
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        return int(read_config(spec.model.path).get("vocab_size") or 0) or None
+    return None
 
 
 def token_limit(spec: JobSpec) -> int | None:
@@ -111,10 +131,19 @@ def token_limit(spec: JobSpec) -> int | None:
 class Preparer:
     """Reads and tokenizes units for one worker: the tokenizer and prompt builders are made once."""
 
-    def __init__(self, spec: JobSpec, tokenizer: Any) -> None:
+    def __init__(
+        self,
+        spec: JobSpec,
+        tokenizer: Any,
+        guard: InputGuard | None = None,
+        clock: PromptClock | None = None,
+        limit: int | None = None,
+    ) -> None:
         self.spec, self.tokenizer = spec, tokenizer
-        self.chat = chat_formatter(tokenizer, spec.data)
-        self.limit = token_limit(spec)
+        self.guard = guard  # checks every file a unit reads against the run's record (InputChanged)
+        self.chat = chat_formatter(tokenizer, spec.data, clock)
+        self.limit = limit if limit is not None else token_limit(spec)  # the engine's max_model_len, when given
+        self.vocab = model_vocab(spec)
         self._builders: dict[str, PromptBuilder] = {}
         self._first: dict[str, dict[str, int]] = {}
 
@@ -136,25 +165,53 @@ class Preparer:
             self._builders[ablation] = make_builder(self.spec.data, ablation, self.chat)
         return self._builders[ablation]
 
-    def encode(self, texts: list[str], templated: list[bool] | None = None) -> list[list[int]]:
-        """Token ids of each text; a text the chat template made already holds its special tokens (BOS)."""
+    def encode(self, texts: list[str], templated: list[bool] | None = None) -> list[list[int] | str]:
+        """Token ids of each text, or why the tokenizer refused it. A text the chat template made already holds its
+        special tokens (BOS). Batches of TOKENIZE_BATCH; a batch the tokenizer refuses is tokenized again one text
+        at a time, so only the culprit fails (and is quarantined), never its neighbours."""
         flags = templated if templated is not None else [self.chat is not None] * len(texts)
-        out: list[list[int]] = [[] for _ in texts]
+        out: list[list[int] | str] = [[] for _ in texts]
         for flag in (True, False):
             idx = [i for i, f in enumerate(flags) if f is flag]
             for i in range(0, len(idx), TOKENIZE_BATCH):
                 part = idx[i : i + TOKENIZE_BATCH]
-                ids = self.tokenizer([texts[j] for j in part], add_special_tokens=not flag)["input_ids"]
+                try:
+                    ids = self.tokenizer([texts[j] for j in part], add_special_tokens=not flag)["input_ids"]
+                except Exception:
+                    ids = [self._encode_one(texts[j], flag) for j in part]
                 for j, x in zip(part, ids, strict=True):
-                    out[j] = list(x)
+                    out[j] = x if isinstance(x, str) else list(x)
         return out
 
+    def _encode_one(self, text: str, templated: bool) -> list[int] | str:
+        try:
+            return list(self.tokenizer([text], add_special_tokens=not templated)["input_ids"][0])
+        except Exception as exc:
+            return f"the tokenizer failed on this record's prompt: {type(exc).__name__}: {exc}"[:500]
+
+    def _past_vocab(self, token: int) -> str:
+        try:
+            name = f" ({self.tokenizer.convert_ids_to_tokens(token)!r})"
+        except Exception:
+            name = ""
+        return (
+            f"its prompt holds token id {token}{name}, past the model's vocabulary ({self.vocab} entries in "
+            "config.json): the tokenizer has tokens the model was not resized for; fix the checkpoint "
+            "(resize_token_embeddings) or keep that token out of the data"
+        )
+
     def prepare(self, unit: Unit, done_rows: set[int] | frozenset[int] = frozenset()) -> PreparedUnit:
+        """Raises InputChanged (inputs/guard.py) when a file the unit reads is not what the run recorded: before its
+        rows are read, and again after (a file replaced while it was read)."""
         spec = self.spec
         split = self.split(unit.dataset)
         fmt = self.format(unit.dataset)
+        if self.guard is not None:
+            self.guard.check_unit(unit)
         records, bad = read_shard(Path(unit.data_path), unit.start, unit.stop, spec.data.fields, split, fmt)
         first = self.first_rows(unit.data_path, split, fmt)
+        if self.guard is not None:
+            self.guard.check_unit(unit)
         kept: list[Record] = []
         for rec in records:
             if first.get(rec.record_id, rec.row) != rec.row:
@@ -174,6 +231,9 @@ class Preparer:
         for rec in kept:
             try:
                 prompt = builder.prompt(rec)
+                if (why := first_unencodable({"prompt": prompt.text})) is not None:  # a template may make one
+                    bad.append(Quarantined(rec.row, why, rec.record_id))
+                    continue
                 texts.append(prompt.text)
                 templated.append(prompt.templated)
                 rendered.append(rec)
@@ -189,6 +249,14 @@ class Preparer:
         ids = self.encode(texts, templated)
         out = PreparedUnit(unit, {}, {}, {}, {})
         for rec, text, tokens in zip(kept, texts, ids, strict=True):
+            if isinstance(tokens, str):
+                bad.append(Quarantined(rec.row, tokens, rec.record_id))
+                continue
+            if self.vocab is not None and tokens and max(tokens) >= self.vocab:
+                # A token added to the tokenizer without resizing the model: HF raises on the whole batch, vLLM
+                # reads a padding row of its embedding and generates from garbage without a word.
+                bad.append(Quarantined(rec.row, self._past_vocab(max(tokens)), rec.record_id))
+                continue
             try:
                 own = request_settings(spec, rec)
             except NotUsable as exc:
@@ -221,11 +289,16 @@ class Preparer:
         p = self.prepare(unit)
         return [len(t) for t in p.token_ids.values()]
 
-    def stats_of(self, units: list[Unit], tick: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
-        """unit id -> [records, total prompt tokens, longest prompt]. Neighbouring units of one dataset x ablation are
-        read as one span (reading a unit alone reads its file from the top: the whole run unit by unit would read
-        each file once per unit). `tick` is called after each span (a heartbeat)."""
+    def stats_of(
+        self, units: list[Unit], tick: Callable[[], None] = lambda: None
+    ) -> tuple[dict[str, list[float]], bool]:
+        """(unit id -> [records, total prompt tokens, longest prompt], whether a unit was refused). Neighbouring
+        units of one dataset x ablation are read as one span (reading a unit alone reads its file from the top: the
+        whole run unit by unit would read each file once per unit). A span whose input changed since submit
+        (InputChanged) counts as empty: its units are refused when claimed, the others still size the engine. `tick`
+        is called after each span (a heartbeat)."""
         out: dict[str, list[float]] = {}
+        refused = False
         groups: dict[tuple[str, str, str], list[Unit]] = {}
         for u in units:
             groups.setdefault((u.data_path, u.dataset, u.ablation), []).append(u)
@@ -238,66 +311,45 @@ class Preparer:
                 else:
                     spans.append([u])
             for span in spans:
-                p = self.prepare(dataclasses.replace(span[0], stop=span[-1].stop))
+                try:
+                    token_ids = self.prepare(dataclasses.replace(span[0], stop=span[-1].stop)).token_ids
+                except InputChanged:
+                    token_ids, refused = {}, True
                 for v in span:
-                    lengths = [len(p.token_ids[r]) for r in range(v.start, v.stop) if r in p.token_ids]
+                    lengths = [len(token_ids[r]) for r in range(v.start, v.stop) if r in token_ids]
                     out[v.unit_id] = [len(lengths), sum(lengths), max(lengths, default=0)]
                 tick()
-        return out
+        return out, refused
 
 
 STATS_SPAN_ROWS = 50_000  # rows prepared at once when measuring a run's prompts
-STATS_POLL_S = 2.0  # how often a worker waiting for another's measurement looks for its file
-STATS_CLAIM_EVERY = 5  # polls between two looks at whether the measuring worker is still alive
 
 
-def prompt_stats(plan: Plan, preparer: Preparer, units: list[Unit] | None = None) -> dict[str, list[float]]:
-    """unit id -> [records, total prompt tokens, longest prompt], for every unit of the run (units=None) or for
-    `units`. The run's are measured once, by one worker, and kept in the run directory: the others wait for that
-    file instead of each tokenizing the whole run at once (256 workers starting together would do it 256 times)."""
-    run: RunDir = plan.run
-    wanted = units if units is not None else list(plan.units)
-    stats = _cached_stats(run)
-    if all(u.unit_id in stats for u in wanted):
-        return stats
-    if units is not None:
-        stats.update(preparer.stats_of([u for u in wanted if u.unit_id not in stats]))
-        return stats
-    book = ClaimBook(run.prompt_stats_claims)
-    me = Owner.me("prompt-stats")
-    polls = 0
-    while True:
-        claim = book.try_claim(me) if polls % STATS_CLAIM_EVERY == 0 else None
-        if claim is not None:
-            try:
-                stats = _cached_stats(run)  # the previous measurer may have finished just before we won
-                missing = [u for u in wanted if u.unit_id not in stats]
-                if missing:
-                    stats.update(preparer.stats_of(missing, tick=partial(ClaimBook.heartbeat, claim)))
-                    write_json_atomic(run.prompt_stats, {"units": stats})
-            finally:
-                book.release(claim)
-            return stats
-        time.sleep(STATS_POLL_S)
-        polls += 1
-        stats = _cached_stats(run)
-        if all(u.unit_id in stats for u in wanted):
-            return stats
+def may_carry_request_settings(spec: JobSpec) -> bool:
+    """Can a record bring its own sampling settings (an OpenAI batch line: stop strings, structured output, which
+    need vLLM's own tokenizer)? Yes for an openai-batch dataset, and for an `auto` one whose first line is a batch
+    line; one line is read per dataset."""
+    from launcher.inputs.chat import is_batch_line
+
+    for ds in spec.data.datasets:
+        if ds.format == "openai-batch" or ds.file.suffix.lower() not in (".jsonl", ".json"):
+            return True  # a batch file, or one whose first line cannot be peeked at (parquet, CSV, a folder)
+        try:
+            with open(ds.file, "rb") as f:
+                first = next((line for line in f if line.strip()), b"")
+            obj = json.loads(first) if first.lstrip().startswith(b"{") else None
+        except (OSError, ValueError):
+            return True
+        if isinstance(obj, dict) and is_batch_line(obj):
+            return True
+    return False
 
 
-def _cached_stats(run: RunDir) -> dict[str, list[float]]:
-    cached = read_json(run.prompt_stats)
-    return {k: list(v) for k, v in (cached.get("units") or {}).items()}
-
-
-def workload_of(stats: dict[str, list[float]], units: list[Unit], spec: JobSpec) -> Workload:
-    rows = [stats[u.unit_id] for u in units if u.unit_id in stats]
-    records = int(sum(r[0] for r in rows))
-    total = sum(r[1] for r in rows)
-    longest = int(max((r[2] for r in rows), default=0))
-    return Workload(
-        records, total / records if records else 0.0, longest, spec.sampling.max_tokens, spec.data.num_samples
-    )
-
-
-__all__ = ["PreparedUnit", "Preparer", "chat_formatter", "load_tokenizer", "prompt_stats", "token_limit", "workload_of"]
+__all__ = [
+    "PreparedUnit",
+    "Preparer",
+    "chat_formatter",
+    "load_tokenizer",
+    "may_carry_request_settings",
+    "token_limit",
+]

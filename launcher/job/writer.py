@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from launcher.inputs.records import Quarantined
 from launcher.job.prepare import PreparedUnit
 from launcher.store import Claim, OutputRow, UnitDir, UnitDone
 from launcher.store.unit_dir import chunk_listing
@@ -40,6 +41,17 @@ class ActiveUnit:
     last_at: float | None = None  # wall clock: its last chunk reached the disk
     lost: bool = False  # another worker took it over: nothing more is written
     finished: bool = False
+    failed_rows: list[Quarantined] = field(default_factory=list)  # refused by the engine (or unencodable) this time
+
+    def quarantine_rows(self) -> list[dict[str, Any]]:
+        """What quarantine.jsonl holds for this attempt: the rows prepare() set aside, then the ones that failed in
+        the engine. A resumed unit tries the latter again (they are not in any chunk), and they come back here only
+        if they fail again."""
+        rows: list[dict[str, Any]] = [
+            {"row": q.row, "reason": q.reason, "raw": q.raw} for q in self.prepared.quarantined
+        ]
+        rows += [{"row": q.row, "reason": q.reason, "raw": q.raw, "stage": "generate"} for q in self.failed_rows]
+        return sorted(rows, key=lambda q: q["row"])
 
     @property
     def unit_id(self) -> str:
@@ -66,6 +78,10 @@ class ChunkWriter:
 
     def add(self, active: ActiveUnit, row: OutputRow) -> None:
         self.queue.put(("row", active, row))
+
+    def quarantine(self, active: ActiveUnit, failed: Quarantined) -> None:
+        """A record the engine could not generate (or whose text cannot be written): quarantined alone, with why."""
+        self.queue.put(("quarantine", active, failed))
 
     def finish_empty(self, active: ActiveUnit) -> None:
         """A unit with nothing left to generate (all done earlier, or all quarantined): just mark it done."""
@@ -95,6 +111,8 @@ class ChunkWriter:
                     a.set()
                 elif kind == "finish":
                     self._finish(a)
+                elif kind == "quarantine":
+                    self._quarantine(a, b)
                 else:
                     self._row(a, b)
             except BaseException as exc:  # surfaced by close(); the generating thread checks `error` too
@@ -118,6 +136,20 @@ class ChunkWriter:
             self._write(active)
         if active.remaining == 0 and not active.lost:
             self._finish(active)
+
+    def _quarantine(self, active: ActiveUnit, failed: Quarantined) -> None:
+        if active.lost:
+            return
+        if not active.dir.claims.still_mine(active.claim):
+            active.lost = True
+            return
+        active.failed_rows.append(failed)
+        active.remaining -= 1
+        active.dir.write_quarantine(active.quarantine_rows())
+        if active.remaining == 0:
+            self._write(active)
+            if not active.lost:
+                self._finish(active)
 
     def _write(self, active: ActiveUnit) -> None:
         if not active.buffer or active.lost:
@@ -145,7 +177,8 @@ class ChunkWriter:
         scan = active.dir.scan(keep_rows=False)
         if scan.damaged:
             active.dir.set_damaged_aside(scan.damaged)
-        missing = sorted(set(active.prepared.records) - set(scan.rows))
+        failed = {q.row for q in active.failed_rows}
+        missing = sorted(set(active.prepared.records) - set(scan.rows) - failed)
         if missing:
             raise RuntimeError(
                 f"unit {active.unit_id}: {len(missing)} row(s) not in any good chunk after the run "
@@ -154,8 +187,8 @@ class ChunkWriter:
         done = UnitDone(
             unit_id=active.unit_id,
             rows=active.prepared.unit.rows,
-            records=len(active.prepared.records),
-            quarantined=len(active.prepared.quarantined),
+            records=len(active.prepared.records) - len(failed),
+            quarantined=len(active.prepared.quarantined) + len(failed),
             chunks=chunk_listing(scan),
             worker=self.worker,
             generation=active.claim.generation,

@@ -4,11 +4,18 @@ Each gathered run adds one entry (keyed by run id, so gathering again changes no
 the backend, the output tokens per GPU-second over the generation window (wall clock) and the engine start-up. A
 plan for the same model shape uses the median of those entries. Kept in ~/.cache/launcher/history.json
 ($LAUNCHER_HISTORY to move it); nothing leaves the machine.
+
+The history is a cache: whatever it holds (not JSON, nested without end, a folder, 1 GB, entries of the wrong
+shape) is a warning in `plan` and in every gather, never a failure. A file that is not a history at all is left
+alone; damaged entries are dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import math
 import os
 import re
 import statistics
@@ -19,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from launcher.plan import Plan
-from launcher.store import WorkerReport, read_json, write_json_atomic
+from launcher.store import WorkerReport, write_json_atomic
 
 HISTORY_ENV = "LAUNCHER_HISTORY"
 MAX_ENTRIES = 500
+MAX_HISTORY_BYTES = 8 << 20  # 500 entries take ~200 KB
+log = logging.getLogger("launcher.plan")
 
 
 def history_path() -> Path:
@@ -46,9 +55,59 @@ def shape_key(plan: Plan) -> str:
     return f"{shape} q={spec.model.quantization or 'none'}"
 
 
+def _usable(entry: Any) -> bool:
+    if not isinstance(entry, dict) or not isinstance(entry.get("shape"), str):
+        return False
+    rate, startup = entry.get("tokens_per_gpu_s"), entry.get("startup_s")
+    number = (int, float)
+    return (
+        isinstance(rate, number)
+        and not isinstance(rate, bool)
+        and math.isfinite(rate)
+        and rate > 0
+        and (startup is None or (isinstance(startup, number) and math.isfinite(startup) and startup >= 0))
+    )
+
+
+def read_history(path: Path) -> tuple[dict[str, dict[str, Any]] | None, str | None]:
+    """(run id -> entry, only the usable ones; None when the file is not a history to add to), and a warning."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return {}, None
+    except OSError as exc:
+        return None, f"{path}: cannot read the run history ({exc.strerror}); estimates are off"
+    if not path.is_file():
+        return None, f"{path} is not a file; the run history is ignored (remove it, or set ${HISTORY_ENV})"
+    if st.st_size > MAX_HISTORY_BYTES:
+        return None, (
+            f"{path} is {st.st_size / 2**20:.0f} MiB, more than a run history ever holds "
+            f"({MAX_HISTORY_BYTES >> 20} MiB): ignored; remove it, or set ${HISTORY_ENV}"
+        )
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:120]
+        return None, f"{path} is not a run history ({why}): ignored and left as it is; remove it to start a new one"
+    runs = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(runs, dict):
+        return None, f"{path} holds no 'runs' mapping: ignored and left as it is; remove it to start a new one"
+    usable = {str(k): v for k, v in runs.items() if _usable(v)}
+    dropped = len(runs) - len(usable)
+    return usable, (f"{path}: {dropped} damaged entr{'y' if dropped == 1 else 'ies'} ignored" if dropped else None)
+
+
 def record_run(plan: Plan, headline: dict[str, Any], worker: WorkerReport) -> None:
-    """Add this run's measured rate (best effort: a history that cannot be written never fails a gather)."""
-    gen_s, tokens, gpus = headline.get("generation_wall_s"), headline.get("output_tokens"), headline.get("gpus")
+    """Add this run's measured rate (best effort: a history that cannot be read or written never fails a gather)."""
+    try:
+        _record_run(plan, headline, worker)
+    except Exception as exc:  # a cache: whatever goes wrong, the gather's outputs are what matter
+        log.warning("run history not updated: %s: %s", type(exc).__name__, exc)
+
+
+def _record_run(plan: Plan, headline: dict[str, Any], worker: WorkerReport) -> None:
+    gen_s, tokens = headline.get("generation_wall_s"), headline.get("output_tokens")
+    gpus = headline.get("gpus") or headline.get("workers_generating")  # a CPU run: per worker (one engine each)
     if not gen_s or not tokens or not gpus:
         return
     engine = worker.get("engine") or {}
@@ -65,15 +124,28 @@ def record_run(plan: Plan, headline: dict[str, Any], worker: WorkerReport) -> No
         "when": time.strftime("%Y-%m-%d"),
     }
     path = history_path()
+    runs, warning = read_history(path)
+    if warning:
+        log.warning("%s", warning)
+    if runs is None:
+        return
     with contextlib.suppress(OSError):
-        data = read_json(path)
-        runs = data.get("runs") or {}
         runs[plan.run.run_id] = entry
         if len(runs) > MAX_ENTRIES:
             runs = dict(list(runs.items())[-MAX_ENTRIES:])
         # wait_s=0: a read-only home (apptainer --contain runs the gather job) must not hold the gather up for the
         # 300 s that job outputs wait out full or read-only storage
         write_json_atomic(path, {"runs": runs}, wait_s=0)
+
+
+def gpus_per_job(plan: Plan) -> int:
+    """GPUs a worker job will hold: what sbatch asks for on Slurm; a local job holds this machine's (none on a CPU
+    machine, whatever slurm.gpus_per_node says: that is a request to Slurm)."""
+    if plan.spec.executor == "local":
+        from launcher.plan.units import local_gpu_count
+
+        return local_gpu_count()
+    return plan.spec.slurm.gpus_per_node
 
 
 @dataclass(frozen=True)
@@ -92,7 +164,7 @@ def _same_device(entries: list[dict[str, Any]], plan: Plan) -> tuple[list[dict[s
     A GPU plan never borrows a CPU rate (or the reverse). Among GPU kinds, the one `slurm.constraint` names wins
     (h100 -> "NVIDIA H100 80GB HBM3"); without one, the kind measured most often, and the others are named so a
     user on another partition knows the estimate is not theirs."""
-    on_gpu = plan.spec.slurm.gpus_per_node > 0
+    on_gpu = gpus_per_job(plan) > 0
     pool = [e for e in entries if (str(e.get("gpu") or "cpu") != "cpu") == on_gpu]
     if not pool:
         return [], f"no earlier run of this model shape on {'GPUs' if on_gpu else 'CPU'}"
@@ -113,10 +185,22 @@ def _same_device(entries: list[dict[str, Any]], plan: Plan) -> tuple[list[dict[s
 
 
 def estimate(plan: Plan) -> tuple[Estimate | None, str]:
-    """(estimate, why) for this plan from earlier runs of the same model shape and device kind; (None, why not)."""
+    """(estimate, why) for this plan from earlier runs of the same model shape and device kind; (None, why not).
+    Never raises: a plan is never refused for what a cache holds."""
+    try:
+        return _estimate(plan)
+    except Exception as exc:
+        log.warning("no estimate: %s: %s", type(exc).__name__, exc)
+        return None, f"no estimate ({type(exc).__name__}: {str(exc)[:200]})"
+
+
+def _estimate(plan: Plan) -> tuple[Estimate | None, str]:
     key = shape_key(plan)
     path = history_path()
-    entries = [e for e in (read_json(path).get("runs") or {}).values() if e.get("shape") == key]
+    runs, warning = read_history(path)
+    if warning:
+        log.warning("%s", warning)
+    entries = [e for e in (runs or {}).values() if e.get("shape") == key]
     if not entries:
         return None, f"no earlier run of this model shape ({key}) in {path}: an estimate comes after the first"
     entries, picked = _same_device(entries, plan)
@@ -124,19 +208,21 @@ def estimate(plan: Plan) -> tuple[Estimate | None, str]:
         return None, f"{picked} ({key}) in {path}: an estimate comes after the first"
     rate = statistics.median(e["tokens_per_gpu_s"] for e in entries)
     startup = statistics.median(float(e.get("startup_s") or 0.0) for e in entries)
-    gpus = max(1, plan.gpus) if plan.spec.slurm.gpus_per_node else max(1, plan.jobs)
+    per_job = gpus_per_job(plan)
+    gpus = max(1, plan.jobs * per_job) if per_job else max(1, plan.jobs)
     tokens = plan.total_samples * plan.spec.sampling.max_tokens
     gen_s = tokens / (rate * gpus)
     gpu_names = sorted({str(e.get("gpu")) for e in entries})
     basis = (
-        f"median of {len(entries)} earlier run(s) on {', '.join(gpu_names)}: {rate:,.0f} output tok/s per GPU, "
+        f"median of {len(entries)} earlier run(s) on {', '.join(gpu_names)}: {rate:,.0f} output tok/s per "
+        f"{'GPU' if per_job else 'worker'}, "
         f"start-up {startup:.0f} s; at most {tokens:,} tokens (every sample at max_tokens)"
     ) + (f"; {picked}" if picked else "")
     # CPU runs hold no GPU: their "GPU-hours" are worker-hours, and a GPU price does not apply to them
-    gpu_hours = (gen_s + startup) * gpus / 3600 if plan.spec.slurm.gpus_per_node else 0.0
+    gpu_hours = (gen_s + startup) * gpus / 3600 if per_job else 0.0
     price = plan.spec.cost.gpu_hour
-    cost = gpu_hours * price if price is not None and plan.spec.slurm.gpus_per_node else None
+    cost = gpu_hours * price if price is not None and per_job else None
     return Estimate(gen_s, startup, gpu_hours, tokens, basis, cost), basis
 
 
-__all__ = ["Estimate", "estimate", "history_path", "record_run", "shape_key"]
+__all__ = ["Estimate", "estimate", "history_path", "read_history", "record_run", "shape_key"]

@@ -15,7 +15,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from launcher.errors import LauncherError, SpecError
-from launcher.inputs.identity import InputIdentity, changes, identify, model_changed
+from launcher.inputs.guard import PromptClock
+from launcher.inputs.identity import InputIdentity, changes, identify, matches, model_changed
 from launcher.plan import Plan
 from launcher.spec import JobSpec
 from launcher.store import RunDir, write_json_atomic
@@ -74,6 +75,16 @@ class ResolvedRun:
     inputs: InputIdentity
     changes: list[str] = field(default_factory=list)  # set when resuming a run whose inputs changed (--resume)
     note: str = ""
+    command: str = "launcher submit SPEC"  # what submits this run again: the fix a worker's refusal names
+    new_run: str | None = "launcher submit SPEC --new-run"  # what makes a run of its own for changed inputs
+    prompt_clock: PromptClock | None = None  # None: the run's own (its first submit); a reproduction: the original's
+
+
+def resume_hint(run: RunDir) -> str:
+    """What goes on with this run, as a hint's words: the command its last submit recorded (a `launcher batch` file
+    has no spec to submit), else `launcher submit` of its spec. Data: print it through launcher.terminal."""
+    command = run.read_run().get("resume_with")
+    return f"`{command}`" if isinstance(command, str) and command else "`launcher submit` the same spec"
 
 
 def runs_of(spec: JobSpec) -> list[RunDir]:
@@ -88,13 +99,26 @@ def runs_of(spec: JobSpec) -> list[RunDir]:
     return [RunDir(d) for d in sorted(found, key=lambda d: (d / "plan.json").stat().st_mtime)]
 
 
-def resolve_run(spec: JobSpec, choice: Choice = "auto", strict: bool = True) -> ResolvedRun:
+def resolve_run(
+    spec: JobSpec,
+    choice: Choice = "auto",
+    strict: bool = True,
+    command: str = "launcher submit SPEC",
+    can_resume: bool = True,
+) -> ResolvedRun:
     """The run a submit goes to. Its id is fixed here, once: the directory's name. Inputs whose content changed
-    since that run was submitted stop a strict resolve (exit 2) until the user chooses --new-run or --resume."""
+    since that run was submitted stop a strict resolve (exit 2) until the user chooses --new-run or --resume (or,
+    where `command` cannot resume changed inputs, `launcher batch`, --new-run). The fixes name `command`."""
+    resolved = _resolve(spec, choice, strict, command, can_resume)
+    resolved.command, resolved.new_run = command, f"{command} --new-run"
+    return resolved
+
+
+def _resolve(spec: JobSpec, choice: Choice, strict: bool, command: str, can_resume: bool) -> ResolvedRun:
     now = identify(spec)
     runs = runs_of(spec)
     recorded = {r.root: r.read_run().get("inputs") or {} for r in runs}
-    same = [r for r in runs if recorded[r.root].get("digest") in (None, now.digest)]  # None: recorded before 0.2
+    same = [r for r in runs if matches(recorded[r.root], now)]
     base = RunDir.of(spec.output.dir, spec.run_id)
     if choice == "new":
         if same:
@@ -102,7 +126,7 @@ def resolve_run(spec: JobSpec, choice: Choice = "auto", strict: bool = True) -> 
                 _where(spec),
                 "--new-run",
                 f"run {same[-1].run_id} already holds exactly these inputs",
-                fix=f"submit without --new-run to resume it, or `launcher status {same[-1].root}`",
+                fix=f"`{command}` without --new-run resumes it; `launcher status {same[-1].root}` shows it",
             )
         return ResolvedRun(
             base if not runs else RunDir.of(spec.output.dir, f"{spec.run_id}-{now.digest[:6]}"),
@@ -132,16 +156,20 @@ def resolve_run(spec: JobSpec, choice: Choice = "auto", strict: bool = True) -> 
             diff,
             note=f"the inputs changed since run {latest.run_id}: "
             + "; ".join(diff)
-            + " (submit asks for --new-run or --resume)",
+            + (" (submit asks for --new-run or --resume)" if can_resume else " (asks for --new-run)"),
         )
+    resume = (
+        f"; `{command} --resume` goes on with run {latest.run_id} (done records keep their samples; the change is "
+        "recorded in its run.json; not allowed when the model changed)"
+        if can_resume
+        else f"; or put back the input run {latest.run_id} read, and `{command}` resumes it"
+    )
     raise SpecError.one(
         _where(spec),
         "",
         f"the inputs changed since run {latest.run_id} was submitted: " + "; ".join(diff) + "; nothing was submitted",
-        allowed="--new-run or --resume",
-        fix=f"`launcher submit SPEC --new-run` starts a run of its own for the new inputs; "
-        f"`--resume` goes on with run {latest.run_id} (done records keep their samples; the "
-        "change is recorded in its run.json; not allowed when the model changed)",
+        allowed="--new-run or --resume" if can_resume else "--new-run",
+        fix=f"`{command} --new-run` starts a run of its own for the new inputs{resume}",
     )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import SpecError
+from launcher.plan.first_rows import check_first_rows
 from launcher.plan.model_checks import check_adapters, check_context, check_layout, check_model, check_nodes
 from launcher.spec import JobSpec
 
@@ -96,6 +97,8 @@ def _no_usable_rows(spec: JobSpec, key: tuple[str | int, ...], path: Path, sampl
         fix = f"set data.fields.record_id to a column of the file, or remove it (columns: {', '.join(sample.columns)})"
     elif first.reason.startswith(("invalid JSON", "not a JSON object")):
         fix = "JSONL holds one JSON object per line; a JSON array converts with `jq -c '.[]' in.json > out.jsonl`"
+    elif first.reason.startswith(("not UTF-8 text", "text UTF-8 cannot encode")):
+        fix = f"save {path.name} as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`)"
     elif "all empty" in first.reason:
         fix = (
             f"set data.fields.profile/history/context (now {fields.profile!r}, {fields.history!r}, "
@@ -135,10 +138,12 @@ def check_prompts(spec: JobSpec) -> None:
 
 
 def check_chat_template(spec: JobSpec) -> None:
-    """The spec's own chat template: readable, and jinja2 that compiles (transformers renders it the same way)."""
+    """The chat template prompts go through (the spec's own, else the model's): readable, jinja2 that compiles, and
+    a dry render of a one-message conversation within bounds (inputs/bounded.py): a template that loops without end
+    or writes gigabytes is refused here, exit 2, not after the queue."""
     from jinja2 import TemplateSyntaxError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+    from launcher.inputs.bounded import BoundedChatSandbox, BoundExceeded, render
     from launcher.inputs.prompts import read_chat_template
 
     key = ("data", "chat_template")
@@ -146,17 +151,54 @@ def check_chat_template(spec: JobSpec) -> None:
         text = read_chat_template(spec.data)
     except SpecError as exc:
         raise _moved(spec, key, exc, Path(str(spec.data.chat_template))) from None
+    source = "data.chat_template"
+    if text is None and spec.data.chat_template is True:
+        text, source = model_chat_template(Path(spec.model.path)), "the model's chat template"
     if text is None:
         return
+    env = BoundedChatSandbox()
     try:
-        ImmutableSandboxedEnvironment().parse(text)
+        template = env.from_string(text)
     except TemplateSyntaxError as exc:
         raise SpecError.one(
             spec.where(*key),
             "data.chat_template",
-            f"jinja2 syntax error at template line {exc.lineno}: {exc.message}",
+            f"{source}: jinja2 syntax error at template line {exc.lineno}: {exc.message}",
             fix="check {{ }} and {% %} pairs; transformers renders chat templates with jinja2",
         ) from None
+    probe = {"messages": [{"role": "user", "content": "Hello"}], "add_generation_prompt": True}
+    try:
+        render(template, probe)
+    except BoundExceeded as exc:
+        raise SpecError.one(
+            spec.where(*key),
+            "data.chat_template",
+            f"{source} is unbounded: {exc}",
+            allowed="a chat template that renders a conversation in well under a second",
+            fix="fix the template's loops; or set data.chat_template to a template of your own (or false)",
+        ) from None
+    except Exception:  # raise_exception for roles this probe lacks, variables it does not pass: not ours to judge
+        return
+
+
+def model_chat_template(model_dir: Path) -> str | None:
+    """The chat template transformers would load from a model folder: chat_template.jinja, else tokenizer_config's
+    (a string, or the one named "default" of a list)."""
+    import json
+
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except (OSError, ValueError):
+            return None
+    try:
+        value = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None
+    if isinstance(value, list):
+        value = next((t.get("template") for t in value if isinstance(t, dict) and t.get("name") == "default"), None)
+    return value if isinstance(value, str) else None
 
 
 def _dotted_key(key: tuple[str | int, ...]) -> str:
@@ -272,6 +314,7 @@ def check_all(spec: JobSpec) -> dict[str, int]:
     first = spec.for_model(spec.model_names()[0])  # prompts are checked with the first model's tokenizer
     rows = check_datasets(first)
     check_prompts(first)
+    check_first_rows(first)  # settings that would quarantine every record, columns no row has
     check_output_dir(spec)
     check_container(spec)
     return rows

@@ -46,12 +46,22 @@ class Workload:
     prompt_tokens_max: int
     max_tokens: int
     n: int
+    prompts_known: bool = True  # False: a bound made before any prompt was tokenized (see `bound`)
+    token_limit: int | None = None  # the longest prompt + max_tokens a record may have (records past it: quarantined)
 
     @classmethod
     def of(cls, lengths: Sequence[int], max_tokens: int, n: int) -> Workload:
         return cls(
             len(lengths), sum(lengths) / len(lengths) if lengths else 0.0, max(lengths, default=0), max_tokens, n
         )
+
+    @classmethod
+    def bound(cls, prompts: int, max_tokens: int, n: int, token_limit: int | None) -> Workload:
+        """What is known before the tokenizer has run: how many records, and the most tokens one may have. The
+        engine starts from this (the same for every worker and every run of the spec: one compile-cache key);
+        admission is refined once the prompts are measured (engines' refine())."""
+        longest = max(0, (token_limit or 0) - max_tokens)
+        return cls(prompts, 0.0, longest, max_tokens, n, prompts_known=False, token_limit=token_limit)
 
 
 @dataclass
@@ -121,14 +131,27 @@ def size_vllm(
         s.reasons["pipeline_parallel_size"] = layout.reason
     if spec.max_model_len is not None:
         kw["max_model_len"], s.reasons["max_model_len"] = spec.max_model_len, "set in the spec"
+    elif not workload.prompts_known and workload.token_limit:
+        kw["max_model_len"] = workload.token_limit
+        s.reasons["max_model_len"] = (
+            f"the most tokens a record may have ({workload.token_limit}: prompt + max_tokens; longer records are "
+            "quarantined), known before any prompt is tokenized, so the engine starts first; one value for every "
+            "worker and run of the spec, so they share one compile cache"
+        )
     else:
         kw["max_model_len"], s.reasons["max_model_len"] = auto_max_model_len(workload, shape)
     kw["gpu_memory_utilization"] = spec.gpu_memory_utilization
     s.reasons["gpu_memory_utilization"] = "model.gpu_memory_utilization"
     kw["enable_prefix_caching"] = True
-    s.reasons["enable_prefix_caching"] = "the n samples of a prompt share its KV blocks"
+    s.reasons["enable_prefix_caching"] = (
+        "the n samples of a prompt share its KV blocks, and in prefix order (scheduling.prefix_order) one user's "
+        "prompts of the ablation configs that share a prefix share its blocks too"
+    )
     mean_prompt = int(workload.prompt_tokens_mean)
-    longest = workload.prompt_tokens_max
+    # Prompt lengths not measured yet (the engine starts beside the tokenizer): size for the new tokens alone, so the
+    # batch is never made smaller than the workload allows; admission (after the start, with the measured prompts
+    # and the KV cache vLLM allocated) decides how many requests are in flight.
+    longest = workload.prompt_tokens_max if workload.prompts_known else 0
     per_request = request_tokens(mean_prompt, workload.max_tokens, workload.n)
     s.per_request_tokens = per_request
     total_seqs = workload.prompts * workload.n
@@ -147,14 +170,22 @@ def size_vllm(
                 f"{fit_requests} requests of {per_request} tokens (prompt {mean_prompt} shared by the {workload.n} "
                 f"samples + {workload.n} x {workload.max_tokens} new); at most {MAX_SEQS_CAP} (the batch is "
                 f"compute-bound well before) and at most the {total_seqs} sequences this worker may run (bucketed)"
+                + (
+                    "; prompt lengths not measured before the start (they are beside it): sized for the new tokens, "
+                    "admission keeps the KV cache within bounds once they are"
+                    if not workload.prompts_known
+                    else ""
+                )
             )
         if "max_num_batched_tokens" not in user:
-            budget = max(MIN_BATCHED_TOKENS, 2 ** math.ceil(math.log2(max(1, seqs + longest))))
+            budget = max(MIN_BATCHED_TOKENS, 2 ** math.ceil(math.log2(max(1, seqs + (longest or seqs)))))
             kw["max_num_batched_tokens"] = budget
             s.reasons["max_num_batched_tokens"] = (
-                f"a full decode step ({seqs}) plus the longest prompt ({longest}) "
-                f"fit one step; at least {MIN_BATCHED_TOKENS}, a power of two"
-            )
+                f"a full decode step ({seqs}) plus the longest prompt ({longest}) fit one step"
+                if longest
+                else f"a full decode step ({seqs}) plus as many prompt tokens fit one step (longer prompts are "
+                "prefilled in chunks)"
+            ) + f"; at least {MIN_BATCHED_TOKENS}, a power of two"
         if not user.get("enforce_eager"):
             sizes = graph_sizes(seqs)
             # Decode-only full graphs: a batch job's steps are large prefills (where a graph saves nothing) or
@@ -199,6 +230,25 @@ def kv_tokens_estimate(
     return max(0, int(budget / per_token))
 
 
+def fit_token_limit(
+    limit: int | None, spec: ModelSpec, shape: ModelShape | None, layout: ParallelLayout, gpu: GpuInfo | None
+) -> tuple[int | None, str | None]:
+    """The most tokens a record may have, capped on a GPU at what the KV cache holds for one sequence (estimated)
+    when the spec leaves max_model_len unset: vLLM refuses to start with a max_model_len its KV cache cannot hold,
+    and the engine now starts at the record limit (the prompts are measured beside its start). Returns the limit
+    and, when capped, why."""
+    if limit is None or spec.max_model_len is not None or gpu is None or shape is None:
+        return limit, None
+    fits = int(kv_tokens_estimate(spec, shape, layout, gpu, spec.engine_args) * KV_FILL)
+    if fits >= limit:
+        return limit, None
+    capped = max(MODEL_LEN_BUCKET, 2 ** int(math.log2(max(1, fits))))
+    return min(capped, limit), (
+        f"the model allows {limit} tokens, the KV cache of {gpu.name} holds ~{fits:,} (estimated): records are "
+        f"limited to {min(capped, limit)} tokens (prompt + max_tokens); set model.max_model_len to choose"
+    )
+
+
 @dataclass(frozen=True)
 class Admission:
     """How many requests the engine keeps in flight (runtime only: nothing here enters a compiled graph)."""
@@ -235,6 +285,7 @@ __all__ = [
     "EngineSettings",
     "GiB",
     "auto_max_model_len",
+    "fit_token_limit",
     "graph_sizes",
     "kv_tokens_estimate",
     "plan_admission",

@@ -1,9 +1,9 @@
 """spec: YAML job spec -> JobSpec (typed, validated). Errors name the file, line, field and the fix.
 
-One file per section, as in vLLM's config/: model, data, sampling, slurm, container, output; job.py puts them
-together. load.py reads YAML with line numbers and `extends`, validate.py turns pydantic's errors into ours,
-catalog.py finds datasets by name, secrets.py holds the one rule for what is a secret. Every field carries its
-default and a docstring under it: `launcher schema` turns them into the JSON Schema editors use.
+One file per section, as in vLLM's config/: model, data, sampling, slurm, container, output, scheduling, cost;
+job.py puts them together. load.py reads YAML with line numbers and `extends`, validate.py turns pydantic's errors
+into ours, catalog.py finds datasets by name, secrets.py holds the one rule for what is a secret. Every field
+carries its default and a docstring under it: `launcher schema` turns them into the JSON Schema editors use.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from launcher.spec.load import load_layers
 from launcher.spec.model import ModelSpec
 from launcher.spec.output import OutputSpec
 from launcher.spec.sampling import SamplingSpec
+from launcher.spec.scheduling import SchedulingSpec
 from launcher.spec.slurm import SlurmSpec, parse_time_min
 
 
@@ -63,6 +64,7 @@ __all__ = [
     "ModelSpec",
     "OutputSpec",
     "SamplingSpec",
+    "SchedulingSpec",
     "Slug",
     "SlurmSpec",
     "SpecError",

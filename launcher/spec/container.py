@@ -11,6 +11,8 @@ from launcher.spec.common import CONTROL_RE, ENV_NAME_RE, ENV_VALUE_MAX, _FieldE
 
 
 class ContainerSpec(_Section):
+    """How each job runs: inside an image (runtime, image, binds, environment) or directly on the node."""
+
     runtime: Literal["apptainer", "singularity", "docker", "podman", "none"] = "none"
     """How each task runs: inside an image (apptainer/singularity .sif, docker/podman image) or directly (none)."""
     image: str | None = None

@@ -9,6 +9,8 @@ from launcher.spec.common import _Section
 
 
 class CostSpec(_Section):
+    """What a GPU-hour costs: turns a run's GPU-hours into cost per 1,000 samples. Never changes the samples."""
+
     gpu_hour: float | None = Field(default=None, gt=0, le=1000)
     """Price of one GPU-hour (e.g. 2.5 for an on-demand H100 in the cloud, or your centre's internal rate).
     Unset: no cost figures, only GPU-hours."""

@@ -21,6 +21,8 @@ from launcher.spec.common import (
 
 
 class DatasetSpec(_Section):
+    """One input file (or a catalog name) and its format."""
+
     name: Slug
     """Short name; used in task ids and as the output folder <output.dir>/<name>/<ablation>/."""
     path: str | None = Field(default=None, min_length=1)
@@ -53,6 +55,8 @@ class DatasetSpec(_Section):
 
 
 class FieldNames(_Section):
+    """Which column of a record holds which part (user id, profile, history, context)."""
+
     user_id: str = "user_id"
     """Column holding the user id (one output JSON per user)."""
     record_id: str | None = None
@@ -72,6 +76,8 @@ class FieldNames(_Section):
 
 
 class TemplateSpec(_Section):
+    """A custom ablation config: a jinja2 template, inline or in a file."""
+
     text: str | None = None
     """A jinja2 template. Variables: profile, history, context, preamble, record (the whole row), user_id, record_id."""
     file: str | None = None
@@ -91,6 +97,8 @@ class TemplateSpec(_Section):
 
 
 class DataSpec(_Section):
+    """What to generate for: datasets, ablation configs (the parts of a record a prompt shows), samples per record."""
+
     datasets: list[DatasetSpec] = Field(min_length=1)
     """Inputs. Each dataset x ablation config x shard is one unit of work."""
     ablation_configs: list[str] = Field(default_factory=lambda: ["full"], min_length=1)

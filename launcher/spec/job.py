@@ -16,6 +16,7 @@ from launcher.spec.data import DataSpec
 from launcher.spec.model import ModelSpec
 from launcher.spec.output import OutputSpec
 from launcher.spec.sampling import SamplingSpec
+from launcher.spec.scheduling import SchedulingSpec
 from launcher.spec.slurm import SlurmSpec
 
 # (path, its default): fields that change the samples, added after runs were made with this launcher
@@ -50,6 +51,9 @@ class JobSpec(_Section):
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
     container: ContainerSpec = Field(default_factory=ContainerSpec)
     output: OutputSpec
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
+    """scheduling.prefix_order: run the prompts that share a prefix together (auto | on | off). Never changes the
+    samples, so never the run id."""
     cost: CostSpec = Field(default_factory=CostSpec)
     """cost.gpu_hour: what a GPU-hour costs, for cost per 1,000 samples in the summary (cluster profile)."""
     models: dict[Slug, str] = Field(default_factory=dict)

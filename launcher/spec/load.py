@@ -294,6 +294,7 @@ SPEC_SECTIONS = (
     "output",
     "executor",
     "cost",
+    "scheduling",
     "extends",
 )
 

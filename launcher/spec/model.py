@@ -11,6 +11,8 @@ from launcher.spec.common import Slug, _FieldError, _plain_path, _Section
 
 
 class ModelSpec(_Section):
+    """Which checkpoint, which backend (vLLM or HF), and how it is loaded and sized."""
+
     path: str = ""
     """Folder of an HF-format checkpoint (config.json, weights, tokenizer). Relative: from the spec's folder.
     Required, unless the top-level `models:` names several checkpoints (then the settings here apply to each)."""
@@ -25,7 +27,9 @@ class ModelSpec(_Section):
     quantization: str | None = None
     """Passed to vLLM as is (awq, gptq, fp8, ...). fp8 quantizes a bf16 checkpoint online."""
     max_model_len: int | None = Field(default=None, ge=16, le=1_048_576)
-    """Context length for vLLM. Unset: the longest prompt + max_tokens, rounded up, at most 8192 (the old default)."""
+    """Context length for vLLM, and the most tokens (prompt + max_tokens) a record may have: longer records are
+    quarantined. Unset: the model's own (max_position_embeddings), lowered on a GPU whose KV cache cannot hold it for
+    one sequence. Known before any prompt is tokenized, so the engine starts first."""
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
     """Fraction of each GPU's memory vLLM may take (weights + KV cache)."""
     tensor_parallel_size: Literal["auto", "all"] | Annotated[int, Field(ge=1, le=64)] = "auto"

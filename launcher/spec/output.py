@@ -10,6 +10,8 @@ from launcher.spec.common import _plain_path, _Section
 
 
 class OutputSpec(_Section):
+    """Where results and run state go (shared storage), and in what form."""
+
     dir: str = Field(min_length=1)
     """Shared storage for this job: run state, logs and the gathered <dataset>/<ablation>/ outputs."""
     scratch_dir: str | None = None

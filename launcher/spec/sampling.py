@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from launcher.spec.common import _FieldError, _Section
+from launcher.spec.safe_checks import compile_regex, schema_problem
 
 STRUCTURED_KINDS = ("json_schema", "regex", "choice", "grammar")
 
@@ -43,6 +44,16 @@ class StructuredSpec(_Section):
                 "fix the schema; `python -c 'import jsonschema, yaml, sys; jsonschema.validators.validator_for({}).'"
                 "check_schema(yaml.safe_load(sys.stdin))' < schema.yaml` checks one alone",
             ) from None
+        except RecursionError:
+            raise ValueError("a JSON Schema nested too deeply to check") from None
+        problem = schema_problem(value)
+        if problem is not None:
+            raise _FieldError(
+                (),
+                f"this JSON Schema cannot be checked safely: {problem}",
+                "a self-contained JSON Schema: local $refs (#/$defs/NAME) only, RE2 patterns",
+                "inline what the $ref points at (or put it under $defs and refer to it as #/$defs/NAME)",
+            )
         return value
 
     @field_validator("regex")
@@ -53,6 +64,16 @@ class StructuredSpec(_Section):
                 re.compile(value)
             except re.error as exc:
                 raise ValueError(f"not a regular expression: {exc}") from None
+            try:  # samples are judged with RE2 (linear time): a pattern it refuses is refused here
+                compile_regex(value)
+            except ValueError as exc:
+                raise _FieldError(
+                    (),
+                    str(exc),
+                    "a regular expression of a regular language (RE2 syntax: classes, groups, |, *, +, ?, {m,n})",
+                    "rewrite it without backreferences (\\1) and lookaround ((?=...), (?!...), (?<=...)); "
+                    "or use sampling.structured.json_schema / grammar",
+                ) from None
         return value
 
     @model_validator(mode="after")
@@ -78,6 +99,8 @@ class StructuredSpec(_Section):
 
 
 class SamplingSpec(_Section):
+    """How each sample is drawn (vLLM's names; the old inference_vllm.py defaults)."""
+
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     """0 means greedy. 1.0 is the old inference_vllm.py default, kept so migrated runs match."""
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
@@ -91,7 +114,20 @@ class SamplingSpec(_Section):
     ignore_eos: bool = False
     """Generate exactly max_tokens (benchmarks)."""
     stop: list[str] = Field(default_factory=list)
-    """Stop strings."""
+    """Stop strings (each at least one character: an empty one would end every sample before its first token)."""
     structured: StructuredSpec | None = None
     """Constrain every sample to a format (vLLM's structured outputs): exactly one of json_schema, regex, choice,
     grammar. vLLM only; the HF backend refuses it. JSON runs count the samples that parse in the summary."""
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: list[str]) -> list[str]:
+        empty = [i for i, x in enumerate(value) if x == ""]
+        if empty:
+            raise _FieldError(
+                (empty[0],),
+                "an empty stop string: every sample would stop before its first token (all empty)",
+                "stop strings of at least one character",
+                "remove the empty string from sampling.stop",
+            )
+        return value

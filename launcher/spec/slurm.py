@@ -62,6 +62,8 @@ SBATCH_OWNED = {
 
 
 class SlurmSpec(_Section):
+    """Resources per worker job, how many jobs, retries and requeues, extra #SBATCH options. Slurm only."""
+
     partition: str | None = None
     """Partition (-p). Unset: the cluster's default."""
     account: str | None = None

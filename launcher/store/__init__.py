@@ -4,21 +4,21 @@ RunDir (a run: spec, plan, units, jobs, workers) -> UnitDir (one unit: chunks, c
 """
 
 from launcher.store.atomic import (
-    dumps_line,
     read_json,
-    read_jsonl,
-    safe_filename,
     sha256_file,
     write_atomic,
     write_json_atomic,
     write_jsonl_atomic,
 )
 from launcher.store.claims import Claim, ClaimBook, Owner
+from launcher.store.jsonl import BadLine, dumps_line, encode_line, encode_lines, parse_lines, read_jsonl
+from launcher.store.names import safe_filename
 from launcher.store.records import GpuFigures, OutputRow, UnitDone, WorkerReport
 from launcher.store.run_dir import JobDir, RunDir
 from launcher.store.unit_dir import ChunkScan, UnitDir
 
 __all__ = [
+    "BadLine",
     "ChunkScan",
     "Claim",
     "ClaimBook",
@@ -31,6 +31,9 @@ __all__ = [
     "UnitDone",
     "WorkerReport",
     "dumps_line",
+    "encode_line",
+    "encode_lines",
+    "parse_lines",
     "read_json",
     "read_jsonl",
     "safe_filename",

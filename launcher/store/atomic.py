@@ -12,13 +12,14 @@ import hashlib
 import json
 import logging
 import os
-import re
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from launcher.store.jsonl import encode_lines
 
 log = logging.getLogger("launcher.store")
 
@@ -88,32 +89,21 @@ def _write_atomic_once(path: Path, tmp: Path, data: bytes, durable: bool = True)
         raise
 
 
-def dumps_line(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n"
-
-
 def write_json_atomic(path: Path, obj: Any, wait_s: float | None = None, durable: bool = True) -> None:
     data = (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode()
     write_atomic(path, data, wait_s, durable)
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    write_atomic(path, "".join(dumps_line(r) for r in rows).encode())
-
-
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+    write_atomic(path, encode_lines(rows))
 
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from a file the launcher wrote; {} when it is missing or unreadable (a reader never crashes on
     a file another process is replacing, or one a crash left empty)."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = json.loads(path.read_bytes())  # bytes: UTF-8 whatever the locale, no newline translation
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -124,14 +114,3 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def safe_filename(name: str) -> str:
-    """A user id as a file name: no '/', no '..', no odd bytes; a short hash keeps changed names unique."""
-    clean = SAFE_NAME.sub("_", name)[:100].lstrip(".") or "_"
-    if clean != name:
-        clean = f"{clean}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-    return clean

@@ -9,7 +9,9 @@ its own the next time it checks (`still_mine`) and stops writing.
 An owner is dead when any of these holds, checked in this order:
 - it ran in this same Slurm job and worker slot before a requeue (an earlier restart of us): at once;
 - it ran on this host, in this PID namespace, and its process (pid + start time) is gone: at once;
-- its claim file was not touched for `lease_s` (owners touch theirs every few seconds): another node died.
+- its claim file was not touched for `lease_s` (owners touch theirs every few seconds): another node died. How long
+  a file went untouched is measured on the storage's clock, and a stamp in the future counts from when it was first
+  seen (claim_clock.py): no clock, however wrong, keeps a unit claimed for ever.
 A released claim (`<generation>.released` beside it: the owner stopped on purpose, preempted or failed) is free.
 
 A false takeover (an owner alive but cut off for longer than the lease) cannot lose or corrupt records: the old
@@ -30,9 +32,10 @@ from typing import Any
 
 from launcher.slurm_env import SlurmEnv
 from launcher.store.atomic import STORAGE_ERRNOS, storage_wait_s
+from launcher.store.claim_clock import untouched_s
 
 LEASE_VAR = "LAUNCHER_CLAIM_LEASE_S"
-DEFAULT_LEASE_S = 120.0  # >> the heartbeat (5 s) and any sane clock skew between a node and the file server
+DEFAULT_LEASE_S = 120.0  # >> the heartbeat (5 s) and NFS attribute caches (up to 60 s); clocks: claim_clock.py
 HEARTBEAT_S = 5.0
 STALE_CLAIM_S = 60.0  # an unreadable claim file this old was left by a writer that died: its number is reused
 
@@ -114,8 +117,9 @@ class ClaimBook:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    def head(self) -> Claim | None:
-        """The newest claim (highest generation), or None when the unit was never claimed."""
+    def head(self, observe: bool = True) -> Claim | None:
+        """The newest claim (highest generation), or None when the unit was never claimed. `observe`: a claim
+        stamped in the future starts its witness here (workers); False reads only (status)."""
         try:
             names = [p.name for p in self.folder.iterdir()]
         except FileNotFoundError:
@@ -131,7 +135,7 @@ class ClaimBook:
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # being created this instant, or damaged: the next generation up decides
             released = f"{gen:06d}.released" in names or (self.folder / f"{gen:06d}.released").exists()
-            return Claim(gen, path, owner, released, max(0.0, time.time() - st.st_mtime))
+            return Claim(gen, path, owner, released, untouched_s(path, st, observe))
         return None
 
     def try_claim(self, me: Owner, lease: float | None = None) -> Claim | None:
@@ -182,7 +186,7 @@ class ClaimBook:
         except (OSError, ValueError, KeyError, TypeError):
             pass
         try:
-            if time.time() - path.stat().st_mtime < STALE_CLAIM_S:
+            if untouched_s(path, path.stat()) < STALE_CLAIM_S:
                 return False
             path.rename(path.with_name(f"{path.name}.unreadable-{os.getpid()}"))
             return True

@@ -81,14 +81,19 @@ class WorkerReport(TypedDict, total=False):
     samples: int
     output_tokens: int
     prompt_tokens: int
+    quarantined: int  # records the engine could not generate (each quarantined alone, with why)
     startup_phases: dict[str, float]
+    startup_timeline: dict[str, list[float]]  # phase -> [start, end], seconds from `started` (what ran beside what)
     error: str | None
     warnings: list[str]
     backend: str
     backend_reason: str
     engine: dict[str, Any]  # version, device, gpu_name, settings, reasons, startup
     workload: dict[str, Any]
+    prefix_order: dict[str, Any]  # scheduling.prefix_order: on or off and why, the groups measured (job/order.py)
     gpu_monitor: GpuFigures  # job/gpu_monitor.py: utilization histogram, peak memory, power (GPU workers)
+    cpu_cores: int  # cores this process may run on (its CPU affinity)
+    cpu_seconds: float  # CPU time (user + system) the worker's process used since the worker started
 
 
 __all__ = ["GpuFigures", "OutputRow", "UnitDone", "WorkerReport"]

@@ -4,6 +4,7 @@
     spec.json  plan.json       what every job reads (written at submit; the run id is read from here, never
                                recomputed: a touched input mid-run must not move a job's outputs)
     run.json                   identity, submissions, image, versions
+    inputs.json                what every unit's inputs are checked against, the prompt clock (inputs/guard.py)
     container.json             the container request (0600: it may hold secrets)
     prompt_stats.json          prompt lengths per unit, measured once by the first worker (engine sizing)
     prompt_stats.claims/       which worker measures them (a claim, as a unit's: the others wait)
@@ -57,6 +58,10 @@ class RunDir:
         return self.root / "run.json"
 
     @property
+    def inputs_record(self) -> Path:
+        return self.root / "inputs.json"
+
+    @property
     def container_json(self) -> Path:
         return self.root / "container.json"
 
@@ -75,6 +80,11 @@ class RunDir:
     @property
     def submit_lock(self) -> Path:
         return self.root / "submit.lock"
+
+    @property
+    def interrupted(self) -> Path:
+        """Written when the user stopped a local run (Ctrl-C, SIGTERM, `launcher cancel`): status says INTERRUPTED."""
+        return self.root / "interrupted.json"
 
     @property
     def gather_lock(self) -> Path:

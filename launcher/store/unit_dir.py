@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.store.atomic import dumps_line, read_json, write_atomic, write_json_atomic
+from launcher.store.atomic import read_json, write_atomic, write_json_atomic
 from launcher.store.claims import Claim, ClaimBook, Owner
+from launcher.store.jsonl import BadLine, encode_lines, parse_lines
 from launcher.store.records import OutputRow, UnitDone
 from launcher.store.unit_log import UnitEvent, UnitLog, claim_event
 
@@ -116,11 +116,13 @@ class UnitDir:
             if chunk_digest(data) != m.group(3):
                 out.damaged.append(path)
                 continue
+            try:  # split on b"\n" only (store/jsonl.py says why)
+                rows = [OutputRow(**obj) for obj in parse_lines(data, str(path))]  # type: ignore[typeddict-item]
+            except BadLine:  # its checksum holds, yet it does not parse: not ours to trust either
+                out.damaged.append(path)
+                continue
             out.good[path.name] = m.group(3)
-            for line in data.decode("utf-8").splitlines():
-                if not line.strip():
-                    continue
-                row: OutputRow = json.loads(line)
+            for row in rows:
                 if row["row"] in out.rows:
                     out.duplicates += 1
                     continue
@@ -128,7 +130,9 @@ class UnitDir:
         return out
 
     def write_chunk(self, generation: int, seq: int, rows: list[OutputRow]) -> Path:
-        data = "".join(dumps_line(dict(r)) for r in sorted(rows, key=lambda r: r["row"])).encode()
+        # strict: a row UTF-8 cannot encode raises here, before anything is written (the worker quarantines such a
+        # record before it reaches a chunk: job/worker.py)
+        data = encode_lines(dict(r) for r in sorted(rows, key=lambda r: r["row"]))
         path = self.chunks / f"{generation:06d}-{seq:06d}-{chunk_digest(data)}.jsonl"
         write_atomic(path, data)
         return path
@@ -140,14 +144,16 @@ class UnitDir:
                 path.rename(path.with_name(path.name + f".damaged-{int(time.time())}"))
 
     def write_quarantine(self, rows: list[dict[str, Any]]) -> None:
-        write_atomic(self.quarantine, "".join(dumps_line(r) for r in rows).encode())
+        # a quarantined row may hold what UTF-8 cannot encode (that may be why it is here): that line is written
+        # with JSON escapes instead of failing the unit (store/jsonl.py)
+        write_atomic(self.quarantine, encode_lines(rows, lone_surrogates="escape"))
 
     def read_quarantine(self) -> list[dict[str, Any]]:
         try:
-            text = self.quarantine.read_text()
+            data = self.quarantine.read_bytes()
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return list(parse_lines(data, str(self.quarantine)))
 
     def read_done(self) -> UnitDone:
         return UnitDone(**read_json(self.done_marker))  # type: ignore[typeddict-item]

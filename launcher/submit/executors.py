@@ -1,4 +1,5 @@
-"""slurm.py: Plan -> submitit array(s) of worker jobs (Slurm, or local processes for the demo) + a gather job; run.json.
+"""submit/executors.py: Plan -> submitit array(s) of worker jobs (Slurm, or local processes for the demo) + a gather
+job; run.json.
 
 The array is one map_array call: one sbatch, however many jobs, unless the jobs outnumber the cluster's MaxArraySize:
 then one array per MaxArraySize jobs (slurm_query.py), each job keeping its own index, and the gather job waits for
@@ -13,8 +14,12 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ from typing import Any
 import submitit
 
 from launcher.errors import Refused
+from launcher.inputs.guard import write_record
 from launcher.job.entry import JobRunner
 from launcher.job.retries import teardown_lines
 from launcher.plan import Plan
@@ -147,13 +153,20 @@ def pending_units(plan: Plan) -> list[str]:
     return todo
 
 
-def submit(plan: Plan, kind: str | None = None, resolved: ResolvedRun | None = None) -> Submission:
+def submit(
+    plan: Plan, kind: str | None = None, resolved: ResolvedRun | None = None, resume_with: str | None = None
+) -> Submission:
     """Worker jobs for every unit not done, as one array (+ the gather job after it). Refused while the run still
     has jobs in Slurm or local processes working on it: two sets of workers are safe (claims), but a second
-    submit would count retries and record submissions against the wrong array."""
+    submit would count retries and record submissions against the wrong array. resume_with: the command that goes
+    on with this run, for its hints (default: `launcher submit` of its spec)."""
     spec = plan.spec
     run = plan.run
     kind = kind or spec.executor
+    if kind == "slurm":
+        from launcher.submit.fit import require_slurm
+
+        require_slurm()  # before the run folder exists: no Slurm here means nothing written
     with submit_lock(run.submit_lock) as lock:
         todo = pending_units(plan)
         # A local run's processes outlive the submit that started them: refused while one works on the run
@@ -170,6 +183,14 @@ def submit(plan: Plan, kind: str | None = None, resolved: ResolvedRun | None = N
                     fix=f"wait for them, or `launcher cancel {run.root}` first (finished records are kept)",
                 )
         save_plan(plan)
+        # Before any job starts: what its workers check every unit's inputs against (inputs/guard.py)
+        write_record(
+            run,
+            resolved.inputs if resolved else None,
+            resolved.command if resolved else "launcher submit SPEC",
+            resolved.new_run if resolved else "launcher submit SPEC --new-run",
+            resolved.prompt_clock if resolved else None,
+        )
         if spec.container.runtime != "none":
             from launcher.containers.shim import write_spec_request
 
@@ -179,17 +200,34 @@ def submit(plan: Plan, kind: str | None = None, resolved: ResolvedRun | None = N
         # to every job through the environment (sbatch exports it; local processes inherit it).
         os.environ["LAUNCHER_SUBMISSION"] = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         ex = make_executor(spec, run.logs, kind)
-        handles = []
-        for part in array_slices(jobs, max_array_size() if kind == "slurm" else None):
-            handles += ex.map_array(JobRunner(str(run.root)), list(part))
+        with _children_ignore_sigint(kind == "local"):
+            handles = []
+            for part in array_slices(jobs, max_array_size() if kind == "slurm" else None):
+                handles += ex.map_array(JobRunner(str(run.root)), list(part))
         job_ids = [j.job_id for j in handles]
         # local: the job id is the pid of submitit's controller process, one per job
         lock.record(local_processes(map(int, job_ids), range(jobs)) if kind == "local" else [])
         gather = submit_gather(plan, job_ids) if kind == "slurm" and spec.slurm.gather else None
-        write_run_json(plan, job_ids, gather.job_id if gather else None, kind, jobs, len(todo), resolved)
+        write_run_json(plan, job_ids, gather.job_id if gather else None, kind, jobs, len(todo), resolved, resume_with)
     return Submission(
         run.root, job_ids, gather.job_id if gather else None, handles, gather, len(plan.units) - len(todo), len(todo)
     )
+
+
+@contextmanager
+def _children_ignore_sigint(local: bool) -> Iterator[None]:
+    """Local jobs start with SIGINT ignored (inherited through exec): Ctrl-C in the terminal reaches the whole
+    foreground process group, and submitit's controller would die of it with a KeyboardInterrupt traceback on the
+    user's terminal and SIGKILL its task a second later, mid-write. `launcher submit --wait` instead stops them
+    with SIGTERM (job/entry.py: the job flushes, gives its units back and exits); `launcher cancel` does the same."""
+    if not local or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def submit_gather(plan: Plan, job_ids: list[str]) -> Any:

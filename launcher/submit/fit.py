@@ -1,4 +1,5 @@
-"""slurm_fit.py: the spec's request per job (CPUs, GPUs, memory) against the nodes of its partition, at submit.
+"""submit/fit.py: is there a Slurm here (its commands on PATH), and does the spec's request per job (CPUs, GPUs,
+memory) fit the nodes of its partition? Asked at submit, before anything is written.
 
 A job asking more of one node than any node of the partition has is accepted by sbatch and then stays PENDING
 (PartitionConfig) forever. Found by asking `gpus_per_node: 2` with the default `cpus_per_gpu: 8` on an 8-CPU node.
@@ -13,8 +14,34 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from launcher.errors import SpecError
+from launcher.errors import NoSlurm, SpecError
 from launcher.spec import JobSpec
+
+# What a submit runs: sbatch submits the array (and the gather job), srun starts each task in it (submitit refuses
+# to build a Slurm executor without it). squeue/sacct/scancel only serve status and cancel, which say so themselves.
+SUBMIT_COMMANDS = ("sbatch", "srun")
+
+
+def missing_slurm_commands() -> list[str]:
+    """Slurm's submit commands that are not on PATH here (empty: a Slurm client is installed)."""
+    return [c for c in SUBMIT_COMMANDS if shutil.which(c) is None]
+
+
+def require_slurm(where: str = "--executor slurm") -> None:
+    """NoSlurm (exit 2) unless sbatch and srun are on PATH: before anything is written, so a machine without Slurm
+    gets a sentence and a fix, not submitit's RuntimeError and a half-made run folder."""
+    missing = missing_slurm_commands()
+    if not missing:
+        return
+    raise NoSlurm.one(
+        where,
+        "executor",
+        f"{' and '.join(missing)} not found on PATH: this machine has no Slurm client (or it is not on PATH)",
+        allowed="slurm (where sbatch and srun run), or local (this machine's processes, no cluster)",
+        fix="run it on your cluster's login node; or put Slurm's bin folder on PATH (e.g. "
+        "`export PATH=/opt/slurm/bin:$PATH`; `apt-get install slurm-client` installs the commands, which also need "
+        "the cluster's slurm.conf); or run here with `--executor local` (`--set executor=local` in `launcher plan`)",
+    )
 
 
 @dataclass(frozen=True)

@@ -174,5 +174,6 @@ def refuse_if_local_run_lives(lock: SubmitLock, run_dir: Path, unfinished: set[i
         f"the local run started by `launcher submit` ({lock.local_by()}) is still "
         f"running {len(busy)} job(s) of this run (pids {pids}), which write the same outputs",
         fix=f"wait for them to end (`launcher status {run_dir}` shows progress), or stop them "
-        f"(`kill {pids}`), then submit again: finished records are kept",
+        f"(`launcher cancel {run_dir}`, or `kill {pids}`: each writes what it finished first), then submit again: "
+        "finished records are kept",
     )

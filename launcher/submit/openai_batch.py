@@ -6,20 +6,29 @@ Slurm with `--executor slurm`, and the same command again resumes. Once gathered
 input line, in input order: the response (a chat.completion or text_completion object), or the reason the line
 was not run (error), never both. Ids in OUT are derived from the run and the custom_id, so a rerun writes the same
 bytes.
+
+A response is what the run generated for that custom_id, never what sits at the same line number: the input is read
+again only to learn each line's custom_id, endpoint and model, and only once it is proven to hold the bytes the run
+read (the identity recorded at submit, and an unchanged file while it is read). An input changed mid-run is refused
+(the workers refuse the units they read after it; OUT is not written), with the fixes `launcher batch` takes: put the
+file back and run the same command, or `--new-run`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import SpecError
+from launcher.errors import LauncherError, Refused, SpecError
 from launcher.gather.samples import read_samples
 from launcher.inputs.chat import CHAT_URL, parse_batch_line
+from launcher.inputs.identity import file_identity
 from launcher.inputs.records import BadRow, Record, iter_rows, to_record
 from launcher.plan import Plan
 from launcher.spec import FieldNames, JobSpec
@@ -52,6 +61,7 @@ def batch_spec(
         raise SpecError.one(
             "-o", "", "the output would overwrite the input file", fix="give -o another file (e.g. results.jsonl)"
         )
+    check_output_file(output_path)
     layers = load_layers(Path(spec_path), []) if spec_path else Layers(data={}, root="launcher batch")
     given = layers.data
     own: dict[str, Any] = {
@@ -92,6 +102,39 @@ def batch_spec(
             fix="give every line its own custom_id",
         )
     return BatchInput(spec, requests, bad)
+
+
+def check_output_file(path: Path) -> None:
+    """-o must be a file this user can write, checked before anything runs (OUT is written only at the end)."""
+    if path.is_dir():
+        raise SpecError.one(
+            "-o",
+            "",
+            f"{path} is a folder",
+            allowed="a file (OUT.jsonl)",
+            fix=f"give a file, e.g. -o {path / 'results.jsonl'}",
+        )
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is a file, so {path} cannot be created"
+    elif existing == path.parent:
+        try:  # as root, os.access says yes to anything: a real file in the folder says what the storage allows
+            fd, probe = tempfile.mkstemp(dir=existing, prefix=f".{path.name}.")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            problem = f"cannot write in {existing}: {exc.strerror}"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"cannot create {path.parent}: no permission to write in {existing}"
+    if problem is None and path.exists() and not os.access(path, os.W_OK):
+        problem = f"{path} exists and is not writable"
+    if problem:
+        raise SpecError.one(
+            "-o", "", problem, allowed="a file in a folder you can write to", fix="give -o a path you can write"
+        )
 
 
 def _scan(input_path: Path, fields: FieldNames) -> tuple[int, int, dict[str, int]]:
@@ -142,22 +185,52 @@ def _response_body(line: dict[str, Any], row: dict[str, Any], model: str, create
     }
 
 
-def output_lines(plan: Plan, input_path: Path) -> Iterator[dict[str, Any]]:
-    """One output object per input line, in input order."""
+def _verified_rows(plan: Plan, input_path: Path, command: str) -> list[tuple[int, dict[str, Any] | BadRow]]:
+    """The input's lines, read only if the file holds what the run read (Refused otherwise, with the fixes)."""
+    from launcher.inputs.guard import read_record
+
+    recorded = (read_record(plan.run).get("identity") or plan.run.read_run().get("inputs") or {}).get("data") or {}
+    expected = recorded.get(DATASET)
+
+    def refuse(why: str) -> LauncherError:
+        return Refused.one(
+            str(input_path),
+            "-i",
+            f"{why}: its answers cannot be matched to its lines; {plan.run.root} keeps what was generated",
+            fix=f"put back the file the run read and run `{command}` again, or `{command} --new-run` for a run "
+            "of the file as it is now",
+        )
+
+    def stat_key() -> tuple[int, int, int, int]:
+        st = input_path.stat()
+        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+    before = stat_key()
+    if expected is not None and file_identity(input_path) != expected:
+        raise refuse("the input changed since the run read it")
+    rows = list(iter_rows(input_path))
+    if stat_key() != before:
+        raise refuse("the input changed while it was read")
+    return rows
+
+
+def output_lines(plan: Plan, input_path: Path, command: str = "launcher batch") -> Iterator[dict[str, Any]]:
+    """One output object per input line, in input order: the run's samples of its custom_id, or why it has none."""
     cell = plan.run.output_dir / DATASET / ABLATION
     quarantine = cell / "quarantine.jsonl"
-    rows = {r["row"]: r for r in read_samples(cell)}
+    generated = {str(r["record_id"]): r for r in read_samples(cell)}
     quarantined = {q["row"]: q["reason"] for q in read_jsonl(quarantine)} if quarantine.exists() else {}
     first = ((plan.run.read_run() or {}).get("submissions") or [{}])[0]
     created = int(first.get("submitted_epoch") or 0)  # the run's first submit: a rerun writes the same bytes
     model = Path(plan.spec.model.path).name
     run_id = plan.run.run_id
-    for row, obj in iter_rows(input_path):
+    for row, obj in _verified_rows(plan, input_path, command):
         custom_id = obj.get("custom_id") if isinstance(obj, dict) else None
         custom_id = str(custom_id) if isinstance(custom_id, (str, int)) and not isinstance(custom_id, bool) else None
         out_id = _id("batch_req_", run_id, str(custom_id), str(row))
-        if row in rows and isinstance(obj, dict):
-            body = _response_body(obj, dict(rows[row]), model, created, run_id)
+        got = generated.get(custom_id) if custom_id is not None and row not in quarantined else None
+        if got is not None and isinstance(obj, dict):
+            body = _response_body(obj, dict(got), model, created, run_id)
             yield {
                 "id": out_id,
                 "custom_id": custom_id,
@@ -177,16 +250,25 @@ def output_lines(plan: Plan, input_path: Path) -> Iterator[dict[str, Any]]:
         }  # fmt: skip
 
 
-def write_output(plan: Plan, input_path: Path, output_path: Path) -> tuple[int, int]:
+def write_output(plan: Plan, input_path: Path, output_path: Path, command: str = "launcher batch") -> tuple[int, int]:
     """OUT.jsonl, written whole to a temporary name and renamed; (responses, errors)."""
     ok = bad = 0
-    lines = []
-    for obj in output_lines(plan, input_path):
+    lines: list[bytes] = []
+    for obj in output_lines(plan, input_path, command):
         ok += obj["error"] is None
         bad += obj["error"] is not None
-        lines.append(json.dumps(obj, ensure_ascii=False, sort_keys=False) + "\n")
-    write_atomic(output_path, "".join(lines).encode())
+        lines.append(_output_line(obj))
+    write_atomic(output_path, b"".join(lines))
     return ok, bad
+
+
+def _output_line(obj: dict[str, Any]) -> bytes:
+    """One output line, UTF-8 text as it is. A line whose custom_id (or error) holds a lone surrogate (such a line is
+    refused) is written with JSON escapes instead: json.loads gives back exactly the custom_id the input had."""
+    try:
+        return (json.dumps(obj, ensure_ascii=False) + "\n").encode()
+    except UnicodeEncodeError:
+        return (json.dumps(obj) + "\n").encode()
 
 
 __all__ = ["BatchInput", "batch_spec", "output_lines", "write_output"]

@@ -28,7 +28,9 @@ def write_run_json(
     jobs: int,
     units_todo: int,
     resolved: ResolvedRun | None = None,
+    resume_with: str | None = None,
 ) -> None:
+    """resume_with: the command that goes on with this run (its hints name it: plan/persist.resume_hint)."""
     spec = plan.spec
     previous = plan.run.read_run()
     inputs = resolved.inputs.as_json() if resolved else previous.get("inputs")
@@ -80,6 +82,7 @@ def write_run_json(
             "python": sys.version.split()[0],
             "image": image_record(spec),
             "submissions": submissions,
+            "resume_with": resume_with or previous.get("resume_with"),
         },
     )
 

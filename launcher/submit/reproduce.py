@@ -23,11 +23,12 @@ from typing import Any
 
 from launcher import __version__
 from launcher.errors import Problem, Refused
-from launcher.inputs.identity import changes, identify
+from launcher.inputs.guard import PromptClock, read_record
+from launcher.inputs.identity import changes, identify, matches
 from launcher.plan import Plan
 from launcher.plan.persist import load_plan, runs_of
 from launcher.spec import JobSpec
-from launcher.store import read_json, sha256_file, write_json_atomic
+from launcher.store import RunDir, read_json, sha256_file, write_json_atomic
 from launcher.submit.provenance import git_dirty, git_sha, image_record
 
 FLAG_IMAGE = "--allow-other-image"
@@ -85,7 +86,7 @@ def check_reproducible(
 
     inputs_now = identify(spec)
     recorded_inputs = record.get("inputs") or {}
-    if recorded_inputs and recorded_inputs.get("digest") != inputs_now.digest:
+    if recorded_inputs and not matches(recorded_inputs, inputs_now):
         problems.append(
             Problem(
                 where,
@@ -162,6 +163,15 @@ def check_reproducible(
     return ReproductionCheck(original, record, spec, allowed)
 
 
+def original_clock(run: RunDir) -> PromptClock | None:
+    """The time the original's chat templates read (strftime_now): its inputs.json, else its first submission's."""
+    found = PromptClock.from_json(read_record(run).get("prompt_clock"))
+    if found is None:
+        first = (run.read_run().get("submissions") or [{}])[0]
+        found = PromptClock.from_submitted_at(str(first.get("submitted_at") or ""))
+    return found
+
+
 def record_reproduction(plan: Plan, check: ReproductionCheck) -> None:
     """The reproduction's run.json names the run it reproduces and what was allowed to differ."""
     record = read_json(plan.run.run_json)
@@ -225,4 +235,11 @@ def _sha(path: Path | None) -> str | None:
         return None
 
 
-__all__ = ["CellAgreement", "ReproductionCheck", "agreement", "check_reproducible", "record_reproduction"]
+__all__ = [
+    "CellAgreement",
+    "ReproductionCheck",
+    "agreement",
+    "check_reproducible",
+    "original_clock",
+    "record_reproduction",
+]

@@ -111,7 +111,7 @@ def run_slurm(cmd: list[str]) -> str:
 
 def _parse(text: str) -> dict[str, JobState]:
     states: dict[str, JobState] = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): a field (a reason) could hold U+2028 or \x1c
         parts = line.split("|")
         if len(parts) < 4 or "." in parts[0]:  # job steps (123.batch) are not tasks
             continue

@@ -1,6 +1,5 @@
 """status.py: run dir -> the run's worker jobs (Slurm state, node, requeues, last error), their workers (GPUs, the
 unit each holds, records, rate) and its units (done, running, pending, failed), plus the run's wall-clock figures.
-And `cancel`.
 
 Two sources, because each lags where the other does not: squeue knows live jobs at once (pending, running, and why
 pending) but forgets them when they end; sacct keeps finished jobs but learns of new ones ~5 s late. Each is asked
@@ -15,21 +14,18 @@ are looked at on disk. A run planned before units.log existed is read folder by 
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from launcher.plan import Plan
-from launcher.plan.persist import load_plan
-from launcher.store import RunDir, WorkerReport, read_json
+from launcher.plan.persist import load_plan, resume_hint
+from launcher.store import WorkerReport, read_json
 from launcher.store.claims import lease_s
 from launcher.store.unit_log import UnitView
-from launcher.submit.slurm_query import JobState, run_slurm, slurm_states, task_job_ids
+from launcher.submit.slurm_query import JobState, slurm_states, task_job_ids
 
 UNITS_SHOWN = 30
 
@@ -142,7 +138,7 @@ def collect(run_dir: Path) -> RunStatus:
     units = unit_statuses(plan, plan.run.unit_view(), latest.get("submission"), figures.workers)
     all_done = all(u.state == "DONE" for u in units)
     jobs = [
-        _job_status(plan, i, element_of.get(i), states, local, reports, all_done)
+        _job_status(plan, i, element_of.get(i), states, local, reports, all_done, latest.get("submission"))
         for i in range(int(latest.get("jobs") or 0))
     ]
     workers = [_worker_status(r) for r in reports.values()]
@@ -229,13 +225,16 @@ def _job_status(
     local: bool,
     reports: dict[str, WorkerReport],
     all_done: bool,
+    submission: str | None = None,
 ) -> JobStatus:
     from launcher.job.retries import read_failures
 
     job_dir = plan.run.job(index)
     job = states.get(jid) if jid else None
     live = read_json(job_dir.live)
-    failures = [f for f in read_failures(job_dir.root) if f.get("submission") == (jid or "").split("_")[0]]
+    # a Slurm job's failures are counted per array; a local job's per submission (LAUNCHER_SUBMISSION)
+    this = jid.split("_")[0] if jid else (submission if local else None)
+    failures = [f for f in read_failures(job_dir.root) if this is not None and f.get("submission") == this]
     mine = [r for slot, r in reports.items() if slot.split(".")[0] == str(index)]
     if job is not None:
         state, reason = job.state, job.reason
@@ -272,10 +271,10 @@ def _local_state(plan: Plan, index: int, reports: list[WorkerReport], all_done: 
         return "RUNNING", "local process"
     if failed:
         return "FAILED", "a worker raised"
-    interrupted = read_json(plan.run.root / "interrupted.json")
+    interrupted = read_json(plan.run.interrupted)
     submitted = ((plan.run.read_run().get("submissions") or [{}])[-1]).get("submitted_epoch") or 0
     if not all_done and interrupted and interrupted.get("time", 0) >= submitted:
-        return "INTERRUPTED", f"{interrupted.get('by')}: `launcher submit` the spec again to resume"
+        return "INTERRUPTED", f"{interrupted.get('by')}: {resume_hint(plan.run)} again resumes it"
     if all_done or any(r.get("state") in ("done", "idle") for r in reports):
         return "COMPLETED", ""
     return "FAILED" if procs else "LOCAL", "ended without a report (killed?)" if procs else "submitted"
@@ -311,7 +310,7 @@ def _unit_status(plan: Plan, unit: Any, submission: str | None) -> UnitStatus:
             unit.unit_id, "DONE", unit.rows, unit.rows, "", len(failures), last_error[:200], unit.cell.label
         )
     rows = sum(p.read_bytes().count(b"\n") for p in udir.chunk_files())
-    head = udir.claims.head()
+    head = udir.claims.head(observe=False)  # status reads; only workers leave a witness
     if len(failures) > plan.spec.slurm.max_retries:
         state, owner = "FAILED", ""
     elif head is not None and not head.released and head.age_s < lease_s():
@@ -342,23 +341,3 @@ def _last_log_error(logs: Path, job_id: str | None) -> str:
         if "Error" in line or "error" in line or "Killed" in line:
             return line.strip()
     return lines[-1] if lines else ""
-
-
-def cancel_run(run_dir: Path, console: Console) -> int:
-    """scancel every job of the run that Slurm still holds: the task arrays and the gather jobs."""
-    run = RunDir(Path(run_dir)).read_run()
-    gathers = {s["gather_job_id"] for s in run.get("submissions", []) if s.get("gather_job_id")}
-    ids = sorted(set(task_job_ids(run)) | gathers, key=int)
-    if not ids:
-        console.print("no Slurm jobs recorded for this run")
-        return 0
-    live = sorted(set(run_slurm(["squeue", "-h", "-j", ",".join(ids), "-o", "%F"]).split()), key=int)
-    if not live:
-        console.print(f"nothing to cancel: every job of this run ({', '.join(ids)}) has ended")
-        return 0
-    proc = subprocess.run(["scancel", *live], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        console.print(f"scancel {' '.join(live)} failed: {proc.stderr.strip()}")
-        return 1
-    console.print(f"cancelled {', '.join(live)}; finished records are kept: `launcher submit` the spec again to resume")
-    return 0

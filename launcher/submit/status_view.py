@@ -9,25 +9,27 @@ from pathlib import Path
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.markup import escape
 from rich.table import Table
 
-from launcher.gather.throughput import describe_gpus
+from launcher.gather.throughput import busy_words, describe_cpus, describe_gpus
 from launcher.submit.fit import reason_words
 from launcher.submit.status import COLORS, FINAL, UNITS_SHOWN, RunStatus, UnitStatus, WorkerStatus, collect
+from launcher.terminal import printable, safe
 
 
 def render(status: RunStatus) -> Group:
+    """Every string from the run directory (ids, hosts, errors, warnings) goes through launcher.terminal.safe: a
+    user id or an error message can neither move the cursor nor recolour the terminal."""
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(status.counts.items()))
-    gather = f"; gather job {status.gather_job_id}: {status.gather_state}" if status.gather_job_id else ""
+    gather = f"; gather job {safe(status.gather_job_id)}: {safe(status.gather_state)}" if status.gather_job_id else ""
     fig = status.run_figures
     rate = (
-        f"{fig['samples']} samples, {fig['samples_per_sec']} samples/s by the wall clock, GPU busy "
-        f"{100 * fig['gpu_busy_fraction']:.0f}%"
-        if fig.get("samples_per_sec") and fig.get("gpu_busy_fraction") is not None
+        f"{fig['samples']} samples, {fig['samples_per_sec']} samples/s by the wall clock, {busy_words(fig)}"
+        if fig.get("samples_per_sec")
         else "no samples yet"
     )
-    workers = Table(title=f"run {status.run_id}: units {counts}{gather}; {rate}")
+    title = f"run {safe(status.run_id)}: units {counts}{gather}; {rate}"
+    workers = Table(title=title)
     for col in (
         "job",
         "state",
@@ -48,27 +50,44 @@ def render(status: RunStatus) -> Group:
         by_job.setdefault(int(w.worker.split(".")[0]), []).append(w)
     for j in status.jobs:
         color = COLORS.get(j.state, "")
-        shown = f"{j.state} ({reason_words(j.reason)})" if j.reason else j.state
+        shown = safe(f"{j.state} ({reason_words(j.reason)})" if j.reason else j.state)
         ws = by_job.get(j.index) or [None]  # type: ignore[list-item]
         for k, w in enumerate(ws):
             head = (
-                [str(j.index), f"[{color}]{shown}[/]" if color else shown, j.node or "", j.job_id or ""]
+                [str(j.index), f"[{color}]{shown}[/]" if color else shown, safe(j.node or ""), safe(j.job_id or "")]
                 if k == 0
                 else ["", "", "", ""]
             )
             if w is None:
-                workers.add_row(*head, "", "", "", "", "", "", str(j.requeues), j.last_error)
+                workers.add_row(*head, "", "", "", "", "", "", str(j.requeues), safe(j.last_error))
                 continue
             workers.add_row(
                 *head,
+                safe(w.worker),
+                safe(",".join(w.gpus) or "cpu"),
+                safe(w.state),
+                safe(", ".join(w.units) or "-"),
+                str(w.records),
+                f"{w.samples_per_s:.2f}" if w.samples_per_s else "",
+                str(j.requeues if k == 0 else w.restart),
+                safe(w.error or (j.last_error if k == 0 else "")),
+            )
+    jobless = {i: ws for i, ws in by_job.items() if i not in {j.index for j in status.jobs}}
+    for index, ws in sorted(jobless.items()):  # `launcher run`: workers with no submitted job around them
+        for w in ws:
+            workers.add_row(
+                str(index),
+                "",
+                "",
+                "",
                 w.worker,
                 ",".join(w.gpus) or "cpu",
                 w.state,
                 ", ".join(w.units) or "-",
                 str(w.records),
                 f"{w.samples_per_s:.2f}" if w.samples_per_s else "",
-                str(j.requeues if k == 0 else w.restart),
-                w.error or (j.last_error if k == 0 else ""),
+                str(w.restart),
+                w.error,
             )
     units = Table(title="units not done")
     for col in ("unit", "state", "records", "worker", "failures", "last error"):
@@ -77,20 +96,29 @@ def render(status: RunStatus) -> Group:
     for u in shown_units:
         color = COLORS.get(u.state, "")
         units.add_row(
-            u.unit_id,
-            f"[{color}]{u.state}[/]" if color else u.state,
+            safe(u.unit_id),
+            f"[{color}]{u.state}[/]" if color else safe(u.state),
             f"{u.records_done}/{u.records_total}",
-            u.owner,
+            safe(u.owner),
             str(u.failures),
-            u.last_error,
+            safe(u.last_error),
         )
     rest = len([u for u in status.units if u.state != "DONE"]) - len(shown_units)
     if rest > 0:
         units.add_row("...", f"{rest} more", "", "", "", "")
-    notes = [f"[yellow]warning:[/] {escape(w)}" for w in status.warnings]
-    gpus = describe_gpus(fig)
+    notes = [f"[yellow]warning:[/] {safe(w)}" for w in status.warnings]
+    figures = [safe(line) for line in (describe_gpus(fig), describe_cpus(fig)) if line]
     pending = [units] if shown_units else []  # all done: the cells table says so
-    return Group(workers, cells_table(status), *pending, *([escape(gpus)] if gpus else []), *notes)
+    # No worker job in the latest submission (it found every unit done): no empty table, a line that says so.
+    jobs: list[Table | str] = [workers] if status.jobs else [f"{title}\n{no_jobs_words(status)}"]
+    return Group(*jobs, cells_table(status), *pending, *figures, *notes)
+
+
+def no_jobs_words(status: RunStatus) -> str:
+    """Why the jobs table is left out."""
+    if status.units and all(u.state == "DONE" for u in status.units):
+        return "no worker job in the latest submission: every unit was already done (nothing to run)"
+    return "no worker job submitted yet"
 
 
 def cells_table(status: RunStatus) -> Table:
@@ -106,7 +134,7 @@ def cells_table(status: RunStatus) -> Table:
         state = next((s for s in ("FAILED", "RUNNING", "PENDING") if s in states), "DONE")
         color = COLORS.get(state, "")
         cells.add_row(
-            cell,
+            safe(cell),
             f"{sum(u.state == 'DONE' for u in units)}/{len(units)}",
             f"{sum(u.records_done for u in units)}/{sum(u.records_total for u in units)}",
             f"[{color}]{state}[/]" if color else state,
@@ -153,7 +181,7 @@ def summary_line(status: RunStatus) -> str:
     total = sum(u.records_total for u in status.units)
     working = sum(1 for w in status.workers if w.state in ("running", "loading", "starting"))
     rate = status.run_figures.get("samples_per_sec")
-    return (
+    return printable(
         f"{time.strftime('%H:%M:%S')} run {status.run_id}: units {counts}; records {done}/{total}; "
         f"{working} worker(s) working" + (f"; {rate} samples/s" if rate else "")
     )

@@ -11,7 +11,8 @@ Faults (trials.py, KIND_LABELS): SIGKILL of a worker job's process; preemption b
 scancel then `launcher submit` again; slurmd killed (SIGKILL) and restarted; a 1-minute time limit; the output
 storage read-only for a while (a bind mount remounted ro); the disk full (the output dir is a tmpfs, shrunk to what
 it holds, then grown back); kill -9 of one worker of a DP=2 job mid-unit; the input file touched mid-run; a bit
-flipped in a stored chunk after the run (injectors.py).
+flipped in a stored chunk after the run (injectors.py); hostile text mixed with the good rows of a dataset
+(hostile.py: its own verdict, since its data differs from the reference's on purpose).
 
     python -m tests.faults.campaign --trials 90 --seed 1 --report docs/faults-last-campaign.json
 
@@ -209,7 +210,10 @@ def describe(r: TrialResult) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.faults.campaign", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--trials", type=int, default=21, help=f"how many trials (kinds cycle: {len(KINDS)} or more has all)"
+        "--trials",
+        type=int,
+        default=2 * len(KINDS) + 1,
+        help=f"how many trials (kinds cycle: {len(KINDS)} or more has all)",
     )
     parser.add_argument("--seed", type=int, default=1, help="the campaign's seed: same seed, same trials")
     parser.add_argument("--report", type=Path, help="write the JSON report here")

@@ -11,6 +11,7 @@ unit claimed again, Slurm's or submitit's own words): a fault that missed proves
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,6 +78,10 @@ def gathered_files(out_dir: Path, wl: Workload) -> dict[str, bytes]:
 
 
 def judge(run: TrialRun, result: TrialResult) -> TrialResult:
+    if run.trial.kind == "hostile":  # its data differs from the reference's on purpose: its own verdict
+        from .hostile import judge_hostile
+
+        return judge_hostile(run, result)
     wl, run_dir = run.wl, run.rd
     rows = Counter(chunk_rows(run_dir))
     expected = {(name, row) for name, _, n in wl.datasets for row in range(n)}
@@ -89,7 +94,12 @@ def judge(run: TrialRun, result: TrialResult) -> TrialResult:
         result.error = result.error or f"the run left its run dir {run_dir.name}: run dirs now {runs}"
     # No fault here is a unit's own (a crash on one of its records would be): none may count against a unit's
     # retries, or enough preemptions would have every worker skip it.
-    blamed = {u: [f.get("error") for f in unit_failures(run_dir, u)] for u, _ in wl.units}
+    # Except an input changed under the run: refusing the unit that reads it is that kind's promise.
+    own = "InputChanged: " if run.trial.kind == "changed" else None
+    blamed = {
+        u: [f.get("error") for f in unit_failures(run_dir, u) if not (own and str(f.get("error")).startswith(own))]
+        for u, _ in wl.units
+    }
     if any(blamed.values()):
         result.error = result.error or f"unit failure(s) recorded for a fault that is not the unit's: {blamed}"
     result.identical = gathered_files(run.out_dir, wl) == run.reference
@@ -253,6 +263,51 @@ def landed_corrupt(run: TrialRun) -> tuple[bool, str]:
     )
 
 
+def landed_changed(run: TrialRun) -> tuple[bool, str]:
+    """The rewrite (same size, old mtime) landed while the first unit was mid-way; the second unit was refused with
+    a failure naming the file and the fix, nothing of it generated, the first gather incomplete; the original put back,
+    the resubmission had exactly that unit to do and finished it."""
+    notes = run.notes
+    refusals = notes["refusals"]
+    named = any(notes["changed"] in r and "again resumes it" in r for r in refusals)
+    redone = "1 unit(s) to do" in notes["submit_said"][-1]
+    done = unit_done(run.rd, notes["changed_unit"])
+    ok = (
+        notes["cut_mid_unit"]
+        and notes["same_size_mtime"]
+        and notes["first_gather"] != "COMPLETED"
+        and named
+        and notes["rows_of_changed_unit"] == 0
+        and redone
+        and float(done.get("finished_at") or 0) >= notes["resubmitted_at"]
+    )
+    return ok, (
+        f"rewrote {Path(notes['changed']).name} after {notes['records_at_fault']} record(s) of {run.unit}; first "
+        f"gather {notes['first_gather']}; refusals: {[r[:160] for r in refusals]}; "
+        f"resubmit: {notes['submit_said'][-1]!r}"
+    )
+
+
+def landed_clock(run: TrialRun) -> tuple[bool, str]:
+    """A claim stamped a year ahead took the unit mid-way and never touched it again; the run could not finish it
+    then, and the resubmission after the lease took it over (a generation above the stamped one) and finished it."""
+    notes = run.notes
+    done = unit_done(run.rd, run.unit)
+    ghost = notes["ghost_generation"]
+    ok = (
+        notes["cut_mid_unit"]
+        and notes["ghost_mtime"] > time.time() + 300 * 86400
+        and not notes["done_after_first"]
+        and int(done.get("generation", -1)) > ghost
+        and float(done.get("finished_at") or 0) >= notes["resubmitted_at"]
+    )
+    return ok, (
+        f"generation {ghost} stamped a year ahead after {notes['records_at_fault']} record(s) of {run.unit}; first "
+        f"gather {notes['first_gather']}; finished at generation {done.get('generation')} after the resubmit "
+        f"({notes['submit_said'][-1]!r})"
+    )
+
+
 LANDED: dict[str, Callable[[TrialRun], tuple[bool, str]]] = {
     "sigkill": landed_sigkill,
     "workerkill": landed_workerkill,
@@ -264,6 +319,8 @@ LANDED: dict[str, Callable[[TrialRun], tuple[bool, str]]] = {
     "diskfull": landed_storage,
     "touch": landed_touch,
     "corrupt": landed_corrupt,
+    "changed": landed_changed,
+    "clock": landed_clock,
 }
 
 __all__ = ["LANDED", "TIMED_FILES", "TrialResult", "gathered_files", "judge"]

@@ -10,6 +10,7 @@ full file system, a real touch of the input, a real flipped bit in a stored chun
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -39,6 +40,7 @@ from ..helpers import (
 )
 from . import cluster
 from .checks import TrialResult, judge
+from .hostile import inject_hostile
 from .trials import Trial, Workload, write_spec
 
 TRIAL_TIMEOUT_S = 480.0
@@ -376,6 +378,62 @@ def inject_corrupt(run: TrialRun) -> None:
     run.submit(spec)
 
 
+def inject_changed(run: TrialRun) -> None:
+    """One worker job runs the units in plan order. While it is mid-way through the first, the second dataset is
+    rewritten: other bytes, the same size, its old mtime put back (only the ctime, which nobody can set, tells). The
+    worker must refuse that unit (a failure naming the file and the fix), the run end incomplete with nothing
+    generated from the changed bytes; the original put back and the spec submitted again, as the refusal says, must
+    finish the same run, byte-identical to the reference."""
+    wl = run.wl.with_data_copy(run.wl.root / "changed" / run.trial.name)
+    # one request at a time: the worker claims (and reads) the second unit only once the first one's last record runs
+    spec = run.spec(wl, {"hf_batch_size": 1}, jobs=1)
+    run.run_dir = run.submit(spec, run.slow_env())
+    run.wait_records()
+    second = next(u for u, _ in wl.units if u != run.unit)
+    path = wl.dataset_of(second)
+    original, st = path.read_bytes(), path.stat()
+    changed = bytearray(original)
+    at = changed.index(b"Write about item ") + len("Write about item ")
+    changed[at] = ord("9") if changed[at] != ord("9") else ord("8")  # one digit: the same size
+    path.write_bytes(bytes(changed))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    run.notes.update(changed=str(path), changed_unit=second, same_size_mtime=path.stat().st_size == st.st_size)
+    run.notes["first_gather"] = run.wait_gathered()
+    run.notes["refusals"] = [f.get("error", "") for f in unit_failures(run.rd, second)]
+    run.notes["rows_of_changed_unit"] = len(chunk_rows(run.rd, second))
+    path.write_bytes(original)  # put back, as the refusal says; a new mtime and ctime, the recorded bytes
+    run.notes["resubmitted_at"] = time.time()
+    run.submit(spec)
+
+
+def inject_clock(run: TrialRun) -> None:
+    """Mid-unit, the unit is taken over by a worker on a node whose clock runs a year ahead, and that node dies: its
+    claim (the next generation, as try_claim writes it) is stamped a year in the future. The holder sees it lost the
+    unit and stops; nobody may take the unit for a year by that stamp. The workers must count the lease from when
+    they first saw the stamp (claim_clock.py), so the spec submitted again after the lease finishes the unit."""
+    point = run.trial.point
+    env = {"LAUNCHER_CLAIM_LEASE_S": str(point["lease_s"])}
+    spec = run.spec()
+    run.run_dir = run.submit(spec, {**run.slow_env(), **env})
+    run.wait_records()
+    holder = claim_owner(run.rd, run.unit)
+    folder = run.rd / "units" / run.unit / "claims"
+    ghost = folder / f"{holder['generation'] + 1:06d}.json"
+    owner = {k: v for k, v in holder.items() if k not in ("generation", "released")}
+    owner.update(worker="9.0", host="node-a-year-ahead", pid=1, pid_start=None, pid_ns="pid:[elsewhere]", job_id=None)
+    fd = os.open(ghost, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(fd, "w") as f:
+        json.dump(owner, f)
+    ahead = time.time() + point["ahead_s"]
+    os.utime(ghost, (ahead, ahead))
+    run.notes.update(ghost_generation=holder["generation"] + 1, ghost_mtime=ghost.stat().st_mtime)
+    run.notes["first_gather"] = run.wait_gathered()
+    run.notes["done_after_first"] = bool(unit_done(run.rd, run.unit))
+    time.sleep(point["lease_s"] + 2)  # the lease, counted from the workers' first sight of the stamp
+    run.notes["resubmitted_at"] = time.time()
+    run.submit(spec, env)
+
+
 INJECTORS: dict[str, Callable[[TrialRun], None]] = {
     "sigkill": inject_sigkill,
     "preempt": inject_preempt,
@@ -387,6 +445,9 @@ INJECTORS: dict[str, Callable[[TrialRun], None]] = {
     "workerkill": inject_workerkill,
     "touch": inject_touch,
     "corrupt": inject_corrupt,
+    "changed": inject_changed,
+    "clock": inject_clock,
+    "hostile": inject_hostile,
 }
 
 __all__ = ["INJECTORS", "TMPFS_SIZE", "TRIAL_TIMEOUT_S", "TrialRun"]

@@ -16,7 +16,7 @@ import pytest
 
 from .campaign import KINDS, TrialResult, Workload, describe, make_workload, plan_trials, run_campaign, schedule
 
-TRIALS = int(os.environ.get("LAUNCHER_FAULT_TRIALS", "21"))
+TRIALS = int(os.environ.get("LAUNCHER_FAULT_TRIALS", str(2 * len(KINDS) + 1)))  # 2 per kind + 1
 SEED = int(os.environ.get("LAUNCHER_FAULT_SEED", "6"))
 SHAPE = Workload(
     Path("/nonexistent"),
@@ -71,7 +71,7 @@ def test_seeded_fault_campaign(tiny_model: Path, tmp_path_factory: pytest.TempPa
 
     # The promise, for every trial: nothing lost, nothing twice, the same bytes as the clean run.
     assert summary["trials_run"] == TRIALS
-    assert summary["records_checked"] == TRIALS * wl.records
+    assert summary["records_checked"] >= TRIALS * wl.records  # a hostile-text trial checks its hostile rows too
     assert summary["records_lost"] == 0 and summary["records_duplicated"] == 0
     assert summary["outputs_identical"] == TRIALS, "\n".join(lines)
     assert set(summary["faults_by_kind"]) == set(KINDS)

@@ -33,6 +33,9 @@ KIND_LABELS = {
     "workerkill": "kill -9 of one worker (DP=2) mid-unit",
     "touch": "input touched mid-run (then submitted again)",
     "corrupt": "chunk corrupted after the run",
+    "changed": "input rewritten mid-run (same size and mtime), then put back",
+    "clock": "a claim stamped a year ahead by a node that died",
+    "hostile": "hostile text in the data (tests/faults/hostile.py)",
 }
 KINDS = tuple(KIND_LABELS)
 
@@ -164,6 +167,15 @@ def plan_trials(n: int, seed: int, wl: Workload, kinds: Sequence[str] = KINDS) -
 
 def draw_point(kind: str, rng: random.Random, wl: Workload) -> dict[str, Any]:
     unit_id, rows = rng.choice(wl.units)
+    if kind == "changed":  # one worker job runs the units in plan order: the change lands in the first one, and the
+        unit_id, rows = wl.units[0]  # second dataset, read after it, is what the workers must refuse
+    if kind == "clock":
+        # a node whose clock runs a year ahead takes the unit over after 1..rows-1 records and dies; the lease the
+        # workers judge it by is short here (lease_s), so the resubmit after it can take the unit back
+        after, slow = rng.randint(1, max(1, rows - 1)), round(rng.uniform(1.5, 2.5), 2)
+        return {"unit": unit_id, "after_records": after, "slow_s": slow, "ahead_s": 365 * 86400, "lease_s": 8}
+    if kind == "hostile":  # the unit's dataset gets the hostile rows, in an order of this seed
+        return {"unit": unit_id, "order_seed": rng.getrandbits(32)}
     if kind == "corrupt":
         # after a clean run: one byte of one of the unit's chunks (one record each), one bit of it flipped
         return {"unit": unit_id, "chunk": rng.randrange(rows), "byte": round(rng.random(), 4), "bit": rng.randrange(8)}
