@@ -204,6 +204,19 @@ def test_cursor_does_not_offer_what_it_was_given_again(tmp_path: Path) -> None:
     assert first.unit_id not in [u.unit_id for u in cur.walk(units)]
 
 
+def test_cursor_vets_prefix_partners_claimed_outside_its_walk(tmp_path: Path) -> None:
+    """A prefix group's members are claimed beside the unit the walk offered: one the log says is done or held by a
+    live worker is not tried; one claimed that way is never offered again."""
+    units = [_U(f"u{i}") for i in range(4)]
+    cur, log = _cursor(tmp_path, 0, 1, "0.0")
+    log.append(UnitEvent("done", "u1", 0))
+    _claim(log, "u2", _owner("5.0"))  # this host, alive (this process)
+    cur.view.refresh()
+    assert [cur.worth_a_try(u.unit_id) for u in units] == [True, False, False, True]
+    cur.claimed("u3")
+    assert not cur.worth_a_try("u3") and offered(cur, units) == ["u0"]
+
+
 def test_cursor_takeovers_come_last_and_are_bounded(tmp_path: Path) -> None:
     units = [_U(f"u{i:02d}") for i in range(40)]
     cur, log = _cursor(tmp_path, 0, 1, "0.0")
@@ -331,6 +344,50 @@ def test_prompt_stats_are_measured_by_one_worker(tmp_path: Path, tiny_model: Pat
     assert in_child(worker) == kept and len(list(marks.iterdir())) == 1  # measured once: a later worker reads it
 
 
+def test_a_worker_that_does_not_measure_sizes_from_its_first_unit_then_refines(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """Another live worker holds the measurer's claim: this one does not wait for it. Its engine's admission comes from
+    its first unit's prompts, and is refined from the run's statistics once their file is there."""
+    from launcher.store import ClaimBook
+
+    run_dir = write_run(ScaleShape(1, 10, records_per_unit=2, ablations=10), tmp_path, tiny_model)
+    run = RunDir(run_dir)
+    assert ClaimBook(run.prompt_stats_claims).try_claim(Owner.me("prompt-stats")) is not None  # alive: this process
+
+    def worker() -> dict[str, Any]:
+        import launcher.job.worker as worker_module
+        from launcher.bench.fake_engine import FakeEngine, use_fake_engine
+        from launcher.job.prepare import Preparer, load_tokenizer
+        from launcher.job.prompt_stats import prompt_stats
+        from launcher.plan.layout import ParallelLayout
+
+        use_fake_engine(0.0, 4)
+        refined: list[int] = []
+        FakeEngine.refine = lambda self, workload: refined.append(workload.prompts)  # type: ignore[method-assign]
+        worker_module.RUN_STATS_EVERY_S = 0.0
+        real_next = worker_module.Worker._claim_next
+
+        def claim_next(self: Any, preparer: Any) -> Any:
+            if not run.prompt_stats.exists():  # the measuring worker finishes while this one generates
+                book = ClaimBook(run.prompt_stats_claims)
+                held = book.head()
+                assert held is not None
+                book.release(held)
+                prompt_stats(self.plan, Preparer(self.spec, load_tokenizer(self.spec)))
+            return real_next(self, preparer)
+
+        worker_module.Worker._claim_next = claim_next  # type: ignore[method-assign]
+        w = worker_module.Worker(worker_module.WorkerConfig(run_dir, 0, 0, ParallelLayout(1, 1, (), "test")))
+        report = w.run()
+        return {"refined": refined, "state": report["state"], "workload": report.get("workload")}
+
+    got = in_child(worker)
+    assert got["state"] == "done"
+    assert got["refined"][0] == 2  # its first unit's 2 records: not the run's 20, not waited for
+    assert got["refined"][1] >= 18 and got["workload"]["prompts"] == got["refined"][1], got  # the run's, when in
+
+
 def test_a_claim_of_a_fresh_unit_costs_few_operations(tmp_path: Path, tiny_model: Path) -> None:
     """One worker claims three units in turn, counted: the refresh of units.log, the claim's listdir, mkdirs and
     O_EXCL create; no stat of a done marker, no failures, chunks or quarantine for a unit never claimed."""
@@ -349,7 +406,7 @@ def test_a_claim_of_a_fresh_unit_costs_few_operations(tmp_path: Path, tiny_model
         for _ in range(3):
             before = counter.as_dict().get("claim", {})
             with counter.phase("claim"):
-                assert w._claim_next(p) is not None
+                assert w._claim_next(p)  # a group of one unit
             after = counter.as_dict()["claim"]
             ops.append({k: after[k] - before.get(k, 0) for k in after})
         return ops

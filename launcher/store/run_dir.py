@@ -6,8 +6,8 @@
     run.json                   identity, submissions, image, versions
     inputs.json                what every unit's inputs are checked against, the prompt clock (inputs/guard.py)
     container.json             the container request (0600: it may hold secrets)
-    prompt_stats.json          prompt lengths per unit, measured once by the first worker (engine sizing)
-    prompt_stats.claims/       which worker measures them (a claim, as a unit's: the others wait)
+    prompt_stats.json          prompt lengths per unit, measured once by one worker (engine admission)
+    prompt_stats.claims/       which worker measures them (a claim, as a unit's: the others do not wait)
     units/<unit id>/           chunks, claims, done marker (unit_dir.py)
     units.log                  every unit's claims, done markers, give-backs, reopenings, in order (unit_log.py)
     jobs/<array index>/        live.json, failures/, requeues/, attempts/: one Slurm array element's history
@@ -109,7 +109,7 @@ class RunDir:
 
     @property
     def prompt_stats_claims(self) -> Path:
-        """Who measures the run's prompt statistics (one worker; the others wait for prompt_stats.json)."""
+        """Who measures the run's prompt statistics (one worker; the others look for prompt_stats.json later)."""
         return self.root / "prompt_stats.claims"
 
     def job(self, index: int) -> JobDir:
