@@ -106,3 +106,12 @@ class ContainerError(LauncherError, ValueError):
 
 class TaskError(LauncherError):
     """A run failed at run time; the message says which unit or job, which path and what to run next."""
+
+
+class UntrustedFile(LauncherError):
+    """A file or folder the launcher would act on that is not provably the user's own: a link, a FIFO or folder
+    where a file belongs, another user's, writable by others, hard-linked. Nothing is read from it or written into
+    it. Exit code 2 where a command; a failure record where a job (store/fs.py says why)."""
+
+    exit_code = 2
+    headline = "refused (a file or folder that is not provably yours; nothing was read from it or written to it)"

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from launcher.slurm_env import SlurmEnv
+from launcher.store import UnitDir
 
 CRASH_VAR = "LAUNCHER_FAULT_CRASH"
 SLOW_VAR = "LAUNCHER_FAULT_SLOW_S"
@@ -29,7 +30,7 @@ class InjectedFault(RuntimeError):
     """Raised by LAUNCHER_FAULT_CRASH: a test's stand-in for an engine crash."""
 
 
-def after_record(task_id: str, task_dir: Path, replica: int, records_done: int) -> None:
+def after_record(task_id: str, unit: UnitDir | Path, replica: int, records_done: int) -> None:
     slow = os.environ.get(SLOW_VAR)
     if slow:
         seconds, _, until = slow.partition(":")
@@ -39,16 +40,16 @@ def after_record(task_id: str, task_dir: Path, replica: int, records_done: int) 
     if crash and replica == 0:
         target, times, *after = crash.split(":")
         if target == task_id and records_done >= int(after[0] if after else 1):
-            _maybe_crash(task_id, task_dir / "faults", int(times))
+            _maybe_crash(task_id, unit if isinstance(unit, UnitDir) else UnitDir(unit), int(times))
 
 
-def _maybe_crash(task_id: str, folder: Path, times: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    fired = len(list(folder.glob("crash-*")))
-    if fired >= times:
-        return
-    try:  # O_EXCL: two processes of one task never both count the same crash
-        os.close(os.open(folder / f"crash-{fired}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return
+def _maybe_crash(task_id: str, unit: UnitDir, times: int) -> None:
+    with unit.opener(unit.faults, True) as folder:
+        fired = len([n for n in folder.names() if n.startswith("crash-")])
+        if fired >= times:
+            return
+        try:  # O_EXCL: two processes of one task never both count the same crash
+            folder.create_exclusive(f"crash-{fired}")
+        except FileExistsError:
+            return
     raise InjectedFault(f"injected fault ({CRASH_VAR}): task {task_id} crashes, {fired + 1} of {times} time(s)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.engines.compile_cache import READY, CompileCache, UnsafeCacheFolder, cache_key, user_folder
+from launcher.engines.compile_cache import CompileCache, UnsafeCacheFolder, cache_key, user_folder
 
 VERSIONS = {"vllm": "0.26.0", "torch": "2.11.0", "cuda": "13.0"}
 SAME_PATH = Path("/tmp/launcher-0")  # the node path in the key: one string on every node of a cluster
@@ -93,7 +93,7 @@ def test_a_miss_never_serializes_starts_and_leaves_one_whole_entry(tmp_path: Pat
     entries = list((tmp_path / "shared").iterdir())
     assert len(entries) == 1 and not entries[0].name.startswith(".")  # no temporary copy left behind
     entry = entries[0]
-    assert (entry / READY).exists()
+    assert (entry / "MANIFEST.json").exists()  # published whole, with its files' sha256
     writers = {(entry / "vllm" / "torch_compile_cache" / f"g{i}" / "artifact").read_text() for i in range(20)}
     assert len(writers) == 1  # every file from the same process: never a mix of two writers
     private = [Path(r[5]) for r in out if r[2] == "private"]

@@ -549,6 +549,9 @@ def _start_gpu_job(runtime: str, user: str, base: Path, env: dict[str, str]) -> 
     folder.chmod(0o777)
     req = write_request(folder / "request.json", runtime=runtime, image=image_for(runtime, env), workdir=folder)
     req.chmod(0o644)
+    uid, gid = ids_of(user)  # a request is trusted only as a file of the user's own, in a folder of theirs (0700)
+    for path in (folder, req):
+        os.chown(path, uid, gid)
     python = sys.executable if user == "caller" else str(base / "venv" / "bin" / "python")
     out = folder / f"{runtime}-{user}.out"
     script = f"srun bash -c 'env -0 > {out}.env; {python} -m launcher.containers.shim --print {req} -- python3 -V'"

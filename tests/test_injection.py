@@ -243,6 +243,11 @@ def test_sbatch_text_is_inert(index: int, tmp_path: Path, inputs: tuple[Path, Pa
             f"{logs}/%A_%a_%t_log.out",
             "--error",
             f"{logs}/%A_%a_%t_log.err",
+            sys.executable,  # the run folder checked before submitit loads its pickle (store/guard.py)
+            "-m",
+            "launcher.store.guard",
+            str(plan.run.root),
+            "--",
             sys.executable,
             "-u",
             "-m",

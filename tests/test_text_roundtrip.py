@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 
 from launcher.gather import gather
 from launcher.gather.samples import read_samples
-from launcher.inputs.records import read_shard
+from launcher.inputs.records import MAX_DEPTH, read_shard
 from launcher.plan import Plan, expand
+from launcher.plan.persist import save_plan
 from launcher.spec import FieldNames, load_spec
 from launcher.store import (
     BadLine,
@@ -92,10 +93,14 @@ def test_a_line_that_is_not_json_names_its_file_and_line(tmp_path: Path) -> None
         list(read_jsonl(path))
 
 
+DEEP_OK = f"deep{MAX_DEPTH - 1}"
+
+
 # ---- datasets: a hostile row fails alone ---------------------------------------------------------------------------
 def test_hostile_dataset_rows_fail_alone(tmp_path: Path) -> None:
     """Each of these rows is quarantined with its reason or read whole; never the file, never a neighbour."""
-    deep_ok = json.dumps({"user_id": "deep300", "context": "x", "profile": _nested(300)})
+    # as deep as a record may be (inputs/records.py: MAX_DEPTH levels); one level more is quarantined, as "deep" is
+    deep_ok = json.dumps({"user_id": DEEP_OK, "context": "x", "profile": _nested(MAX_DEPTH - 1)})
     lines = [
         json.dumps({"user_id": "good", "context": "hello"}).encode(),
         b'{"user_id": "lone", "context": "a \\ud800 b"}',  # an escaped lone surrogate: json.loads accepts it
@@ -112,7 +117,7 @@ def test_hostile_dataset_rows_fail_alone(tmp_path: Path) -> None:
     path.write_bytes(b"\n".join(lines) + b"\n")
     records, bad = read_shard(path, 0, len(lines), FieldNames())
     good = {r.user_id: r for r in records}
-    assert set(good) == {"good", "deep300", "tab", "big", "nul\x00id", "\U0001f600 pair"}
+    assert set(good) == {"good", DEEP_OK, "tab", "big", "nul\x00id", "\U0001f600 pair"}
     assert good["tab"].context == "raw\ttab and \u2028 and \u0085" and len(good["big"].context) == 10_000_000
     why = {q.row: q.reason for q in bad}
     assert sorted(why) == [1, 2, 3, 9]
@@ -218,8 +223,10 @@ def _fake_model(folder: Path) -> Path:
 
 
 def _finish_units(plan: Plan, rows: list[OutputRow]) -> None:
-    """Every unit written and marked done the way a worker does it (chunks of 2, then done.json)."""
-    shutil.rmtree(plan.run.root / "units", ignore_errors=True)
+    """Every unit written and marked done the way a worker does it (chunks of 2, then done.json), in a run folder a
+    submit made (save_plan: only a submit makes it, store/run_dir.py)."""
+    save_plan(plan)
+    shutil.rmtree(plan.run.units, ignore_errors=True)
     for unit in plan.units:
         udir = plan.run.unit(unit.unit_id)
         mine = [r for r in rows if unit.start <= r["row"] < unit.stop]
@@ -227,7 +234,7 @@ def _finish_units(plan: Plan, rows: list[OutputRow]) -> None:
             udir.write_chunk(0, seq, mine[i : i + 2])
         udir.write_quarantine([])
         done = {"unit_id": unit.unit_id, "records": len(mine), "quarantined": 0, "generation": 0}
-        write_json_atomic(udir.done_marker, {**done, "chunks": chunk_listing(udir.scan(keep_rows=False))})
+        udir.write_done({**done, "chunks": chunk_listing(udir.scan(keep_rows=False))})  # type: ignore[typeddict-item]
 
 
 def _row(row: int, rid: str, user: str, dataset: str, prompt: str, samples: list[str]) -> OutputRow:

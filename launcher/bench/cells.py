@@ -30,6 +30,7 @@ from typing import Any
 from launcher.bench.runners import Workdir, _env, _run, measurement, raw_env, toolkit_measurement
 from launcher.bench.workload import NUM_SAMPLES, RUN_SEED, ModelPreset, Shape, bench_sampling, word
 from launcher.seeds import record_seed
+from launcher.store import OutputDir
 
 ABLATIONS = "abcdefgh"
 
@@ -224,8 +225,7 @@ def run_cells_task_per_cell(
             timeout_s,
         )
         walls.append(round(wall, 2))
-    for report in (out_dir / "runs").glob("*/workers/*.json"):
-        r = json.loads(report.read_text())
+    for r in (report for run in OutputDir(out_dir).runs() for report in run.worker_reports()):
         samples += int(r.get("samples") or 0)
         tokens += int(r.get("output_tokens") or 0)
     return _extrapolated("cells-task-per-cell", shape, walls, samples, tokens)

@@ -23,7 +23,7 @@ from typing import Any
 from launcher.bench.startup_log import parse_startup, split
 from launcher.bench.workload import Shape, toolkit_spec
 from launcher.gather.throughput import summarize_gpu_samples
-from launcher.store import GpuFigures
+from launcher.store import GpuFigures, OutputDir, RunDir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -168,10 +168,10 @@ def toolkit_measurement(
     system: str, shape: Shape, out_dir: Path, wall: float, log: str, **extra: Any
 ) -> dict[str, Any]:
     """A finished toolkit run -> one measurement: the run's wall-clock figures, each worker beside them."""
-    run_dir = next((out_dir / "runs").iterdir())
+    run_dir = OutputDir(out_dir).runs()[0]
     summary = final_figures(run_dir)
     run = summary["run"]
-    reports = [json.loads(p.read_text()) for p in sorted((run_dir / "workers").glob("*.json"))]
+    reports: list[dict[str, Any]] = [dict(r) for r in run_dir.worker_reports()]
     engines = [r for r in reports if r.get("engine")]
     main = engines[0] if engines else {}
     engine = main.get("engine") or {}
@@ -207,7 +207,7 @@ def toolkit_measurement(
     )
 
 
-def final_figures(run_dir: Path, timeout_s: float = 120.0) -> dict[str, Any]:
+def final_figures(run_dir: RunDir, timeout_s: float = 120.0) -> dict[str, Any]:
     """The run's wall-clock figures (summary.json's content) once every worker process has written its last report.
     `launcher submit --wait` gathers as soon as the last unit is done, which on a loaded machine can come before
     its worker's final report: that summary may lack the generation window (measured: 0.0 s on 2 busy cores)."""
@@ -216,11 +216,11 @@ def final_figures(run_dir: Path, timeout_s: float = 120.0) -> dict[str, Any]:
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        reports = [json.loads(p.read_text()) for p in sorted((run_dir / "workers").glob("*.json"))]
+        reports = run_dir.worker_reports()
         if reports and all(r.get("ended") for r in reports):
             break
         time.sleep(1.0)
-    return run_figures(load_plan(run_dir)).as_json()
+    return run_figures(load_plan(run_dir.root)).as_json()
 
 
 def raw_env(cache: Path) -> dict[str, str]:

@@ -244,9 +244,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         err.print("[yellow]nothing gathered yet[/] in " + ", ".join(safe(p.run.root) for p in plans) + ": "
                   "`launcher gather RUN` once `launcher status RUN` shows every unit done", soft_wrap=True)  # fmt: skip
         return 1
-    folder = Path(args.out) if args.out else plans[0].run.output_dir / "report"
     print(printable(markdown(rows), keep_newlines=True), end="")
-    written = write_report(rows, folder, draw=not args.no_plot)
+    if args.out:
+        written = write_report(rows, Path(args.out), draw=not args.no_plot)
+    else:  # <output.dir>/report: a folder of the outputs, checked and made with the share's modes
+        outputs = plans[0].run.outputs(plans[0].spec.output.share)
+        written = write_report(rows, outputs.report, draw=not args.no_plot, opener=outputs.opener)
     for path in written:
         console.print(f"wrote {safe(path)}")
     if not args.no_plot and not any(p.suffix == ".png" for p in written):
@@ -281,9 +284,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         f"reproducing run [bold]{safe(check.original.run.run_id)}[/] ({safe(check.original.run.root)}) as "
         f"{safe(plan.run.root)}: {len(sub.job_ids)} worker job(s) submitted"
     )
-    pairs = [
-        (check.original.run.output_dir / c.rel_dir, plan.run.output_dir / c.rel_dir) for c in check.original.cells()
-    ]
+    pairs = [(check.original.run.cell(c.rel_dir).root, plan.run.cell(c.rel_dir).root) for c in check.original.cells()]
     if not args.wait:
         console.print("once it has finished: " + "; ".join(safe(f"launcher compare {a} {b}") for a, b in pairs))
         return 0

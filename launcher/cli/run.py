@@ -10,6 +10,7 @@ from pathlib import Path
 from launcher.cli.console import console, err, safe
 from launcher.errors import SpecError
 from launcher.plan import Plan
+from launcher.store import RunDir
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -55,7 +56,7 @@ def _run_spec(args: argparse.Namespace) -> int:
     from launcher.spec import load_spec
 
     target = Path(args.spec)
-    if (target / "plan.json").exists():
+    if RunDir(target).is_run():
         plan = load_plan(target)
     else:
         from launcher.plan.persist import resolve_run

@@ -1,4 +1,4 @@
-"""container_exec.py: REQUEST.json + this job's environment -> exec of the command inside the container.
+"""containers/shim.py: REQUEST.json + this job's environment -> exec of the command inside the container.
 
 Slurm runs this on the compute node as submitit's "python" command:
 
@@ -10,6 +10,10 @@ that submitit's in-job code reads, builds the argv and its environment with ``co
 with them (``os.execvpe``), so Slurm's signals go straight to the runtime. The argv names env variables but never
 holds their values (they ride in the environment): ``ps`` on the node shows no token. ``--print`` prints the argv
 as JSON instead.
+
+The request decides which image runs with the user's files mounted: it is read only from a run folder of the
+user's (0700) as a file of theirs that nobody else can write (store: RunDir.read_trusted); anything else stops the
+task with exit 2 and says which file and what to do (UntrustedFile).
 
 Which variable names the GPUs (first one set wins):
 1. SLURM_STEP_GPUS   the GPUs of this srun step, as the node's driver (NVML) numbers them. Exact, and the
@@ -34,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from launcher.containers.runtimes import Bind, ContainerRequest, forwarded_env, get_runtime, preview
-from launcher.errors import ContainerError
+from launcher.errors import ContainerError, LauncherError
+from launcher.store import RunDir, json_bytes
 
 REQUEST_VERSION = 1
 _NO_GPU = {"", "nodevfiles", "none", "-1", "void"}
@@ -149,19 +154,16 @@ def write_request(
         "workdir": None if workdir is None else str(workdir),
         "user": user,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: the rename stays atomic
-    # 0600 whatever the umask: container.env may hold a token, and the run dir is on shared storage.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    # 0600 whatever the umask: container.env may hold a token. Into the run folder only (0700, checked), under a
+    # random temporary name created with O_EXCL: a link planted at a guessable name cannot catch the secrets.
+    RunDir(path.parent).write_bytes(path, json_bytes(payload), mode=0o600)
     return path
 
 
 def read_request(path: Path) -> ExecRequest:
+    """The request, read as a file that decides what runs (UntrustedFile when it is not provably the user's)."""
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        data: dict[str, Any] = RunDir(path.parent).read_trusted(path)
     except (OSError, json.JSONDecodeError) as err:
         raise ExecError(
             f"{path}: cannot read the container request: {err}",
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         request = read_request(Path(positional[0]))
         launch = build_launch(request, command, os.environ)
-    except ContainerError as err:
+    except LauncherError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for warning in launch.gpus.warnings:
@@ -297,11 +299,13 @@ def spec_binds(spec: Any, run_dir: Path) -> list[Bind]:
 
 
 def request_path(run_dir: Path) -> Path:
-    return run_dir / "container.json"
+    return RunDir(run_dir).container_json
 
 
 def write_spec_request(spec: Any, run_dir: Path) -> Path:
-    """At submit time only (`launcher plan` writes nothing): the request the shim reads on the compute node."""
+    """At submit time only (`launcher plan` writes nothing): the request the shim reads on the compute node, in the
+    run's private folder (made here when the submit has not yet)."""
+    RunDir(run_dir).create()
     return write_request(
         request_path(run_dir),
         runtime=spec.container.runtime,
@@ -327,7 +331,7 @@ def spec_launch(spec: Any, run_dir: Path, gpu_count: int) -> Launch:
         workdir=run_dir,
     )
     environ = {"SLURM_JOB_GPUS": ",".join(map(str, range(gpu_count)))} if gpu_count else {}
-    command = [IN_IMAGE_PYTHON, "-u", "-m", "submitit.core._submit", str(run_dir / "logs")]
+    command = [IN_IMAGE_PYTHON, "-u", "-m", "submitit.core._submit", str(RunDir(run_dir).logs)]
     return build_launch(request, command, environ)
 
 

@@ -1,4 +1,4 @@
-"""compile_cache.py: vLLM's torch.compile cache -> a shared entry per key, a private copy per node and user.
+"""engines/compile_cache.py: vLLM's torch.compile cache -> a shared entry per key, a private copy per node and user.
 
 A cold vLLM start spends most of its time in Dynamo and Inductor; a start that finds their artifacts loads them
 in seconds. Every worker of a run compiles the same graphs, so the first one to finish shares its cache.
@@ -10,8 +10,12 @@ Where things live, and why:
 - That folder is this user's alone. vLLM loads and runs code from it, so a folder another user created first at
   that (guessable) path would hand them our processes: <scratch>/launcher-<uid> must be a real directory owned
   by us with mode 0700, else the node copy is refused and the engine compiles in a fresh private folder.
-- The shared entry, <output.dir>/cache/compile/<key>, is published once and never changes: a copy to a temporary
-  sibling, then rename(2) (atomic on one file system, NFS and Lustre included). Readers see a whole entry or none.
+- The shared entry, <cache root>/<key>, is published once and never changes: a copy to a private temporary sibling
+  with a random name, then rename(2) (atomic on one file system, NFS and Lustre included). Readers see a whole entry
+  or none. It carries a manifest of its files' sha256; another user's entry is used only when
+  $LAUNCHER_COMPILE_CACHE_TRUST trusts them, and only after every file was checked against the manifest while it
+  was copied into the private node folder (store/cache_entry.py). Anything else is ignored (logged): the job
+  compiles.
 
 Who waits for whom (nothing serializes engine starts on a node):
 - a hit (the node copy is complete, or the shared entry is and gets copied in): every worker of the node reads the
@@ -36,7 +40,6 @@ import logging
 import os
 import shutil
 import socket
-import stat
 import tempfile
 import threading
 import time
@@ -45,12 +48,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from launcher.store.cache_entry import (
+    TRUST_ENV,
+    CacheRefused,
+    Trust,
+    UnsafeCacheFolder,
+    copy_in,
+    entry_path,
+    node_copy,
+    private_compiles,
+    publish,
+    user_folder,
+)
+
 log = logging.getLogger("launcher.engines.compile_cache")
 
 CACHE_ENV = "LAUNCHER_COMPILE_CACHE"  # the shared root; "off" leaves vLLM's own cache alone
 SCRATCH_ENV = "LAUNCHER_SCRATCH"  # node-local folder; the same path on every node (default /tmp)
 MISS_ENV = "LAUNCHER_COMPILE_MISS"  # private (default) | wait
-READY = "READY.json"  # written last inside an entry or a node copy: a folder without it is never read
+READY = "READY.json"  # written last inside a node copy: a folder without it is never read (entries: MANIFEST.json)
 # Engine settings that never reach a compiled graph: leaving them out lets runs that differ only in them share.
 RUNTIME_ONLY = frozenset(
     {
@@ -67,11 +83,6 @@ RUNTIME_ONLY = frozenset(
         "model_loader_extra_config",
     }
 )
-STALE_TMP_S = 6 * 3600  # a temporary copy this old belongs to a process that died while publishing
-
-
-class UnsafeCacheFolder(RuntimeError):
-    """The node folder for this user's cache exists but is not provably ours alone."""
 
 
 def default_root() -> Path | None:
@@ -85,29 +96,6 @@ def default_root() -> Path | None:
 
 def scratch_root() -> Path:
     return Path(os.environ.get(SCRATCH_ENV) or "/tmp")
-
-
-def user_folder(scratch: Path) -> Path:
-    """<scratch>/launcher-<uid>, created 0700; refused (UnsafeCacheFolder) when it is a link, not a directory, not
-    ours, or open to others: whoever controls it controls code our engine loads."""
-    base = scratch / f"launcher-{os.getuid()}"
-    with contextlib.suppress(FileExistsError):
-        os.makedirs(scratch, exist_ok=True)
-        os.mkdir(base, 0o700)
-    st = os.lstat(base)
-    problems = []
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        problems.append("is not a plain directory")
-    if st.st_uid != os.getuid():
-        problems.append(f"belongs to uid {st.st_uid}, not to us ({os.getuid()})")
-    if st.st_mode & 0o077:
-        problems.append(f"has mode {stat.S_IMODE(st.st_mode):o} (others may write or read it)")
-    if problems:
-        raise UnsafeCacheFolder(
-            f"{base} {' and '.join(problems)}; the compile cache will not use it (someone "
-            "else may have planted it). Remove it, or set LAUNCHER_SCRATCH to a folder of yours"
-        )
-    return base
 
 
 @dataclass(frozen=True)
@@ -157,6 +145,8 @@ class CompileCache:
     root: Path
     key: CacheKey
     scratch: Path = field(default_factory=scratch_root)
+    trust: Trust = field(default_factory=Trust)
+    """Whose published entries are used besides ours ($LAUNCHER_COMPILE_CACHE_TRUST, read by open_cache)."""
     source: str = "none"  # where the compiled graphs came from: node, shared, none (compiled here)
     role: str = "reader"  # reader | compiler (fills the node copy, publishes) | private (compiles for itself)
     folder: Path | None = None  # what the engine reads and writes
@@ -168,11 +158,11 @@ class CompileCache:
 
     @property
     def node(self) -> Path:
-        return user_folder(self.scratch) / "compile" / self.key.digest
+        return node_copy(self.scratch, self.key.digest)
 
     @property
     def entry(self) -> Path:
-        return self.root / self.key.digest
+        return entry_path(self.root, self.key.digest)
 
     @property
     def hit(self) -> bool:
@@ -203,8 +193,8 @@ class CompileCache:
         self.seconds_lock_wait = time.perf_counter() - t0
         if not got:  # another process of this node compiles this key now: compile for ourselves, beside it
             lock.close()
-            private = user_folder(self.scratch) / "private"
-            private.mkdir(exist_ok=True)
+            private = private_compiles(self.scratch)
+            private.mkdir(mode=0o700, exist_ok=True)
             self.role, self.folder = "private", Path(tempfile.mkdtemp(prefix=f"{self.key.digest}-", dir=private))
             return self._point(target)
         if (node / READY).exists():  # done by the holder we waited for
@@ -212,15 +202,15 @@ class CompileCache:
             self.source, self.folder = "node", node
             return self._point(target)
         t0 = time.perf_counter()
-        if (self.entry / READY).exists() and _ours(self.entry):
-            _set_holder(lock, "copy")
-            shutil.rmtree(node, ignore_errors=True)
-            try:
-                shutil.copytree(self.entry, node, symlinks=True)
-                self.source = "shared"
-            except OSError as exc:  # a half-readable entry is a miss, never an error
-                log.warning("compile cache %s unreadable (%s); compiling afresh", self.entry, exc)
-                shutil.rmtree(node, ignore_errors=True)
+        _set_holder(lock, "copy")
+        try:  # checked file by file as it is copied: trusted publisher, manifest hashes (store/cache_entry.py)
+            copy_in(self.root, self.key.digest, node, self.trust)
+            (node / READY).write_text(json.dumps({"copied_from": str(self.entry), "at": time.time()}))
+            self.source = "shared"
+        except CacheRefused as why:
+            log.info("compile cache entry %s not used: %s; compiling", self.entry, why)
+        except OSError as exc:  # a half-readable entry is a miss, never an error
+            log.warning("compile cache %s unreadable (%s); compiling afresh", self.entry, exc)
         self.seconds_copy_in = time.perf_counter() - t0
         if self.source == "shared":
             _unlock(lock)
@@ -287,31 +277,15 @@ class CompileCache:
 
     def _publish(self) -> None:
         assert self.folder is not None
-        tmp = self.root / f".{self.key.digest}.{socket.gethostname()}.{os.getpid()}.tmp"
-        info = json.dumps(
-            {"factors": self.key.factors, "host": socket.gethostname(), "published": time.time()}, indent=1, default=str
-        )
-        try:
-            if not (self.entry / READY).exists():
-                self.root.mkdir(parents=True, exist_ok=True)
-                _drop_stale(self.root)
-                shutil.copytree(
-                    self.folder,
-                    tmp,
-                    symlinks=True,
-                    dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("*.lock", "*.tmp"),
-                )
-                (tmp / READY).write_text(info)
-                os.rename(tmp, self.entry)
+        info = {"factors": self.key.factors, "host": socket.gethostname(), "published": time.time()}
+        try:  # a manifest of sha256s, a private temporary folder with a random name, then rename
+            if publish(self.folder, self.root, self.key.digest, info):
                 log.info("compile cache published: %s", self.entry)
-        except OSError as exc:  # another node won the rename, or the shared FS refused: the run goes on
+        except OSError as exc:  # the shared FS refused: the run goes on
             log.info("compile cache not published (%s)", exc)
         finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                (self.folder / READY).write_text(info)  # this node's copy is complete: later starts read it
+            with contextlib.suppress(OSError):  # this node's copy is complete: later starts read it
+                (self.folder / READY).write_text(json.dumps(info, indent=1, default=str))
             self._release()
 
     def _release(self) -> None:
@@ -360,22 +334,6 @@ def _holder(f: IO[str]) -> str:
     return f.read().strip()
 
 
-def _ours(path: Path) -> bool:
-    """A shared entry someone else created is not loaded: it would run their code in our engine."""
-    try:
-        return path.stat().st_uid == os.getuid()
-    except OSError:
-        return False
-
-
-def _drop_stale(root: Path) -> None:
-    now = time.time()
-    for tmp in root.glob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            if now - tmp.stat().st_mtime > STALE_TMP_S:
-                shutil.rmtree(tmp, ignore_errors=True)
-
-
 def library_versions() -> dict[str, str]:
     """vLLM, torch and CUDA versions without starting CUDA (vLLM is imported by the engine anyway)."""
     out: dict[str, str] = {}
@@ -397,12 +355,19 @@ def open_cache(model_dir: str | Path, engine_kwargs: Mapping[str, Any], gpu_name
         return None
     scratch = scratch_root()
     node_path = scratch / f"launcher-{os.getuid()}"
-    return CompileCache(root, cache_key(model_dir, engine_kwargs, gpu_name, library_versions(), node_path), scratch)
+    try:
+        trust = Trust.from_env()
+    except ValueError as exc:  # a typo trusts nobody but us; said where the job's log shows it
+        log.warning("%s; only your own compile cache entries are used", exc)
+        trust = Trust()
+    key = cache_key(model_dir, engine_kwargs, gpu_name, library_versions(), node_path)
+    return CompileCache(root, key, scratch, trust)
 
 
 __all__ = [
     "CACHE_ENV",
     "MISS_ENV",
+    "TRUST_ENV",
     "CacheKey",
     "CompileCache",
     "UnsafeCacheFolder",

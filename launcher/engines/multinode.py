@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.slurm_env import SlurmEnv
-from launcher.store import read_json, write_json_atomic
+from launcher.store import RunDir
 
 log = logging.getLogger("launcher.job")
 PORT_BASE, PORT_SPAN = 20000, 20000  # the master port: PORT_BASE + (job id, restart) mod PORT_SPAN
@@ -195,48 +195,58 @@ def ready_deadline(env: Mapping[str, str] | None = None) -> float:
 
 
 class Rendezvous:
-    """multinode/<job>-r<restart>/ in the run directory (shared storage): rank 0's engine arguments, each rank's
-    address, and rank 0's done mark. Named by job and restart: a requeued job starts with an empty folder."""
+    """multinode/<job>-r<restart>/ in the run directory (shared storage, RunDir.multinode): rank 0's engine
+    arguments, each rank's address, and rank 0's done mark. Named by job and restart: a requeued job starts with an
+    empty folder. The engine arguments decide what the other nodes run: read as a trusted file (RunDir)."""
 
     def __init__(self, run_dir: Path, group: NodeGroup) -> None:
-        self.root = Path(run_dir) / "multinode" / group.tag
+        self.run = RunDir(run_dir)
+        self.folder = self.run.multinode(group.tag)
+        self.root = self.folder.root
         self.group = group
 
     @property
     def engine_file(self) -> Path:
-        return self.root / "engine.json"
+        return self.folder.engine_file
 
     @property
     def done_file(self) -> Path:
-        return self.root / "done.json"
+        return self.folder.done_file
 
     def publish_engine(self, kwargs: Mapping[str, Any]) -> None:
-        write_json_atomic(self.engine_file, {"kwargs": dict(kwargs), "time": time.time()})
+        self.run.write_json(self.engine_file, {"kwargs": dict(kwargs), "time": time.time()})
 
     def announce(self, **extra: Any) -> None:
         """This rank's view (rank, addresses, GPUs): `launcher status` and the tests read it."""
-        write_json_atomic(
-            self.root / f"rank{self.group.node_rank}.json",
+        self.run.write_json(
+            self.folder.rank_file(self.group.node_rank),
             {**asdict(self.group), "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), **extra},
         )
 
     def mark_done(self, state: str) -> None:
-        write_json_atomic(self.done_file, {"state": state, "time": time.time()})
+        self.run.write_json(self.done_file, {"state": state, "time": time.time()})
 
     def wait_engine(self, deadline: float) -> dict[str, Any] | None:
         """Rank 0's engine arguments; None when rank 0 ended without starting one (every unit was already done, or
         it failed before: its own failure record and requeue cover that)."""
         while time.time() < deadline:
-            found = read_json(self.engine_file)
-            if found:
-                return dict(found["kwargs"])
-            if self.done_file.exists():
+            with contextlib.suppress(FileNotFoundError, ValueError):  # not written yet, or being replaced
+                found = self.run.read_trusted(self.engine_file)
+                if found:
+                    return dict(found["kwargs"])
+            if self.done():
                 return None
             time.sleep(POLL_S)
         raise RankGone(f"rank 0 published no engine arguments in {self.engine_file} before the deadline")
 
+    def done(self) -> bool:
+        return self.run.exists(self.done_file)
+
+    def done_state(self) -> str:
+        return str(self.run.read_json(self.done_file).get("state"))
+
     def ranks(self) -> list[dict[str, Any]]:
-        return [read_json(p) for p in sorted(self.root.glob("rank*.json"))]
+        return [r for name, r in self.run.json_files(self.root) if self.folder.is_rank_file(name)]
 
 
 class RankGone(RuntimeError):
@@ -292,8 +302,8 @@ def serve_headless(run_dir: Path, group: NodeGroup) -> int:
 
     threading.Thread(target=monitor, name="headless-monitor", daemon=True).start()
     while not exited.wait(POLL_S):
-        if rdv.done_file.exists():
-            state = str((read_json(rdv.done_file) or {}).get("state"))
+        if rdv.done():
+            state = rdv.done_state()
             log.info("multi-node: rank 0 is done (%s); node %d leaves", state, group.node_rank)
             with contextlib.suppress(Exception):
                 executor.shutdown()

@@ -11,6 +11,7 @@ in Y secs", "init engine (profile, create kv cache, warmup model) took Y s", "GP
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -64,9 +65,10 @@ class StartupLines:
     KEYS = ("took", "takes", "Graph capturing", "time:", "KV cache size", STARTUP_PLAN_APPLIED)
 
     def __init__(self) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="launcher-vllm-startup-", suffix=".log")
-        os.close(fd)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        # mkstemp's own descriptor (O_EXCL, 0600), set to append: never reopened by its name, which another user of
+        # the node could have replaced in between (a shared /tmp)
+        self.fd, self.path = tempfile.mkstemp(prefix="launcher-vllm-startup-", suffix=".log")
+        fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) | os.O_APPEND)
         self.active = False
 
     def __enter__(self) -> StartupLines:
@@ -94,8 +96,8 @@ class StartupLines:
     def figures(self) -> dict[str, Any]:
         """What the lines say, then the file is gone (a forked engine core keeps its own descriptor)."""
         try:
-            with open(self.path, errors="replace") as f:
-                return parse_startup(f.read())
+            size = os.fstat(self.fd).st_size
+            return parse_startup(os.pread(self.fd, size, 0).decode(errors="replace"))
         except OSError:
             return {}
         finally:

@@ -8,6 +8,9 @@ bytes (no clocks in the outputs, sorted everything). Two gathers of one run at o
 `launcher gather`) take turns on a lock; the second finds every file already holding its bytes and writes nothing.
 
 Throughput is measured by the wall clock (throughput.py), never as a sum of per-worker times.
+
+A cell's folders are reached without following links and must be the user's (store/outputs.py): a cell folder that
+is a link or another user's is refused (UntrustedFile, exit 2), the other cells are still written.
 """
 
 from __future__ import annotations
@@ -15,20 +18,23 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import stat
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import partial
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from launcher import __version__
-from launcher.gather.samples import SAMPLE_FILES
-from launcher.gather.stream import RowTotals, StreamedFile, jsonl_bytes
+from launcher.errors import UntrustedFile
+from launcher.gather.stream import LazyFolder, RowTotals, StreamedFile, jsonl_bytes
 from launcher.gather.structured import structured_figures
 from launcher.gather.throughput import RunFigures, cell_figures, run_figures
 from launcher.plan import Cell, Plan, Unit
-from launcher.store import OutputRow, encode_lines, read_json, safe_filename, write_atomic, write_json_atomic
+from launcher.store import SAMPLE_FILES, Folder, OutputDir, OutputRow, RunDir, encode_lines, json_bytes, safe_filename
+from launcher.store.outputs import MANIFEST, QUARANTINE, SUMMARY, USERS, out_folder
 
 
 @dataclass
@@ -70,17 +76,26 @@ class GatherError(RuntimeError):
 def gather(plan: Plan, dest: Path | None = None, flat: bool = False) -> list[GroupReport]:
     """Merge and verify every dataset x ablation. Raises GatherError listing what is missing or damaged."""
     reports = []
+    refused: list[UntrustedFile] = []
     figures = run_figures(plan)
-    with _gather_lock(plan.run.gather_lock):
+    if dest is not None:  # a folder the user named (`launcher run --output_dir`): made when missing
+        OutputDir(dest, plan.spec.output.share).create()
+    with _gather_lock(plan.run):
         for cell, units in plan.cells().items():
             base = dest or plan.run.output_dir
             out = base if flat else base / cell.rel_dir
-            reports.append(_gather_group(plan, cell, units, out, figures, flat))
+            try:
+                reports.append(_gather_group(plan, cell, units, (base, "" if flat else cell.rel_dir), figures, flat))
+            except UntrustedFile as exc:  # a planted cell folder: nothing written there; the other cells go on
+                refused.append(exc)
+                reports.append(GroupReport(cell, out, damaged=[str(exc)]))
         if all(r.ok for r in reports):
-            write_json_atomic(plan.run.summary, figures.as_json())
+            plan.run.write_json(plan.run.summary, figures.as_json())
             from launcher.plan.estimate import record_run
 
             record_run(plan, figures.headline(), figures.main_worker())
+    if refused:
+        raise UntrustedFile([p for exc in refused for p in exc.problems])
     bad = [r for r in reports if not r.ok]
     if bad:
         raise GatherError("\n".join(_describe_missing(r, plan) for r in bad))
@@ -88,10 +103,10 @@ def gather(plan: Plan, dest: Path | None = None, flat: bool = False) -> list[Gro
 
 
 @contextmanager
-def _gather_lock(path: Path) -> Iterator[None]:
-    """One gather of a run at a time; the next one waits (flock: released if the holder dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
+def _gather_lock(run: RunDir) -> Iterator[None]:
+    """One gather of a run at a time; the next one waits (flock: released if the holder dies). Opened through the
+    checked run folder, never through a link (store/fs.py: Folder.open_lock)."""
+    with run.folder(create=True) as folder, folder.open_lock(run.gather_lock.name) as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -99,21 +114,17 @@ def _gather_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _put(out: Path, rel: str, data: bytes, report: GroupReport, hashes: dict[str, dict[str, Any]]) -> None:
-    """Write unless the file already holds exactly these bytes (a second gather then writes nothing)."""
-    path = out / rel
+def _put(
+    folder: Folder, name: str, data: bytes, report: GroupReport, hashes: dict[str, dict[str, Any]], rel: str = ""
+) -> None:
+    """Write unless the file already holds exactly these bytes (a second gather then writes nothing, and only sets
+    the share's mode on what an older launcher left group-writable)."""
+    rel = rel or name
     hashes[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    try:
-        if path.stat().st_size == len(data) and path.read_bytes() == data:
-            return
-    except OSError:
-        pass
-    write_atomic(path, data)
+    if folder.same_bytes(name, data):
+        return
+    folder.write_atomic(name, data)
     report.files_written.append(rel)
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode()
 
 
 def _describe_missing(r: GroupReport, plan: Plan) -> str:
@@ -143,19 +154,22 @@ def _describe_missing(r: GroupReport, plan: Plan) -> str:
 
 
 def _gather_group(
-    plan: Plan, cell: Cell, units: list[Unit], out: Path, figures: RunFigures, flat: bool = False
+    plan: Plan, cell: Cell, units: list[Unit], where: tuple[Path, Any], figures: RunFigures, flat: bool = False
 ) -> GroupReport:
     """One pass over the cell's units, in row order: each chunk read once (checked and parsed), each row written to
     samples.jsonl as it comes (stream.py). Rows are kept in memory only for what needs them all at once: parquet,
-    per-user JSON files, structured-output figures."""
-    report = GroupReport(cell, out)
+    per-user JSON files, structured-output figures. `where`: (the output folder, the cell's folder inside it),
+    written through the checked way in (store/outputs.py), opened and made when the first row is written."""
+    base, rel_dir = where
+    report = GroupReport(cell, base / rel_dir)
     spec = plan.spec
     n = spec.data.num_samples
     keep = spec.output.format == "parquet" or spec.output.per_user_json or spec.sampling.structured is not None
     kept: list[OutputRow] = []
     quarantine: list[dict[str, Any]] = []
     totals = RowTotals()
-    sink = StreamedFile(out / SAMPLE_FILES["jsonl"]) if spec.output.format != "parquet" else None
+    cell_folder = LazyFolder(partial(out_folder, base, rel_dir, spec.output.share, create=True))
+    sink = StreamedFile(cell_folder.get, SAMPLE_FILES["jsonl"]) if spec.output.format != "parquet" else None
     try:
         for unit in sorted(units, key=lambda u: u.start):
             udir = plan.run.unit(unit.unit_id)
@@ -187,17 +201,20 @@ def _gather_group(
         if not report.ok:
             return report
         report.records, report.samples, report.quarantined = totals.records, totals.samples, len(quarantine)
-        _write_group(plan, report, sink, kept, sorted(quarantine, key=lambda x: x["row"]), units, figures, totals, flat)
+        quarantine.sort(key=lambda x: x["row"])
+        _write_group(plan, report, cell_folder.get(), sink, kept, quarantine, units, figures, totals, flat)
         sink = None
     finally:
         if sink is not None:
             sink.discard()
+        cell_folder.close()
     return report
 
 
 def _write_group(
     plan: Plan,
     report: GroupReport,
+    out: Folder,
     sink: StreamedFile | None,
     rows: list[OutputRow],
     quarantine: list[dict[str, Any]],
@@ -206,10 +223,8 @@ def _write_group(
     totals: RowTotals,
     flat: bool = False,
 ) -> None:
-    out = report.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     spec = plan.spec
-    earlier = read_json(out / "manifest.json").get("files") or {}
+    earlier = _listed_files(out)
     hashes: dict[str, dict[str, Any]] = {}
     if sink is None:
         import pyarrow as pa
@@ -222,12 +237,14 @@ def _write_group(
         hashes[SAMPLE_FILES["jsonl"]] = {"sha256": sink.sha256, "bytes": sink.size}
         if sink.finish():
             report.files_written.append(SAMPLE_FILES["jsonl"])
-    _put(out, "quarantine.jsonl", encode_lines(quarantine, lone_surrogates="escape"), report, hashes)
+    _put(out, QUARANTINE, encode_lines(quarantine, lone_surrogates="escape"), report, hashes)
     if spec.output.per_user_json:
-        for rel, data in _user_files(rows, "" if flat else "users/"):
-            _put(out, rel, data, report, hashes)
+        users = out.walk(()) if flat else out.child(USERS, create=True)
+        with users:
+            for name, data in _user_files(rows, flat):
+                _put(users, name, data, report, hashes, name if flat else f"{USERS}/{name}")
     summary = summarize(plan, report, totals, rows, units, figures)
-    _put(out, "inference_summary.json", _json_bytes(summary), report, hashes)
+    _put(out, SUMMARY, json_bytes(summary), report, hashes)
     manifest = {
         "run_id": plan.run.run_id,
         "dataset": report.dataset,
@@ -238,24 +255,40 @@ def _write_group(
         "quarantined": report.quarantined,
         "files": dict(sorted(hashes.items())),
     }
-    _put(out, "manifest.json", _json_bytes(manifest), report, {})
+    _put(out, MANIFEST, json_bytes(manifest), report, {})
     _remove_stale(out, set(earlier) - set(hashes), report)
 
 
-def _remove_stale(out: Path, stale: set[str], report: GroupReport) -> None:
+def _listed_files(out: Folder) -> dict[str, Any]:
+    """The files an earlier gather of this cell listed in its manifest: {} when there is none, or when it is not a
+    plain file of yours (a planted manifest names nothing to remove)."""
+    try:
+        files = json.loads(out.read_bytes(MANIFEST)).get("files")
+    except (OSError, ValueError, RecursionError, AttributeError, UntrustedFile):
+        return {}
+    return files if isinstance(files, dict) else {}
+
+
+def _remove_stale(out: Folder, stale: set[str], report: GroupReport) -> None:
     """Files an earlier gather of this folder listed in its manifest and this one does not write: per-user files
     under a name the old naming gave them (store/names.py), users no longer in the data, the other format's samples
-    file. Left there, a reader would take them for this run's. Files the launcher never listed are not touched."""
+    file. Left there, a reader would take them for this run's. Files the launcher never listed are not touched.
+
+    Only names inside the cell (its own files, users/<name>) are removed, through the checked folder: a users/ that
+    is a link or another user's is refused (nothing in it removed), and a link at a listed name is removed itself,
+    never the file it points to."""
     for rel in sorted(stale):
-        parts = Path(rel).parts
-        if Path(rel).is_absolute() or ".." in parts or not parts:
-            continue  # a manifest is ours, but its folder may be shared: never a path outside `out`
-        path = out / rel
+        parts = PurePosixPath(rel).parts
+        if len(parts) not in (1, 2) or (len(parts) == 2 and parts[0] != USERS) or {"..", ".", "/"} & set(parts):
+            continue  # a manifest is ours, but its folder may be shared: never a path outside the cell
         try:
-            if path.is_file() or path.is_symlink():
-                path.unlink()
-                report.files_removed.append(rel)
-        except OSError:
+            with out.child(parts[0]) if len(parts) == 2 else out.walk(()) as folder:
+                st = folder.stat(parts[-1])
+                if st is None or not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                    continue  # a folder or a special file at that name: not what the launcher wrote there
+                folder.unlink(parts[-1])  # unlinkat: a link goes, its target stays
+            report.files_removed.append(rel)
+        except (OSError, UntrustedFile):
             continue
 
 
@@ -266,10 +299,11 @@ def _variant_fields(report: GroupReport) -> dict[str, str]:
 OWN_FILES = frozenset({"samples", "quarantine", "inference_summary", "manifest"})
 
 
-def _user_files(rows: list[OutputRow], folder: str = "users/") -> Iterator[tuple[str, bytes]]:
+def _user_files(rows: list[OutputRow], flat: bool = False) -> Iterator[tuple[str, bytes]]:
     """<user id>.json with generated_samples: under users/, or at the top of --output_dir as the old script wrote them
-    (`launcher run` with its flags). safe_filename: two ids never share a file, an id such as '../../x' stays inside
-    the folder, and a user named like one of our own files gets its first letter escaped instead of overwriting it."""
+    (`launcher run` with its flags, `flat`). safe_filename: two ids never share a file, an id such as '../../x' stays
+    inside the folder, and a user named like one of our own files gets its first letter escaped instead of
+    overwriting it."""
     by_user: dict[str, list[OutputRow]] = defaultdict(list)
     for row in rows:
         by_user[row["user_id"]].append(row)
@@ -282,8 +316,8 @@ def _user_files(rows: list[OutputRow], folder: str = "users/") -> Iterator[tuple
                 for r in recs
             ],
         }
-        name = safe_filename(user, reserved=frozenset() if folder else OWN_FILES)
-        yield f"{folder}{name}.json", (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode()
+        name = safe_filename(user, reserved=OWN_FILES if flat else frozenset())
+        yield f"{name}.json", json_bytes(obj)
 
 
 def summarize(

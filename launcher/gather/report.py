@@ -9,6 +9,7 @@ output dirs); the model column says which is which.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import statistics
 from collections import Counter
@@ -19,7 +20,9 @@ from typing import Any
 from launcher.gather.compare import distinct_n
 from launcher.gather.samples import read_samples
 from launcher.plan import Plan
-from launcher.store import write_atomic
+from launcher.store import plain_folder, read_json, write_atomic
+from launcher.store.fs import Opener
+from launcher.store.outputs import ReportDir
 from launcher.terminal import printable
 
 
@@ -62,18 +65,17 @@ def cell_rows(plan: Plan, skipped: list[str] | None = None, label: str | None = 
         # The sweep's model or adapter name; a one-model run shows its checkpoint folder's name.
         model = key.variant or Path(plan.spec.model.path).name
         dataset, ablation = key.dataset, key.ablation
-        cell = plan.run.output_dir / key.rel_dir
-        summary_path = cell / "inference_summary.json"
-        if not summary_path.exists():
+        cell = plan.run.cell(key.rel_dir)
+        summary = read_json(cell.summary)
+        if not summary:
             if skipped is not None:
-                skipped.append(f"{cell}: not gathered")
+                skipped.append(f"{cell.root}: not gathered")
             continue
-        summary = json.loads(summary_path.read_text())
         if summary.get("run_id") != plan.run.run_id:
             if skipped is not None:
-                skipped.append(f"{cell}: holds run {summary.get('run_id')}, not {plan.run.run_id}")
+                skipped.append(f"{cell.root}: holds run {summary.get('run_id')}, not {plan.run.run_id}")
             continue
-        rows = list(read_samples(cell))
+        rows = list(read_samples(cell.root))
         texts = [t for r in rows for t in r["generated_samples"]]
         lengths = [n for r in rows for n in r["sample_tokens"]]
         reasons = Counter(x for r in rows for x in r["finish_reasons"])
@@ -136,7 +138,7 @@ def markdown(rows: list[CellRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[CellRow], path: Path) -> Path:
+def plot(rows: list[CellRow], path: Path, opener: Opener = plain_folder) -> Path:
     """Mean length and distinct-2 per cell, one bar per run: how the runs differ at a glance."""
     import matplotlib
 
@@ -160,25 +162,25 @@ def plot(rows: list[CellRow], path: Path) -> Path:
         ax.set_title(title)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
+    write_atomic(path, buffer.getvalue(), opener=opener)
     return path
 
 
-def write_report(rows: list[CellRow], folder: Path, draw: bool = True) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
+def write_report(rows: list[CellRow], folder: Path, draw: bool = True, opener: Opener = plain_folder) -> list[Path]:
+    """report.json, report.md and report.png in `folder`, each written whole. `opener`: how the folder is reached
+    (the output folder's own report/ goes through OutputDir.opener: checked, with the share's modes)."""
+    report = ReportDir(folder)
     data = {"columns": [k for k, _ in COLUMNS], "rows": [asdict(r) for r in rows]}
-    write_atomic(folder / "report.json", (json.dumps(data, indent=2) + "\n").encode())
-    written.append(folder / "report.json")
-    write_atomic(folder / "report.md", markdown(rows).encode())
-    written.append(folder / "report.md")
+    write_atomic(report.table_json, (json.dumps(data, indent=2) + "\n").encode(), opener=opener)
+    write_atomic(report.table_md, markdown(rows).encode(), opener=opener)
+    written = [report.table_json, report.table_md]
     if draw and rows:
         # the login node's launcher without the plot extra: the table is what matters
         with contextlib.suppress(ImportError):
-            written.append(plot(rows, folder / "report.png"))
+            written.append(plot(rows, report.plot_png, opener))
     return written
 
 

@@ -11,9 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from launcher.store import read_jsonl
-
-SAMPLE_FILES = {"jsonl": "samples.jsonl", "parquet": "samples.parquet"}  # output.format -> the file the gather writes
+from launcher.store import SAMPLE_FILES, read_jsonl  # SAMPLE_FILES: output.format -> the file the gather writes
 
 
 def samples_file(cell: Path) -> Path | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from launcher.plan import Plan
-from launcher.store import GpuFigures, WorkerReport, read_json
+from launcher.store import GpuFigures, WorkerReport
 
 
 @dataclass
@@ -266,11 +266,7 @@ def merge_histograms(hists: Sequence[Sequence[int]]) -> tuple[float | None, floa
 
 
 def run_figures(plan: Plan) -> RunFigures:
-    attempts = []
-    jobs_root = plan.run.root / "jobs"
-    if jobs_root.is_dir():
-        for d in jobs_root.iterdir():
-            attempts += [read_json(p) for p in sorted((d / "attempts").glob("*.json"))]
+    attempts = [a for job in plan.run.job_dirs() for a in job.read_attempts()]
     attempts = sorted((a for a in attempts if a.get("layout")), key=lambda a: a.get("started") or 0.0)
     return RunFigures(
         plan.run.worker_reports(),

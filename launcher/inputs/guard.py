@@ -2,10 +2,12 @@
 
 At submit, before any job starts, <run>/inputs.json (RunDir.inputs_record) records the inputs' identity
 (identity.py), the command that submits the run again (what a refusal tells the user to run) and the prompt clock.
-A worker checks, before it prepares a unit and again once it has read the unit's rows, that every file the unit's
-prompts come from still holds what was recorded: its dataset, the preamble, the spec's template files, and the
-model's files (tokenizer, chat templates, generation_config.json, weights). A file that changed refuses the unit
-(InputChanged: the worker records it as the unit's failure, naming the file and the fix), so no unit mixes two
+It decides which units are refused, so it is written and read through the checked run folder and trusted only as a
+file of yours that nobody else can write (RunDir.read_trusted, store/fs.py), as spec.json is. A worker checks,
+before it prepares a unit and again once it has read the unit's rows, that every file the unit's prompts come from
+still holds what was recorded: its dataset, the preamble, the spec's template files, and the model's files
+(tokenizer, chat templates, generation_config.json, weights). A file that changed refuses the unit (InputChanged: the
+worker records it as the unit's failure, naming the file and the fix), so no unit mixes two
 versions of an input and the samples always answer the rows the run recorded.
 
 Cost: a file's content is hashed (identity.py: whole up to 1 GiB, sampled beyond) once per worker, then only stat()ed:
@@ -22,9 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.inputs.identity import InputIdentity, dataset_identity, file_identity, model_identity, prompt_files
-from launcher.store import RunDir, read_json, write_json_atomic
+from launcher.store import RunDir
 
 
 class InputChanged(RuntimeError):
@@ -85,7 +84,14 @@ def record_path(run: RunDir) -> Path:
 
 
 def read_record(run: RunDir) -> dict[str, Any]:
-    return read_json(record_path(run))
+    """inputs.json, read as a file a job decides what to run from (it decides which units are refused, and the time
+    prompts read): yours, writable by nobody else, one link, never through a link (RunDir.read_trusted), else
+    UntrustedFile. {} when there is none (a run recorded before it) or it is not a JSON object."""
+    try:
+        data = run.read_trusted(record_path(run))
+    except (FileNotFoundError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def write_record(
@@ -96,7 +102,7 @@ def write_record(
     thing). The prompt clock is the first submission's: kept unless `clock` (a reproduction's: the original's)."""
     previous = read_record(run)
     kept = clock or PromptClock.from_json(previous.get("prompt_clock")) or PromptClock.now()
-    write_json_atomic(
+    run.write_json(
         record_path(run),
         {
             "identity": identity.as_json() if identity is not None else previous.get("identity"),
@@ -109,22 +115,14 @@ def write_record(
 
 def run_clock(run: RunDir) -> PromptClock:
     """The run's prompt clock; a run submitted without one (`launcher run`, a run_job of a saved plan) gets one now,
-    once: the first worker to ask writes it (create-if-absent), the others read that."""
+    once: the first worker to ask writes it (create-if-absent under a lock, through the checked run folder), the
+    others read that."""
     found = PromptClock.from_json(read_record(run).get("prompt_clock"))
     if found is not None:
         return found
     clock = PromptClock.now()
-    path = record_path(run)
-    with contextlib.suppress(OSError):
-        fd, tmp = tempfile.mkstemp(dir=run.root, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"prompt_clock": clock.as_json()}, f)
-            os.link(tmp, path)  # fails when another worker was first: its clock wins
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(tmp)
+    with contextlib.suppress(OSError):  # a read-only run folder: this worker's clock, as before
+        run.write_json_once(record_path(run), {"prompt_clock": clock.as_json()}, run.inputs_lock)
     return PromptClock.from_json(read_record(run).get("prompt_clock")) or clock
 
 

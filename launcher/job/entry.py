@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from submitit.core.utils import JobPaths, UncompletedJobError
+from submitit.core.utils import UncompletedJobError
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from launcher.engines.multinode import NodeGroup, Rendezvous, serve_headless
+from launcher.errors import UntrustedFile
 from launcher.inputs.model import model_shape
 from launcher.job.retries import Attempt, mark_requeued
 from launcher.job.worker import PREEMPTED_EXIT, Worker, WorkerConfig
@@ -36,7 +37,7 @@ from launcher.plan import Plan
 from launcher.plan.layout import ParallelLayout, allocated_gpus, choose_layout, choose_multinode_layout, gpu_info
 from launcher.plan.persist import load_plan
 from launcher.slurm_env import SlurmEnv
-from launcher.store import RunDir, WorkerReport, read_json, write_json_atomic
+from launcher.store import JobDir, RunDir, WorkerReport
 from launcher.store.claims import process_start
 
 log = logging.getLogger("launcher.job")
@@ -152,8 +153,8 @@ class WorkerGroup:
             "job_id": SlurmEnv.current().job_id,
             "restart": SlurmEnv.current().restart,
         }
-        name = f"{int(started * 1000)}-{os.getpid()}{'-' + model if model else ''}.json"
-        write_json_atomic(plan.run.job(self.index).attempts / name, attempt)
+        job = plan.run.job(self.index)
+        job.write(job.attempt_file(started, os.getpid(), model), attempt)
         return {**attempt, "workers": reports}
 
     def _run_children(self, layout: ParallelLayout, models: list[str]) -> dict[str, list[WorkerReport]]:
@@ -193,7 +194,8 @@ class WorkerGroup:
         plan_run = load_plan(self.run_dir).run
         restart = SlurmEnv.current().restart
         found = [
-            read_json(plan_run.worker_report(f"{self.index}.{r}", restart, pid, model)) for r, pid in enumerate(pids)
+            plan_run.read_json(plan_run.worker_report(f"{self.index}.{r}", restart, pid, model))
+            for r, pid in enumerate(pids)
         ]
         return [WorkerReport(**r) for r in found if r]  # type: ignore[typeddict-item]  # none: stopped before it
 
@@ -271,7 +273,7 @@ class JobRunner(Checkpointable):
     def __init__(self, run_dir: str) -> None:
         self.run_dir = run_dir
         self._group: WorkerGroup | None = None
-        self._job_dir: Path | None = None
+        self._job_dir: JobDir | None = None
         self._stopping = False  # a local job told to stop (SIGTERM)
 
     def __call__(self, index: int) -> dict[str, Any]:
@@ -301,9 +303,10 @@ class JobRunner(Checkpointable):
         self._stopping = True
         name = signal.Signals(signum).name
         log.warning("job: %s: stopping; every record written is kept", name)
-        with contextlib.suppress(OSError):
-            write_json_atomic(
-                RunDir(Path(self.run_dir)).interrupted,
+        run = RunDir(Path(self.run_dir))
+        with contextlib.suppress(OSError, UntrustedFile):  # a run folder not ours any more: nothing written into it
+            run.write_json(
+                run.interrupted,
                 {"time": time.time(), "executor": "local", "by": f"{name} to the local job (pid {os.getpid()})"},
             )
         if self._group is not None:
@@ -313,8 +316,8 @@ class JobRunner(Checkpointable):
         attempt = Attempt.from_env()
         plan = load_plan(Path(self.run_dir))
         job = plan.run.job(index)
-        self._job_dir = job.root
-        write_json_atomic(
+        self._job_dir = job
+        job.write(
             job.live,
             {  # status: which process, where, which restart
                 "pid": os.getpid(),
@@ -335,19 +338,22 @@ class JobRunner(Checkpointable):
             raise  # submitit's own verdict (timed out too many times): not a crash to retry
         except Exception as exc:
             if attempt is None:  # not a Slurm job (local executor): nothing to requeue, but status must say why
-                self._record_local_failure(exc, index, job.root)
+                self._record_local_failure(exc, index, job)
                 raise
-            self._record_failure(exc, attempt, job.root, plan)
+            self._record_failure(exc, attempt, job, plan)
             raise
 
-    def _record_local_failure(self, exc: Exception, index: int, job_dir: Path) -> None:
+    def _record_local_failure(self, exc: Exception, index: int, job_dir: JobDir) -> None:
         from launcher.job.retries import record_failure
 
         submission = os.environ.get("LAUNCHER_SUBMISSION") or "local"
         local = Attempt(f"local{index}-{os.getpid()}", str(os.getpid()), submission, 0)
-        record_failure(job_dir, local, 0, "exception", f"{type(exc).__name__}: {exc}", None, retryable=False)
+        try:
+            record_failure(job_dir, local, 0, "exception", f"{type(exc).__name__}: {exc}", None, retryable=False)
+        except UntrustedFile as refused:  # the run folder itself is not ours any more: nothing is written into it
+            log.error("job %s: no failure record written: %s", job_dir.root.name, refused)
 
-    def _record_failure(self, exc: Exception, attempt: Attempt, job_dir: Path, plan: Plan) -> None:
+    def _record_failure(self, exc: Exception, attempt: Attempt, job_dir: JobDir, plan: Plan) -> None:
         import shutil
         import traceback
 
@@ -358,36 +364,40 @@ class JobRunner(Checkpointable):
         if state:  # scancel, time limit: Slurm is stopping the job, and its processes die of that
             log.warning(
                 "job %s: %s while Slurm stops job %s (%s): not a failure, not retried",
-                job_dir.name,
+                job_dir.root.name,
                 type(exc).__name__,
                 attempt.job_id,
                 state,
             )
             return
         traceback.print_exc()  # submitit logs only what escapes; this one may not
-        stderr = JobPaths(Path(self.run_dir) / "logs", job_id=attempt.job_id, task_id=0).stderr
+        stderr = plan.run.job_log(attempt.job_id)
         by_host = shutil.which("scontrol") is None  # inside an image without scontrol: the host's teardown requeues
-        record = record_failure(
-            job_dir,
-            attempt,
-            plan.spec.slurm.max_retries,
-            "exception",
-            f"{type(exc).__name__}: {exc}",
-            stderr,
-            retryable=not isinstance(exc, SpecError),  # a bad spec fails the same way again
-            requeue_by="teardown" if by_host else "task",
-        )
+        try:
+            record = record_failure(
+                job_dir,
+                attempt,
+                plan.spec.slurm.max_retries,
+                "exception",
+                f"{type(exc).__name__}: {exc}",
+                stderr,
+                retryable=not isinstance(exc, SpecError | UntrustedFile),  # a bad spec, a planted file: the same again
+                requeue_by="teardown" if by_host else "task",
+            )
+        except UntrustedFile as refused:  # the run folder itself is not ours any more: nothing is written into it
+            log.error("job %s: no failure record written: %s", job_dir.root.name, refused)
+            return
         if not record["retry"]:
             log.error(
                 "job %s failed (%d failure(s), max_retries %d): giving up",
-                job_dir.name,
+                job_dir.root.name,
                 record["failures"],
                 plan.spec.slurm.max_retries,
             )
             return
         log.warning(
             "job %s failed (%d of %d retries): requeueing Slurm job %s",
-            job_dir.name,
+            job_dir.root.name,
             record["failures"],
             plan.spec.slurm.max_retries,
             attempt.job_id,

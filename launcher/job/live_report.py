@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launcher.store import ClaimBook, WorkerReport, write_json_atomic
+from launcher.store import WorkerReport
 from launcher.store.claims import HEARTBEAT_S
 
 if TYPE_CHECKING:
@@ -95,7 +95,8 @@ class LiveReport:
         with self.lock:
             self.report["units_done"], self.report["current_units"] = report["units_done"], report["current_units"]
             self.report["unit_windows"], self.report["last_write_at"] = report["unit_windows"], report["last_write_at"]
-        write_json_atomic(  # not fsynced while running: rewritten every HEARTBEAT_S by every worker (docs/scale.md)
+        # not fsynced while running: rewritten every HEARTBEAT_S by every worker (docs/scale.md); fsynced at the end
+        w.rundir.write_json(
             w.rundir.worker_report(w.cfg.slot, w.owner.restart, os.getpid(), w.cfg.model),
             report,
             durable=report.get("ended") is not None,
@@ -108,9 +109,9 @@ class LiveReport:
         while self.report.get("ended") is None:
             for active in list(w.active):
                 if not active.finished:
-                    ClaimBook.heartbeat(active.claim)
+                    active.dir.claims.heartbeat(active.claim)
             if (pending := w.pending) is not None:
-                ClaimBook.heartbeat(pending.claim)
+                pending.dir.claims.heartbeat(pending.claim)
             try:
                 self.write()
             except OSError as exc:  # storage trouble is waited out by the writes that matter; status can lag

@@ -2,10 +2,10 @@
 prompt]), which refine each engine's admission once it is up (job/worker.py; the engine starts from a bound).
 
 The whole run's are measured once, by the worker that wins a claim on `prompt_stats.claims/` (store/claims.py, with
-its takeover rules), span by span over each dataset file (job/prepare.py: Preparer.stats_of), and kept in
-`prompt_stats.json`: 256 workers starting together used to tokenize the whole run each. The others do not wait for
-it: they get what the file holds so far (maybe nothing), size their engine from their first group, and refine
-again once the file is there (Worker._refine_from_run_stats).
+its takeover rules, reached through the checked run folder as a unit's claims are), span by span over each dataset
+file (job/prepare.py: Preparer.stats_of), and kept in `prompt_stats.json`: 256 workers starting together used to
+tokenize the whole run each. The others do not wait for it: they get what the file holds so far (maybe nothing),
+size their engine from their first group, and refine again once the file is there (Worker._refine_from_run_stats).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from launcher.engines import Workload
 from launcher.job.prepare import Preparer
 from launcher.plan import Plan, Unit
 from launcher.spec import JobSpec
-from launcher.store import ClaimBook, Owner, RunDir, read_json, write_json_atomic
+from launcher.store import Owner, RunDir
 
 log = logging.getLogger("launcher.job")
 
@@ -35,7 +35,7 @@ def prompt_stats(plan: Plan, preparer: Preparer, units: list[Unit] | None = None
     if units is not None:
         stats.update(preparer.stats_of(missing)[0])
         return stats
-    book = ClaimBook(run.prompt_stats_claims)
+    book = run.prompt_stats_book()  # checked as a unit's claims: through the run folder, never a link
     claim = book.try_claim(Owner.me("prompt-stats"))
     if claim is None:  # another worker measures them: no waiting (the engine refines when they are in)
         return stats
@@ -43,10 +43,10 @@ def prompt_stats(plan: Plan, preparer: Preparer, units: list[Unit] | None = None
         stats = cached_stats(run)  # the previous measurer may have finished just before we won
         missing = [u for u in wanted if u.unit_id not in stats]
         if missing:
-            measured, refused = preparer.stats_of(missing, tick=partial(ClaimBook.heartbeat, claim))
+            measured, refused = preparer.stats_of(missing, tick=partial(book.heartbeat, claim))
             stats.update(measured)
             if not refused:  # a unit refused counts as empty here: not kept, the next worker measures again
-                write_json_atomic(run.prompt_stats, {"units": stats})
+                run.write_json(run.prompt_stats, {"units": stats})
     finally:
         book.release(claim)
     return stats
@@ -54,7 +54,7 @@ def prompt_stats(plan: Plan, preparer: Preparer, units: list[Unit] | None = None
 
 def cached_stats(run: RunDir) -> dict[str, list[float]]:
     """What prompt_stats.json holds; a damaged entry is left out (measured again), never trusted or fatal."""
-    cached = read_json(run.prompt_stats).get("units")
+    cached = run.read_json(run.prompt_stats).get("units")
     stats: dict[str, list[float]] = {}
     for k, v in (cached if isinstance(cached, dict) else {}).items():
         if isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v):

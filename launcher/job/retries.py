@@ -13,8 +13,8 @@ marker (`mark_requeued`) so that the teardown knows the attempt did not die.
 
 from __future__ import annotations
 
-import json
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from launcher.errors import LauncherError
 from launcher.slurm_env import SlurmEnv
-from launcher.store import write_json_atomic
+from launcher.store import JobDir, RunDir, plain_folder
 
 LOG_TAIL_LINES = 20
 
@@ -55,56 +56,46 @@ class Attempt:
         return f"{self.job_id}-r{self.restart}"
 
 
-def failures_dir(job_dir: Path) -> Path:
-    return job_dir / "failures"
+def _job(job_dir: JobDir | Path) -> JobDir:
+    return job_dir if isinstance(job_dir, JobDir) else JobDir(Path(job_dir))
 
 
-def requeues_dir(job_dir: Path) -> Path:
-    return job_dir / "requeues"
-
-
-def read_failures(job_dir: Path) -> list[dict[str, Any]]:
+def read_failures(job_dir: JobDir | Path) -> list[dict[str, Any]]:
     """Every failed attempt of the job, oldest first."""
-    folder = failures_dir(job_dir)
-    if not folder.is_dir():
-        return []
-    out = []
-    for path in folder.glob("*.json"):
-        try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return sorted(out, key=lambda f: f.get("time", 0))
+    return _job(job_dir).read_failures()
 
 
-def mark_requeued(job_dir: Path, attempt: Attempt | None, why: str) -> None:
+def mark_requeued(job_dir: JobDir | Path, attempt: Attempt | None, why: str) -> None:
     """Called from the checkpoint path (USR2: preemption or time limit) before submitit requeues the job."""
+    job_dir = _job(job_dir)
     if attempt is not None:
-        write_json_atomic(
-            requeues_dir(job_dir) / f"{attempt.key}.json",
+        job_dir.write(
+            job_dir.requeue_file(attempt.key),
             {"job_id": attempt.job_id, "restart": attempt.restart, "time": time.time(), "why": why},
         )
 
 
-def already_handled(job_dir: Path, attempt: Attempt) -> bool:
-    return (failures_dir(job_dir) / f"{attempt.key}.json").exists() or (
-        requeues_dir(job_dir) / f"{attempt.key}.json"
-    ).exists()
+def already_handled(job_dir: JobDir, attempt: Attempt) -> bool:
+    return job_dir.has(job_dir.failure_file(attempt.key)) or job_dir.has(job_dir.requeue_file(attempt.key))
 
 
 def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> list[str]:
-    if path is None or not path.exists():
+    """The last lines of a log; [] when it is missing or not a plain file (a link is not followed)."""
+    if path is None:
         return []
-    with path.open("rb") as f:
-        f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))
-        text = f.read().decode(errors="replace")
+    try:
+        with plain_folder(path.parent) as folder, folder.open_read(path.name) as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))
+            text = f.read().decode(errors="replace")
+    except (OSError, LauncherError):
+        return []
     # tqdm's progress bars are one long line of \r updates: keep what the terminal would show
     shown = [ln.rsplit("\r", 1)[-1].rstrip() for ln in text.split("\n")]  # not splitlines(): it splits at \r too
     return [ln for ln in shown if ln][-lines:]
 
 
 def record_failure(
-    job_dir: Path,
+    job_dir: JobDir | Path,
     attempt: Attempt,
     max_retries: int,
     kind: str,
@@ -114,6 +105,7 @@ def record_failure(
     requeue_by: str = "task",
 ) -> dict[str, Any]:
     """Write this attempt's failure; decide whether the job gets another attempt (`retry` in the record)."""
+    job_dir = _job(job_dir)
     earlier = [f for f in read_failures(job_dir) if f.get("submission") == attempt.submission]
     failures = len(earlier) + 1
     retry = retryable and failures <= max_retries
@@ -132,18 +124,14 @@ def record_failure(
         "log": str(log) if log else None,
         "log_tail": log_tail(log),
     }
-    write_json_atomic(failures_dir(job_dir) / f"{attempt.key}.json", record)
+    job_dir.write(job_dir.failure_file(attempt.key), record)
     return record
 
 
-def needs_host_requeue(job_dir: Path, attempt: Attempt) -> bool:
+def needs_host_requeue(job_dir: JobDir, attempt: Attempt) -> bool:
     """The job failed inside an image without scontrol: it recorded the failure and left the requeue to the
     teardown, which runs on the host."""
-    path = failures_dir(job_dir) / f"{attempt.key}.json"
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
+    record = job_dir.read(job_dir.failure_file(attempt.key))
     return bool(record.get("retry")) and record.get("requeue_by") == "teardown"
 
 
@@ -187,22 +175,19 @@ def describe_status(status: int) -> str:
 
 def on_death(run_dir: Path, status: int, env: Mapping[str, str] | None = None) -> bool:
     """The teardown's decision after srun failed: True means requeue the job (the shell runs scontrol)."""
-    from submitit.core.utils import DelayedSubmission, JobPaths
-
     from launcher.plan.persist import load_plan
 
     attempt = Attempt.from_env(env)
     if attempt is None:
         return False
-    logs = run_dir / "logs"
-    paths = JobPaths(logs, job_id=attempt.job_id, task_id=0)
-    try:  # the pickle says which job this array element runs
-        index = int(DelayedSubmission.load(paths.submitted_pickle).args[0])
+    run = RunDir(run_dir)
+    try:  # the pickle says which job this array element runs; a pickle is code: read through the checked run folder
+        index = int(pickle.loads(run.read_bytes(run.submitted_pickle(attempt.job_id))).args[0])
         plan = load_plan(run_dir)
-    except (OSError, ValueError, IndexError, EOFError) as exc:
+    except (OSError, ValueError, IndexError, EOFError, pickle.UnpicklingError, LauncherError) as exc:
         print(f"launcher.job.retries: cannot tell which job {attempt.job_id} ran: {exc}", file=sys.stderr)
         return False
-    job_dir = plan.run.job(index).root
+    job_dir = plan.run.job(index)
     if all(plan.run.unit(u.unit_id).is_done() for u in plan.units):
         return False  # nothing left for it to do
     if needs_host_requeue(job_dir, attempt):
@@ -217,7 +202,7 @@ def on_death(run_dir: Path, status: int, env: Mapping[str, str] | None = None) -
         print(f"launcher.job.retries: job {index}: USR2 arrived before the handler; requeued", file=sys.stderr)
         return True
     record = record_failure(
-        job_dir, attempt, plan.spec.slurm.max_retries, "died", describe_status(status), paths.stderr
+        job_dir, attempt, plan.spec.slurm.max_retries, "died", describe_status(status), run.job_log(attempt.job_id)
     )
     print(
         f"launcher.job.retries: job {index}: {record['error']}; failure {record['failures']} of "

@@ -440,14 +440,14 @@ class Worker:
         self.report["samples"] += len(comp.samples)
         self.report["output_tokens"] += sum(s.num_tokens for s in comp.samples)
         self.report["prompt_tokens"] += comp.prompt_tokens
-        faults.after_record(unit.unit_id, active.dir.root, self.cfg.replica, active.completed)  # test-only, inert
+        faults.after_record(unit.unit_id, active.dir, self.cfg.replica, active.completed)  # test-only, inert
 
     def _quarantine(self, active: ActiveUnit, rec: Record, why: str) -> None:
         log.warning("worker %s: row %d of unit %s quarantined: %s", self.cfg.slot, rec.row, active.unit_id, why)
         assert self.writer is not None
         self.writer.quarantine(active, Quarantined(rec.row, why[:500], rec.record_id))
         self.report["quarantined"] += 1
-        faults.after_record(active.unit_id, active.dir.root, self.cfg.replica, active.completed)  # test-only, inert
+        faults.after_record(active.unit_id, active.dir, self.cfg.replica, active.completed)  # test-only, inert
 
     # -- claims ---------------------------------------------------------------------------------------------------
 

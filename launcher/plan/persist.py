@@ -1,4 +1,4 @@
-"""run_state.py: Plan <-> the run directory's spec.json + plan.json, and finding a run from what a user types.
+"""plan/persist.py: Plan <-> the run directory's spec.json + plan.json, and finding a run from what a user types.
 
 Written before anything is submitted: jobs read them, and a resubmit must see the same units. Everything on the
 node side opens a run from its directory (`load_plan(run_dir)`); the run id is that directory's name, never
@@ -7,7 +7,7 @@ recomputed from the spec (which hashes input files: touching one mid-run must no
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,30 +19,34 @@ from launcher.inputs.guard import PromptClock
 from launcher.inputs.identity import InputIdentity, changes, identify, matches, model_changed
 from launcher.plan import Plan
 from launcher.spec import JobSpec
-from launcher.store import RunDir, write_json_atomic
-from launcher.store.unit_log import UnitLog
+from launcher.store import OutputDir, RunDir
 
 Choice = Literal["auto", "new", "resume"]
 
 
 def save_plan(plan: Plan) -> Path:
+    """The output folder (with the spec's output.share) and the run's private folder, then spec.json and plan.json."""
     run = plan.run
-    run.root.mkdir(parents=True, exist_ok=True)
-    if not run.units.exists():  # no unit ever claimed: its units.log can vouch for every claim (store/unit_log.py)
-        UnitLog(run.unit_log).create()
-    write_json_atomic(run.spec_json, plan.spec.model_dump(mode="json"))
-    write_json_atomic(run.plan_json, plan.to_json())
+    OutputDir(run.output_dir, plan.spec.output.share).create()
+    run.create()
+    if not run.exists(run.units):  # no unit ever claimed: its units.log can vouch for every claim (store/unit_log.py)
+        run.unit_events().create()
+    run.write_json(run.spec_json, plan.spec.model_dump(mode="json"))
+    run.write_json(run.plan_json, plan.to_json())
     return run.root
 
 
 def load_plan(run_dir: Path) -> Plan:
+    """The run's plan, from files checked as a job decides what to run from them (RunDir.read_trusted): a spec or
+    plan that is not provably the user's own refuses (UntrustedFile) instead of steering the job."""
     run = RunDir(Path(run_dir))
     try:
-        raw = json.loads(run.spec_json.read_text())
-        obj = json.loads(run.plan_json.read_text())
+        raw = run.read_trusted(run.spec_json)
+        obj = run.read_trusted(run.plan_json)
     except FileNotFoundError as exc:
         raise FileNotFoundError(
-            f"{run.root} is not a run directory ({exc.filename} missing); `launcher submit SPEC` creates one"
+            f"{run.root} is not a run directory ({exc.filename or 'a file'} missing); "
+            "`launcher submit SPEC` creates one"
         ) from None
     try:
         spec = JobSpec.model_validate(_migrate(raw))
@@ -89,14 +93,8 @@ def resume_hint(run: RunDir) -> str:
 
 def runs_of(spec: JobSpec) -> list[RunDir]:
     """The runs of this spec (its base id, and `<base>-<inputs>` made by --new-run), oldest first."""
-    root = Path(spec.output.dir) / "runs"
     base = spec.run_id
-    if not root.is_dir():
-        return []
-    found = [
-        d for d in root.iterdir() if (d.name == base or d.name.startswith(base + "-")) and (d / "plan.json").exists()
-    ]
-    return [RunDir(d) for d in sorted(found, key=lambda d: (d / "plan.json").stat().st_mtime)]
+    return [r for r in OutputDir(Path(spec.output.dir)).runs() if r.run_id == base or r.run_id.startswith(base + "-")]
 
 
 def resolve_run(
@@ -195,13 +193,11 @@ def _migrate(raw: dict[str, Any]) -> dict[str, Any]:
 def find_run_dir(target: str | Path) -> Path:
     """A run dir, or an output dir holding runs (its newest), or a spec file (the run its inputs belong to)."""
     p = Path(target)
-    if (p / "plan.json").exists():
+    if os.path.lexists(RunDir(p).plan_json):  # a run folder: load_plan checks it, and refuses a planted one by name
         return p
-    runs = p / "runs"
-    if runs.is_dir():
-        found = sorted((d for d in runs.iterdir() if (d / "plan.json").exists()), key=lambda d: d.stat().st_mtime)
-        if found:
-            return found[-1]
+    found = OutputDir(p).runs()
+    if found:
+        return found[-1].root
     if p.is_file() and p.suffix in {".yaml", ".yml"}:
         from launcher.spec import load_spec
 

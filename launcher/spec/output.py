@@ -24,6 +24,11 @@ class OutputSpec(_Section):
     """Records per chunk file: the most a killed task can lose and redo."""
     token_ids: bool = False
     """Also store each sample's token ids (`launcher compare` then checks agreement token by token)."""
+    share: Literal["group", "private"] | None = None
+    """Who may read the gathered outputs: "group" (the output folder's group: folders 2750, files 0640) or "private"
+    (you alone: 0700, 0600). Unset: "group" when the output folder is a shared one (group-writable or setgid), else
+    as your umask says. Never writable by anyone else, whatever the umask; the run's state (runs/<id>/) is always
+    private (0700)."""
 
     @field_validator("dir", "scratch_dir")
     @classmethod

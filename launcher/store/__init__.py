@@ -1,9 +1,12 @@
-"""store: the only code that knows the run directory's layout. Atomic writes, checked chunks, claims.
+"""store: the only code that knows the run directory's and the outputs' layout, and the only way into them.
+Atomic writes, checked chunks, claims; every folder reached without following links and checked (store/fs.py).
 
 RunDir (a run: spec, plan, units, jobs, workers) -> UnitDir (one unit: chunks, claims, done) -> ClaimBook.
+OutputDir (the output folder: runs, report) -> CellDir (one gathered cell). CacheRoot (compiled graphs).
 """
 
 from launcher.store.atomic import (
+    json_bytes,
     read_json,
     sha256_file,
     write_atomic,
@@ -11,19 +14,26 @@ from launcher.store.atomic import (
     write_jsonl_atomic,
 )
 from launcher.store.claims import Claim, ClaimBook, Owner
+from launcher.store.fs import Folder, Modes, plain_folder
 from launcher.store.jsonl import BadLine, dumps_line, encode_line, encode_lines, parse_lines, read_jsonl
 from launcher.store.names import safe_filename
+from launcher.store.outputs import SAMPLE_FILES, CellDir, OutputDir
 from launcher.store.records import GpuFigures, OutputRow, UnitDone, WorkerReport
 from launcher.store.run_dir import JobDir, RunDir
 from launcher.store.unit_dir import ChunkScan, UnitDir
 
 __all__ = [
+    "SAMPLE_FILES",
     "BadLine",
+    "CellDir",
     "ChunkScan",
     "Claim",
     "ClaimBook",
+    "Folder",
     "GpuFigures",
     "JobDir",
+    "Modes",
+    "OutputDir",
     "OutputRow",
     "Owner",
     "RunDir",
@@ -33,7 +43,9 @@ __all__ = [
     "dumps_line",
     "encode_line",
     "encode_lines",
+    "json_bytes",
     "parse_lines",
+    "plain_folder",
     "read_json",
     "read_jsonl",
     "safe_filename",

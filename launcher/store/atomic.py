@@ -1,24 +1,25 @@
 """store/atomic.py: bytes -> a file on shared storage, whole or not at all. Readers see the old file or the new one.
 
-Every file the launcher writes goes through here: to a temporary sibling, fsync, rename. Full or read-only storage
-is waited out inside a job (below).
+Every file the launcher writes goes through here: to a temporary sibling with a random name created with O_EXCL,
+fchmod, fsync, rename (store/fs.py: Folder.write_atomic). Full or read-only storage is waited out inside a job (below).
+Where the folder is the store's own (the run, the outputs), the caller passes that owner's `opener`, which reaches it
+without following links and checks it is yours.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
 import logging
 import os
-import socket
-import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from launcher.errors import UntrustedFile
+from launcher.store.fs import Opener, plain_folder
 from launcher.store.jsonl import encode_lines
 
 log = logging.getLogger("launcher.store")
@@ -44,19 +45,27 @@ def storage_wait_s() -> float:
     return STORAGE_WAIT_IN_JOB_S if SlurmEnv.current().in_job else 0.0
 
 
-def write_atomic(path: Path, data: bytes, wait_s: float | None = None, durable: bool = True) -> None:
+def write_atomic(
+    path: Path,
+    data: bytes,
+    wait_s: float | None = None,
+    *,
+    mode: int | None = None,
+    opener: Opener | None = None,
+    durable: bool = True,
+) -> None:
     """Readers see the old file or the new one, never half of one. Full or read-only storage is waited out (above)
-    for `wait_s` (default: storage_wait_s()); 0 for a best-effort file that must never hold a job up. `durable`
-    False skips the fsync: for a file rewritten every few seconds (a worker's report), which a crash may leave
-    empty (readers take an empty file as missing) and which would otherwise cost the file server a flush each time."""
+    for `wait_s` (default: storage_wait_s()); 0 for a best-effort file that must never hold a job up. `mode`: the
+    file's mode (default: the folder's, see store/fs.py); `opener`: how the folder is reached and checked (default:
+    a folder the user named). `durable` False skips the fsync: for a file rewritten every few seconds (a worker's
+    report), which a crash may leave empty (readers take an empty file as missing) and which would otherwise cost
+    the file server a flush each time."""
     deadline: float | None = None
     pause_s = 0.5
-    # Unique per writer: two hosts may share a pid, and shared storage is shared by both. One name per call, so a
-    # retry after a read-only spell reuses it.
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
     while True:
         try:
-            _write_atomic_once(path, tmp, data, durable)
+            with (opener or plain_folder)(path.parent, True) as folder:
+                folder.write_atomic(path.name, data, mode, durable=durable)
             return
         except OSError as exc:
             if exc.errno not in STORAGE_ERRNOS:
@@ -74,36 +83,38 @@ def write_atomic(path: Path, data: bytes, wait_s: float | None = None, durable: 
             pause_s = min(2 * pause_s, 5.0)
 
 
-def _write_atomic_once(path: Path, tmp: Path, data: bytes, durable: bool = True) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)  # tmp is in the same folder: the rename stays atomic
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):  # on read-only storage it cannot go; the retry reuses its name
-            tmp.unlink(missing_ok=True)
-        raise
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode()
 
 
-def write_json_atomic(path: Path, obj: Any, wait_s: float | None = None, durable: bool = True) -> None:
-    data = (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode()
-    write_atomic(path, data, wait_s, durable)
+def write_json_atomic(
+    path: Path,
+    obj: Any,
+    wait_s: float | None = None,
+    *,
+    mode: int | None = None,
+    opener: Opener | None = None,
+    durable: bool = True,
+) -> None:
+    write_atomic(path, json_bytes(obj), wait_s, mode=mode, opener=opener, durable=durable)
 
 
-def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    write_atomic(path, encode_lines(rows))
+def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]], *, opener: Opener | None = None) -> None:
+    """JSONL written whole (store/jsonl.py: one line per object, split on b"\\n" only)."""
+    write_atomic(path, encode_lines(rows), opener=opener)
 
 
-def read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path, opener: Opener | None = None) -> dict[str, Any]:
     """A JSON object from a file the launcher wrote; {} when it is missing or unreadable (a reader never crashes on
-    a file another process is replacing, or one a crash left empty)."""
+    a file another process is replacing, or one a crash left empty), or when it is not a plain file of yours
+    (logged: someone may have planted it)."""
     try:
-        data = json.loads(path.read_bytes())  # bytes: UTF-8 whatever the locale, no newline translation
+        with (opener or plain_folder)(path.parent, False) as folder:  # bytes: UTF-8 whatever the locale
+            data = json.loads(folder.read_bytes(path.name))
     except (OSError, ValueError, RecursionError):
+        return {}
+    except UntrustedFile as exc:
+        log.warning("ignored: %s", exc)
         return {}
     return data if isinstance(data, dict) else {}
 

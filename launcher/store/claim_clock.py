@@ -15,38 +15,46 @@ A claim's age decides when its owner is dead (claims.py), so it must survive wro
 - a claim stamped in the past (by years, even) is simply old: its owner is judged dead by the lease, exactly as
   before. If that owner was in fact alive with a clock far behind, that is a false takeover, which claims.py shows
   cannot lose or corrupt records.
+
+The probe and the witness files live in the claims folder, which is the run's (0700, store/run_dir.py): they are
+made and read through its checked descriptor (store/fs.py), created with O_EXCL | O_NOFOLLOW at a random name, 0600;
+a link, a FIFO or another user's file planted at a witness's name is never read nor written through (it counts as no
+witness, and is replaced by a rename).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import threading
 import time
-from pathlib import Path
+
+from launcher.errors import UntrustedFile
+from launcher.store.fs import Folder, temp_name
 
 PROBE_EVERY_S = 30.0
 AGREE_S = 1.0  # a node clock this close to the storage's is used as is: file stamps are coarse (a kernel tick)
 FUTURE_SLACK_S = 2.0  # stamps this close ahead of now are rounding and attribute caches, not a wrong clock
 WITNESS_SUFFIX = ".seen"
+PRIVATE_FILE = 0o600
 
 
-def _probe(folder: Path) -> float | None:
+def _probe(folder: Folder) -> float | None:
     """The storage's time now: a new file's stamp in `folder` (None where nothing can be written there)."""
+    name = temp_name("clock")
     try:
-        fd, name = tempfile.mkstemp(dir=folder, prefix=".clock-")
-    except OSError:
+        fd = folder.create_new(name, PRIVATE_FILE)
+    except (OSError, UntrustedFile):
         return None
     try:
-        os.utime(name)  # an exclusive NFS create may store its verifier in the times: stamp it afresh
+        os.utime(fd)  # an exclusive NFS create may store its verifier in the times: stamp it afresh
         return os.fstat(fd).st_mtime
     except OSError:
         return None
     finally:
         os.close(fd)
         with contextlib.suppress(OSError):
-            os.unlink(name)
+            folder.unlink(name)
 
 
 class StorageClock:
@@ -56,10 +64,10 @@ class StorageClock:
         self._base: dict[int, tuple[float, float]] = {}  # st_dev -> (storage time, time.monotonic() then)
         self._lock = threading.Lock()
 
-    def now(self, folder: Path) -> float:
+    def now(self, folder: Folder) -> float:
         mono = time.monotonic()
         try:
-            dev = folder.stat().st_dev
+            dev = os.fstat(folder.fd).st_dev
         except OSError:
             return time.time()
         with self._lock:
@@ -85,42 +93,42 @@ def stamp_of(st: os.stat_result) -> str:
     return f"{st.st_mtime_ns} {st.st_ctime_ns} {st.st_size} {st.st_ino}"
 
 
-def untouched_s(path: Path, st: os.stat_result, observe: bool = True) -> float:
-    """Seconds since the file at `path` (stat `st`) was last touched, as far as can be told without trusting a stamp
-    that lies in the future. `observe`: record a first sighting in a witness file (workers; status only reads)."""
-    now = CLOCK.now(path.parent)
+def witness_name(claim_name: str) -> str:
+    """`000003.json` -> `000003.seen`."""
+    return claim_name.removesuffix(".json") + WITNESS_SUFFIX
+
+
+def untouched_s(folder: Folder, name: str, st: os.stat_result, observe: bool = True) -> float:
+    """Seconds since the file `name` in `folder` (stat `st`) was last touched, as far as can be told without trusting
+    a stamp that lies in the future. `observe`: record a first sighting in a witness file (workers; status only
+    reads)."""
+    now = CLOCK.now(folder)
     if st.st_mtime <= now + FUTURE_SLACK_S:
         return max(0.0, now - st.st_mtime)
     stamp = stamp_of(st)
-    key = (str(path), stamp)
+    key = (str(folder.path / name), stamp)
     if len(_first_seen) > 100_000:  # a long-lived process over a huge run: forget, and count again from now
         _first_seen.clear()
     mono = time.monotonic()
     here = mono - _first_seen.setdefault(key, mono)
-    return max(here, _witnessed_s(path, stamp, now, observe))
+    return max(here, _witnessed_s(folder, witness_name(name), stamp, now, observe))
 
 
-def _witnessed_s(path: Path, stamp: str, now: float, observe: bool) -> float:
-    """How long ago some observer first saw `path` with this stamp (its witness file's own stamp), 0 when none did."""
-    witness = path.with_name(path.stem + WITNESS_SUFFIX)
+def _witnessed_s(folder: Folder, witness: str, stamp: str, now: float, observe: bool) -> float:
+    """How long ago some observer first saw the claim with this stamp (its witness file's own stamp), 0 when none
+    did. A witness that is not a plain file of yours counts as none (and is replaced when observing)."""
     try:
-        seen = witness.stat()
-        same = witness.read_text(encoding="utf-8") == stamp
-    except (OSError, ValueError):
+        with folder.open_read(witness) as f:
+            seen: os.stat_result | None = os.fstat(f.fileno())
+            same = f.read(256).decode("utf-8") == stamp
+    except (OSError, ValueError, UntrustedFile):
         seen, same = None, False
     if seen is not None and same and seen.st_mtime <= now + FUTURE_SLACK_S:
         return max(0.0, now - seen.st_mtime)
     if observe:  # the first sighting of this stamp (or the witness itself was stamped by a clock ahead): from now
-        with contextlib.suppress(OSError):
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{witness.name}.")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(stamp)
-                os.replace(tmp, witness)
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)  # gone after the rename; left only when the write failed
+        with contextlib.suppress(OSError, UntrustedFile):  # best effort: the monotonic count above still holds
+            folder.write_atomic(witness, stamp.encode("utf-8"), PRIVATE_FILE)
     return 0.0
 
 
-__all__ = ["CLOCK", "FUTURE_SLACK_S", "WITNESS_SUFFIX", "StorageClock", "stamp_of", "untouched_s"]
+__all__ = ["CLOCK", "FUTURE_SLACK_S", "WITNESS_SUFFIX", "StorageClock", "stamp_of", "untouched_s", "witness_name"]

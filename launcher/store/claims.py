@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
@@ -30,9 +31,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from launcher.errors import UntrustedFile
 from launcher.slurm_env import SlurmEnv
 from launcher.store.atomic import STORAGE_ERRNOS, storage_wait_s
 from launcher.store.claim_clock import untouched_s
+from launcher.store.fs import PRIVATE, Folder, Opener, private_folder
+
+log = logging.getLogger("launcher.store")
 
 LEASE_VAR = "LAUNCHER_CLAIM_LEASE_S"
 DEFAULT_LEASE_S = 120.0  # >> the heartbeat (5 s) and NFS attribute caches (up to 60 s); clocks: claim_clock.py
@@ -112,30 +117,46 @@ class Claim:
 
 
 class ClaimBook:
-    """The claims of one unit: `<unit dir>/claims/`."""
+    """The claims of one unit: `<unit dir>/claims/`, reached through `opener` (RunDir.folder_at for a unit of a run:
+    never through a link, yours, 0700; store/fs.py). Claim files are made with O_EXCL | O_NOFOLLOW, 0600, and read
+    only when they are plain files (a link or a FIFO planted at a claim's name is a damaged claim, never followed)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, opener: Opener = private_folder) -> None:
         self.folder = folder
+        self.opener = opener
+
+    def _open(self, create: bool = False) -> Folder:
+        return self.opener(self.folder, create)
 
     def head(self, observe: bool = True) -> Claim | None:
-        """The newest claim (highest generation), or None when the unit was never claimed. `observe`: a claim
-        stamped in the future starts its witness here (workers); False reads only (status)."""
+        """The newest claim (highest generation), or None when the unit was never claimed (or its claims folder is
+        not one of yours: logged; claiming it then refuses). `observe`: a claim stamped in the future starts its
+        witness here (workers); False reads only (status)."""
         try:
-            names = [p.name for p in self.folder.iterdir()]
+            folder = self._open()
         except FileNotFoundError:
             return None
+        except UntrustedFile as exc:
+            log.warning("claims not read: %s", exc)
+            return None
+        with folder:
+            return self._head(folder, observe)
+
+    def _head(self, folder: Folder, observe: bool) -> Claim | None:
+        names = folder.names()
         gens = sorted(
             (int(n.removesuffix(".json")) for n in names if n.endswith(".json") and n[:-5].isdigit()), reverse=True
         )
         for gen in gens:
-            path = self.folder / f"{gen:06d}.json"
+            name = f"{gen:06d}.json"
             try:
-                st = path.stat()
-                owner = Owner.from_json(json.loads(path.read_text()))
-            except (OSError, ValueError, KeyError, TypeError):
+                with folder.open_read(name) as f:
+                    st = os.fstat(f.fileno())
+                    owner = Owner.from_json(json.loads(f.read()))
+            except (OSError, ValueError, KeyError, TypeError, UntrustedFile):
                 continue  # being created this instant, or damaged: the next generation up decides
-            released = f"{gen:06d}.released" in names or (self.folder / f"{gen:06d}.released").exists()
-            return Claim(gen, path, owner, released, untouched_s(path, st, observe))
+            released = f"{gen:06d}.released" in names or folder.exists(f"{gen:06d}.released")
+            return Claim(gen, folder.path / name, owner, released, untouched_s(folder, name, st, observe))
         return None
 
     def try_claim(self, me: Owner, lease: float | None = None) -> Claim | None:
@@ -145,13 +166,12 @@ class ClaimBook:
         if head is not None and not head.released and not owner_is_dead(head, me, lease):
             return None
         gen = 0 if head is None else head.generation + 1
-        path = self.folder / f"{gen:06d}.json"
         deadline: float | None = None
         while True:
             try:
-                return self._create(path, gen, me)
+                return self._create(gen, me)
             except FileExistsError:
-                if self._clear_stale(path):
+                if self._clear_stale(f"{gen:06d}.json"):
                     continue  # a claim file a crash left unreadable long ago: its number is free again
                 return None  # another worker won this generation
             except OSError as exc:  # full or read-only storage: waited out as every other write (store/atomic.py)
@@ -162,35 +182,29 @@ class ClaimBook:
                     raise
                 time.sleep(1.0)
 
-    def _create(self, path: Path, gen: int, me: Owner) -> Claim:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(asdict(me)))
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError:
-            with contextlib.suppress(OSError):
-                path.unlink()  # never leave a half-written claim behind
-            raise
-        return Claim(gen, path, me)
+    def _create(self, gen: int, me: Owner) -> Claim:
+        name = f"{gen:06d}.json"
+        with self._open(create=True) as folder:  # a half-written claim is removed again (Folder.create_exclusive)
+            folder.create_exclusive(name, json.dumps(asdict(me)).encode(), mode=PRIVATE.file)
+        return Claim(gen, self.folder / name, me)
 
-    @staticmethod
-    def _clear_stale(path: Path) -> bool:
-        """True when `path` was an unreadable claim older than STALE_CLAIM_S (its writer died between creating and
+    def _clear_stale(self, name: str) -> bool:
+        """True when `name` was an unreadable claim older than STALE_CLAIM_S (its writer died between creating and
         writing it) and is now moved aside. A fresh unreadable one is a racer writing this instant: left alone."""
         try:
-            Owner.from_json(json.loads(path.read_text()))
-            return False
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        try:
-            if untouched_s(path, path.stat()) < STALE_CLAIM_S:
-                return False
-            path.rename(path.with_name(f"{path.name}.unreadable-{os.getpid()}"))
-            return True
-        except OSError:
+            with self._open() as folder:
+                try:
+                    with folder.open_read(name) as f:
+                        Owner.from_json(json.loads(f.read()))
+                    return False
+                except (ValueError, KeyError, TypeError, UntrustedFile):
+                    pass
+                st = folder.stat(name)  # lstat: a link planted there is judged by its own stamp, never followed
+                if st is None or untouched_s(folder, name, st) < STALE_CLAIM_S:
+                    return False
+                folder.rename(name, f"{name}.unreadable-{os.getpid()}")
+                return True
+        except (OSError, UntrustedFile):
             return False
 
     def still_mine(self, claim: Claim) -> bool:
@@ -200,13 +214,13 @@ class ClaimBook:
 
     def release(self, claim: Claim) -> None:
         """Give the unit back on purpose (preempted, failed): another worker may take it at once."""
-        with contextlib.suppress(FileExistsError, OSError):
-            os.close(os.open(self.folder / f"{claim.generation:06d}.released", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        with contextlib.suppress(OSError, UntrustedFile), self._open() as folder:
+            folder.create_exclusive(f"{claim.generation:06d}.released", mode=PRIVATE.file)
 
-    @staticmethod
-    def heartbeat(claim: Claim) -> None:
-        with contextlib.suppress(OSError):  # a claim removed meanwhile: still_mine() will say so
-            os.utime(claim.path)
+    def heartbeat(self, claim: Claim) -> None:
+        """Touch the claim (its stamp is its owner's sign of life), never through a link at its name."""
+        with contextlib.suppress(OSError, UntrustedFile), self._open() as folder:  # gone: still_mine() says so
+            os.utime(claim.path.name, dir_fd=folder.fd, follow_symlinks=False)
 
 
 def owner_is_dead(claim: Claim, me: Owner, lease: float) -> bool:

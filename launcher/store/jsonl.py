@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from launcher.store.fs import Opener, plain_folder
+
 
 def dumps_line(obj: dict[str, Any]) -> str:
     """One JSONL line (with its b"\\n"): UTF-8 text unescaped, keys sorted, no spaces; control characters escaped."""
@@ -63,9 +65,14 @@ def parse_lines(data: bytes, where: str = "<bytes>") -> Iterator[dict[str, Any]]
         yield obj
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Every object of a JSONL file the launcher wrote (read whole: these files are written whole, atomically)."""
-    return parse_lines(Path(path).read_bytes(), str(path))
+def read_jsonl(path: Path, opener: Opener | None = None) -> Iterator[dict[str, Any]]:
+    """Every object of a JSONL file the launcher wrote (read whole: these files are written whole, atomically), never
+    reached through a link at its own name nor a FIFO (store/fs.py). `opener`: how its folder is reached and checked
+    (a cell of the outputs must be yours: OutputDir.opener); default, a folder the user named."""
+    path = Path(path)
+    with (opener or plain_folder)(path.parent, False) as folder:
+        data = folder.read_bytes(path.name)
+    return parse_lines(data, str(path))
 
 
 __all__ = ["BadLine", "dumps_line", "encode_line", "encode_lines", "parse_lines", "read_jsonl", "split_lines"]

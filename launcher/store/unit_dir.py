@@ -12,6 +12,8 @@ workers and status learn of them without visiting every unit's folder.
 
 A chunk whose bytes no longer match the checksum in its name (a flipped byte, a truncated copy) is damaged: its rows
 count as not done, and `rows_done()` says so instead of failing on bad JSON, so a rerun regenerates exactly them.
+So is a chunk that is not a plain file of yours (a link, a FIFO, another user's file): it is never read.
+Every file is reached through `opener` (RunDir.folder_at for a unit of a run: checked, store/fs.py).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from launcher.errors import UntrustedFile
 from launcher.store.atomic import read_json, write_atomic, write_json_atomic
 from launcher.store.claims import Claim, ClaimBook, Owner
+from launcher.store.fs import Folder, Opener, plain_folder
 from launcher.store.jsonl import BadLine, encode_lines, parse_lines
 from launcher.store.records import OutputRow, UnitDone
 from launcher.store.unit_log import UnitEvent, UnitLog, claim_event
@@ -50,7 +54,12 @@ class ChunkScan:
 @dataclass(frozen=True)
 class UnitDir:
     root: Path
-    log: UnitLog | None = None  # the run's units.log (RunDir.unit gives it); None: events are not recorded
+    opener: Opener = field(default=plain_folder, compare=False, repr=False)
+    log: UnitLog | None = field(default=None, compare=False, repr=False)
+    """The run's units.log (RunDir.unit gives it); None: events are not recorded."""
+
+    def _folder(self, path: Path, create: bool = False) -> Folder:
+        return self.opener(path, create)
 
     @property
     def chunks(self) -> Path:
@@ -69,8 +78,13 @@ class UnitDir:
         return self.root / "failures"
 
     @property
+    def faults(self) -> Path:
+        """Test-only: the crashes launcher/faults.py injected into this unit, one file each."""
+        return self.root / "faults"
+
+    @property
     def claims(self) -> ClaimBook:
-        return ClaimBook(self.root / "claims")
+        return ClaimBook(self.root / "claims", self.opener)
 
     @property
     def unit_id(self) -> str:
@@ -92,91 +106,115 @@ class UnitDir:
 
     def mark_done(self, done: UnitDone) -> None:
         """Write done.json, then tell the run's log (in that order: a `done` line means the marker is there)."""
-        write_json_atomic(self.done_marker, done)
+        self.write_done(done)
         if self.log is not None:
             self.log.append(UnitEvent("done", self.unit_id, int(done.get("generation", 0))))
 
     def chunk_files(self) -> list[Path]:
         try:
-            return sorted(p for p in self.chunks.iterdir() if CHUNK_RE.match(p.name))
-        except FileNotFoundError:
+            with self._folder(self.chunks) as folder:
+                return [self.chunks / n for n in folder.names() if CHUNK_RE.match(n)]
+        except (OSError, UntrustedFile):
             return []
 
     def scan(self, keep_rows: bool = True) -> ChunkScan:
         """Read and check every chunk. Damaged ones are listed, never raised on."""
         out = ChunkScan()
-        for path in self.chunk_files():
-            m = CHUNK_RE.match(path.name)
-            assert m is not None
-            try:
-                data = path.read_bytes()
-            except OSError:
-                out.damaged.append(path)
-                continue
-            if chunk_digest(data) != m.group(3):
-                out.damaged.append(path)
-                continue
-            try:  # split on b"\n" only (store/jsonl.py says why)
-                rows = [OutputRow(**obj) for obj in parse_lines(data, str(path))]  # type: ignore[typeddict-item]
-            except BadLine:  # its checksum holds, yet it does not parse: not ours to trust either
-                out.damaged.append(path)
-                continue
-            out.good[path.name] = m.group(3)
-            for row in rows:
-                if row["row"] in out.rows:
-                    out.duplicates += 1
-                    continue
-                out.rows[row["row"]] = row if keep_rows else OutputRow()
+        try:
+            folder = self._folder(self.chunks)
+        except (OSError, UntrustedFile):
+            return out
+        with folder:
+            for name in folder.names():
+                m = CHUNK_RE.match(name)
+                if m:
+                    self._scan_chunk(folder, name, m.group(3), out, keep_rows)
         return out
+
+    def _scan_chunk(self, folder: Folder, name: str, digest: str, out: ChunkScan, keep_rows: bool) -> None:
+        path = self.chunks / name
+        try:
+            data = folder.read_bytes(name)
+        except (OSError, UntrustedFile):
+            out.damaged.append(path)
+            return
+        if chunk_digest(data) != digest:
+            out.damaged.append(path)
+            return
+        try:  # split on b"\n" only (store/jsonl.py says why)
+            rows = [OutputRow(**obj) for obj in parse_lines(data, str(path))]  # type: ignore[typeddict-item]
+        except BadLine:  # its checksum holds, yet it does not parse: not ours to trust either
+            out.damaged.append(path)
+            return
+        out.good[name] = digest
+        for row in rows:
+            if row["row"] in out.rows:
+                out.duplicates += 1
+                continue
+            out.rows[row["row"]] = row if keep_rows else OutputRow()
 
     def write_chunk(self, generation: int, seq: int, rows: list[OutputRow]) -> Path:
         # strict: a row UTF-8 cannot encode raises here, before anything is written (the worker quarantines such a
         # record before it reaches a chunk: job/worker.py)
         data = encode_lines(dict(r) for r in sorted(rows, key=lambda r: r["row"]))
         path = self.chunks / f"{generation:06d}-{seq:06d}-{chunk_digest(data)}.jsonl"
-        write_atomic(path, data)
+        write_atomic(path, data, opener=self.opener)
         return path
 
     def set_damaged_aside(self, damaged: list[Path]) -> None:
         """Rename damaged chunks out of the way (kept for a post-mortem): their rows are generated again."""
-        for path in damaged:
-            with contextlib.suppress(OSError):
-                path.rename(path.with_name(path.name + f".damaged-{int(time.time())}"))
+        with contextlib.suppress(OSError, UntrustedFile), self._folder(self.chunks) as folder:
+            for path in damaged:
+                with contextlib.suppress(OSError):
+                    folder.rename(path.name, path.name + f".damaged-{int(time.time())}")
 
     def write_quarantine(self, rows: list[dict[str, Any]]) -> None:
         # a quarantined row may hold what UTF-8 cannot encode (that may be why it is here): that line is written
         # with JSON escapes instead of failing the unit (store/jsonl.py)
-        write_atomic(self.quarantine, encode_lines(rows, lone_surrogates="escape"))
+        write_atomic(self.quarantine, encode_lines(rows, lone_surrogates="escape"), opener=self.opener)
 
     def read_quarantine(self) -> list[dict[str, Any]]:
         try:
-            data = self.quarantine.read_bytes()
+            data = self._read(self.quarantine)
         except FileNotFoundError:
             return []
         return list(parse_lines(data, str(self.quarantine)))
 
     def read_done(self) -> UnitDone:
-        return UnitDone(**read_json(self.done_marker))  # type: ignore[typeddict-item]
+        return UnitDone(**read_json(self.done_marker, self.opener))  # type: ignore[typeddict-item]
+
+    def write_done(self, done: UnitDone) -> None:
+        write_json_atomic(self.done_marker, done, opener=self.opener)
 
     def is_done(self) -> bool:
         """The marker is there (fast: what workers check before claiming). `verify()` checks the chunks too."""
-        return self.done_marker.exists()
+        return self._has(self.done_marker)
+
+    def _has(self, path: Path) -> bool:
+        try:
+            with self._folder(path.parent) as folder:
+                return folder.exists(path.name)
+        except (OSError, UntrustedFile):
+            return False
 
     def verify(self, scan: ChunkScan | None = None) -> list[str]:
         """Problems with a unit marked done: chunks it lists that are missing or fail their checksum. Empty: ok.
         Given the unit's `scan()`, a chunk it found good is not read again."""
         done = self.read_done()
         if not done:
-            return ["done.json is missing or unreadable"] if self.done_marker.exists() else []
+            return ["done.json is missing or unreadable"] if self.is_done() else []
         problems = []
         for name, digest in sorted((done.get("chunks") or {}).items()):
             if scan is not None and scan.good.get(name) == digest:
                 continue
             path = self.chunks / name
             try:
-                data = path.read_bytes()
+                data = self._read(path)
             except FileNotFoundError:
                 problems.append(f"chunk {path} is missing")
+                continue
+            except UntrustedFile as exc:
+                problems.append(f"chunk {path} {exc.first.message}")
                 continue
             if chunk_digest(data) != digest:
                 problems.append(
@@ -189,32 +227,43 @@ class UnitDir:
         """A done unit whose chunks are damaged or missing is not done: the next run regenerates what is missing."""
         done = self.read_done()
         listed = set((done.get("chunks") or {}).keys())
-        bad = [p for p in self.chunk_files() if p.name in listed and not _matches(p)]
+        bad = [p for p in self.chunk_files() if p.name in listed and not self._matches(p)]
         self.set_damaged_aside(bad)
-        with contextlib.suppress(OSError):
-            self.done_marker.rename(self.root / f"done.json.reopened-{int(time.time())}")
-        write_json_atomic(self.root / "reopened.json", {"time": time.time(), "why": why})
+        with contextlib.suppress(OSError, UntrustedFile), self._folder(self.root) as folder:
+            folder.rename(self.done_marker.name, f"{self.done_marker.name}.reopened-{int(time.time())}")
+        write_json_atomic(self.root / "reopened.json", {"time": time.time(), "why": why}, opener=self.opener)
         if self.log is not None:
             self.log.append(UnitEvent("reopen", self.unit_id, -1))
 
     def record_failure(self, owner: str, info: dict[str, Any]) -> None:
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", owner)
-        write_json_atomic(self.failures / f"{safe}-{int(time.time() * 1000)}.json", info)
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", owner)[:120]
+        write_json_atomic(self.failures / f"{safe}-{int(time.time() * 1000)}.json", info, opener=self.opener)
 
     def read_failures(self) -> list[dict[str, Any]]:
         try:
-            paths = sorted(self.failures.glob("*.json"))
-        except OSError:
+            with self._folder(self.failures) as folder:
+                names = [n for n in folder.names() if n.endswith(".json")]
+        except (OSError, UntrustedFile):
             return []
-        return [f for f in (read_json(p) for p in paths) if f]
+        return [f for f in (read_json(self.failures / n, self.opener) for n in names) if f]
 
+    def chunk_lines(self, path: Path) -> int:
+        """How many records a chunk of this unit holds (0 when it cannot be read)."""
+        try:
+            return self._read(path).count(b"\n")
+        except (OSError, UntrustedFile):
+            return 0
 
-def _matches(path: Path) -> bool:
-    m = CHUNK_RE.match(path.name)
-    try:
-        return bool(m) and chunk_digest(path.read_bytes()) == m.group(3)  # type: ignore[union-attr]
-    except OSError:
-        return False
+    def _read(self, path: Path) -> bytes:
+        with self._folder(path.parent) as folder:
+            return folder.read_bytes(path.name)
+
+    def _matches(self, path: Path) -> bool:
+        m = CHUNK_RE.match(path.name)
+        try:
+            return bool(m) and chunk_digest(self._read(path)) == m.group(3)  # type: ignore[union-attr]
+        except (OSError, UntrustedFile):
+            return False
 
 
 def chunk_listing(scan: ChunkScan) -> dict[str, str]:

@@ -8,6 +8,7 @@ Finished records are kept either way; the hint names what resumes the run (plan/
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,8 +17,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from launcher.errors import UntrustedFile
 from launcher.plan.persist import resume_hint
-from launcher.store import RunDir, write_json_atomic
+from launcher.store import RunDir
 from launcher.submit.lock import LocalProcess, read_local_processes
 from launcher.submit.slurm_query import run_slurm, task_job_ids
 from launcher.terminal import safe
@@ -71,7 +73,8 @@ def _cancel_local(run: RunDir, console: Console) -> int:
         return 0
     left = stop_local_jobs(procs)
     # after the jobs' own note (SIGTERM to the job): status names who stopped it
-    write_json_atomic(run.interrupted, {"time": time.time(), "executor": "local", "by": "`launcher cancel`"})
+    with contextlib.suppress(OSError, UntrustedFile):  # a run folder not ours any more: nothing written into it
+        run.write_json(run.interrupted, {"time": time.time(), "executor": "local", "by": "`launcher cancel`"})
     pids = " ".join(str(p.pid) for p in procs)
     if left:
         console.print(

@@ -33,6 +33,9 @@ from launcher.job.retries import teardown_lines
 from launcher.plan import Plan
 from launcher.plan.persist import ResolvedRun, save_plan
 from launcher.spec import JobSpec
+from launcher.store import OutputDir
+from launcher.store.guard import guarded_argv
+from launcher.store.modes import private_umask
 from launcher.submit.lock import local_processes, refuse_if_local_run_lives, submit_lock
 from launcher.submit.provenance import write_run_json
 from launcher.submit.slurm_query import active_jobs, array_slices, max_array_size
@@ -99,10 +102,11 @@ def executor_params(spec: JobSpec, run_dir: Path) -> dict[str, Any]:
     return params
 
 
-def python_command(spec: JobSpec, run_dir: Path) -> str | None:
-    """What Slurm runs as 'python': the plain interpreter, or a shim that enters the container at run time."""
+def python_command(spec: JobSpec, run_dir: Path) -> str:
+    """What Slurm (or the local executor) runs as 'python': the interpreter behind store/guard.py, which checks the
+    run folder before submitit loads the job's pickle from it, or a shim that checks it and enters the container."""
     if spec.container.runtime == "none":
-        return None
+        return shlex.join(guarded_argv(run_dir, sys.executable))
     from launcher.containers.shim import container_python_argv
 
     return shlex.join(container_python_argv(spec, run_dir))
@@ -110,7 +114,9 @@ def python_command(spec: JobSpec, run_dir: Path) -> str | None:
 
 def task_python(spec: JobSpec, run_dir: Path) -> str:
     """The shell text that starts this run's Python on a compute node (inside the image if there is one)."""
-    return python_command(spec, run_dir) or shlex.quote(sys.executable)
+    if spec.container.runtime == "none":
+        return shlex.quote(sys.executable)
+    return python_command(spec, run_dir)
 
 
 def make_executor(spec: JobSpec, folder: Path, kind: str | None = None) -> submitit.Executor:
@@ -120,7 +126,7 @@ def make_executor(spec: JobSpec, folder: Path, kind: str | None = None) -> submi
         # each other's cores (measured: 8 tasks on 2 cores went from ~20 s to 96 s).
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        local = submitit.LocalExecutor(folder=folder)
+        local = submitit.LocalExecutor(folder=folder, python=python_command(spec, folder.parent))
         # submitit sets each local job's CUDA_VISIBLE_DEVICES to range(gpus_per_node) unless told which: pass the
         # GPUs this process sees (numbered as the machine numbers them), or a job would see none, or the wrong ones.
         from launcher.plan.layout import allocated_gpus
@@ -167,6 +173,7 @@ def submit(
         from launcher.submit.fit import require_slurm
 
         require_slurm()  # before the run folder exists: no Slurm here means nothing written
+    OutputDir(run.output_dir, spec.output.share).create()  # with the spec's share, before the run folder in it
     with submit_lock(run.submit_lock) as lock:
         todo = pending_units(plan)
         # A local run's processes outlive the submit that started them: refused while one works on the run
@@ -200,14 +207,16 @@ def submit(
         # to every job through the environment (sbatch exports it; local processes inherit it).
         os.environ["LAUNCHER_SUBMISSION"] = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         ex = make_executor(spec, run.logs, kind)
-        with _children_ignore_sigint(kind == "local"):
+        # private_umask: the pickles, the sbatch script, the jobs' logs and files are private run state
+        with private_umask(), _children_ignore_sigint(kind == "local"):
             handles = []
             for part in array_slices(jobs, max_array_size() if kind == "slurm" else None):
                 handles += ex.map_array(JobRunner(str(run.root)), list(part))
         job_ids = [j.job_id for j in handles]
         # local: the job id is the pid of submitit's controller process, one per job
         lock.record(local_processes(map(int, job_ids), range(jobs)) if kind == "local" else [])
-        gather = submit_gather(plan, job_ids) if kind == "slurm" and spec.slurm.gather else None
+        with private_umask():
+            gather = submit_gather(plan, job_ids) if kind == "slurm" and spec.slurm.gather else None
         write_run_json(plan, job_ids, gather.job_id if gather else None, kind, jobs, len(todo), resolved, resume_with)
     return Submission(
         run.root, job_ids, gather.job_id if gather else None, handles, gather, len(plan.units) - len(todo), len(todo)

@@ -1,4 +1,4 @@
-"""submit_lock.py: run_dir/submit.lock -> one `launcher submit` of a run at a time, and none while its local run lives.
+"""submit/lock.py: run_dir/submit.lock -> one `launcher submit` of a run at a time, and none while its local run lives.
 
 Two submits of one run at once would race on the same task outputs. The lock file is held with flock while a submit
 decides and submits (released by the kernel if that process dies), and it records the processes of the last local
@@ -11,6 +11,9 @@ it ends itself: submitit.local.local.Controller.run), so "the controller lives" 
 A process is named by pid *and* start time: a pid reused by an unrelated process after a crash does not count, and a
 run that crashed leaves nothing to clean up (its processes are gone). Known limit: SIGKILL of a controller alone
 orphans its task, which then runs unrecorded.
+
+The lock file is rewritten in place, so it is opened through the checked run folder and never through a link or a
+second hard link (store/fs.py: Folder.open_lock): a planted one would have the submit truncate another file.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from launcher.errors import Refused
+from launcher.errors import LauncherError, Refused
+from launcher.store import RunDir
 from launcher.store.claims import process_start
 
 
@@ -68,8 +72,8 @@ def local_processes(pids: Iterable[int], tasks: Iterable[int]) -> list[LocalProc
 def read_local_processes(path: Path) -> list[LocalProcess]:
     """The local processes the last submit recorded, read without taking the lock (status)."""
     try:
-        record = _read_record(path.read_text())
-    except OSError:
+        record = _read_record(RunDir(path.parent).read_bytes(path).decode("utf-8", "replace"))
+    except (OSError, LauncherError):
         return []
     return _parse_local(record.get("local", []))
 
@@ -129,8 +133,8 @@ def _read_record(text: str) -> dict[str, Any]:
 @contextmanager
 def submit_lock(path: Path) -> Iterator[SubmitLock]:
     """Hold ``path`` for one submit; a second submit of the run meanwhile is refused (Refused, with the fix)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    RunDir(path.parent).create()
+    with RunDir(path.parent).folder(create=True) as run, run.open_lock(path.name) as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -216,10 +216,12 @@ def _verified_rows(plan: Plan, input_path: Path, command: str) -> list[tuple[int
 
 def output_lines(plan: Plan, input_path: Path, command: str = "launcher batch") -> Iterator[dict[str, Any]]:
     """One output object per input line, in input order: the run's samples of its custom_id, or why it has none."""
-    cell = plan.run.output_dir / DATASET / ABLATION
-    quarantine = cell / "quarantine.jsonl"
-    generated = {str(r["record_id"]): r for r in read_samples(cell)}
-    quarantined = {q["row"]: q["reason"] for q in read_jsonl(quarantine)} if quarantine.exists() else {}
+    cell = plan.run.cell(f"{DATASET}/{ABLATION}")
+    generated = {str(r["record_id"]): r for r in read_samples(cell.root)}
+    try:  # read through the checked cell folder: a link or another user's file there is refused
+        quarantined = {q["row"]: q["reason"] for q in read_jsonl(cell.quarantine, plan.run.outputs().opener)}
+    except FileNotFoundError:
+        quarantined = {}
     first = ((plan.run.read_run() or {}).get("submissions") or [{}])[0]
     created = int(first.get("submitted_epoch") or 0)  # the run's first submit: a rerun writes the same bytes
     model = Path(plan.spec.model.path).name

@@ -17,7 +17,7 @@ from launcher.plan import Plan
 from launcher.plan.persist import ResolvedRun
 from launcher.secrets import REDACTED, is_secret_name
 from launcher.spec import JobSpec
-from launcher.store import sha256_file, write_json_atomic
+from launcher.store import sha256_file
 
 
 def write_run_json(
@@ -63,7 +63,7 @@ def write_run_json(
             "host": os.uname().nodename,
         },
     ]
-    write_json_atomic(
+    plan.run.write_json(
         plan.run.run_json,
         {
             "run_id": plan.run.run_id,

@@ -16,7 +16,6 @@ tests) is byte-identical; on GPUs `launcher compare` measures how far two runs a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from launcher.inputs.identity import changes, identify, matches
 from launcher.plan import Plan
 from launcher.plan.persist import load_plan, runs_of
 from launcher.spec import JobSpec
-from launcher.store import RunDir, read_json, sha256_file, write_json_atomic
+from launcher.store import RunDir, sha256_file
 from launcher.submit.provenance import git_dirty, git_sha, image_record
 
 FLAG_IMAGE = "--allow-other-image"
@@ -69,7 +68,7 @@ def check_reproducible(
     problems: list[Problem] = []
     allowed: list[str] = []
 
-    raw = json.loads(original.run.spec_json.read_text())
+    raw = original.run.read_trusted(original.run.spec_json)
     target = (output_dir or Path(f"{original.spec.output.dir}-reproduce")).absolute()
     raw["output"]["dir"] = str(target)
     spec = JobSpec.model_validate(raw)
@@ -174,9 +173,9 @@ def original_clock(run: RunDir) -> PromptClock | None:
 
 def record_reproduction(plan: Plan, check: ReproductionCheck) -> None:
     """The reproduction's run.json names the run it reproduces and what was allowed to differ."""
-    record = read_json(plan.run.run_json)
+    record = plan.run.read_run()
     record["reproduces"] = check.as_json()
-    write_json_atomic(plan.run.run_json, record)
+    plan.run.write_json(plan.run.run_json, record)
 
 
 def _image_key(record: dict[str, Any]) -> str:
@@ -208,8 +207,8 @@ def agreement(original: Plan, reproduced: Plan) -> list[CellAgreement]:
 
     out = []
     for cell in original.cells():
-        a = original.run.output_dir / cell.rel_dir
-        b = reproduced.run.output_dir / cell.rel_dir
+        a = original.run.cell(cell.rel_dir).root
+        b = reproduced.run.cell(cell.rel_dir).root
         sha_a, sha_b = _sha(samples_file(a)), _sha(samples_file(b))
         same = sha_a is not None and sha_a == sha_b
         cmp = compare(a, b)

@@ -22,7 +22,7 @@ from typing import Any
 
 from launcher.plan import Plan
 from launcher.plan.persist import load_plan, resume_hint
-from launcher.store import WorkerReport, read_json
+from launcher.store import RunDir, WorkerReport
 from launcher.store.claims import lease_s
 from launcher.store.unit_log import UnitView
 from launcher.submit.slurm_query import JobState, slurm_states, task_job_ids
@@ -227,14 +227,12 @@ def _job_status(
     all_done: bool,
     submission: str | None = None,
 ) -> JobStatus:
-    from launcher.job.retries import read_failures
-
     job_dir = plan.run.job(index)
     job = states.get(jid) if jid else None
-    live = read_json(job_dir.live)
+    live = job_dir.read(job_dir.live)
     # a Slurm job's failures are counted per array; a local job's per submission (LAUNCHER_SUBMISSION)
     this = jid.split("_")[0] if jid else (submission if local else None)
-    failures = [f for f in read_failures(job_dir.root) if this is not None and f.get("submission") == this]
+    failures = [f for f in job_dir.read_failures() if this is not None and f.get("submission") == this]
     mine = [r for slot, r in reports.items() if slot.split(".")[0] == str(index)]
     if job is not None:
         state, reason = job.state, job.reason
@@ -247,7 +245,7 @@ def _job_status(
     fresh = live if live and live.get("job_id") == jid else {}
     last_error = failures[-1]["error"] if failures else next((r["error"] for r in mine if r.get("error")), "") or ""
     if not last_error and state in FINAL - {"DONE", "COMPLETED", "NOT SUBMITTED"}:
-        last_error = _last_log_error(plan.run.logs, jid)
+        last_error = _last_log_error(plan.run, jid)
     return JobStatus(
         index,
         state,
@@ -271,7 +269,7 @@ def _local_state(plan: Plan, index: int, reports: list[WorkerReport], all_done: 
         return "RUNNING", "local process"
     if failed:
         return "FAILED", "a worker raised"
-    interrupted = read_json(plan.run.interrupted)
+    interrupted = plan.run.read_json(plan.run.interrupted)
     submitted = ((plan.run.read_run().get("submissions") or [{}])[-1]).get("submitted_epoch") or 0
     if not all_done and interrupted and interrupted.get("time", 0) >= submitted:
         return "INTERRUPTED", f"{interrupted.get('by')}: {resume_hint(plan.run)} again resumes it"
@@ -309,7 +307,7 @@ def _unit_status(plan: Plan, unit: Any, submission: str | None) -> UnitStatus:
         return UnitStatus(
             unit.unit_id, "DONE", unit.rows, unit.rows, "", len(failures), last_error[:200], unit.cell.label
         )
-    rows = sum(p.read_bytes().count(b"\n") for p in udir.chunk_files())
+    rows = sum(udir.chunk_lines(p) for p in udir.chunk_files())
     head = udir.claims.head(observe=False)  # status reads; only workers leave a witness
     if len(failures) > plan.spec.slurm.max_retries:
         state, owner = "FAILED", ""
@@ -331,12 +329,12 @@ def _submitted_elements(subs: list[dict[str, Any]]) -> dict[int, str]:
     return out
 
 
-def _last_log_error(logs: Path, job_id: str | None) -> str:
+def _last_log_error(run: RunDir, job_id: str | None) -> str:
     if not job_id:
         return ""
     from launcher.job.retries import log_tail
 
-    lines = log_tail(logs / f"{job_id}_0_log.err", 40)
+    lines = log_tail(run.job_log(job_id), 40)
     for line in reversed(lines):
         if "Error" in line or "error" in line or "Killed" in line:
             return line.strip()

@@ -3,7 +3,7 @@ few seconds in a log or a pipe), report failures with what resumes the run, gath
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import re
 import time
@@ -15,11 +15,12 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from launcher.errors import UntrustedFile
 from launcher.gather import GatherError, GroupReport, gather
 from launcher.gather.throughput import busy_words, describe_cpus, describe_gpus
 from launcher.plan import Plan, Unit
 from launcher.plan.persist import resume_hint
-from launcher.store import read_jsonl
+from launcher.store import CellDir, read_json, read_jsonl
 from launcher.store.unit_dir import CHUNK_RE
 from launcher.terminal import printable, safe
 
@@ -62,10 +63,10 @@ class RecordCounter:
         for path in udir.chunk_files():
             key = str(path)
             if key not in self._chunk_lines and CHUNK_RE.match(path.name):
-                try:
-                    self._chunk_lines[key] = path.read_bytes().count(b"\n")
-                except OSError:
+                lines = udir.chunk_lines(path)
+                if not lines:
                     continue
+                self._chunk_lines[key] = lines
             n += self._chunk_lines.get(key, 0)
         return n
 
@@ -212,7 +213,7 @@ def report_empty_run(reports: list[GroupReport], console: Console) -> bool:
             if not r.records:
                 console.print(
                     f"[yellow]warning:[/] {safe(r.label)} generated nothing: {r.quarantined} record(s) quarantined; "
-                    f"why: {safe(r.out_dir / 'quarantine.jsonl')}",
+                    f"why: {safe(CellDir(r.out_dir).quarantine)}",
                     soft_wrap=True,
                     highlight=False,
                 )
@@ -221,7 +222,7 @@ def report_empty_run(reports: list[GroupReport], console: Console) -> bool:
     if not quarantined:
         console.print("[red]nothing generated:[/] the run has no records (its datasets hold no row to run)")
         return True
-    files = [r.out_dir / "quarantine.jsonl" for r in reports if r.quarantined]
+    files = [CellDir(r.out_dir).quarantine for r in reports if r.quarantined]
     console.print(
         f"[red]nothing generated:[/] all {quarantined} record(s) were quarantined; the reasons are in "
         + ", ".join(safe(f) for f in files),
@@ -239,7 +240,11 @@ def top_reasons(files: list[Path], shown: int = 3) -> list[tuple[str, int]]:
     counts: Counter[str] = Counter()
     example: dict[str, str] = {}
     for path in files:
-        for q in read_jsonl(path):
+        try:
+            found = list(read_jsonl(path))
+        except (OSError, ValueError, UntrustedFile):  # gone, damaged or planted since the gather: no reasons shown
+            continue
+        for q in found:
             reason = str(q.get("reason", ""))
             key = re.sub(r"\d+", "#", reason)
             counts[key] += 1
@@ -260,8 +265,6 @@ def follow(
     """wait_and_gather, and Ctrl-C: a local run's jobs are stopped with SIGTERM (each writes what it finished and
     gives its units back: job/entry.py), a Slurm run goes on; either way the user hears what is kept and what
     resumes it. Exit code 130 after Ctrl-C."""
-    from launcher.store import write_json_atomic
-
     try:
         return wait_and_gather(plan, sub, console, every_s=every_s, noun=noun, after_gather=after_gather)
     except KeyboardInterrupt:
@@ -283,7 +286,8 @@ def follow(
         except KeyboardInterrupt:  # a second Ctrl-C: stop waiting; the jobs have their SIGTERM and stop anyway
             left = []
         by = "Ctrl-C on `--wait`"  # after the jobs' own note (SIGTERM): this says who sent it
-        write_json_atomic(plan.run.interrupted, {"time": time.time(), "executor": kind, "by": by})
+        with contextlib.suppress(OSError, UntrustedFile):  # a run folder not ours any more: nothing written into it
+            plan.run.write_json(plan.run.interrupted, {"time": time.time(), "executor": kind, "by": by})
         err.print(
             ("[yellow]interrupted:[/] the local jobs stopped. " if not left else "[yellow]interrupted:[/] "
              f"{len(left)} local job(s) still stopping (pids {' '.join(str(p.pid) for p in left)}). ")
@@ -296,10 +300,8 @@ def follow(
 
 def report_failed(plan: Plan, unit: Unit, console: Console) -> None:
     """Which unit, why (its last failure record, else its job's or a worker's), the end of the log, what to run."""
-    from launcher.job.retries import read_failures
-
     failures = plan.run.unit(unit.unit_id).read_failures()
-    job_failures = [f for i in range(plan.jobs) for f in read_failures(plan.run.job(i).root)]
+    job_failures = [f for i in range(plan.jobs) for f in plan.run.job(i).read_failures()]
     worker_errors = [r for r in plan.run.worker_reports() if r.get("error")]
     if not failures and not job_failures and not worker_errors:
         console.print(
@@ -338,7 +340,7 @@ def print_warnings(plan: Plan, console: Console) -> None:
 
 def print_reports(reports: list[GroupReport], console: Console) -> None:
     for r in reports:
-        summary = json.loads((r.out_dir / "inference_summary.json").read_text())
+        summary = read_json(CellDir(r.out_dir).summary)
         console.print(
             f"[green]{safe(r.label)}[/]: {r.records} records, {r.samples} samples"
             + (f", {r.quarantined} quarantined" if r.quarantined else "")
@@ -358,7 +360,7 @@ def print_reports(reports: list[GroupReport], console: Console) -> None:
             "(wall clock)"
         )
     if reports:
-        run = json.loads((reports[0].out_dir / "inference_summary.json").read_text())["run"]
+        run = read_json(CellDir(reports[0].out_dir).summary)["run"]
         console.print(
             f"run: {run['samples']} samples in {run['generation_wall_s']} s of generation "
             f"({run['samples_per_sec']} samples/s by the wall clock, {run['workers_generating']} worker(s)); "

@@ -18,6 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from launcher.inputs.records import MAX_DEPTH
+
 from ..helpers import chunk_rows, unit_failures
 
 if TYPE_CHECKING:
@@ -38,7 +40,8 @@ VALID = {
     "nul\x00del\x7f": {"context": "NUL \x00 and DEL \x7f inside"},
     "astral \U0001f600": {"context": "astral \U0001f600 \U00010348 inside"},
     "../../escape": {"context": "a user id that climbs out of users/"},
-    "deep300": {"context": "a deep profile", "profile": _nested(300)},
+    # as deep as a record may be (inputs/records.py: MAX_DEPTH levels, the profile one level below the row)
+    f"deep{MAX_DEPTH - 1}": {"context": "a deep profile", "profile": _nested(MAX_DEPTH - 1)},
 }
 # raw line -> what its quarantine reason must say
 INVALID = {
