@@ -349,11 +349,9 @@ def test_a_worker_that_does_not_measure_sizes_from_its_first_unit_then_refines(
 ) -> None:
     """Another live worker holds the measurer's claim: this one does not wait for it. Its engine's admission comes from
     its first unit's prompts, and is refined from the run's statistics once their file is there."""
-    from launcher.store import ClaimBook
-
     run_dir = write_run(ScaleShape(1, 10, records_per_unit=2, ablations=10), tmp_path, tiny_model)
     run = RunDir(run_dir)
-    assert ClaimBook(run.prompt_stats_claims).try_claim(Owner.me("prompt-stats")) is not None  # alive: this process
+    assert run.prompt_stats_book().try_claim(Owner.me("prompt-stats")) is not None  # alive: this process
 
     def worker() -> dict[str, Any]:
         import launcher.job.worker as worker_module
@@ -370,7 +368,7 @@ def test_a_worker_that_does_not_measure_sizes_from_its_first_unit_then_refines(
 
         def claim_next(self: Any, preparer: Any) -> Any:
             if not run.prompt_stats.exists():  # the measuring worker finishes while this one generates
-                book = ClaimBook(run.prompt_stats_claims)
+                book = run.prompt_stats_book()
                 held = book.head()
                 assert held is not None
                 book.release(held)

@@ -119,8 +119,8 @@ def _worker(run_dir: Path, index: int, shape: ScaleShape, out: Path) -> None:
     real_claim, real_done, real_release = UnitDir.claim, UnitDir.mark_done, UnitDir.release
     real_next, real_free = Worker._claim_next, Worker._claim_free
 
-    def claim(self: UnitDir, me: Any) -> Any:
-        c = real_claim(self, me)
+    def claim(self: UnitDir, me: Any, fresh: bool = False) -> Any:
+        c = real_claim(self, me, fresh)
         if c is not None:
             won[:] = [self.unit_id, c.generation, time.time(), time.thread_time()]
             held.append([self.unit_id, c.generation, won[2], None])

@@ -100,6 +100,7 @@ class Worker:
         self.plan: Plan = load_plan(cfg.run_dir)
         self.spec = self.plan.spec.for_model(cfg.model)  # model.path: this engine's checkpoint
         self.rundir: RunDir = self.plan.run
+        self.rundir.keep_open()  # claims, heartbeats, chunks: reached from its descriptor (store/kept.py)
         self.owner = Owner.me(cfg.slot)
         position = worker_position(cfg.job_index, cfg.replica, self.plan.jobs, workers_per_job(self.plan.spec))
         self.cursor = ClaimCursor(self.rundir.unit_view(), self.owner, *position)
@@ -505,7 +506,7 @@ class Worker:
         if named and (udir.is_done() or self._failed_out(udir)):
             self._skip.add(unit.unit_id)
             return None
-        claim = udir.claim(self.owner)
+        claim = udir.claim(self.owner, fresh=not named)
         if claim is None:
             self.cursor.taken(unit.unit_id)
             return None

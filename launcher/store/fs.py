@@ -157,23 +157,23 @@ class Folder:
         private: bool = False,
         owned: bool | None = None,
         modes: Modes | None = None,
+        new: bool = False,
     ) -> Folder:
         """The folder `name` in this one, never reached through a link, and yours when `owned` (default: as this
         folder). `private`: yours and 0700 (a folder of yours left open by an older launcher is closed again). With
         `create` (about to write into it) a folder of yours that its group or others may write loses that write bit:
-        what the launcher writes is never writable by anyone else, whatever a umask of 002 made before."""
+        what the launcher writes is never writable by anyone else, whatever a umask of 002 made before. `new`: most
+        likely missing (a unit never claimed), so it is made first, then opened: one lookup fewer."""
         owned = (self.owned if owned is None else owned) or private
         modes = PRIVATE if private else (modes or self.modes)
         path = self.path / check_name(self.path, name)
-        made = False
+        made = create and new and self._mkdir(name, modes)
         try:
             fd = self._open_dir(name, path)
         except FileNotFoundError:
             if not create:
                 raise
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(name, modes.dir & 0o777, dir_fd=self.fd)
-                made = True
+            made = self._mkdir(name, modes)
             fd = self._open_dir(name, path)
         folder = Folder(fd, path, modes, owned)
         st = os.fstat(fd)
@@ -188,6 +188,13 @@ class Folder:
             os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o022)
         return folder
 
+    def _mkdir(self, name: str, modes: Modes) -> bool:
+        try:
+            os.mkdir(name, modes.dir & 0o777, dir_fd=self.fd)
+            return True
+        except FileExistsError:
+            return False
+
     def _open_dir(self, name: str, path: Path) -> int:
         try:
             return os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=self.fd)
@@ -198,11 +205,11 @@ class Folder:
                 raise refusal(path, f"is {what}, where a folder of yours belongs") from None
             raise
 
-    def walk(self, names: Iterable[str], create: bool = False, private: bool = False) -> Folder:
+    def walk(self, names: Iterable[str], create: bool = False, private: bool = False, new: bool = False) -> Folder:
         """The folder `names` below this one, each step checked as child() does. This folder stays open."""
         here: Folder = self
         for name in names:
-            nxt = here.child(name, create=create, private=private)
+            nxt = here.child(name, create=create, private=private, new=new)
             if here is not self:
                 here.close()
             here = nxt
@@ -282,21 +289,9 @@ class Folder:
         check_name(self.path, name)
         for _ in range(3):
             tmp = temp_name(name)
-            try:
-                fd = os.open(tmp, _NEW, 0o600, dir_fd=self.fd)
-                break
-            except FileExistsError:
-                continue  # 64 random bits taken: only someone planting names; draw again
-        else:
-            raise refusal(self.path / name, "three random temporary names in a row were taken")
-        try:
-            os.fchmod(fd, self.modes.file if mode is None else mode)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=self.fd)
-            raise
-        return tmp, fd
+            with contextlib.suppress(FileExistsError):  # 64 random bits taken: only someone planting names
+                return tmp, self.create_new(tmp, mode)
+        raise refusal(self.path / name, "three random temporary names in a row were taken")
 
     def replace(self, tmp: str, name: str) -> None:
         """Rename `tmp` over `name` (a link at `name` is replaced, never followed); a folder there is refused."""

@@ -39,6 +39,7 @@ from launcher.errors import UntrustedFile
 from launcher.store.atomic import json_bytes, read_json, write_atomic, write_json_atomic
 from launcher.store.claims import ClaimBook
 from launcher.store.fs import PRIVATE, Folder, Opener, plain_folder, plain_modes, share_modes
+from launcher.store.kept import keep_run, kept_run
 from launcher.store.records import WorkerReport
 from launcher.store.unit_dir import UnitDir
 from launcher.store.unit_log import UnitLog, UnitView
@@ -85,6 +86,8 @@ class RunDir:
         left it open; the run's folder itself is made only by create() (a submit): a job whose run folder was moved
         away fails (FileNotFoundError) instead of writing into a new one. With `seal` (about to trust a file in
         it) every folder from the run's down to `parts` is made 0700 first: nobody else can swap what is checked."""
+        if (kept := None if seal else kept_run(self.root)) is not None:  # a worker's, held open (store/kept.py)
+            return kept.folder(parts, create)
         top = self._open_root(make=False, tighten=create or seal)
         if not parts:
             return top
@@ -102,6 +105,9 @@ class RunDir:
             runs = Folder.anchor(parent, plain_modes(), make)
         with runs:
             return runs.child(self.root.name, create=make, private=tighten or make, owned=True)
+
+    def keep_open(self) -> None:  # a worker's: this run's folder held open from now on (store/kept.py: why, when)
+        keep_run(self.root, lambda: self._open_root(make=False, tighten=True))
 
     def folder_at(self, path: Path, create: bool = False, seal: bool = False) -> Folder:
         """The folder `path` inside this run: the opener its files are written and read with."""
@@ -238,23 +244,14 @@ class RunDir:
         return self.root / "units.log"
 
     def unit_events(self) -> UnitLog:
-        """units.log, reached through the checked run folder (0600 in the 0700 run folder, never through a link)."""
-        return UnitLog(self.unit_log, self.folder_at)
+        return UnitLog(self.unit_log, self.folder_at)  # through the checked run folder: 0600, never a link
 
-    def unit_view(self) -> UnitView:
-        """What units.log says of every unit, read once (call refresh() on it to read what came since)."""
-        view = UnitView(self.unit_events())
-        view.refresh()
-        return view
-
-    @property
-    def prompt_stats_claims(self) -> Path:
-        """Who measures the run's prompt statistics (one worker; the others look for prompt_stats.json later)."""
-        return self.root / "prompt_stats.claims"
+    def unit_view(self) -> UnitView:  # what units.log says of every unit, read once (refresh() reads what came since)
+        return UnitView(self.unit_events()).read()
 
     def prompt_stats_book(self) -> ClaimBook:
-        """The claim on measuring them, checked as a unit's claims are (store/claims.py through folder_at)."""
-        return ClaimBook(self.prompt_stats_claims, self.folder_at)
+        """Who measures the run's prompt statistics (one worker), checked as a unit's claims are."""
+        return ClaimBook(self.root / "prompt_stats.claims", self.folder_at)
 
     @property
     def jobs(self) -> Path:

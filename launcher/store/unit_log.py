@@ -186,6 +186,11 @@ class UnitView:
     _at_start: bool = True  # the next line read is the file's first
     _refused: bool = False
 
+    def read(self) -> UnitView:
+        """refresh(), then this view."""
+        self.refresh()
+        return self
+
     def refresh(self) -> int:
         """Read what was appended since the last call (one open: close-to-open consistency on NFS). Returns the
         number of new events."""
