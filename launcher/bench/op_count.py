@@ -1,8 +1,9 @@
 """bench/op_count.py: counts the file-system metadata operations a process makes under one folder (the run
 directory), by kind and by phase, from inside the process: an audit hook (sys.addaudithook) sees every open, mkdir,
-listdir/scandir, rename/replace, unlink, utime and fcntl lock; stat, which raises no audit event, and fsync are
-wrapped. Each of these is at least one round trip to the file server on NFS or Lustre when its answer is not
-cached; reads and writes of file data are not counted.
+listdir/scandir (of a path or of a folder's descriptor), rename/replace, unlink, utime, chmod and chown (of a
+descriptor too) and fcntl lock; stat, which raises no audit event, and fsync are wrapped. Each of these is at least
+one round trip to the file server on NFS or Lustre when its answer is not cached (fstat on a file just opened is
+not counted: the open brought its attributes); reads and writes of file data are not counted.
 
 The phase is per thread: `phase("claim")` around a worker's claim, else the thread's name (the chunk writer, the
 heartbeat). /proc and every path outside the folder are not counted. For benchmarks and tests: install() is for
@@ -30,11 +31,13 @@ EVENTS = {
     "os.rmdir": ("rmdir", 0),
     "os.utime": ("utime", 0),
     "os.chmod": ("chmod", 0),
+    "os.chown": ("chown", 0),
     "os.link": ("link", 0),
     "os.symlink": ("symlink", 1),
     "os.truncate": ("truncate", 0),
 }
 LOCK_EVENTS = ("fcntl.lockf", "fcntl.flock")
+FD_KINDS = frozenset({"listdir", "chmod", "chown"})  # a round trip to the file server on a descriptor too
 
 
 class OpCounter:
@@ -52,9 +55,9 @@ class OpCounter:
         with self._lock:
             self.counts.setdefault(phase, Counter())[kind] += 1
 
-    def _mine(self, path: Any) -> bool:
-        if isinstance(path, int):
-            return False  # an fd (os.fdopen): its open was counted
+    def _mine(self, path: Any, fd_counts: bool = False) -> bool:
+        if isinstance(path, int):  # an fd: os.fdopen (its open was counted), or listdir/fchmod of an open folder or
+            return fd_counts  # file, which only the store does in a worker (store/fs.py: Folder.names, adopt)
         if isinstance(path, os.PathLike):
             path = os.fspath(path)
         if isinstance(path, bytes):
@@ -68,7 +71,7 @@ class OpCounter:
         spec = EVENTS.get(event)
         if spec is not None:
             kind, i = spec
-            if len(args) > i and self._mine(args[i]):
+            if len(args) > i and self._mine(args[i], fd_counts=kind in FD_KINDS):
                 self.count(kind)
         elif event in LOCK_EVENTS:
             self.count("lock")

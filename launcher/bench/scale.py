@@ -29,9 +29,8 @@ from typing import Any
 
 import yaml
 
-METADATA_KINDS = frozenset(
-    {"open", "stat", "mkdir", "listdir", "rename", "unlink", "rmdir", "utime", "chmod", "link", "symlink", "truncate"}
-)
+NAMESPACE_KINDS = {"open", "stat", "mkdir", "listdir", "rename", "unlink", "rmdir", "link", "symlink", "truncate"}
+METADATA_KINDS = frozenset(NAMESPACE_KINDS | {"utime", "chmod", "chown"})  # attributes set: a round trip each too
 FAKE_TOKENS = 16
 
 

@@ -146,9 +146,12 @@ class Folder:
         if st.st_uid != os.geteuid():
             self.close()
             raise refusal(self.path, f"was replaced as it was created: it belongs to {who(st.st_uid)}")
-        if self.modes.gid is not None and st.st_gid != self.modes.gid and in_group(self.modes.gid):
-            os.fchown(self.fd, -1, self.modes.gid)
-        os.fchmod(self.fd, self.modes.dir)
+        gid = self.modes.gid
+        chown = gid is not None and st.st_gid != gid and in_group(gid)
+        if gid is not None and chown:
+            os.fchown(self.fd, -1, gid)
+        if chown or stat.S_IMODE(st.st_mode) != self.modes.dir:  # as asked already: no round trip to the server
+            os.fchmod(self.fd, self.modes.dir)
 
     def child(
         self,
@@ -306,7 +309,9 @@ class Folder:
         """A descriptor on a new file `name` (O_EXCL: FileExistsError when there is one, a link included), its mode
         set with fchmod: a probe, or the start of create_exclusive."""
         fd = os.open(check_name(self.path, name), _NEW, 0o600, dir_fd=self.fd)
-        os.fchmod(fd, self.modes.file if mode is None else mode)
+        wanted = self.modes.file if mode is None else mode
+        if stat.S_IMODE(os.fstat(fd).st_mode) != wanted:  # as asked already (the umask kept 0600): no round trip
+            os.fchmod(fd, wanted)
         return fd
 
     def create_exclusive(self, name: str, data: bytes = b"", mode: int | None = None) -> None:

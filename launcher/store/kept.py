@@ -4,8 +4,8 @@
 Reaching a folder of the run the checked way (store/fs.py) opens every name from <output.dir> down: runs/, the run,
 units/, the unit, claims/. A worker claims, heartbeats and writes all day; on shared storage each open is a round
 trip to the file server that every worker shares (docs/scale.md). So a worker opens its run folder once, checked as
-always (yours, 0700), and keeps it and the folders right inside it (units/, workers/, jobs/) open for the rest of
-the process; below those every name is still opened one at a time without following a link.
+always (yours, 0700), and keeps it open for the rest of the process, with the folders below it it used last (each
+reached one name at a time without following a link, as always, the first time).
 
 Safe because the run folder is 0700 and yours: nobody else can swap what is inside it. A run folder moved away while
 its worker runs is written where it now is (never a new one made in its place). Per process: a forked child (or a
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,22 +24,31 @@ from launcher.store.fs import Folder
 
 
 class KeptRun:
-    """One run folder held open, and the folders right inside it as they are first asked for."""
+    """One run folder held open, and the LIMIT folders below it asked for most recently (a worker's units, their
+    claims/ and chunks/, workers/, jobs/<index>/)."""
+
+    LIMIT = 64
 
     def __init__(self, root: Folder) -> None:
         self.root = root
-        self._tops: dict[str, Folder] = {}
+        self._open: OrderedDict[tuple[str, ...], Folder] = OrderedDict()
         self._lock = threading.Lock()
 
     def folder(self, parts: tuple[str, ...], create: bool = False) -> Folder:
-        """The folder `parts` below the run's, as RunDir.folder gives it (a new descriptor: the caller closes it)."""
-        if not parts:
-            return self.root.walk(())
+        """The folder `parts` below the run's, as RunDir.folder gives it (a new descriptor: the caller closes it).
+        FileNotFoundError when it is missing and not `create` (then nothing is kept)."""
         with self._lock:
-            top = self._tops.get(parts[0])
-            if top is None:  # FileNotFoundError when missing and not `create`: nothing kept
-                top = self._tops[parts[0]] = self.root.child(parts[0], create=create)
-        return top.walk(parts[1:], create=create)
+            here, depth = self.root, 0
+            for k in range(len(parts), 0, -1):  # the deepest folder on the way that is open already
+                if (found := self._open.get(parts[:k])) is not None:
+                    self._open.move_to_end(parts[:k])
+                    here, depth = found, k
+                    break
+            for k in range(depth + 1, len(parts) + 1):  # the rest one name at a time, as store/fs.py does
+                here = self._open[parts[:k]] = here.child(parts[k - 1], create=create)
+            while len(self._open) > max(self.LIMIT, len(parts)):
+                self._open.popitem(last=False)[1].close()
+            return here.walk(())
 
 
 _kept: dict[tuple[str, int], KeptRun] = {}
