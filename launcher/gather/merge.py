@@ -80,7 +80,7 @@ def gather(plan: Plan, dest: Path | None = None, flat: bool = False) -> list[Gro
     figures = run_figures(plan)
     if dest is not None:  # a folder the user named (`launcher run --output_dir`): made when missing
         OutputDir(dest, plan.spec.output.share).create()
-    with _gather_lock(plan.run):
+    with _gather_lock(plan.run), plan.run.keep_open():  # every unit's folders reached from the run's descriptor
         for cell, units in plan.cells().items():
             base = dest or plan.run.output_dir
             out = base if flat else base / cell.rel_dir

@@ -1,11 +1,12 @@
-"""store/kept.py: a run folder a worker holds open -> the folders in it reached from that descriptor, not from
-<output.dir> again.
+"""store/kept.py: a run folder a worker (or a gather, while it runs) holds open -> the folders in it reached from
+that descriptor, not from <output.dir> again.
 
 Reaching a folder of the run the checked way (store/fs.py) opens every name from <output.dir> down: runs/, the run,
-units/, the unit, claims/. A worker claims, heartbeats and writes all day; on shared storage each open is a round
-trip to the file server that every worker shares (docs/scale.md). So a worker opens its run folder once, checked as
-always (yours, 0700), and keeps it open for the rest of the process, with the folders below it it used last (each
-reached one name at a time without following a link, as always, the first time).
+units/, the unit, claims/. A worker claims, heartbeats and writes all day, and a gather visits every unit; on shared
+storage each open is a round trip to the file server that every worker shares (docs/scale.md). So they open the run
+folder once, checked as always (yours, 0700), and keep it open (a worker for the rest of its process, a gather until
+it ends), with the folders below it used last (each reached one name at a time without following a link, as always,
+the first time).
 
 Safe because the run folder is 0700 and yours: nobody else can swap what is inside it. A run folder moved away while
 its worker runs is written where it now is (never a new one made in its place). Per process: a forked child (or a
@@ -50,6 +51,13 @@ class KeptRun:
                 self._open.popitem(last=False)[1].close()
             return here.walk(())
 
+    def close(self) -> None:
+        with self._lock:
+            for folder in self._open.values():
+                folder.close()
+            self._open.clear()
+            self.root.close()
+
 
 _kept: dict[tuple[str, int], KeptRun] = {}
 _kept_lock = threading.Lock()
@@ -60,12 +68,31 @@ def kept_run(root: Path) -> KeptRun | None:
     return _kept.get((str(root), os.getpid()))
 
 
-def keep_run(root: Path, open_root: Callable[[], Folder]) -> None:
-    """Hold the run folder at `root` open in this process from now on (`open_root` opens it the checked way)."""
+def keep_run(root: Path, open_root: Callable[[], Folder]) -> Holding:
+    """Hold the run folder at `root` open in this process from now on (`open_root` opens it the checked way); or, used
+    as a context manager, until its end (a gather): then what this call opened is closed again."""
     key = (str(root), os.getpid())
     with _kept_lock:
-        if key not in _kept:
+        made = key not in _kept
+        if made:
             _kept[key] = KeptRun(open_root())
+    return Holding(key if made else None)
 
 
-__all__ = ["KeptRun", "keep_run", "kept_run"]
+class Holding:
+    def __init__(self, key: tuple[str, int] | None) -> None:
+        self.key = key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.key is None:
+            return
+        with _kept_lock:
+            kept = _kept.pop(self.key, None)
+        if kept is not None:
+            kept.close()
+
+
+__all__ = ["Holding", "KeptRun", "keep_run", "kept_run"]

@@ -39,7 +39,7 @@ from launcher.errors import UntrustedFile
 from launcher.store.atomic import json_bytes, read_json, write_atomic, write_json_atomic
 from launcher.store.claims import ClaimBook
 from launcher.store.fs import PRIVATE, Folder, Opener, plain_folder, plain_modes, share_modes
-from launcher.store.kept import keep_run, kept_run
+from launcher.store.kept import Holding, keep_run, kept_run
 from launcher.store.records import WorkerReport
 from launcher.store.unit_dir import UnitDir
 from launcher.store.unit_log import UnitLog, UnitView
@@ -106,8 +106,8 @@ class RunDir:
         with runs:
             return runs.child(self.root.name, create=make, private=tighten or make, owned=True)
 
-    def keep_open(self) -> None:  # a worker's: this run's folder held open from now on (store/kept.py: why, when)
-        keep_run(self.root, lambda: self._open_root(make=False, tighten=True))
+    def keep_open(self) -> Holding:  # this run's folder held open from now on, or in a `with` (store/kept.py)
+        return keep_run(self.root, lambda: self._open_root(make=False, tighten=True))
 
     def folder_at(self, path: Path, create: bool = False, seal: bool = False) -> Folder:
         """The folder `path` inside this run: the opener its files are written and read with."""
