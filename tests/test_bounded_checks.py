@@ -170,7 +170,7 @@ def test_settings_that_would_quarantine_every_record_are_refused_at_plan(tmp_pat
 
 
 def test_a_damaged_prompt_stats_cache_is_measured_again(tmp_path: Path, tiny_model: Path) -> None:
-    from launcher.job.prepare import prompt_stats
+    from launcher.job.prompt_stats import prompt_stats
     from launcher.plan import expand
     from launcher.spec import load_spec
 
@@ -178,8 +178,8 @@ def test_a_damaged_prompt_stats_cache_is_measured_again(tmp_path: Path, tiny_mod
     plan.run.root.mkdir(parents=True)
 
     class Lengths:  # what prompt_stats asks of a Preparer
-        def lengths(self, unit: Any) -> list[int]:
-            return [5, 7]
+        def stats_of(self, units: Any, tick: Any = None) -> tuple[dict[str, list[float]], bool]:
+            return {u.unit_id: [2, 12, 7] for u in units}, False
 
     for damaged in ('{"units": [1, 2]}', '{"units": {"x": "abc", "y": [1]}}', "[" * 100_000):
         plan.run.prompt_stats.write_text(damaged)

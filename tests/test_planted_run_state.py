@@ -1,8 +1,10 @@
-"""What issues 26 and 32 added to the run folder and the outputs, against what another user of a shared folder can
+"""What issues 26, 30 and 32 added to the run folder and the outputs, against what another user of a shared folder can
 plant (issue 27's promises over the newer files): inputs.json is trusted like spec.json, the prompt clock is written
 once, claims' probe and witness files are private and never reached through a link or a FIFO, a heartbeat never
 touches a file through a link, and gather's removal of files an earlier gather listed never deletes through a link,
-in another user's folder or on another user's manifest. In-process and cheap: no generation, no engine.
+in another user's folder or on another user's manifest; units.log is read and appended to only as a private plain
+file, and the streamed samples file is never written or read through a link. In-process and cheap: no generation, no
+engine.
 
 Files "of another user" are chowned to a real other uid: that needs root (CI runs as root); those tests skip
 otherwise.
@@ -28,6 +30,7 @@ from launcher.plan import Plan, expand
 from launcher.plan.persist import save_plan
 from launcher.spec import load_spec
 from launcher.store import Owner, RunDir
+from launcher.store.unit_log import HEADER, UnitEvent
 
 from .conftest import make_spec, write_jsonl
 from .test_store_safety import as_root, other_uid
@@ -234,3 +237,86 @@ def test_gather_removes_nothing_another_users_folder_or_manifest_lists(tmp_path:
     (again,) = gather(plan)
     assert again.files_removed == [] and (cell / "stale.json").exists()
     assert (cell / "manifest.json").stat().st_uid == os.geteuid()  # and it was replaced by ours
+
+
+# ---- what issue 30 added: units.log and the streamed samples file ------------------------------------------------
+@pytest.mark.parametrize("plant", ["symlink", "fifo", "hard link"])
+def test_units_log_planted_in_the_run_folder_is_neither_read_nor_written(
+    run: RunDir, plant: str, tmp_path: Path
+) -> None:
+    """units.log as a run reaches it (through the checked run folder): a link, a FIFO or a hard link at its name is
+    never appended to nor read (a forged `done` line would make every worker skip a unit), and a FIFO hangs nobody.
+    The view then vouches for nothing: readers go to the units' own folders."""
+    assert stat.S_IMODE(run.unit_log.stat().st_mode) == 0o600  # save_plan's, with its header
+    theirs = tmp_path / "theirs.log"
+    theirs.write_text(HEADER + UnitEvent("done", "d.full.0000", 0).line())
+    before = theirs.read_bytes()
+    run.unit_log.unlink()
+    if plant == "symlink":
+        run.unit_log.symlink_to(theirs)
+    elif plant == "fifo":
+        os.mkfifo(run.unit_log)
+    else:
+        os.link(theirs, run.unit_log)
+    run.unit_events().append(UnitEvent("done", "d.full.0001", 0))
+    view = run.unit_view()
+    assert not view.complete and view.done == set() and view.maybe_done("d.full.0000")
+    assert theirs.read_bytes() == before
+    assert stat.S_ISFIFO(os.lstat(run.unit_log).st_mode) if plant == "fifo" else True
+
+
+def test_units_log_is_appended_to_as_a_private_file(tmp_path: Path, spec_file: Path) -> None:
+    """Under umask 002 in a setgid folder, units.log is 0600 in the 0700 run folder, and one opened up (an older
+    launcher, a chmod) is made 0600 again when appended to."""
+    lab = tmp_path / "out"  # the spec's output.dir
+    lab.mkdir()
+    lab.chmod(0o2775)
+    old = os.umask(0o002)
+    try:
+        plan = expand(load_spec(spec_file))
+        save_plan(plan)
+        run = plan.run
+        assert stat.S_IMODE(run.root.stat().st_mode) == 0o700
+        assert stat.S_IMODE(run.unit_log.stat().st_mode) == 0o600
+        run.unit_log.chmod(0o664)
+        run.unit_events().append(UnitEvent("done", "d.full.0000", 0))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(run.unit_log.stat().st_mode) == 0o600
+    assert run.unit_view().done == {"d.full.0000"}
+
+
+def test_streamed_samples_are_never_written_or_read_through_a_link(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gather streams samples.jsonl into a temporary it creates with O_EXCL in the checked cell folder, then renames
+    it into place. A link planted at a temporary name it draws is refused (it draws again, the link's target is not
+    touched); a link at the final name is replaced, never written through, and never read as "already holds these
+    bytes" even when its target does."""
+    import launcher.store.fs as fs
+
+    plan, cell = _gathered_cell(tmp_path, tiny_model)
+    samples = cell / "samples.jsonl"
+    good, mode = samples.read_bytes(), stat.S_IMODE((cell / "quarantine.jsonl").stat().st_mode)
+    victim = tmp_path / "victim.jsonl"
+    victim.write_bytes(good)  # the same bytes: a comparison through the link would skip the write
+    samples.unlink()
+    samples.symlink_to(victim)
+    guessed = ".samples.jsonl.guessed.tmp"
+    (cell / guessed).symlink_to(victim)
+    draws: list[str] = []
+    real_temp_name = fs.temp_name
+
+    def temp_name(name: str) -> str:  # the first name drawn for the samples is the one planted
+        draws.append(name)
+        return guessed if draws.count("samples.jsonl") == 1 and name == "samples.jsonl" else real_temp_name(name)
+
+    monkeypatch.setattr(fs, "temp_name", temp_name)
+    victim.chmod(0o444)  # had anything written through a link, it would fail loudly too
+    (report,) = gather(plan)
+    assert draws.count("samples.jsonl") == 2  # the planted name refused (O_EXCL), a second one drawn
+    assert "samples.jsonl" in report.files_written
+    assert not samples.is_symlink() and samples.read_bytes() == good
+    assert stat.S_IMODE(samples.stat().st_mode) == mode  # output.share's, as every other file of the cell
+    assert victim.read_bytes() == good and (cell / guessed).is_symlink()
+    assert not [n for n in os.listdir(cell) if n.endswith(".tmp") and n != guessed]  # no temporary left behind

@@ -15,7 +15,7 @@ from launcher.job.retries import Attempt, describe_status, read_failures, record
 from launcher.plan import expand
 from launcher.spec import load_spec
 from launcher.submit.preview import sbatch_preview
-from launcher.submit.status import _expand, _parse
+from launcher.submit.slurm_query import _expand, _parse
 
 from .conftest import ROOT
 

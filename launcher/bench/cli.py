@@ -23,6 +23,9 @@ Systems (each in its own process, on the same prompt token ids and sampling):
                 prefix + a 128-word context per config) in prefix-aware order and in plan order -> prefix_order_gain;
                 prefix-order-short: the same on --cells (no shared prefix) -> prefix_order_gain_short; see
                 bench/prefix_order.py
+  scale         claims, status and gather at scale, no GPU (--scale-workers 256 --scale-units 10000): real worker
+                processes on one run directory, each with a FakeEngine (a fixed time per record); see bench/scale.py
+                and docs/scale.md. Results go to benchmarks/results/<date>-cpu-scale/ unless --results says.
 Two GPUs, one command each (see benchmarks/README.md for the lease plan):
   launcher bench --systems layouts --layouts auto,2,gpu1 --shapes 4000x256,4000x512
   launcher bench --systems cells,cells-task-per-cell,cells-seed-loop --cells 4x3x200x256 --cells-measure 3
@@ -64,6 +67,7 @@ SYSTEMS = (
     "models-fresh",
     "prefix-order",
     "prefix-order-short",
+    "scale",
 )
 DEFAULT_SYSTEMS = "raw,toolkit,toolkit-warm,hf"
 MIN_STEP_S = 90  # --budget-s: the shortest time a measurement is started with
@@ -168,6 +172,9 @@ def configure(c: argparse.ArgumentParser) -> None:
         metavar="WORKDIR",
         help="also report the measurements of another workdir (a bench run beside this one)",
     )
+    from launcher.bench.scale_cli import add_arguments as add_scale_arguments
+
+    add_scale_arguments(c)
     c.add_argument("--note", default=None, help="a note stored with every measurement of this call")
     c.add_argument("--hf-loop-users", type=int, default=4, help="users in the HF one-at-a-time loop")
     c.add_argument("--hf-batch-users", type=int, default=32, help="users in the one HF batched call")
@@ -231,11 +238,15 @@ def run(args: argparse.Namespace) -> int:
             f"error: unknown system(s) {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}", file=sys.stderr
         )
         return 2
-    preset = PRESETS[args.preset]
-    shapes = [Shape.parse(s, args.prompt_tokens) for s in args.shapes.split(",") if s.strip()]
     wd = Workdir(Path(args.workdir).resolve())
     for d in (wd.runs, wd.logs):
         d.mkdir(parents=True, exist_ok=True)
+    if systems == {"scale"}:  # no model to write, no GPU: its own results folder
+        from launcher.bench.scale_cli import run_scale_only
+
+        return run_scale_only(args, wd)
+    preset = PRESETS[args.preset]
+    shapes = [Shape.parse(s, args.prompt_tokens) for s in args.shapes.split(",") if s.strip()]
     write_model(preset, wd.model)
     for shape in shapes:
         if not wd.ids(shape).exists():
@@ -244,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     began, last_step_s = time.monotonic(), [0.0]
 
     def step(key: str, fn: Callable[[], list[dict[str, Any]]]) -> None:
-        path = wd.runs / f"{_slug(key)}.json"
+        path = wd.runs / f"{slug(key)}.json"
         if path.exists() and not args.force:
             print(f"[bench] {key}: already measured ({path.name})", flush=True)
             return
@@ -276,6 +287,10 @@ def run(args: argparse.Namespace) -> int:
                 partial(_layout, wd, shape, tp, args.timeout_s, args.warm_layouts, args.keep_caches),
             )
     _run_cells(args, systems, preset, wd, step)
+    if "scale" in systems:
+        from launcher.bench.scale_cli import scale_step
+
+        step(*scale_step(args, wd))
     from launcher.bench.prefix_order import run_steps
 
     run_steps(args, systems, preset, wd, step)
@@ -520,7 +535,7 @@ def _default_results(host: dict[str, Any]) -> Path:
     return Path.cwd() / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-{slug}"
 
 
-def _slug(key: str) -> str:
+def slug(key: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "@+-_." else "_" for ch in key)
 
 

@@ -35,9 +35,11 @@ def shape_order(shape: str) -> list[int]:
 
 
 def analyse(ms: list[dict[str, Any]]) -> dict[str, Any]:
+    from launcher.bench.scale_report import scale_analysis
+
+    ratios, targets = scale_analysis([m for m in ms if m["system"] == "scale"])
+    ms = [m for m in ms if m["system"] != "scale"]
     shapes = sorted({m["shape"] for m in ms}, key=shape_order)
-    ratios: dict[str, Any] = {}
-    targets: dict[str, Any] = {}
     for shape in shapes:
         # Steady state: the toolkit with a warm compile cache (a later array task) when it was measured; raw vLLM
         # runs its warm-up pass first. The cold first task pays Triton's first-use compiles during generation.
@@ -235,8 +237,12 @@ def _f(x: Any, digits: int = 0) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    from launcher.bench.scale_report import scale_markdown
+
+    if all(m["system"] == "scale" for m in results["measurements"]):
+        return scale_markdown(results)
     host, wl = results["host"], results["workload"]
-    ms = results["measurements"]
+    ms = [m for m in results["measurements"] if m["system"] != "scale"]
     lines = [
         f"# launcher bench — {host.get('gpu', '?')}, {results.get('date', '')}",
         "",
@@ -316,6 +322,8 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{(m.get('reasons') or {}).get(k, '')}"
                 )
             lines.append("")
+    if len(ms) < len(results["measurements"]):
+        lines += ["", scale_markdown(results).replace("# launcher bench: scale", "## Scale", 1)]
     return "\n".join(lines) + "\n"
 
 

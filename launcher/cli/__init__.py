@@ -105,7 +105,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         f"run [bold]{safe(plan.run.run_id)}[/]: {sub.units_todo} unit(s) to do"
         + (f", {sub.units_done} already done" if sub.units_done else "")
         + f"; {len(sub.job_ids)} worker job(s) submitted"
-        + (f" as array {sub.job_ids[0].split('_')[0]}" if sub.job_ids and kind == "slurm" else "")
+        + (_arrays_text(sub.job_ids) if sub.job_ids and kind == "slurm" else "")
         + (f"; gather job {sub.gather_job_id}" if sub.gather_job_id else "")
     )
     console.print(f"run dir: {safe(sub.run_dir)}\nstatus:  launcher status {safe(sub.run_dir)}")
@@ -151,6 +151,12 @@ def cmd_gather(args: argparse.Namespace) -> int:
         err.print(f"[red]gather failed: outputs incomplete[/]\n{safe(str(exc), True)}", soft_wrap=True)
         return 1
     return 0
+
+
+def _arrays_text(job_ids: list[str]) -> str:
+    """' as array 12', or ' as arrays 12, 13 (MaxArraySize)' when the jobs were more than one array may hold."""
+    arrays = list(dict.fromkeys(j.split("_")[0] for j in job_ids))
+    return f" as array {arrays[0]}" if len(arrays) == 1 else f" as arrays {', '.join(arrays)} (MaxArraySize)"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

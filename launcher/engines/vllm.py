@@ -340,9 +340,10 @@ class VLLMEngine(Engine):
         exhausted = False
         ids: dict[str, tuple[GenerationRequest, int]] = {}
         inflight = inflight_tokens = 0
-        max_requests, max_tokens = self.admission.max_requests, self.admission.max_kv_tokens
         breaker = FailureBreaker()
         while True:
+            # read at each step: the worker may refine admission while it feeds (the run's prompt statistics came in)
+            max_requests, max_tokens = self.admission.max_requests, self.admission.max_kv_tokens
             while not exhausted and inflight < max_requests:
                 if waiting is None:
                     waiting = next(feed, None)  # may claim and prepare the next unit: the engine core keeps stepping

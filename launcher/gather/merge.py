@@ -1,5 +1,5 @@
-"""gather.py: unit chunks -> <output dir>/[<model>/|<adapter>/]<dataset>/<ablation>/ (samples, per-user JSON, summary,
-manifest).
+"""gather/merge.py: unit chunks -> <output dir>/[<model>/|<adapter>/]<dataset>/<ablation>/ (samples, per-user JSON,
+summary, manifest).
 
 Verifies before writing: every chunk a done unit lists is there and passes its checksum, and every input row is in
 the outputs exactly once with num_samples samples, or in quarantine with its reason. A unit that fails this is
@@ -23,11 +23,13 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from launcher import __version__
 from launcher.errors import UntrustedFile
+from launcher.gather.stream import LazyFolder, RowTotals, StreamedFile, jsonl_bytes
 from launcher.gather.structured import structured_figures
 from launcher.gather.throughput import RunFigures, cell_figures, run_figures
 from launcher.plan import Cell, Plan, Unit
@@ -78,7 +80,7 @@ def gather(plan: Plan, dest: Path | None = None, flat: bool = False) -> list[Gro
     figures = run_figures(plan)
     if dest is not None:  # a folder the user named (`launcher run --output_dir`): made when missing
         OutputDir(dest, plan.spec.output.share).create()
-    with _gather_lock(plan.run):
+    with _gather_lock(plan.run), plan.run.keep_open():  # every unit's folders reached from the run's descriptor
         for cell, units in plan.cells().items():
             base = dest or plan.run.output_dir
             out = base if flat else base / cell.rel_dir
@@ -154,45 +156,58 @@ def _describe_missing(r: GroupReport, plan: Plan) -> str:
 def _gather_group(
     plan: Plan, cell: Cell, units: list[Unit], where: tuple[Path, Any], figures: RunFigures, flat: bool = False
 ) -> GroupReport:
-    """`where`: (the output folder, the cell's folder inside it); written through the checked way in."""
+    """One pass over the cell's units, in row order: each chunk read once (checked and parsed), each row written to
+    samples.jsonl as it comes (stream.py). Rows are kept in memory only for what needs them all at once: parquet,
+    per-user JSON files, structured-output figures. `where`: (the output folder, the cell's folder inside it),
+    written through the checked way in (store/outputs.py), opened and made when the first row is written."""
     base, rel_dir = where
     report = GroupReport(cell, base / rel_dir)
-    rows: dict[int, OutputRow] = {}
+    spec = plan.spec
+    n = spec.data.num_samples
+    keep = spec.output.format == "parquet" or spec.output.per_user_json or spec.sampling.structured is not None
+    kept: list[OutputRow] = []
     quarantine: list[dict[str, Any]] = []
-    n = plan.spec.data.num_samples
-    for unit in sorted(units, key=lambda u: u.start):
-        udir = plan.run.unit(unit.unit_id)
-        if not udir.is_done():
-            report.missing_units.append(unit.unit_id)
-            continue
-        problems = udir.verify()
-        if problems:
-            report.damaged += [f"unit {unit.unit_id}: {p}" for p in problems]
-            udir.reopen("; ".join(problems))  # not done any more: a resubmit regenerates exactly these rows
-            continue
-        q = udir.read_quarantine()
-        quarantine += q
-        scan = udir.scan()
-        report.duplicates_dropped += scan.duplicates
-        for r, row in scan.rows.items():
-            if r in rows:
-                report.duplicates_dropped += 1
+    totals = RowTotals()
+    cell_folder = LazyFolder(partial(out_folder, base, rel_dir, spec.output.share, create=True))
+    sink = StreamedFile(cell_folder.get, SAMPLE_FILES["jsonl"]) if spec.output.format != "parquet" else None
+    try:
+        for unit in sorted(units, key=lambda u: u.start):
+            udir = plan.run.unit(unit.unit_id)
+            if not udir.is_done():
+                report.missing_units.append(unit.unit_id)
                 continue
-            rows[r] = row
-        expected = set(range(unit.start, unit.stop)) - {x["row"] for x in q}
-        report.missing_rows += sorted(expected - scan.rows.keys())
-    if report.missing_units or report.damaged:
-        return report
-    report.bad_sample_counts = sorted(
-        r for r, v in rows.items() if len(v["generated_samples"]) != v.get("num_samples", n)
-    )
-    if not report.ok:
-        return report
-    ordered = [rows[r] for r in sorted(rows)]
-    report.records, report.quarantined = len(ordered), len(quarantine)
-    report.samples = sum(len(r["generated_samples"]) for r in ordered)
-    with out_folder(base, rel_dir, plan.spec.output.share, create=True) as out:
-        _write_group(plan, report, out, ordered, sorted(quarantine, key=lambda x: x["row"]), units, figures, flat)
+            scan = udir.scan()
+            problems = udir.verify(scan)
+            if problems:
+                report.damaged += [f"unit {unit.unit_id}: {p}" for p in problems]
+                udir.reopen("; ".join(problems))  # not done any more: a resubmit regenerates exactly these rows
+                continue
+            q = udir.read_quarantine()
+            quarantine += q
+            report.duplicates_dropped += scan.duplicates
+            expected = set(range(unit.start, unit.stop)) - {x["row"] for x in q}
+            report.missing_rows += sorted(expected - scan.rows.keys())
+            if not report.ok:
+                continue  # nothing will be written; the other units are still checked, to list every problem
+            for r in sorted(x for x in scan.rows if unit.start <= x < unit.stop):  # units' ranges are disjoint
+                row = scan.rows[r]
+                if len(row["generated_samples"]) != row.get("num_samples", n):
+                    report.bad_sample_counts.append(r)
+                totals.add(row)
+                if sink is not None:
+                    sink.write(jsonl_bytes(row))
+                if keep:
+                    kept.append(row)
+        if not report.ok:
+            return report
+        report.records, report.samples, report.quarantined = totals.records, totals.samples, len(quarantine)
+        quarantine.sort(key=lambda x: x["row"])
+        _write_group(plan, report, cell_folder.get(), sink, kept, quarantine, units, figures, totals, flat)
+        sink = None
+    finally:
+        if sink is not None:
+            sink.discard()
+        cell_folder.close()
     return report
 
 
@@ -200,31 +215,35 @@ def _write_group(
     plan: Plan,
     report: GroupReport,
     out: Folder,
+    sink: StreamedFile | None,
     rows: list[OutputRow],
     quarantine: list[dict[str, Any]],
     units: list[Unit],
     figures: RunFigures,
+    totals: RowTotals,
     flat: bool = False,
 ) -> None:
     spec = plan.spec
     earlier = _listed_files(out)
     hashes: dict[str, dict[str, Any]] = {}
-    if spec.output.format == "parquet":
+    if sink is None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(rows), sink)
-        _put(out, SAMPLE_FILES["parquet"], sink.getvalue().to_pybytes(), report, hashes)
+        table = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows), table)
+        _put(out, SAMPLE_FILES["parquet"], table.getvalue().to_pybytes(), report, hashes)
     else:
-        _put(out, SAMPLE_FILES["jsonl"], encode_lines(dict(r) for r in rows), report, hashes)
+        hashes[SAMPLE_FILES["jsonl"]] = {"sha256": sink.sha256, "bytes": sink.size}
+        if sink.finish():
+            report.files_written.append(SAMPLE_FILES["jsonl"])
     _put(out, QUARANTINE, encode_lines(quarantine, lone_surrogates="escape"), report, hashes)
     if spec.output.per_user_json:
         users = out.walk(()) if flat else out.child(USERS, create=True)
         with users:
             for name, data in _user_files(rows, flat):
                 _put(users, name, data, report, hashes, name if flat else f"{USERS}/{name}")
-    summary = summarize(plan, report, rows, units, figures)
+    summary = summarize(plan, report, totals, rows, units, figures)
     _put(out, SUMMARY, json_bytes(summary), report, hashes)
     manifest = {
         "run_id": plan.run.run_id,
@@ -302,13 +321,19 @@ def _user_files(rows: list[OutputRow], flat: bool = False) -> Iterator[tuple[str
 
 
 def summarize(
-    plan: Plan, report: GroupReport, rows: list[OutputRow], units: list[Unit], figures: RunFigures
+    plan: Plan,
+    report: GroupReport,
+    totals: RowTotals,
+    rows: list[OutputRow],
+    units: list[Unit],
+    figures: RunFigures,
 ) -> dict[str, Any]:
     """inference_summary.json: the old script's fields first (by the wall clock), then what a reader needs to trust
-    the numbers: the run's own wall-clock figures, the workers beside them, the engine and why."""
+    the numbers: the run's own wall-clock figures, the workers beside them, the engine and why. `rows` are there
+    only when the spec asks for structured output (its figures judge every sample)."""
     spec, key = plan.spec, report.cell
     cell = cell_figures(figures, [u.unit_id for u in units])
-    out_tokens = sum(sum(r["sample_tokens"]) for r in rows)
+    out_tokens = totals.output_tokens
     gen_s = cell["generation_wall_s"]
     worker = figures.main_worker()
     engine = worker.get("engine") or {}
@@ -319,7 +344,7 @@ def summarize(
         "throughput_samples_per_sec": round(report.samples / gen_s, 4) if gen_s else None,
         "output_tokens": out_tokens,
         "output_tokens_per_sec": round(out_tokens / gen_s, 2) if gen_s else None,
-        "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+        "prompt_tokens": totals.prompt_tokens,
         "records": report.records,
         "quarantined": report.quarantined,
         "num_samples": spec.data.num_samples,

@@ -15,7 +15,7 @@ cores its workers could use, the CPU time they used (core-hours) and samples per
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from launcher.plan import Plan
@@ -28,6 +28,16 @@ class RunFigures:
     layout: dict[str, Any] | None  # the last job attempt's TP x DP
     gpu_hour_cost: float | None = None  # spec cost.gpu_hour
     currency: str = "USD"
+    _by_unit: dict[str, list[list[Any]]] | None = field(default=None, init=False, repr=False)
+
+    def windows_by_unit(self) -> dict[str, list[list[Any]]]:
+        """unit -> its windows in every worker's report (indexed once: a run may have 10,000 units x 256 workers)."""
+        if self._by_unit is None:
+            self._by_unit = {}
+            for w in self.workers:
+                for u, window in (w.get("unit_windows") or {}).items():
+                    self._by_unit.setdefault(u, []).append(window)
+        return self._by_unit
 
     def generating(self) -> list[WorkerReport]:
         return [w for w in self.workers if w.get("first_request_at") and w.get("last_write_at")]
@@ -268,12 +278,8 @@ def run_figures(plan: Plan) -> RunFigures:
 
 def cell_figures(figures: RunFigures, unit_ids: list[str]) -> dict[str, Any]:
     """One dataset x ablation: its units' windows over every worker that ran them, first request -> last write."""
-    windows = [
-        w["unit_windows"][u]
-        for w in figures.workers
-        for u in unit_ids
-        if u in (w.get("unit_windows") or {}) and w["unit_windows"][u][0] and w["unit_windows"][u][1]
-    ]
+    by_unit = figures.windows_by_unit()
+    windows = [x for u in unit_ids for x in by_unit.get(u, ()) if x[0] and x[1]]
     if not windows:
         return {"generation_wall_s": 0.0}
     return {"generation_wall_s": round(max(x[1] for x in windows) - min(x[0] for x in windows), 3)}

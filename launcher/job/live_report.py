@@ -95,7 +95,12 @@ class LiveReport:
         with self.lock:
             self.report["units_done"], self.report["current_units"] = report["units_done"], report["current_units"]
             self.report["unit_windows"], self.report["last_write_at"] = report["unit_windows"], report["last_write_at"]
-        w.rundir.write_json(w.rundir.worker_report(w.cfg.slot, w.owner.restart, os.getpid(), w.cfg.model), report)
+        # not fsynced while running: rewritten every HEARTBEAT_S by every worker (docs/scale.md); fsynced at the end
+        w.rundir.write_json(
+            w.rundir.worker_report(w.cfg.slot, w.owner.restart, os.getpid(), w.cfg.model),
+            report,
+            durable=report.get("ended") is not None,
+        )
 
     def heartbeat(self) -> None:
         """The heartbeat thread: renew the claims held (a unit claimed before the engine started too), rewrite the

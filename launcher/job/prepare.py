@@ -1,12 +1,13 @@
 """job/prepare.py: a unit -> its records, prompts and token ids, minus bad rows (quarantined) and rows already done.
 
-Also the run's prompt statistics (how long the prompts are, per unit), which size the engine once for every unit
-a worker may run: measured by the first worker that needs them and kept in the run directory.
+Also what the run's prompt statistics are measured with (`Preparer.stats_of`: how long the prompts are, per unit,
+read span by span); job/prompt_stats.py decides who measures them and keeps them in the run directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -16,17 +17,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from launcher.engines import Workload
 from launcher.inputs.bounded import MAX_ITEMS, RENDER_S, BoundExceeded, deadline
 from launcher.inputs.chat import NotUsable
 from launcher.inputs.encodable import first_unencodable
 from launcher.inputs.guard import InputChanged, InputGuard, PromptClock
 from launcher.inputs.prompts import PromptBuilder, make_builder, read_chat_template
 from launcher.inputs.records import Quarantined, Record, first_rows, read_shard
-from launcher.plan import Plan, Unit
+from launcher.plan import Unit
 from launcher.seeds import record_seed
 from launcher.spec import DataSpec, JobSpec, SamplingSpec
-from launcher.store import RunDir
 
 log = logging.getLogger("launcher.job")
 TOKENIZE_BATCH = 256
@@ -290,47 +289,40 @@ class Preparer:
         p = self.prepare(unit)
         return [len(t) for t in p.token_ids.values()]
 
-
-def prompt_stats(plan: Plan, preparer: Preparer, units: list[Unit] | None = None) -> dict[str, list[float]]:
-    """unit id -> [records, total prompt tokens, longest prompt], for every unit of the run; read from the run
-    directory when a worker already measured them."""
-    run: RunDir = plan.run
-    cached = run.read_json(run.prompt_stats).get("units")
-    stats: dict[str, list[float]] = {}
-    for k, v in (cached if isinstance(cached, dict) else {}).items():
-        if isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v):
-            stats[str(k)] = [float(x) for x in v]
-        else:  # a damaged cache is measured again, never trusted or fatal
-            log.warning("%s: unit %r holds %r, not [records, tokens, longest]; measured again", run.prompt_stats, k, v)
-    missing = [u for u in (units if units is not None else plan.units) if u.unit_id not in stats]
-    if missing:
+    def stats_of(
+        self, units: list[Unit], tick: Callable[[], None] = lambda: None
+    ) -> tuple[dict[str, list[float]], bool]:
+        """(unit id -> [records, total prompt tokens, longest prompt], whether a unit was refused). Neighbouring
+        units of one dataset x ablation are read as one span (reading a unit alone reads its file from the top: the
+        whole run unit by unit would read each file once per unit). A span whose input changed since submit
+        (InputChanged) counts as empty: its units are refused when claimed, the others still size the engine. `tick`
+        is called after each span (a heartbeat)."""
+        out: dict[str, list[float]] = {}
         refused = False
-        for u in missing:
-            try:
-                lengths = preparer.lengths(u)
-            except InputChanged:  # its unit is refused when claimed; the others still size the engine
-                lengths, refused = [], True
-            stats[u.unit_id] = [len(lengths), sum(lengths), max(lengths, default=0)]
-        if units is None and not refused:
-            run.write_json(run.prompt_stats, {"units": stats})
-    return stats
+        groups: dict[tuple[str, str, str], list[Unit]] = {}
+        for u in units:
+            groups.setdefault((u.data_path, u.dataset, u.ablation), []).append(u)
+        for group in groups.values():
+            group.sort(key=lambda u: u.start)
+            spans: list[list[Unit]] = []
+            for u in group:
+                if spans and u.start == spans[-1][-1].stop and u.stop - spans[-1][0].start <= STATS_SPAN_ROWS:
+                    spans[-1].append(u)
+                else:
+                    spans.append([u])
+            for span in spans:
+                try:
+                    token_ids = self.prepare(dataclasses.replace(span[0], stop=span[-1].stop)).token_ids
+                except InputChanged:
+                    token_ids, refused = {}, True
+                for v in span:
+                    lengths = [len(token_ids[r]) for r in range(v.start, v.stop) if r in token_ids]
+                    out[v.unit_id] = [len(lengths), sum(lengths), max(lengths, default=0)]
+                tick()
+        return out, refused
 
 
-def workload_of(
-    stats: dict[str, list[float]], units: list[Unit], spec: JobSpec, token_limit: int | None = None
-) -> Workload:
-    rows = [stats[u.unit_id] for u in units if u.unit_id in stats]
-    records = int(sum(r[0] for r in rows))
-    total = sum(r[1] for r in rows)
-    longest = int(max((r[2] for r in rows), default=0))
-    return Workload(
-        records,
-        total / records if records else 0.0,
-        longest,
-        spec.sampling.max_tokens,
-        spec.data.num_samples,
-        token_limit=token_limit,
-    )
+STATS_SPAN_ROWS = 50_000  # rows prepared at once when measuring a run's prompts
 
 
 def may_carry_request_settings(spec: JobSpec) -> bool:
@@ -359,7 +351,5 @@ __all__ = [
     "chat_formatter",
     "load_tokenizer",
     "may_carry_request_settings",
-    "prompt_stats",
     "token_limit",
-    "workload_of",
 ]

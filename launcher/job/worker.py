@@ -7,6 +7,8 @@
     left: stop.
 
 Claims (store/claims.py) make each unit run by one worker at a time and let a dead worker's unit be taken over;
+which unit to try next is the claim cursor's choice (job/claim_cursor.py: this worker's stride of the candidates
+first, what units.log says is done or held skipped), so a claim costs a bounded number of file operations;
 chunks make a kill lose at most the records not yet written. A record the engine cannot generate is quarantined
 alone (Completion.error); a unit whose input as a whole fails is blamed, and anything else that raises is recorded
 as the worker's failure. Every figure in the worker's report (job/live_report.py) is wall clock: `first_request_at`
@@ -36,20 +38,24 @@ from launcher.inputs.encodable import first_unencodable
 from launcher.inputs.guard import InputChanged, InputGuard, read_record, run_clock
 from launcher.inputs.records import Quarantined, Record
 from launcher.job import start
+from launcher.job.claim_cursor import ClaimCursor, worker_position
 from launcher.job.gpu_monitor import GpuSampler
 from launcher.job.host_prep import HostPrep, phase_seconds
 from launcher.job.live_report import LiveReport
 from launcher.job.order import FeedOrder, feed_order, interleave
-from launcher.job.prepare import Preparer, load_tokenizer, prompt_stats, workload_of
+from launcher.job.prepare import Preparer, load_tokenizer
+from launcher.job.prompt_stats import cached_stats, prompt_stats, workload_of
 from launcher.job.writer import ActiveUnit, ChunkWriter
 from launcher.plan import Plan, Unit
 from launcher.plan.layout import ParallelLayout
 from launcher.plan.persist import load_plan
-from launcher.store import Claim, OutputRow, Owner, RunDir, UnitDir, WorkerReport
+from launcher.plan.units import workers_per_job
+from launcher.store import ChunkScan, Claim, OutputRow, Owner, RunDir, UnitDir, WorkerReport
 
 log = logging.getLogger("launcher.job")
 PROGRESS_EVERY_S = 10.0
 PREEMPTED_EXIT = 75  # a worker process stopped by USR2/TERM: it flushed and released its units
+RUN_STATS_EVERY_S = 30.0  # how often a worker sized from its first group looks for the run's prompt statistics
 
 
 class Stopped(BaseException):
@@ -94,7 +100,10 @@ class Worker:
         self.plan: Plan = load_plan(cfg.run_dir)
         self.spec = self.plan.spec.for_model(cfg.model)  # model.path: this engine's checkpoint
         self.rundir: RunDir = self.plan.run
+        self.rundir.keep_open()  # claims, heartbeats, chunks: reached from its descriptor (store/kept.py)
         self.owner = Owner.me(cfg.slot)
+        position = worker_position(cfg.job_index, cfg.replica, self.plan.jobs, workers_per_job(self.plan.spec))
+        self.cursor = ClaimCursor(self.rundir.unit_view(), self.owner, *position)
         self.stop_requested = False
         self.keys: dict[int, tuple[ActiveUnit, int]] = {}
         self.active: list[ActiveUnit] = []
@@ -104,7 +113,8 @@ class Worker:
         self.order: FeedOrder | None = None  # decided on the host-side thread, once the tokenizer is there
         self._next_key = 0
         self._skip: set[str] = set()  # units known done in this worker's view
-        self._held_by_others: dict[str, float] = {}  # unit -> when we last saw a live owner
+        self._stats_partial_at: float | None = None  # sized without the run's prompt statistics: when last looked
+        self._token_limit: int | None = None
         self.gpus = GpuSampler(cfg.gpu_ids)  # started with the first request: figures cover generation only
         self.live = LiveReport(self)
         self.report: WorkerReport = self.live.report
@@ -164,7 +174,14 @@ class Worker:
             if not host.first:
                 return self._idle(heartbeat_started=True)
             todo = [u for u in self._candidates() if u.unit_id not in self._skip]
-            workload = workload_of(host.stats, todo or [a.prepared.unit for a in host.first], spec, limit.tokens)
+            stats = host.stats
+            if any(u.unit_id not in stats for u in todo):
+                # another worker measures the run's prompts (job/prompt_stats.py): sized from this worker's first
+                # group for now, refined once they are in (_refine_from_run_stats)
+                stats = {**_group_stats(host.first), **stats}
+                self._stats_partial_at = time.monotonic()
+            self._token_limit = limit.tokens
+            workload = workload_of(stats, todo or [a.prepared.unit for a in host.first], spec, limit.tokens)
             engine.refine(workload)
             self.live.set(
                 state="running",
@@ -278,6 +295,23 @@ class Worker:
             stats,
         )
 
+    def _refine_from_run_stats(self) -> None:
+        """Sized from its first group while another worker measured the run's prompts: once they are in (looked for
+        every RUN_STATS_EVERY_S, between groups), the engine's admission is refined from them."""
+        at, engine = self._stats_partial_at, self.engine
+        if at is None or engine is None or time.monotonic() - at < RUN_STATS_EVERY_S:
+            return
+        self._stats_partial_at = time.monotonic()
+        stats = cached_stats(self.rundir)
+        todo = [u for u in self._candidates() if u.unit_id not in self._skip]
+        if not todo or any(u.unit_id not in stats for u in todo):
+            return
+        self._stats_partial_at = None
+        workload = workload_of(stats, todo, self.spec, self._token_limit)
+        engine.refine(workload)
+        self.live.set(workload=workload.__dict__)
+        log.info("worker %s: admission refined from the run's prompt statistics", self.cfg.slot)
+
     def _rendezvous(self) -> Rendezvous:
         group = NodeGroup.current()
         if group is None:
@@ -339,6 +373,7 @@ class Worker:
             if self.stop_requested:
                 return
             if not group:
+                self._refine_from_run_stats()
                 group = self._claim_next(preparer)
                 if not group:
                     return
@@ -425,59 +460,62 @@ class Worker:
         return self.order.candidates(units) if self.order is not None else list(units)
 
     def _claim_next(self, preparer: Preparer) -> list[ActiveUnit]:
-        """The first candidate that is not done, not failed too often, and free (or its owner dead), prepared, with
-        prefix order also the members of its group that are (each claimed on its own: one another worker holds, or
-        that is done, stays out of this group). Empty when nothing is left."""
+        """The next candidate the cursor offers (this worker's stride of them first) that is not done, not failed too
+        often, and free (or its owner dead), prepared, with prefix order also the members of its group that are
+        (each claimed on its own: one another worker holds, or that is done, stays out of this group). Empty when
+        nothing is left."""
         self._decide_order(preparer)
-        for unit in self._candidates():
+        for unit in self.cursor.walk(self._candidates()):
             found = self._take(unit)
             if found is not None and (group := self._with_partners(self._activate(found, preparer), preparer)):
                 return group
         return []
 
     def _with_partners(self, active: ActiveUnit | None, preparer: Preparer) -> list[ActiveUnit]:
-        """`active` and the members of its prefix group this worker could claim, in the group's feed order."""
+        """`active` and the members of its prefix group this worker could claim, in the group's feed order. A member
+        units.log says is done or held by a live worker is not tried (no file operation)."""
         if active is None:
             return []
         order = self.order
         assert order is not None
         group = [active]
         for partner in order.partners(active.prepared.unit, self._candidates()):
-            if (found := self._take(partner)) is not None and (other := self._activate(found, preparer)) is not None:
-                group.append(other)
+            if not self.cursor.worth_a_try(partner.unit_id):
+                continue
+            if (found := self._take(partner)) is not None:
+                self.cursor.claimed(partner.unit_id)  # outside its walk: never offered again
+                if (other := self._activate(found, preparer)) is not None:
+                    group.append(other)
         return sorted(group, key=lambda a: order.position(a.prepared.unit))
 
     def _claim_free(self) -> FreeUnit | None:
-        """The first candidate that is free, claimed with file operations alone (no tokenizer needed)."""
-        for unit in self._candidates():
+        """The next candidate the cursor offers that is free, claimed with file operations alone (no tokenizer)."""
+        for unit in self.cursor.walk(self._candidates()):
             if (found := self._take(unit)) is not None:
                 return found
         return None
 
     def _take(self, unit: Unit) -> FreeUnit | None:
-        """Claim one unit (store/claims.py); None when it is done, failed too often, or held."""
+        """Claim one unit (store/claims.py, told to units.log); None when it is done, failed too often, or held. A
+        unit the run's complete log never named was never claimed: it has no done marker, failures, chunks or
+        quarantine, and none is read (a claim at generation 0 proves the same after the fact)."""
         if unit.unit_id in self._skip:
             return None
-        max_failures = self.plan.spec.slurm.max_retries + 1
-        submission = os.environ.get("LAUNCHER_SUBMISSION")
         udir = self.rundir.unit(unit.unit_id)
-        if udir.is_done():
+        named = self.cursor.worth_checking(unit.unit_id)
+        if named and (udir.is_done() or self._failed_out(udir)):
             self._skip.add(unit.unit_id)
             return None
-        if len([f for f in udir.read_failures() if f.get("submission") == submission]) >= max_failures:
-            self._skip.add(unit.unit_id)
-            log.error(
-                "unit %s failed %d time(s) in this submission; no worker takes it again", unit.unit_id, max_failures
-            )
-            return None
-        claim = udir.claims.try_claim(self.owner)
+        claim = udir.claim(self.owner, fresh=not named)
         if claim is None:
+            self.cursor.taken(unit.unit_id)
             return None
-        if udir.is_done():  # finished between our check and our claim
-            udir.claims.release(claim)
+        # finished between our check and our claim, or failed out while the log missed its claims
+        if claim.generation > 0 and (udir.is_done() or (not named and self._failed_out(udir))):
+            udir.release(claim)
             self._skip.add(unit.unit_id)
             return None
-        scan = udir.scan(keep_rows=False)
+        scan = udir.scan(keep_rows=False) if claim.generation > 0 else ChunkScan()
         if scan.damaged:
             log.warning(
                 "unit %s: %d chunk(s) fail their checksum; their rows are generated again: %s",
@@ -487,6 +525,15 @@ class Worker:
             )
             udir.set_damaged_aside(scan.damaged)
         return FreeUnit(unit, udir, claim, frozenset(scan.rows))
+
+    def _failed_out(self, udir: UnitDir) -> bool:
+        """The unit failed max_retries + 1 times in this submission: no worker takes it again."""
+        max_failures = self.plan.spec.slurm.max_retries + 1
+        submission = os.environ.get("LAUNCHER_SUBMISSION")
+        if len([f for f in udir.read_failures() if f.get("submission") == submission]) < max_failures:
+            return False
+        log.error("unit %s failed %d time(s) in this submission; no worker takes it again", udir.unit_id, max_failures)
+        return True
 
     def _activate(self, found: FreeUnit, preparer: Preparer) -> ActiveUnit | None:
         """A claimed unit -> its records read and tokenized (minus rows already written), quarantine written; None
@@ -504,13 +551,14 @@ class Worker:
             # max_retries + 1; its claim goes back at once.
             if isinstance(exc, Exception) and not self.stop_requested:
                 self._record_unit_failure(udir, f"reading and tokenizing its records: {type(exc).__name__}: {exc}")
-            udir.claims.release(claim)
+            udir.release(claim)
             self._forget_pending(found)
             raise
         active = ActiveUnit(prepared, udir, claim, remaining=len(prepared.token_ids))
         self.active.append(active)  # first: the heartbeat and stop_now see it as one of this worker's units
         self._forget_pending(found)
-        udir.write_quarantine(active.quarantine_rows())
+        if (quarantined := active.quarantine_rows()) or claim.generation > 0:  # a first claim has no file to replace
+            udir.write_quarantine(quarantined)
         self.claimed += 1
         log.info(
             "worker %s: claimed unit %s (generation %d): %d record(s) to generate, %d already done",
@@ -531,7 +579,7 @@ class Worker:
         goes on with its other units (each worker refuses a unit once: the check costs a stat())."""
         log.error("worker %s: unit %s refused: %s", self.cfg.slot, unit.unit_id, exc)
         self._record_unit_failure(udir, f"InputChanged: {exc}")
-        udir.claims.release(claim)
+        udir.release(claim)
         self._skip.add(unit.unit_id)
         self.live.warn(f"unit {unit.unit_id} refused: {exc}"[:500])
 
@@ -552,9 +600,9 @@ class Worker:
     def _release_unfinished(self) -> None:
         for active in self.active:
             if not active.finished:
-                active.dir.claims.release(active.claim)
+                active.dir.release(active.claim)
         if (pending := self.pending) is not None:  # claimed, not prepared yet (the engine was still starting)
-            pending.dir.claims.release(pending.claim)
+            pending.dir.release(pending.claim)
 
     def _fail(self, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -580,6 +628,15 @@ class Worker:
                 "job_id": self.owner.job_id,
             },
         )
+
+
+def _group_stats(group: list[ActiveUnit]) -> dict[str, list[float]]:
+    """[records, prompt tokens, longest prompt] of each unit of a prepared group (its rows still to generate)."""
+    out: dict[str, list[float]] = {}
+    for active in group:
+        lengths = [len(t) for t in active.prepared.token_ids.values()]
+        out[active.unit_id] = [len(lengths), sum(lengths), max(lengths, default=0)]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,7 +194,7 @@ class ChunkWriter:
             generation=active.claim.generation,
             finished_at=time.time(),
         )
-        active.dir.write_done(done)
+        active.dir.mark_done(done)
         if active.last_at is None:
             active.last_at = time.time()
         active.finished = True

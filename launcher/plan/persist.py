@@ -29,6 +29,8 @@ def save_plan(plan: Plan) -> Path:
     run = plan.run
     OutputDir(run.output_dir, plan.spec.output.share).create()
     run.create()
+    if not run.exists(run.units):  # no unit ever claimed: its units.log can vouch for every claim (store/unit_log.py)
+        run.unit_events().create()
     run.write_json(run.spec_json, plan.spec.model_dump(mode="json"))
     run.write_json(run.plan_json, plan.to_json())
     return run.root

@@ -46,18 +46,26 @@ def storage_wait_s() -> float:
 
 
 def write_atomic(
-    path: Path, data: bytes, wait_s: float | None = None, *, mode: int | None = None, opener: Opener | None = None
+    path: Path,
+    data: bytes,
+    wait_s: float | None = None,
+    *,
+    mode: int | None = None,
+    opener: Opener | None = None,
+    durable: bool = True,
 ) -> None:
     """Readers see the old file or the new one, never half of one. Full or read-only storage is waited out (above)
     for `wait_s` (default: storage_wait_s()); 0 for a best-effort file that must never hold a job up. `mode`: the
     file's mode (default: the folder's, see store/fs.py); `opener`: how the folder is reached and checked (default:
-    a folder the user named)."""
+    a folder the user named). `durable` False skips the fsync: for a file rewritten every few seconds (a worker's
+    report), which a crash may leave empty (readers take an empty file as missing) and which would otherwise cost
+    the file server a flush each time."""
     deadline: float | None = None
     pause_s = 0.5
     while True:
         try:
             with (opener or plain_folder)(path.parent, True) as folder:
-                folder.write_atomic(path.name, data, mode)
+                folder.write_atomic(path.name, data, mode, durable=durable)
             return
         except OSError as exc:
             if exc.errno not in STORAGE_ERRNOS:
@@ -80,9 +88,15 @@ def json_bytes(obj: Any) -> bytes:
 
 
 def write_json_atomic(
-    path: Path, obj: Any, wait_s: float | None = None, *, mode: int | None = None, opener: Opener | None = None
+    path: Path,
+    obj: Any,
+    wait_s: float | None = None,
+    *,
+    mode: int | None = None,
+    opener: Opener | None = None,
+    durable: bool = True,
 ) -> None:
-    write_atomic(path, json_bytes(obj), wait_s, mode=mode, opener=opener)
+    write_atomic(path, json_bytes(obj), wait_s, mode=mode, opener=opener, durable=durable)
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]], *, opener: Opener | None = None) -> None:

@@ -182,6 +182,16 @@ class ClaimBook:
                     raise
                 time.sleep(1.0)
 
+    def try_first(self, me: Owner, folder: Folder) -> Claim | None:
+        """Generation 0 made in `folder` (this book's, open): the claim of a unit never claimed before, without
+        listing the folder first. None when a claim is there already (a racer won, or a claim the caller did not
+        know of): try_claim then decides by the rules above."""
+        try:
+            folder.create_exclusive(f"{0:06d}.json", json.dumps(asdict(me)).encode(), mode=PRIVATE.file)
+        except FileExistsError:
+            return None
+        return Claim(0, self.folder / f"{0:06d}.json", me)
+
     def _create(self, gen: int, me: Owner) -> Claim:
         name = f"{gen:06d}.json"
         with self._open(create=True) as folder:  # a half-written claim is removed again (Folder.create_exclusive)

@@ -42,7 +42,7 @@ from launcher.store.modes import (
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_LOCK = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_LOCK = os.O_RDWR | os.O_CREAT
 NAME_MAX = 255  # bytes in one file name (Linux, NFS, Lustre)
 TMP_SUFFIX = ".tmp"
 FIX_PLANTED = (
@@ -146,9 +146,12 @@ class Folder:
         if st.st_uid != os.geteuid():
             self.close()
             raise refusal(self.path, f"was replaced as it was created: it belongs to {who(st.st_uid)}")
-        if self.modes.gid is not None and st.st_gid != self.modes.gid and in_group(self.modes.gid):
-            os.fchown(self.fd, -1, self.modes.gid)
-        os.fchmod(self.fd, self.modes.dir)
+        gid = self.modes.gid
+        chown = gid is not None and st.st_gid != gid and in_group(gid)
+        if gid is not None and chown:
+            os.fchown(self.fd, -1, gid)
+        if chown or stat.S_IMODE(st.st_mode) != self.modes.dir:  # as asked already: no round trip to the server
+            os.fchmod(self.fd, self.modes.dir)
 
     def child(
         self,
@@ -157,23 +160,23 @@ class Folder:
         private: bool = False,
         owned: bool | None = None,
         modes: Modes | None = None,
+        new: bool = False,
     ) -> Folder:
         """The folder `name` in this one, never reached through a link, and yours when `owned` (default: as this
         folder). `private`: yours and 0700 (a folder of yours left open by an older launcher is closed again). With
         `create` (about to write into it) a folder of yours that its group or others may write loses that write bit:
-        what the launcher writes is never writable by anyone else, whatever a umask of 002 made before."""
+        what the launcher writes is never writable by anyone else, whatever a umask of 002 made before. `new`: most
+        likely missing (a unit never claimed), so it is made first, then opened: one lookup fewer."""
         owned = (self.owned if owned is None else owned) or private
         modes = PRIVATE if private else (modes or self.modes)
         path = self.path / check_name(self.path, name)
-        made = False
+        made = create and new and self._mkdir(name, modes)
         try:
             fd = self._open_dir(name, path)
         except FileNotFoundError:
             if not create:
                 raise
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(name, modes.dir & 0o777, dir_fd=self.fd)
-                made = True
+            made = self._mkdir(name, modes)
             fd = self._open_dir(name, path)
         folder = Folder(fd, path, modes, owned)
         st = os.fstat(fd)
@@ -188,6 +191,13 @@ class Folder:
             os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o022)
         return folder
 
+    def _mkdir(self, name: str, modes: Modes) -> bool:
+        try:
+            os.mkdir(name, modes.dir & 0o777, dir_fd=self.fd)
+            return True
+        except FileExistsError:
+            return False
+
     def _open_dir(self, name: str, path: Path) -> int:
         try:
             return os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=self.fd)
@@ -198,11 +208,11 @@ class Folder:
                 raise refusal(path, f"is {what}, where a folder of yours belongs") from None
             raise
 
-    def walk(self, names: Iterable[str], create: bool = False, private: bool = False) -> Folder:
+    def walk(self, names: Iterable[str], create: bool = False, private: bool = False, new: bool = False) -> Folder:
         """The folder `names` below this one, each step checked as child() does. This folder stays open."""
         here: Folder = self
         for name in names:
-            nxt = here.child(name, create=create, private=private)
+            nxt = here.child(name, create=create, private=private, new=new)
             if here is not self:
                 here.close()
             here = nxt
@@ -258,30 +268,40 @@ class Folder:
         except (OSError, UntrustedFile):
             return False
 
-    def write_atomic(self, name: str, data: bytes, mode: int | None = None) -> None:
-        """`name` holds `data`, whole or not at all: written to a random new name (O_EXCL), fchmod-ed, fsynced,
-        then renamed over `name` (which replaces a planted link instead of writing through it)."""
+    def write_atomic(self, name: str, data: bytes, mode: int | None = None, durable: bool = True) -> None:
+        """`name` holds `data`, whole or not at all: written to a random new name (O_EXCL), fchmod-ed, fsynced
+        (unless not `durable`: a file rewritten every few seconds, store/atomic.py), then renamed over `name` (which
+        replaces a planted link instead of writing through it)."""
+        tmp, fd = self.new_temp(name, mode)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                if durable:
+                    os.fsync(f.fileno())
+            self.replace(tmp, name)
+        except BaseException:
+            with contextlib.suppress(OSError):  # on read-only storage it cannot go
+                os.unlink(tmp, dir_fd=self.fd)
+            raise
+
+    def new_temp(self, name: str, mode: int | None = None) -> tuple[str, int]:
+        """(a random name beside `name`, a descriptor on that new file): created with O_EXCL | O_NOFOLLOW (nothing
+        planted there can be written through), its mode set with fchmod. The caller renames it over `name` with
+        replace() or unlinks it."""
         check_name(self.path, name)
         for _ in range(3):
             tmp = temp_name(name)
-            try:
-                fd = os.open(tmp, _NEW, 0o600, dir_fd=self.fd)
-                break
-            except FileExistsError:
-                continue  # 64 random bits taken: only someone planting names; draw again
-        else:
-            raise refusal(self.path / name, "three random temporary names in a row were taken")
+            with contextlib.suppress(FileExistsError):  # 64 random bits taken: only someone planting names
+                return tmp, self.create_new(tmp, mode)
+        raise refusal(self.path / name, "three random temporary names in a row were taken")
+
+    def replace(self, tmp: str, name: str) -> None:
+        """Rename `tmp` over `name` (a link at `name` is replaced, never followed); a folder there is refused."""
         try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), self.modes.file if mode is None else mode)
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):  # on read-only storage it cannot go
-                os.unlink(tmp, dir_fd=self.fd)
-            if isinstance(exc, OSError) and exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+            os.rename(tmp, check_name(self.path, name), src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except OSError as exc:
+            if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
                 raise refusal(self.path / name, "is a folder, where a file belongs") from None
             raise
 
@@ -289,7 +309,9 @@ class Folder:
         """A descriptor on a new file `name` (O_EXCL: FileExistsError when there is one, a link included), its mode
         set with fchmod: a probe, or the start of create_exclusive."""
         fd = os.open(check_name(self.path, name), _NEW, 0o600, dir_fd=self.fd)
-        os.fchmod(fd, self.modes.file if mode is None else mode)
+        wanted = self.modes.file if mode is None else mode
+        if stat.S_IMODE(os.fstat(fd).st_mode) != wanted:  # as asked already (the umask kept 0600): no round trip
+            os.fchmod(fd, wanted)
         return fd
 
     def create_exclusive(self, name: str, data: bytes = b"", mode: int | None = None) -> None:
@@ -307,23 +329,29 @@ class Folder:
             raise
 
     def open_lock(self, name: str) -> IO[str]:
-        """A lock file (flock) kept open and rewritten in place: created 0600 if missing; refused when it is a
-        link, not a regular file, not yours, or hard-linked (truncating it would truncate the other name's file)."""
+        """A lock file (flock) kept open and rewritten in place: created 0600 if missing; checked as open_private."""
+        return os.fdopen(self.open_private(name, _LOCK, "the launcher's lock file"), "r+", encoding="utf-8")
+
+    def open_private(self, name: str, flags: int, what: str = "a file of yours") -> int:
+        """A descriptor on `name` opened with `flags` (never through a link, never blocking on a FIFO; created 0600
+        with O_CREAT): a lock, a log appended to (units.log). Refused (UntrustedFile) when it is a link, not a regular
+        file, not yours, or hard-linked (writing it would write the other name's file); made 0600 again when its
+        group or others may read it and it is opened for writing."""
         path = self.path / check_name(self.path, name)
         try:
-            fd = os.open(name, _LOCK, 0o600, dir_fd=self.fd)
+            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600, dir_fd=self.fd)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise refusal(path, "is a symbolic link, where the launcher's lock file belongs") from None
+                raise refusal(path, f"is a symbolic link, where {what} belongs") from None
             raise
         st = os.fstat(fd)
         problem = file_problem(st, trusted=False) or (f"has {st.st_nlink} hard links" if st.st_nlink != 1 else "")
         if problem:
             os.close(fd)
             raise refusal(path, problem)
-        if stat.S_IMODE(st.st_mode) & 0o077:
+        if flags & (os.O_WRONLY | os.O_RDWR) and stat.S_IMODE(st.st_mode) & 0o077:
             os.fchmod(fd, 0o600)
-        return os.fdopen(fd, "r+", encoding="utf-8")
+        return fd
 
     def rename(self, old: str, new: str) -> None:
         os.rename(check_name(self.path, old), check_name(self.path, new), src_dir_fd=self.fd, dst_dir_fd=self.fd)

@@ -8,8 +8,10 @@ spells them.
     run.json                   identity, submissions, image, versions
     inputs.json                what every unit's inputs are checked against, the prompt clock (inputs/guard.py)
     container.json             the container request (0600: it may hold secrets)
-    prompt_stats.json          prompt lengths per unit, measured once by the first worker (engine sizing)
+    prompt_stats.json          prompt lengths per unit, measured once by one worker (engine admission)
+    prompt_stats.claims/       which worker measures them (a claim, as a unit's: the others do not wait)
     units/<unit id>/           chunks, claims, done marker (unit_dir.py)
+    units.log                  every unit's claims, done markers, give-backs, reopenings, in order (unit_log.py)
     jobs/<array index>/        live.json, failures/, requeues/, attempts/: one Slurm array element's history
     workers/<slot>-r<restart>-<pid>.json   one worker process: host, GPUs, units, rates, engine settings
     multinode/<job>-r<restart>/   one multi-node engine's rendezvous: rank 0's engine arguments, ranks, done mark
@@ -35,9 +37,12 @@ from typing import TYPE_CHECKING, Any
 
 from launcher.errors import UntrustedFile
 from launcher.store.atomic import json_bytes, read_json, write_atomic, write_json_atomic
+from launcher.store.claims import ClaimBook
 from launcher.store.fs import PRIVATE, Folder, Opener, plain_folder, plain_modes, share_modes
+from launcher.store.kept import Holding, keep_run, kept_run
 from launcher.store.records import WorkerReport
 from launcher.store.unit_dir import UnitDir
+from launcher.store.unit_log import UnitLog, UnitView
 
 if TYPE_CHECKING:
     from launcher.store.outputs import CellDir, OutputDir
@@ -81,6 +86,8 @@ class RunDir:
         left it open; the run's folder itself is made only by create() (a submit): a job whose run folder was moved
         away fails (FileNotFoundError) instead of writing into a new one. With `seal` (about to trust a file in
         it) every folder from the run's down to `parts` is made 0700 first: nobody else can swap what is checked."""
+        if (kept := None if seal else kept_run(self.root)) is not None:  # a worker's, held open (store/kept.py)
+            return kept.folder(parts, create)
         top = self._open_root(make=False, tighten=create or seal)
         if not parts:
             return top
@@ -98,6 +105,9 @@ class RunDir:
             runs = Folder.anchor(parent, plain_modes(), make)
         with runs:
             return runs.child(self.root.name, create=make, private=tighten or make, owned=True)
+
+    def keep_open(self) -> Holding:  # this run's folder held open from now on, or in a `with` (store/kept.py)
+        return keep_run(self.root, lambda: self._open_root(make=False, tighten=True))
 
     def folder_at(self, path: Path, create: bool = False, seal: bool = False) -> Folder:
         """The folder `path` inside this run: the opener its files are written and read with."""
@@ -125,8 +135,9 @@ class RunDir:
         with self.folder_at(path.parent) as folder:
             return folder.read_bytes(path.name)
 
-    def write_json(self, path: Path, obj: Any, wait_s: float | None = None) -> None:
-        write_json_atomic(path, obj, wait_s, opener=self.folder_at)
+    def write_json(self, path: Path, obj: Any, wait_s: float | None = None, durable: bool = True) -> None:
+        """`path` holds `obj`, written whole through the checked folder; `durable` False: no fsync (store/atomic.py)."""
+        write_json_atomic(path, obj, wait_s, opener=self.folder_at, durable=durable)
 
     def write_json_once(self, path: Path, obj: Any, lock: Path) -> bool:
         """`path` holds `obj` unless it is there already (the first writer wins; False then). Decided under the flock
@@ -226,7 +237,21 @@ class RunDir:
         return self.root / "units"
 
     def unit(self, unit_id: str) -> UnitDir:
-        return UnitDir(self.units / unit_id, self.folder_at)
+        return UnitDir(self.units / unit_id, self.folder_at, self.unit_events())
+
+    @property
+    def unit_log(self) -> Path:
+        return self.root / "units.log"
+
+    def unit_events(self) -> UnitLog:
+        return UnitLog(self.unit_log, self.folder_at)  # through the checked run folder: 0600, never a link
+
+    def unit_view(self) -> UnitView:  # what units.log says of every unit, read once (refresh() reads what came since)
+        return UnitView(self.unit_events()).read()
+
+    def prompt_stats_book(self) -> ClaimBook:
+        """Who measures the run's prompt statistics (one worker), checked as a unit's claims are."""
+        return ClaimBook(self.root / "prompt_stats.claims", self.folder_at)
 
     @property
     def jobs(self) -> Path:

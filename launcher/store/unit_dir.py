@@ -7,6 +7,9 @@
         failures/<owner>.json                          a worker that crashed while holding it
         done.json                                      every row is in a chunk or quarantined; lists the chunks
 
+Claims, done markers, give-backs and reopenings are also told to the run's units.log (unit_log.py), which is how
+workers and status learn of them without visiting every unit's folder.
+
 A chunk whose bytes no longer match the checksum in its name (a flipped byte, a truncated copy) is damaged: its rows
 count as not done, and `rows_done()` says so instead of failing on bad JSON, so a rerun regenerates exactly them.
 So is a chunk that is not a plain file of yours (a link, a FIFO, another user's file): it is never read.
@@ -25,10 +28,11 @@ from typing import Any
 
 from launcher.errors import UntrustedFile
 from launcher.store.atomic import read_json, write_atomic, write_json_atomic
-from launcher.store.claims import ClaimBook
+from launcher.store.claims import Claim, ClaimBook, Owner
 from launcher.store.fs import Folder, Opener, plain_folder
 from launcher.store.jsonl import BadLine, encode_lines, parse_lines
 from launcher.store.records import OutputRow, UnitDone
+from launcher.store.unit_log import UnitEvent, UnitLog, claim_event
 
 CHUNK_RE = re.compile(r"^(\d{6})-(\d{6})-([0-9a-f]{16})\.jsonl$")
 
@@ -51,6 +55,8 @@ class ChunkScan:
 class UnitDir:
     root: Path
     opener: Opener = field(default=plain_folder, compare=False, repr=False)
+    log: UnitLog | None = field(default=None, compare=False, repr=False)
+    """The run's units.log (RunDir.unit gives it); None: events are not recorded."""
 
     def _folder(self, path: Path, create: bool = False) -> Folder:
         return self.opener(path, create)
@@ -79,6 +85,44 @@ class UnitDir:
     @property
     def claims(self) -> ClaimBook:
         return ClaimBook(self.root / "claims", self.opener)
+
+    @property
+    def unit_id(self) -> str:
+        return self.root.name
+
+    def claim(self, me: Owner, fresh: bool = False) -> Claim | None:
+        """ClaimBook.try_claim, told to the run's log when won. `fresh`: the run's complete units.log never named the
+        unit, so it was never claimed: its folders are made first and generation 0 created at once (no listing, one
+        lookup per folder fewer); a claim found there after all goes the usual way."""
+        claim = self._claim_fresh(me) if fresh else None
+        claim = claim or self.claims.try_claim(me)
+        if claim is not None and self.log is not None:
+            self.log.append(claim_event(self.unit_id, claim))
+        return claim
+
+    def _claim_fresh(self, me: Owner) -> Claim | None:
+        book = self.claims
+        try:
+            with (
+                self._folder(self.root.parent) as units,
+                units.walk((self.unit_id, book.folder.name), create=True, new=True) as folder,
+            ):
+                return book.try_first(me, folder)
+        except (OSError, UntrustedFile):  # no units/ yet (the run's first claim), full storage, a planted name
+            return None
+
+    def release(self, claim: Claim) -> None:
+        """ClaimBook.release, told to the run's log: the unit is free for the next worker at once. Never waits on
+        storage (it runs in a preemption's signal handler)."""
+        self.claims.release(claim)
+        if self.log is not None:
+            self.log.append(UnitEvent("release", self.unit_id, claim.generation), wait=False)
+
+    def mark_done(self, done: UnitDone) -> None:
+        """Write done.json, then tell the run's log (in that order: a `done` line means the marker is there)."""
+        self.write_done(done)
+        if self.log is not None:
+            self.log.append(UnitEvent("done", self.unit_id, int(done.get("generation", 0))))
 
     def chunk_files(self) -> list[Path]:
         try:
@@ -167,13 +211,16 @@ class UnitDir:
         except (OSError, UntrustedFile):
             return False
 
-    def verify(self) -> list[str]:
-        """Problems with a unit marked done: chunks it lists that are missing or fail their checksum. Empty: ok."""
+    def verify(self, scan: ChunkScan | None = None) -> list[str]:
+        """Problems with a unit marked done: chunks it lists that are missing or fail their checksum. Empty: ok.
+        Given the unit's `scan()`, a chunk it found good is not read again."""
         done = self.read_done()
         if not done:
             return ["done.json is missing or unreadable"] if self.is_done() else []
         problems = []
         for name, digest in sorted((done.get("chunks") or {}).items()):
+            if scan is not None and scan.good.get(name) == digest:
+                continue
             path = self.chunks / name
             try:
                 data = self._read(path)
@@ -199,6 +246,8 @@ class UnitDir:
         with contextlib.suppress(OSError, UntrustedFile), self._folder(self.root) as folder:
             folder.rename(self.done_marker.name, f"{self.done_marker.name}.reopened-{int(time.time())}")
         write_json_atomic(self.root / "reopened.json", {"time": time.time(), "why": why}, opener=self.opener)
+        if self.log is not None:
+            self.log.append(UnitEvent("reopen", self.unit_id, -1))
 
     def record_failure(self, owner: str, info: dict[str, Any]) -> None:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", owner)[:120]

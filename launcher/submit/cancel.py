@@ -1,6 +1,7 @@
-"""submit/cancel.py: run dir -> its jobs stopped. Slurm runs: scancel of every job Slurm still holds (the task arrays
-and the gather jobs). Local runs: SIGTERM to each job process the submit recorded (its workers write what they
-finished, give their units back and exit: job/entry.py), then wait for them to end.
+"""submit/cancel.py: run dir -> its jobs stopped. Slurm runs: scancel of every job Slurm still holds (the task arrays,
+all of them when the run was split at the cluster's MaxArraySize, and the gather jobs). Local runs: SIGTERM to each
+job process the submit recorded (its workers write what they finished, give their units back and exit:
+job/entry.py), then wait for them to end.
 
 Finished records are kept either way; the hint names what resumes the run (plan/persist.resume_hint).
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -20,8 +20,8 @@ from rich.console import Console
 from launcher.errors import UntrustedFile
 from launcher.plan.persist import resume_hint
 from launcher.store import RunDir
-from launcher.submit.executors import task_job_ids
 from launcher.submit.lock import LocalProcess, read_local_processes
+from launcher.submit.slurm_query import run_slurm, task_job_ids
 from launcher.terminal import safe
 
 STOP_WAIT_S = 90.0  # a worker flushes in seconds; an engine still loading finishes loading first
@@ -53,16 +53,9 @@ def cancel_run(run_dir: Path, console: Console) -> int:
 
 
 def _in_queue(ids: list[str]) -> list[str]:
-    """The job ids (array ids for arrays) of those Slurm still holds; none when squeue cannot answer."""
-    if not shutil.which("squeue"):
-        return []
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-j", ",".join(ids), "-o", "%F"], capture_output=True, text=True, timeout=60
-        )
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return sorted(set(out.stdout.split()), key=int) if out.returncode == 0 else []
+    """The job ids (array ids for arrays: every array of a run split at MaxArraySize) of those Slurm still holds, in
+    one squeue call; none when squeue cannot answer."""
+    return sorted(set(run_slurm(["squeue", "-h", "-j", ",".join(ids), "-o", "%F"]).split()), key=int)
 
 
 def _cancel_local(run: RunDir, console: Console) -> int:

@@ -1,7 +1,9 @@
-"""submit/executors.py: Plan -> submitit array of worker jobs (Slurm, or local processes for the demo) + a gather
+"""submit/executors.py: Plan -> submitit array(s) of worker jobs (Slurm, or local processes for the demo) + a gather
 job; run.json.
 
-The whole array is one map_array call: one sbatch, however many jobs. Each element is a worker job
+The array is one map_array call: one sbatch, however many jobs, unless the jobs outnumber the cluster's MaxArraySize:
+then one array per MaxArraySize jobs (slurm_query.py), each job keeping its own index, and the gather job waits for
+them all. Each element is a worker job
 (job/entry.py: JobRunner) that claims units of work from the run directory until none is left, so the array's size
 follows the GPUs the spec allows (slurm.max_gpus, slurm.jobs), not the number of units. Jobs are submitit
 Checkpointables: on USR2 (preemption, time limit) their workers flush and give their units back, and the job
@@ -12,9 +14,7 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -38,6 +38,8 @@ from launcher.store.guard import guarded_argv
 from launcher.store.modes import private_umask
 from launcher.submit.lock import local_processes, refuse_if_local_run_lives, submit_lock
 from launcher.submit.provenance import write_run_json
+from launcher.submit.slurm_query import active_jobs, array_slices, max_array_size
+from launcher.submit.slurm_query import task_job_ids as task_job_ids  # re-exported: status and tests import it here
 
 # submitit writes --array=0-N%min(N+1, array_parallelism), 256 unless told: a spec without a limit means none.
 MAX_ARRAY_SIZE = 100_000
@@ -207,7 +209,9 @@ def submit(
         ex = make_executor(spec, run.logs, kind)
         # private_umask: the pickles, the sbatch script, the jobs' logs and files are private run state
         with private_umask(), _children_ignore_sigint(kind == "local"):
-            handles = ex.map_array(JobRunner(str(run.root)), list(range(jobs))) if jobs else []
+            handles = []
+            for part in array_slices(jobs, max_array_size() if kind == "slurm" else None):
+                handles += ex.map_array(JobRunner(str(run.root)), list(part))
         job_ids = [j.job_id for j in handles]
         # local: the job id is the pid of submitit's controller process, one per job
         lock.record(local_processes(map(int, job_ids), range(jobs)) if kind == "local" else [])
@@ -256,34 +260,8 @@ def submit_gather(plan: Plan, job_ids: list[str]) -> Any:
     ):
         if value:
             params[key] = value
-    if job_ids:
-        params["slurm_additional_parameters"] = {"dependency": f"afterany:{job_ids[0].split('_')[0]}"}
+    if job_ids:  # every array of the run (one per MaxArraySize jobs)
+        arrays = sorted({j.split("_")[0] for j in job_ids}, key=int)
+        params["slurm_additional_parameters"] = {"dependency": "afterany:" + ":".join(arrays)}
     gex.update_parameters(**params)
     return gex.submit(gather_job, str(plan.run.root))
-
-
-def task_job_ids(run: dict[str, Any]) -> list[str]:
-    """The Slurm job ids (array ids, or single job ids) of every submission of a run."""
-    return sorted(
-        {
-            j.split("_")[0]
-            for s in run.get("submissions", [])
-            if s.get("executor", "slurm") == "slurm"
-            for j in s.get("job_ids", [])
-        },
-        key=int,
-    )
-
-
-def active_jobs(run: dict[str, Any]) -> list[str]:
-    """Task jobs of the run that Slurm still holds (pending, running, requeued, completing)."""
-    ids = task_job_ids(run)
-    if not ids or not shutil.which("squeue"):
-        return []
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i"], capture_output=True, text=True, timeout=60
-        )
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return out.stdout.split() if out.returncode == 0 else []  # 1: none of the ids is known any more

@@ -53,6 +53,7 @@ def write_run_json(
             "executor": executor,
             "job_ids": job_ids,
             "array_job_id": job_ids[0].split("_")[0] if job_ids else None,
+            "array_job_ids": sorted({j.split("_")[0] for j in job_ids}, key=lambda j: int(j) if j.isdigit() else 0),
             "gather_job_id": gather_id,
             "jobs": jobs,
             "job_indices": list(range(jobs)),

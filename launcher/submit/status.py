@@ -2,14 +2,18 @@
 unit each holds, records, rate) and its units (done, running, pending, failed), plus the run's wall-clock figures.
 
 Two sources, because each lags where the other does not: squeue knows live jobs at once (pending, running, and why
-pending) but forgets them when they end; sacct keeps finished jobs but learns of new ones ~5 s late. The run
-directory beats both for the work itself: a unit's done.json means DONE whatever Slurm says.
+pending) but forgets them when they end; sacct keeps finished jobs but learns of new ones ~5 s late. Each is asked
+once for every job of the run (all its arrays), never once per task. The run directory beats both for the work
+itself: a unit's done.json means DONE whatever Slurm says.
+
+Units are read from the run's units.log (store/unit_log.py), not folder by folder: a unit the log says is done at its
+first claim is DONE, one it never names is PENDING, one at its first claim that its worker's live report lists is
+RUNNING (with the records that report counts); only the others (given back, failed, reclaimed, a worker gone quiet)
+are looked at on disk. A run planned before units.log existed is read folder by folder.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -20,7 +24,8 @@ from launcher.plan import Plan
 from launcher.plan.persist import load_plan, resume_hint
 from launcher.store import RunDir, WorkerReport
 from launcher.store.claims import lease_s
-from launcher.submit.executors import task_job_ids
+from launcher.store.unit_log import UnitView
+from launcher.submit.slurm_query import JobState, slurm_states, task_job_ids
 
 UNITS_SHOWN = 30
 
@@ -46,13 +51,6 @@ COLORS = {
     "OUT_OF_MEMORY": "red",
     "PENDING": "cyan",
 }
-
-
-@dataclass
-class JobState:
-    state: str  # RUNNING, PENDING, FAILED, ... ("CANCELLED by 0" -> CANCELLED)
-    node: str | None
-    reason: str  # why pending (JobArrayTaskLimit, JobHeldUser, BeginTime after a requeue, Dependency)
 
 
 @dataclass
@@ -124,56 +122,6 @@ class RunStatus:
         }
 
 
-def _expand(job_id: str) -> list[str]:
-    """sacct shows a pending array's rest as one row, 12_[4-11%12]: one id per element."""
-    from submitit.slurm.slurm import read_job_id
-
-    try:
-        parts = read_job_id(job_id)
-    except (ValueError, AttributeError):
-        return [job_id]
-    out = []
-    for part in parts:
-        if len(part) == 3:
-            out += [f"{part[0]}_{i}" for i in range(int(part[1]), int(part[2]) + 1)]
-        else:
-            out.append("_".join(part))
-    return out
-
-
-def _run(cmd: list[str]) -> str:
-    if not shutil.which(cmd[0]):
-        return ""
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.stdout if out.returncode == 0 else ""
-
-
-def _parse(text: str) -> dict[str, JobState]:
-    states: dict[str, JobState] = {}
-    for line in text.split("\n"):  # not splitlines(): a field (a reason) could hold U+2028 or \x1c
-        parts = line.split("|")
-        if len(parts) < 4 or "." in parts[0]:  # job steps (123.batch) are not tasks
-            continue
-        node = parts[2] if parts[2] not in {"", "None assigned", "(null)"} else None
-        reason = "" if parts[3] in {"None", "(null)"} else parts[3]
-        for jid in _expand(parts[0]):
-            states[jid] = JobState(parts[1].split()[0] if parts[1] else "UNKNOWN", node, reason)
-    return states
-
-
-def slurm_states(job_ids: list[str]) -> dict[str, JobState]:
-    """Job or array element id -> state: sacct for the record, squeue on top for what is live now."""
-    if not job_ids:
-        return {}
-    ids = ",".join(job_ids)
-    states = _parse(_run(["sacct", "-n", "-P", "-X", "-j", ids, "-o", "JobID,State,NodeList,Reason"]))
-    states.update(_parse(_run(["squeue", "-h", "-r", "-j", ids, "-o", "%i|%T|%N|%r"])))
-    return states
-
-
 def collect(run_dir: Path) -> RunStatus:
     plan = load_plan(run_dir)
     run = plan.run.read_run()
@@ -183,16 +131,18 @@ def collect(run_dir: Path) -> RunStatus:
     gather_id = next((s["gather_job_id"] for s in reversed(subs) if s.get("gather_job_id")), None)
     states = slurm_states(task_job_ids(run) + ([gather_id] if gather_id else []))
     local = latest.get("executor") == "local"
-    reports = _latest_reports(plan)
+    from launcher.gather.throughput import run_figures
+
+    figures = run_figures(plan)  # every worker's report, read once
+    reports = _latest_reports(figures.workers)
+    units = unit_statuses(plan, plan.run.unit_view(), latest.get("submission"), figures.workers)
+    all_done = all(u.state == "DONE" for u in units)
     jobs = [
-        _job_status(plan, i, element_of.get(i), states, local, reports, latest.get("submission"))
+        _job_status(plan, i, element_of.get(i), states, local, reports, all_done, latest.get("submission"))
         for i in range(int(latest.get("jobs") or 0))
     ]
     workers = [_worker_status(r) for r in reports.values()]
-    units = [_unit_status(plan, u, latest.get("submission")) for u in plan.units]
     gather = states.get(gather_id) if gather_id else None
-    from launcher.gather.throughput import run_figures
-
     return RunStatus(
         plan.run.run_id,
         str(run_dir),
@@ -201,24 +151,64 @@ def collect(run_dir: Path) -> RunStatus:
         units,
         gather_id,
         (gather.state if gather else "SUBMITTED") if gather_id else None,
-        run_figures(plan).headline(),
-        run_warnings(plan),
+        figures.headline(),
+        run_warnings(plan, figures.workers),
     )
 
 
-def run_warnings(plan: Plan) -> list[str]:
+def unit_statuses(
+    plan: Plan, view: UnitView, submission: str | None, reports: list[WorkerReport] | None = None
+) -> list[UnitStatus]:
+    """Every unit's state, from units.log where it is enough (see the module docstring), else from its folder. A
+    unit at its first claim that its holder's live report lists as its own is RUNNING, with the records that report
+    counts: at 10,000 workers that is 10,000 folders not read."""
+    out = []
+    labels = {cell: cell.label for cell in {u.cell for u in plan.units}}
+    running = _running_units(reports or [], plan.spec.data.num_samples)
+    for unit in plan.units:
+        uid = unit.unit_id
+        held = view.holder.get(uid)
+        if view.complete and uid in view.done and view.generations.get(uid, 0) == 0:
+            # done at its first claim: never failed (a failure gives the unit back, and the next claim is the 2nd)
+            out.append(UnitStatus(uid, "DONE", unit.rows, unit.rows, "", 0, "", labels[unit.cell]))
+        elif view.complete and uid not in view.named:
+            out.append(UnitStatus(uid, "PENDING", 0, unit.rows, "", 0, "", labels[unit.cell]))
+        elif view.complete and held is not None and held.generation == 0 and running.get(uid, ("",))[0] == held.slot:
+            records = min(unit.rows, running[uid][1])
+            out.append(UnitStatus(uid, "RUNNING", records, unit.rows, held.slot, 0, "", labels[unit.cell]))
+        else:
+            out.append(_unit_status(plan, unit, submission))
+    return out
+
+
+def _running_units(reports: list[WorkerReport], num_samples: int) -> dict[str, tuple[str, int]]:
+    """unit -> (worker slot, records generated) for the units that live workers (a heartbeat within the lease) say
+    they hold now."""
+    out: dict[str, tuple[str, int]] = {}
+    now, lease = time.time(), lease_s()
+    for r in reports:
+        if r.get("ended") is not None or now - float(r.get("heartbeat_at") or 0) > lease:
+            continue
+        windows = r.get("unit_windows") or {}
+        for uid in r.get("current_units") or []:
+            samples = int((windows.get(uid) or [None, None, 0])[2] or 0)
+            out[uid] = (str(r.get("slot")), samples // max(1, num_samples))
+    return out
+
+
+def run_warnings(plan: Plan, reports: list[WorkerReport] | None = None) -> list[str]:
     """What the workers could not honour, each once (a requeued worker says it again)."""
     seen: dict[str, None] = {}
-    for r in plan.run.worker_reports():
+    for r in plan.run.worker_reports() if reports is None else reports:
         for w in r.get("warnings") or []:
             seen.setdefault(str(w), None)
     return list(seen)
 
 
-def _latest_reports(plan: Plan) -> dict[str, WorkerReport]:
+def _latest_reports(reports: list[WorkerReport]) -> dict[str, WorkerReport]:
     """worker slot (and model, in a models: sweep: one engine each, in turn) -> its newest process's report."""
     out: dict[str, WorkerReport] = {}
-    for r in plan.run.worker_reports():
+    for r in reports:  # oldest first
         out[_worker_name(r)] = r
     return out
 
@@ -234,6 +224,7 @@ def _job_status(
     states: dict[str, JobState],
     local: bool,
     reports: dict[str, WorkerReport],
+    all_done: bool,
     submission: str | None = None,
 ) -> JobStatus:
     job_dir = plan.run.job(index)
@@ -243,7 +234,6 @@ def _job_status(
     this = jid.split("_")[0] if jid else (submission if local else None)
     failures = [f for f in job_dir.read_failures() if this is not None and f.get("submission") == this]
     mine = [r for slot, r in reports.items() if slot.split(".")[0] == str(index)]
-    all_done = all(plan.run.unit(u.unit_id).is_done() for u in plan.units)
     if job is not None:
         state, reason = job.state, job.reason
     elif jid:  # sacct has not heard of a new job yet (~5 s)

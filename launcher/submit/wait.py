@@ -29,29 +29,36 @@ JOBS_EXIT_WAIT_S = 60.0  # once every unit is done, how long the jobs get to wri
 
 
 class RecordCounter:
-    """Records done so far: done units from their marker, others by counting lines of their (immutable) chunks."""
+    """Records done so far: done units from units.log (or their marker), others by counting lines of their (immutable)
+    chunks; a unit the run's log never named has none to count."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
+        self.view = plan.run.unit_view()
         self._done: dict[str, int] = {}
         self._chunk_lines: dict[str, int] = {}
 
     def count(self) -> int:
-        total = 0
-        for unit in self.plan.units:
-            total += self._unit(unit)
-        return total
+        self.view.refresh()
+        return sum(self._unit(unit) for unit in self.plan.units)
 
     def units_done(self) -> int:
-        return sum(1 for u in self.plan.units if u.unit_id in self._done or self.plan.run.unit(u.unit_id).is_done())
+        return sum(1 for u in self.plan.units if self._is_done(u))
+
+    def _is_done(self, unit: Unit) -> bool:
+        if unit.unit_id in self._done or unit.unit_id in self.view.done:
+            return True
+        return self.view.maybe_done(unit.unit_id) and self.plan.run.unit(unit.unit_id).is_done()
 
     def _unit(self, unit: Unit) -> int:
         if unit.unit_id in self._done:
             return self._done[unit.unit_id]
-        udir = self.plan.run.unit(unit.unit_id)
-        if udir.is_done():
+        if self._is_done(unit):
             self._done[unit.unit_id] = unit.rows
             return unit.rows
+        if not self.view.maybe_done(unit.unit_id):
+            return 0
+        udir = self.plan.run.unit(unit.unit_id)
         n = 0
         for path in udir.chunk_files():
             key = str(path)
