@@ -69,6 +69,11 @@ case "$call" in
     # and skip_tokenizer switches against all on (~35 s each, warm). ~150 s + ~105 s.
     bench --systems cells,cells-warm,startup --cells 2x2x50x256 --startup-off all-on,overlap,skip_tokenizer \
       --note "issue 28, mini call: one H100, little device time left" > "$W/callmini.log" 2>&1 ;;
+  micro)
+    # When under ~5 min of device time is left: one cell all on (cold: the compile cache is empty), then one cell with
+    # the overlap off (warm): vLLM's start-up seconds and worker start -> first request, with and without overlap.
+    bench --systems startup --startup-off all-on,overlap \
+      --note "issue 28, micro call: one GPU, under 5 min of device time left" > "$W/callmicro.log" 2>&1 ;;
   3)
     bench --systems cells-task-per-cell,startup,models-fresh --startup-off jit_cache,graphs \
       --note "issue 28, call 3: one H100" > "$W/call3.log" 2>&1 ;;
