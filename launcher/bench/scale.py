@@ -67,9 +67,8 @@ class ScaleShape:
 
 def write_run(shape: ScaleShape, folder: Path, model: Path) -> Path:
     """A dataset, a spec and its saved plan (what `launcher submit` writes before the jobs start): the run dir."""
-    from launcher.plan import expand
     from launcher.plan.persist import save_plan
-    from launcher.spec import load_spec
+    from launcher.submit.front_door import prepare
 
     rows = shape.units // shape.ablations * shape.records_per_unit
     data = folder / "data.jsonl"
@@ -94,7 +93,7 @@ def write_run(shape: ScaleShape, folder: Path, model: Path) -> Path:
     }
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
-    plan = expand(load_spec(path))
+    plan = prepare(path, purpose="submit").plan  # checked, resolved and cut as `launcher submit` does
     if len(plan.units) != shape.units:
         raise ValueError(f"scale: the plan has {len(plan.units)} units, not {shape.units}")
     save_plan(plan)
