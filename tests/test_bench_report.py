@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from launcher.bench.cli import _layouts
 from launcher.bench.report import analyse, markdown
+from launcher.bench.toolkit_systems import parse_layouts
 
 
 def m(system: str, shape: str, spm: float, startup: float = 10.0) -> dict[str, Any]:
@@ -65,9 +65,9 @@ def test_layout_auto_against_tp4() -> None:
 
 
 def test_layouts_option() -> None:
-    assert _layouts("auto, 4,2,1,all") == ["auto", 4, 2, 1, "all"]
+    assert parse_layouts("auto, 4,2,1,all") == ["auto", 4, 2, 1, "all"]
     with pytest.raises(SystemExit, match="--layouts item 'tp4'"):
-        _layouts("auto,tp4")
+        parse_layouts("auto,tp4")
 
 
 def test_prefix_order_gains_and_how_the_runs_started() -> None:
