@@ -19,6 +19,7 @@ from typing import Any
 from launcher.bench.options import DESCRIPTION, SYSTEMS, add_parser, configure
 from launcher.bench.steps import Step, collect, default_results, make_step
 from launcher.bench.toolkit_systems import parse_layouts
+from launcher.errors import SpecError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +27,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="launcher bench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     configure(p)
-    return run(p.parse_args(argv))
+    from launcher.cli import report
+    from launcher.errors import LauncherError
+
+    try:
+        return run(p.parse_args(argv))
+    except LauncherError as exc:  # printed as `launcher bench` prints it
+        return report(exc)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from launcher.bench.workload import PRESETS, Shape, write_dataset, write_model
 
     if args.preset not in PRESETS:
-        print(f"error: unknown preset {args.preset!r}; one of {', '.join(PRESETS)}", file=sys.stderr)
-        return 2
+        raise SpecError.one("--preset", "", f"unknown preset {args.preset!r}", allowed=", ".join(PRESETS))
     systems = {s.strip() for s in args.systems.split(",") if s.strip()}
     systems |= {"sweep"} if args.sweep else set()
     systems |= {"fp8"} if args.fp8 else set()
@@ -51,10 +57,9 @@ def run(args: argparse.Namespace) -> int:
     layouts = parse_layouts(args.layouts or "auto") if "layouts" in systems else []
     unknown = systems - set(SYSTEMS)
     if unknown:
-        print(
-            f"error: unknown system(s) {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}", file=sys.stderr
+        raise SpecError.one(
+            "--systems", "", f"unknown system(s) {', '.join(sorted(unknown))}", allowed=", ".join(SYSTEMS)
         )
-        return 2
     wd = Workdir(Path(args.workdir).resolve())
     for d in (wd.runs, wd.logs):
         d.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.bench.steps import Rows, Step
+from launcher.errors import SpecError
 
 LAYOUT_WORDS = ("auto", "all", "gpu1", "auto+wait")
 
@@ -44,7 +45,7 @@ def layout_steps(layouts: list[int | str], shapes: list[Any], wd: Any, args: Any
 
 
 def parse_layouts(text: str) -> list[int | str]:
-    """'auto,2,gpu1' -> ['auto', 2, 'gpu1']; anything else is refused before a GPU is touched."""
+    """'auto,2,gpu1' -> ['auto', 2, 'gpu1']; anything else is refused (SpecError, exit 2) before a GPU is touched."""
     out: list[int | str] = []
     for item in (x.strip() for x in text.split(",") if x.strip()):
         if item in LAYOUT_WORDS:
@@ -52,9 +53,12 @@ def parse_layouts(text: str) -> list[int | str]:
         elif item.isdigit() and int(item) >= 1:
             out.append(int(item))
         else:
-            raise SystemExit(
-                f"launcher bench: --layouts item {item!r} is not one of {', '.join(LAYOUT_WORDS)} or a "
-                "tensor-parallel size >= 1 (e.g. --layouts auto,2,gpu1)"
+            raise SpecError.one(
+                "--layouts",
+                "",
+                f"item {item!r} is not a layout",
+                allowed=f"{', '.join(LAYOUT_WORDS)} or a tensor-parallel size >= 1",
+                fix="e.g. --layouts auto,2,gpu1",
             )
     return out
 
