@@ -1,5 +1,12 @@
-"""errors.py: the errors users see. Each names where (file:line, a path), which field, what was given, what is
-allowed and the fix. One type, LauncherError, raised by every stage; cli.report prints any of them the same way.
+"""errors.py: the errors users see, so that every stage fails the same way. Each names where (file:line, a path),
+which field, what was given, what is allowed and the fix. One root, LauncherError, raised by every stage; the CLI's
+one handler (cli/__init__.py: report) prints any of them the same way and exits with its `exit_code`:
+
+  0    ok
+  1    a run failed or is incomplete (GatherError), or was written by a launcher this one cannot read (UnreadableRun)
+  2    bad input or a refusal; nothing submitted or written (SpecError, Refused, NoRun, NoSamples, NoSlurm,
+       UntrustedFile, ContainerError)
+  130  Ctrl-C
 """
 
 from __future__ import annotations
@@ -55,6 +62,17 @@ class LauncherError(Exception):
     def __str__(self) -> str:
         return "\n".join(p.render() for p in self.problems)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Rebuilt from its problems whatever a subclass's __init__ takes: a gather job's error crosses submitit's
+        # pickle back to the login side.
+        return (_rebuild, (type(self), self.problems))
+
+
+def _rebuild(cls: type[LauncherError], problems: list[Problem]) -> LauncherError:
+    exc = cls.__new__(cls)
+    LauncherError.__init__(exc, problems)
+    return exc
+
 
 class SpecError(LauncherError):
     """A bad job spec or bad flags. Exit code 2; nothing is submitted or written."""
@@ -97,15 +115,33 @@ class NoSlurm(LauncherError):
     headline = "Slurm is not reachable from here (nothing was submitted or written)"
 
 
+class UnreadableRun(LauncherError):
+    """A run folder written by a launcher version this one cannot read or resume. Exit code 1: the run is fine, this
+    launcher is the wrong one; the fix names which one wrote it."""
+
+    headline = "a run this launcher cannot read"
+
+
 class ContainerError(LauncherError, ValueError):
-    """A container request that cannot be built or run (a bind, an env name, a runtime): the spec names it."""
+    """A container request that cannot be built or run (a bind, an env name, a runtime): the spec names it. Exit code
+    2 (spec loading and `plan` turn it into a SpecError naming the spec's line; the in-job shim exits 2 with it)."""
+
+    exit_code = 2
+    headline = "error in the container request (nothing was started)"
 
     def __init__(self, message: str, fix: str = "", allowed: str = "", where: str = "", field: str = "") -> None:
         super().__init__([Problem(where, field, message, allowed, fix)])
 
 
-class TaskError(LauncherError):
-    """A run failed at run time; the message says which unit or job, which path and what to run next."""
+class GatherError(LauncherError):
+    """Gather found outputs missing or damaged: each line names the cell, the units or file, and what to run next.
+    Exit code 1 (the run is incomplete; the spec was fine)."""
+
+    exit_code = 1
+    headline = "incomplete"
+
+    def __init__(self, message: str) -> None:
+        super().__init__([Problem("", "", message)])
 
 
 class UntrustedFile(LauncherError):

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from launcher.bench.cli import _layouts
 from launcher.bench.report import analyse, markdown
+from launcher.bench.toolkit_systems import parse_layouts
+from launcher.errors import SpecError
 
 
 def m(system: str, shape: str, spm: float, startup: float = 10.0) -> dict[str, Any]:
@@ -65,9 +66,9 @@ def test_layout_auto_against_tp4() -> None:
 
 
 def test_layouts_option() -> None:
-    assert _layouts("auto, 4,2,1,all") == ["auto", 4, 2, 1, "all"]
-    with pytest.raises(SystemExit, match="--layouts item 'tp4'"):
-        _layouts("auto,tp4")
+    assert parse_layouts("auto, 4,2,1,all") == ["auto", 4, 2, 1, "all"]
+    with pytest.raises(SpecError, match="--layouts: item 'tp4' is not a layout"):
+        parse_layouts("auto,tp4")
 
 
 def test_prefix_order_gains_and_how_the_runs_started() -> None:
@@ -128,3 +129,23 @@ def test_budget_zero_writes_the_report_from_what_was_measured(
     assert f"cells-prefix-order@{shape}: skipped" in out
     results = json.loads((tmp_path / "res" / "results.json").read_text())
     assert [r["system"] for r in results["measurements"]] == ["cells-plan-order"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--systems", "raw,nope"], "--systems: unknown system(s) nope"),
+        (["--preset", "llama9"], "--preset: unknown preset 'llama9'"),
+        (["--layouts", "auto,tp4"], "--layouts: item 'tp4' is not a layout"),
+        (["--systems", "scale", "--scale-units", "15"], "--scale-units: 15 is not a multiple of --scale-ablations 10"),
+    ],
+)
+def test_bad_bench_flags_exit_2_printed_like_every_launcher_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], said: str
+) -> None:
+    from launcher.bench.cli import main
+
+    assert main([*flags, "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "res")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{SpecError.headline}:\n{said}") and ("allowed:" in err or "fix:" in err)
+    assert not (tmp_path / "res").exists()  # nothing measured, no report written

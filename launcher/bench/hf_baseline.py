@@ -1,4 +1,5 @@
-"""hf_baseline.py: HF transformers baselines on a subset, with the model random-initialised on the GPU.
+"""bench/hf_baseline.py: HF transformers baselines on a subset, with the model random-initialised on the GPU, so that
+the old one-user-at-a-time loop and a batched HF call are measured beside the toolkit.
 
 loop:    one user at a time, generate(num_return_sequences=n) — the old per-user loop.
 batched: --batch-users users per generate() call (all prompts have the same length: no padding).

@@ -1,4 +1,5 @@
-"""raw_vllm.py: the baseline — plain `LLM.generate`, the way the old inference_vllm.py called it.
+"""bench/raw_vllm.py: the baseline — plain `LLM.generate`, the way the old inference_vllm.py called it, so that the
+toolkit's gain is measured against what users ran before.
 
 One process, one engine, then each shape in turn: all prompts in one generate() call with per-request seeds,
 the same prompt token ids and sampling as the toolkit. Engine arguments are vLLM's defaults plus what the old

@@ -1,4 +1,5 @@
-"""report.py: measurements -> ratios, targets, a markdown table and a PNG plot (results.json, results.md, *.png).
+"""bench/report.py: measurements -> ratios, targets and a markdown table (results.json, results.md), so that a
+bench's verdict is computed in one place from what it measured; the plot is bench/report_plots.py's.
 
 The plot is drawn from results.json alone, so it can be redrawn anywhere: `launcher bench --report DIR`.
 """
@@ -25,7 +26,7 @@ SWEEP_TOLERANCE = 0.95  # auto must reach 95% of the best hand-picked setting
 WARM_STARTUP_MAX = 0.35  # a later task's start-up / a cold first task's
 
 
-def _by(ms: list[dict[str, Any]], system: str, shape: str) -> dict[str, Any] | None:
+def measurement_of(ms: list[dict[str, Any]], system: str, shape: str) -> dict[str, Any] | None:
     return next((m for m in ms if m["system"] == system and m["shape"] == shape), None)
 
 
@@ -43,7 +44,11 @@ def analyse(ms: list[dict[str, Any]]) -> dict[str, Any]:
     for shape in shapes:
         # Steady state: the toolkit with a warm compile cache (a later array task) when it was measured; raw vLLM
         # runs its warm-up pass first. The cold first task pays Triton's first-use compiles during generation.
-        cold, warm, raw = _by(ms, "toolkit", shape), _by(ms, "toolkit-warm", shape), _by(ms, "raw-defaults", shape)
+        cold, warm, raw = (
+            measurement_of(ms, "toolkit", shape),
+            measurement_of(ms, "toolkit-warm", shape),
+            measurement_of(ms, "raw-defaults", shape),
+        )
         tk = warm or cold
         r: dict[str, Any] = {}
         if tk and raw:
@@ -61,7 +66,7 @@ def analyse(ms: list[dict[str, Any]]) -> dict[str, Any]:
                     "met": met,
                 }
         for hf in ("hf-loop", "hf-batched"):
-            h = _by(ms, hf, shape)
+            h = measurement_of(ms, hf, shape)
             if tk and h:
                 r[f"toolkit_vs_{hf}"] = round(tk["samples_per_min"] / h["samples_per_min"], 1)
         sweep = [m for m in ms if m["shape"] == shape and m["system"].startswith("sweep:")]
@@ -81,10 +86,10 @@ def analyse(ms: list[dict[str, Any]]) -> dict[str, Any]:
                 "measured": r["warm_vs_cold_startup"],
                 "met": r["warm_vs_cold_startup"] <= WARM_STARTUP_MAX,
             }
-        fp8 = _by(ms, "toolkit-fp8", shape)
+        fp8 = measurement_of(ms, "toolkit-fp8", shape)
         # fp8 runs cold (its own compile key); "toolkit-bf16-pair" is a bf16 cold run taken right beside it, when
         # the bench was split, so the ratio compares two runs of the same minutes on the same GPU.
-        bf16 = _by(ms, "toolkit-bf16-pair", shape) or cold
+        bf16 = measurement_of(ms, "toolkit-bf16-pair", shape) or cold
         if bf16 and fp8:
             r["fp8_vs_bf16"] = round(fp8["samples_per_min"] / bf16["samples_per_min"], 3)
             r["fp8_compared_with"] = bf16["system"]
@@ -274,7 +279,7 @@ def markdown(results: dict[str, Any]) -> str:
         "hf-batched": 6,
     }
     for m in sorted(ms, key=lambda m: (shape_order(m["shape"]), order.get(m["system"], 4), m["system"])):
-        raw = _by(ms, "raw-defaults", m["shape"])
+        raw = measurement_of(ms, "raw-defaults", m["shape"])
         vs = m["samples_per_min"] / raw["samples_per_min"] if raw and m.get("samples_per_min") else None
         st = m.get("startup") or {}
         split = " / ".join(_f(st.get(k), 1) for k in ("load_s", "compile_s", "graph_capture_s", "other_s"))
@@ -327,141 +332,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ms = results["measurements"]
-    shapes = sorted({m["shape"] for m in ms}, key=shape_order)
-    systems = [
-        s
-        for s in (
-            "toolkit",
-            "toolkit-warm",
-            "toolkit-fp8",
-            "raw-defaults",
-            "hf-batched",
-            "hf-loop",
-            "layout:auto",
-            "layout:tp2",
-            "layout:gpu1",
-            "layout:auto+wait",
-            "cells",
-            "cells-task-per-cell",
-            "cells-seed-loop",
-        )
-        if any(m["system"] == s for m in ms)
-    ]
-    sweeps = sorted({m["system"] for m in ms if m["system"].startswith("sweep:")})
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [3, 2]})
-    names = systems + sweeps
-    width = 0.8 / max(1, len(names))
-    for i, name in enumerate(names):
-        ys = [(_by(ms, name, s) or {}).get("samples_per_min") or 0 for s in shapes]
-        bars = ax.bar(
-            [x + i * width for x in range(len(shapes))],
-            ys,
-            width,
-            label=name,
-            hatch="//" if name.startswith("sweep:") else None,
-        )
-        for b, y in zip(bars, ys, strict=True):
-            if y:
-                ax.annotate(
-                    f"{y:,.0f}", (b.get_x() + b.get_width() / 2, y), ha="center", va="bottom", fontsize=6, rotation=90
-                )
-    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(shapes))], shapes)
-    ax.set_yscale("log")
-    ax.set_ylabel("samples / min (generation phase, log scale)")
-    ax.set_title(f"Throughput, {results['host'].get('gpu', '')}")
-    ax.legend(fontsize=7, ncol=2)
-    starters = [m for m in ms if m.get("startup") and m["system"] in ("toolkit", "toolkit-warm", "raw-defaults")]
-    parts = [("load_s", "load"), ("compile_s", "compile"), ("graph_capture_s", "CUDA graphs"), ("other_s", "other")]
-    labels = [f"{m['system']}\n{m['shape']}" for m in starters]
-    bottom = [0.0] * len(starters)
-    for key, label in parts:
-        vals = [float(m["startup"].get(key) or 0) for m in starters]
-        ax2.bar(range(len(starters)), vals, bottom=bottom, label=label)
-        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-    ax2.set_xticks(range(len(starters)), labels, fontsize=7, rotation=30, ha="right")
-    ax2.set_ylabel("start-up seconds")
-    ax2.set_title("Start-up split (cold first task vs warm compile cache)")
-    ax2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
-
-
-def plot_workers(results: dict[str, Any], path: Path) -> Path:
-    """Issue 16's rows: layouts by the wall clock, the sweep end to end, and each worker's timeline (process start ->
-    engine start -> engine ready -> last write), which shows start skew and tails."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ms = results["measurements"]
-    lay = [m for m in ms if m["system"].startswith("layout:")]
-    cells = [m for m in ms if m["system"].startswith("cells")]
-    timed = [m for m in lay + cells if m.get("workers")]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.5), gridspec_kw={"width_ratios": [2, 1.3, 3]})
-    ax, ax2, ax3 = axes
-    shapes = sorted({m["shape"] for m in lay}, key=shape_order)
-    names = sorted({m["system"] for m in lay})
-    width = 0.8 / max(1, len(names))
-    for i, name in enumerate(names):
-        ys = [(_by(ms, name, sh) or {}).get("samples_per_min") or 0 for sh in shapes]
-        bars = ax.bar([x + i * width for x in range(len(shapes))], ys, width, label=name)
-        for b, y in zip(bars, ys, strict=True):
-            if y:
-                ax.annotate(f"{y:,.0f}", (b.get_x() + b.get_width() / 2, y), ha="center", va="bottom", fontsize=7)
-    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(shapes))], shapes)
-    ax.set_ylabel("samples / min over the generation window, all workers")
-    ax.set_title("Layouts on 2 GPUs (wall clock)")
-    ax.legend(fontsize=7)
-    labels = [m["system"] + (" *" if m.get("extrapolated") else "") for m in cells]
-    ax2.bar(range(len(cells)), [m.get("wall_s") or 0 for m in cells], color=["C3", "C4", "C5"][: len(cells)])
-    for i, m in enumerate(cells):
-        ax2.annotate(f"{m.get('wall_s') or 0:.0f} s", (i, m.get("wall_s") or 0), ha="center", va="bottom", fontsize=8)
-    ax2.set_xticks(range(len(cells)), labels, rotation=20, ha="right", fontsize=8)
-    ax2.set_ylabel("seconds, end to end")
-    ax2.set_title("Sweep of 12 cells, one GPU\n(* extrapolated from measured cells)", fontsize=10)
-    row = 0.0
-    yt: list[float] = []
-    yl: list[str] = []
-    for m in timed:
-        for w in m["workers"]:
-            t0 = w.get("started")
-            if not t0:
-                continue
-            parts = [
-                (t0, w.get("engine_start_at"), "0.8"),
-                (w.get("engine_start_at"), w.get("engine_ready_at"), "C1"),
-                (w.get("engine_ready_at"), w.get("ended"), "C0"),
-            ]
-            base = min(x.get("started") or t0 for x in m["workers"])
-            for a, b, color in parts:
-                if a and b:
-                    ax3.barh(row, b - a, left=a - base, color=color, height=0.7)
-            yt.append(row)
-            yl.append(f"{m['system']} {m['shape']} w{w['worker']}")
-            row += 1
-        row += 0.5
-    ax3.set_yticks(yt, yl, fontsize=7)
-    ax3.invert_yaxis()
-    ax3.set_xlabel("seconds from the job's first worker start")
-    ax3.set_title(
-        "Each worker: imports+prepare (grey), engine start (orange), generating until exit (blue)", fontsize=9
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def write_report(results: dict[str, Any], out_dir: Path, draw: bool = True) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     results["analysis"] = analyse(results["measurements"])
@@ -471,6 +341,8 @@ def write_report(results: dict[str, Any], out_dir: Path, draw: bool = True) -> l
     if draw:
         # matplotlib missing: `launcher bench --report DIR` draws it where it is installed
         with contextlib.suppress(ImportError):
+            from launcher.bench.report_plots import plot, plot_workers
+
             if any(m["system"].startswith(("layout:", "cells")) for m in results["measurements"]):
                 written.append(plot_workers(results, out_dir / "throughput.png"))
             else:

@@ -56,20 +56,30 @@ class ScaleShape:
         return self.units * self.unit_s / self.workers
 
     def check(self) -> None:
+        """SpecError (exit 2) for flags no scale run can have, before any worker starts."""
+        from launcher.errors import SpecError
+
         if self.workers < 1 or self.units < 1 or self.records_per_unit < 1 or self.latency_s < 0:
-            raise ValueError(f"scale: workers, units and records per unit must be >= 1, latency >= 0 ({self})")
+            raise SpecError.one(
+                "--scale-*",
+                "",
+                f"workers, units and records per unit must be >= 1, latency >= 0 ({self})",
+                fix="e.g. --scale-workers 32 --scale-units 500",
+            )
         if self.units % self.ablations:
-            raise ValueError(
-                f"--scale-units {self.units} is not a multiple of --scale-ablations {self.ablations}: the run's units "
-                "are ablations x shards"
+            raise SpecError.one(
+                "--scale-units",
+                "",
+                f"{self.units} is not a multiple of --scale-ablations {self.ablations}: the run's units are "
+                "ablations x shards",
+                fix=f"e.g. --scale-units {max(1, self.units // self.ablations) * self.ablations}",
             )
 
 
 def write_run(shape: ScaleShape, folder: Path, model: Path) -> Path:
     """A dataset, a spec and its saved plan (what `launcher submit` writes before the jobs start): the run dir."""
-    from launcher.plan import expand
     from launcher.plan.persist import save_plan
-    from launcher.spec import load_spec
+    from launcher.submit.front_door import prepare
 
     rows = shape.units // shape.ablations * shape.records_per_unit
     data = folder / "data.jsonl"
@@ -94,7 +104,7 @@ def write_run(shape: ScaleShape, folder: Path, model: Path) -> Path:
     }
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
-    plan = expand(load_spec(path))
+    plan = prepare(path, purpose="submit").plan  # checked, resolved and cut as `launcher submit` does
     if len(plan.units) != shape.units:
         raise ValueError(f"scale: the plan has {len(plan.units)} units, not {shape.units}")
     save_plan(plan)

@@ -44,9 +44,9 @@ def scale_step(args: argparse.Namespace, wd: Any) -> tuple[str, Callable[[], lis
 
 
 def run_scale_only(args: argparse.Namespace, wd: Any) -> int:
-    from launcher.bench.cli import collect, slug
     from launcher.bench.report import write_report
     from launcher.bench.runners import Workdir
+    from launcher.bench.steps import collect, slug
 
     key, fn = scale_step(args, wd)
     path = wd.runs / f"{slug(key)}.json"

@@ -1,4 +1,5 @@
-"""startup_log.py: a vLLM log -> start-up split (load / compile / CUDA-graph capture) and the KV cache it got.
+"""bench/startup_log.py: a vLLM log -> start-up split (load / compile / CUDA-graph capture) and the KV cache it got, so
+that the raw baseline's start-up is reported like the toolkit's.
 
 The lines and their reader are engines/vllm_log.py's (the engine reads the same lines for the run's summary).
 """

@@ -1,4 +1,5 @@
-"""workload.py: a model shape + shapes -> files on disk: config.json + tokenizer (no weights), datasets, token ids.
+"""bench/workload.py: a model shape + shapes -> files on disk: config.json + tokenizer (no weights), datasets, token
+ids, so that every system is measured on the same prompts without downloading a model.
 
 The model is a config only: vLLM runs it with load_format dummy (random weights), HF random-initialises it on
 the GPU. The tokenizer is a WordLevel vocabulary with exactly one entry per model id, so every sampled id decodes,

@@ -1,6 +1,8 @@
-"""cli.py: the `launcher` command. Thin: parse flags, call a function that also works from Python, print.
+"""cli/__init__.py: the `launcher` command, kept thin so that everything it does also works from Python: parse
+flags, call the front door (submit/front_door.py) or a stage's function, print.
 
-Exit codes: 0 ok, 1 a run failed or is incomplete, 2 bad spec or bad flags (nothing submitted or written).
+Exit codes: 0 ok, 1 a run failed or is incomplete, 2 bad spec or bad flags (nothing submitted or written), 130 Ctrl-C.
+Every error a user can meet is a LauncherError (errors.py), printed one way by `report` below.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from launcher.cli.console import console, err, printable, safe
 from launcher.cli.parser import build_parser
-from launcher.errors import LauncherError, SpecError
+from launcher.errors import LauncherError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,32 +50,24 @@ def report(exc: LauncherError) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from launcher.plan import check_inputs, expand
-    from launcher.plan.persist import resolve_run
-    from launcher.spec import load_spec
+    from launcher.submit.front_door import prepare
     from launcher.submit.preview import render_plan
 
     t0 = time.perf_counter()
-    spec = load_spec(args.spec, args.overrides)
-    rows = check_inputs(spec)  # every input readable before its content is identified
-    resolved = resolve_run(spec, strict=False)
-    plan = expand(spec, rows, run=resolved.run)
-    if resolved.note:
-        err.print(f"[yellow]note:[/] {safe(resolved.note)}", soft_wrap=True)
-    if spec.executor == "slurm":
-        from launcher.submit.fit import check_fits, missing_slurm_commands
-
-        if missing := missing_slurm_commands():
-            err.print(
-                f"[yellow]note:[/] {' and '.join(missing)} not found on PATH: no Slurm here. Below is what a submit "
-                "from your cluster's login node would write; here `launcher submit` would refuse "
-                "(`--executor local` runs it on this machine).",
-                soft_wrap=True,
-            )
-        try:
-            check_fits(spec)
-        except SpecError as exc:
-            err.print(f"[yellow]warning: submit would refuse this:[/]\n{safe(str(exc), True)}", soft_wrap=True)
+    prepared = prepare(args.spec, args.overrides, purpose="plan")
+    plan = prepared.plan
+    if prepared.resolved.note:
+        err.print(f"[yellow]note:[/] {safe(prepared.resolved.note)}", soft_wrap=True)
+    if prepared.slurm_missing:
+        err.print(
+            f"[yellow]note:[/] {' and '.join(prepared.slurm_missing)} not found on PATH: no Slurm here. Below is what "
+            "a submit from your cluster's login node would write; here `launcher submit` would refuse "
+            "(`--executor local` runs it on this machine).",
+            soft_wrap=True,
+        )
+    if prepared.fit_refusal is not None:
+        refusal = safe(str(prepared.fit_refusal), True)
+        err.print(f"[yellow]warning: submit would refuse this:[/]\n{refusal}", soft_wrap=True)
     if args.json:
         from launcher.submit.preview import plan_json
 
@@ -84,20 +78,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from launcher.plan import check_inputs, expand
-    from launcher.plan.persist import resolve_run
-    from launcher.spec import load_spec
     from launcher.submit.executors import submit
+    from launcher.submit.front_door import prepare
 
-    spec = load_spec(args.spec, args.overrides)
-    kind = args.executor or spec.executor
-    _check_slurm(spec, kind, "--executor slurm" if args.executor else spec.where("executor"))
-    rows = check_inputs(spec)
     command = shlex.join(
         ["launcher", "submit", args.spec, *_flags(args.overrides, "--set"), *_flags([args.executor], "--executor")]
     )
-    resolved = resolve_run(spec, "new" if args.new_run else "resume" if args.resume else "auto", command=command)
-    plan = expand(spec, rows, run=resolved.run)
+    prepared = prepare(
+        args.spec,
+        args.overrides,
+        purpose="submit",
+        executor=args.executor,
+        choice="new" if args.new_run else "resume" if args.resume else "auto",
+        command=command,
+    )
+    plan, resolved, kind = prepared.plan, prepared.resolved, prepared.executor
     if resolved.note:
         console.print(f"[yellow]{safe(resolved.note)}[/]: " + safe("; ".join(resolved.changes)), soft_wrap=True)
     sub = submit(plan, kind, resolved, command)
@@ -129,27 +124,13 @@ def _wait(
     return follow(plan, sub, kind, console, err, every_s=args.progress_every, noun=noun, after_gather=after_gather)
 
 
-def _check_slurm(spec: Any, kind: str, where: str) -> None:
-    """Before anything is read or written: Slurm's commands are here, and the job fits a node of the partition."""
-    if kind != "slurm":
-        return
-    from launcher.submit.fit import check_fits, require_slurm
-
-    require_slurm(where)
-    check_fits(spec)  # a job no node can hold would pend forever: refused before anything is written
-
-
 def cmd_gather(args: argparse.Namespace) -> int:
-    from launcher.gather import GatherError, gather
+    from launcher.gather import gather
     from launcher.plan.persist import find_run_dir, load_plan
     from launcher.submit.wait import print_reports
 
     plan = load_plan(find_run_dir(args.run))
-    try:
-        print_reports(gather(plan), console)
-    except GatherError as exc:
-        err.print(f"[red]gather failed: outputs incomplete[/]\n{safe(str(exc), True)}", soft_wrap=True)
-        return 1
+    print_reports(gather(plan), console)  # incomplete: GatherError, exit 1, printed by `report`
     return 0
 
 
@@ -182,22 +163,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from launcher.plan import check_inputs, expand
-    from launcher.plan.persist import resolve_run
     from launcher.submit.executors import submit
+    from launcher.submit.front_door import prepare
     from launcher.submit.openai_batch import batch_spec, write_output
 
     input_path, output_path = Path(args.input), Path(args.output)
     batch = batch_spec(input_path, output_path, args.model, args.spec, args.overrides)
-    spec, good, bad = batch.spec, batch.requests, batch.bad_lines
-    kind = args.executor or spec.executor
-    _check_slurm(spec, kind, "--executor slurm" if args.executor else spec.where("executor"))
-    rows = check_inputs(spec)
+    good, bad = batch.requests, batch.bad_lines
     command = shlex.join(batch_command(args))
     # A batch run's rows are the file's lines: changed lines cannot resume an earlier run, only start their own.
-    resolved = resolve_run(spec, "new" if args.new_run else "auto", command=command, can_resume=False)
-    plan = expand(spec, rows, run=resolved.run)
-    sub = submit(plan, kind, resolved, command)
+    prepared = prepare(
+        batch.spec, purpose="batch", executor=args.executor, choice="new" if args.new_run else "auto", command=command
+    )
+    plan, kind = prepared.plan, prepared.executor
+    sub = submit(plan, kind, prepared.resolved, command)
     # One way of counting: lines of the file. Each line is a record of the run (a bad one too: it gets its error
     # line), so the progress, this line and the last one all count the same lines.
     console.print(
@@ -258,27 +237,29 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from launcher.plan import check_inputs, expand
-    from launcher.plan.persist import find_run_dir, resolve_run
+    from launcher.plan.persist import find_run_dir
     from launcher.submit.executors import submit
-    from launcher.submit.reproduce import agreement, check_reproducible, original_clock, record_reproduction
+    from launcher.submit.front_door import prepare
+    from launcher.submit.reproduce import agreement, check_reproducible, record_reproduction
 
     check = check_reproducible(
         find_run_dir(args.run), args.output_dir, args.allow_other_image, args.allow_other_launcher
     )
     for what in check.allowed_differences:
         err.print(f"[yellow]allowed:[/] {safe(what)}", soft_wrap=True)
-    kind = args.executor or check.spec.executor
-    _check_slurm(check.spec, kind, "--executor slurm" if args.executor else f"{check.original.run.run_json}")
-    rows = check_inputs(check.spec)
     command = shlex.join(
         ["launcher", "reproduce", args.run, *_flags([args.output_dir and str(args.output_dir)], "--output-dir")]
     )
-    resolved = resolve_run(check.spec, command=command)
-    resolved.new_run = None  # a reproduction of other inputs is not one: the refusal offers no new run
-    resolved.prompt_clock = original_clock(check.original.run)  # the original's date: the same prompts, any day
-    plan = expand(check.spec, rows, run=resolved.run)
-    sub = submit(plan, kind, resolved)
+    prepared = prepare(
+        check.spec,
+        purpose="reproduce",
+        executor=args.executor,
+        executor_where=None if args.executor else f"{check.original.run.run_json}",
+        command=command,
+        reproducing=check.original.run,
+    )
+    plan, kind = prepared.plan, prepared.executor
+    sub = submit(plan, kind, prepared.resolved)
     record_reproduction(plan, check)
     console.print(
         f"reproducing run [bold]{safe(check.original.run.run_id)}[/] ({safe(check.original.run.root)}) as "

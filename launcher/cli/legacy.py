@@ -1,4 +1,4 @@
-"""legacy.py: the flags of the old inference_vllm.py -> a JobSpec, so migrated command lines work unchanged."""
+"""cli/legacy.py: the flags of the old inference_vllm.py -> a JobSpec, so that migrated command lines work unchanged."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""cli/run.py: `launcher run`: a spec, a run directory, or the old inference_vllm.py flags -> one job here, on this
-machine's GPUs -> gathered outputs. Also `--job N` (one worker job of a plan, as Slurm would run it) and `--unit ID`."""
+"""cli/run.py: `launcher run`, so that a spec, a run directory, or the old inference_vllm.py flags run as one job
+here, on this machine's GPUs -> gathered outputs. Also `--job N` (one worker job of a plan, as Slurm would run it)
+and `--unit ID`."""
 
 from __future__ import annotations
 
@@ -36,8 +37,7 @@ def run_command(args: argparse.Namespace) -> int:
             fix="give --spec SPEC [--job N], or the old flags --checkpoint_dir --dataset --output_dir",
         )
     from launcher.cli.legacy import legacy_notes
-    from launcher.plan import check_inputs, expand
-    from launcher.plan.persist import resolve_run
+    from launcher.submit.front_door import prepare
 
     spec = spec_from_flags(args, args.backend)
     for note in legacy_notes(args):
@@ -46,24 +46,19 @@ def run_command(args: argparse.Namespace) -> int:
     if args.dataset and args.scenario_path is None and Path(ds.path or "").name != args.dataset:
         where = spec.where("data", "datasets", 0, "path")
         console.print(f"dataset {safe(ds.name)}: {safe(ds.path)} ({safe(where)})", soft_wrap=True)
-    rows = check_inputs(spec)
-    return _run_inline(expand(spec, rows, run=resolve_run(spec).run), flat_dest=Path(spec.output.dir))
+    return _run_inline(prepare(spec, purpose="run").plan, flat_dest=Path(spec.output.dir))
 
 
 def _run_spec(args: argparse.Namespace) -> int:
-    from launcher.plan import check_inputs, expand
     from launcher.plan.persist import load_plan, save_plan
-    from launcher.spec import load_spec
 
     target = Path(args.spec)
     if RunDir(target).is_run():
         plan = load_plan(target)
     else:
-        from launcher.plan.persist import resolve_run
+        from launcher.submit.front_door import prepare
 
-        spec = load_spec(target, args.overrides)
-        rows = check_inputs(spec)
-        plan = expand(spec, rows, run=resolve_run(spec).run)
+        plan = prepare(target, args.overrides, purpose="run").plan
     units = _unit_ids(plan, args.unit) if args.unit else None
     if args.job is None:
         return _run_inline(plan, units=units)
@@ -99,7 +94,7 @@ def _unit_ids(plan: Plan, asked: list[str]) -> tuple[str, ...]:
 
 def _run_inline(plan: Plan, flat_dest: Path | None = None, units: tuple[str, ...] | None = None) -> int:
     """One job holding every GPU this process sees; then gather (everything, or the units asked for)."""
-    from launcher.gather import GatherError, gather
+    from launcher.gather import gather
     from launcher.job.entry import run_job
     from launcher.plan.persist import save_plan
 
@@ -113,11 +108,7 @@ def _run_inline(plan: Plan, flat_dest: Path | None = None, units: tuple[str, ...
             f"ran unit(s) {safe(', '.join(units))}; `launcher gather {safe(plan.run.root)}` once all are done"
         )
         return 0
-    try:
-        reports = gather(plan, dest=flat_dest, flat=flat_dest is not None)
-    except GatherError as exc:
-        err.print(f"[red]incomplete:[/]\n{safe(str(exc), True)}", soft_wrap=True)  # paths to copy: never wrapped
-        return 1
+    reports = gather(plan, dest=flat_dest, flat=flat_dest is not None)  # incomplete: GatherError, exit 1
     from launcher.submit.wait import print_reports, report_empty_run
 
     print_reports(reports, console)

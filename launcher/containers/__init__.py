@@ -1,4 +1,5 @@
-"""containers: the runtimes (apptainer, singularity, docker, podman) as plug-ins, and how a job enters one.
+"""containers/__init__.py: the runtimes (apptainer, singularity, docker, podman) as plug-ins, and how a job enters one,
+so that a run's image is chosen in the spec and every runtime is driven the same way.
 
 runtimes.py (a request -> the runtime's argv, a registry), shim.py (on the compute node: the job's GPUs -> exec into
 the image; at submit: the request written to the run directory), doctor.py (driver, runtime and image checks).

@@ -1,4 +1,5 @@
-"""doctor.py: (runtime, image) + this machine -> DoctorReport: can this image run its GPUs here, and if not, why.
+"""containers/doctor.py: (runtime, image) + this machine -> DoctorReport: can this image run its GPUs here, and if not,
+why; it exists so that a broken image is found in seconds on a login node, not after an hour in the queue.
 
 Checks, in order: the runtime binary; the NVIDIA driver and the highest CUDA it runs; the GPUs; the image
 and the vLLM/torch/CUDA it carries (from its labels, else by asking python inside); whether that CUDA fits
@@ -376,7 +377,7 @@ def render(report: DoctorReport) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="launcher doctor", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="launcher doctor", description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--runtime", default="apptainer", choices=sorted(RUNTIMES))
     parser.add_argument("--image", default=None, help="SIF path, sandbox folder, or docker/podman tag")
     parser.add_argument("--matrix", type=Path, default=None, help="containers/matrix.toml (default: the repo's)")

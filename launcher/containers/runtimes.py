@@ -1,4 +1,5 @@
-"""container.py: ContainerRequest -> the argv and environment that run it under a container runtime.
+"""containers/runtimes.py: ContainerRequest -> the argv and environment that run it under a container runtime, kept in
+one place so that binds, GPUs and secrets are handled alike by every runtime.
 
 Pure: builds lists, runs nothing, reads no file (``available()`` only looks on PATH). Every argument stays
 one list item from here to ``os.execvpe``; nothing passes through a shell, so paths with spaces, quotes,

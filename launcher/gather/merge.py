@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from launcher import __version__
-from launcher.errors import UntrustedFile
+from launcher.errors import GatherError, UntrustedFile
 from launcher.gather.stream import LazyFolder, RowTotals, StreamedFile, jsonl_bytes
 from launcher.gather.structured import structured_figures
 from launcher.gather.throughput import RunFigures, cell_figures, run_figures
@@ -67,10 +67,6 @@ class GroupReport:
     @property
     def ok(self) -> bool:
         return not (self.missing_units or self.damaged or self.missing_rows or self.bad_sample_counts)
-
-
-class GatherError(RuntimeError):
-    pass
 
 
 def gather(plan: Plan, dest: Path | None = None, flat: bool = False) -> list[GroupReport]:

@@ -1,4 +1,5 @@
-"""throughput.py: the workers' reports -> a run's figures by the wall clock.
+"""gather/throughput.py: the workers' reports -> a run's figures by the wall clock, so that throughput is never a sum of
+per-worker times.
 
 A run's samples/s is all its samples over (first request in -> last sample written), across every worker that ran
 at once: two data-parallel replicas that each make 100 samples/s over the same minute make 200, and two that ran

@@ -1,4 +1,5 @@
-"""modelinfo.py: an HF checkpoint folder -> ModelShape (heads, KV heads, layers, weight bytes). Reads files only."""
+"""inputs/model.py: an HF checkpoint folder -> ModelShape (heads, KV heads, layers, weight bytes), so that layouts and
+sizing are decided before an engine loads. Reads files only."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""prompts.py: Record + ablation config -> prompt text (jinja2), then the tokenizer's chat template if it has one.
+"""inputs/prompts.py: Record + ablation config -> prompt text (jinja2), then the tokenizer's chat template if it has
+one: the one place a prompt is made, so that plan's checks and the workers render the same text.
 
 Built-in ablation configs choose which parts of a record the prompt shows; custom ones are jinja2 templates
 from the spec. Templates run in a sandbox with StrictUndefined: a typo in a variable name fails at plan time,

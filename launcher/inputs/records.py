@@ -1,4 +1,5 @@
-"""data.py: dataset files -> Records. JSONL, Parquet, CSV and HF save_to_disk folders; bad rows -> Quarantined.
+"""inputs/records.py: dataset files -> Records, so that every reader (JSONL, Parquet, CSV and HF save_to_disk folders)
+gives the workers the same rows; bad rows -> Quarantined.
 
 A shard is a range of row numbers in file order, so the same spec always cuts the same shards.
 """

@@ -1,4 +1,5 @@
-"""plan: JobSpec -> Plan, on the login node, before anything is submitted.
+"""plan/__init__.py: JobSpec -> Plan, on the login node, before anything is submitted, so that every check and every
+unit is decided where a mistake costs nothing.
 
 units.py (the units of work, how many worker jobs) <- preflight.py (every input checked) ; layout.py (GPUs -> TP x DP)
 and sizing.py (the engine's settings for a workload) are what each job decides on its node; persist.py keeps a plan in

@@ -1,4 +1,5 @@
-"""history.py: gathered runs -> a small local record of measured rates -> `plan`'s estimate of wall time and GPU-hours.
+"""plan/estimate.py: gathered runs -> a small local record of measured rates -> `plan`'s estimate of wall time and
+GPU-hours, so that a user sees what a run will cost before submitting it.
 
 Each gathered run adds one entry (keyed by run id, so gathering again changes nothing): the model's shape, the GPU,
 the backend, the output tokens per GPU-second over the generation window (wall clock) and the engine start-up. A

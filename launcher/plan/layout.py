@@ -1,4 +1,5 @@
-"""layout.py: the GPUs a task was given + the model's shape -> ParallelLayout (TP x DP) and why.
+"""plan/layout.py: the GPUs a task was given + the model's shape -> ParallelLayout (TP x DP) and why, decided in one
+place so that plan's preview and the job agree.
 
 Count GPUs, never trust their numbering: a second job on a node sees CUDA_VISIBLE_DEVICES=2,3 (task/none) or
 0,1 with SLURM_JOB_GPUS=2,3 (cgroups). What matters is how many, and the ids to hand to each replica.

@@ -1,4 +1,5 @@
-"""model_checks.py: the checkpoint a task will load, checked before anything is submitted (part of preflight).
+"""plan/model_checks.py: the checkpoint a task will load, checked before anything is submitted (part of preflight), so
+that a checkpoint the engine cannot load fails at plan time with exit 2.
 
 The folder holds a config, weights and a tokenizer; the quantization asked for matches the checkpoint's; the tensor
 parallel size splits the heads and fits the GPUs asked for (over several nodes too); the context holds max_tokens;

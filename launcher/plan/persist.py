@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from launcher.errors import LauncherError, SpecError
+from launcher.errors import NoRun, SpecError, UnreadableRun
 from launcher.inputs.guard import PromptClock
 from launcher.inputs.identity import InputIdentity, changes, identify, matches, model_changed
 from launcher.plan import Plan
@@ -44,14 +44,16 @@ def load_plan(run_dir: Path) -> Plan:
         raw = run.read_trusted(run.spec_json)
         obj = run.read_trusted(run.plan_json)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(
-            f"{run.root} is not a run directory ({exc.filename or 'a file'} missing); "
-            "`launcher submit SPEC` creates one"
+        raise NoRun.one(
+            str(run.root),
+            "",
+            f"not a run directory ({exc.filename or 'a file'} missing)",
+            fix="`launcher submit SPEC` creates one",
         ) from None
     try:
         spec = JobSpec.model_validate(_migrate(raw))
     except ValidationError as exc:
-        raise LauncherError.one(
+        raise UnreadableRun.one(
             str(run.spec_json),
             "",
             f"this run was written by another launcher version, which "
@@ -59,7 +61,7 @@ def load_plan(run_dir: Path) -> Plan:
             fix="use the launcher version that wrote it (run.json says which), or submit the spec again as a new run",
         ) from None
     if "units" not in obj:
-        raise LauncherError.one(
+        raise UnreadableRun.one(
             str(run.plan_json),
             "",
             "this run was planned by a launcher before workers (tasks, not units): it cannot be resumed by this one",
@@ -202,8 +204,6 @@ def find_run_dir(target: str | Path) -> Path:
         from launcher.spec import load_spec
 
         return resolve_run(load_spec(p), strict=False).run.root
-    from launcher.errors import NoRun
-
     raise NoRun.one(
         str(p),
         "",

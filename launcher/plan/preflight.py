@@ -1,4 +1,5 @@
-"""preflight.py: JobSpec -> every input a task will read, checked before anything is submitted or written.
+"""plan/preflight.py: JobSpec -> every input a task will read, checked before anything is submitted or written, so that
+bad input costs seconds on the login node, not a queued job.
 
 Reads files only (no GPU, no Slurm, no writes). Each error points at the spec line that set the field, names the
 file it found wrong and says what to change: a task must never fail an hour into the queue for something that

@@ -1,4 +1,5 @@
-"""sizing.py: workload + model shape + GPU -> vLLM engine settings, each with its reason. Spec values always win.
+"""plan/sizing.py: workload + model shape + GPU -> vLLM engine settings, each with its reason, so that users get a sized
+engine without hand-tuning. Spec values always win.
 
 What vLLM's defaults get wrong for batch sampling (vLLM 0.26, H100, Llama-3-8B shape; benchmarks/results/):
 - they admit up to max_num_seqs=1024 sequences but capture CUDA graphs only up to 512 (min(2 x max_num_seqs,

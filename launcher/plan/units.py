@@ -1,4 +1,5 @@
-"""plan.py: JobSpec -> Plan: units of work (dataset x ablation config x shard) and how many worker jobs run them.
+"""plan/units.py: JobSpec -> Plan: units of work (dataset x ablation config x shard) and how many worker jobs run them,
+cut once so that a resubmit sees the same units.
 
 A unit has a stable id (`<dataset>.<ablation>.<shard>`) and a range of rows; per-record seeds come from (run seed,
 record id), so outputs never depend on how rows are cut into units. The units are not what Slurm runs: Slurm runs

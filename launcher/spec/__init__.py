@@ -1,4 +1,5 @@
-"""spec: YAML job spec -> JobSpec (typed, validated). Errors name the file, line, field and the fix.
+"""spec/__init__.py: YAML job spec -> JobSpec (typed, validated), the one entry for a spec, so that every command reads
+it the same way. Errors name the file, line, field and the fix.
 
 One file per section, as in vLLM's config/: model, data, sampling, slurm, container, output, scheduling, cost;
 job.py puts them together. load.py reads YAML with line numbers and `extends`, validate.py turns pydantic's errors

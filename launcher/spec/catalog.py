@@ -1,4 +1,5 @@
-"""catalog.py: a dataset's name -> its path, the way the old guide's users name datasets (`--dataset Chameleons`).
+"""spec/catalog.py: a dataset's name -> its path, so that the old guide's users can name datasets as they did
+(`--dataset Chameleons`).
 
 Where a name is looked up, first hit wins:
 1. the spec's top-level `datasets:` map (a catalog; usually set in the cluster profile it extends);

@@ -1,4 +1,4 @@
-"""engine_values.py: the values vLLM accepts for its enumerated settings, so a typo fails at plan time (exit 2)
+"""spec/engine_values.py: the values vLLM accepts for its enumerated settings, so a typo fails at plan time (exit 2)
 instead of an hour into the queue. Read from vLLM's own Literal types (vllm/model_executor/layers/quantization,
 vllm/config/cache.py) in the versions this toolkit runs: 0.26 on GPUs, 0.32 on the CPU.
 """

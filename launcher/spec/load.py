@@ -1,4 +1,5 @@
-"""spec_loader.py: YAML files (+ extends, + --set overrides) -> one merged dict and where each key came from.
+"""spec/load.py: YAML files (+ extends, + --set overrides) -> one merged dict and where each key came from, so that
+every error can name file:line.
 
 PyYAML's composer keeps the line of every node; we keep it per dotted key so a validation error can point at
 `configs/x.yaml:14`. Paths are made absolute against the folder of the file that set them, because tasks run

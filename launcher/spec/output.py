@@ -15,7 +15,8 @@ class OutputSpec(_Section):
     dir: str = Field(min_length=1)
     """Shared storage for this job: run state, logs and the gathered <dataset>/<ablation>/ outputs."""
     scratch_dir: str | None = None
-    """Node-local scratch for caches (compile cache, HF cache). Unset: <dir>/cache."""
+    """A node-local scratch folder bound writable into the container (unset: none is bound). Not where the compile
+    cache lives: that is ~/.cache/launcher/compile unless LAUNCHER_COMPILE_CACHE names another folder."""
     format: Literal["jsonl", "parquet"] = "jsonl"
     """Format of the gathered samples file."""
     per_user_json: bool = False

@@ -1,4 +1,5 @@
-"""spec_validate.py: merged spec dict -> JobSpec; pydantic's errors become ones that name file:line and the fix."""
+"""spec/validate.py: merged spec dict -> JobSpec, so that pydantic's errors become ones that name file:line and the
+fix."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""submit: the login side after planning. executors.py (the plan -> a submitit array of worker jobs + a gather job,
-run.json), lock.py (one submit of a run at a time), fit.py (a job no node can hold is refused), status.py and
-wait.py (following a run), provenance.py (what run.json records about where and how it ran)."""
+"""submit/__init__.py: the login side after planning, so that everything that talks to Slurm (or starts local jobs) is
+in one package. front_door.py (a spec -> a checked plan, for every command), executors.py (the plan -> a submitit array
+of worker jobs + a gather job, run.json), lock.py (one submit of a run at a time), fit.py (a job no node can hold is
+refused), status.py and wait.py (following a run), provenance.py (what run.json records about where and how it ran)."""
 
 from __future__ import annotations
 

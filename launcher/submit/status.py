@@ -1,5 +1,6 @@
-"""status.py: run dir -> the run's worker jobs (Slurm state, node, requeues, last error), their workers (GPUs, the
-unit each holds, records, rate) and its units (done, running, pending, failed), plus the run's wall-clock figures.
+"""submit/status.py: run dir -> the run's worker jobs (Slurm state, node, requeues, last error), their workers (GPUs,
+the unit each holds, records, rate) and its units (done, running, pending, failed), plus the run's wall-clock figures:
+the data behind `launcher status`, apart from how it is shown (status_view.py).
 
 Two sources, because each lags where the other does not: squeue knows live jobs at once (pending, running, and why
 pending) but forgets them when they end; sacct keeps finished jobs but learns of new ones ~5 s late. Each is asked

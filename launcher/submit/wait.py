@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from launcher.errors import UntrustedFile
-from launcher.gather import GatherError, GroupReport, gather
+from launcher.gather import GroupReport, gather
 from launcher.gather.throughput import busy_words, describe_cpus, describe_gpus
 from launcher.plan import Plan, Unit
 from launcher.plan.persist import resume_hint
@@ -133,12 +133,10 @@ def wait_and_gather(
     noun: str = "records",
     after_gather: Callable[[], None] | None = None,
 ) -> int:
-    """Follow the run, gather, print what came out. 1 when it is incomplete or generated nothing at all.
-    after_gather: what must be written even when nothing was generated (a batch file's error lines), before the
-    verdict."""
+    """Follow the run, gather, print what came out. 1 when it generated nothing at all; GatherError (exit 1) when it
+    is incomplete. after_gather: what must be written even when nothing was generated (a batch file's error lines),
+    before the verdict."""
     reports = wait_for_run(plan, sub, console, poll_s, every_s, noun)
-    if reports is None:
-        return 1
     if after_gather is not None:
         after_gather()
     return 1 if report_empty_run(reports, console) else 0
@@ -146,9 +144,9 @@ def wait_and_gather(
 
 def wait_for_run(
     plan: Plan, sub: Any, console: Console, poll_s: float = 2.0, every_s: float | None = None, noun: str = "records"
-) -> list[GroupReport] | None:
+) -> list[GroupReport]:
     """Follow the run until its jobs end (a bar in a terminal, a plain line every `every_s` elsewhere), say why any
-    unit failed, gather and print the cells. None (and why, printed) when the outputs are incomplete. noun: what a
+    unit failed, gather and print the cells. Raises GatherError when the outputs are incomplete. noun: what a
     record is to the user (a line of a `launcher batch` file)."""
     jobs = list(sub.jobs)
     counter = RecordCounter(plan)
@@ -195,11 +193,7 @@ def wait_for_run(
         if not plan.run.unit(unit.unit_id).is_done():
             report_failed(plan, unit, console)
     print_warnings(plan, console)
-    try:
-        reports = gather(plan)
-    except GatherError as exc:
-        console.print(f"[red]incomplete:[/]\n{safe(str(exc), True)}", soft_wrap=True)
-        return None
+    reports = gather(plan)  # GatherError (incomplete, exit 1) reaches the CLI's one handler
     print_reports(reports, console)
     return reports
 
