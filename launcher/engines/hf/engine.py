@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from launcher import seeds
 from launcher.engines.base import (
     Completion,
     Engine,
@@ -24,7 +25,6 @@ from launcher.engines.base import (
 from launcher.engines.decode import Generated, SampleDecoder, cut_at_stop
 from launcher.engines.hf.sampler import SeededSampler
 from launcher.plan.layout import ParallelLayout
-from launcher.seeds import sample_seed
 from launcher.spec import SamplingSpec
 
 CPU_BATCH, GPU_BATCH = 8, 32
@@ -136,8 +136,8 @@ class HFEngine(Engine):
         for row, req in enumerate(batch):  # left padding: every prompt ends where generation starts
             ids[row, width - len(req.prompt_token_ids) :] = torch.tensor(req.prompt_token_ids)
             mask[row, width - len(req.prompt_token_ids) :] = 1
-        seeds = [sample_seed(req.seed, j) for req in batch for j in range(n)]  # the rule vLLM applies to n > 1
-        sampler = SeededSampler(seeds, s.temperature, s.top_k, s.top_p, self.eos_ids if s.ignore_eos else [])
+        per_sample = [seeds.sample_seed(req.seed, j) for req in batch for j in range(n)]  # vLLM's rule for n > 1
+        sampler = SeededSampler(per_sample, s.temperature, s.top_k, s.top_p, self.eos_ids if s.ignore_eos else [])
         extra: dict[str, Any] = {}
         if s.stop:
             extra.update(stop_strings=s.stop, tokenizer=self.tokenizer)
