@@ -265,7 +265,7 @@ class Worker:
 
     def _host_prep(self, claimed: FreeUnit, limit: int | None) -> HostPrep:
         """The host-side start-up, as steps for HostPrep. A carried engine brings its tokenizer and preparer
-        (the checkpoints of a swap share one tokenizer: engines/weight_swap.py checks it)."""
+        (the checkpoints of a swap share one tokenizer: engines/vllm/weight_swap.py checks it)."""
         spec, carry = self.spec, self.carry
         # Token counts are the model's own (its tokenizer): with several models each counts its units only.
         whole_run = self.cfg.only_units is None and not self.plan.spec.models
