@@ -10,11 +10,13 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from launcher.engines.multinode import Rendezvous
-from launcher.plan.layout import ParallelLayout
 from launcher.spec import ModelSpec, SamplingSpec
+
+if TYPE_CHECKING:  # types only: the interface needs no code of the layout or of a multi-node launch
+    from launcher.engines.multinode import Rendezvous
+    from launcher.plan.layout import ParallelLayout
 
 
 @dataclass(frozen=True)
