@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from launcher.errors import SpecError
 
@@ -95,9 +95,9 @@ class Backend:
     place? None: this backend never swaps, each checkpoint gets a new engine."""
     worker_warnings: Callable[[JobSpec, ParallelLayout, str], list[str]] = _no_warnings
     """Warnings a worker reports once this backend is chosen on its layout (a slow backend on a GPU, idle GPUs)."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def check_here(self, model_path: str | None) -> tuple[bool, str]:
+        """`usable`, or (yes, "using <title>") for a backend that is always usable."""
         return (True, f"using {self.title}") if self.usable is None else self.usable(model_path)
 
     def engine_class(self) -> type[Engine]:
@@ -127,9 +127,9 @@ def backends() -> dict[str, Backend]:
     """Every registered backend by name: the built-in ones first, in BUILTIN order."""
     global _loaded
     if not _loaded:
-        _loaded = True
-        for name in BUILTIN:
+        for name in BUILTIN:  # each package registers itself on import (a second import is a no-op)
             importlib.import_module(f"launcher.engines.{name}")
+        _loaded = True
     ordered = {name: _REGISTERED[name] for name in BUILTIN if name in _REGISTERED}
     return {**ordered, **{name: b for name, b in _REGISTERED.items() if name not in ordered}}
 
