@@ -1,7 +1,7 @@
 """diagnose.py: one engine, the same workload fed two ways -> where a throughput gap comes from.
 
 `generate`: LLM.generate (what the raw baseline does). `toolkit`: LLMEngine.add_request/step with
-FINAL_ONLY, detokenize off (`toolkit-detok`: on), all requests admitted at once (what engines/vllm.py does
+FINAL_ONLY, detokenize off (`toolkit-detok`: on), all requests admitted at once (what engines/vllm/engine.py does
 when the KV cache holds the task). Running both on one engine separates the feeding loop from the settings.
 
     python -m benchmarks.diagnose --model DIR --ids ids-1000x256.json --engine-args '{...}' --out d.json
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     engine_args = json.loads(args.engine_args)
     if args.ladder_to:
-        from launcher.plan.sizing import graph_sizes
+        from launcher.engines.vllm.sizing import graph_sizes
 
         engine_args["compilation_config"] = {"cudagraph_capture_sizes": graph_sizes(args.ladder_to)}
     t0 = time.perf_counter()

@@ -13,6 +13,7 @@ Like submitit's JobEnvironment: every other module asks `SlurmEnv.current()` ins
     SLURM_LAUNCH_NODE_IPADDR   srun's address (task 0 runs there), SLURM_JOB_NODELIST the nodes
 GPU *numbering as this process sees it* is CUDA_VISIBLE_DEVICES first (layout.allocated_gpus): Slurm sets it to
 what the job may use, and CUDA numbers from it. The node-side ids above are for the container shim.
+Both read a list of GPUs with one parser, `parse_gpu_ids`: Slurm may compress ranges ("0-3", "0,2-3").
 """
 
 from __future__ import annotations
@@ -81,8 +82,29 @@ class SlurmEnv:
         return self.array_job_id or self.job_id
 
 
+NO_GPU = frozenset({"", "nodevfiles", "none", "-1", "void"})  # how Slurm and CUDA say "no GPU" (any case)
+MAX_RANGE = 4096  # a range wider than any node's GPUs is kept as written, never expanded into millions of ids
+
+
+def parse_gpu_ids(text: str) -> tuple[str, ...]:
+    """A GPU list as Slurm or CUDA writes it -> its ids, in order: "0,2-3" -> ("0", "2", "3"). An index, a range of
+    indices, or a GPU-/MIG- UUID (kept whole: its dashes are not a range); "-1", NoDevFiles and empty mean none."""
+    if text.strip().lower() in NO_GPU:
+        return ()
+    ids: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item or item == "-1":
+            continue
+        first, dash, last = item.partition("-")
+        if dash and first.isdigit() and last.isdigit() and 0 <= int(last) - int(first) < MAX_RANGE:
+            ids += [str(i) for i in range(int(first), int(last) + 1)]
+        else:
+            ids.append(item)  # an index, or a GPU-/MIG- UUID
+    return tuple(ids)
+
+
 def _int_or_none(text: str | None) -> int | None:
     return int(text) if text and text.strip().isdigit() else None
 
 
-__all__ = ["SlurmEnv"]
+__all__ = ["NO_GPU", "SlurmEnv", "parse_gpu_ids"]

@@ -88,8 +88,8 @@ def engines(unicode_model: Path) -> Iterator[dict[str, Any]]:
     from transformers import AutoTokenizer
 
     from launcher.engines import create_engine
+    from launcher.engines.base import Workload
     from launcher.plan.layout import ParallelLayout
-    from launcher.plan.sizing import Workload
 
     saved = dict(os.environ)
     tokenizer = AutoTokenizer.from_pretrained(unicode_model)
@@ -223,7 +223,7 @@ def test_decoder_is_the_engines(engines: dict[str, Any]) -> None:
 
 
 def test_eos_as_a_stop_token_keeps_vllms_text_and_finish_reason(engines: dict[str, Any]) -> None:
-    """Started without its tokenizer (skip_tokenizer_init), vLLM gets EOS as a stop token id (engines/vllm_startup.py
+    """Started without its tokenizer (skip_tokenizer_init), vLLM gets EOS as a stop token id (engines/vllm/settings.py
     eos_stop_ids) and ends a sample with stop_reason = that id instead of its own EOS check. The text and finish
     reason must stay what vLLM's detokenizer gives: the ending token left out, finish_reason stop. Here the "EOS" is
     a token the greedy runs make mid-sample, so several requests do stop on it."""

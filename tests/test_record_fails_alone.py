@@ -128,9 +128,9 @@ def test_hf_tries_each_request_alone_when_its_batch_fails(tmp_path: Path, tiny_m
     """A request that makes HF generate raise (a token id past the embedding: IndexError for the whole batch) is
     refused alone; its batch neighbours get exactly the samples they get without it. A request for structured
     output (backend auto fell back to HF) is refused without running."""
-    from launcher.engines.hf import HFEngine
+    from launcher.engines.base import Workload
+    from launcher.engines.hf.engine import HFEngine
     from launcher.plan.layout import ParallelLayout
-    from launcher.plan.sizing import Workload
     from launcher.spec import SamplingSpec
 
     spec = load_spec(make_spec(tmp_path, tiny_model, write_jsonl(tmp_path / "d.jsonl", USERS[:1])))
@@ -206,10 +206,10 @@ VLLM_PROBE = """
 import json, sys
 from pathlib import Path
 from launcher.engines.base import GenerationRequest
-from launcher.engines.vllm import VLLMEngine
+from launcher.engines.vllm.engine import VLLMEngine
 from launcher.job.prepare import load_tokenizer
 from launcher.plan.layout import ParallelLayout
-from launcher.plan.sizing import Workload
+from launcher.engines.base import Workload
 from launcher.spec import load_spec
 
 spec = load_spec(Path(sys.argv[1]))

@@ -6,9 +6,7 @@ from __future__ import annotations
 from itertools import pairwise
 
 from launcher.engines.base import Workload
-from launcher.inputs.model import ModelShape
-from launcher.plan.layout import GiB, GpuInfo, ParallelLayout
-from launcher.plan.sizing import (
+from launcher.engines.vllm.sizing import (
     MAX_SEQS_CAP,
     auto_max_model_len,
     graph_sizes,
@@ -17,6 +15,8 @@ from launcher.plan.sizing import (
     request_tokens,
     size_vllm,
 )
+from launcher.inputs.model import ModelShape
+from launcher.plan.layout import GiB, GpuInfo, ParallelLayout
 from launcher.spec import ModelSpec
 
 LLAMA8B = ModelShape(

@@ -17,11 +17,11 @@ import pytest
 
 from launcher.engines.base import Workload
 from launcher.engines.startup import StartupSwitches, release_after_fork
-from launcher.engines.weight_swap import swap_decision
+from launcher.engines.vllm.sizing import fit_token_limit, size_vllm
+from launcher.engines.vllm.weight_swap import swap_decision
 from launcher.inputs.model import ModelShape
 from launcher.job.host_prep import HostPrep, LazyTokenizer
 from launcher.plan.layout import GiB, GpuInfo, ParallelLayout
-from launcher.plan.sizing import fit_token_limit, size_vllm
 from launcher.spec import ModelSpec, SamplingSpec
 
 from .conftest import write_jsonl
@@ -73,8 +73,8 @@ def test_record_limit_is_capped_where_the_kv_cache_cannot_hold_the_models_contex
 
 
 def _applied(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, off: str = "", **sampling: object) -> tuple:
-    from launcher.engines.vllm import VLLMEngine
-    from launcher.engines.vllm_startup import apply_startup_settings
+    from launcher.engines.vllm.engine import VLLMEngine
+    from launcher.engines.vllm.settings import apply_startup_settings
 
     monkeypatch.setenv("LAUNCHER_STARTUP_OFF", off)
     monkeypatch.delenv("VLLM_ENABLE_STARTUP_PLAN", raising=False)
@@ -102,7 +102,7 @@ def test_switches_on_by_default_and_each_can_be_turned_off(monkeypatch: pytest.M
 
 
 def test_vllm_keeps_its_tokenizer_where_it_needs_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from launcher.engines.vllm_startup import eos_stop_ids
+    from launcher.engines.vllm.settings import eos_stop_ids
 
     _, _, settings, skip = _applied(monkeypatch, tmp_path, stop=["\n\n"])
     assert not skip and "stop strings need it" in settings.reasons["skip_tokenizer_init"]
@@ -120,7 +120,7 @@ def test_vllm_keeps_its_tokenizer_where_it_needs_one(monkeypatch: pytest.MonkeyP
 def test_vllm_without_its_tokenizer_decodes_with_the_workers() -> None:
     """vLLM started without a tokenizer (skip_tokenizer_init): samples are decoded with the worker's, once its
     thread has loaded it (the engine holds a stand-in until then); with one, vLLM's own object."""
-    from launcher.engines.vllm import _engine_tokenizer
+    from launcher.engines.vllm.lifecycle import engine_tokenizer as _engine_tokenizer
 
     class NoTokenizer:
         def get_tokenizer(self) -> None:
@@ -385,7 +385,7 @@ def test_vllm_start_up_seconds_come_from_its_log_records_in_both_processes() -> 
     and from an engine core forked out of it."""
     import logging
 
-    from launcher.engines.vllm_log import StartupLines, startup_seconds
+    from launcher.engines.vllm.startup_log import StartupLines, startup_seconds
 
     logger = logging.getLogger("vllm.model_executor.model_loader")
     logger.setLevel(logging.INFO)

@@ -2,9 +2,9 @@
 test): every request takes a fixed `latency_s` and returns n samples of `tokens` tokens each.
 
 It exists so that claims, the chunk writer, status and gather can be measured with hundreds of real workers on a
-machine without GPUs. It is not in the engines' registry (launcher/engines): no spec can select it. The benchmark
-puts it in place of the real engine in its own worker processes only (use_fake_engine), and every report of such a
-worker says "FakeEngine".
+machine without GPUs. It is registered with the engines' registry (engines/registry.py) only inside the
+benchmark's own worker processes (use_fake_engine), where it takes the real engine's place, never by an import: no
+spec elsewhere can select it. Every report of such a worker says "FakeEngine".
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from launcher.engines.base import Completion, Engine, EngineReport, GenerationRequest, Sample
+from launcher.engines import registry
+from launcher.engines.base import Completion, Engine, EngineReport, GenerationRequest, Sample, Workload
+from launcher.engines.registry import Backend, Capabilities
 from launcher.plan.layout import ParallelLayout
-from launcher.plan.sizing import Workload
 from launcher.spec import ModelSpec, SamplingSpec
 
 
@@ -62,6 +63,8 @@ def use_fake_engine(latency_s: float, tokens: int) -> list[FakeEngine]:
         made.append(engine)
         return engine
 
+    # what the worker asks of its backend (warnings, record limit): nothing of a real one's
+    registry.register(Backend("fake", "FakeEngine", f"{__name__}:FakeEngine", Capabilities(), auto=False))
     worker_module.select_backend = lambda model: ("fake", "FakeEngine: the scale benchmark's stand-in for a GPU")
     start_module.create_engine = create  # job/start.py starts a worker's engine
     return made

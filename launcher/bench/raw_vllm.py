@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not torch.cuda.is_available():  # CPU smoke runs only: vLLM-CPU's compiled sampler refuses seeded generators
         engine_args.setdefault("enforce_eager", True)
-        engine_args.setdefault("enable_chunked_prefill", False)  # engines/vllm.py says why
+        engine_args.setdefault("enable_chunked_prefill", False)  # engines/vllm/engine.py says why
     if engine_args.get("max_model_len", 0) > _max_position(args.model):
         engine_args["max_model_len"] = _max_position(args.model)
     t0 = time.perf_counter()

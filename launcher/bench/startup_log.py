@@ -1,14 +1,14 @@
 """bench/startup_log.py: a vLLM log -> start-up split (load / compile / CUDA-graph capture) and the KV cache it got, so
 that the raw baseline's start-up is reported like the toolkit's.
 
-The lines and their reader are engines/vllm_log.py's (the engine reads the same lines for the run's summary).
+The lines and their reader are engines/vllm/startup_log.py's (the engine reads the same lines for the run's summary).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from launcher.engines.vllm_log import AOT_LOADED, KV_TOKENS, PATTERNS, parse_startup
+from launcher.engines.vllm.startup_log import AOT_LOADED, KV_TOKENS, PATTERNS, parse_startup
 
 
 def split(startup_total_s: float, parsed: dict[str, Any]) -> dict[str, float]:

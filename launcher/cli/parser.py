@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from launcher.cli.console import err
+from launcher.engines import registry
 
 EPILOG = """\
 examples (the demo's own folders: `launcher demo-model demo/model` first):
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run only this unit (repeatable): one engine per unit, the old way",
     )
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C")
-    c.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto", help="with the old flags")
+    c.add_argument("--backend", choices=registry.spec_choices(), default="auto", help="with the old flags")
     add_legacy_flags(c)
 
     c = sub.add_parser(

@@ -39,10 +39,10 @@ from typing import Any
 
 from launcher.containers.runtimes import Bind, ContainerRequest, forwarded_env, get_runtime, preview
 from launcher.errors import ContainerError, LauncherError
+from launcher.slurm_env import parse_gpu_ids
 from launcher.store import RunDir, json_bytes
 
 REQUEST_VERSION = 1
-_NO_GPU = {"", "nodevfiles", "none", "-1", "void"}
 
 
 class ExecError(ContainerError):
@@ -86,25 +86,10 @@ class Launch:
     gpus: GpuAllocation
 
 
-def _parse_ids(text: str) -> tuple[str, ...]:
-    if text.strip().lower() in _NO_GPU:
-        return ()
-    ids: list[str] = []
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        first, dash, last = item.partition("-")
-        if dash and first.isdigit() and last.isdigit():  # "0-3": Slurm may compress ranges
-            ids += [str(i) for i in range(int(first), int(last) + 1)]
-        else:
-            ids.append(item)  # an index, or a GPU-/MIG- UUID
-    return tuple(ids)
-
-
 def allocated_gpus(environ: Mapping[str, str]) -> GpuAllocation:
     """Read this task's GPUs from Slurm/CUDA variables; see the module docstring for the order and why."""
     found: dict[str, tuple[str, ...]] = {
-        name: _parse_ids(environ[name])
+        name: parse_gpu_ids(environ[name])
         for name in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES")
         if name in environ
     }

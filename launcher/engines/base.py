@@ -1,4 +1,4 @@
-"""engines/base.py: the one interface both backends implement, and the values that cross it.
+"""engines/base.py: the one interface every backend implements (Engine), and the values that cross it.
 
 Token ids, not text, cross the interface: the runner tokenizes once (with the chat template applied), so both
 backends see the same prompt tokens and count them the same way.
@@ -8,14 +8,43 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from launcher.engines.multinode import Rendezvous
-from launcher.plan.layout import ParallelLayout
-from launcher.plan.sizing import Workload
 from launcher.spec import ModelSpec, SamplingSpec
+
+if TYPE_CHECKING:  # types only: the interface needs no code of the layout or of a multi-node launch
+    from launcher.engines.multinode import Rendezvous
+    from launcher.plan.layout import ParallelLayout
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the engine will be asked to do, in summary: auto sizing reads it. For a worker, every unit of the run
+    it may take (the engine starts once and is sized for the longest of them)."""
+
+    prompts: int  # records still to generate
+    prompt_tokens_mean: float
+    prompt_tokens_max: int
+    max_tokens: int
+    n: int
+    prompts_known: bool = True  # False: a bound made before any prompt was tokenized (see `bound`)
+    token_limit: int | None = None  # the longest prompt + max_tokens a record may have (records past it: quarantined)
+
+    @classmethod
+    def of(cls, lengths: Sequence[int], max_tokens: int, n: int) -> Workload:
+        return cls(
+            len(lengths), sum(lengths) / len(lengths) if lengths else 0.0, max(lengths, default=0), max_tokens, n
+        )
+
+    @classmethod
+    def bound(cls, prompts: int, max_tokens: int, n: int, token_limit: int | None) -> Workload:
+        """What is known before the tokenizer has run: how many records, and the most tokens one may have. The
+        engine starts from this (the same for every worker and every run of the spec: one compile-cache key);
+        admission is refined once the prompts are measured (engines' refine())."""
+        longest = max(0, (token_limit or 0) - max_tokens)
+        return cls(prompts, 0.0, longest, max_tokens, n, prompts_known=False, token_limit=token_limit)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,6 @@ requeued while slurm.max_retries allows (job/retries.py).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from typing import Any
 from submitit.core.utils import UncompletedJobError
 from submitit.helpers import Checkpointable, DelayedSubmission
 
+from launcher.engines import registry
 from launcher.engines.multinode import NodeGroup, Rendezvous, serve_headless
 from launcher.errors import UntrustedFile
 from launcher.inputs.model import model_shape
@@ -47,9 +47,7 @@ STOP_GRACE_S = 60.0  # how long a preempted job waits for its worker processes t
 def backend_guess(plan: Plan) -> str:
     """The backend the workers will pick, without importing it here (vLLM's import costs ~15 s, and the workers
     import it anyway): only its TP request depends on it. Each worker makes the real choice and reports it."""
-    if plan.spec.model.backend == "hf" or importlib.util.find_spec("vllm") is None:
-        return "hf"
-    return "vllm"
+    return registry.guess(plan.spec.model.backend).name
 
 
 def job_layout(plan: Plan, model: str = "") -> ParallelLayout:
@@ -60,7 +58,8 @@ def job_layout(plan: Plan, model: str = "") -> ParallelLayout:
         return choose_multinode_layout(
             model_shape(spec.model.path), gpus, group.nnodes, spec.model.tensor_parallel_size
         )
-    tp_request = 1 if backend_guess(plan) == "hf" else spec.model.tensor_parallel_size
+    tensor_parallel = registry.get(backend_guess(plan)).capabilities.tensor_parallel
+    tp_request = spec.model.tensor_parallel_size if tensor_parallel else 1
     return choose_layout(
         model_shape(spec.model.path),
         gpus,
@@ -225,23 +224,24 @@ class WorkerGroup:
 
 def swap_chains(plan: Plan, models: list[str]) -> list[list[str]]:
     """The sweep's models in order, grouped: a model joins the group before it when its checkpoint can swap its
-    weights into that group's running engine (engines/weight_swap.py: same architecture, shape and tokenizer) and
+    weights into that group's running engine (engines/vllm/weight_swap.py: same architecture, shape and tokenizer) and
     gets the same layout. One engine starts per group."""
     from launcher.engines.startup import StartupSwitches
-    from launcher.engines.weight_swap import swap_decision
 
     chains: list[list[str]] = []
-    swap_on = StartupSwitches.from_env().on("swap") and backend_guess(plan) == "vllm"
+    swap_decision = registry.get(backend_guess(plan)).swap_decision  # None: the backend never swaps
+    swap_on = StartupSwitches.from_env().on("swap") and swap_decision is not None
     group = NodeGroup.current()
     for model in models:
         if chains and swap_on and model and chains[-1][-1]:
             prev = chains[-1][-1]
             a, b = plan.spec.for_model(prev).model, plan.spec.for_model(model).model
-            decision = swap_decision(a, b, group.nnodes if group is not None else 1)
-            if decision.ok and job_layout(plan, prev).as_dict() == job_layout(plan, model).as_dict():
+            assert swap_decision is not None
+            ok, why = swap_decision(a, b, group.nnodes if group is not None else 1)
+            if ok and job_layout(plan, prev).as_dict() == job_layout(plan, model).as_dict():
                 chains[-1].append(model)
                 continue
-            log.info("models %s -> %s: a new engine (%s)", prev, model, decision.reason)
+            log.info("models %s -> %s: a new engine (%s)", prev, model, why)
         chains.append([model])
     return chains
 

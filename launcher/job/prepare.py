@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from launcher.engines import registry
 from launcher.inputs.bounded import MAX_ITEMS, RENDER_S, BoundExceeded, deadline
 from launcher.inputs.chat import NotUsable
 from launcher.inputs.encodable import first_unencodable
@@ -48,8 +49,9 @@ def request_settings(spec: JobSpec, rec: Record) -> RequestSettings | None:
     n = overrides.pop("n", spec.data.num_samples)
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 1024:
         raise NotUsable(f"body.n must be an integer in [1, 1024], got {n!r}")
-    if spec.model.backend == "hf" and "structured" in overrides:
-        raise NotUsable("body.response_format needs the vLLM backend (model.backend is hf)")
+    backend = registry.named(spec.model.backend)
+    if backend is not None and not backend.capabilities.structured_output and "structured" in overrides:
+        raise NotUsable(f"body.response_format needs the vLLM backend (model.backend is {backend.name})")
     try:
         sampling = SamplingSpec.model_validate({**spec.sampling.model_dump(exclude_none=True), **overrides})
     except ValidationError as exc:

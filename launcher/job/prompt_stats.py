@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from functools import partial
 
-from launcher.engines import Workload
+from launcher.engines.base import Workload
 from launcher.job.prepare import Preparer
 from launcher.plan import Plan, Unit
 from launcher.spec import JobSpec

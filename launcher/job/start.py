@@ -9,13 +9,14 @@ engine is ready is what stayed on the critical path).
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from launcher.engines import Engine, EngineReport, Workload, create_engine
+from launcher.engines import registry
+from launcher.engines.base import Engine, EngineReport, Workload
+from launcher.engines.registry import create_engine
 from launcher.engines.startup import StartupSwitches
 from launcher.job.host_prep import HostPrep, LazyTokenizer
 from launcher.job.prepare import Preparer, may_carry_request_settings, token_limit
@@ -48,17 +49,7 @@ def record_limit(spec: JobSpec, layout: ParallelLayout, backend: str) -> RecordL
     """The spec's max_model_len, else the model's context length, capped on a GPU at what one sequence may hold in
     the KV cache (vLLM does not start otherwise). Known before the tokenizer runs; the preparer quarantines what
     exceeds it and the engine starts with it as max_model_len, so the two agree by construction."""
-    base = token_limit(spec)
-    if backend != "vllm" or not layout.gpus:
-        return RecordLimit(base, None)
-    from launcher.inputs.model import model_shape
-    from launcher.plan.layout import gpu_info
-    from launcher.plan.sizing import fit_token_limit
-
-    shape = None
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        shape = model_shape(spec.model.path)
-    tokens, why = fit_token_limit(base, spec.model, shape, layout, gpu_info())
+    tokens, why = registry.get(backend).record_limit(spec, layout, token_limit(spec))  # vLLM: engines/vllm/hooks.py
     return RecordLimit(tokens, why)
 
 

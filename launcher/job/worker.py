@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from launcher import faults
-from launcher.engines import Completion, Engine, GenerationRequest, Workload, select_backend
+from launcher.engines import registry
+from launcher.engines.base import Completion, Engine, GenerationRequest, Workload
 from launcher.engines.multinode import NodeGroup, Rendezvous
+from launcher.engines.registry import select as select_backend
 from launcher.inputs.encodable import first_unencodable
 from launcher.inputs.guard import InputChanged, InputGuard, read_record, run_clock
 from launcher.inputs.records import Quarantined, Record
@@ -258,21 +260,12 @@ class Worker:
             self.engine = None
 
     def _warn_backend(self, backend: str, why: str) -> None:
-        if backend == "hf" and self.cfg.layout.gpus:
-            self.live.warn(
-                f"running HF transformers on the GPU, many times slower than vLLM ({why})"
-                if self.spec.model.backend == "auto"
-                else f"backend hf set in the spec ({why})"
-            )
-            if self.cfg.layout.tensor_parallel > 1:
-                self.live.warn(
-                    f"HF uses one GPU per worker: {self.cfg.layout.tensor_parallel - 1} GPU(s) of this "
-                    "worker's group stay idle"
-                )
+        for warning in registry.get(backend).worker_warnings(self.spec, self.cfg.layout, why):
+            self.live.warn(warning)
 
     def _host_prep(self, claimed: FreeUnit, limit: int | None) -> HostPrep:
         """The host-side start-up, as steps for HostPrep. A carried engine brings its tokenizer and preparer
-        (the checkpoints of a swap share one tokenizer: engines/weight_swap.py checks it)."""
+        (the checkpoints of a swap share one tokenizer: engines/vllm/weight_swap.py checks it)."""
         spec, carry = self.spec, self.carry
         # Token counts are the model's own (its tokenizer): with several models each counts its units only.
         whole_run = self.cfg.only_units is None and not self.plan.spec.models

@@ -2,7 +2,7 @@
 unit is decided where a mistake costs nothing.
 
 units.py (the units of work, how many worker jobs) <- preflight.py (every input checked) ; layout.py (GPUs -> TP x DP)
-and sizing.py (the engine's settings for a workload) are what each job decides on its node; persist.py keeps a plan in
+is what each job decides on its node (a backend's own settings are its own: engines/<name>/); persist.py keeps a plan in
 its run directory and resolves which run a submit goes to; estimate.py guesses wall time from earlier runs; view.py
 is what `launcher plan` prints.
 """

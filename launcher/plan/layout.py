@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from launcher.errors import SpecError
 from launcher.inputs.model import ModelShape
+from launcher.slurm_env import parse_gpu_ids
 
 GiB = 1024**3
 # Per-GPU memory kept for activations, the sampler and CUDA graphs (measured on vLLM 0.26: ~2-4 GiB for 8B).
@@ -41,7 +42,7 @@ def allocated_gpus(env: Mapping[str, str] | None = None) -> GpuSet:
     for var in ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS"):
         value = env.get(var)
         if value is not None:
-            ids = tuple(x.strip() for x in value.split(",") if x.strip() and x.strip() != "-1")
+            ids = parse_gpu_ids(value)  # the container shim's parser: "0-3", "0,2-3", UUIDs, NoDevFiles
             if var != "CUDA_VISIBLE_DEVICES" and "CUDA_VISIBLE_DEVICES" not in env:
                 ids = tuple(str(i) for i in range(len(ids)))  # CUDA numbers what it sees from 0
             return GpuSet(ids, var)

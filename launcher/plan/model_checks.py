@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from launcher.engines import registry
 from launcher.errors import SpecError
 from launcher.inputs.model import ModelShape, model_shape
 from launcher.spec import JobSpec
@@ -174,9 +175,10 @@ def check_layout(spec: JobSpec, shape: ModelShape, nodes: int = 1) -> None:
     from launcher.plan.layout import tp_splits_heads
 
     tp = spec.model.tensor_parallel_size
-    if spec.model.backend == "hf" or tp == "auto" or nodes > 1:
-        # hf runs TP=1 replicas; auto only ever picks a TP that splits the heads; over several nodes TP may span
-        # them (check_nodes checks that layout)
+    backend = registry.named(spec.model.backend)
+    if (backend is not None and not backend.capabilities.tensor_parallel) or tp == "auto" or nodes > 1:
+        # such a backend (hf) runs TP=1 replicas; auto only ever picks a TP that splits the heads; over several
+        # nodes TP may span them (check_nodes checks that layout)
         return
     key = ("model", "tensor_parallel_size")
     gpus = spec.slurm.gpus_per_node if spec.executor == "slurm" else None  # local: whatever the machine has
@@ -223,7 +225,9 @@ def check_context(spec: JobSpec, model_dir: Path) -> None:
     rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
     scaled = isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) not in (None, "default")
     asked = spec.model.max_model_len
-    if asked is not None and asked > positions and not scaled and spec.model.backend != "hf":
+    backend = registry.named(spec.model.backend)
+    strict = backend is None or backend.capabilities.context_within_positions
+    if asked is not None and asked > positions and not scaled and strict:
         raise spec.error(
             ("model", "max_model_len"),
             f"max_model_len {asked} is longer than the model's context "

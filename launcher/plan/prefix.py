@@ -22,8 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from launcher.plan.sizing import BLOCK
+from launcher.engines import registry
 from launcher.spec import JobSpec
+
+# Tokens in a KV block of a prefix cache: vLLM's, which caches and reuses whole blocks only (engines/vllm/sizing.py
+# sizes with the same BLOCK; tests/test_backend_registry.py holds them equal).
+BLOCK = 16
 
 SAMPLE_ROWS = 16  # rows of each dataset rendered and tokenized to measure the shared prefixes
 MIN_SHARED_TOKENS = 256  # auto: a config must find at least this many tokens cached to be worth regrouping claims
@@ -286,8 +290,9 @@ def decide(spec: JobSpec, analysis: PrefixAnalysis | None) -> PrefixDecision:
 
 def no_prefix_cache(spec: JobSpec) -> str:
     """Why the engine would keep no prefix cache ("" when it keeps one): auto then stays off."""
-    if spec.model.backend == "hf":
-        return "backend hf keeps no prefix cache"
+    backend = registry.named(spec.model.backend)
+    if backend is not None and not backend.capabilities.prefix_cache:
+        return f"backend {backend.name} keeps no prefix cache"
     if spec.model.engine_args.get("enable_prefix_caching") is False:
         return "model.engine_args sets enable_prefix_caching: false, so vLLM would not reuse a shared prefix"
     return ""

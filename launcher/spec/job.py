@@ -100,43 +100,20 @@ class JobSpec(_Section):
             )
         for name, folder in self.models.items():
             _plain_path(folder, f"model {name}'s path")
-        if self.model.adapters and self.model.backend == "hf":
-            raise _FieldError(
-                ("model", "adapters"),
-                "LoRA adapters with backend hf: the HF backend serves the base model only",
-                "backend vllm or auto (vLLM serves every adapter from one engine)",
-                "use model.backend: vllm, or merge the adapter into a checkpoint and list it under models:",
-            )
         return self
 
     @model_validator(mode="after")
     def _conflicts(self) -> JobSpec:
-        tp = self.model.tensor_parallel_size
-        if self.model.backend == "hf" and isinstance(tp, int) and tp > 1:
-            raise _FieldError(
-                ("model", "tensor_parallel_size"),
-                f"tensor_parallel_size {tp} with backend hf: the HF "
-                "backend runs one engine per GPU (data-parallel), never tensor-parallel",
-                "auto or 1 with backend hf",
-                "use model.backend: vllm, or tensor_parallel_size: auto",
-            )
-        if self.slurm.nodes != 1 and (self.model.backend == "hf" or self.executor == "local"):
-            hf = self.model.backend == "hf"
+        from launcher.engines.registry import check_spec
+
+        check_spec(self)  # what the backend named in model.backend cannot serve (engines/<name>/)
+        if self.slurm.nodes != 1 and self.executor == "local":
             raise _FieldError(
                 ("slurm", "nodes"),
-                f"slurm.nodes {self.slurm.nodes} with "
-                + ("backend hf" if hf else "executor local")
-                + ": one engine over several nodes is vLLM's multi-node launch, in a Slurm step",
+                f"slurm.nodes {self.slurm.nodes} with executor local: one engine over several nodes is vLLM's "
+                "multi-node launch, in a Slurm step",
                 "nodes: 1, or nodes > 1 / auto with backend vllm (or auto) and executor slurm",
                 "use model.backend: vllm and executor: slurm, or slurm.nodes: 1",
-            )
-        if self.model.backend == "hf" and self.sampling.structured is not None:
-            raise _FieldError(
-                ("sampling", "structured"),
-                f"structured outputs ({self.sampling.structured.kind}) with backend hf: transformers' generate() "
-                "has no constrained decoding of its own",
-                "backend vllm or auto (vLLM's structured outputs: xgrammar / guidance)",
-                "use model.backend: vllm, or drop sampling.structured and validate the samples afterwards",
             )
         if self.model.max_model_len is not None and self.sampling.max_tokens >= self.model.max_model_len:
             raise _FieldError(

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
 from launcher.secrets import SECRET_ARG_RE
 from launcher.spec.common import Slug, _FieldError, _plain_path, _Section
+
+
+def _backend_schema(schema: dict[str, Any]) -> None:
+    from launcher.engines.registry import spec_choices
+
+    schema["enum"] = spec_choices()
 
 
 class ModelSpec(_Section):
@@ -20,8 +27,9 @@ class ModelSpec(_Section):
     """LoRA adapters of this checkpoint, name -> folder (peft's adapter_config.json + weights); null: the base model
     itself. A sweep axis beside datasets and ablation configs: one vLLM engine serves them all (enable_lora, with
     max_loras and max_lora_rank read from the adapters' configs). vLLM only."""
-    backend: Literal["auto", "vllm", "hf"] = "auto"
-    """auto: vLLM when it imports and supports the architecture, else HF transformers. The summary says which, why."""
+    backend: str = Field(default="auto", json_schema_extra=_backend_schema)
+    """auto: vLLM when it imports and supports the architecture, else HF transformers. The summary says which, why.
+    The allowed names are the registered backends' (engines/registry.py)."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     """Weights and activations. auto: the checkpoint's torch_dtype (bf16 on GPU, fp32 on CPU)."""
     quantization: str | None = None
@@ -43,6 +51,23 @@ class ModelSpec(_Section):
     """Extra vLLM `LLM(...)` arguments (max_num_seqs, enable_prefix_caching, ...). They always win over auto sizing."""
     hf_batch_size: int | None = Field(default=None, ge=1, le=4096)
     """Records per HF generate() call. Unset: 8 on CPU, 32 on GPU."""
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend(cls, value: Any) -> Any:
+        from launcher.engines.registry import spec_choices
+
+        choices = spec_choices()  # asked at validation: a backend registered after import counts
+        if isinstance(value, str) and value in choices:
+            return value
+        listed = ", ".join(repr(c) for c in choices[:-1]) + f" or {choices[-1]!r}"
+        hint = difflib.get_close_matches(value, choices, n=1, cutoff=0.5) if isinstance(value, str) else []
+        raise _FieldError(
+            (),
+            f"must be {listed}, got {value!r}",
+            f"one of {', '.join(choices)}",
+            f"did you mean {hint[0]!r}?" if hint else f"use one of: {', '.join(choices)}",
+        )
 
     @field_validator("path")
     @classmethod

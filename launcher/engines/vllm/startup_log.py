@@ -1,5 +1,5 @@
-"""engines/vllm_log.py: vLLM's own start-up lines -> seconds (weights, model load, compile, CUDA graphs), from the
-worker's process and from the engine core vLLM forks out of it, so a run's summary says how long loading took.
+"""engines/vllm/startup_log.py: vLLM's own start-up lines -> seconds (weights, model load, compile, CUDA graphs),
+from the worker's process and from the engine core vLLM forks out of it, so a run's summary says how long loading took.
 
 The wording is vLLM's (checked in 0.26 and 0.32): "Model loading took X GiB [memory] and Y seconds", "Loading
 weights took Y seconds", "Dynamo bytecode transform time: Y s", "Compiling a graph for compile range R takes Y s",

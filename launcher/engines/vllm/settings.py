@@ -1,4 +1,4 @@
-"""engines/vllm_startup.py: the start-up settings of issue 28 applied to vLLM's LLM(...) arguments, each with its
+"""engines/vllm/settings.py: the start-up settings of issue 28 applied to vLLM's LLM(...) arguments, each with its
 reason and its switch (engines/startup.py): CUDA graphs, vLLM without a tokenizer of its own, the recorded memory
 profile (vLLM's startup plan), the weights loader. The JIT caches beside the compile cache: compile_cache.py.
 """
@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from launcher.engines.loaders import choose_loader
 from launcher.engines.startup import StartupSwitches
-from launcher.plan.sizing import EngineSettings
+from launcher.engines.vllm.sizing import EngineSettings
 from launcher.spec import SamplingSpec
 
 if TYPE_CHECKING:
-    from launcher.engines.vllm import VLLMEngine
+    from launcher.engines.vllm.engine import VLLMEngine
 
 STARTUP_PLAN_ENV = "VLLM_ENABLE_STARTUP_PLAN"
 

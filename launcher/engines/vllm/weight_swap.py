@@ -1,5 +1,5 @@
-"""engines/weight_swap.py: may the next checkpoint of a `models:` sweep swap its weights into the running vLLM engine,
-and the swap itself.
+"""engines/vllm/weight_swap.py: may the next checkpoint of a `models:` sweep swap its weights into the running vLLM
+engine, and the swap itself.
 
 A swap keeps everything the engine built at its start (compiled graphs, CUDA graphs, the KV cache, its processes)
 and only reads the new weights into the same tensors: vLLM's in-place `reload_weights` (gpu_worker.py), which
