@@ -1,4 +1,5 @@
-"""engines/__init__.py: the backends behind one interface (base.py), one package each (vllm/, hf/), found by registry.py.
+"""engines/__init__.py: the backends behind one interface (base.py), one package each (vllm/, hf/),
+found by registry.py.
 
 Shared by every backend: base.py (the interface and the values that cross it), decode.py (token ids -> text, vLLM's
 rule), startup.py (the start-up switches), batch_trace.py, loaders.py, compile_cache.py, multinode.py. This package

