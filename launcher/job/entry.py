@@ -37,7 +37,7 @@ from launcher.plan import Plan
 from launcher.plan.layout import ParallelLayout, allocated_gpus, choose_layout, choose_multinode_layout, gpu_info
 from launcher.plan.persist import load_plan
 from launcher.slurm_env import SlurmEnv
-from launcher.store import JobDir, RunDir, WorkerReport
+from launcher.store import AttemptRecord, JobDir, RunDir, WorkerReport
 from launcher.store.claims import process_start
 
 log = logging.getLogger("launcher.job")
@@ -143,19 +143,19 @@ class WorkerGroup:
     def _attempt(
         self, plan: Plan, model: str, layout: ParallelLayout, started: float, reports: list[WorkerReport]
     ) -> dict[str, Any]:
-        attempt = {
-            "job": self.index,
-            "started": started,
-            "ended": time.time(),
-            "layout": layout.as_dict(),
-            "model": model,
-            "workers": [r.get("slot") for r in reports],
-            "job_id": SlurmEnv.current().job_id,
-            "restart": SlurmEnv.current().restart,
-        }
+        attempt = AttemptRecord.new(
+            job=self.index,
+            started=started,
+            ended=time.time(),
+            layout=layout.as_dict(),
+            model=model,
+            workers=[r.get("slot") for r in reports],
+            job_id=SlurmEnv.current().job_id,
+            restart=SlurmEnv.current().restart,
+        )
         job = plan.run.job(self.index)
-        job.write(job.attempt_file(started, os.getpid(), model), attempt)
-        return {**attempt, "workers": reports}
+        job.write(job.attempt_file(started, os.getpid(), model), attempt.to_json())
+        return {**attempt.to_json(), "workers": reports}
 
     def _run_children(self, layout: ParallelLayout, models: list[str]) -> dict[str, list[WorkerReport]]:
         spec_json = json.dumps(layout.as_dict())
@@ -387,18 +387,18 @@ class JobRunner(Checkpointable):
         except UntrustedFile as refused:  # the run folder itself is not ours any more: nothing is written into it
             log.error("job %s: no failure record written: %s", job_dir.root.name, refused)
             return
-        if not record["retry"]:
+        if not record.retry:
             log.error(
                 "job %s failed (%d failure(s), max_retries %d): giving up",
                 job_dir.root.name,
-                record["failures"],
+                record.failures,
                 plan.spec.slurm.max_retries,
             )
             return
         log.warning(
             "job %s failed (%d of %d retries): requeueing Slurm job %s",
             job_dir.root.name,
-            record["failures"],
+            record.failures,
             plan.spec.slurm.max_retries,
             attempt.job_id,
         )

@@ -23,11 +23,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from launcher.errors import LauncherError
 from launcher.slurm_env import SlurmEnv
-from launcher.store import JobDir, RunDir, plain_folder
+from launcher.store import JobDir, JobFailure, RunDir, of_submission, plain_folder
 
 LOG_TAIL_LINES = 20
 
@@ -60,7 +59,7 @@ def _job(job_dir: JobDir | Path) -> JobDir:
     return job_dir if isinstance(job_dir, JobDir) else JobDir(Path(job_dir))
 
 
-def read_failures(job_dir: JobDir | Path) -> list[dict[str, Any]]:
+def read_failures(job_dir: JobDir | Path) -> list[JobFailure]:
     """Every failed attempt of the job, oldest first."""
     return _job(job_dir).read_failures()
 
@@ -103,36 +102,33 @@ def record_failure(
     log: Path | None,
     retryable: bool = True,
     requeue_by: str = "task",
-) -> dict[str, Any]:
+) -> JobFailure:
     """Write this attempt's failure; decide whether the job gets another attempt (`retry` in the record)."""
     job_dir = _job(job_dir)
-    earlier = [f for f in read_failures(job_dir) if f.get("submission") == attempt.submission]
-    failures = len(earlier) + 1
-    retry = retryable and failures <= max_retries
-    record = {
-        "job_id": attempt.job_id,
-        "submission": attempt.submission,
-        "restart": attempt.restart,
-        "host": socket.gethostname(),
-        "time": time.time(),
-        "kind": kind,
-        "error": error,
-        "failures": failures,
-        "max_retries": max_retries,
-        "retry": retry,
-        "requeue_by": requeue_by,
-        "log": str(log) if log else None,
-        "log_tail": log_tail(log),
-    }
-    job_dir.write(job_dir.failure_file(attempt.key), record)
+    failures = len(of_submission(read_failures(job_dir), attempt.submission)) + 1
+    record = JobFailure.new(
+        job_id=attempt.job_id,
+        submission=attempt.submission,
+        restart=attempt.restart,
+        host=socket.gethostname(),
+        time=time.time(),
+        kind=kind,
+        error=error,
+        failures=failures,
+        max_retries=max_retries,
+        retry=retryable and failures <= max_retries,
+        requeue_by=requeue_by,
+        log=str(log) if log else None,
+        log_tail=log_tail(log),
+    )
+    job_dir.write(job_dir.failure_file(attempt.key), record.to_json())
     return record
 
 
 def needs_host_requeue(job_dir: JobDir, attempt: Attempt) -> bool:
     """The job failed inside an image without scontrol: it recorded the failure and left the requeue to the
     teardown, which runs on the host."""
-    record = job_dir.read(job_dir.failure_file(attempt.key))
-    return bool(record.get("retry")) and record.get("requeue_by") == "teardown"
+    return JobFailure.from_json(job_dir.read(job_dir.failure_file(attempt.key))).requeued_by_host
 
 
 def requeue(attempt: Attempt) -> None:
@@ -205,11 +201,11 @@ def on_death(run_dir: Path, status: int, env: Mapping[str, str] | None = None) -
         job_dir, attempt, plan.spec.slurm.max_retries, "died", describe_status(status), run.job_log(attempt.job_id)
     )
     print(
-        f"launcher.job.retries: job {index}: {record['error']}; failure {record['failures']} of "
-        f"{record['max_retries']} allowed retries: " + ("requeued" if record["retry"] else "giving up"),
+        f"launcher.job.retries: job {index}: {record.error}; failure {record.failures} of "
+        f"{record.max_retries} allowed retries: " + ("requeued" if record.retry else "giving up"),
         file=sys.stderr,
     )
-    return bool(record["retry"])
+    return record.retry
 
 
 def teardown_lines(python: str, run_dir: Path) -> list[str]:

@@ -50,7 +50,7 @@ from launcher.plan import Plan, Unit
 from launcher.plan.layout import ParallelLayout
 from launcher.plan.persist import load_plan
 from launcher.plan.units import workers_per_job
-from launcher.store import ChunkScan, Claim, OutputRow, Owner, RunDir, UnitDir, WorkerReport
+from launcher.store import ChunkScan, Claim, OutputRow, Owner, RunDir, UnitDir, UnitFailure, WorkerReport, of_submission
 
 log = logging.getLogger("launcher.job")
 PROGRESS_EVERY_S = 10.0
@@ -529,8 +529,7 @@ class Worker:
     def _failed_out(self, udir: UnitDir) -> bool:
         """The unit failed max_retries + 1 times in this submission: no worker takes it again."""
         max_failures = self.plan.spec.slurm.max_retries + 1
-        submission = os.environ.get("LAUNCHER_SUBMISSION")
-        if len([f for f in udir.read_failures() if f.get("submission") == submission]) < max_failures:
+        if len(of_submission(udir.read_failures(), os.environ.get("LAUNCHER_SUBMISSION"))) < max_failures:
             return False
         log.error("unit %s failed %d time(s) in this submission; no worker takes it again", udir.unit_id, max_failures)
         return True
@@ -617,17 +616,15 @@ class Worker:
         self.live.set(state="failed", error=error[:2000])
 
     def _record_unit_failure(self, udir: UnitDir, error: str) -> None:
-        udir.record_failure(
+        failure = UnitFailure.new(
             self.cfg.slot,
-            {
-                "worker": self.cfg.slot,
-                "host": socket.gethostname(),
-                "time": time.time(),
-                "error": error[:2000],
-                "submission": os.environ.get("LAUNCHER_SUBMISSION"),
-                "job_id": self.owner.job_id,
-            },
+            socket.gethostname(),
+            time.time(),
+            error[:2000],
+            os.environ.get("LAUNCHER_SUBMISSION"),
+            self.owner.job_id,
         )
+        udir.record_failure(self.cfg.slot, failure)
 
 
 def _group_stats(group: list[ActiveUnit]) -> dict[str, list[float]]:
