@@ -1,8 +1,10 @@
-"""store: the only code that knows the run directory's and the outputs' layout, and the only way into them.
-Atomic writes, checked chunks, claims; every folder reached without following links and checked (store/fs.py).
+"""store/__init__.py: the only code that knows the run directory's and the outputs' layout, and the only way into
+them. Atomic writes, checked chunks, claims; every folder reached without following links and checked (store/fs.py).
 
 RunDir (a run: spec, plan, units, jobs, workers) -> UnitDir (one unit: chunks, claims, done) -> ClaimBook.
 OutputDir (the output folder: runs, report) -> CellDir (one gathered cell). CacheRoot (compiled graphs).
+What the run folder holds as JSON is read and written as typed records: RunRecord (run.json, store/run_record.py),
+UnitFailure, JobFailure, AttemptRecord (store/failure_records.py), WorkerReport and UnitDone (store/records.py).
 """
 
 from launcher.store.atomic import (
