@@ -1,11 +1,10 @@
-"""store/run_dir.py: the run directory's paths, computed in one place, and the checked way into it. Nothing else
-spells them.
+"""store/run_dir.py: the run directory's paths, computed in one place, and the checked way in. Nothing else spells them.
 
 <output.dir>/runs/<run id>/    yours alone: 0700 whatever the parent's mode, umask or setgid; reached without
                                following a link below <output.dir> and checked before anything in it is used
     spec.json  plan.json       what every job reads (written at submit; the run id is read from here, never
                                recomputed: a touched input mid-run must not move a job's outputs)
-    run.json                   identity, submissions, image, versions
+    run.json                   identity, submissions, image, versions (RunRecord: run_record.py)
     inputs.json                what every unit's inputs are checked against, the prompt clock (inputs/guard.py)
     container.json             the container request (0600: it may hold secrets)
     prompt_stats.json          prompt lengths per unit, measured once by one worker (engine admission)
