@@ -158,7 +158,7 @@ def claim_owner(run_dir: Path, unit_id: str, generation: int | None = None) -> d
 def unit_failures(run_dir: Path, unit_id: str) -> list[dict[str, Any]]:
     from launcher.store import UnitDir
 
-    return UnitDir(run_dir / "units" / unit_id).read_failures()
+    return [f.to_json() for f in UnitDir(run_dir / "units" / unit_id).read_failures()]  # as the files hold them
 
 
 def job_dir(run_dir: Path, index: int) -> Path:
@@ -168,7 +168,7 @@ def job_dir(run_dir: Path, index: int) -> Path:
 def job_failures(run_dir: Path, index: int) -> list[dict[str, Any]]:
     from launcher.job.retries import read_failures
 
-    return read_failures(job_dir(run_dir, index))
+    return [f.to_json() for f in read_failures(job_dir(run_dir, index))]
 
 
 def requeue_markers(run_dir: Path, index: int) -> list[dict[str, Any]]:

@@ -59,7 +59,7 @@ def test_a_dataset_changed_mid_run_refuses_the_units_read_after_it(tmp_path: Pat
     run_job(plan.run.root, 0)
     udir = plan.run.unit(second)
     assert not udir.is_done()
-    refusal = udir.read_failures()[-1]["error"]
+    refusal = udir.read_failures()[-1].error
     assert refusal.startswith("InputChanged: ") and str(data) in refusal and "dataset 'users' changed" in refusal
     assert f"`{COMMAND}` again resumes it" in refusal and f"`{COMMAND} --new-run`" in refusal
     with pytest.raises(GatherError, match=r"refused: .*dataset 'users' changed"):

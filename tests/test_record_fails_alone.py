@@ -190,11 +190,12 @@ def test_a_crash_before_generation_leaves_a_failure_record_status_shows(tmp_path
     (unit,) = plan.units
     udir = plan.run.unit(unit.unit_id)
     (failure,) = udir.read_failures()
-    assert "reading and tokenizing its records: FileNotFoundError" in failure["error"] and str(data) in failure["error"]
+    assert failure.error is not None and "reading and tokenizing its records: FileNotFoundError" in failure.error
+    assert str(data) in failure.error
     head = udir.claims.head()
     assert head is not None and head.released
     (job_failure,) = read_failures(plan.run.job(0).root)
-    assert "FileNotFoundError" in job_failure["error"] and job_failure["retry"] is False
+    assert "FileNotFoundError" in (job_failure.error or "") and job_failure.retry is False
     status = collect(plan.run.root)
     (u,) = status.units
     assert u.state == "PENDING" and u.failures == 1 and "FileNotFoundError" in u.last_error

@@ -67,14 +67,14 @@ def test_failures_counted_per_submission(tmp_path: Path) -> None:
         a = Attempt.from_env(env)
         assert a is not None
         records.append(record_failure(tmp_path, a, max_retries=2, kind="exception", error="ValueError: bad", log=log))
-    assert [r["retry"] for r in records] == [True, True, False] and records[-1]["failures"] == 3
-    assert records[0]["log_tail"][-1] == "ValueError: bad record" and records[0]["log_tail"][0] == "Loading 100%"
+    assert [r.retry for r in records] == [True, True, False] and records[-1].failures == 3
+    assert records[0].log_tail[-1] == "ValueError: bad record" and records[0].log_tail[0] == "Loading 100%"
     # a resubmission (another array job id) starts the count again
     b = Attempt.from_env({**SLURM_ENV, "SLURM_ARRAY_JOB_ID": "80", "SLURM_JOB_ID": "81"})
-    assert b is not None and record_failure(tmp_path, b, 2, "died", "killed", None)["retry"] is True
+    assert b is not None and record_failure(tmp_path, b, 2, "died", "killed", None).retry is True
     c = Attempt.from_env({**SLURM_ENV, "SLURM_ARRAY_JOB_ID": "90", "SLURM_JOB_ID": "91"})
     assert c is not None
-    assert record_failure(tmp_path, c, 2, "exception", "SpecError", None, retryable=False)["retry"] is False
+    assert record_failure(tmp_path, c, 2, "exception", "SpecError", None, retryable=False).retry is False
     assert len(read_failures(tmp_path)) == 5
 
 

@@ -128,10 +128,10 @@ def _describe_missing(r: GroupReport, plan: Plan) -> str:
     if r.missing_units:
         lines.append(f"  units not finished ({len(r.missing_units)}): {', '.join(r.missing_units[:20])}")
         refusals = {  # a worker refused them: an input changed under the run (inputs/guard.py) says what to do
-            str(f.get("error")).removeprefix("InputChanged: ")
+            error.removeprefix("InputChanged: ")
             for u in r.missing_units
             for f in plan.run.unit(u).read_failures()[-1:]
-            if str(f.get("error", "")).startswith("InputChanged: ")
+            if (error := f.error or "").startswith("InputChanged: ")
         }
         lines += [f"  refused: {why}" for why in sorted(refusals)[:5]]
     for problem in r.damaged[:20]:

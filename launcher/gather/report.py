@@ -48,7 +48,7 @@ class CellRow:
 def run_labels(plans: list[Plan]) -> list[str]:
     """A distinct name per run given. A reproduction has its original's run id (the id hashes what changes the
     samples, and a reproduction changes none): it is named so; runs still alike get their output folder."""
-    labels = [p.run.run_id + (" (reproduction)" if p.run.read_run().get("reproduces") else "") for p in plans]
+    labels = [p.run.run_id + (" (reproduction)" if p.run.read_run().reproduces else "") for p in plans]
     seen = Counter(zip(labels, (p.run.root for p in plans), strict=True))
     alike = Counter(label for label, _ in seen)
     return [

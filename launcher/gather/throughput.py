@@ -267,11 +267,11 @@ def merge_histograms(hists: Sequence[Sequence[int]]) -> tuple[float | None, floa
 
 
 def run_figures(plan: Plan) -> RunFigures:
-    attempts = [a for job in plan.run.job_dirs() for a in job.read_attempts()]
-    attempts = sorted((a for a in attempts if a.get("layout")), key=lambda a: a.get("started") or 0.0)
+    attempts = [a for job in plan.run.job_dirs() for a in job.read_attempts() if a.layout]
+    attempts = sorted(attempts, key=lambda a: a.started)
     return RunFigures(
         plan.run.worker_reports(),
-        attempts[-1]["layout"] if attempts else None,
+        attempts[-1].layout if attempts else None,
         plan.spec.cost.gpu_hour,
         plan.spec.cost.currency,
     )

@@ -2,6 +2,7 @@
 element) counts its GPUs and starts one worker per GPU group; each worker starts one engine and claims units of work
 from the run directory until none is left.
 
-entry.py (job -> workers) -> worker.py (claims, feed, engine) -> prepare.py (unit -> token ids) + writer.py (chunks)
+entry.py (job -> workers) -> worker.py (the engine's life) -> unit_claims.py (claim, prepare) + feed.py (requests
+out, completions in) -> prepare.py (unit -> token ids) + writer.py (chunks); live_report.py: each worker's report.
 retries.py: failed attempts and requeues.
 """

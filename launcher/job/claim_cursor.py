@@ -10,7 +10,8 @@ trying next, so that finding a unit to claim costs a bounded number of file oper
   shared storage touched); a requeued run of this same worker slot at once; on other hosts at most TAKEOVER_PROBES
   per pass. ClaimBook decides every takeover by its own rules (store/claims.py), unchanged.
 
-Which units count and in what order is the worker's business (Worker._candidates); claiming is ClaimBook's.
+Which units count and in what order is the worker's business (UnitClaims.candidates, job/unit_claims.py); claiming
+is ClaimBook's.
 """
 
 from __future__ import annotations

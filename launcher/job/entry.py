@@ -31,13 +31,13 @@ from launcher.engines import registry
 from launcher.engines.multinode import NodeGroup, Rendezvous, serve_headless
 from launcher.errors import UntrustedFile
 from launcher.inputs.model import model_shape
-from launcher.job.retries import Attempt, mark_requeued
+from launcher.job.retries import Attempt, mark_requeued, on_exception, record_local_failure
 from launcher.job.worker import PREEMPTED_EXIT, Worker, WorkerConfig
 from launcher.plan import Plan
 from launcher.plan.layout import ParallelLayout, allocated_gpus, choose_layout, choose_multinode_layout, gpu_info
 from launcher.plan.persist import load_plan
 from launcher.slurm_env import SlurmEnv
-from launcher.store import JobDir, RunDir, WorkerReport
+from launcher.store import AttemptRecord, JobDir, RunDir, WorkerReport
 from launcher.store.claims import process_start
 
 log = logging.getLogger("launcher.job")
@@ -142,19 +142,19 @@ class WorkerGroup:
     def _attempt(
         self, plan: Plan, model: str, layout: ParallelLayout, started: float, reports: list[WorkerReport]
     ) -> dict[str, Any]:
-        attempt = {
-            "job": self.index,
-            "started": started,
-            "ended": time.time(),
-            "layout": layout.as_dict(),
-            "model": model,
-            "workers": [r.get("slot") for r in reports],
-            "job_id": SlurmEnv.current().job_id,
-            "restart": SlurmEnv.current().restart,
-        }
+        attempt = AttemptRecord.new(
+            job=self.index,
+            started=started,
+            ended=time.time(),
+            layout=layout.as_dict(),
+            model=model,
+            workers=[r.get("slot") for r in reports],
+            job_id=SlurmEnv.current().job_id,
+            restart=SlurmEnv.current().restart,
+        )
         job = plan.run.job(self.index)
-        job.write(job.attempt_file(started, os.getpid(), model), attempt)
-        return {**attempt, "workers": reports}
+        job.write(job.attempt_file(started, os.getpid(), model), attempt.to_json())
+        return {**attempt.to_json(), "workers": reports}
 
     def _run_children(self, layout: ParallelLayout, models: list[str]) -> dict[str, list[WorkerReport]]:
         spec_json = json.dumps(layout.as_dict())
@@ -338,74 +338,10 @@ class JobRunner(Checkpointable):
             raise  # submitit's own verdict (timed out too many times): not a crash to retry
         except Exception as exc:
             if attempt is None:  # not a Slurm job (local executor): nothing to requeue, but status must say why
-                self._record_local_failure(exc, index, job)
+                record_local_failure(exc, index, job)
                 raise
-            self._record_failure(exc, attempt, job, plan)
+            on_exception(exc, attempt, job, plan.spec.slurm.max_retries, plan.run.job_log(attempt.job_id))
             raise
-
-    def _record_local_failure(self, exc: Exception, index: int, job_dir: JobDir) -> None:
-        from launcher.job.retries import record_failure
-
-        submission = os.environ.get("LAUNCHER_SUBMISSION") or "local"
-        local = Attempt(f"local{index}-{os.getpid()}", str(os.getpid()), submission, 0)
-        try:
-            record_failure(job_dir, local, 0, "exception", f"{type(exc).__name__}: {exc}", None, retryable=False)
-        except UntrustedFile as refused:  # the run folder itself is not ours any more: nothing is written into it
-            log.error("job %s: no failure record written: %s", job_dir.root.name, refused)
-
-    def _record_failure(self, exc: Exception, attempt: Attempt, job_dir: JobDir, plan: Plan) -> None:
-        import shutil
-        import traceback
-
-        from launcher.errors import SpecError
-        from launcher.job.retries import record_failure, requeue, stopped_by_slurm
-
-        state = stopped_by_slurm(attempt)
-        if state:  # scancel, time limit: Slurm is stopping the job, and its processes die of that
-            log.warning(
-                "job %s: %s while Slurm stops job %s (%s): not a failure, not retried",
-                job_dir.root.name,
-                type(exc).__name__,
-                attempt.job_id,
-                state,
-            )
-            return
-        traceback.print_exc()  # submitit logs only what escapes; this one may not
-        stderr = plan.run.job_log(attempt.job_id)
-        by_host = shutil.which("scontrol") is None  # inside an image without scontrol: the host's teardown requeues
-        try:
-            record = record_failure(
-                job_dir,
-                attempt,
-                plan.spec.slurm.max_retries,
-                "exception",
-                f"{type(exc).__name__}: {exc}",
-                stderr,
-                retryable=not isinstance(exc, SpecError | UntrustedFile),  # a bad spec, a planted file: the same again
-                requeue_by="teardown" if by_host else "task",
-            )
-        except UntrustedFile as refused:  # the run folder itself is not ours any more: nothing is written into it
-            log.error("job %s: no failure record written: %s", job_dir.root.name, refused)
-            return
-        if not record["retry"]:
-            log.error(
-                "job %s failed (%d failure(s), max_retries %d): giving up",
-                job_dir.root.name,
-                record["failures"],
-                plan.spec.slurm.max_retries,
-            )
-            return
-        log.warning(
-            "job %s failed (%d of %d retries): requeueing Slurm job %s",
-            job_dir.root.name,
-            record["failures"],
-            plan.spec.slurm.max_retries,
-            attempt.job_id,
-        )
-        if by_host:
-            sys.exit(1)  # non-zero: the teardown sees the failure record and requeues from the host
-        requeue(attempt)
-        sys.exit(-1)  # no result file: submitit's client keeps waiting, and the requeued job runs the pickle again
 
     def checkpoint(self, index: int) -> DelayedSubmission:
         if self._group is not None:

@@ -2,7 +2,8 @@
 the gather and the bench read. The heartbeat thread renews the worker's claims and rewrites the report every
 HEARTBEAT_S; the worker writes it once more at the end. Every figure is by the wall clock.
 
-Kept out of job/worker.py so the worker's module holds the loop, claims and failures alone.
+Its own class, built from the worker's parts (its config, its claims, its GPU sampler, its chunk writer) rather than
+from the worker, so that the report's fields and how each is counted stay in one place, below job/worker.py.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launcher.store import WorkerReport
+from launcher.store import Owner, RunDir, WorkerReport
 from launcher.store.claims import HEARTBEAT_S
 
 if TYPE_CHECKING:
-    from launcher.job.worker import Worker
+    from launcher.engines.base import Completion, EngineReport
+    from launcher.job.gpu_monitor import GpuSampler
+    from launcher.job.unit_claims import UnitClaims
+    from launcher.job.worker_config import WorkerConfig
+    from launcher.job.writer import ChunkWriter
 
 log = logging.getLogger("launcher.job")
 
@@ -29,9 +34,9 @@ class LiveReport:
     handler write it beside the generating thread). It reads the worker's units, writer and GPU sampler when it
     takes a snapshot."""
 
-    def __init__(self, worker: Worker) -> None:
-        cfg = worker.cfg
-        self.worker = worker
+    def __init__(self, cfg: WorkerConfig, owner: Owner, rundir: RunDir, claims: UnitClaims, gpus: GpuSampler) -> None:
+        self.cfg, self.owner, self.rundir, self.claims, self.gpus = cfg, owner, rundir, claims, gpus
+        self.writer: ChunkWriter | None = None  # the worker's, once it made it
         self.lock = threading.Lock()
         self._cpu_s0 = _cpu_seconds()  # a job that runs several models' workers in turn counts each its own
         self.report: WorkerReport = {
@@ -40,8 +45,8 @@ class LiveReport:
             "replica": cfg.replica,
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "job_id": worker.owner.job_id,
-            "restart": worker.owner.restart,
+            "job_id": owner.job_id,
+            "restart": owner.restart,
             "gpus": list(cfg.gpu_ids),
             "tensor_parallel_size": cfg.layout.tensor_parallel,
             "model": cfg.model,
@@ -66,7 +71,7 @@ class LiveReport:
         }
 
     def warn(self, message: str) -> None:
-        log.warning("worker %s: %s", self.worker.cfg.slot, message)
+        log.warning("worker %s: %s", self.cfg.slot, message)
         with self.lock:
             self.report["warnings"] = [*self.report["warnings"], message]
 
@@ -74,30 +79,55 @@ class LiveReport:
         with self.lock:
             self.report.update(values)  # type: ignore[typeddict-item]
 
+    def engine_ready(self, engine: EngineReport, ready_at: float, workload: dict[str, Any]) -> None:
+        """The engine is up and sized: the report says what it is, its settings and why, and the workload."""
+        self.set(
+            state="running",
+            engine={
+                "version": engine.version,
+                "device": engine.device,
+                "gpu_name": engine.gpu_name,
+                "settings": engine.settings,
+                "reasons": engine.reasons,
+                "startup": engine.startup,
+            },
+            engine_ready_at=ready_at,
+            workload=workload,
+        )
+
+    def count(self, comp: Completion) -> None:
+        """A record generated and handed to the writer (the generating thread alone counts)."""
+        r = self.report
+        r["records"] += 1
+        r["samples"] += len(comp.samples)
+        r["output_tokens"] += sum(s.num_tokens for s in comp.samples)
+        r["prompt_tokens"] += comp.prompt_tokens
+
+    def count_quarantined(self) -> None:
+        self.report["quarantined"] += 1
+
     def snapshot(self) -> WorkerReport:
-        w = self.worker
         with self.lock:
             report = WorkerReport(**self.report)
-        active = list(w.active)
+        active = list(self.claims.active)
         report["units_done"] = [a.unit_id for a in active if a.finished]
         report["current_units"] = [a.unit_id for a in active if not a.finished and not a.lost]
         report["unit_windows"] = {a.unit_id: a.window() for a in active if a.first_at is not None}
-        report["last_write_at"] = w.writer.last_write_at if w.writer is not None else None
+        report["last_write_at"] = self.writer.last_write_at if self.writer is not None else None
         report["heartbeat_at"] = time.time()
         report["cpu_seconds"] = round(_cpu_seconds() - self._cpu_s0, 3)
-        if (gpu := w.gpus.figures()) is not None and (gpu["samples"] or gpu["error"]):
+        if (gpu := self.gpus.figures()) is not None and (gpu["samples"] or gpu["error"]):
             report["gpu_monitor"] = gpu
         return report
 
     def write(self) -> None:
-        w = self.worker
         report = self.snapshot()
         with self.lock:
             self.report["units_done"], self.report["current_units"] = report["units_done"], report["current_units"]
             self.report["unit_windows"], self.report["last_write_at"] = report["unit_windows"], report["last_write_at"]
         # not fsynced while running: rewritten every HEARTBEAT_S by every worker (docs/scale.md); fsynced at the end
-        w.rundir.write_json(
-            w.rundir.worker_report(w.cfg.slot, w.owner.restart, os.getpid(), w.cfg.model),
+        self.rundir.write_json(
+            self.rundir.worker_report(self.cfg.slot, self.owner.restart, os.getpid(), self.cfg.model),
             report,
             durable=report.get("ended") is not None,
         )
@@ -105,12 +135,11 @@ class LiveReport:
     def heartbeat(self) -> None:
         """The heartbeat thread: renew the claims held (a unit claimed before the engine started too), rewrite the
         report, until the worker ends."""
-        w = self.worker
         while self.report.get("ended") is None:
-            for active in list(w.active):
+            for active in list(self.claims.active):
                 if not active.finished:
                     active.dir.claims.heartbeat(active.claim)
-            if (pending := w.pending) is not None:
+            if (pending := self.claims.pending) is not None:
                 pending.dir.claims.heartbeat(pending.claim)
             try:
                 self.write()
@@ -124,11 +153,11 @@ class LiveReport:
         rate = r["samples"] / max(1e-9, time.time() - since)
         log.info(
             "worker %s: %d records, %d samples (%.1f samples/s); units %s",
-            self.worker.cfg.slot,
+            self.cfg.slot,
             r["records"],
             r["samples"],
             rate,
-            ", ".join(a.unit_id for a in self.worker.active if not a.finished) or "-",
+            ", ".join(a.unit_id for a in self.claims.active if not a.finished) or "-",
         )
 
 

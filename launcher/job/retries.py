@@ -1,11 +1,12 @@
 """job/retries.py: a failed job attempt -> a record on disk -> requeue (retries left) or give up, with its log tail.
 
-An attempt fails in one of two ways. Its Python raises: JobRunner catches it and records it. Its process dies
-(SIGKILL, the OOM killer, a segfault in the engine): nothing in it can react, so the batch script's teardown sees
-srun's exit status and runs `python -m launcher.job.retries RUN_DIR STATUS`, which calls `on_death`. Both write the
-same record, one file per (Slurm job, restart), so one failure is never counted twice, and retries are counted per
-submission: resubmitting a run starts the count again. Units keep their own failure count (store/unit_dir.py), so a
-unit that crashes every engine that takes it stops being taken instead of failing every job in turn.
+An attempt fails in one of two ways. Its Python raises: JobRunner catches it and `on_exception` records it. Its
+process dies (SIGKILL, the OOM killer, a segfault in the engine): nothing in it can react, so the batch script's
+teardown sees srun's exit status and runs `python -m launcher.job.retries RUN_DIR STATUS`, which calls `on_death`.
+Both write the same record (store/failure_records.py: JobFailure), one file per (Slurm job, restart), so one failure
+is never counted twice, and retries are counted per submission: resubmitting a run starts the count again. Units
+keep their own failure count (store/unit_dir.py), so a unit that crashes every engine that takes it stops being
+taken instead of failing every job in turn.
 
 Requeues for preemption and time limits are not failures: submitit's checkpoint path handles them, and leaves a
 marker (`mark_requeued`) so that the teardown knows the attempt did not die.
@@ -13,6 +14,7 @@ marker (`mark_requeued`) so that the teardown knows the attempt did not die.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import signal
@@ -23,12 +25,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from launcher.errors import LauncherError
+from launcher.errors import LauncherError, SpecError, UntrustedFile
 from launcher.slurm_env import SlurmEnv
-from launcher.store import JobDir, RunDir, plain_folder
+from launcher.store import JobDir, JobFailure, RunDir, of_submission, plain_folder
 
+log = logging.getLogger("launcher.job")
 LOG_TAIL_LINES = 20
 
 
@@ -60,7 +62,7 @@ def _job(job_dir: JobDir | Path) -> JobDir:
     return job_dir if isinstance(job_dir, JobDir) else JobDir(Path(job_dir))
 
 
-def read_failures(job_dir: JobDir | Path) -> list[dict[str, Any]]:
+def read_failures(job_dir: JobDir | Path) -> list[JobFailure]:
     """Every failed attempt of the job, oldest first."""
     return _job(job_dir).read_failures()
 
@@ -103,36 +105,33 @@ def record_failure(
     log: Path | None,
     retryable: bool = True,
     requeue_by: str = "task",
-) -> dict[str, Any]:
+) -> JobFailure:
     """Write this attempt's failure; decide whether the job gets another attempt (`retry` in the record)."""
     job_dir = _job(job_dir)
-    earlier = [f for f in read_failures(job_dir) if f.get("submission") == attempt.submission]
-    failures = len(earlier) + 1
-    retry = retryable and failures <= max_retries
-    record = {
-        "job_id": attempt.job_id,
-        "submission": attempt.submission,
-        "restart": attempt.restart,
-        "host": socket.gethostname(),
-        "time": time.time(),
-        "kind": kind,
-        "error": error,
-        "failures": failures,
-        "max_retries": max_retries,
-        "retry": retry,
-        "requeue_by": requeue_by,
-        "log": str(log) if log else None,
-        "log_tail": log_tail(log),
-    }
-    job_dir.write(job_dir.failure_file(attempt.key), record)
+    failures = len(of_submission(read_failures(job_dir), attempt.submission)) + 1
+    record = JobFailure.new(
+        job_id=attempt.job_id,
+        submission=attempt.submission,
+        restart=attempt.restart,
+        host=socket.gethostname(),
+        time=time.time(),
+        kind=kind,
+        error=error,
+        failures=failures,
+        max_retries=max_retries,
+        retry=retryable and failures <= max_retries,
+        requeue_by=requeue_by,
+        log=str(log) if log else None,
+        log_tail=log_tail(log),
+    )
+    job_dir.write(job_dir.failure_file(attempt.key), record.to_json())
     return record
 
 
 def needs_host_requeue(job_dir: JobDir, attempt: Attempt) -> bool:
     """The job failed inside an image without scontrol: it recorded the failure and left the requeue to the
     teardown, which runs on the host."""
-    record = job_dir.read(job_dir.failure_file(attempt.key))
-    return bool(record.get("retry")) and record.get("requeue_by") == "teardown"
+    return JobFailure.from_json(job_dir.read(job_dir.failure_file(attempt.key))).requeued_by_host
 
 
 def requeue(attempt: Attempt) -> None:
@@ -159,6 +158,67 @@ def stopped_by_slurm(attempt: Attempt) -> str | None:
     """The state, when Slurm is stopping the job (then the failure is not the task's), else None."""
     state = job_state(attempt)
     return state if state not in (None, "RUNNING") else None
+
+
+def record_local_failure(exc: Exception, index: int, job_dir: JobDir) -> None:
+    """A local job (no Slurm: nothing to requeue) raised: recorded all the same, so that status says why."""
+    submission = os.environ.get("LAUNCHER_SUBMISSION") or "local"
+    local = Attempt(f"local{index}-{os.getpid()}", str(os.getpid()), submission, 0)
+    try:
+        record_failure(job_dir, local, 0, "exception", f"{type(exc).__name__}: {exc}", None, retryable=False)
+    except UntrustedFile as refused:  # the run folder itself is not ours any more: nothing is written into it
+        log.error("job %s: no failure record written: %s", job_dir.root.name, refused)
+
+
+def on_exception(exc: Exception, attempt: Attempt, job_dir: JobDir, max_retries: int, stderr: Path) -> None:
+    """A Slurm job's Python raised (JobRunner): record it, then requeue it (exits the process) or give up (returns).
+    Not a failure while Slurm itself stops the job (scancel, the time limit); a bad spec or a planted file would fail
+    the same way again, so they are not retried."""
+    import shutil
+    import traceback
+
+    state = stopped_by_slurm(attempt)
+    if state:  # scancel, time limit: Slurm is stopping the job, and its processes die of that
+        log.warning(
+            "job %s: %s while Slurm stops job %s (%s): not a failure, not retried",
+            job_dir.root.name,
+            type(exc).__name__,
+            attempt.job_id,
+            state,
+        )
+        return
+    traceback.print_exc()  # submitit logs only what escapes; this one may not
+    by_host = shutil.which("scontrol") is None  # inside an image without scontrol: the host's teardown requeues
+    try:
+        record = record_failure(
+            job_dir,
+            attempt,
+            max_retries,
+            "exception",
+            f"{type(exc).__name__}: {exc}",
+            stderr,
+            retryable=not isinstance(exc, SpecError | UntrustedFile),  # a bad spec, a planted file: the same again
+            requeue_by="teardown" if by_host else "task",
+        )
+    except UntrustedFile as refused:  # the run folder itself is not ours any more: nothing is written into it
+        log.error("job %s: no failure record written: %s", job_dir.root.name, refused)
+        return
+    if not record.retry:
+        log.error(
+            "job %s failed (%d failure(s), max_retries %d): giving up", job_dir.root.name, record.failures, max_retries
+        )
+        return
+    log.warning(
+        "job %s failed (%d of %d retries): requeueing Slurm job %s",
+        job_dir.root.name,
+        record.failures,
+        max_retries,
+        attempt.job_id,
+    )
+    if by_host:
+        sys.exit(1)  # non-zero: the teardown sees the failure record and requeues from the host
+    requeue(attempt)
+    sys.exit(-1)  # no result file: submitit's client keeps waiting, and the requeued job runs the pickle again
 
 
 def describe_status(status: int) -> str:
@@ -205,11 +265,11 @@ def on_death(run_dir: Path, status: int, env: Mapping[str, str] | None = None) -
         job_dir, attempt, plan.spec.slurm.max_retries, "died", describe_status(status), run.job_log(attempt.job_id)
     )
     print(
-        f"launcher.job.retries: job {index}: {record['error']}; failure {record['failures']} of "
-        f"{record['max_retries']} allowed retries: " + ("requeued" if record["retry"] else "giving up"),
+        f"launcher.job.retries: job {index}: {record.error}; failure {record.failures} of "
+        f"{record.max_retries} allowed retries: " + ("requeued" if record.retry else "giving up"),
         file=sys.stderr,
     )
-    return bool(record["retry"])
+    return record.retry
 
 
 def teardown_lines(python: str, run_dir: Path) -> list[str]:

@@ -89,8 +89,8 @@ class ResolvedRun:
 def resume_hint(run: RunDir) -> str:
     """What goes on with this run, as a hint's words: the command its last submit recorded (a `launcher batch` file
     has no spec to submit), else `launcher submit` of its spec. Data: print it through launcher.terminal."""
-    command = run.read_run().get("resume_with")
-    return f"`{command}`" if isinstance(command, str) and command else "`launcher submit` the same spec"
+    command = run.read_run().resume_with
+    return f"`{command}`" if command else "`launcher submit` the same spec"
 
 
 def runs_of(spec: JobSpec) -> list[RunDir]:
@@ -117,7 +117,7 @@ def resolve_run(
 def _resolve(spec: JobSpec, choice: Choice, strict: bool, command: str, can_resume: bool) -> ResolvedRun:
     now = identify(spec)
     runs = runs_of(spec)
-    recorded = {r.root: r.read_run().get("inputs") or {} for r in runs}
+    recorded = {r.root: r.read_run().inputs or {} for r in runs}
     same = [r for r in runs if matches(recorded[r.root], now)]
     base = RunDir.of(spec.output.dir, spec.run_id)
     if choice == "new":

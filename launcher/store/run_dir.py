@@ -1,11 +1,10 @@
-"""store/run_dir.py: the run directory's paths, computed in one place, and the checked way into it. Nothing else
-spells them.
+"""store/run_dir.py: the run directory's paths, computed in one place, and the checked way in. Nothing else spells them.
 
 <output.dir>/runs/<run id>/    yours alone: 0700 whatever the parent's mode, umask or setgid; reached without
                                following a link below <output.dir> and checked before anything in it is used
     spec.json  plan.json       what every job reads (written at submit; the run id is read from here, never
                                recomputed: a touched input mid-run must not move a job's outputs)
-    run.json                   identity, submissions, image, versions
+    run.json                   identity, submissions, image, versions (RunRecord: run_record.py)
     inputs.json                what every unit's inputs are checked against, the prompt clock (inputs/guard.py)
     container.json             the container request (0600: it may hold secrets)
     prompt_stats.json          prompt lengths per unit, measured once by one worker (engine admission)
@@ -38,9 +37,11 @@ from typing import TYPE_CHECKING, Any
 from launcher.errors import UntrustedFile
 from launcher.store.atomic import json_bytes, read_json, write_atomic, write_json_atomic
 from launcher.store.claims import ClaimBook
+from launcher.store.failure_records import AttemptRecord, JobFailure
 from launcher.store.fs import PRIVATE, Folder, Opener, plain_folder, plain_modes, share_modes
 from launcher.store.kept import Holding, keep_run, kept_run
 from launcher.store.records import WorkerReport
+from launcher.store.run_record import RunRecord
 from launcher.store.unit_dir import UnitDir
 from launcher.store.unit_log import UnitLog, UnitView
 
@@ -285,13 +286,12 @@ class RunDir:
         reports = [WorkerReport(**r) for _, r in self.json_files(self.workers)]  # type: ignore[typeddict-item]
         return sorted(reports, key=lambda r: r.get("started") or 0.0)
 
-    def read_run(self) -> dict[str, Any]:
-        """run.json, checked as a file a submit decides from ({} when there is none yet)."""
+    def read_run(self) -> RunRecord:
+        """run.json, checked as a file a submit decides from (empty when there is none yet, or it is not JSON)."""
         try:
-            data = self.read_trusted(self.run_json)
+            return RunRecord.from_json(self.read_trusted(self.run_json))
         except (FileNotFoundError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+            return RunRecord()
 
     def is_run(self) -> bool:
         return self.exists(self.plan_json) and self.exists(self.spec_json)
@@ -388,12 +388,12 @@ class JobDir:
         except (OSError, UntrustedFile):
             return []
 
-    def read_attempts(self) -> list[dict[str, Any]]:
-        return self._read_all(self.attempts)
+    def read_attempts(self) -> list[AttemptRecord]:
+        return [AttemptRecord.from_json(a) for a in self._read_all(self.attempts)]
 
-    def read_failures(self) -> list[dict[str, Any]]:
+    def read_failures(self) -> list[JobFailure]:
         """Every failed attempt of the job, oldest first."""
-        return sorted(self._read_all(self.failures), key=lambda f: f.get("time", 0))
+        return sorted((JobFailure.from_json(f) for f in self._read_all(self.failures)), key=lambda f: f.time)
 
 
 __all__ = ["RUNS", "JobDir", "RendezvousDir", "RunDir"]

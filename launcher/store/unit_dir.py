@@ -29,6 +29,7 @@ from typing import Any
 from launcher.errors import UntrustedFile
 from launcher.store.atomic import read_json, write_atomic, write_json_atomic
 from launcher.store.claims import Claim, ClaimBook, Owner
+from launcher.store.failure_records import UnitFailure
 from launcher.store.fs import Folder, Opener, plain_folder
 from launcher.store.jsonl import BadLine, encode_lines, parse_lines
 from launcher.store.records import OutputRow, UnitDone
@@ -249,17 +250,19 @@ class UnitDir:
         if self.log is not None:
             self.log.append(UnitEvent("reopen", self.unit_id, -1))
 
-    def record_failure(self, owner: str, info: dict[str, Any]) -> None:
+    def record_failure(self, owner: str, failure: UnitFailure) -> None:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", owner)[:120]
-        write_json_atomic(self.failures / f"{safe}-{int(time.time() * 1000)}.json", info, opener=self.opener)
+        path = self.failures / f"{safe}-{int(time.time() * 1000)}.json"
+        write_json_atomic(path, failure.to_json(), opener=self.opener)
 
-    def read_failures(self) -> list[dict[str, Any]]:
+    def read_failures(self) -> list[UnitFailure]:
+        """Every failure of the unit, in the folder's order; a file that is not a JSON object is skipped."""
         try:
             with self._folder(self.failures) as folder:
                 names = [n for n in folder.names() if n.endswith(".json")]
         except (OSError, UntrustedFile):
             return []
-        return [f for f in (read_json(self.failures / n, self.opener) for n in names) if f]
+        return [UnitFailure.from_json(f) for f in (read_json(self.failures / n, self.opener) for n in names) if f]
 
     def chunk_lines(self, path: Path) -> int:
         """How many records a chunk of this unit holds (0 when it cannot be read)."""

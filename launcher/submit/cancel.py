@@ -21,7 +21,7 @@ from launcher.errors import UntrustedFile
 from launcher.plan.persist import resume_hint
 from launcher.store import RunDir
 from launcher.submit.lock import LocalProcess, read_local_processes
-from launcher.submit.slurm_query import run_slurm, task_job_ids
+from launcher.submit.slurm_query import run_slurm
 from launcher.terminal import safe
 
 STOP_WAIT_S = 90.0  # a worker flushes in seconds; an engine still loading finishes loading first
@@ -32,11 +32,9 @@ def cancel_run(run_dir: Path, console: Console) -> int:
     """Stop every job of the run that still runs: Slurm's (scancel) and local ones (SIGTERM)."""
     run = RunDir(Path(run_dir))
     record = run.read_run()
-    latest = (record.get("submissions") or [{}])[-1]
-    if latest.get("executor") == "local":
+    if record.latest.executor == "local":
         return _cancel_local(run, console)
-    gathers = {s["gather_job_id"] for s in record.get("submissions", []) if s.get("gather_job_id")}
-    ids = sorted(set(task_job_ids(record)) | gathers, key=int)
+    ids = sorted(set(record.task_job_ids()) | set(record.gather_job_ids()), key=int)
     if not ids:
         console.print("no Slurm jobs recorded for this run")
         return 0

@@ -39,7 +39,6 @@ from launcher.store.modes import private_umask
 from launcher.submit.lock import local_processes, refuse_if_local_run_lives, submit_lock
 from launcher.submit.provenance import write_run_json
 from launcher.submit.slurm_query import active_jobs, array_slices, max_array_size
-from launcher.submit.slurm_query import task_job_ids as task_job_ids  # re-exported: status and tests import it here
 
 # submitit writes --array=0-N%min(N+1, array_parallelism), 256 unless told: a spec without a limit means none.
 MAX_ARRAY_SIZE = 100_000

@@ -189,7 +189,7 @@ def _verified_rows(plan: Plan, input_path: Path, command: str) -> list[tuple[int
     """The input's lines, read only if the file holds what the run read (Refused otherwise, with the fixes)."""
     from launcher.inputs.guard import read_record
 
-    recorded = (read_record(plan.run).get("identity") or plan.run.read_run().get("inputs") or {}).get("data") or {}
+    recorded = (read_record(plan.run).get("identity") or plan.run.read_run().inputs or {}).get("data") or {}
     expected = recorded.get(DATASET)
 
     def refuse(why: str) -> LauncherError:
@@ -222,8 +222,7 @@ def output_lines(plan: Plan, input_path: Path, command: str = "launcher batch") 
         quarantined = {q["row"]: q["reason"] for q in read_jsonl(cell.quarantine, plan.run.outputs().opener)}
     except FileNotFoundError:
         quarantined = {}
-    first = ((plan.run.read_run() or {}).get("submissions") or [{}])[0]
-    created = int(first.get("submitted_epoch") or 0)  # the run's first submit: a rerun writes the same bytes
+    created = int(plan.run.read_run().first.submitted_epoch)  # the run's first submit: a rerun writes the same bytes
     model = Path(plan.spec.model.path).name
     run_id = plan.run.run_id
     for row, obj in _verified_rows(plan, input_path, command):

@@ -17,7 +17,7 @@ from launcher.plan import Plan
 from launcher.plan.persist import ResolvedRun
 from launcher.secrets import REDACTED, is_secret_name
 from launcher.spec import JobSpec
-from launcher.store import sha256_file
+from launcher.store import RunRecord, Submission, sha256_file
 
 
 def write_run_json(
@@ -33,58 +33,53 @@ def write_run_json(
     """resume_with: the command that goes on with this run (its hints name it: plan/persist.resume_hint)."""
     spec = plan.spec
     previous = plan.run.read_run()
-    inputs = resolved.inputs.as_json() if resolved else previous.get("inputs")
-    input_changes = previous.get("input_changes", [])
+    inputs = resolved.inputs.as_json() if resolved else previous.inputs
+    input_changes = list(previous.input_changes)
     if resolved and resolved.changes:  # --resume with changed inputs: the run says so, forever
         input_changes = [
             *input_changes,
             {
                 "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "changes": resolved.changes,
-                "from_digest": (previous.get("inputs") or {}).get("digest"),
+                "from_digest": previous.inputs_digest,
                 "to_digest": resolved.inputs.digest,
             },
         ]
-    submissions = [
-        *previous.get("submissions", []),
-        {
-            "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "submitted_epoch": time.time(),
-            "executor": executor,
-            "job_ids": job_ids,
-            "array_job_id": job_ids[0].split("_")[0] if job_ids else None,
-            "array_job_ids": sorted({j.split("_")[0] for j in job_ids}, key=lambda j: int(j) if j.isdigit() else 0),
-            "gather_job_id": gather_id,
-            "jobs": jobs,
-            "job_indices": list(range(jobs)),
-            "units_todo": units_todo,
-            "submission": os.environ.get("LAUNCHER_SUBMISSION"),
-            "user": getpass.getuser(),
-            "host": os.uname().nodename,
-        },
-    ]
-    plan.run.write_json(
-        plan.run.run_json,
-        {
-            "run_id": plan.run.run_id,
-            "name": spec.name,
-            "spec": redact(spec.model_dump(mode="json")),
-            "fingerprint": spec.fingerprint(),
-            "units": len(plan.units),
-            "records": plan.total_records,
-            "jobs": plan.jobs,
-            "jobs_reason": plan.jobs_reason,
-            "inputs": inputs,
-            "input_changes": input_changes,
-            "launcher_version": __version__,
-            "git_sha": (sha := git_sha()),
-            "git_dirty": git_dirty() if sha else None,
-            "python": sys.version.split()[0],
-            "image": image_record(spec),
-            "submissions": submissions,
-            "resume_with": resume_with or previous.get("resume_with"),
-        },
+    submission = Submission.new(
+        submitted_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        submitted_epoch=time.time(),
+        executor=executor,
+        job_ids=job_ids,
+        array_job_id=job_ids[0].split("_")[0] if job_ids else None,
+        array_job_ids=sorted({j.split("_")[0] for j in job_ids}, key=lambda j: int(j) if j.isdigit() else 0),
+        gather_job_id=gather_id,
+        jobs=jobs,
+        job_indices=list(range(jobs)),
+        units_todo=units_todo,
+        submission=os.environ.get("LAUNCHER_SUBMISSION"),
+        user=getpass.getuser(),
+        host=os.uname().nodename,
     )
+    record = RunRecord.new(
+        run_id=plan.run.run_id,
+        name=spec.name,
+        spec=redact(spec.model_dump(mode="json")),
+        fingerprint=spec.fingerprint(),
+        units=len(plan.units),
+        records=plan.total_records,
+        jobs=plan.jobs,
+        jobs_reason=plan.jobs_reason,
+        inputs=inputs,
+        input_changes=input_changes,
+        launcher_version=__version__,
+        git_sha=(sha := git_sha()),
+        git_dirty=git_dirty() if sha else None,
+        python=sys.version.split()[0],
+        image=image_record(spec),
+        submissions=[*(s.to_json() for s in previous.submissions), submission.to_json()],
+        resume_with=resume_with or previous.resume_with,
+    )
+    plan.run.write_json(plan.run.run_json, record.to_json())
 
 
 def redact(obj: Any) -> Any:

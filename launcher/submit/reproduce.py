@@ -27,7 +27,7 @@ from launcher.inputs.identity import changes, identify, matches
 from launcher.plan import Plan
 from launcher.plan.persist import load_plan, runs_of
 from launcher.spec import JobSpec
-from launcher.store import RunDir, sha256_file
+from launcher.store import RunDir, RunRecord, sha256_file
 from launcher.submit.provenance import git_dirty, git_sha, image_record
 
 FLAG_IMAGE = "--allow-other-image"
@@ -39,7 +39,7 @@ class ReproductionCheck:
     """The original run, the spec to run again, and what differs from the record (allowed or not)."""
 
     original: Plan
-    record: dict[str, Any]
+    record: RunRecord
     spec: JobSpec
     allowed_differences: list[str] = field(default_factory=list)
 
@@ -47,10 +47,10 @@ class ReproductionCheck:
         return {
             "run_dir": str(self.original.run.root),
             "run_id": self.original.run.run_id,
-            "launcher_version": self.record.get("launcher_version"),
-            "git_sha": self.record.get("git_sha"),
-            "image": self.record.get("image"),
-            "inputs_digest": (self.record.get("inputs") or {}).get("digest"),
+            "launcher_version": self.record.launcher_version,
+            "git_sha": self.record.git_sha,
+            "image": self.record.image,
+            "inputs_digest": self.record.inputs_digest,
             "allowed_differences": self.allowed_differences,
         }
 
@@ -61,7 +61,7 @@ def check_reproducible(
     original = load_plan(run_dir)
     record = original.run.read_run()
     where = str(original.run.run_json)
-    if not record:
+    if not record.exists:
         raise Refused.one(
             where, "", "this run has no run.json: it was never submitted, so there is no record to reproduce"
         )
@@ -72,7 +72,7 @@ def check_reproducible(
     target = (output_dir or Path(f"{original.spec.output.dir}-reproduce")).absolute()
     raw["output"]["dir"] = str(target)
     spec = JobSpec.model_validate(raw)
-    if spec.fingerprint() != record.get("fingerprint", spec.fingerprint()):
+    if record.fingerprint is not None and spec.fingerprint() != record.fingerprint:
         problems.append(
             Problem(
                 where,
@@ -84,7 +84,7 @@ def check_reproducible(
         )
 
     inputs_now = identify(spec)
-    recorded_inputs = record.get("inputs") or {}
+    recorded_inputs = record.inputs or {}
     if recorded_inputs and not matches(recorded_inputs, inputs_now):
         problems.append(
             Problem(
@@ -96,7 +96,7 @@ def check_reproducible(
             )
         )
 
-    image_then, image_now = record.get("image") or {}, image_record(spec)
+    image_then, image_now = record.image or {}, image_record(spec)
     if _image_key(image_then) != _image_key(image_now):
         what = f"the image differs: recorded {_image_key(image_then)}, now {_image_key(image_now)}"
         if allow_other_image:
@@ -113,7 +113,7 @@ def check_reproducible(
                 )
             )
 
-    launcher_then = (record.get("launcher_version"), record.get("git_sha"))
+    launcher_then = (record.launcher_version, record.git_sha)
     launcher_now = (__version__, git_sha())
     if launcher_then != launcher_now:
         what = f"the launcher differs: recorded {_launcher(*launcher_then)}, now {_launcher(*launcher_now)}"
@@ -131,7 +131,7 @@ def check_reproducible(
                     + f"`pip install launcher=={launcher_then[0]}`, or pass {FLAG_LAUNCHER}",
                 )
             )
-    checkouts = (("the recorded run", record.get("git_dirty")), ("this launcher", git_dirty()))
+    checkouts = (("the recorded run", record.git_dirty), ("this launcher", git_dirty()))
     dirty = [who for who, flag in checkouts if flag]
     if dirty:  # a warning, not a refusal: the commit is all there is to compare, and it may not be the code that ran
         allowed.append(
@@ -166,16 +166,14 @@ def original_clock(run: RunDir) -> PromptClock | None:
     """The time the original's chat templates read (strftime_now): its inputs.json, else its first submission's."""
     found = PromptClock.from_json(read_record(run).get("prompt_clock"))
     if found is None:
-        first = (run.read_run().get("submissions") or [{}])[0]
-        found = PromptClock.from_submitted_at(str(first.get("submitted_at") or ""))
+        found = PromptClock.from_submitted_at(run.read_run().first.submitted_at)
     return found
 
 
 def record_reproduction(plan: Plan, check: ReproductionCheck) -> None:
     """The reproduction's run.json names the run it reproduces and what was allowed to differ."""
-    record = plan.run.read_run()
-    record["reproduces"] = check.as_json()
-    plan.run.write_json(plan.run.run_json, record)
+    record = plan.run.read_run().with_reproduction(check.as_json())
+    plan.run.write_json(plan.run.run_json, record.to_json())
 
 
 def _image_key(record: dict[str, Any]) -> str:

@@ -1,9 +1,9 @@
 """submit/slurm_query.py: what the login side asks Slurm about a run, in one call per command for the whole run.
 
-- task_job_ids(run.json) -> the array ids of every submission (a run of more jobs than the cluster's MaxArraySize
-  is submitted as several arrays: they are one run to status, cancel and wait);
-- active_jobs -> which of them Slurm still holds: one `squeue` for all of them, however many tasks they have (as
-  submitit's own watcher asks sacct once, by array id, for every job it follows);
+- active_jobs(run.json) -> which of the array ids of every submission (RunRecord.task_job_ids: a run of more jobs
+  than the cluster's MaxArraySize is submitted as several arrays, one run to status, cancel and wait) Slurm still
+  holds: one `squeue` for all of them, however many tasks they have (as submitit's own watcher asks sacct once, by
+  array id, for every job it follows);
 - max_array_size() -> the cluster's MaxArraySize (`scontrol show config`), which decides how the jobs are split;
 - slurm_states(ids) -> each job's or element's state: one sacct and one squeue call for all of them (status).
 
@@ -17,7 +17,10 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from launcher.store import RunRecord
 
 MAX_ARRAY_VAR = "LAUNCHER_SLURM_MAX_ARRAY_SIZE"  # a submit-side override (tests; a site whose limit is lower for you)
 _MAX_ARRAY_RE = re.compile(r"^MaxArraySize\s*=\s*(\d+)", re.MULTILINE)
@@ -47,22 +50,9 @@ def array_slices(jobs: int, limit: int | None) -> list[range]:
     return [range(start, min(jobs, start + size)) for start in range(0, jobs, size)]
 
 
-def task_job_ids(run: dict[str, Any]) -> list[str]:
-    """The Slurm job ids (array ids, or single job ids) of every submission of a run."""
-    return sorted(
-        {
-            j.split("_")[0]
-            for s in run.get("submissions", [])
-            if s.get("executor", "slurm") == "slurm"
-            for j in s.get("job_ids", [])
-        },
-        key=int,
-    )
-
-
-def active_jobs(run: dict[str, Any]) -> list[str]:
+def active_jobs(run: RunRecord) -> list[str]:
     """Task jobs of the run that Slurm still holds (pending, running, requeued, completing): one squeue call."""
-    ids = task_job_ids(run)
+    ids = run.task_job_ids()
     if not ids or not shutil.which("squeue"):
         return []
     try:
@@ -140,5 +130,4 @@ __all__ = [
     "max_array_size",
     "run_slurm",
     "slurm_states",
-    "task_job_ids",
 ]

@@ -23,10 +23,10 @@ from typing import Any
 
 from launcher.plan import Plan
 from launcher.plan.persist import load_plan, resume_hint
-from launcher.store import RunDir, WorkerReport
+from launcher.store import RunDir, WorkerReport, of_submission
 from launcher.store.claims import lease_s
 from launcher.store.unit_log import UnitView
-from launcher.submit.slurm_query import JobState, slurm_states, task_job_ids
+from launcher.submit.slurm_query import JobState, slurm_states
 
 UNITS_SHOWN = 30
 
@@ -126,21 +126,21 @@ class RunStatus:
 def collect(run_dir: Path) -> RunStatus:
     plan = load_plan(run_dir)
     run = plan.run.read_run()
-    subs = [s for s in run.get("submissions", []) if s.get("executor", "slurm") == "slurm"]
-    element_of = _submitted_elements(subs)
-    latest = (run.get("submissions") or [{}])[-1]
-    gather_id = next((s["gather_job_id"] for s in reversed(subs) if s.get("gather_job_id")), None)
-    states = slurm_states(task_job_ids(run) + ([gather_id] if gather_id else []))
-    local = latest.get("executor") == "local"
+    subs = run.on_slurm()
+    element_of = {index: jid for sub in subs for index, jid in sub.elements()}  # each job's newest submission
+    latest = run.latest
+    gather_id = next((s.gather_job_id for s in reversed(subs) if s.gather_job_id), None)
+    states = slurm_states(run.task_job_ids() + ([gather_id] if gather_id else []))
+    local = latest.executor == "local"
     from launcher.gather.throughput import run_figures
 
     figures = run_figures(plan)  # every worker's report, read once
     reports = _latest_reports(figures.workers)
-    units = unit_statuses(plan, plan.run.unit_view(), latest.get("submission"), figures.workers)
+    units = unit_statuses(plan, plan.run.unit_view(), latest.submission, figures.workers)
     all_done = all(u.state == "DONE" for u in units)
     jobs = [
-        _job_status(plan, i, element_of.get(i), states, local, reports, all_done, latest.get("submission"))
-        for i in range(int(latest.get("jobs") or 0))
+        _job_status(plan, i, element_of.get(i), states, local, reports, all_done, latest.submission)
+        for i in range(latest.jobs)
     ]
     workers = [_worker_status(r) for r in reports.values()]
     gather = states.get(gather_id) if gather_id else None
@@ -233,7 +233,7 @@ def _job_status(
     live = job_dir.read(job_dir.live)
     # a Slurm job's failures are counted per array; a local job's per submission (LAUNCHER_SUBMISSION)
     this = jid.split("_")[0] if jid else (submission if local else None)
-    failures = [f for f in job_dir.read_failures() if this is not None and f.get("submission") == this]
+    failures = of_submission(job_dir.read_failures(), this) if this is not None else []
     mine = [r for slot, r in reports.items() if slot.split(".")[0] == str(index)]
     if job is not None:
         state, reason = job.state, job.reason
@@ -244,7 +244,7 @@ def _job_status(
     else:
         state, reason = "NOT SUBMITTED", ""
     fresh = live if live and live.get("job_id") == jid else {}
-    last_error = failures[-1]["error"] if failures else next((r["error"] for r in mine if r.get("error")), "") or ""
+    last_error = failures[-1].error or "" if failures else next((r["error"] for r in mine if r.get("error")), "") or ""
     if not last_error and state in FINAL - {"DONE", "COMPLETED", "NOT SUBMITTED"}:
         last_error = _last_log_error(plan.run, jid)
     return JobStatus(
@@ -271,7 +271,7 @@ def _local_state(plan: Plan, index: int, reports: list[WorkerReport], all_done: 
     if failed:
         return "FAILED", "a worker raised"
     interrupted = plan.run.read_json(plan.run.interrupted)
-    submitted = ((plan.run.read_run().get("submissions") or [{}])[-1]).get("submitted_epoch") or 0
+    submitted = plan.run.read_run().latest.submitted_epoch
     if not all_done and interrupted and interrupted.get("time", 0) >= submitted:
         return "INTERRUPTED", f"{interrupted.get('by')}: {resume_hint(plan.run)} again resumes it"
     if all_done or any(r.get("state") in ("done", "idle") for r in reports):
@@ -302,8 +302,8 @@ def _worker_status(r: WorkerReport) -> WorkerStatus:
 
 def _unit_status(plan: Plan, unit: Any, submission: str | None) -> UnitStatus:
     udir = plan.run.unit(unit.unit_id)
-    failures = [f for f in udir.read_failures() if f.get("submission") == submission]
-    last_error = str(failures[-1].get("error", "")) if failures else ""
+    failures = of_submission(udir.read_failures(), submission)
+    last_error = failures[-1].error or "" if failures else ""
     if udir.is_done():  # every row handled: generated or quarantined
         return UnitStatus(
             unit.unit_id, "DONE", unit.rows, unit.rows, "", len(failures), last_error[:200], unit.cell.label
@@ -317,17 +317,6 @@ def _unit_status(plan: Plan, unit: Any, submission: str | None) -> UnitStatus:
     else:
         state, owner = "PENDING", ""
     return UnitStatus(unit.unit_id, state, rows, unit.rows, owner, len(failures), last_error[:200], unit.cell.label)
-
-
-def _submitted_elements(subs: list[dict[str, Any]]) -> dict[int, str]:
-    """job index -> the Slurm job (or array element) id of its newest submission."""
-    out: dict[int, str] = {}
-    for sub in subs:
-        ids = sub.get("job_ids", [])
-        indices = sub.get("job_indices") or list(range(len(ids)))
-        for idx, jid in zip(indices, ids, strict=False):
-            out[idx] = jid
-    return out
 
 
 def _last_log_error(run: RunDir, job_id: str | None) -> str:

@@ -304,23 +304,22 @@ def report_failed(plan: Plan, unit: Unit, console: Console) -> None:
             "records are kept"
         )
         return
+    last_job = sorted(job_failures, key=lambda f: f.time)[-1] if job_failures else None
     if failures:
         last = failures[-1]
         console.print(
             f"[red]unit {safe(unit.unit_id)} failed[/] {len(failures)} time(s), last in worker "
-            f"{safe(last.get('worker'))} on {safe(last.get('host'))}: {safe(last.get('error'))}",
+            f"{safe(last.worker)} on {safe(last.host)}: {safe(last.error)}",
             soft_wrap=True,
         )
     else:  # the crash was not this unit's own (the engine's start, the job's set-up): say whose it was
-        last_job = sorted(job_failures, key=lambda f: f.get("time", 0))[-1] if job_failures else {}
-        why = last_job.get("error") or worker_errors[-1].get("error")
+        why = (last_job.error if last_job else None) or worker_errors[-1].get("error")
         console.print(f"[red]unit {safe(unit.unit_id)} did not finish:[/] its job failed: {safe(why)}", soft_wrap=True)
-    if job_failures:
-        last = sorted(job_failures, key=lambda f: f.get("time", 0))[-1]
-        for line in last.get("log_tail", [])[-LOG_LINES_SHOWN:]:
+    if last_job is not None:
+        for line in last_job.log_tail[-LOG_LINES_SHOWN:]:
             console.print(f"  | {printable(line)}", markup=False, highlight=False)
-        if last.get("log"):
-            console.print(f"  log: {safe(last['log'])}")
+        if last_job.log:
+            console.print(f"  log: {safe(last_job.log)}")
     console.print(f"  fix the cause, then {safe(resume_hint(plan.run))} again: finished records are kept")
 
 
