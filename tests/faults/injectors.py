@@ -176,16 +176,24 @@ class TrialRun:
         """A job that Slurm starts while the storage is read-only (or full) fails before any launcher code runs:
         slurmstepd cannot open its log there ("Could not open stdout file"), and Slurm ends it FAILED, never
         requeued. No job can recover from that itself; the user does what gather's error says, `launcher submit` the
-        same spec again, and nothing is lost. Do that here, only for exactly that case: units are left, a job of the
-        last submission never started (no log), and nothing failed (no failure record of a job or a unit)."""
+        same spec again, and nothing is lost. Do that here, only for exactly that case: nothing failed (no failure
+        record of a job or a unit), and either units are left and a worker job of the last submission never started
+        (no log), or every unit is done and the gather job never started. The second happens when the workers finish
+        inside the read-only window: they write through the run folder they hold open (store/kept.py), opened
+        before the fault's read-only bind mount and so on the writable mount under it, while the gather job, started
+        then, finds its log folder read-only."""
         unfinished = [u for u, _ in self.wl.units if not unit_done(self.rd, u)]
         last = self.submissions()[-1]
         never_started = [j for j in last["job_ids"] if not job_log(self.rd, j).exists()]
+        gather_never_started = not job_log(self.rd, str(last["gather_job_id"])).exists()
         failed = [f for i in range(len(last["job_ids"])) for f in job_failures(self.rd, i)]
         failed += [f for u, _ in self.wl.units for f in unit_failures(self.rd, u)]
-        if not unfinished or not never_started or failed:
+        if failed or not ((unfinished and never_started) or (not unfinished and gather_never_started)):
             return
-        self.notes["resubmitted"] = {"units": unfinished, "jobs_never_started": never_started}
+        self.notes["resubmitted"] = {
+            "units": unfinished,
+            "jobs_never_started": never_started if unfinished else [str(last["gather_job_id"])],
+        }
         self.submit(self.spec())
         self.notes["gather_state"] = self.wait_gathered()
 
