@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="launcher bench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     configure(p)
-    from launcher.cli import report
+    from launcher.cli.console import report
     from launcher.errors import LauncherError
 
     try:
