@@ -2,7 +2,7 @@
 flags, call the front door (submit/front_door.py) or a stage's function, print.
 
 Exit codes: 0 ok, 1 a run failed or is incomplete, 2 bad spec or bad flags (nothing submitted or written), 130 Ctrl-C.
-Every error a user can meet is a LauncherError (errors.py), printed one way by `report` (cli/console.py).
+Every error a user can meet is a LauncherError (errors.py), printed one way by `report` (launcher/terminal.py).
 """
 
 from __future__ import annotations
