@@ -8,12 +8,18 @@ printing raise. Every printer of the `launcher` command (cli/console.py's consol
 `--wait` summary) passes such strings through `printable` (plain text) or `safe` (text inside rich markup), so each
 of these characters shows as its escape (``\\x1b``, ``\\u2028``) and prints nothing else.
 
+`report` prints a LauncherError the one way every command does (headline, then where / field / got / allowed / fix),
+here and not in cli/ so that `launcher bench` (bench/cli.py) prints its errors the same way without importing cli/,
+which imports bench/.
+
 A leaf: everything may import it (submit/ and gather/ print too, and cannot import cli/).
 """
 
 from __future__ import annotations
 
 import re
+
+from launcher.errors import LauncherError
 
 # C0 controls (tab and newline included: a table cell is one line), DEL and C1 (U+0080-U+009F: U+0085 NEL, U+009B
 # CSI), the Arabic letter mark and the LRM/RLM marks, U+2028/U+2029, the bidi embeddings/overrides and isolates,
@@ -46,4 +52,16 @@ def safe(value: object, keep_newlines: bool = False) -> str:
     return escape(printable(value, keep_newlines))
 
 
-__all__ = ["printable", "safe"]
+def report(exc: LauncherError) -> int:
+    """The one way any stage's error reaches the user: headline, then where / field / got / allowed / fix, on stderr;
+    returns the error's exit code."""
+    from rich.console import Console
+
+    # soft_wrap: messages hold paths and commands to copy, never broken at the terminal's width; safe: a path or a
+    # value may hold '[...]' (rich markup) or control characters.
+    err = Console(stderr=True, highlight=False)  # as cli/console.py's `err`; made here so importing this stays light
+    err.print(f"[red]{safe(exc.headline)}:[/]\n{safe(str(exc), True)}", soft_wrap=True, highlight=False)
+    return exc.exit_code
+
+
+__all__ = ["printable", "report", "safe"]

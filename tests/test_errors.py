@@ -1,5 +1,5 @@
 """One error root: every error a user can meet is a LauncherError, exits with the code README's table gives it, and is
-printed one way by the CLI's one handler (launcher/cli/__init__.py: report)."""
+printed one way by the CLI's one handler (launcher/terminal.py: report)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 
 import launcher.containers.shim  # noqa: F401  (ExecError: a subclass defined outside errors.py)
 from launcher import errors
-from launcher.cli import report
 from launcher.plan.persist import load_plan
+from launcher.terminal import report
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,8 @@ from typing import Any
 from launcher.bench.options import DESCRIPTION, SYSTEMS, add_parser, configure
 from launcher.bench.steps import Step, collect, default_results, make_step
 from launcher.bench.toolkit_systems import parse_layouts
-from launcher.errors import SpecError
+from launcher.errors import LauncherError, SpecError
+from launcher.terminal import report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,9 +28,6 @@ def main(argv: list[str] | None = None) -> int:
         prog="launcher bench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     configure(p)
-    from launcher.cli import report
-    from launcher.errors import LauncherError
-
     try:
         return run(p.parse_args(argv))
     except LauncherError as exc:  # printed as `launcher bench` prints it

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from launcher.bench.steps import MIN_STEP_S
+
 DESCRIPTION = """`launcher bench` -> the toolkit, raw vLLM and HF measured on one host -> a results folder.
 
 Systems (each in its own process, on the same prompt token ids and sampling):
@@ -64,7 +66,6 @@ SYSTEMS = (
     "scale",
 )
 DEFAULT_SYSTEMS = "raw,toolkit,toolkit-warm,hf"
-MIN_STEP_S = 90  # --budget-s: the shortest time a measurement is started with
 SWEEP: dict[str, dict[str, Any]] = {
     # Hand-picked engine settings of plain vLLM. "graphs<=512" keeps vLLM's own capture limit (min(2 x seqs, 512)).
     "max_num_seqs=256": {"max_num_seqs": 256},

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from pathlib import Path
 from typing import Any
 
+from launcher.bench.measurements import measurement_of, shape_order
 from launcher.bench.prefix_order import SYSTEMS as ORDER_SYSTEMS
 from launcher.bench.prefix_order import order_ratios
 
@@ -24,15 +24,6 @@ SWEEP_VS_SEED_LOOP, SWEEP_VS_TASK_PER_CELL, GPU_BUSY = 4.0, 2.0, 0.75
 ENGINE_READY_WARM_S, ENGINE_READY_COLD_S, SWEEP_WARM_VS_SEED_LOOP, GPU_BUSY_WARM, MODEL_SWAP_S = 20, 60, 5.0, 0.85, 15
 SWEEP_TOLERANCE = 0.95  # auto must reach 95% of the best hand-picked setting
 WARM_STARTUP_MAX = 0.35  # a later task's start-up / a cold first task's
-
-
-def measurement_of(ms: list[dict[str, Any]], system: str, shape: str) -> dict[str, Any] | None:
-    return next((m for m in ms if m["system"] == system and m["shape"] == shape), None)
-
-
-def shape_order(shape: str) -> list[int]:
-    """1000x256 < 4000x512 < cells-4x3x200x256 < cells-1x3x216x256-p2048+128: by the numbers in the name."""
-    return [int(x) for x in re.findall(r"\d+", shape)]
 
 
 def analyse(ms: list[dict[str, Any]]) -> dict[str, Any]:

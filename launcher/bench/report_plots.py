@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from launcher.bench.report import measurement_of, shape_order
+from launcher.bench.measurements import measurement_of, shape_order
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:

@@ -23,57 +23,16 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from launcher.bench.scale_shape import ScaleShape
+
 NAMESPACE_KINDS = {"open", "stat", "mkdir", "listdir", "rename", "unlink", "rmdir", "link", "symlink", "truncate"}
 METADATA_KINDS = frozenset(NAMESPACE_KINDS | {"utime", "chmod", "chown"})  # attributes set: a round trip each too
 FAKE_TOKENS = 16
-
-
-@dataclass(frozen=True)
-class ScaleShape:
-    workers: int
-    units: int
-    records_per_unit: int = 2
-    latency_s: float = 5.0  # per record: a unit takes records_per_unit x latency_s
-    ablations: int = 10  # units = ablations x shards of one dataset (reading a shard reads its file from the top)
-    num_samples: int = 1
-
-    @property
-    def name(self) -> str:
-        return f"scale-{self.workers}x{self.units}"
-
-    @property
-    def unit_s(self) -> float:
-        return self.records_per_unit * self.latency_s
-
-    @property
-    def ideal_s(self) -> float:
-        return self.units * self.unit_s / self.workers
-
-    def check(self) -> None:
-        """SpecError (exit 2) for flags no scale run can have, before any worker starts."""
-        from launcher.errors import SpecError
-
-        if self.workers < 1 or self.units < 1 or self.records_per_unit < 1 or self.latency_s < 0:
-            raise SpecError.one(
-                "--scale-*",
-                "",
-                f"workers, units and records per unit must be >= 1, latency >= 0 ({self})",
-                fix="e.g. --scale-workers 32 --scale-units 500",
-            )
-        if self.units % self.ablations:
-            raise SpecError.one(
-                "--scale-units",
-                "",
-                f"{self.units} is not a multiple of --scale-ablations {self.ablations}: the run's units are "
-                "ablations x shards",
-                fix=f"e.g. --scale-units {max(1, self.units // self.ablations) * self.ablations}",
-            )
 
 
 def write_run(shape: ScaleShape, folder: Path, model: Path) -> Path:

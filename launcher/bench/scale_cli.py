@@ -9,7 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from launcher.bench.scale import ScaleShape, run_scale
+from launcher.bench.scale import run_scale
+from launcher.bench.scale_shape import ScaleShape
 
 
 def shape_of(args: Any) -> ScaleShape:

@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from launcher.bench.scale import ScaleShape
+from launcher.bench.scale_shape import ScaleShape
 
 
 def double_claims(workers: list[dict[str, Any]]) -> int:

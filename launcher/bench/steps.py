@@ -14,8 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from launcher.bench.options import MIN_STEP_S
-
+MIN_STEP_S = 90  # --budget-s: the shortest time a measurement is started with (options.py's --budget-s help says it)
 Rows = list[dict[str, Any]]
 Step = Callable[[str, Callable[[], Rows]], None]
 """step(key, measure): run `measure` once, unless WORKDIR/runs/<key>.json holds it already (--force redoes it)."""

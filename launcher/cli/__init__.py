@@ -2,7 +2,7 @@
 flags, call the front door (submit/front_door.py) or a stage's function, print.
 
 Exit codes: 0 ok, 1 a run failed or is incomplete, 2 bad spec or bad flags (nothing submitted or written), 130 Ctrl-C.
-Every error a user can meet is a LauncherError (errors.py), printed one way by `report` below.
+Every error a user can meet is a LauncherError (errors.py), printed one way by `report` (launcher/terminal.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launcher.cli.console import console, err, printable, safe
+from launcher.cli.console import console, err, printable, report, safe
 from launcher.cli.parser import build_parser
 from launcher.errors import LauncherError
 
@@ -39,14 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
-
-
-def report(exc: LauncherError) -> int:
-    """The one way any stage's error reaches the user: headline, then where / field / got / allowed / fix."""
-    # soft_wrap: messages hold paths and commands to copy, never broken at the terminal's width; safe: a path or a
-    # value may hold '[...]' (rich markup) or control characters (launcher/terminal.py).
-    err.print(f"[red]{safe(exc.headline)}:[/]\n{safe(str(exc), True)}", soft_wrap=True, highlight=False)
-    return exc.exit_code
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

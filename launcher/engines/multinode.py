@@ -105,7 +105,7 @@ class NodeGroup:
         target = os.environ if env is None else env
         wanted = {"VLLM_HOST_IP": self.host_ip, "VLLM_ALLREDUCE_USE_SYMM_MEM": "0"}
         if cpu:
-            from launcher.engines.vllm.sizing import CPU_KV_CACHE_GIB
+            from launcher.engines.vllm.cpu_env import CPU_KV_CACHE_GIB
 
             # vLLM's CPU build binds each worker's threads to cores; ranks that share a machine (the test cluster's
             # two nodes) must not bind the same ones. One core per rank: the CPU path is for tests, not speed.

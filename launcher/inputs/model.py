@@ -1,5 +1,6 @@
 """inputs/model.py: an HF checkpoint folder -> ModelShape (heads, KV heads, layers, weight bytes), so that layouts and
-sizing are decided before an engine loads. Reads files only."""
+sizing are decided before an engine loads; and the folder's own chat template (model_chat_template), which the plan's
+checks (plan/preflight.py, plan/first_rows.py) render. Reads files only."""
 
 from __future__ import annotations
 
@@ -79,3 +80,21 @@ def _replace(shape: ModelShape, weight_bytes: int, source: str) -> ModelShape:
     from dataclasses import replace
 
     return replace(shape, weight_bytes=weight_bytes, weight_bytes_source=source)
+
+
+def model_chat_template(model_dir: Path) -> str | None:
+    """The chat template transformers would load from a model folder: chat_template.jinja, else tokenizer_config's
+    (a string, or the one named "default" of a list)."""
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except (OSError, ValueError):
+            return None
+    try:
+        value = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None
+    if isinstance(value, list):
+        value = next((t.get("template") for t in value if isinstance(t, dict) and t.get("name") == "default"), None)
+    return value if isinstance(value, str) else None

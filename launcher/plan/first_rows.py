@@ -106,8 +106,8 @@ def _chat_renderer(spec: JobSpec) -> Callable[[list[dict[str, str]]], str] | Non
     if spec.data.chat_template is False:
         return None
     from launcher.inputs.bounded import BoundedChatSandbox, render
+    from launcher.inputs.model import model_chat_template
     from launcher.inputs.prompts import read_chat_template
-    from launcher.plan.preflight import model_chat_template
 
     text = read_chat_template(spec.data) or model_chat_template(Path(spec.model.path))
     if text is None:

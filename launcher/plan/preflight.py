@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import SpecError
+from launcher.inputs.model import model_chat_template
 from launcher.plan.first_rows import check_first_rows
 from launcher.plan.model_checks import check_adapters, check_context, check_layout, check_model, check_nodes
 from launcher.spec import JobSpec
@@ -180,26 +181,6 @@ def check_chat_template(spec: JobSpec) -> None:
         ) from None
     except Exception:  # raise_exception for roles this probe lacks, variables it does not pass: not ours to judge
         return
-
-
-def model_chat_template(model_dir: Path) -> str | None:
-    """The chat template transformers would load from a model folder: chat_template.jinja, else tokenizer_config's
-    (a string, or the one named "default" of a list)."""
-    import json
-
-    jinja = model_dir / "chat_template.jinja"
-    if jinja.is_file():
-        try:
-            return jinja.read_text(encoding="utf-8")
-        except (OSError, ValueError):
-            return None
-    try:
-        value = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
-    except (OSError, ValueError, RecursionError, AttributeError):
-        return None
-    if isinstance(value, list):
-        value = next((t.get("template") for t in value if isinstance(t, dict) and t.get("name") == "default"), None)
-    return value if isinstance(value, str) else None
 
 
 def _dotted_key(key: tuple[str | int, ...]) -> str:

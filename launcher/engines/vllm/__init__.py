@@ -2,10 +2,11 @@
 registered with engines/registry.py.
 
 Its files: engine.py (VLLMEngine: start, admission, the request feed), sizing.py (workload + GPU -> vLLM's
-settings, each with its reason), settings.py (the start-up settings and their switches), lifecycle.py (multi-node
-and in-process starts, counters, teardown), lora.py (adapters), startup_log.py (vLLM's start-up lines -> seconds),
-weight_swap.py (a sweep's next checkpoint into the running engine), status.py (does vLLM run here?), hooks.py (what
-plan and job ask of it). Importing this package imports none of them: vLLM itself loads in the engine's load().
+settings, each with its reason), cpu_env.py (the CPU build's KV cache space), settings.py (the start-up settings
+and their switches), lifecycle.py (multi-node and in-process starts, counters, teardown), lora.py (adapters),
+startup_log.py (vLLM's start-up lines -> seconds), weight_swap.py (a sweep's next checkpoint into the running
+engine), status.py (does vLLM run here?), hooks.py (what plan and job ask of it). Importing this package imports none
+of them: vLLM itself loads in the engine's load().
 """
 
 from __future__ import annotations

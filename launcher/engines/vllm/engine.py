@@ -32,6 +32,7 @@ from launcher.engines.base import (
 from launcher.engines.batch_trace import BatchTrace
 from launcher.engines.decode import Generated, SampleDecoder, cut_at_stop
 from launcher.engines.startup import StartupSwitches, release_after_fork
+from launcher.engines.vllm.cpu_env import CPU_KV_CACHE_GIB
 from launcher.engines.vllm.lifecycle import (
     engine_tokenizer,
     in_process_on_cpu,
@@ -43,7 +44,7 @@ from launcher.engines.vllm.lifecycle import (
 )
 from launcher.engines.vllm.lora import LORA_REASONS, lora_requests, lora_settings
 from launcher.engines.vllm.settings import apply_startup_settings, eos_stop_ids
-from launcher.engines.vllm.sizing import CPU_KV_CACHE_GIB, EngineSettings
+from launcher.engines.vllm.sizing import EngineSettings
 from launcher.engines.vllm.startup_log import StartupLines, startup_seconds
 from launcher.plan.layout import ParallelLayout
 from launcher.spec import ModelSpec, SamplingSpec

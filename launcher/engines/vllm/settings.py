@@ -8,20 +8,36 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from launcher.engines.loaders import choose_loader
 from launcher.engines.startup import StartupSwitches
 from launcher.engines.vllm.sizing import EngineSettings
-from launcher.spec import SamplingSpec
+from launcher.spec import ModelSpec, SamplingSpec
 
-if TYPE_CHECKING:
-    from launcher.engines.vllm.engine import VLLMEngine
+
+class StartingEngine(Protocol):
+    """What these settings read of the engine they start (engines/vllm/engine.py's VLLMEngine), named here so that
+    this module does not import the engine that imports it."""
+
+    switches: StartupSwitches  # set by apply_startup_settings
+    loras: dict[str, Any]
+    own_request_settings: bool
+    tokenizer: Any
+
+    @property
+    def model(self) -> ModelSpec: ...
+
+    @property
+    def sampling(self) -> SamplingSpec: ...
+
 
 STARTUP_PLAN_ENV = "VLLM_ENABLE_STARTUP_PLAN"
 
 
-def apply_startup_settings(engine: VLLMEngine, kwargs: dict[str, Any], settings: EngineSettings, on_gpu: bool) -> bool:
+def apply_startup_settings(
+    engine: StartingEngine, kwargs: dict[str, Any], settings: EngineSettings, on_gpu: bool
+) -> bool:
     """Edit `kwargs` (what LLM() gets) and the settings' reasons; returns whether vLLM starts without a tokenizer."""
     switches = engine.switches = StartupSwitches.from_env()
     user = engine.model.engine_args
@@ -70,7 +86,7 @@ def _has_startup_plan() -> bool:
 
 
 def _skip_tokenizer(
-    engine: VLLMEngine, kwargs: dict[str, Any], settings: EngineSettings, switches: StartupSwitches
+    engine: StartingEngine, kwargs: dict[str, Any], settings: EngineSettings, switches: StartupSwitches
 ) -> bool:
     """vLLM loads its own tokenizer before it forks its engine core, on the critical path (10 s on the GPU host for
     the bench's vocabulary), though it never needs it here: prompts arrive as token ids and samples are decoded by
@@ -105,7 +121,7 @@ def _skip_tokenizer(
     return True
 
 
-def _own_tokenizer_class(engine: VLLMEngine) -> bool:
+def _own_tokenizer_class(engine: StartingEngine) -> bool:
     """Does vLLM load a tokenizer other than transformers' AutoTokenizer of the model's files (a tokenizer_mode set,
     or a Mistral-format checkpoint, which `auto` gives vLLM's Mistral tokenizer)? Samples are decoded as vLLM's
     tokenizer class decodes (engines/decode.py), so vLLM keeps its own there; the worker's decodes alike otherwise."""
@@ -115,7 +131,7 @@ def _own_tokenizer_class(engine: VLLMEngine) -> bool:
     return (folder / "tekken.json").exists() or any(folder.glob("tokenizer.model.v*"))
 
 
-def eos_stop_ids(engine: VLLMEngine, s: SamplingSpec) -> list[int] | None:
+def eos_stop_ids(engine: StartingEngine, s: SamplingSpec) -> list[int] | None:
     """Without its tokenizer vLLM does not know the tokenizer's EOS: give it as a stop token, as vLLM would."""
     if not getattr(engine, "skip_tokenizer", False):
         return None
@@ -131,4 +147,4 @@ def eos_stop_ids(engine: VLLMEngine, s: SamplingSpec) -> list[int] | None:
     return [int(eos)] if eos is not None else None
 
 
-__all__ = ["STARTUP_PLAN_ENV", "apply_startup_settings", "eos_stop_ids"]
+__all__ = ["STARTUP_PLAN_ENV", "StartingEngine", "apply_startup_settings", "eos_stop_ids"]

