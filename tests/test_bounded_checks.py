@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -185,3 +186,26 @@ def test_a_damaged_prompt_stats_cache_is_measured_again(tmp_path: Path, tiny_mod
         plan.run.prompt_stats.write_text(damaged)
         stats = prompt_stats(plan, Lengths())  # type: ignore[arg-type]
         assert stats[plan.units[0].unit_id] == [2, 12, 7]
+
+
+def test_a_deadline_whose_first_exception_is_swallowed_still_stops_the_work() -> None:
+    """C code may swallow the hook's first exception and go on calling Python (CI: jsonschema's uniqueItems ran its
+    whole 310 s past a 1 s bound). Here most of the work sits in a try that swallows BoundExceeded, as that C code
+    did; the deadline must still stop the block at the next call made outside it."""
+    from launcher.inputs.bounded import BoundExceeded, deadline
+
+    def step(n: int) -> int:
+        return n + 1
+
+    swallowed = 0
+    t0 = time.monotonic()
+    with pytest.raises(BoundExceeded, match=r"did not finish within 0\.2 s"), deadline(0.2, "the work"):
+        while time.monotonic() - t0 < 20:
+            try:
+                for i in range(2_000):
+                    step(i)
+            except BoundExceeded:
+                swallowed += 1
+            step(0)  # outside the swallowing part
+    assert swallowed >= 1 and time.monotonic() - t0 < 5
+    assert sys.getprofile() is None  # the hook is gone once the block ends
