@@ -259,7 +259,11 @@ def test_two_node_tp_over_slurm_survives_the_loss_of_a_rank(tmp_path: Path, tiny
     assert time.time() - killed_at < 20  # --kill-on-bad-exit: the step ends at once, no rank waits on a dead peer
     wait_for("the job requeued and done", lambda: not in_queue(job_id), 600, every_s=1.0)
     failures = job_failures(run_dir, 0)
-    assert failures and "died" in json.dumps(failures[0])  # the teardown saw the lost rank and requeued
+    # The lost rank is recorded as the first failure, with a retry: by the teardown ("died": srun ended rank 0 before
+    # it could say why) or by rank 0 itself, whose engine saw its peer gone first (EngineDeadError) -- a race both
+    # ways (CI rehearsal); either way the job is requeued once, as the second attempt below shows.
+    assert failures and failures[0].get("retry") is True, failures
+    assert any(why in str(failures[0].get("error")) for why in ("died", "EngineDead")), failures[0]
 
     # Both ranks of the second attempt: two nodes, two addresses, one master; a fresh rendezvous folder.
     r0, r1 = sorted(_ranks(run_dir, 1), key=lambda r: r["node_rank"])
